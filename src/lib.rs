@@ -1,0 +1,11 @@
+//! creditd: a prepaid-credit wallet and metering engine.
+//!
+//! A tour of the layout:
+//! - [`codec`]: the one payload encoding (bincode 2) and its format version.
+//! - [`wal`]: records, segments, the group-commit writer, snapshot files, storage backends.
+//! - [`engine`]: tenants, users, wallets, holds, the catalogue and idempotency; the only code that
+//!   changes balances, and recovery.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod wal;

@@ -1,0 +1,420 @@
+//! An in-memory file system with a crash model, and a fault injector that wraps any storage.
+//!
+//! [`MemStorage`] tracks, for every file, how many bytes have been made durable by `sync_data`, and
+//! for every directory, which names have been made durable by `sync_dir`. [`MemStorage::crash`]
+//! throws away everything that was not durable, optionally keeping a torn prefix of unsynced bytes,
+//! exactly as a power cut would. [`FaultyStorage`] fails a chosen write, sync or rename, or tears a
+//! write in half, so tests can check that the log poisons itself and acknowledges nothing more.
+//!
+//! Both exist for tests and benchmarks; production uses [`super::storage::FsStorage`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::storage::{Storage, StorageFile};
+
+#[derive(Debug, Default)]
+struct Inode {
+    data: Vec<u8>,
+    synced_len: usize,
+}
+
+#[derive(Debug, Default)]
+struct Tree {
+    inodes: HashMap<u64, Inode>,
+    /// Current directory entries: path → inode.
+    names: BTreeMap<PathBuf, u64>,
+    /// Entries as they would be found after a crash: per directory, name → inode.
+    durable_names: BTreeMap<PathBuf, u64>,
+    dirs: Vec<PathBuf>,
+    next_inode: u64,
+}
+
+/// A crash-model file system held in memory. Cloning shares the same tree.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    tree: Arc<Mutex<Tree>>,
+}
+
+struct MemFile {
+    tree: Arc<Mutex<Tree>>,
+    inode: u64,
+}
+
+impl StorageFile for MemFile {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
+        inode.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
+        inode.synced_len = inode.data.len();
+        Ok(())
+    }
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "no such file")
+}
+
+impl MemStorage {
+    /// An empty file system.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates a power cut: names not made durable by `sync_dir` vanish, and each file keeps its
+    /// synced bytes plus up to `keep_unsynced(file_path, unsynced_len)` bytes of what followed (a
+    /// torn write), which the caller chooses.
+    pub fn crash_with(&self, mut keep_unsynced: impl FnMut(&Path, usize) -> usize) {
+        let mut tree = self.tree.lock();
+        let durable = tree.durable_names.clone();
+        let mut inodes = HashMap::new();
+        for (path, id) in &durable {
+            if let Some(inode) = tree.inodes.get(id) {
+                let unsynced = inode.data.len() - inode.synced_len;
+                let keep = keep_unsynced(path, unsynced).min(unsynced);
+                let len = inode.synced_len + keep;
+                inodes.insert(*id, Inode { data: inode.data[..len].to_vec(), synced_len: len });
+            }
+        }
+        tree.inodes = inodes;
+        tree.names = durable;
+    }
+
+    /// Simulates a power cut that loses every byte not synced.
+    pub fn crash(&self) {
+        self.crash_with(|_, _| 0);
+    }
+
+    /// Overwrites bytes of an existing file in place (for corruption tests).
+    pub fn corrupt(&self, path: &Path, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let id = *tree.names.get(path).ok_or_else(not_found)?;
+        let inode = tree.inodes.get_mut(&id).ok_or_else(not_found)?;
+        let end = offset + bytes.len();
+        if end > inode.data.len() {
+            inode.data.resize(end, 0);
+        }
+        inode.data[offset..end].copy_from_slice(bytes);
+        inode.synced_len = inode.synced_len.max(end);
+        Ok(())
+    }
+
+    /// Appends bytes to an existing file, durably (for junk-tail tests).
+    pub fn append_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let len = self.len(path)? as usize;
+        self.corrupt(path, len, bytes)
+    }
+
+    /// Every file path currently present, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.tree.lock().names.keys().cloned().collect()
+    }
+}
+
+impl Storage for MemStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        if !tree.dirs.iter().any(|d| d == dir) {
+            tree.dirs.push(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let tree = self.tree.lock();
+        if !tree.dirs.iter().any(|d| d == dir) {
+            return Err(not_found());
+        }
+        Ok(tree
+            .names
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read_all(path)?)))
+    }
+
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let tree = self.tree.lock();
+        let id = tree.names.get(path).ok_or_else(not_found)?;
+        Ok(tree.inodes.get(id).ok_or_else(not_found)?.data.clone())
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        let tree = self.tree.lock();
+        let id = tree.names.get(path).ok_or_else(not_found)?;
+        Ok(tree.inodes.get(id).ok_or_else(not_found)?.data.len() as u64)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let mut tree = self.tree.lock();
+        let id = tree.next_inode;
+        tree.next_inode += 1;
+        tree.inodes.insert(id, Inode::default());
+        tree.names.insert(path.to_path_buf(), id);
+        Ok(Box::new(MemFile { tree: Arc::clone(&self.tree), inode: id }))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let id = *tree.names.get(path).ok_or_else(not_found)?;
+        let inode = tree.inodes.get_mut(&id).ok_or_else(not_found)?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
+        inode.data.truncate(len);
+        inode.synced_len = inode.data.len();
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let id = tree.names.remove(from).ok_or_else(not_found)?;
+        tree.names.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        tree.names.remove(path).ok_or_else(not_found)?;
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let current: Vec<(PathBuf, u64)> = tree
+            .names
+            .iter()
+            .filter(|(path, _)| path.parent() == Some(dir))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
+        tree.durable_names.retain(|path, _| path.parent() != Some(dir));
+        tree.durable_names.extend(current);
+        Ok(())
+    }
+}
+
+/// A storage operation that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// `StorageFile::write_all`.
+    Write,
+    /// `StorageFile::sync_data`.
+    Sync,
+    /// `Storage::rename`.
+    Rename,
+    /// `Storage::sync_dir`.
+    SyncDir,
+    /// `Storage::create`.
+    Create,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Per point: fail the call with this ordinal (1-based) and every call after it.
+    fail_from: HashMap<FaultPointKey, u64>,
+    /// A write that fails after writing only this many bytes of its buffer.
+    tear_write_at: Option<(u64, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FaultPointKey(u8);
+
+impl From<FaultPoint> for FaultPointKey {
+    fn from(point: FaultPoint) -> Self {
+        FaultPointKey(point as u8)
+    }
+}
+
+/// Wraps a storage and fails chosen calls with an I/O error.
+#[derive(Clone)]
+pub struct FaultyStorage {
+    inner: Arc<dyn Storage>,
+    state: Arc<Mutex<FaultState>>,
+    counters: Arc<[AtomicU64; 5]>,
+}
+
+impl FaultyStorage {
+    /// Wraps `inner`; nothing fails until told to.
+    pub fn new(inner: Arc<dyn Storage>) -> Self {
+        Self { inner, state: Arc::default(), counters: Arc::new(Default::default()) }
+    }
+
+    /// Makes the `nth` call (1-based, counted from now) at `point`, and every later one, fail.
+    pub fn fail_from(&self, point: FaultPoint, nth: u64) {
+        let already = self.counters[point as usize].load(Ordering::SeqCst);
+        self.state.lock().fail_from.insert(point.into(), already + nth);
+    }
+
+    /// Makes the `nth` write from now write only `keep` bytes of its buffer and then fail.
+    pub fn tear_write(&self, nth: u64, keep: usize) {
+        let already = self.counters[FaultPoint::Write as usize].load(Ordering::SeqCst);
+        self.state.lock().tear_write_at = Some((already + nth, keep));
+    }
+
+    /// Stops injecting faults.
+    pub fn heal(&self) {
+        let mut state = self.state.lock();
+        state.fail_from.clear();
+        state.tear_write_at = None;
+    }
+
+    /// How many calls reached `point` so far.
+    pub fn calls(&self, point: FaultPoint) -> u64 {
+        self.counters[point as usize].load(Ordering::SeqCst)
+    }
+
+    fn check(&self, point: FaultPoint) -> io::Result<u64> {
+        let ordinal = self.counters[point as usize].fetch_add(1, Ordering::SeqCst) + 1;
+        match self.state.lock().fail_from.get(&point.into()) {
+            Some(&from) if ordinal >= from => {
+                Err(io::Error::other(format!("injected fault at {point:?} call {ordinal}")))
+            }
+            _ => Ok(ordinal),
+        }
+    }
+}
+
+struct FaultyFile {
+    inner: Box<dyn StorageFile>,
+    faults: FaultyStorage,
+}
+
+impl StorageFile for FaultyFile {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let ordinal = self.faults.check(FaultPoint::Write)?;
+        let tear = self.faults.state.lock().tear_write_at;
+        if let Some((at, keep)) = tear {
+            if at == ordinal {
+                self.inner.write_all(&bytes[..keep.min(bytes.len())])?;
+                return Err(io::Error::other("injected torn write"));
+            }
+        }
+        self.inner.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.faults.check(FaultPoint::Sync)?;
+        self.inner.sync_data()
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        self.inner.open_read(path)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        self.inner.len(path)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        self.check(FaultPoint::Create)?;
+        Ok(Box::new(FaultyFile { inner: self.inner.create(path)?, faults: self.clone() }))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.inner.truncate(path, len)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(FaultPoint::Rename)?;
+        self.inner.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check(FaultPoint::SyncDir)?;
+        self.inner.sync_dir(dir)
+    }
+
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read_all(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_only_synced_bytes_and_durable_names() {
+        let storage = MemStorage::new();
+        let dir = Path::new("/d");
+        storage.create_dir_all(dir).unwrap();
+        let mut file = storage.create(&dir.join("a")).unwrap();
+        file.write_all(b"hello").unwrap();
+        file.sync_data().unwrap();
+        storage.sync_dir(dir).unwrap();
+        file.write_all(b" world").unwrap();
+        let mut lost = storage.create(&dir.join("b")).unwrap();
+        lost.write_all(b"never named durably").unwrap();
+        lost.sync_data().unwrap();
+        storage.crash();
+        assert_eq!(storage.read_all(&dir.join("a")).unwrap(), b"hello");
+        assert!(storage.read_all(&dir.join("b")).is_err());
+    }
+
+    #[test]
+    fn rename_is_durable_only_after_sync_dir() {
+        let storage = MemStorage::new();
+        let dir = Path::new("/d");
+        storage.create_dir_all(dir).unwrap();
+        let mut file = storage.create(&dir.join("tmp")).unwrap();
+        file.write_all(b"x").unwrap();
+        file.sync_data().unwrap();
+        storage.sync_dir(dir).unwrap();
+        storage.rename(&dir.join("tmp"), &dir.join("final")).unwrap();
+        storage.crash();
+        assert_eq!(storage.list(dir).unwrap(), vec!["tmp".to_owned()]);
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_of_the_unsynced_tail() {
+        let storage = MemStorage::new();
+        let dir = Path::new("/d");
+        storage.create_dir_all(dir).unwrap();
+        let mut file = storage.create(&dir.join("a")).unwrap();
+        storage.sync_dir(dir).unwrap();
+        file.write_all(b"0123456789").unwrap();
+        storage.crash_with(|_, unsynced| unsynced / 2);
+        assert_eq!(storage.read_all(&dir.join("a")).unwrap(), b"01234");
+    }
+
+    #[test]
+    fn faults_fire_from_the_chosen_call_on() {
+        let faulty = FaultyStorage::new(Arc::new(MemStorage::new()));
+        let dir = Path::new("/d");
+        faulty.create_dir_all(dir).unwrap();
+        let mut file = faulty.create(&dir.join("a")).unwrap();
+        faulty.fail_from(FaultPoint::Sync, 2);
+        file.sync_data().unwrap();
+        assert!(file.sync_data().is_err());
+        assert!(file.sync_data().is_err());
+        faulty.heal();
+        file.sync_data().unwrap();
+    }
+}

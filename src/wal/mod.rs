@@ -1,0 +1,16 @@
+//! The write-ahead log: record framing, segments, the group-commit writer, snapshot files and the
+//! scan that recovery and `creditd wal verify` share.
+//!
+//! This module moves opaque payloads to and from disk and knows nothing of what they mean; the
+//! engine encodes and applies them through [`crate::codec`]. All I/O goes through the
+//! [`storage::Storage`] trait so that tests can crash and fail the disk at will.
+
+pub mod memory;
+pub mod record;
+pub mod segment;
+pub mod snapshot;
+pub mod storage;
+pub mod writer;
+
+pub use storage::{FsStorage, SharedStorage, Storage, StorageFile};
+pub use writer::{AppendError, Durable, DurabilityError, FsyncMode, Wal, WalOptions, WalStats};

@@ -1,0 +1,442 @@
+//! The group-commit writer: producers append framed records to a shared buffer under a short mutex;
+//! one writer thread takes the whole buffer, writes it with one call, makes it durable with one
+//! `fdatasync`, and publishes the durable-LSN watermark that waiters await.
+//!
+//! Guarantees:
+//! - LSNs are assigned in the order records enter the buffer, so the log is in LSN order and a caller
+//!   that appends while holding its own lock gets its own order into the log.
+//! - The buffer is bounded: past `queue_bytes` an append fails with [`AppendError::Backpressure`]
+//!   instead of growing memory.
+//! - After any write or sync error the log is poisoned: appends fail, every waiter whose record was
+//!   not durable gets an error, and the writer stops. Nothing is retried (a failed fsync may have
+//!   dropped dirty pages, so a retry that succeeds proves nothing).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::record::{self, HEADER_BYTES};
+use super::segment::{self, SEGMENT_HEADER_BYTES};
+use super::storage::{SharedStorage, StorageFile};
+
+/// When the writer calls `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// After every batch, before any record in it is acknowledged. The default.
+    Always,
+    /// Never: records are acknowledged once written to the OS. For benchmarks only; a power cut
+    /// loses acknowledged writes.
+    Never,
+}
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// The directory holding the segments.
+    pub dir: PathBuf,
+    /// When to sync.
+    pub fsync: FsyncMode,
+    /// A segment is closed and a new one started once it holds at least this many bytes.
+    pub segment_bytes: u64,
+    /// The largest payload accepted.
+    pub max_record_bytes: u32,
+    /// The most bytes waiting for the writer before appends are refused.
+    pub queue_bytes: usize,
+    /// The payload codec version written in segment headers.
+    pub format_version: u32,
+}
+
+/// Why an append was refused. Nothing was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// An earlier write or sync failed; the log accepts nothing more until restarted.
+    #[error("the write-ahead log is poisoned by an earlier I/O error")]
+    Poisoned,
+    /// The writer is behind by more than the queue limit.
+    #[error("the write-ahead log queue is full")]
+    Backpressure,
+    /// The log has been shut down.
+    #[error("the write-ahead log is closed")]
+    Closed,
+    /// The payload exceeds the record limit.
+    #[error("the record is larger than the limit")]
+    TooLarge,
+}
+
+/// Why a record will never become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DurabilityError {
+    /// The log was poisoned before the record was synced.
+    #[error("the write-ahead log is poisoned: the record was not made durable")]
+    Poisoned,
+    /// The log was closed before the record was synced (only if the writer died).
+    #[error("the write-ahead log closed before the record was made durable")]
+    Closed,
+}
+
+/// Counters of the writer's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records made durable.
+    pub records: u64,
+    /// Batches written (each one write and, in `always` mode, one sync).
+    pub batches: u64,
+    /// Bytes written, headers included.
+    pub bytes: u64,
+    /// Segments started by rotation.
+    pub rotations: u64,
+}
+
+struct Queue {
+    buffer: Vec<u8>,
+    records: u64,
+    next_lsn: u64,
+    writer_idle: bool,
+    closing: bool,
+}
+
+struct Waiters {
+    wakers: Vec<(u64, Waker)>,
+    blocked: usize,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    writer_wakeup: Condvar,
+    durable_lsn: AtomicU64,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+    poison_reason: Mutex<Option<String>>,
+    waiters: Mutex<Waiters>,
+    durable_changed: Condvar,
+    options: WalOptions,
+    records: AtomicU64,
+    batches: AtomicU64,
+    bytes: AtomicU64,
+    rotations: AtomicU64,
+}
+
+/// The write-ahead log's append side and its writer thread.
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("durable_lsn", &self.durable_lsn())
+            .field("poisoned", &self.is_poisoned())
+            .finish()
+    }
+}
+
+struct ActiveSegment {
+    file: Box<dyn StorageFile>,
+    len: u64,
+    records: u64,
+}
+
+impl Wal {
+    /// Starts a new segment whose first record will be `next_lsn`, and the writer thread. Every
+    /// record before `next_lsn` is taken as durable.
+    pub fn start(storage: SharedStorage, options: WalOptions, next_lsn: u64) -> std::io::Result<Wal> {
+        assert!(next_lsn >= 1, "LSNs start at 1");
+        if options.fsync == FsyncMode::Never {
+            tracing::warn!("fsync = \"never\": acknowledged writes are NOT durable; use only for benchmarks");
+        }
+        let segment = create_segment(&storage, &options, next_lsn)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                buffer: Vec::with_capacity(1 << 20),
+                records: 0,
+                next_lsn,
+                writer_idle: false,
+                closing: false,
+            }),
+            writer_wakeup: Condvar::new(),
+            durable_lsn: AtomicU64::new(next_lsn - 1),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            poison_reason: Mutex::new(None),
+            waiters: Mutex::new(Waiters { wakers: Vec::new(), blocked: 0 }),
+            durable_changed: Condvar::new(),
+            options,
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("creditd-wal".into())
+            .spawn(move || run_writer(&thread_shared, &storage, segment))?;
+        Ok(Wal { shared, writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Queues one record and returns its LSN. Cheap: a mutex, a bounds check, a CRC and a copy.
+    pub fn append(&self, payload: &[u8]) -> Result<u64, AppendError> {
+        let shared = &*self.shared;
+        if payload.is_empty() || payload.len() > shared.options.max_record_bytes as usize {
+            return Err(AppendError::TooLarge);
+        }
+        let mut queue = shared.queue.lock();
+        if shared.poisoned.load(Ordering::Acquire) {
+            return Err(AppendError::Poisoned);
+        }
+        if queue.closing {
+            return Err(AppendError::Closed);
+        }
+        if queue.buffer.len() + HEADER_BYTES + payload.len() > shared.options.queue_bytes {
+            return Err(AppendError::Backpressure);
+        }
+        let lsn = queue.next_lsn;
+        queue.next_lsn += 1;
+        queue.records += 1;
+        record::encode_into(&mut queue.buffer, lsn, payload);
+        if queue.writer_idle {
+            queue.writer_idle = false;
+            shared.writer_wakeup.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    /// The LSN the next append will get.
+    pub fn next_lsn(&self) -> u64 {
+        self.shared.queue.lock().next_lsn
+    }
+
+    /// Every record at or below this LSN is durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.shared.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// Whether an I/O error has poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// The I/O error that poisoned the log, if any.
+    pub fn poison_reason(&self) -> Option<String> {
+        self.shared.poison_reason.lock().clone()
+    }
+
+    /// Counters of the writer's work so far.
+    pub fn stats(&self) -> WalStats {
+        let shared = &self.shared;
+        WalStats {
+            records: shared.records.load(Ordering::Relaxed),
+            batches: shared.batches.load(Ordering::Relaxed),
+            bytes: shared.bytes.load(Ordering::Relaxed),
+            rotations: shared.rotations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks the calling thread until `lsn` is durable.
+    pub fn wait_durable(&self, lsn: u64) -> Result<(), DurabilityError> {
+        let shared = &*self.shared;
+        if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let mut waiters = shared.waiters.lock();
+        waiters.blocked += 1;
+        let result = loop {
+            if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+                break Ok(());
+            }
+            if let Some(error) = shared.failure() {
+                break Err(error);
+            }
+            shared.durable_changed.wait(&mut waiters);
+        };
+        waiters.blocked -= 1;
+        result
+    }
+
+    /// A future that resolves once `lsn` is durable; holds no lock while pending.
+    pub fn durable(&self, lsn: u64) -> Durable {
+        Durable { shared: Arc::clone(&self.shared), lsn }
+    }
+
+    /// Blocks until everything appended so far is durable.
+    pub fn flush(&self) -> Result<(), DurabilityError> {
+        let last = self.next_lsn() - 1;
+        self.wait_durable(last)
+    }
+
+    /// Stops accepting appends, writes and syncs everything queued, and stops the writer thread.
+    /// Returns the error that poisoned the log, if one did.
+    pub fn close(&self) -> Result<(), DurabilityError> {
+        {
+            let mut queue = self.shared.queue.lock();
+            queue.closing = true;
+            self.shared.writer_wakeup.notify_one();
+        }
+        if let Some(writer) = self.writer.lock().take() {
+            if writer.join().is_err() {
+                self.shared.poison("the log writer thread panicked".into());
+            }
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake_all();
+        if self.is_poisoned() {
+            Err(DurabilityError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Resolves when its LSN is durable, or with an error if it never will be.
+pub struct Durable {
+    shared: Arc<Shared>,
+    lsn: u64,
+}
+
+impl Future for Durable {
+    type Output = Result<(), DurabilityError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let shared = &*self.shared;
+        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+            return Poll::Ready(Ok(()));
+        }
+        let mut waiters = shared.waiters.lock();
+        // Check again under the lock: the writer publishes before it takes the lock to wake.
+        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(error) = shared.failure() {
+            return Poll::Ready(Err(error));
+        }
+        waiters.wakers.push((self.lsn, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+impl Shared {
+    fn failure(&self) -> Option<DurabilityError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Some(DurabilityError::Poisoned)
+        } else if self.closed.load(Ordering::Acquire) {
+            Some(DurabilityError::Closed)
+        } else {
+            None
+        }
+    }
+
+    fn publish(&self, lsn: u64) {
+        self.durable_lsn.store(lsn, Ordering::Release);
+        let mut waiters = self.waiters.lock();
+        waiters.wakers.retain(|(waiting_for, waker)| {
+            if *waiting_for <= lsn {
+                waker.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
+        if waiters.blocked > 0 {
+            self.durable_changed.notify_all();
+        }
+    }
+
+    fn wake_all(&self) {
+        let mut waiters = self.waiters.lock();
+        for (_, waker) in waiters.wakers.drain(..) {
+            waker.wake();
+        }
+        self.durable_changed.notify_all();
+    }
+
+    fn poison(&self, reason: String) {
+        tracing::error!(%reason, "write-ahead log poisoned; refusing all writes until restart");
+        self.poison_reason.lock().get_or_insert(reason);
+        self.poisoned.store(true, Ordering::Release);
+        self.wake_all();
+    }
+}
+
+fn create_segment(storage: &SharedStorage, options: &WalOptions, first_lsn: u64) -> std::io::Result<ActiveSegment> {
+    let path = options.dir.join(segment::file_name(first_lsn));
+    let mut file = storage.create(&path)?;
+    file.write_all(&segment::encode_header(first_lsn, options.format_version))?;
+    file.sync_data()?;
+    storage.sync_dir(&options.dir)?;
+    Ok(ActiveSegment { file, len: SEGMENT_HEADER_BYTES as u64, records: 0 })
+}
+
+struct Batch {
+    bytes: Vec<u8>,
+    records: u64,
+    last_lsn: u64,
+}
+
+/// Takes everything queued, waiting while nothing is. `None` once closing with nothing left.
+fn take_batch(shared: &Shared, spare: Vec<u8>) -> Option<Batch> {
+    let mut queue = shared.queue.lock();
+    while queue.buffer.is_empty() {
+        if queue.closing {
+            return None;
+        }
+        queue.writer_idle = true;
+        shared.writer_wakeup.wait(&mut queue);
+    }
+    let bytes = std::mem::replace(&mut queue.buffer, spare);
+    let records = std::mem::take(&mut queue.records);
+    Some(Batch { bytes, records, last_lsn: queue.next_lsn - 1 })
+}
+
+fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegment) {
+    let fsync_seconds = metrics::histogram!("creditd_wal_fsync_duration_seconds");
+    let batch_records = metrics::histogram!("creditd_wal_batch_records");
+    let written_bytes = metrics::counter!("creditd_wal_written_bytes_total");
+    let options = &shared.options;
+    let mut spare = Vec::with_capacity(1 << 20);
+    while let Some(batch) = take_batch(shared, spare) {
+        let first_lsn = batch.last_lsn + 1 - batch.records;
+        if segment.records > 0 && segment.len + batch.bytes.len() as u64 > options.segment_bytes {
+            match create_segment(storage, options, first_lsn) {
+                Ok(next) => {
+                    segment = next;
+                    shared.rotations.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => return shared.poison(format!("starting segment {first_lsn}: {error}")),
+            }
+        }
+        if let Err(error) = segment.file.write_all(&batch.bytes) {
+            return shared.poison(format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn));
+        }
+        if options.fsync == FsyncMode::Always {
+            let started = Instant::now();
+            if let Err(error) = segment.file.sync_data() {
+                return shared.poison(format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn));
+            }
+            fsync_seconds.record(started.elapsed().as_secs_f64());
+        }
+        segment.len += batch.bytes.len() as u64;
+        segment.records += batch.records;
+        shared.records.fetch_add(batch.records, Ordering::Relaxed);
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        shared.bytes.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+        batch_records.record(batch.records as f64);
+        written_bytes.increment(batch.bytes.len() as u64);
+        shared.publish(batch.last_lsn);
+        spare = batch.bytes;
+        spare.clear();
+    }
+}
