@@ -49,7 +49,8 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecErro
 
 /// Decodes one value from the start of `bytes`; returns it and the number of bytes it used.
 pub fn decode_prefix<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::borrow_decode_from_slice(bytes, config()).map_err(|error| CodecError::Decode(error.to_string()))
+    bincode::serde::borrow_decode_from_slice(bytes, config())
+        .map_err(|error| CodecError::Decode(error.to_string()))
 }
 
 #[cfg(test)]
@@ -68,7 +69,11 @@ mod tests {
 
     #[test]
     fn round_trip_borrows_strings() {
-        let value = Sample { name: Cow::Borrowed("alice"), amount: -5, tags: vec![1, 2] };
+        let value = Sample {
+            name: Cow::Borrowed("alice"),
+            amount: -5,
+            tags: vec![1, 2],
+        };
         let mut bytes = Vec::new();
         encode_into(&value, &mut bytes).unwrap();
         let back: Sample<'_> = decode(&bytes).unwrap();
@@ -79,7 +84,15 @@ mod tests {
     #[test]
     fn trailing_bytes_and_truncation_are_errors() {
         let mut bytes = Vec::new();
-        encode_into(&Sample { name: "bob".into(), amount: 1, tags: vec![] }, &mut bytes).unwrap();
+        encode_into(
+            &Sample {
+                name: "bob".into(),
+                amount: 1,
+                tags: vec![],
+            },
+            &mut bytes,
+        )
+        .unwrap();
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(decode::<Sample<'_>>(&longer), Err(CodecError::Trailing(1)));
@@ -91,7 +104,9 @@ mod tests {
     #[test]
     fn huge_claimed_lengths_do_not_allocate() {
         // A vector length prefix of u64::MAX: must fail fast, not try to reserve memory.
-        let bytes = [3u8, b'a', b'b', b'c', 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let bytes = [
+            3u8, b'a', b'b', b'c', 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
         assert!(decode::<Sample<'_>>(&bytes).is_err());
     }
 }

@@ -8,4 +8,5 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod engine;
 pub mod wal;

@@ -72,23 +72,43 @@ impl MemStorage {
         Self::default()
     }
 
-    /// Simulates a power cut: names not made durable by `sync_dir` vanish, and each file keeps its
-    /// synced bytes plus up to `keep_unsynced(file_path, unsynced_len)` bytes of what followed (a
-    /// torn write), which the caller chooses.
-    pub fn crash_with(&self, mut keep_unsynced: impl FnMut(&Path, usize) -> usize) {
-        let mut tree = self.tree.lock();
-        let durable = tree.durable_names.clone();
-        let mut inodes = HashMap::new();
-        for (path, id) in &durable {
+    /// What a power cut at this instant would leave on disk, as a new, independent file system:
+    /// names not made durable by `sync_dir` are gone, and each file keeps its synced bytes plus
+    /// `keep_unsynced(path, unsynced_len)` bytes of what followed (a torn write). Whatever still
+    /// runs against `self` cannot touch the image.
+    pub fn crash_image(&self, mut keep_unsynced: impl FnMut(&Path, usize) -> usize) -> MemStorage {
+        let tree = self.tree.lock();
+        let mut image = Tree {
+            dirs: tree.dirs.clone(),
+            next_inode: tree.next_inode,
+            ..Tree::default()
+        };
+        for (path, id) in &tree.durable_names {
             if let Some(inode) = tree.inodes.get(id) {
                 let unsynced = inode.data.len() - inode.synced_len;
                 let keep = keep_unsynced(path, unsynced).min(unsynced);
                 let len = inode.synced_len + keep;
-                inodes.insert(*id, Inode { data: inode.data[..len].to_vec(), synced_len: len });
+                image.inodes.insert(
+                    *id,
+                    Inode {
+                        data: inode.data[..len].to_vec(),
+                        synced_len: len,
+                    },
+                );
+                image.names.insert(path.clone(), *id);
             }
         }
-        tree.inodes = inodes;
-        tree.names = durable;
+        image.durable_names = image.names.clone();
+        MemStorage {
+            tree: Arc::new(Mutex::new(image)),
+        }
+    }
+
+    /// Replaces this file system's contents with [`MemStorage::crash_image`] of itself.
+    pub fn crash_with(&self, keep_unsynced: impl FnMut(&Path, usize) -> usize) {
+        let image = self.crash_image(keep_unsynced);
+        let image_tree = std::mem::take(&mut *image.tree.lock());
+        *self.tree.lock() = image_tree;
     }
 
     /// Simulates a power cut that loses every byte not synced.
@@ -166,7 +186,10 @@ impl Storage for MemStorage {
         tree.next_inode += 1;
         tree.inodes.insert(id, Inode::default());
         tree.names.insert(path.to_path_buf(), id);
-        Ok(Box::new(MemFile { tree: Arc::clone(&self.tree), inode: id }))
+        Ok(Box::new(MemFile {
+            tree: Arc::clone(&self.tree),
+            inode: id,
+        }))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -192,6 +215,11 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    fn lock(&self, _path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        // One process: nothing to exclude.
+        Ok(Box::new(()))
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut tree = self.tree.lock();
         let current: Vec<(PathBuf, u64)> = tree
@@ -200,7 +228,8 @@ impl Storage for MemStorage {
             .filter(|(path, _)| path.parent() == Some(dir))
             .map(|(path, id)| (path.clone(), *id))
             .collect();
-        tree.durable_names.retain(|path, _| path.parent() != Some(dir));
+        tree.durable_names
+            .retain(|path, _| path.parent() != Some(dir));
         tree.durable_names.extend(current);
         Ok(())
     }
@@ -249,13 +278,20 @@ pub struct FaultyStorage {
 impl FaultyStorage {
     /// Wraps `inner`; nothing fails until told to.
     pub fn new(inner: Arc<dyn Storage>) -> Self {
-        Self { inner, state: Arc::default(), counters: Arc::new(Default::default()) }
+        Self {
+            inner,
+            state: Arc::default(),
+            counters: Arc::new(Default::default()),
+        }
     }
 
     /// Makes the `nth` call (1-based, counted from now) at `point`, and every later one, fail.
     pub fn fail_from(&self, point: FaultPoint, nth: u64) {
         let already = self.counters[point as usize].load(Ordering::SeqCst);
-        self.state.lock().fail_from.insert(point.into(), already + nth);
+        self.state
+            .lock()
+            .fail_from
+            .insert(point.into(), already + nth);
     }
 
     /// Makes the `nth` write from now write only `keep` bytes of its buffer and then fail.
@@ -279,9 +315,9 @@ impl FaultyStorage {
     fn check(&self, point: FaultPoint) -> io::Result<u64> {
         let ordinal = self.counters[point as usize].fetch_add(1, Ordering::SeqCst) + 1;
         match self.state.lock().fail_from.get(&point.into()) {
-            Some(&from) if ordinal >= from => {
-                Err(io::Error::other(format!("injected fault at {point:?} call {ordinal}")))
-            }
+            Some(&from) if ordinal >= from => Err(io::Error::other(format!(
+                "injected fault at {point:?} call {ordinal}"
+            ))),
             _ => Ok(ordinal),
         }
     }
@@ -330,7 +366,10 @@ impl Storage for FaultyStorage {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         self.check(FaultPoint::Create)?;
-        Ok(Box::new(FaultyFile { inner: self.inner.create(path)?, faults: self.clone() }))
+        Ok(Box::new(FaultyFile {
+            inner: self.inner.create(path)?,
+            faults: self.clone(),
+        }))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -344,6 +383,10 @@ impl Storage for FaultyStorage {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.inner.remove(path)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.inner.lock(path)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -387,7 +430,9 @@ mod tests {
         file.write_all(b"x").unwrap();
         file.sync_data().unwrap();
         storage.sync_dir(dir).unwrap();
-        storage.rename(&dir.join("tmp"), &dir.join("final")).unwrap();
+        storage
+            .rename(&dir.join("tmp"), &dir.join("final"))
+            .unwrap();
         storage.crash();
         assert_eq!(storage.list(dir).unwrap(), vec!["tmp".to_owned()]);
     }

@@ -13,4 +13,4 @@ pub mod storage;
 pub mod writer;
 
 pub use storage::{FsStorage, SharedStorage, Storage, StorageFile};
-pub use writer::{AppendError, Durable, DurabilityError, FsyncMode, Wal, WalOptions, WalStats};
+pub use writer::{AppendError, DurabilityError, Durable, FsyncMode, Wal, WalOptions, WalStats};

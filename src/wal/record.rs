@@ -88,14 +88,23 @@ pub fn decode(bytes: &[u8], max_record_bytes: u32) -> Result<Frame<'_>, FrameErr
     let header = read_header(bytes, max_record_bytes)?;
     let needed = HEADER_BYTES + header.len as usize;
     if bytes.len() < needed {
-        return Err(FrameError::Truncated { needed: needed as u64, available: bytes.len() as u64 });
+        return Err(FrameError::Truncated {
+            needed: needed as u64,
+            available: bytes.len() as u64,
+        });
     }
     let payload = &bytes[HEADER_BYTES..needed];
     let computed = checksum(header.lsn, payload);
     if computed != header.crc {
-        return Err(FrameError::Checksum { stored: header.crc, computed });
+        return Err(FrameError::Checksum {
+            stored: header.crc,
+            computed,
+        });
     }
-    Ok(Frame { lsn: header.lsn, payload })
+    Ok(Frame {
+        lsn: header.lsn,
+        payload,
+    })
 }
 
 /// The fixed-size fields at the start of a record.
@@ -112,7 +121,10 @@ pub struct Header {
 /// Reads and sanity-checks a header without touching the payload.
 pub fn read_header(bytes: &[u8], max_record_bytes: u32) -> Result<Header, FrameError> {
     let Some(head) = bytes.get(..HEADER_BYTES) else {
-        return Err(FrameError::Truncated { needed: HEADER_BYTES as u64, available: bytes.len() as u64 });
+        return Err(FrameError::Truncated {
+            needed: HEADER_BYTES as u64,
+            available: bytes.len() as u64,
+        });
     };
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -168,7 +180,10 @@ mod tests {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             let result = decode(&flipped, LIMIT);
-            assert!(result.is_err(), "bit {bit} flipped and the record still decoded: {result:?}");
+            assert!(
+                result.is_err(),
+                "bit {bit} flipped and the record still decoded: {result:?}"
+            );
         }
     }
 
@@ -181,6 +196,12 @@ mod tests {
     fn absurd_length_is_refused_before_reading_the_payload() {
         let mut bytes = sample();
         bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode(&bytes, LIMIT), Err(FrameError::TooLong { len: u32::MAX, limit: LIMIT }));
+        assert_eq!(
+            decode(&bytes, LIMIT),
+            Err(FrameError::TooLong {
+                len: u32::MAX,
+                limit: LIMIT
+            })
+        );
     }
 }

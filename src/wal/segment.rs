@@ -51,7 +51,10 @@ pub fn from_listing(dir: &Path, names: &[String]) -> Vec<SegmentFile> {
     let mut segments: Vec<SegmentFile> = names
         .iter()
         .filter_map(|name| {
-            parse_file_name(name).map(|first_lsn| SegmentFile { first_lsn, path: dir.join(name) })
+            parse_file_name(name).map(|first_lsn| SegmentFile {
+                first_lsn,
+                path: dir.join(name),
+            })
         })
         .collect();
     segments.sort_by_key(|segment| segment.first_lsn);
@@ -107,7 +110,10 @@ pub fn decode_header(bytes: &[u8], format_version: u32) -> Result<u64, HeaderErr
     }
     let found = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     if found != format_version {
-        return Err(HeaderError::Version { found, supported: format_version });
+        return Err(HeaderError::Version {
+            found,
+            supported: format_version,
+        });
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(&header[16..24]);
@@ -145,7 +151,9 @@ pub enum Damage {
     #[error("bad segment header: {0}")]
     Header(HeaderError),
     /// A bad record is followed by a valid one, so this is not an unfinished write.
-    #[error("bad record at offset {offset} ({reason}) followed by a valid record at offset {valid_at}")]
+    #[error(
+        "bad record at offset {offset} ({reason}) followed by a valid record at offset {valid_at}"
+    )]
     Corrupt {
         /// Offset of the bad record.
         offset: u64,
@@ -193,14 +201,27 @@ pub fn scan<E>(
 ) -> Result<Result<Scan, Damage>, E> {
     match decode_header(bytes, format_version) {
         Ok(header_lsn) if header_lsn != first_lsn => {
-            return Ok(Err(Damage::Header(HeaderError::NameMismatch { header: header_lsn, name: first_lsn })))
+            return Ok(Err(Damage::Header(HeaderError::NameMismatch {
+                header: header_lsn,
+                name: first_lsn,
+            })))
         }
         Ok(_) => {}
         Err(error) => {
             // A header that was never completely written is torn only if nothing follows it.
-            if bytes.len() <= SEGMENT_HEADER_BYTES || bytes[SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0) {
-                let end = ScanEnd::TornTail { offset: 0, reason: TailReason::Header(error) };
-                return Ok(Ok(Scan { records: 0, next_lsn: first_lsn, valid_len: 0, end }));
+            if bytes.len() <= SEGMENT_HEADER_BYTES
+                || bytes[SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0)
+            {
+                let end = ScanEnd::TornTail {
+                    offset: 0,
+                    reason: TailReason::Header(error),
+                };
+                return Ok(Ok(Scan {
+                    records: 0,
+                    next_lsn: first_lsn,
+                    valid_len: 0,
+                    end,
+                }));
             }
             return Ok(Err(Damage::Header(error)));
         }
@@ -212,7 +233,11 @@ pub fn scan<E>(
         match record::decode(&bytes[offset..], max_record_bytes) {
             Ok(frame) => {
                 if frame.lsn != expected {
-                    return Ok(Err(Damage::OutOfSequence { offset: offset as u64, found: frame.lsn, expected }));
+                    return Ok(Err(Damage::OutOfSequence {
+                        offset: offset as u64,
+                        found: frame.lsn,
+                        expected,
+                    }));
                 }
                 visit(frame)?;
                 offset += frame.encoded_len();
@@ -220,24 +245,51 @@ pub fn scan<E>(
                 records += 1;
             }
             Err(reason) => {
-                if let Some(valid_at) = find_valid_record(bytes, offset + 1, expected, max_record_bytes) {
-                    return Ok(Err(Damage::Corrupt { offset: offset as u64, reason, valid_at: valid_at as u64 }));
+                if let Some(valid_at) =
+                    find_valid_record(bytes, offset + 1, expected, max_record_bytes)
+                {
+                    return Ok(Err(Damage::Corrupt {
+                        offset: offset as u64,
+                        reason,
+                        valid_at: valid_at as u64,
+                    }));
                 }
-                let end = ScanEnd::TornTail { offset: offset as u64, reason: TailReason::Frame(reason) };
-                return Ok(Ok(Scan { records, next_lsn: expected, valid_len: offset as u64, end }));
+                let end = ScanEnd::TornTail {
+                    offset: offset as u64,
+                    reason: TailReason::Frame(reason),
+                };
+                return Ok(Ok(Scan {
+                    records,
+                    next_lsn: expected,
+                    valid_len: offset as u64,
+                    end,
+                }));
             }
         }
     }
-    Ok(Ok(Scan { records, next_lsn: expected, valid_len: offset as u64, end: ScanEnd::Clean }))
+    Ok(Ok(Scan {
+        records,
+        next_lsn: expected,
+        valid_len: offset as u64,
+        end: ScanEnd::Clean,
+    }))
 }
 
 /// Looks for a record with a plausible LSN (at or after `min_lsn`) anywhere from `from` on. Such a
 /// record after a bad one means the bad one is damage, not an unfinished write.
-fn find_valid_record(bytes: &[u8], from: usize, min_lsn: u64, max_record_bytes: u32) -> Option<usize> {
+fn find_valid_record(
+    bytes: &[u8],
+    from: usize,
+    min_lsn: u64,
+    max_record_bytes: u32,
+) -> Option<usize> {
     let max_plausible = min_lsn.saturating_add((bytes.len() / HEADER_BYTES) as u64);
     (from..bytes.len().saturating_sub(HEADER_BYTES)).find(|&at| {
-        let Ok(header) = record::read_header(&bytes[at..], max_record_bytes) else { return false };
-        (min_lsn..=max_plausible).contains(&header.lsn) && record::decode(&bytes[at..], max_record_bytes).is_ok()
+        let Ok(header) = record::read_header(&bytes[at..], max_record_bytes) else {
+            return false;
+        };
+        (min_lsn..=max_plausible).contains(&header.lsn)
+            && record::decode(&bytes[at..], max_record_bytes).is_ok()
     })
 }
 
@@ -272,7 +324,10 @@ mod tests {
         assert_eq!(parse_file_name("7.log"), None);
         assert_eq!(parse_file_name("00000000000000000007.log.tmp"), None);
         let names = vec![file_name(100), file_name(9), "junk".to_owned()];
-        let lsns: Vec<u64> = from_listing(Path::new("/w"), &names).iter().map(|s| s.first_lsn).collect();
+        let lsns: Vec<u64> = from_listing(Path::new("/w"), &names)
+            .iter()
+            .map(|s| s.first_lsn)
+            .collect();
         assert_eq!(lsns, vec![9, 100]);
     }
 
@@ -326,7 +381,14 @@ mod tests {
         record::encode_into(&mut bytes, 1, b"one");
         record::encode_into(&mut bytes, 3, b"three");
         let (result, _) = scan_all(&bytes, 1);
-        assert!(matches!(result, Err(Damage::OutOfSequence { found: 3, expected: 2, .. })));
+        assert!(matches!(
+            result,
+            Err(Damage::OutOfSequence {
+                found: 3,
+                expected: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -334,14 +396,23 @@ mod tests {
         let bytes = segment(9, &[]);
         assert_eq!(scan_all(&bytes, 9).0.unwrap().end, ScanEnd::Clean);
         let (result, _) = scan_all(&bytes[..10], 9);
-        assert!(matches!(result.unwrap().end, ScanEnd::TornTail { offset: 0, .. }));
+        assert!(matches!(
+            result.unwrap().end,
+            ScanEnd::TornTail { offset: 0, .. }
+        ));
         let (result, _) = scan_all(&[0u8; 100], 9);
-        assert!(matches!(result.unwrap().end, ScanEnd::TornTail { offset: 0, .. }));
+        assert!(matches!(
+            result.unwrap().end,
+            ScanEnd::TornTail { offset: 0, .. }
+        ));
     }
 
     #[test]
     fn header_naming_another_lsn_is_damage() {
         let bytes = segment(9, &[b"x"]);
-        assert!(matches!(scan_all(&bytes, 10).0, Err(Damage::Header(HeaderError::NameMismatch { .. }))));
+        assert!(matches!(
+            scan_all(&bytes, 10).0,
+            Err(Damage::Header(HeaderError::NameMismatch { .. }))
+        ));
     }
 }

@@ -70,7 +70,12 @@ pub struct SnapshotFile {
 pub fn from_listing(dir: &Path, names: &[String]) -> Vec<SnapshotFile> {
     let mut files: Vec<SnapshotFile> = names
         .iter()
-        .filter_map(|name| parse_file_name(name).map(|start_lsn| SnapshotFile { start_lsn, path: dir.join(name) }))
+        .filter_map(|name| {
+            parse_file_name(name).map(|start_lsn| SnapshotFile {
+                start_lsn,
+                path: dir.join(name),
+            })
+        })
         .collect();
     files.sort_by(|a, b| b.start_lsn.cmp(&a.start_lsn));
     files
@@ -134,7 +139,9 @@ pub enum SnapshotError {
         expected: u64,
     },
     /// The trailer does not match what was read.
-    #[error("trailer counts {trailer_chunks} chunks / {trailer_bytes} bytes, read {chunks} / {bytes}")]
+    #[error(
+        "trailer counts {trailer_chunks} chunks / {trailer_bytes} bytes, read {chunks} / {bytes}"
+    )]
     Trailer {
         /// Chunks the trailer counts.
         trailer_chunks: u64,
@@ -212,14 +219,24 @@ impl SnapshotWriter {
     /// Queues one chunk (an opaque, non-empty payload) for the file thread.
     pub fn write_chunk(&mut self, payload: Vec<u8>) -> io::Result<()> {
         debug_assert!(!payload.is_empty());
-        let sender = self.sender.as_ref().ok_or_else(|| io::Error::other("snapshot writer finished"))?;
-        sender.send(payload).map_err(|_| io::Error::other("snapshot file thread stopped"))
+        let sender = self
+            .sender
+            .as_ref()
+            .ok_or_else(|| io::Error::other("snapshot writer finished"))?;
+        sender
+            .send(payload)
+            .map_err(|_| io::Error::other("snapshot file thread stopped"))
     }
 
     fn join(&mut self) -> io::Result<FileThreadResult> {
         self.sender.take();
-        let thread = self.thread.take().ok_or_else(|| io::Error::other("snapshot writer finished"))?;
-        thread.join().map_err(|_| io::Error::other("snapshot file thread panicked"))?
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot writer finished"))?;
+        thread
+            .join()
+            .map_err(|_| io::Error::other("snapshot file thread panicked"))?
     }
 
     /// Writes the trailer, syncs the file, renames it into place and syncs the directory.
@@ -263,7 +280,10 @@ impl Drop for SnapshotWriter {
     }
 }
 
-fn write_chunks(mut file: Box<dyn StorageFile>, receiver: &Receiver<Vec<u8>>) -> io::Result<FileThreadResult> {
+fn write_chunks(
+    mut file: Box<dyn StorageFile>,
+    receiver: &Receiver<Vec<u8>>,
+) -> io::Result<FileThreadResult> {
     let mut buffer = Vec::with_capacity(1 << 20);
     let mut chunks = 0u64;
     let mut payload_bytes = 0u64;
@@ -280,7 +300,12 @@ fn write_chunks(mut file: Box<dyn StorageFile>, receiver: &Receiver<Vec<u8>>) ->
     }
     file.write_all(&buffer)?;
     file_bytes += buffer.len() as u64;
-    Ok(FileThreadResult { file, chunks, payload_bytes, file_bytes })
+    Ok(FileThreadResult {
+        file,
+        chunks,
+        payload_bytes,
+        file_bytes,
+    })
 }
 
 /// Reads a snapshot chunk by chunk, checking every frame and the trailer.
@@ -311,14 +336,19 @@ impl SnapshotReader {
         }
         let found = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         if found != format_version {
-            return Err(SnapshotError::Version { found, supported: format_version });
+            return Err(SnapshotError::Version {
+                found,
+                supported: format_version,
+            });
         }
         let mut start = [0u8; 8];
         start.copy_from_slice(&bytes[16..24]);
         let mut created = [0u8; 8];
         created.copy_from_slice(&bytes[24..32]);
-        let header =
-            SnapshotHeader { start_lsn: u64::from_le_bytes(start), created_at_ms: i64::from_le_bytes(created) };
+        let header = SnapshotHeader {
+            start_lsn: u64::from_le_bytes(start),
+            created_at_ms: i64::from_le_bytes(created),
+        };
         Ok(SnapshotReader {
             reader,
             header,
@@ -341,31 +371,47 @@ impl SnapshotReader {
             return Ok(false);
         }
         let sequence = self.chunks + 1;
-        let frame_error = |offset, reason| SnapshotError::Frame { sequence, offset, reason };
+        let frame_error = |offset, reason| SnapshotError::Frame {
+            sequence,
+            offset,
+            reason,
+        };
         let mut head = [0u8; HEADER_BYTES];
         let got = read_exact_or_short(&mut self.reader, &mut head)?;
         if got < HEADER_BYTES {
-            let reason = FrameError::Truncated { needed: HEADER_BYTES as u64, available: got as u64 };
+            let reason = FrameError::Truncated {
+                needed: HEADER_BYTES as u64,
+                available: got as u64,
+            };
             return Err(frame_error(self.offset, reason));
         }
-        let header = record::read_header(&head, self.max_chunk_bytes).map_err(|e| frame_error(self.offset, e))?;
+        let header = record::read_header(&head, self.max_chunk_bytes)
+            .map_err(|e| frame_error(self.offset, e))?;
         buffer.clear();
         buffer.extend_from_slice(&head);
         buffer.resize(HEADER_BYTES + header.len as usize, 0);
         let got = read_exact_or_short(&mut self.reader, &mut buffer[HEADER_BYTES..])?;
         if got < header.len as usize {
             let needed = HEADER_BYTES as u64 + u64::from(header.len);
-            let reason = FrameError::Truncated { needed, available: (HEADER_BYTES + got) as u64 };
+            let reason = FrameError::Truncated {
+                needed,
+                available: (HEADER_BYTES + got) as u64,
+            };
             return Err(frame_error(self.offset, reason));
         }
-        let frame = record::decode(buffer, self.max_chunk_bytes).map_err(|e| frame_error(self.offset, e))?;
+        let frame = record::decode(buffer, self.max_chunk_bytes)
+            .map_err(|e| frame_error(self.offset, e))?;
         let frame_offset = self.offset;
         self.offset += frame.encoded_len() as u64;
         if frame.lsn == TRAILER_SEQUENCE {
             return self.finish(frame.payload).map(|()| false);
         }
         if frame.lsn != sequence {
-            return Err(SnapshotError::Sequence { offset: frame_offset, found: frame.lsn, expected: sequence });
+            return Err(SnapshotError::Sequence {
+                offset: frame_offset,
+                found: frame.lsn,
+                expected: sequence,
+            });
         }
         self.chunks = sequence;
         self.payload_bytes += frame.payload.len() as u64;
@@ -428,7 +474,10 @@ mod tests {
         let shared: SharedStorage = Arc::new(storage.clone());
         let dir = Path::new("/snap");
         storage.create_dir_all(dir).unwrap();
-        let header = SnapshotHeader { start_lsn: 77, created_at_ms: 1_700_000_000_000 };
+        let header = SnapshotHeader {
+            start_lsn: 77,
+            created_at_ms: 1_700_000_000_000,
+        };
         let mut writer = SnapshotWriter::create(shared, dir, header, VERSION).unwrap();
         for chunk in chunks {
             writer.write_chunk(chunk.to_vec()).unwrap();
@@ -455,8 +504,14 @@ mod tests {
         storage.crash();
         assert_eq!(summary.bytes, storage.len(&summary.path).unwrap());
         let chunks = read_all(&storage, &summary.path).unwrap();
-        assert_eq!(chunks, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
-        assert_eq!(storage.list(Path::new("/snap")).unwrap(), vec![file_name(77)]);
+        assert_eq!(
+            chunks,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+        assert_eq!(
+            storage.list(Path::new("/snap")).unwrap(),
+            vec![file_name(77)]
+        );
     }
 
     #[test]
@@ -467,19 +522,34 @@ mod tests {
         for cut in 0..bytes.len() {
             let damaged = MemStorage::new();
             damaged.create_dir_all(Path::new("/snap")).unwrap();
-            damaged.create(&summary.path).unwrap().write_all(&bytes[..cut]).unwrap();
-            assert!(read_all(&damaged, &summary.path).is_err(), "truncated at {cut} and still read");
+            damaged
+                .create(&summary.path)
+                .unwrap()
+                .write_all(&bytes[..cut])
+                .unwrap();
+            assert!(
+                read_all(&damaged, &summary.path).is_err(),
+                "truncated at {cut} and still read"
+            );
         }
         for bit in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             let damaged = MemStorage::new();
             damaged.create_dir_all(Path::new("/snap")).unwrap();
-            damaged.create(&summary.path).unwrap().write_all(&flipped).unwrap();
+            damaged
+                .create(&summary.path)
+                .unwrap()
+                .write_all(&flipped)
+                .unwrap();
             // Padding and reserved header bytes are not covered; everything else is.
-            let in_unchecked_header_bytes = (12..16).contains(&(bit / 8)) || (36..40).contains(&(bit / 8));
+            let in_unchecked_header_bytes =
+                (12..16).contains(&(bit / 8)) || (36..40).contains(&(bit / 8));
             if !in_unchecked_header_bytes {
-                assert!(read_all(&damaged, &summary.path).is_err(), "bit {bit} flipped and still read");
+                assert!(
+                    read_all(&damaged, &summary.path).is_err(),
+                    "bit {bit} flipped and still read"
+                );
             }
         }
     }
@@ -490,7 +560,10 @@ mod tests {
         assert!(is_temporary("00000000000000000005.snap.tmp"));
         assert_eq!(parse_file_name("00000000000000000005.snap.tmp"), None);
         let listing = vec![file_name(5), file_name(50), "x.snap".into()];
-        let newest: Vec<u64> = from_listing(Path::new("/s"), &listing).iter().map(|s| s.start_lsn).collect();
+        let newest: Vec<u64> = from_listing(Path::new("/s"), &listing)
+            .iter()
+            .map(|s| s.start_lsn)
+            .collect();
         assert_eq!(newest, vec![50, 5]);
     }
 }

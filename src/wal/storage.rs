@@ -39,6 +39,9 @@ pub trait Storage: Send + Sync + 'static {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on a file, creating it if needed, so that two processes never share
+    /// a data directory. The lock lasts as long as the returned guard.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
 
     /// Reads a whole file into memory.
     fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -86,7 +89,10 @@ impl Storage for FsStorage {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(io::BufReader::with_capacity(1 << 20, File::open(path)?)))
+        Ok(Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            File::open(path)?,
+        )))
     }
 
     fn len(&self, path: &Path) -> io::Result<u64> {
@@ -94,7 +100,11 @@ impl Storage for FsStorage {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         Ok(Box::new(FsFile(file)))
     }
 
@@ -114,6 +124,26 @@ impl Storage for FsStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is locked: another creditd process uses this data directory",
+                    path.display()
+                ),
+            )),
+            Err(fs::TryLockError::Error(error)) => Err(error),
+        }
     }
 
     fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {

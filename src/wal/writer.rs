@@ -148,10 +148,16 @@ struct ActiveSegment {
 impl Wal {
     /// Starts a new segment whose first record will be `next_lsn`, and the writer thread. Every
     /// record before `next_lsn` is taken as durable.
-    pub fn start(storage: SharedStorage, options: WalOptions, next_lsn: u64) -> std::io::Result<Wal> {
+    pub fn start(
+        storage: SharedStorage,
+        options: WalOptions,
+        next_lsn: u64,
+    ) -> std::io::Result<Wal> {
         assert!(next_lsn >= 1, "LSNs start at 1");
         if options.fsync == FsyncMode::Never {
-            tracing::warn!("fsync = \"never\": acknowledged writes are NOT durable; use only for benchmarks");
+            tracing::warn!(
+                "fsync = \"never\": acknowledged writes are NOT durable; use only for benchmarks"
+            );
         }
         let segment = create_segment(&storage, &options, next_lsn)?;
         let shared = Arc::new(Shared {
@@ -167,7 +173,10 @@ impl Wal {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
-            waiters: Mutex::new(Waiters { wakers: Vec::new(), blocked: 0 }),
+            waiters: Mutex::new(Waiters {
+                wakers: Vec::new(),
+                blocked: 0,
+            }),
             durable_changed: Condvar::new(),
             options,
             records: AtomicU64::new(0),
@@ -179,7 +188,10 @@ impl Wal {
         let writer = std::thread::Builder::new()
             .name("creditd-wal".into())
             .spawn(move || run_writer(&thread_shared, &storage, segment))?;
-        Ok(Wal { shared, writer: Mutex::new(Some(writer)) })
+        Ok(Wal {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
     /// Queues one record and returns its LSN. Cheap: a mutex, a bounds check, a CRC and a copy.
@@ -224,6 +236,17 @@ impl Wal {
         self.shared.poisoned.load(Ordering::Acquire)
     }
 
+    /// Whether the log has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Poisons the log from outside: for a failure the caller found (such as a record that could
+    /// not be applied). Appends fail and pending waiters get an error from here on.
+    pub fn poison(&self, reason: String) {
+        self.shared.poison(reason);
+    }
+
     /// The I/O error that poisoned the log, if any.
     pub fn poison_reason(&self) -> Option<String> {
         self.shared.poison_reason.lock().clone()
@@ -263,7 +286,10 @@ impl Wal {
 
     /// A future that resolves once `lsn` is durable; holds no lock while pending.
     pub fn durable(&self, lsn: u64) -> Durable {
-        Durable { shared: Arc::clone(&self.shared), lsn }
+        Durable {
+            shared: Arc::clone(&self.shared),
+            lsn,
+        }
     }
 
     /// Blocks until everything appended so far is durable.
@@ -371,13 +397,21 @@ impl Shared {
     }
 }
 
-fn create_segment(storage: &SharedStorage, options: &WalOptions, first_lsn: u64) -> std::io::Result<ActiveSegment> {
+fn create_segment(
+    storage: &SharedStorage,
+    options: &WalOptions,
+    first_lsn: u64,
+) -> std::io::Result<ActiveSegment> {
     let path = options.dir.join(segment::file_name(first_lsn));
     let mut file = storage.create(&path)?;
     file.write_all(&segment::encode_header(first_lsn, options.format_version))?;
     file.sync_data()?;
     storage.sync_dir(&options.dir)?;
-    Ok(ActiveSegment { file, len: SEGMENT_HEADER_BYTES as u64, records: 0 })
+    Ok(ActiveSegment {
+        file,
+        len: SEGMENT_HEADER_BYTES as u64,
+        records: 0,
+    })
 }
 
 struct Batch {
@@ -398,7 +432,11 @@ fn take_batch(shared: &Shared, spare: Vec<u8>) -> Option<Batch> {
     }
     let bytes = std::mem::replace(&mut queue.buffer, spare);
     let records = std::mem::take(&mut queue.records);
-    Some(Batch { bytes, records, last_lsn: queue.next_lsn - 1 })
+    Some(Batch {
+        bytes,
+        records,
+        last_lsn: queue.next_lsn - 1,
+    })
 }
 
 fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegment) {
@@ -415,16 +453,24 @@ fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegme
                     segment = next;
                     shared.rotations.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(error) => return shared.poison(format!("starting segment {first_lsn}: {error}")),
+                Err(error) => {
+                    return shared.poison(format!("starting segment {first_lsn}: {error}"))
+                }
             }
         }
         if let Err(error) = segment.file.write_all(&batch.bytes) {
-            return shared.poison(format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn));
+            return shared.poison(format!(
+                "writing LSNs {first_lsn}..={}: {error}",
+                batch.last_lsn
+            ));
         }
         if options.fsync == FsyncMode::Always {
             let started = Instant::now();
             if let Err(error) = segment.file.sync_data() {
-                return shared.poison(format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn));
+                return shared.poison(format!(
+                    "syncing LSNs {first_lsn}..={}: {error}",
+                    batch.last_lsn
+                ));
             }
             fsync_seconds.record(started.elapsed().as_secs_f64());
         }
@@ -432,7 +478,9 @@ fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegme
         segment.records += batch.records;
         shared.records.fetch_add(batch.records, Ordering::Relaxed);
         shared.batches.fetch_add(1, Ordering::Relaxed);
-        shared.bytes.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+        shared
+            .bytes
+            .fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
         batch_records.record(batch.records as f64);
         written_bytes.increment(batch.bytes.len() as u64);
         shared.publish(batch.last_lsn);

@@ -1,0 +1,520 @@
+//! Events: the payload of every log record. An event carries its result (the balance after, the
+//! reservation's expiry), never the request, so replay re-applies decisions and never re-makes them.
+//! It also carries everything the ledger will show later: action, quantity, description,
+//! reference, metadata, actor and time.
+//!
+//! Strings borrow from the request when encoding and from the segment buffer when decoding, so
+//! neither the hot path nor replay allocates for them. Variants are only ever appended, never
+//! reordered: the variant index is part of the on-disk format ([`crate::codec::FORMAT_VERSION`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{CreditKind, Currency, DebitKind, Fingerprint, Lsn, ReleaseReason};
+
+/// Which wallet an event changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletRef<'a> {
+    /// Tenant id.
+    pub tenant: &'a str,
+    /// User id.
+    pub user: &'a str,
+    /// Wallet currency.
+    pub currency: Currency,
+}
+
+/// The idempotency key a change was made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyTag<'a> {
+    /// The client's key.
+    pub key: &'a str,
+    /// The digest of the request it was first used with.
+    pub fingerprint: Fingerprint,
+}
+
+/// Who, when and why: shown by the ledger and the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta<'a> {
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// The API key's name, or `system`.
+    pub actor: &'a str,
+    /// Free text from the client.
+    #[serde(borrow)]
+    pub description: Option<&'a str>,
+    /// The client's or the payment gateway's reference.
+    #[serde(borrow)]
+    pub reference: Option<&'a str>,
+    /// A JSON document from the client, kept as text.
+    #[serde(borrow)]
+    pub metadata: Option<&'a str>,
+    /// The idempotency key, when the request carried one.
+    #[serde(borrow)]
+    pub idempotency: Option<IdempotencyTag<'a>>,
+}
+
+impl<'a> Meta<'a> {
+    /// Meta of a change the engine makes on its own (such as expiring a reservation).
+    pub fn system(time_ms: i64) -> Meta<'a> {
+        Meta {
+            time_ms,
+            actor: "system",
+            description: None,
+            reference: None,
+            metadata: None,
+            idempotency: None,
+        }
+    }
+}
+
+/// An action from the catalogue as used by one debit or reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionUse<'a> {
+    /// The action's name.
+    pub name: &'a str,
+    /// How many units.
+    pub quantity: u64,
+    /// Credits per unit at the time.
+    pub unit_cost: i64,
+}
+
+/// A tenant's settings as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSettingsRecord<'a> {
+    /// Display name.
+    #[serde(borrow)]
+    pub name: Option<&'a str>,
+    /// The currency of wallets created for new users.
+    pub default_currency: Currency,
+}
+
+/// A user's profile as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRecord<'a> {
+    /// E-mail address.
+    #[serde(borrow)]
+    pub email: Option<&'a str>,
+    /// Display name.
+    #[serde(borrow)]
+    pub name: Option<&'a str>,
+    /// A JSON document, kept as text.
+    #[serde(borrow)]
+    pub metadata: Option<&'a str>,
+}
+
+/// A top-up package as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRecord<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Credits it buys.
+    pub credits: i64,
+    /// The wallet currency the credits go to.
+    pub currency: Currency,
+    /// Price in minor units (kobo, cents).
+    pub price_minor: i64,
+    /// Price currency (`NGN`, `USD`).
+    pub price_currency: Currency,
+    /// Offered for sale.
+    pub active: bool,
+}
+
+/// One change to the engine's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event<'a> {
+    /// A tenant was created or its settings changed.
+    TenantUpserted {
+        /// Tenant id.
+        tenant: &'a str,
+        /// New settings.
+        #[serde(borrow)]
+        settings: TenantSettingsRecord<'a>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A user was created (with a wallet in the tenant's default currency) or its profile changed.
+    UserUpserted {
+        /// Tenant id.
+        tenant: &'a str,
+        /// User id.
+        user: &'a str,
+        /// New profile.
+        #[serde(borrow)]
+        profile: ProfileRecord<'a>,
+        /// The currency of the wallet created with the user.
+        default_currency: Currency,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A wallet's overdraft limit changed (its floor is minus this).
+    OverdraftSet {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The new limit, ≥ 0.
+        limit: i64,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// Credits were added.
+    Credited {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// Why.
+        kind: CreditKind,
+        /// How many, > 0.
+        amount: i64,
+        /// Balance after.
+        balance_after: i64,
+        /// Available after.
+        available_after: i64,
+        /// Who, when, why.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// Credits were taken.
+    Debited {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// Why.
+        kind: DebitKind,
+        /// How many, > 0.
+        amount: i64,
+        /// Balance after.
+        balance_after: i64,
+        /// Available after.
+        available_after: i64,
+        /// The catalogue action, for debits by action.
+        #[serde(borrow)]
+        action: Option<ActionUse<'a>>,
+        /// Who, when, why.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// Credits were reserved; the reservation's id is this record's LSN.
+    HoldPlaced {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// How many, > 0.
+        amount: i64,
+        /// When it lapses, Unix milliseconds.
+        expires_at_ms: i64,
+        /// Reserved after.
+        reserved_after: i64,
+        /// Available after.
+        available_after: i64,
+        /// The catalogue action, for reservations by action.
+        #[serde(borrow)]
+        action: Option<ActionUse<'a>>,
+        /// Who, when, why.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A reservation was charged (`charged` may be below or above `held`) and closed.
+    HoldCaptured {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The reservation.
+        hold_id: Lsn,
+        /// What it held.
+        held: i64,
+        /// What was charged.
+        charged: i64,
+        /// Balance after.
+        balance_after: i64,
+        /// Reserved after.
+        reserved_after: i64,
+        /// Available after.
+        available_after: i64,
+        /// The catalogue action the reservation was made for.
+        #[serde(borrow)]
+        action: Option<ActionUse<'a>>,
+        /// Who, when, why.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A reservation's expiry moved.
+    HoldExtended {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The reservation.
+        hold_id: Lsn,
+        /// The new expiry, Unix milliseconds.
+        expires_at_ms: i64,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A reservation was released (by the client or by expiry) without a charge.
+    HoldReleased {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The reservation.
+        hold_id: Lsn,
+        /// What it held.
+        amount: i64,
+        /// Why.
+        reason: ReleaseReason,
+        /// Reserved after.
+        reserved_after: i64,
+        /// Available after.
+        available_after: i64,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A catalogue action was created or changed.
+    ActionPut {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Action name.
+        action: &'a str,
+        /// Credits per unit, > 0.
+        cost: i64,
+        /// The wallet currency it charges.
+        currency: Currency,
+        /// Free text.
+        #[serde(borrow)]
+        description: Option<&'a str>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A catalogue action was removed.
+    ActionDeleted {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Action name.
+        action: &'a str,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A package was created or changed.
+    PackagePut {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Package id.
+        package: &'a str,
+        /// Its terms.
+        #[serde(borrow)]
+        terms: PackageRecord<'a>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A package was removed.
+    PackageDeleted {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Package id.
+        package: &'a str,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+}
+
+impl<'a> Event<'a> {
+    /// The tenant the event belongs to.
+    pub fn tenant(&self) -> &'a str {
+        match self {
+            Event::TenantUpserted { tenant, .. }
+            | Event::UserUpserted { tenant, .. }
+            | Event::ActionPut { tenant, .. }
+            | Event::ActionDeleted { tenant, .. }
+            | Event::PackagePut { tenant, .. }
+            | Event::PackageDeleted { tenant, .. } => tenant,
+            Event::OverdraftSet { wallet, .. }
+            | Event::Credited { wallet, .. }
+            | Event::Debited { wallet, .. }
+            | Event::HoldPlaced { wallet, .. }
+            | Event::HoldCaptured { wallet, .. }
+            | Event::HoldExtended { wallet, .. }
+            | Event::HoldReleased { wallet, .. } => wallet.tenant,
+        }
+    }
+
+    /// Who, when and why.
+    pub fn meta(&self) -> &Meta<'a> {
+        match self {
+            Event::TenantUpserted { meta, .. }
+            | Event::UserUpserted { meta, .. }
+            | Event::OverdraftSet { meta, .. }
+            | Event::Credited { meta, .. }
+            | Event::Debited { meta, .. }
+            | Event::HoldPlaced { meta, .. }
+            | Event::HoldCaptured { meta, .. }
+            | Event::HoldExtended { meta, .. }
+            | Event::HoldReleased { meta, .. }
+            | Event::ActionPut { meta, .. }
+            | Event::ActionDeleted { meta, .. }
+            | Event::PackagePut { meta, .. }
+            | Event::PackageDeleted { meta, .. } => meta,
+        }
+    }
+
+    /// The wallet the event changes, for wallet events.
+    pub fn wallet(&self) -> Option<&WalletRef<'a>> {
+        match self {
+            Event::OverdraftSet { wallet, .. }
+            | Event::Credited { wallet, .. }
+            | Event::Debited { wallet, .. }
+            | Event::HoldPlaced { wallet, .. }
+            | Event::HoldCaptured { wallet, .. }
+            | Event::HoldExtended { wallet, .. }
+            | Event::HoldReleased { wallet, .. } => Some(wallet),
+            _ => None,
+        }
+    }
+
+    /// The answer an idempotent request that made this event gets again on replay.
+    pub fn outcome(&self, lsn: Lsn) -> Option<Outcome> {
+        Some(match *self {
+            Event::Credited {
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => Outcome::Credit {
+                entry_id: lsn,
+                amount,
+                balance: balance_after,
+                available: available_after,
+            },
+            Event::Debited {
+                kind,
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => Outcome::Debit {
+                entry_id: lsn,
+                kind,
+                charged: amount,
+                balance: balance_after,
+                available: available_after,
+            },
+            Event::HoldPlaced {
+                amount,
+                expires_at_ms,
+                available_after,
+                ..
+            } => Outcome::Reserve {
+                reservation_id: lsn,
+                amount,
+                expires_at_ms,
+                available: available_after,
+            },
+            Event::HoldCaptured {
+                held,
+                charged,
+                balance_after,
+                available_after,
+                ..
+            } => Outcome::Capture {
+                entry_id: lsn,
+                charged,
+                released: held.saturating_sub(charged).max(0),
+                balance: balance_after,
+                available: available_after,
+            },
+            Event::HoldExtended {
+                hold_id,
+                expires_at_ms,
+                ..
+            } => Outcome::Extend {
+                reservation_id: hold_id,
+                expires_at_ms,
+            },
+            Event::HoldReleased {
+                hold_id,
+                amount,
+                available_after,
+                ..
+            } => Outcome::Release {
+                reservation_id: hold_id,
+                released: amount,
+                available: available_after,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// What a change answered. Stored with its idempotency key and answered again on replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Credits added.
+    Credit {
+        /// Ledger entry id.
+        entry_id: Lsn,
+        /// Credits added.
+        amount: i64,
+        /// Balance after.
+        balance: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// Credits taken.
+    Debit {
+        /// Ledger entry id.
+        entry_id: Lsn,
+        /// Usage or revoke.
+        kind: DebitKind,
+        /// Credits taken.
+        charged: i64,
+        /// Balance after.
+        balance: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// Credits reserved.
+    Reserve {
+        /// The reservation's id.
+        reservation_id: Lsn,
+        /// Credits held.
+        amount: i64,
+        /// When it lapses, Unix milliseconds.
+        expires_at_ms: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// A reservation charged.
+    Capture {
+        /// Ledger entry id.
+        entry_id: Lsn,
+        /// Credits charged.
+        charged: i64,
+        /// Credits returned to available.
+        released: i64,
+        /// Balance after.
+        balance: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// A reservation's expiry moved.
+    Extend {
+        /// The reservation's id.
+        reservation_id: Lsn,
+        /// The new expiry.
+        expires_at_ms: i64,
+    },
+    /// A reservation released.
+    Release {
+        /// The reservation's id.
+        reservation_id: Lsn,
+        /// Credits returned to available.
+        released: i64,
+        /// Available after.
+        available: i64,
+    },
+}

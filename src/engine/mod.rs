@@ -1,0 +1,266 @@
+//! The engine: tenants, users, wallets per currency, reservations, the action catalogue, top-up
+//! packages and idempotency keys. It is the only code that changes balances.
+//!
+//! Every change follows one path: validate (no lock), take the user's shard lock, decide, encode
+//! the event and queue it in the log (which assigns its LSN), apply it with the same function
+//! replay uses, release the lock. The caller then awaits [`Engine::durable`] for the returned LSN
+//! before it answers. Nothing on this path does I/O or waits on anything but its own locks.
+//!
+//! The engine must not do I/O itself outside the log and snapshot writers, and must not know about
+//! HTTP.
+
+mod clock;
+pub mod event;
+mod idempotency;
+mod invariants;
+mod maintenance;
+mod ops;
+mod recovery;
+mod snapshot;
+pub(crate) mod state;
+pub mod types;
+mod view;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use idempotency::{Done, IdempotencyKey};
+pub use invariants::{Figures, InvariantViolation};
+pub use ops::{
+    CaptureRequest, Context, CreditRequest, DebitRequest, ReserveRequest, RevokeRequest, Spend,
+};
+pub use recovery::{OpenError, RecoveryReport, TornTail};
+pub use snapshot::SnapshotError as EngineSnapshotError;
+pub use state::Tenant;
+pub use view::{
+    ActionView, PackageView, ReservationState, ReservationView, StateImage, TenantView, UserView,
+    WalletView,
+};
+
+use crate::codec;
+use crate::wal::snapshot::SnapshotSummary;
+use crate::wal::{DurabilityError, Durable, FsStorage, FsyncMode, SharedStorage, Wal, WalOptions};
+use state::State;
+use types::{EngineError, Limits};
+
+/// Everything the engine needs to know at start. Every field has a default (see [`Default`]).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where the log and snapshots live (`<data_dir>/wal`, `<data_dir>/snapshots`).
+    pub data_dir: PathBuf,
+    /// When the log syncs (default `always`).
+    pub fsync: FsyncMode,
+    /// Segment size before rotation (default 64 MiB).
+    pub segment_bytes: u64,
+    /// Largest record (default 1 MiB).
+    pub max_record_bytes: u32,
+    /// Bytes queued for the log writer before appends are refused with backpressure (default 64 MiB).
+    pub queue_bytes: usize,
+    /// Shards per tenant user map (default 512; a snapshot blocks one shard at a time).
+    pub shards: usize,
+    /// Take a snapshot after this many records (default 1 000 000).
+    pub snapshot_every_records: u64,
+    /// Take a snapshot after this many seconds if anything changed (default 300).
+    pub snapshot_every_seconds: u64,
+    /// Snapshots kept on disk, with the log needed to replay the oldest of them (default 2).
+    pub snapshots_kept: usize,
+    /// How long idempotency keys are kept (default 86 400 s).
+    pub idempotency_ttl_seconds: u64,
+    /// The most idempotency keys kept at once, all tenants together (default 5 000 000).
+    pub idempotency_max_entries: u64,
+    /// How often expired reservations are released (default 1000 ms).
+    pub maintenance_interval_ms: u64,
+    /// Run the snapshot and maintenance threads (default true; tests turn them off to drive time).
+    pub background: bool,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            data_dir: PathBuf::from("./data"),
+            fsync: FsyncMode::Always,
+            segment_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+            queue_bytes: 64 * 1024 * 1024,
+            shards: 512,
+            snapshot_every_records: 1_000_000,
+            snapshot_every_seconds: 300,
+            snapshots_kept: 2,
+            idempotency_ttl_seconds: 24 * 3600,
+            idempotency_max_entries: 5_000_000,
+            maintenance_interval_ms: 1000,
+            background: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The log directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+
+    /// The snapshot directory.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+
+    fn wal_options(&self) -> WalOptions {
+        WalOptions {
+            dir: self.wal_dir(),
+            fsync: self.fsync,
+            segment_bytes: self.segment_bytes,
+            max_record_bytes: self.max_record_bytes,
+            queue_bytes: self.queue_bytes,
+            format_version: codec::FORMAT_VERSION,
+        }
+    }
+}
+
+struct SnapshotProgress {
+    last_start_lsn: u64,
+    last_finished: Instant,
+}
+
+/// The engine: in-memory state made durable by the log.
+pub struct Engine {
+    state: State,
+    wal: Wal,
+    storage: SharedStorage,
+    options: EngineOptions,
+    clock: Arc<dyn Clock>,
+    snapshots: Mutex<SnapshotProgress>,
+    tokens: AtomicU64,
+    recovery: RecoveryReport,
+    background: Mutex<Option<maintenance::Background>>,
+    _lock: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.options.data_dir)
+            .field("wal", &self.wal)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the data directory on the real file system with the system clock.
+    pub fn open_dir(options: EngineOptions) -> Result<Arc<Engine>, OpenError> {
+        Engine::open(options, Arc::new(FsStorage), Arc::new(SystemClock))
+    }
+
+    /// Recovers the state from the newest valid snapshot and the log, checks the invariants,
+    /// starts a new log segment and (if `options.background`) the snapshot and maintenance threads.
+    pub fn open(
+        options: EngineOptions,
+        storage: SharedStorage,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Engine>, OpenError> {
+        let io = |path: PathBuf| move |source| OpenError::Io { path, source };
+        storage
+            .create_dir_all(&options.wal_dir())
+            .map_err(io(options.wal_dir()))?;
+        storage
+            .create_dir_all(&options.snapshot_dir())
+            .map_err(io(options.snapshot_dir()))?;
+        let lock_path = options.data_dir.join("LOCK");
+        let lock = storage.lock(&lock_path).map_err(io(lock_path))?;
+        let recovered = recovery::recover(&storage, &options, clock.now_ms())?;
+        let wal = Wal::start(
+            Arc::clone(&storage),
+            options.wal_options(),
+            recovered.report.next_lsn,
+        )
+        .map_err(io(options.wal_dir()))?;
+        let engine = Arc::new(Engine {
+            state: recovered.state,
+            wal,
+            storage,
+            clock,
+            snapshots: Mutex::new(SnapshotProgress {
+                last_start_lsn: recovered.report.snapshot_start_lsn.unwrap_or(0),
+                last_finished: Instant::now(),
+            }),
+            tokens: AtomicU64::new(1),
+            recovery: recovered.report,
+            background: Mutex::new(None),
+            _lock: lock,
+            options,
+        });
+        if engine.options.background {
+            *engine.background.lock() = Some(maintenance::Background::start(&engine));
+        }
+        Ok(engine)
+    }
+
+    /// Stops the background threads, makes everything queued durable, takes a final snapshot and
+    /// closes the log. Appends fail from here on.
+    pub fn shutdown(&self) -> Result<Option<SnapshotSummary>, EngineError> {
+        if let Some(background) = self.background.lock().take() {
+            background.stop();
+        }
+        self.wal.flush()?;
+        let summary = match self.snapshot() {
+            Ok(summary) => Some(summary),
+            Err(error) => {
+                tracing::error!(%error, "final snapshot failed; the log alone will recover the state");
+                None
+            }
+        };
+        self.wal.close()?;
+        Ok(summary)
+    }
+
+    /// The options the engine was opened with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// What recovery found when the engine opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Whether writes can be acknowledged: recovery is done (it is, once `open` returned) and the
+    /// log is neither poisoned nor closed.
+    pub fn is_writable(&self) -> bool {
+        !self.wal.is_poisoned() && !self.wal.is_closed()
+    }
+
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.state.tenant(id)
+    }
+
+    /// Blocks until the record at `lsn` is durable.
+    pub fn wait_durable(&self, lsn: u64) -> Result<(), DurabilityError> {
+        self.wal.wait_durable(lsn)
+    }
+
+    /// Resolves once the record at `lsn` is durable.
+    pub fn durable(&self, lsn: u64) -> Durable {
+        self.wal.durable(lsn)
+    }
+
+    /// The clock's reading, Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+#[cfg(test)]
+mod tests;

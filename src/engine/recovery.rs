@@ -1,0 +1,326 @@
+//! Recovery: the newest valid snapshot, then every log record from its start LSN on, then the
+//! invariants. A torn tail in the last segment is cut off and reported; damage anywhere else stops
+//! the start with a message naming the file and offset.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::invariants::{self, Figures};
+use super::snapshot;
+use super::state::State;
+use super::types::Lsn;
+use super::EngineOptions;
+use crate::codec;
+use crate::wal::segment::{self, ScanEnd, SegmentFile};
+use crate::wal::snapshot as snapshot_file;
+use crate::wal::SharedStorage;
+
+/// Why the engine would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A segment is damaged somewhere other than an unfinished tail.
+    #[error("{}: damaged log: {detail}", path.display())]
+    Damage {
+        /// The segment.
+        path: PathBuf,
+        /// What and where (byte offset).
+        detail: String,
+    },
+    /// A record is intact but cannot be applied.
+    #[error("{} offset {offset}: record LSN {lsn} cannot be applied: {detail}", path.display())]
+    Replay {
+        /// The segment.
+        path: PathBuf,
+        /// The record's byte offset.
+        offset: u64,
+        /// The record's LSN.
+        lsn: Lsn,
+        /// Why.
+        detail: String,
+    },
+    /// Segments are missing: the log does not cover what the snapshot needs.
+    #[error("log is incomplete: {0}")]
+    Gap(String),
+    /// The recovered state breaks an invariant.
+    #[error("recovered state is inconsistent: {0}")]
+    Invariant(#[from] invariants::InvariantViolation),
+}
+
+/// An unfinished write cut off the end of the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment.
+    pub path: PathBuf,
+    /// Where the valid data ends and the file now ends.
+    pub offset: u64,
+    /// Bytes discarded.
+    pub discarded_bytes: u64,
+}
+
+/// What recovery did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryReport {
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<PathBuf>,
+    /// Its start LSN.
+    pub snapshot_start_lsn: Option<Lsn>,
+    /// Newer snapshots that could not be read and were passed over.
+    pub snapshots_skipped: Vec<(PathBuf, String)>,
+    /// Log segments read.
+    pub segments: u64,
+    /// Records applied from the log.
+    pub records_replayed: u64,
+    /// Records read but already contained in the snapshot.
+    pub records_skipped: u64,
+    /// The cut-off unfinished write, if there was one.
+    pub torn_tail: Option<TornTail>,
+    /// The LSN the next record will get.
+    pub next_lsn: Lsn,
+    /// Time taken, seconds.
+    pub seconds: f64,
+    /// What the state holds.
+    pub figures: Figures,
+}
+
+pub(crate) struct Recovered {
+    pub state: State,
+    pub report: RecoveryReport,
+}
+
+pub(crate) fn recover(
+    storage: &SharedStorage,
+    options: &EngineOptions,
+    now_ms: i64,
+) -> Result<Recovered, OpenError> {
+    let started = Instant::now();
+    let io = |path: PathBuf| move |source| OpenError::Io { path, source };
+    let wal_dir = options.wal_dir();
+    let snapshot_dir = options.snapshot_dir();
+    let idempotency_cutoff_ms =
+        now_ms.saturating_sub(seconds_to_ms(options.idempotency_ttl_seconds));
+    let reservation_cutoff_ms = now_ms.saturating_sub(seconds_to_ms(
+        options.limits.closed_reservation_retention_seconds,
+    ));
+
+    let snapshot_names = storage
+        .list(&snapshot_dir)
+        .map_err(io(snapshot_dir.clone()))?;
+    for name in snapshot_names
+        .iter()
+        .filter(|name| snapshot_file::is_temporary(name))
+    {
+        let path = snapshot_dir.join(name);
+        storage.remove(&path).map_err(io(path))?;
+    }
+    let mut state = State::new(options.shards);
+    let mut loaded = None;
+    let mut skipped = Vec::new();
+    for candidate in snapshot_file::from_listing(&snapshot_dir, &snapshot_names) {
+        match snapshot::load(
+            storage,
+            &candidate,
+            &state,
+            options.max_record_bytes.max(64 * 1024 * 1024),
+            idempotency_cutoff_ms,
+            reservation_cutoff_ms,
+        ) {
+            Ok(start_lsn) => {
+                loaded = Some((candidate.path, start_lsn));
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(path = %candidate.path.display(), %error, "snapshot unreadable; trying an older one");
+                skipped.push((candidate.path, error.to_string()));
+                state = State::new(options.shards);
+            }
+        }
+    }
+    let start_lsn = loaded.as_ref().map_or(1, |(_, lsn)| *lsn);
+
+    let segments = segment::from_listing(
+        &wal_dir,
+        &storage.list(&wal_dir).map_err(io(wal_dir.clone()))?,
+    );
+    let replay = replay_log(
+        storage,
+        &segments,
+        start_lsn,
+        loaded.is_some(),
+        &state,
+        options,
+        idempotency_cutoff_ms,
+    )?;
+    if let Some(torn) = &replay.torn_tail {
+        if torn.offset == 0 {
+            storage.remove(&torn.path).map_err(io(torn.path.clone()))?;
+            storage.sync_dir(&wal_dir).map_err(io(wal_dir.clone()))?;
+        } else {
+            storage
+                .truncate(&torn.path, torn.offset)
+                .map_err(io(torn.path.clone()))?;
+        }
+        tracing::warn!(
+            path = %torn.path.display(),
+            offset = torn.offset,
+            discarded_bytes = torn.discarded_bytes,
+            "cut an unfinished write off the end of the log"
+        );
+    }
+    let figures = invariants::check(&state, replay.next_lsn)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = RecoveryReport {
+        snapshot: loaded.as_ref().map(|(path, _)| path.clone()),
+        snapshot_start_lsn: loaded.as_ref().map(|(_, lsn)| *lsn),
+        snapshots_skipped: skipped,
+        segments: replay.segments,
+        records_replayed: replay.replayed,
+        records_skipped: replay.skipped,
+        torn_tail: replay.torn_tail,
+        next_lsn: replay.next_lsn,
+        seconds,
+        figures,
+    };
+    let rate = if seconds > 0.0 {
+        report.records_replayed as f64 / seconds
+    } else {
+        0.0
+    };
+    tracing::info!(
+        snapshot = ?report.snapshot,
+        records = report.records_replayed,
+        seconds = format!("{seconds:.3}"),
+        records_per_second = format!("{rate:.0}"),
+        next_lsn = report.next_lsn,
+        tenants = figures.tenants,
+        users = figures.users,
+        wallets = figures.wallets,
+        reservations = figures.reservations_open,
+        "recovered"
+    );
+    Ok(Recovered { state, report })
+}
+
+struct Replay {
+    segments: u64,
+    replayed: u64,
+    skipped: u64,
+    next_lsn: Lsn,
+    torn_tail: Option<TornTail>,
+}
+
+fn replay_log(
+    storage: &SharedStorage,
+    segments: &[SegmentFile],
+    start_lsn: Lsn,
+    have_snapshot: bool,
+    state: &State,
+    options: &EngineOptions,
+    idempotency_cutoff_ms: i64,
+) -> Result<Replay, OpenError> {
+    let mut replay = Replay {
+        segments: 0,
+        replayed: 0,
+        skipped: 0,
+        next_lsn: start_lsn,
+        torn_tail: None,
+    };
+    if segments.is_empty() {
+        if have_snapshot {
+            return Err(OpenError::Gap(format!(
+                "a snapshot starts at LSN {start_lsn} but the log directory is empty"
+            )));
+        }
+        return Ok(replay);
+    }
+    let Some(first) = segments.iter().rposition(|s| s.first_lsn <= start_lsn) else {
+        return Err(OpenError::Gap(format!(
+            "the oldest segment starts at LSN {}, replay must start at LSN {start_lsn}",
+            segments[0].first_lsn
+        )));
+    };
+    let mut expected = segments[first].first_lsn;
+    let last_index = segments.len() - 1;
+    for (index, file) in segments.iter().enumerate().skip(first) {
+        if file.first_lsn != expected {
+            return Err(OpenError::Gap(format!(
+                "{} starts at LSN {}, expected {expected}",
+                file.path.display(),
+                file.first_lsn
+            )));
+        }
+        let bytes = storage
+            .read_all(&file.path)
+            .map_err(|source| OpenError::Io {
+                path: file.path.clone(),
+                source,
+            })?;
+        let base = bytes.as_ptr() as usize;
+        let visit = |frame: crate::wal::record::Frame<'_>| -> Result<(), OpenError> {
+            if frame.lsn < start_lsn {
+                replay.skipped += 1;
+                return Ok(());
+            }
+            let offset =
+                (frame.payload.as_ptr() as usize - base - crate::wal::record::HEADER_BYTES) as u64;
+            let fail = |detail: String| OpenError::Replay {
+                path: file.path.clone(),
+                offset,
+                lsn: frame.lsn,
+                detail,
+            };
+            let event = codec::decode(frame.payload).map_err(|e| fail(e.to_string()))?;
+            state
+                .replay(frame.lsn, &event, idempotency_cutoff_ms)
+                .map_err(|e| fail(e.to_string()))?;
+            replay.replayed += 1;
+            Ok(())
+        };
+        let scan = segment::scan(
+            &bytes,
+            file.first_lsn,
+            codec::FORMAT_VERSION,
+            options.max_record_bytes,
+            visit,
+        )?
+        .map_err(|damage| OpenError::Damage {
+            path: file.path.clone(),
+            detail: damage.to_string(),
+        })?;
+        replay.segments += 1;
+        if let ScanEnd::TornTail { offset, reason } = &scan.end {
+            if index != last_index {
+                return Err(OpenError::Damage {
+                    path: file.path.clone(),
+                    detail: format!("bad record at offset {offset} ({reason:?}) in a segment that is not the last"),
+                });
+            }
+            replay.torn_tail = Some(TornTail {
+                path: file.path.clone(),
+                offset: *offset,
+                discarded_bytes: bytes.len() as u64 - offset,
+            });
+        }
+        expected = scan.next_lsn;
+    }
+    if expected < start_lsn {
+        return Err(OpenError::Gap(format!(
+            "the log ends at LSN {} before the snapshot's start {start_lsn}",
+            expected - 1
+        )));
+    }
+    replay.next_lsn = expected;
+    Ok(replay)
+}
+
+fn seconds_to_ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}

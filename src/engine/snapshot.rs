@@ -1,0 +1,518 @@
+//! Fuzzy snapshots of the engine's state, and loading them back.
+//!
+//! A snapshot notes the next LSN `S` first, then copies tenants, then users shard by shard (each
+//! shard read-locked only while its users are encoded), then closed reservations and idempotency
+//! keys. Debits carry on meanwhile, so a user copied late may already include records at or after
+//! `S`; it carries its own last LSN and replay skips what it has seen. Users are copied before
+//! idempotency keys on purpose: a key is finished under its user's lock, so every record before `S`
+//! that the users include has its key in the table by the time the table is copied.
+//!
+//! Before the file is renamed into place, every record the copy may include is made durable, so a
+//! snapshot never holds an effect the log could lose.
+//!
+//! Chunk payloads: a [`ChunkHead`] followed by `count` items of the kind it names.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+use super::event::Outcome;
+use super::state::{
+    Account, AccountExtra, Catalogue, HoldEntry, HoldState, IdempotencyEntry, IdempotencyState,
+    State, Tenant, Wallet,
+};
+use super::types::{Fingerprint, Lsn};
+use super::Engine;
+use crate::codec::{self, CodecError};
+use crate::wal::snapshot::{
+    self as snapshot_file, SnapshotHeader, SnapshotReader, SnapshotSummary, SnapshotWriter,
+};
+use crate::wal::{segment, SharedStorage};
+
+/// Chunk payloads are cut at about this size.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Why a snapshot could not be taken or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// File I/O failed.
+    #[error("snapshot I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file's frames are bad.
+    #[error("snapshot file: {0}")]
+    File(#[from] snapshot_file::SnapshotError),
+    /// A chunk's payload is not what this build writes.
+    #[error("snapshot content: {0}")]
+    Codec(#[from] CodecError),
+    /// The content contradicts itself.
+    #[error("snapshot content: {0}")]
+    Content(String),
+    /// The log failed while the snapshot waited for durability.
+    #[error("the log failed during the snapshot: {0}")]
+    Log(#[from] crate::wal::DurabilityError),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ChunkHead<'a> {
+    Tenant {
+        id: &'a str,
+        #[serde(borrow)]
+        catalogue: Cow<'a, Catalogue>,
+    },
+    Users {
+        tenant: &'a str,
+        count: u32,
+    },
+    ClosedReservations {
+        tenant: &'a str,
+        count: u32,
+    },
+    IdempotencyKeys {
+        tenant: &'a str,
+        count: u32,
+    },
+    End(Totals),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Totals {
+    tenants: u64,
+    users: u64,
+    closed_reservations: u64,
+    idempotency_keys: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UserImage<'a> {
+    user: &'a str,
+    last_lsn: Lsn,
+    primary: Wallet,
+    #[serde(borrow)]
+    extra: Option<Cow<'a, AccountExtra>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClosedReservationImage<'a> {
+    id: Lsn,
+    #[serde(borrow)]
+    entry: Cow<'a, HoldEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdempotencyImage<'a> {
+    key: &'a str,
+    fingerprint: Fingerprint,
+    lsn: Lsn,
+    created_ms: i64,
+    outcome: Outcome,
+}
+
+/// Gathers items of one kind into chunks.
+struct Chunker<'w> {
+    writer: &'w mut SnapshotWriter,
+    body: Vec<u8>,
+    count: u32,
+}
+
+impl Chunker<'_> {
+    fn item<T: Serialize>(&mut self, item: &T) -> Result<(), SnapshotError> {
+        codec::encode_into(item, &mut self.body)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.body.len() >= CHUNK_BYTES
+    }
+
+    fn flush(&mut self, head: &ChunkHead<'_>) -> Result<(), SnapshotError> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let mut chunk = Vec::with_capacity(self.body.len() + 64);
+        codec::encode_into(head, &mut chunk)?;
+        chunk.extend_from_slice(&self.body);
+        self.writer.write_chunk(chunk)?;
+        self.body.clear();
+        self.count = 0;
+        Ok(())
+    }
+
+    fn single(&mut self, head: &ChunkHead<'_>) -> Result<(), SnapshotError> {
+        let mut chunk = Vec::new();
+        codec::encode_into(head, &mut chunk)?;
+        self.writer.write_chunk(chunk)?;
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Takes a snapshot now (one at a time), then removes snapshots beyond `snapshots_kept` and the
+    /// log segments no kept snapshot needs.
+    pub fn snapshot(&self) -> Result<SnapshotSummary, SnapshotError> {
+        let mut progress = self.snapshots.lock();
+        let started = Instant::now();
+        let start_lsn = self.wal.next_lsn();
+        let header = SnapshotHeader {
+            start_lsn,
+            created_at_ms: self.clock.now_ms(),
+        };
+        let dir = self.options.snapshot_dir();
+        let mut writer = SnapshotWriter::create(
+            Arc::clone(&self.storage),
+            &dir,
+            header,
+            codec::FORMAT_VERSION,
+        )?;
+        if let Err(error) = self.copy_state(&mut writer) {
+            writer.abort();
+            return Err(error);
+        }
+        // The copy may include any record queued so far; none of them may be lost once the
+        // snapshot exists.
+        let last_copied = self.wal.next_lsn() - 1;
+        if let Err(error) = self.wal.wait_durable(last_copied) {
+            writer.abort();
+            return Err(error.into());
+        }
+        let summary = writer.commit()?;
+        progress.last_start_lsn = start_lsn;
+        progress.last_finished = Instant::now();
+        drop(progress);
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::histogram!("creditd_snapshot_duration_seconds").record(seconds);
+        tracing::info!(
+            path = %summary.path.display(),
+            start_lsn,
+            bytes = summary.bytes,
+            seconds = format!("{seconds:.3}"),
+            "snapshot written"
+        );
+        if let Err(error) = self.prune() {
+            tracing::warn!(%error, "removing old snapshots and log segments failed; will retry after the next snapshot");
+        }
+        Ok(summary)
+    }
+
+    fn copy_state(&self, writer: &mut SnapshotWriter) -> Result<(), SnapshotError> {
+        let tenants = self.state.tenant_list();
+        let mut totals = Totals::default();
+        let mut chunker = Chunker {
+            writer,
+            body: Vec::with_capacity(CHUNK_BYTES + 4096),
+            count: 0,
+        };
+        for tenant in &tenants {
+            let catalogue = tenant.catalogue.read().clone();
+            chunker.single(&ChunkHead::Tenant {
+                id: &tenant.id,
+                catalogue: Cow::Owned(catalogue),
+            })?;
+            totals.tenants += 1;
+        }
+        for tenant in &tenants {
+            let head = |count| ChunkHead::Users {
+                tenant: &tenant.id,
+                count,
+            };
+            for entry in tenant.users.iter() {
+                let account = entry.value();
+                chunker.item(&UserImage {
+                    user: entry.key(),
+                    last_lsn: account.last_lsn,
+                    primary: account.primary,
+                    extra: account.extra.as_deref().map(Cow::Borrowed),
+                })?;
+                totals.users += 1;
+                if chunker.full() {
+                    chunker.flush(&head(chunker.count))?;
+                }
+            }
+            chunker.flush(&head(chunker.count))?;
+        }
+        for tenant in &tenants {
+            let head = |count| ChunkHead::ClosedReservations {
+                tenant: &tenant.id,
+                count,
+            };
+            for entry in tenant.holds.iter() {
+                if matches!(entry.state, HoldState::Closed { .. }) {
+                    chunker.item(&ClosedReservationImage {
+                        id: *entry.key(),
+                        entry: Cow::Borrowed(entry.value()),
+                    })?;
+                    totals.closed_reservations += 1;
+                    if chunker.full() {
+                        chunker.flush(&head(chunker.count))?;
+                    }
+                }
+            }
+            chunker.flush(&head(chunker.count))?;
+        }
+        for tenant in &tenants {
+            let head = |count| ChunkHead::IdempotencyKeys {
+                tenant: &tenant.id,
+                count,
+            };
+            for entry in tenant.idempotency.iter() {
+                if let IdempotencyState::Done {
+                    lsn,
+                    created_ms,
+                    outcome,
+                } = entry.state
+                {
+                    let image = IdempotencyImage {
+                        key: entry.key(),
+                        fingerprint: entry.fingerprint,
+                        lsn,
+                        created_ms,
+                        outcome,
+                    };
+                    chunker.item(&image)?;
+                    totals.idempotency_keys += 1;
+                    if chunker.full() {
+                        chunker.flush(&head(chunker.count))?;
+                    }
+                }
+            }
+            chunker.flush(&head(chunker.count))?;
+        }
+        chunker.single(&ChunkHead::End(totals))
+    }
+
+    /// Whether a snapshot is due by record count or by time.
+    pub(crate) fn snapshot_due(&self) -> bool {
+        let progress = self.snapshots.lock();
+        let next = self.wal.next_lsn();
+        let records = next.saturating_sub(progress.last_start_lsn.max(1));
+        records >= self.options.snapshot_every_records
+            || (records > 0
+                && progress.last_finished.elapsed().as_secs()
+                    >= self.options.snapshot_every_seconds)
+    }
+
+    /// Keeps the newest `snapshots_kept` snapshots and the segments the oldest of them needs.
+    fn prune(&self) -> std::io::Result<()> {
+        let storage = &self.storage;
+        let snapshot_dir = self.options.snapshot_dir();
+        let snapshots = snapshot_file::from_listing(&snapshot_dir, &storage.list(&snapshot_dir)?);
+        let kept = self.options.snapshots_kept.max(1);
+        let Some(oldest_kept) = snapshots
+            .get(..kept.min(snapshots.len()))
+            .and_then(|k| k.last())
+        else {
+            return Ok(());
+        };
+        let keep_from = oldest_kept.start_lsn;
+        for old in snapshots.iter().skip(kept) {
+            storage.remove(&old.path)?;
+        }
+        let wal_dir = self.options.wal_dir();
+        let segments = segment::from_listing(&wal_dir, &storage.list(&wal_dir)?);
+        let mut removed = 0;
+        for pair in segments.windows(2) {
+            // A segment is needed while the next one starts after the oldest kept snapshot.
+            if pair[1].first_lsn <= keep_from {
+                storage.remove(&pair[0].path)?;
+                removed += 1;
+            }
+        }
+        storage.sync_dir(&snapshot_dir)?;
+        storage.sync_dir(&wal_dir)?;
+        if removed > 0 {
+            tracing::debug!(
+                removed,
+                keep_from,
+                "removed log segments older than the oldest kept snapshot"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Loads a snapshot into an empty state. Idempotency keys created before `idempotency_cutoff_ms`
+/// and closed reservations closed before `reservation_cutoff_ms` are left out.
+pub(crate) fn load(
+    storage: &SharedStorage,
+    file: &snapshot_file::SnapshotFile,
+    state: &State,
+    max_chunk_bytes: u32,
+    idempotency_cutoff_ms: i64,
+    reservation_cutoff_ms: i64,
+) -> Result<Lsn, SnapshotError> {
+    let mut reader =
+        SnapshotReader::open(storage, &file.path, codec::FORMAT_VERSION, max_chunk_bytes)?;
+    let start_lsn = reader.header().start_lsn;
+    if start_lsn != file.start_lsn {
+        return Err(SnapshotError::Content(format!(
+            "header says start LSN {start_lsn}, name says {}",
+            file.start_lsn
+        )));
+    }
+    let mut buffer = Vec::new();
+    let mut counted = Totals::default();
+    let mut ended = None;
+    while reader.next_chunk(&mut buffer)? {
+        if ended.is_some() {
+            return Err(SnapshotError::Content("chunks after the end chunk".into()));
+        }
+        ended = load_chunk(
+            &buffer,
+            state,
+            &mut counted,
+            idempotency_cutoff_ms,
+            reservation_cutoff_ms,
+        )?;
+    }
+    match ended {
+        Some(totals) if totals == counted => Ok(start_lsn),
+        Some(totals) => Err(SnapshotError::Content(format!(
+            "end chunk counts {totals:?}, read {counted:?}"
+        ))),
+        None => Err(SnapshotError::Content("no end chunk".into())),
+    }
+}
+
+fn load_chunk(
+    chunk: &[u8],
+    state: &State,
+    counted: &mut Totals,
+    idempotency_cutoff_ms: i64,
+    reservation_cutoff_ms: i64,
+) -> Result<Option<Totals>, SnapshotError> {
+    let (head, used) = codec::decode_prefix::<ChunkHead<'_>>(chunk)?;
+    let mut rest = &chunk[used..];
+    let tenant_of = |id: &str| {
+        state.tenant(id).ok_or_else(|| {
+            SnapshotError::Content(format!("items for tenant {id:?} before its tenant chunk"))
+        })
+    };
+    match head {
+        ChunkHead::Tenant { id, catalogue } => {
+            let tenant = Tenant::new(id, catalogue.into_owned(), state.shards);
+            if state
+                .tenants
+                .write()
+                .insert(CompactString::new(id), Arc::new(tenant))
+                .is_some()
+            {
+                return Err(SnapshotError::Content(format!(
+                    "tenant {id:?} appears twice"
+                )));
+            }
+            counted.tenants += 1;
+        }
+        ChunkHead::Users { tenant, count } => {
+            let tenant = tenant_of(tenant)?;
+            for _ in 0..count {
+                let image: UserImage<'_> = next_item(&mut rest)?;
+                let account = Account {
+                    last_lsn: image.last_lsn,
+                    primary: image.primary,
+                    extra: image.extra.map(|e| Box::new(e.into_owned())),
+                };
+                for hold in account.holds() {
+                    let open = HoldEntry {
+                        user: image.user.into(),
+                        state: HoldState::Open {
+                            expires_at_ms: hold.expires_at_ms,
+                        },
+                    };
+                    tenant.holds.insert(hold.id, open);
+                }
+                if tenant
+                    .users
+                    .insert(CompactString::new(image.user), account)
+                    .is_some()
+                {
+                    return Err(SnapshotError::Content(format!(
+                        "user {:?} appears twice",
+                        image.user
+                    )));
+                }
+            }
+            counted.users += u64::from(count);
+        }
+        ChunkHead::ClosedReservations { tenant, count } => {
+            let tenant = tenant_of(tenant)?;
+            for _ in 0..count {
+                let image: ClosedReservationImage<'_> = next_item(&mut rest)?;
+                let entry = image.entry.into_owned();
+                if matches!(entry.state, HoldState::Closed { at_ms, .. } if at_ms >= reservation_cutoff_ms)
+                {
+                    tenant.holds.insert(image.id, entry);
+                }
+            }
+            counted.closed_reservations += u64::from(count);
+        }
+        ChunkHead::IdempotencyKeys { tenant, count } => {
+            let tenant = tenant_of(tenant)?;
+            for _ in 0..count {
+                let image: IdempotencyImage<'_> = next_item(&mut rest)?;
+                if image.created_ms < idempotency_cutoff_ms {
+                    continue;
+                }
+                let state_done = IdempotencyState::Done {
+                    lsn: image.lsn,
+                    created_ms: image.created_ms,
+                    outcome: image.outcome,
+                };
+                let entry = IdempotencyEntry {
+                    fingerprint: image.fingerprint,
+                    state: state_done,
+                };
+                if tenant
+                    .idempotency
+                    .insert(CompactString::new(image.key), entry)
+                    .is_none()
+                {
+                    state
+                        .idempotency_entries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            counted.idempotency_keys += u64::from(count);
+        }
+        ChunkHead::End(totals) => {
+            if !rest.is_empty() {
+                return Err(SnapshotError::Content(
+                    "bytes after the end chunk's head".into(),
+                ));
+            }
+            return Ok(Some(totals));
+        }
+    }
+    if !rest.is_empty() {
+        return Err(SnapshotError::Content(format!(
+            "{} bytes after a chunk's last item",
+            rest.len()
+        )));
+    }
+    Ok(None)
+}
+
+fn next_item<'a, T: Deserialize<'a>>(rest: &mut &'a [u8]) -> Result<T, SnapshotError> {
+    let (item, used) = codec::decode_prefix::<T>(rest)?;
+    *rest = &rest[used..];
+    Ok(item)
+}
+
+/// Decodes a snapshot's chunks without building state: for `creditd wal verify` and the fuzzers.
+pub fn check_chunks(chunks: &[Vec<u8>]) -> Result<(), SnapshotError> {
+    let state = State::new(4);
+    let mut counted = Totals::default();
+    let mut ended = None;
+    for chunk in chunks {
+        if ended.is_some() {
+            return Err(SnapshotError::Content("chunks after the end chunk".into()));
+        }
+        ended = load_chunk(chunk, &state, &mut counted, i64::MIN, i64::MIN)?;
+    }
+    match ended {
+        Some(totals) if totals == counted => Ok(()),
+        _ => Err(SnapshotError::Content("missing or wrong end chunk".into())),
+    }
+}

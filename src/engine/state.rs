@@ -1,0 +1,836 @@
+//! The in-memory state and the one function that changes it: [`Account::apply`] (and its tenant-level
+//! siblings), used alike by live operations, after their record is queued, and by replay.
+//!
+//! `apply` checks every event against the state it lands on: the balance before plus or minus the
+//! amount must equal the balance the event recorded, the reservation it closes must hold what the
+//! event says, and no wallet may end below its floor. Replay therefore proves conservation record by
+//! record; a mismatch stops recovery instead of silently producing a different balance.
+//!
+//! Locking: a tenant's users live in a sharded map; each operation on a user takes that user's
+//! shard lock once and holds it while it decides, queues its record and applies it. While holding
+//! it, an operation may also take (in this order, never the reverse) a shard of the tenant's
+//! reservation index, a shard of the tenant's idempotency table, and the log's append mutex. No
+//! operation ever locks two users. The tenant registry and a tenant's catalogue are taken before
+//! any user lock, never under one.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::event::{Event, Meta, Outcome, PackageRecord, ProfileRecord};
+use super::types::{ClosedAs, Currency, Fingerprint, Lsn, ReleaseReason};
+
+/// The hasher of every sharded map: keyed per process, so clients cannot choose colliding ids.
+pub(crate) type BuildHasher = foldhash::fast::RandomState;
+/// A sharded concurrent map.
+pub(crate) type ShardedMap<K, V> = DashMap<K, V, BuildHasher>;
+
+/// A sharded map with `shards` rounded up to a power of two of at least 4.
+pub(crate) fn sharded_map<K: Eq + std::hash::Hash, V>(shards: usize) -> ShardedMap<K, V> {
+    DashMap::with_hasher_and_shard_amount(BuildHasher::default(), shards.max(4).next_power_of_two())
+}
+
+/// One wallet: a balance in one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Wallet {
+    pub balance: i64,
+    /// Sum of open reservations, ≥ 0.
+    pub reserved: i64,
+    /// How far `available` may go below zero, ≥ 0.
+    pub overdraft: i64,
+    pub currency: Currency,
+    /// Reserved for per-wallet flags (such as a pending automatic top-up); zero for now.
+    pub flags: u32,
+}
+
+impl Wallet {
+    pub fn empty(currency: Currency) -> Wallet {
+        Wallet {
+            balance: 0,
+            reserved: 0,
+            overdraft: 0,
+            currency,
+            flags: 0,
+        }
+    }
+
+    /// What can be spent before the overdraft: balance − reserved. The invariants bound both terms
+    /// far inside `i64`, so this cannot overflow; it saturates rather than wrap if they were broken.
+    pub fn available(&self) -> i64 {
+        self.balance.saturating_sub(self.reserved)
+    }
+
+    /// The lowest `available` may go: minus the overdraft limit.
+    pub fn floor(&self) -> i64 {
+        -self.overdraft
+    }
+}
+
+/// The action a reservation was made for, kept to label its capture in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HoldAction {
+    pub name: CompactString,
+    pub quantity: u64,
+    pub unit_cost: i64,
+}
+
+/// An open reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hold {
+    /// The LSN of the record that placed it.
+    pub id: Lsn,
+    pub currency: Currency,
+    pub amount: i64,
+    pub expires_at_ms: i64,
+    pub action: Option<Box<HoldAction>>,
+}
+
+/// A user's profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Profile {
+    pub email: Option<Box<str>>,
+    pub name: Option<Box<str>>,
+    pub metadata: Option<Box<str>>,
+}
+
+impl Profile {
+    fn from_record(record: &ProfileRecord<'_>) -> Profile {
+        Profile {
+            email: record.email.map(Box::from),
+            name: record.name.map(Box::from),
+            metadata: record.metadata.map(Box::from),
+        }
+    }
+
+    pub fn matches(&self, record: &ProfileRecord<'_>) -> bool {
+        self.email.as_deref() == record.email
+            && self.name.as_deref() == record.name
+            && self.metadata.as_deref() == record.metadata
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.email.is_none() && self.name.is_none() && self.metadata.is_none()
+    }
+}
+
+/// What most users never need: a profile, wallets in further currencies, open reservations. Kept
+/// behind one pointer so that a plain user costs 64 bytes plus its id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AccountExtra {
+    pub profile: Profile,
+    pub wallets: Vec<Wallet>,
+    pub holds: Vec<Hold>,
+}
+
+/// A user: its wallets and reservations, and the LSN of the last record that changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub last_lsn: Lsn,
+    pub primary: Wallet,
+    pub extra: Option<Box<AccountExtra>>,
+}
+
+/// A record that does not fit the state it is applied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(pub Cow<'static, str>);
+
+fn mismatch(what: &'static str) -> Mismatch {
+    Mismatch(Cow::Borrowed(what))
+}
+
+/// How applying an event changed the user's reservations, for the tenant's reservation index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HoldChange {
+    None,
+    Opened { id: Lsn, expires_at_ms: i64 },
+    Extended { id: Lsn, expires_at_ms: i64 },
+    Closed { id: Lsn, how: ClosedAs },
+}
+
+impl Account {
+    pub fn new(currency: Currency, profile: &ProfileRecord<'_>) -> Account {
+        let profile = Profile::from_record(profile);
+        let extra = (!profile.is_empty()).then(|| {
+            Box::new(AccountExtra {
+                profile,
+                ..AccountExtra::default()
+            })
+        });
+        Account {
+            last_lsn: 0,
+            primary: Wallet::empty(currency),
+            extra,
+        }
+    }
+
+    pub fn wallet(&self, currency: Currency) -> Option<&Wallet> {
+        if self.primary.currency == currency {
+            return Some(&self.primary);
+        }
+        self.extra
+            .as_ref()?
+            .wallets
+            .iter()
+            .find(|w| w.currency == currency)
+    }
+
+    pub fn wallets(&self) -> impl Iterator<Item = &Wallet> {
+        std::iter::once(&self.primary)
+            .chain(self.extra.iter().flat_map(|extra| extra.wallets.iter()))
+    }
+
+    fn wallet_mut(&mut self, currency: Currency) -> Option<&mut Wallet> {
+        if self.primary.currency == currency {
+            return Some(&mut self.primary);
+        }
+        self.extra
+            .as_mut()?
+            .wallets
+            .iter_mut()
+            .find(|w| w.currency == currency)
+    }
+
+    fn wallet_or_insert(&mut self, currency: Currency) -> &mut Wallet {
+        if self.wallet(currency).is_none() {
+            self.extra_mut().wallets.push(Wallet::empty(currency));
+        }
+        // Just ensured to exist.
+        self.wallet_mut(currency)
+            .unwrap_or_else(|| unreachable!("wallet inserted above"))
+    }
+
+    fn extra_mut(&mut self) -> &mut AccountExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    pub fn holds(&self) -> &[Hold] {
+        self.extra.as_ref().map_or(&[], |extra| &extra.holds)
+    }
+
+    pub fn hold(&self, id: Lsn) -> Option<&Hold> {
+        self.holds().iter().find(|hold| hold.id == id)
+    }
+
+    /// The first open reservation whose time ran out at `now_ms`.
+    pub fn first_due_hold(&self, now_ms: i64) -> Option<&Hold> {
+        self.holds()
+            .iter()
+            .find(|hold| hold.expires_at_ms <= now_ms)
+    }
+
+    pub fn profile(&self) -> Option<&Profile> {
+        self.extra.as_ref().map(|extra| &extra.profile)
+    }
+
+    fn remove_hold(&mut self, id: Lsn) -> Option<Hold> {
+        let holds = &mut self.extra.as_mut()?.holds;
+        let index = holds.iter().position(|hold| hold.id == id)?;
+        Some(holds.swap_remove(index))
+    }
+
+    /// Applies a user-level event recorded at `lsn`, after checking it fits.
+    pub fn apply(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
+        if lsn <= self.last_lsn {
+            return Err(mismatch("record is not newer than the user's last change"));
+        }
+        let change = match *event {
+            Event::UserUpserted { ref profile, .. } => {
+                let profile = Profile::from_record(profile);
+                if profile.is_empty() && self.extra.is_none() {
+                    // Nothing to store.
+                } else {
+                    self.extra_mut().profile = profile;
+                }
+                HoldChange::None
+            }
+            Event::OverdraftSet { wallet, limit, .. } => {
+                let target = self.wallet_or_insert(wallet.currency);
+                if limit < 0 || target.available() < -limit {
+                    return Err(mismatch("overdraft limit below the wallet's current debt"));
+                }
+                target.overdraft = limit;
+                HoldChange::None
+            }
+            Event::Credited {
+                wallet,
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => {
+                let target = self.wallet_or_insert(wallet.currency);
+                expect_sum(
+                    target.balance,
+                    amount,
+                    balance_after,
+                    "credit: balance + amount ≠ balance_after",
+                )?;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "credit: available_after mismatch",
+                )?;
+                HoldChange::None
+            }
+            Event::Debited {
+                wallet,
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => {
+                let target = self
+                    .wallet_mut(wallet.currency)
+                    .ok_or_else(|| mismatch("debit of a missing wallet"))?;
+                expect_sum(
+                    target.balance,
+                    -amount,
+                    balance_after,
+                    "debit: balance − amount ≠ balance_after",
+                )?;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "debit: available_after mismatch",
+                )?;
+                expect_above_floor(target)?;
+                HoldChange::None
+            }
+            Event::HoldPlaced {
+                wallet,
+                amount,
+                expires_at_ms,
+                reserved_after,
+                available_after,
+                action,
+                ..
+            } => {
+                let target = self
+                    .wallet_mut(wallet.currency)
+                    .ok_or_else(|| mismatch("reservation on a missing wallet"))?;
+                expect_sum(
+                    target.reserved,
+                    amount,
+                    reserved_after,
+                    "reserve: reserved + amount ≠ reserved_after",
+                )?;
+                target.reserved = reserved_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "reserve: available_after mismatch",
+                )?;
+                expect_above_floor(target)?;
+                let action = action.map(|a| {
+                    Box::new(HoldAction {
+                        name: a.name.into(),
+                        quantity: a.quantity,
+                        unit_cost: a.unit_cost,
+                    })
+                });
+                let hold = Hold {
+                    id: lsn,
+                    currency: wallet.currency,
+                    amount,
+                    expires_at_ms,
+                    action,
+                };
+                self.extra_mut().holds.push(hold);
+                HoldChange::Opened {
+                    id: lsn,
+                    expires_at_ms,
+                }
+            }
+            Event::HoldCaptured {
+                wallet,
+                hold_id,
+                held,
+                charged,
+                balance_after,
+                reserved_after,
+                available_after,
+                ..
+            } => {
+                self.take_hold(hold_id, wallet.currency, held)?;
+                let target = self
+                    .wallet_mut(wallet.currency)
+                    .ok_or_else(|| mismatch("capture on a missing wallet"))?;
+                expect_sum(
+                    target.reserved,
+                    -held,
+                    reserved_after,
+                    "capture: reserved − held ≠ reserved_after",
+                )?;
+                expect_sum(
+                    target.balance,
+                    -charged,
+                    balance_after,
+                    "capture: balance − charged ≠ balance_after",
+                )?;
+                target.reserved = reserved_after;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "capture: available_after mismatch",
+                )?;
+                expect_above_floor(target)?;
+                HoldChange::Closed {
+                    id: hold_id,
+                    how: ClosedAs::Captured,
+                }
+            }
+            Event::HoldExtended {
+                hold_id,
+                expires_at_ms,
+                ..
+            } => {
+                let hold = self
+                    .extra
+                    .as_mut()
+                    .and_then(|extra| extra.holds.iter_mut().find(|hold| hold.id == hold_id))
+                    .ok_or_else(|| mismatch("extension of a reservation that is not open"))?;
+                hold.expires_at_ms = expires_at_ms;
+                HoldChange::Extended {
+                    id: hold_id,
+                    expires_at_ms,
+                }
+            }
+            Event::HoldReleased {
+                wallet,
+                hold_id,
+                amount,
+                reason,
+                reserved_after,
+                available_after,
+                ..
+            } => {
+                self.take_hold(hold_id, wallet.currency, amount)?;
+                let target = self
+                    .wallet_mut(wallet.currency)
+                    .ok_or_else(|| mismatch("release on a missing wallet"))?;
+                expect_sum(
+                    target.reserved,
+                    -amount,
+                    reserved_after,
+                    "release: reserved − amount ≠ reserved_after",
+                )?;
+                target.reserved = reserved_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "release: available_after mismatch",
+                )?;
+                let how = match reason {
+                    ReleaseReason::Released => ClosedAs::Released,
+                    ReleaseReason::Expired => ClosedAs::Expired,
+                };
+                HoldChange::Closed { id: hold_id, how }
+            }
+            Event::TenantUpserted { .. }
+            | Event::ActionPut { .. }
+            | Event::ActionDeleted { .. }
+            | Event::PackagePut { .. }
+            | Event::PackageDeleted { .. } => {
+                return Err(mismatch("tenant-level event applied to a user"))
+            }
+        };
+        self.last_lsn = lsn;
+        Ok(change)
+    }
+
+    fn take_hold(&mut self, id: Lsn, currency: Currency, amount: i64) -> Result<(), Mismatch> {
+        let hold = self
+            .hold(id)
+            .ok_or_else(|| mismatch("reservation is not open"))?;
+        if hold.currency != currency || hold.amount != amount {
+            return Err(mismatch("reservation holds a different amount or currency"));
+        }
+        self.remove_hold(id);
+        Ok(())
+    }
+}
+
+fn expect_sum(before: i64, delta: i64, after: i64, what: &'static str) -> Result<(), Mismatch> {
+    match before.checked_add(delta) {
+        Some(sum) if sum == after => Ok(()),
+        _ => Err(mismatch(what)),
+    }
+}
+
+fn expect_eq(found: i64, recorded: i64, what: &'static str) -> Result<(), Mismatch> {
+    if found == recorded {
+        Ok(())
+    } else {
+        Err(mismatch(what))
+    }
+}
+
+fn expect_above_floor(wallet: &Wallet) -> Result<(), Mismatch> {
+    if wallet.reserved < 0 || wallet.available() < wallet.floor() {
+        Err(mismatch("wallet would end below its floor"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A catalogue action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Action {
+    pub cost: i64,
+    pub currency: Currency,
+    pub description: Option<Box<str>>,
+}
+
+/// A top-up package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Package {
+    pub name: Box<str>,
+    pub credits: i64,
+    pub currency: Currency,
+    pub price_minor: i64,
+    pub price_currency: Currency,
+    pub active: bool,
+}
+
+impl Package {
+    pub fn from_record(record: &PackageRecord<'_>) -> Package {
+        Package {
+            name: record.name.into(),
+            credits: record.credits,
+            currency: record.currency,
+            price_minor: record.price_minor,
+            price_currency: record.price_currency,
+            active: record.active,
+        }
+    }
+}
+
+/// A tenant's settings and catalogue: small, read often, changed rarely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Catalogue {
+    pub last_lsn: Lsn,
+    pub name: Option<Box<str>>,
+    pub default_currency: Currency,
+    pub actions: BTreeMap<CompactString, Action>,
+    pub packages: BTreeMap<CompactString, Package>,
+}
+
+impl Catalogue {
+    /// Applies a tenant-level event recorded at `lsn`.
+    pub fn apply(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+        if lsn <= self.last_lsn {
+            return Err(mismatch(
+                "record is not newer than the tenant's last change",
+            ));
+        }
+        match *event {
+            Event::TenantUpserted { ref settings, .. } => {
+                if settings.default_currency != self.default_currency {
+                    return Err(mismatch("a tenant's default currency cannot change"));
+                }
+                self.name = settings.name.map(Box::from);
+            }
+            Event::ActionPut {
+                action,
+                cost,
+                currency,
+                description,
+                ..
+            } => {
+                self.actions.insert(
+                    action.into(),
+                    Action {
+                        cost,
+                        currency,
+                        description: description.map(Box::from),
+                    },
+                );
+            }
+            Event::ActionDeleted { action, .. } => {
+                self.actions
+                    .remove(action)
+                    .ok_or_else(|| mismatch("deletion of a missing action"))?;
+            }
+            Event::PackagePut {
+                package, ref terms, ..
+            } => {
+                self.packages
+                    .insert(package.into(), Package::from_record(terms));
+            }
+            Event::PackageDeleted { package, .. } => {
+                self.packages
+                    .remove(package)
+                    .ok_or_else(|| mismatch("deletion of a missing package"))?;
+            }
+            _ => return Err(mismatch("user-level event applied to a tenant")),
+        }
+        self.last_lsn = lsn;
+        Ok(())
+    }
+}
+
+/// Where a reservation lives, and whether it is still open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HoldEntry {
+    pub user: CompactString,
+    pub state: HoldState,
+}
+
+/// The state of a reservation in the tenant's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum HoldState {
+    Open { expires_at_ms: i64 },
+    Closed { how: ClosedAs, at_ms: i64 },
+}
+
+/// An idempotency key's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyEntry {
+    pub fingerprint: Fingerprint,
+    pub state: IdempotencyState,
+}
+
+/// Whether the request behind an idempotency key has finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdempotencyState {
+    /// Being processed; `token` identifies the request that owns it.
+    InFlight { token: u64 },
+    /// Finished at `lsn` (durable once the log says so) with this answer.
+    Done {
+        lsn: Lsn,
+        created_ms: i64,
+        outcome: Outcome,
+    },
+}
+
+/// A tenant: its catalogue, its users and their wallets, its reservation index and its
+/// idempotency keys.
+pub struct Tenant {
+    pub(crate) id: CompactString,
+    /// Fixed at creation, so the hot path reads it without a lock.
+    pub(crate) default_currency: Currency,
+    pub(crate) catalogue: RwLock<Catalogue>,
+    pub(crate) users: ShardedMap<CompactString, Account>,
+    pub(crate) holds: ShardedMap<Lsn, HoldEntry>,
+    pub(crate) idempotency: ShardedMap<CompactString, IdempotencyEntry>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl Tenant {
+    pub(crate) fn new(id: &str, catalogue: Catalogue, shards: usize) -> Tenant {
+        Tenant {
+            id: id.into(),
+            default_currency: catalogue.default_currency,
+            catalogue: RwLock::new(catalogue),
+            users: sharded_map(shards),
+            holds: sharded_map(shards / 8),
+            idempotency: sharded_map(shards),
+        }
+    }
+
+    /// The tenant's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Records a reservation change in the index (under the user's lock, so index and account agree).
+    pub(crate) fn index_hold(&self, user: &str, change: HoldChange, time_ms: i64) {
+        match change {
+            HoldChange::None => {}
+            HoldChange::Opened { id, expires_at_ms } => {
+                self.holds.insert(
+                    id,
+                    HoldEntry {
+                        user: user.into(),
+                        state: HoldState::Open { expires_at_ms },
+                    },
+                );
+            }
+            HoldChange::Extended { id, expires_at_ms } => {
+                if let Some(mut entry) = self.holds.get_mut(&id) {
+                    entry.state = HoldState::Open { expires_at_ms };
+                }
+            }
+            HoldChange::Closed { id, how } => {
+                self.holds.insert(
+                    id,
+                    HoldEntry {
+                        user: user.into(),
+                        state: HoldState::Closed {
+                            how,
+                            at_ms: time_ms,
+                        },
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Every tenant, and the counters shared by all of them.
+pub(crate) struct State {
+    pub tenants: RwLock<HashMap<CompactString, Arc<Tenant>>>,
+    pub shards: usize,
+    /// Entries in all idempotency tables together.
+    pub idempotency_entries: AtomicU64,
+}
+
+/// Replay could not apply a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReplayError(pub String);
+
+impl State {
+    pub fn new(shards: usize) -> State {
+        State {
+            tenants: RwLock::new(HashMap::new()),
+            shards: shards.max(1),
+            idempotency_entries: AtomicU64::new(0),
+        }
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.tenants.read().get(id).cloned()
+    }
+
+    pub fn tenant_list(&self) -> Vec<Arc<Tenant>> {
+        let mut tenants: Vec<Arc<Tenant>> = self.tenants.read().values().cloned().collect();
+        tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        tenants
+    }
+
+    /// Re-applies one record during recovery. Records an entity has already seen (its last LSN is
+    /// at or past this one, because a fuzzy snapshot copied it later) are skipped. Idempotency
+    /// entries older than `idempotency_cutoff_ms` are not restored.
+    pub fn replay(
+        &self,
+        lsn: Lsn,
+        event: &Event<'_>,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<(), ReplayError> {
+        let fail = |what: &dyn std::fmt::Display| ReplayError(format!("LSN {lsn}: {what}"));
+        if let Event::TenantUpserted {
+            tenant,
+            ref settings,
+            ..
+        } = *event
+        {
+            let mut tenants = self.tenants.write();
+            if let Some(existing) = tenants.get(tenant) {
+                let mut catalogue = existing.catalogue.write();
+                if catalogue.last_lsn < lsn {
+                    catalogue.apply(lsn, event).map_err(|e| fail(&e))?;
+                }
+            } else {
+                let catalogue = Catalogue {
+                    last_lsn: lsn,
+                    name: settings.name.map(Box::from),
+                    default_currency: settings.default_currency,
+                    actions: BTreeMap::new(),
+                    packages: BTreeMap::new(),
+                };
+                tenants.insert(
+                    tenant.into(),
+                    Arc::new(Tenant::new(tenant, catalogue, self.shards)),
+                );
+            }
+            return Ok(());
+        }
+        let tenant = self
+            .tenant(event.tenant())
+            .ok_or_else(|| fail(&"record for a tenant that does not exist"))?;
+        match *event {
+            Event::ActionPut { .. }
+            | Event::ActionDeleted { .. }
+            | Event::PackagePut { .. }
+            | Event::PackageDeleted { .. } => {
+                let mut catalogue = tenant.catalogue.write();
+                if catalogue.last_lsn < lsn {
+                    catalogue.apply(lsn, event).map_err(|e| fail(&e))?;
+                }
+                Ok(())
+            }
+            Event::UserUpserted {
+                user,
+                ref profile,
+                default_currency,
+                ..
+            } => {
+                match tenant.users.entry(user.into()) {
+                    dashmap::Entry::Occupied(mut entry) => {
+                        if entry.get().last_lsn < lsn {
+                            entry.get_mut().apply(lsn, event).map_err(|e| fail(&e))?;
+                        }
+                    }
+                    dashmap::Entry::Vacant(entry) => {
+                        let mut account = Account::new(default_currency, profile);
+                        account.last_lsn = lsn;
+                        entry.insert(account);
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                let wallet = event.wallet().ok_or_else(|| fail(&"unexpected event"))?;
+                let mut account = tenant
+                    .users
+                    .get_mut(wallet.user)
+                    .ok_or_else(|| fail(&"record for a user that does not exist"))?;
+                if account.last_lsn >= lsn {
+                    return Ok(());
+                }
+                let change = account.apply(lsn, event).map_err(|e| fail(&e))?;
+                let meta = event.meta();
+                tenant.index_hold(wallet.user, change, meta.time_ms);
+                self.restore_idempotency(&tenant, lsn, event, meta, idempotency_cutoff_ms);
+                Ok(())
+            }
+        }
+    }
+
+    fn restore_idempotency(
+        &self,
+        tenant: &Tenant,
+        lsn: Lsn,
+        event: &Event<'_>,
+        meta: &Meta<'_>,
+        cutoff_ms: i64,
+    ) {
+        let (Some(tag), Some(outcome)) = (meta.idempotency, event.outcome(lsn)) else {
+            return;
+        };
+        if meta.time_ms < cutoff_ms {
+            return;
+        }
+        let state = IdempotencyState::Done {
+            lsn,
+            created_ms: meta.time_ms,
+            outcome,
+        };
+        let entry = IdempotencyEntry {
+            fingerprint: tag.fingerprint,
+            state,
+        };
+        if tenant.idempotency.insert(tag.key.into(), entry).is_none() {
+            self.idempotency_entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

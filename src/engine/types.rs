@@ -1,0 +1,380 @@
+//! The engine's vocabulary: currencies, entry kinds, identifiers, limits and errors.
+//!
+//! Every error here is small and `Copy` so the hot path returns it without allocating.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::wal::{AppendError, DurabilityError};
+
+/// A log sequence number. Record LSNs start at 1; a record's LSN also names what it created: the
+/// ledger entry id of a credit or debit and the id of a reservation.
+pub type Lsn = u64;
+
+/// A currency code: 1 to 16 characters of `[A-Za-z0-9_]`, stored inline and compared as bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency([u8; 16]);
+
+impl Currency {
+    /// The default currency of every tenant unless its settings say otherwise.
+    pub const CREDITS: Currency = Currency(*b"credits\0\0\0\0\0\0\0\0\0");
+
+    /// Validates and builds a currency code.
+    pub fn new(code: &str) -> Result<Currency, EngineError> {
+        let bytes = code.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 16
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        if !valid {
+            return Err(EngineError::Invalid(Invalid::new(
+                "currency",
+                "must be 1 to 16 characters of A-Z, a-z, 0-9 and _",
+            )));
+        }
+        let mut code_bytes = [0u8; 16];
+        code_bytes[..bytes.len()].copy_from_slice(bytes);
+        Ok(Currency(code_bytes))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        // Only ASCII is ever stored, so this cannot fail; fall back to "" rather than panic.
+        std::str::from_utf8(&self.0[..len]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Currency, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Currency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<Currency, E> {
+                Currency::new(code).map_err(|_| E::custom("invalid currency code"))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Why credits were added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditKind {
+    /// Given by the operator (welcome credits, goodwill).
+    Grant,
+    /// Bought through a payment.
+    Topup,
+    /// Returned after a charge.
+    Refund,
+    /// A correction.
+    Adjustment,
+}
+
+impl CreditKind {
+    /// The name used in the API and the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditKind::Grant => "grant",
+            CreditKind::Topup => "topup",
+            CreditKind::Refund => "refund",
+            CreditKind::Adjustment => "adjustment",
+        }
+    }
+}
+
+/// Why credits were taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebitKind {
+    /// Spent on usage.
+    Usage,
+    /// Taken back by an administrator.
+    Revoke,
+}
+
+/// Why a reservation ended without a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// Released by the client.
+    Released,
+    /// Its time ran out.
+    Expired,
+}
+
+/// How a reservation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedAs {
+    /// Charged.
+    Captured,
+    /// Released by the client.
+    Released,
+    /// Released because its time ran out.
+    Expired,
+}
+
+impl From<ReleaseReason> for ClosedAs {
+    fn from(reason: ReleaseReason) -> ClosedAs {
+        match reason {
+            ReleaseReason::Released => ClosedAs::Released,
+            ReleaseReason::Expired => ClosedAs::Expired,
+        }
+    }
+}
+
+/// A digest of an idempotent request's payload, computed by the caller; two requests with the same
+/// key must have the same fingerprint to count as the same request.
+pub type Fingerprint = [u8; 16];
+
+/// Limits on what one request may ask for. Every one has a default and is set in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest amount of one credit, debit or reservation (default 10^15).
+    pub max_amount: i64,
+    /// The largest quantity of one action debit (default 10^9).
+    pub max_quantity: u64,
+    /// The most open reservations one user may hold (default 1000).
+    pub max_reservations_per_user: u32,
+    /// Reservation lifetime when the request names none (default 300 s).
+    pub default_reservation_ttl_seconds: u64,
+    /// The longest reservation lifetime (default 7 days).
+    pub max_reservation_ttl_seconds: u64,
+    /// How long a closed reservation is remembered, so that late calls get 409 not 404 (default 1 h).
+    pub closed_reservation_retention_seconds: u64,
+    /// The most bytes of a description, name or e-mail (default 1024).
+    pub max_text_bytes: u32,
+    /// The most bytes of a metadata document (default 16 KiB).
+    pub max_metadata_bytes: u32,
+    /// Balance under which a wallet counts as low when it has no auto top-up rule (default 0: off).
+    pub low_balance: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_amount: 1_000_000_000_000_000,
+            max_quantity: 1_000_000_000,
+            max_reservations_per_user: 1000,
+            default_reservation_ttl_seconds: 300,
+            max_reservation_ttl_seconds: 7 * 24 * 3600,
+            closed_reservation_retention_seconds: 3600,
+            max_text_bytes: 1024,
+            max_metadata_bytes: 16 * 1024,
+            low_balance: 0,
+        }
+    }
+}
+
+/// The most bytes of an identifier (tenant, user, action, package).
+pub const MAX_ID_BYTES: usize = 128;
+/// The most bytes of an idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// What was wrong with a field of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl Invalid {
+    /// Builds the description of an invalid field.
+    pub const fn new(field: &'static str, reason: &'static str) -> Invalid {
+        Invalid { field, reason }
+    }
+}
+
+/// The numbers behind a refused spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shortfall {
+    /// The wallet's balance.
+    pub balance: i64,
+    /// What could be spent: balance − reserved + overdraft limit.
+    pub available: i64,
+    /// What the request needed.
+    pub required: i64,
+}
+
+/// Why an operation was refused. Nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// No such tenant.
+    #[error("tenant not found")]
+    TenantNotFound,
+    /// No such user in this tenant.
+    #[error("user not found")]
+    UserNotFound,
+    /// No such action in this tenant's catalogue.
+    #[error("unknown action")]
+    UnknownAction,
+    /// No such package in this tenant.
+    #[error("package not found")]
+    PackageNotFound,
+    /// No such reservation in this tenant.
+    #[error("reservation not found")]
+    ReservationNotFound,
+    /// The reservation was captured, released or has expired.
+    #[error("reservation is closed ({0:?})")]
+    ReservationClosed(ClosedAs),
+    /// The wallet cannot cover the spend.
+    #[error("insufficient credits: {} available, {} required", .0.available, .0.required)]
+    InsufficientCredits(Shortfall),
+    /// A field is missing, malformed or out of range.
+    #[error("invalid {}: {}", .0.field, .0.reason)]
+    Invalid(Invalid),
+    /// The result would not fit in a 64-bit balance.
+    #[error("amount out of range: the result would overflow")]
+    Overflow,
+    /// The change would leave the wallet's state inconsistent (such as an overdraft limit below the
+    /// current debt).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    /// The idempotency key belongs to a request still being processed.
+    #[error("idempotency key in flight")]
+    IdempotencyKeyInFlight,
+    /// The idempotency table is at its size limit.
+    #[error("idempotency table full")]
+    IdempotencyTableFull,
+    /// The user holds the most open reservations allowed.
+    #[error("too many open reservations")]
+    TooManyReservations,
+    /// The log refused the record.
+    #[error("log unavailable: {0}")]
+    Log(#[from] AppendError),
+    /// The record was queued but will never be durable.
+    #[error("log failure: {0}")]
+    Durability(#[from] DurabilityError),
+}
+
+/// Checks an identifier: 1 to 128 bytes of `[A-Za-z0-9._:@+-]`.
+pub fn check_id(field: &'static str, id: &str) -> Result<(), EngineError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'+' | b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(Invalid::new(
+            field,
+            "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ + -",
+        )))
+    }
+}
+
+/// Checks an idempotency key: 1 to 255 bytes of visible ASCII.
+pub fn check_idempotency_key(key: &str) -> Result<(), EngineError> {
+    let valid = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(Invalid::new(
+            "idempotency_key",
+            "must be 1 to 255 visible ASCII characters",
+        )))
+    }
+}
+
+/// Checks an optional text field against a byte limit.
+pub fn check_text(
+    field: &'static str,
+    text: Option<&str>,
+    max_bytes: u32,
+) -> Result<(), EngineError> {
+    match text {
+        Some(text) if text.len() > max_bytes as usize => {
+            Err(EngineError::Invalid(Invalid::new(field, "too long")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks an amount: `0 < amount <= max_amount`.
+pub fn check_amount(field: &'static str, amount: i64, limits: &Limits) -> Result<(), EngineError> {
+    if amount <= 0 {
+        return Err(EngineError::Invalid(Invalid::new(
+            field,
+            "must be greater than zero",
+        )));
+    }
+    if amount > limits.max_amount {
+        return Err(EngineError::Invalid(Invalid::new(
+            field,
+            "exceeds limits.max_amount",
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currency_codes() {
+        assert_eq!(Currency::new("credits").unwrap(), Currency::CREDITS);
+        assert_eq!(Currency::CREDITS.as_str(), "credits");
+        assert_eq!(Currency::new("NGN").unwrap().as_str(), "NGN");
+        assert_eq!(
+            Currency::new("sixteen_chars_ok").unwrap().as_str(),
+            "sixteen_chars_ok"
+        );
+        for bad in ["", "seventeen_chars_x", "with space", "naïve", "a-b"] {
+            assert!(Currency::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(check_id("user_id", "user-42@example.com").is_ok());
+        assert!(check_id("user_id", "").is_err());
+        assert!(check_id("user_id", &"x".repeat(129)).is_err());
+        assert!(check_id("user_id", "a/b").is_err());
+        assert!(check_idempotency_key("9b2f-…").is_err());
+        assert!(check_idempotency_key("9b2f-1").is_ok());
+    }
+
+    #[test]
+    fn amounts() {
+        let limits = Limits::default();
+        assert!(check_amount("amount", 1, &limits).is_ok());
+        assert!(check_amount("amount", 0, &limits).is_err());
+        assert!(check_amount("amount", -5, &limits).is_err());
+        assert!(check_amount("amount", limits.max_amount + 1, &limits).is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! Read-only views of the state, copied out under a read lock so callers never hold one.
+
+use super::state::{Account, HoldState, Tenant, Wallet};
+use super::types::{ClosedAs, Currency, EngineError, Lsn};
+use super::Engine;
+
+/// A wallet as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalletView {
+    /// The wallet's currency.
+    pub currency: Currency,
+    /// Credits minus debits.
+    pub balance: i64,
+    /// Held by open reservations.
+    pub reserved: i64,
+    /// Balance minus reserved.
+    pub available: i64,
+    /// How far `available` may go below zero.
+    pub overdraft_limit: i64,
+}
+
+impl From<&Wallet> for WalletView {
+    fn from(wallet: &Wallet) -> WalletView {
+        WalletView {
+            currency: wallet.currency,
+            balance: wallet.balance,
+            reserved: wallet.reserved,
+            available: wallet.available(),
+            overdraft_limit: wallet.overdraft,
+        }
+    }
+}
+
+/// A user, its profile and its wallets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    /// The user's id.
+    pub user_id: String,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// A JSON document, as text.
+    pub metadata: Option<String>,
+    /// Every wallet, the default currency first.
+    pub wallets: Vec<WalletView>,
+    /// Open reservations.
+    pub reservations_open: usize,
+    /// The LSN of the user's last change.
+    pub last_lsn: Lsn,
+}
+
+impl UserView {
+    fn new(user_id: &str, account: &Account) -> UserView {
+        let profile = account.profile();
+        let text = |field: Option<&Box<str>>| field.map(|value| value.to_string());
+        UserView {
+            user_id: user_id.to_owned(),
+            email: text(profile.and_then(|p| p.email.as_ref())),
+            name: text(profile.and_then(|p| p.name.as_ref())),
+            metadata: text(profile.and_then(|p| p.metadata.as_ref())),
+            wallets: account.wallets().map(WalletView::from).collect(),
+            reservations_open: account.holds().len(),
+            last_lsn: account.last_lsn,
+        }
+    }
+
+    /// The wallet in `currency`, or an empty one if the user has none there.
+    pub fn wallet(&self, currency: Currency) -> WalletView {
+        self.wallets
+            .iter()
+            .find(|w| w.currency == currency)
+            .copied()
+            .unwrap_or(WalletView {
+                currency,
+                balance: 0,
+                reserved: 0,
+                available: 0,
+                overdraft_limit: 0,
+            })
+    }
+}
+
+/// Whether a reservation is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationState {
+    /// Holding credits until this time (Unix milliseconds).
+    Open {
+        /// Expiry.
+        expires_at_ms: i64,
+    },
+    /// Closed.
+    Closed(ClosedAs),
+}
+
+/// A reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationView {
+    /// Its id.
+    pub reservation_id: Lsn,
+    /// Whose.
+    pub user_id: String,
+    /// In which currency (open reservations only).
+    pub currency: Option<Currency>,
+    /// How much it holds (open reservations only).
+    pub amount: Option<i64>,
+    /// Open or closed.
+    pub state: ReservationState,
+}
+
+/// A catalogue action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionView {
+    /// Its name.
+    pub action: String,
+    /// Credits per unit.
+    pub cost: i64,
+    /// The wallet currency it charges.
+    pub currency: Currency,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// A top-up package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageView {
+    /// Its id.
+    pub package_id: String,
+    /// Display name.
+    pub name: String,
+    /// Credits it buys.
+    pub credits: i64,
+    /// The wallet currency of those credits.
+    pub currency: Currency,
+    /// Price in minor units.
+    pub price_minor: i64,
+    /// Price currency.
+    pub price_currency: Currency,
+    /// Offered for sale.
+    pub active: bool,
+}
+
+/// A tenant and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantView {
+    /// Its id.
+    pub tenant_id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// The currency of new users' wallets.
+    pub default_currency: Currency,
+    /// How many users it has.
+    pub users: usize,
+}
+
+impl Tenant {
+    /// The tenant's settings.
+    pub fn view(&self) -> TenantView {
+        let catalogue = self.catalogue.read();
+        TenantView {
+            tenant_id: self.id.to_string(),
+            name: catalogue.name.as_ref().map(|name| name.to_string()),
+            default_currency: self.default_currency,
+            users: self.users.len(),
+        }
+    }
+
+    /// The currency of new users' wallets.
+    pub fn default_currency(&self) -> Currency {
+        self.default_currency
+    }
+
+    /// Every action in the catalogue, by name.
+    pub fn actions(&self) -> Vec<ActionView> {
+        let catalogue = self.catalogue.read();
+        catalogue
+            .actions
+            .iter()
+            .map(|(name, action)| ActionView {
+                action: name.to_string(),
+                cost: action.cost,
+                currency: action.currency,
+                description: action.description.as_ref().map(|d| d.to_string()),
+            })
+            .collect()
+    }
+
+    /// Every package, by id.
+    pub fn packages(&self) -> Vec<PackageView> {
+        let catalogue = self.catalogue.read();
+        catalogue
+            .packages
+            .iter()
+            .map(|(id, package)| PackageView {
+                package_id: id.to_string(),
+                name: package.name.to_string(),
+                credits: package.credits,
+                currency: package.currency,
+                price_minor: package.price_minor,
+                price_currency: package.price_currency,
+                active: package.active,
+            })
+            .collect()
+    }
+
+    /// A user and its wallets.
+    pub fn user(&self, user_id: &str) -> Result<UserView, EngineError> {
+        let account = self.users.get(user_id).ok_or(EngineError::UserNotFound)?;
+        Ok(UserView::new(user_id, &account))
+    }
+
+    /// One wallet, without copying the rest of the user.
+    pub fn wallet(
+        &self,
+        user_id: &str,
+        currency: Option<Currency>,
+    ) -> Result<WalletView, EngineError> {
+        let currency = currency.unwrap_or(self.default_currency);
+        let account = self.users.get(user_id).ok_or(EngineError::UserNotFound)?;
+        let wallet = account
+            .wallet(currency)
+            .copied()
+            .unwrap_or(Wallet::empty(currency));
+        Ok(WalletView::from(&wallet))
+    }
+
+    /// A reservation.
+    pub fn reservation(&self, reservation_id: Lsn) -> Result<ReservationView, EngineError> {
+        let entry = self
+            .holds
+            .get(&reservation_id)
+            .ok_or(EngineError::ReservationNotFound)?
+            .clone();
+        let (currency, amount, state) = match entry.state {
+            HoldState::Closed { how, .. } => (None, None, ReservationState::Closed(how)),
+            HoldState::Open { expires_at_ms } => {
+                let account = self
+                    .users
+                    .get(entry.user.as_str())
+                    .ok_or(EngineError::ReservationNotFound)?;
+                let hold = account
+                    .hold(reservation_id)
+                    .ok_or(EngineError::ReservationNotFound)?;
+                (
+                    Some(hold.currency),
+                    Some(hold.amount),
+                    ReservationState::Open { expires_at_ms },
+                )
+            }
+        };
+        Ok(ReservationView {
+            reservation_id,
+            user_id: entry.user.to_string(),
+            currency,
+            amount,
+            state,
+        })
+    }
+
+    /// How many users the tenant has.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
+
+impl Engine {
+    /// Every tenant's settings, by id.
+    pub fn tenant_views(&self) -> Vec<TenantView> {
+        self.state
+            .tenant_list()
+            .iter()
+            .map(|tenant| tenant.view())
+            .collect()
+    }
+}
+
+/// The whole state in a comparable, ordered form: for tests that check recovery rebuilds exactly
+/// what was there. Includes every user's wallets and reservations, the catalogues, the open and
+/// closed reservation index and the finished idempotency keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateImage {
+    /// One line per entity, sorted.
+    pub lines: Vec<String>,
+}
+
+impl Engine {
+    /// A comparable image of the whole state (see [`StateImage`]). Locks each shard in turn.
+    pub fn state_image(&self) -> StateImage {
+        let mut lines = Vec::new();
+        for tenant in self.state.tenant_list() {
+            let id = &tenant.id;
+            let catalogue = tenant.catalogue.read().clone();
+            lines.push(format!(
+                "tenant {id} name={:?} currency={} actions={:?} packages={:?}",
+                catalogue.name, catalogue.default_currency, catalogue.actions, catalogue.packages
+            ));
+            for entry in tenant.users.iter() {
+                let account = entry.value();
+                let mut holds = account.holds().to_vec();
+                holds.sort_by_key(|hold| hold.id);
+                let mut wallets: Vec<Wallet> = account.wallets().copied().collect();
+                wallets.sort_by_key(|wallet| wallet.currency);
+                lines.push(format!(
+                    "user {id}/{} profile={:?} wallets={wallets:?} holds={holds:?}",
+                    entry.key(),
+                    account.profile().filter(|p| !p.is_empty())
+                ));
+            }
+            for entry in tenant.holds.iter() {
+                lines.push(format!(
+                    "reservation {id}/{} {:?}",
+                    entry.key(),
+                    entry.value()
+                ));
+            }
+            for entry in tenant.idempotency.iter() {
+                if let super::state::IdempotencyState::Done { lsn, outcome, .. } = entry.state {
+                    lines.push(format!(
+                        "key {id}/{} fp={:?} lsn={lsn} {outcome:?}",
+                        entry.key(),
+                        entry.fingerprint
+                    ));
+                }
+            }
+        }
+        lines.sort();
+        StateImage { lines }
+    }
+}
