@@ -8,5 +8,11 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod inspect;
+pub mod server;
+pub mod time;
 pub mod wal;

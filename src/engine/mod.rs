@@ -35,7 +35,7 @@ pub use ops::{
     CaptureRequest, Context, CreditRequest, DebitRequest, ReserveRequest, RevokeRequest, Spend,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
-pub use snapshot::SnapshotError as EngineSnapshotError;
+pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};
 pub use state::Tenant;
 pub use view::{
     ActionView, PackageView, ReservationState, ReservationView, StateImage, TenantView, UserView,
@@ -175,7 +175,7 @@ impl Engine {
             .map_err(io(options.snapshot_dir()))?;
         let lock_path = options.data_dir.join("LOCK");
         let lock = storage.lock(&lock_path).map_err(io(lock_path))?;
-        let recovered = recovery::recover(&storage, &options, clock.now_ms())?;
+        let recovered = recovery::recover(&storage, &options, clock.now_ms(), recovery::Mode::Repair)?;
         let wal = Wal::start(
             Arc::clone(&storage),
             options.wal_options(),
@@ -201,6 +201,13 @@ impl Engine {
             *engine.background.lock() = Some(maintenance::Background::start(&engine));
         }
         Ok(engine)
+    }
+
+    /// Recovers a data directory's state in memory without changing any file, checks the
+    /// invariants and reports what it found: the heart of `creditd wal verify`. Takes no lock, so
+    /// a directory in use may show a torn tail that is only a write in progress.
+    pub fn verify(options: &EngineOptions, storage: SharedStorage, now_ms: i64) -> Result<RecoveryReport, OpenError> {
+        recovery::recover(&storage, options, now_ms, recovery::Mode::ReadOnly).map(|recovered| recovered.report)
     }
 
     /// Stops the background threads, makes everything queued durable, takes a final snapshot and

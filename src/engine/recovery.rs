@@ -96,10 +96,20 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
+/// Whether recovery may change files: remove unfinished snapshots and cut a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Opening the engine: repair what a crash leaves behind.
+    Repair,
+    /// Checking a data directory: read only.
+    ReadOnly,
+}
+
 pub(crate) fn recover(
     storage: &SharedStorage,
     options: &EngineOptions,
     now_ms: i64,
+    mode: Mode,
 ) -> Result<Recovered, OpenError> {
     let started = Instant::now();
     let io = |path: PathBuf| move |source| OpenError::Io { path, source };
@@ -116,7 +126,7 @@ pub(crate) fn recover(
         .map_err(io(snapshot_dir.clone()))?;
     for name in snapshot_names
         .iter()
-        .filter(|name| snapshot_file::is_temporary(name))
+        .filter(|name| mode == Mode::Repair && snapshot_file::is_temporary(name))
     {
         let path = snapshot_dir.join(name);
         storage.remove(&path).map_err(io(path))?;
@@ -159,7 +169,7 @@ pub(crate) fn recover(
         options,
         idempotency_cutoff_ms,
     )?;
-    if let Some(torn) = &replay.torn_tail {
+    if let Some(torn) = replay.torn_tail.as_ref().filter(|_| mode == Mode::Repair) {
         if torn.offset == 0 {
             storage.remove(&torn.path).map_err(io(torn.path.clone()))?;
             storage.sync_dir(&wal_dir).map_err(io(wal_dir.clone()))?;

@@ -1,0 +1,612 @@
+//! Configuration: a TOML file plus `CREDITD_<SECTION>__<KEY>` environment overrides, validated at
+//! start. Unknown keys, in the file or the environment, are errors. Every field has a default, so
+//! an empty file is a valid configuration; the repository's `config.toml` spells them out.
+//!
+//! Environment values are typed by the key they override: an integer key takes an integer, a
+//! string key takes the text as it is, a list (such as `auth.keys`) takes an inline TOML array.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::engine::types::Limits;
+use crate::engine::EngineOptions;
+use crate::wal::FsyncMode;
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "CREDITD_";
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid TOML, or does not fit the schema.
+    #[error("{0}")]
+    Parse(String),
+    /// An environment variable names no known key.
+    #[error("{variable}: no such configuration key ({key})")]
+    UnknownEnvironmentKey {
+        /// The variable.
+        variable: String,
+        /// The key it names.
+        key: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// The log and snapshots.
+    pub storage: StorageConfig,
+    /// When snapshots are taken.
+    pub snapshot: SnapshotConfig,
+    /// In-memory layout and background work.
+    pub engine: EngineConfig,
+    /// Idempotency keys.
+    pub idempotency: IdempotencyConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Payment gateways.
+    pub payments: PaymentsConfig,
+    /// API keys.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (default `127.0.0.1:8080`). A port of 0 picks a free one and prints it.
+    pub listen: SocketAddr,
+    /// Largest request body in bytes (default 1 MiB); larger bodies get 413.
+    pub max_body_bytes: u64,
+    /// Time allowed to send the request headers, seconds (default 10).
+    pub header_read_timeout_seconds: u64,
+    /// Most open connections (default 10 000); further ones wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Time allowed for in-flight requests to finish at shutdown, seconds (default 10).
+    pub shutdown_grace_seconds: u64,
+    /// Base URL clients reach this server at, for links such as `topup_url` (default: from `listen`).
+    pub public_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_seconds: 10,
+            max_connections: 10_000,
+            shutdown_grace_seconds: 10,
+            public_url: None,
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where the log and snapshots live (default `./data`).
+    pub data_dir: PathBuf,
+    /// `always` (default): every acknowledged write is on disk. `never`: benchmarks only.
+    pub fsync: FsyncMode,
+    /// Segment size before rotation, bytes (default 64 MiB; minimum 64 KiB).
+    pub segment_bytes: u64,
+    /// Largest record, bytes (default 1 MiB; 4 KiB to 64 MiB).
+    pub max_record_bytes: u32,
+    /// Bytes queued for the log writer before writes get 503 (default 64 MiB; minimum 1 MiB).
+    pub queue_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        let engine = EngineOptions::default();
+        StorageConfig {
+            data_dir: engine.data_dir,
+            fsync: engine.fsync,
+            segment_bytes: engine.segment_bytes,
+            max_record_bytes: engine.max_record_bytes,
+            queue_bytes: engine.queue_bytes as u64,
+        }
+    }
+}
+
+/// `[snapshot]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Take one after this many records (default 1 000 000).
+    pub every_records: u64,
+    /// Take one after this long if anything changed (default 300 s).
+    pub every: Seconds,
+    /// How many to keep (default 2; minimum 1).
+    pub keep: u32,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> SnapshotConfig {
+        let engine = EngineOptions::default();
+        SnapshotConfig {
+            every_records: engine.snapshot_every_records,
+            every: Seconds(engine.snapshot_every_seconds),
+            keep: engine.snapshots_kept as u32,
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Shards per tenant's user map (default 512, a power of two ≥ 4). More shards, shorter
+    /// snapshot pauses per shard.
+    pub shards: u32,
+    /// How often expired reservations are released (default 1000 ms).
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        let engine = EngineOptions::default();
+        EngineConfig { shards: engine.shards as u32, maintenance_interval_ms: engine.maintenance_interval_ms }
+    }
+}
+
+/// `[idempotency]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long keys are kept (default `24h`).
+    pub ttl: Seconds,
+    /// Most keys kept at once (default 5 000 000); past it, keyed writes get 503.
+    pub max_entries: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> IdempotencyConfig {
+        let engine = EngineOptions::default();
+        IdempotencyConfig { ttl: Seconds(engine.idempotency_ttl_seconds), max_entries: engine.idempotency_max_entries }
+    }
+}
+
+/// `[payments]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// `sandbox` (default), `paystack` or `stripe`.
+    pub gateway: Gateway,
+    /// Paystack.
+    pub paystack: PaystackConfig,
+    /// Stripe.
+    pub stripe: StripeConfig,
+}
+
+/// Which payment gateway takes payments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gateway {
+    /// creditd's own checkout page; no account anywhere.
+    #[default]
+    Sandbox,
+    /// Paystack.
+    Paystack,
+    /// Stripe.
+    Stripe,
+}
+
+/// `[payments.paystack]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaystackConfig {
+    /// Secret key (`sk_…`); also the webhook signing key.
+    pub secret_key: String,
+    /// API base URL (default `https://api.paystack.co`).
+    pub base_url: String,
+}
+
+impl Default for PaystackConfig {
+    fn default() -> PaystackConfig {
+        PaystackConfig { secret_key: String::new(), base_url: "https://api.paystack.co".into() }
+    }
+}
+
+/// `[payments.stripe]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StripeConfig {
+    /// Secret key (`sk_…`).
+    pub secret_key: String,
+    /// Webhook endpoint secret (`whsec_…`).
+    pub webhook_secret: String,
+    /// API base URL (default `https://api.stripe.com`).
+    pub base_url: String,
+}
+
+impl Default for StripeConfig {
+    fn default() -> StripeConfig {
+        StripeConfig { secret_key: String::new(), webhook_secret: String::new(), base_url: "https://api.stripe.com".into() }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// API keys.
+    pub keys: Vec<ApiKey>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// A name, recorded as the actor of every change made with the key.
+    pub name: String,
+    /// The bearer secret.
+    pub secret: String,
+    /// What the key may do.
+    pub role: Role,
+    /// The tenant the key belongs to.
+    pub tenant: String,
+}
+
+/// What a key may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An application back end: users, debits, grants, reservations, payments, reads.
+    Service,
+    /// Also the catalogue, auto top-up, revokes, reports and audit.
+    Admin,
+    /// Also tenants, and any tenant through `X-Tenant`.
+    Platform,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `creditd=debug` (default `info`; `RUST_LOG` wins).
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration in whole seconds, written as an integer or as text with a unit: `90`, `90s`, `15m`,
+/// `24h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    fn parse(text: &str) -> Option<Seconds> {
+        let text = text.trim();
+        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let value: u64 = digits.parse().ok()?;
+        let scale = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        value.checked_mul(scale).map(Seconds)
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let seconds = self.0;
+        if seconds != 0 && seconds % 86_400 == 0 {
+            serializer.serialize_str(&format!("{}d", seconds / 86_400))
+        } else if seconds != 0 && seconds % 3600 == 0 {
+            serializer.serialize_str(&format!("{}h", seconds / 3600))
+        } else if seconds != 0 && seconds % 60 == 0 {
+            serializer.serialize_str(&format!("{}m", seconds / 60))
+        } else {
+            serializer.serialize_str(&format!("{seconds}s"))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Seconds, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(seconds) => Ok(Seconds(seconds)),
+            Raw::Text(text) => Seconds::parse(&text)
+                .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration such as 90s, 15m, 24h, 7d"))),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            engine: EngineConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            limits: Limits::default(),
+            payments: PaymentsConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the `CREDITD_*` variables of this process and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_parts(&text, std::env::vars())
+    }
+
+    /// Builds a configuration from TOML text and environment variables (those without the prefix
+    /// are ignored), then validates it.
+    pub fn from_parts(text: &str, environment: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table = toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
+        // The defaults say which keys exist and what type each has.
+        let defaults = toml::Table::try_from(Config::default()).map_err(|error| ConfigError::Parse(error.to_string()))?;
+        let overrides: BTreeMap<String, String> =
+            environment.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        for (variable, value) in &overrides {
+            apply_override(&mut tree, &defaults, variable, value)?;
+        }
+        let config: Config =
+            toml::Value::Table(tree).try_into().map_err(|error: toml::de::Error| ConfigError::Parse(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        let storage = &self.storage;
+        if storage.segment_bytes < 64 * 1024 {
+            return invalid("storage.segment_bytes must be at least 65536".into());
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&storage.max_record_bytes) {
+            return invalid("storage.max_record_bytes must be between 4096 and 67108864".into());
+        }
+        if storage.queue_bytes < 1024 * 1024 || storage.queue_bytes < u64::from(storage.max_record_bytes) * 2 {
+            return invalid("storage.queue_bytes must be at least 1 MiB and twice storage.max_record_bytes".into());
+        }
+        if self.snapshot.keep == 0 || self.snapshot.every_records == 0 || self.snapshot.every.0 == 0 {
+            return invalid("snapshot.keep, snapshot.every_records and snapshot.every must be positive".into());
+        }
+        if self.engine.shards < 4 || !self.engine.shards.is_power_of_two() || self.engine.shards > 65_536 {
+            return invalid("engine.shards must be a power of two between 4 and 65536".into());
+        }
+        if self.idempotency.ttl.0 == 0 || self.idempotency.max_entries == 0 {
+            return invalid("idempotency.ttl and idempotency.max_entries must be positive".into());
+        }
+        let limits = &self.limits;
+        if limits.max_amount <= 0 || limits.max_quantity == 0 || limits.max_reservation_ttl_seconds == 0 {
+            return invalid("limits.max_amount, limits.max_quantity and limits.max_reservation_ttl_seconds must be positive".into());
+        }
+        if limits.default_reservation_ttl_seconds == 0 || limits.default_reservation_ttl_seconds > limits.max_reservation_ttl_seconds {
+            return invalid("limits.default_reservation_ttl_seconds must be between 1 and limits.max_reservation_ttl_seconds".into());
+        }
+        if self.server.max_body_bytes == 0 || self.server.max_connections == 0 {
+            return invalid("server.max_body_bytes and server.max_connections must be positive".into());
+        }
+        let mut secrets = std::collections::HashSet::new();
+        for key in &self.auth.keys {
+            if key.secret.len() < 16 {
+                return invalid(format!("auth.keys {:?}: the secret must be at least 16 characters", key.name));
+            }
+            if !secrets.insert(&key.secret) {
+                return invalid(format!("auth.keys {:?}: two keys share a secret", key.name));
+            }
+            crate::engine::types::check_id("auth.keys.tenant", &key.tenant)
+                .map_err(|_| ConfigError::Invalid(format!("auth.keys {:?}: bad tenant id {:?}", key.name, key.tenant)))?;
+        }
+        Ok(())
+    }
+
+    /// The engine's options.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            data_dir: self.storage.data_dir.clone(),
+            fsync: self.storage.fsync,
+            segment_bytes: self.storage.segment_bytes,
+            max_record_bytes: self.storage.max_record_bytes,
+            queue_bytes: usize::try_from(self.storage.queue_bytes).unwrap_or(usize::MAX),
+            shards: self.engine.shards as usize,
+            snapshot_every_records: self.snapshot.every_records,
+            snapshot_every_seconds: self.snapshot.every.0,
+            snapshots_kept: self.snapshot.keep as usize,
+            idempotency_ttl_seconds: self.idempotency.ttl.0,
+            idempotency_max_entries: self.idempotency.max_entries,
+            maintenance_interval_ms: self.engine.maintenance_interval_ms,
+            background: true,
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        let mask = |secret: &mut String| {
+            if !secret.is_empty() {
+                *secret = "********".into();
+            }
+        };
+        mask(&mut shown.payments.paystack.secret_key);
+        mask(&mut shown.payments.stripe.secret_key);
+        mask(&mut shown.payments.stripe.webhook_secret);
+        for key in &mut shown.auth.keys {
+            mask(&mut key.secret);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# could not render: {error}"))
+    }
+}
+
+/// Sets the key a `CREDITD_SECTION__KEY` variable names, typed like the default it overrides.
+fn apply_override(tree: &mut toml::Table, defaults: &toml::Table, variable: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> =
+        variable[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
+    let key = path.join(".");
+    let unknown = || ConfigError::UnknownEnvironmentKey { variable: variable.to_owned(), key: key.clone() };
+    if path.iter().any(String::is_empty) {
+        return Err(unknown());
+    }
+    let mut default_table = defaults;
+    let mut table = tree;
+    for (depth, part) in path.iter().enumerate() {
+        let last = depth + 1 == path.len();
+        if last {
+            // Optional keys have no default; accept them as text if the schema names them.
+            let typed = match default_table.get(part) {
+                Some(default) => typed_value(default, value).ok_or_else(|| {
+                    ConfigError::Parse(format!("{variable}: {value:?} is not a valid value for {key}"))
+                })?,
+                None if OPTIONAL_KEYS.contains(&key.as_str()) => toml::Value::String(value.to_owned()),
+                None => return Err(unknown()),
+            };
+            table.insert(part.clone(), typed);
+            return Ok(());
+        }
+        let Some(toml::Value::Table(next_default)) = default_table.get(part) else { return Err(unknown()) };
+        default_table = next_default;
+        let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(next) = entry else {
+            return Err(ConfigError::Parse(format!("{variable}: {key} is not a table in the file")));
+        };
+        table = next;
+    }
+    Err(unknown())
+}
+
+/// Keys without a default value that may still be set.
+const OPTIONAL_KEYS: &[&str] = &["server.public_url"];
+
+fn typed_value(default: &toml::Value, text: &str) -> Option<toml::Value> {
+    Some(match default {
+        toml::Value::String(_) => toml::Value::String(text.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(text.trim().parse().ok()?),
+        toml::Value::Float(_) => toml::Value::Float(text.trim().parse().ok()?),
+        toml::Value::Array(_) | toml::Value::Table(_) | toml::Value::Datetime(_) => {
+            let wrapper: toml::Table = toml::from_str(&format!("value = {text}")).ok()?;
+            wrapper.get("value")?.clone()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::from_parts("", env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_repository_config_is_valid() {
+        let text = include_str!("../config.toml");
+        let config = Config::from_parts(text, env(&[])).unwrap();
+        assert_eq!(config.payments.gateway, Gateway::Sandbox);
+        assert!(!config.auth.keys.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_the_file_and_the_environment() {
+        assert!(matches!(Config::from_parts("[server]\nlisten_on = \"x\"", env(&[])), Err(ConfigError::Parse(_))));
+        assert!(matches!(Config::from_parts("[nope]\n", env(&[])), Err(ConfigError::Parse(_))));
+        let error = Config::from_parts("", env(&[("CREDITD_SERVER__LISTEN_ON", "x")])).unwrap_err();
+        assert!(matches!(error, ConfigError::UnknownEnvironmentKey { .. }), "{error}");
+        assert!(Config::from_parts("", env(&[("CREDITD_SERVER", "x")])).is_err());
+        assert!(Config::from_parts("", env(&[("CREDITD___LISTEN", "x")])).is_err());
+    }
+
+    #[test]
+    fn environment_overrides_are_typed_by_their_key() {
+        let config = Config::from_parts(
+            "[server]\nlisten = \"0.0.0.0:1\"\n",
+            env(&[
+                ("CREDITD_SERVER__LISTEN", "127.0.0.1:0"),
+                ("CREDITD_STORAGE__DATA_DIR", "/var/lib/creditd"),
+                ("CREDITD_STORAGE__FSYNC", "never"),
+                ("CREDITD_SNAPSHOT__EVERY", "15m"),
+                ("CREDITD_LIMITS__MAX_AMOUNT", "5000"),
+                ("CREDITD_PAYMENTS__PAYSTACK__SECRET_KEY", "12345"),
+                ("CREDITD_SERVER__PUBLIC_URL", "https://credits.example.com"),
+                ("CREDITD_AUTH__KEYS", r#"[{name = "ci", secret = "0123456789abcdef", role = "platform", tenant = "t1"}]"#),
+                ("OTHER_VARIABLE", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.storage.data_dir, PathBuf::from("/var/lib/creditd"));
+        assert_eq!(config.storage.fsync, FsyncMode::Never);
+        assert_eq!(config.snapshot.every, Seconds(900));
+        assert_eq!(config.limits.max_amount, 5000);
+        assert_eq!(config.payments.paystack.secret_key, "12345");
+        assert_eq!(config.server.public_url.as_deref(), Some("https://credits.example.com"));
+        assert_eq!(config.auth.keys[0].role, Role::Platform);
+        assert!(Config::from_parts("", env(&[("CREDITD_LIMITS__MAX_AMOUNT", "lots")])).is_err());
+    }
+
+    #[test]
+    fn durations_and_validation() {
+        assert_eq!(Seconds::parse("24h"), Some(Seconds(86_400)));
+        assert_eq!(Seconds::parse("90"), Some(Seconds(90)));
+        assert_eq!(Seconds::parse("7d"), Some(Seconds(604_800)));
+        assert_eq!(Seconds::parse("soon"), None);
+        assert!(Config::from_parts("[engine]\nshards = 100\n", env(&[])).is_err());
+        assert!(Config::from_parts("[storage]\nsegment_bytes = 10\n", env(&[])).is_err());
+        let short_secret = "[[auth.keys]]\nname = \"k\"\nsecret = \"short\"\nrole = \"admin\"\ntenant = \"t\"\n";
+        assert!(matches!(Config::from_parts(short_secret, env(&[])), Err(ConfigError::Invalid(_))));
+        let rendered = Config::default().to_toml_masked();
+        assert_eq!(Config::from_parts(&rendered, env(&[])).unwrap(), Config::default());
+    }
+}
