@@ -47,7 +47,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The HTTP server.
@@ -167,7 +167,10 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
         let engine = EngineOptions::default();
-        EngineConfig { shards: engine.shards as u32, maintenance_interval_ms: engine.maintenance_interval_ms }
+        EngineConfig {
+            shards: engine.shards as u32,
+            maintenance_interval_ms: engine.maintenance_interval_ms,
+        }
     }
 }
 
@@ -184,7 +187,10 @@ pub struct IdempotencyConfig {
 impl Default for IdempotencyConfig {
     fn default() -> IdempotencyConfig {
         let engine = EngineOptions::default();
-        IdempotencyConfig { ttl: Seconds(engine.idempotency_ttl_seconds), max_entries: engine.idempotency_max_entries }
+        IdempotencyConfig {
+            ttl: Seconds(engine.idempotency_ttl_seconds),
+            max_entries: engine.idempotency_max_entries,
+        }
     }
 }
 
@@ -225,7 +231,10 @@ pub struct PaystackConfig {
 
 impl Default for PaystackConfig {
     fn default() -> PaystackConfig {
-        PaystackConfig { secret_key: String::new(), base_url: "https://api.paystack.co".into() }
+        PaystackConfig {
+            secret_key: String::new(),
+            base_url: "https://api.paystack.co".into(),
+        }
     }
 }
 
@@ -243,7 +252,11 @@ pub struct StripeConfig {
 
 impl Default for StripeConfig {
     fn default() -> StripeConfig {
-        StripeConfig { secret_key: String::new(), webhook_secret: String::new(), base_url: "https://api.stripe.com".into() }
+        StripeConfig {
+            secret_key: String::new(),
+            webhook_secret: String::new(),
+            base_url: "https://api.stripe.com".into(),
+        }
     }
 }
 
@@ -293,7 +306,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> LogConfig {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -316,7 +332,10 @@ pub struct Seconds(pub u64);
 impl Seconds {
     fn parse(text: &str) -> Option<Seconds> {
         let text = text.trim();
-        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let (digits, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
         let value: u64 = digits.parse().ok()?;
         let scale = match unit.trim() {
             "" | "s" => 1,
@@ -332,11 +351,11 @@ impl Seconds {
 impl Serialize for Seconds {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let seconds = self.0;
-        if seconds != 0 && seconds % 86_400 == 0 {
+        if seconds != 0 && seconds.is_multiple_of(86_400) {
             serializer.serialize_str(&format!("{}d", seconds / 86_400))
-        } else if seconds != 0 && seconds % 3600 == 0 {
+        } else if seconds != 0 && seconds.is_multiple_of(3600) {
             serializer.serialize_str(&format!("{}h", seconds / 3600))
-        } else if seconds != 0 && seconds % 60 == 0 {
+        } else if seconds != 0 && seconds.is_multiple_of(60) {
             serializer.serialize_str(&format!("{}m", seconds / 60))
         } else {
             serializer.serialize_str(&format!("{seconds}s"))
@@ -354,24 +373,11 @@ impl<'de> Deserialize<'de> for Seconds {
         }
         match Raw::deserialize(deserializer)? {
             Raw::Number(seconds) => Ok(Seconds(seconds)),
-            Raw::Text(text) => Seconds::parse(&text)
-                .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration such as 90s, 15m, 24h, 7d"))),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            snapshot: SnapshotConfig::default(),
-            engine: EngineConfig::default(),
-            idempotency: IdempotencyConfig::default(),
-            limits: Limits::default(),
-            payments: PaymentsConfig::default(),
-            auth: AuthConfig::default(),
-            log: LogConfig::default(),
+            Raw::Text(text) => Seconds::parse(&text).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration such as 90s, 15m, 24h, 7d"
+                ))
+            }),
         }
     }
 }
@@ -379,24 +385,34 @@ impl Default for Config {
 impl Config {
     /// Reads `path`, applies the `CREDITD_*` variables of this process and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::from_parts(&text, std::env::vars())
     }
 
     /// Builds a configuration from TOML text and environment variables (those without the prefix
     /// are ignored), then validates it.
-    pub fn from_parts(text: &str, environment: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut tree: toml::Table = toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
+    pub fn from_parts(
+        text: &str,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table =
+            toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
         // The defaults say which keys exist and what type each has.
-        let defaults = toml::Table::try_from(Config::default()).map_err(|error| ConfigError::Parse(error.to_string()))?;
-        let overrides: BTreeMap<String, String> =
-            environment.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|error| ConfigError::Parse(error.to_string()))?;
+        let overrides: BTreeMap<String, String> = environment
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
         for (variable, value) in &overrides {
             apply_override(&mut tree, &defaults, variable, value)?;
         }
-        let config: Config =
-            toml::Value::Table(tree).try_into().map_err(|error: toml::de::Error| ConfigError::Parse(error.to_string()))?;
+        let config: Config = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Parse(error.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -411,38 +427,63 @@ impl Config {
         if !(4096..=64 * 1024 * 1024).contains(&storage.max_record_bytes) {
             return invalid("storage.max_record_bytes must be between 4096 and 67108864".into());
         }
-        if storage.queue_bytes < 1024 * 1024 || storage.queue_bytes < u64::from(storage.max_record_bytes) * 2 {
-            return invalid("storage.queue_bytes must be at least 1 MiB and twice storage.max_record_bytes".into());
+        if storage.queue_bytes < 1024 * 1024
+            || storage.queue_bytes < u64::from(storage.max_record_bytes) * 2
+        {
+            return invalid(
+                "storage.queue_bytes must be at least 1 MiB and twice storage.max_record_bytes"
+                    .into(),
+            );
         }
-        if self.snapshot.keep == 0 || self.snapshot.every_records == 0 || self.snapshot.every.0 == 0 {
-            return invalid("snapshot.keep, snapshot.every_records and snapshot.every must be positive".into());
+        if self.snapshot.keep == 0 || self.snapshot.every_records == 0 || self.snapshot.every.0 == 0
+        {
+            return invalid(
+                "snapshot.keep, snapshot.every_records and snapshot.every must be positive".into(),
+            );
         }
-        if self.engine.shards < 4 || !self.engine.shards.is_power_of_two() || self.engine.shards > 65_536 {
+        if self.engine.shards < 4
+            || !self.engine.shards.is_power_of_two()
+            || self.engine.shards > 65_536
+        {
             return invalid("engine.shards must be a power of two between 4 and 65536".into());
         }
         if self.idempotency.ttl.0 == 0 || self.idempotency.max_entries == 0 {
             return invalid("idempotency.ttl and idempotency.max_entries must be positive".into());
         }
         let limits = &self.limits;
-        if limits.max_amount <= 0 || limits.max_quantity == 0 || limits.max_reservation_ttl_seconds == 0 {
+        if limits.max_amount <= 0
+            || limits.max_quantity == 0
+            || limits.max_reservation_ttl_seconds == 0
+        {
             return invalid("limits.max_amount, limits.max_quantity and limits.max_reservation_ttl_seconds must be positive".into());
         }
-        if limits.default_reservation_ttl_seconds == 0 || limits.default_reservation_ttl_seconds > limits.max_reservation_ttl_seconds {
+        if limits.default_reservation_ttl_seconds == 0
+            || limits.default_reservation_ttl_seconds > limits.max_reservation_ttl_seconds
+        {
             return invalid("limits.default_reservation_ttl_seconds must be between 1 and limits.max_reservation_ttl_seconds".into());
         }
         if self.server.max_body_bytes == 0 || self.server.max_connections == 0 {
-            return invalid("server.max_body_bytes and server.max_connections must be positive".into());
+            return invalid(
+                "server.max_body_bytes and server.max_connections must be positive".into(),
+            );
         }
         let mut secrets = std::collections::HashSet::new();
         for key in &self.auth.keys {
             if key.secret.len() < 16 {
-                return invalid(format!("auth.keys {:?}: the secret must be at least 16 characters", key.name));
+                return invalid(format!(
+                    "auth.keys {:?}: the secret must be at least 16 characters",
+                    key.name
+                ));
             }
             if !secrets.insert(&key.secret) {
                 return invalid(format!("auth.keys {:?}: two keys share a secret", key.name));
             }
-            crate::engine::types::check_id("auth.keys.tenant", &key.tenant)
-                .map_err(|_| ConfigError::Invalid(format!("auth.keys {:?}: bad tenant id {:?}", key.name, key.tenant)))?;
+            crate::engine::types::check_id("auth.keys.tenant", &key.tenant).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "auth.keys {:?}: bad tenant id {:?}",
+                    key.name, key.tenant
+                ))
+            })?;
         }
         Ok(())
     }
@@ -481,16 +522,27 @@ impl Config {
         for key in &mut shown.auth.keys {
             mask(&mut key.secret);
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# could not render: {error}"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|error| format!("# could not render: {error}"))
     }
 }
 
 /// Sets the key a `CREDITD_SECTION__KEY` variable names, typed like the default it overrides.
-fn apply_override(tree: &mut toml::Table, defaults: &toml::Table, variable: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> =
-        variable[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
+fn apply_override(
+    tree: &mut toml::Table,
+    defaults: &toml::Table,
+    variable: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let path: Vec<String> = variable[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|part| part.to_ascii_lowercase())
+        .collect();
     let key = path.join(".");
-    let unknown = || ConfigError::UnknownEnvironmentKey { variable: variable.to_owned(), key: key.clone() };
+    let unknown = || ConfigError::UnknownEnvironmentKey {
+        variable: variable.to_owned(),
+        key: key.clone(),
+    };
     if path.iter().any(String::is_empty) {
         return Err(unknown());
     }
@@ -502,19 +554,29 @@ fn apply_override(tree: &mut toml::Table, defaults: &toml::Table, variable: &str
             // Optional keys have no default; accept them as text if the schema names them.
             let typed = match default_table.get(part) {
                 Some(default) => typed_value(default, value).ok_or_else(|| {
-                    ConfigError::Parse(format!("{variable}: {value:?} is not a valid value for {key}"))
+                    ConfigError::Parse(format!(
+                        "{variable}: {value:?} is not a valid value for {key}"
+                    ))
                 })?,
-                None if OPTIONAL_KEYS.contains(&key.as_str()) => toml::Value::String(value.to_owned()),
+                None if OPTIONAL_KEYS.contains(&key.as_str()) => {
+                    toml::Value::String(value.to_owned())
+                }
                 None => return Err(unknown()),
             };
             table.insert(part.clone(), typed);
             return Ok(());
         }
-        let Some(toml::Value::Table(next_default)) = default_table.get(part) else { return Err(unknown()) };
+        let Some(toml::Value::Table(next_default)) = default_table.get(part) else {
+            return Err(unknown());
+        };
         default_table = next_default;
-        let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(next) = entry else {
-            return Err(ConfigError::Parse(format!("{variable}: {key} is not a table in the file")));
+            return Err(ConfigError::Parse(format!(
+                "{variable}: {key} is not a table in the file"
+            )));
         };
         table = next;
     }
@@ -542,7 +604,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -560,10 +625,19 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_in_the_file_and_the_environment() {
-        assert!(matches!(Config::from_parts("[server]\nlisten_on = \"x\"", env(&[])), Err(ConfigError::Parse(_))));
-        assert!(matches!(Config::from_parts("[nope]\n", env(&[])), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            Config::from_parts("[server]\nlisten_on = \"x\"", env(&[])),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            Config::from_parts("[nope]\n", env(&[])),
+            Err(ConfigError::Parse(_))
+        ));
         let error = Config::from_parts("", env(&[("CREDITD_SERVER__LISTEN_ON", "x")])).unwrap_err();
-        assert!(matches!(error, ConfigError::UnknownEnvironmentKey { .. }), "{error}");
+        assert!(
+            matches!(error, ConfigError::UnknownEnvironmentKey { .. }),
+            "{error}"
+        );
         assert!(Config::from_parts("", env(&[("CREDITD_SERVER", "x")])).is_err());
         assert!(Config::from_parts("", env(&[("CREDITD___LISTEN", "x")])).is_err());
     }
@@ -591,7 +665,10 @@ mod tests {
         assert_eq!(config.snapshot.every, Seconds(900));
         assert_eq!(config.limits.max_amount, 5000);
         assert_eq!(config.payments.paystack.secret_key, "12345");
-        assert_eq!(config.server.public_url.as_deref(), Some("https://credits.example.com"));
+        assert_eq!(
+            config.server.public_url.as_deref(),
+            Some("https://credits.example.com")
+        );
         assert_eq!(config.auth.keys[0].role, Role::Platform);
         assert!(Config::from_parts("", env(&[("CREDITD_LIMITS__MAX_AMOUNT", "lots")])).is_err());
     }
@@ -604,9 +681,16 @@ mod tests {
         assert_eq!(Seconds::parse("soon"), None);
         assert!(Config::from_parts("[engine]\nshards = 100\n", env(&[])).is_err());
         assert!(Config::from_parts("[storage]\nsegment_bytes = 10\n", env(&[])).is_err());
-        let short_secret = "[[auth.keys]]\nname = \"k\"\nsecret = \"short\"\nrole = \"admin\"\ntenant = \"t\"\n";
-        assert!(matches!(Config::from_parts(short_secret, env(&[])), Err(ConfigError::Invalid(_))));
+        let short_secret =
+            "[[auth.keys]]\nname = \"k\"\nsecret = \"short\"\nrole = \"admin\"\ntenant = \"t\"\n";
+        assert!(matches!(
+            Config::from_parts(short_secret, env(&[])),
+            Err(ConfigError::Invalid(_))
+        ));
         let rendered = Config::default().to_toml_masked();
-        assert_eq!(Config::from_parts(&rendered, env(&[])).unwrap(), Config::default());
+        assert_eq!(
+            Config::from_parts(&rendered, env(&[])).unwrap(),
+            Config::default()
+        );
     }
 }

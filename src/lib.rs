@@ -7,12 +7,16 @@
 //!   changes balances, and recovery.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
+pub mod loadgen;
+pub mod metrics;
 pub mod server;
 pub mod time;
 pub mod wal;

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, default_value = "./config.toml")]
         config: PathBuf,
     },
+    /// Generate load against a running server and report throughput and latency.
+    Loadgen(creditd::loadgen::LoadOptions),
     /// Inspect the write-ahead log and snapshots of a data directory (read only).
     Wal {
         #[command(subcommand)]
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config),
+        Command::Loadgen(options) => loadgen(&options),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(config) => {
                 print!("{}", config.to_toml_masked());
@@ -66,20 +69,20 @@ fn main() -> ExitCode {
             }
             Err(error) => fail(&format!("{}: {error}", config.display())),
         },
-        Command::Wal { command: WalCommand::Verify { data_dir } } => {
-            match creditd::inspect::verify(&data_dir, &mut std::io::stdout().lock()) {
-                Ok(found) if found.damage.is_empty() => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::FAILURE,
-                Err(error) => fail(&format!("{}: {error}", data_dir.display())),
-            }
-        }
-        Command::Wal { command: WalCommand::Dump { data_dir, from } } => {
-            match creditd::inspect::dump(&data_dir, from, &mut std::io::stdout().lock()) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(error) => fail(&format!("{}: {error}", data_dir.display())),
-            }
-        }
+        Command::Wal {
+            command: WalCommand::Verify { data_dir },
+        } => match creditd::inspect::verify(&data_dir, &mut std::io::stdout().lock()) {
+            Ok(found) if found.damage.is_empty() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(error) => fail(&format!("{}: {error}", data_dir.display())),
+        },
+        Command::Wal {
+            command: WalCommand::Dump { data_dir, from },
+        } => match creditd::inspect::dump(&data_dir, from, &mut std::io::stdout().lock()) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(error) => fail(&format!("{}: {error}", data_dir.display())),
+        },
     }
 }
 
@@ -93,10 +96,30 @@ fn init_logging(config: &Config) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn loadgen(options: &creditd::loadgen::LoadOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("starting the runtime: {error}")),
+    };
+    match runtime.block_on(creditd::loadgen::run(options)) {
+        Ok(report) => {
+            println!("{}", report.render(options));
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
     }
 }
 
@@ -106,7 +129,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
         Err(error) => return fail(&format!("{}: {error}", path.display())),
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("starting the runtime: {error}")),
     };

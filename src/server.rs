@@ -1,9 +1,12 @@
-//! The process: open the engine (recovery), make sure every tenant named by an API key exists,
-//! serve until SIGINT or SIGTERM, then shut down cleanly: flush and sync the log, write a final
-//! snapshot, exit.
+//! The process: install metrics, open the engine (recovery), make sure every tenant named by an
+//! API key exists, serve HTTP until SIGINT or SIGTERM, then shut down cleanly: stop accepting,
+//! drain in-flight requests, flush and sync the log, write a final snapshot, exit.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::api::ApiState;
 use crate::config::Config;
 use crate::engine::{Context, Engine, OpenError};
 
@@ -21,6 +24,12 @@ pub enum ServerError {
         /// Why.
         error: crate::engine::types::EngineError,
     },
+    /// The listen address could not be bound.
+    #[error("could not listen: {0}")]
+    Bind(std::io::Error),
+    /// An API key names a tenant that could not be resolved.
+    #[error("API keys: {0}")]
+    Keys(String),
     /// Waiting for signals failed.
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
@@ -35,32 +44,101 @@ pub enum ServerError {
 /// Development secrets shipped in the repository's `config.toml`.
 const DEVELOPMENT_SECRET_SUFFIX: &str = "-change-me";
 
-/// Opens the engine the configuration describes and creates the tenants its keys name.
+/// Opens (recovers) the engine the configuration describes.
 pub async fn open_engine(config: &Config) -> Result<Arc<Engine>, ServerError> {
     let options = config.engine_options();
     let engine = tokio::task::spawn_blocking(move || Engine::open_dir(options))
         .await
         .map_err(|error| ServerError::Task(error.to_string()))??;
+    Ok(engine)
+}
+
+/// Creates every tenant an API key names that does not exist yet, and warns about development keys.
+pub async fn ensure_tenants(config: &Config, engine: &Engine) -> Result<(), ServerError> {
     for key in &config.auth.keys {
         if engine.tenant(&key.tenant).is_none() {
             let (_, _, lsn) = engine
                 .upsert_tenant(&key.tenant, None, None, &Context::actor("system"))
-                .map_err(|error| ServerError::Tenant { tenant: key.tenant.clone(), error })?;
-            engine.durable(lsn).await.map_err(|error| ServerError::Tenant { tenant: key.tenant.clone(), error: error.into() })?;
+                .map_err(|error| ServerError::Tenant {
+                    tenant: key.tenant.clone(),
+                    error,
+                })?;
+            engine
+                .durable(lsn)
+                .await
+                .map_err(|error| ServerError::Tenant {
+                    tenant: key.tenant.clone(),
+                    error: error.into(),
+                })?;
             tracing::info!(tenant = %key.tenant, "created tenant named by an API key");
         }
         if key.secret.ends_with(DEVELOPMENT_SECRET_SUFFIX) {
             tracing::warn!(key = %key.name, "DEVELOPMENT API KEY configured: its secret is public; replace it before exposing this server");
         }
     }
-    Ok(engine)
+    Ok(())
 }
 
 /// Runs the server described by `config` until SIGINT or SIGTERM.
 pub async fn run_from_config(config: Config) -> Result<(), ServerError> {
-    let engine = open_engine(&config).await?;
-    tracing::info!(data_dir = %config.storage.data_dir.display(), "engine ready");
-    shutdown_signal().await?;
+    // Registered first, so a signal that arrives during recovery is not lost.
+    let signals = Signals::register().map_err(ServerError::Signal)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(ServerError::Bind)?;
+    run(config, listener, signals.received()).await
+}
+
+/// Runs the server on an already-bound listener until `shutdown` resolves. The address is printed
+/// and health checks are answered at once; the API opens when recovery is done.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    // The recorder goes first: the log writer takes its metric handles when it starts.
+    crate::metrics::install();
+    let address = listener.local_addr().map_err(ServerError::Bind)?;
+    // The contract: a test or a supervisor binding port 0 reads the address from stdout.
+    println!("listening on http://{address}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let engine = crate::api::serve_while_recovering(&listener, open_engine(&config)).await?;
+    serve_engine(config, engine, listener, shutdown).await
+}
+
+/// Serves an engine that is already open (tests pass engines on fault-injecting storage), then
+/// shuts it down as [`run`] does.
+pub async fn serve_engine(
+    config: Config,
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    crate::metrics::install();
+    ensure_tenants(&config, &engine).await?;
+    let address = listener.local_addr().map_err(ServerError::Bind)?;
+    let public_url = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let state = ApiState::new(
+        Arc::clone(&engine),
+        &config.auth.keys,
+        config.server.clone(),
+        config.limits.clone(),
+        public_url,
+    )
+    .map_err(ServerError::Keys)?;
+    let state = Arc::new(state);
+    if config.auth.keys.is_empty() {
+        tracing::warn!("no API keys are configured: every /v1 request will get 401");
+    }
+    tracing::info!(%address, data_dir = %config.storage.data_dir.display(), "serving");
+    let upkeep = tokio::spawn(upkeep(Arc::clone(&state)));
+    crate::api::serve(listener, Arc::clone(&state), shutdown).await;
+    upkeep.abort();
     tracing::info!("shutting down: flushing the log and writing a final snapshot");
     let closing = Arc::clone(&engine);
     let summary = tokio::task::spawn_blocking(move || closing.shutdown())
@@ -73,11 +151,56 @@ pub async fn run_from_config(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() -> Result<(), ServerError> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ServerError::Signal)?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map_err(ServerError::Signal),
-        _ = terminate.recv() => Ok(()),
+/// Every few seconds: exporter upkeep and the gauges that are counted, not tracked.
+async fn upkeep(state: Arc<ApiState>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    let mut round = 0u64;
+    loop {
+        ticks.tick().await;
+        state.prometheus.run_upkeep();
+        let metrics = &state.metrics;
+        metrics
+            .durable_lsn
+            .set(state.engine.wal().durable_lsn() as f64);
+        metrics.ready.set(if state.is_ready() { 1.0 } else { 0.0 });
+        metrics
+            .idempotency_keys
+            .set(state.engine.idempotency_entries() as f64);
+        if round.is_multiple_of(3) {
+            let engine = Arc::clone(&state.engine);
+            if let Ok(figures) = tokio::task::spawn_blocking(move || engine.census()).await {
+                metrics.users.set(figures.users as f64);
+                metrics.wallets.set(figures.wallets as f64);
+                metrics
+                    .reservations_open
+                    .set(figures.reservations_open as f64);
+            }
+        }
+        round += 1;
+    }
+}
+
+/// SIGINT and SIGTERM, listened for from the moment they are registered.
+pub struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening.
+    pub fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first of them (at once if one already arrived).
+    pub async fn received(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

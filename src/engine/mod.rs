@@ -175,7 +175,8 @@ impl Engine {
             .map_err(io(options.snapshot_dir()))?;
         let lock_path = options.data_dir.join("LOCK");
         let lock = storage.lock(&lock_path).map_err(io(lock_path))?;
-        let recovered = recovery::recover(&storage, &options, clock.now_ms(), recovery::Mode::Repair)?;
+        let recovered =
+            recovery::recover(&storage, &options, clock.now_ms(), recovery::Mode::Repair)?;
         let wal = Wal::start(
             Arc::clone(&storage),
             options.wal_options(),
@@ -206,8 +207,13 @@ impl Engine {
     /// Recovers a data directory's state in memory without changing any file, checks the
     /// invariants and reports what it found: the heart of `creditd wal verify`. Takes no lock, so
     /// a directory in use may show a torn tail that is only a write in progress.
-    pub fn verify(options: &EngineOptions, storage: SharedStorage, now_ms: i64) -> Result<RecoveryReport, OpenError> {
-        recovery::recover(&storage, options, now_ms, recovery::Mode::ReadOnly).map(|recovered| recovered.report)
+    pub fn verify(
+        options: &EngineOptions,
+        storage: SharedStorage,
+        now_ms: i64,
+    ) -> Result<RecoveryReport, OpenError> {
+        recovery::recover(&storage, options, now_ms, recovery::Mode::ReadOnly)
+            .map(|recovered| recovered.report)
     }
 
     /// Stops the background threads, makes everything queued durable, takes a final snapshot and
@@ -260,7 +266,7 @@ impl Engine {
     }
 
     /// Resolves once the record at `lsn` is durable.
-    pub fn durable(&self, lsn: u64) -> Durable {
+    pub fn durable(&self, lsn: u64) -> Durable<'_> {
         self.wal.durable(lsn)
     }
 

@@ -898,8 +898,7 @@ fn torn_tail_is_cut_and_reported() {
         .storage
         .paths()
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .last()
+        .rfind(|p| p.extension().is_some_and(|e| e == "log"))
         .unwrap();
     h.storage.append_durably(&segment, &[0x37; 23]).unwrap();
     h.crash_and_reopen();

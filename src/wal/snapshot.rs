@@ -77,7 +77,7 @@ pub fn from_listing(dir: &Path, names: &[String]) -> Vec<SnapshotFile> {
             })
         })
         .collect();
-    files.sort_by(|a, b| b.start_lsn.cmp(&a.start_lsn));
+    files.sort_by_key(|file| std::cmp::Reverse(file.start_lsn));
     files
 }
 
@@ -200,7 +200,10 @@ impl SnapshotWriter {
         let final_path = dir.join(file_name(header.start_lsn));
         let tmp_path = dir.join(format!("{:020}{TMP_EXTENSION}", header.start_lsn));
         let mut file = storage.create(&tmp_path)?;
-        file.write_all(&encode_header(header, format_version))?;
+        if let Err(error) = file.write_all(&encode_header(header, format_version)) {
+            let _ = storage.remove(&tmp_path);
+            return Err(error);
+        }
         let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_CHUNKS);
         let thread = std::thread::Builder::new()
             .name("creditd-snapshot-io".into())

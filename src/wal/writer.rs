@@ -285,9 +285,9 @@ impl Wal {
     }
 
     /// A future that resolves once `lsn` is durable; holds no lock while pending.
-    pub fn durable(&self, lsn: u64) -> Durable {
+    pub fn durable(&self, lsn: u64) -> Durable<'_> {
         Durable {
-            shared: Arc::clone(&self.shared),
+            shared: &self.shared,
             lsn,
         }
     }
@@ -328,16 +328,16 @@ impl Drop for Wal {
 }
 
 /// Resolves when its LSN is durable, or with an error if it never will be.
-pub struct Durable {
-    shared: Arc<Shared>,
+pub struct Durable<'a> {
+    shared: &'a Shared,
     lsn: u64,
 }
 
-impl Future for Durable {
+impl Future for Durable<'_> {
     type Output = Result<(), DurabilityError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = &*self.shared;
+        let shared = self.shared;
         if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
             return Poll::Ready(Ok(()));
         }

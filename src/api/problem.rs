@@ -1,0 +1,289 @@
+//! RFC 9457 problem details: every error the API answers is one of these, with a stable `type`
+//! URI clients can switch on.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{Map, Value};
+
+use crate::engine::types::{ClosedAs, EngineError};
+use crate::wal::{AppendError, DurabilityError};
+
+/// The prefix of every problem `type`.
+pub const TYPE_PREFIX: &str = "https://creditd.dev/problems/";
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The last part of the `type` URI.
+    pub slug: &'static str,
+    /// A short, fixed summary of the problem type.
+    pub title: &'static str,
+    /// What happened this time.
+    pub detail: String,
+    /// Extension members.
+    pub extensions: Map<String, Value>,
+    /// Extra response headers.
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Problem {
+    /// A problem with no extension members.
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Problem {
+        self.extensions.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Problem {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// 400: the request could not be parsed.
+    pub fn malformed(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "Malformed request",
+            detail,
+        )
+    }
+
+    /// 422: the request parsed but a field is wrong.
+    pub fn invalid(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Invalid request",
+            detail,
+        )
+    }
+
+    /// 401.
+    pub fn unauthorized(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    /// 403.
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    /// 404 for a path no route matches.
+    pub fn no_route(path: &str) -> Problem {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no route for {path}"),
+        )
+    }
+
+    /// 405.
+    pub fn method_not_allowed(allowed: &'static str) -> Problem {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("allowed: {allowed}"),
+        )
+        .with_header(header::ALLOW, HeaderValue::from_static(allowed))
+    }
+
+    /// 413.
+    pub fn too_large(limit: u64) -> Problem {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            format!("the body exceeds server.max_body_bytes ({limit} bytes)"),
+        )
+        .with("limit_bytes", limit)
+    }
+
+    /// 503: not ready or the log refuses writes.
+    pub fn unavailable(slug: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            slug,
+            "Service unavailable",
+            detail,
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert(
+            "type".into(),
+            Value::String(format!("{TYPE_PREFIX}{}", self.slug)),
+        );
+        body.insert("title".into(), Value::String(self.title.into()));
+        body.insert("status".into(), Value::from(self.status.as_u16()));
+        body.insert("detail".into(), Value::String(self.detail.clone()));
+        for (name, value) in &self.extensions {
+            body.insert(name.clone(), value.clone());
+        }
+        Value::Object(body)
+    }
+
+    /// The HTTP response.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let bytes = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(bytes)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        response
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(error: EngineError) -> Problem {
+        use StatusCode as S;
+        match error {
+            EngineError::TenantNotFound => Problem::new(
+                S::NOT_FOUND,
+                "tenant-not-found",
+                "Tenant not found",
+                error.to_string(),
+            ),
+            EngineError::UserNotFound => Problem::new(
+                S::NOT_FOUND,
+                "user-not-found",
+                "User not found",
+                error.to_string(),
+            ),
+            EngineError::UnknownAction => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "unknown-action",
+                "Unknown action",
+                "the action is not in this tenant's catalogue",
+            ),
+            EngineError::PackageNotFound => Problem::new(
+                S::NOT_FOUND,
+                "package-not-found",
+                "Package not found",
+                error.to_string(),
+            ),
+            EngineError::ReservationNotFound => Problem::new(
+                S::NOT_FOUND,
+                "reservation-not-found",
+                "Reservation not found",
+                error.to_string(),
+            ),
+            EngineError::ReservationClosed(how) => Problem::new(
+                S::CONFLICT,
+                "reservation-closed",
+                "Reservation closed",
+                format!("the reservation was {}", closed_as(how)),
+            )
+            .with("closed_as", closed_as(how)),
+            EngineError::InsufficientCredits(shortfall) => Problem::new(
+                S::PAYMENT_REQUIRED,
+                "insufficient-credits",
+                "Insufficient credits",
+                format!(
+                    "{} credits are available, {} are required",
+                    shortfall.available, shortfall.required
+                ),
+            )
+            .with("balance", shortfall.balance)
+            .with("available", shortfall.available)
+            .with("required", shortfall.required),
+            EngineError::Invalid(invalid) => {
+                Problem::invalid(format!("{} {}", invalid.field, invalid.reason))
+                    .with("field", invalid.field)
+            }
+            EngineError::Overflow => {
+                Problem::invalid("the amount is out of range: the result would overflow")
+            }
+            EngineError::Conflict(detail) => {
+                Problem::new(S::CONFLICT, "conflict", "Conflict", detail)
+            }
+            EngineError::IdempotencyKeyReused => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was used with a different request",
+            ),
+            EngineError::IdempotencyKeyInFlight => Problem::new(
+                S::CONFLICT,
+                "idempotency-key-in-flight",
+                "Idempotency key in flight",
+                "a request with this Idempotency-Key is still being processed; retry later",
+            ),
+            EngineError::IdempotencyTableFull => Problem::unavailable(
+                "idempotency-table-full",
+                "the idempotency table is at idempotency.max_entries; retry without a key or later",
+            ),
+            EngineError::TooManyReservations => Problem::new(
+                S::CONFLICT,
+                "too-many-reservations",
+                "Too many reservations",
+                "the user holds limits.max_reservations_per_user open reservations",
+            ),
+            EngineError::Log(AppendError::Backpressure) => Problem::unavailable(
+                "log-backpressure",
+                "the write-ahead log is behind; retry shortly",
+            ),
+            EngineError::Log(AppendError::TooLarge) => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+                "the change is larger than storage.max_record_bytes",
+            ),
+            EngineError::Log(AppendError::Poisoned)
+            | EngineError::Durability(DurabilityError::Poisoned) => Problem::unavailable(
+                "log-unavailable",
+                "the write-ahead log failed; writes are refused until restart",
+            ),
+            EngineError::Log(AppendError::Closed)
+            | EngineError::Durability(DurabilityError::Closed) => {
+                Problem::unavailable("shutting-down", "the server is shutting down")
+            }
+        }
+    }
+}
+
+/// The API's name for how a reservation ended.
+pub fn closed_as(how: ClosedAs) -> &'static str {
+    match how {
+        ClosedAs::Captured => "captured",
+        ClosedAs::Released => "released",
+        ClosedAs::Expired => "expired",
+    }
+}

@@ -1,0 +1,416 @@
+//! The load generator behind `creditd loadgen`: keep-alive HTTP/1.1 connections sending debits,
+//! either as fast as answers come back (closed loop) or at a fixed rate (open loop). In the open
+//! loop every request has an intended send time on a fixed schedule and its latency is measured
+//! from that time, so a stalled server shows up as latency instead of as fewer requests
+//! (no coordinated omission). Latencies go into an HDR histogram.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::Client;
+
+/// How users are chosen for each debit.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Distribution {
+    /// Every user equally likely.
+    Uniform,
+    /// Zipf-distributed (a few users get most debits), exponent `--zipf-exponent`.
+    Zipf,
+    /// One hot user gets every debit.
+    Hot,
+}
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadOptions {
+    /// The server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A service (or stronger) API key.
+    #[arg(long, default_value = "dev-service-secret-change-me")]
+    pub key: String,
+    /// Open connections, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// How long to measure, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Unmeasured run before measuring, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Requests per second across all connections (open loop); 0 = as fast as possible (closed loop).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// How debits pick users.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    pub distribution: Distribution,
+    /// Zipf exponent.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_exponent: f64,
+    /// Debits per request: 1 sends `POST /v1/users/{id}/debit`, more sends `POST /v1/debits/batch`.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Credits per debit.
+    #[arg(long, default_value_t = 1)]
+    pub amount: i64,
+    /// Send a unique Idempotency-Key with every debit.
+    #[arg(long, default_value_t = false)]
+    pub idempotency_keys: bool,
+    /// Skip creating and funding the users (they exist from an earlier run).
+    #[arg(long, default_value_t = false)]
+    pub skip_setup: bool,
+    /// Prefix of user ids, so runs can share or separate users.
+    #[arg(long, default_value = "lg")]
+    pub user_prefix: String,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Requests answered in the measured window.
+    pub requests: u64,
+    /// Debits carried by those requests.
+    pub debits: u64,
+    /// Answers by status class: 2xx, 402, other 4xx, 5xx, transport errors.
+    pub statuses: [u64; 5],
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Latency, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl LoadReport {
+    /// One human-readable block.
+    pub fn render(&self, options: &LoadOptions) -> String {
+        let quantile = |q: f64| self.latency.value_at_quantile(q);
+        let mode = if options.rate > 0 {
+            format!("open loop at {} req/s", options.rate)
+        } else {
+            "closed loop".into()
+        };
+        format!(
+            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}\n\
+             requests: {} in {:.1} s = {:.0} req/s; debits {:.0}/s\n\
+             status: 2xx {}  402 {}  other 4xx {}  5xx {}  transport errors {}\n\
+             latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            options.connections,
+            options.users,
+            options.distribution,
+            options.batch,
+            options.idempotency_keys,
+            self.requests,
+            self.seconds,
+            self.requests as f64 / self.seconds,
+            self.debits as f64 / self.seconds,
+            self.statuses[0],
+            self.statuses[1],
+            self.statuses[2],
+            self.statuses[3],
+            self.statuses[4],
+            quantile(0.5),
+            quantile(0.9),
+            quantile(0.99),
+            quantile(0.999),
+            self.latency.max(),
+        )
+    }
+}
+
+/// Picks user indexes.
+struct Picker {
+    cumulative: Vec<f64>,
+    distribution: Distribution,
+    users: usize,
+}
+
+impl Picker {
+    fn new(options: &LoadOptions) -> Picker {
+        let cumulative = if options.distribution == Distribution::Zipf {
+            let mut sum = 0.0;
+            (1..=options.users)
+                .map(|rank| {
+                    sum += 1.0 / (rank as f64).powf(options.zipf_exponent);
+                    sum
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Picker {
+            cumulative,
+            distribution: options.distribution,
+            users: options.users.max(1),
+        }
+    }
+
+    fn pick(&self, rng: &mut SmallRng) -> usize {
+        match self.distribution {
+            Distribution::Uniform => rng.random_range(0..self.users),
+            Distribution::Hot => 0,
+            Distribution::Zipf => {
+                let total = self.cumulative.last().copied().unwrap_or(1.0);
+                let target = rng.random::<f64>() * total;
+                self.cumulative
+                    .partition_point(|&c| c < target)
+                    .min(self.users - 1)
+            }
+        }
+    }
+}
+
+/// Creates and funds the users, `connections` at a time.
+pub async fn setup(options: &LoadOptions) -> Result<(), String> {
+    let client = Client::new(&options.url, &options.key).map_err(|e| e.to_string())?;
+    let users = if options.distribution == Distribution::Hot {
+        1
+    } else {
+        options.users
+    };
+    let funding = 1_000_000_000_000i64;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..options.connections.clamp(1, 64) {
+        let (client, next, prefix) = (
+            client.clone(),
+            Arc::clone(&next),
+            options.user_prefix.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= users {
+                    return Ok::<(), String>(());
+                }
+                let user = format!("{prefix}-{index}");
+                client
+                    .put_user(&user, None)
+                    .await
+                    .map_err(|e| format!("creating {user}: {e}"))?;
+                let wallet = client
+                    .wallet(&user, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if wallet.balance < funding / 2 {
+                    client
+                        .credit(&user, funding, None, None)
+                        .await
+                        .map_err(|e| format!("funding {user}: {e}"))?;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Runs the load and returns what was measured.
+pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
+    if !options.skip_setup {
+        setup(options).await?;
+    }
+    let address = options
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let picker = Arc::new(Picker::new(options));
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs(options.warmup);
+    let stop_at = measure_from + Duration::from_secs(options.duration.max(1));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let run_id: u32 = rand::random();
+    let mut tasks = Vec::new();
+    for connection in 0..options.connections.max(1) {
+        let job = Job {
+            address: address.clone(),
+            options: options.clone(),
+            picker: Arc::clone(&picker),
+            connection,
+            started,
+            measure_from,
+            stop_at,
+            run_id,
+            stopping: Arc::clone(&stopping),
+        };
+        tasks.push(tokio::spawn(job.run()));
+    }
+    let mut report = LoadReport {
+        requests: 0,
+        debits: 0,
+        statuses: [0; 5],
+        seconds: options.duration.max(1) as f64,
+        latency: new_histogram(),
+    };
+    for task in tasks {
+        let part = task.await.map_err(|e| e.to_string())??;
+        report.requests += part.requests;
+        report.debits += part.debits;
+        for (total, count) in report.statuses.iter_mut().zip(part.statuses) {
+            *total += count;
+        }
+        report
+            .latency
+            .add(&part.latency)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(report)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+struct Job {
+    address: String,
+    options: LoadOptions,
+    picker: Arc<Picker>,
+    connection: usize,
+    started: Instant,
+    measure_from: Instant,
+    stop_at: Instant,
+    run_id: u32,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Job {
+    async fn run(self) -> Result<LoadReport, String> {
+        let stream = tokio::net::TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| format!("connect {}: {e}", self.address))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", self.options.key))
+            .map_err(|e| e.to_string())?;
+        let mut rng =
+            SmallRng::seed_from_u64(self.run_id as u64 ^ ((self.connection as u64) << 32));
+        let mut report = LoadReport {
+            requests: 0,
+            debits: 0,
+            statuses: [0; 5],
+            seconds: 0.0,
+            latency: new_histogram(),
+        };
+        let connections = self.options.connections.max(1) as u64;
+        let period = (self.options.rate > 0)
+            .then(|| Duration::from_secs_f64(connections as f64 / self.options.rate as f64));
+        let offset = period
+            .map(|p| p.mul_f64(self.connection as f64 / connections as f64))
+            .unwrap_or_default();
+        let mut sequence = 0u64;
+        loop {
+            // Open loop: this connection's next slot on the fixed schedule, whether or not the
+            // previous answer was late.
+            let intended = match period {
+                Some(period) => self.started + offset + period.mul_f64(sequence as f64),
+                None => Instant::now(),
+            };
+            if intended >= self.stop_at || self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep_until(intended.into()).await;
+            let request = self.request(&mut rng, sequence, &authorization)?;
+            sequence += 1;
+            let outcome = match sender.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let _ = response.into_body().collect().await;
+                    Some(status)
+                }
+                Err(_) => None,
+            };
+            let finished = Instant::now();
+            if intended < self.measure_from {
+                continue;
+            }
+            report.requests += 1;
+            report.debits += self.options.batch.max(1) as u64;
+            let class = match outcome {
+                Some(200..=299) => 0,
+                Some(402) => 1,
+                Some(400..=499) => 2,
+                Some(_) => 3,
+                None => 4,
+            };
+            report.statuses[class] += 1;
+            let micros = finished
+                .duration_since(intended)
+                .as_micros()
+                .min(u128::from(u64::MAX)) as u64;
+            let _ = report.latency.record(micros.max(1));
+            if outcome.is_none() {
+                // The connection is gone; the others carry on.
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    fn request(
+        &self,
+        rng: &mut SmallRng,
+        sequence: u64,
+        authorization: &HeaderValue,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let options = &self.options;
+        let key = |item: usize| {
+            format!(
+                "lg-{:08x}-{}-{sequence}-{item}",
+                self.run_id, self.connection
+            )
+        };
+        let user = |rng: &mut SmallRng| match options.distribution {
+            Distribution::Hot => format!("{}-0", options.user_prefix),
+            _ => format!("{}-{}", options.user_prefix, self.picker.pick(rng)),
+        };
+        let mut builder = Request::builder()
+            .header(header::HOST, "creditd")
+            .header(header::AUTHORIZATION, authorization.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .method(Method::POST);
+        let body = if options.batch <= 1 {
+            builder = builder.uri(format!("/v1/users/{}/debit", user(rng)));
+            if options.idempotency_keys {
+                builder = builder.header("idempotency-key", key(0));
+            }
+            format!("{{\"amount\":{}}}", options.amount)
+        } else {
+            builder = builder.uri("/v1/debits/batch");
+            let items: Vec<String> = (0..options.batch)
+                .map(|item| {
+                    let key = if options.idempotency_keys {
+                        format!(",\"idempotency_key\":\"{}\"", key(item))
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{{\"user_id\":\"{}\",\"amount\":{}{key}}}",
+                        user(rng),
+                        options.amount
+                    )
+                })
+                .collect();
+            format!("{{\"debits\":[{}]}}", items.join(","))
+        };
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())
+    }
+}

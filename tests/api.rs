@@ -1,0 +1,751 @@
+//! Black-box tests of the HTTP API: real servers on 127.0.0.1:0, spoken to over TCP with the typed
+//! client and with raw requests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use creditd::client::{BatchDebit, Client, ClientError, Debit};
+use creditd::config::{ApiKey, Config, Role};
+use creditd::engine::{Engine, EngineOptions, SystemClock};
+use creditd::wal::memory::{FaultPoint, FaultyStorage};
+use creditd::wal::FsStorage;
+use http::Method;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVICE: &str = "acme-service-secret-0001";
+const ADMIN: &str = "acme-admin-secret-000001";
+const GLOBEX: &str = "globex-service-secret-01";
+const PLATFORM: &str = "platform-secret-00000001";
+
+fn key(name: &str, secret: &str, role: Role, tenant: &str) -> ApiKey {
+    ApiKey {
+        name: name.into(),
+        secret: secret.into(),
+        role,
+        tenant: tenant.into(),
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.storage.data_dir = dir.to_path_buf();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.header_read_timeout_seconds = 1;
+    config.server.max_body_bytes = 64 * 1024;
+    config.server.shutdown_grace_seconds = 2;
+    config.auth.keys = vec![
+        key("acme-service", SERVICE, Role::Service, "acme"),
+        key("acme-admin", ADMIN, Role::Admin, "acme"),
+        key("globex-service", GLOBEX, Role::Service, "globex"),
+        key("platform", PLATFORM, Role::Platform, "acme"),
+    ];
+    config
+}
+
+struct Server {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), creditd::server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(creditd::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let server = Server {
+            base,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn start_with_engine(
+        config: Config,
+        engine: Arc<Engine>,
+        dir: tempfile::TempDir,
+    ) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(creditd::server::serve_engine(
+            config,
+            engine,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let server = Server {
+            base,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok((status, _, _)) = self
+                .client(SERVICE)
+                .send(Method::GET, "/readyz", None, None)
+                .await
+            {
+                if status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    fn client(&self, secret: &str) -> Client {
+        Client::new(&self.base, secret).unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn raw(client: &Client, method: Method, path: &str, body: &str) -> (u16, Value) {
+    let body = if body.is_empty() {
+        None
+    } else {
+        Some(body.as_bytes().to_vec())
+    };
+    let (status, _, bytes) = client.send(method, path, body, None).await.unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn slug(body: &Value) -> &str {
+    body["type"]
+        .as_str()
+        .unwrap_or("")
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn the_seed_flow_end_to_end() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    let admin = server.client(ADMIN);
+    let user = service
+        .put_user("user-1", Some("ada@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(user.wallet.balance, 0);
+    assert_eq!(user.wallet.status, "empty");
+    let welcome = service.credit("user-1", 20, None, None).await.unwrap();
+    assert_eq!((welcome.amount, welcome.balance), (20, 20));
+    let debit = service
+        .debit("user-1", &Debit::amount(5), None)
+        .await
+        .unwrap();
+    assert_eq!((debit.charged, debit.balance, debit.available), (5, 15, 15));
+    assert!(debit.entry_id.unwrap().starts_with("ent_"));
+    admin
+        .put_package("starter", "Starter", 500, 200_000, "NGN")
+        .await
+        .unwrap();
+    admin
+        .put_package("old", "Old", 10, 100, "NGN")
+        .await
+        .unwrap();
+    raw(
+        &admin,
+        Method::PUT,
+        "/v1/packages/old",
+        r#"{"name":"Old","credits":10,"price_minor":100,"price_currency":"NGN","active":false}"#,
+    )
+    .await;
+    let bootstrap = service.bootstrap("user-1").await.unwrap();
+    let packages = bootstrap["available_packages"].as_array().unwrap();
+    assert_eq!(packages.len(), 1, "only active packages: {bootstrap}");
+    assert_eq!(packages[0]["package_id"], "starter");
+    assert_eq!(bootstrap["wallet"]["balance"], 15);
+    match service.debit("user-1", &Debit::amount(100), None).await {
+        Err(ClientError::InsufficientCredits {
+            balance,
+            available,
+            required,
+            topup_url,
+        }) => {
+            assert_eq!((balance, available, required), (15, 15, 100));
+            assert_eq!(
+                topup_url,
+                format!("{}/v1/billing/bootstrap/user-1", server.base)
+            );
+        }
+        other => panic!("expected 402, got {other:?}"),
+    }
+    assert_eq!(service.wallet("user-1", None).await.unwrap().balance, 15);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_error_status_is_problem_json() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    let admin = server.client(ADMIN);
+    service.put_user("u", None).await.unwrap();
+    service.credit("u", 10, None, None).await.unwrap();
+
+    let nobody = Client::new(&server.base, "not-a-key-at-all-xxxx").unwrap();
+    let (status, body) = raw(&nobody, Method::GET, "/v1/users/u/wallet", "").await;
+    assert_eq!((status, slug(&body)), (401, "unauthorized"));
+    let (status, _, _) = reqwest_like(
+        &server.base,
+        "GET /v1/users/u/wallet HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 401, "no Authorization header");
+
+    let (status, body) = raw(&service, Method::PUT, "/v1/actions/search", r#"{"cost":1}"#).await;
+    assert_eq!((status, slug(&body)), (403, "forbidden"));
+    let (status, body) = raw(&admin, Method::PUT, "/v1/tenants/new", "{}").await;
+    assert_eq!((status, slug(&body)), (403, "forbidden"));
+
+    let (status, body) = raw(
+        &service,
+        Method::POST,
+        "/v1/users/ghost/debit",
+        r#"{"amount":1}"#,
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (404, "user-not-found"));
+    let (status, body) = raw(&service, Method::GET, "/v1/nothing/here", "").await;
+    assert_eq!((status, slug(&body)), (404, "not-found"));
+    let (status, body) = raw(
+        &service,
+        Method::POST,
+        "/v1/reservations/rsv_999/capture",
+        "{}",
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (404, "reservation-not-found"));
+    let (status, body) = raw(
+        &service,
+        Method::POST,
+        "/v1/reservations/banana/release",
+        "",
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (404, "reservation-not-found"));
+    let (status, body) = raw(&service, Method::DELETE, "/v1/users/u", "").await;
+    assert_eq!((status, slug(&body)), (405, "method-not-allowed"));
+
+    let (status, body) = raw(
+        &service,
+        Method::POST,
+        "/v1/users/u/debit",
+        r#"{"amount":11}"#,
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (402, "insufficient-credits"));
+
+    let reservation = service.reserve("u", 2, None, None).await.unwrap();
+    let id = reservation.reservation_id.unwrap();
+    service.release(&id).await.unwrap();
+    let (status, body) = raw(
+        &service,
+        Method::POST,
+        &format!("/v1/reservations/{id}/capture"),
+        "{}",
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (409, "reservation-closed"));
+    assert_eq!(body["closed_as"], "released");
+
+    for (body, expected) in [
+        (r#"{"amount":0}"#, "invalid-request"),
+        (r#"{"amount":-3}"#, "invalid-request"),
+        (r#"{"amount":1.5}"#, "invalid-request"),
+        (r#"{"amount":"7"}"#, "invalid-request"),
+        (r#"{"amount":1,"action":"x"}"#, "invalid-request"),
+        (r#"{}"#, "invalid-request"),
+        (r#"{"ammount":1}"#, "invalid-request"),
+        (r#"{"action":"no-such-action"}"#, "unknown-action"),
+        (r#"{"amount":9223372036854775807}"#, "invalid-request"),
+        (
+            r#"{"amount":1,"currency":"not a currency"}"#,
+            "invalid-request",
+        ),
+    ] {
+        let (status, problem) = raw(&service, Method::POST, "/v1/users/u/debit", body).await;
+        assert_eq!(
+            (status, slug(&problem)),
+            (422, expected),
+            "{body}: {problem}"
+        );
+    }
+    for body in ["{", "not json", "[1,2", "\u{0}"] {
+        let (status, problem) = raw(&service, Method::POST, "/v1/users/u/debit", body).await;
+        assert_eq!(
+            (status, slug(&problem)),
+            (400, "malformed-request"),
+            "{body:?}"
+        );
+    }
+    let key = Some("same-key");
+    service.debit("u", &Debit::amount(1), key).await.unwrap();
+    let reused = service
+        .debit("u", &Debit::amount(2), key)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (reused.status(), reused.slug()),
+        (Some(422), Some("idempotency-key-reused"))
+    );
+
+    let huge = format!(
+        r#"{{"amount":1,"description":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let (status, problem) = raw(&service, Method::POST, "/v1/users/u/debit", &huge).await;
+    assert_eq!((status, slug(&problem)), (413, "payload-too-large"));
+
+    // Nothing above changed the balance except the one keyed debit.
+    assert_eq!(service.wallet("u", None).await.unwrap().balance, 9);
+    server.stop().await;
+}
+
+/// Sends raw bytes over a fresh TCP connection; returns status, headers text and body.
+async fn reqwest_like(base: &str, request: &str) -> (u16, String, String) {
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&answer);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head.lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        });
+                        if length.is_some_and(|length| body.len() >= length) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn tenants_are_isolated() {
+    let server = Server::start().await;
+    let acme = server.client(SERVICE);
+    let globex = server.client(GLOBEX);
+    acme.put_user("shared", None).await.unwrap();
+    acme.credit("shared", 50, None, None).await.unwrap();
+    let hold = acme
+        .reserve("shared", 5, None, None)
+        .await
+        .unwrap()
+        .reservation_id
+        .unwrap();
+    // Globex cannot see or touch Acme's user or reservation: they are absent for it.
+    assert_eq!(
+        globex.wallet("shared", None).await.unwrap_err().slug(),
+        Some("user-not-found")
+    );
+    assert_eq!(
+        globex
+            .debit("shared", &Debit::amount(1), None)
+            .await
+            .unwrap_err()
+            .slug(),
+        Some("user-not-found")
+    );
+    assert_eq!(
+        globex.capture(&hold, None, None).await.unwrap_err().slug(),
+        Some("reservation-not-found")
+    );
+    // The same id in Globex is a different user.
+    globex.put_user("shared", None).await.unwrap();
+    assert_eq!(globex.wallet("shared", None).await.unwrap().balance, 0);
+    // A service key may not switch tenants; a platform key may.
+    let sneaky = acme.in_tenant("globex").unwrap();
+    assert_eq!(
+        sneaky.wallet("shared", None).await.unwrap_err().status(),
+        Some(403)
+    );
+    let platform = server.client(PLATFORM);
+    platform
+        .put_tenant("initech", Some("Initech"))
+        .await
+        .unwrap();
+    let in_globex = platform.in_tenant("globex").unwrap();
+    assert_eq!(in_globex.wallet("shared", None).await.unwrap().balance, 0);
+    assert_eq!(
+        platform
+            .in_tenant("nope")
+            .unwrap()
+            .wallet("x", None)
+            .await
+            .unwrap_err()
+            .slug(),
+        Some("tenant-not-found")
+    );
+    assert_eq!(acme.wallet("shared", None).await.unwrap().available, 45);
+    let (status, tenants) = raw(&platform, Method::GET, "/v1/tenants", "").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = tenants["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["acme", "globex", "initech"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_debits_on_fifty_credits() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    service.put_user("hot", None).await.unwrap();
+    service.credit("hot", 50, None, None).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let client = service.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .debit("hot", &Debit::amount(1), Some(&format!("d-{i}")))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(ClientError::InsufficientCredits { .. }) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((ok, refused), (50, 50));
+    assert_eq!(service.wallet("hot", None).await.unwrap().balance, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reservations_over_http() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    service.put_user("r", None).await.unwrap();
+    service.credit("r", 20, None, None).await.unwrap();
+    let hold = service.reserve("r", 10, Some(60), None).await.unwrap();
+    assert_eq!(hold.available, 10);
+    let id = hold.reservation_id.unwrap();
+    let (status, view) = raw(&service, Method::GET, &format!("/v1/reservations/{id}"), "").await;
+    assert_eq!((status, view["state"].as_str()), (200, Some("open")));
+    let extended = service.extend(&id, 120).await.unwrap();
+    assert_eq!(extended["reservation_id"], id.as_str());
+    let capture = service.capture(&id, Some(12), None).await.unwrap();
+    assert_eq!(
+        (capture.charged, capture.released, capture.balance),
+        (12, 0, 8)
+    );
+    let (_, view) = raw(&service, Method::GET, &format!("/v1/reservations/{id}"), "").await;
+    assert_eq!(view["state"], "captured");
+    let mut dry = Debit::amount(8);
+    dry.dry_run = true;
+    let answer = service.debit("r", &dry, None).await.unwrap();
+    assert_eq!((answer.balance, answer.entry_id), (0, None));
+    assert_eq!(service.wallet("r", None).await.unwrap().balance, 8);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn batch_debits_apply_each_on_its_own() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    for user in ["a", "b"] {
+        service.put_user(user, None).await.unwrap();
+        service.credit(user, 3, None, None).await.unwrap();
+    }
+    let item = |user: &str, amount, key: Option<&str>| BatchDebit {
+        user_id: user.into(),
+        amount,
+        idempotency_key: key.map(Into::into),
+    };
+    let batch = vec![
+        item("a", 2, Some("k1")),
+        item("a", 2, None),
+        item("b", 1, None),
+        item("ghost", 1, None),
+        item("b", 0, None),
+    ];
+    let results = service.batch_debit(&batch, None).await.unwrap();
+    let statuses: Vec<i64> = results
+        .iter()
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![200, 402, 200, 404, 422]);
+    assert_eq!(
+        results[1]["topup_url"],
+        format!("{}/v1/billing/bootstrap/a", server.base)
+    );
+    // The keyed item replays; the others run again.
+    let again = service.batch_debit(&batch[..1], None).await.unwrap();
+    assert_eq!(again[0]["replayed"], true);
+    assert_eq!(again[0]["entry_id"], results[0]["entry_id"]);
+    assert_eq!(service.wallet("a", None).await.unwrap().balance, 1);
+    let (status, body) = raw(
+        &service,
+        Method::POST,
+        "/v1/debits/batch",
+        r#"{"debits":[]}"#,
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (422, "invalid-request"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn headers_health_metrics_and_openapi() {
+    let server = Server::start().await;
+    let (status, head, _) = reqwest_like(
+        &server.base,
+        "GET /livez HTTP/1.1\r\nHost: x\r\nX-Request-Id: trace-42\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: trace-42"),
+        "{head}"
+    );
+    let (_, head, _) = reqwest_like(&server.base, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: "),
+        "a request id is generated: {head}"
+    );
+    let service = server.client(SERVICE);
+    service.put_user("m", None).await.unwrap();
+    service.credit("m", 1, None, None).await.unwrap();
+    service.debit("m", &Debit::amount(1), None).await.unwrap();
+    let _ = service.debit("m", &Debit::amount(1), None).await;
+    let (_, _, metrics) =
+        reqwest_like(&server.base, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    for name in [
+        "creditd_debits_total{outcome=\"ok\"}",
+        "creditd_debits_total{outcome=\"insufficient\"}",
+        "creditd_credits_total{kind=\"grant\"}",
+        "creditd_http_request_duration_seconds_bucket{route=\"/v1/users/{user_id}/debit\",method=\"POST\",status=\"200\"",
+        "creditd_wal_fsync_duration_seconds_bucket",
+        "creditd_wal_batch_records_bucket",
+        "creditd_wal_written_bytes_total",
+        "creditd_autotopup_total",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    assert!(!metrics.contains("user_id=\"m\""), "no user ids in labels");
+    let (status, _, yaml) = reqwest_like(
+        &server.base,
+        "GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        yaml.starts_with("openapi: 3.1"),
+        "{}",
+        &yaml[..yaml.len().min(80)]
+    );
+    server.stop().await;
+}
+
+#[test]
+fn openapi_covers_every_route() {
+    let yaml = creditd::api::OPENAPI_YAML;
+    for (_, method, template) in creditd::api::router::ROUTES {
+        if *method == "ANY" {
+            continue;
+        }
+        let path_line = format!("\n  {template}:");
+        let start = yaml
+            .find(&path_line)
+            .unwrap_or_else(|| panic!("{template} is not in docs/openapi.yaml"));
+        let rest = &yaml[start + path_line.len()..];
+        let end = rest.find("\n  /").unwrap_or(rest.len());
+        let operation = format!("\n    {}:", method.to_ascii_lowercase());
+        assert!(
+            rest[..end].contains(&operation),
+            "{method} {template} is not in docs/openapi.yaml"
+        );
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let server = Server::start().await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    // The header-read timeout is 1 s in this configuration: the server answers 408 or closes.
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    let closed = matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+        || matches!(read, Ok(Ok(n)) if String::from_utf8_lossy(&buffer[..n]).contains("408"));
+    assert!(
+        closed,
+        "a connection that never finishes its headers must be dropped: {read:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_never_crashes_the_server() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    service.put_user("g", None).await.unwrap();
+    let mut seed = 7u64;
+    let paths = [
+        "/v1/users/g/debit",
+        "/v1/users/g/credit",
+        "/v1/users/g/reservations",
+        "/v1/debits/batch",
+        "/v1/users/g",
+        "/v1/reservations/rsv_1/capture",
+    ];
+    for round in 0..300 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let length = (seed >> 33) as usize % 200;
+        let bytes: Vec<u8> = (0..length)
+            .map(|i| (seed.rotate_left(i as u32 % 64) >> 7) as u8)
+            .collect();
+        let method = if round % 3 == 0 {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let (status, _, body) = service
+            .send(method, paths[round % paths.len()], Some(bytes), None)
+            .await
+            .unwrap();
+        assert!(status.is_client_error(), "garbage got {status}");
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://creditd.dev/problems/"));
+    }
+    assert_eq!(service.wallet("g", None).await.unwrap().balance, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_gives_503_and_readyz_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let faulty = FaultyStorage::new(Arc::new(FsStorage));
+    let options = EngineOptions {
+        background: false,
+        ..config.engine_options()
+    };
+    let engine = Engine::open(options, Arc::new(faulty.clone()), Arc::new(SystemClock)).unwrap();
+    let server = Server::start_with_engine(config, engine, dir).await;
+    let service = server.client(SERVICE);
+    service.put_user("p", None).await.unwrap();
+    service.credit("p", 10, None, None).await.unwrap();
+    faulty.fail_from(FaultPoint::Sync, 1);
+    let failed = service
+        .debit("p", &Debit::amount(1), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (failed.status(), failed.slug()),
+        (Some(503), Some("log-unavailable"))
+    );
+    let refused = service.credit("p", 1, None, None).await.unwrap_err();
+    assert_eq!(refused.status(), Some(503));
+    let (status, body) = raw(&service, Method::GET, "/readyz", "").await;
+    assert_eq!((status, slug(&body)), (503, "not-ready"));
+    assert!(body["detail"].as_str().unwrap().contains("poisoned"));
+    // Shutting down cannot flush a poisoned log: the server says so instead of exiting cleanly.
+    let mut server = server;
+    let _ = server.stop.take().unwrap().send(());
+    let result = server.task.await.unwrap();
+    assert!(
+        matches!(result, Err(creditd::server::ServerError::Shutdown(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_checks_answer_while_recovery_runs() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (finish, finished) = tokio::sync::oneshot::channel::<u32>();
+    let recovering = tokio::spawn(async move {
+        creditd::api::serve_while_recovering(&listener, async { finished.await.unwrap() }).await
+    });
+    let client = Client::new(&base, SERVICE).unwrap();
+    let (status, _, _) = client
+        .send(Method::GET, "/livez", None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _, _) = client
+        .send(Method::HEAD, "/livez", None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for path in ["/readyz", "/v1/users/x/wallet"] {
+        let (status, headers, body) = client.send(Method::GET, path, None, None).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status.as_u16(), slug(&body)),
+            (503, "recovering"),
+            "{path}"
+        );
+        assert_eq!(headers["retry-after"], "1");
+    }
+    finish.send(7).unwrap();
+    assert_eq!(recovering.await.unwrap(), 7);
+}

@@ -1,0 +1,1198 @@
+//! Fault injection (DESIGN.md invariant 7): failing writes, torn writes, failing fsyncs and a
+//! failing or torn start of a new segment poison the log, and nothing is acknowledged afterwards;
+//! failing renames, directory syncs and other I/O during a snapshot fail the snapshot and nothing
+//! else; a writer that cannot keep up refuses appends with backpressure instead of growing memory.
+//!
+//! The property checked after every restart: the invariants hold (`check_invariants`, no wallet
+//! below its floor); every acknowledged request is there and, re-sent with its key, answers what it
+//! answered (same LSN, same outcome) without writing anything; and beyond the acknowledged effects
+//! the state holds at most the one request whose durability wait failed, exactly when the restart
+//! kept its bytes (stated per fault in [`LogFault`]), with its idempotency key present exactly
+//! when its effect is.
+//!
+//! Every scenario runs twice: on the real file system (a temporary directory) and on the
+//! in-memory crash-model file system, each behind [`FaultyStorage`] (or, for backpressure, behind
+//! a gate of its own: that scenario needs an fsync that blocks rather than fails). "Restarting"
+//! means dropping the engine and opening again on the storage without faults: the same directory
+//! for the real file system (what a process crash leaves: every byte written, synced or not); for
+//! the in-memory one, both extreme crash images (a power cut that loses every unsynced byte, and
+//! a process crash that keeps them all; names survive only if their directory was synced).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use creditd::engine::event::{Outcome, PackageRecord, ProfileRecord};
+use creditd::engine::types::{CreditKind, Currency, EngineError};
+use creditd::engine::{
+    CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
+    IdempotencyKey, ManualClock, ReserveRequest, RevokeRequest, Spend, Tenant,
+};
+use creditd::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
+use creditd::wal::record::HEADER_BYTES;
+use creditd::wal::segment::SEGMENT_HEADER_BYTES;
+use creditd::wal::{AppendError, DurabilityError, FsStorage, SharedStorage, Storage, StorageFile};
+
+const T0: i64 = 1_700_000_000_000;
+const ADMIN: Context<'static> = Context {
+    actor: "admin-key",
+    idempotency: None,
+};
+const NO_PROFILE: ProfileRecord<'static> = ProfileRecord {
+    email: None,
+    name: None,
+    metadata: None,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Disks and restarts.
+// ---------------------------------------------------------------------------------------------
+
+/// The file system a scenario runs on.
+enum Disk {
+    Fs(tempfile::TempDir),
+    Mem(MemStorage),
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// The real directory as the failed engine left it.
+    Fs,
+    /// In memory: a power cut; only synced bytes and synced names survive.
+    MemLosesUnsynced,
+    /// In memory: a process crash; every byte written survives, names only if synced.
+    MemKeepsUnsynced,
+}
+
+impl Restart {
+    /// Whether bytes written but never synced are still there after this restart.
+    fn keeps_unsynced(self) -> bool {
+        self != Restart::MemLosesUnsynced
+    }
+}
+
+impl Disk {
+    fn both() -> Vec<Disk> {
+        vec![
+            Disk::Fs(tempfile::tempdir().expect("tempdir")),
+            Disk::Mem(MemStorage::new()),
+        ]
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Disk::Fs(_) => "fs",
+            Disk::Mem(_) => "mem",
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        match self {
+            Disk::Fs(dir) => dir.path().join("data"),
+            Disk::Mem(_) => PathBuf::from("/data"),
+        }
+    }
+
+    /// The storage without faults.
+    fn storage(&self) -> SharedStorage {
+        match self {
+            Disk::Fs(_) => Arc::new(FsStorage),
+            Disk::Mem(memory) => Arc::new(memory.clone()),
+        }
+    }
+
+    fn restarts(&self) -> Vec<Restart> {
+        match self {
+            Disk::Fs(_) => vec![Restart::Fs],
+            Disk::Mem(_) => vec![Restart::MemLosesUnsynced, Restart::MemKeepsUnsynced],
+        }
+    }
+
+    /// The storage a restarted process finds. In memory, a crash image, so one scenario can
+    /// restart several ways from the same moment.
+    fn after(&self, restart: Restart) -> SharedStorage {
+        match (self, restart) {
+            (Disk::Fs(_), Restart::Fs) => Arc::new(FsStorage),
+            (Disk::Mem(memory), Restart::MemLosesUnsynced) => {
+                Arc::new(memory.crash_image(|_, _| 0))
+            }
+            (Disk::Mem(memory), Restart::MemKeepsUnsynced) => {
+                Arc::new(memory.crash_image(|_, unsynced| unsynced))
+            }
+            _ => unreachable!("{restart:?} on {}", self.name()),
+        }
+    }
+}
+
+fn options(disk: &Disk) -> EngineOptions {
+    EngineOptions {
+        data_dir: disk.data_dir(),
+        background: false,
+        shards: 8,
+        ..EngineOptions::default()
+    }
+}
+
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(ManualClock::new(T0))
+}
+
+fn open(options: &EngineOptions, storage: SharedStorage) -> Arc<Engine> {
+    Engine::open(options.clone(), storage, clock()).expect("open")
+}
+
+fn snapshot_files(storage: &dyn Storage, options: &EngineOptions) -> BTreeSet<String> {
+    storage
+        .list(&options.snapshot_dir())
+        .expect("list snapshots")
+        .into_iter()
+        .collect()
+}
+
+fn final_snapshots(names: &BTreeSet<String>) -> BTreeSet<String> {
+    names
+        .iter()
+        .filter(|name| name.ends_with(".snap"))
+        .cloned()
+        .collect()
+}
+
+fn key(key: &str) -> Context<'_> {
+    ADMIN.with_key(IdempotencyKey {
+        key,
+        fingerprint: [7; 16],
+    })
+}
+
+fn credit(engine: &Engine, tenant: &Tenant, user: &str, amount: i64, k: &str) -> Done {
+    engine
+        .credit(
+            tenant,
+            &CreditRequest::new(user, amount, CreditKind::Grant),
+            &key(k),
+        )
+        .expect("credit")
+}
+
+fn debit(
+    engine: &Engine,
+    tenant: &Tenant,
+    user: &str,
+    amount: i64,
+    k: &str,
+) -> Result<Done, EngineError> {
+    engine.debit(
+        tenant,
+        &DebitRequest::new(user, Spend::Amount(amount)),
+        &key(k),
+    )
+}
+
+/// Waits for durability, as the API does before it answers.
+fn acknowledge(engine: &Engine, done: Done) -> Done {
+    engine.wait_durable(done.lsn).expect("durable");
+    done
+}
+
+/// Polls the async durability future once; a poisoned log must answer at once.
+fn poll_durable(engine: &Engine, lsn: u64) -> Poll<Result<(), DurabilityError>> {
+    let mut future = engine.durable(lsn);
+    let mut context = std::task::Context::from_waker(Waker::noop());
+    Pin::new(&mut future).poll(&mut context)
+}
+
+/// Acknowledged history every scenario starts from: a tenant with an action and a package, two
+/// users, keyed credits and a debit, and an open reservation.
+struct History {
+    tenant: Arc<Tenant>,
+    /// (key, user, the acknowledged answer).
+    acked: Vec<(&'static str, &'static str, Done)>,
+    hold: u64,
+}
+
+fn history(engine: &Engine) -> History {
+    let (tenant, _, lsn) = engine
+        .upsert_tenant("acme", Some("Acme"), None, &ADMIN)
+        .expect("tenant");
+    engine.wait_durable(lsn).expect("durable");
+    for user in ["alice", "bob"] {
+        let (_, lsn) = engine
+            .upsert_user(&tenant, user, NO_PROFILE, &ADMIN)
+            .expect("user");
+        engine.wait_durable(lsn).expect("durable");
+    }
+    let lsn = engine
+        .put_action(&tenant, "search", 2, None, None, &ADMIN)
+        .expect("action");
+    engine.wait_durable(lsn).expect("durable");
+    let mut acked = Vec::new();
+    let grant = acknowledge(engine, credit(engine, &tenant, "alice", 100, "grant-1"));
+    acked.push(("grant-1", "alice", grant));
+    let grant = acknowledge(engine, credit(engine, &tenant, "bob", 50, "grant-2"));
+    acked.push(("grant-2", "bob", grant));
+    let spend = acknowledge(
+        engine,
+        debit(engine, &tenant, "alice", 30, "spend-1").expect("debit"),
+    );
+    acked.push(("spend-1", "alice", spend));
+    let hold = engine
+        .reserve(
+            &tenant,
+            &ReserveRequest::new("bob", Spend::Amount(10)),
+            &key("hold-1"),
+        )
+        .expect("reserve");
+    let hold = acknowledge(engine, hold);
+    acked.push(("hold-1", "bob", hold));
+    let Outcome::Reserve { reservation_id, .. } = hold.outcome else {
+        panic!("{:?}", hold.outcome)
+    };
+    History {
+        tenant,
+        acked,
+        hold: reservation_id,
+    }
+}
+
+/// Alice's and Bob's acknowledged balances after [`history`], and Bob's reserved amount.
+const ALICE: i64 = 70;
+const BOB: i64 = 50;
+const BOB_RESERVED: i64 = 10;
+
+/// Every kind of change a client or operator can ask for, on a poisoned engine: each must be
+/// refused with `Log(Poisoned)` and leave the state exactly as it was.
+fn assert_every_change_is_refused(engine: &Engine, tenant: &Tenant, hold: u64, label: &str) {
+    let poisoned = Err(EngineError::Log(AppendError::Poisoned));
+    let before = engine.state_image();
+    let next_lsn = engine.wal().next_lsn();
+    let attempts: Vec<(&str, Result<(), EngineError>)> = vec![
+        (
+            "credit",
+            engine
+                .credit(
+                    tenant,
+                    &CreditRequest::new("alice", 5, CreditKind::Grant),
+                    &ADMIN,
+                )
+                .map(drop),
+        ),
+        (
+            "keyed credit",
+            engine
+                .credit(
+                    tenant,
+                    &CreditRequest::new("alice", 5, CreditKind::Grant),
+                    &key("after-poison"),
+                )
+                .map(drop),
+        ),
+        (
+            "the same key again (its claim must be gone, not in flight)",
+            engine
+                .credit(
+                    tenant,
+                    &CreditRequest::new("alice", 5, CreditKind::Grant),
+                    &key("after-poison"),
+                )
+                .map(drop),
+        ),
+        (
+            "debit",
+            debit(engine, tenant, "alice", 1, "after-poison-2").map(drop),
+        ),
+        (
+            "revoke",
+            engine
+                .revoke(
+                    tenant,
+                    &RevokeRequest {
+                        user: "alice",
+                        amount: 1,
+                        currency: None,
+                        reason: "correction",
+                    },
+                    &ADMIN,
+                )
+                .map(drop),
+        ),
+        (
+            "reserve",
+            engine
+                .reserve(
+                    tenant,
+                    &ReserveRequest::new("alice", Spend::Amount(1)),
+                    &ADMIN,
+                )
+                .map(drop),
+        ),
+        (
+            "capture",
+            engine
+                .capture(
+                    tenant,
+                    &CaptureRequest {
+                        reservation_id: hold,
+                        amount: None,
+                        description: None,
+                        metadata: None,
+                    },
+                    &ADMIN,
+                )
+                .map(drop),
+        ),
+        ("extend", engine.extend(tenant, hold, 600, &ADMIN).map(drop)),
+        ("release", engine.release(tenant, hold, &ADMIN).map(drop)),
+        (
+            "set overdraft",
+            engine
+                .set_overdraft(tenant, "alice", None, 10, &ADMIN)
+                .map(drop),
+        ),
+        (
+            "new user",
+            engine
+                .upsert_user(tenant, "carol", NO_PROFILE, &ADMIN)
+                .map(drop),
+        ),
+        (
+            "profile change",
+            engine
+                .upsert_user(
+                    tenant,
+                    "alice",
+                    ProfileRecord {
+                        email: Some("alice@example.com"),
+                        ..NO_PROFILE
+                    },
+                    &ADMIN,
+                )
+                .map(drop),
+        ),
+        (
+            "new tenant",
+            engine.upsert_tenant("globex", None, None, &ADMIN).map(drop),
+        ),
+        (
+            "tenant rename",
+            engine
+                .upsert_tenant("acme", Some("Acme Corp"), None, &ADMIN)
+                .map(drop),
+        ),
+        (
+            "put action",
+            engine
+                .put_action(tenant, "chat", 3, None, None, &ADMIN)
+                .map(drop),
+        ),
+        (
+            "delete action",
+            engine.delete_action(tenant, "search", &ADMIN).map(drop),
+        ),
+        (
+            "put package",
+            engine
+                .put_package(
+                    tenant,
+                    "starter",
+                    &PackageRecord {
+                        name: "Starter",
+                        credits: 500,
+                        currency: Currency::CREDITS,
+                        price_minor: 200_000,
+                        price_currency: Currency::new("NGN").expect("currency"),
+                        active: true,
+                    },
+                    &ADMIN,
+                )
+                .map(drop),
+        ),
+    ];
+    for (what, result) in attempts {
+        assert_eq!(result, poisoned, "{label}: {what} on a poisoned engine");
+    }
+    assert_eq!(
+        engine.state_image(),
+        before,
+        "{label}: a refused change changed the state"
+    );
+    assert_eq!(
+        engine.wal().next_lsn(),
+        next_lsn,
+        "{label}: a refused change took an LSN"
+    );
+    assert!(engine.tenant("globex").is_none());
+}
+
+/// After a restart: the invariants hold, every acknowledged key answers what it answered, and
+/// the wallets are the acknowledged ones plus, if `doomed_survived`, the unacknowledged debit.
+fn assert_recovered(
+    engine: &Engine,
+    history: &History,
+    doomed: Option<(&str, i64, bool)>,
+    label: &str,
+) {
+    engine
+        .check_invariants()
+        .unwrap_or_else(|violation| panic!("{label}: {violation}"));
+    assert!(
+        engine.is_writable(),
+        "{label}: a restarted engine is writable"
+    );
+    let tenant = engine.tenant("acme").expect("tenant");
+    let (doomed_amount, doomed_survived) = match doomed {
+        Some((_, amount, survived)) => (amount, survived),
+        None => (0, false),
+    };
+    let alice = tenant.wallet("alice", None).expect("alice");
+    let expected_alice = ALICE - if doomed_survived { doomed_amount } else { 0 };
+    assert_eq!(alice.balance, expected_alice, "{label}: alice");
+    let bob = tenant.wallet("bob", None).expect("bob");
+    assert_eq!(
+        (bob.balance, bob.reserved),
+        (BOB, BOB_RESERVED),
+        "{label}: bob"
+    );
+    for wallet in [alice, bob] {
+        assert!(wallet.available >= 0, "{label}: below the floor");
+    }
+    let next_lsn = engine.wal().next_lsn();
+    for &(k, user, acked) in &history.acked {
+        // Re-sending an acknowledged request answers the acknowledged outcome and writes nothing.
+        let again = match acked.outcome {
+            Outcome::Credit { amount, .. } => credit(engine, &tenant, user, amount, k),
+            Outcome::Debit { charged, .. } => {
+                debit(engine, &tenant, user, charged, k).expect("debit replay")
+            }
+            Outcome::Reserve { amount, .. } => engine
+                .reserve(
+                    &tenant,
+                    &ReserveRequest::new(user, Spend::Amount(amount)),
+                    &key(k),
+                )
+                .expect("reserve replay"),
+            other => panic!("{other:?}"),
+        };
+        assert!(again.replayed, "{label}: {k} ran again after the restart");
+        assert_eq!(
+            (again.lsn, again.outcome),
+            (acked.lsn, acked.outcome),
+            "{label}: {k}"
+        );
+    }
+    assert_eq!(engine.wal().next_lsn(), next_lsn, "{label}: replays wrote");
+    if let Some((k, amount, survived)) = doomed {
+        // The unacknowledged request's key is there exactly when its effect is: a retry either
+        // replays it or runs it now, never twice.
+        let retry = debit(engine, &tenant, "alice", amount, k).expect("retry");
+        assert_eq!(retry.replayed, survived, "{label}: retry of {k}");
+        engine.wait_durable(retry.lsn).expect("durable");
+        assert_eq!(
+            tenant.wallet("alice", None).expect("alice").balance,
+            ALICE - amount,
+            "{label}: after the retry"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write and fsync failures poison the log.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum LogFault {
+    /// The write fails before writing anything.
+    Write,
+    /// The write writes this many bytes of the batch (a single record, longer than any `keep`
+    /// used here except [`WHOLE`]), then fails.
+    Tear(usize),
+    /// The write succeeds, the fsync fails.
+    Sync,
+}
+
+/// A torn write that writes the whole batch and still reports an error.
+const WHOLE: usize = usize::MAX;
+
+impl LogFault {
+    /// Whether the failed batch's record is whole on disk after `restart`.
+    fn record_survives(self, restart: Restart) -> bool {
+        match self {
+            LogFault::Write => false,
+            LogFault::Tear(keep) => keep == WHOLE && restart.keeps_unsynced(),
+            LogFault::Sync => restart.keeps_unsynced(),
+        }
+    }
+
+    /// The bytes recovery must cut off the end of the log after `restart`.
+    fn torn_bytes(self, restart: Restart) -> Option<u64> {
+        match self {
+            LogFault::Tear(keep) if keep > 0 && keep != WHOLE && restart.keeps_unsynced() => {
+                Some(keep as u64)
+            }
+            _ => None,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            LogFault::Write | LogFault::Tear(_) => "writing LSNs",
+            LogFault::Sync => "syncing LSNs",
+        }
+    }
+}
+
+fn poisoned_by(fault: LogFault, disk: &Disk) {
+    let label = format!("{fault:?} on {}", disk.name());
+    let options = options(disk);
+    let faulty = FaultyStorage::new(disk.storage());
+    let engine = open(&options, Arc::new(faulty.clone()));
+    let history = history(&engine);
+    let snapshots_before = snapshot_files(&*disk.storage(), &options);
+    let bytes_before = engine.wal().stats().bytes;
+
+    match fault {
+        LogFault::Write => faulty.fail_from(FaultPoint::Write, 1),
+        LogFault::Tear(keep) => faulty.tear_write(1, keep),
+        LogFault::Sync => faulty.fail_from(FaultPoint::Sync, 1),
+    }
+    let doomed = debit(&engine, &history.tenant, "alice", 7, "doomed").expect("queued");
+    assert!(!doomed.replayed);
+    assert_eq!(
+        engine.wait_durable(doomed.lsn),
+        Err(DurabilityError::Poisoned),
+        "{label}: the failed record is not acknowledged"
+    );
+    assert_eq!(
+        poll_durable(&engine, doomed.lsn),
+        Poll::Ready(Err(DurabilityError::Poisoned)),
+        "{label}: the async wait fails too"
+    );
+    assert!(!engine.is_writable(), "{label}");
+    assert!(engine.wal().is_poisoned(), "{label}");
+    assert!(engine.wal().durable_lsn() < doomed.lsn, "{label}");
+    let reason = engine.wal().poison_reason().expect("a reason");
+    assert!(
+        reason.contains("injected") && reason.contains(fault.reason()),
+        "{label}: the reason names the failure: {reason}"
+    );
+    assert!(
+        reason.contains(&doomed.lsn.to_string()),
+        "{label}: the reason names the LSNs: {reason}"
+    );
+    // Healing the disk changes nothing: a failed write or fsync is never retried.
+    faulty.heal();
+    assert_every_change_is_refused(&engine, &history.tenant, history.hold, &label);
+    // A retry of the unacknowledged request finds its key, but its record is not durable, so
+    // waiting for it fails: the answer is still not acknowledged.
+    let retry = debit(&engine, &history.tenant, "alice", 7, "doomed").expect("replay");
+    assert!(retry.replayed && retry.lsn == doomed.lsn, "{label}");
+    assert_eq!(
+        engine.wait_durable(retry.lsn),
+        Err(DurabilityError::Poisoned),
+        "{label}: a replayed answer whose record is not durable is not acknowledged"
+    );
+    // A retry of an acknowledged request is still answered: its record is durable.
+    let (grant_key, grant_user, grant) = history.acked[0];
+    let again = credit(&engine, &history.tenant, grant_user, 100, grant_key);
+    assert!(again.replayed && again.lsn == grant.lsn, "{label}");
+    engine
+        .wait_durable(again.lsn)
+        .expect("durable before the fault");
+    assert!(
+        engine.snapshot().is_err(),
+        "{label}: no snapshot may hold an effect the log lost"
+    );
+    assert!(
+        matches!(
+            engine.shutdown(),
+            Err(EngineError::Durability(DurabilityError::Poisoned))
+        ),
+        "{label}: shutdown reports the poison"
+    );
+    assert_eq!(
+        snapshot_files(&*disk.storage(), &options),
+        snapshots_before,
+        "{label}: no snapshot written after the poison"
+    );
+    assert_eq!(
+        engine.wal().stats().bytes,
+        bytes_before,
+        "{label}: the failed batch is not counted as written"
+    );
+    drop(engine);
+
+    for restart in disk.restarts() {
+        let label = format!("{label}, restart {restart:?}");
+        let engine = open(&options, disk.after(restart));
+        let survived = fault.record_survives(restart);
+        let torn = engine
+            .recovery_report()
+            .torn_tail
+            .as_ref()
+            .map(|torn| torn.discarded_bytes);
+        assert_eq!(torn, fault.torn_bytes(restart), "{label}: torn tail");
+        assert_recovered(&engine, &history, Some(("doomed", 7, survived)), &label);
+        drop(engine);
+    }
+}
+
+#[test]
+fn failing_write_poisons_the_log_and_nothing_more_is_acknowledged() {
+    for disk in Disk::both() {
+        poisoned_by(LogFault::Write, &disk);
+    }
+}
+
+#[test]
+fn torn_write_poisons_the_log_and_recovery_cuts_the_tail() {
+    // Nothing, part of the header, part of the payload, and the whole record (the write reports
+    // an error although every byte reached the file).
+    for keep in [0, 7, HEADER_BYTES + 5, WHOLE] {
+        for disk in Disk::both() {
+            poisoned_by(LogFault::Tear(keep), &disk);
+        }
+    }
+}
+
+#[test]
+fn failing_fsync_poisons_the_log_and_nothing_more_is_acknowledged() {
+    for disk in Disk::both() {
+        poisoned_by(LogFault::Sync, &disk);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A segment that cannot be started poisons the log.
+// ---------------------------------------------------------------------------------------------
+
+fn poisoned_by_rotation(point: FaultPoint, disk: &Disk) {
+    let label = format!("{point:?} at rotation on {}", disk.name());
+    let options = EngineOptions {
+        segment_bytes: 4096,
+        ..options(disk)
+    };
+    let faulty = FaultyStorage::new(disk.storage());
+    let engine = open(&options, Arc::new(faulty.clone()));
+    let history = history(&engine);
+    let (_, lsn) = engine
+        .upsert_user(&history.tenant, "dave", NO_PROFILE, &ADMIN)
+        .expect("dave");
+    engine.wait_durable(lsn).expect("durable");
+    faulty.fail_from(point, 1);
+    let mut acknowledged = 0i64;
+    let failed = loop {
+        assert!(acknowledged < 10_000, "{label}: the segment never rotated");
+        let k = format!("fill-{acknowledged}");
+        let done = credit(&engine, &history.tenant, "dave", 1, &k);
+        match engine.wait_durable(done.lsn) {
+            Ok(()) => acknowledged += 1,
+            Err(error) => break (done, error),
+        }
+    };
+    assert_eq!(failed.1, DurabilityError::Poisoned, "{label}");
+    assert!(
+        acknowledged > 0,
+        "{label}: some credits fit before the rotation"
+    );
+    assert_eq!(engine.wal().stats().rotations, 0, "{label}");
+    let reason = engine.wal().poison_reason().expect("reason");
+    assert!(
+        reason.contains("starting segment") && reason.contains("injected"),
+        "{label}: {reason}"
+    );
+    faulty.heal();
+    assert_every_change_is_refused(&engine, &history.tenant, history.hold, &label);
+    drop(engine);
+    for restart in disk.restarts() {
+        let label = format!("{label}, restart {restart:?}");
+        let engine = open(&options, disk.after(restart));
+        // The failed batch was never written: rotation failed before the write.
+        let tenant = engine.tenant("acme").expect("tenant");
+        assert_eq!(
+            tenant.wallet("dave", None).expect("dave").balance,
+            acknowledged,
+            "{label}: exactly the acknowledged credits"
+        );
+        assert!(engine.recovery_report().torn_tail.is_none(), "{label}");
+        assert_recovered(&engine, &history, None, &label);
+        drop(engine);
+    }
+}
+
+#[test]
+fn failing_segment_creation_at_rotation_poisons_the_log() {
+    for point in [FaultPoint::Create, FaultPoint::SyncDir] {
+        for disk in Disk::both() {
+            poisoned_by_rotation(point, &disk);
+        }
+    }
+}
+
+/// Fills "dave" with acknowledged one-credit grants (keys `fill-0`, `fill-1`, …) until `stop`
+/// says so or a grant is not acknowledged; returns how many were acknowledged and the error.
+fn fill(
+    engine: &Engine,
+    tenant: &Tenant,
+    mut stop: impl FnMut(&Engine) -> bool,
+) -> (i64, Option<DurabilityError>) {
+    let mut acknowledged = 0i64;
+    while !stop(engine) {
+        assert!(acknowledged < 10_000, "the segment never rotated");
+        let k = format!("fill-{acknowledged}");
+        let done = credit(engine, tenant, "dave", 1, &k);
+        if let Err(error) = engine.wait_durable(done.lsn) {
+            return (acknowledged, Some(error));
+        }
+        acknowledged += 1;
+    }
+    (acknowledged, None)
+}
+
+/// The write of a new segment's header is torn (nothing, part of it, or all of it written and
+/// still reported as failed): the log is poisoned, and a restart on the real file system finds
+/// the new segment with a bad or header-only content as the last one, which recovery must treat
+/// as an unfinished write, not as damage.
+fn torn_segment_header(keep: usize, disk: &Disk) {
+    let label = format!("segment header torn at {keep} bytes on {}", disk.name());
+    let options = EngineOptions {
+        segment_bytes: 4096,
+        ..options(disk)
+    };
+    // A rehearsal on a scratch disk counts the writes before the first rotation: the same
+    // requests on the same state write the same bytes, so the real run rotates at the same write.
+    let header_write = {
+        let scratch = Disk::Mem(MemStorage::new());
+        let faulty = FaultyStorage::new(scratch.storage());
+        let engine = open(&options, Arc::new(faulty.clone()));
+        let history = history(&engine);
+        let (_, lsn) = engine
+            .upsert_user(&history.tenant, "dave", NO_PROFILE, &ADMIN)
+            .expect("dave");
+        engine.wait_durable(lsn).expect("durable");
+        let start = faulty.calls(FaultPoint::Write);
+        let mut before_rotation = start;
+        let (_, error) = fill(&engine, &history.tenant, |engine| {
+            if engine.wal().stats().rotations > 0 {
+                return true;
+            }
+            before_rotation = faulty.calls(FaultPoint::Write);
+            false
+        });
+        assert_eq!(error, None);
+        // The rotating batch first writes the new segment's header.
+        before_rotation - start + 1
+    };
+
+    let faulty = FaultyStorage::new(disk.storage());
+    let engine = open(&options, Arc::new(faulty.clone()));
+    let history = history(&engine);
+    let (_, lsn) = engine
+        .upsert_user(&history.tenant, "dave", NO_PROFILE, &ADMIN)
+        .expect("dave");
+    engine.wait_durable(lsn).expect("durable");
+    faulty.tear_write(header_write, keep);
+    let (acknowledged, error) = fill(&engine, &history.tenant, |_| false);
+    assert_eq!(error, Some(DurabilityError::Poisoned), "{label}");
+    assert!(acknowledged > 0, "{label}");
+    let reason = engine.wal().poison_reason().expect("reason");
+    assert!(
+        reason.contains("starting segment") && reason.contains("torn"),
+        "{label}: the header write failed, not a record write: {reason}"
+    );
+    faulty.heal();
+    assert_every_change_is_refused(&engine, &history.tenant, history.hold, &label);
+    drop(engine);
+    for restart in disk.restarts() {
+        let label = format!("{label}, restart {restart:?}");
+        let storage = disk.after(restart);
+        let engine = Engine::open(options.clone(), Arc::clone(&storage), clock())
+            .unwrap_or_else(|error| panic!("{label}: recovery refused to start: {error}"));
+        // Only the real file system keeps the new segment's name (in memory it was never made
+        // durable by a directory sync). A partial header is cut off whole; a whole header with no
+        // record after it is a valid, empty segment.
+        let torn = engine
+            .recovery_report()
+            .torn_tail
+            .as_ref()
+            .map(|torn| (torn.offset, torn.discarded_bytes));
+        let expected =
+            (restart == Restart::Fs && keep < SEGMENT_HEADER_BYTES).then_some((0, keep as u64));
+        assert_eq!(torn, expected, "{label}: torn tail");
+        let tenant = engine.tenant("acme").expect("tenant");
+        assert_eq!(
+            tenant.wallet("dave", None).expect("dave").balance,
+            acknowledged,
+            "{label}: exactly the acknowledged credits"
+        );
+        assert_recovered(&engine, &history, None, &label);
+        let done = credit(&engine, &tenant, "dave", 1, "after-restart");
+        engine.wait_durable(done.lsn).expect("durable");
+        drop(engine);
+        // And once more, now that the log goes on past the cut segment.
+        let engine = open(&options, storage);
+        let tenant = engine.tenant("acme").expect("tenant");
+        assert_eq!(
+            tenant.wallet("dave", None).expect("dave").balance,
+            acknowledged + 1,
+            "{label}: after a second restart"
+        );
+        drop(engine);
+    }
+}
+
+#[test]
+fn torn_segment_header_at_rotation_poisons_the_log_and_recovery_cuts_it() {
+    for keep in [0, 5, SEGMENT_HEADER_BYTES] {
+        for disk in Disk::both() {
+            torn_segment_header(keep, &disk);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A failed snapshot fails alone.
+// ---------------------------------------------------------------------------------------------
+
+fn failed_snapshot(point: FaultPoint, disk: &Disk) {
+    let label = format!("{point:?} during a snapshot on {}", disk.name());
+    let options = options(disk);
+    let faulty = FaultyStorage::new(disk.storage());
+    let engine = open(&options, Arc::new(faulty.clone()));
+    let history = history(&engine);
+    let first = engine.snapshot().expect("a snapshot without faults");
+    let more = acknowledge(
+        &engine,
+        credit(&engine, &history.tenant, "bob", 1, "between-snapshots"),
+    );
+    let before_names = snapshot_files(&*disk.storage(), &options);
+    let start_lsn = engine.wal().next_lsn();
+    let failed_name = format!("{start_lsn:020}.snap");
+
+    faulty.fail_from(point, 1);
+    let error = engine
+        .snapshot()
+        .expect_err("the snapshot must report the failure");
+    assert!(error.to_string().contains("injected"), "{label}: {error}");
+    // A failed snapshot does not poison the log: writes go on (before the disk heals, too, as
+    // long as the log itself does not touch the failing call).
+    assert!(
+        engine.is_writable(),
+        "{label}: a failed snapshot poisoned the log"
+    );
+    assert!(engine.wal().poison_reason().is_none(), "{label}");
+    if point != FaultPoint::Write && point != FaultPoint::Sync {
+        let done = credit(&engine, &history.tenant, "bob", 1, "during-fault");
+        engine
+            .wait_durable(done.lsn)
+            .unwrap_or_else(|error| panic!("{label}: a write after the failed snapshot: {error}"));
+    }
+    faulty.heal();
+    let names = snapshot_files(&*disk.storage(), &options);
+    let finals = final_snapshots(&names);
+    if point == FaultPoint::SyncDir {
+        // The rename happened before the directory sync failed: the file under the final name is
+        // whole (it was synced before the rename), and recovery may use it.
+        assert!(finals.contains(&failed_name), "{label}: {names:?}");
+    } else {
+        assert_eq!(
+            finals,
+            final_snapshots(&before_names),
+            "{label}: nothing new under a final name: {names:?}"
+        );
+    }
+    let done = credit(&engine, &history.tenant, "bob", 1, "after-heal");
+    engine
+        .wait_durable(done.lsn)
+        .expect("durable after the failed snapshot");
+    engine.wal().flush().expect("flush");
+    let image = engine.state_image();
+    let bob = history.tenant.wallet("bob", None).expect("bob").balance;
+    drop(engine);
+
+    for restart in disk.restarts() {
+        let label = format!("{label}, restart {restart:?}");
+        let engine = open(&options, disk.after(restart));
+        let report = engine.recovery_report();
+        assert!(
+            report.snapshots_skipped.is_empty(),
+            "{label}: a damaged snapshot was found: {:?}",
+            report.snapshots_skipped
+        );
+        // The failed snapshot is used only where its name survived: after a failed directory
+        // sync on the real file system, where the rename itself went through.
+        let expected = if point == FaultPoint::SyncDir && restart == Restart::Fs {
+            options.snapshot_dir().join(&failed_name)
+        } else {
+            first.path.clone()
+        };
+        assert_eq!(
+            report.snapshot.as_ref(),
+            Some(&expected),
+            "{label}: recovery starts from the newest whole snapshot"
+        );
+        assert_eq!(engine.state_image(), image, "{label}: the same state");
+        let storage = disk.after(restart);
+        let leftovers: Vec<String> = snapshot_files(&*storage, &options)
+            .into_iter()
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{label}: open removes {leftovers:?}");
+        let tenant = engine.tenant("acme").expect("tenant");
+        assert_eq!(tenant.wallet("bob", None).expect("bob").balance, bob);
+        let replay = credit(&engine, &tenant, "bob", 1, "between-snapshots");
+        assert!(replay.replayed && replay.lsn == more.lsn, "{label}");
+        engine.check_invariants().expect("invariants");
+        engine.snapshot().expect("snapshots work again");
+        drop(engine);
+    }
+}
+
+#[test]
+fn failing_rename_during_a_snapshot_fails_the_snapshot_only() {
+    for disk in Disk::both() {
+        failed_snapshot(FaultPoint::Rename, &disk);
+    }
+}
+
+#[test]
+fn failing_directory_sync_during_a_snapshot_fails_the_snapshot_only() {
+    for disk in Disk::both() {
+        failed_snapshot(FaultPoint::SyncDir, &disk);
+    }
+}
+
+#[test]
+fn failing_create_write_or_fsync_during_a_snapshot_fails_the_snapshot_only() {
+    for point in [FaultPoint::Create, FaultPoint::Write, FaultPoint::Sync] {
+        for disk in Disk::both() {
+            failed_snapshot(point, &disk);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backpressure: a writer stuck in fsync makes appends fail fast.
+// ---------------------------------------------------------------------------------------------
+
+/// Holds every fsync while closed, and counts the fsyncs held.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    held: u32,
+}
+
+impl Gate {
+    fn set_closed(&self, closed: bool) {
+        self.state.lock().expect("gate").closed = closed;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut state = self.state.lock().expect("gate");
+        if state.closed {
+            state.held += 1;
+            self.changed.notify_all();
+            while state.closed {
+                state = self.changed.wait(state).expect("gate");
+            }
+            state.held -= 1;
+        }
+    }
+
+    /// Waits until an fsync is held at the gate.
+    fn wait_held(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut state = self.state.lock().expect("gate");
+        while state.held == 0 {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("the writer never reached its fsync");
+            state = self.changed.wait_timeout(state, left).expect("gate").0;
+        }
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not hang joining a held writer.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set_closed(false);
+    }
+}
+
+struct GatedStorage {
+    inner: SharedStorage,
+    gate: Arc<Gate>,
+}
+
+struct GatedFile {
+    inner: Box<dyn StorageFile>,
+    gate: Arc<Gate>,
+}
+
+impl StorageFile for GatedFile {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.gate.pass();
+        self.inner.sync_data()
+    }
+}
+
+impl Storage for GatedStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        self.inner.open_read(path)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        self.inner.len(path)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(GatedFile {
+            inner: self.inner.create(path)?,
+            gate: Arc::clone(&self.gate),
+        }))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.inner.truncate(path, len)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.inner.lock(path)
+    }
+
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read_all(path)
+    }
+}
+
+fn backpressure(disk: &Disk) {
+    let label = format!("backpressure on {}", disk.name());
+    const QUEUE_BYTES: usize = 2048;
+    let options = EngineOptions {
+        queue_bytes: QUEUE_BYTES,
+        ..options(disk)
+    };
+    let gate = Arc::new(Gate::default());
+    let storage = GatedStorage {
+        inner: disk.storage(),
+        gate: Arc::clone(&gate),
+    };
+    let engine = open(&options, Arc::new(storage));
+    let _open_on_drop = OpenOnDrop(Arc::clone(&gate));
+    let history = history(&engine);
+    let tenant = &history.tenant;
+
+    gate.set_closed(true);
+    // The writer takes this record alone and then sits in its fsync.
+    let first = debit(&engine, tenant, "alice", 1, "bp-0").expect("queued");
+    gate.wait_held();
+    let mut accepted = Vec::new();
+    let refused_key = loop {
+        let k = format!("bp-{}", accepted.len() + 1);
+        match debit(&engine, tenant, "alice", 1, &k) {
+            Ok(done) => accepted.push(done),
+            Err(EngineError::Log(AppendError::Backpressure)) => break k,
+            Err(other) => panic!("{label}: {other}"),
+        }
+        assert!(accepted.len() < 10_000, "{label}: the queue never filled");
+    };
+    assert!(!accepted.is_empty(), "{label}: the queue held nothing");
+    assert!(
+        accepted.len() * HEADER_BYTES <= QUEUE_BYTES,
+        "{label}: {} records queued past the limit",
+        accepted.len()
+    );
+    // Refused, not queued: the state holds only the accepted debits, nothing is durable yet, the
+    // log is not poisoned, and the refused key is free for a retry.
+    let queued = 1 + accepted.len() as i64;
+    let alice = tenant.wallet("alice", None).expect("alice");
+    assert_eq!(alice.balance, ALICE - queued, "{label}");
+    assert!(engine.wal().durable_lsn() < first.lsn, "{label}");
+    assert!(
+        engine.is_writable(),
+        "{label}: backpressure is not a failure"
+    );
+    assert_eq!(
+        debit(&engine, tenant, "alice", 1, &refused_key),
+        Err(EngineError::Log(AppendError::Backpressure)),
+        "{label}: the refused key left no claim behind"
+    );
+
+    gate.set_closed(false);
+    for done in std::iter::once(first).chain(accepted.iter().copied()) {
+        engine
+            .wait_durable(done.lsn)
+            .expect("durable once the fsync returns");
+    }
+    let retried = acknowledge(
+        &engine,
+        debit(&engine, tenant, "alice", 1, &refused_key).expect("accepted now"),
+    );
+    assert!(
+        !retried.replayed,
+        "{label}: the refused request had no effect"
+    );
+    let image = engine.state_image();
+    drop(engine);
+    for restart in disk.restarts() {
+        let label = format!("{label}, restart {restart:?}");
+        let engine = open(&options, disk.after(restart));
+        assert_eq!(
+            engine.state_image(),
+            image,
+            "{label}: every acknowledged debit"
+        );
+        let balance = engine
+            .tenant("acme")
+            .expect("tenant")
+            .wallet("alice", None)
+            .expect("alice")
+            .balance;
+        assert_eq!(balance, ALICE - queued - 1, "{label}");
+        engine.check_invariants().expect("invariants");
+    }
+}
+
+#[test]
+fn a_writer_stuck_in_fsync_makes_appends_fail_with_backpressure() {
+    for disk in Disk::both() {
+        backpressure(&disk);
+    }
+}

@@ -1,0 +1,767 @@
+//! The kill test (DESIGN.md, "Testing layers"): re-run this test binary as a child process that
+//! writes with idempotency keys, kill it with SIGKILL at random moments over many rounds, recover
+//! the data directory in the parent after each kill, and check invariants 1–5.
+//!
+//! The child (`child_workload`) runs a deterministic plan of operations numbered 0, 1, 2, …: each
+//! index is a credit, a debit, a reservation then its capture, or a reservation then its release,
+//! for a user and amounts derived from the index alone, under idempotency keys derived from the
+//! index (`op-{i}`, or `op-{i}-r` then `op-{i}-c` / `op-{i}-x`). Four threads take indices from a
+//! shared counter while a fifth takes snapshots now and then (besides the engine's own background
+//! snapshots), so kills land during appends, fsyncs, segment rotations, snapshots and pruning. A
+//! restarted child starts a little below the highest index ever begun, so it re-sends keys that
+//! may or may not have been applied, as a client retrying after a timeout would.
+//!
+//! The child speaks to the parent through stdout, one line per event, each written with one
+//! `write` call (atomic on a pipe) *after* the fact it reports:
+//! - `READY <next_lsn>` once recovery is done;
+//! - `BEGIN <i>` before index `i` is sent to the engine, so the highest `BEGIN` bounds the keys
+//!   that can exist;
+//! - `ACK <key> <lsn> <replayed> <outcome>` after `wait_durable` returned `Ok` for that key;
+//! - `REFUSED <key>` after a spend was refused for want of credits (no effect, key not kept);
+//! - `SNAP-BEGIN` / `SNAP-END` around an explicit snapshot.
+//!
+//! What the parent checks after each kill is stated on [`verify_round`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use creditd::engine::event::{Outcome, ProfileRecord};
+use creditd::engine::types::{CreditKind, EngineError, Fingerprint};
+use creditd::engine::{
+    CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
+    IdempotencyKey, ReserveRequest, Spend, Tenant,
+};
+use creditd::wal::FsyncMode;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Set in the child's environment: the data directory. Without it `child_workload` does nothing.
+const CHILD_DIR_ENV: &str = "CREDITD_KILL_CHILD_DIR";
+/// Set in the child's environment: the first index the child sends.
+const CHILD_START_ENV: &str = "CREDITD_KILL_CHILD_START";
+/// Set in the child's environment: seeds the child's snapshot timing.
+const CHILD_SEED_ENV: &str = "CREDITD_KILL_CHILD_SEED";
+/// Set by whoever runs the test to replay the parent's random choices.
+const SEED_ENV: &str = "CREDITD_KILL_SEED";
+
+/// Kill rounds. Each takes about half a second in a debug build.
+const ROUNDS: u64 = 48;
+/// The child stops on its own after this long, in case nobody kills it.
+const CHILD_MAX_SECONDS: u64 = 20;
+/// How long the parent waits for a killed child to go away, or for a line it waits for.
+const CHILD_WAIT_SECONDS: u64 = 30;
+const WORKER_THREADS: usize = 4;
+const TENANT: &str = "acme";
+const USERS: u64 = 8;
+/// A user that never exists: the probe's requests fail on it after the key check.
+const PROBE_USER: &str = "kill-probe-nobody";
+/// A fingerprint no planned request has (theirs start with a tag from 1 to 5).
+const PROBE_FINGERPRINT: Fingerprint = [0xEE; 16];
+/// Reservations outlive the test, so none expires and changes `reserved` behind the model's back.
+const HOLD_TTL_SECONDS: u64 = 3600;
+const ACTOR: &str = "kill-test";
+
+fn options(data_dir: &Path, background: bool) -> EngineOptions {
+    EngineOptions {
+        data_dir: data_dir.to_path_buf(),
+        fsync: FsyncMode::Always,
+        // Small, so that snapshots, segment rotation and pruning all happen within a round.
+        snapshot_every_records: 500,
+        segment_bytes: 64 * 1024,
+        shards: 16,
+        background,
+        ..EngineOptions::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plan: what index `i` does, derived from `i` alone.
+// ---------------------------------------------------------------------------------------------
+
+/// One keyed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Credit(i64),
+    Debit(i64),
+    Reserve(i64),
+    /// Capture this much of the reservation made by the same index.
+    Capture(i64),
+    /// Release the reservation made by the same index.
+    Release,
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    index: u64,
+    key: String,
+    user: String,
+    action: Action,
+}
+
+impl Request {
+    /// The same request always has the same fingerprint; the first byte tells the action apart.
+    /// (A capture's or release's fingerprint leaves out the reservation id: the id is the same on
+    /// every attempt that can matter, because a capture is only ever sent after its reservation is
+    /// durable, and the log is replayed as a prefix.)
+    fn fingerprint(&self) -> Fingerprint {
+        let (tag, amount) = match self.action {
+            Action::Credit(a) => (1u8, a),
+            Action::Debit(a) => (2, a),
+            Action::Reserve(a) => (3, a),
+            Action::Capture(a) => (4, a),
+            Action::Release => (5, 0),
+        };
+        let mut fingerprint = [0u8; 16];
+        fingerprint[0] = tag;
+        fingerprint[4..12].copy_from_slice(&self.index.to_le_bytes());
+        fingerprint[12..16].copy_from_slice(&(amount as u32).to_le_bytes());
+        fingerprint
+    }
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64: a fixed, well-spread function of the index.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn user_name(n: u64) -> String {
+    format!("u{n}")
+}
+
+/// The requests of index `i`, in the order they are sent. A reservation's follow-up is sent only
+/// if the reservation succeeded.
+fn plan(index: u64) -> Vec<Request> {
+    let h = mix(index);
+    let user = user_name(h % USERS);
+    let request = |suffix: &str, action| Request {
+        index,
+        key: format!("op-{index}{suffix}"),
+        user: user.clone(),
+        action,
+    };
+    let amount = |modulus: u64| 1 + ((h >> 8) % modulus) as i64;
+    match (h >> 32) % 10 {
+        0..=3 => vec![request("", Action::Credit(amount(40)))],
+        4..=6 => vec![request("", Action::Debit(amount(90)))],
+        7 | 8 => {
+            let held = amount(30);
+            let charged = 1 + ((h >> 48) % held as u64) as i64;
+            vec![
+                request("-r", Action::Reserve(held)),
+                request("-c", Action::Capture(charged)),
+            ]
+        }
+        _ => vec![
+            request("-r", Action::Reserve(amount(30))),
+            request("-x", Action::Release),
+        ],
+    }
+}
+
+/// Sends one planned request. `reservation` is the id from the same index's reservation.
+fn send(
+    engine: &Engine,
+    tenant: &Tenant,
+    request: &Request,
+    reservation: Option<u64>,
+) -> Result<Done, EngineError> {
+    let key = IdempotencyKey {
+        key: &request.key,
+        fingerprint: request.fingerprint(),
+    };
+    let context = Context::actor(ACTOR).with_key(key);
+    let user = request.user.as_str();
+    match request.action {
+        Action::Credit(amount) => engine.credit(
+            tenant,
+            &CreditRequest::new(user, amount, CreditKind::Topup),
+            &context,
+        ),
+        Action::Debit(amount) => engine.debit(
+            tenant,
+            &DebitRequest::new(user, Spend::Amount(amount)),
+            &context,
+        ),
+        Action::Reserve(amount) => {
+            let mut reserve = ReserveRequest::new(user, Spend::Amount(amount));
+            reserve.ttl_seconds = Some(HOLD_TTL_SECONDS);
+            engine.reserve(tenant, &reserve, &context)
+        }
+        Action::Capture(amount) => engine.capture(
+            tenant,
+            &CaptureRequest {
+                reservation_id: reservation.expect("a capture follows its reservation"),
+                amount: Some(amount),
+                description: None,
+                metadata: None,
+            },
+            &context,
+        ),
+        Action::Release => engine.release(
+            tenant,
+            reservation.expect("a release follows its reservation"),
+            &context,
+        ),
+    }
+}
+
+fn reservation_of(outcome: &Outcome) -> u64 {
+    match *outcome {
+        Outcome::Reserve { reservation_id, .. } => reservation_id,
+        other => panic!("a reservation answered {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child.
+// ---------------------------------------------------------------------------------------------
+
+/// Writes one line to the real stdout (not the test harness's capture) and flushes it, so the
+/// line is in the pipe before the child does anything else.
+fn emit(line: &str) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // A line is short and written with one call, which a pipe keeps whole.
+    out.write_all(format!("{line}\n").as_bytes())
+        .expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// The child's entry point, not a test: it returns at once unless the parent set
+/// `CREDITD_KILL_CHILD_DIR`, so in an ordinary `cargo test` run it passes without doing anything.
+#[test]
+fn child_workload() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    let start: u64 = std::env::var(CHILD_START_ENV)
+        .expect("start index")
+        .parse()
+        .expect("start index is a number");
+    let seed: u64 = std::env::var(CHILD_SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    run_child(Path::new(&dir), start, seed);
+}
+
+fn run_child(dir: &Path, start: u64, seed: u64) {
+    // The test harness has written `test child_workload ... ` without a newline; end that line so
+    // the first report starts a line of its own.
+    emit("");
+    let deadline = Instant::now() + Duration::from_secs(CHILD_MAX_SECONDS);
+    let engine = Engine::open_dir(options(dir, true)).expect("child: open");
+    let tenant = engine
+        .tenant(TENANT)
+        .expect("child: the parent created the tenant");
+    emit(&format!("READY {}", engine.wal().next_lsn()));
+    let next = AtomicU64::new(start);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(rng.random_range(10..80)));
+                emit("SNAP-BEGIN");
+                let result = engine.snapshot();
+                emit(&format!("SNAP-END {}", result.is_ok()));
+            }
+        });
+        let workers: Vec<_> = (0..WORKER_THREADS)
+            .map(|_| scope.spawn(|| child_worker(&engine, &tenant, &next, deadline)))
+            .collect();
+        for worker in workers {
+            worker.join().expect("child worker");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    emit("DONE");
+}
+
+fn child_worker(engine: &Engine, tenant: &Tenant, next: &AtomicU64, deadline: Instant) {
+    while Instant::now() < deadline {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        emit(&format!("BEGIN {index}"));
+        let mut reservation = None;
+        for request in plan(index) {
+            match send(engine, tenant, &request, reservation) {
+                Ok(done) => {
+                    if let Err(error) = engine.wait_durable(done.lsn) {
+                        panic!("child: {} not durable: {error}", request.key);
+                    }
+                    if let Action::Reserve(_) = request.action {
+                        reservation = Some(reservation_of(&done.outcome));
+                    }
+                    emit(&format!(
+                        "ACK {} {} {} {:?}",
+                        request.key, done.lsn, done.replayed, done.outcome
+                    ));
+                }
+                Err(EngineError::InsufficientCredits(_)) => {
+                    emit(&format!("REFUSED {}", request.key));
+                    break;
+                }
+                Err(error) => panic!("child: {}: {error}", request.key),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent.
+// ---------------------------------------------------------------------------------------------
+
+/// Kills the child if the parent panics (or returns) while it still runs.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// When to kill the child.
+#[derive(Debug, Clone, Copy)]
+enum KillPlan {
+    /// This long after spawning it, perhaps in the middle of recovery.
+    AfterSpawn(Duration),
+    /// This long after it said `READY`.
+    AfterReady(Duration),
+    /// This long after its `nth` explicit snapshot began.
+    DuringSnapshot { nth: u32, delay: Duration },
+}
+
+fn choose_kill(rng: &mut StdRng, round: u64) -> KillPlan {
+    let millis = |rng: &mut StdRng, range: std::ops::Range<u64>| {
+        Duration::from_millis(rng.random_range(range))
+    };
+    match round % 8 {
+        0 => KillPlan::AfterSpawn(millis(rng, 0..60)),
+        1 | 4 => KillPlan::DuringSnapshot {
+            nth: rng.random_range(1..4),
+            delay: Duration::from_micros(rng.random_range(0..3000)),
+        },
+        2 | 5 => KillPlan::AfterReady(millis(rng, 0..10)),
+        3 | 6 => KillPlan::AfterReady(millis(rng, 10..100)),
+        _ => KillPlan::AfterReady(millis(rng, 100..400)),
+    }
+}
+
+/// What the child reported before it died.
+#[derive(Debug, Default)]
+struct ChildRun {
+    ready: bool,
+    /// The highest index it began.
+    max_begun: Option<u64>,
+    /// Key → (LSN, replayed, outcome), for each acknowledged key.
+    acked: BTreeMap<String, (u64, bool, String)>,
+    refused: HashSet<String>,
+    snapshots_begun: u32,
+    finished_by_itself: bool,
+}
+
+impl ChildRun {
+    fn take(&mut self, line: &str) {
+        let mut words = line.splitn(5, ' ');
+        match words.next() {
+            Some("READY") => self.ready = true,
+            Some("BEGIN") => {
+                let index: u64 = words.next().expect("index").parse().expect("index");
+                self.max_begun = Some(self.max_begun.map_or(index, |m| m.max(index)));
+            }
+            Some("ACK") => {
+                let key = words.next().expect("key").to_owned();
+                let lsn = words.next().expect("lsn").parse().expect("lsn");
+                let replayed = words.next().expect("replayed") == "true";
+                let outcome = words.next().expect("outcome").to_owned();
+                let previous = self.acked.insert(key.clone(), (lsn, replayed, outcome));
+                assert!(previous.is_none(), "the child acknowledged {key} twice");
+            }
+            Some("REFUSED") => {
+                self.refused.insert(words.next().expect("key").to_owned());
+            }
+            Some("SNAP-BEGIN") => self.snapshots_begun += 1,
+            Some("DONE") => self.finished_by_itself = true,
+            // The test harness's own lines, `SNAP-END`, …
+            _ => {}
+        }
+    }
+}
+
+/// Spawns the child, kills it as planned, and returns what it reported.
+fn run_child_round(dir: &Path, start: u64, seed: u64, kill: KillPlan) -> ChildRun {
+    let stderr_path = dir.with_extension("child-stderr");
+    let stderr = File::create(&stderr_path).expect("stderr file");
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_workload",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir)
+        .env(CHILD_START_ENV, start.to_string())
+        .env(CHILD_SEED_ENV, seed.to_string())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn the child");
+    let spawned = Instant::now();
+    let mut guard = ChildGuard(Some(child));
+    let stdout = guard.child().stdout.take().expect("child stdout");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                // A line without its newline was cut by the kill: it reports nothing.
+                Ok(0) | Err(_) => break,
+                Ok(_) if !line.ends_with('\n') => break,
+                Ok(_) => {
+                    if lines_tx.send(line.trim_end().to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut run = ChildRun::default();
+    let give_up = spawned + Duration::from_secs(CHILD_WAIT_SECONDS);
+    // Reads lines until `until` is true or `deadline` passes; false if the child's stdout ended.
+    let read_until = |run: &mut ChildRun, deadline: Instant, until: &dyn Fn(&ChildRun) -> bool| loop {
+        if until(run) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        match lines.recv_timeout(deadline - now) {
+            Ok(line) => run.take(&line),
+            Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    };
+    let alive = match kill {
+        KillPlan::AfterSpawn(delay) => read_until(&mut run, spawned + delay, &|_| false),
+        KillPlan::AfterReady(delay) => {
+            read_until(&mut run, give_up, &|run| run.ready)
+                && run.ready
+                && read_until(&mut run, Instant::now() + delay, &|_| false)
+        }
+        KillPlan::DuringSnapshot { nth, delay } => {
+            let alive = read_until(&mut run, give_up, &|run| run.snapshots_begun >= nth)
+                && run.snapshots_begun >= nth;
+            std::thread::sleep(delay);
+            alive
+        }
+    };
+    if !alive || guard.child().try_wait().expect("try_wait").is_some() {
+        let _ = guard.child().kill();
+        let status = guard.child().wait().expect("wait");
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        panic!(
+            "the child exited or stalled before it was killed ({status}, {:.1} s after spawn, \
+             ready {}, snapshots begun {}):\n{stderr}",
+            spawned.elapsed().as_secs_f64(),
+            run.ready,
+            run.snapshots_begun
+        );
+    }
+    guard.child().kill().expect("kill the child");
+    // The child is gone once its stdout ends; collect every line it wrote before.
+    while read_until(&mut run, give_up, &|_| false) {
+        assert!(
+            Instant::now() < give_up,
+            "the killed child's stdout did not end"
+        );
+    }
+    reader.join().expect("reader thread");
+    let mut child = guard.0.take().expect("child");
+    let status = child.wait().expect("wait for the killed child");
+    assert!(!status.success(), "the child was killed, not finished");
+    assert!(!run.finished_by_itself, "the child ran out of time");
+    run
+}
+
+/// Whether a key is in the idempotency table, without changing anything: a credit to a user that
+/// does not exist, under the key with a fingerprint no real request has. The engine checks the
+/// key before the user, so it answers `IdempotencyKeyReused` if the key is there and
+/// `UserNotFound` otherwise; in both cases nothing is written and no claim is left behind.
+fn key_present(engine: &Engine, tenant: &Tenant, key: &str) -> bool {
+    let context = Context::actor(ACTOR).with_key(IdempotencyKey {
+        key,
+        fingerprint: PROBE_FINGERPRINT,
+    });
+    match engine.credit(
+        tenant,
+        &CreditRequest::new(PROBE_USER, 1, CreditKind::Grant),
+        &context,
+    ) {
+        Err(EngineError::IdempotencyKeyReused) => true,
+        Err(EngineError::UserNotFound) => false,
+        other => panic!("probing {key}: {other:?}"),
+    }
+}
+
+/// What the parent knows across rounds.
+#[derive(Debug, Default)]
+struct Model {
+    /// The highest index any child began.
+    max_begun: Option<u64>,
+    /// Key → (LSN, outcome) of every key ever acknowledged or found applied. A key in here must
+    /// be present, with this answer, after every later kill.
+    known: HashMap<String, (u64, String)>,
+    acked_total: u64,
+}
+
+/// Expected figures of one wallet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Expected {
+    balance: i64,
+    reserved: i64,
+}
+
+/// Recovers the data directory after a kill and checks invariants 1–5:
+///
+/// 1. Every key the child acknowledged (after `wait_durable` returned `Ok`) is present after
+///    recovery, and replaying it answers exactly what was acknowledged (same LSN, same outcome).
+///    Keys found applied in an earlier round stay present with the same answer.
+/// 2. The recovered state is the effect of exactly the keys present, each once. The set of
+///    applied keys is found without changing anything: every key of every index up to the
+///    highest begun is probed (see [`key_present`]); a present key is re-sent with its own
+///    fingerprint, which must answer `replayed: true` and gives the reservation id a capture or
+///    release needs. From that set alone the model computes each wallet's balance (credits −
+///    debits − captured charges) and reserved amount (reservations whose capture or release is
+///    not present) and compares them with the engine. A change applied twice, or applied without
+///    its key, or a key without its change, breaks the equation. The engine must hold no other
+///    keys (`idempotency_entries` equals the present count) and the probes and replays must
+///    write nothing (`next_lsn` unchanged).
+/// 3. `check_invariants` passes (no wallet below its floor; reserved = open holds) and every
+///    wallet's `available` is at least 0 (no overdraft is ever set here).
+/// 4. Conservation: the balance equation of 2.
+/// 5. A key refused in this round is absent (its claim was dropped), and no key answered two
+///    different outcomes (acknowledged answers agree with each other and with the replay).
+fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean_close: bool) {
+    let started = Instant::now();
+    let engine = Engine::open_dir(options(dir, false))
+        .unwrap_or_else(|error| panic!("round {round}: recovery after the kill failed: {error}"));
+    let report = engine.recovery_report().clone();
+    engine
+        .check_invariants()
+        .unwrap_or_else(|violation| panic!("round {round}: {violation}"));
+    let tenant = engine.tenant(TENANT).expect("the tenant survives");
+    let next_lsn = engine.wal().next_lsn();
+
+    let mut replayed_in_run = 0;
+    for (key, (lsn, replayed, outcome)) in &run.acked {
+        replayed_in_run += u64::from(*replayed);
+        if let Some((known_lsn, known_outcome)) = model.known.get(key) {
+            assert_eq!(
+                (known_lsn, known_outcome),
+                (lsn, outcome),
+                "round {round}: {key} answered differently than before"
+            );
+            assert!(*replayed, "round {round}: {key} was applied again");
+        }
+    }
+    model.max_begun = model.max_begun.max(run.max_begun);
+    model.acked_total += run.acked.len() as u64;
+
+    let mut expected: BTreeMap<String, Expected> = (0..USERS)
+        .map(|n| (user_name(n), Expected::default()))
+        .collect();
+    let mut present = 0u64;
+    let last_index = model.max_begun.map_or(0, |m| m + 1);
+    for index in 0..last_index {
+        let mut reservation: Option<(u64, i64)> = None;
+        for request in plan(index) {
+            let key = request.key.as_str();
+            if !key_present(&engine, &tenant, key) {
+                assert!(
+                    !run.acked.contains_key(key),
+                    "round {round}: acknowledged key {key} is missing after recovery"
+                );
+                assert!(
+                    !model.known.contains_key(key),
+                    "round {round}: key {key}, applied before, is missing after recovery"
+                );
+                continue;
+            }
+            present += 1;
+            assert!(
+                !run.refused.contains(key),
+                "round {round}: refused key {key} is present"
+            );
+            let done = send(&engine, &tenant, &request, reservation.map(|(id, _)| id))
+                .unwrap_or_else(|error| panic!("round {round}: replaying {key}: {error}"));
+            assert!(
+                done.replayed,
+                "round {round}: {key} was present but ran again"
+            );
+            let answer = (done.lsn, format!("{:?}", done.outcome));
+            if let Some((lsn, _, outcome)) = run.acked.get(key) {
+                assert_eq!(
+                    (&answer.0, &answer.1),
+                    (lsn, outcome),
+                    "round {round}: {key} replays a different answer than it acknowledged"
+                );
+            }
+            if let Some(known) = model.known.get(key) {
+                assert_eq!(known, &answer, "round {round}: {key} changed its answer");
+            }
+            model.known.insert(key.to_owned(), answer);
+            let wallet = expected.get_mut(&request.user).expect("planned user");
+            match request.action {
+                Action::Credit(amount) => wallet.balance += amount,
+                Action::Debit(amount) => wallet.balance -= amount,
+                Action::Reserve(amount) => {
+                    wallet.reserved += amount;
+                    reservation = Some((reservation_of(&done.outcome), amount));
+                }
+                Action::Capture(charged) => {
+                    let (_, held) = reservation.expect("a captured reservation is present");
+                    wallet.balance -= charged;
+                    wallet.reserved -= held;
+                }
+                Action::Release => {
+                    let (_, held) = reservation.expect("a released reservation is present");
+                    wallet.reserved -= held;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        engine.idempotency_entries(),
+        present,
+        "round {round}: the engine holds keys no planned request made"
+    );
+    assert_eq!(
+        engine.wal().next_lsn(),
+        next_lsn,
+        "round {round}: probing and replaying wrote to the log"
+    );
+    for (user, wallet) in &expected {
+        let actual = tenant.wallet(user, None).expect("user");
+        assert_eq!(
+            (actual.balance, actual.reserved),
+            (wallet.balance, wallet.reserved),
+            "round {round}: {user}'s wallet is not the sum of the applied keys"
+        );
+        assert!(
+            actual.available >= 0,
+            "round {round}: {user} below its floor"
+        );
+    }
+    engine
+        .check_invariants()
+        .unwrap_or_else(|violation| panic!("round {round}: {violation}"));
+    eprintln!(
+        "round {round:2}: acked {:4} (replayed {:4}), refused {:3}, snapshots begun {}, \
+         keys present {present}, next LSN {next_lsn}, recovered from {} + {} records over {} \
+         segments (skipped {}), torn tail {:?}, checked in {} ms",
+        run.acked.len(),
+        replayed_in_run,
+        run.refused.len(),
+        run.snapshots_begun,
+        report
+            .snapshot
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or("no snapshot".into(), |n| n.to_string_lossy().into_owned()),
+        report.records_replayed,
+        report.segments,
+        report.records_skipped,
+        report
+            .torn_tail
+            .as_ref()
+            .map(|t| (t.offset, t.discarded_bytes)),
+        started.elapsed().as_millis()
+    );
+    if clean_close {
+        engine.shutdown().expect("clean shutdown");
+    }
+    drop(tenant);
+    drop(engine);
+}
+
+/// Creates the tenant and users once, durably, so every round starts from a known population.
+fn set_up(dir: &Path) {
+    let engine = Engine::open_dir(options(dir, false)).expect("open");
+    let context = Context::actor(ACTOR);
+    let (tenant, _, _) = engine
+        .upsert_tenant(TENANT, Some("Acme"), None, &context)
+        .expect("tenant");
+    let profile = ProfileRecord {
+        email: None,
+        name: None,
+        metadata: None,
+    };
+    for n in 0..USERS {
+        engine
+            .upsert_user(&tenant, &user_name(n), profile, &context)
+            .expect("user");
+    }
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
+    let seed = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("kill test seed {seed} (set {SEED_ENV}={seed} to repeat these choices)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = temp.path().join("data");
+    set_up(&dir);
+    let mut model = Model::default();
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let start = match (round % 6, model.max_begun) {
+            (_, None) => 0,
+            // Now and then a client retries everything it ever sent.
+            (5, _) => 0,
+            (_, Some(max)) => (max + 1).saturating_sub(rng.random_range(0..=60)),
+        };
+        let kill = choose_kill(&mut rng, round);
+        eprintln!("round {round:2}: start at {start}, kill {kill:?}");
+        let run = run_child_round(&dir, start, rng.random(), kill);
+        verify_round(&dir, &mut model, &run, round, rng.random_bool(0.5));
+    }
+    eprintln!(
+        "{ROUNDS} rounds in {:.1} s: {} acknowledgements, {} keys applied, up to index {:?}",
+        started.elapsed().as_secs_f64(),
+        model.acked_total,
+        model.known.len(),
+        model.max_begun
+    );
+    assert!(
+        model.acked_total > 100,
+        "the children acknowledged too little for the test to mean much"
+    );
+}

@@ -1,0 +1,233 @@
+//! Tests that run the real `creditd` binary: kill it with SIGKILL and SIGTERM, restart it on the
+//! same data directory, and check what survived.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use creditd::client::{Client, Debit};
+
+const SERVICE: &str = "dev-service-secret-change-me";
+
+/// A running `creditd serve`, killed when dropped.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn start(data_dir: &Path) -> Process {
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
+            .args(["serve", "--config", config])
+            .env("CREDITD_SERVER__LISTEN", "127.0.0.1:0")
+            .env("CREDITD_STORAGE__DATA_DIR", data_dir)
+            .env("CREDITD_LOG__LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn creditd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let base = loop {
+            assert!(
+                Instant::now() < deadline,
+                "creditd did not print its address"
+            );
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.strip_prefix("listening on ") {
+                        break address.trim().to_owned();
+                    }
+                }
+                _ => panic!("creditd exited before listening"),
+            }
+        };
+        let process = Process { child, base };
+        process.wait_ready();
+        process
+    }
+
+    /// Health checks answer during recovery; the API opens when `/readyz` says so.
+    fn wait_ready(&self) {
+        let runtime = runtime();
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = runtime
+                .block_on(client.send(http::Method::GET, "/readyz", None, None))
+                .map(|(status, _, _)| status);
+            if matches!(status, Ok(s) if s == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "creditd did not become ready: {status:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.base, SERVICE).unwrap()
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "creditd did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn idempotent_replay_survives_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let first = Process::start(dir.path());
+    let client = first.client();
+    let receipt = runtime.block_on(async {
+        client.put_user("kim", None).await.unwrap();
+        client
+            .credit("kim", 100, None, Some("grant-1"))
+            .await
+            .unwrap();
+        client
+            .debit("kim", &Debit::amount(30), Some("order-77"))
+            .await
+            .unwrap()
+    });
+    assert!(!receipt.replayed);
+    first.kill_9();
+
+    let second = Process::start(dir.path());
+    let client = second.client();
+    runtime.block_on(async {
+        let again = client
+            .debit("kim", &Debit::amount(30), Some("order-77"))
+            .await
+            .unwrap();
+        assert!(again.replayed, "the key's answer survived the crash");
+        assert_eq!(
+            (again.entry_id.clone(), again.balance, again.charged),
+            (receipt.entry_id.clone(), 70, 30)
+        );
+        let reused = client
+            .debit("kim", &Debit::amount(31), Some("order-77"))
+            .await
+            .unwrap_err();
+        assert_eq!(reused.slug(), Some("idempotency-key-reused"));
+        let credit_again = client
+            .credit("kim", 100, None, Some("grant-1"))
+            .await
+            .unwrap();
+        assert!(credit_again.replayed);
+        assert_eq!(
+            client.wallet("kim", None).await.unwrap().balance,
+            70,
+            "no effect twice"
+        );
+    });
+    second.kill_9();
+}
+
+#[test]
+fn graceful_shutdown_leaves_a_snapshot_and_a_clean_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let process = Process::start(dir.path());
+    let client = process.client();
+    runtime.block_on(async {
+        for i in 0..20 {
+            let user = format!("u{i}");
+            client.put_user(&user, None).await.unwrap();
+            client.credit(&user, 10, None, None).await.unwrap();
+            client.debit(&user, &Debit::amount(3), None).await.unwrap();
+        }
+    });
+    let status = process.terminate();
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+
+    let snapshots: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert!(snapshots[0].to_string_lossy().ends_with(".snap"));
+    let verify = Command::new(env!("CARGO_BIN_EXE_creditd"))
+        .args(["wal", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{report}");
+    assert!(
+        report.contains("0 problems, 0 notes"),
+        "a clean log has no torn tail: {report}"
+    );
+    assert!(
+        report.contains("+ 0 records"),
+        "everything is in the final snapshot: {report}"
+    );
+
+    let restarted = Process::start(dir.path());
+    let client = restarted.client();
+    runtime.block_on(async {
+        for i in 0..20 {
+            assert_eq!(
+                client.wallet(&format!("u{i}"), None).await.unwrap().balance,
+                7
+            );
+        }
+    });
+    assert!(restarted.terminate().success());
+}
+
+#[test]
+fn a_second_process_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Process::start(dir.path());
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let second = Command::new(env!("CARGO_BIN_EXE_creditd"))
+        .args(["serve", "--config", config])
+        .env("CREDITD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CREDITD_STORAGE__DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(message.contains("another creditd process"), "{message}");
+    first.kill_9();
+}
