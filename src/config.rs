@@ -195,15 +195,93 @@ impl Default for IdempotencyConfig {
 }
 
 /// `[payments]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentsConfig {
     /// `sandbox` (default), `paystack` or `stripe`.
     pub gateway: Gateway,
+    /// How long settled payments are remembered so late duplicate deliveries change nothing
+    /// (default `7d`; gateways retry webhooks for up to three days).
+    pub retention: Seconds,
+    /// Where the checkout sends the customer afterwards when `initialize` names no `callback_url`
+    /// (default: the sandbox's own result page).
+    pub default_callback_url: Option<String>,
+    /// Time allowed for one gateway call, seconds (default 20).
+    pub gateway_timeout_seconds: u64,
     /// Paystack.
     pub paystack: PaystackConfig,
     /// Stripe.
     pub stripe: StripeConfig,
+    /// Automatic top-up.
+    pub autotopup: AutoTopupConfig,
+    /// Events sent to tenants' applications.
+    pub events: EventsConfig,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> PaymentsConfig {
+        PaymentsConfig {
+            gateway: Gateway::Sandbox,
+            retention: Seconds(7 * 86_400),
+            default_callback_url: None,
+            gateway_timeout_seconds: 20,
+            paystack: PaystackConfig::default(),
+            stripe: StripeConfig::default(),
+            autotopup: AutoTopupConfig::default(),
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+/// `[payments.autotopup]`: the caps and delays that keep automatic top-up from running away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoTopupConfig {
+    /// At most this many attempts per wallet in any hour (default 3), besides each rule's daily cap.
+    pub max_per_hour: u32,
+    /// Wait after the first soft decline (default `1m`); doubled after each further one.
+    pub backoff: Seconds,
+    /// The longest wait between attempts (default `6h`).
+    pub backoff_max: Seconds,
+    /// How often wallets under their threshold are looked for, in case a trigger was missed
+    /// (default `30s`).
+    pub sweep_every: Seconds,
+    /// Charges in flight at once (default 16).
+    pub concurrency: u32,
+}
+
+impl Default for AutoTopupConfig {
+    fn default() -> AutoTopupConfig {
+        AutoTopupConfig {
+            max_per_hour: 3,
+            backoff: Seconds(60),
+            backoff_max: Seconds(6 * 3600),
+            sweep_every: Seconds(30),
+            concurrency: 16,
+        }
+    }
+}
+
+/// `[payments.events]`: delivery of events to tenants' applications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events waiting for delivery before new ones are dropped (default 10 000).
+    pub queue: u32,
+    /// Delivery attempts per event (default 8), with growing delays.
+    pub attempts: u32,
+    /// The first retry delay (default `1s`); doubled after each failure.
+    pub retry: Seconds,
+}
+
+impl Default for EventsConfig {
+    fn default() -> EventsConfig {
+        EventsConfig {
+            queue: 10_000,
+            attempts: 8,
+            retry: Seconds(1),
+        }
+    }
 }
 
 /// Which payment gateway takes payments.
@@ -503,6 +581,7 @@ impl Config {
             idempotency_ttl_seconds: self.idempotency.ttl.0,
             idempotency_max_entries: self.idempotency.max_entries,
             maintenance_interval_ms: self.engine.maintenance_interval_ms,
+            payment_retention_seconds: self.payments.retention.0,
             background: true,
             limits: self.limits.clone(),
         }
@@ -584,7 +663,7 @@ fn apply_override(
 }
 
 /// Keys without a default value that may still be set.
-const OPTIONAL_KEYS: &[&str] = &["server.public_url"];
+const OPTIONAL_KEYS: &[&str] = &["server.public_url", "payments.default_callback_url"];
 
 fn typed_value(default: &toml::Value, text: &str) -> Option<toml::Value> {
     Some(match default {

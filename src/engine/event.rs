@@ -118,6 +118,68 @@ pub struct PackageRecord<'a> {
     pub active: bool,
 }
 
+/// Why a payment was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PaymentPurpose {
+    /// A checkout the user started.
+    Checkout,
+    /// An automatic top-up charged to a saved payment method.
+    AutoTopup,
+}
+
+/// How a payment failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Decline {
+    /// Worth retrying later (insufficient funds, the gateway unavailable).
+    Soft,
+    /// Not worth retrying (card expired, authorization invalid): disables an automatic top-up rule.
+    Hard,
+    /// Paid, but not the package's amount or currency: nothing is credited.
+    Mismatch,
+    /// The customer left the checkout without paying.
+    Abandoned,
+}
+
+impl Decline {
+    /// The name used in the API and in events to the tenant's application.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decline::Soft => "soft_decline",
+            Decline::Hard => "hard_decline",
+            Decline::Mismatch => "amount_mismatch",
+            Decline::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// What a payment buys, fixed from the package when the payment starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentTerms<'a> {
+    /// The package.
+    pub package: &'a str,
+    /// Credits it adds.
+    pub credits: i64,
+    /// What it costs, in minor units.
+    pub amount_minor: i64,
+    /// In which currency.
+    pub price_currency: Currency,
+}
+
+/// A reusable payment method a gateway handed back after a successful charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodRecord<'a> {
+    /// `sandbox`, `paystack` or `stripe`.
+    pub gateway: &'a str,
+    /// Paystack `authorization_code`, Stripe `pm_…`, or a sandbox card.
+    pub token: &'a str,
+    /// Paystack customer e-mail or Stripe `cus_…`.
+    #[serde(borrow)]
+    pub customer: Option<&'a str>,
+    /// What to show (`visa ••4081`).
+    #[serde(borrow)]
+    pub label: Option<&'a str>,
+}
+
 /// One change to the engine's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event<'a> {
@@ -321,6 +383,128 @@ pub enum Event<'a> {
         #[serde(borrow)]
         meta: Meta<'a>,
     },
+    /// A payment started with a reference of creditd's; its credits follow only on success.
+    PaymentInitialized {
+        /// The wallet the credits go to.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// creditd's reference, unique across tenants.
+        reference: &'a str,
+        /// What it buys.
+        #[serde(borrow)]
+        terms: PaymentTerms<'a>,
+        /// `sandbox`, `paystack` or `stripe`.
+        gateway: &'a str,
+        /// Checkout or automatic top-up.
+        purpose: PaymentPurpose,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A payment succeeded and its credits were added: once per reference, whatever the number of
+    /// deliveries.
+    PaymentSucceeded {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The payment.
+        reference: &'a str,
+        /// Credits added, from the terms.
+        credits: i64,
+        /// What the gateway says was paid.
+        paid_minor: i64,
+        /// In which currency.
+        paid_currency: Currency,
+        /// Balance after.
+        balance_after: i64,
+        /// Available after.
+        available_after: i64,
+        /// A reusable method to save on the user.
+        #[serde(borrow)]
+        method: Option<MethodRecord<'a>>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A payment failed; nothing was credited.
+    PaymentFailed {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The payment.
+        reference: &'a str,
+        /// How.
+        decline: Decline,
+        /// The gateway's words.
+        reason: &'a str,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A gateway reported a payment with a reference creditd never issued; recorded, not credited.
+    PaymentUnmatched {
+        /// The gateway.
+        gateway: &'a str,
+        /// The reference it sent.
+        reference: &'a str,
+        /// What it said (event type, amount, currency).
+        detail: &'a str,
+        /// When.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A wallet's automatic top-up rule was set (enabled).
+    AutoTopupSet {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// Top up when `available` falls under this.
+        threshold: i64,
+        /// With this package.
+        package: &'a str,
+        /// Charged to this payment method token; the user's saved one when absent.
+        #[serde(borrow)]
+        payment_method: Option<&'a str>,
+        /// At most this many attempts per UTC day.
+        max_per_day: u32,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A wallet's automatic top-up rule was removed.
+    AutoTopupDeleted {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A wallet's automatic top-up rule was switched off by creditd (a hard decline).
+    AutoTopupDisabled {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// Why.
+        reason: &'a str,
+        /// When.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// Where a tenant's application receives creditd's events, and the key that signs them.
+    TenantWebhookSet {
+        /// Tenant id.
+        tenant: &'a str,
+        /// HTTPS (or HTTP) endpoint; none to stop sending.
+        #[serde(borrow)]
+        url: Option<&'a str>,
+        /// The HMAC-SHA256 signing secret.
+        #[serde(borrow)]
+        secret: Option<&'a str>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
 }
 
 impl<'a> Event<'a> {
@@ -332,14 +516,22 @@ impl<'a> Event<'a> {
             | Event::ActionPut { tenant, .. }
             | Event::ActionDeleted { tenant, .. }
             | Event::PackagePut { tenant, .. }
-            | Event::PackageDeleted { tenant, .. } => tenant,
+            | Event::PackageDeleted { tenant, .. }
+            | Event::TenantWebhookSet { tenant, .. } => tenant,
+            Event::PaymentUnmatched { .. } => "",
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
             | Event::Debited { wallet, .. }
             | Event::HoldPlaced { wallet, .. }
             | Event::HoldCaptured { wallet, .. }
             | Event::HoldExtended { wallet, .. }
-            | Event::HoldReleased { wallet, .. } => wallet.tenant,
+            | Event::HoldReleased { wallet, .. }
+            | Event::PaymentInitialized { wallet, .. }
+            | Event::PaymentSucceeded { wallet, .. }
+            | Event::PaymentFailed { wallet, .. }
+            | Event::AutoTopupSet { wallet, .. }
+            | Event::AutoTopupDeleted { wallet, .. }
+            | Event::AutoTopupDisabled { wallet, .. } => wallet.tenant,
         }
     }
 
@@ -358,7 +550,15 @@ impl<'a> Event<'a> {
             | Event::ActionPut { meta, .. }
             | Event::ActionDeleted { meta, .. }
             | Event::PackagePut { meta, .. }
-            | Event::PackageDeleted { meta, .. } => meta,
+            | Event::PackageDeleted { meta, .. }
+            | Event::PaymentInitialized { meta, .. }
+            | Event::PaymentSucceeded { meta, .. }
+            | Event::PaymentFailed { meta, .. }
+            | Event::PaymentUnmatched { meta, .. }
+            | Event::AutoTopupSet { meta, .. }
+            | Event::AutoTopupDeleted { meta, .. }
+            | Event::AutoTopupDisabled { meta, .. }
+            | Event::TenantWebhookSet { meta, .. } => meta,
         }
     }
 
@@ -371,7 +571,13 @@ impl<'a> Event<'a> {
             | Event::HoldPlaced { wallet, .. }
             | Event::HoldCaptured { wallet, .. }
             | Event::HoldExtended { wallet, .. }
-            | Event::HoldReleased { wallet, .. } => Some(wallet),
+            | Event::HoldReleased { wallet, .. }
+            | Event::PaymentInitialized { wallet, .. }
+            | Event::PaymentSucceeded { wallet, .. }
+            | Event::PaymentFailed { wallet, .. }
+            | Event::AutoTopupSet { wallet, .. }
+            | Event::AutoTopupDeleted { wallet, .. }
+            | Event::AutoTopupDisabled { wallet, .. } => Some(wallet),
             _ => None,
         }
     }

@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 
-use super::state::{HoldState, IdempotencyState, State};
+use super::event::PaymentPurpose;
+use super::state::{HoldState, IdempotencyState, PaymentState, State, Wallet};
 use super::types::{Currency, Lsn};
 use super::Engine;
 
@@ -35,6 +36,8 @@ pub struct Figures {
     pub reservations_open: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
+    /// Payments remembered.
+    pub payments: u64,
 }
 
 pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantViolation> {
@@ -130,6 +133,33 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
                     "reservation in a currency without a wallet".into(),
                 ));
             }
+            for rule in account.extra.iter().flat_map(|extra| extra.rules.iter()) {
+                let has_rule_flag = account
+                    .wallet(rule.currency)
+                    .is_some_and(|w| w.flags & Wallet::HAS_RULE != 0);
+                if has_rule_flag != rule.enabled {
+                    return Err(violation(
+                        user,
+                        format!("{}: rule flag disagrees with the rule", rule.currency),
+                    ));
+                }
+                if let Some(reference) = &rule.pending {
+                    let payment = state.payments.get(reference.as_str()).map(|p| p.clone());
+                    let consistent = payment.is_some_and(|p| {
+                        p.state == PaymentState::Pending
+                            && p.purpose == PaymentPurpose::AutoTopup
+                            && p.user == user
+                            && p.tenant == tenant.id
+                            && p.currency == rule.currency
+                    });
+                    if !consistent {
+                        return Err(violation(
+                            user,
+                            format!("top-up {reference} in flight has no pending payment"),
+                        ));
+                    }
+                }
+            }
         }
         let open_indexed = tenant
             .holds
@@ -157,6 +187,20 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
                 figures.idempotency_keys += 1;
             }
         }
+    }
+    for entry in state.payments.iter() {
+        if entry.last_lsn >= next_lsn {
+            return Err(InvariantViolation {
+                tenant: entry.tenant.to_string(),
+                user: entry.user.to_string(),
+                detail: format!(
+                    "payment {} refers to LSN {} ≥ {next_lsn}",
+                    entry.key(),
+                    entry.last_lsn
+                ),
+            });
+        }
+        figures.payments += 1;
     }
     Ok(figures)
 }

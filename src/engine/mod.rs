@@ -15,6 +15,7 @@ mod idempotency;
 mod invariants;
 mod maintenance;
 mod ops;
+pub mod payments;
 mod recovery;
 mod snapshot;
 pub(crate) mod state;
@@ -75,6 +76,9 @@ pub struct EngineOptions {
     pub idempotency_max_entries: u64,
     /// How often expired reservations are released (default 1000 ms).
     pub maintenance_interval_ms: u64,
+    /// How long settled payments are remembered, so late duplicate deliveries change nothing
+    /// (default 7 days; gateways retry webhooks for up to three).
+    pub payment_retention_seconds: u64,
     /// Run the snapshot and maintenance threads (default true; tests turn them off to drive time).
     pub background: bool,
     /// Request limits.
@@ -96,6 +100,7 @@ impl Default for EngineOptions {
             idempotency_ttl_seconds: 24 * 3600,
             idempotency_max_entries: 5_000_000,
             maintenance_interval_ms: 1000,
+            payment_retention_seconds: 7 * 24 * 3600,
             background: true,
             limits: Limits::default(),
         }
@@ -141,6 +146,7 @@ pub struct Engine {
     tokens: AtomicU64,
     recovery: RecoveryReport,
     background: Mutex<Option<maintenance::Background>>,
+    hooks: std::sync::OnceLock<payments::Hooks>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -195,6 +201,7 @@ impl Engine {
             tokens: AtomicU64::new(1),
             recovery: recovered.report,
             background: Mutex::new(None),
+            hooks: std::sync::OnceLock::new(),
             _lock: lock,
             options,
         });
@@ -275,5 +282,7 @@ impl Engine {
         self.clock.now_ms()
     }
 }
+#[cfg(test)]
+mod payment_tests;
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 
+use super::event::PaymentPurpose;
 use super::event::{
     ActionUse, Event, Meta, PackageRecord, ProfileRecord, TenantSettingsRecord, WalletRef,
 };
 use super::idempotency::{self, Begin, Claim, Done, IdempotencyKey};
-use super::state::{Account, Catalogue, HoldState, Tenant, Wallet};
+use super::state::{Account, Catalogue, HoldState, PaymentState, Tenant, Wallet};
 use super::types::{
     check_amount, check_id, check_text, ClosedAs, CreditKind, Currency, DebitKind, EngineError,
     Invalid, Lsn, ReleaseReason, Shortfall,
@@ -204,7 +205,7 @@ struct Price<'a> {
 
 impl Engine {
     /// Encodes and queues one event; returns its LSN.
-    fn append(&self, event: &Event<'_>) -> Result<Lsn, EngineError> {
+    pub(super) fn append(&self, event: &Event<'_>) -> Result<Lsn, EngineError> {
         SCRATCH.with(|scratch| {
             let mut buffer = scratch.borrow_mut();
             buffer.clear();
@@ -233,14 +234,8 @@ impl Engine {
         event: &Event<'_>,
         claim: Option<Claim<'_>>,
     ) -> Result<Done, EngineError> {
-        let lsn = self.append(event)?;
-        let change = match account.apply(lsn, event) {
-            Ok(change) => change,
-            Err(mismatch) => return Err(self.internal_error(lsn, &mismatch.0)),
-        };
+        let lsn = self.commit_event(tenant, account, event)?;
         let meta = event.meta();
-        let user = event.wallet().map_or("", |wallet| wallet.user);
-        tenant.index_hold(user, change, meta.time_ms);
         let Some(outcome) = event.outcome(lsn) else {
             return Err(self.internal_error(lsn, "wallet event without an outcome"));
         };
@@ -254,16 +249,38 @@ impl Engine {
         })
     }
 
+    /// Queues a user-level event and applies it to the locked account, the reservation index and
+    /// the payments map. Runs under the user's shard lock.
+    pub(super) fn commit_event(
+        &self,
+        tenant: &Tenant,
+        account: &mut Account,
+        event: &Event<'_>,
+    ) -> Result<Lsn, EngineError> {
+        let lsn = self.append(event)?;
+        let change = match account.apply(lsn, event) {
+            Ok(change) => change,
+            Err(mismatch) => return Err(self.internal_error(lsn, &mismatch.0)),
+        };
+        let meta = event.meta();
+        let user = event.wallet().map_or("", |wallet| wallet.user);
+        tenant.index_hold(user, change, meta.time_ms);
+        if let Err(mismatch) = self.state.apply_payment(lsn, event) {
+            return Err(self.internal_error(lsn, &mismatch.0));
+        }
+        Ok(lsn)
+    }
+
     /// A decision contradicted its own state: the log now holds a record memory does not. Refuse
     /// everything from here on rather than acknowledge a state that recovery would not rebuild.
-    fn internal_error(&self, lsn: Lsn, what: &str) -> EngineError {
+    pub(super) fn internal_error(&self, lsn: Lsn, what: &str) -> EngineError {
         debug_assert!(false, "LSN {lsn}: {what}");
         self.wal
             .poison(format!("internal error at LSN {lsn}: {what}"));
         EngineError::Log(AppendError::Poisoned)
     }
 
-    fn claim<'t>(
+    pub(super) fn claim<'t>(
         &'t self,
         tenant: &'t Tenant,
         context: &Context<'t>,
@@ -282,7 +299,7 @@ impl Engine {
         )
     }
 
-    fn meta<'a>(
+    pub(super) fn meta<'a>(
         &self,
         context: &Context<'a>,
         now_ms: i64,
@@ -373,7 +390,7 @@ impl Engine {
 
     /// Releases, through the log, every reservation of this user whose time has run out. Runs
     /// under the user's lock, before a decision that depends on `available`.
-    fn expire_due_holds(
+    pub(super) fn expire_due_holds(
         &self,
         tenant: &Tenant,
         user: &str,
@@ -457,6 +474,8 @@ impl Engine {
             default_currency: currency,
             actions: Default::default(),
             packages: Default::default(),
+            webhook_url: None,
+            webhook_secret: None,
         };
         let tenant = Arc::new(Tenant::new(id, catalogue, self.state.shards));
         tenants.insert(id.into(), Arc::clone(&tenant));
@@ -665,7 +684,17 @@ impl Engine {
         if dry_run {
             return dry_run_answer(&event);
         }
-        self.commit(tenant, &mut account, &event, claim)
+        let done = self.commit(tenant, &mut account, &event, claim)?;
+        self.after_spend(
+            tenant,
+            user,
+            &mut account,
+            price.currency,
+            wallet.available(),
+            available_after,
+            done.lsn,
+        );
+        Ok(done)
     }
 
     /// Holds credits until captured, released or expired. The reservation's id is the LSN.
@@ -721,7 +750,17 @@ impl Engine {
         if request.dry_run {
             return dry_run_answer(&event);
         }
-        self.commit(tenant, &mut account, &event, claim)
+        let done = self.commit(tenant, &mut account, &event, claim)?;
+        self.after_spend(
+            tenant,
+            request.user,
+            &mut account,
+            price.currency,
+            wallet.available(),
+            available_after,
+            done.lsn,
+        );
+        Ok(done)
     }
 
     /// Finds an open reservation's user, or says why it cannot be used.
@@ -825,7 +864,18 @@ impl Engine {
                     }),
                     meta,
                 };
-                engine.commit(tenant, account, &event, claim)
+                let done = engine.commit(tenant, account, &event, claim)?;
+                let after = balance_after - reserved_after;
+                engine.after_spend(
+                    tenant,
+                    user,
+                    account,
+                    currency,
+                    wallet.available(),
+                    after,
+                    done.lsn,
+                );
+                Ok(done)
             },
         )
     }
@@ -1053,7 +1103,11 @@ impl Engine {
         )
     }
 
-    fn change_catalogue(&self, tenant: &Tenant, event: &Event<'_>) -> Result<Lsn, EngineError> {
+    pub(super) fn change_catalogue(
+        &self,
+        tenant: &Tenant,
+        event: &Event<'_>,
+    ) -> Result<Lsn, EngineError> {
         let mut catalogue = tenant.catalogue.write();
         // Check again under the write lock: a concurrent delete may have won.
         let missing = match *event {
@@ -1126,6 +1180,20 @@ impl Engine {
             });
             reservations += before.saturating_sub(tenant.holds.len()) as u64;
         }
+        // Settled payments, and checkouts nobody paid, go after the retention; a pending automatic
+        // top-up stays until it is settled (its rule waits on it).
+        let retention_ms =
+            i64::try_from(self.options.payment_retention_seconds.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+        let cutoff_ms = now_ms.saturating_sub(retention_ms);
+        self.state.payments.retain(|_, entry| match entry.state {
+            PaymentState::Pending => {
+                entry.purpose == PaymentPurpose::AutoTopup || entry.created_ms >= cutoff_ms
+            }
+            PaymentState::Succeeded { at_ms, .. } | PaymentState::Failed { at_ms, .. } => {
+                at_ms >= cutoff_ms
+            }
+        });
         (keys, reservations)
     }
 

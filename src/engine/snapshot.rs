@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::event::Outcome;
 use super::state::{
     Account, AccountExtra, Catalogue, HoldEntry, HoldState, IdempotencyEntry, IdempotencyState,
-    State, Tenant, Wallet,
+    PaymentEntry, State, Tenant, Wallet,
 };
 use super::types::{Fingerprint, Lsn};
 use super::Engine;
@@ -75,6 +75,9 @@ enum ChunkHead<'a> {
         count: u32,
     },
     End(Totals),
+    Payments {
+        count: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +86,7 @@ struct Totals {
     users: u64,
     closed_reservations: u64,
     idempotency_keys: u64,
+    payments: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,6 +103,13 @@ struct ClosedReservationImage<'a> {
     id: Lsn,
     #[serde(borrow)]
     entry: Cow<'a, HoldEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PaymentImage<'a> {
+    reference: &'a str,
+    #[serde(borrow)]
+    entry: Cow<'a, PaymentEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -280,6 +291,19 @@ impl Engine {
             }
             chunker.flush(&head(chunker.count))?;
         }
+        // Payments change under their user's lock, so like keys they are copied after the users.
+        let head = |count| ChunkHead::Payments { count };
+        for entry in self.state.payments.iter() {
+            chunker.item(&PaymentImage {
+                reference: entry.key(),
+                entry: Cow::Borrowed(entry.value()),
+            })?;
+            totals.payments += 1;
+            if chunker.full() {
+                chunker.flush(&head(chunker.count))?;
+            }
+        }
+        chunker.flush(&head(chunker.count))?;
         chunker.single(&ChunkHead::End(totals))
     }
 
@@ -409,11 +433,18 @@ fn load_chunk(
             let tenant = tenant_of(tenant)?;
             for _ in 0..count {
                 let image: UserImage<'_> = next_item(&mut rest)?;
-                let account = Account {
+                let mut account = Account {
                     last_lsn: image.last_lsn,
                     primary: image.primary,
                     extra: image.extra.map(|e| Box::new(e.into_owned())),
                 };
+                // The trigger flag lives in memory only: a recovered wallet has no trigger in flight.
+                account.primary.flags &= !Wallet::TOPUP_TRIGGERED;
+                if let Some(extra) = account.extra.as_mut() {
+                    for wallet in &mut extra.wallets {
+                        wallet.flags &= !Wallet::TOPUP_TRIGGERED;
+                    }
+                }
                 for hold in account.holds() {
                     let open = HoldEntry {
                         user: image.user.into(),
@@ -475,6 +506,16 @@ fn load_chunk(
                 }
             }
             counted.idempotency_keys += u64::from(count);
+        }
+        ChunkHead::Payments { count } => {
+            for _ in 0..count {
+                let image: PaymentImage<'_> = next_item(&mut rest)?;
+                state.payments.insert(
+                    CompactString::new(image.reference),
+                    image.entry.into_owned(),
+                );
+            }
+            counted.payments += u64::from(count);
         }
         ChunkHead::End(totals) => {
             if !rest.is_empty() {

@@ -23,7 +23,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::event::{Event, Meta, Outcome, PackageRecord, ProfileRecord};
+use super::event::{Decline, Event, Meta, Outcome, PackageRecord, PaymentPurpose, ProfileRecord};
 use super::types::{ClosedAs, Currency, Fingerprint, Lsn, ReleaseReason};
 
 /// The hasher of every sharded map: keyed per process, so clients cannot choose colliding ids.
@@ -45,11 +45,16 @@ pub(crate) struct Wallet {
     /// How far `available` may go below zero, ≥ 0.
     pub overdraft: i64,
     pub currency: Currency,
-    /// Reserved for per-wallet flags (such as a pending automatic top-up); zero for now.
+    /// [`Wallet::HAS_RULE`] and [`Wallet::TOPUP_TRIGGERED`].
     pub flags: u32,
 }
 
 impl Wallet {
+    /// The wallet has an enabled automatic top-up rule (derived from the rules by `apply`).
+    pub const HAS_RULE: u32 = 1;
+    /// A top-up trigger is on its way to the worker (memory only: cleared when loaded).
+    pub const TOPUP_TRIGGERED: u32 = 2;
+
     pub fn empty(currency: Currency) -> Wallet {
         Wallet {
             balance: 0,
@@ -126,6 +131,50 @@ pub(crate) struct AccountExtra {
     pub profile: Profile,
     pub wallets: Vec<Wallet>,
     pub holds: Vec<Hold>,
+    /// The reusable method of the last successful payment that returned one.
+    pub payment_method: Option<SavedMethod>,
+    /// Automatic top-up rules, at most one per currency.
+    pub rules: Vec<TopupRule>,
+}
+
+/// A reusable payment method saved from a successful charge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedMethod {
+    pub gateway: CompactString,
+    pub token: Box<str>,
+    pub customer: Option<Box<str>>,
+    pub label: Option<Box<str>>,
+    pub saved_ms: i64,
+}
+
+/// A wallet's automatic top-up rule and the counters that bound it. Every field changes only
+/// through `apply`, so replay rebuilds the caps exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TopupRule {
+    pub currency: Currency,
+    pub threshold: i64,
+    pub package: CompactString,
+    /// None: the user's saved method.
+    pub payment_method: Option<Box<str>>,
+    pub max_per_day: u32,
+    pub enabled: bool,
+    pub disabled_reason: Option<Box<str>>,
+    /// The UTC day (days since 1970-01-01) `attempts_today` counts.
+    pub day: i64,
+    pub attempts_today: u32,
+    /// Attempts ever made: numbers the next attempt's deterministic reference.
+    pub attempts_total: u64,
+    pub consecutive_failures: u32,
+    pub last_attempt_ms: i64,
+    /// Attempt times within the last hour, for the burst cap (newest last, at most 16 kept).
+    pub recent_attempts_ms: Vec<i64>,
+    /// The reference of the attempt in flight.
+    pub pending: Option<CompactString>,
+}
+
+/// The UTC day number of a Unix-millisecond time.
+pub(crate) fn utc_day(time_ms: i64) -> i64 {
+    time_ms.div_euclid(86_400_000)
 }
 
 /// A user: its wallets and reservations, and the LSN of the last record that changed it.
@@ -223,6 +272,49 @@ impl Account {
         self.holds()
             .iter()
             .find(|hold| hold.expires_at_ms <= now_ms)
+    }
+
+    pub fn rule(&self, currency: Currency) -> Option<&TopupRule> {
+        self.extra
+            .as_ref()?
+            .rules
+            .iter()
+            .find(|rule| rule.currency == currency)
+    }
+
+    fn rule_mut(&mut self, currency: Currency) -> Option<&mut TopupRule> {
+        self.extra
+            .as_mut()?
+            .rules
+            .iter_mut()
+            .find(|rule| rule.currency == currency)
+    }
+
+    pub fn payment_method(&self) -> Option<&SavedMethod> {
+        self.extra.as_ref()?.payment_method.as_ref()
+    }
+
+    /// Keeps [`Wallet::HAS_RULE`] in step with the rules.
+    fn refresh_rule_flag(&mut self, currency: Currency) {
+        let active = self.rule(currency).is_some_and(|rule| rule.enabled);
+        if let Some(wallet) = self.wallet_mut(currency) {
+            if active {
+                wallet.flags |= Wallet::HAS_RULE;
+            } else {
+                wallet.flags &= !Wallet::HAS_RULE;
+            }
+        }
+    }
+
+    /// Sets or clears the memory-only trigger flag of a wallet.
+    pub fn set_triggered(&mut self, currency: Currency, triggered: bool) {
+        if let Some(wallet) = self.wallet_mut(currency) {
+            if triggered {
+                wallet.flags |= Wallet::TOPUP_TRIGGERED;
+            } else {
+                wallet.flags &= !Wallet::TOPUP_TRIGGERED;
+            }
+        }
     }
 
     pub fn profile(&self) -> Option<&Profile> {
@@ -436,11 +528,154 @@ impl Account {
                 };
                 HoldChange::Closed { id: hold_id, how }
             }
+            Event::PaymentInitialized {
+                wallet,
+                reference,
+                purpose,
+                ref meta,
+                ..
+            } => {
+                self.wallet_or_insert(wallet.currency);
+                if purpose == PaymentPurpose::AutoTopup {
+                    let rule = self
+                        .rule_mut(wallet.currency)
+                        .ok_or_else(|| mismatch("top-up without a rule"))?;
+                    rule.record_attempt(reference, meta.time_ms);
+                }
+                HoldChange::None
+            }
+            Event::PaymentSucceeded {
+                wallet,
+                reference,
+                credits,
+                balance_after,
+                available_after,
+                method,
+                ref meta,
+                ..
+            } => {
+                let target = self.wallet_or_insert(wallet.currency);
+                expect_sum(
+                    target.balance,
+                    credits,
+                    balance_after,
+                    "payment: balance + credits ≠ balance_after",
+                )?;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "payment: available_after mismatch",
+                )?;
+                if let Some(method) = method {
+                    self.extra_mut().payment_method = Some(SavedMethod {
+                        gateway: method.gateway.into(),
+                        token: method.token.into(),
+                        customer: method.customer.map(Box::from),
+                        label: method.label.map(Box::from),
+                        saved_ms: meta.time_ms,
+                    });
+                }
+                if let Some(rule) = self
+                    .rule_mut(wallet.currency)
+                    .filter(|r| r.pending.as_deref() == Some(reference))
+                {
+                    rule.pending = None;
+                    rule.consecutive_failures = 0;
+                }
+                HoldChange::None
+            }
+            Event::PaymentFailed {
+                wallet,
+                reference,
+                decline,
+                reason,
+                ..
+            } => {
+                if let Some(rule) = self
+                    .rule_mut(wallet.currency)
+                    .filter(|r| r.pending.as_deref() == Some(reference))
+                {
+                    rule.pending = None;
+                    rule.consecutive_failures = rule.consecutive_failures.saturating_add(1);
+                    if decline == Decline::Hard {
+                        rule.enabled = false;
+                        rule.disabled_reason = Some(reason.into());
+                    }
+                }
+                self.refresh_rule_flag(wallet.currency);
+                HoldChange::None
+            }
+            Event::AutoTopupSet {
+                wallet,
+                threshold,
+                package,
+                payment_method,
+                max_per_day,
+                ..
+            } => {
+                self.wallet_or_insert(wallet.currency);
+                let rules = &mut self.extra_mut().rules;
+                match rules
+                    .iter_mut()
+                    .find(|rule| rule.currency == wallet.currency)
+                {
+                    // Counters carry over, so setting a rule again never resets its caps.
+                    Some(rule) => {
+                        rule.threshold = threshold;
+                        rule.package = package.into();
+                        rule.payment_method = payment_method.map(Box::from);
+                        rule.max_per_day = max_per_day;
+                        rule.enabled = true;
+                        rule.disabled_reason = None;
+                        rule.consecutive_failures = 0;
+                    }
+                    None => rules.push(TopupRule {
+                        currency: wallet.currency,
+                        threshold,
+                        package: package.into(),
+                        payment_method: payment_method.map(Box::from),
+                        max_per_day,
+                        enabled: true,
+                        disabled_reason: None,
+                        day: 0,
+                        attempts_today: 0,
+                        attempts_total: 0,
+                        consecutive_failures: 0,
+                        last_attempt_ms: 0,
+                        recent_attempts_ms: Vec::new(),
+                        pending: None,
+                    }),
+                }
+                self.refresh_rule_flag(wallet.currency);
+                HoldChange::None
+            }
+            Event::AutoTopupDeleted { wallet, .. } => {
+                let rules = &mut self.extra_mut().rules;
+                let before = rules.len();
+                rules.retain(|rule| rule.currency != wallet.currency);
+                if rules.len() == before {
+                    return Err(mismatch("deletion of a missing top-up rule"));
+                }
+                self.refresh_rule_flag(wallet.currency);
+                HoldChange::None
+            }
+            Event::AutoTopupDisabled { wallet, reason, .. } => {
+                let rule = self
+                    .rule_mut(wallet.currency)
+                    .ok_or_else(|| mismatch("disabling a missing top-up rule"))?;
+                rule.enabled = false;
+                rule.disabled_reason = Some(reason.into());
+                self.refresh_rule_flag(wallet.currency);
+                HoldChange::None
+            }
             Event::TenantUpserted { .. }
             | Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
             | Event::PackagePut { .. }
-            | Event::PackageDeleted { .. } => {
+            | Event::PackageDeleted { .. }
+            | Event::TenantWebhookSet { .. }
+            | Event::PaymentUnmatched { .. } => {
                 return Err(mismatch("tenant-level event applied to a user"))
             }
         };
@@ -457,6 +692,44 @@ impl Account {
         }
         self.remove_hold(id);
         Ok(())
+    }
+}
+
+impl TopupRule {
+    /// Counts an attempt made at `time_ms` under `reference`.
+    fn record_attempt(&mut self, reference: &str, time_ms: i64) {
+        let day = utc_day(time_ms);
+        if day != self.day {
+            self.day = day;
+            self.attempts_today = 0;
+        }
+        self.attempts_today = self.attempts_today.saturating_add(1);
+        self.attempts_total = self.attempts_total.saturating_add(1);
+        self.last_attempt_ms = time_ms;
+        self.recent_attempts_ms
+            .retain(|&at| at > time_ms - 3_600_000);
+        self.recent_attempts_ms.push(time_ms);
+        if self.recent_attempts_ms.len() > 16 {
+            self.recent_attempts_ms.remove(0);
+        }
+        self.pending = Some(reference.into());
+    }
+
+    /// Attempts made today as of `now_ms`.
+    pub fn attempts_on(&self, now_ms: i64) -> u32 {
+        if utc_day(now_ms) == self.day {
+            self.attempts_today
+        } else {
+            0
+        }
+    }
+
+    /// Attempts in the hour before `now_ms`.
+    pub fn attempts_in_last_hour(&self, now_ms: i64) -> usize {
+        self.recent_attempts_ms
+            .iter()
+            .filter(|&&at| at > now_ms - 3_600_000)
+            .count()
     }
 }
 
@@ -523,6 +796,9 @@ pub(crate) struct Catalogue {
     pub default_currency: Currency,
     pub actions: BTreeMap<CompactString, Action>,
     pub packages: BTreeMap<CompactString, Package>,
+    /// Where the tenant's application receives events, and the secret that signs them.
+    pub webhook_url: Option<Box<str>>,
+    pub webhook_secret: Option<Box<str>>,
 }
 
 impl Catalogue {
@@ -571,6 +847,10 @@ impl Catalogue {
                 self.packages
                     .remove(package)
                     .ok_or_else(|| mismatch("deletion of a missing package"))?;
+            }
+            Event::TenantWebhookSet { url, secret, .. } => {
+                self.webhook_url = url.map(Box::from);
+                self.webhook_secret = secret.map(Box::from);
             }
             _ => return Err(mismatch("user-level event applied to a tenant")),
         }
@@ -685,12 +965,40 @@ impl Tenant {
     }
 }
 
-/// Every tenant, and the counters shared by all of them.
+/// Where a payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PaymentState {
+    Pending,
+    Succeeded { entry_id: Lsn, at_ms: i64 },
+    Failed { decline: Decline, at_ms: i64 },
+}
+
+/// A payment creditd issued a reference for. Kept across tenants, because gateways report payments
+/// by reference alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PaymentEntry {
+    pub last_lsn: Lsn,
+    pub tenant: CompactString,
+    pub user: CompactString,
+    pub currency: Currency,
+    pub package: CompactString,
+    pub credits: i64,
+    pub amount_minor: i64,
+    pub price_currency: Currency,
+    pub gateway: CompactString,
+    pub purpose: PaymentPurpose,
+    pub created_ms: i64,
+    pub state: PaymentState,
+}
+
+/// Every tenant, the payments of all of them, and the counters shared by all of them.
 pub(crate) struct State {
     pub tenants: RwLock<HashMap<CompactString, Arc<Tenant>>>,
     pub shards: usize,
     /// Entries in all idempotency tables together.
     pub idempotency_entries: AtomicU64,
+    /// Payments by reference. Changed under the paying user's lock (taken first).
+    pub payments: ShardedMap<CompactString, PaymentEntry>,
 }
 
 /// Replay could not apply a record.
@@ -704,6 +1012,7 @@ impl State {
             tenants: RwLock::new(HashMap::new()),
             shards: shards.max(1),
             idempotency_entries: AtomicU64::new(0),
+            payments: sharded_map(shards / 8),
         }
     }
 
@@ -746,12 +1055,18 @@ impl State {
                     default_currency: settings.default_currency,
                     actions: BTreeMap::new(),
                     packages: BTreeMap::new(),
+                    webhook_url: None,
+                    webhook_secret: None,
                 };
                 tenants.insert(
                     tenant.into(),
                     Arc::new(Tenant::new(tenant, catalogue, self.shards)),
                 );
             }
+            return Ok(());
+        }
+        if let Event::PaymentUnmatched { .. } = event {
+            // Only a record for the operator: nothing in memory refers to it.
             return Ok(());
         }
         let tenant = self
@@ -761,7 +1076,8 @@ impl State {
             Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
             | Event::PackagePut { .. }
-            | Event::PackageDeleted { .. } => {
+            | Event::PackageDeleted { .. }
+            | Event::TenantWebhookSet { .. } => {
                 let mut catalogue = tenant.catalogue.write();
                 if catalogue.last_lsn < lsn {
                     catalogue.apply(lsn, event).map_err(|e| fail(&e))?;
@@ -800,10 +1116,90 @@ impl State {
                 let change = account.apply(lsn, event).map_err(|e| fail(&e))?;
                 let meta = event.meta();
                 tenant.index_hold(wallet.user, change, meta.time_ms);
+                self.apply_payment(lsn, event).map_err(|e| fail(&e))?;
                 self.restore_idempotency(&tenant, lsn, event, meta, idempotency_cutoff_ms);
                 Ok(())
             }
         }
+    }
+
+    /// Applies a payment event to the payments map (under the paying user's lock). Each entry
+    /// carries its own last LSN, so a record a fuzzy snapshot already holds is skipped.
+    pub fn apply_payment(&self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+        match *event {
+            Event::PaymentInitialized {
+                wallet,
+                reference,
+                terms,
+                gateway,
+                purpose,
+                ref meta,
+            } => match self.payments.entry(reference.into()) {
+                dashmap::Entry::Occupied(entry) if entry.get().last_lsn >= lsn => Ok(()),
+                dashmap::Entry::Occupied(_) => {
+                    Err(mismatch("a payment reference was issued twice"))
+                }
+                dashmap::Entry::Vacant(entry) => {
+                    entry.insert(PaymentEntry {
+                        last_lsn: lsn,
+                        tenant: wallet.tenant.into(),
+                        user: wallet.user.into(),
+                        currency: wallet.currency,
+                        package: terms.package.into(),
+                        credits: terms.credits,
+                        amount_minor: terms.amount_minor,
+                        price_currency: terms.price_currency,
+                        gateway: gateway.into(),
+                        purpose,
+                        created_ms: meta.time_ms,
+                        state: PaymentState::Pending,
+                    });
+                    Ok(())
+                }
+            },
+            Event::PaymentSucceeded {
+                reference,
+                ref meta,
+                ..
+            } => self.settle(
+                lsn,
+                reference,
+                PaymentState::Succeeded {
+                    entry_id: lsn,
+                    at_ms: meta.time_ms,
+                },
+            ),
+            Event::PaymentFailed {
+                reference,
+                decline,
+                ref meta,
+                ..
+            } => self.settle(
+                lsn,
+                reference,
+                PaymentState::Failed {
+                    decline,
+                    at_ms: meta.time_ms,
+                },
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn settle(&self, lsn: Lsn, reference: &str, state: PaymentState) -> Result<(), Mismatch> {
+        let mut entry = self
+            .payments
+            .get_mut(reference)
+            .ok_or_else(|| mismatch("settlement of an unknown payment"))?;
+        if entry.last_lsn >= lsn {
+            return Ok(());
+        }
+        if entry.state != PaymentState::Pending {
+            return Err(mismatch("a payment was settled twice"));
+        }
+        entry.state = state;
+        entry.last_lsn = lsn;
+        Ok(())
     }
 
     fn restore_idempotency(

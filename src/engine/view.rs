@@ -298,10 +298,20 @@ impl Engine {
                 let account = entry.value();
                 let mut holds = account.holds().to_vec();
                 holds.sort_by_key(|hold| hold.id);
-                let mut wallets: Vec<Wallet> = account.wallets().copied().collect();
+                // The trigger flag lives in memory only; recovery rightly starts without it.
+                let mut wallets: Vec<Wallet> = account
+                    .wallets()
+                    .map(|w| Wallet {
+                        flags: w.flags & !Wallet::TOPUP_TRIGGERED,
+                        ..*w
+                    })
+                    .collect();
                 wallets.sort_by_key(|wallet| wallet.currency);
+                let extra = account.extra.as_ref();
+                let method = extra.and_then(|e| e.payment_method.as_ref());
+                let rules = extra.map(|e| e.rules.as_slice()).unwrap_or_default();
                 lines.push(format!(
-                    "user {id}/{} profile={:?} wallets={wallets:?} holds={holds:?}",
+                    "user {id}/{} profile={:?} wallets={wallets:?} holds={holds:?} method={method:?} rules={rules:?}",
                     entry.key(),
                     account.profile().filter(|p| !p.is_empty())
                 ));
@@ -322,6 +332,9 @@ impl Engine {
                     ));
                 }
             }
+        }
+        for entry in self.state.payments.iter() {
+            lines.push(format!("payment {} {:?}", entry.key(), entry.value()));
         }
         lines.sort();
         StateImage { lines }

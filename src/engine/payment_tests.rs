@@ -1,0 +1,609 @@
+//! Engine-level tests of payments and automatic top-up, on the crash-model storage with a
+//! hand-driven clock.
+
+use std::sync::Arc;
+
+use super::event::{Decline, MethodRecord, PackageRecord, PaymentPurpose, ProfileRecord};
+use super::payments::*;
+use super::types::{CreditKind, Currency, EngineError};
+use super::*;
+use crate::wal::memory::MemStorage;
+
+const T0: i64 = 1_700_000_000_000;
+const ADMIN: Context<'static> = Context {
+    actor: "admin",
+    idempotency: None,
+};
+const NGN: &str = "NGN";
+
+struct Setup {
+    storage: MemStorage,
+    clock: Arc<ManualClock>,
+    engine: Arc<Engine>,
+    tenant: Arc<Tenant>,
+    topups: crossbeam_channel::Receiver<TopupTrigger>,
+    events: crossbeam_channel::Receiver<TenantEvent>,
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        data_dir: "/data".into(),
+        background: false,
+        shards: 8,
+        segment_bytes: 8192,
+        ..EngineOptions::default()
+    }
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let storage = MemStorage::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let (engine, topups, events) = Setup::open(&storage, &clock);
+        let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
+        let terms = PackageRecord {
+            name: "Starter",
+            credits: 500,
+            currency: Currency::CREDITS,
+            price_minor: 200_000,
+            price_currency: Currency::new(NGN).unwrap(),
+            active: true,
+        };
+        engine
+            .put_package(&tenant, "starter", &terms, &ADMIN)
+            .unwrap();
+        let profile = ProfileRecord {
+            email: Some("ada@example.com"),
+            name: None,
+            metadata: None,
+        };
+        engine.upsert_user(&tenant, "ada", profile, &ADMIN).unwrap();
+        Setup {
+            storage,
+            clock,
+            engine,
+            tenant,
+            topups,
+            events,
+        }
+    }
+
+    fn open(
+        storage: &MemStorage,
+        clock: &Arc<ManualClock>,
+    ) -> (
+        Arc<Engine>,
+        crossbeam_channel::Receiver<TopupTrigger>,
+        crossbeam_channel::Receiver<TenantEvent>,
+    ) {
+        let engine = Engine::open(
+            options(),
+            Arc::new(storage.clone()),
+            Arc::clone(clock) as Arc<dyn Clock>,
+        )
+        .unwrap();
+        let (topup_sender, topups) = crossbeam_channel::bounded(64);
+        let (event_sender, events) = crossbeam_channel::bounded(64);
+        engine
+            .connect_hooks(Hooks {
+                topups: topup_sender,
+                events: event_sender,
+            })
+            .unwrap();
+        (engine, topups, events)
+    }
+
+    fn crash_and_reopen(&mut self) {
+        self.engine.wal().flush().unwrap();
+        self.storage = self.storage.crash_image(|_, _| 0);
+        let (engine, topups, events) = Setup::open(&self.storage, &self.clock);
+        self.engine = engine;
+        self.topups = topups;
+        self.events = events;
+        self.tenant = self.engine.tenant("acme").unwrap();
+    }
+
+    fn checkout(&self, reference: &str) -> PaymentView {
+        let request = CheckoutRequest {
+            user: "ada",
+            package: "starter",
+            reference,
+            gateway: "sandbox",
+        };
+        self.engine
+            .start_checkout(&self.tenant, &request, &ADMIN)
+            .unwrap()
+            .0
+    }
+
+    fn balance(&self) -> i64 {
+        self.tenant.wallet("ada", None).unwrap().balance
+    }
+
+    fn event_names(&self) -> Vec<&'static str> {
+        self.events
+            .try_iter()
+            .map(|event| event.kind.name())
+            .collect()
+    }
+}
+
+fn paid(minor: i64, currency: &str) -> Verdict<'static> {
+    Verdict::Paid {
+        paid_minor: minor,
+        paid_currency: Currency::new(currency).unwrap(),
+        method: None,
+    }
+}
+
+#[test]
+fn a_payment_credits_the_package_exactly_once() {
+    let s = Setup::new();
+    let payment = s.checkout("cd_0001");
+    assert_eq!(
+        (payment.credits, payment.amount_minor, payment.status),
+        (500, 200_000, PaymentStatus::Pending)
+    );
+    let first = s
+        .engine
+        .settle_payment("cd_0001", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(
+        matches!(first, Settlement::Credited { balance: 500, .. }),
+        "{first:?}"
+    );
+    for _ in 0..3 {
+        let again = s
+            .engine
+            .settle_payment("cd_0001", "sandbox", &paid(200_000, NGN), "")
+            .unwrap();
+        assert!(
+            matches!(again, Settlement::AlreadySettled { .. }),
+            "{again:?}"
+        );
+    }
+    let declined_late = s.engine.settle_payment(
+        "cd_0001",
+        "sandbox",
+        &Verdict::Declined {
+            decline: Decline::Soft,
+            reason: "x",
+        },
+        "",
+    );
+    assert!(matches!(
+        declined_late,
+        Ok(Settlement::AlreadySettled { .. })
+    ));
+    assert_eq!(s.balance(), 500);
+    assert_eq!(s.event_names(), vec!["topup.succeeded"]);
+    s.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn the_wrong_amount_or_currency_credits_nothing() {
+    let s = Setup::new();
+    s.checkout("cd_short");
+    s.checkout("cd_usd");
+    let short = s
+        .engine
+        .settle_payment("cd_short", "sandbox", &paid(100, NGN), "")
+        .unwrap();
+    assert!(
+        matches!(
+            short,
+            Settlement::Failed {
+                decline: Decline::Mismatch,
+                ..
+            }
+        ),
+        "{short:?}"
+    );
+    let usd = s
+        .engine
+        .settle_payment("cd_usd", "sandbox", &paid(200_000, "USD"), "")
+        .unwrap();
+    assert!(matches!(
+        usd,
+        Settlement::Failed {
+            decline: Decline::Mismatch,
+            ..
+        }
+    ));
+    // A correct delivery afterwards cannot resurrect a settled payment.
+    let after = s
+        .engine
+        .settle_payment("cd_short", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(matches!(after, Settlement::AlreadySettled { .. }));
+    assert_eq!(s.balance(), 0);
+}
+
+#[test]
+fn unknown_references_and_other_gateways_are_recorded_not_credited() {
+    let s = Setup::new();
+    s.checkout("cd_mine");
+    let unknown = s
+        .engine
+        .settle_payment(
+            "cd_nobody",
+            "paystack",
+            &paid(200_000, NGN),
+            "charge.success",
+        )
+        .unwrap();
+    assert!(matches!(unknown, Settlement::Unmatched { .. }));
+    let wrong_gateway = s
+        .engine
+        .settle_payment("cd_mine", "stripe", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(matches!(wrong_gateway, Settlement::Unmatched { .. }));
+    assert_eq!(s.balance(), 0);
+    assert_eq!(
+        s.engine.payment("cd_mine").unwrap().status,
+        PaymentStatus::Pending
+    );
+}
+
+#[test]
+fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
+    let s = Setup::new();
+    let request = |user, package, reference| CheckoutRequest {
+        user,
+        package,
+        reference,
+        gateway: "sandbox",
+    };
+    assert_eq!(
+        s.engine
+            .start_checkout(&s.tenant, &request("ghost", "starter", "cd_1"), &ADMIN)
+            .unwrap_err(),
+        EngineError::UserNotFound
+    );
+    assert_eq!(
+        s.engine
+            .start_checkout(&s.tenant, &request("ada", "gold", "cd_1"), &ADMIN)
+            .unwrap_err(),
+        EngineError::PackageNotFound
+    );
+    assert!(matches!(
+        s.engine
+            .start_checkout(&s.tenant, &request("ada", "starter", "bad ref"), &ADMIN),
+        Err(EngineError::Invalid(_))
+    ));
+    s.engine
+        .start_checkout(&s.tenant, &request("ada", "starter", "cd_1"), &ADMIN)
+        .unwrap();
+    assert!(matches!(
+        s.engine
+            .start_checkout(&s.tenant, &request("ada", "starter", "cd_1"), &ADMIN),
+        Err(EngineError::Conflict(_))
+    ));
+}
+
+fn saved_card(s: &Setup) {
+    s.checkout("cd_card");
+    let method = MethodRecord {
+        gateway: "sandbox",
+        token: "card_ok",
+        customer: Some("ada@example.com"),
+        label: Some("visa 4081"),
+    };
+    let verdict = Verdict::Paid {
+        paid_minor: 200_000,
+        paid_currency: Currency::new(NGN).unwrap(),
+        method: Some(method),
+    };
+    s.engine
+        .settle_payment("cd_card", "sandbox", &verdict, "")
+        .unwrap();
+}
+
+fn rule(s: &Setup, max_per_day: u32) {
+    let request = AutoTopupRequest {
+        user: "ada",
+        currency: None,
+        threshold: 100,
+        package: "starter",
+        payment_method: None,
+        max_per_day,
+    };
+    s.engine
+        .set_auto_topup(&s.tenant, &request, &ADMIN)
+        .unwrap();
+}
+
+fn spend_to(s: &Setup, target: i64) {
+    let balance = s.balance();
+    let request = DebitRequest::new("ada", Spend::Amount(balance - target));
+    s.engine.debit(&s.tenant, &request, &ADMIN).unwrap();
+}
+
+#[test]
+fn crossing_the_threshold_triggers_one_top_up_that_credits_once() {
+    let s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    s.event_names();
+    spend_to(&s, 150);
+    assert!(s.topups.try_recv().is_err(), "still above the threshold");
+    spend_to(&s, 50);
+    let trigger = s.topups.try_recv().expect("a trigger");
+    assert_eq!(
+        (trigger.user.as_str(), trigger.currency),
+        ("ada", Currency::CREDITS)
+    );
+    spend_to(&s, 40);
+    assert!(
+        s.topups.try_recv().is_err(),
+        "one trigger in flight per wallet"
+    );
+    assert_eq!(s.event_names(), vec!["wallet.low_balance"]);
+
+    let policy = TopupPolicy::default();
+    let TopupDecision::Charge(charge) = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap()
+    else {
+        panic!("expected a charge")
+    };
+    assert_eq!(charge.token, "card_ok");
+    assert_eq!(charge.customer.as_deref(), Some("ada@example.com"));
+    assert_eq!(
+        charge.reference,
+        topup_reference("acme", "ada", Currency::CREDITS, 1),
+        "deterministic reference"
+    );
+    assert_eq!(charge.payment.purpose, PaymentPurpose::AutoTopup);
+    // While it is in flight nothing else is charged.
+    let again = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap();
+    assert_eq!(again, TopupDecision::Skip(TopupSkip::InFlight));
+    s.engine
+        .settle_payment(&charge.reference, "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    s.engine
+        .clear_topup_trigger(&s.tenant, "ada", Currency::CREDITS);
+    assert_eq!(s.balance(), 540);
+    let rule = s
+        .engine
+        .auto_topup(&s.tenant, "ada", None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rule.pending, rule.attempts_today, rule.consecutive_failures),
+        (None, 1, 0)
+    );
+    s.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_gateway_that_always_declines_is_tried_at_most_the_allowed_number_of_times() {
+    let s = Setup::new();
+    saved_card(&s);
+    rule(&s, 4);
+    spend_to(&s, 0);
+    let policy = TopupPolicy {
+        max_per_hour: 2,
+        backoff_base_ms: 60_000,
+        backoff_max_ms: 3_600_000,
+    };
+    let mut attempts_per_day = std::collections::BTreeMap::<i64, u32>::new();
+    let mut attempt_times = Vec::new();
+    // Ten simulated days, the worker looking every minute.
+    for _ in 0..(10 * 24 * 60) {
+        s.clock.advance_ms(60_000);
+        match s
+            .engine
+            .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+            .unwrap()
+        {
+            TopupDecision::Charge(charge) => {
+                let now = s.clock.now_ms();
+                *attempts_per_day.entry(now / 86_400_000).or_default() += 1;
+                attempt_times.push(now);
+                let verdict = Verdict::Declined {
+                    decline: Decline::Soft,
+                    reason: "Insufficient Funds",
+                };
+                s.engine
+                    .settle_payment(&charge.reference, "sandbox", &verdict, "")
+                    .unwrap();
+            }
+            TopupDecision::Skip(skip) => assert!(
+                matches!(
+                    skip,
+                    TopupSkip::DailyCap | TopupSkip::BurstCap | TopupSkip::Backoff { .. }
+                ),
+                "{skip:?}"
+            ),
+        }
+    }
+    assert!(
+        attempts_per_day.values().all(|&n| n <= 4),
+        "{attempts_per_day:?}"
+    );
+    for window in attempt_times.windows(3) {
+        assert!(
+            window[2] - window[0] >= 3_600_000,
+            "more than two attempts within an hour: {window:?}"
+        );
+    }
+    let total: u32 = attempts_per_day.values().sum();
+    assert!(
+        total as usize <= 4 * attempts_per_day.len() && total >= 10,
+        "{total} attempts over ten days"
+    );
+    assert_eq!(s.balance(), 0, "declines credit nothing");
+    s.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_hard_decline_switches_the_rule_off_and_says_so() {
+    let s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    spend_to(&s, 10);
+    s.topups
+        .try_recv()
+        .expect("the trigger of the first crossing");
+    s.event_names();
+    let policy = TopupPolicy::default();
+    let TopupDecision::Charge(charge) = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let verdict = Verdict::Declined {
+        decline: Decline::Hard,
+        reason: "Card expired",
+    };
+    s.engine
+        .settle_payment(&charge.reference, "sandbox", &verdict, "")
+        .unwrap();
+    let rule = s
+        .engine
+        .auto_topup(&s.tenant, "ada", None)
+        .unwrap()
+        .unwrap();
+    assert!(!rule.enabled);
+    assert_eq!(rule.disabled_reason.as_deref(), Some("Card expired"));
+    assert_eq!(s.event_names(), vec!["topup.failed", "autotopup.disabled"]);
+    s.clock.advance_ms(86_400_000);
+    let next = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap();
+    assert_eq!(next, TopupDecision::Skip(TopupSkip::Disabled));
+    spend_to(&s, 5);
+    assert!(
+        s.topups.try_recv().is_err(),
+        "a disabled rule triggers nothing"
+    );
+}
+
+#[test]
+fn rules_without_a_method_or_package_do_not_charge() {
+    let s = Setup::new();
+    rule(&s, 3);
+    let policy = TopupPolicy::default();
+    assert_eq!(
+        s.engine
+            .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+            .unwrap(),
+        TopupDecision::Skip(TopupSkip::NoMethod)
+    );
+    saved_card(&s);
+    s.engine
+        .delete_package(&s.tenant, "starter", &ADMIN)
+        .unwrap();
+    spend_to(&s, 0);
+    assert_eq!(
+        s.engine
+            .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+            .unwrap(),
+        TopupDecision::Skip(TopupSkip::PackageUnavailable)
+    );
+    assert_eq!(
+        s.engine
+            .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "stripe", &policy)
+            .unwrap(),
+        TopupDecision::Skip(TopupSkip::PackageUnavailable)
+    );
+}
+
+#[test]
+fn an_intent_survives_a_crash_and_settles_once_afterwards() {
+    let mut s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    spend_to(&s, 0);
+    let policy = TopupPolicy::default();
+    let TopupDecision::Charge(charge) = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap()
+    else {
+        panic!()
+    };
+    s.engine.snapshot().unwrap();
+    let before = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), before);
+    let unfinished = s.engine.unfinished_topups();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].reference, charge.reference);
+    // Reconciliation reports the charge that went through before the crash: credited once.
+    assert!(matches!(
+        s.engine
+            .settle_payment(&charge.reference, "sandbox", &paid(200_000, NGN), "")
+            .unwrap(),
+        Settlement::Credited { .. }
+    ));
+    assert!(matches!(
+        s.engine
+            .settle_payment(&charge.reference, "sandbox", &paid(200_000, NGN), "")
+            .unwrap(),
+        Settlement::AlreadySettled { .. }
+    ));
+    assert_eq!(s.balance(), 500);
+    assert!(s.engine.unfinished_topups().is_empty());
+    s.crash_and_reopen();
+    assert_eq!(s.balance(), 500);
+    s.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn payments_and_rules_survive_snapshots_and_replay() {
+    let mut s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    s.checkout("cd_pending");
+    s.engine.snapshot().unwrap();
+    s.engine
+        .credit(
+            &s.tenant,
+            &CreditRequest::new("ada", 5, CreditKind::Grant),
+            &ADMIN,
+        )
+        .unwrap();
+    s.engine
+        .set_tenant_webhook(
+            &s.tenant,
+            Some("https://app.example.com/hooks"),
+            Some("0123456789abcdef"),
+            &ADMIN,
+        )
+        .unwrap();
+    let before = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), before);
+    assert_eq!(
+        s.engine.payment("cd_pending").unwrap().status,
+        PaymentStatus::Pending
+    );
+    assert!(matches!(
+        s.engine.payment("cd_card").unwrap().status,
+        PaymentStatus::Succeeded { .. }
+    ));
+    assert_eq!(
+        s.engine.tenant_webhook(&s.tenant).unwrap().0,
+        "https://app.example.com/hooks"
+    );
+    // A settled payment is forgotten after the retention; a late delivery is then unmatched.
+    s.clock.advance_ms(8 * 86_400_000);
+    s.engine.purge_expired(s.clock.now_ms());
+    assert!(s.engine.payment("cd_card").is_none());
+    assert!(matches!(
+        s.engine
+            .settle_payment("cd_card", "sandbox", &paid(200_000, NGN), "")
+            .unwrap(),
+        Settlement::Unmatched { .. }
+    ));
+    assert_eq!(s.balance(), 505);
+}
