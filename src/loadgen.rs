@@ -71,6 +71,9 @@ pub struct LoadOptions {
     /// Skip creating and funding the users (they exist from an earlier run).
     #[arg(long, default_value_t = false)]
     pub skip_setup: bool,
+    /// Only create and fund the users, then exit (to drive the load with another tool, e.g. wrk).
+    #[arg(long, default_value_t = false)]
+    pub setup_only: bool,
     /// Prefix of user ids, so runs can share or separate users.
     #[arg(long, default_value = "lg")]
     pub user_prefix: String,

@@ -114,6 +114,12 @@ fn loadgen(options: &creditd::loadgen::LoadOptions) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("starting the runtime: {error}")),
     };
+    if options.setup_only {
+        return match runtime.block_on(creditd::loadgen::setup(options)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        };
+    }
     match runtime.block_on(creditd::loadgen::run(options)) {
         Ok(report) => {
             println!("{}", report.render(options));

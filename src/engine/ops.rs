@@ -663,10 +663,8 @@ impl Engine {
         if !dry_run {
             self.expire_due_holds(tenant, user, &mut account, now_ms)?;
         }
-        let wallet = account
-            .wallet(price.currency)
-            .copied()
-            .unwrap_or(Wallet::empty(price.currency));
+        // A dry run writes nothing, so it decides as if the due reservations were released.
+        let wallet = account.wallet_as_of(price.currency, now_ms);
         let available_after = spend_from(&wallet, price.amount)?;
         let event = Event::Debited {
             wallet: WalletRef {
@@ -724,13 +722,10 @@ impl Engine {
         if !request.dry_run {
             self.expire_due_holds(tenant, request.user, &mut account, now_ms)?;
         }
-        if account.holds().len() >= limits.max_reservations_per_user as usize {
+        if account.open_holds_as_of(now_ms) >= limits.max_reservations_per_user as usize {
             return Err(EngineError::TooManyReservations);
         }
-        let wallet = account
-            .wallet(price.currency)
-            .copied()
-            .unwrap_or(Wallet::empty(price.currency));
+        let wallet = account.wallet_as_of(price.currency, now_ms);
         let available_after = spend_from(&wallet, price.amount)?;
         let mut meta = self.meta(context, now_ms, request.description);
         meta.metadata = request.metadata;
@@ -974,6 +969,7 @@ impl Engine {
             .users
             .get_mut(user)
             .ok_or(EngineError::UserNotFound)?;
+        self.expire_due_holds(tenant, user, &mut account, now_ms)?;
         let wallet = account
             .wallet(currency)
             .copied()

@@ -267,6 +267,31 @@ impl Account {
         self.holds().iter().find(|hold| hold.id == id)
     }
 
+    /// The wallet in `currency` as it is once every reservation due by `now_ms` is released: what
+    /// a dry run must decide on, since the real request releases them first.
+    pub fn wallet_as_of(&self, currency: Currency, now_ms: i64) -> Wallet {
+        let mut wallet = self
+            .wallet(currency)
+            .copied()
+            .unwrap_or(Wallet::empty(currency));
+        for hold in self
+            .holds()
+            .iter()
+            .filter(|h| h.currency == currency && h.expires_at_ms <= now_ms)
+        {
+            wallet.reserved -= hold.amount;
+        }
+        wallet
+    }
+
+    /// Reservations still open at `now_ms`.
+    pub fn open_holds_as_of(&self, now_ms: i64) -> usize {
+        self.holds()
+            .iter()
+            .filter(|hold| hold.expires_at_ms > now_ms)
+            .count()
+    }
+
     /// The first open reservation whose time ran out at `now_ms`.
     pub fn first_due_hold(&self, now_ms: i64) -> Option<&Hold> {
         self.holds()
