@@ -12,6 +12,7 @@ use super::event::{
     ActionUse, Event, Meta, PackageRecord, ProfileRecord, TenantSettingsRecord, WalletRef,
 };
 use super::idempotency::{self, Begin, Claim, Done, IdempotencyKey};
+use super::payments::Spent;
 use super::state::{Account, Catalogue, HoldState, PaymentState, Tenant, Wallet};
 use super::types::{
     check_amount, check_id, check_text, ClosedAs, CreditKind, Currency, DebitKind, EngineError,
@@ -683,15 +684,13 @@ impl Engine {
             return dry_run_answer(&event);
         }
         let done = self.commit(tenant, &mut account, &event, claim)?;
-        self.after_spend(
-            tenant,
-            user,
-            &mut account,
-            price.currency,
-            wallet.available(),
-            available_after,
-            done.lsn,
-        );
+        let spent = Spent {
+            currency: price.currency,
+            before: wallet.available(),
+            after: available_after,
+            lsn: done.lsn,
+        };
+        self.after_spend(tenant, user, &mut account, &spent);
         Ok(done)
     }
 
@@ -746,15 +745,13 @@ impl Engine {
             return dry_run_answer(&event);
         }
         let done = self.commit(tenant, &mut account, &event, claim)?;
-        self.after_spend(
-            tenant,
-            request.user,
-            &mut account,
-            price.currency,
-            wallet.available(),
-            available_after,
-            done.lsn,
-        );
+        let spent = Spent {
+            currency: price.currency,
+            before: wallet.available(),
+            after: available_after,
+            lsn: done.lsn,
+        };
+        self.after_spend(tenant, request.user, &mut account, &spent);
         Ok(done)
     }
 
@@ -861,15 +858,13 @@ impl Engine {
                 };
                 let done = engine.commit(tenant, account, &event, claim)?;
                 let after = balance_after - reserved_after;
-                engine.after_spend(
-                    tenant,
-                    user,
-                    account,
+                let spent = Spent {
                     currency,
-                    wallet.available(),
+                    before: wallet.available(),
                     after,
-                    done.lsn,
-                );
+                    lsn: done.lsn,
+                };
+                engine.after_spend(tenant, user, account, &spent);
                 Ok(done)
             },
         )

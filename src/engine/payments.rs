@@ -267,7 +267,7 @@ pub enum TopupSkip {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopupDecision {
     /// Charge this.
-    Charge(TopupCharge),
+    Charge(Box<TopupCharge>),
     /// Do nothing now.
     Skip(TopupSkip),
 }
@@ -365,6 +365,15 @@ pub struct Hooks {
     pub events: crossbeam_channel::Sender<TenantEvent>,
 }
 
+/// How a change moved a wallet's `available`, for [`Engine::after_spend`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spent {
+    pub currency: Currency,
+    pub before: i64,
+    pub after: i64,
+    pub lsn: Lsn,
+}
+
 /// A fresh random reference for a checkout: `cd_` and 24 hex digits.
 pub fn new_reference() -> String {
     let bytes: [u8; 12] = rand::random();
@@ -420,11 +429,14 @@ impl Engine {
         tenant: &Tenant,
         user: &str,
         account: &mut Account,
-        currency: Currency,
-        before: i64,
-        after: i64,
-        lsn: Lsn,
+        spent: &Spent,
     ) {
+        let Spent {
+            currency,
+            before,
+            after,
+            lsn,
+        } = *spent;
         let Some(hooks) = self.hooks.get() else {
             return;
         };
@@ -911,13 +923,10 @@ impl Engine {
             Some(TopupSkip::DailyCap)
         } else if rule.attempts_in_last_hour(now_ms) >= policy.max_per_hour as usize {
             Some(TopupSkip::BurstCap)
-        } else if let Some(until_ms) =
+        } else {
             backoff_until(rule.consecutive_failures, rule.last_attempt_ms, policy)
                 .filter(|&until| now_ms < until)
-        {
-            Some(TopupSkip::Backoff { until_ms })
-        } else {
-            None
+                .map(|until_ms| TopupSkip::Backoff { until_ms })
         };
         if let Some(skip) = skip {
             return Ok(TopupDecision::Skip(skip));
@@ -963,13 +972,13 @@ impl Engine {
         let payment = self
             .payment(&reference)
             .ok_or(EngineError::Conflict("payment vanished"))?;
-        Ok(TopupDecision::Charge(TopupCharge {
+        Ok(TopupDecision::Charge(Box::new(TopupCharge {
             reference,
             payment,
             token,
             customer,
             lsn,
-        }))
+        })))
     }
 
     /// Switches a wallet's rule off and says why (a hard decline, say).
