@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod inspect;
 pub mod loadgen;
 pub mod metrics;
+pub mod payments;
 pub mod server;
 pub mod time;
 pub mod wal;

@@ -27,6 +27,9 @@ pub enum ServerError {
     /// The listen address could not be bound.
     #[error("could not listen: {0}")]
     Bind(std::io::Error),
+    /// The payment gateway is not configured correctly.
+    #[error("payments: {0}")]
+    Payments(String),
     /// An API key names a tenant that could not be resolved.
     #[error("API keys: {0}")]
     Keys(String),
@@ -123,8 +126,26 @@ pub async fn serve_engine(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
+    let payments = Arc::new(
+        crate::payments::Payments::new(Arc::clone(&engine), &config.payments, &public_url)
+            .map_err(ServerError::Payments)?,
+    );
+    // Hooks before the first request: a debit may trigger a top-up from the start.
+    let (topup_sender, topups) = crossbeam_channel::bounded(4096);
+    let (event_sender, events) =
+        crossbeam_channel::bounded(config.payments.events.queue.max(1) as usize);
+    let hooks = crate::engine::payments::Hooks {
+        topups: topup_sender,
+        events: event_sender,
+    };
+    if engine.connect_hooks(hooks).is_err() {
+        return Err(ServerError::Payments("the engine is already served".into()));
+    }
+    let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
+    crate::payments::events::spawn(Arc::clone(&payments), events);
     let state = ApiState::new(
         Arc::clone(&engine),
+        Arc::clone(&payments),
         &config.auth.keys,
         config.server.clone(),
         config.limits.clone(),
@@ -139,6 +160,7 @@ pub async fn serve_engine(
     let upkeep = tokio::spawn(upkeep(Arc::clone(&state)));
     crate::api::serve(listener, Arc::clone(&state), shutdown).await;
     upkeep.abort();
+    worker.abort();
     tracing::info!("shutting down: flushing the log and writing a final snapshot");
     let closing = Arc::clone(&engine);
     let summary = tokio::task::spawn_blocking(move || closing.shutdown())

@@ -198,6 +198,12 @@ pub struct TenantBody<'a> {
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub default_currency: Option<Cow<'a, str>>,
+    /// Where the tenant's application receives events; `""` stops them.
+    #[serde(borrow, default)]
+    pub webhook_url: Option<Cow<'a, str>>,
+    /// The secret events are signed with (16 to 256 characters).
+    #[serde(borrow, default)]
+    pub webhook_secret: Option<Cow<'a, str>>,
 }
 
 /// An id rendered with a type prefix (`ent_42`, `rsv_42`) without allocating.
@@ -405,6 +411,9 @@ pub struct TenantJson {
     pub name: Option<String>,
     pub default_currency: String,
     pub users: usize,
+    /// Where events go (the secret is never shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 impl From<TenantView> for TenantJson {
@@ -414,6 +423,7 @@ impl From<TenantView> for TenantJson {
             name: view.name,
             default_currency: view.default_currency.to_string(),
             users: view.users,
+            webhook_url: None,
         }
     }
 }

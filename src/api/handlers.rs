@@ -53,7 +53,7 @@ impl Call<'_> {
         })
     }
 
-    fn context<'b>(&'b self, idempotency: Option<IdempotencyKey<'b>>) -> Context<'b> {
+    pub(super) fn context<'b>(&'b self, idempotency: Option<IdempotencyKey<'b>>) -> Context<'b> {
         Context {
             actor: self.actor,
             idempotency,
@@ -142,7 +142,14 @@ pub fn wallet_status(available: i64, low_balance: i64) -> &'static str {
     }
 }
 
-fn wallet_json(user: &UserView, currency: Currency, low_balance: i64) -> WalletJson {
+fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) -> WalletJson {
+    let low_balance = call.low_balance();
+    let rule = call
+        .state
+        .engine
+        .auto_topup(&call.tenant, &user.user_id, Some(currency))
+        .ok()
+        .flatten();
     let wallet = user.wallet(currency);
     WalletJson {
         user_id: user.user_id.clone(),
@@ -152,12 +159,12 @@ fn wallet_json(user: &UserView, currency: Currency, low_balance: i64) -> WalletJ
         available: wallet.available,
         overdraft_limit: wallet.overdraft_limit,
         status: wallet_status(wallet.available, low_balance),
-        auto_topup: None,
+        auto_topup: rule.as_ref().map(super::payments::rule_json),
         balances: user.wallets.iter().map(BalanceJson::from).collect(),
     }
 }
 
-fn user_json(user: &UserView, currency: Currency, low_balance: i64) -> UserJson {
+fn user_json(call: &Call<'_>, user: &UserView, currency: Currency) -> UserJson {
     UserJson {
         user_id: user.user_id.clone(),
         email: user.email.clone(),
@@ -166,7 +173,7 @@ fn user_json(user: &UserView, currency: Currency, low_balance: i64) -> UserJson 
             .metadata
             .as_ref()
             .and_then(|text| RawValue::from_string(text.clone()).ok()),
-        wallet: wallet_json(user, currency, low_balance),
+        wallet: wallet_json(call, user, currency),
     }
 }
 
@@ -199,18 +206,14 @@ pub async fn put_user(call: &Call<'_>, user: &str, body: &[u8]) -> Answer {
     };
     Ok(json_response(
         status,
-        &user_json(&view, call.tenant.default_currency(), call.low_balance()),
+        &user_json(call, &view, call.tenant.default_currency()),
     ))
 }
 
 /// `GET /v1/users/{user_id}`.
 pub fn get_user(call: &Call<'_>, user: &str) -> Answer {
     let view = call.tenant.user(user)?;
-    ok(&user_json(
-        &view,
-        call.tenant.default_currency(),
-        call.low_balance(),
-    ))
+    ok(&user_json(call, &view, call.tenant.default_currency()))
 }
 
 /// `GET /v1/users/{user_id}/wallet[?currency=]`.
@@ -227,7 +230,7 @@ pub fn get_wallet(call: &Call<'_>, user: &str, query: Option<&str>) -> Answer {
         }
     }
     let view = call.tenant.user(user)?;
-    ok(&wallet_json(&view, currency, call.low_balance()))
+    ok(&wallet_json(call, &view, currency))
 }
 
 /// `POST /v1/users/{user_id}/credit`.
@@ -726,9 +729,9 @@ pub async fn put_overdraft(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer 
         .map_err(EngineError::from)?;
     let view = call.tenant.user(user)?;
     ok(&wallet_json(
+        call,
         &view,
         currency.unwrap_or(call.tenant.default_currency()),
-        call.low_balance(),
     ))
 }
 
@@ -901,7 +904,7 @@ pub fn bootstrap(call: &Call<'_>, user: &str) -> Answer {
         .map(ActionJson::from)
         .collect();
     ok(&serde_json::json!({
-        "wallet": wallet_json(&view, call.tenant.default_currency(), call.low_balance()),
+        "wallet": wallet_json(call, &view, call.tenant.default_currency()),
         "available_packages": packages,
         "actions": actions,
     }))
@@ -939,9 +942,33 @@ pub async fn put_tenant(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
         default_currency,
         &call.context(None),
     )?;
+    let mut last = lsn;
+    match (body.webhook_url.as_deref(), body.webhook_secret.as_deref()) {
+        (None, None) => {}
+        (Some(""), _) => {
+            last = call
+                .state
+                .engine
+                .set_tenant_webhook(&tenant, None, None, &call.context(None))?
+        }
+        (Some(url), Some(secret)) => {
+            last = call.state.engine.set_tenant_webhook(
+                &tenant,
+                Some(url),
+                Some(secret),
+                &call.context(None),
+            )?
+        }
+        _ => {
+            return Err(
+                Problem::invalid("webhook_url and webhook_secret go together")
+                    .with("field", "webhook_secret"),
+            )
+        }
+    }
     call.state
         .engine
-        .durable(lsn)
+        .durable(last.max(lsn))
         .await
         .map_err(EngineError::from)?;
     let status = if created {
@@ -949,5 +976,11 @@ pub async fn put_tenant(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
     } else {
         StatusCode::OK
     };
-    Ok(json_response(status, &TenantJson::from(tenant.view())))
+    let mut json = TenantJson::from(tenant.view());
+    json.webhook_url = call
+        .state
+        .engine
+        .tenant_webhook(&tenant)
+        .map(|(url, _)| url);
+    Ok(json_response(status, &json))
 }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod dto;
 pub mod handlers;
+pub mod payments;
 pub mod problem;
 pub mod router;
 
@@ -41,6 +42,8 @@ pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
 pub struct ApiState {
     /// The engine.
     pub engine: Arc<Engine>,
+    /// Payments and their gateway.
+    pub payments: Arc<crate::payments::Payments>,
     /// API keys.
     pub keys: auth::KeyTable,
     /// Request metrics.
@@ -63,6 +66,7 @@ impl ApiState {
     /// Builds the state; the engine must already hold every tenant the keys name.
     pub fn new(
         engine: Arc<Engine>,
+        payments: Arc<crate::payments::Payments>,
         keys: &[crate::config::ApiKey],
         server: ServerConfig,
         limits: Limits,
@@ -71,6 +75,7 @@ impl ApiState {
         let keys = auth::KeyTable::new(keys, &engine)?;
         Ok(ApiState {
             engine,
+            payments,
             keys,
             metrics: Metrics::new(router::TEMPLATES),
             prometheus: crate::metrics::install(),
@@ -263,6 +268,16 @@ async fn dispatch(
                 OPENAPI_YAML,
             ))
         }
+        Route::SandboxPage => return payments::sandbox_page(state, param),
+        Route::Webhook | Route::SandboxAction => {
+            // Open routes: a webhook carries the gateway's signature, the sandbox page its reference.
+            let bytes = read_body(body, parts, state.server.max_body_bytes).await?;
+            return if route == Route::Webhook {
+                payments::webhook(state, param, &parts.headers, &bytes).await
+            } else {
+                payments::sandbox_action(state, param, &bytes).await
+            };
+        }
         _ => {}
     }
     let key = state.keys.authenticate(&parts.headers)?;
@@ -316,11 +331,21 @@ async fn dispatch(
         Route::ListTenants => handlers::list_tenants(&call),
         Route::GetTenant => handlers::get_tenant(&call, param),
         Route::PutTenant => handlers::put_tenant(&call, param, &bytes).await,
+        Route::InitializePayment => payments::initialize(&call, &bytes).await,
+        Route::GetPayment => payments::get_payment(&call, param).await,
+        Route::GetAutoTopup => payments::get_auto_topup(&call, param, parts.uri.query()),
+        Route::PutAutoTopup => payments::put_auto_topup(&call, param, &bytes).await,
+        Route::DeleteAutoTopup => {
+            payments::delete_auto_topup(&call, param, parts.uri.query()).await
+        }
         Route::Livez
         | Route::Readyz
         | Route::Healthz
         | Route::Metrics
         | Route::OpenApi
+        | Route::Webhook
+        | Route::SandboxPage
+        | Route::SandboxAction
         | Route::Unmatched => Err(Problem::no_route(parts.uri.path())),
     }
 }
@@ -333,7 +358,9 @@ fn required_role(route: Route) -> Role {
         | Route::PutAction
         | Route::DeleteAction
         | Route::PutPackage
-        | Route::DeletePackage => Role::Admin,
+        | Route::DeletePackage
+        | Route::PutAutoTopup
+        | Route::DeleteAutoTopup => Role::Admin,
         Route::ListTenants | Route::GetTenant | Route::PutTenant => Role::Platform,
         _ => Role::Service,
     }

@@ -39,6 +39,14 @@ pub enum Route {
     ListTenants,
     GetTenant,
     PutTenant,
+    InitializePayment,
+    GetPayment,
+    Webhook,
+    SandboxPage,
+    SandboxAction,
+    GetAutoTopup,
+    PutAutoTopup,
+    DeleteAutoTopup,
     /// No route matched (404), the method was wrong (405) or the path was malformed (400).
     Unmatched,
 }
@@ -91,6 +99,22 @@ pub const ROUTES: &[(Route, &str, &str)] = &[
     (Route::ListTenants, "GET", "/v1/tenants"),
     (Route::GetTenant, "GET", "/v1/tenants/{tenant_id}"),
     (Route::PutTenant, "PUT", "/v1/tenants/{tenant_id}"),
+    (Route::InitializePayment, "POST", "/v1/payments/initialize"),
+    (Route::GetPayment, "GET", "/v1/payments/{reference}"),
+    (Route::Webhook, "POST", "/v1/webhooks/{gateway}"),
+    (Route::SandboxPage, "GET", "/sandbox/checkout/{reference}"),
+    (
+        Route::SandboxAction,
+        "POST",
+        "/sandbox/checkout/{reference}",
+    ),
+    (Route::GetAutoTopup, "GET", "/v1/users/{user_id}/auto-topup"),
+    (Route::PutAutoTopup, "PUT", "/v1/users/{user_id}/auto-topup"),
+    (
+        Route::DeleteAutoTopup,
+        "DELETE",
+        "/v1/users/{user_id}/auto-topup",
+    ),
     (Route::Unmatched, "ANY", "unmatched"),
 ];
 
@@ -160,6 +184,24 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, NoRoute>
         ["v1", "users", user, "reservations"] => (user, &[(Method::POST, Route::Reserve)]),
         ["v1", "users", user, "revoke"] => (user, &[(Method::POST, Route::Revoke)]),
         ["v1", "users", user, "overdraft"] => (user, &[(Method::PUT, Route::PutOverdraft)]),
+        ["v1", "users", user, "auto-topup"] => (
+            user,
+            &[
+                (Method::GET, Route::GetAutoTopup),
+                (Method::PUT, Route::PutAutoTopup),
+                (Method::DELETE, Route::DeleteAutoTopup),
+            ],
+        ),
+        ["v1", "payments", "initialize"] => ("", &[(Method::POST, Route::InitializePayment)]),
+        ["v1", "payments", reference] => (reference, &[(Method::GET, Route::GetPayment)]),
+        ["v1", "webhooks", gateway] => (gateway, &[(Method::POST, Route::Webhook)]),
+        ["sandbox", "checkout", reference] => (
+            reference,
+            &[
+                (Method::GET, Route::SandboxPage),
+                (Method::POST, Route::SandboxAction),
+            ],
+        ),
         ["v1", "debits", "batch"] => ("", &[(Method::POST, Route::BatchDebit)]),
         ["v1", "reservations", id] => (id, &[(Method::GET, Route::GetReservation)]),
         ["v1", "reservations", id, "capture"] => (id, &[(Method::POST, Route::Capture)]),
@@ -218,6 +260,7 @@ fn allowed(choices: &[(Method, Route)]) -> &'static str {
         ["PUT", "GET"] => "GET, PUT",
         ["GET", "PUT"] => "GET, PUT",
         ["GET", "PUT", "DELETE"] => "GET, PUT, DELETE",
+        ["GET", "POST"] => "GET, POST",
         _ => "GET",
     }
 }

@@ -505,6 +505,31 @@ pub enum Event<'a> {
         #[serde(borrow)]
         meta: Meta<'a>,
     },
+    /// The gateway's checkout page for a payment.
+    PaymentCheckoutOpened {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The payment.
+        reference: &'a str,
+        /// Where the customer pays.
+        checkout_url: &'a str,
+        /// When.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A reusable payment method reported after its payment was settled.
+    PaymentMethodSaved {
+        /// The wallet.
+        #[serde(borrow)]
+        wallet: WalletRef<'a>,
+        /// The method.
+        #[serde(borrow)]
+        method: MethodRecord<'a>,
+        /// When.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
 }
 
 impl<'a> Event<'a> {
@@ -531,7 +556,9 @@ impl<'a> Event<'a> {
             | Event::PaymentFailed { wallet, .. }
             | Event::AutoTopupSet { wallet, .. }
             | Event::AutoTopupDeleted { wallet, .. }
-            | Event::AutoTopupDisabled { wallet, .. } => wallet.tenant,
+            | Event::AutoTopupDisabled { wallet, .. }
+            | Event::PaymentCheckoutOpened { wallet, .. }
+            | Event::PaymentMethodSaved { wallet, .. } => wallet.tenant,
         }
     }
 
@@ -558,7 +585,9 @@ impl<'a> Event<'a> {
             | Event::AutoTopupSet { meta, .. }
             | Event::AutoTopupDeleted { meta, .. }
             | Event::AutoTopupDisabled { meta, .. }
-            | Event::TenantWebhookSet { meta, .. } => meta,
+            | Event::TenantWebhookSet { meta, .. }
+            | Event::PaymentCheckoutOpened { meta, .. }
+            | Event::PaymentMethodSaved { meta, .. } => meta,
         }
     }
 
@@ -577,7 +606,9 @@ impl<'a> Event<'a> {
             | Event::PaymentFailed { wallet, .. }
             | Event::AutoTopupSet { wallet, .. }
             | Event::AutoTopupDeleted { wallet, .. }
-            | Event::AutoTopupDisabled { wallet, .. } => Some(wallet),
+            | Event::AutoTopupDisabled { wallet, .. }
+            | Event::PaymentCheckoutOpened { wallet, .. }
+            | Event::PaymentMethodSaved { wallet, .. } => Some(wallet),
             _ => None,
         }
     }

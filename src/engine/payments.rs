@@ -75,6 +75,8 @@ pub struct PaymentView {
     pub created_ms: i64,
     /// Where it stands.
     pub status: PaymentStatus,
+    /// The gateway's checkout page, once it answered.
+    pub checkout_url: Option<String>,
     /// The record to wait for before showing it.
     pub last_lsn: Lsn,
 }
@@ -98,6 +100,7 @@ impl PaymentView {
                 PaymentState::Succeeded { entry_id, .. } => PaymentStatus::Succeeded { entry_id },
                 PaymentState::Failed { decline, .. } => PaymentStatus::Failed { decline },
             },
+            checkout_url: entry.checkout_url.as_deref().map(str::to_owned),
             last_lsn: entry.last_lsn,
         }
     }
@@ -199,6 +202,19 @@ pub struct RuleView {
     pub consecutive_failures: u32,
     /// The attempt in flight.
     pub pending: Option<String>,
+}
+
+/// A saved payment method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodView {
+    /// Its gateway.
+    pub gateway: String,
+    /// Its token.
+    pub token: String,
+    /// Its customer.
+    pub customer: Option<String>,
+    /// What to show.
+    pub label: Option<String>,
 }
 
 /// The caps and delays of automatic top-up, from the configuration.
@@ -552,6 +568,44 @@ impl Engine {
         Ok((view, lsn))
     }
 
+    /// Records the gateway's checkout page of a pending payment, so a replayed `initialize` answers
+    /// the same page.
+    pub fn open_checkout(&self, reference: &str, checkout_url: &str) -> Result<Lsn, EngineError> {
+        if checkout_url.is_empty() || checkout_url.len() > 2048 {
+            return Err(EngineError::Invalid(Invalid::new(
+                "checkout_url",
+                "must be 1 to 2048 characters",
+            )));
+        }
+        let (tenant, user, currency) = {
+            let entry = self
+                .state
+                .payments
+                .get(reference)
+                .ok_or(EngineError::Conflict("unknown payment"))?;
+            (entry.tenant.clone(), entry.user.clone(), entry.currency)
+        };
+        let tenant = self
+            .state
+            .tenant(&tenant)
+            .ok_or(EngineError::TenantNotFound)?;
+        let mut account = tenant
+            .users
+            .get_mut(user.as_str())
+            .ok_or(EngineError::UserNotFound)?;
+        let event = Event::PaymentCheckoutOpened {
+            wallet: WalletRef {
+                tenant: &tenant.id,
+                user: &user,
+                currency,
+            },
+            reference,
+            checkout_url,
+            meta: Meta::system(self.clock.now_ms()),
+        };
+        self.commit_event(&tenant, &mut account, &event)
+    }
+
     /// A payment by reference, in any tenant.
     pub fn payment(&self, reference: &str) -> Option<PaymentView> {
         self.state
@@ -601,6 +655,34 @@ impl Engine {
             return self.record_unmatched(gateway, reference, detail, now_ms);
         };
         if entry.state != PaymentState::Pending {
+            // A later report may still carry the reusable method (Stripe sends it on its own event).
+            if let (
+                PaymentState::Succeeded { .. },
+                Verdict::Paid {
+                    method: Some(method),
+                    ..
+                },
+            ) = (entry.state, verdict)
+            {
+                let saved = account.payment_method();
+                if !saved.is_some_and(|saved| {
+                    &*saved.token == method.token && saved.gateway == method.gateway
+                }) {
+                    let event = Event::PaymentMethodSaved {
+                        wallet: WalletRef {
+                            tenant: &tenant.id,
+                            user: &user,
+                            currency: entry.currency,
+                        },
+                        method: *method,
+                        meta: Meta {
+                            reference: Some(reference),
+                            ..Meta::system(now_ms)
+                        },
+                    };
+                    self.commit_event(&tenant, &mut account, &event)?;
+                }
+            }
             return Ok(Settlement::AlreadySettled {
                 payment: PaymentView::new(reference, &entry),
             });
@@ -620,7 +702,11 @@ impl Engine {
                 paid_currency,
                 method,
             } => {
-                if paid_minor != entry.amount_minor || paid_currency != entry.price_currency {
+                // Currency codes compare without case: gateways report `ngn` for `NGN`.
+                let same_currency = paid_currency
+                    .as_str()
+                    .eq_ignore_ascii_case(entry.price_currency.as_str());
+                if paid_minor != entry.amount_minor || !same_currency {
                     let reason = format!(
                         "paid {paid_minor} {paid_currency}, the package costs {} {}",
                         entry.amount_minor, entry.price_currency
@@ -872,6 +958,21 @@ impl Engine {
             attempts_today: rule.attempts_on(now_ms),
             consecutive_failures: rule.consecutive_failures,
             pending: rule.pending.as_deref().map(str::to_owned),
+        }))
+    }
+
+    /// The user's saved payment method.
+    pub fn saved_method(
+        &self,
+        tenant: &Tenant,
+        user: &str,
+    ) -> Result<Option<MethodView>, EngineError> {
+        let account = tenant.users.get(user).ok_or(EngineError::UserNotFound)?;
+        Ok(account.payment_method().map(|method| MethodView {
+            gateway: method.gateway.to_string(),
+            token: method.token.to_string(),
+            customer: method.customer.as_deref().map(str::to_owned),
+            label: method.label.as_deref().map(str::to_owned),
         }))
     }
 

@@ -694,6 +694,19 @@ impl Account {
                 self.refresh_rule_flag(wallet.currency);
                 HoldChange::None
             }
+            Event::PaymentCheckoutOpened { .. } => HoldChange::None,
+            Event::PaymentMethodSaved {
+                method, ref meta, ..
+            } => {
+                self.extra_mut().payment_method = Some(SavedMethod {
+                    gateway: method.gateway.into(),
+                    token: method.token.into(),
+                    customer: method.customer.map(Box::from),
+                    label: method.label.map(Box::from),
+                    saved_ms: meta.time_ms,
+                });
+                HoldChange::None
+            }
             Event::TenantUpserted { .. }
             | Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
@@ -1014,6 +1027,8 @@ pub(crate) struct PaymentEntry {
     pub purpose: PaymentPurpose,
     pub created_ms: i64,
     pub state: PaymentState,
+    /// The gateway's checkout page, once it answered.
+    pub checkout_url: Option<Box<str>>,
 }
 
 /// Every tenant, the payments of all of them, and the counters shared by all of them.
@@ -1178,6 +1193,7 @@ impl State {
                         purpose,
                         created_ms: meta.time_ms,
                         state: PaymentState::Pending,
+                        checkout_url: None,
                     });
                     Ok(())
                 }
@@ -1207,6 +1223,21 @@ impl State {
                     at_ms: meta.time_ms,
                 },
             ),
+            Event::PaymentCheckoutOpened {
+                reference,
+                checkout_url,
+                ..
+            } => {
+                let mut entry = self
+                    .payments
+                    .get_mut(reference)
+                    .ok_or_else(|| mismatch("checkout of an unknown payment"))?;
+                if entry.last_lsn < lsn {
+                    entry.checkout_url = Some(checkout_url.into());
+                    entry.last_lsn = lsn;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -1,0 +1,134 @@
+//! Events to tenants' applications: `wallet.low_balance`, `wallet.depleted`, `topup.succeeded`,
+//! `topup.failed`, `autotopup.disabled`. Each is sent once the record it follows from is durable,
+//! as a JSON POST to the tenant's endpoint, signed like Stripe's webhooks:
+//! `Creditd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body" under the tenant's secret>`.
+//! Failures are retried with doubling delays; the queue is bounded and a full queue drops events
+//! (counted) rather than slowing a debit. Delivery is at least once while the process runs; events
+//! queued when it stops are not kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use super::signature::sign_timestamped;
+use super::Payments;
+use crate::engine::event::PaymentPurpose;
+use crate::engine::payments::{TenantEvent, TenantEventKind};
+use crate::time::format_rfc3339_ms;
+
+/// The header that carries the signature.
+pub const SIGNATURE_HEADER: &str = "Creditd-Signature";
+/// Deliveries in flight at once.
+const CONCURRENT_DELIVERIES: usize = 32;
+
+/// The JSON body of an event.
+pub fn body(event: &TenantEvent) -> Value {
+    let purpose = |purpose: PaymentPurpose| match purpose {
+        PaymentPurpose::Checkout => "checkout",
+        PaymentPurpose::AutoTopup => "auto_topup",
+    };
+    let mut data = json!({ "user_id": event.user, "currency": event.currency.as_str() });
+    let extra = match &event.kind {
+        TenantEventKind::LowBalance {
+            available,
+            threshold,
+        } => json!({ "available": available, "threshold": threshold }),
+        TenantEventKind::Depleted { available } => json!({ "available": available }),
+        TenantEventKind::TopupSucceeded {
+            reference,
+            purpose: p,
+            credits,
+            balance,
+        } => {
+            json!({ "reference": reference, "purpose": purpose(*p), "credits": credits, "balance": balance })
+        }
+        TenantEventKind::TopupFailed {
+            reference,
+            purpose: p,
+            decline,
+        } => {
+            json!({ "reference": reference, "purpose": purpose(*p), "reason": decline.as_str() })
+        }
+        TenantEventKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
+    };
+    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    json!({
+        "id": format!("evt_{}_{}", event.lsn, event.kind.name().replace('.', "_")),
+        "type": event.kind.name(),
+        "created_at": format_rfc3339_ms(event.time_ms),
+        "tenant_id": event.tenant,
+        "data": data,
+    })
+}
+
+/// Runs delivery on the current runtime.
+pub fn spawn(payments: Arc<Payments>, events: crossbeam_channel::Receiver<TenantEvent>) {
+    let runtime = tokio::runtime::Handle::current();
+    let permits = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
+    let spawned = std::thread::Builder::new()
+        .name("creditd-events".into())
+        .spawn(move || {
+            for event in events.iter() {
+                let (payments, permits) = (Arc::clone(&payments), Arc::clone(&permits));
+                runtime.spawn(async move {
+                    let Ok(_permit) = permits.acquire().await else {
+                        return;
+                    };
+                    deliver(&payments, &event).await;
+                });
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "could not start event delivery");
+    }
+}
+
+/// Delivers one event, retrying with doubling delays.
+pub async fn deliver(payments: &Payments, event: &TenantEvent) {
+    let engine = payments.engine();
+    if engine.durable(event.lsn).await.is_err() {
+        payments.count_event("dropped");
+        return;
+    }
+    let Some(tenant) = engine.tenant(&event.tenant) else {
+        return;
+    };
+    let Some((url, secret)) = engine.tenant_webhook(&tenant) else {
+        payments.count_event("no_endpoint");
+        return;
+    };
+    let body = serde_json::to_vec(&body(event)).unwrap_or_default();
+    let config = &payments.config().events;
+    let mut delay = Duration::from_secs(config.retry.0.max(1));
+    for attempt in 1..=config.attempts.max(1) {
+        let signature = sign_timestamped(secret.as_bytes(), engine.now_ms() / 1000, &body);
+        let sent = payments
+            .http()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                payments.count_event("delivered");
+                return;
+            }
+            Ok(response) => {
+                tracing::debug!(status = %response.status(), attempt, %url, "event refused")
+            }
+            Err(error) => tracing::debug!(%error, attempt, %url, "event not delivered"),
+        }
+        if attempt < config.attempts {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3600));
+        }
+    }
+    tracing::warn!(%url, event = event.kind.name(), "event dropped after every attempt failed");
+    payments.count_event("failed");
+}

@@ -1,0 +1,246 @@
+//! The automatic top-up worker. A debit that leaves a wallet under its rule's threshold sets the
+//! wallet's trigger flag under its lock and hands a trigger over a bounded channel (never blocking
+//! the debit). The worker asks the engine to plan: the engine checks the rule, the daily and hourly
+//! caps and the backoff, and records the intent with a deterministic reference before anything
+//! leaves the process. Only once that record is durable is the gateway called, with the reference
+//! as its idempotency key; its answer is settled through the engine like any webhook.
+//!
+//! An answer that never came (a timeout, a crash) leaves the intent pending. The sweep and the start
+//! reconcile it: the gateway's verify call says what happened; if the gateway never heard of it, the
+//! same charge is sent again under the same reference, which gateways accept at most once. So a
+//! crash between intent and settlement ends in exactly one charge and one credit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::gateway::{ChargeSpec, Outcome, PaymentGateway};
+use super::{GatewayOp, Payments};
+use crate::engine::payments::{PaymentView, TopupCharge, TopupDecision, TopupTrigger};
+
+/// Pending intents younger than this are left to the call that is making them.
+const RECONCILE_AFTER_MS: i64 = 30_000;
+
+/// The worker.
+#[derive(Clone)]
+pub struct TopupWorker {
+    payments: Arc<Payments>,
+    permits: Arc<Semaphore>,
+}
+
+impl TopupWorker {
+    /// A worker charging at most `payments.autotopup.concurrency` at once.
+    pub fn new(payments: Arc<Payments>) -> TopupWorker {
+        let permits = Arc::new(Semaphore::new(
+            payments.config.autotopup.concurrency.max(1) as usize
+        ));
+        TopupWorker { payments, permits }
+    }
+
+    /// Runs the worker on the current runtime: triggers as they come, the sweep on its interval,
+    /// and a reconciliation of unfinished intents right away.
+    pub fn spawn(
+        self,
+        triggers: crossbeam_channel::Receiver<TopupTrigger>,
+    ) -> tokio::task::JoinHandle<()> {
+        let runtime = tokio::runtime::Handle::current();
+        let forwarder = self.clone();
+        // The engine's channel is synchronous; one thread hands its triggers to the runtime.
+        let spawned = std::thread::Builder::new()
+            .name("creditd-topups".into())
+            .spawn(move || {
+                for trigger in triggers.iter() {
+                    let worker = forwarder.clone();
+                    runtime.spawn(async move { worker.handle(trigger).await });
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start the top-up trigger thread; the sweep alone will top up");
+        }
+        tokio::spawn(async move {
+            self.reconcile_all(0).await;
+            let every = Duration::from_secs(self.payments.config.autotopup.sweep_every.0.max(1));
+            loop {
+                tokio::time::sleep(every).await;
+                self.sweep().await;
+            }
+        })
+    }
+
+    /// Handles one trigger: plan, charge, settle, and let the wallet be triggered again.
+    pub async fn handle(&self, trigger: TopupTrigger) {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
+        let engine = &self.payments.engine;
+        let Some(tenant) = engine.tenant(&trigger.tenant) else {
+            return;
+        };
+        let gateway = self.payments.gateway.name();
+        match engine.plan_auto_topup(
+            &tenant,
+            &trigger.user,
+            trigger.currency,
+            gateway,
+            &self.payments.policy,
+        ) {
+            Ok(TopupDecision::Charge(charge)) => self.charge(&charge).await,
+            Ok(TopupDecision::Skip(reason)) => {
+                tracing::debug!(tenant = %trigger.tenant, user = %trigger.user, ?reason, "no top-up now");
+                self.payments.count_autotopup("skipped");
+            }
+            Err(error) => {
+                tracing::warn!(%error, tenant = %trigger.tenant, user = %trigger.user, "planning a top-up failed");
+                self.payments.count_autotopup("error");
+            }
+        }
+        engine.clear_topup_trigger(&tenant, &trigger.user, trigger.currency);
+    }
+
+    /// Sends a recorded intent to the gateway and settles the answer.
+    async fn charge(&self, charge: &TopupCharge) {
+        let engine = &self.payments.engine;
+        // The intent must survive a crash before the gateway may charge anything.
+        if engine.durable(charge.lsn).await.is_err() {
+            self.payments.count_autotopup("error");
+            return;
+        }
+        let spec = ChargeSpec {
+            reference: &charge.reference,
+            amount_minor: charge.payment.amount_minor,
+            currency: charge.payment.price_currency,
+            token: &charge.token,
+            customer: charge.customer.as_deref(),
+        };
+        let answer = self
+            .payments
+            .timed(GatewayOp::Charge, self.payments.gateway.charge(&spec))
+            .await;
+        self.settle(&charge.reference, answer, "auto top-up charge")
+            .await;
+    }
+
+    async fn settle(
+        &self,
+        reference: &str,
+        answer: Result<Outcome, super::gateway::GatewayError>,
+        detail: &str,
+    ) {
+        match answer {
+            Ok(outcome @ (Outcome::Paid { .. } | Outcome::Declined { .. })) => {
+                let label = if matches!(outcome, Outcome::Paid { .. }) {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                match self.payments.settle(reference, &outcome, detail).await {
+                    Ok(_) => self.payments.count_autotopup(label),
+                    Err(error) => {
+                        tracing::error!(%error, reference, "settling a top-up failed; it will be reconciled");
+                        self.payments.count_autotopup("error");
+                    }
+                }
+            }
+            Ok(Outcome::Pending | Outcome::NotFound) => self.payments.count_autotopup("pending"),
+            Err(error) => {
+                tracing::warn!(%error, reference, "top-up charge got no answer; it will be verified");
+                self.payments.count_autotopup("pending");
+            }
+        }
+    }
+
+    /// Reconciles stale intents and hands every wallet that wants a top-up a trigger.
+    pub async fn sweep(&self) {
+        self.reconcile_all(RECONCILE_AFTER_MS).await;
+        let engine = Arc::clone(&self.payments.engine);
+        let Ok(wanting) = tokio::task::spawn_blocking(move || engine.wallets_wanting_topup()).await
+        else {
+            return;
+        };
+        for trigger in wanting {
+            let worker = self.clone();
+            tokio::spawn(async move { worker.handle(trigger).await });
+        }
+    }
+
+    /// Reconciles every unfinished intent older than `older_than_ms`.
+    pub async fn reconcile_all(&self, older_than_ms: i64) {
+        let now_ms = self.payments.engine.now_ms();
+        for payment in self.payments.engine.unfinished_topups() {
+            if now_ms - payment.created_ms >= older_than_ms {
+                self.reconcile(&payment).await;
+            }
+        }
+    }
+
+    /// Asks the gateway what happened to an intent and settles it; if the gateway never heard of it,
+    /// sends the same charge again under the same reference.
+    pub async fn reconcile(&self, payment: &PaymentView) {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
+        let answer = self
+            .payments
+            .timed(
+                GatewayOp::Verify,
+                self.payments.gateway.verify(&payment.reference),
+            )
+            .await;
+        match answer {
+            Ok(Outcome::NotFound) => {
+                let Some(tenant) = self.payments.engine.tenant(&payment.tenant) else {
+                    return;
+                };
+                let Ok(Some((token, customer))) = method_of(&self.payments, &tenant, payment)
+                else {
+                    return;
+                };
+                let spec = ChargeSpec {
+                    reference: &payment.reference,
+                    amount_minor: payment.amount_minor,
+                    currency: payment.price_currency,
+                    token: &token,
+                    customer: customer.as_deref(),
+                };
+                let answer = self
+                    .payments
+                    .timed(GatewayOp::Charge, self.payments.gateway.charge(&spec))
+                    .await;
+                self.settle(
+                    &payment.reference,
+                    answer,
+                    "auto top-up charge, sent again after no record",
+                )
+                .await;
+            }
+            other => {
+                self.settle(
+                    &payment.reference,
+                    other,
+                    "auto top-up reconciled by verify",
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// The method a wallet's rule charges: its explicit token, or the user's saved method.
+fn method_of(
+    payments: &Payments,
+    tenant: &crate::engine::Tenant,
+    payment: &PaymentView,
+) -> Result<Option<(String, Option<String>)>, crate::engine::types::EngineError> {
+    let rule = payments
+        .engine
+        .auto_topup(tenant, &payment.user, Some(payment.currency))?;
+    let saved = payments.engine.saved_method(tenant, &payment.user)?;
+    Ok(match (rule.and_then(|r| r.payment_method), saved) {
+        (Some(token), saved) => Some((token, saved.and_then(|s| s.customer))),
+        (None, Some(saved)) if saved.gateway == payments.gateway.name() => {
+            Some((saved.token, saved.customer))
+        }
+        _ => None,
+    })
+}
