@@ -1049,6 +1049,12 @@ impl Engine {
             ),
             (None, None) => return Ok(TopupDecision::Skip(TopupSkip::NoMethod)),
         };
+        // Paystack charges need the payer's e-mail: the profile's serves when the method has none.
+        let profile_email = account
+            .profile()
+            .and_then(|p| p.email.as_deref())
+            .map(str::to_owned);
+        let customer = customer.or(profile_email);
         let reference = topup_reference(&tenant.id, user, currency, rule.attempts_total + 1);
         let terms = PaymentTerms {
             package: &package_id,

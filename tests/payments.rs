@@ -1,0 +1,1102 @@
+//! Payments end to end against fake Paystack and Stripe servers that speak the real request and
+//! response formats on 127.0.0.1: checkout, webhooks (duplicate, forged, stale, mismatched),
+//! automatic top-up, bounded retries under permanent declines, a kill between intent and
+//! settlement, events to the tenant's application, and the sandbox flow driven like a browser.
+
+mod gateways;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use creditd::client::{Client, Debit};
+use creditd::config::{ApiKey, Config, Gateway as GatewayKind, Role};
+use creditd::engine::event::ProfileRecord;
+use creditd::engine::payments::AutoTopupRequest;
+use creditd::engine::types::Currency;
+use creditd::engine::{Clock, Context, Engine, EngineOptions, ManualClock, Tenant};
+use creditd::payments::signature::{hmac_sha512_hex, sign_timestamped, verify_timestamped};
+use creditd::payments::topup::TopupWorker;
+use creditd::payments::Payments;
+use creditd::wal::memory::MemStorage;
+use gateways::{ChargeBehaviour, Fake, PAYSTACK_SECRET, STRIPE_SECRET, STRIPE_WEBHOOK_SECRET};
+use http::Method;
+use serde_json::{json, Value};
+
+const SERVICE: &str = "acme-service-secret-0001";
+const ADMIN: &str = "acme-admin-secret-000001";
+const PLATFORM: &str = "platform-secret-00000001";
+
+fn config(dir: &std::path::Path, gateway: GatewayKind, fake: Option<&Fake>) -> Config {
+    let mut config = Config::default();
+    config.storage.data_dir = dir.to_path_buf();
+    config.server.shutdown_grace_seconds = 2;
+    config.auth.keys = vec![
+        ApiKey {
+            name: "svc".into(),
+            secret: SERVICE.into(),
+            role: Role::Service,
+            tenant: "acme".into(),
+        },
+        ApiKey {
+            name: "adm".into(),
+            secret: ADMIN.into(),
+            role: Role::Admin,
+            tenant: "acme".into(),
+        },
+        ApiKey {
+            name: "plat".into(),
+            secret: PLATFORM.into(),
+            role: Role::Platform,
+            tenant: "acme".into(),
+        },
+    ];
+    config.payments.gateway = gateway;
+    config.payments.gateway_timeout_seconds = 10;
+    config.payments.autotopup.sweep_every = creditd::config::Seconds(1);
+    if let Some(fake) = fake {
+        config.payments.paystack.base_url = fake.base_url.clone();
+        config.payments.stripe.base_url = fake.base_url.clone();
+    }
+    config.payments.paystack.secret_key = PAYSTACK_SECRET.into();
+    config.payments.stripe.secret_key = STRIPE_SECRET.into();
+    config.payments.stripe.webhook_secret = STRIPE_WEBHOOK_SECRET.into();
+    config
+}
+
+struct Server {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), creditd::server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(gateway: GatewayKind, fake: Option<&Fake>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), gateway, fake);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(creditd::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let server = Server {
+            base,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if let Ok((status, _, _)) = server
+                .client(SERVICE)
+                .send(Method::GET, "/readyz", None, None)
+                .await
+            {
+                if status == 200 {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not ready");
+    }
+
+    fn client(&self, secret: &str) -> Client {
+        Client::new(&self.base, secret).unwrap()
+    }
+
+    async fn setup(&self) {
+        let admin = self.client(ADMIN);
+        admin
+            .put_package("starter", "Starter", 500, 200_000, "NGN")
+            .await
+            .unwrap();
+        self.client(SERVICE)
+            .put_user("ada", Some("ada@example.com"))
+            .await
+            .unwrap();
+    }
+
+    async fn initialize(&self) -> (String, String) {
+        let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"});
+        let (status, _, bytes) = self
+            .client(SERVICE)
+            .send(
+                Method::POST,
+                "/v1/payments/initialize",
+                Some(body.to_string().into_bytes()),
+                None,
+            )
+            .await
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(status, 200, "{answer}");
+        (
+            answer["reference"].as_str().unwrap().to_owned(),
+            answer["checkout_url"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn webhook(
+        &self,
+        gateway: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .post(format!("{}/v1/webhooks/{gateway}", self.base))
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn balance(&self) -> i64 {
+        self.client(SERVICE)
+            .wallet("ada", None)
+            .await
+            .unwrap()
+            .balance
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn paystack_event(reference: &str, amount: i64, currency: &str) -> Vec<u8> {
+    json!({
+        "event": "charge.success",
+        "data": {
+            "id": 302961,
+            "status": "success",
+            "reference": reference,
+            "amount": amount,
+            "currency": currency,
+            "gateway_response": "Approved",
+            "customer": {"email": "ada@example.com"},
+            "authorization": {"authorization_code": "AUTH_72btv547", "reusable": true, "card_type": "visa ", "last4": "4081"}
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paystack_checkout_then_webhook_credits_exactly_once() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let (reference, checkout_url) = server.initialize().await;
+    assert_eq!(
+        checkout_url,
+        format!("https://checkout.paystack.test/{reference}")
+    );
+    let initialize = &paystack.calls("/transaction/initialize")[0];
+    assert_eq!(
+        initialize.authorization,
+        format!("Bearer {PAYSTACK_SECRET}")
+    );
+    let sent = initialize.json();
+    assert_eq!(
+        (
+            sent["amount"].as_i64(),
+            sent["currency"].as_str(),
+            sent["reference"].as_str()
+        ),
+        (Some(200_000), Some("NGN"), Some(reference.as_str()))
+    );
+    assert_eq!(sent["email"], "ada@example.com");
+
+    let body = paystack_event(&reference, 200_000, "NGN");
+    let signature = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body);
+    for delivery in 0..3 {
+        let (status, answer) = server
+            .webhook(
+                "paystack",
+                &[("x-paystack-signature", signature.clone())],
+                &body,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            answer["outcome"],
+            if delivery == 0 {
+                "credited"
+            } else {
+                "duplicate"
+            }
+        );
+    }
+    assert_eq!(server.balance().await, 500);
+    let payment = server
+        .client(SERVICE)
+        .send(
+            Method::GET,
+            &format!("/v1/payments/{reference}"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let payment: Value = serde_json::from_slice(&payment.2).unwrap();
+    assert_eq!(payment["status"], "succeeded");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_missing_and_mismatched_webhooks_credit_nothing() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let (reference, _) = server.initialize().await;
+    let body = paystack_event(&reference, 200_000, "NGN");
+    let forged = hmac_sha512_hex(b"sk_test_someone_else", &body);
+    assert_eq!(
+        server
+            .webhook("paystack", &[("x-paystack-signature", forged)], &body)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(server.webhook("paystack", &[], &body).await.0, 401);
+    let tampered = paystack_event(&reference, 2_000_000, "NGN");
+    let signed_original = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body);
+    assert_eq!(
+        server
+            .webhook(
+                "paystack",
+                &[("x-paystack-signature", signed_original)],
+                &tampered
+            )
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        server.webhook("stripe", &[], &body).await.0,
+        404,
+        "only the configured gateway's webhook exists"
+    );
+
+    // Signed, but the amount or the currency is not the package's: recorded as failed, no credit.
+    let (short_reference, _) = server.initialize().await;
+    let short = paystack_event(&short_reference, 100, "NGN");
+    let (status, answer) = server
+        .webhook(
+            "paystack",
+            &[(
+                "x-paystack-signature",
+                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &short),
+            )],
+            &short,
+        )
+        .await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("failed")));
+    let usd = paystack_event(&reference, 200_000, "USD");
+    let (status, answer) = server
+        .webhook(
+            "paystack",
+            &[(
+                "x-paystack-signature",
+                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &usd),
+            )],
+            &usd,
+        )
+        .await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("failed")));
+
+    // An unknown reference is recorded and answered 200, so the gateway stops retrying.
+    let stranger = paystack_event("cd_not_ours", 200_000, "NGN");
+    let (status, answer) = server
+        .webhook(
+            "paystack",
+            &[(
+                "x-paystack-signature",
+                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &stranger),
+            )],
+            &stranger,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("unmatched"))
+    );
+
+    // Signed garbage is a 400, not a crash.
+    let garbage = b"{not json".to_vec();
+    let (status, _) = server
+        .webhook(
+            "paystack",
+            &[(
+                "x-paystack-signature",
+                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &garbage),
+            )],
+            &garbage,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(server.balance().await, 0);
+    server.stop().await;
+}
+
+fn stripe_event(kind: &str, object: Value) -> Vec<u8> {
+    json!({"id": "evt_test_1", "object": "event", "type": kind, "data": {"object": object}})
+        .to_string()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_checkout_signatures_and_tolerance() {
+    let stripe = gateways::stripe().await;
+    let server = Server::start(GatewayKind::Stripe, Some(&stripe)).await;
+    server.setup().await;
+    let (reference, checkout_url) = server.initialize().await;
+    assert!(checkout_url.starts_with("https://checkout.stripe.test/c/pay/cs_test_"));
+    let session = &stripe.calls("/v1/checkout/sessions")[0];
+    let form = session.form();
+    assert_eq!(session.idempotency_key.as_deref(), Some(reference.as_str()));
+    assert_eq!(form["line_items[0][price_data][unit_amount]"], "200000");
+    assert_eq!(form["line_items[0][price_data][currency]"], "ngn");
+    assert_eq!(form["client_reference_id"], reference);
+    assert_eq!(
+        form["payment_intent_data[setup_future_usage]"],
+        "off_session"
+    );
+
+    let completed = stripe_event(
+        "checkout.session.completed",
+        json!({"object": "checkout.session", "client_reference_id": reference, "payment_status": "paid", "amount_total": 200_000, "currency": "ngn", "customer": "cus_1", "metadata": {"reference": reference}}),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let stale = sign_timestamped(STRIPE_WEBHOOK_SECRET.as_bytes(), now - 301, &completed);
+    assert_eq!(
+        server
+            .webhook("stripe", &[("stripe-signature", stale)], &completed)
+            .await
+            .0,
+        401,
+        "outside the 300 s tolerance"
+    );
+    let forged = sign_timestamped(b"whsec_other", now, &completed);
+    assert_eq!(
+        server
+            .webhook("stripe", &[("stripe-signature", forged)], &completed)
+            .await
+            .0,
+        401
+    );
+    // Several v1 signatures (a secret being rolled): any one that matches will do.
+    let good = sign_timestamped(STRIPE_WEBHOOK_SECRET.as_bytes(), now, &completed);
+    let rolled = format!(
+        "t={now},v1={},{}",
+        "ab".repeat(32),
+        good.split_once(',').unwrap().1
+    );
+    assert!(verify_timestamped(
+        STRIPE_WEBHOOK_SECRET.as_bytes(),
+        Some(&rolled),
+        &completed,
+        now,
+        300
+    )
+    .is_ok());
+    let (status, answer) = server
+        .webhook("stripe", &[("stripe-signature", rolled)], &completed)
+        .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("credited"))
+    );
+    assert_eq!(server.balance().await, 500);
+
+    // The intent's own event arrives too: a duplicate, which still saves the card for later.
+    let succeeded = stripe_event(
+        "payment_intent.succeeded",
+        json!({"object": "payment_intent", "status": "succeeded", "amount_received": 200_000, "currency": "ngn", "customer": "cus_1", "payment_method": "pm_card_visa", "metadata": {"reference": reference}}),
+    );
+    let signature = sign_timestamped(STRIPE_WEBHOOK_SECRET.as_bytes(), now, &succeeded);
+    let (status, answer) = server
+        .webhook("stripe", &[("stripe-signature", signature)], &succeeded)
+        .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("duplicate"))
+    );
+    assert_eq!(server.balance().await, 500);
+    let ignored = stripe_event(
+        "customer.created",
+        json!({"object": "customer", "id": "cus_2"}),
+    );
+    let signature = sign_timestamped(STRIPE_WEBHOOK_SECRET.as_bytes(), now, &ignored);
+    assert_eq!(
+        server
+            .webhook("stripe", &[("stripe-signature", signature)], &ignored)
+            .await
+            .1["outcome"],
+        "ignored"
+    );
+
+    // The saved card pays an automatic top-up: off-session, with the reference as Idempotency-Key.
+    server
+        .client(ADMIN)
+        .send(
+            Method::PUT,
+            "/v1/users/ada/auto-topup",
+            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    server
+        .client(SERVICE)
+        .debit("ada", &Debit::amount(450), None)
+        .await
+        .unwrap();
+    wait_for(|| async { server.balance().await == 550 }).await;
+    let charge = &stripe.calls("/v1/payment_intents")[0];
+    let form = charge.form();
+    assert_eq!(
+        (
+            form["customer"].as_str(),
+            form["payment_method"].as_str(),
+            form["off_session"].as_str()
+        ),
+        ("cus_1", "pm_card_visa", "true")
+    );
+    assert_eq!(
+        charge.idempotency_key.as_deref(),
+        Some(form["metadata[reference]"].as_str())
+    );
+    server.stop().await;
+}
+
+async fn wait_for<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A receiver of the tenant's events that checks their signatures.
+async fn event_receiver(secret: &'static str) -> (String, Arc<parking_lot::Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let received: Arc<parking_lot::Mutex<Vec<Value>>> = Arc::default();
+    let store = Arc::clone(&received);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let store = Arc::clone(&store);
+                        async move {
+                            use http_body_util::BodyExt;
+                            let signature = request
+                                .headers()
+                                .get("creditd-signature")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_secs() as i64;
+                            let status = if verify_timestamped(
+                                secret.as_bytes(),
+                                signature.as_deref(),
+                                &body,
+                                now,
+                                300,
+                            )
+                            .is_ok()
+                            {
+                                store.lock().push(serde_json::from_slice(&body).unwrap());
+                                200
+                            } else {
+                                401
+                            };
+                            let mut response =
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paystack_auto_topup_charges_the_saved_authorization_and_tells_the_tenant() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let (url, events) = event_receiver("tenant-events-secret-0001").await;
+    let tenant = json!({"webhook_url": url, "webhook_secret": "tenant-events-secret-0001"});
+    let (status, _, _) = server
+        .client(PLATFORM)
+        .send(
+            Method::PUT,
+            "/v1/tenants/acme",
+            Some(tenant.to_string().into_bytes()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (reference, _) = server.initialize().await;
+    let body = paystack_event(&reference, 200_000, "NGN");
+    server
+        .webhook(
+            "paystack",
+            &[(
+                "x-paystack-signature",
+                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body),
+            )],
+            &body,
+        )
+        .await;
+    let rule =
+        json!({"enabled": true, "threshold": 100, "package_id": "starter", "max_per_day": 2});
+    let (status, _, answer) = server
+        .client(ADMIN)
+        .send(
+            Method::PUT,
+            "/v1/users/ada/auto-topup",
+            Some(rule.to_string().into_bytes()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    server
+        .client(SERVICE)
+        .debit("ada", &Debit::amount(450), None)
+        .await
+        .unwrap();
+    wait_for(|| async { server.balance().await == 550 }).await;
+    let charges = paystack.calls("/transaction/charge_authorization");
+    assert_eq!(charges.len(), 1);
+    let sent = charges[0].json();
+    assert_eq!(
+        (
+            sent["authorization_code"].as_str(),
+            sent["email"].as_str(),
+            sent["amount"].as_i64()
+        ),
+        (
+            Some("AUTH_72btv547"),
+            Some("ada@example.com"),
+            Some(200_000)
+        )
+    );
+    wait_for(|| async {
+        events
+            .lock()
+            .iter()
+            .any(|e| e["type"] == "topup.succeeded" && e["data"]["purpose"] == "auto_topup")
+    })
+    .await;
+    let kinds: Vec<String> = events
+        .lock()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kinds.contains(&"wallet.low_balance".to_owned()),
+        "{kinds:?}"
+    );
+    let wallet = server
+        .client(SERVICE)
+        .send(Method::GET, "/v1/users/ada/wallet", None, None)
+        .await
+        .unwrap();
+    let wallet: Value = serde_json::from_slice(&wallet.2).unwrap();
+    assert_eq!(wallet["auto_topup"]["attempts_today"], 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
+    let paystack = gateways::paystack().await;
+    paystack.set_behaviour(ChargeBehaviour::Decline("Expired Card"));
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let (url, events) = event_receiver("tenant-events-secret-0002").await;
+    let tenant = json!({"webhook_url": url, "webhook_secret": "tenant-events-secret-0002"});
+    server
+        .client(PLATFORM)
+        .send(
+            Method::PUT,
+            "/v1/tenants/acme",
+            Some(tenant.to_string().into_bytes()),
+            None,
+        )
+        .await
+        .unwrap();
+    let (reference, _) = server.initialize().await;
+    let body = paystack_event(&reference, 200_000, "NGN");
+    server
+        .webhook(
+            "paystack",
+            &[(
+                "x-paystack-signature",
+                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body),
+            )],
+            &body,
+        )
+        .await;
+    server
+        .client(ADMIN)
+        .send(
+            Method::PUT,
+            "/v1/users/ada/auto-topup",
+            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    server
+        .client(SERVICE)
+        .debit("ada", &Debit::amount(450), None)
+        .await
+        .unwrap();
+    wait_for(|| async {
+        events
+            .lock()
+            .iter()
+            .any(|e| e["type"] == "autotopup.disabled")
+    })
+    .await;
+    let rule = server
+        .client(SERVICE)
+        .send(Method::GET, "/v1/users/ada/auto-topup", None, None)
+        .await
+        .unwrap();
+    let rule: Value = serde_json::from_slice(&rule.2).unwrap();
+    assert_eq!(
+        (rule["enabled"].as_bool(), rule["disabled_reason"].as_str()),
+        (Some(false), Some("Expired Card"))
+    );
+    // Sweeps keep running; a disabled rule is never charged again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(paystack.calls("/transaction/charge_authorization").len(), 1);
+    assert_eq!(server.balance().await, 50);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times() {
+    // Thirty simulated days, the worker sweeping every simulated minute, against a real fake
+    // Paystack that declines every charge for lack of funds.
+    let paystack = gateways::paystack().await;
+    paystack.set_behaviour(ChargeBehaviour::Decline("Insufficient Funds"));
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let options = EngineOptions {
+        data_dir: "/data".into(),
+        background: false,
+        shards: 8,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::open(
+        options,
+        Arc::new(MemStorage::new()),
+        Arc::clone(&clock) as Arc<dyn creditd::engine::Clock>,
+    )
+    .unwrap();
+    let admin = Context::actor("admin");
+    let (tenant, _, _): (Arc<Tenant>, _, _) =
+        engine.upsert_tenant("acme", None, None, &admin).unwrap();
+    let terms = creditd::engine::event::PackageRecord {
+        name: "Starter",
+        credits: 500,
+        currency: Currency::CREDITS,
+        price_minor: 200_000,
+        price_currency: Currency::new("NGN").unwrap(),
+        active: true,
+    };
+    engine
+        .put_package(&tenant, "starter", &terms, &admin)
+        .unwrap();
+    engine
+        .upsert_user(
+            &tenant,
+            "ada",
+            ProfileRecord {
+                email: Some("ada@example.com"),
+                name: None,
+                metadata: None,
+            },
+            &admin,
+        )
+        .unwrap();
+    let rule = AutoTopupRequest {
+        user: "ada",
+        currency: None,
+        threshold: 100,
+        package: "starter",
+        payment_method: Some("AUTH_x"),
+        max_per_day: 3,
+    };
+    engine.set_auto_topup(&tenant, &rule, &admin).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), GatewayKind::Paystack, Some(&paystack));
+    config.payments.autotopup.max_per_hour = 2;
+    let payments = Arc::new(
+        Payments::new(Arc::clone(&engine), &config.payments, "http://127.0.0.1:1").unwrap(),
+    );
+    let worker = TopupWorker::new(Arc::clone(&payments));
+    let mut charges_per_day = std::collections::BTreeMap::<i64, usize>::new();
+    let mut seen = 0;
+    for _ in 0..(30 * 24 * 60) {
+        clock.advance_ms(60_000);
+        // What the sweep does, awaited, so each charge is counted on the day it was made.
+        for trigger in engine.wallets_wanting_topup() {
+            worker.handle(trigger).await;
+        }
+        let total = paystack.calls("/transaction/charge_authorization").len();
+        if total > seen {
+            *charges_per_day
+                .entry(clock.now_ms() / 86_400_000)
+                .or_default() += total - seen;
+            seen = total;
+        }
+    }
+    let total = paystack.calls("/transaction/charge_authorization").len();
+    assert!(
+        charges_per_day.values().all(|&n| n <= 3),
+        "{charges_per_day:?}"
+    );
+    assert!(total <= 3 * 31, "{total} charges in 30 days");
+    assert!(total >= 30, "the rule keeps trying every day: {total}");
+    assert_eq!(tenant.wallet("ada", None).unwrap().balance, 0);
+    engine.check_invariants().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_flow_driven_like_a_browser() {
+    let server = Server::start(GatewayKind::Sandbox, None).await;
+    server.setup().await;
+    let (reference, checkout_url) = server.initialize().await;
+    assert_eq!(
+        checkout_url,
+        format!("{}/sandbox/checkout/{reference}", server.base)
+    );
+    // A browser: GET the page, read its form, submit the Pay button, follow the redirect.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .unwrap();
+    let page = browser.get(&checkout_url).send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("2,000.00 NGN") && html.contains(">500<"),
+        "{html}"
+    );
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(action, format!("/sandbox/checkout/{reference}"));
+    let result = browser
+        .post(format!("{}{action}", server.base))
+        .form(&[("action", "pay")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.url().as_str(), checkout_url, "303 back to the page");
+    let html = result.text().await.unwrap();
+    assert!(html.contains("Paid — 500 credits added"), "{html}");
+    assert!(!html.contains("value=\"pay\""), "no Pay button once paid");
+    // Pressing Pay again (a stale tab) changes nothing.
+    browser
+        .post(format!("{}{action}", server.base))
+        .form(&[("action", "pay")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(server.balance().await, 500);
+    // Decline on another checkout: nothing credited, the page says so.
+    let (declined, url) = server.initialize().await;
+    let html = browser
+        .post(&url)
+        .form(&[("action", "decline")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Not paid"), "{html}");
+    let payment = server
+        .client(SERVICE)
+        .send(Method::GET, &format!("/v1/payments/{declined}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&payment.2).unwrap()["status"],
+        "failed"
+    );
+    assert_eq!(server.balance().await, 500);
+    // The paid checkout saved a sandbox card: automatic top-up works with no account anywhere.
+    server
+        .client(ADMIN)
+        .send(
+            Method::PUT,
+            "/v1/users/ada/auto-topup",
+            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    server
+        .client(SERVICE)
+        .debit("ada", &Debit::amount(450), None)
+        .await
+        .unwrap();
+    wait_for(|| async { server.balance().await == 550 }).await;
+    // Unknown checkouts are a 404 page.
+    assert_eq!(
+        browser
+            .get(format!("{}/sandbox/checkout/cd_nope", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_is_idempotent_by_key() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"})
+        .to_string()
+        .into_bytes();
+    let client = server.client(SERVICE);
+    let first = client
+        .send(
+            Method::POST,
+            "/v1/payments/initialize",
+            Some(body.clone()),
+            Some("checkout-1"),
+        )
+        .await
+        .unwrap();
+    let second = client
+        .send(
+            Method::POST,
+            "/v1/payments/initialize",
+            Some(body.clone()),
+            Some("checkout-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.0.as_u16(), second.0.as_u16()), (200, 200));
+    assert_eq!(first.2, second.2, "same reference and page");
+    assert_eq!(second.1["idempotent-replayed"], "true");
+    assert_eq!(
+        paystack.calls("/transaction/initialize").len(),
+        1,
+        "the gateway was called once"
+    );
+    let other = json!({"user_id": "ada", "package_id": "other", "email": "ada@example.com"})
+        .to_string()
+        .into_bytes();
+    let reused = client
+        .send(
+            Method::POST,
+            "/v1/payments/initialize",
+            Some(other),
+            Some("checkout-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reused.0.as_u16(), 422);
+    server.stop().await;
+}
+
+/// A `creditd serve` process configured for the fake Paystack; killed when dropped.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Process {
+    fn start(data_dir: &std::path::Path, paystack: &Fake) -> Process {
+        use std::io::BufRead;
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_creditd"))
+            .args(["serve", "--config", config])
+            .env("CREDITD_SERVER__LISTEN", "127.0.0.1:0")
+            .env("CREDITD_STORAGE__DATA_DIR", data_dir)
+            .env("CREDITD_LOG__LEVEL", "warn")
+            .env("CREDITD_PAYMENTS__GATEWAY", "paystack")
+            .env("CREDITD_PAYMENTS__PAYSTACK__SECRET_KEY", PAYSTACK_SECRET)
+            .env("CREDITD_PAYMENTS__PAYSTACK__BASE_URL", &paystack.base_url)
+            .env("CREDITD_PAYMENTS__AUTOTOPUP__SWEEP_EVERY", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("creditd exited").unwrap();
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break address.trim().to_owned();
+            }
+        };
+        Process { child, base }
+    }
+
+    fn client(&self, secret: &str) -> Client {
+        Client::new(&self.base, secret).unwrap()
+    }
+
+    async fn ready(&self) {
+        let client = self.client("dev-service-secret-change-me");
+        wait_for(|| async { matches!(client.send(Method::GET, "/readyz", None, None).await, Ok((s, _, _)) if s == 200) }).await;
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
+    const KEY: &str = "dev-service-secret-change-me";
+    const ADMIN_KEY: &str = "dev-admin-secret-change-me";
+    let paystack = gateways::paystack().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = tokio::task::block_in_place(|| Process::start(dir.path(), &paystack));
+    first.ready().await;
+    let (service, admin) = (first.client(KEY), first.client(ADMIN_KEY));
+    admin
+        .put_package("starter", "Starter", 500, 200_000, "NGN")
+        .await
+        .unwrap();
+    service
+        .put_user("ada", Some("ada@example.com"))
+        .await
+        .unwrap();
+    let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"})
+        .to_string()
+        .into_bytes();
+    let (_, _, answer) = service
+        .send(Method::POST, "/v1/payments/initialize", Some(body), None)
+        .await
+        .unwrap();
+    let reference = serde_json::from_slice::<Value>(&answer).unwrap()["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let event = paystack_event(&reference, 200_000, "NGN");
+    let signature = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &event);
+    let webhook = reqwest::Client::new()
+        .post(format!("{}/v1/webhooks/paystack", first.base))
+        .header("x-paystack-signature", signature)
+        .body(event);
+    assert_eq!(webhook.send().await.unwrap().status(), 200);
+    admin
+        .send(
+            Method::PUT,
+            "/v1/users/ada/auto-topup",
+            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+
+    // The gateway takes the money at once but answers only after five seconds.
+    paystack.set_behaviour(ChargeBehaviour::SucceedSlowly(Duration::from_secs(5)));
+    service
+        .debit("ada", &Debit::amount(450), None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while paystack
+        .calls("/transaction/charge_authorization")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the top-up never reached the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(first); // SIGKILL while creditd waits for the gateway's answer.
+    assert_eq!(paystack.calls("/transaction/charge_authorization").len(), 1);
+
+    // From now on, a second charge would succeed at once: it must never be made.
+    paystack.set_behaviour(ChargeBehaviour::Succeed);
+    let second = tokio::task::block_in_place(|| Process::start(dir.path(), &paystack));
+    second.ready().await;
+    let client = second.client(KEY);
+    wait_for(|| async {
+        client
+            .wallet("ada", None)
+            .await
+            .map(|w| w.balance)
+            .unwrap_or(0)
+            == 550
+    })
+    .await;
+    assert!(
+        !paystack.calls("/transaction/verify/").is_empty(),
+        "recovery asked the gateway"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await; // a few sweeps later
+    assert_eq!(
+        paystack.calls("/transaction/charge_authorization").len(),
+        1,
+        "charged exactly once"
+    );
+    assert_eq!(
+        client.wallet("ada", None).await.unwrap().balance,
+        550,
+        "credited exactly once"
+    );
+    let rule = client
+        .send(Method::GET, "/v1/users/ada/auto-topup", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&rule.2).unwrap()["pending_reference"],
+        Value::Null
+    );
+}
