@@ -1,0 +1,246 @@
+//! The sandbox checkout page in a real browser: headless Chromium, driven through ChromeDriver's
+//! WebDriver protocol (plain HTTP and JSON), loads the page and clicks Pay as a person would.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`; `.ci/run`
+//! installs them and sets `CREDITD_BROWSER_TESTS=1`, which turns their absence into a failure).
+//! Without them, and without that variable, the test says so and does nothing.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use creditd::client::Client;
+use creditd::config::{ApiKey, Config, Gateway, Role};
+use http::Method;
+use serde_json::{json, Value};
+
+const SERVICE: &str = "acme-service-secret-0001";
+const ADMIN: &str = "acme-admin-secret-000001";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+impl Browser {
+    async fn start() -> Option<Browser> {
+        let required = std::env::var("CREDITD_BROWSER_TESTS").is_ok_and(|v| v == "1");
+        let (Some(driver), Some(chromium)) =
+            (find_program("chromedriver"), find_program("chromium"))
+        else {
+            assert!(
+                !required,
+                "CREDITD_BROWSER_TESTS=1 but chromium or chromedriver is not installed"
+            );
+            eprintln!("browser test not run: install chromium and chromium-driver (CI does)");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().ok()?;
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        }}});
+        let answer: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_owned();
+        Some(Browser {
+            driver: child,
+            base,
+            session,
+            http,
+            _profile: profile,
+        })
+    }
+
+    async fn command(&self, method: Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let request = if method == Method::GET {
+            self.http.get(url)
+        } else {
+            self.http.post(url).json(&body)
+        };
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        assert!(
+            answer["value"]["error"].is_null(),
+            "webdriver {path}: {answer}"
+        );
+        answer["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .command(
+                Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_owned()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let element = self.element(css).await;
+        self.command(
+            Method::GET,
+            &format!("/element/{element}/text"),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.command(
+            Method::POST,
+            &format!("/element/{element}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    async fn url(&self) -> String {
+        self.command(Method::GET, "/url", Value::Null)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_pays_on_the_sandbox_checkout_page() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.storage.data_dir = dir.path().to_path_buf();
+    config.payments.gateway = Gateway::Sandbox;
+    config.auth.keys = vec![
+        ApiKey {
+            name: "svc".into(),
+            secret: SERVICE.into(),
+            role: Role::Service,
+            tenant: "acme".into(),
+        },
+        ApiKey {
+            name: "adm".into(),
+            secret: ADMIN.into(),
+            role: Role::Admin,
+            tenant: "acme".into(),
+        },
+    ];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(creditd::server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let service = Client::new(&base, SERVICE).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(service.send(Method::GET, "/readyz", None, None).await, Ok((s, _, _)) if s == 200)
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Client::new(&base, ADMIN)
+        .unwrap()
+        .put_package("starter", "Starter pack", 500, 200_000, "NGN")
+        .await
+        .unwrap();
+    service
+        .put_user("ada", Some("ada@example.com"))
+        .await
+        .unwrap();
+    let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"})
+        .to_string()
+        .into_bytes();
+    let (_, _, answer) = service
+        .send(Method::POST, "/v1/payments/initialize", Some(body), None)
+        .await
+        .unwrap();
+    let checkout_url = serde_json::from_slice::<Value>(&answer).unwrap()["checkout_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    browser.open(&checkout_url).await;
+    assert_eq!(browser.text("h1").await, "Starter pack");
+    assert_eq!(browser.text("#price").await, "2,000.00 NGN");
+    assert_eq!(browser.text("#status").await, "Waiting for payment");
+    browser.click("#pay").await;
+    assert_eq!(
+        browser.url().await,
+        checkout_url,
+        "back on the page after paying"
+    );
+    assert_eq!(browser.text("#status").await, "Paid — 500 credits added");
+    assert_eq!(service.wallet("ada", None).await.unwrap().balance, 500);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
