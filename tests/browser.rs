@@ -162,6 +162,11 @@ impl Browser {
         .await;
     }
 
+    /// Ends the session, which closes Chromium (killing the driver alone would leave it running).
+    async fn quit(&self) {
+        let _ = self.http.delete(format!("{}/session/{}", self.base, self.session)).send().await;
+    }
+
     async fn url(&self) -> String {
         self.command(Method::GET, "/url", Value::Null)
             .await
@@ -240,6 +245,7 @@ async fn a_person_pays_on_the_sandbox_checkout_page() {
     );
     assert_eq!(browser.text("#status").await, "Paid — 500 credits added");
     assert_eq!(service.wallet("ada", None).await.unwrap().balance, 500);
+    browser.quit().await;
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
