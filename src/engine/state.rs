@@ -750,6 +750,7 @@ impl State {
         lsn: Lsn,
         event: &Event<'_>,
         idempotency_cutoff_ms: i64,
+        cache: &mut Option<Arc<Tenant>>,
     ) -> Result<(), ReplayError> {
         let fail = |what: &dyn std::fmt::Display| ReplayError(format!("LSN {lsn}: {what}"));
         if let Event::TenantUpserted {
@@ -779,9 +780,19 @@ impl State {
             }
             return Ok(());
         }
-        let tenant = self
-            .tenant(event.tenant())
-            .ok_or_else(|| fail(&"record for a tenant that does not exist"))?;
+        // Most logs are one tenant's: keep its handle instead of a registry lookup per record.
+        if cache
+            .as_ref()
+            .is_none_or(|tenant| tenant.id != event.tenant())
+        {
+            let tenant = self
+                .tenant(event.tenant())
+                .ok_or_else(|| fail(&"record for a tenant that does not exist"))?;
+            *cache = Some(tenant);
+        }
+        let Some(tenant) = cache.as_deref() else {
+            return Err(fail(&"record for a tenant that does not exist"));
+        };
         match *event {
             Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
