@@ -836,7 +836,7 @@ impl State {
                 let change = account.apply(lsn, event).map_err(|e| fail(&e))?;
                 let meta = event.meta();
                 tenant.index_hold(wallet.user, change, meta.time_ms);
-                self.restore_idempotency(&tenant, lsn, event, meta, idempotency_cutoff_ms);
+                self.restore_idempotency(tenant, lsn, event, meta, idempotency_cutoff_ms);
                 Ok(())
             }
         }
