@@ -287,7 +287,8 @@ impl Engine {
         context: &Context<'t>,
         dry_run: bool,
     ) -> Result<Begin<'t>, EngineError> {
-        if dry_run {
+        if dry_run || context.idempotency.is_none() {
+            // No shared counter is touched by requests without a key.
             return Ok(Begin::Fresh(None));
         }
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);

@@ -259,6 +259,7 @@ fn replay_log(
     };
     let mut expected = segments[first].first_lsn;
     let last_index = segments.len() - 1;
+    let mut tenant_cache = None;
     for (index, file) in segments.iter().enumerate().skip(first) {
         if file.first_lsn != expected {
             return Err(OpenError::Gap(format!(
@@ -289,7 +290,7 @@ fn replay_log(
             };
             let event = codec::decode(frame.payload).map_err(|e| fail(e.to_string()))?;
             state
-                .replay(frame.lsn, &event, idempotency_cutoff_ms)
+                .replay(frame.lsn, &event, idempotency_cutoff_ms, &mut tenant_cache)
                 .map_err(|e| fail(e.to_string()))?;
             replay.replayed += 1;
             Ok(())

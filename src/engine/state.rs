@@ -1074,6 +1074,7 @@ impl State {
         lsn: Lsn,
         event: &Event<'_>,
         idempotency_cutoff_ms: i64,
+        cache: &mut Option<Arc<Tenant>>,
     ) -> Result<(), ReplayError> {
         let fail = |what: &dyn std::fmt::Display| ReplayError(format!("LSN {lsn}: {what}"));
         if let Event::TenantUpserted {
@@ -1109,9 +1110,19 @@ impl State {
             // Only a record for the operator: nothing in memory refers to it.
             return Ok(());
         }
-        let tenant = self
-            .tenant(event.tenant())
-            .ok_or_else(|| fail(&"record for a tenant that does not exist"))?;
+        // Most logs are one tenant's: keep its handle instead of a registry lookup per record.
+        if cache
+            .as_ref()
+            .is_none_or(|tenant| tenant.id != event.tenant())
+        {
+            let tenant = self
+                .tenant(event.tenant())
+                .ok_or_else(|| fail(&"record for a tenant that does not exist"))?;
+            *cache = Some(tenant);
+        }
+        let Some(tenant) = cache.as_deref() else {
+            return Err(fail(&"record for a tenant that does not exist"));
+        };
         match *event {
             Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
@@ -1157,7 +1168,7 @@ impl State {
                 let meta = event.meta();
                 tenant.index_hold(wallet.user, change, meta.time_ms);
                 self.apply_payment(lsn, event).map_err(|e| fail(&e))?;
-                self.restore_idempotency(&tenant, lsn, event, meta, idempotency_cutoff_ms);
+                self.restore_idempotency(tenant, lsn, event, meta, idempotency_cutoff_ms);
                 Ok(())
             }
         }

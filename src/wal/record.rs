@@ -4,7 +4,9 @@
 //! ```text
 //! offset  size  field
 //! 0       4     len      u32 LE, payload length in bytes, 1 ..= max_record_bytes
-//! 4       4     crc      u32 LE, CRC-32C over bytes 8 .. 16 + len (the LSN and the payload)
+//! 4       4     crc      u32 LE, CRC-32C over the payload (bytes 16 .. 16 + len) followed by the
+//!                        LSN (bytes 8 .. 16): the payload's part is computed before the LSN is known,
+//!                        outside the log's lock
 //! 8       8     lsn      u64 LE
 //! 16      len   payload
 //! ```
@@ -67,18 +69,32 @@ impl Frame<'_> {
 
 /// The checksum stored in a record header.
 pub fn checksum(lsn: u64, payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&lsn.to_le_bytes());
-    crc32c::crc32c_append(crc, payload)
+    finish_checksum(payload_checksum(payload), lsn)
+}
+
+/// The payload's part of a record checksum, computable before the LSN is assigned.
+pub fn payload_checksum(payload: &[u8]) -> u32 {
+    crc32c::crc32c(payload)
+}
+
+/// The record checksum from the payload's part and the LSN.
+pub fn finish_checksum(payload_checksum: u32, lsn: u64) -> u32 {
+    crc32c::crc32c_append(payload_checksum, &lsn.to_le_bytes())
 }
 
 /// Appends one framed record to `out`. The caller has checked the payload against its limit; an
 /// empty payload is a bug because it could not be told apart from a zero-filled tail.
 pub fn encode_into(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
+    encode_with_checksum(out, lsn, payload, payload_checksum(payload));
+}
+
+/// Like [`encode_into`], with the payload's checksum already computed.
+pub fn encode_with_checksum(out: &mut Vec<u8>, lsn: u64, payload: &[u8], payload_checksum: u32) {
     assert!(!payload.is_empty(), "records never have an empty payload");
     let len = u32::try_from(payload.len()).expect("payload length is bounded by the record limit");
     out.reserve(HEADER_BYTES + payload.len());
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(lsn, payload).to_le_bytes());
+    out.extend_from_slice(&finish_checksum(payload_checksum, lsn).to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(payload);
 }

@@ -103,9 +103,23 @@ struct Queue {
     closing: bool,
 }
 
+/// Everyone waiting for an LSN, async tasks and blocked threads alike: each is woken only when its
+/// own record is durable (or never will be), never all at once.
 struct Waiters {
     wakers: Vec<(u64, Waker)>,
-    blocked: usize,
+}
+
+/// Wakes a thread parked in [`Wal::wait_durable`].
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 struct Shared {
@@ -116,7 +130,6 @@ struct Shared {
     closed: AtomicBool,
     poison_reason: Mutex<Option<String>>,
     waiters: Mutex<Waiters>,
-    durable_changed: Condvar,
     options: WalOptions,
     records: AtomicU64,
     batches: AtomicU64,
@@ -173,11 +186,7 @@ impl Wal {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
-            waiters: Mutex::new(Waiters {
-                wakers: Vec::new(),
-                blocked: 0,
-            }),
-            durable_changed: Condvar::new(),
+            waiters: Mutex::new(Waiters { wakers: Vec::new() }),
             options,
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -200,6 +209,8 @@ impl Wal {
         if payload.is_empty() || payload.len() > shared.options.max_record_bytes as usize {
             return Err(AppendError::TooLarge);
         }
+        // The payload's checksum needs no LSN, so it is computed before taking the lock.
+        let payload_checksum = record::payload_checksum(payload);
         let mut queue = shared.queue.lock();
         if shared.poisoned.load(Ordering::Acquire) {
             return Err(AppendError::Poisoned);
@@ -213,7 +224,7 @@ impl Wal {
         let lsn = queue.next_lsn;
         queue.next_lsn += 1;
         queue.records += 1;
-        record::encode_into(&mut queue.buffer, lsn, payload);
+        record::encode_with_checksum(&mut queue.buffer, lsn, payload, payload_checksum);
         if queue.writer_idle {
             queue.writer_idle = false;
             shared.writer_wakeup.notify_one();
@@ -269,19 +280,22 @@ impl Wal {
         if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        let mut waiters = shared.waiters.lock();
-        waiters.blocked += 1;
-        let result = loop {
-            if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
-                break Ok(());
+        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        loop {
+            {
+                let mut waiters = shared.waiters.lock();
+                if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+                    return Ok(());
+                }
+                if let Some(error) = shared.failure() {
+                    return Err(error);
+                }
+                waiters.wakers.push((lsn, waker.clone()));
             }
-            if let Some(error) = shared.failure() {
-                break Err(error);
-            }
-            shared.durable_changed.wait(&mut waiters);
-        };
-        waiters.blocked -= 1;
-        result
+            // An unpark that came before this park makes it return at once; a spurious return
+            // just checks again.
+            std::thread::park();
+        }
     }
 
     /// A future that resolves once `lsn` is durable; holds no lock while pending.
@@ -376,9 +390,6 @@ impl Shared {
                 true
             }
         });
-        if waiters.blocked > 0 {
-            self.durable_changed.notify_all();
-        }
     }
 
     fn wake_all(&self) {
@@ -386,7 +397,6 @@ impl Shared {
         for (_, waker) in waiters.wakers.drain(..) {
             waker.wake();
         }
-        self.durable_changed.notify_all();
     }
 
     fn poison(&self, reason: String) {

@@ -1,0 +1,317 @@
+//! The log with real `fdatasync` on the real disk: how many durable records per second group commit
+//! gives, how large its batches get, and the raw sync rate of the disk it is bounded by.
+//!
+//! - `fdatasync_raw`: one thread writes 100 bytes and syncs, in a loop. `append` grows the file
+//!   each time, as the log does (so each sync also commits the new file size to the ext4
+//!   journal); `overwrite_preallocated` rewrites the same block of an already synced file, which
+//!   is the cheapest sync the disk can do.
+//! - `group_commit_closed_loop`: N producer threads each append one record (a real encoded debit
+//!   event) and wait until it is durable, then append the next (a closed loop, like N clients each
+//!   waiting for their answer). Producers are started once per N, outside the measurement.
+//! - `append_batch_then_wait`: one thread appends B records and waits for the last one (B = 10 000
+//!   is past the brief's range, to show how large a batch this disk needs for 1 M records/s).
+//!
+//! Records per batch (from `Wal::stats`) are printed at the end, with the data directory and its
+//! file system. The directory is `<package>/target/bench-data` unless `$CREDITD_BENCH_DIR` says
+//! otherwise; it must be on a real disk, since on tmpfs a sync costs nothing.
+//!
+//! Run: `CARGO_TARGET_DIR=/tmp/target-bench cargo bench --bench wal -- --warm-up-time 1 --measurement-time 3`
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, Throughput};
+
+use creditd::codec;
+use creditd::engine::event::{Event, Meta, WalletRef};
+use creditd::engine::types::{Currency, DebitKind};
+use creditd::wal::{AppendError, FsStorage, FsyncMode, Wal, WalOptions, WalStats};
+
+#[allow(dead_code)]
+mod common;
+
+/// What one bench did to the log, for the batch-size table.
+struct BatchFigures {
+    bench: String,
+    stats: WalStats,
+}
+
+/// The figures gathered while criterion runs, printed at the end.
+static BATCHES: Mutex<Vec<BatchFigures>> = Mutex::new(Vec::new());
+
+/// The payload of a typical debit record, encoded as the engine encodes it.
+fn debit_payload() -> Vec<u8> {
+    let event = Event::Debited {
+        wallet: WalletRef {
+            tenant: "acme",
+            user: "u-0000421337",
+            currency: Currency::CREDITS,
+        },
+        kind: DebitKind::Usage,
+        amount: 3,
+        balance_after: 999_999_999_997,
+        available_after: 999_999_999_997,
+        action: None,
+        meta: Meta {
+            time_ms: 1_760_000_000_000,
+            actor: "gateway-key",
+            description: None,
+            reference: None,
+            metadata: None,
+            idempotency: None,
+        },
+    };
+    let mut payload = Vec::new();
+    codec::encode_into(&event, &mut payload).expect("encode a debit");
+    payload
+}
+
+/// A log in a fresh directory under the data parent, syncing every batch.
+fn start_wal(parent: &Path) -> (Arc<Wal>, tempfile::TempDir) {
+    let dir = common::bench_dir(parent, "creditd-wal-bench-");
+    let options = WalOptions {
+        dir: dir.path().to_path_buf(),
+        fsync: FsyncMode::Always,
+        segment_bytes: 64 * 1024 * 1024,
+        max_record_bytes: 1024 * 1024,
+        queue_bytes: 64 * 1024 * 1024,
+        format_version: codec::FORMAT_VERSION,
+    };
+    let wal = Wal::start(Arc::new(FsStorage), options, 1).expect("start the log");
+    (Arc::new(wal), dir)
+}
+
+/// Appends, waiting out backpressure (a full queue is an answer to wait on, not a failure).
+fn append(wal: &Wal, payload: &[u8]) -> u64 {
+    loop {
+        match wal.append(payload) {
+            Ok(lsn) => return lsn,
+            Err(AppendError::Backpressure) => std::thread::yield_now(),
+            Err(error) => panic!("append failed: {error}"),
+        }
+    }
+}
+
+/// N threads, each appending one record and waiting for it to be durable, in a loop.
+struct Producers {
+    work: Vec<mpsc::Sender<u64>>,
+    finished: mpsc::Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Producers {
+    fn start(wal: &Arc<Wal>, count: usize, payload: &Arc<Vec<u8>>) -> Producers {
+        let (finished_sender, finished) = mpsc::channel();
+        let mut work = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (sender, receiver) = mpsc::channel::<u64>();
+            let wal = Arc::clone(wal);
+            let payload = Arc::clone(payload);
+            let finished = finished_sender.clone();
+            threads.push(std::thread::spawn(move || {
+                for records in receiver {
+                    for _ in 0..records {
+                        let lsn = append(&wal, &payload);
+                        wal.wait_durable(lsn).expect("the log stays healthy");
+                    }
+                    if finished.send(()).is_err() {
+                        return;
+                    }
+                }
+            }));
+            work.push(sender);
+        }
+        Producers {
+            work,
+            finished,
+            threads,
+        }
+    }
+
+    /// Makes `records` records durable, spread evenly over the producers; returns the wall time.
+    fn run(&self, records: u64) -> Duration {
+        let count = self.work.len() as u64;
+        let started = Instant::now();
+        for (index, sender) in self.work.iter().enumerate() {
+            let share = records / count + u64::from((index as u64) < records % count);
+            sender.send(share).expect("producer alive");
+        }
+        for _ in 0..count {
+            self.finished.recv().expect("producer finished");
+        }
+        started.elapsed()
+    }
+
+    fn stop(self) {
+        drop(self.work);
+        for thread in self.threads {
+            thread.join().expect("producer thread");
+        }
+    }
+}
+
+fn stats_since(wal: &Wal, before: WalStats) -> WalStats {
+    let now = wal.stats();
+    WalStats {
+        records: now.records - before.records,
+        batches: now.batches - before.batches,
+        bytes: now.bytes - before.bytes,
+        rotations: now.rotations - before.rotations,
+    }
+}
+
+fn record_batches(bench: String, stats: WalStats) {
+    BATCHES
+        .lock()
+        .expect("batch table")
+        .push(BatchFigures { bench, stats });
+}
+
+fn bench_raw_sync(criterion: &mut Criterion, parent: &Path) {
+    let mut group = criterion.benchmark_group("fdatasync_raw");
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    let dir = common::bench_dir(parent, "creditd-sync-bench-");
+    let block = [0x5au8; 100];
+
+    group.bench_function("append_100B", |b| {
+        let path = dir.path().join("append.bin");
+        let mut file = File::create(&path).expect("create");
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            for _ in 0..iterations {
+                file.write_all(&block).expect("write");
+                file.sync_data().expect("fdatasync");
+            }
+            started.elapsed()
+        });
+    });
+
+    group.bench_function("overwrite_preallocated_100B", |b| {
+        let path = dir.path().join("overwrite.bin");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .expect("create");
+        file.write_all(&[0u8; 4096]).expect("preallocate");
+        file.sync_all().expect("sync");
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            for _ in 0..iterations {
+                file.seek(SeekFrom::Start(0)).expect("seek");
+                file.write_all(&block).expect("write");
+                file.sync_data().expect("fdatasync");
+            }
+            started.elapsed()
+        });
+    });
+    group.finish();
+}
+
+fn bench_closed_loop(criterion: &mut Criterion, parent: &Path, payload: &Arc<Vec<u8>>) {
+    let mut group = criterion.benchmark_group("group_commit_closed_loop");
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    for producers in [1usize, 4, 16, 64, 256] {
+        let name = format!("{producers}_producers");
+        let (wal, dir) = start_wal(parent);
+        let pool = Producers::start(&wal, producers, payload);
+        let before = wal.stats();
+        group.bench_function(&name, |b| {
+            b.iter_custom(|records| {
+                let elapsed = pool.run(records);
+                common::trim_segments(dir.path());
+                elapsed
+            });
+        });
+        record_batches(
+            format!("group_commit_closed_loop/{name}"),
+            stats_since(&wal, before),
+        );
+        pool.stop();
+        drop(wal);
+    }
+    group.finish();
+}
+
+fn bench_batches(criterion: &mut Criterion, parent: &Path, payload: &[u8]) {
+    let mut group = criterion.benchmark_group("append_batch_then_wait");
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    for batch in [1u64, 10, 100, 1000, 10_000] {
+        let name = format!("{batch}_records");
+        let (wal, dir) = start_wal(parent);
+        let before = wal.stats();
+        group.throughput(Throughput::Elements(batch));
+        group.bench_function(&name, |b| {
+            b.iter_custom(|iterations| {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    let mut last = 0;
+                    for _ in 0..batch {
+                        last = append(&wal, payload);
+                    }
+                    wal.wait_durable(last).expect("the log stays healthy");
+                }
+                let elapsed = started.elapsed();
+                common::trim_segments(dir.path());
+                elapsed
+            });
+        });
+        record_batches(
+            format!("append_batch_then_wait/{name}"),
+            stats_since(&wal, before),
+        );
+        drop(wal);
+    }
+    group.finish();
+}
+
+fn main() {
+    let parent = common::disk_parent();
+    std::fs::create_dir_all(&parent).expect("create the data directory");
+    let file_system = common::file_system(&parent);
+    eprintln!("machine: {}", common::machine());
+    eprintln!("data directory: {} ({file_system})", parent.display());
+    if file_system.starts_with("tmpfs") {
+        eprintln!("WARNING: tmpfs: fdatasync costs nothing here; these are not disk figures");
+    }
+    let payload = Arc::new(debit_payload());
+    eprintln!(
+        "record: {} payload bytes + 16 header bytes (an encoded debit)",
+        payload.len()
+    );
+
+    let mut criterion = Criterion::default().configure_from_args();
+    bench_raw_sync(&mut criterion, &parent);
+    bench_closed_loop(&mut criterion, &parent, &payload);
+    bench_batches(&mut criterion, &parent, &payload);
+
+    eprintln!("\nrecords per batch (all samples, warm-up included):");
+    eprintln!(
+        "{:<45} {:>12} {:>10} {:>12}",
+        "bench", "records", "batches", "per batch"
+    );
+    for figures in BATCHES.lock().expect("batch table").iter() {
+        let stats = figures.stats;
+        eprintln!(
+            "{:<45} {:>12} {:>10} {:>12.1}",
+            figures.bench,
+            stats.records,
+            stats.batches,
+            stats.records as f64 / stats.batches.max(1) as f64
+        );
+    }
+    eprintln!("load average after: {}", common::load());
+    criterion.final_summary();
+}
