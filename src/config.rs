@@ -545,6 +545,21 @@ impl Config {
                 "server.max_body_bytes and server.max_connections must be positive".into(),
             );
         }
+        let autotopup = &self.payments.autotopup;
+        if !(1..=16).contains(&autotopup.max_per_hour) || autotopup.concurrency == 0 {
+            return invalid(
+                "payments.autotopup.max_per_hour must be 1 to 16 and concurrency positive".into(),
+            );
+        }
+        if autotopup.sweep_every.0 == 0
+            || self.payments.events.attempts == 0
+            || self.payments.events.queue == 0
+        {
+            return invalid("payments.autotopup.sweep_every, payments.events.attempts and queue must be positive".into());
+        }
+        if !(1..=120).contains(&self.payments.gateway_timeout_seconds) {
+            return invalid("payments.gateway_timeout_seconds must be 1 to 120".into());
+        }
         let mut secrets = std::collections::HashSet::new();
         for key in &self.auth.keys {
             if key.secret.len() < 16 {

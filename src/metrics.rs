@@ -19,6 +19,10 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5,
 ];
+/// Seconds buckets for calls to payment gateways: 10 ms to a minute.
+const GATEWAY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
 /// Records per group commit.
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
@@ -36,7 +40,11 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .set_buckets_for_metric(
+                    Matcher::Full("creditd_gateway_request_duration_seconds".into()),
+                    GATEWAY_BUCKETS,
+                )
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("creditd_wal_batch_records".into()), BATCH_BUCKETS))
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full("creditd_snapshot_duration_seconds".into()), SNAPSHOT_BUCKETS)

@@ -164,7 +164,11 @@ impl Browser {
 
     /// Ends the session, which closes Chromium (killing the driver alone would leave it running).
     async fn quit(&self) {
-        let _ = self.http.delete(format!("{}/session/{}", self.base, self.session)).send().await;
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
     }
 
     async fn url(&self) -> String {

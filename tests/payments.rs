@@ -479,6 +479,159 @@ async fn stripe_checkout_signatures_and_tolerance() {
     server.stop().await;
 }
 
+async fn payment_status(server: &Server, reference: &str) -> Value {
+    let (status, _, bytes) = server
+        .client(SERVICE)
+        .send(
+            Method::GET,
+            &format!("/v1/payments/{reference}"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_does_not_end_a_stripe_checkout_but_an_expired_session_does() {
+    let stripe = gateways::stripe().await;
+    let server = Server::start(GatewayKind::Stripe, Some(&stripe)).await;
+    server.setup().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let deliver = |body: Vec<u8>| {
+        let signature = sign_timestamped(STRIPE_WEBHOOK_SECRET.as_bytes(), now, &body);
+        let server = &server;
+        async move {
+            server
+                .webhook("stripe", &[("stripe-signature", signature)], &body)
+                .await
+        }
+    };
+
+    // The payer's first card is declined inside the checkout; the second one pays.
+    let (reference, _) = server.initialize().await;
+    let failed = stripe_event(
+        "payment_intent.payment_failed",
+        json!({"object": "payment_intent", "status": "requires_payment_method", "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds", "message": "Your card has insufficient funds."}, "metadata": {"reference": reference}}),
+    );
+    let (status, answer) = deliver(failed).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("ignored")));
+    assert_eq!(
+        payment_status(&server, &reference).await["status"],
+        "pending"
+    );
+    let completed = stripe_event(
+        "checkout.session.completed",
+        json!({"object": "checkout.session", "client_reference_id": reference, "payment_status": "paid", "amount_total": 200_000, "currency": "ngn", "metadata": {"reference": reference}}),
+    );
+    let (status, answer) = deliver(completed).await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("credited"))
+    );
+    assert_eq!(server.balance().await, 500);
+
+    // A session left to expire ends the payment unpaid; a late "completed" for it credits nothing.
+    let (abandoned, _) = server.initialize().await;
+    let expired = stripe_event(
+        "checkout.session.expired",
+        json!({"object": "checkout.session", "client_reference_id": abandoned, "payment_status": "unpaid", "metadata": {"reference": abandoned}}),
+    );
+    let (status, answer) = deliver(expired).await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("failed")));
+    let view = payment_status(&server, &abandoned).await;
+    assert_eq!(
+        (view["status"].as_str(), view["failure_reason"].as_str()),
+        (Some("failed"), Some("abandoned"))
+    );
+    let late = stripe_event(
+        "checkout.session.completed",
+        json!({"object": "checkout.session", "client_reference_id": abandoned, "payment_status": "paid", "amount_total": 200_000, "currency": "ngn", "metadata": {"reference": abandoned}}),
+    );
+    let (status, answer) = deliver(late).await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("duplicate"))
+    );
+    assert_eq!(server.balance().await, 500);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_topup_rules_are_validated_switched_off_and_deleted() {
+    let server = Server::start(GatewayKind::Sandbox, None).await;
+    server.setup().await;
+    let admin = server.client(ADMIN);
+    let put = |body: &'static str| {
+        let admin = &admin;
+        async move {
+            let (status, _, bytes) = admin
+                .send(
+                    Method::PUT,
+                    "/v1/users/ada/auto-topup",
+                    Some(body.as_bytes().to_vec()),
+                    None,
+                )
+                .await
+                .unwrap();
+            (
+                status.as_u16(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (status, problem) = put(r#"{"enabled":true,"threshold":100}"#).await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, _) = put(r#"{"enabled":false}"#).await;
+    assert_eq!(status, 404, "no rule to switch off");
+    let (status, rule) = put(r#"{"threshold":100,"package_id":"starter"}"#).await;
+    assert_eq!((status, rule["enabled"].as_bool()), (200, Some(true)));
+    // The wallet is `low` under the rule's threshold, not only under limits.low_balance.
+    let (status, _, _) = server
+        .client(ADMIN)
+        .send(
+            Method::POST,
+            "/v1/users/ada/credit",
+            Some(br#"{"amount":50,"reason":"welcome"}"#.to_vec()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(status == 200 || status == 201, "{status}");
+    let (_, _, bytes) = server
+        .client(SERVICE)
+        .send(Method::GET, "/v1/users/ada/wallet", None, None)
+        .await
+        .unwrap();
+    let wallet: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (
+            wallet["status"].as_str(),
+            wallet["auto_topup"]["threshold"].as_i64()
+        ),
+        (Some("low"), Some(100))
+    );
+    let (status, rule) = put(r#"{"enabled":false}"#).await;
+    assert_eq!((status, rule["enabled"].as_bool()), (200, Some(false)));
+    let (status, again) = put(r#"{"enabled":false}"#).await;
+    assert_eq!((status, again["enabled"].as_bool()), (200, Some(false)));
+    let delete = || async {
+        admin
+            .send(Method::DELETE, "/v1/users/ada/auto-topup", None, None)
+            .await
+            .unwrap()
+            .0
+    };
+    assert_eq!(delete().await, 200);
+    assert_eq!(delete().await, 404);
+    server.stop().await;
+}
+
 async fn wait_for<F, Fut>(mut condition: F)
 where
     F: FnMut() -> Fut,

@@ -19,7 +19,7 @@ use crate::engine::event::{Outcome, PackageRecord, ProfileRecord};
 use crate::engine::types::{CreditKind, Currency, EngineError, Fingerprint};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, IdempotencyKey, ReservationState,
-    ReserveRequest, RevokeRequest, Spend, Tenant, UserView,
+    ReserveRequest, RevokeRequest, Spend, Tenant, TenantView, UserView,
 };
 use crate::metrics::DebitOutcome;
 
@@ -151,6 +151,11 @@ fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) -> WalletJs
         .ok()
         .flatten();
     let wallet = user.wallet(currency);
+    // The same threshold as the low-balance event: the enabled rule's, else the tenant limit.
+    let low_balance = rule
+        .as_ref()
+        .filter(|rule| rule.enabled)
+        .map_or(low_balance, |rule| rule.threshold);
     WalletJson {
         user_id: user.user_id.clone(),
         currency: currency.to_string(),
@@ -917,7 +922,10 @@ pub fn list_tenants(call: &Call<'_>) -> Answer {
         .engine
         .tenant_views()
         .into_iter()
-        .map(TenantJson::from)
+        .map(|view| {
+            let tenant = call.state.engine.tenant(&view.tenant_id);
+            tenant_json(call, view, tenant.as_deref())
+        })
         .collect();
     ok(&serde_json::json!({ "tenants": tenants }))
 }
@@ -929,7 +937,16 @@ pub fn get_tenant(call: &Call<'_>, id: &str) -> Answer {
         .engine
         .tenant(id)
         .ok_or(EngineError::TenantNotFound)?;
-    ok(&TenantJson::from(tenant.view()))
+    ok(&tenant_json(call, tenant.view(), Some(&tenant)))
+}
+
+/// A tenant as the API shows it: its view and where its events go.
+fn tenant_json(call: &Call<'_>, view: TenantView, tenant: Option<&Tenant>) -> TenantJson {
+    let mut json = TenantJson::from(view);
+    json.webhook_url = tenant
+        .and_then(|tenant| call.state.engine.tenant_webhook(tenant))
+        .map(|(url, _)| url);
+    json
 }
 
 /// `PUT /v1/tenants/{tenant_id}` (platform).
@@ -976,11 +993,6 @@ pub async fn put_tenant(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
     } else {
         StatusCode::OK
     };
-    let mut json = TenantJson::from(tenant.view());
-    json.webhook_url = call
-        .state
-        .engine
-        .tenant_webhook(&tenant)
-        .map(|(url, _)| url);
+    let json = tenant_json(call, tenant.view(), Some(&tenant));
     Ok(json_response(status, &json))
 }

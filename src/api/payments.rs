@@ -244,9 +244,10 @@ pub fn rule_json(rule: &RuleView) -> serde_json::Value {
 struct AutoTopupBody<'a> {
     #[serde(default)]
     enabled: Option<bool>,
-    threshold: i64,
-    #[serde(borrow)]
-    package_id: Cow<'a, str>,
+    #[serde(default)]
+    threshold: Option<i64>,
+    #[serde(borrow, default)]
+    package_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     payment_method: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -280,11 +281,16 @@ pub async fn put_auto_topup(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer
         let currency = currency.unwrap_or(call.tenant.default_currency());
         engine.disable_auto_topup(&call.tenant, user, currency, "switched off through the API")?
     } else {
+        let (Some(threshold), Some(package)) = (body.threshold, body.package_id.as_deref()) else {
+            return Err(Problem::invalid(
+                "threshold and package_id are required unless enabled is false",
+            ));
+        };
         let request = AutoTopupRequest {
             user,
             currency,
-            threshold: body.threshold,
-            package: &body.package_id,
+            threshold,
+            package,
             payment_method: body.payment_method.as_deref(),
             max_per_day: body.max_per_day.unwrap_or(3),
         };

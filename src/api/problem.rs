@@ -250,6 +250,12 @@ impl From<EngineError> for Problem {
                 "idempotency-table-full",
                 "the idempotency table is at idempotency.max_entries; retry without a key or later",
             ),
+            EngineError::AutoTopupNotFound => Problem::new(
+                S::NOT_FOUND,
+                "auto-topup-not-found",
+                "No automatic top-up",
+                "the wallet has no automatic top-up rule",
+            ),
             EngineError::TooManyReservations => Problem::new(
                 S::CONFLICT,
                 "too-many-reservations",

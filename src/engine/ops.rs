@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 
-use super::event::PaymentPurpose;
 use super::event::{
     ActionUse, Event, Meta, PackageRecord, ProfileRecord, TenantSettingsRecord, WalletRef,
 };
 use super::idempotency::{self, Begin, Claim, Done, IdempotencyKey};
 use super::payments::Spent;
-use super::state::{Account, Catalogue, HoldState, PaymentState, Tenant, Wallet};
+use super::state::{Account, Catalogue, HoldState, Tenant, Wallet};
 use super::types::{
     check_amount, check_id, check_text, ClosedAs, CreditKind, Currency, DebitKind, EngineError,
     Invalid, Lsn, ReleaseReason, Shortfall,
@@ -1172,20 +1171,7 @@ impl Engine {
             });
             reservations += before.saturating_sub(tenant.holds.len()) as u64;
         }
-        // Settled payments, and checkouts nobody paid, go after the retention; a pending automatic
-        // top-up stays until it is settled (its rule waits on it).
-        let retention_ms =
-            i64::try_from(self.options.payment_retention_seconds.saturating_mul(1000))
-                .unwrap_or(i64::MAX);
-        let cutoff_ms = now_ms.saturating_sub(retention_ms);
-        self.state.payments.retain(|_, entry| match entry.state {
-            PaymentState::Pending => {
-                entry.purpose == PaymentPurpose::AutoTopup || entry.created_ms >= cutoff_ms
-            }
-            PaymentState::Succeeded { at_ms, .. } | PaymentState::Failed { at_ms, .. } => {
-                at_ms >= cutoff_ms
-            }
-        });
+        self.purge_payments(now_ms);
         (keys, reservations)
     }
 

@@ -607,3 +607,61 @@ fn payments_and_rules_survive_snapshots_and_replay() {
     ));
     assert_eq!(s.balance(), 505);
 }
+
+#[test]
+fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() {
+    let mut s = Setup::new();
+    saved_card(&s);
+    rule(&s, 1);
+    spend_to(&s, 0);
+    let policy = TopupPolicy::default();
+    let plan = |s: &Setup| {
+        s.engine
+            .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+            .unwrap()
+    };
+    let TopupDecision::Charge(first) = plan(&s) else {
+        panic!("expected a charge")
+    };
+    let verdict = Verdict::Declined {
+        decline: Decline::Soft,
+        reason: "Insufficient Funds",
+    };
+    s.engine
+        .settle_payment(&first.reference, "sandbox", &verdict, "")
+        .unwrap();
+
+    s.engine
+        .delete_auto_topup(&s.tenant, "ada", None, &ADMIN)
+        .unwrap();
+    assert!(s
+        .engine
+        .auto_topup(&s.tenant, "ada", None)
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        s.engine.delete_auto_topup(&s.tenant, "ada", None, &ADMIN),
+        Err(EngineError::AutoTopupNotFound)
+    ));
+    assert_eq!(plan(&s), TopupDecision::Skip(TopupSkip::NoRule));
+    rule(&s, 1);
+    // Deleting the rule does not reset today's attempts.
+    assert_eq!(plan(&s), TopupDecision::Skip(TopupSkip::DailyCap));
+    s.crash_and_reopen();
+    assert_eq!(plan(&s), TopupDecision::Skip(TopupSkip::DailyCap));
+
+    s.clock.advance_ms(86_400_000);
+    let TopupDecision::Charge(second) = plan(&s) else {
+        panic!("expected a charge the next day")
+    };
+    assert_ne!(second.reference, first.reference);
+    assert_eq!(
+        second.reference,
+        topup_reference("acme", "ada", Currency::CREDITS, 2)
+    );
+    s.engine
+        .settle_payment(&second.reference, "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert_eq!(s.balance(), 500);
+    s.engine.check_invariants().unwrap();
+}

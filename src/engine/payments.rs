@@ -77,6 +77,8 @@ pub struct PaymentView {
     pub status: PaymentStatus,
     /// The gateway's checkout page, once it answered.
     pub checkout_url: Option<String>,
+    /// The digest of the keyed `initialize` request that made it.
+    pub fingerprint: Option<super::types::Fingerprint>,
     /// The record to wait for before showing it.
     pub last_lsn: Lsn,
 }
@@ -101,6 +103,7 @@ impl PaymentView {
                 PaymentState::Failed { decline, .. } => PaymentStatus::Failed { decline },
             },
             checkout_url: entry.checkout_url.as_deref().map(str::to_owned),
+            fingerprint: entry.fingerprint,
             last_lsn: entry.last_lsn,
         }
     }
@@ -922,9 +925,7 @@ impl Engine {
             .get_mut(user)
             .ok_or(EngineError::UserNotFound)?;
         if account.rule(currency).is_none() {
-            return Err(EngineError::Conflict(
-                "the wallet has no automatic top-up rule",
-            ));
+            return Err(EngineError::AutoTopupNotFound);
         }
         let event = Event::AutoTopupDeleted {
             wallet: WalletRef {
@@ -1100,10 +1101,11 @@ impl Engine {
             .users
             .get_mut(user)
             .ok_or(EngineError::UserNotFound)?;
-        if !account.rule(currency).is_some_and(|rule| rule.enabled) {
-            return Err(EngineError::Conflict(
-                "the wallet has no enabled automatic top-up rule",
-            ));
+        match account.rule(currency) {
+            None => return Err(EngineError::AutoTopupNotFound),
+            // Already off: nothing to record; the caller waits for the user's last change.
+            Some(rule) if !rule.enabled => return Ok(account.last_lsn),
+            Some(_) => {}
         }
         let event = Event::AutoTopupDisabled {
             wallet: WalletRef {
@@ -1241,6 +1243,43 @@ impl Engine {
                 meta,
             },
         )
+    }
+
+    /// Forgets payments past retention (see `PaymentEntry::forgettable`). Each goes under its
+    /// user's lock, the lock settlements take, so a settlement never loses its payment midway.
+    pub(super) fn purge_payments(&self, now_ms: i64) -> u64 {
+        let cutoff_ms = now_ms.saturating_sub(self.state.payment_retention_ms);
+        let candidates: Vec<(String, String, String)> = self
+            .state
+            .payments
+            .iter()
+            .filter(|entry| entry.forgettable(cutoff_ms))
+            .map(|entry| {
+                (
+                    entry.key().to_string(),
+                    entry.tenant.to_string(),
+                    entry.user.to_string(),
+                )
+            })
+            .collect();
+        let mut purged = 0;
+        for (reference, tenant, user) in candidates {
+            let Some(tenant) = self.state.tenant(&tenant) else {
+                continue;
+            };
+            let Some(_user_lock) = tenant.users.get_mut(user.as_str()) else {
+                continue;
+            };
+            if self
+                .state
+                .payments
+                .remove_if(reference.as_str(), |_, entry| entry.forgettable(cutoff_ms))
+                .is_some()
+            {
+                purged += 1;
+            }
+        }
+        purged
     }
 
     /// The tenant's event endpoint and signing secret.

@@ -131,7 +131,10 @@ pub(crate) fn recover(
         let path = snapshot_dir.join(name);
         storage.remove(&path).map_err(io(path))?;
     }
-    let mut state = State::new(options.shards);
+    let mut state = State::new(
+        options.shards,
+        seconds_to_ms(options.payment_retention_seconds),
+    );
     let mut loaded = None;
     let mut skipped = Vec::new();
     for candidate in snapshot_file::from_listing(&snapshot_dir, &snapshot_names) {
@@ -150,7 +153,10 @@ pub(crate) fn recover(
             Err(error) => {
                 tracing::warn!(path = %candidate.path.display(), %error, "snapshot unreadable; trying an older one");
                 skipped.push((candidate.path, error.to_string()));
-                state = State::new(options.shards);
+                state = State::new(
+                    options.shards,
+                    seconds_to_ms(options.payment_retention_seconds),
+                );
             }
         }
     }

@@ -568,7 +568,7 @@ fn next_item<'a, T: Deserialize<'a>>(rest: &mut &'a [u8]) -> Result<T, SnapshotE
 
 /// Decodes a snapshot's chunks without building state: for `creditd wal verify` and the fuzzers.
 pub fn check_chunks(chunks: &[Vec<u8>]) -> Result<(), SnapshotError> {
-    let state = State::new(4);
+    let state = State::new(4, i64::MAX);
     let mut counted = Totals::default();
     let mut ended = None;
     for chunk in chunks {

@@ -170,6 +170,9 @@ pub(crate) struct TopupRule {
     pub recent_attempts_ms: Vec<i64>,
     /// The reference of the attempt in flight.
     pub pending: Option<CompactString>,
+    /// Deleted through the API: kept, switched off, so its counters (the caps, the numbering of
+    /// deterministic references) survive a deletion and a new rule.
+    pub deleted: bool,
 }
 
 /// The UTC day number of a Unix-millisecond time.
@@ -299,14 +302,16 @@ impl Account {
             .find(|hold| hold.expires_at_ms <= now_ms)
     }
 
+    /// The wallet's rule, unless deleted.
     pub fn rule(&self, currency: Currency) -> Option<&TopupRule> {
         self.extra
             .as_ref()?
             .rules
             .iter()
-            .find(|rule| rule.currency == currency)
+            .find(|rule| rule.currency == currency && !rule.deleted)
     }
 
+    /// The wallet's rule, deleted or not.
     fn rule_mut(&mut self, currency: Currency) -> Option<&mut TopupRule> {
         self.extra
             .as_mut()?
@@ -645,8 +650,10 @@ impl Account {
                     .iter_mut()
                     .find(|rule| rule.currency == wallet.currency)
                 {
-                    // Counters carry over, so setting a rule again never resets its caps.
+                    // Counters carry over, so setting a rule again (even after deleting it)
+                    // never resets its caps or reuses a reference.
                     Some(rule) => {
+                        rule.deleted = false;
                         rule.threshold = threshold;
                         rule.package = package.into();
                         rule.payment_method = payment_method.map(Box::from);
@@ -670,24 +677,26 @@ impl Account {
                         last_attempt_ms: 0,
                         recent_attempts_ms: Vec::new(),
                         pending: None,
+                        deleted: false,
                     }),
                 }
                 self.refresh_rule_flag(wallet.currency);
                 HoldChange::None
             }
             Event::AutoTopupDeleted { wallet, .. } => {
-                let rules = &mut self.extra_mut().rules;
-                let before = rules.len();
-                rules.retain(|rule| rule.currency != wallet.currency);
-                if rules.len() == before {
-                    return Err(mismatch("deletion of a missing top-up rule"));
-                }
+                let rule = self
+                    .rule_mut(wallet.currency)
+                    .filter(|rule| !rule.deleted)
+                    .ok_or_else(|| mismatch("deletion of a missing top-up rule"))?;
+                rule.deleted = true;
+                rule.enabled = false;
                 self.refresh_rule_flag(wallet.currency);
                 HoldChange::None
             }
             Event::AutoTopupDisabled { wallet, reason, .. } => {
                 let rule = self
                     .rule_mut(wallet.currency)
+                    .filter(|rule| !rule.deleted)
                     .ok_or_else(|| mismatch("disabling a missing top-up rule"))?;
                 rule.enabled = false;
                 rule.disabled_reason = Some(reason.into());
@@ -1029,6 +1038,50 @@ pub(crate) struct PaymentEntry {
     pub state: PaymentState,
     /// The gateway's checkout page, once it answered.
     pub checkout_url: Option<Box<str>>,
+    /// The digest of the `initialize` request that made it under an Idempotency-Key.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl PaymentEntry {
+    fn new(
+        lsn: Lsn,
+        wallet: super::event::WalletRef<'_>,
+        terms: super::event::PaymentTerms<'_>,
+        gateway: &str,
+        purpose: PaymentPurpose,
+        meta: &Meta<'_>,
+    ) -> PaymentEntry {
+        PaymentEntry {
+            last_lsn: lsn,
+            tenant: wallet.tenant.into(),
+            user: wallet.user.into(),
+            currency: wallet.currency,
+            package: terms.package.into(),
+            credits: terms.credits,
+            amount_minor: terms.amount_minor,
+            price_currency: terms.price_currency,
+            gateway: gateway.into(),
+            purpose,
+            created_ms: meta.time_ms,
+            state: PaymentState::Pending,
+            checkout_url: None,
+            fingerprint: meta.idempotency.map(|tag| tag.fingerprint),
+        }
+    }
+
+    /// Whether the payment may be forgotten at `cutoff_ms` (now minus the retention): settled
+    /// before it, or a checkout nobody paid started before it. A pending automatic top-up is
+    /// never forgotten: its rule waits on it.
+    pub fn forgettable(&self, cutoff_ms: i64) -> bool {
+        match self.state {
+            PaymentState::Pending => {
+                self.purpose == PaymentPurpose::Checkout && self.created_ms < cutoff_ms
+            }
+            PaymentState::Succeeded { at_ms, .. } | PaymentState::Failed { at_ms, .. } => {
+                at_ms < cutoff_ms
+            }
+        }
+    }
 }
 
 /// Every tenant, the payments of all of them, and the counters shared by all of them.
@@ -1039,6 +1092,8 @@ pub(crate) struct State {
     pub idempotency_entries: AtomicU64,
     /// Payments by reference. Changed under the paying user's lock (taken first).
     pub payments: ShardedMap<CompactString, PaymentEntry>,
+    /// How long a settled payment (or an unpaid checkout) is remembered.
+    pub payment_retention_ms: i64,
 }
 
 /// Replay could not apply a record.
@@ -1047,12 +1102,13 @@ pub(crate) struct State {
 pub struct ReplayError(pub String);
 
 impl State {
-    pub fn new(shards: usize) -> State {
+    pub fn new(shards: usize, payment_retention_ms: i64) -> State {
         State {
             tenants: RwLock::new(HashMap::new()),
             shards: shards.max(1),
             idempotency_entries: AtomicU64::new(0),
             payments: sharded_map(shards / 8),
+            payment_retention_ms,
         }
     }
 
@@ -1187,25 +1243,25 @@ impl State {
                 ref meta,
             } => match self.payments.entry(reference.into()) {
                 dashmap::Entry::Occupied(entry) if entry.get().last_lsn >= lsn => Ok(()),
+                // A reference may be issued again once its payment is past retention: the live
+                // state had forgotten it (see `forgettable`), so replay forgets it too.
+                dashmap::Entry::Occupied(mut entry)
+                    if entry
+                        .get()
+                        .forgettable(meta.time_ms - self.payment_retention_ms) =>
+                {
+                    entry.insert(PaymentEntry::new(
+                        lsn, wallet, terms, gateway, purpose, meta,
+                    ));
+                    Ok(())
+                }
                 dashmap::Entry::Occupied(_) => {
                     Err(mismatch("a payment reference was issued twice"))
                 }
                 dashmap::Entry::Vacant(entry) => {
-                    entry.insert(PaymentEntry {
-                        last_lsn: lsn,
-                        tenant: wallet.tenant.into(),
-                        user: wallet.user.into(),
-                        currency: wallet.currency,
-                        package: terms.package.into(),
-                        credits: terms.credits,
-                        amount_minor: terms.amount_minor,
-                        price_currency: terms.price_currency,
-                        gateway: gateway.into(),
-                        purpose,
-                        created_ms: meta.time_ms,
-                        state: PaymentState::Pending,
-                        checkout_url: None,
-                    });
+                    entry.insert(PaymentEntry::new(
+                        lsn, wallet, terms, gateway, purpose, meta,
+                    ));
                     Ok(())
                 }
             },

@@ -267,6 +267,9 @@ pub enum EngineError {
     /// The idempotency table is at its size limit.
     #[error("idempotency table full")]
     IdempotencyTableFull,
+    /// The wallet has no automatic top-up rule.
+    #[error("no automatic top-up rule")]
+    AutoTopupNotFound,
     /// The user holds the most open reservations allowed.
     #[error("too many open reservations")]
     TooManyReservations,

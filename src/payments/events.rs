@@ -73,12 +73,16 @@ pub fn spawn(payments: Arc<Payments>, events: crossbeam_channel::Receiver<Tenant
         .name("creditd-events".into())
         .spawn(move || {
             for event in events.iter() {
-                let (payments, permits) = (Arc::clone(&payments), Arc::clone(&permits));
+                // Take a delivery slot before taking the next event: while every slot is busy,
+                // events wait in the bounded channel, and once it is full the engine drops (and
+                // counts) new ones instead of this thread piling up tasks.
+                let Ok(permit) = runtime.block_on(Arc::clone(&permits).acquire_owned()) else {
+                    return;
+                };
+                let payments = Arc::clone(&payments);
                 runtime.spawn(async move {
-                    let Ok(_permit) = permits.acquire().await else {
-                        return;
-                    };
                     deliver(&payments, &event).await;
+                    drop(permit);
                 });
             }
         });

@@ -23,11 +23,12 @@ use metrics::{Counter, Histogram};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Gateway as GatewayKind, PaymentsConfig};
+use crate::engine::event::{Decline, PaymentPurpose};
 use crate::engine::payments::{
     new_reference, CheckoutRequest, PaymentView, Settlement, TopupPolicy,
 };
 use crate::engine::types::{check_idempotency_key, EngineError};
-use crate::engine::{Context, Engine, Tenant};
+use crate::engine::{Context, Engine, IdempotencyKey, Tenant};
 use gateway::{CheckoutSpec, Gateway, GatewayError, Outcome, PaymentGateway, WebhookError};
 use paystack::PaystackGateway;
 use sandbox::SandboxGateway;
@@ -320,7 +321,13 @@ impl Payments {
             reference: &reference,
             gateway: self.gateway.name(),
         };
-        let context = Context::actor(request.actor);
+        let fingerprint = request_fingerprint(request);
+        let context = match request.idempotency_key {
+            Some(key) => {
+                Context::actor(request.actor).with_key(IdempotencyKey { key, fingerprint })
+            }
+            None => Context::actor(request.actor),
+        };
         let (payment, lsn) = match self.engine.start_checkout(tenant, &checkout, &context) {
             Ok(started) => started,
             Err(EngineError::Conflict(_)) => {
@@ -402,9 +409,13 @@ impl Payments {
         request: &InitializeRequest<'_>,
         existing: PaymentView,
     ) -> Result<Initialized, PaymentsError> {
+        let other_request = existing
+            .fingerprint
+            .is_some_and(|fingerprint| fingerprint != request_fingerprint(request));
         if existing.tenant != tenant.id()
             || existing.user != request.user
             || existing.package != request.package
+            || other_request
         {
             return Err(PaymentsError::KeyReused);
         }
@@ -457,6 +468,20 @@ impl Payments {
                 return Err(error.into());
             }
         };
+        // A declined card during a checkout is not the end of it: the payer may try another card
+        // in the same session. Only the sandbox's Decline button and an expired or abandoned
+        // checkout end a checkout unpaid.
+        if let Outcome::Declined { decline, .. } = &report.outcome {
+            let checkout = self
+                .engine
+                .payment(&report.reference)
+                .is_some_and(|p| p.purpose == PaymentPurpose::Checkout);
+            let sandbox = matches!(self.gateway, Gateway::Sandbox(_));
+            if checkout && *decline != Decline::Abandoned && !sandbox {
+                PaymentMetrics::count(&self.metrics.webhooks, "ignored");
+                return Ok(WebhookOutcome::Ignored);
+            }
+        }
         let outcome = self
             .settle(&report.reference, &report.outcome, &report.detail)
             .await?;
@@ -499,7 +524,8 @@ impl Payments {
         let payment = self
             .engine
             .payment(reference)
-            .ok_or(EngineError::Conflict("unknown payment"))?;
+            .filter(|p| p.purpose == PaymentPurpose::Checkout)
+            .ok_or(EngineError::Conflict("unknown checkout"))?;
         let (headers, body) = sandbox.click(&payment, pay, self.engine.now_ms() / 1000);
         self.webhook("sandbox", &headers, &body).await?;
         self.engine
@@ -509,7 +535,11 @@ impl Payments {
 
     /// The checkout page of a payment (any gateway; Pay and Decline only in the sandbox).
     pub fn checkout_page(&self, reference: &str, notice: Option<&str>) -> Option<String> {
-        let payment = self.engine.payment(reference)?;
+        // Only checkouts have a page: an automatic top-up's reference is not a page to open.
+        let payment = self
+            .engine
+            .payment(reference)
+            .filter(|p| p.purpose == PaymentPurpose::Checkout)?;
         let tenant = self.engine.tenant(&payment.tenant)?;
         let name = tenant
             .packages()
@@ -529,6 +559,24 @@ impl Payments {
     pub fn config(&self) -> &PaymentsConfig {
         &self.config
     }
+}
+
+/// The digest of an `initialize` request: a retry with the same key must match it.
+fn request_fingerprint(request: &InitializeRequest<'_>) -> crate::engine::types::Fingerprint {
+    let mut hasher = Sha256::new();
+    let parts = [
+        request.user,
+        request.package,
+        request.email.trim(),
+        request.callback_url.unwrap_or(""),
+    ];
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&hasher.finalize()[..16]);
+    fingerprint
 }
 
 /// The reference a tenant's Idempotency-Key maps to.

@@ -292,6 +292,7 @@ mod tests {
             created_ms: 0,
             status: PaymentStatus::Pending,
             checkout_url: None,
+            fingerprint: None,
             last_lsn: 1,
         };
         let (headers, body) = sandbox.click(&payment, true, 1000);

@@ -298,6 +298,19 @@ impl PaymentGateway for StripeGateway {
                 };
                 (reference, outcome)
             }
+            "checkout.session.expired" => {
+                let reference = object["client_reference_id"]
+                    .as_str()
+                    .or(object["metadata"]["reference"].as_str());
+                let reason = "checkout session expired".to_owned();
+                (
+                    reference,
+                    Outcome::Declined {
+                        decline: Decline::Abandoned,
+                        reason,
+                    },
+                )
+            }
             "payment_intent.succeeded" | "payment_intent.payment_failed" => (
                 object["metadata"]["reference"].as_str(),
                 intent_outcome(object).map_err(malformed)?,

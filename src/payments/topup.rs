@@ -16,10 +16,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::gateway::{ChargeSpec, Outcome, PaymentGateway};
-use super::{GatewayOp, Payments};
+use super::{GatewayOp, Payments, WebhookOutcome};
 use crate::engine::payments::{PaymentView, TopupCharge, TopupDecision, TopupTrigger};
 
 /// Pending intents younger than this are left to the call that is making them.
+/// (At least twice the gateway timeout, so a call still running is never raced.)
 const RECONCILE_AFTER_MS: i64 = 30_000;
 
 /// The worker.
@@ -129,13 +130,12 @@ impl TopupWorker {
     ) {
         match answer {
             Ok(outcome @ (Outcome::Paid { .. } | Outcome::Declined { .. })) => {
-                let label = if matches!(outcome, Outcome::Paid { .. }) {
-                    "succeeded"
-                } else {
-                    "failed"
-                };
                 match self.payments.settle(reference, &outcome, detail).await {
-                    Ok(_) => self.payments.count_autotopup(label),
+                    // Counted by what the engine did, not by what the gateway said: a paid answer
+                    // with the wrong amount is a failure, a repeated one is nothing new.
+                    Ok(WebhookOutcome::Credited) => self.payments.count_autotopup("succeeded"),
+                    Ok(WebhookOutcome::Failed) => self.payments.count_autotopup("failed"),
+                    Ok(_) => {}
                     Err(error) => {
                         tracing::error!(%error, reference, "settling a top-up failed; it will be reconciled");
                         self.payments.count_autotopup("error");
@@ -152,7 +152,13 @@ impl TopupWorker {
 
     /// Reconciles stale intents and hands every wallet that wants a top-up a trigger.
     pub async fn sweep(&self) {
-        self.reconcile_all(RECONCILE_AFTER_MS).await;
+        let timeout_ms = self
+            .payments
+            .config
+            .gateway_timeout_seconds
+            .saturating_mul(2000);
+        let after_ms = RECONCILE_AFTER_MS.max(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
+        self.reconcile_all(after_ms).await;
         let engine = Arc::clone(&self.payments.engine);
         let Ok(wanting) = tokio::task::spawn_blocking(move || engine.wallets_wanting_topup()).await
         else {
