@@ -33,7 +33,10 @@ pub struct Verification {
 /// Checks every segment, every snapshot and a full in-memory recovery of `data_dir`, writing one
 /// line per file and a summary to `out`.
 pub fn verify(data_dir: &Path, out: &mut dyn Write) -> std::io::Result<Verification> {
-    let options = EngineOptions { data_dir: data_dir.to_path_buf(), ..EngineOptions::default() };
+    let options = EngineOptions {
+        data_dir: data_dir.to_path_buf(),
+        ..EngineOptions::default()
+    };
     let storage: SharedStorage = Arc::new(FsStorage);
     let mut found = Verification::default();
     verify_segments(&storage, &options, out, &mut found)?;
@@ -84,7 +87,10 @@ fn verify_segments(
     for (index, file) in segments.iter().enumerate() {
         let name = file.path.display();
         if let Some(expected) = expected.filter(|&lsn| lsn != file.first_lsn) {
-            let problem = format!("{name}: starts at LSN {}, the previous segment ends before {expected}", file.first_lsn);
+            let problem = format!(
+                "{name}: starts at LSN {}, the previous segment ends before {expected}",
+                file.first_lsn
+            );
             writeln!(out, "segment {problem}")?;
             found.damage.push(problem);
         }
@@ -93,12 +99,22 @@ fn verify_segments(
         let mut undecodable = None;
         let visit = |frame: Frame<'_>| -> Result<(), ()> {
             if undecodable.is_none() && codec::decode::<Event<'_>>(frame.payload).is_err() {
-                let offset = frame.payload.as_ptr() as usize - base - crate::wal::record::HEADER_BYTES;
-                undecodable = Some(format!("{name}: record LSN {} at offset {offset} does not decode", frame.lsn));
+                let offset =
+                    frame.payload.as_ptr() as usize - base - crate::wal::record::HEADER_BYTES;
+                undecodable = Some(format!(
+                    "{name}: record LSN {} at offset {offset} does not decode",
+                    frame.lsn
+                ));
             }
             Ok(())
         };
-        let scan = segment::scan(&bytes, file.first_lsn, codec::FORMAT_VERSION, options.max_record_bytes, visit);
+        let scan = segment::scan(
+            &bytes,
+            file.first_lsn,
+            codec::FORMAT_VERSION,
+            options.max_record_bytes,
+            visit,
+        );
         found.segments += 1;
         match scan {
             Ok(Ok(scan)) => {
@@ -108,11 +124,17 @@ fn verify_segments(
                 } else {
                     format!("LSN {}..={}", file.first_lsn, scan.next_lsn - 1)
                 };
-                let mut line = format!("segment {name}: {range}, {} records, {} bytes", scan.records, bytes.len());
+                let mut line = format!(
+                    "segment {name}: {range}, {} records, {} bytes",
+                    scan.records,
+                    bytes.len()
+                );
                 if let ScanEnd::TornTail { offset, reason } = &scan.end {
                     let note = format!("{name}: unfinished write at offset {offset} ({reason:?}); recovery cuts it");
                     if index + 1 == segments.len() {
-                        line.push_str(&format!(", torn tail at offset {offset} (recovery cuts it)"));
+                        line.push_str(&format!(
+                            ", torn tail at offset {offset} (recovery cuts it)"
+                        ));
                         found.notes.push(note);
                     } else {
                         line.push_str(&format!(", DAMAGED at offset {offset}: bad record in a segment that is not the last"));
@@ -146,8 +168,14 @@ fn verify_snapshots(
 ) -> std::io::Result<()> {
     let dir = options.snapshot_dir();
     let names = storage.list(&dir)?;
-    for name in names.iter().filter(|name| snapshot_file::is_temporary(name)) {
-        let note = format!("{}: unfinished snapshot; the next start removes it", dir.join(name).display());
+    for name in names
+        .iter()
+        .filter(|name| snapshot_file::is_temporary(name))
+    {
+        let note = format!(
+            "{}: unfinished snapshot; the next start removes it",
+            dir.join(name).display()
+        );
         writeln!(out, "snapshot {note}")?;
         found.notes.push(note);
     }
@@ -156,11 +184,17 @@ fn verify_snapshots(
         let name = file.path.display();
         match read_snapshot(storage, &file.path) {
             Ok((start_lsn, chunks, bytes)) => {
-                writeln!(out, "snapshot {name}: start LSN {start_lsn}, {chunks} chunks, {bytes} bytes")?;
+                writeln!(
+                    out,
+                    "snapshot {name}: start LSN {start_lsn}, {chunks} chunks, {bytes} bytes"
+                )?;
             }
             Err(error) => {
                 let problem = format!("{name}: {error}");
-                writeln!(out, "snapshot {problem} (recovery falls back to an older snapshot)")?;
+                writeln!(
+                    out,
+                    "snapshot {problem} (recovery falls back to an older snapshot)"
+                )?;
                 found.damage.push(problem);
             }
         }
@@ -170,7 +204,8 @@ fn verify_snapshots(
 
 fn read_snapshot(storage: &SharedStorage, path: &Path) -> Result<(u64, u64, u64), String> {
     let max_chunk = crate::wal::record::MAX_RECORD_BYTES_LIMIT;
-    let mut reader = SnapshotReader::open(storage, path, codec::FORMAT_VERSION, max_chunk).map_err(|e| e.to_string())?;
+    let mut reader = SnapshotReader::open(storage, path, codec::FORMAT_VERSION, max_chunk)
+        .map_err(|e| e.to_string())?;
     let mut chunks = Vec::new();
     let mut buffer = Vec::new();
     while reader.next_chunk(&mut buffer).map_err(|e| e.to_string())? {
@@ -183,7 +218,10 @@ fn read_snapshot(storage: &SharedStorage, path: &Path) -> Result<(u64, u64, u64)
 
 /// Prints every record from `from_lsn` on, one line each: LSN, time, and the event.
 pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Result<u64> {
-    let options = EngineOptions { data_dir: data_dir.to_path_buf(), ..EngineOptions::default() };
+    let options = EngineOptions {
+        data_dir: data_dir.to_path_buf(),
+        ..EngineOptions::default()
+    };
     let storage: SharedStorage = Arc::new(FsStorage);
     let dir = options.wal_dir();
     let mut printed = 0u64;
@@ -195,7 +233,11 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
                 return Ok(());
             }
             let line = match codec::decode::<Event<'_>>(frame.payload) {
-                Ok(event) => format!("{} {} {event:?}", frame.lsn, format_rfc3339_ms(event.meta().time_ms)),
+                Ok(event) => format!(
+                    "{} {} {event:?}",
+                    frame.lsn,
+                    format_rfc3339_ms(event.meta().time_ms)
+                ),
                 Err(error) => format!("{} UNDECODABLE {error}", frame.lsn),
             };
             if let Err(error) = writeln!(out, "{line}") {
@@ -204,14 +246,24 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
             printed += 1;
             Ok(())
         };
-        let scan = segment::scan(&bytes, file.first_lsn, codec::FORMAT_VERSION, options.max_record_bytes, visit);
+        let scan = segment::scan(
+            &bytes,
+            file.first_lsn,
+            codec::FORMAT_VERSION,
+            options.max_record_bytes,
+            visit,
+        );
         if let Some(error) = write_error {
             return Err(error);
         }
         match scan {
             Ok(Ok(scan)) => {
                 if let ScanEnd::TornTail { offset, .. } = scan.end {
-                    writeln!(out, "# {}: unfinished write at offset {offset}", file.path.display())?;
+                    writeln!(
+                        out,
+                        "# {}: unfinished write at offset {offset}",
+                        file.path.display()
+                    )?;
                 }
             }
             Ok(Err(damage)) => writeln!(out, "# {}: {damage}", file.path.display())?,

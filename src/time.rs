@@ -15,7 +15,11 @@ pub fn format_rfc3339_ms(unix_ms: i64) -> String {
 /// Unix milliseconds. Fractions beyond milliseconds are truncated.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+    {
         return None;
     }
     if bytes[13] != b':' || bytes[16] != b':' {
@@ -43,7 +47,12 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
         if digits == 0 {
             return None;
         }
-        for (i, b) in fraction.bytes().take(3).take_while(u8::is_ascii_digit).enumerate() {
+        for (i, b) in fraction
+            .bytes()
+            .take(3)
+            .take_while(u8::is_ascii_digit)
+            .enumerate()
+        {
             millis += i64::from(b - b'0') * [100, 10, 1][i];
         }
         rest = &fraction[digits..];
@@ -89,11 +98,16 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -105,12 +119,27 @@ mod tests {
     #[test]
     fn known_instants() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(format_rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            format_rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
         assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
-        assert_eq!(parse_rfc3339_ms("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
-        assert_eq!(parse_rfc3339_ms("2023-11-14T23:13:20+01:00"), Some(1_700_000_000_000));
-        assert_eq!(parse_rfc3339_ms("2023-11-14T22:13:20.123456789Z"), Some(1_700_000_000_123));
+        assert_eq!(
+            parse_rfc3339_ms("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2023-11-14T23:13:20+01:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000_123)
+        );
     }
 
     #[test]
@@ -122,7 +151,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "2023-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "2023-11-14 22:13:20", "2023-11-14T22:13:20.Z", "2023-11-14T22:13:20+1:00", "２０２３-11-14T22:13:20Z"] {
+        for bad in [
+            "",
+            "2023-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2023-11-14 22:13:20",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20+1:00",
+            "２０２３-11-14T22:13:20Z",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }
