@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// Base URL clients reach this server at, for links such as `topup_url` (default: from `listen`).
     pub public_url: Option<String>,
+    /// Threads serving requests (default 0: one per core). With the clients on the same small
+    /// machine, fewer threads than cores can serve more (fewer context switches).
+    pub workers: u32,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace_seconds: 10,
             public_url: None,
+            workers: 0,
         }
     }
 }
@@ -461,6 +465,9 @@ impl Config {
             || limits.default_reservation_ttl_seconds > limits.max_reservation_ttl_seconds
         {
             return invalid("limits.default_reservation_ttl_seconds must be between 1 and limits.max_reservation_ttl_seconds".into());
+        }
+        if self.server.workers > 1024 {
+            return invalid("server.workers must be at most 1024 (0 means one per core)".into());
         }
         if self.server.max_body_bytes == 0 || self.server.max_connections == 0 {
             return invalid(
