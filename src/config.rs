@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// Base URL clients reach this server at, for links such as `topup_url` (default: from `listen`).
     pub public_url: Option<String>,
+    /// Threads serving requests (default 0: one per core). With the clients on the same small
+    /// machine, fewer threads than cores can serve more (fewer context switches).
+    pub workers: u32,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_grace_seconds: 10,
             public_url: None,
+            workers: 0,
         }
     }
 }
@@ -481,9 +485,15 @@ impl Config {
         // The defaults say which keys exist and what type each has.
         let defaults = toml::Table::try_from(Config::default())
             .map_err(|error| ConfigError::Parse(error.to_string()))?;
+        // `CREDITD_<SECTION>__<KEY>` names a key; other `CREDITD_*` variables (a test switch, a
+        // deployment's own) are not configuration, unless they name a section by mistake.
         let overrides: BTreeMap<String, String> = environment
             .into_iter()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .filter(|(name, _)| {
+                name.strip_prefix(ENV_PREFIX).is_some_and(|rest| {
+                    rest.contains("__") || defaults.contains_key(&rest.to_ascii_lowercase())
+                })
+            })
             .collect();
         for (variable, value) in &overrides {
             apply_override(&mut tree, &defaults, variable, value)?;
@@ -539,6 +549,9 @@ impl Config {
             || limits.default_reservation_ttl_seconds > limits.max_reservation_ttl_seconds
         {
             return invalid("limits.default_reservation_ttl_seconds must be between 1 and limits.max_reservation_ttl_seconds".into());
+        }
+        if self.server.workers > 1024 {
+            return invalid("server.workers must be at most 1024 (0 means one per core)".into());
         }
         if self.server.max_body_bytes == 0 || self.server.max_connections == 0 {
             return invalid(
@@ -733,6 +746,8 @@ mod tests {
             "{error}"
         );
         assert!(Config::from_parts("", env(&[("CREDITD_SERVER", "x")])).is_err());
+        // Not configuration: no section separator and no section of that name.
+        assert!(Config::from_parts("", env(&[("CREDITD_BROWSER_TESTS", "1")])).is_ok());
         assert!(Config::from_parts("", env(&[("CREDITD___LISTEN", "x")])).is_err());
     }
 

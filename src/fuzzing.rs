@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::codec::{self, FORMAT_VERSION};
-use crate::engine::event::{Event, Outcome, PackageRecord, ProfileRecord};
+use crate::engine::event::{Event, MethodRecord, Outcome, PackageRecord, ProfileRecord};
+use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, Verdict};
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_text, ClosedAs, CreditKind, Currency,
     DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
@@ -111,8 +112,9 @@ fn expected_frame(data: &[u8], limit: u32) -> Result<(u64, &[u8]), FrameError> {
             available: data.len() as u64,
         });
     }
-    // The checksum covers the LSN and the payload, which lie next to each other.
-    let computed = crc32c::crc32c(&data[8..end]);
+    // The checksum covers the payload, then the LSN (so the payload's part can be computed before
+    // the LSN is known).
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&data[HEADER_BYTES..end]), &data[8..16]);
     if computed != stored {
         return Err(FrameError::Checksum { stored, computed });
     }
@@ -207,6 +209,12 @@ fn check_scan(bytes: &[u8], first_lsn: u64) {
                 "damage claims a valid record at {valid_at} that does not decode"
             );
         }
+        Err(Damage::LsnOverflow { offset }) => {
+            assert_eq!(
+                offset as usize, consumed,
+                "LSN overflow reported away from its record"
+            );
+        }
         Err(Damage::OutOfSequence {
             offset,
             found,
@@ -274,8 +282,12 @@ fn check_scan_result(
         }
     }
     // A power cut leaves a prefix of what was written: cut inside the valid records, a segment must
-    // read as a torn tail or a clean end, never as damage that refuses to start.
-    if valid_len > SEGMENT_HEADER_BYTES {
+    // read as a torn tail or a clean end, never as damage that refuses to start. The exception is a
+    // payload that itself holds a record valid under the segment's salt; the log writer's salt is
+    // random and never leaves the process, so no client can build one (see `record`), but these
+    // test segments use salt 0.
+    let embedded = frames_hold_valid_records(bytes, frames);
+    if valid_len > SEGMENT_HEADER_BYTES && !embedded {
         let body = valid_len - SEGMENT_HEADER_BYTES;
         for cut in [
             valid_len - 1,
@@ -290,6 +302,23 @@ fn check_scan_result(
             }
         }
     }
+}
+
+/// Whether any valid record's payload contains, at some offset, a complete record valid under the
+/// segment's salt.
+fn frames_hold_valid_records(bytes: &[u8], frames: &[(u64, usize)]) -> bool {
+    let salt = segment::decode_salted_header(bytes, FORMAT_VERSION).map_or(0, |(_, salt)| salt);
+    let mut offset = SEGMENT_HEADER_BYTES;
+    for (_, length) in frames {
+        let payload = &bytes[offset + HEADER_BYTES..offset + length];
+        let found = (0..payload.len())
+            .any(|at| record::decode_salted(&payload[at..], RECORD_LIMIT, salt).is_ok());
+        if found {
+            return true;
+        }
+        offset += length;
+    }
+    false
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1320,10 +1349,10 @@ impl Model {
         let wallet = account.wallet_as_of(currency, now_ms);
         let available = spend_from(&wallet, amount)?;
         let expires_at_ms = expiry(now_ms, ttl)?;
-        let reserved = unchecked(
-            "a reservation's reserved_after",
-            wallet.reserved.checked_add(amount),
-        );
+        let reserved = wallet
+            .reserved
+            .checked_add(amount)
+            .ok_or(EngineError::Overflow)?;
         let outcome = Outcome::Reserve {
             reservation_id: if request.dry_run { 0 } else { lsn },
             amount,
@@ -2655,16 +2684,59 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
 // Seeds
 // ---------------------------------------------------------------------------------------------
 
-/// The seed inputs committed under `fuzz/corpus/<target>/`, built from real records, snapshots
-/// and operation sequences. `tests/fuzz_corpora.rs` writes them when `CREDITD_WRITE_CORPUS=1`.
+/// One generated input of a fuzz target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// For an input that reproduces a bug the fuzzers found: what it shows (it names the file).
+    pub finding: Option<&'static str>,
+    /// The input.
+    pub bytes: Vec<u8>,
+}
+
+impl Seed {
+    fn plain(bytes: Vec<u8>) -> Seed {
+        Seed {
+            finding: None,
+            bytes,
+        }
+    }
+
+    fn finding(finding: &'static str, bytes: Vec<u8>) -> Seed {
+        Seed {
+            finding: Some(finding),
+            bytes,
+        }
+    }
+}
+
+/// The generated inputs committed under `fuzz/corpus/<target>/`: seeds built from real records,
+/// snapshots and operation sequences, and the reproducers of bugs the fuzzers found, built with
+/// the current formats so that a format change cannot turn them into inputs that test nothing.
+/// `tests/fuzz_corpora.rs` runs them, and writes them when `CREDITD_WRITE_CORPUS=1`.
 pub mod seeds {
-    pub use super::seed_engine_ops as engine_ops;
-    pub use super::seed_record_decode as record_decode;
-    pub use super::seed_snapshot_decode as snapshot_decode;
+    use super::Seed;
+
+    /// Inputs of [`super::record_decode`].
+    pub fn record_decode() -> Vec<Seed> {
+        super::seed_record_decode()
+    }
+
+    /// Inputs of [`super::snapshot_decode`].
+    pub fn snapshot_decode() -> Vec<Seed> {
+        super::seed_snapshot_decode()
+    }
+
+    /// Inputs of [`super::engine_ops`].
+    pub fn engine_ops() -> Vec<Seed> {
+        super::seed_engine_ops()
+    }
 }
 
 fn sample_events() -> Vec<Vec<u8>> {
-    use crate::engine::event::{ActionUse, IdempotencyTag, Meta, TenantSettingsRecord, WalletRef};
+    use crate::engine::event::{
+        ActionUse, Decline, IdempotencyTag, Meta, PaymentPurpose, PaymentTerms,
+        TenantSettingsRecord, WalletRef,
+    };
     use crate::engine::types::ReleaseReason;
     let ngn = Currency::new("NGN").expect("currency");
     let wallet = WalletRef {
@@ -2799,6 +2871,84 @@ fn sample_events() -> Vec<Vec<u8>> {
             package: "starter",
             meta,
         },
+        Event::PaymentInitialized {
+            wallet,
+            reference: "cd_01HZX",
+            terms: PaymentTerms {
+                package: "starter",
+                credits: 500,
+                amount_minor: 250_000,
+                price_currency: ngn,
+            },
+            gateway: "paystack",
+            purpose: PaymentPurpose::Checkout,
+            meta,
+        },
+        Event::PaymentCheckoutOpened {
+            wallet,
+            reference: "cd_01HZX",
+            checkout_url: "https://checkout.paystack.com/0peioxfhpn",
+            meta: Meta::system(T0),
+        },
+        Event::PaymentSucceeded {
+            wallet,
+            reference: "cd_01HZX",
+            credits: 500,
+            paid_minor: 250_000,
+            paid_currency: ngn,
+            balance_after: 1_473,
+            available_after: 1_473,
+            method: Some(MethodRecord {
+                gateway: "paystack",
+                token: "AUTH_72btv547",
+                customer: Some("a@example.com"),
+                label: Some("visa 4081"),
+            }),
+            meta: Meta::system(T0),
+        },
+        Event::PaymentFailed {
+            wallet,
+            reference: "at_acme_alice_CREDITS_2",
+            decline: Decline::Hard,
+            reason: "Expired Card",
+            meta: Meta::system(T0),
+        },
+        Event::PaymentUnmatched {
+            gateway: "stripe",
+            reference: "cd_unknown",
+            detail: "checkout.session.completed evt_1",
+            meta: Meta::system(T0),
+        },
+        Event::PaymentMethodSaved {
+            wallet,
+            method: MethodRecord {
+                gateway: "stripe",
+                token: "pm_card_visa",
+                customer: Some("cus_1"),
+                label: None,
+            },
+            meta: Meta::system(T0),
+        },
+        Event::AutoTopupSet {
+            wallet,
+            threshold: 100,
+            package: "starter",
+            payment_method: None,
+            max_per_day: 3,
+            meta,
+        },
+        Event::AutoTopupDisabled {
+            wallet,
+            reason: "Expired Card",
+            meta: Meta::system(T0),
+        },
+        Event::AutoTopupDeleted { wallet, meta },
+        Event::TenantWebhookSet {
+            tenant: "acme",
+            url: Some("https://app.example.com/hooks"),
+            secret: Some("0123456789abcdef"),
+            meta,
+        },
     ];
     events
         .iter()
@@ -2818,7 +2968,7 @@ fn frame(lsn: u64, payload: &[u8]) -> Vec<u8> {
 
 /// Seeds for [`record_decode`]: real event records, a run of consecutive records, a whole
 /// segment, and damaged variants (truncations, bit flips, zero tails, absurd lengths).
-pub fn seed_record_decode() -> Vec<Vec<u8>> {
+fn seed_record_decode() -> Vec<Seed> {
     let events = sample_events();
     let mut seeds: Vec<Vec<u8>> = Vec::new();
     for (index, payload) in events.iter().enumerate() {
@@ -2859,11 +3009,50 @@ pub fn seed_record_decode() -> Vec<Vec<u8>> {
     out_of_sequence.extend_from_slice(&frame(9, &events[1]));
     seeds.push(out_of_sequence);
     seeds.extend(events.iter().take(3).cloned());
+    let mut seeds: Vec<Seed> = seeds.into_iter().map(Seed::plain).collect();
+    // Recovery's scan adds one to the LSN of each record it reads, unchecked.
+    seeds.push(Seed::finding(
+        "segment-scan-lsn-overflow",
+        frame(u64::MAX, b"x"),
+    ));
+    seeds.push(Seed::finding(
+        "torn-record-with-embedded-frame-reads-as-damage",
+        record_with_embedded_frame(),
+    ));
     seeds
 }
 
-/// An engine with some state of every kind on the crash-model storage.
-fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
+/// A credit whose description holds the bytes of a complete, valid record claiming a later LSN,
+/// as any client may send (JSON escapes give any byte). Cut by a power cut after the embedded
+/// record, the segment's tail reads as damage rather than as a torn write.
+fn record_with_embedded_frame() -> Vec<u8> {
+    use crate::engine::event::{Meta, WalletRef};
+    let embedded = (0u32..)
+        .find_map(|tweak| String::from_utf8(frame(0x41, format!("p{tweak}").as_bytes())).ok())
+        .expect("some payload makes the embedded record valid UTF-8");
+    let description = format!("{embedded} and some text after it");
+    let event = Event::Credited {
+        wallet: WalletRef {
+            tenant: "acme",
+            user: "mallory",
+            currency: Currency::CREDITS,
+        },
+        kind: CreditKind::Grant,
+        amount: 1,
+        balance_after: 1,
+        available_after: 1,
+        meta: Meta {
+            description: Some(&description),
+            ..Meta::system(T0)
+        },
+    };
+    let mut payload = Vec::new();
+    codec::encode_into(&event, &mut payload).expect("the event encodes");
+    frame(0x3c, &payload)
+}
+
+/// An empty engine on the crash-model storage.
+fn open_engine() -> (MemStorage, Arc<Engine>) {
     let storage = MemStorage::new();
     let options = EngineOptions {
         data_dir: PathBuf::from("/data"),
@@ -2872,12 +3061,13 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
         ..EngineOptions::default()
     };
     let clock = Arc::new(ManualClock::new(T0));
-    let engine = Engine::open(
-        options,
-        Arc::new(storage.clone()),
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .expect("engine opens");
+    let engine = Engine::open(options, Arc::new(storage.clone()), clock).expect("engine opens");
+    (storage, engine)
+}
+
+/// An engine with some state of every kind on the crash-model storage.
+fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
+    let (storage, engine) = open_engine();
     let ngn = Currency::new("NGN").expect("currency");
     let admin = Context::actor("admin");
     let (tenant, _, _) = engine
@@ -2954,6 +3144,53 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
         engine
             .set_overdraft(&tenant, user, None, 10, &admin)
             .expect("overdraft");
+        // Payments: one settled with a saved card, one pending, and a rule that uses the card.
+        for (suffix, settle) in [("paid", true), ("open", false)] {
+            let reference = format!("cd_{index}_{suffix}");
+            let request = CheckoutRequest {
+                user,
+                package: "starter",
+                reference: &reference,
+                gateway: "sandbox",
+            };
+            engine
+                .start_checkout(&tenant, &request, &admin)
+                .expect("checkout");
+            if settle {
+                let verdict = Verdict::Paid {
+                    paid_minor: 250_000,
+                    paid_currency: ngn,
+                    method: Some(MethodRecord {
+                        gateway: "sandbox",
+                        token: "card_ok",
+                        customer: Some("someone@example.com"),
+                        label: Some("visa 4081"),
+                    }),
+                };
+                engine
+                    .settle_payment(&reference, "sandbox", &verdict, "")
+                    .expect("settle");
+            }
+        }
+        let rule = AutoTopupRequest {
+            user,
+            currency: None,
+            threshold: 100,
+            package: "starter",
+            payment_method: None,
+            max_per_day: 3,
+        };
+        engine.set_auto_topup(&tenant, &rule, &admin).expect("rule");
+    }
+    if users > 0 {
+        engine
+            .set_tenant_webhook(
+                &tenant,
+                Some("https://app.example.com/hooks"),
+                Some("0123456789abcdef"),
+                &admin,
+            )
+            .expect("webhook");
     }
     engine
         .upsert_tenant("beta", None, Some(ngn), &admin)
@@ -2964,7 +3201,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
 
 /// Seeds for [`snapshot_decode`]: real snapshot files of engines with state, damaged variants of
 /// them, and their chunks joined by [`CHUNK_SEPARATOR`].
-pub fn seed_snapshot_decode() -> Vec<Vec<u8>> {
+fn seed_snapshot_decode() -> Vec<Seed> {
     let mut seeds = Vec::new();
     for users in [0, 1, 3] {
         let (storage, engine) = busy_engine(users);
@@ -3009,6 +3246,20 @@ pub fn seed_snapshot_decode() -> Vec<Vec<u8>> {
         }
         seeds.push(file);
     }
+    let mut seeds: Vec<Seed> = seeds.into_iter().map(Seed::plain).collect();
+    // An engine with no state, its snapshot rewritten to say replay starts at LSN 0.
+    let (storage, engine) = open_engine();
+    let summary = engine.snapshot().expect("snapshot");
+    let file = storage.read_all(&summary.path).expect("snapshot file");
+    let read = read_snapshot(&file).expect("the snapshot reads back");
+    let header = SnapshotHeader {
+        start_lsn: 0,
+        created_at_ms: T0,
+    };
+    seeds.push(Seed::finding(
+        "snapshot-start-lsn-zero",
+        write_snapshot(header, &read.chunks),
+    ));
     seeds
 }
 
@@ -3033,7 +3284,7 @@ impl Script {
 
 /// Seeds for [`engine_ops`]: scenarios that reach each operation under each limits profile, and
 /// some longer pseudo-random sequences.
-pub fn seed_engine_ops() -> Vec<Vec<u8>> {
+fn seed_engine_ops() -> Vec<Seed> {
     // Argument bytes index the tables in `Input`: amount 4 is 100, 5 is 1000, 9 is i64::MAX,
     // 10 is limits.max_amount; user 0..2 are u0..u2; key byte 1 is k0 with fingerprint 0.
     let mut seeds = Vec::new();
@@ -3168,5 +3419,14 @@ pub fn seed_engine_ops() -> Vec<Vec<u8>> {
         }
         seeds.push(bytes);
     }
+    let mut seeds: Vec<Seed> = seeds.into_iter().map(Seed::plain).collect();
+    // The widest limits the config accepts: a balance of i64::MAX with an overdraft of i64::MAX
+    // can reserve i64::MAX, then 1 more: `reserved + amount` overflows.
+    let overflow = Script::new(2)
+        .wait(op::CREDIT, &[0, 0, 9, 0, 0, 0, 0, 0, 0])
+        .wait(op::SET_OVERDRAFT, &[0, 0, 0, 9])
+        .wait(op::RESERVE, &[0, 0, 0, 9, 0, 0, 0, 0, 0])
+        .op(op::RESERVE, &[0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    seeds.push(Seed::finding("reserve-reserved-after-overflow", overflow.0));
     seeds
 }

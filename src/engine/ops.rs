@@ -406,7 +406,7 @@ impl Engine {
             let wallet = *account
                 .wallet(currency)
                 .ok_or(EngineError::Conflict("reservation on a missing wallet"))?;
-            let reserved_after = wallet.reserved - amount;
+            let reserved_after = checked(wallet.reserved.checked_sub(amount))?;
             let event = Event::HoldReleased {
                 wallet: WalletRef {
                     tenant: &tenant.id,
@@ -417,7 +417,7 @@ impl Engine {
                 amount,
                 reason: ReleaseReason::Expired,
                 reserved_after,
-                available_after: wallet.balance - reserved_after,
+                available_after: checked(wallet.balance.checked_sub(reserved_after))?,
                 meta: Meta::system(now_ms),
             };
             self.commit(tenant, account, &event, None)?;
@@ -675,7 +675,7 @@ impl Engine {
             },
             kind,
             amount: price.amount,
-            balance_after: wallet.balance - price.amount,
+            balance_after: checked(wallet.balance.checked_sub(price.amount))?,
             available_after,
             action: price.action,
             meta,
@@ -736,7 +736,7 @@ impl Engine {
             },
             amount: price.amount,
             expires_at_ms: expiry(now_ms, ttl_seconds)?,
-            reserved_after: wallet.reserved + price.amount,
+            reserved_after: checked(wallet.reserved.checked_add(price.amount))?,
             available_after,
             action: price.action,
             meta,
@@ -834,7 +834,7 @@ impl Engine {
                     .balance
                     .checked_sub(charged)
                     .ok_or(EngineError::Overflow)?;
-                let reserved_after = wallet.reserved - held;
+                let reserved_after = checked(wallet.reserved.checked_sub(held))?;
                 let mut meta = engine.meta(context, now_ms, request.description);
                 meta.metadata = request.metadata;
                 let event = Event::HoldCaptured {
@@ -848,7 +848,7 @@ impl Engine {
                     charged,
                     balance_after,
                     reserved_after,
-                    available_after: balance_after - reserved_after,
+                    available_after: checked(balance_after.checked_sub(reserved_after))?,
                     action: action.as_deref().map(|a| ActionUse {
                         name: &a.name,
                         quantity: a.quantity,
@@ -922,7 +922,7 @@ impl Engine {
                 let wallet = *account
                     .wallet(currency)
                     .ok_or(EngineError::ReservationNotFound)?;
-                let reserved_after = wallet.reserved - amount;
+                let reserved_after = checked(wallet.reserved.checked_sub(amount))?;
                 let event = Event::HoldReleased {
                     wallet: WalletRef {
                         tenant: &tenant.id,
@@ -933,7 +933,7 @@ impl Engine {
                     amount,
                     reason: ReleaseReason::Released,
                     reserved_after,
-                    available_after: wallet.balance - reserved_after,
+                    available_after: checked(wallet.balance.checked_sub(reserved_after))?,
                     meta: engine.meta(context, now_ms, None),
                 };
                 engine.commit(tenant, account, &event, claim)
@@ -1179,6 +1179,11 @@ impl Engine {
     pub fn idempotency_entries(&self) -> u64 {
         self.state.idempotency_entries.load(Ordering::Relaxed)
     }
+}
+
+/// Turns a checked operation's `None` into [`EngineError::Overflow`].
+fn checked(value: Option<i64>) -> Result<i64, EngineError> {
+    value.ok_or(EngineError::Overflow)
 }
 
 /// What `available` becomes after spending `amount`, or the shortfall if it would go below the floor.

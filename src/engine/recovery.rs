@@ -263,6 +263,12 @@ fn replay_log(
             segments[0].first_lsn
         )));
     };
+    if let Some(zero) = segments.iter().find(|segment| segment.first_lsn == 0) {
+        return Err(OpenError::Damage {
+            path: zero.path.clone(),
+            detail: "a segment cannot start at LSN 0 (LSNs start at 1)".into(),
+        });
+    }
     let mut expected = segments[first].first_lsn;
     let last_index = segments.len() - 1;
     let mut tenant_cache = None;
@@ -331,7 +337,7 @@ fn replay_log(
     if expected < start_lsn {
         return Err(OpenError::Gap(format!(
             "the log ends at LSN {} before the snapshot's start {start_lsn}",
-            expected - 1
+            expected.saturating_sub(1)
         )));
     }
     replay.next_lsn = expected;

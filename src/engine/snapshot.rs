@@ -395,6 +395,11 @@ pub(crate) fn load(
     let mut reader =
         SnapshotReader::open(storage, &file.path, codec::FORMAT_VERSION, max_chunk_bytes)?;
     let start_lsn = reader.header().start_lsn;
+    if start_lsn == 0 {
+        return Err(SnapshotError::Content(
+            "start LSN 0: LSNs start at 1".into(),
+        ));
+    }
     if start_lsn != file.start_lsn {
         return Err(SnapshotError::Content(format!(
             "header says start LSN {start_lsn}, name says {}",

@@ -6,6 +6,7 @@ use super::event::{Outcome, PackageRecord, ProfileRecord};
 use super::types::{ClosedAs, CreditKind, Currency, DebitKind, EngineError, Shortfall};
 use super::*;
 use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
+use crate::wal::Storage;
 use crate::wal::{AppendError, DurabilityError};
 
 const T0: i64 = 1_700_000_000_000;
@@ -1036,4 +1037,57 @@ fn many_threads_on_one_wallet_spend_exactly_the_balance() {
     assert_eq!(successes.into_inner(), 1000);
     assert_eq!(h.wallet("hot").balance, 0);
     h.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_record_forged_inside_a_description_cannot_turn_a_torn_write_into_damage() {
+    // A client puts the bytes of a complete record (with the next LSN, an unsalted CRC: all a
+    // client can compute) into a description. The write holding it is torn after those bytes.
+    let mut h = Harness::new();
+    h.user("mallory");
+    h.credit("mallory", 5);
+    let next_lsn = h.engine.wal().next_lsn();
+    // Any byte can reach a description (JSON escapes); pick a payload whose frame is valid UTF-8.
+    let (forged, description) = (0u32..)
+        .find_map(|tweak| {
+            let mut forged = Vec::new();
+            let payload = format!("forged payload {tweak}");
+            crate::wal::record::encode_into(&mut forged, next_lsn + 1, payload.as_bytes());
+            String::from_utf8(forged.clone())
+                .ok()
+                .map(|text| (forged, format!("{text} and more after it")))
+        })
+        .unwrap();
+    let mut request = CreditRequest::new("mallory", 7, CreditKind::Grant);
+    request.description = Some(&description);
+    let done = h.engine.credit(&h.tenant, &request, &ADMIN).unwrap();
+    h.engine.wait_durable(done.lsn).unwrap();
+    let segment = h
+        .storage
+        .paths()
+        .into_iter()
+        .rfind(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let bytes = h.storage.read_all(&segment).unwrap();
+    let embedded_at = bytes
+        .windows(forged.len())
+        .rposition(|w| w == forged.as_slice())
+        .expect("the forged bytes are in the log");
+    // Keep the forged record whole, lose the rest of the real one: an unfinished write.
+    let cut = embedded_at + forged.len() + 3;
+    assert!(cut < bytes.len());
+    h.storage.truncate(&segment, cut as u64).unwrap();
+    h.crash_and_reopen();
+    let torn = h
+        .engine
+        .recovery_report()
+        .torn_tail
+        .clone()
+        .expect("read as a torn tail, not damage");
+    assert!(torn.offset < embedded_at as u64);
+    assert_eq!(
+        h.wallet("mallory").balance,
+        5,
+        "the torn credit was never acknowledged"
+    );
 }

@@ -4,9 +4,9 @@
 //! ```text
 //! offset  size  field
 //! 0       4     len      u32 LE, payload length in bytes, 1 ..= max_record_bytes
-//! 4       4     crc      u32 LE, CRC-32C over the payload (bytes 16 .. 16 + len) followed by the
-//!                        LSN (bytes 8 .. 16): the payload's part is computed before the LSN is known,
-//!                        outside the log's lock
+//! 4       4     crc      u32 LE, CRC-32C, starting from the segment's salt instead of 0, over the
+//!                        payload (bytes 16 .. 16 + len) followed by the LSN (bytes 8 .. 16): the
+//!                        payload's part is computed before the LSN is known, outside the log's lock
 //! 8       8     lsn      u64 LE
 //! 16      len   payload
 //! ```
@@ -67,14 +67,16 @@ impl Frame<'_> {
     }
 }
 
-/// The checksum stored in a record header.
+/// The checksum stored in a record header, with salt 0 (snapshot frames).
 pub fn checksum(lsn: u64, payload: &[u8]) -> u32 {
-    finish_checksum(payload_checksum(payload), lsn)
+    finish_checksum(payload_checksum(0, payload), lsn)
 }
 
-/// The payload's part of a record checksum, computable before the LSN is assigned.
-pub fn payload_checksum(payload: &[u8]) -> u32 {
-    crc32c::crc32c(payload)
+/// The payload's part of a record checksum, computable before the LSN is assigned. The salt (a
+/// segment's random value, 0 for snapshots) starts the CRC, so that bytes a client put inside a
+/// payload can never pass for a record of their own: they cannot know the salt.
+pub fn payload_checksum(salt: u32, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(salt, payload)
 }
 
 /// The record checksum from the payload's part and the LSN.
@@ -85,7 +87,7 @@ pub fn finish_checksum(payload_checksum: u32, lsn: u64) -> u32 {
 /// Appends one framed record to `out`. The caller has checked the payload against its limit; an
 /// empty payload is a bug because it could not be told apart from a zero-filled tail.
 pub fn encode_into(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
-    encode_with_checksum(out, lsn, payload, payload_checksum(payload));
+    encode_with_checksum(out, lsn, payload, payload_checksum(0, payload));
 }
 
 /// Like [`encode_into`], with the payload's checksum already computed.
@@ -99,8 +101,17 @@ pub fn encode_with_checksum(out: &mut Vec<u8>, lsn: u64, payload: &[u8], payload
     out.extend_from_slice(payload);
 }
 
-/// Decodes the record at the start of `bytes`, checking length and checksum before anything else.
+/// Decodes the record at the start of `bytes` with salt 0 (snapshot frames).
 pub fn decode(bytes: &[u8], max_record_bytes: u32) -> Result<Frame<'_>, FrameError> {
+    decode_salted(bytes, max_record_bytes, 0)
+}
+
+/// Decodes the record at the start of `bytes`, checking length and checksum before anything else.
+pub fn decode_salted(
+    bytes: &[u8],
+    max_record_bytes: u32,
+    salt: u32,
+) -> Result<Frame<'_>, FrameError> {
     let header = read_header(bytes, max_record_bytes)?;
     let needed = HEADER_BYTES + header.len as usize;
     if bytes.len() < needed {
@@ -110,7 +121,7 @@ pub fn decode(bytes: &[u8], max_record_bytes: u32) -> Result<Frame<'_>, FrameErr
         });
     }
     let payload = &bytes[HEADER_BYTES..needed];
-    let computed = checksum(header.lsn, payload);
+    let computed = finish_checksum(payload_checksum(salt, payload), header.lsn);
     if computed != header.crc {
         return Err(FrameError::Checksum {
             stored: header.crc,

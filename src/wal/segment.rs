@@ -5,7 +5,8 @@
 //! offset  size  field
 //! 0       8     magic           "CREDITDW"
 //! 8       4     format_version  u32 LE, the payload codec's version
-//! 12      4     reserved        zero
+//! 12      4     salt            u32 LE, random per log writer: the starting value of every record's
+//!                               CRC in this segment (0 means unsalted)
 //! 16      8     first_lsn       u64 LE, equal to the number in the file name
 //! 24      4     crc             u32 LE, CRC-32C over bytes 0 .. 24
 //! 28      4     padding         zero
@@ -61,11 +62,21 @@ pub fn from_listing(dir: &Path, names: &[String]) -> Vec<SegmentFile> {
     segments
 }
 
-/// The header a new segment starts with.
+/// The header of a new unsalted segment.
 pub fn encode_header(first_lsn: u64, format_version: u32) -> [u8; SEGMENT_HEADER_BYTES] {
+    encode_salted_header(first_lsn, format_version, 0)
+}
+
+/// The header a new segment starts with; its records' CRCs start from `salt`.
+pub fn encode_salted_header(
+    first_lsn: u64,
+    format_version: u32,
+    salt: u32,
+) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&format_version.to_le_bytes());
+    header[12..16].copy_from_slice(&salt.to_le_bytes());
     header[16..24].copy_from_slice(&first_lsn.to_le_bytes());
     let crc = crc32c::crc32c(&header[..24]);
     header[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -101,6 +112,11 @@ pub enum HeaderError {
 
 /// Checks a segment header and returns its first LSN.
 pub fn decode_header(bytes: &[u8], format_version: u32) -> Result<u64, HeaderError> {
+    decode_salted_header(bytes, format_version).map(|(first_lsn, _)| first_lsn)
+}
+
+/// Checks a segment header and returns its first LSN and salt.
+pub fn decode_salted_header(bytes: &[u8], format_version: u32) -> Result<(u64, u32), HeaderError> {
     let Some(header) = bytes.get(..SEGMENT_HEADER_BYTES) else {
         return Err(HeaderError::Short(bytes.len()));
     };
@@ -117,7 +133,8 @@ pub fn decode_header(bytes: &[u8], format_version: u32) -> Result<u64, HeaderErr
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(&header[16..24]);
-    Ok(u64::from_le_bytes(first))
+    let salt = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    Ok((u64::from_le_bytes(first), salt))
 }
 
 /// How a scan of one segment ended.
@@ -162,6 +179,12 @@ pub enum Damage {
         /// Offset of the valid record found after it.
         valid_at: u64,
     },
+    /// A record claims LSN u64::MAX, which is never issued (nothing could follow it).
+    #[error("record at offset {offset} has LSN u64::MAX, which is never issued")]
+    LsnOverflow {
+        /// Offset of the record.
+        offset: u64,
+    },
     /// A record's LSN is not the one after its predecessor's.
     #[error("record at offset {offset} has LSN {found}, expected {expected}")]
     OutOfSequence {
@@ -199,14 +222,14 @@ pub fn scan<E>(
     max_record_bytes: u32,
     mut visit: impl FnMut(Frame<'_>) -> Result<(), E>,
 ) -> Result<Result<Scan, Damage>, E> {
-    match decode_header(bytes, format_version) {
-        Ok(header_lsn) if header_lsn != first_lsn => {
+    let salt = match decode_salted_header(bytes, format_version) {
+        Ok((header_lsn, _)) if header_lsn != first_lsn => {
             return Ok(Err(Damage::Header(HeaderError::NameMismatch {
                 header: header_lsn,
                 name: first_lsn,
             })))
         }
-        Ok(_) => {}
+        Ok((_, salt)) => salt,
         Err(error) => {
             // A header that was never completely written is torn only if nothing follows it.
             if bytes.len() <= SEGMENT_HEADER_BYTES
@@ -225,13 +248,18 @@ pub fn scan<E>(
             }
             return Ok(Err(Damage::Header(error)));
         }
-    }
+    };
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut expected = first_lsn;
     let mut records = 0u64;
     while offset < bytes.len() {
-        match record::decode(&bytes[offset..], max_record_bytes) {
+        match record::decode_salted(&bytes[offset..], max_record_bytes, salt) {
             Ok(frame) => {
+                if frame.lsn == u64::MAX {
+                    return Ok(Err(Damage::LsnOverflow {
+                        offset: offset as u64,
+                    }));
+                }
                 if frame.lsn != expected {
                     return Ok(Err(Damage::OutOfSequence {
                         offset: offset as u64,
@@ -246,7 +274,7 @@ pub fn scan<E>(
             }
             Err(reason) => {
                 if let Some(valid_at) =
-                    find_valid_record(bytes, offset + 1, expected, max_record_bytes)
+                    find_valid_record(bytes, offset + 1, expected, max_record_bytes, salt)
                 {
                     return Ok(Err(Damage::Corrupt {
                         offset: offset as u64,
@@ -277,11 +305,16 @@ pub fn scan<E>(
 
 /// Looks for a record with a plausible LSN (at or after `min_lsn`) anywhere from `from` on. Such a
 /// record after a bad one means the bad one is damage, not an unfinished write.
+///
+/// Records are checked with the segment's salt, which no client can know: bytes a client placed
+/// inside a payload (a description, metadata) can never pass for a record and turn an unfinished
+/// write into "damage" that stops the start.
 fn find_valid_record(
     bytes: &[u8],
     from: usize,
     min_lsn: u64,
     max_record_bytes: u32,
+    salt: u32,
 ) -> Option<usize> {
     let max_plausible = min_lsn.saturating_add((bytes.len() / HEADER_BYTES) as u64);
     (from..bytes.len().saturating_sub(HEADER_BYTES)).find(|&at| {
@@ -289,7 +322,7 @@ fn find_valid_record(
             return false;
         };
         (min_lsn..=max_plausible).contains(&header.lsn)
-            && record::decode(&bytes[at..], max_record_bytes).is_ok()
+            && record::decode_salted(&bytes[at..], max_record_bytes, salt).is_ok()
     })
 }
 

@@ -131,6 +131,8 @@ struct Shared {
     poison_reason: Mutex<Option<String>>,
     waiters: Mutex<Waiters>,
     options: WalOptions,
+    /// Starts every record CRC this writer frames.
+    salt: u32,
     records: AtomicU64,
     batches: AtomicU64,
     bytes: AtomicU64,
@@ -166,13 +168,20 @@ impl Wal {
         options: WalOptions,
         next_lsn: u64,
     ) -> std::io::Result<Wal> {
-        assert!(next_lsn >= 1, "LSNs start at 1");
+        if next_lsn == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "LSNs start at 1",
+            ));
+        }
+        // A fresh, never-zero salt for every record this writer frames (see `record`).
+        let salt = rand::random::<u32>() | 1;
         if options.fsync == FsyncMode::Never {
             tracing::warn!(
                 "fsync = \"never\": acknowledged writes are NOT durable; use only for benchmarks"
             );
         }
-        let segment = create_segment(&storage, &options, next_lsn)?;
+        let segment = create_segment(&storage, &options, next_lsn, salt)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 buffer: Vec::with_capacity(1 << 20),
@@ -188,6 +197,7 @@ impl Wal {
             poison_reason: Mutex::new(None),
             waiters: Mutex::new(Waiters { wakers: Vec::new() }),
             options,
+            salt,
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -210,7 +220,7 @@ impl Wal {
             return Err(AppendError::TooLarge);
         }
         // The payload's checksum needs no LSN, so it is computed before taking the lock.
-        let payload_checksum = record::payload_checksum(payload);
+        let payload_checksum = record::payload_checksum(shared.salt, payload);
         let mut queue = shared.queue.lock();
         if shared.poisoned.load(Ordering::Acquire) {
             return Err(AppendError::Poisoned);
@@ -411,10 +421,15 @@ fn create_segment(
     storage: &SharedStorage,
     options: &WalOptions,
     first_lsn: u64,
+    salt: u32,
 ) -> std::io::Result<ActiveSegment> {
     let path = options.dir.join(segment::file_name(first_lsn));
     let mut file = storage.create(&path)?;
-    file.write_all(&segment::encode_header(first_lsn, options.format_version))?;
+    file.write_all(&segment::encode_salted_header(
+        first_lsn,
+        options.format_version,
+        salt,
+    ))?;
     file.sync_data()?;
     storage.sync_dir(&options.dir)?;
     Ok(ActiveSegment {
@@ -458,7 +473,7 @@ fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegme
     while let Some(batch) = take_batch(shared, spare) {
         let first_lsn = batch.last_lsn + 1 - batch.records;
         if segment.records > 0 && segment.len + batch.bytes.len() as u64 > options.segment_bytes {
-            match create_segment(storage, options, first_lsn) {
+            match create_segment(storage, options, first_lsn, shared.salt) {
                 Ok(next) => {
                     segment = next;
                     shared.rotations.fetch_add(1, Ordering::Relaxed);
