@@ -106,6 +106,12 @@ impl Browser {
     }
 
     async fn command(&self, method: Method, path: &str, body: Value) -> Value {
+        self.try_command(method, path, body)
+            .await
+            .unwrap_or_else(|answer| panic!("webdriver {path}: {answer}"))
+    }
+
+    async fn try_command(&self, method: Method, path: &str, body: Value) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let request = if method == Method::GET {
             self.http.get(url)
@@ -113,11 +119,38 @@ impl Browser {
             self.http.post(url).json(&body)
         };
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(
-            answer["value"]["error"].is_null(),
-            "webdriver {path}: {answer}"
-        );
-        answer["value"].clone()
+        if answer["value"]["error"].is_null() {
+            Ok(answer["value"].clone())
+        } else {
+            Err(answer)
+        }
+    }
+
+    /// The text of an element once it reads `expected`: a click that submits a form returns before
+    /// the next page has loaded, so the page is polled (an element of the old page goes stale).
+    async fn wait_text(&self, css: &str, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            let found = self
+                .try_command(
+                    Method::POST,
+                    "/element",
+                    json!({"using": "css selector", "value": css}),
+                )
+                .await;
+            if let Ok(element) = found.as_ref().map(|found| found[ELEMENT].clone()) {
+                if let Some(element) = element.as_str() {
+                    let path = format!("/element/{element}/text");
+                    match self.try_command(Method::GET, &path, Value::Null).await {
+                        Ok(text) if text == expected => return,
+                        Ok(text) | Err(text) => last = text,
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css} never read {expected:?}; last {last}");
     }
 
     async fn open(&self, url: &str) {
@@ -242,12 +275,14 @@ async fn a_person_pays_on_the_sandbox_checkout_page() {
     assert_eq!(browser.text("#price").await, "2,000.00 NGN");
     assert_eq!(browser.text("#status").await, "Waiting for payment");
     browser.click("#pay").await;
+    browser
+        .wait_text("#status", "Paid — 500 credits added")
+        .await;
     assert_eq!(
         browser.url().await,
         checkout_url,
         "back on the page after paying"
     );
-    assert_eq!(browser.text("#status").await, "Paid — 500 credits added");
     assert_eq!(service.wallet("ada", None).await.unwrap().balance, 500);
     browser.quit().await;
 
