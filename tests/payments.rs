@@ -950,6 +950,48 @@ async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_takes_the_email_on_the_profile_when_none_is_given() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let service = server.client(SERVICE);
+    let initialize = |user: &'static str| {
+        let service = &service;
+        async move {
+            let body = json!({"user_id": user, "package_id": "starter"});
+            let (status, _, bytes) = service
+                .send(
+                    Method::POST,
+                    "/v1/payments/initialize",
+                    Some(body.to_string().into_bytes()),
+                    None,
+                )
+                .await
+                .unwrap();
+            (
+                status.as_u16(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (status, answer) = initialize("ada").await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = paystack.calls("/transaction/initialize")[0].json();
+    assert_eq!(sent["email"], "ada@example.com");
+
+    service.put_user("bob", None).await.unwrap();
+    let (status, problem) = initialize("bob").await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("email")),
+        "{problem}"
+    );
+    let (status, problem) = initialize("nobody").await;
+    assert_eq!(status, 404, "{problem}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_flow_driven_like_a_browser() {
     let server = Server::start(GatewayKind::Sandbox, None).await;
     server.setup().await;

@@ -59,8 +59,8 @@ struct InitializeBody<'a> {
     user_id: Cow<'a, str>,
     #[serde(borrow)]
     package_id: Cow<'a, str>,
-    #[serde(borrow)]
-    email: Cow<'a, str>,
+    #[serde(borrow, default)]
+    email: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     callback_url: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -71,10 +71,17 @@ struct InitializeBody<'a> {
 /// `POST /v1/payments/initialize`.
 pub async fn initialize(call: &Call<'_>, bytes: &[u8]) -> Answer {
     let body: InitializeBody = super::parse_json(bytes)?;
+    // Without an `email`, the one on the user's profile (gateways need one to send a receipt).
+    let email = match body.email {
+        Some(email) => email.into_owned(),
+        None => call.tenant.user(&body.user_id)?.email.ok_or_else(|| {
+            Problem::invalid("required: the user has no e-mail on file").with("field", "email")
+        })?,
+    };
     let request = InitializeRequest {
         user: &body.user_id,
         package: &body.package_id,
-        email: &body.email,
+        email: &email,
         callback_url: body.callback_url.as_deref(),
         idempotency_key: call.idempotency_key,
         actor: call.actor,
@@ -279,7 +286,13 @@ pub async fn put_auto_topup(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer
     let engine = &call.state.engine;
     let lsn = if body.enabled == Some(false) {
         let currency = currency.unwrap_or(call.tenant.default_currency());
-        engine.disable_auto_topup(&call.tenant, user, currency, "switched off through the API")?
+        engine.disable_auto_topup(
+            &call.tenant,
+            user,
+            currency,
+            "switched off through the API",
+            &call.context(None),
+        )?
     } else {
         let (Some(threshold), Some(package)) = (body.threshold, body.package_id.as_deref()) else {
             return Err(Problem::invalid(

@@ -480,7 +480,8 @@ pub enum Event<'a> {
         #[serde(borrow)]
         meta: Meta<'a>,
     },
-    /// A wallet's automatic top-up rule was switched off by creditd (a hard decline).
+    /// A wallet's automatic top-up rule was switched off: by creditd after a hard decline, or by an
+    /// admin through the API.
     AutoTopupDisabled {
         /// The wallet.
         #[serde(borrow)]

@@ -1096,6 +1096,7 @@ impl Engine {
         user: &str,
         currency: Currency,
         reason: &str,
+        context: &Context<'_>,
     ) -> Result<Lsn, EngineError> {
         let mut account = tenant
             .users
@@ -1114,7 +1115,7 @@ impl Engine {
                 currency,
             },
             reason: truncate(reason, 256),
-            meta: Meta::system(self.clock.now_ms()),
+            meta: self.meta(context, self.clock.now_ms(), None),
         };
         let lsn = self.commit_event(tenant, &mut account, &event)?;
         self.emit(
