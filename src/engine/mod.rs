@@ -147,6 +147,9 @@ pub struct Engine {
     recovery: RecoveryReport,
     background: Mutex<Option<maintenance::Background>>,
     hooks: std::sync::OnceLock<payments::Hooks>,
+    /// Payment references between their check and their record: two users' locks cannot keep
+    /// one reference from being issued twice, so a reference is claimed here first.
+    issuing: Mutex<std::collections::HashSet<Box<str>>>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -202,6 +205,7 @@ impl Engine {
             recovery: recovered.report,
             background: Mutex::new(None),
             hooks: std::sync::OnceLock::new(),
+            issuing: Mutex::new(std::collections::HashSet::new()),
             _lock: lock,
             options,
         });

@@ -665,3 +665,46 @@ fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() 
     assert_eq!(s.balance(), 500);
     s.engine.check_invariants().unwrap();
 }
+
+#[test]
+fn one_reference_raced_by_two_users_is_issued_once_and_the_log_stays_whole() {
+    let mut s = Setup::new();
+    let profile = ProfileRecord {
+        email: None,
+        name: None,
+        metadata: None,
+    };
+    s.engine
+        .upsert_user(&s.tenant, "bob", profile, &ADMIN)
+        .unwrap();
+    for round in 0..300 {
+        let reference = format!("cd_race_{round}");
+        let outcomes: Vec<Result<(PaymentView, u64), EngineError>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = ["ada", "bob"]
+                .into_iter()
+                .map(|user| {
+                    let (engine, tenant, reference) = (&s.engine, &s.tenant, &reference);
+                    scope.spawn(move || {
+                        let request = CheckoutRequest {
+                            user,
+                            package: "starter",
+                            reference,
+                            gateway: "sandbox",
+                        };
+                        engine.start_checkout(tenant, &request, &ADMIN)
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let issued = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(issued, 1, "round {round}: {outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .any(|o| matches!(o, Err(EngineError::Conflict(_)))));
+    }
+    assert!(!s.engine.wal().is_poisoned());
+    s.crash_and_reopen();
+    s.engine.check_invariants().unwrap();
+    assert!(s.engine.payment("cd_race_299").is_some());
+}

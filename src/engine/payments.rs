@@ -435,6 +435,18 @@ pub fn check_reference(reference: &str) -> Result<(), EngineError> {
     }
 }
 
+/// A reference claimed by [`Engine::claim_reference`], released when dropped.
+struct ReferenceClaim<'e> {
+    engine: &'e Engine,
+    reference: Box<str>,
+}
+
+impl Drop for ReferenceClaim<'_> {
+    fn drop(&mut self) {
+        self.engine.issuing.lock().remove(&self.reference);
+    }
+}
+
 impl Engine {
     /// Connects the payments side; once only.
     pub fn connect_hooks(&self, hooks: Hooks) -> Result<(), Hooks> {
@@ -546,6 +558,13 @@ impl Engine {
             .users
             .get_mut(request.user)
             .ok_or(EngineError::UserNotFound)?;
+        // Claimed before the map is checked, released after the record is applied: a second
+        // request for the reference (another user's, under another lock) sees one or the other.
+        let _claim = self
+            .claim_reference(request.reference)
+            .ok_or(EngineError::Conflict(
+                "this payment reference is being issued",
+            ))?;
         if self.state.payments.contains_key(request.reference) {
             return Err(EngineError::Conflict(
                 "this payment reference is already in use",
@@ -607,6 +626,17 @@ impl Engine {
             meta: Meta::system(self.clock.now_ms()),
         };
         self.commit_event(&tenant, &mut account, &event)
+    }
+
+    /// Claims a reference about to be issued; `None` if another request holds it.
+    fn claim_reference<'e>(&'e self, reference: &str) -> Option<ReferenceClaim<'e>> {
+        self.issuing
+            .lock()
+            .insert(Box::from(reference))
+            .then(|| ReferenceClaim {
+                engine: self,
+                reference: Box::from(reference),
+            })
     }
 
     /// A payment by reference, in any tenant.

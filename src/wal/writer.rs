@@ -471,6 +471,11 @@ fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegme
     let options = &shared.options;
     let mut spare = Vec::with_capacity(1 << 20);
     while let Some(batch) = take_batch(shared, spare) {
+        if shared.poisoned.load(Ordering::Acquire) {
+            // Poisoned from outside (the engine found a record it could not apply): write
+            // nothing more, that record least of all.
+            return;
+        }
         let first_lsn = batch.last_lsn + 1 - batch.records;
         if segment.records > 0 && segment.len + batch.bytes.len() as u64 > options.segment_bytes {
             match create_segment(storage, options, first_lsn, shared.salt) {
