@@ -80,8 +80,14 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// Longest `t=…,v1=…` header accepted: room for a timestamp and [`MAX_CANDIDATES`] signatures.
+const MAX_HEADER_BYTES: usize = 1024;
+/// Most `v1` signatures weighed (a gateway sends one, or two while a secret is rolled).
+const MAX_CANDIDATES: usize = 8;
+
 /// Checks a `t=…,v1=…[,v1=…]` header against `body`: the timestamp must be within `tolerance_s`
-/// of `now_s`, and any one `v1` must match (several appear while a secret is being rolled).
+/// of `now_s`, and any one `v1` must match (several appear while a secret is being rolled). The
+/// body is hashed once whatever the number of signatures, which is bounded, as is the header.
 pub fn verify_timestamped(
     secret: &[u8],
     header: Option<&str>,
@@ -90,6 +96,9 @@ pub fn verify_timestamped(
     tolerance_s: i64,
 ) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(SignatureError::Malformed);
+    }
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -105,22 +114,28 @@ pub fn verify_timestamped(
                         .map_err(|_| SignatureError::Malformed)?,
                 )
             }
-            "v1" => candidates.push(hex_decode(value).ok_or(SignatureError::Malformed)?),
+            "v1" => {
+                let tag = hex_decode(value).ok_or(SignatureError::Malformed)?;
+                // An HMAC-SHA256 is 32 bytes; anything else can match nothing.
+                if tag.len() == 32 {
+                    candidates.push(tag);
+                }
+            }
             _ => {}
         }
     }
     let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
-    if candidates.is_empty() {
+    if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
         return Err(SignatureError::Malformed);
     }
-    if (now_s - timestamp).abs() > tolerance_s {
+    if now_s.abs_diff(timestamp) > tolerance_s.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
-    let matched = candidates.iter().any(|tag| {
-        sha256_mac(secret, timestamp, body)
-            .verify_slice(tag)
-            .is_ok()
-    });
+    let mac = sha256_mac(secret, timestamp, body);
+    // `verify_slice` compares in constant time; each candidate finalizes a copy of the one state.
+    let matched = candidates
+        .iter()
+        .any(|tag| mac.clone().verify_slice(tag).is_ok());
     if matched {
         Ok(())
     } else {
@@ -194,5 +209,28 @@ mod tests {
         let (_, good) = header.split_once(",v1=").unwrap();
         let rolled = format!("t=1700000000,v1={},v1={good}", "00".repeat(32));
         assert!(verify_timestamped(b"whsec_test", Some(&rolled), body, 1_700_000_000, 300).is_ok());
+        // Bounded work: a flood of signatures, or only empty ones, is refused before any hashing.
+        let flood = format!("t=1700000000{},v1={good}", ",v1=".repeat(100_000));
+        assert_eq!(
+            verify_timestamped(b"whsec_test", Some(&flood), body, 1_700_000_000, 300),
+            Err(SignatureError::Malformed)
+        );
+        let many = format!("t=1700000000{},v1={good}", format!(",v1={good}").repeat(8));
+        assert_eq!(
+            verify_timestamped(b"whsec_test", Some(&many), body, 1_700_000_000, 300),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_timestamped(b"whsec_test", Some("t=1,v1="), body, 1, 300),
+            Err(SignatureError::Malformed)
+        );
+        // Timestamps at the ends of the range are stale, not an overflow.
+        for t in [i64::MIN, i64::MAX] {
+            let header = format!("t={t},v1={good}");
+            assert_eq!(
+                verify_timestamped(b"whsec_test", Some(&header), body, 1_700_000_000, 300),
+                Err(SignatureError::Stale)
+            );
+        }
     }
 }
