@@ -570,6 +570,11 @@ impl Config {
         {
             return invalid("payments.autotopup.sweep_every, payments.events.attempts and queue must be positive".into());
         }
+        if self.payments.retention.0 < 3 * 86_400 {
+            // Gateways retry webhooks for up to about three days; a payment forgotten sooner
+            // would turn a late delivery into an unmatched report, or let its reference be reused.
+            return invalid("payments.retention must be at least 3d".into());
+        }
         if !(1..=120).contains(&self.payments.gateway_timeout_seconds) {
             return invalid("payments.gateway_timeout_seconds must be 1 to 120".into());
         }
@@ -790,6 +795,20 @@ mod tests {
         assert_eq!(Seconds::parse("soon"), None);
         assert!(Config::from_parts("[engine]\nshards = 100\n", env(&[])).is_err());
         assert!(Config::from_parts("[storage]\nsegment_bytes = 10\n", env(&[])).is_err());
+        for payments in [
+            "retention = \"2d\"",
+            "gateway_timeout_seconds = 0",
+            "[payments.autotopup]\nmax_per_hour = 17",
+        ] {
+            assert!(
+                matches!(
+                    Config::from_parts(&format!("[payments]\n{payments}\n"), env(&[])),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{payments}"
+            );
+        }
+        assert!(Config::from_parts("[payments]\nretention = \"3d\"\n", env(&[])).is_ok());
         let short_secret =
             "[[auth.keys]]\nname = \"k\"\nsecret = \"short\"\nrole = \"admin\"\ntenant = \"t\"\n";
         assert!(matches!(

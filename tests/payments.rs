@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use creditd::client::{Client, Debit};
 use creditd::config::{ApiKey, Config, Gateway as GatewayKind, Role};
-use creditd::engine::event::ProfileRecord;
+use creditd::engine::event::{Decline, ProfileRecord};
 use creditd::engine::payments::AutoTopupRequest;
+use creditd::engine::payments::PaymentStatus;
 use creditd::engine::types::Currency;
 use creditd::engine::{Clock, Context, Engine, EngineOptions, ManualClock, Tenant};
 use creditd::payments::signature::{hmac_sha512_hex, sign_timestamped, verify_timestamped};
@@ -703,6 +704,73 @@ async fn event_receiver(secret: &'static str) -> (String, Arc<parking_lot::Mutex
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_endpoint_hangs_does_not_hold_up_the_others() {
+    const SPEND_TO_ZERO: [(&str, &[u8]); 2] = [
+        ("/v1/users/ada/credit", br#"{"amount":1,"reason":"test"}"#),
+        ("/v1/users/ada/debit", br#"{"amount":1}"#),
+    ];
+    let server = Server::start(GatewayKind::Sandbox, None).await;
+    // An endpoint that accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}/hooks", hole.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+        }
+    });
+    let (good_url, received) = event_receiver("tenant-events-secret-0002").await;
+    let platform = server.client(PLATFORM);
+    for (tenant, url, secret) in [
+        ("stuck", hole_url.as_str(), "tenant-events-secret-0001"),
+        ("fine", good_url.as_str(), "tenant-events-secret-0002"),
+    ] {
+        let body = json!({"webhook_url": url, "webhook_secret": secret});
+        let (status, _, _) = platform
+            .send(
+                Method::PUT,
+                &format!("/v1/tenants/{tenant}"),
+                Some(body.to_string().into_bytes()),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201);
+        let client = platform.in_tenant(tenant).unwrap();
+        client.put_user("ada", None).await.unwrap();
+    }
+    // Forty `wallet.depleted` events for the stuck tenant: more than every sending slot.
+    let stuck = platform.in_tenant("stuck").unwrap();
+    for _ in 0..40 {
+        for (path, body) in SPEND_TO_ZERO {
+            let (status, _, _) = stuck
+                .send(Method::POST, path, Some(body.to_vec()), None)
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{path}");
+        }
+    }
+    let fine = platform.in_tenant("fine").unwrap();
+    for (path, body) in SPEND_TO_ZERO {
+        fine.send(Method::POST, path, Some(body.to_vec()), None)
+            .await
+            .unwrap();
+    }
+    // Well inside the 10 s the stuck tenant's requests wait before they time out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while received.lock().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the other tenant's event waited behind the stuck endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(received.lock()[0]["type"], "wallet.depleted");
+    assert_eq!(received.lock()[0]["tenant_id"], "fine");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paystack_auto_topup_charges_the_saved_authorization_and_tells_the_tenant() {
     let paystack = gateways::paystack().await;
     let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
@@ -861,12 +929,18 @@ async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times() {
-    // Thirty simulated days, the worker sweeping every simulated minute, against a real fake
-    // Paystack that declines every charge for lack of funds.
-    let paystack = gateways::paystack().await;
-    paystack.set_behaviour(ChargeBehaviour::Decline("Insufficient Funds"));
+/// An engine on a hand-driven clock with one user whose rule charges `AUTH_x` through the fake
+/// Paystack, and a top-up worker driven by hand (its temporary directory kept alive).
+fn topup_setup(
+    paystack: &Fake,
+    max_per_hour: u32,
+) -> (
+    Arc<Engine>,
+    Arc<ManualClock>,
+    Arc<Tenant>,
+    TopupWorker,
+    tempfile::TempDir,
+) {
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let options = EngineOptions {
         data_dir: "/data".into(),
@@ -916,12 +990,22 @@ async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times
     };
     engine.set_auto_topup(&tenant, &rule, &admin).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path(), GatewayKind::Paystack, Some(&paystack));
-    config.payments.autotopup.max_per_hour = 2;
+    let mut config = config(dir.path(), GatewayKind::Paystack, Some(paystack));
+    config.payments.autotopup.max_per_hour = max_per_hour;
     let payments = Arc::new(
         Payments::new(Arc::clone(&engine), &config.payments, "http://127.0.0.1:1").unwrap(),
     );
     let worker = TopupWorker::new(Arc::clone(&payments));
+    (engine, clock, tenant, worker, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times() {
+    // Thirty simulated days, the worker sweeping every simulated minute, against a real fake
+    // Paystack that declines every charge for lack of funds.
+    let paystack = gateways::paystack().await;
+    paystack.set_behaviour(ChargeBehaviour::Decline("Insufficient Funds"));
+    let (engine, clock, tenant, worker, _dir) = topup_setup(&paystack, 2);
     let mut charges_per_day = std::collections::BTreeMap::<i64, usize>::new();
     let mut seen = 0;
     for _ in 0..(30 * 24 * 60) {
@@ -945,6 +1029,80 @@ async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times
     );
     assert!(total <= 3 * 31, "{total} charges in 30 days");
     assert!(total >= 30, "the rule keeps trying every day: {total}");
+    assert_eq!(tenant.wallet("ada", None).unwrap().balance, 0);
+    engine.check_invariants().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_sends_again_only_what_the_rule_still_wants() {
+    let paystack = gateways::paystack().await;
+    let (engine, clock, tenant, worker, _dir) = topup_setup(&paystack, 3);
+    let policy = creditd::engine::payments::TopupPolicy::default();
+    let plan = |gateway: &str| match engine
+        .plan_auto_topup(&tenant, "ada", Currency::CREDITS, gateway, &policy)
+        .unwrap()
+    {
+        creditd::engine::payments::TopupDecision::Charge(charge) => charge.reference,
+        other => panic!("expected a charge, got {other:?}"),
+    };
+    let status = |reference: &str| engine.payment(reference).unwrap().status;
+    let charges = || paystack.calls("/transaction/charge_authorization").len();
+    let admin = Context::actor("admin");
+    let rule = AutoTopupRequest {
+        user: "ada",
+        currency: None,
+        threshold: 100,
+        package: "starter",
+        payment_method: Some("AUTH_x"),
+        max_per_day: 3,
+    };
+
+    // An intent recorded, then the rule deleted before the charge went out (a crash between):
+    // the gateway has no record, so nothing is sent and the intent ends abandoned.
+    let first = plan("paystack");
+    engine
+        .delete_auto_topup(&tenant, "ada", None, &admin)
+        .unwrap();
+    clock.advance_ms(120_000);
+    worker.reconcile_all(60_000).await;
+    assert_eq!(charges(), 0);
+    assert!(matches!(
+        status(&first),
+        PaymentStatus::Failed {
+            decline: Decline::Abandoned
+        }
+    ));
+
+    // The rule set again is not stuck behind that intent. Its charge meets an outage: each
+    // reconciliation verifies (no record), sends it again, and after MAX_RESENDS gives it up.
+    engine.set_auto_topup(&tenant, &rule, &admin).unwrap();
+    paystack.set_behaviour(ChargeBehaviour::ServerError);
+    let second = plan("paystack");
+    for round in 1..=4 {
+        clock.advance_ms(120_000);
+        worker.reconcile_all(60_000).await;
+        assert_eq!(charges(), round.min(3), "round {round}");
+    }
+    assert!(matches!(
+        status(&second),
+        PaymentStatus::Failed {
+            decline: Decline::Abandoned
+        }
+    ));
+    assert_eq!(
+        paystack.calls("/transaction/verify/").len(),
+        5,
+        "one verify per reconciliation"
+    );
+
+    // An intent of another gateway (the configuration changed since) is not this gateway's to
+    // verify or charge: it stays pending.
+    clock.advance_ms(86_400_000);
+    let foreign = plan("stripe");
+    clock.advance_ms(120_000);
+    worker.reconcile_all(60_000).await;
+    assert_eq!(charges(), 3);
+    assert_eq!(status(&foreign), PaymentStatus::Pending);
     assert_eq!(tenant.wallet("ada", None).unwrap().balance, 0);
     engine.check_invariants().unwrap();
 }

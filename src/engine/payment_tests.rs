@@ -708,3 +708,57 @@ fn one_reference_raced_by_two_users_is_issued_once_and_the_log_stays_whole() {
     s.engine.check_invariants().unwrap();
     assert!(s.engine.payment("cd_race_299").is_some());
 }
+
+#[test]
+fn a_top_up_paid_in_the_wrong_amount_switches_the_rule_off() {
+    let s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    spend_to(&s, 10);
+    s.event_names();
+    let policy = TopupPolicy::default();
+    let TopupDecision::Charge(charge) = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap()
+    else {
+        panic!("expected a charge")
+    };
+    // The gateway took 2,000.00 in another currency: nothing credited, and no second attempt.
+    s.engine
+        .settle_payment(&charge.reference, "sandbox", &paid(200_000, "USD"), "")
+        .unwrap();
+    assert_eq!(s.balance(), 10);
+    let rule = s
+        .engine
+        .auto_topup(&s.tenant, "ada", None)
+        .unwrap()
+        .unwrap();
+    assert!(!rule.enabled);
+    assert!(
+        rule.disabled_reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("USD")),
+        "{rule:?}"
+    );
+    assert_eq!(s.event_names(), vec!["topup.failed", "autotopup.disabled"]);
+}
+
+#[test]
+fn the_sweep_claims_each_wallet_it_hands_out() {
+    let s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    spend_to(&s, 10);
+    // The debit's own trigger is out: the sweep leaves the wallet to it.
+    assert!(s.topups.try_recv().is_ok());
+    assert!(s.engine.wallets_wanting_topup().is_empty());
+    s.engine
+        .clear_topup_trigger(&s.tenant, "ada", Currency::CREDITS);
+    // Lost trigger: one sweep hands the wallet out once, the next not again until it is handled.
+    assert_eq!(s.engine.wallets_wanting_topup().len(), 1);
+    assert!(s.engine.wallets_wanting_topup().is_empty());
+    s.engine
+        .clear_topup_trigger(&s.tenant, "ada", Currency::CREDITS);
+    assert_eq!(s.engine.wallets_wanting_topup().len(), 1);
+}

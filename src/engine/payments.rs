@@ -144,10 +144,12 @@ pub enum Settlement {
         /// The record to wait for.
         lsn: Lsn,
     },
-    /// Settled before: this delivery changed nothing.
+    /// Settled before: this delivery changed nothing but perhaps the saved payment method.
     AlreadySettled {
         /// The payment.
         payment: PaymentView,
+        /// The record to wait for: the payment's last, or the saved method's.
+        lsn: Lsn,
     },
     /// Recorded as failed (declined, abandoned, or the wrong amount or currency).
     Failed {
@@ -435,6 +437,32 @@ pub fn check_reference(reference: &str) -> Result<(), EngineError> {
     }
 }
 
+/// The token a rule charges through `gateway` (its own, else the user's saved method of that
+/// gateway) and the payer: the method's customer, else the profile's e-mail (Paystack needs one).
+fn charge_method(
+    account: &Account,
+    rule: &super::state::TopupRule,
+    gateway: &str,
+) -> Option<(String, Option<String>)> {
+    let saved = account.payment_method().filter(|m| m.gateway == gateway);
+    let (token, customer) = match (&rule.payment_method, saved) {
+        (Some(token), saved) => (
+            token.to_string(),
+            saved.and_then(|m| m.customer.as_deref().map(str::to_owned)),
+        ),
+        (None, Some(saved)) => (
+            saved.token.to_string(),
+            saved.customer.as_deref().map(str::to_owned),
+        ),
+        (None, None) => return None,
+    };
+    let profile_email = account
+        .profile()
+        .and_then(|p| p.email.as_deref())
+        .map(str::to_owned);
+    Some((token, customer.or(profile_email)))
+}
+
 /// A reference claimed by [`Engine::claim_reference`], released when dropped.
 struct ReferenceClaim<'e> {
     engine: &'e Engine,
@@ -698,6 +726,7 @@ impl Engine {
             ) = (entry.state, verdict)
             {
                 let saved = account.payment_method();
+                let mut lsn = entry.last_lsn;
                 if !saved.is_some_and(|saved| {
                     &*saved.token == method.token && saved.gateway == method.gateway
                 }) {
@@ -713,11 +742,16 @@ impl Engine {
                             ..Meta::system(now_ms)
                         },
                     };
-                    self.commit_event(&tenant, &mut account, &event)?;
+                    lsn = self.commit_event(&tenant, &mut account, &event)?;
                 }
+                return Ok(Settlement::AlreadySettled {
+                    payment: PaymentView::new(reference, &entry),
+                    lsn,
+                });
             }
             return Ok(Settlement::AlreadySettled {
                 payment: PaymentView::new(reference, &entry),
+                lsn: entry.last_lsn,
             });
         }
         let wallet_ref = WalletRef {
@@ -992,6 +1026,23 @@ impl Engine {
         }))
     }
 
+    /// What the wallet's rule would charge through `gateway` now: `None` if the rule is deleted,
+    /// switched off, or has no method for that gateway. Reconciliation sends an intent again only
+    /// with this, so it charges what planning would.
+    pub fn topup_method(
+        &self,
+        tenant: &Tenant,
+        user: &str,
+        currency: Currency,
+        gateway: &str,
+    ) -> Result<Option<(String, Option<String>)>, EngineError> {
+        let account = tenant.users.get(user).ok_or(EngineError::UserNotFound)?;
+        Ok(account
+            .rule(currency)
+            .filter(|rule| rule.enabled)
+            .and_then(|rule| charge_method(&account, rule, gateway)))
+    }
+
     /// The user's saved payment method.
     pub fn saved_method(
         &self,
@@ -1068,24 +1119,9 @@ impl Engine {
         else {
             return Ok(TopupDecision::Skip(TopupSkip::PackageUnavailable));
         };
-        let saved = account.payment_method().filter(|m| m.gateway == gateway);
-        let (token, customer) = match (&rule.payment_method, saved) {
-            (Some(token), saved) => (
-                token.to_string(),
-                saved.and_then(|m| m.customer.as_deref().map(str::to_owned)),
-            ),
-            (None, Some(saved)) => (
-                saved.token.to_string(),
-                saved.customer.as_deref().map(str::to_owned),
-            ),
-            (None, None) => return Ok(TopupDecision::Skip(TopupSkip::NoMethod)),
+        let Some((token, customer)) = charge_method(&account, rule, gateway) else {
+            return Ok(TopupDecision::Skip(TopupSkip::NoMethod));
         };
-        // Paystack charges need the payer's e-mail: the profile's serves when the method has none.
-        let profile_email = account
-            .profile()
-            .and_then(|p| p.email.as_deref())
-            .map(str::to_owned);
-        let customer = customer.or(profile_email);
         let reference = topup_reference(&tenant.id, user, currency, rule.attempts_total + 1);
         let terms = PaymentTerms {
             package: &package_id,
@@ -1201,9 +1237,28 @@ impl Engine {
         views
     }
 
-    /// Every wallet with an enabled rule, under its threshold, with nothing in flight: the sweep's
-    /// catch for triggers that were lost or deferred.
+    /// Every wallet with an enabled rule, under its threshold, with nothing in flight and no
+    /// trigger out: the sweep's catch for triggers that were lost or deferred. Each is claimed (its
+    /// trigger flag set, as a debit would) so that a slow gateway cannot make sweeps pile up
+    /// triggers for one wallet; whoever handles the trigger clears the flag.
     pub fn wallets_wanting_topup(&self) -> Vec<TopupTrigger> {
+        let mut candidates = self.topup_candidates();
+        candidates.retain(|trigger| {
+            let Some(tenant) = self.state.tenant(&trigger.tenant) else {
+                return false;
+            };
+            let Some(mut account) = tenant.users.get_mut(trigger.user.as_str()) else {
+                return false;
+            };
+            let available = account
+                .wallet(trigger.currency)
+                .map_or(0, |wallet| wallet.available());
+            Engine::take_trigger(&mut account, trigger.currency, available)
+        });
+        candidates
+    }
+
+    fn topup_candidates(&self) -> Vec<TopupTrigger> {
         let mut triggers = Vec::new();
         for tenant in self.state.tenant_list() {
             for entry in tenant.users.iter() {

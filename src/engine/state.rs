@@ -628,7 +628,9 @@ impl Account {
                 {
                     rule.pending = None;
                     rule.consecutive_failures = rule.consecutive_failures.saturating_add(1);
-                    if decline == Decline::Hard {
+                    // A card that cannot be charged again, or a gateway that takes another amount
+                    // than the package's (money taken, nothing credited): no second attempt.
+                    if matches!(decline, Decline::Hard | Decline::Mismatch) {
                         rule.enabled = false;
                         rule.disabled_reason = Some(reason.into());
                     }

@@ -5,10 +5,17 @@
 //! Failures are retried with doubling delays; the queue is bounded and a full queue drops events
 //! (counted) rather than slowing a debit. Delivery is at least once while the process runs; events
 //! queued when it stops are not kept.
+//!
+//! One tenant's dead endpoint cannot hold up the others: a delivery holds a sending slot only while
+//! its request is out (not while it waits to retry), a tenant has at most
+//! [`SENDS_PER_TENANT`] of the [`CONCURRENT_SENDS`] slots and [`PENDING_PER_TENANT`] deliveries
+//! pending, and its events beyond that are dropped (counted) instead of queueing behind it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -20,8 +27,41 @@ use crate::time::format_rfc3339_ms;
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "Creditd-Signature";
-/// Deliveries in flight at once.
-const CONCURRENT_DELIVERIES: usize = 32;
+/// Requests to tenants' endpoints out at once.
+pub const CONCURRENT_SENDS: usize = 32;
+/// Of which one tenant may hold.
+pub const SENDS_PER_TENANT: usize = 8;
+/// Deliveries pending at once (sending or waiting to retry), all tenants together.
+const PENDING: usize = 1024;
+/// Of which one tenant may have.
+pub const PENDING_PER_TENANT: usize = 128;
+
+/// Delivery slots: shared, and per tenant.
+struct Lanes {
+    pending: Arc<Semaphore>,
+    sends: Semaphore,
+    tenants: DashMap<String, Arc<TenantLane>>,
+}
+
+struct TenantLane {
+    sends: Semaphore,
+    pending: AtomicUsize,
+}
+
+impl Lanes {
+    fn tenant(&self, tenant: &str) -> Arc<TenantLane> {
+        if let Some(lane) = self.tenants.get(tenant) {
+            return Arc::clone(&lane);
+        }
+        let lane = self.tenants.entry(tenant.to_owned()).or_insert_with(|| {
+            Arc::new(TenantLane {
+                sends: Semaphore::new(SENDS_PER_TENANT),
+                pending: AtomicUsize::new(0),
+            })
+        });
+        Arc::clone(&lane)
+    }
+}
 
 /// The JSON body of an event.
 pub fn body(event: &TenantEvent) -> Value {
@@ -68,21 +108,33 @@ pub fn body(event: &TenantEvent) -> Value {
 /// Runs delivery on the current runtime.
 pub fn spawn(payments: Arc<Payments>, events: crossbeam_channel::Receiver<TenantEvent>) {
     let runtime = tokio::runtime::Handle::current();
-    let permits = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
+    let lanes = Arc::new(Lanes {
+        pending: Arc::new(Semaphore::new(PENDING)),
+        sends: Semaphore::new(CONCURRENT_SENDS),
+        tenants: DashMap::new(),
+    });
     let spawned = std::thread::Builder::new()
         .name("creditd-events".into())
         .spawn(move || {
             for event in events.iter() {
-                // Take a delivery slot before taking the next event: while every slot is busy,
-                // events wait in the bounded channel, and once it is full the engine drops (and
-                // counts) new ones instead of this thread piling up tasks.
-                let Ok(permit) = runtime.block_on(Arc::clone(&permits).acquire_owned()) else {
+                let lane = lanes.tenant(&event.tenant);
+                if lane.pending.fetch_add(1, Ordering::AcqRel) >= PENDING_PER_TENANT {
+                    lane.pending.fetch_sub(1, Ordering::AcqRel);
+                    payments.count_event("dropped");
+                    continue;
+                }
+                // Take a slot before taking the next event: while every slot is busy, events wait
+                // in the bounded channel, and once it is full the engine drops (and counts) new
+                // ones instead of this thread piling up tasks.
+                let Ok(pending) = runtime.block_on(Arc::clone(&lanes.pending).acquire_owned())
+                else {
                     return;
                 };
-                let payments = Arc::clone(&payments);
+                let (payments, lanes) = (Arc::clone(&payments), Arc::clone(&lanes));
                 runtime.spawn(async move {
-                    deliver(&payments, &event).await;
-                    drop(permit);
+                    deliver(&payments, &event, &lanes, &lane).await;
+                    lane.pending.fetch_sub(1, Ordering::AcqRel);
+                    drop(pending);
                 });
             }
         });
@@ -91,8 +143,9 @@ pub fn spawn(payments: Arc<Payments>, events: crossbeam_channel::Receiver<Tenant
     }
 }
 
-/// Delivers one event, retrying with doubling delays.
-pub async fn deliver(payments: &Payments, event: &TenantEvent) {
+/// Delivers one event, retrying with doubling delays; holds a sending slot only while a request
+/// is out.
+async fn deliver(payments: &Payments, event: &TenantEvent, lanes: &Lanes, lane: &TenantLane) {
     let engine = payments.engine();
     if engine.durable(event.lsn).await.is_err() {
         payments.count_event("dropped");
@@ -109,15 +162,21 @@ pub async fn deliver(payments: &Payments, event: &TenantEvent) {
     let config = &payments.config().events;
     let mut delay = Duration::from_secs(config.retry.0.max(1));
     for attempt in 1..=config.attempts.max(1) {
-        let signature = sign_timestamped(secret.as_bytes(), engine.now_ms() / 1000, &body);
-        let sent = payments
-            .http()
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(body.clone())
-            .send()
-            .await;
+        let sent = {
+            let (Ok(_own), Ok(_shared)) = (lane.sends.acquire().await, lanes.sends.acquire().await)
+            else {
+                return;
+            };
+            let signature = sign_timestamped(secret.as_bytes(), engine.now_ms() / 1000, &body);
+            payments
+                .http()
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header(SIGNATURE_HEADER, signature)
+                .body(body.clone())
+                .send()
+                .await
+        };
         match sent {
             Ok(response) if response.status().is_success() => {
                 payments.count_event("delivered");

@@ -201,6 +201,18 @@ pub struct Payments {
     http: reqwest::Client,
 }
 
+/// A checkout being opened at the gateway, unmarked when dropped.
+struct Opening<'a> {
+    map: &'a DashMap<String, ()>,
+    reference: &'a str,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.map.remove(self.reference);
+    }
+}
+
 impl Payments {
     /// The service for the configured gateway. Paystack and Stripe need their keys.
     pub fn new(
@@ -358,9 +370,12 @@ impl Payments {
         {
             return Err(PaymentsError::InFlight);
         }
-        let result = self.open_at_gateway(tenant, payment, request).await;
-        self.initializing.remove(&payment.reference);
-        result
+        // Removed however this ends, a client that hangs up (dropping this future) included.
+        let _opening = Opening {
+            map: &self.initializing,
+            reference: &payment.reference,
+        };
+        self.open_at_gateway(tenant, payment, request).await
     }
 
     async fn open_at_gateway(
@@ -504,7 +519,7 @@ impl Payments {
                 .settle_payment(reference, self.gateway.name(), &verdict, detail)?;
         let (lsn, result) = match &settlement {
             Settlement::Credited { lsn, .. } => (*lsn, WebhookOutcome::Credited),
-            Settlement::AlreadySettled { payment } => (payment.last_lsn, WebhookOutcome::Duplicate),
+            Settlement::AlreadySettled { lsn, .. } => (*lsn, WebhookOutcome::Duplicate),
             Settlement::Failed { lsn, .. } => (*lsn, WebhookOutcome::Failed),
             Settlement::Unmatched { lsn } => (*lsn, WebhookOutcome::Unmatched),
         };

@@ -65,6 +65,26 @@ pub fn classify_decline(gateway_response: &str) -> Decline {
     }
 }
 
+/// What a refused `charge_authorization` request means. Only a refusal of the authorization itself
+/// is a decline (a hard one: that card cannot be charged again). Anything else (our key refused,
+/// rate limits, a reference Paystack already has, a 5xx) says nothing about whether money moved or
+/// may move, so it is an error: the intent stays pending and the verify call settles it later.
+fn refused_charge(status: u16, reason: String) -> Result<Outcome, GatewayError> {
+    let text = reason.to_ascii_lowercase();
+    let about_the_card = text.contains("authorization") || text.contains("card");
+    let ours = matches!(status, 401 | 403 | 429) || status >= 500 || text.contains("duplicate");
+    if about_the_card && !ours && (400..500).contains(&status) {
+        return Ok(Outcome::Declined {
+            decline: Decline::Hard,
+            reason,
+        });
+    }
+    Err(GatewayError::Http {
+        status,
+        detail: reason,
+    })
+}
+
 /// Reads a transaction object (`data` of charge and verify answers, and of webhooks).
 fn transaction_outcome(data: &Value) -> Result<Outcome, GatewayError> {
     let status = data["status"]
@@ -165,22 +185,12 @@ impl PaymentGateway for PaystackGateway {
         let (status, answer) = self
             .post("/transaction/charge_authorization", &body)
             .await?;
-        if status >= 500 {
-            return Err(GatewayError::Http {
-                status,
-                detail: answer["message"].as_str().unwrap_or("").to_owned(),
-            });
-        }
         if status >= 400 || answer["status"].as_bool() != Some(true) {
-            // Paystack refuses the request itself (an invalid or inactive authorization).
             let reason = answer["message"]
                 .as_str()
                 .unwrap_or("charge refused")
                 .to_owned();
-            return Ok(Outcome::Declined {
-                decline: classify_decline(&reason),
-                reason,
-            });
+            return refused_charge(status, reason);
         }
         transaction_outcome(&answer["data"])
     }
@@ -267,6 +277,36 @@ mod tests {
             classify_decline("Invalid authorization code"),
             Decline::Hard
         );
+    }
+
+    #[test]
+    fn refused_charges_are_declines_only_when_about_the_card() {
+        let refused = |status, message: &str| refused_charge(status, message.to_owned());
+        assert!(matches!(
+            refused(400, "Invalid authorization code"),
+            Ok(Outcome::Declined {
+                decline: Decline::Hard,
+                ..
+            })
+        ));
+        assert!(matches!(
+            refused(400, "Authorization is not reusable"),
+            Ok(Outcome::Declined { .. })
+        ));
+        // Our own problems, and ones that leave the charge's fate open: verify later.
+        for (status, message) in [
+            (401, "Invalid key"),
+            (403, "Authorization failed for this key"),
+            (429, "Too many requests"),
+            (400, "Duplicate Transaction Reference"),
+            (400, "Invalid amount"),
+            (502, "Bad gateway"),
+        ] {
+            assert!(
+                refused(status, message).is_err(),
+                "{status} {message} is not a decline"
+            );
+        }
     }
 
     #[test]

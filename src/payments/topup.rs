@@ -10,24 +10,58 @@
 //! same charge is sent again under the same reference, which gateways accept at most once. So a
 //! crash between intent and settlement ends in exactly one charge and one credit.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use tokio::sync::Semaphore;
 
 use super::gateway::{ChargeSpec, Outcome, PaymentGateway};
 use super::{GatewayOp, Payments, WebhookOutcome};
+use crate::engine::event::Decline;
 use crate::engine::payments::{PaymentView, TopupCharge, TopupDecision, TopupTrigger};
 
 /// Pending intents younger than this are left to the call that is making them.
 /// (At least twice the gateway timeout, so a call still running is never raced.)
 const RECONCILE_AFTER_MS: i64 = 30_000;
 
+/// How many times an intent the gateway has no record of is sent again (each after its own
+/// verify) before it is given up as never charged.
+const MAX_RESENDS: u32 = 3;
+
 /// The worker.
 #[derive(Clone)]
 pub struct TopupWorker {
     payments: Arc<Payments>,
     permits: Arc<Semaphore>,
+    /// References this process is charging right now: reconciliation leaves them alone, however
+    /// long the durable wait or the gateway takes.
+    charging: Arc<Mutex<HashSet<String>>>,
+    /// How often each pending intent was sent again by reconciliation (since this start).
+    resent: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Marks a reference as being charged until dropped.
+struct Charging {
+    set: Arc<Mutex<HashSet<String>>>,
+    reference: String,
+}
+
+impl Charging {
+    fn start(set: &Arc<Mutex<HashSet<String>>>, reference: &str) -> Option<Charging> {
+        set.lock().insert(reference.to_owned()).then(|| Charging {
+            set: Arc::clone(set),
+            reference: reference.to_owned(),
+        })
+    }
+}
+
+impl Drop for Charging {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.reference);
+    }
 }
 
 impl TopupWorker {
@@ -36,7 +70,12 @@ impl TopupWorker {
         let permits = Arc::new(Semaphore::new(
             payments.config.autotopup.concurrency.max(1) as usize
         ));
-        TopupWorker { payments, permits }
+        TopupWorker {
+            payments,
+            permits,
+            charging: Arc::new(Mutex::new(HashSet::new())),
+            resent: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Runs the worker on the current runtime: triggers as they come, the sweep on its interval,
@@ -101,6 +140,10 @@ impl TopupWorker {
 
     /// Sends a recorded intent to the gateway and settles the answer.
     async fn charge(&self, charge: &TopupCharge) {
+        // Fresh from planning, so nobody else holds it; the guard keeps reconciliation off it.
+        let Some(_charging) = Charging::start(&self.charging, &charge.reference) else {
+            return;
+        };
         let engine = &self.payments.engine;
         // The intent must survive a crash before the gateway may charge anything.
         if engine.durable(charge.lsn).await.is_err() {
@@ -173,19 +216,50 @@ impl TopupWorker {
     /// Reconciles every unfinished intent older than `older_than_ms`.
     pub async fn reconcile_all(&self, older_than_ms: i64) {
         let now_ms = self.payments.engine.now_ms();
-        for payment in self.payments.engine.unfinished_topups() {
+        let unfinished = self.payments.engine.unfinished_topups();
+        self.resent
+            .lock()
+            .retain(|reference, _| unfinished.iter().any(|p| &p.reference == reference));
+        for payment in unfinished {
             if now_ms - payment.created_ms >= older_than_ms {
                 self.reconcile(&payment).await;
             }
         }
     }
 
-    /// Asks the gateway what happened to an intent and settles it; if the gateway never heard of it,
-    /// sends the same charge again under the same reference.
+    /// Asks the gateway what happened to an intent and settles it. If the gateway never heard of
+    /// it, the same charge is sent again under the same reference, unless the rule was deleted or
+    /// switched off meanwhile, or has nothing to charge: then nothing was taken and the intent is
+    /// recorded as abandoned. Intents of another gateway than the configured one are left pending
+    /// (this gateway cannot verify them) and reported.
     pub async fn reconcile(&self, payment: &PaymentView) {
+        let gateway = self.payments.gateway.name();
+        if payment.gateway != gateway {
+            tracing::warn!(
+                reference = %payment.reference,
+                issued_by = %payment.gateway,
+                configured = gateway,
+                "a pending automatic top-up belongs to another gateway; verify it there and settle it by its webhook"
+            );
+            return;
+        }
+        let Some(_charging) = Charging::start(&self.charging, &payment.reference) else {
+            // This process is charging it right now.
+            return;
+        };
         let Ok(_permit) = self.permits.acquire().await else {
             return;
         };
+        // As for any charge: nothing goes to the gateway before the intent is durable.
+        if self
+            .payments
+            .engine
+            .durable(payment.last_lsn)
+            .await
+            .is_err()
+        {
+            return;
+        }
         let answer = self
             .payments
             .timed(
@@ -195,12 +269,45 @@ impl TopupWorker {
             .await;
         match answer {
             Ok(Outcome::NotFound) => {
-                let Some(tenant) = self.payments.engine.tenant(&payment.tenant) else {
+                let engine = &self.payments.engine;
+                let Some(tenant) = engine.tenant(&payment.tenant) else {
                     return;
                 };
-                let Ok(Some((token, customer))) = method_of(&self.payments, &tenant, payment)
-                else {
-                    return;
+                let method = match engine.topup_method(
+                    &tenant,
+                    &payment.user,
+                    payment.currency,
+                    gateway,
+                ) {
+                    Ok(method) => method,
+                    Err(error) => {
+                        tracing::warn!(%error, reference = %payment.reference, "reconciling a top-up failed");
+                        return;
+                    }
+                };
+                let resends = {
+                    let mut resent = self.resent.lock();
+                    let count = resent.entry(payment.reference.clone()).or_insert(0);
+                    *count += 1;
+                    *count
+                };
+                let (token, customer) = match method {
+                    Some(method) if resends <= MAX_RESENDS => method,
+                    other => {
+                        // Verified absent at the gateway: nothing was taken, nothing will be.
+                        let reason = if other.is_none() {
+                            "never sent: the rule was switched off or has no payment method"
+                        } else {
+                            "the gateway has no record of it after it was sent again"
+                        };
+                        let abandoned = Outcome::Declined {
+                            decline: Decline::Abandoned,
+                            reason: reason.into(),
+                        };
+                        self.settle(&payment.reference, Ok(abandoned), "auto top-up given up")
+                            .await;
+                        return;
+                    }
                 };
                 let spec = ChargeSpec {
                     reference: &payment.reference,
@@ -230,23 +337,4 @@ impl TopupWorker {
             }
         }
     }
-}
-
-/// The method a wallet's rule charges: its explicit token, or the user's saved method.
-fn method_of(
-    payments: &Payments,
-    tenant: &crate::engine::Tenant,
-    payment: &PaymentView,
-) -> Result<Option<(String, Option<String>)>, crate::engine::types::EngineError> {
-    let rule = payments
-        .engine
-        .auto_topup(tenant, &payment.user, Some(payment.currency))?;
-    let saved = payments.engine.saved_method(tenant, &payment.user)?;
-    Ok(match (rule.and_then(|r| r.payment_method), saved) {
-        (Some(token), saved) => Some((token, saved.and_then(|s| s.customer))),
-        (None, Some(saved)) if saved.gateway == payments.gateway.name() => {
-            Some((saved.token, saved.customer))
-        }
-        _ => None,
-    })
 }

@@ -81,6 +81,8 @@ pub enum ChargeBehaviour {
     Decline(&'static str),
     /// Succeeds at the gateway, but the answer comes only after this long (to kill creditd meanwhile).
     SucceedSlowly(Duration),
+    /// Answers 500 and records nothing (an outage in front of the card network).
+    ServerError,
 }
 
 /// A recorded transaction, for verify/search.
@@ -229,6 +231,9 @@ pub async fn paystack() -> Fake {
                 }
                 let behaviour = state.behaviour.clone().unwrap_or(ChargeBehaviour::Succeed);
                 let (status, reason, delay) = match behaviour {
+                    ChargeBehaviour::ServerError => {
+                        return (500, json!({"status": false, "message": "An error occurred"}), None)
+                    }
                     ChargeBehaviour::Succeed => ("success", "Approved".to_owned(), None),
                     ChargeBehaviour::Decline(words) => ("failed", words.to_owned(), None),
                     ChargeBehaviour::SucceedSlowly(delay) => ("success", "Approved".to_owned(), Some(delay)),
@@ -295,6 +300,9 @@ pub async fn stripe() -> Fake {
                 let amount: i64 = form.get("amount").and_then(|a| a.parse().ok()).unwrap_or(0);
                 let currency = form.get("currency").cloned().unwrap_or_default();
                 let (status, reason, delay) = match behaviour {
+                    ChargeBehaviour::ServerError => {
+                        return (500, json!({"error": {"type": "api_error", "message": "An error occurred"}}), None)
+                    }
                     ChargeBehaviour::Succeed => ("succeeded", String::new(), None),
                     ChargeBehaviour::Decline(code) => ("requires_payment_method", code.to_owned(), None),
                     ChargeBehaviour::SucceedSlowly(delay) => ("succeeded", String::new(), Some(delay)),
