@@ -3015,6 +3015,7 @@ fn seed_record_decode() -> Vec<Seed> {
         "segment-scan-lsn-overflow",
         frame(u64::MAX, b"x"),
     ));
+    seeds.push(Seed::plain(frame(crate::wal::MAX_LSN + 1, b"x")));
     seeds.push(Seed::finding(
         "torn-record-with-embedded-frame-reads-as-damage",
         record_with_embedded_frame(),

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::event::PaymentPurpose;
-use super::state::{HoldState, IdempotencyState, PaymentState, State, Wallet};
+use super::state::{HoldState, IdempotencyState, PaymentState, State};
 use super::types::{Currency, Lsn};
 use super::Engine;
 
@@ -58,12 +58,12 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
         for entry in tenant.users.iter() {
             let (user, account) = (entry.key().as_str(), entry.value());
             figures.users += 1;
-            if account.last_lsn >= next_lsn {
+            if account.last_lsn() >= next_lsn {
                 return Err(violation(
                     user,
                     format!(
                         "last change at LSN {} ≥ next LSN {next_lsn}",
-                        account.last_lsn
+                        account.last_lsn()
                     ),
                 ));
             }
@@ -133,14 +133,19 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
                     "reservation in a currency without a wallet".into(),
                 ));
             }
-            for rule in account.extra.iter().flat_map(|extra| extra.rules.iter()) {
-                let has_rule_flag = account
-                    .wallet(rule.currency)
-                    .is_some_and(|w| w.flags & Wallet::HAS_RULE != 0);
-                if has_rule_flag != rule.enabled {
+            let primary = account.primary.currency;
+            let primary_rule = account.rule(primary).is_some_and(|rule| rule.enabled);
+            if account.may_have_rule(primary) != primary_rule {
+                return Err(violation(
+                    user,
+                    format!("{primary}: rule flag disagrees with the rule"),
+                ));
+            }
+            for rule in account.rules() {
+                if account.wallet(rule.currency).is_none() {
                     return Err(violation(
                         user,
-                        format!("{}: rule flag disagrees with the rule", rule.currency),
+                        format!("{}: a rule without a wallet", rule.currency),
                     ));
                 }
                 if let Some(reference) = &rule.pending {

@@ -523,7 +523,7 @@ impl Engine {
                     }
                 };
                 if unchanged {
-                    return Ok((false, account.last_lsn));
+                    return Ok((false, account.last_lsn()));
                 }
                 let lsn = self.append(&event)?;
                 if let Err(mismatch) = account.apply(lsn, &event) {
@@ -534,7 +534,7 @@ impl Engine {
             dashmap::Entry::Vacant(entry) => {
                 let lsn = self.append(&event)?;
                 let mut account = Account::new(tenant.default_currency, &profile);
-                account.last_lsn = lsn;
+                account.set_last_lsn(lsn);
                 entry.insert(account);
                 Ok((true, lsn))
             }

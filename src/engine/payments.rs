@@ -509,9 +509,11 @@ impl Engine {
                 account.set_triggered(currency, false);
             }
         }
+        // The rule is looked up only when there may be one: the common debit stays in `account`.
         let threshold = account
-            .rule(currency)
-            .filter(|r| r.enabled)
+            .may_have_rule(currency)
+            .then(|| account.rule(currency).filter(|r| r.enabled))
+            .flatten()
             .map_or(self.options.limits.low_balance, |r| r.threshold);
         let kind = if before > 0 && after <= 0 {
             Some(TenantEventKind::Depleted { available: after })
@@ -1171,7 +1173,7 @@ impl Engine {
         match account.rule(currency) {
             None => return Err(EngineError::AutoTopupNotFound),
             // Already off: nothing to record; the caller waits for the user's last change.
-            Some(rule) if !rule.enabled => return Ok(account.last_lsn),
+            Some(rule) if !rule.enabled => return Ok(account.last_lsn()),
             Some(_) => {}
         }
         let event = Event::AutoTopupDisabled {
@@ -1199,14 +1201,11 @@ impl Engine {
     /// Marks a wallet as handed to the top-up worker, if its rule wants a top-up and none is on its
     /// way; true if the caller should send the trigger. Runs under the user's lock.
     pub(super) fn take_trigger(account: &mut Account, currency: Currency, available: i64) -> bool {
-        let Some(wallet) = account.wallet(currency) else {
-            return false;
-        };
-        if wallet.flags & Wallet::HAS_RULE == 0 || wallet.flags & Wallet::TOPUP_TRIGGERED != 0 {
+        if !account.may_have_rule(currency) {
             return false;
         }
         let wanted = account.rule(currency).is_some_and(|rule| {
-            rule.enabled && rule.pending.is_none() && available < rule.threshold
+            rule.enabled && !rule.triggered && rule.pending.is_none() && available < rule.threshold
         });
         if wanted {
             account.set_triggered(currency, true);
@@ -1262,21 +1261,14 @@ impl Engine {
         let mut triggers = Vec::new();
         for tenant in self.state.tenant_list() {
             for entry in tenant.users.iter() {
-                let Some(extra) = entry.extra.as_ref() else {
-                    continue;
-                };
-                for rule in extra
-                    .rules
-                    .iter()
-                    .filter(|rule| rule.enabled && rule.pending.is_none())
-                {
+                for rule in entry.rules().iter().filter(|rule| {
+                    rule.enabled && !rule.deleted && !rule.triggered && rule.pending.is_none()
+                }) {
                     let wallet = entry
                         .wallet(rule.currency)
                         .copied()
                         .unwrap_or(Wallet::empty(rule.currency));
-                    if wallet.available() < rule.threshold
-                        && wallet.flags & Wallet::TOPUP_TRIGGERED == 0
-                    {
+                    if wallet.available() < rule.threshold {
                         triggers.push(TopupTrigger {
                             tenant: tenant.id.to_string(),
                             user: entry.key().to_string(),

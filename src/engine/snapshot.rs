@@ -233,7 +233,7 @@ impl Engine {
                 for (user, account) in &shard {
                     chunker.item(&UserImage {
                         user,
-                        last_lsn: account.last_lsn,
+                        last_lsn: account.last_lsn(),
                         primary: account.primary,
                         extra: account.extra.as_deref().map(Cow::Borrowed),
                     })?;
@@ -463,18 +463,18 @@ fn load_chunk(
             let tenant = tenant_of(tenant)?;
             for _ in 0..count {
                 let image: UserImage<'_> = next_item(&mut rest)?;
-                let mut account = Account {
-                    last_lsn: image.last_lsn,
-                    primary: image.primary,
-                    extra: image.extra.map(|e| Box::new(e.into_owned())),
-                };
-                // The trigger flag lives in memory only: a recovered wallet has no trigger in flight.
-                account.primary.flags &= !Wallet::TOPUP_TRIGGERED;
-                if let Some(extra) = account.extra.as_mut() {
-                    for wallet in &mut extra.wallets {
-                        wallet.flags &= !Wallet::TOPUP_TRIGGERED;
-                    }
+                if image.last_lsn > crate::wal::MAX_LSN {
+                    return Err(SnapshotError::Content(format!(
+                        "user {:?} changed at LSN {}, above the highest ever issued",
+                        image.user, image.last_lsn
+                    )));
                 }
+                // Rules come back without a trigger in flight (that flag is never written).
+                let account = Account::restore(
+                    image.last_lsn,
+                    image.primary,
+                    image.extra.map(|e| Box::new(e.into_owned())),
+                );
                 for hold in account.holds() {
                     let open = HoldEntry {
                         user: image.user.into(),

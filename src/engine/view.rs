@@ -61,7 +61,7 @@ impl UserView {
             metadata: text(profile.and_then(|p| p.metadata.as_ref())),
             wallets: account.wallets().map(WalletView::from).collect(),
             reservations_open: account.holds().len(),
-            last_lsn: account.last_lsn,
+            last_lsn: account.last_lsn(),
         }
     }
 
@@ -298,22 +298,24 @@ impl Engine {
                 let account = entry.value();
                 let mut holds = account.holds().to_vec();
                 holds.sort_by_key(|hold| hold.id);
+                let mut wallets: Vec<Wallet> = account.wallets().copied().collect();
+                wallets.sort_by_key(|wallet| wallet.currency);
+                let method = account.payment_method();
                 // The trigger flag lives in memory only; recovery rightly starts without it.
-                let mut wallets: Vec<Wallet> = account
-                    .wallets()
-                    .map(|w| Wallet {
-                        flags: w.flags & !Wallet::TOPUP_TRIGGERED,
-                        ..*w
+                let rules: Vec<_> = account
+                    .rules()
+                    .iter()
+                    .map(|rule| super::state::TopupRule {
+                        triggered: false,
+                        ..rule.clone()
                     })
                     .collect();
-                wallets.sort_by_key(|wallet| wallet.currency);
-                let extra = account.extra.as_ref();
-                let method = extra.and_then(|e| e.payment_method.as_ref());
-                let rules = extra.map(|e| e.rules.as_slice()).unwrap_or_default();
                 lines.push(format!(
-                    "user {id}/{} profile={:?} wallets={wallets:?} holds={holds:?} method={method:?} rules={rules:?}",
+                    "user {id}/{} last={} profile={:?} wallets={wallets:?} holds={holds:?} method={method:?} rules={rules:?} rule_bit={}",
                     entry.key(),
-                    account.profile().filter(|p| !p.is_empty())
+                    account.last_lsn(),
+                    account.profile().filter(|p| !p.is_empty()),
+                    account.may_have_rule(account.primary.currency)
                 ));
             }
             for entry in tenant.holds.iter() {

@@ -179,8 +179,8 @@ pub enum Damage {
         /// Offset of the valid record found after it.
         valid_at: u64,
     },
-    /// A record claims LSN u64::MAX, which is never issued (nothing could follow it).
-    #[error("record at offset {offset} has LSN u64::MAX, which is never issued")]
+    /// A record claims an LSN above [`super::MAX_LSN`], which is never issued.
+    #[error("record at offset {offset} has an LSN above 2^63 - 1, which is never issued")]
     LsnOverflow {
         /// Offset of the record.
         offset: u64,
@@ -255,7 +255,7 @@ pub fn scan<E>(
     while offset < bytes.len() {
         match record::decode_salted(&bytes[offset..], max_record_bytes, salt) {
             Ok(frame) => {
-                if frame.lsn == u64::MAX {
+                if frame.lsn > super::MAX_LSN {
                     return Ok(Err(Damage::LsnOverflow {
                         offset: offset as u64,
                     }));
@@ -421,6 +421,20 @@ mod tests {
                 expected: 2,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn lsns_above_the_highest_ever_issued_are_damage() {
+        let at_limit = segment(crate::wal::MAX_LSN, &[b"last"]);
+        assert_eq!(
+            scan_all(&at_limit, crate::wal::MAX_LSN).1,
+            vec![crate::wal::MAX_LSN]
+        );
+        let past = segment(crate::wal::MAX_LSN + 1, &[b"never"]);
+        assert!(matches!(
+            scan_all(&past, crate::wal::MAX_LSN + 1).0,
+            Err(Damage::LsnOverflow { .. })
         ));
     }
 

@@ -225,7 +225,8 @@ impl Wal {
         if shared.poisoned.load(Ordering::Acquire) {
             return Err(AppendError::Poisoned);
         }
-        if queue.closing {
+        // Past the highest LSN (centuries away at any rate) the log is as good as closed.
+        if queue.closing || queue.next_lsn > super::MAX_LSN {
             return Err(AppendError::Closed);
         }
         if queue.buffer.len() + HEADER_BYTES + payload.len() > shared.options.queue_bytes {
