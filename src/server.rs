@@ -1,6 +1,7 @@
 //! The process: install metrics, open the engine (recovery), make sure every tenant named by an
 //! API key exists, serve HTTP until SIGINT or SIGTERM, then shut down cleanly: stop accepting,
-//! drain in-flight requests, flush and sync the log, write a final snapshot, exit.
+//! drain in-flight requests, flush and sync the log, write a final snapshot, keep the events not
+//! yet delivered for the next start, exit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -142,7 +143,15 @@ pub async fn serve_engine(
         return Err(ServerError::Payments("the engine is already served".into()));
     }
     let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
-    crate::payments::events::spawn(Arc::clone(&payments), events);
+    let pending_events = config
+        .storage
+        .data_dir
+        .join(crate::payments::events::PENDING_FILE);
+    let outbox = crate::payments::events::spawn(
+        Arc::clone(&payments),
+        events,
+        crate::payments::events::restore(&pending_events),
+    );
     let state = ApiState::new(
         Arc::clone(&engine),
         Arc::clone(&payments),
@@ -165,8 +174,18 @@ pub async fn serve_engine(
     let closing = Arc::clone(&engine);
     let summary = tokio::task::spawn_blocking(move || closing.shutdown())
         .await
-        .map_err(|error| ServerError::Task(error.to_string()))?
-        .map_err(ServerError::Shutdown)?;
+        .map_err(|error| ServerError::Task(error.to_string()))?;
+    // After the log's last flush, so every event whose record made it to disk is kept.
+    match outbox.stop_and_save(&pending_events, engine.wal().durable_lsn()) {
+        Ok(0) => {}
+        Ok(kept) => {
+            tracing::info!(events = kept, file = %pending_events.display(), "undelivered events kept for the next start")
+        }
+        Err(error) => {
+            tracing::error!(%error, file = %pending_events.display(), "undelivered events could not be kept")
+        }
+    }
+    let summary = summary.map_err(ServerError::Shutdown)?;
     if let Some(summary) = summary {
         tracing::info!(snapshot = %summary.path.display(), "stopped cleanly");
     }

@@ -68,12 +68,16 @@ struct Server {
     base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), creditd::server::ServerError>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
     async fn start(gateway: GatewayKind, fake: Option<&Fake>) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), gateway, fake).await
+    }
+
+    /// A server on a data directory of its own, which [`Server::stop`] hands back for a restart.
+    async fn start_in(dir: tempfile::TempDir, gateway: GatewayKind, fake: Option<&Fake>) -> Server {
         let config = config(dir.path(), gateway, fake);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -85,7 +89,7 @@ impl Server {
             base,
             stop: Some(stop),
             task,
-            _dir: dir,
+            dir,
         };
         for _ in 0..300 {
             if let Ok((status, _, _)) = server
@@ -96,6 +100,9 @@ impl Server {
                 if status == 200 {
                     return server;
                 }
+            }
+            if server.task.is_finished() {
+                panic!("the server stopped: {:?}", server.task.await);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -164,9 +171,11 @@ impl Server {
             .balance
     }
 
-    async fn stop(mut self) {
+    /// Stops the server cleanly; returns its data directory.
+    async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+        (&mut self.task).await.unwrap().unwrap();
+        self.dir
     }
 }
 
@@ -647,6 +656,16 @@ where
 
 /// A receiver of the tenant's events that checks their signatures.
 async fn event_receiver(secret: &'static str) -> (String, Arc<parking_lot::Mutex<Vec<Value>>>) {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    event_receiver_with(secret, open, Arc::default()).await
+}
+
+/// An event receiver that answers 503 to every attempt (counted) while `open` is false.
+async fn event_receiver_with(
+    secret: &'static str,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+) -> (String, Arc<parking_lot::Mutex<Vec<Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
     let received: Arc<parking_lot::Mutex<Vec<Value>>> = Arc::default();
@@ -656,11 +675,13 @@ async fn event_receiver(secret: &'static str) -> (String, Arc<parking_lot::Mutex
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let store = Arc::clone(&store);
+            let (store, open, refused) =
+                (Arc::clone(&store), Arc::clone(&open), Arc::clone(&refused));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |request: http::Request<hyper::body::Incoming>| {
-                        let store = Arc::clone(&store);
+                        let (store, open, refused) =
+                            (Arc::clone(&store), Arc::clone(&open), Arc::clone(&refused));
                         async move {
                             use http_body_util::BodyExt;
                             let signature = request
@@ -673,7 +694,10 @@ async fn event_receiver(secret: &'static str) -> (String, Arc<parking_lot::Mutex
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .unwrap()
                                 .as_secs() as i64;
-                            let status = if verify_timestamped(
+                            let status = if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                                refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                503
+                            } else if verify_timestamped(
                                 secret.as_bytes(),
                                 signature.as_deref(),
                                 &body,
@@ -701,6 +725,65 @@ async fn event_receiver(secret: &'static str) -> (String, Arc<parking_lot::Mutex
         }
     });
     (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let open = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (url, received) = event_receiver_with(
+        "tenant-events-secret-0003",
+        Arc::clone(&open),
+        Arc::clone(&refused),
+    )
+    .await;
+    let server = Server::start(GatewayKind::Sandbox, None).await;
+    server.setup().await;
+    let tenant = json!({"webhook_url": url, "webhook_secret": "tenant-events-secret-0003"});
+    let (status, _, _) = server
+        .client(PLATFORM)
+        .send(
+            Method::PUT,
+            "/v1/tenants/acme",
+            Some(tenant.to_string().into_bytes()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let client = server.client(SERVICE);
+    client.credit("ada", 1, None, None).await.unwrap();
+    client.debit("ada", &Debit::amount(1), None).await.unwrap();
+    // The endpoint refuses: the event waits to be tried again when the server stops.
+    wait_for(|| async { refused.load(Ordering::SeqCst) >= 1 }).await;
+    let dir = server.stop().await;
+    let file = dir.path().join(creditd::payments::events::PENDING_FILE);
+    let kept: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let depleted: Vec<&Value> = kept["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "wallet.depleted")
+        .collect();
+    assert_eq!(depleted.len(), 1, "{kept}");
+    let id = depleted[0]["body"]["id"].clone();
+    assert_eq!(depleted[0]["body"]["data"]["user_id"], "ada");
+
+    open.store(true, Ordering::SeqCst);
+    let server = Server::start_in(dir, GatewayKind::Sandbox, None).await;
+    wait_for(|| async { received.lock().iter().any(|e| e["id"] == id) }).await;
+    assert!(
+        !file.exists(),
+        "the kept events are sent once, not at every start"
+    );
+    let server_dir = server.stop().await;
+    assert!(!server_dir
+        .path()
+        .join(creditd::payments::events::PENDING_FILE)
+        .exists());
+    let ids: Vec<Value> = received.lock().iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids.iter().filter(|seen| **seen == id).count(), 1, "{ids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,7 +150,8 @@ pub struct Engine {
     /// Payment references between their check and their record: two users' locks cannot keep
     /// one reference from being issued twice, so a reference is claimed here first.
     issuing: Mutex<std::collections::HashSet<Box<str>>>,
-    _lock: Box<dyn std::any::Any + Send + Sync>,
+    /// The data directory's lock: held from open until [`Engine::shutdown`] has closed the log.
+    lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -206,7 +207,7 @@ impl Engine {
             background: Mutex::new(None),
             hooks: std::sync::OnceLock::new(),
             issuing: Mutex::new(std::collections::HashSet::new()),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             options,
         });
         if engine.options.background {
@@ -228,7 +229,7 @@ impl Engine {
     }
 
     /// Stops the background threads, makes everything queued durable, takes a final snapshot and
-    /// closes the log. Appends fail from here on.
+    /// closes the log, then lets go of the data directory. Appends fail from here on.
     pub fn shutdown(&self) -> Result<Option<SnapshotSummary>, EngineError> {
         if let Some(background) = self.background.lock().take() {
             background.stop();
@@ -241,7 +242,10 @@ impl Engine {
                 None
             }
         };
-        self.wal.close()?;
+        let closed = self.wal.close();
+        // Nothing is written from here on: another engine may open the directory.
+        self.lock.lock().take();
+        closed?;
         Ok(summary)
     }
 
