@@ -236,8 +236,12 @@ impl Wal {
         queue.next_lsn += 1;
         queue.records += 1;
         record::encode_with_checksum(&mut queue.buffer, lsn, payload, payload_checksum);
-        if queue.writer_idle {
-            queue.writer_idle = false;
+        let wake = std::mem::replace(&mut queue.writer_idle, false);
+        drop(queue);
+        // The wake-up (a system call) happens after the lock is released. The writer cannot
+        // miss it: it went idle inside `wait`, which queued it before releasing the lock, and a
+        // wake that finds it busy costs one more look at the queue.
+        if wake {
             shared.writer_wakeup.notify_one();
         }
         Ok(lsn)
