@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Time allowed to send the request headers, seconds (default 10).
     pub header_read_timeout_seconds: u64,
+    /// Time allowed to send a request body once the headers are in, seconds (default 10); a body
+    /// slower than that gets 408 and the connection is closed.
+    pub body_read_timeout_seconds: u64,
     /// Most open connections (default 10 000); further ones wait in the kernel's backlog.
     pub max_connections: u32,
     /// Time allowed for in-flight requests to finish at shutdown, seconds (default 10).
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 10,
             max_connections: 10_000,
             shutdown_grace_seconds: 10,
             public_url: None,

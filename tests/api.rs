@@ -33,6 +33,7 @@ fn config(dir: &Path) -> Config {
     config.storage.data_dir = dir.to_path_buf();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.header_read_timeout_seconds = 1;
+    config.server.body_read_timeout_seconds = 1;
     config.server.max_body_bytes = 64 * 1024;
     config.server.shutdown_grace_seconds = 2;
     config.auth.keys = vec![
@@ -633,6 +634,131 @@ async fn slow_headers_are_cut_off() {
     assert!(
         closed,
         "a connection that never finishes its headers must be dropped: {read:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off_even_on_open_routes() {
+    let server = Server::start().await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    for path in ["/v1/webhooks/sandbox", "/v1/users/ada/credit"] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVICE}\r\n\
+             Content-Length: 100\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The body-read timeout is 1 s here: a 408 problem, then the connection is closed.
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{path}: the connection must be closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert!(answer.contains("request-timeout"), "{answer}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_objects_are_refused_and_change_nothing() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    service
+        .put_user("ada", Some("ada@example.com"))
+        .await
+        .unwrap();
+    service.credit("ada", 10, None, None).await.unwrap();
+    let (status, hold) = raw(
+        &service,
+        Method::POST,
+        "/v1/users/ada/reservations",
+        r#"{"amount":4}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{hold}");
+    let capture = format!(
+        "/v1/reservations/{}/capture",
+        hold["reservation_id"].as_str().unwrap()
+    );
+    // serde would fill each of these structs from an array, field by field.
+    let attempts = [
+        (Method::POST, "/v1/users/ada/debit", "[5]"),
+        (Method::POST, "/v1/users/ada/credit", "[5]"),
+        (Method::POST, "/v1/users/ada/debit", "5"),
+        (Method::POST, capture.as_str(), "[2]"),
+        (Method::POST, capture.as_str(), "[]"),
+        (Method::PUT, "/v1/users/ada", r#"["eve@example.com","Eve"]"#),
+        (
+            Method::POST,
+            "/v1/debits/batch",
+            r#"{"debits":[["ada",null,1]]}"#,
+        ),
+    ];
+    for (method, path, body) in attempts {
+        let (status, problem) = raw(&service, method.clone(), path, body).await;
+        assert_eq!(
+            (status, slug(&problem)),
+            (422, "invalid-request"),
+            "{method} {path} {body}: {problem}"
+        );
+    }
+    let wallet = service.wallet("ada", None).await.unwrap();
+    assert_eq!((wallet.balance, wallet.available), (10, 6));
+    let (_, user) = raw(&service, Method::GET, "/v1/users/ada", "").await;
+    assert_eq!(user["email"], "ada@example.com");
+    // Objects still work, batches included.
+    let (status, batch) = raw(
+        &service,
+        Method::POST,
+        "/v1/debits/batch",
+        r#"{"debits":[{"user_id":"ada","amount":1}]}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, batch["results"][0]["status"].as_u64()),
+        (200, Some(200)),
+        "{batch}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_tenant_change_creates_nothing() {
+    let server = Server::start().await;
+    let platform = server.client(PLATFORM);
+    let secret = "tenant-secret-0123456789";
+    for url in [
+        "https://",
+        "ftp://example.com/x",
+        "https://example.com/\\u00a0h",
+    ] {
+        let body = format!(r#"{{"name":"New","webhook_url":"{url}","webhook_secret":"{secret}"}}"#);
+        let (status, problem) = raw(&platform, Method::PUT, "/v1/tenants/newco", &body).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("webhook_url")),
+            "{url}"
+        );
+    }
+    let (status, problem) = raw(
+        &platform,
+        Method::PUT,
+        "/v1/tenants/newco",
+        r#"{"webhook_url":"https://example.com/hooks"}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, _) = raw(&platform, Method::GET, "/v1/tenants/newco", "").await;
+    assert_eq!(status, 404, "no tenant was created by the refused requests");
+    let body =
+        format!(r#"{{"webhook_url":"https://example.com/hooks","webhook_secret":"{secret}"}}"#);
+    let (status, tenant) = raw(&platform, Method::PUT, "/v1/tenants/newco", &body).await;
+    assert_eq!(
+        (status, tenant["webhook_url"].as_str()),
+        (201, Some("https://example.com/hooks"))
     );
     server.stop().await;
 }

@@ -1367,6 +1367,24 @@ async fn initialize_is_idempotent_by_key() {
         1,
         "the gateway was called once"
     );
+    // Only the user and the package are compared: another e-mail or callback answers the first.
+    let retouched = json!({"user_id": "ada", "package_id": "starter", "email": "a@example.org",
+        "callback_url": "https://shop.example/paid"})
+    .to_string()
+    .into_bytes();
+    let third = client
+        .send(
+            Method::POST,
+            "/v1/payments/initialize",
+            Some(retouched),
+            Some("checkout-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.0.as_u16(), 200);
+    assert_eq!(first.2, third.2, "the first payment again");
+    assert_eq!(third.1["idempotent-replayed"], "true");
+    assert_eq!(paystack.calls("/transaction/initialize").len(), 1);
     let other = json!({"user_id": "ada", "package_id": "other", "email": "ada@example.com"})
         .to_string()
         .into_bytes();

@@ -1,16 +1,54 @@
-//! Request and response bodies. Requests borrow their strings from the body bytes and reject
-//! unknown fields, so a misspelt field (`"ammount"`) is an error, not a silent default. Field docs
-//! live in `docs/openapi.yaml`.
+//! Request and response bodies. Requests borrow their strings from the body bytes, reject
+//! unknown fields, so a misspelt field (`"ammount"`) is an error, not a silent default, and must
+//! be JSON objects ([`Object`]): serde alone would also fill a struct from an array, by position.
+//! Field docs live in `docs/openapi.yaml`.
 #![allow(missing_docs)]
 
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::engine::types::CreditKind;
 use crate::engine::{ActionView, PackageView, TenantView, WalletView};
 use crate::time::format_rfc3339_ms;
+
+/// A request struct read from a JSON object only; an array (which serde would map onto the
+/// fields by position) or any other value is a shape error.
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(Object)
+    }
+}
+
+/// A list of [`Object`]s.
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    let items = Vec::<Object<T>>::deserialize(deserializer)?;
+    Ok(items.into_iter().map(|Object(item)| item).collect())
+}
 
 /// `PUT /v1/users/{user_id}`.
 #[derive(Debug, Default, Deserialize)]
@@ -69,7 +107,7 @@ pub struct DebitBody<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "objects")]
     pub debits: Vec<BatchItem<'a>>,
 }
 

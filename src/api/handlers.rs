@@ -953,28 +953,13 @@ fn tenant_json(call: &Call<'_>, view: TenantView, tenant: Option<&Tenant>) -> Te
 pub async fn put_tenant(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
     let body: TenantBody = super::parse_json_or_empty(bytes)?;
     let default_currency = currency(body.default_currency.as_ref())?;
-    let (tenant, created, lsn) = call.state.engine.upsert_tenant(
-        id,
-        body.name.as_deref(),
-        default_currency,
-        &call.context(None),
-    )?;
-    let mut last = lsn;
-    match (body.webhook_url.as_deref(), body.webhook_secret.as_deref()) {
-        (None, None) => {}
-        (Some(""), _) => {
-            last = call
-                .state
-                .engine
-                .set_tenant_webhook(&tenant, None, None, &call.context(None))?
-        }
+    // Every check before the first change: a refused request changes nothing.
+    let webhook = match (body.webhook_url.as_deref(), body.webhook_secret.as_deref()) {
+        (None, None) => None,
+        (Some(""), _) => Some((None, None)),
         (Some(url), Some(secret)) => {
-            last = call.state.engine.set_tenant_webhook(
-                &tenant,
-                Some(url),
-                Some(secret),
-                &call.context(None),
-            )?
+            crate::engine::payments::check_tenant_webhook(Some(url), Some(secret))?;
+            Some((Some(url), Some(secret)))
         }
         _ => {
             return Err(
@@ -982,6 +967,19 @@ pub async fn put_tenant(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
                     .with("field", "webhook_secret"),
             )
         }
+    };
+    let (tenant, created, lsn) = call.state.engine.upsert_tenant(
+        id,
+        body.name.as_deref(),
+        default_currency,
+        &call.context(None),
+    )?;
+    let mut last = lsn;
+    if let Some((url, secret)) = webhook {
+        last = call
+            .state
+            .engine
+            .set_tenant_webhook(&tenant, url, secret, &call.context(None))?;
     }
     call.state
         .engine

@@ -271,7 +271,7 @@ async fn dispatch(
         Route::SandboxPage => return payments::sandbox_page(state, param),
         Route::Webhook | Route::SandboxAction => {
             // Open routes: a webhook carries the gateway's signature, the sandbox page its reference.
-            let bytes = read_body(body, parts, state.server.max_body_bytes).await?;
+            let bytes = read_body(body, parts, &state.server).await?;
             return if route == Route::Webhook {
                 payments::webhook(state, param, &parts.headers, &bytes).await
             } else {
@@ -301,7 +301,7 @@ async fn dispatch(
         idempotency_key,
     };
     let bytes = if matches!(parts.method, http::Method::POST | http::Method::PUT) {
-        read_body(body, parts, state.server.max_body_bytes).await?
+        read_body(body, parts, &state.server).await?
     } else {
         Bytes::new()
     };
@@ -382,7 +382,9 @@ fn readiness(state: &ApiState) -> Result<Response<Full<Bytes>>, Problem> {
     Err(Problem::unavailable("not-ready", detail))
 }
 
-async fn read_body(body: Incoming, parts: &Parts, limit: u64) -> Result<Bytes, Problem> {
+/// Reads a body of at most `server.max_body_bytes` within `server.body_read_timeout_seconds`.
+async fn read_body(body: Incoming, parts: &Parts, server: &ServerConfig) -> Result<Bytes, Problem> {
+    let limit = server.max_body_bytes;
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -395,7 +397,12 @@ async fn read_body(body: Incoming, parts: &Parts, limit: u64) -> Result<Bytes, P
     }
     // Bodies are JSON whatever Content-Type says (curl -d sends a form type); bad JSON gets 400.
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    let seconds = server.body_read_timeout_seconds.max(1);
+    let read = Limited::new(body, limit).collect();
+    let Ok(read) = tokio::time::timeout(Duration::from_secs(seconds), read).await else {
+        return Err(Problem::body_timeout(seconds));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(Problem::too_large(limit as u64))
@@ -406,9 +413,11 @@ async fn read_body(body: Incoming, parts: &Parts, limit: u64) -> Result<Bytes, P
     }
 }
 
-/// Parses a JSON body: 400 if it is not JSON, 422 if it is JSON of the wrong shape.
+/// Parses a JSON object body: 400 if it is not JSON, 422 if it is JSON of the wrong shape
+/// (an array or a scalar included).
 pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Problem> {
-    serde_json::from_slice(bytes).map_err(|error| {
+    let parsed = serde_json::from_slice::<dto::Object<T>>(bytes);
+    parsed.map(|dto::Object(body)| body).map_err(|error| {
         // A shape error can surface before a syntax error further on; only valid JSON gets 422.
         let is_json = || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
         match error.classify() {

@@ -127,6 +127,19 @@ impl Problem {
         .with("limit_bytes", limit)
     }
 
+    /// 408: the body did not arrive in time. The connection is closed after the answer.
+    pub fn body_timeout(seconds: u64) -> Problem {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!(
+                "the body did not arrive within server.body_read_timeout_seconds ({seconds} s)"
+            ),
+        )
+        .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+    }
+
     /// 503: not ready or the log refuses writes.
     pub fn unavailable(slug: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(

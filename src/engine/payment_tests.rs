@@ -762,3 +762,30 @@ fn the_sweep_claims_each_wallet_it_hands_out() {
         .clear_topup_trigger(&s.tenant, "ada", Currency::CREDITS);
     assert_eq!(s.engine.wallets_wanting_topup().len(), 1);
 }
+
+#[test]
+fn endpoint_urls_are_absolute_http_urls_with_a_host() {
+    use crate::engine::payments::is_http_url;
+    for good in [
+        "https://hooks.example.com/creditd?x=1",
+        "http://127.0.0.1:8080/hooks",
+        "https://[::1]:9/h",
+    ] {
+        assert!(is_http_url(good), "{good}");
+    }
+    let long = format!("https://example.com/{}", "a".repeat(2048));
+    for bad in [
+        "",
+        "https://",
+        "http://",
+        "https:///path",
+        "ftp://example.com/x",
+        "hooks.example.com/x",
+        "https://example.com/\u{a0}h",
+        "https://example.com/ h",
+        "https://example.com/\th",
+        long.as_str(),
+    ] {
+        assert!(!is_http_url(bad), "{bad:?}");
+    }
+}

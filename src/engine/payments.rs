@@ -1289,28 +1289,7 @@ impl Engine {
         secret: Option<&str>,
         context: &Context<'_>,
     ) -> Result<Lsn, EngineError> {
-        if let Some(url) = url {
-            let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-            if !scheme_ok
-                || url.len() > 2048
-                || url
-                    .bytes()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                return Err(EngineError::Invalid(Invalid::new(
-                    "webhook_url",
-                    "must be an http(s) URL of at most 2048 characters",
-                )));
-            }
-        }
-        if let Some(secret) = secret {
-            if secret.len() < 16 || secret.len() > 256 {
-                return Err(EngineError::Invalid(Invalid::new(
-                    "webhook_secret",
-                    "must be 16 to 256 characters",
-                )));
-            }
-        }
+        check_tenant_webhook(url, secret)?;
         let meta = self.meta(context, self.clock.now_ms(), None);
         self.change_catalogue(
             tenant,
@@ -1393,4 +1372,35 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// An absolute `http://` or `https://` URL with a host, of at most 2048 characters, in plain
+/// URI characters (no spaces or controls, ASCII or not).
+pub(crate) fn is_http_url(url: &str) -> bool {
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    scheme_ok && uri.host().is_some_and(|host| !host.is_empty())
+}
+
+/// The checks [`Engine::set_tenant_webhook`] makes, for a caller that must know before it changes
+/// anything else.
+pub fn check_tenant_webhook(url: Option<&str>, secret: Option<&str>) -> Result<(), EngineError> {
+    if url.is_some_and(|url| !is_http_url(url)) {
+        return Err(EngineError::Invalid(Invalid::new(
+            "webhook_url",
+            "must be an absolute http(s) URL with a host, at most 2048 characters, without spaces",
+        )));
+    }
+    if secret.is_some_and(|secret| secret.len() < 16 || secret.len() > 256) {
+        return Err(EngineError::Invalid(Invalid::new(
+            "webhook_secret",
+            "must be 16 to 256 characters",
+        )));
+    }
+    Ok(())
 }

@@ -313,7 +313,7 @@ impl Payments {
             return Err(PaymentsError::Invalid("email"));
         }
         if let Some(url) = request.callback_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+            if !crate::engine::payments::is_http_url(url) {
                 return Err(PaymentsError::Invalid("callback_url"));
             }
         }
@@ -576,16 +576,11 @@ impl Payments {
     }
 }
 
-/// The digest of an `initialize` request: a retry with the same key must match it.
+/// The digest of an `initialize` request: a retry with the same key must match it. Only the user
+/// and the package count; a retry with another e-mail or callback URL answers the first payment.
 fn request_fingerprint(request: &InitializeRequest<'_>) -> crate::engine::types::Fingerprint {
     let mut hasher = Sha256::new();
-    let parts = [
-        request.user,
-        request.package,
-        request.email.trim(),
-        request.callback_url.unwrap_or(""),
-    ];
-    for part in parts {
+    for part in [request.user, request.package] {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
