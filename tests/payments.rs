@@ -125,6 +125,22 @@ impl Server {
             .unwrap();
     }
 
+    /// Points the tenant's events at `url`, signed with `secret`.
+    async fn send_events_to(&self, url: &str, secret: &str) {
+        let tenant = json!({"webhook_url": url, "webhook_secret": secret});
+        let (status, _, _) = self
+            .client(PLATFORM)
+            .send(
+                Method::PUT,
+                "/v1/tenants/acme",
+                Some(tenant.to_string().into_bytes()),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+
     async fn initialize(&self) -> (String, String) {
         let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"});
         let (status, _, bytes) = self
@@ -740,18 +756,9 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
     .await;
     let server = Server::start(GatewayKind::Sandbox, None).await;
     server.setup().await;
-    let tenant = json!({"webhook_url": url, "webhook_secret": "tenant-events-secret-0003"});
-    let (status, _, _) = server
-        .client(PLATFORM)
-        .send(
-            Method::PUT,
-            "/v1/tenants/acme",
-            Some(tenant.to_string().into_bytes()),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    server
+        .send_events_to(&url, "tenant-events-secret-0003")
+        .await;
     let client = server.client(SERVICE);
     client.credit("ada", 1, None, None).await.unwrap();
     client.debit("ada", &Debit::amount(1), None).await.unwrap();
@@ -859,18 +866,9 @@ async fn paystack_auto_topup_charges_the_saved_authorization_and_tells_the_tenan
     let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
     server.setup().await;
     let (url, events) = event_receiver("tenant-events-secret-0001").await;
-    let tenant = json!({"webhook_url": url, "webhook_secret": "tenant-events-secret-0001"});
-    let (status, _, _) = server
-        .client(PLATFORM)
-        .send(
-            Method::PUT,
-            "/v1/tenants/acme",
-            Some(tenant.to_string().into_bytes()),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    server
+        .send_events_to(&url, "tenant-events-secret-0001")
+        .await;
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
     server
@@ -950,17 +948,9 @@ async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
     let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
     server.setup().await;
     let (url, events) = event_receiver("tenant-events-secret-0002").await;
-    let tenant = json!({"webhook_url": url, "webhook_secret": "tenant-events-secret-0002"});
     server
-        .client(PLATFORM)
-        .send(
-            Method::PUT,
-            "/v1/tenants/acme",
-            Some(tenant.to_string().into_bytes()),
-            None,
-        )
-        .await
-        .unwrap();
+        .send_events_to(&url, "tenant-events-secret-0002")
+        .await;
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
     server
