@@ -112,7 +112,8 @@ fn verify_segments(
             &bytes,
             file.first_lsn,
             codec::FORMAT_VERSION,
-            options.max_record_bytes,
+            // The configured limit is for new records: ones written under a higher one still read.
+            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
             visit,
         );
         found.segments += 1;
@@ -250,7 +251,8 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
             &bytes,
             file.first_lsn,
             codec::FORMAT_VERSION,
-            options.max_record_bytes,
+            // The configured limit is for new records: ones written under a higher one still read.
+            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
             visit,
         );
         if let Some(error) = write_error {

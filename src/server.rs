@@ -185,6 +185,7 @@ pub async fn serve_engine(
             tracing::error!(%error, file = %pending_events.display(), "undelivered events could not be kept")
         }
     }
+    engine.release_directory();
     let summary = summary.map_err(ServerError::Shutdown)?;
     if let Some(summary) = summary {
         tracing::info!(snapshot = %summary.path.display(), "stopped cleanly");

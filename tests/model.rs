@@ -2055,6 +2055,10 @@ impl Storage for GatedStorage {
         self.inner.truncate(path, len)
     }
 
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_file(path)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.inner.rename(from, to)
     }

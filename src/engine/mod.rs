@@ -22,7 +22,7 @@ pub(crate) mod state;
 pub mod types;
 mod view;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
@@ -150,7 +150,7 @@ pub struct Engine {
     /// Payment references between their check and their record: two users' locks cannot keep
     /// one reference from being issued twice, so a reference is claimed here first.
     issuing: Mutex<std::collections::HashSet<Box<str>>>,
-    /// The data directory's lock: held from open until [`Engine::shutdown`] has closed the log.
+    /// The data directory's lock: held from open until [`Engine::release_directory`].
     lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
@@ -177,12 +177,25 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Engine>, OpenError> {
         let io = |path: PathBuf| move |source| OpenError::Io { path, source };
+        let fresh = storage.list(&options.data_dir).is_err();
         storage
             .create_dir_all(&options.wal_dir())
             .map_err(io(options.wal_dir()))?;
         storage
             .create_dir_all(&options.snapshot_dir())
             .map_err(io(options.snapshot_dir()))?;
+        // New directories are entries of their parents: those must be durable before a file in
+        // them counts as durable.
+        let data_dir = &options.data_dir;
+        storage.sync_dir(data_dir).map_err(io(data_dir.clone()))?;
+        if let Some(parent) = data_dir.parent().filter(|_| fresh) {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            storage.sync_dir(parent).map_err(io(parent.to_path_buf()))?;
+        }
         let lock_path = options.data_dir.join("LOCK");
         let lock = storage.lock(&lock_path).map_err(io(lock_path))?;
         let recovered =
@@ -229,7 +242,8 @@ impl Engine {
     }
 
     /// Stops the background threads, makes everything queued durable, takes a final snapshot and
-    /// closes the log, then lets go of the data directory. Appends fail from here on.
+    /// closes the log. Appends fail from here on. The data directory stays locked until
+    /// [`Engine::release_directory`] (or the engine is dropped).
     pub fn shutdown(&self) -> Result<Option<SnapshotSummary>, EngineError> {
         if let Some(background) = self.background.lock().take() {
             background.stop();
@@ -242,11 +256,14 @@ impl Engine {
                 None
             }
         };
-        let closed = self.wal.close();
-        // Nothing is written from here on: another engine may open the directory.
-        self.lock.lock().take();
-        closed?;
+        self.wal.close()?;
         Ok(summary)
+    }
+
+    /// Lets go of the data directory's lock, for another engine to open it; call it after
+    /// [`Engine::shutdown`] and after whatever else the stopping process writes there.
+    pub fn release_directory(&self) {
+        self.lock.lock().take();
     }
 
     /// The options the engine was opened with.

@@ -142,7 +142,7 @@ pub(crate) fn recover(
             storage,
             &candidate,
             &state,
-            options.max_record_bytes.max(64 * 1024 * 1024),
+            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
             idempotency_cutoff_ms,
             reservation_cutoff_ms,
         ) {
@@ -172,7 +172,6 @@ pub(crate) fn recover(
         start_lsn,
         loaded.is_some(),
         &state,
-        options,
         idempotency_cutoff_ms,
     )?;
     if let Some(torn) = replay.torn_tail.as_ref().filter(|_| mode == Mode::Repair) {
@@ -190,6 +189,26 @@ pub(crate) fn recover(
             discarded_bytes = torn.discarded_bytes,
             "cut an unfinished write off the end of the log"
         );
+    }
+    if mode == Mode::Repair {
+        // What was replayed may be bytes the previous process wrote but never synced (it died
+        // between write and fdatasync): the page cache serves them all the same. This process
+        // builds on them and acknowledges retries from them, so they are made durable first.
+        let removed = replay.torn_tail.as_ref().filter(|torn| torn.offset == 0);
+        for file in &segments {
+            if removed.is_some_and(|torn| torn.path == file.path) {
+                continue;
+            }
+            storage
+                .sync_file(&file.path)
+                .map_err(io(file.path.clone()))?;
+        }
+        storage.sync_dir(&wal_dir).map_err(io(wal_dir.clone()))?;
+        if let Some((path, _)) = &loaded {
+            storage.sync_file(path).map_err(io(path.clone()))?;
+            let dir = options.snapshot_dir();
+            storage.sync_dir(&dir).map_err(io(dir))?;
+        }
     }
     let figures = invariants::check(&state, replay.next_lsn)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -239,7 +258,6 @@ fn replay_log(
     start_lsn: Lsn,
     have_snapshot: bool,
     state: &State,
-    options: &EngineOptions,
     idempotency_cutoff_ms: i64,
 ) -> Result<Replay, OpenError> {
     let mut replay = Replay {
@@ -311,7 +329,8 @@ fn replay_log(
             &bytes,
             file.first_lsn,
             codec::FORMAT_VERSION,
-            options.max_record_bytes,
+            // The configured limit is for new records: ones written under a higher one still read.
+            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
             visit,
         )?
         .map_err(|damage| OpenError::Damage {

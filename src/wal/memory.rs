@@ -202,6 +202,14 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let id = *tree.names.get(path).ok_or_else(not_found)?;
+        let inode = tree.inodes.get_mut(&id).ok_or_else(not_found)?;
+        inode.synced_len = inode.data.len();
+        Ok(())
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut tree = self.tree.lock();
         let id = tree.names.remove(from).ok_or_else(not_found)?;
@@ -374,6 +382,11 @@ impl Storage for FaultyStorage {
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         self.inner.truncate(path, len)
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultPoint::Sync)?;
+        self.inner.sync_file(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -33,6 +33,9 @@ pub trait Storage: Send + Sync + 'static {
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Cuts a file to `len` bytes and makes the new length durable.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Makes an existing file's contents, as they are now, durable (`fsync`): for bytes another
+    /// process wrote and may not have synced.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
     /// Renames a file, replacing any file at the target.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -112,6 +115,10 @@ impl Storage for FsStorage {
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(len)?;
         file.sync_all()
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
