@@ -562,7 +562,8 @@ async fn a_declined_card_does_not_end_a_stripe_checkout_but_an_expired_session_d
     );
     assert_eq!(server.balance().await, 500);
 
-    // A session left to expire ends the payment unpaid; a late "completed" for it credits nothing.
+    // A session left to expire ends the payment unpaid; should a "completed" still come for it,
+    // the money was taken after all, and it is credited, once.
     let (abandoned, _) = server.initialize().await;
     let expired = stripe_event(
         "checkout.session.expired",
@@ -579,12 +580,17 @@ async fn a_declined_card_does_not_end_a_stripe_checkout_but_an_expired_session_d
         "checkout.session.completed",
         json!({"object": "checkout.session", "client_reference_id": abandoned, "payment_status": "paid", "amount_total": 200_000, "currency": "ngn", "metadata": {"reference": abandoned}}),
     );
+    let (status, answer) = deliver(late.clone()).await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("credited"))
+    );
     let (status, answer) = deliver(late).await;
     assert_eq!(
         (status, answer["outcome"].as_str()),
         (200, Some("duplicate"))
     );
-    assert_eq!(server.balance().await, 500);
+    assert_eq!(server.balance().await, 1000);
     server.stop().await;
 }
 
@@ -1131,12 +1137,16 @@ async fn reconciliation_sends_again_only_what_the_rule_still_wants() {
     };
 
     // An intent recorded, then the rule deleted before the charge went out (a crash between):
-    // the gateway has no record, so nothing is sent and the intent ends abandoned.
+    // the gateway has no record, so nothing is sent, and once that has held for an hour (a
+    // gateway's record may lag behind its charge) the intent ends abandoned.
     let first = plan("paystack");
     engine
         .delete_auto_topup(&tenant, "ada", None, &admin)
         .unwrap();
     clock.advance_ms(120_000);
+    worker.reconcile_all(60_000).await;
+    assert_eq!((charges(), status(&first)), (0, PaymentStatus::Pending));
+    clock.advance_ms(3_600_000);
     worker.reconcile_all(60_000).await;
     assert_eq!(charges(), 0);
     assert!(matches!(
@@ -1147,7 +1157,8 @@ async fn reconciliation_sends_again_only_what_the_rule_still_wants() {
     ));
 
     // The rule set again is not stuck behind that intent. Its charge meets an outage: each
-    // reconciliation verifies (no record), sends it again, and after MAX_RESENDS gives it up.
+    // reconciliation verifies (no record), sends it again, and after MAX_RESENDS stops sending;
+    // it gives the intent up an hour after it was made.
     engine.set_auto_topup(&tenant, &rule, &admin).unwrap();
     paystack.set_behaviour(ChargeBehaviour::ServerError);
     let second = plan("paystack");
@@ -1156,6 +1167,10 @@ async fn reconciliation_sends_again_only_what_the_rule_still_wants() {
         worker.reconcile_all(60_000).await;
         assert_eq!(charges(), round.min(3), "round {round}");
     }
+    assert_eq!(status(&second), PaymentStatus::Pending);
+    clock.advance_ms(3_600_000);
+    worker.reconcile_all(60_000).await;
+    assert_eq!(charges(), 3);
     assert!(matches!(
         status(&second),
         PaymentStatus::Failed {
@@ -1164,7 +1179,7 @@ async fn reconciliation_sends_again_only_what_the_rule_still_wants() {
     ));
     assert_eq!(
         paystack.calls("/transaction/verify/").len(),
-        5,
+        7,
         "one verify per reconciliation"
     );
 

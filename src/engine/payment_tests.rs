@@ -181,6 +181,104 @@ fn a_payment_credits_the_package_exactly_once() {
 }
 
 #[test]
+fn a_payment_recorded_failed_is_still_credited_once_when_reported_paid() {
+    let mut s = Setup::new();
+    for (reference, decline) in [("cd_gone", Decline::Abandoned), ("cd_soft", Decline::Soft)] {
+        s.checkout(reference);
+        let verdict = Verdict::Declined {
+            decline,
+            reason: "no answer",
+        };
+        let failed = s
+            .engine
+            .settle_payment(reference, "sandbox", &verdict, "")
+            .unwrap();
+        assert!(matches!(failed, Settlement::Failed { .. }), "{failed:?}");
+    }
+    let before = s.balance();
+    // The gateway's report that the money was taken after all.
+    let late = s
+        .engine
+        .settle_payment("cd_gone", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(matches!(late, Settlement::Credited { .. }), "{late:?}");
+    assert_eq!(s.balance(), before + 500);
+    let again = s
+        .engine
+        .settle_payment("cd_gone", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(
+        matches!(again, Settlement::AlreadySettled { .. }),
+        "{again:?}"
+    );
+    s.crash_and_reopen();
+    assert_eq!(s.balance(), before + 500, "replay takes the same turn");
+    assert!(matches!(
+        s.engine.payment("cd_gone").unwrap().status,
+        PaymentStatus::Succeeded { .. }
+    ));
+    let soft = s
+        .engine
+        .settle_payment("cd_soft", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(matches!(soft, Settlement::Credited { .. }), "{soft:?}");
+    for reference in ["cd_gone", "cd_soft"] {
+        let after = s
+            .engine
+            .settle_payment(reference, "sandbox", &paid(200_000, NGN), "")
+            .unwrap();
+        assert!(matches!(after, Settlement::AlreadySettled { .. }));
+    }
+    assert_eq!(s.balance(), before + 1000);
+    s.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_late_report_of_an_old_payment_does_not_bring_back_a_replaced_card() {
+    let s = Setup::new();
+    let paid_with = |token: &'static str| Verdict::Paid {
+        paid_minor: 200_000,
+        paid_currency: Currency::new(NGN).unwrap(),
+        method: Some(MethodRecord {
+            gateway: "sandbox",
+            token,
+            customer: None,
+            label: None,
+        }),
+    };
+    let token = |s: &Setup| {
+        let account = s.tenant.users.get("ada").unwrap();
+        account
+            .payment_method()
+            .map(|method| method.token.to_string())
+    };
+    s.checkout("cd_old");
+    s.engine
+        .settle_payment("cd_old", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    // The old payment's card arrives on a later event of its own: saved.
+    s.clock.advance_ms(1_000);
+    s.engine
+        .settle_payment("cd_old", "sandbox", &paid_with("card_1"), "")
+        .unwrap();
+    assert_eq!(token(&s).as_deref(), Some("card_1"));
+    s.clock.advance_ms(1_000);
+    s.checkout("cd_new");
+    s.engine
+        .settle_payment("cd_new", "sandbox", &paid_with("card_2"), "")
+        .unwrap();
+    assert_eq!(token(&s).as_deref(), Some("card_2"));
+    // The old report again, much later: the newer card stays.
+    s.clock.advance_ms(86_400_000);
+    let replayed = s
+        .engine
+        .settle_payment("cd_old", "sandbox", &paid_with("card_1"), "")
+        .unwrap();
+    assert!(matches!(replayed, Settlement::AlreadySettled { .. }));
+    assert_eq!(token(&s).as_deref(), Some("card_2"));
+}
+
+#[test]
 fn the_wrong_amount_or_currency_credits_nothing() {
     let s = Setup::new();
     s.checkout("cd_short");

@@ -717,10 +717,21 @@ impl Engine {
             drop(account);
             return self.record_unmatched(gateway, reference, detail, now_ms);
         };
-        if entry.state != PaymentState::Pending {
+        // A payment recorded as failed (abandoned by creditd or the gateway, or declined) may
+        // still be reported paid later: a gateway's search that lagged behind its charge, a
+        // customer who completed an authentication after all. The money was taken, so the
+        // credits go, once. Only a payment already credited, or paid in another amount, is final.
+        let late_payment = matches!(entry.state, PaymentState::Failed { decline, .. } if decline != Decline::Mismatch)
+            && matches!(*verdict, Verdict::Paid { paid_minor, paid_currency, .. }
+                if paid_minor == entry.amount_minor
+                    && paid_currency.as_str().eq_ignore_ascii_case(entry.price_currency.as_str()));
+        if late_payment {
+            tracing::warn!(%reference, "a payment recorded as failed was reported paid: crediting it");
+        }
+        if entry.state != PaymentState::Pending && !late_payment {
             // A later report may still carry the reusable method (Stripe sends it on its own event).
             if let (
-                PaymentState::Succeeded { .. },
+                PaymentState::Succeeded { at_ms, .. },
                 Verdict::Paid {
                     method: Some(method),
                     ..
@@ -729,9 +740,14 @@ impl Engine {
             {
                 let saved = account.payment_method();
                 let mut lsn = entry.last_lsn;
-                if !saved.is_some_and(|saved| {
+                let usable = !method.token.is_empty() && method.token.len() <= 256;
+                // Only if nothing newer was saved since this payment settled: a late or replayed
+                // report of an old payment must not bring back a card the user has replaced.
+                let newer_saved = saved.is_some_and(|saved| saved.saved_ms > at_ms);
+                let same = saved.is_some_and(|saved| {
                     &*saved.token == method.token && saved.gateway == method.gateway
-                }) {
+                });
+                if usable && !newer_saved && !same {
                     let event = Event::PaymentMethodSaved {
                         wallet: WalletRef {
                             tenant: &tenant.id,

@@ -1372,7 +1372,16 @@ impl State {
         if entry.last_lsn >= lsn {
             return Ok(());
         }
-        if entry.state != PaymentState::Pending {
+        // Pending settles either way; a failed payment (not paid in another amount) may still
+        // turn out paid. Nothing else moves.
+        let movable = match entry.state {
+            PaymentState::Pending => true,
+            PaymentState::Failed { decline, .. } => {
+                decline != Decline::Mismatch && matches!(state, PaymentState::Succeeded { .. })
+            }
+            PaymentState::Succeeded { .. } => false,
+        };
+        if !movable {
             return Err(mismatch("a payment was settled twice"));
         }
         entry.state = state;

@@ -92,7 +92,15 @@ impl Outcome {
                 paid_currency,
                 method,
             } => {
-                let paid_currency = Currency::new(&paid_currency.to_ascii_uppercase()).ok()?;
+                // Money was taken in a currency that cannot be the package's: settled as a
+                // mismatch (recorded, not credited, the rule switched off), not left pending for
+                // ever, which would hold the wallet's top-ups.
+                let Ok(paid_currency) = Currency::new(&paid_currency.to_ascii_uppercase()) else {
+                    return Some(Verdict::Declined {
+                        decline: Decline::Mismatch,
+                        reason: "paid in a currency that could not be read",
+                    });
+                };
                 let method = method.as_ref().map(|m| MethodRecord {
                     gateway: m.gateway,
                     token: &m.token,
@@ -276,4 +284,35 @@ pub(super) async fn read_json(
 /// A transport error from reqwest.
 pub(super) fn transport(error: reqwest::Error) -> GatewayError {
     GatewayError::Transport(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paid_report_in_an_unreadable_currency_settles_as_a_mismatch() {
+        let paid = |currency: &str| Outcome::Paid {
+            paid_minor: 200_000,
+            paid_currency: currency.to_owned(),
+            method: None,
+        };
+        assert!(matches!(
+            paid("ngn").verdict(),
+            Some(Verdict::Paid { paid_currency, .. }) if paid_currency.as_str() == "NGN"
+        ));
+        for unreadable in ["", "n g n", "ñgn", &"X".repeat(40)] {
+            assert!(
+                matches!(
+                    paid(unreadable).verdict(),
+                    Some(Verdict::Declined {
+                        decline: Decline::Mismatch,
+                        ..
+                    })
+                ),
+                "{unreadable:?}"
+            );
+        }
+        assert!(Outcome::Pending.verdict().is_none());
+    }
 }

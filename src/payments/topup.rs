@@ -31,6 +31,12 @@ const RECONCILE_AFTER_MS: i64 = 30_000;
 /// verify) before it is given up as never charged.
 const MAX_RESENDS: u32 = 3;
 
+/// An intent is given up only once it is this old. A gateway's record of a charge can lag behind
+/// the charge (Stripe's search is eventually consistent), so "no record" is believed only after
+/// an hour; until then the intent stays pending and is verified again at every sweep. (Should a
+/// paid report still come after it was given up, the payment is credited then.)
+const ABANDON_AFTER_MS: i64 = 3_600_000;
+
 /// The worker.
 #[derive(Clone)]
 pub struct TopupWorker {
@@ -229,8 +235,8 @@ impl TopupWorker {
 
     /// Asks the gateway what happened to an intent and settles it. If the gateway never heard of
     /// it, the same charge is sent again under the same reference, unless the rule was deleted or
-    /// switched off meanwhile, or has nothing to charge: then nothing was taken and the intent is
-    /// recorded as abandoned. Intents of another gateway than the configured one are left pending
+    /// switched off meanwhile, or has nothing to charge, or it was sent again [`MAX_RESENDS`]
+    /// times: then, once the intent is [`ABANDON_AFTER_MS`] old, it is recorded as abandoned. Intents of another gateway than the configured one are left pending
     /// (this gateway cannot verify them) and reported.
     pub async fn reconcile(&self, payment: &PaymentView) {
         let gateway = self.payments.gateway.name();
@@ -293,6 +299,10 @@ impl TopupWorker {
                 };
                 let (token, customer) = match method {
                     Some(method) if resends <= MAX_RESENDS => method,
+                    _ if engine.now_ms() - payment.created_ms < ABANDON_AFTER_MS => {
+                        tracing::debug!(reference = %payment.reference, "no record at the gateway yet; verifying again later");
+                        return;
+                    }
                     other => {
                         // Verified absent at the gateway: nothing was taken, nothing will be.
                         let reason = if other.is_none() {
