@@ -142,16 +142,6 @@ pub async fn serve_engine(
     if engine.connect_hooks(hooks).is_err() {
         return Err(ServerError::Payments("the engine is already served".into()));
     }
-    let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
-    let pending_events = config
-        .storage
-        .data_dir
-        .join(crate::payments::events::PENDING_FILE);
-    let outbox = crate::payments::events::spawn(
-        Arc::clone(&payments),
-        events,
-        crate::payments::events::restore(&pending_events),
-    );
     let state = ApiState::new(
         Arc::clone(&engine),
         Arc::clone(&payments),
@@ -162,6 +152,17 @@ pub async fn serve_engine(
     )
     .map_err(ServerError::Keys)?;
     let state = Arc::new(state);
+    // After the last step that can fail: restoring removes the file of kept events.
+    let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
+    let pending_events = config
+        .storage
+        .data_dir
+        .join(crate::payments::events::PENDING_FILE);
+    let outbox = crate::payments::events::spawn(
+        Arc::clone(&payments),
+        events,
+        crate::payments::events::restore(&pending_events),
+    );
     if config.auth.keys.is_empty() {
         tracing::warn!("no API keys are configured: every /v1 request will get 401");
     }

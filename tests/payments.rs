@@ -783,6 +783,19 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
     let id = depleted[0]["body"]["id"].clone();
     assert_eq!(depleted[0]["body"]["data"]["user_id"], "ada");
 
+    // Restarted while the endpoint still refuses, then stopped at once: kept again.
+    let server = Server::start_in(dir, GatewayKind::Sandbox, None).await;
+    let dir = server.stop().await;
+    let kept: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(
+        kept["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["body"]["id"] == id),
+        "{kept}"
+    );
+
     open.store(true, Ordering::SeqCst);
     let server = Server::start_in(dir, GatewayKind::Sandbox, None).await;
     wait_for(|| async { received.lock().iter().any(|e| e["id"] == id) }).await;

@@ -177,7 +177,14 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Engine>, OpenError> {
         let io = |path: PathBuf| move |source| OpenError::Io { path, source };
-        let fresh = storage.list(&options.data_dir).is_err();
+        // The data directory and those of its ancestors that do not exist yet.
+        let missing: Vec<PathBuf> = options
+            .data_dir
+            .ancestors()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .take_while(|dir| storage.list(dir).is_err())
+            .map(Path::to_path_buf)
+            .collect();
         storage
             .create_dir_all(&options.wal_dir())
             .map_err(io(options.wal_dir()))?;
@@ -188,11 +195,11 @@ impl Engine {
         // them counts as durable.
         let data_dir = &options.data_dir;
         storage.sync_dir(data_dir).map_err(io(data_dir.clone()))?;
-        if let Some(parent) = data_dir.parent().filter(|_| fresh) {
-            let parent = if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
+        for created in &missing {
+            let parent = match created.parent() {
+                Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+                Some(parent) => parent,
+                None => continue,
             };
             storage.sync_dir(parent).map_err(io(parent.to_path_buf()))?;
         }

@@ -276,6 +276,29 @@ fn a_late_report_of_an_old_payment_does_not_bring_back_a_replaced_card() {
         .unwrap();
     assert!(matches!(replayed, Settlement::AlreadySettled { .. }));
     assert_eq!(token(&s).as_deref(), Some("card_2"));
+    // A payment that failed, begun before card_2 was saved, reported paid with card_1 later:
+    // credited, and card_2 stays.
+    s.checkout("cd_failed");
+    s.clock.advance_ms(1_000);
+    let verdict = Verdict::Declined {
+        decline: Decline::Abandoned,
+        reason: "no record",
+    };
+    s.engine
+        .settle_payment("cd_failed", "sandbox", &verdict, "")
+        .unwrap();
+    s.clock.advance_ms(1_000);
+    s.checkout("cd_newest");
+    s.engine
+        .settle_payment("cd_newest", "sandbox", &paid_with("card_3"), "")
+        .unwrap();
+    s.clock.advance_ms(1_000);
+    let late = s
+        .engine
+        .settle_payment("cd_failed", "sandbox", &paid_with("card_1"), "")
+        .unwrap();
+    assert!(matches!(late, Settlement::Credited { .. }), "{late:?}");
+    assert_eq!(token(&s).as_deref(), Some("card_3"));
 }
 
 #[test]

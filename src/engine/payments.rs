@@ -817,7 +817,14 @@ impl Engine {
                 let available_after = balance_after
                     .checked_sub(wallet.reserved)
                     .ok_or(EngineError::Overflow)?;
-                let method = method.filter(|m| !m.token.is_empty() && m.token.len() <= 256);
+                // A late success must not bring back a card saved over since the payment began.
+                let replaced = late_payment
+                    && account
+                        .payment_method()
+                        .is_some_and(|saved| saved.saved_ms > entry.created_ms);
+                let method = method
+                    .filter(|m| !m.token.is_empty() && m.token.len() <= 256)
+                    .filter(|_| !replaced);
                 let event = Event::PaymentSucceeded {
                     wallet: wallet_ref,
                     reference,

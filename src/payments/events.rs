@@ -294,6 +294,12 @@ pub fn spawn(
         stopping: tokio::sync::watch::Sender::new(false),
         stopper: Mutex::new(Some(stopper)),
     });
+    // The restored events are in the outbox from the start: a stop before the thread reaches them
+    // keeps them again.
+    let restored: Vec<(u64, Outgoing)> = restored
+        .into_iter()
+        .filter_map(|event| Some((outbox.admit(event.clone())?, event)))
+        .collect();
     let deliveries = Arc::clone(&outbox);
     let spawned = std::thread::Builder::new()
         .name("creditd-events".into())
@@ -301,11 +307,11 @@ pub fn spawn(
             let outbox = deliveries;
             let mut restored = restored.into_iter();
             loop {
-                let event = match restored.next() {
-                    Some(event) => event,
+                let (admitted, event) = match restored.next() {
+                    Some((id, event)) => (Some(id), event),
                     None => crossbeam_channel::select! {
                         recv(events) -> event => match event {
-                            Ok(event) => Outgoing::new(&event),
+                            Ok(event) => (None, Outgoing::new(&event)),
                             Err(_) => return,
                         },
                         // Dropped at the stop: the thread ends and lets go of the engine.
@@ -315,10 +321,13 @@ pub fn spawn(
                 let lane = lanes.tenant(&event.tenant);
                 if lane.pending.fetch_add(1, Ordering::AcqRel) >= PENDING_PER_TENANT {
                     lane.pending.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(id) = admitted {
+                        outbox.finish(id);
+                    }
                     payments.count_event("dropped");
                     continue;
                 }
-                let Some(id) = outbox.admit(event.clone()) else {
+                let Some(id) = admitted.or_else(|| outbox.admit(event.clone())) else {
                     return;
                 };
                 // Take a slot before taking the next event: while every slot is busy, events wait

@@ -92,9 +92,12 @@ impl Outcome {
                 paid_currency,
                 method,
             } => {
-                // Money was taken in a currency that cannot be the package's: settled as a
-                // mismatch (recorded, not credited, the rule switched off), not left pending for
-                // ever, which would hold the wallet's top-ups.
+                // A report without a currency says nothing final (a later, complete one will).
+                // Money taken in a currency that cannot be the package's is settled as a mismatch
+                // (recorded, not credited, the rule switched off), not left pending for ever.
+                if paid_currency.is_empty() {
+                    return None;
+                }
                 let Ok(paid_currency) = Currency::new(&paid_currency.to_ascii_uppercase()) else {
                     return Some(Verdict::Declined {
                         decline: Decline::Mismatch,
@@ -291,7 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_paid_report_in_an_unreadable_currency_settles_as_a_mismatch() {
+    fn a_paid_report_in_an_unreadable_currency_settles_as_a_mismatch_and_one_without_waits() {
         let paid = |currency: &str| Outcome::Paid {
             paid_minor: 200_000,
             paid_currency: currency.to_owned(),
@@ -301,7 +304,8 @@ mod tests {
             paid("ngn").verdict(),
             Some(Verdict::Paid { paid_currency, .. }) if paid_currency.as_str() == "NGN"
         ));
-        for unreadable in ["", "n g n", "ñgn", &"X".repeat(40)] {
+        assert!(paid("").verdict().is_none(), "no currency: not final");
+        for unreadable in ["n g n", "ñgn", &"X".repeat(40)] {
             assert!(
                 matches!(
                     paid(unreadable).verdict(),
