@@ -1351,6 +1351,59 @@ async fn the_sandbox_flow_driven_like_a_browser() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_can_give_up_a_pending_payment_and_a_late_payment_still_credits() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let (reference, _) = server.initialize().await;
+    let abandon = |key: &'static str, reference: String| {
+        let client = server.client(key);
+        async move {
+            let path = format!("/v1/payments/{reference}/abandon");
+            let (status, _, bytes) = client.send(Method::POST, &path, None, None).await.unwrap();
+            (
+                status.as_u16(),
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(abandon(SERVICE, reference.clone()).await.0, 403);
+    assert_eq!(abandon(ADMIN, "cd_unknown".into()).await.0, 404);
+    for _ in 0..2 {
+        let (status, payment) = abandon(ADMIN, reference.clone()).await;
+        assert_eq!(
+            (
+                status,
+                payment["status"].as_str(),
+                payment["failure_reason"].as_str()
+            ),
+            (200, Some("failed"), Some("abandoned")),
+            "{payment}"
+        );
+    }
+    // The gateway took the money after all: its report still credits the payment, once.
+    let body = paystack_event(&reference, 200_000, "NGN");
+    let signature = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body);
+    for expected in ["credited", "duplicate"] {
+        let (status, answer) = server
+            .webhook(
+                "paystack",
+                &[("x-paystack-signature", signature.clone())],
+                &body,
+            )
+            .await;
+        assert_eq!((status, answer["outcome"].as_str()), (200, Some(expected)));
+    }
+    assert_eq!(server.balance().await, 500);
+    let (status, problem) = abandon(ADMIN, reference.clone()).await;
+    assert_eq!(
+        (status, problem["payment"]["status"].as_str()),
+        (409, Some("succeeded"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialize_is_idempotent_by_key() {
     let paystack = gateways::paystack().await;
     let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;

@@ -333,6 +333,7 @@ async fn dispatch(
         Route::PutTenant => handlers::put_tenant(&call, param, &bytes).await,
         Route::InitializePayment => payments::initialize(&call, &bytes).await,
         Route::GetPayment => payments::get_payment(&call, param).await,
+        Route::AbandonPayment => payments::abandon_payment(&call, param).await,
         Route::GetAutoTopup => payments::get_auto_topup(&call, param, parts.uri.query()),
         Route::PutAutoTopup => payments::put_auto_topup(&call, param, &bytes).await,
         Route::DeleteAutoTopup => {
@@ -360,7 +361,8 @@ fn required_role(route: Route) -> Role {
         | Route::PutPackage
         | Route::DeletePackage
         | Route::PutAutoTopup
-        | Route::DeleteAutoTopup => Role::Admin,
+        | Route::DeleteAutoTopup
+        | Route::AbandonPayment => Role::Admin,
         Route::ListTenants | Route::GetTenant | Route::PutTenant => Role::Platform,
         _ => Role::Service,
     }

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use super::handlers::Call;
 use super::problem::Problem;
 use super::{json_response, ApiState};
-use crate::engine::payments::{AutoTopupRequest, PaymentStatus, PaymentView, RuleView};
+use crate::engine::event::Decline;
+use crate::engine::payments::{
+    AutoTopupRequest, PaymentStatus, PaymentView, RuleView, Settlement, Verdict,
+};
 use crate::engine::types::{Currency, EngineError};
 use crate::payments::gateway::WebhookError;
 use crate::payments::{InitializeRequest, PaymentsError, WebhookOutcome};
@@ -136,8 +139,18 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
 
 /// `GET /v1/payments/{reference}`: only the tenant's own payments are visible.
 pub async fn get_payment(call: &Call<'_>, reference: &str) -> Answer {
-    let payment = call
-        .state
+    let payment = tenant_payment(call, reference)?;
+    call.state
+        .engine
+        .durable(payment.last_lsn)
+        .await
+        .map_err(EngineError::from)?;
+    Ok(json_response(StatusCode::OK, &payment_json(&payment)))
+}
+
+/// A payment of the caller's tenant, or 404.
+fn tenant_payment(call: &Call<'_>, reference: &str) -> Result<PaymentView, Problem> {
+    call.state
         .payments
         .engine()
         .payment(reference)
@@ -149,13 +162,49 @@ pub async fn get_payment(call: &Call<'_>, reference: &str) -> Answer {
                 "Payment not found",
                 "no such payment in this tenant",
             )
-        })?;
-    call.state
-        .engine
+        })
+}
+
+/// `POST /v1/payments/{reference}/abandon` (admin): gives up on a pending payment that no gateway
+/// will settle, such as an automatic top-up made through a gateway no longer configured. It is
+/// recorded failed as `abandoned`, which frees the wallet's rule; a paid report that still comes
+/// later credits it, so this can never lose money. Idempotent by nature: a payment abandoned
+/// already answers 200 again; one settled otherwise is 409.
+pub async fn abandon_payment(call: &Call<'_>, reference: &str) -> Answer {
+    let engine = call.state.payments.engine();
+    let payment = tenant_payment(call, reference)?;
+    if payment.status == PaymentStatus::Pending {
+        let reason = format!("given up through the API by {}", call.actor);
+        let verdict = Verdict::Declined {
+            decline: Decline::Abandoned,
+            reason: &reason,
+        };
+        let settlement = engine.settle_payment(reference, &payment.gateway, &verdict, &reason)?;
+        let lsn = match settlement {
+            Settlement::Credited { lsn, .. }
+            | Settlement::AlreadySettled { lsn, .. }
+            | Settlement::Failed { lsn, .. }
+            | Settlement::Unmatched { lsn } => lsn,
+        };
+        engine.durable(lsn).await.map_err(EngineError::from)?;
+    }
+    let payment = tenant_payment(call, reference)?;
+    engine
         .durable(payment.last_lsn)
         .await
         .map_err(EngineError::from)?;
-    Ok(json_response(StatusCode::OK, &payment_json(&payment)))
+    match payment.status {
+        PaymentStatus::Failed {
+            decline: Decline::Abandoned,
+        } => Ok(json_response(StatusCode::OK, &payment_json(&payment))),
+        _ => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            "the payment was settled otherwise",
+        )
+        .with("payment", payment_json(&payment))),
+    }
 }
 
 /// `POST /v1/webhooks/{gateway}`: open; the gateway's signature over the raw body is the check.

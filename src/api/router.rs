@@ -41,6 +41,7 @@ pub enum Route {
     PutTenant,
     InitializePayment,
     GetPayment,
+    AbandonPayment,
     Webhook,
     SandboxPage,
     SandboxAction,
@@ -101,6 +102,11 @@ pub const ROUTES: &[(Route, &str, &str)] = &[
     (Route::PutTenant, "PUT", "/v1/tenants/{tenant_id}"),
     (Route::InitializePayment, "POST", "/v1/payments/initialize"),
     (Route::GetPayment, "GET", "/v1/payments/{reference}"),
+    (
+        Route::AbandonPayment,
+        "POST",
+        "/v1/payments/{reference}/abandon",
+    ),
     (Route::Webhook, "POST", "/v1/webhooks/{gateway}"),
     (Route::SandboxPage, "GET", "/sandbox/checkout/{reference}"),
     (
@@ -194,6 +200,9 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, NoRoute>
         ),
         ["v1", "payments", "initialize"] => ("", &[(Method::POST, Route::InitializePayment)]),
         ["v1", "payments", reference] => (reference, &[(Method::GET, Route::GetPayment)]),
+        ["v1", "payments", reference, "abandon"] => {
+            (reference, &[(Method::POST, Route::AbandonPayment)])
+        }
         ["v1", "webhooks", gateway] => (gateway, &[(Method::POST, Route::Webhook)]),
         ["sandbox", "checkout", reference] => (
             reference,

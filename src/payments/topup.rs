@@ -245,7 +245,7 @@ impl TopupWorker {
                 reference = %payment.reference,
                 issued_by = %payment.gateway,
                 configured = gateway,
-                "a pending automatic top-up belongs to another gateway; verify it there and settle it by its webhook"
+                "a pending automatic top-up belongs to another gateway; verify it there, then let its webhook settle it or give it up with POST /v1/payments/<reference>/abandon"
             );
             return;
         }
