@@ -1294,3 +1294,46 @@ fn a_lower_record_limit_still_reads_the_records_written_before() {
         assert_eq!(tenant.wallet("alice", None).unwrap().balance, 100);
     }
 }
+
+/// The only segment, named for the snapshot's start, has a torn header (a crash while the log
+/// was created again over it), and the next start fails just after recovery: the segment must
+/// still be there, or the start after that would find a snapshot and no log.
+#[test]
+fn a_segment_with_a_torn_header_is_overwritten_not_removed() {
+    let memory = MemStorage::new();
+    let disk = Disk::Mem(memory.clone());
+    let options = options(&disk);
+    let engine = open(&options, Arc::new(memory.clone()));
+    let (tenant, _, lsn) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
+    engine.wait_durable(lsn).unwrap();
+    let (_, lsn) = engine
+        .upsert_user(&tenant, "alice", NO_PROFILE, &ADMIN)
+        .unwrap();
+    engine.wait_durable(lsn).unwrap();
+    acknowledge(&engine, credit(&engine, &tenant, "alice", 100, "grant"));
+    engine.shutdown().unwrap();
+    drop(tenant);
+    drop(engine);
+    // A second clean stop with nothing new: its snapshot lets the first segment go.
+    let again = open(&options, Arc::new(memory.clone()));
+    again.shutdown().unwrap();
+    drop(again);
+    let segments = memory.list(&options.wal_dir()).unwrap();
+    assert_eq!(
+        segments.len(),
+        1,
+        "the snapshot covers every record: {segments:?}"
+    );
+    let segment = options.wal_dir().join(&segments[0]);
+    memory
+        .corrupt(&segment, 0, &[0; SEGMENT_HEADER_BYTES])
+        .unwrap();
+
+    let faulty = FaultyStorage::new(Arc::new(memory.clone()));
+    faulty.fail_from(FaultPoint::Create, 1);
+    assert!(Engine::open(options.clone(), Arc::new(faulty), clock()).is_err());
+    memory.crash();
+    let engine = open(&options, Arc::new(memory.clone()));
+    let tenant = engine.tenant("acme").unwrap();
+    assert_eq!(tenant.wallet("alice", None).unwrap().balance, 100);
+}

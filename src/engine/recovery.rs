@@ -175,10 +175,11 @@ pub(crate) fn recover(
         idempotency_cutoff_ms,
     )?;
     if let Some(torn) = replay.torn_tail.as_ref().filter(|_| mode == Mode::Repair) {
-        if torn.offset == 0 {
-            storage.remove(&torn.path).map_err(io(torn.path.clone()))?;
-            storage.sync_dir(&wal_dir).map_err(io(wal_dir.clone()))?;
-        } else {
+        // A segment whose header itself is torn holds no record: it is named for the next LSN,
+        // and the log's first act is to create that segment again over it. It is not removed:
+        // a crash between a removal and that creation could leave a log directory without the
+        // segment a snapshot needs (refused at the next start).
+        if torn.offset > 0 {
             storage
                 .truncate(&torn.path, torn.offset)
                 .map_err(io(torn.path.clone()))?;
@@ -194,11 +195,7 @@ pub(crate) fn recover(
         // What was replayed may be bytes the previous process wrote but never synced (it died
         // between write and fdatasync): the page cache serves them all the same. This process
         // builds on them and acknowledges retries from them, so they are made durable first.
-        let removed = replay.torn_tail.as_ref().filter(|torn| torn.offset == 0);
         for file in &segments {
-            if removed.is_some_and(|torn| torn.path == file.path) {
-                continue;
-            }
             storage
                 .sync_file(&file.path)
                 .map_err(io(file.path.clone()))?;
