@@ -721,12 +721,9 @@ impl Engine {
         // still be reported paid later: a gateway's search that lagged behind its charge, a
         // customer who completed an authentication after all. The money was taken, so the
         // credits go, once. Only a payment already credited, or paid in another amount, is final.
-        let late_payment = matches!(entry.state, PaymentState::Failed { decline, .. } if decline != Decline::Mismatch)
-            && matches!(*verdict, Verdict::Paid { paid_minor, paid_currency, .. }
-                if paid_minor == entry.amount_minor
-                    && paid_currency.as_str().eq_ignore_ascii_case(entry.price_currency.as_str()));
+        let late_payment = paid_after_failing(&entry, verdict);
         if late_payment {
-            tracing::warn!(%reference, "a payment recorded as failed was reported paid: crediting it");
+            tracing::warn!(%reference, "a payment recorded failed was reported paid: crediting it");
         }
         if entry.state != PaymentState::Pending && !late_payment {
             // A later report may still carry the reusable method (Stripe sends it on its own event).
@@ -1395,6 +1392,29 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// Whether a report turns a payment recorded failed into a paid one: it failed for any reason but
+/// a mismatch, and the report says it was paid in the recorded amount and currency.
+fn paid_after_failing(entry: &PaymentEntry, verdict: &Verdict<'_>) -> bool {
+    let failed = match entry.state {
+        PaymentState::Failed { decline, .. } => decline != Decline::Mismatch,
+        PaymentState::Pending | PaymentState::Succeeded { .. } => false,
+    };
+    let paid_as_recorded = match *verdict {
+        Verdict::Paid {
+            paid_minor,
+            paid_currency,
+            ..
+        } => {
+            paid_minor == entry.amount_minor
+                && paid_currency
+                    .as_str()
+                    .eq_ignore_ascii_case(entry.price_currency.as_str())
+        }
+        Verdict::Declined { .. } => false,
+    };
+    failed && paid_as_recorded
 }
 
 /// An absolute `http://` or `https://` URL with a host, of at most 2048 characters, in plain

@@ -237,14 +237,16 @@ pub fn restore(path: &Path) -> Vec<Outgoing> {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(error) => {
-            tracing::error!(%error, path = %path.display(), "pending events not readable; not sent");
+            let path = path.display();
+            tracing::error!(%error, %path, "pending events not readable; not sent");
             return Vec::new();
         }
     };
     let events = match serde_json::from_slice::<PendingFile>(&bytes) {
         Ok(file) if file.format == PENDING_FORMAT => {
             if let Err(error) = std::fs::remove_file(path) {
-                tracing::error!(%error, path = %path.display(), "pending events not removed; not sent, lest they go twice");
+                let path = path.display();
+                tracing::error!(%error, %path, "pending events not removed; not sent twice");
                 return Vec::new();
             }
             file.events
@@ -270,8 +272,8 @@ pub fn restore(path: &Path) -> Vec<Outgoing> {
 fn set_aside(path: &Path, reason: &str) {
     let aside = path.with_extension("json.bad");
     let renamed = std::fs::rename(path, &aside);
-    tracing::error!(%reason, path = %path.display(), aside = %aside.display(), renamed = renamed.is_ok(),
-        "pending events not readable; kept aside, not sent");
+    let (path, aside, renamed) = (path.display(), aside.display(), renamed.is_ok());
+    tracing::error!(%reason, %path, %aside, renamed, "pending events unreadable; set aside, not sent");
 }
 
 /// Runs delivery on the current runtime: first the `restored` events, then those the engine
