@@ -18,14 +18,15 @@
 //! the in-memory one, both extreme crash images (a power cut that loses every unsynced byte, and
 //! a process crash that keeps them all; names survive only if their directory was synced).
 
+#[path = "common/sync_gate.rs"]
+mod sync_gate;
+
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
 
 use creditd::engine::event::{Outcome, PackageRecord, ProfileRecord};
 use creditd::engine::types::{CreditKind, Currency, EngineError};
@@ -36,7 +37,8 @@ use creditd::engine::{
 use creditd::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use creditd::wal::record::HEADER_BYTES;
 use creditd::wal::segment::SEGMENT_HEADER_BYTES;
-use creditd::wal::{AppendError, DurabilityError, FsStorage, SharedStorage, Storage, StorageFile};
+use creditd::wal::{AppendError, DurabilityError, FsStorage, SharedStorage, Storage};
+use sync_gate::{GatedStorage, SyncGate};
 
 const T0: i64 = 1_700_000_000_000;
 const ADMIN: Context<'static> = Context {
@@ -979,130 +981,12 @@ fn failing_create_write_or_fsync_during_a_snapshot_fails_the_snapshot_only() {
 // Backpressure: a writer stuck in fsync makes appends fail fast.
 // ---------------------------------------------------------------------------------------------
 
-/// Holds every fsync while closed, and counts the fsyncs held.
-#[derive(Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct GateState {
-    closed: bool,
-    held: u32,
-}
-
-impl Gate {
-    fn set_closed(&self, closed: bool) {
-        self.state.lock().expect("gate").closed = closed;
-        self.changed.notify_all();
-    }
-
-    fn pass(&self) {
-        let mut state = self.state.lock().expect("gate");
-        if state.closed {
-            state.held += 1;
-            self.changed.notify_all();
-            while state.closed {
-                state = self.changed.wait(state).expect("gate");
-            }
-            state.held -= 1;
-        }
-    }
-
-    /// Waits until an fsync is held at the gate.
-    fn wait_held(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut state = self.state.lock().expect("gate");
-        while state.held == 0 {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .expect("the writer never reached its fsync");
-            state = self.changed.wait_timeout(state, left).expect("gate").0;
-        }
-    }
-}
-
 /// Opens the gate when dropped, so a failing test does not hang joining a held writer.
-struct OpenOnDrop(Arc<Gate>);
+struct OpenOnDrop(Arc<SyncGate>);
 
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
-        self.0.set_closed(false);
-    }
-}
-
-struct GatedStorage {
-    inner: SharedStorage,
-    gate: Arc<Gate>,
-}
-
-struct GatedFile {
-    inner: Box<dyn StorageFile>,
-    gate: Arc<Gate>,
-}
-
-impl StorageFile for GatedFile {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.inner.write_all(bytes)
-    }
-
-    fn sync_data(&mut self) -> io::Result<()> {
-        self.gate.pass();
-        self.inner.sync_data()
-    }
-}
-
-impl Storage for GatedStorage {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
-        self.inner.open_read(path)
-    }
-
-    fn len(&self, path: &Path) -> io::Result<u64> {
-        self.inner.len(path)
-    }
-
-    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(GatedFile {
-            inner: self.inner.create(path)?,
-            gate: Arc::clone(&self.gate),
-        }))
-    }
-
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.inner.truncate(path, len)
-    }
-
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.sync_file(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        self.inner.lock(path)
-    }
-
-    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.inner.read_all(path)
+        self.0.open();
     }
 }
 
@@ -1113,20 +997,17 @@ fn backpressure(disk: &Disk) {
         queue_bytes: QUEUE_BYTES,
         ..options(disk)
     };
-    let gate = Arc::new(Gate::default());
-    let storage = GatedStorage {
-        inner: disk.storage(),
-        gate: Arc::clone(&gate),
-    };
+    let (storage, gate) = GatedStorage::new(disk.storage());
     let engine = open(&options, Arc::new(storage));
     let _open_on_drop = OpenOnDrop(Arc::clone(&gate));
     let history = history(&engine);
     let tenant = &history.tenant;
 
-    gate.set_closed(true);
+    gate.close();
     // The writer takes this record alone and then sits in its fsync.
     let first = debit(&engine, tenant, "alice", 1, "bp-0").expect("queued");
-    gate.wait_held();
+    gate.wait_for_a_sync()
+        .expect("the writer sits in its fsync");
     let mut accepted = Vec::new();
     let refused_key = loop {
         let k = format!("bp-{}", accepted.len() + 1);
@@ -1159,7 +1040,7 @@ fn backpressure(disk: &Disk) {
         "{label}: the refused key left no claim behind"
     );
 
-    gate.set_closed(false);
+    gate.open();
     for done in std::iter::once(first).chain(accepted.iter().copied()) {
         engine
             .wait_durable(done.lsn)

@@ -32,12 +32,12 @@
 //! `PROPTEST_CASES` sets the number of cases (default [`DEFAULT_CASES`]). Failures print the shrunk
 //! sequence (steps that do not matter shrink to `-`) and a trace of requests and answers.
 
+#[path = "common/sync_gate.rs"]
+mod sync_gate;
+
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io;
-use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use creditd::engine::event::{Outcome, ProfileRecord};
 use creditd::engine::types::{
@@ -50,10 +50,10 @@ use creditd::engine::{
     Spend, Tenant,
 };
 use creditd::wal::memory::MemStorage;
-use creditd::wal::{Storage, StorageFile};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
+use sync_gate::{GatedStorage, SyncGate};
 
 /// Cases per run unless `PROPTEST_CASES` says otherwise; sized for a CI budget of 30 s in debug mode.
 const DEFAULT_CASES: u32 = 384;
@@ -1954,132 +1954,6 @@ impl Model {
 // The engine side.
 // ---------------------------------------------------------------------------------------------
 
-/// Holds every `sync_data` while closed, so that a test can take a crash image at the moment a
-/// record has been written but not yet synced.
-#[derive(Default)]
-struct SyncGate {
-    state: Mutex<GateState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct GateState {
-    closed: bool,
-    /// Syncs waiting at the gate.
-    waiting: u32,
-}
-
-impl SyncGate {
-    fn close(&self) {
-        self.state.lock().expect("gate lock").closed = true;
-    }
-
-    fn open(&self) {
-        self.state.lock().expect("gate lock").closed = false;
-        self.changed.notify_all();
-    }
-
-    fn pass(&self) {
-        let mut state = self.state.lock().expect("gate lock");
-        if state.closed {
-            state.waiting += 1;
-            self.changed.notify_all();
-            while state.closed {
-                state = self.changed.wait(state).expect("gate lock");
-            }
-            state.waiting -= 1;
-        }
-    }
-
-    /// Waits until some sync is held at the gate.
-    fn wait_for_a_sync(&self) -> Result<(), String> {
-        let state = self.state.lock().expect("gate lock");
-        let (state, timeout) = self
-            .changed
-            .wait_timeout_while(state, Duration::from_secs(10), |state| state.waiting == 0)
-            .expect("gate lock");
-        if timeout.timed_out() && state.waiting == 0 {
-            return Err("the log writer never tried to sync the record in flight".into());
-        }
-        Ok(())
-    }
-}
-
-/// [`MemStorage`] with a [`SyncGate`] in front of every file sync.
-struct GatedStorage {
-    inner: MemStorage,
-    gate: Arc<SyncGate>,
-}
-
-struct GatedFile {
-    inner: Box<dyn StorageFile>,
-    gate: Arc<SyncGate>,
-}
-
-impl StorageFile for GatedFile {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.inner.write_all(bytes)
-    }
-
-    fn sync_data(&mut self) -> io::Result<()> {
-        self.gate.pass();
-        self.inner.sync_data()
-    }
-}
-
-impl Storage for GatedStorage {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
-        self.inner.open_read(path)
-    }
-
-    fn len(&self, path: &Path) -> io::Result<u64> {
-        self.inner.len(path)
-    }
-
-    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(GatedFile {
-            inner: self.inner.create(path)?,
-            gate: Arc::clone(&self.gate),
-        }))
-    }
-
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.inner.truncate(path, len)
-    }
-
-    fn sync_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.sync_file(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        self.inner.lock(path)
-    }
-
-    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.inner.read_all(path)
-    }
-}
-
 struct Harness {
     /// The crash-model file system under the gate.
     storage: MemStorage,
@@ -2100,11 +1974,7 @@ fn open(
     storage: &MemStorage,
     clock: &Arc<ManualClock>,
 ) -> Result<(Arc<Engine>, Arc<SyncGate>), String> {
-    let gate = Arc::new(SyncGate::default());
-    let gated = GatedStorage {
-        inner: storage.clone(),
-        gate: Arc::clone(&gate),
-    };
+    let (gated, gate) = GatedStorage::new(Arc::new(storage.clone()));
     let engine = Engine::open(
         options(),
         Arc::new(gated),
