@@ -179,6 +179,13 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A Paystack webhook signed with the configured secret key.
+    async fn paystack_webhook(&self, body: &[u8]) -> (u16, Value) {
+        let signature = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), body);
+        self.webhook("paystack", &[("x-paystack-signature", signature)], body)
+            .await
+    }
+
     async fn balance(&self) -> i64 {
         self.client(SERVICE)
             .wallet("ada", None)
@@ -240,15 +247,8 @@ async fn paystack_checkout_then_webhook_credits_exactly_once() {
     assert_eq!(sent["email"], "ada@example.com");
 
     let body = paystack_event(&reference, 200_000, "NGN");
-    let signature = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body);
     for delivery in 0..3 {
-        let (status, answer) = server
-            .webhook(
-                "paystack",
-                &[("x-paystack-signature", signature.clone())],
-                &body,
-            )
-            .await;
+        let (status, answer) = server.paystack_webhook(&body).await;
         assert_eq!(status, 200);
         assert_eq!(
             answer["outcome"],
@@ -313,42 +313,15 @@ async fn forged_missing_and_mismatched_webhooks_credit_nothing() {
     // Signed, but the amount or the currency is not the package's: recorded as failed, no credit.
     let (short_reference, _) = server.initialize().await;
     let short = paystack_event(&short_reference, 100, "NGN");
-    let (status, answer) = server
-        .webhook(
-            "paystack",
-            &[(
-                "x-paystack-signature",
-                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &short),
-            )],
-            &short,
-        )
-        .await;
+    let (status, answer) = server.paystack_webhook(&short).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("failed")));
     let usd = paystack_event(&reference, 200_000, "USD");
-    let (status, answer) = server
-        .webhook(
-            "paystack",
-            &[(
-                "x-paystack-signature",
-                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &usd),
-            )],
-            &usd,
-        )
-        .await;
+    let (status, answer) = server.paystack_webhook(&usd).await;
     assert_eq!((status, answer["outcome"].as_str()), (200, Some("failed")));
 
     // An unknown reference is recorded and answered 200, so the gateway stops retrying.
     let stranger = paystack_event("cd_not_ours", 200_000, "NGN");
-    let (status, answer) = server
-        .webhook(
-            "paystack",
-            &[(
-                "x-paystack-signature",
-                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &stranger),
-            )],
-            &stranger,
-        )
-        .await;
+    let (status, answer) = server.paystack_webhook(&stranger).await;
     assert_eq!(
         (status, answer["outcome"].as_str()),
         (200, Some("unmatched"))
@@ -356,16 +329,7 @@ async fn forged_missing_and_mismatched_webhooks_credit_nothing() {
 
     // Signed garbage is a 400, not a crash.
     let garbage = b"{not json".to_vec();
-    let (status, _) = server
-        .webhook(
-            "paystack",
-            &[(
-                "x-paystack-signature",
-                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &garbage),
-            )],
-            &garbage,
-        )
-        .await;
+    let (status, _) = server.paystack_webhook(&garbage).await;
     assert_eq!(status, 400);
     assert_eq!(server.balance().await, 0);
     server.stop().await;
@@ -890,16 +854,7 @@ async fn paystack_auto_topup_charges_the_saved_authorization_and_tells_the_tenan
         .await;
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
-    server
-        .webhook(
-            "paystack",
-            &[(
-                "x-paystack-signature",
-                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body),
-            )],
-            &body,
-        )
-        .await;
+    server.paystack_webhook(&body).await;
     let rule =
         json!({"enabled": true, "threshold": 100, "package_id": "starter", "max_per_day": 2});
     let (status, _, answer) = server
@@ -972,16 +927,7 @@ async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
         .await;
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
-    server
-        .webhook(
-            "paystack",
-            &[(
-                "x-paystack-signature",
-                hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body),
-            )],
-            &body,
-        )
-        .await;
+    server.paystack_webhook(&body).await;
     server
         .client(ADMIN)
         .send(
@@ -1383,15 +1329,8 @@ async fn an_admin_can_give_up_a_pending_payment_and_a_late_payment_still_credits
     }
     // The gateway took the money after all: its report still credits the payment, once.
     let body = paystack_event(&reference, 200_000, "NGN");
-    let signature = hmac_sha512_hex(PAYSTACK_SECRET.as_bytes(), &body);
     for expected in ["credited", "duplicate"] {
-        let (status, answer) = server
-            .webhook(
-                "paystack",
-                &[("x-paystack-signature", signature.clone())],
-                &body,
-            )
-            .await;
+        let (status, answer) = server.paystack_webhook(&body).await;
         assert_eq!((status, answer["outcome"].as_str()), (200, Some(expected)));
     }
     assert_eq!(server.balance().await, 500);
