@@ -1086,6 +1086,17 @@ fn a_writer_stuck_in_fsync_makes_appends_fail_with_backpressure() {
 // What a restart builds on.
 // ---------------------------------------------------------------------------------------------
 
+/// Tenant `acme` with the user `alice`, both durable.
+fn acme_with_alice(engine: &Engine) -> Arc<Tenant> {
+    let (tenant, _, lsn) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
+    engine.wait_durable(lsn).unwrap();
+    let (_, lsn) = engine
+        .upsert_user(&tenant, "alice", NO_PROFILE, &ADMIN)
+        .unwrap();
+    engine.wait_durable(lsn).unwrap();
+    tenant
+}
+
 /// A process dies between `write` and `fdatasync` (here: the fsync fails), the next process
 /// recovers the written bytes from the page cache and acknowledges a retry from them, then the
 /// power goes. Recovery must have made those bytes durable before building on them.
@@ -1096,12 +1107,7 @@ fn recovery_makes_what_it_replays_durable_before_building_on_it() {
     let options = options(&disk);
     let faulty = FaultyStorage::new(Arc::new(memory.clone()));
     let first = open(&options, Arc::new(faulty.clone()));
-    let (tenant, _, lsn) = first.upsert_tenant("acme", None, None, &ADMIN).unwrap();
-    first.wait_durable(lsn).unwrap();
-    let (_, lsn) = first
-        .upsert_user(&tenant, "alice", NO_PROFILE, &ADMIN)
-        .unwrap();
-    first.wait_durable(lsn).unwrap();
+    let tenant = acme_with_alice(&first);
     acknowledge(&first, credit(&first, &tenant, "alice", 100, "grant"));
     faulty.fail_from(FaultPoint::Sync, 1);
     let lost = debit(&first, &tenant, "alice", 30, "spend-x").unwrap();
@@ -1149,12 +1155,7 @@ fn a_lower_record_limit_still_reads_the_records_written_before() {
     ] {
         let options = options(&disk);
         let engine = open(&options, disk.storage());
-        let (tenant, _, lsn) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
-        engine.wait_durable(lsn).unwrap();
-        let (_, lsn) = engine
-            .upsert_user(&tenant, "alice", NO_PROFILE, &ADMIN)
-            .unwrap();
-        engine.wait_durable(lsn).unwrap();
+        let tenant = acme_with_alice(&engine);
         let metadata = format!("{{\"note\":\"{}\"}}", "a".repeat(10_000));
         let mut big = CreditRequest::new("alice", 100, CreditKind::Grant);
         big.metadata = Some(&metadata);
@@ -1185,12 +1186,7 @@ fn a_segment_with_a_torn_header_is_overwritten_not_removed() {
     let disk = Disk::Mem(memory.clone());
     let options = options(&disk);
     let engine = open(&options, Arc::new(memory.clone()));
-    let (tenant, _, lsn) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
-    engine.wait_durable(lsn).unwrap();
-    let (_, lsn) = engine
-        .upsert_user(&tenant, "alice", NO_PROFILE, &ADMIN)
-        .unwrap();
-    engine.wait_durable(lsn).unwrap();
+    let tenant = acme_with_alice(&engine);
     acknowledge(&engine, credit(&engine, &tenant, "alice", 100, "grant"));
     engine.shutdown().unwrap();
     drop(tenant);
