@@ -34,6 +34,7 @@ use crate::engine::{
     Engine, EngineOptions, IdempotencyKey, ManualClock, ReservationState, ReservationView,
     ReserveRequest, RevokeRequest, Spend, Tenant, WalletView,
 };
+use crate::wal::batch;
 use crate::wal::memory::MemStorage;
 use crate::wal::record::{self, FrameError, HEADER_BYTES};
 use crate::wal::segment::{self, Damage, Scan, ScanEnd, TailReason, SEGMENT_HEADER_BYTES};
@@ -171,21 +172,38 @@ fn scan_segment(
     first_lsn: u64,
     frames: &mut Vec<(u64, usize)>,
 ) -> Result<Scan, Damage> {
-    let scanned =
-        segment::scan::<Infallible>(bytes, first_lsn, FORMAT_VERSION, RECORD_LIMIT, |frame| {
-            frames.push((frame.lsn, frame.encoded_len()));
+    let scanned = segment::scan::<Infallible>(
+        bytes,
+        first_lsn,
+        FORMAT_VERSION,
+        RECORD_LIMIT,
+        |offset, frame| {
+            let offset = usize::try_from(offset).expect("offsets fit memory");
+            assert!(
+                record::decode(&bytes[offset..], RECORD_LIMIT).map(|f| f.lsn) == Ok(frame.lsn),
+                "the scan handed out a record at an offset that does not hold it"
+            );
+            frames.push((frame.lsn, offset));
             Ok(())
-        });
+        },
+    );
     match scanned {
         Ok(result) => result,
         Err(never) => match never {},
     }
 }
 
+/// The end of the batch whose header is at `offset`, if its header reads (test segments use
+/// salt 0).
+fn claimed_end(bytes: &[u8], offset: usize) -> Option<usize> {
+    batch::decode_header(bytes.get(offset..)?, 0)
+        .ok()
+        .map(|header| offset.saturating_add(header.batch_len()))
+}
+
 fn check_scan(bytes: &[u8], first_lsn: u64) {
     let mut frames = Vec::new();
     let result = scan_segment(bytes, first_lsn, &mut frames);
-    let consumed = SEGMENT_HEADER_BYTES + frames.iter().map(|(_, len)| len).sum::<usize>();
     for (index, (lsn, _)) in frames.iter().enumerate() {
         assert_eq!(
             Some(*lsn),
@@ -194,46 +212,40 @@ fn check_scan(bytes: &[u8], first_lsn: u64) {
         );
     }
     match result {
-        Ok(scan) => check_scan_result(bytes, first_lsn, &frames, consumed, &scan),
+        Ok(scan) => check_scan_result(bytes, first_lsn, &frames, &scan),
         Err(Damage::Header(_)) => assert!(frames.is_empty(), "records read behind a bad header"),
         Err(Damage::Corrupt {
             offset, valid_at, ..
         }) => {
-            assert_eq!(
-                offset as usize, consumed,
-                "damage reported away from the first bad byte"
-            );
             assert!(valid_at > offset && (valid_at as usize) < bytes.len());
             assert!(
-                record::decode(&bytes[valid_at as usize..], RECORD_LIMIT).is_ok(),
-                "damage claims a valid record at {valid_at} that does not decode"
+                batch::decode_header(&bytes[valid_at as usize..], 0).is_ok(),
+                "damage claims a valid batch at {valid_at} that does not read"
+            );
+        }
+        Err(Damage::Written { offset, .. }) => {
+            let offset = offset as usize;
+            assert!(
+                !batch::unwritten(bytes, offset, claimed_end(bytes, offset)),
+                "a batch called written shows unwritten bytes"
             );
         }
         Err(Damage::LsnOverflow { offset }) => {
-            assert_eq!(
-                offset as usize, consumed,
-                "LSN overflow reported away from its record"
-            );
+            assert!((offset as usize) < bytes.len());
         }
         Err(Damage::OutOfSequence {
             offset,
             found,
             expected,
         }) => {
-            assert_eq!(offset as usize, consumed);
+            assert!((offset as usize) < bytes.len());
             assert_ne!(found, expected);
             assert_eq!(Some(expected), first_lsn.checked_add(frames.len() as u64));
         }
     }
 }
 
-fn check_scan_result(
-    bytes: &[u8],
-    first_lsn: u64,
-    frames: &[(u64, usize)],
-    consumed: usize,
-    scan: &Scan,
-) {
+fn check_scan_result(bytes: &[u8], first_lsn: u64, frames: &[(u64, usize)], scan: &Scan) {
     assert_eq!(
         scan.records,
         frames.len() as u64,
@@ -245,6 +257,10 @@ fn check_scan_result(
         valid_len <= bytes.len(),
         "valid_len beyond the end of the segment"
     );
+    assert!(
+        frames.iter().all(|(_, offset)| *offset < valid_len),
+        "a record handed out beyond the valid prefix"
+    );
     match &scan.end {
         ScanEnd::Clean => {
             assert_eq!(
@@ -252,7 +268,6 @@ fn check_scan_result(
                 bytes.len(),
                 "a clean end before the end of the bytes"
             );
-            assert_eq!(valid_len, consumed);
         }
         ScanEnd::TornTail { offset, reason } => {
             assert_eq!(
@@ -262,8 +277,11 @@ fn check_scan_result(
             if matches!(reason, TailReason::Header(_)) {
                 assert!(valid_len == 0 && frames.is_empty());
             } else {
-                assert_eq!(valid_len, consumed);
                 assert!(valid_len < bytes.len());
+                assert!(
+                    batch::unwritten(bytes, valid_len, claimed_end(bytes, valid_len)),
+                    "a torn tail that shows no unwritten bytes"
+                );
             }
             // Recovery cuts a torn tail off at `valid_len`: what remains must read clean, alike.
             if valid_len > 0 {
@@ -281,12 +299,12 @@ fn check_scan_result(
             }
         }
     }
-    // A power cut leaves a prefix of what was written: cut inside the valid records, a segment must
-    // read as a torn tail or a clean end, never as damage that refuses to start. The exception is a
-    // payload that itself holds a record valid under the segment's salt; the log writer's salt is
-    // random and never leaves the process, so no client can build one (see `record`), but these
-    // test segments use salt 0.
-    let embedded = frames_hold_valid_records(bytes, frames);
+    // A crash leaves a prefix of what was written: cut inside the valid batches, a segment must
+    // read as a torn tail or a clean end, never as damage that refuses to start. The exception is
+    // a payload that itself holds a batch header valid under the segment's salt; the log writer's
+    // salt is random and never leaves the process, so no client can build one (see `record`), but
+    // these test segments use salt 0.
+    let embedded = payloads_hold_batch_headers(bytes, frames);
     if valid_len > SEGMENT_HEADER_BYTES && !embedded {
         let body = valid_len - SEGMENT_HEADER_BYTES;
         for cut in [
@@ -304,21 +322,17 @@ fn check_scan_result(
     }
 }
 
-/// Whether any valid record's payload contains, at some offset, a complete record valid under the
+/// Whether any valid record's payload contains, at some offset, a batch header valid under the
 /// segment's salt.
-fn frames_hold_valid_records(bytes: &[u8], frames: &[(u64, usize)]) -> bool {
+fn payloads_hold_batch_headers(bytes: &[u8], frames: &[(u64, usize)]) -> bool {
     let salt = segment::decode_salted_header(bytes, FORMAT_VERSION).map_or(0, |(_, salt)| salt);
-    let mut offset = SEGMENT_HEADER_BYTES;
-    for (_, length) in frames {
-        let payload = &bytes[offset + HEADER_BYTES..offset + length];
-        let found = (0..payload.len())
-            .any(|at| record::decode_salted(&payload[at..], RECORD_LIMIT, salt).is_ok());
-        if found {
-            return true;
-        }
-        offset += length;
-    }
-    false
+    frames.iter().any(|(_, offset)| {
+        let Ok(frame) = record::decode_salted(&bytes[*offset..], RECORD_LIMIT, salt) else {
+            return false;
+        };
+        let payload = frame.payload;
+        (0..payload.len()).any(|at| batch::decode_header(&payload[at..], salt).is_ok())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2481,7 +2495,7 @@ impl Run {
     }
 
     /// Puts back `tear / 255` of what the old log wrote to its last segment after the crash point,
-    /// as a write torn by the power cut; returns the bytes of the last, incomplete record in it.
+    /// as a write torn by the power cut; returns the bytes of the last, incomplete batch in it.
     fn tear(&self, image: &MemStorage, tear: u8) -> u64 {
         let wal_dir = self.options.wal_dir();
         let names = image.list(&wal_dir).expect("the log directory survives");
@@ -2505,8 +2519,9 @@ impl Run {
             .append_durably(&last.path, torn)
             .expect("memory storage");
         let mut at = 0;
-        while at + HEADER_BYTES <= torn.len() {
-            let end = at + HEADER_BYTES + le_u32(&torn[at..]) as usize;
+        while at + batch::BATCH_HEADER_BYTES <= torn.len() {
+            let body_len = le_u32(&torn[at + 4..]) as usize;
+            let end = at + batch::BATCH_HEADER_BYTES + body_len + batch::BATCH_TRAILER_BYTES;
             if end > torn.len() {
                 break;
             }
@@ -2974,10 +2989,9 @@ fn seed_record_decode() -> Vec<Seed> {
     for (index, payload) in events.iter().enumerate() {
         seeds.push(frame(index as u64 + 1, payload));
     }
-    let mut run = Vec::new();
-    for (index, payload) in events.iter().enumerate().take(5) {
-        run.extend_from_slice(&frame(100 + index as u64, payload));
-    }
+    let payloads: Vec<&[u8]> = events.iter().take(5).map(Vec::as_slice).collect();
+    let mut run = batch::encode(100, &payloads[..3], 0);
+    run.extend_from_slice(&batch::encode(103, &payloads[3..], 0));
     seeds.push(run.clone());
     let mut whole_segment = segment::encode_header(100, FORMAT_VERSION).to_vec();
     whole_segment.extend_from_slice(&run);
@@ -3005,8 +3019,8 @@ fn seed_record_decode() -> Vec<Seed> {
         absurd[..4].copy_from_slice(&len.to_le_bytes());
         seeds.push(absurd);
     }
-    let mut out_of_sequence = frame(7, &events[0]);
-    out_of_sequence.extend_from_slice(&frame(9, &events[1]));
+    let mut out_of_sequence = batch::encode(7, &[&events[0]], 0);
+    out_of_sequence.extend_from_slice(&batch::encode(9, &[&events[1]], 0));
     seeds.push(out_of_sequence);
     seeds.extend(events.iter().take(3).cloned());
     let mut seeds: Vec<Seed> = seeds.into_iter().map(Seed::plain).collect();
@@ -3016,6 +3030,12 @@ fn seed_record_decode() -> Vec<Seed> {
         frame(u64::MAX, b"x"),
     ));
     seeds.push(Seed::plain(frame(crate::wal::MAX_LSN + 1, b"x")));
+    seeds.push(Seed::plain(batch::encode(u64::MAX, &[b"x"], 0)));
+    seeds.push(Seed::plain(batch::encode(
+        crate::wal::MAX_LSN + 1,
+        &[b"x"],
+        0,
+    )));
     seeds.push(Seed::finding(
         "torn-record-with-embedded-frame-reads-as-damage",
         record_with_embedded_frame(),

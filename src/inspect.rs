@@ -95,12 +95,9 @@ fn verify_segments(
             found.damage.push(problem);
         }
         let bytes = storage.read_all(&file.path)?;
-        let base = bytes.as_ptr() as usize;
         let mut undecodable = None;
-        let visit = |frame: Frame<'_>| -> Result<(), ()> {
+        let visit = |offset: u64, frame: Frame<'_>| -> Result<(), ()> {
             if undecodable.is_none() && codec::decode::<Event<'_>>(frame.payload).is_err() {
-                let offset =
-                    frame.payload.as_ptr() as usize - base - crate::wal::record::HEADER_BYTES;
                 undecodable = Some(format!(
                     "{name}: record LSN {} at offset {offset} does not decode",
                     frame.lsn
@@ -131,14 +128,18 @@ fn verify_segments(
                     bytes.len()
                 );
                 if let ScanEnd::TornTail { offset, reason } = &scan.end {
-                    let note = format!("{name}: unfinished write at offset {offset} ({reason:?}); recovery cuts it");
+                    let note = format!(
+                        "{name}: unfinished write at offset {offset} ({reason}); recovery cuts it"
+                    );
                     if index + 1 == segments.len() {
                         line.push_str(&format!(
                             ", torn tail at offset {offset} (recovery cuts it)"
                         ));
                         found.notes.push(note);
                     } else {
-                        line.push_str(&format!(", DAMAGED at offset {offset}: bad record in a segment that is not the last"));
+                        line.push_str(&format!(
+                            ", DAMAGED at offset {offset}: bad batch in a segment that is not the last"
+                        ));
                         found.damage.push(note);
                     }
                 }
@@ -229,7 +230,7 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
     for file in segment::from_listing(&dir, &storage.list(&dir)?) {
         let bytes = storage.read_all(&file.path)?;
         let mut write_error = None;
-        let visit = |frame: Frame<'_>| -> Result<(), ()> {
+        let visit = |_: u64, frame: Frame<'_>| -> Result<(), ()> {
             if frame.lsn < from_lsn || write_error.is_some() {
                 return Ok(());
             }

@@ -151,6 +151,20 @@ impl Problem {
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }
 
+    /// 500: the change was queued for the log, which then failed before the change was known to
+    /// be durable. It may survive the restart or not; a retry with the same `Idempotency-Key`
+    /// after the restart answers with what happened (the stored answer, or a fresh execution).
+    pub fn outcome_unknown() -> Problem {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "write-outcome-unknown",
+            "Write outcome unknown",
+            "the write-ahead log failed after this change was queued: it may or may not take \
+             effect; once the server has restarted, retry with the same Idempotency-Key to learn \
+             which (without a key, read the wallet before retrying)",
+        )
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut body = Map::new();
@@ -285,13 +299,22 @@ impl From<EngineError> for Problem {
                 "Payload too large",
                 "the change is larger than storage.max_record_bytes",
             ),
-            EngineError::Log(AppendError::Poisoned)
-            | EngineError::Durability(DurabilityError::Poisoned) => Problem::unavailable(
+            EngineError::Log(AppendError::ZeroRun) => Problem::invalid(format!(
+                "the request holds a run of {} or more NUL characters, which creditd does not store",
+                crate::wal::batch::ZERO_RUN_LIMIT_BYTES
+            )),
+            // Refused before anything was queued: nothing was written, and a retry after the
+            // restart is safe.
+            EngineError::Log(AppendError::Poisoned) => Problem::unavailable(
                 "log-unavailable",
-                "the write-ahead log failed; writes are refused until restart",
+                "the write-ahead log failed earlier; this request was refused and nothing was \
+                 written; writes are refused until restart",
             ),
-            EngineError::Log(AppendError::Closed)
-            | EngineError::Durability(DurabilityError::Closed) => {
+            // Queued, then the log failed: the change may be on disk or not.
+            EngineError::Durability(DurabilityError::Poisoned | DurabilityError::Closed) => {
+                Problem::outcome_unknown()
+            }
+            EngineError::Log(AppendError::Closed) => {
                 Problem::unavailable("shutting-down", "the server is shutting down")
             }
         }

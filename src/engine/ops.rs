@@ -19,7 +19,7 @@ use super::types::{
 };
 use super::Engine;
 use crate::codec;
-use crate::wal::AppendError;
+use crate::wal::DurabilityError;
 
 /// Who is asking, and under which idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +277,8 @@ impl Engine {
         debug_assert!(false, "LSN {lsn}: {what}");
         self.wal
             .poison(format!("internal error at LSN {lsn}: {what}"));
-        EngineError::Log(AppendError::Poisoned)
+        // The record is queued and may still be written with the batch it is in.
+        EngineError::Durability(DurabilityError::Poisoned)
     }
 
     pub(super) fn claim<'t>(

@@ -83,6 +83,11 @@ pub struct RecoveryReport {
     pub records_skipped: u64,
     /// The cut-off unfinished write, if there was one.
     pub torn_tail: Option<TornTail>,
+    /// Why recovery could not fall back to an older snapshot if the one it loaded were lost:
+    /// damage in, or gaps between, the segments only the older snapshot needs, or a newer
+    /// snapshot already passed over. Empty when the fallback is intact. The start goes on; the
+    /// server warns and shows these on `/readyz` and in a metric.
+    pub fallback_problems: Vec<String>,
     /// The LSN the next record will get.
     pub next_lsn: Lsn,
     /// Time taken, seconds.
@@ -166,14 +171,28 @@ pub(crate) fn recover(
         &wal_dir,
         &storage.list(&wal_dir).map_err(io(wal_dir.clone()))?,
     );
-    let replay = replay_log(
-        storage,
-        &segments,
-        start_lsn,
-        loaded.is_some(),
-        &state,
-        idempotency_cutoff_ms,
-    )?;
+    match crate::wal::end::read(&**storage, &wal_dir) {
+        Ok(Some(segment_lsn)) => {
+            crate::wal::end::check(&wal_dir, &segments, segment_lsn).map_err(OpenError::Gap)?
+        }
+        Ok(None) => {}
+        Err(error) => {
+            return Err(OpenError::Damage {
+                path: wal_dir.join(crate::wal::end::FILE_NAME),
+                detail: error.to_string(),
+            })
+        }
+    }
+    let start = Start {
+        lsn: start_lsn,
+        snapshot: loaded.as_ref().map(|(path, _)| path.as_path()),
+    };
+    let replay = replay_log(storage, &segments, &start, &state, idempotency_cutoff_ms)?;
+    let replayed_from = segments.len().min(replay.first + 1);
+    let fallback_problems = check_fallback(storage, &segments[..replayed_from], &skipped);
+    for problem in &fallback_problems {
+        tracing::warn!(%problem, "the fallback snapshot could not be recovered from");
+    }
     if let Some(torn) = replay.torn_tail.as_ref().filter(|_| mode == Mode::Repair) {
         // A segment whose header itself is torn holds no record: it is named for the next LSN,
         // and the log's first act is to create that segment again over it. It is not removed:
@@ -217,6 +236,7 @@ pub(crate) fn recover(
         records_replayed: replay.replayed,
         records_skipped: replay.skipped,
         torn_tail: replay.torn_tail,
+        fallback_problems,
         next_lsn: replay.next_lsn,
         seconds,
         figures,
@@ -247,27 +267,37 @@ struct Replay {
     skipped: u64,
     next_lsn: Lsn,
     torn_tail: Option<TornTail>,
+    /// The index of the first segment replay read: those before it are only the fallback's.
+    first: usize,
+}
+
+/// The snapshot replay starts from, for messages.
+struct Start<'a> {
+    lsn: Lsn,
+    snapshot: Option<&'a std::path::Path>,
 }
 
 fn replay_log(
     storage: &SharedStorage,
     segments: &[SegmentFile],
-    start_lsn: Lsn,
-    have_snapshot: bool,
+    start: &Start<'_>,
     state: &State,
     idempotency_cutoff_ms: i64,
 ) -> Result<Replay, OpenError> {
+    let start_lsn = start.lsn;
     let mut replay = Replay {
         segments: 0,
         replayed: 0,
         skipped: 0,
         next_lsn: start_lsn,
         torn_tail: None,
+        first: 0,
     };
     if segments.is_empty() {
-        if have_snapshot {
+        if let Some(snapshot) = start.snapshot {
             return Err(OpenError::Gap(format!(
-                "a snapshot starts at LSN {start_lsn} but the log directory is empty"
+                "{} starts at LSN {start_lsn} but the log directory is empty",
+                snapshot.display()
             )));
         }
         return Ok(replay);
@@ -284,7 +314,9 @@ fn replay_log(
             detail: "a segment cannot start at LSN 0 (LSNs start at 1)".into(),
         });
     }
+    replay.first = first;
     let mut expected = segments[first].first_lsn;
+    let mut valid_end = 0;
     let last_index = segments.len() - 1;
     let mut tenant_cache = None;
     for (index, file) in segments.iter().enumerate().skip(first) {
@@ -301,14 +333,11 @@ fn replay_log(
                 path: file.path.clone(),
                 source,
             })?;
-        let base = bytes.as_ptr() as usize;
-        let visit = |frame: crate::wal::record::Frame<'_>| -> Result<(), OpenError> {
+        let visit = |offset: u64, frame: crate::wal::record::Frame<'_>| -> Result<(), OpenError> {
             if frame.lsn < start_lsn {
                 replay.skipped += 1;
                 return Ok(());
             }
-            let offset =
-                (frame.payload.as_ptr() as usize - base - crate::wal::record::HEADER_BYTES) as u64;
             let fail = |detail: String| OpenError::Replay {
                 path: file.path.clone(),
                 offset,
@@ -339,7 +368,9 @@ fn replay_log(
             if index != last_index {
                 return Err(OpenError::Damage {
                     path: file.path.clone(),
-                    detail: format!("bad record at offset {offset} ({reason:?}) in a segment that is not the last"),
+                    detail: format!(
+                        "bad batch at offset {offset} ({reason}) in a segment that is not the last"
+                    ),
                 });
             }
             replay.torn_tail = Some(TornTail {
@@ -349,15 +380,93 @@ fn replay_log(
             });
         }
         expected = scan.next_lsn;
+        valid_end = scan.valid_len;
     }
     if expected < start_lsn {
+        let last = &segments[last_index];
+        let snapshot = start.snapshot.map_or_else(
+            || "the snapshot".to_owned(),
+            |path| path.display().to_string(),
+        );
         return Err(OpenError::Gap(format!(
-            "the log ends at LSN {} before the snapshot's start {start_lsn}",
-            expected.saturating_sub(1)
+            "the log ends at LSN {} ({} ends at offset {valid_end}) before {snapshot} starts at \
+             LSN {start_lsn}: the segment was cut or its end is lost",
+            expected.saturating_sub(1),
+            last.path.display(),
         )));
     }
     replay.next_lsn = expected;
     Ok(replay)
+}
+
+/// Reads the segments before the first one replay needed (what an older snapshot would replay)
+/// and says what would stop a recovery from it: damage, or a gap up to `upto`, the first segment
+/// replay read. Only reads; never fails the start.
+fn check_fallback(
+    storage: &SharedStorage,
+    upto: &[SegmentFile],
+    skipped_snapshots: &[(PathBuf, String)],
+) -> Vec<String> {
+    let Some((replayed, older)) = upto.split_last() else {
+        return Vec::new();
+    };
+    let mut problems: Vec<String> = skipped_snapshots
+        .iter()
+        .map(|(path, error)| {
+            format!(
+                "{} is unreadable ({error}): recovery already uses the older snapshot",
+                path.display()
+            )
+        })
+        .collect();
+    let mut expected = None;
+    for file in older.iter().chain(std::iter::once(replayed)) {
+        if let Some(expected) = expected.filter(|&lsn| lsn != file.first_lsn) {
+            problems.push(format!(
+                "{} starts at LSN {}, the segment before it ends before LSN {expected}: a \
+                 segment is missing",
+                file.path.display(),
+                file.first_lsn
+            ));
+        }
+        if std::ptr::eq(file, replayed) {
+            break;
+        }
+        let bytes = match storage.read_all(&file.path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                problems.push(format!("{}: {error}", file.path.display()));
+                expected = None;
+                continue;
+            }
+        };
+        let limit = crate::wal::record::MAX_RECORD_BYTES_LIMIT;
+        let scan = segment::scan::<std::convert::Infallible>(
+            &bytes,
+            file.first_lsn,
+            codec::FORMAT_VERSION,
+            limit,
+            |_, _| Ok(()),
+        );
+        match scan {
+            Ok(Ok(scan)) => {
+                if let ScanEnd::TornTail { offset, reason } = &scan.end {
+                    problems.push(format!(
+                        "{}: bad batch at offset {offset} ({reason}) in a segment that is not \
+                         the last",
+                        file.path.display()
+                    ));
+                }
+                expected = Some(scan.next_lsn);
+            }
+            Ok(Err(damage)) => {
+                problems.push(format!("{}: {damage}", file.path.display()));
+                expected = None;
+            }
+            Err(never) => match never {},
+        }
+    }
+    problems
 }
 
 fn seconds_to_ms(seconds: u64) -> i64 {

@@ -60,6 +60,15 @@ impl StorageFile for MemFile {
         inode.synced_len = inode.data.len();
         Ok(())
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        let mut tree = self.tree.lock();
+        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
+        inode.data.truncate(len);
+        inode.synced_len = inode.data.len();
+        Ok(())
+    }
 }
 
 fn not_found() -> io::Error {
@@ -256,6 +265,8 @@ pub enum FaultPoint {
     SyncDir,
     /// `Storage::create`.
     Create,
+    /// `StorageFile::truncate`.
+    Truncate,
 }
 
 #[derive(Debug, Default)]
@@ -280,7 +291,7 @@ impl From<FaultPoint> for FaultPointKey {
 pub struct FaultyStorage {
     inner: Arc<dyn Storage>,
     state: Arc<Mutex<FaultState>>,
-    counters: Arc<[AtomicU64; 5]>,
+    counters: Arc<[AtomicU64; 6]>,
 }
 
 impl FaultyStorage {
@@ -352,6 +363,11 @@ impl StorageFile for FaultyFile {
     fn sync_data(&mut self) -> io::Result<()> {
         self.faults.check(FaultPoint::Sync)?;
         self.inner.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.faults.check(FaultPoint::Truncate)?;
+        self.inner.truncate(len)
     }
 }
 

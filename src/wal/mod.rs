@@ -9,6 +9,8 @@
 /// beside a user's last LSN). At ten million records a second it lasts 29 000 years.
 pub const MAX_LSN: u64 = (1 << 63) - 1;
 
+pub mod batch;
+pub mod end;
 pub mod memory;
 pub mod record;
 pub mod segment;

@@ -1,5 +1,5 @@
-//! Log segments: `wal/<first_lsn>.log` files holding a 32-byte header and then framed records
-//! (see [`super::record`]) with consecutive LSNs.
+//! Log segments: `wal/<first_lsn>.log` files holding a 32-byte header and then batches (see
+//! [`super::batch`]) of framed records (see [`super::record`]) with consecutive LSNs.
 //!
 //! ```text
 //! offset  size  field
@@ -17,7 +17,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{self, Frame, FrameError, HEADER_BYTES};
+use super::batch::{self, BatchError, BATCH_HEADER_BYTES};
+use super::record::Frame;
 
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
@@ -140,44 +141,69 @@ pub fn decode_salted_header(bytes: &[u8], format_version: u32) -> Result<(u64, u
 /// How a scan of one segment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanEnd {
-    /// Every byte belonged to a valid record.
+    /// Every byte belonged to a valid batch.
     Clean,
-    /// From `offset` on, the bytes hold no valid record: an unfinished write. Only acceptable in
-    /// the last segment, where recovery cuts the file at `offset`.
+    /// From `offset` on, the bytes are a batch that was never completely written. Only acceptable
+    /// in the last segment, where recovery cuts the file at `offset`.
     TornTail {
-        /// Where the valid prefix ends.
+        /// Where the valid prefix ends: the start of the unfinished batch.
         offset: u64,
-        /// Why the bytes at `offset` are not a record.
+        /// Why the bytes at `offset` are not a batch.
         reason: TailReason,
     },
 }
 
-/// Why the tail of a segment is not a record.
+/// Why the tail of a segment is not a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TailReason {
-    /// The header itself was never completely written.
+    /// The segment header itself was never completely written.
     Header(HeaderError),
-    /// A record frame failed.
-    Frame(FrameError),
+    /// The last batch was never completely written.
+    Batch(BatchError),
 }
 
-/// Damage that is not a torn tail: valid data follows the bad bytes, or records are out of order.
+impl std::fmt::Display for TailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TailReason::Header(error) => write!(f, "{error}"),
+            TailReason::Batch(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// Damage that is not an unfinished write: bytes that were written completely (and so, in the
+/// log, acknowledged) no longer read back, or records are out of order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Damage {
     /// The header is wrong although the file has content after it.
     #[error("bad segment header: {0}")]
     Header(HeaderError),
-    /// A bad record is followed by a valid one, so this is not an unfinished write.
+    /// A bad batch is followed by a valid one: the writer starts a batch only after the one
+    /// before it was synced, so the bad one had been acknowledged.
     #[error(
-        "bad record at offset {offset} ({reason}) followed by a valid record at offset {valid_at}"
+        "bad batch at offset {offset} ({reason}) followed by a valid batch at offset {valid_at}"
     )]
     Corrupt {
-        /// Offset of the bad record.
+        /// Offset of the bad batch.
         offset: u64,
         /// What is wrong with it.
-        reason: FrameError,
-        /// Offset of the valid record found after it.
+        reason: BatchError,
+        /// Offset of the valid batch found after it.
         valid_at: u64,
+    },
+    /// The last batch is bad, yet every byte of it was written: the file reaches its end and no
+    /// sector of it reads as unwritten. Its records may have been acknowledged; a flipped bit is
+    /// not an unfinished write.
+    #[error(
+        "bad batch at offset {offset} ({reason}): it was written completely (no sector of it is \
+         unwritten), so this is damage to records that may have been acknowledged, not an \
+         unfinished write"
+    )]
+    Written {
+        /// Offset of the bad batch.
+        offset: u64,
+        /// What is wrong with it.
+        reason: BatchError,
     },
     /// A record claims an LSN above [`super::MAX_LSN`], which is never issued.
     #[error("record at offset {offset} has an LSN above 2^63 - 1, which is never issued")]
@@ -185,10 +211,10 @@ pub enum Damage {
         /// Offset of the record.
         offset: u64,
     },
-    /// A record's LSN is not the one after its predecessor's.
+    /// A batch's or record's LSN is not the one after its predecessor's.
     #[error("record at offset {offset} has LSN {found}, expected {expected}")]
     OutOfSequence {
-        /// Offset of the record.
+        /// Offset of the batch or record.
         offset: u64,
         /// LSN found.
         found: u64,
@@ -204,23 +230,25 @@ pub struct Scan {
     pub records: u64,
     /// The LSN the next record after this segment must have.
     pub next_lsn: u64,
-    /// Bytes of the valid prefix (header and records).
+    /// Bytes of the valid prefix (header and whole batches).
     pub valid_len: u64,
     /// How the scan ended.
     pub end: ScanEnd,
 }
 
-/// Scans the bytes of a segment named for `first_lsn`, handing each valid record to `visit`.
+/// Scans the bytes of a segment named for `first_lsn`, handing each record of each valid batch
+/// to `visit` with its offset in the segment. A batch is handed out only once all of it checked.
 ///
-/// Returns `Ok` with a [`ScanEnd::TornTail`] when the file ends in bytes that hold no valid record
-/// anywhere after the bad one; returns [`Damage`] when a bad record is followed by valid data or
+/// Returns `Ok` with a [`ScanEnd::TornTail`] when the file ends in a batch that was never
+/// completely written (see [`batch::unwritten`]) with nothing valid after it; returns [`Damage`]
+/// when a bad batch is followed by a valid one, when a bad last batch was written completely, or
 /// when LSNs do not follow each other.
 pub fn scan<E>(
     bytes: &[u8],
     first_lsn: u64,
     format_version: u32,
     max_record_bytes: u32,
-    mut visit: impl FnMut(Frame<'_>) -> Result<(), E>,
+    mut visit: impl FnMut(u64, Frame<'_>) -> Result<(), E>,
 ) -> Result<Result<Scan, Damage>, E> {
     let salt = match decode_salted_header(bytes, format_version) {
         Ok((header_lsn, _)) if header_lsn != first_lsn => {
@@ -252,48 +280,66 @@ pub fn scan<E>(
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut expected = first_lsn;
     let mut records = 0u64;
+    let mut frames = Vec::new();
     while offset < bytes.len() {
-        match record::decode_salted(&bytes[offset..], max_record_bytes, salt) {
-            Ok(frame) => {
-                if frame.lsn > super::MAX_LSN {
-                    return Ok(Err(Damage::LsnOverflow {
-                        offset: offset as u64,
-                    }));
-                }
-                if frame.lsn != expected {
+        let reason = match batch::check(&bytes[offset..], max_record_bytes, salt, &mut frames) {
+            Ok(header) => {
+                if header.first_lsn != expected {
                     return Ok(Err(Damage::OutOfSequence {
                         offset: offset as u64,
-                        found: frame.lsn,
+                        found: header.first_lsn,
                         expected,
                     }));
                 }
-                visit(frame)?;
-                offset += frame.encoded_len();
-                expected += 1;
-                records += 1;
-            }
-            Err(reason) => {
-                if let Some(valid_at) =
-                    find_valid_record(bytes, offset + 1, expected, max_record_bytes, salt)
-                {
-                    return Ok(Err(Damage::Corrupt {
-                        offset: offset as u64,
-                        reason,
-                        valid_at: valid_at as u64,
-                    }));
+                for &(at, frame) in &frames {
+                    let at = (offset + at) as u64;
+                    if frame.lsn > super::MAX_LSN {
+                        return Ok(Err(Damage::LsnOverflow { offset: at }));
+                    }
+                    if frame.lsn != expected {
+                        return Ok(Err(Damage::OutOfSequence {
+                            offset: at,
+                            found: frame.lsn,
+                            expected,
+                        }));
+                    }
+                    expected += 1;
                 }
-                let end = ScanEnd::TornTail {
-                    offset: offset as u64,
-                    reason: TailReason::Frame(reason),
-                };
-                return Ok(Ok(Scan {
-                    records,
-                    next_lsn: expected,
-                    valid_len: offset as u64,
-                    end,
-                }));
+                for &(at, frame) in &frames {
+                    visit((offset + at) as u64, frame)?;
+                }
+                records += frames.len() as u64;
+                offset += header.batch_len();
+                continue;
             }
+            Err(reason) => reason,
+        };
+        if let Some(valid_at) = find_valid_batch(bytes, offset + 1, expected, salt) {
+            return Ok(Err(Damage::Corrupt {
+                offset: offset as u64,
+                reason,
+                valid_at: valid_at as u64,
+            }));
         }
+        let claimed_end = batch::decode_header(&bytes[offset..], salt)
+            .ok()
+            .map(|header| offset.saturating_add(header.batch_len()));
+        if !batch::unwritten(bytes, offset, claimed_end) {
+            return Ok(Err(Damage::Written {
+                offset: offset as u64,
+                reason,
+            }));
+        }
+        let end = ScanEnd::TornTail {
+            offset: offset as u64,
+            reason: TailReason::Batch(reason),
+        };
+        return Ok(Ok(Scan {
+            records,
+            next_lsn: expected,
+            valid_len: offset as u64,
+            end,
+        }));
     }
     Ok(Ok(Scan {
         records,
@@ -303,52 +349,62 @@ pub fn scan<E>(
     }))
 }
 
-/// Looks for a record with a plausible LSN (at or after `min_lsn`) anywhere from `from` on. Such a
-/// record after a bad one means the bad one is damage, not an unfinished write.
+/// Looks for a valid batch header with a plausible LSN (at or after `min_lsn`) anywhere from
+/// `from` on. Such a header after a bad batch means the bad one is damage, not an unfinished
+/// write: the writer begins a batch only once the one before it is durable.
 ///
-/// Records are checked with the segment's salt, which no client can know: bytes a client placed
-/// inside a payload (a description, metadata) can never pass for a record and turn an unfinished
-/// write into "damage" that stops the start.
-fn find_valid_record(
-    bytes: &[u8],
-    from: usize,
-    min_lsn: u64,
-    max_record_bytes: u32,
-    salt: u32,
-) -> Option<usize> {
-    let max_plausible = min_lsn.saturating_add((bytes.len() / HEADER_BYTES) as u64);
-    (from..bytes.len().saturating_sub(HEADER_BYTES)).find(|&at| {
-        let Ok(header) = record::read_header(&bytes[at..], max_record_bytes) else {
-            return false;
-        };
-        (min_lsn..=max_plausible).contains(&header.lsn)
-            && record::decode_salted(&bytes[at..], max_record_bytes, salt).is_ok()
+/// Headers are checked with the segment's salt, which no client can know: bytes a client placed
+/// inside a payload (a description, metadata) can never pass for a batch header and turn an
+/// unfinished write into "damage" that stops the start.
+fn find_valid_batch(bytes: &[u8], from: usize, min_lsn: u64, salt: u32) -> Option<usize> {
+    let max_plausible = min_lsn.saturating_add((bytes.len() / batch::MIN_BATCH_BYTES) as u64);
+    (from..bytes.len().saturating_sub(BATCH_HEADER_BYTES - 1)).find(|&at| {
+        batch::decode_header(&bytes[at..], salt)
+            .is_ok_and(|header| (min_lsn..=max_plausible).contains(&header.first_lsn))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::batch::SECTOR_BYTES;
 
     const VERSION: u32 = 1;
     const LIMIT: u32 = 1 << 20;
+    const SALT: u32 = 0x0bad_5eed;
 
-    fn segment(first_lsn: u64, payloads: &[&[u8]]) -> Vec<u8> {
-        let mut bytes = encode_header(first_lsn, VERSION).to_vec();
-        for (i, payload) in payloads.iter().enumerate() {
-            record::encode_into(&mut bytes, first_lsn + i as u64, payload);
+    /// A segment from `first_lsn` holding one batch per slice of payloads.
+    fn segment(first_lsn: u64, batches: &[&[&[u8]]]) -> Vec<u8> {
+        let mut bytes = encode_salted_header(first_lsn, VERSION, SALT).to_vec();
+        let mut lsn = first_lsn;
+        for payloads in batches {
+            bytes.extend_from_slice(&batch::encode(lsn, payloads, SALT));
+            lsn += payloads.len() as u64;
         }
         bytes
     }
 
     fn scan_all(bytes: &[u8], first_lsn: u64) -> (Result<Scan, Damage>, Vec<u64>) {
         let mut seen = Vec::new();
-        let result = scan::<()>(bytes, first_lsn, VERSION, LIMIT, |frame| {
+        let result = scan::<()>(bytes, first_lsn, VERSION, LIMIT, |_, frame| {
             seen.push(frame.lsn);
             Ok(())
         })
         .unwrap();
         (result, seen)
+    }
+
+    /// Where the last batch of `bytes` starts.
+    fn last_batch_offset(bytes: &[u8]) -> usize {
+        let mut last = SEGMENT_HEADER_BYTES;
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut frames = Vec::new();
+        while offset < bytes.len() {
+            last = offset;
+            let header = batch::check(&bytes[offset..], LIMIT, SALT, &mut frames).unwrap();
+            offset += header.batch_len();
+        }
+        last
     }
 
     #[test]
@@ -365,32 +421,41 @@ mod tests {
     }
 
     #[test]
-    fn clean_segment_scans_every_record() {
-        let bytes = segment(5, &[b"a", b"bb", b"ccc"]);
-        let (result, seen) = scan_all(&bytes, 5);
+    fn clean_segment_scans_every_record_with_its_offset() {
+        let bytes = segment(5, &[&[b"a", b"bb"], &[b"ccc"]]);
+        let mut offsets = Vec::new();
+        let result = scan::<()>(&bytes, 5, VERSION, LIMIT, |offset, frame| {
+            offsets.push((offset, frame.lsn));
+            Ok(())
+        })
+        .unwrap();
         let scan = result.unwrap();
-        assert_eq!(seen, vec![5, 6, 7]);
         assert_eq!(scan.end, ScanEnd::Clean);
+        assert_eq!(scan.records, 3);
         assert_eq!(scan.next_lsn, 8);
         assert_eq!(scan.valid_len, bytes.len() as u64);
+        for (offset, lsn) in offsets {
+            let frame = crate::wal::record::decode_salted(&bytes[offset as usize..], LIMIT, SALT);
+            assert_eq!(frame.map(|f| f.lsn), Ok(lsn));
+        }
     }
 
     #[test]
-    fn every_truncation_of_the_last_record_is_a_torn_tail() {
-        let full = segment(1, &[b"first record", b"second record"]);
-        let second_starts = SEGMENT_HEADER_BYTES + HEADER_BYTES + 12;
-        for cut in second_starts + 1..full.len() {
+    fn every_truncation_of_the_last_batch_is_a_torn_tail_and_drops_the_whole_batch() {
+        let full = segment(1, &[&[b"first record"], &[b"second", b"third"]]);
+        let last = last_batch_offset(&full);
+        for cut in last + 1..full.len() {
             let (result, seen) = scan_all(&full[..cut], 1);
             let scan = result.unwrap_or_else(|d| panic!("cut {cut}: {d}"));
             assert_eq!(seen, vec![1], "cut {cut}");
-            assert_eq!(scan.valid_len, second_starts as u64);
+            assert_eq!(scan.valid_len, last as u64);
             assert!(matches!(scan.end, ScanEnd::TornTail { .. }));
         }
     }
 
     #[test]
     fn zero_filled_tail_is_torn() {
-        let mut bytes = segment(1, &[b"one"]);
+        let mut bytes = segment(1, &[&[b"one"]]);
         let valid = bytes.len();
         bytes.extend_from_slice(&[0u8; 4096]);
         let (result, _) = scan_all(&bytes, 1);
@@ -399,20 +464,66 @@ mod tests {
     }
 
     #[test]
-    fn damage_followed_by_valid_records_is_not_a_torn_tail() {
-        let mut bytes = segment(1, &[b"one", b"two", b"three"]);
-        let second = SEGMENT_HEADER_BYTES + HEADER_BYTES + 3;
-        bytes[second + HEADER_BYTES] ^= 0x40;
+    fn a_flipped_bit_anywhere_in_the_last_batch_is_damage_not_a_torn_tail() {
+        let bytes = segment(1, &[&[b"one"], &[b"two", b"the last record of the log"]]);
+        let last = last_batch_offset(&bytes);
+        for bit in last * 8..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let (result, _) = scan_all(&flipped, 1);
+            assert!(
+                matches!(result, Err(Damage::Written { offset, .. }) if offset == last as u64),
+                "bit {bit}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_last_batch_with_an_unwritten_sector_is_torn_even_if_its_ends_were_written() {
+        // Out-of-order persistence: the sectors holding the header and the trailer reached the
+        // disk, one in the middle did not.
+        let big = vec![0x61_u8; 3 * SECTOR_BYTES];
+        let mut bytes = segment(1, &[&[b"one"], &[&big]]);
+        let last = last_batch_offset(&bytes);
+        let hole = (last / SECTOR_BYTES + 2) * SECTOR_BYTES;
+        bytes[hole..hole + SECTOR_BYTES].fill(0);
+        let (result, seen) = scan_all(&bytes, 1);
+        let scan = result.unwrap();
+        assert_eq!(seen, vec![1]);
+        assert_eq!(scan.valid_len, last as u64);
+        assert!(matches!(scan.end, ScanEnd::TornTail { .. }));
+    }
+
+    #[test]
+    fn damage_followed_by_valid_batches_is_not_a_torn_tail() {
+        let mut bytes = segment(1, &[&[b"one"], &[b"two"], &[b"three"]]);
+        let second = SEGMENT_HEADER_BYTES + batch::encode(1, &[b"one"], SALT).len();
+        // A run of zeros (as an unwritten sector would leave) in the middle batch: still damage,
+        // because a later batch is only written once the earlier one was synced.
+        bytes[second + 30..second + 34].fill(0);
         let (result, seen) = scan_all(&bytes, 1);
         assert_eq!(seen, vec![1]);
         assert!(matches!(result, Err(Damage::Corrupt { .. })), "{result:?}");
     }
 
     #[test]
+    fn junk_after_the_last_batch_is_damage_unless_it_reads_as_unwritten() {
+        let mut bytes = segment(1, &[&[b"one"]]);
+        bytes.extend_from_slice(&[0x37; 80]);
+        assert!(matches!(scan_all(&bytes, 1).0, Err(Damage::Written { .. })));
+        let mut short = segment(1, &[&[b"one"]]);
+        short.extend_from_slice(&[0x37; 23]);
+        assert!(matches!(
+            scan_all(&short, 1).0.unwrap().end,
+            ScanEnd::TornTail { .. }
+        ));
+    }
+
+    #[test]
     fn out_of_sequence_lsn_is_damage() {
-        let mut bytes = encode_header(1, VERSION).to_vec();
-        record::encode_into(&mut bytes, 1, b"one");
-        record::encode_into(&mut bytes, 3, b"three");
+        let mut bytes = encode_salted_header(1, VERSION, SALT).to_vec();
+        bytes.extend_from_slice(&batch::encode(1, &[b"one"], SALT));
+        bytes.extend_from_slice(&batch::encode(3, &[b"three"], SALT));
         let (result, _) = scan_all(&bytes, 1);
         assert!(matches!(
             result,
@@ -426,12 +537,12 @@ mod tests {
 
     #[test]
     fn lsns_above_the_highest_ever_issued_are_damage() {
-        let at_limit = segment(crate::wal::MAX_LSN, &[b"last"]);
+        let at_limit = segment(crate::wal::MAX_LSN, &[&[b"last"]]);
         assert_eq!(
             scan_all(&at_limit, crate::wal::MAX_LSN).1,
             vec![crate::wal::MAX_LSN]
         );
-        let past = segment(crate::wal::MAX_LSN + 1, &[b"never"]);
+        let past = segment(crate::wal::MAX_LSN + 1, &[&[b"never"]]);
         assert!(matches!(
             scan_all(&past, crate::wal::MAX_LSN + 1).0,
             Err(Damage::LsnOverflow { .. })
@@ -456,7 +567,7 @@ mod tests {
 
     #[test]
     fn header_naming_another_lsn_is_damage() {
-        let bytes = segment(9, &[b"x"]);
+        let bytes = segment(9, &[&[b"x"]]);
         assert!(matches!(
             scan_all(&bytes, 10).0,
             Err(Damage::Header(HeaderError::NameMismatch { .. }))

@@ -17,6 +17,9 @@ pub trait StorageFile: Send {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes and makes the new length durable (`ftruncate`, `fsync`).
+    /// Works on a full file system: it frees space rather than taking it.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// The operations the log and the snapshots perform on a directory tree.
@@ -70,6 +73,11 @@ impl StorageFile for FsFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)?;
+        self.0.sync_all()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The group-commit writer: producers append framed records to a shared buffer under a short mutex;
-//! one writer thread takes the whole buffer, writes it with one call, makes it durable with one
-//! `fdatasync`, and publishes the durable-LSN watermark that waiters await.
+//! one writer thread takes the whole buffer, closes it into one batch frame (see [`super::batch`]),
+//! writes it with one call, makes it durable with one `fdatasync`, and publishes the durable-LSN
+//! watermark that waiters await.
 //!
 //! Guarantees:
 //! - LSNs are assigned in the order records enter the buffer, so the log is in LSN order and a caller
@@ -10,6 +11,12 @@
 //! - After any write or sync error the log is poisoned: appends fail, every waiter whose record was
 //!   not durable gets an error, and the writer stops. Nothing is retried (a failed fsync may have
 //!   dropped dirty pages, so a retry that succeeds proves nothing).
+//! - The failed batch is cut off the segment again (truncate and sync), so that a record whose
+//!   writer was told of the failure does not come back at the next start; where the file system
+//!   refuses even that, recovery may still find it, which is why such a record's outcome is
+//!   reported as unknown, never as refused ([`DurabilityError`]).
+//! - Each segment the writer starts is recorded in `log-end` (see [`super::end`]) before any
+//!   record goes into it.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,6 +29,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::batch;
 use super::record::{self, HEADER_BYTES};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::storage::{SharedStorage, StorageFile};
@@ -69,13 +77,23 @@ pub enum AppendError {
     /// The payload exceeds the record limit.
     #[error("the record is larger than the limit")]
     TooLarge,
+    /// The payload holds a long run of zero bytes, which the log never writes: on disk it could
+    /// not be told from a sector that was never written (see [`super::batch`]).
+    #[error(
+        "the record holds a run of {} or more zero bytes",
+        batch::ZERO_RUN_LIMIT_BYTES
+    )]
+    ZeroRun,
 }
 
-/// Why a record will never become durable.
+/// Why a record that was queued is not known to be durable. Its outcome is unknown, not refused:
+/// the record may have reached the disk in full before the failure (a write that stored it and
+/// then failed, an `fdatasync` that failed after the write), and a restart that finds it keeps
+/// it. The writer cuts a failed batch off the segment again where the file system allows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DurabilityError {
-    /// The log was poisoned before the record was synced.
-    #[error("the write-ahead log is poisoned: the record was not made durable")]
+    /// The log was poisoned before the record was known to be synced.
+    #[error("the write-ahead log is poisoned: the record is not known to be durable")]
     Poisoned,
     /// The log was closed before the record was synced (only if the writer died).
     #[error("the write-ahead log closed before the record was made durable")]
@@ -174,6 +192,13 @@ impl Wal {
                 "LSNs start at 1",
             ));
         }
+        // A batch's body length is a u32 (see `batch`); the queue bounds the batch.
+        if options.queue_bytes > (u32::MAX as usize) / 2 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the log queue is limited to 2 GiB",
+            ));
+        }
         // A fresh, never-zero salt for every record this writer frames (see `record`).
         let salt = rand::random::<u32>() | 1;
         if options.fsync == FsyncMode::Never {
@@ -219,6 +244,9 @@ impl Wal {
         if payload.is_empty() || payload.len() > shared.options.max_record_bytes as usize {
             return Err(AppendError::TooLarge);
         }
+        if batch::has_long_zero_run(payload) {
+            return Err(AppendError::ZeroRun);
+        }
         // The payload's checksum needs no LSN, so it is computed before taking the lock.
         let payload_checksum = record::payload_checksum(shared.salt, payload);
         let mut queue = shared.queue.lock();
@@ -231,6 +259,9 @@ impl Wal {
         }
         if queue.buffer.len() + HEADER_BYTES + payload.len() > shared.options.queue_bytes {
             return Err(AppendError::Backpressure);
+        }
+        if queue.buffer.is_empty() {
+            batch::begin(&mut queue.buffer);
         }
         let lsn = queue.next_lsn;
         queue.next_lsn += 1;
@@ -437,6 +468,7 @@ fn create_segment(
     ))?;
     file.sync_data()?;
     storage.sync_dir(&options.dir)?;
+    super::end::write(&**storage, &options.dir, first_lsn)?;
     Ok(ActiveSegment {
         file,
         len: SEGMENT_HEADER_BYTES as u64,
@@ -469,6 +501,22 @@ fn take_batch(shared: &Shared, spare: Vec<u8>) -> Option<Batch> {
     })
 }
 
+/// Cuts what a failed write or sync may have left of the batch off the segment, and says in the
+/// poison reason whether that worked. Cutting is not a retry of the failed call: it removes the
+/// bytes instead of vouching for them, and a successful truncate-and-sync makes the file's
+/// length durable whatever became of its pages. If it fails too, the batch may come back at the
+/// next start, complete or torn; its waiters were told the outcome is unknown either way.
+fn cut_failed_batch(segment: &mut ActiveSegment, what: String) -> String {
+    match segment.file.truncate(segment.len) {
+        Ok(()) => format!("{what}; the batch was cut off the segment"),
+        Err(error) => format!(
+            "{what}; cutting the batch off the segment at offset {} failed too ({error}): \
+             the next start may find it",
+            segment.len
+        ),
+    }
+}
+
 fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegment) {
     let fsync_seconds = metrics::histogram!("creditd_wal_fsync_duration_seconds");
     let batch_records = metrics::histogram!("creditd_wal_batch_records");
@@ -482,7 +530,11 @@ fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegme
             return;
         }
         let first_lsn = batch.last_lsn + 1 - batch.records;
-        if segment.records > 0 && segment.len + batch.bytes.len() as u64 > options.segment_bytes {
+        let mut bytes = batch.bytes;
+        // The queue bounds a batch far below 2^32 records (each takes at least 17 bytes).
+        let records = u32::try_from(batch.records).unwrap_or(u32::MAX);
+        batch::seal(&mut bytes, first_lsn, records, shared.salt);
+        if segment.records > 0 && segment.len + bytes.len() as u64 > options.segment_bytes {
             match create_segment(storage, options, first_lsn, shared.salt) {
                 Ok(next) => {
                     segment = next;
@@ -493,33 +545,29 @@ fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegme
                 }
             }
         }
-        if let Err(error) = segment.file.write_all(&batch.bytes) {
-            return shared.poison(format!(
-                "writing LSNs {first_lsn}..={}: {error}",
-                batch.last_lsn
-            ));
+        if let Err(error) = segment.file.write_all(&bytes) {
+            let what = format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
+            return shared.poison(cut_failed_batch(&mut segment, what));
         }
         if options.fsync == FsyncMode::Always {
             let started = Instant::now();
             if let Err(error) = segment.file.sync_data() {
-                return shared.poison(format!(
-                    "syncing LSNs {first_lsn}..={}: {error}",
-                    batch.last_lsn
-                ));
+                let what = format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
+                return shared.poison(cut_failed_batch(&mut segment, what));
             }
             fsync_seconds.record(started.elapsed().as_secs_f64());
         }
-        segment.len += batch.bytes.len() as u64;
+        segment.len += bytes.len() as u64;
         segment.records += batch.records;
         shared.records.fetch_add(batch.records, Ordering::Relaxed);
         shared.batches.fetch_add(1, Ordering::Relaxed);
         shared
             .bytes
-            .fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         batch_records.record(batch.records as f64);
-        written_bytes.increment(batch.bytes.len() as u64);
+        written_bytes.increment(bytes.len() as u64);
         shared.publish(batch.last_lsn);
-        spare = batch.bytes;
+        spare = bytes;
         spare.clear();
     }
 }
