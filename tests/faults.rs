@@ -36,7 +36,7 @@ use creditd::engine::{
 };
 use creditd::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use creditd::wal::record::HEADER_BYTES;
-use creditd::wal::segment::SEGMENT_HEADER_BYTES;
+use creditd::wal::segment::{self, SEGMENT_HEADER_BYTES};
 use creditd::wal::{AppendError, DurabilityError, FsStorage, SharedStorage, Storage};
 use sync_gate::{GatedStorage, SyncGate};
 
@@ -511,7 +511,7 @@ enum LogFault {
     /// The write fails before writing anything.
     Write,
     /// The write writes this many bytes of the batch (a single record, longer than any `keep`
-    /// used here except [`WHOLE`]), then fails.
+    /// used here except [`WHOLE`]), then fails: a full disk stores a prefix and says `ENOSPC`.
     Tear(usize),
     /// The write succeeds, the fsync fails.
     Sync,
@@ -520,9 +520,21 @@ enum LogFault {
 /// A torn write that writes the whole batch and still reports an error.
 const WHOLE: usize = usize::MAX;
 
+/// Whether the writer's cut of the failed batch (truncate and sync) works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The file system allows it: the failed batch never comes back.
+    Works,
+    /// The truncate fails too: what reached the file stays there.
+    Refused,
+}
+
 impl LogFault {
     /// Whether the failed batch's record is whole on disk after `restart`.
-    fn record_survives(self, restart: Restart) -> bool {
+    fn record_survives(self, cut: Cut, restart: Restart) -> bool {
+        if cut == Cut::Works {
+            return false;
+        }
         match self {
             LogFault::Write => false,
             LogFault::Tear(keep) => keep == WHOLE && restart.keeps_unsynced(),
@@ -531,9 +543,11 @@ impl LogFault {
     }
 
     /// The bytes recovery must cut off the end of the log after `restart`.
-    fn torn_bytes(self, restart: Restart) -> Option<u64> {
+    fn torn_bytes(self, cut: Cut, restart: Restart) -> Option<u64> {
         match self {
-            LogFault::Tear(keep) if keep > 0 && keep != WHOLE && restart.keeps_unsynced() => {
+            LogFault::Tear(keep)
+                if cut == Cut::Refused && keep > 0 && keep != WHOLE && restart.keeps_unsynced() =>
+            {
                 Some(keep as u64)
             }
             _ => None,
@@ -548,8 +562,8 @@ impl LogFault {
     }
 }
 
-fn poisoned_by(fault: LogFault, disk: &Disk) {
-    let label = format!("{fault:?} on {}", disk.name());
+fn poisoned_by(fault: LogFault, cut: Cut, disk: &Disk) {
+    let label = format!("{fault:?}, cut {cut:?}, on {}", disk.name());
     let options = options(disk);
     let faulty = FaultyStorage::new(disk.storage());
     let engine = open(&options, Arc::new(faulty.clone()));
@@ -561,6 +575,9 @@ fn poisoned_by(fault: LogFault, disk: &Disk) {
         LogFault::Write => faulty.fail_from(FaultPoint::Write, 1),
         LogFault::Tear(keep) => faulty.tear_write(1, keep),
         LogFault::Sync => faulty.fail_from(FaultPoint::Sync, 1),
+    }
+    if cut == Cut::Refused {
+        faulty.fail_from(FaultPoint::Truncate, 1);
     }
     let doomed = debit(&engine, &history.tenant, "alice", 7, "doomed").expect("queued");
     assert!(!doomed.replayed);
@@ -585,6 +602,14 @@ fn poisoned_by(fault: LogFault, disk: &Disk) {
     assert!(
         reason.contains(&doomed.lsn.to_string()),
         "{label}: the reason names the LSNs: {reason}"
+    );
+    let says = match cut {
+        Cut::Works => "the batch was cut off the segment",
+        Cut::Refused => "failed too",
+    };
+    assert!(
+        reason.contains(says),
+        "{label}: the reason says {says:?}: {reason}"
     );
     // Healing the disk changes nothing: a failed write or fsync is never retried.
     faulty.heal();
@@ -631,13 +656,13 @@ fn poisoned_by(fault: LogFault, disk: &Disk) {
     for restart in disk.restarts() {
         let label = format!("{label}, restart {restart:?}");
         let engine = open(&options, disk.after(restart));
-        let survived = fault.record_survives(restart);
+        let survived = fault.record_survives(cut, restart);
         let torn = engine
             .recovery_report()
             .torn_tail
             .as_ref()
             .map(|torn| torn.discarded_bytes);
-        assert_eq!(torn, fault.torn_bytes(restart), "{label}: torn tail");
+        assert_eq!(torn, fault.torn_bytes(cut, restart), "{label}: torn tail");
         assert_recovered(&engine, &history, Some(("doomed", 7, survived)), &label);
         drop(engine);
     }
@@ -645,26 +670,37 @@ fn poisoned_by(fault: LogFault, disk: &Disk) {
 
 #[test]
 fn failing_write_poisons_the_log_and_nothing_more_is_acknowledged() {
-    for disk in Disk::both() {
-        poisoned_by(LogFault::Write, &disk);
-    }
-}
-
-#[test]
-fn torn_write_poisons_the_log_and_recovery_cuts_the_tail() {
-    // Nothing, part of the header, part of the payload, and the whole record (the write reports
-    // an error although every byte reached the file).
-    for keep in [0, 7, HEADER_BYTES + 5, WHOLE] {
+    for cut in [Cut::Works, Cut::Refused] {
         for disk in Disk::both() {
-            poisoned_by(LogFault::Tear(keep), &disk);
+            poisoned_by(LogFault::Write, cut, &disk);
         }
     }
 }
 
+/// A write that stores part of the batch (or all of it) and then fails, as a full disk does: the
+/// writer cuts it off again, so a record whose client was told of the failure never comes back
+/// (it used to, complete, after a restart). Only where the cut fails too may recovery find it.
 #[test]
-fn failing_fsync_poisons_the_log_and_nothing_more_is_acknowledged() {
-    for disk in Disk::both() {
-        poisoned_by(LogFault::Sync, &disk);
+fn a_write_that_stores_a_prefix_and_fails_is_cut_off_and_never_comes_back() {
+    // Nothing, part of the header, part of the payload, and the whole record (the write reports
+    // an error although every byte reached the file).
+    for keep in [0, 7, HEADER_BYTES + 5, WHOLE] {
+        for cut in [Cut::Works, Cut::Refused] {
+            for disk in Disk::both() {
+                poisoned_by(LogFault::Tear(keep), cut, &disk);
+            }
+        }
+    }
+}
+
+/// An fsync that fails after the write succeeded: the bytes are in the page cache, and a restart
+/// would replay them; the writer cuts them off the segment first.
+#[test]
+fn a_sync_that_fails_after_the_write_is_cut_off_and_never_comes_back() {
+    for cut in [Cut::Works, Cut::Refused] {
+        for disk in Disk::both() {
+            poisoned_by(LogFault::Sync, cut, &disk);
+        }
     }
 }
 
@@ -1109,7 +1145,10 @@ fn recovery_makes_what_it_replays_durable_before_building_on_it() {
     let first = open(&options, Arc::new(faulty.clone()));
     let tenant = acme_with_alice(&first);
     acknowledge(&first, credit(&first, &tenant, "alice", 100, "grant"));
+    // A process killed between write and fdatasync leaves the batch in the page cache; here the
+    // fsync fails and so does the writer's cut of the batch, which leaves the same bytes.
     faulty.fail_from(FaultPoint::Sync, 1);
+    faulty.fail_from(FaultPoint::Truncate, 1);
     let lost = debit(&first, &tenant, "alice", 30, "spend-x").unwrap();
     assert!(first.wait_durable(lost.lsn).is_err(), "never acknowledged");
     drop(tenant);
@@ -1195,7 +1234,8 @@ fn a_segment_with_a_torn_header_is_overwritten_not_removed() {
     let again = open(&options, Arc::new(memory.clone()));
     again.shutdown().unwrap();
     drop(again);
-    let segments = memory.list(&options.wal_dir()).unwrap();
+    let mut segments = memory.list(&options.wal_dir()).unwrap();
+    segments.retain(|name| name.ends_with(".log"));
     assert_eq!(
         segments.len(),
         1,
@@ -1213,4 +1253,139 @@ fn a_segment_with_a_torn_header_is_overwritten_not_removed() {
     let engine = open(&options, Arc::new(memory.clone()));
     let tenant = engine.tenant("acme").unwrap();
     assert_eq!(tenant.wallet("alice", None).unwrap().balance, 100);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damage that used to pass for an unfinished write.
+// ---------------------------------------------------------------------------------------------
+
+/// The last segment of `storage`'s log and the offset, in it, of the payload of its last record.
+fn last_record(storage: &dyn Storage, options: &EngineOptions) -> (PathBuf, usize, usize) {
+    let dir = options.wal_dir();
+    let last = segment::from_listing(&dir, &storage.list(&dir).unwrap())
+        .pop()
+        .expect("a segment");
+    let bytes = storage.read_all(&last.path).unwrap();
+    let mut found = None;
+    segment::scan::<()>(
+        &bytes,
+        last.first_lsn,
+        creditd::codec::FORMAT_VERSION,
+        1 << 20,
+        |offset, frame| {
+            found = Some((offset as usize + HEADER_BYTES, frame.payload.len()));
+            Ok(())
+        },
+    )
+    .unwrap()
+    .expect("the log reads clean before the damage");
+    let (payload_at, payload_len) = found.expect("the last segment holds a record");
+    (last.path, payload_at, payload_len)
+}
+
+/// Flips bit 0 of one byte of a real file, as the disk would.
+fn flip_bit_on_disk(path: &std::path::Path, offset: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset] ^= 1;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// A debit is acknowledged, the process is killed, and one bit of the payload of the last record
+/// of the last segment flips. Recovery used to call it a torn tail, cut it, give the credits back
+/// and reuse its LSN; the batch around it was written completely, so it is damage to an
+/// acknowledged record and the start is refused, naming the file and the offset.
+#[test]
+fn a_flipped_bit_in_the_last_acknowledged_record_refuses_to_start() {
+    for disk in Disk::both() {
+        let label = disk.name();
+        let options = options(&disk);
+        let engine = open(&options, disk.storage());
+        let tenant = acme_with_alice(&engine);
+        acknowledge(&engine, credit(&engine, &tenant, "alice", 100, "grant"));
+        acknowledge(
+            &engine,
+            debit(&engine, &tenant, "alice", 30, "spend").unwrap(),
+        );
+        drop(tenant);
+        drop(engine);
+        for restart in disk.restarts() {
+            let storage = disk.after(restart);
+            let (path, payload_at, payload_len) = last_record(&*storage, &options);
+            let offset = payload_at + payload_len / 2;
+            let storage: SharedStorage = match &disk {
+                Disk::Fs(_) => {
+                    flip_bit_on_disk(&path, offset);
+                    storage
+                }
+                Disk::Mem(memory) => {
+                    let image = memory.crash_image(|_, unsynced| unsynced);
+                    let byte = image.read_all(&path).unwrap()[offset] ^ 1;
+                    image.corrupt(&path, offset, &[byte]).unwrap();
+                    Arc::new(image)
+                }
+            };
+            let error = Engine::open(options.clone(), storage, clock())
+                .err()
+                .unwrap_or_else(|| panic!("{label}: a damaged acknowledged record was accepted"));
+            let message = error.to_string();
+            assert!(
+                matches!(error, creditd::engine::OpenError::Damage { .. }),
+                "{label} {restart:?}: {message}"
+            );
+            assert!(
+                message.contains(&path.display().to_string()) && message.contains("offset"),
+                "{label} {restart:?}: the message names the file and the offset: {message}"
+            );
+            assert!(
+                message.contains("written completely"),
+                "{label} {restart:?}: {message}"
+            );
+        }
+    }
+}
+
+/// The newest segment is deleted: the log would end early and reissue its LSNs. `log-end` says
+/// the segment existed, so the start is refused and the message names it.
+#[test]
+fn a_removed_last_segment_refuses_to_start() {
+    for disk in Disk::both() {
+        let label = disk.name();
+        let options = EngineOptions {
+            segment_bytes: 4096,
+            ..options(&disk)
+        };
+        let engine = open(&options, disk.storage());
+        let tenant = acme_with_alice(&engine);
+        acknowledge(
+            &engine,
+            credit(&engine, &tenant, "alice", 1_000_000, "grant"),
+        );
+        for n in 0..200 {
+            acknowledge(
+                &engine,
+                debit(&engine, &tenant, "alice", 1, &format!("d{n}")).unwrap(),
+            );
+        }
+        assert!(engine.wal().stats().rotations > 0, "{label}: rotated");
+        drop(tenant);
+        drop(engine);
+        let storage = match &disk {
+            Disk::Fs(_) => disk.storage(),
+            Disk::Mem(memory) => Arc::new(memory.crash_image(|_, _| 0)) as SharedStorage,
+        };
+        let dir = options.wal_dir();
+        let newest = segment::from_listing(&dir, &storage.list(&dir).unwrap())
+            .pop()
+            .unwrap();
+        storage.remove(&newest.path).unwrap();
+        storage.sync_dir(&dir).unwrap();
+        let error = Engine::open(options.clone(), Arc::clone(&storage), clock())
+            .err()
+            .unwrap_or_else(|| panic!("{label}: a log without its last segment was accepted"));
+        let message = error.to_string();
+        assert!(
+            message.contains(&newest.path.display().to_string()) && message.contains("missing"),
+            "{label}: the message names the missing segment: {message}"
+        );
+    }
 }

@@ -91,6 +91,10 @@ impl StorageFile for GatedFile {
         self.gate.pass();
         self.inner.sync_data()
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
+    }
 }
 
 impl Storage for GatedStorage {
