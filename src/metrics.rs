@@ -125,6 +125,12 @@ fn describe() {
         "The highest LSN known to be durable."
     );
     describe_gauge!(
+        "creditd_recovery_fallback_problems",
+        Unit::Count,
+        "Problems recovery found in what the fallback (older) snapshot would need: damaged or missing \
+         segments before the ones replayed, newer snapshots passed over. 0 when the fallback is intact."
+    );
+    describe_gauge!(
         "creditd_ready",
         Unit::Count,
         "1 when the server accepts writes, 0 when not ready or poisoned."

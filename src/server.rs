@@ -120,6 +120,8 @@ pub async fn serve_engine(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     crate::metrics::install();
+    let fallback_problems = &engine.recovery_report().fallback_problems;
+    metrics::gauge!("creditd_recovery_fallback_problems").set(fallback_problems.len() as f64);
     ensure_tenants(&config, &engine).await?;
     let address = listener.local_addr().map_err(ServerError::Bind)?;
     let public_url = config

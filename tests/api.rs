@@ -662,6 +662,36 @@ async fn slow_bodies_are_cut_off_even_on_open_routes() {
     server.stop().await;
 }
 
+/// The log never stores 64 zero bytes in a row (on disk they could pass for a sector that was
+/// never written, and a damaged record for a torn one); a description of NUL characters, which
+/// JSON can carry, is refused with 422 and charges nothing.
+#[tokio::test]
+async fn a_long_run_of_nul_characters_is_refused_and_changes_nothing() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    service.put_user("nul", None).await.unwrap();
+    service.credit("nul", 10, None, None).await.unwrap();
+    let nuls = "\\u0000".repeat(100);
+    let body = format!(r#"{{"amount":3,"description":"{nuls}"}}"#);
+    let (status, problem) = raw(&service, Method::POST, "/v1/users/nul/debit", &body).await;
+    assert_eq!(
+        (status, slug(&problem)),
+        (422, "invalid-request"),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("NUL"),
+        "{problem}"
+    );
+    // A few NULs are stored like any other character.
+    let few = "\\u0000".repeat(8);
+    let body = format!(r#"{{"amount":3,"description":"a{few}b"}}"#);
+    let (status, answer) = raw(&service, Method::POST, "/v1/users/nul/debit", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(service.wallet("nul", None).await.unwrap().balance, 7);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bodies_that_are_not_objects_are_refused_and_change_nothing() {
     let server = Server::start().await;
@@ -805,8 +835,13 @@ async fn garbage_never_crashes_the_server() {
     server.stop().await;
 }
 
+/// A debit queued when the fsync fails is answered "outcome unknown" (500), not "refused": its
+/// record may be on disk. A request after the failure is refused (503): nothing of it is written.
+/// After the restart, a retry with the same key learns the outcome; here the writer cut the failed
+/// batch off the log, so the retry executes once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_fsync_gives_503_and_readyz_fails() {
+async fn a_failed_fsync_answers_outcome_unknown_then_refuses_and_a_keyed_retry_learns_the_outcome()
+{
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let faulty = FaultyStorage::new(Arc::new(FsStorage));
@@ -814,22 +849,36 @@ async fn a_failed_fsync_gives_503_and_readyz_fails() {
         background: false,
         ..config.engine_options()
     };
-    let engine = Engine::open(options, Arc::new(faulty.clone()), Arc::new(SystemClock)).unwrap();
-    let server = Server::start_with_engine(config, engine, dir).await;
+    let engine = Engine::open(
+        options.clone(),
+        Arc::new(faulty.clone()),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let server = Server::start_with_engine(config.clone(), engine, dir).await;
     let service = server.client(SERVICE);
     service.put_user("p", None).await.unwrap();
     service.credit("p", 10, None, None).await.unwrap();
     faulty.fail_from(FaultPoint::Sync, 1);
     let failed = service
-        .debit("p", &Debit::amount(1), None)
+        .debit("p", &Debit::amount(1), Some("doomed"))
         .await
         .unwrap_err();
     assert_eq!(
         (failed.status(), failed.slug()),
+        (Some(500), Some("write-outcome-unknown"))
+    );
+    // The same key before the restart: still not known to be durable, still unknown.
+    let again = service
+        .debit("p", &Debit::amount(1), Some("doomed"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.slug(), Some("write-outcome-unknown"));
+    let refused = service.credit("p", 1, None, None).await.unwrap_err();
+    assert_eq!(
+        (refused.status(), refused.slug()),
         (Some(503), Some("log-unavailable"))
     );
-    let refused = service.credit("p", 1, None, None).await.unwrap_err();
-    assert_eq!(refused.status(), Some(503));
     let (status, body) = raw(&service, Method::GET, "/readyz", "").await;
     assert_eq!((status, slug(&body)), (503, "not-ready"));
     assert!(body["detail"].as_str().unwrap().contains("poisoned"));
@@ -841,6 +890,23 @@ async fn a_failed_fsync_gives_503_and_readyz_fails() {
         matches!(result, Err(creditd::server::ServerError::Shutdown(_))),
         "{result:?}"
     );
+    let dir = server._dir;
+
+    let engine = Engine::open(options, Arc::new(FsStorage), Arc::new(SystemClock)).unwrap();
+    let server = Server::start_with_engine(config, engine, dir).await;
+    let service = server.client(SERVICE);
+    assert_eq!(service.wallet("p", None).await.unwrap().balance, 10);
+    let retried = service
+        .debit("p", &Debit::amount(1), Some("doomed"))
+        .await
+        .unwrap();
+    assert_eq!((retried.balance, retried.replayed), (9, false));
+    let replayed = service
+        .debit("p", &Debit::amount(1), Some("doomed"))
+        .await
+        .unwrap();
+    assert_eq!((replayed.balance, replayed.replayed), (9, true));
+    server.stop().await;
 }
 
 #[tokio::test]

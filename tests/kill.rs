@@ -765,3 +765,216 @@ fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
         "the children acknowledged too little for the test to mean much"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A full disk.
+// ---------------------------------------------------------------------------------------------
+
+/// Set in the full-disk child's environment: its data directory.
+const FULL_DISK_CHILD_ENV: &str = "CREDITD_FULL_DISK_CHILD_DIR";
+/// Credits the full-disk child starts with; every debit takes 1.
+const FULL_DISK_CREDITS: i64 = 1_000_000;
+
+/// The full-disk child's entry point, not a test: it returns at once unless the parent set
+/// `CREDITD_FULL_DISK_CHILD_DIR`. It debits 1 credit at a time under keys `t{thread}-{n}` from four
+/// threads until the log refuses, reporting each outcome (`ACK`, `UNKNOWN` for a record queued
+/// when the log failed, `REFUSED` for one refused before it was queued), then `DONE`, and waits
+/// to be killed.
+#[test]
+fn full_disk_child() {
+    let Some(dir) = std::env::var_os(FULL_DISK_CHILD_ENV) else {
+        return;
+    };
+    emit("");
+    let engine = Engine::open_dir(options(Path::new(&dir), false)).expect("open");
+    let context = Context::actor(ACTOR);
+    let (tenant, _, lsn) = engine
+        .upsert_tenant(TENANT, None, None, &context)
+        .expect("tenant");
+    engine.wait_durable(lsn).expect("durable");
+    let profile = ProfileRecord {
+        email: None,
+        name: None,
+        metadata: None,
+    };
+    let (_, lsn) = engine
+        .upsert_user(&tenant, "filler", profile, &context)
+        .expect("user");
+    engine.wait_durable(lsn).expect("durable");
+    let done = engine
+        .credit(
+            &tenant,
+            &CreditRequest::new("filler", FULL_DISK_CREDITS, CreditKind::Grant),
+            &context,
+        )
+        .expect("credit");
+    engine.wait_durable(done.lsn).expect("durable");
+    emit("READY");
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let (engine, tenant) = (&engine, &tenant);
+            scope.spawn(move || {
+                for n in 0.. {
+                    let key = format!("t{thread}-{n}");
+                    let context = Context::actor(ACTOR).with_key(IdempotencyKey {
+                        key: &key,
+                        fingerprint: [7; 16],
+                    });
+                    let request = DebitRequest::new("filler", Spend::Amount(1));
+                    match engine.debit(tenant, &request, &context) {
+                        Ok(done) => match engine.wait_durable(done.lsn) {
+                            Ok(()) => emit(&format!("ACK {key}")),
+                            Err(_) => emit(&format!("UNKNOWN {key}")),
+                        },
+                        Err(EngineError::Log(_)) => {
+                            emit(&format!("REFUSED {key}"));
+                            return;
+                        }
+                        Err(EngineError::Durability(_)) => emit(&format!("UNKNOWN {key}")),
+                        Err(other) => panic!("{key}: {other:?}"),
+                    }
+                }
+            });
+        }
+    });
+    emit("DONE");
+    std::thread::sleep(Duration::from_secs(CHILD_MAX_SECONDS));
+}
+
+/// Unmounts a test file system when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` at `dir`; `Err` says why not (not root, no `mount`, not allowed).
+fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("not running as root".into());
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if !status.success() {
+        return Err(format!("mount -t tmpfs failed ({status})"));
+    }
+    Ok(Mount(dir.to_path_buf()))
+}
+
+/// The 1 MiB volume of the hostile test, filled by keyed debits from a child process until the log
+/// fails with `ENOSPC`, then the child is killed (`SIGKILL`), the volume grown (an operator frees
+/// space), and the directory recovered. Every acknowledged debit is there, once; none answered
+/// "outcome unknown" or "refused" is (the writer cut the failed batch off the log); a retry of those
+/// keys executes them afresh, and the balance adds up. Runs only as root (it mounts a tmpfs);
+/// elsewhere it says why it did not run.
+#[test]
+fn a_full_disk_refuses_writes_and_never_applies_what_it_did_not_acknowledge() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let volume = temp.path().join("volume");
+    std::fs::create_dir_all(&volume).expect("mount point");
+    let mount = match mount_tmpfs(&volume, "1m") {
+        Ok(mount) => mount,
+        Err(why) => {
+            eprintln!("SKIPPED a_full_disk_refuses_writes…: needs a 1 MiB tmpfs: {why}");
+            return;
+        }
+    };
+    let dir = volume.join("data");
+    let stderr = File::create(temp.path().join("child-stderr")).expect("stderr file");
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "full_disk_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FULL_DISK_CHILD_ENV, &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn the child");
+    let mut guard = ChildGuard(Some(child));
+    let stdout = guard.child().stdout.take().expect("child stdout");
+    let (mut acked, mut unknown, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    let mut finished = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("child output");
+        match line.split_once(' ') {
+            Some(("ACK", key)) => acked.push(key.to_owned()),
+            Some(("UNKNOWN", key)) => unknown.push(key.to_owned()),
+            Some(("REFUSED", key)) => refused.push(key.to_owned()),
+            _ if line == "DONE" => {
+                finished = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(finished, "the child stopped before the disk was full");
+    guard.child().kill().expect("kill the child");
+    guard.child().wait().expect("reap the child");
+    let status = Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&volume)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "growing the volume failed");
+
+    let engine = Engine::open_dir(options(&dir, false)).expect("recover after the full disk");
+    let tenant = engine.tenant(TENANT).expect("tenant");
+    let balance = tenant.wallet("filler", None).expect("wallet").balance;
+    eprintln!(
+        "full disk: {} acknowledged, {} outcome unknown, {} refused; balance after recovery {balance}",
+        acked.len(),
+        unknown.len(),
+        refused.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "the volume held too few debits to mean much"
+    );
+    assert!(!refused.is_empty(), "the log never refused a write");
+    assert_eq!(
+        balance,
+        FULL_DISK_CREDITS - acked.len() as i64,
+        "exactly the acknowledged debits were applied"
+    );
+    let retry = |key: &str| {
+        let context = Context::actor(ACTOR).with_key(IdempotencyKey {
+            key,
+            fingerprint: [7; 16],
+        });
+        let request = DebitRequest::new("filler", Spend::Amount(1));
+        let done = engine.debit(&tenant, &request, &context).expect("retry");
+        engine.wait_durable(done.lsn).expect("durable");
+        done.replayed
+    };
+    for key in &acked {
+        assert!(retry(key), "{key}: acknowledged, so its retry is a replay");
+    }
+    for key in unknown.iter().chain(&refused) {
+        assert!(
+            !retry(key),
+            "{key}: not acknowledged and cut, so its retry executes"
+        );
+    }
+    let after = tenant.wallet("filler", None).expect("wallet").balance;
+    assert_eq!(
+        after,
+        balance - (unknown.len() + refused.len()) as i64,
+        "each retried key charged once"
+    );
+    drop(tenant);
+    engine.shutdown().expect("shutdown");
+    drop(mount);
+}

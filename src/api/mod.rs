@@ -370,10 +370,19 @@ fn required_role(route: Route) -> Role {
 
 fn readiness(state: &ApiState) -> Result<Response<Full<Bytes>>, Problem> {
     if state.is_ready() {
+        // Ready, but an operator should know when the older snapshot could no longer be
+        // recovered from: one line per problem recovery found.
+        let problems = &state.engine.recovery_report().fallback_problems;
+        let mut text = String::from("ready\n");
+        for problem in problems {
+            text.push_str("warning: the fallback snapshot cannot be recovered from: ");
+            text.push_str(problem);
+            text.push('\n');
+        }
         return Ok(text_response(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            "ready\n",
+            text,
         ));
     }
     let detail = match state.engine.wal().poison_reason() {
