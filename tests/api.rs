@@ -1036,10 +1036,15 @@ async fn a_request_id_that_breaks_the_rule_is_replaced_as_the_openapi_says() {
                 prefix.len() == 8
                     && [prefix, number].iter().all(|part| {
                         !part.is_empty()
-                            && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                            && part
+                                .bytes()
+                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                     })
             });
-            assert!(generated, "{sent:?} was answered {id:?}, not a generated id");
+            assert!(
+                generated,
+                "{sent:?} was answered {id:?}, not a generated id"
+            );
         }
     }
     // The document describes that, instead of a pattern that says a bad id would be refused.
@@ -1050,7 +1055,9 @@ async fn a_request_id_that_breaks_the_rule_is_replaced_as_the_openapi_says() {
     let block: String = yaml[start + 1..]
         .lines()
         .enumerate()
-        .take_while(|(index, line)| *index == 0 || !line.starts_with("    ") || line.starts_with("     "))
+        .take_while(|(index, line)| {
+            *index == 0 || !line.starts_with("    ") || line.starts_with("     ")
+        })
         .map(|(_, line)| format!("{line}\n"))
         .collect();
     for claim in ["pattern:", "minLength:", "maxLength:"] {

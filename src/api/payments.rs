@@ -114,8 +114,8 @@ fn profile_email(call: &Call<'_>, user: &str) -> Result<String, Problem> {
     })?;
     check_email(&email).map_err(|_| {
         Problem::invalid(format!(
-            "the request sent no email and the one on the user's profile is not usable: it \
-             {EMAIL_RULE}; send email, or correct the profile with PUT /v1/users/{{user_id}}"
+            "the request sent no email, and the one on the user's profile is not usable (it \
+             {EMAIL_RULE}); send email, or correct the profile with PUT /v1/users/{{user_id}}"
         ))
         .with("field", "email")
     })?;

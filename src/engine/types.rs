@@ -395,7 +395,12 @@ mod tests {
 
     #[test]
     fn email_addresses() {
-        for good in ["a@b", "ada@example.com", " ada@example.com\t", "ädä@exämple.com"] {
+        for good in [
+            "a@b",
+            "ada@example.com",
+            " ada@example.com\t",
+            "ädä@exämple.com",
+        ] {
             assert!(check_email(good).is_ok(), "{good:?} refused");
         }
         let long = format!("{}@example.com", "x".repeat(250));
