@@ -941,3 +941,194 @@ async fn health_checks_answer_while_recovery_runs() {
     finish.send(7).unwrap();
     assert_eq!(recovering.await.unwrap(), 7);
 }
+
+/// Every string in a JSON document, member names included.
+fn json_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(text) => out.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| json_strings(item, out)),
+        Value::Object(members) => {
+            for (name, member) in members {
+                out.push(name.clone());
+                json_strings(member, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn no_problem_quotes_a_control_character_from_the_path() {
+    let server = Server::start().await;
+    server.client(SERVICE).put_user("u", None).await.unwrap();
+    // Percent-encoded controls in every kind of path parameter, and raw C1 controls (which http
+    // lets through as UTF-8) in a parameter and in a path no route matches.
+    let cases = [
+        ("GET", "/v1/users/%00", ""),
+        ("PUT", "/v1/users/%00", "{}"),
+        ("GET", "/v1/users/a%0Ab/wallet", ""),
+        ("POST", "/v1/users/a%0Db/debit", r#"{"amount":1}"#),
+        ("GET", "/v1/reservations/rsv_%00", ""),
+        ("GET", "/v1/actions/%1B%5B31m", ""),
+        ("GET", "/v1/packages/%7F", ""),
+        ("GET", "/v1/billing/bootstrap/%00", ""),
+        ("GET", "/v1/tenants/%00", ""),
+        ("GET", "/v1/payments/%00", ""),
+        ("POST", "/v1/webhooks/%00", "{}"),
+        ("POST", "/v1/webhooks/sandbox%0A", "{}"),
+        ("GET", "/sandbox/checkout/%00", ""),
+        ("GET", "/v1/users/%C2%85", ""),
+        ("GET", "/v1/users/\u{85}", ""),
+        ("GET", "/v1/nothing/\u{9f}/here", ""),
+    ];
+    for (method, path, body) in cases {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PLATFORM}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, _, text) = reqwest_like(&server.base, &request).await;
+        let problem: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("{method} {path:?}: {error}: {text:?}"));
+        assert_eq!(
+            (status, slug(&problem)),
+            (400, "malformed-request"),
+            "{method} {path:?}: {problem}"
+        );
+        let mut strings = Vec::new();
+        json_strings(&problem, &mut strings);
+        for string in strings {
+            assert!(
+                !string.chars().any(char::is_control),
+                "{method} {path:?} answered a control character: {string:?}"
+            );
+        }
+    }
+    // A percent-encoded character that is not a control is still only an unknown user.
+    let (status, body) = raw(
+        &server.client(SERVICE),
+        Method::GET,
+        "/v1/users/caf%C3%A9",
+        "",
+    )
+    .await;
+    assert_eq!((status, slug(&body)), (404, "user-not-found"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn put_user_refuses_an_email_initialize_would_refuse_and_changes_nothing() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    let (status, body) = raw(
+        &service,
+        Method::PUT,
+        "/v1/users/ada",
+        r#"{"email":"ada@example.com","name":"Ada"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let long = format!("{}@example.com", "x".repeat(250));
+    for email in [
+        "not an address",
+        "ada",
+        "@",
+        "",
+        "ada@exa mple.com",
+        "ada@example.com\u{0}",
+        long.as_str(),
+    ] {
+        let body = serde_json::json!({"email": email, "name": "Someone else"}).to_string();
+        for user in ["ada", "newcomer"] {
+            let (status, problem) =
+                raw(&service, Method::PUT, &format!("/v1/users/{user}"), &body).await;
+            assert_eq!(
+                (status, slug(&problem), problem["field"].as_str()),
+                (422, "invalid-request", Some("email")),
+                "{user} {email:?}: {problem}"
+            );
+        }
+    }
+    let (status, user) = raw(&service, Method::GET, "/v1/users/ada", "").await;
+    assert_eq!(
+        (status, user["email"].as_str(), user["name"].as_str()),
+        (200, Some("ada@example.com"), Some("Ada")),
+        "{user}"
+    );
+    let (status, _) = raw(&service, Method::GET, "/v1/users/newcomer", "").await;
+    assert_eq!(status, 404, "a refused profile creates no user");
+    // What initialize takes is still taken: surrounding whitespace aside, and no address at all.
+    let (status, body) = raw(
+        &service,
+        Method::PUT,
+        "/v1/users/ada",
+        r#"{"email":" ada@example.org "}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = raw(&service, Method::PUT, "/v1/users/ada", "{}").await;
+    assert_eq!((status, &body["email"]), (200, &Value::Null), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_id_that_breaks_the_rule_is_replaced_as_the_openapi_says() {
+    let server = Server::start().await;
+    let at_limit = "y".repeat(128);
+    let too_long = "x".repeat(129);
+    for (sent, echoed) in [
+        ("trace-42", true),
+        (at_limit.as_str(), true),
+        ("has space", false),
+        (too_long.as_str(), false),
+        ("caf\u{e9}", false),
+        ("", false),
+    ] {
+        let request = format!("GET /livez HTTP/1.1\r\nHost: x\r\nX-Request-Id: {sent}\r\n\r\n");
+        let (status, head, _) = reqwest_like(&server.base, &request).await;
+        assert_eq!(status, 200, "a request id is never refused: {sent:?}");
+        let id = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("x-request-id")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no X-Request-Id: {head}"));
+        if echoed {
+            assert_eq!(id, sent);
+        } else {
+            let generated = id.split_once('-').is_some_and(|(prefix, number)| {
+                prefix.len() == 8
+                    && [prefix, number].iter().all(|part| {
+                        !part.is_empty()
+                            && part
+                                .bytes()
+                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    })
+            });
+            assert!(
+                generated,
+                "{sent:?} was answered {id:?}, not a generated id"
+            );
+        }
+    }
+    // The document describes that, instead of a pattern that says a bad id would be refused.
+    let yaml = creditd::api::OPENAPI_YAML;
+    let start = yaml
+        .find("\n    XRequestId:\n      name: X-Request-Id")
+        .expect("the XRequestId parameter");
+    let block: String = yaml[start + 1..]
+        .lines()
+        .enumerate()
+        .take_while(|(index, line)| {
+            *index == 0 || !line.starts_with("    ") || line.starts_with("     ")
+        })
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
+    for claim in ["pattern:", "minLength:", "maxLength:"] {
+        assert!(!block.contains(claim), "{claim} in\n{block}");
+    }
+    assert!(block.contains("replaced by a generated"), "{block}");
+    server.stop().await;
+}

@@ -1564,3 +1564,133 @@ async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
         Value::Null
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_says_when_the_unusable_email_comes_from_the_profile() {
+    let paystack = gateways::paystack().await;
+    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.setup().await;
+    let dir = server.stop().await;
+    // A profile stored before PUT /v1/users checked addresses: the engine itself takes any text.
+    let options = config(dir.path(), GatewayKind::Paystack, Some(&paystack)).engine_options();
+    let engine = tokio::task::block_in_place(|| Engine::open_dir(options)).unwrap();
+    let tenant = engine.tenant("acme").unwrap();
+    let profile = ProfileRecord {
+        email: Some("old at example dot com"),
+        name: None,
+        metadata: None,
+    };
+    let (_, lsn) = engine
+        .upsert_user(&tenant, "old", profile, &Context::actor("before"))
+        .unwrap();
+    engine.durable(lsn).await.unwrap();
+    tokio::task::block_in_place(|| engine.shutdown()).unwrap();
+    drop((tenant, engine));
+
+    let server = Server::start_in(dir, GatewayKind::Paystack, Some(&paystack)).await;
+    let service = server.client(SERVICE);
+    let initialize = |body: Value| {
+        let service = &service;
+        async move {
+            let (status, _, bytes) = service
+                .send(
+                    Method::POST,
+                    "/v1/payments/initialize",
+                    Some(body.to_string().into_bytes()),
+                    None,
+                )
+                .await
+                .unwrap();
+            (
+                status.as_u16(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (status, problem) = initialize(json!({"user_id": "old", "package_id": "starter"})).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("email")),
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("profile") && detail.contains("sent no email"),
+        "the detail must say the address comes from the profile: {detail}"
+    );
+    assert!(
+        paystack.calls("/transaction/initialize").is_empty(),
+        "the gateway never heard of it"
+    );
+    // The request's own address still wins over the profile's.
+    let body = json!({"user_id": "old", "package_id": "starter", "email": "old@example.com"});
+    let (status, answer) = initialize(body).await;
+    assert_eq!(status, 200, "{answer}");
+    // And a bad address the request did send is blamed on the request, not on the profile.
+    let body = json!({"user_id": "ada", "package_id": "starter", "email": "nope"});
+    let (status, problem) = initialize(body).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("email")),
+        "{problem}"
+    );
+    assert!(
+        !problem["detail"].as_str().unwrap().contains("profile"),
+        "{problem}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_header_that_is_not_visible_ascii_is_malformed_not_missing() {
+    let paystack = gateways::paystack().await;
+    let stripe = gateways::stripe().await;
+    for (kind, fake, gateway, header) in [
+        (
+            GatewayKind::Paystack,
+            Some(&paystack),
+            "paystack",
+            "x-paystack-signature",
+        ),
+        (
+            GatewayKind::Stripe,
+            Some(&stripe),
+            "stripe",
+            "stripe-signature",
+        ),
+        (GatewayKind::Sandbox, None, "sandbox", "x-sandbox-signature"),
+    ] {
+        let server = Server::start(kind, fake).await;
+        let body = br#"{"event":"charge.success","data":{"reference":"cd_x"}}"#;
+        // Bytes as sent on the wire: UTF-8 "é", and obs-text that is no UTF-8 at all.
+        for value in [&b"\xc3\xa9"[..], b"t=1,v1=ab\xc3\xa9", b"\x80\xff"] {
+            let response = reqwest::Client::new()
+                .post(format!("{}/v1/webhooks/{gateway}", server.base))
+                .header(header, http::HeaderValue::from_bytes(value).unwrap())
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let problem: Value = response.json().await.unwrap();
+            let detail = problem["detail"].as_str().unwrap_or("");
+            assert_eq!(
+                (status, problem["type"].as_str()),
+                (401, Some("https://creditd.dev/problems/bad-signature")),
+                "{gateway} {value:?}: {problem}"
+            );
+            assert!(
+                detail.contains("malformed") && !detail.contains("missing"),
+                "{gateway} {value:?}: a header that was sent is not missing: {detail}"
+            );
+        }
+        // A header that was not sent is still reported missing.
+        let (status, problem) = server.webhook(gateway, &[], body).await;
+        assert_eq!(status, 401, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("missing"),
+            "{gateway}: {problem}"
+        );
+        server.stop().await;
+    }
+}

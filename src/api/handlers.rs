@@ -16,7 +16,7 @@ use super::problem::Problem;
 use super::{json_response, ApiState};
 use crate::config::Role;
 use crate::engine::event::{Outcome, PackageRecord, ProfileRecord};
-use crate::engine::types::{CreditKind, Currency, EngineError, Fingerprint};
+use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, IdempotencyKey, ReservationState,
     ReserveRequest, RevokeRequest, Spend, Tenant, TenantView, UserView,
@@ -189,6 +189,11 @@ fn ok<T: Serialize>(value: &T) -> Answer {
 /// `PUT /v1/users/{user_id}`.
 pub async fn put_user(call: &Call<'_>, user: &str, body: &[u8]) -> Answer {
     let body: UserBody = super::parse_json_or_empty(body)?;
+    // `initialize` falls back to this address and checks it then; checking it here with the same
+    // rule refuses it while the caller is the one who sent it, and before anything is written.
+    if let Some(email) = body.email.as_deref() {
+        check_email(email)?;
+    }
     let profile = ProfileRecord {
         email: body.email.as_deref(),
         name: body.name.as_deref(),

@@ -205,10 +205,11 @@ pub async fn handle(
         Err(NoRoute::MethodNotAllowed(allowed)) => {
             (Route::Unmatched, Err(Problem::method_not_allowed(allowed)))
         }
-        Err(NoRoute::BadEncoding) => (
+        // The detail does not quote the segment: it may hold the very bytes refused.
+        Err(NoRoute::BadSegment) => (
             Route::Unmatched,
             Err(Problem::malformed(
-                "a path segment is not valid percent-encoded UTF-8",
+                "a path segment is not valid percent-encoded UTF-8 or holds a control character",
             )),
         ),
     };

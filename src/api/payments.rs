@@ -15,7 +15,7 @@ use crate::engine::event::Decline;
 use crate::engine::payments::{
     AutoTopupRequest, PaymentStatus, PaymentView, RuleView, Settlement, Verdict,
 };
-use crate::engine::types::{Currency, EngineError};
+use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
 use crate::payments::gateway::WebhookError;
 use crate::payments::{InitializeRequest, PaymentsError, WebhookOutcome};
 use crate::time::format_rfc3339_ms;
@@ -77,9 +77,7 @@ pub async fn initialize(call: &Call<'_>, bytes: &[u8]) -> Answer {
     // Without an `email`, the one on the user's profile (gateways need one to send a receipt).
     let email = match body.email {
         Some(email) => email.into_owned(),
-        None => call.tenant.user(&body.user_id)?.email.ok_or_else(|| {
-            Problem::invalid("required: the user has no e-mail on file").with("field", "email")
-        })?,
+        None => profile_email(call, &body.user_id)?,
     };
     let request = InitializeRequest {
         user: &body.user_id,
@@ -104,6 +102,24 @@ pub async fn initialize(call: &Call<'_>, bytes: &[u8]) -> Answer {
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The e-mail on the user's profile, for an `initialize` that sent none. `PUT /v1/users` checks
+/// addresses with the same [`check_email`] as `initialize`, but a profile stored before it did
+/// may hold one no gateway takes; the answer then says the address comes from the profile, so
+/// the caller is not blamed for a field the request did not send.
+fn profile_email(call: &Call<'_>, user: &str) -> Result<String, Problem> {
+    let email = call.tenant.user(user)?.email.ok_or_else(|| {
+        Problem::invalid("required: the user has no e-mail on file").with("field", "email")
+    })?;
+    check_email(&email).map_err(|_| {
+        Problem::invalid(format!(
+            "the request sent no email, and the one on the user's profile is not usable (it \
+             {EMAIL_RULE}); send email, or correct the profile with PUT /v1/users/{{user_id}}"
+        ))
+        .with("field", "email")
+    })?;
+    Ok(email)
 }
 
 fn payment_json(payment: &PaymentView) -> serde_json::Value {

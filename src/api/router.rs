@@ -48,7 +48,7 @@ pub enum Route {
     GetAutoTopup,
     PutAutoTopup,
     DeleteAutoTopup,
-    /// No route matched (404), the method was wrong (405) or the path was malformed (400).
+    /// No route matched (404), the method was wrong (405) or a path segment was malformed (400).
     Unmatched,
 }
 
@@ -149,8 +149,9 @@ pub enum NoRoute {
     NotFound,
     /// The path matched with other methods.
     MethodNotAllowed(&'static str),
-    /// A path parameter was not valid percent-encoded UTF-8.
-    BadEncoding,
+    /// A path segment was not valid percent-encoded UTF-8, or held a control character (raw, or
+    /// percent-encoded such as `%00`).
+    BadSegment,
 }
 
 /// A matched route and its path parameter.
@@ -162,8 +163,16 @@ pub struct Matched<'a> {
     pub param: Cow<'a, str>,
 }
 
-/// Finds the route of a request.
+/// Finds the route of a request. A path holding a control character is refused before anything
+/// else: no identifier may hold one (`A-Z a-z 0-9 . _ : @ + -`), and refusing it here, once, keeps
+/// such bytes out of every answer that quotes the path or a parameter (`no route for …`,
+/// `payments.gateway is not …`), whatever the route.
 pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, NoRoute> {
+    // http refuses raw C0 controls and DEL in a request target, but lets UTF-8 through, and with
+    // it the C1 controls (U+0080 to U+009F).
+    if path.chars().any(char::is_control) {
+        return Err(NoRoute::BadSegment);
+    }
     let mut segments = [""; 6];
     let mut count = 0;
     for segment in path.strip_prefix('/').ok_or(NoRoute::NotFound)?.split('/') {
@@ -256,7 +265,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, NoRoute>
     };
     Ok(Matched {
         route,
-        param: percent_decode(param).ok_or(NoRoute::BadEncoding)?,
+        param: percent_decode(param).ok_or(NoRoute::BadSegment)?,
     })
 }
 
@@ -274,7 +283,7 @@ fn allowed(choices: &[(Method, Route)]) -> &'static str {
     }
 }
 
-/// Decodes `%XX` escapes; `None` for a bad escape or invalid UTF-8.
+/// Decodes `%XX` escapes; `None` for a bad escape, invalid UTF-8 or a decoded control character.
 fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
     if !text.contains('%') {
         return Some(Cow::Borrowed(text));
@@ -292,7 +301,11 @@ fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok().map(Cow::Owned)
+    let decoded = String::from_utf8(out).ok()?;
+    if decoded.chars().any(char::is_control) {
+        return None;
+    }
+    Some(Cow::Owned(decoded))
 }
 
 #[cfg(test)]
@@ -322,11 +335,27 @@ mod tests {
         );
         assert_eq!(
             route(&Method::POST, "/v1/users/%zz/debit"),
-            Err(NoRoute::BadEncoding)
+            Err(NoRoute::BadSegment)
         );
         assert_eq!(
             route(&Method::POST, "/v1/users/%ff/debit"),
-            Err(NoRoute::BadEncoding)
+            Err(NoRoute::BadSegment)
+        );
+        // Control characters, percent-encoded or raw, in a parameter or in a path no route
+        // matches, are refused before any answer could quote them.
+        for (method, path) in [
+            (Method::GET, "/v1/users/%00"),
+            (Method::POST, "/v1/users/a%0Ab/debit"),
+            (Method::POST, "/v1/webhooks/%7F"),
+            (Method::GET, "/v1/users/%C2%85"),
+            (Method::GET, "/v1/users/\u{85}"),
+            (Method::GET, "/v1/nothing/\u{9f}/here"),
+        ] {
+            assert_eq!(route(&method, path), Err(NoRoute::BadSegment), "{path:?}");
+        }
+        assert_eq!(
+            route(&Method::GET, "/v1/users/caf%C3%A9").unwrap().param,
+            "café"
         );
         assert_eq!(
             route(&Method::GET, "/a/b/c/d/e/f/g"),

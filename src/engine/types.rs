@@ -313,6 +313,27 @@ pub fn check_idempotency_key(key: &str) -> Result<(), EngineError> {
     }
 }
 
+/// What [`check_email`] asks of an address, as the API states it.
+pub const EMAIL_RULE: &str =
+    "must be an e-mail address: 3 to 254 characters with an @, no spaces or control characters";
+
+/// Checks an e-mail address the way every payment gateway will need it: 3 to 254 characters
+/// with an `@` and no whitespace or control characters, once surrounding whitespace is trimmed
+/// (the trimmed address is what a gateway is sent). This is the one check: the profile
+/// (`PUT /v1/users`) and `POST /v1/payments/initialize` both use it, so an address one accepts
+/// the other cannot refuse.
+pub fn check_email(email: &str) -> Result<(), EngineError> {
+    let email = email.trim();
+    let valid = (3..=254).contains(&email.len())
+        && email.contains('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(Invalid::new("email", EMAIL_RULE)))
+    }
+}
+
 /// Checks an optional text field against a byte limit.
 pub fn check_text(
     field: &'static str,
@@ -370,6 +391,37 @@ mod tests {
         assert!(check_id("user_id", "a/b").is_err());
         assert!(check_idempotency_key("9b2f-…").is_err());
         assert!(check_idempotency_key("9b2f-1").is_ok());
+    }
+
+    #[test]
+    fn email_addresses() {
+        for good in [
+            "a@b",
+            "ada@example.com",
+            " ada@example.com\t",
+            "ädä@exämple.com",
+        ] {
+            assert!(check_email(good).is_ok(), "{good:?} refused");
+        }
+        let long = format!("{}@example.com", "x".repeat(250));
+        for bad in [
+            "",
+            "@",
+            "ab",
+            "not an address",
+            "no-at-sign",
+            "ada@exa mple.com",
+            "ada@example.com\u{0}",
+            "ada\u{7f}@example.com",
+            "ada\u{85}@example.com",
+            &long,
+        ] {
+            assert_eq!(
+                check_email(bad),
+                Err(EngineError::Invalid(Invalid::new("email", EMAIL_RULE))),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::engine::event::{Decline, PaymentPurpose};
 use crate::engine::payments::{
     new_reference, CheckoutRequest, PaymentView, Settlement, TopupPolicy,
 };
-use crate::engine::types::{check_idempotency_key, EngineError};
+use crate::engine::types::{check_email, check_idempotency_key, EngineError};
 use crate::engine::{Context, Engine, IdempotencyKey, Tenant};
 use gateway::{CheckoutSpec, Gateway, GatewayError, Outcome, PaymentGateway, WebhookError};
 use paystack::PaystackGateway;
@@ -304,14 +304,7 @@ impl Payments {
         tenant: &Tenant,
         request: &InitializeRequest<'_>,
     ) -> Result<Initialized, PaymentsError> {
-        let email = request.email.trim();
-        if email.len() < 3
-            || email.len() > 254
-            || !email.contains('@')
-            || email.chars().any(char::is_whitespace)
-        {
-            return Err(PaymentsError::Invalid("email"));
-        }
+        check_email(request.email)?;
         if let Some(url) = request.callback_url {
             if !crate::engine::payments::is_http_url(url) {
                 return Err(PaymentsError::Invalid("callback_url"));

@@ -10,7 +10,7 @@ use super::gateway::{
     read_json, transport, ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway,
     SavedToken, WebhookError, WebhookReport,
 };
-use super::signature::verify_hmac_sha512;
+use super::signature::{signature_header, verify_hmac_sha512};
 use crate::engine::event::Decline;
 
 /// The Paystack gateway.
@@ -228,10 +228,19 @@ impl PaymentGateway for PaystackGateway {
         body: &[u8],
         _now_s: i64,
     ) -> Result<Option<WebhookReport>, WebhookError> {
-        let signature = headers
-            .get("x-paystack-signature")
-            .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| WebhookError::BadSignature("missing x-paystack-signature".into()))?;
+        let signature = match signature_header(headers, "x-paystack-signature") {
+            Ok(Some(signature)) => signature,
+            Ok(None) => {
+                return Err(WebhookError::BadSignature(
+                    "missing x-paystack-signature".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(WebhookError::BadSignature(
+                    "malformed x-paystack-signature: not visible ASCII".into(),
+                ))
+            }
+        };
         if !verify_hmac_sha512(self.secret_key.as_bytes(), body, signature) {
             return Err(WebhookError::BadSignature(
                 "x-paystack-signature does not match".into(),

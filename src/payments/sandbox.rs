@@ -12,7 +12,7 @@ use super::gateway::{
     ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway, SavedToken, WebhookError,
     WebhookReport,
 };
-use super::signature::{sign_timestamped, verify_timestamped};
+use super::signature::{sign_timestamped, signature_header, verify_timestamped};
 use crate::engine::event::Decline;
 use crate::engine::payments::{PaymentStatus, PaymentView};
 
@@ -115,9 +115,8 @@ impl PaymentGateway for SandboxGateway {
         body: &[u8],
         now_s: i64,
     ) -> Result<Option<WebhookReport>, WebhookError> {
-        let header = headers
-            .get(SIGNATURE_HEADER)
-            .and_then(|value| value.to_str().ok());
+        let header = signature_header(headers, SIGNATURE_HEADER)
+            .map_err(|error| WebhookError::BadSignature(error.to_string()))?;
         verify_timestamped(&self.secret, header, body, now_s, 300)
             .map_err(|error| WebhookError::BadSignature(error.to_string()))?;
         let event: Value = serde_json::from_slice(body)

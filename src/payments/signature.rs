@@ -3,6 +3,7 @@
 //! Every check compares in constant time and runs on the raw bytes, before anything is parsed.
 
 use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
 use sha2::{Sha256, Sha512};
 
 /// Lowercase hex.
@@ -78,6 +79,23 @@ pub enum SignatureError {
     /// No `v1` signature matches.
     #[error("signature does not match")]
     Mismatch,
+}
+
+/// The text of the signature header `name`: `Ok(None)` when it is absent, and
+/// [`SignatureError::Malformed`] when it is present but not visible ASCII. A signature is hex and
+/// punctuation, so such a value can be no signature; it is still one that was sent, and calling
+/// it missing would send whoever reads the answer looking for a header that is there.
+pub fn signature_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h str>, SignatureError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| SignatureError::Malformed),
+    }
 }
 
 /// Longest `t=…,v1=…` header accepted: room for a timestamp and [`MAX_CANDIDATES`] signatures.
@@ -178,6 +196,26 @@ mod tests {
             b"what do ya want for nothing?",
             "not hex"
         ));
+    }
+
+    #[test]
+    fn a_signature_header_that_is_not_visible_ascii_is_malformed_not_missing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(signature_header(&headers, "x-signature"), Ok(None));
+        headers.insert("x-signature", http::HeaderValue::from_static("t=1,v1=ab"));
+        assert_eq!(
+            signature_header(&headers, "x-signature"),
+            Ok(Some("t=1,v1=ab"))
+        );
+        for opaque in [&b"\xc3\xa9"[..], b"ab\x80cd", b"caf\xc3\xa9"] {
+            let value = http::HeaderValue::from_bytes(opaque).unwrap();
+            headers.insert("x-signature", value);
+            assert_eq!(
+                signature_header(&headers, "x-signature"),
+                Err(SignatureError::Malformed),
+                "{opaque:?}"
+            );
+        }
     }
 
     #[test]

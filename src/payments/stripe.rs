@@ -12,7 +12,7 @@ use super::gateway::{
     read_json, transport, ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway,
     SavedToken, WebhookError, WebhookReport,
 };
-use super::signature::verify_timestamped;
+use super::signature::{signature_header, verify_timestamped};
 use crate::engine::event::Decline;
 
 /// Seconds a webhook's timestamp may be away from now.
@@ -262,9 +262,8 @@ impl PaymentGateway for StripeGateway {
         body: &[u8],
         now_s: i64,
     ) -> Result<Option<WebhookReport>, WebhookError> {
-        let header = headers
-            .get("stripe-signature")
-            .and_then(|value| value.to_str().ok());
+        let header = signature_header(headers, "stripe-signature")
+            .map_err(|error| WebhookError::BadSignature(error.to_string()))?;
         verify_timestamped(
             self.webhook_secret.as_bytes(),
             header,
