@@ -1389,3 +1389,145 @@ fn a_removed_last_segment_refuses_to_start() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What recovery says about the fallback and about a log cut short.
+// ---------------------------------------------------------------------------------------------
+
+/// Two snapshots with several segments between them: the older snapshot is the fallback, and the
+/// segments before the newer one's start are only its.
+fn two_snapshots_over_rotated_segments(disk: &Disk) -> (EngineOptions, Vec<segment::SegmentFile>) {
+    let options = EngineOptions {
+        segment_bytes: 2048,
+        ..options(disk)
+    };
+    let engine = open(&options, disk.storage());
+    let tenant = acme_with_alice(&engine);
+    acknowledge(
+        &engine,
+        credit(&engine, &tenant, "alice", 1_000_000, "grant"),
+    );
+    for round in 0..2 {
+        for n in 0..60 {
+            let key = format!("r{round}-{n}");
+            acknowledge(&engine, debit(&engine, &tenant, "alice", 1, &key).unwrap());
+        }
+        engine.snapshot().expect("snapshot");
+    }
+    for n in 0..10 {
+        acknowledge(
+            &engine,
+            debit(&engine, &tenant, "alice", 1, &format!("after-{n}")).unwrap(),
+        );
+    }
+    drop(tenant);
+    drop(engine);
+    let dir = options.wal_dir();
+    let segments = segment::from_listing(&dir, &disk.storage().list(&dir).unwrap());
+    (options, segments)
+}
+
+/// Damage only the fallback snapshot would need (the oldest segment, a missing middle segment) does
+/// not stop the start, but recovery reports it, so an operator learns the fallback is gone.
+#[test]
+fn damage_only_the_fallback_needs_is_reported_without_stopping_the_start() {
+    let disk = Disk::Fs(tempfile::tempdir().expect("tempdir"));
+    let (options, segments) = two_snapshots_over_rotated_segments(&disk);
+    let snapshots = snapshot_files(&*disk.storage(), &options);
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let newest_start = snapshots
+        .iter()
+        .filter_map(|name| name.strip_suffix(".snap")?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let only_fallback: Vec<_> = segments
+        .windows(2)
+        .filter(|pair| pair[1].first_lsn <= newest_start)
+        .map(|pair| pair[0].clone())
+        .collect();
+    assert!(
+        only_fallback.len() >= 2,
+        "the scenario keeps segments only the fallback needs: {segments:?}"
+    );
+
+    // A flipped bit in the oldest segment.
+    let oldest = &only_fallback[0].path;
+    let len = std::fs::metadata(oldest).unwrap().len() as usize;
+    flip_bit_on_disk(oldest, len - 40);
+    let engine = open(&options, disk.storage());
+    let problems = engine.recovery_report().fallback_problems.clone();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&oldest.display().to_string())),
+        "the damaged oldest segment is reported: {problems:?}"
+    );
+    assert_eq!(
+        engine
+            .tenant("acme")
+            .unwrap()
+            .wallet("alice", None)
+            .unwrap()
+            .balance,
+        1_000_000 - 130
+    );
+    drop(engine);
+    flip_bit_on_disk(oldest, len - 40);
+
+    // A missing middle segment.
+    let middle = &only_fallback[1].path;
+    std::fs::remove_file(middle).unwrap();
+    let engine = open(&options, disk.storage());
+    let problems = engine.recovery_report().fallback_problems.clone();
+    assert!(
+        problems.iter().any(|p| p.contains("a segment is missing")),
+        "the missing segment is reported: {problems:?}"
+    );
+}
+
+/// A last segment cut below the snapshot's start: the message names the segment, where its last
+/// whole batch ends, and the snapshot.
+#[test]
+fn a_log_cut_below_the_snapshot_names_the_segment_the_offset_and_the_snapshot() {
+    let disk = Disk::Fs(tempfile::tempdir().expect("tempdir"));
+    let options = options(&disk);
+    let engine = open(&options, disk.storage());
+    let tenant = acme_with_alice(&engine);
+    acknowledge(&engine, credit(&engine, &tenant, "alice", 100, "grant"));
+    for n in 0..5 {
+        acknowledge(
+            &engine,
+            debit(&engine, &tenant, "alice", 1, &format!("d{n}")).unwrap(),
+        );
+    }
+    let summary = engine.snapshot().expect("snapshot");
+    drop(tenant);
+    drop(engine);
+    let dir = options.wal_dir();
+    let storage = disk.storage();
+    let segments = segment::from_listing(&dir, &storage.list(&dir).unwrap());
+    // The segment before the one the snapshot starts in, cut to its header; the later ones gone.
+    let (kept, later) = segments.split_first().unwrap();
+    for file in later {
+        std::fs::remove_file(&file.path).unwrap();
+    }
+    std::fs::remove_file(dir.join("log-end")).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&kept.path)
+        .unwrap();
+    file.set_len(SEGMENT_HEADER_BYTES as u64).unwrap();
+    drop(file);
+    let message = Engine::open(options.clone(), storage, clock())
+        .err()
+        .expect("a log that ends before the snapshot is refused")
+        .to_string();
+    let snapshot = summary.path;
+    for part in [
+        kept.path.display().to_string(),
+        format!("ends at offset {SEGMENT_HEADER_BYTES}"),
+        snapshot.display().to_string(),
+    ] {
+        assert!(message.contains(&part), "{message:?} names {part:?}");
+    }
+}
