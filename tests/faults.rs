@@ -1340,6 +1340,17 @@ fn a_flipped_bit_in_the_last_acknowledged_record_refuses_to_start() {
                 message.contains("written completely"),
                 "{label} {restart:?}: {message}"
             );
+            if let Disk::Fs(_) = disk {
+                // `creditd wal verify` used to exit 0 here.
+                let found = creditd::inspect::verify(&disk.data_dir(), &mut Vec::new()).unwrap();
+                assert!(
+                    found
+                        .damage
+                        .iter()
+                        .any(|d| d.contains("written completely")),
+                    "{label}: wal verify reports the damage: {found:?}"
+                );
+            }
         }
     }
 }
