@@ -121,7 +121,8 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// Largest record, bytes (default 1 MiB; 4 KiB to 64 MiB).
     pub max_record_bytes: u32,
-    /// Bytes queued for the log writer before writes get 503 (default 64 MiB; minimum 1 MiB).
+    /// Bytes queued for the log writer before writes get 503 (default 64 MiB; 1 MiB to 1 GiB:
+    /// what is queued is written as one batch).
     pub queue_bytes: u64,
 }
 
@@ -521,9 +522,11 @@ impl Config {
         }
         if storage.queue_bytes < 1024 * 1024
             || storage.queue_bytes < u64::from(storage.max_record_bytes) * 2
+            || storage.queue_bytes > 1 << 30
         {
             return invalid(
-                "storage.queue_bytes must be at least 1 MiB and twice storage.max_record_bytes"
+                "storage.queue_bytes must be at least 1 MiB and twice storage.max_record_bytes, \
+                 and at most 1 GiB (one batch of the log)"
                     .into(),
             );
         }
@@ -799,6 +802,9 @@ mod tests {
         assert_eq!(Seconds::parse("soon"), None);
         assert!(Config::from_parts("[engine]\nshards = 100\n", env(&[])).is_err());
         assert!(Config::from_parts("[storage]\nsegment_bytes = 10\n", env(&[])).is_err());
+        // What is queued is written as one batch, whose length the frame holds in 32 bits.
+        assert!(Config::from_parts("[storage]\nqueue_bytes = 1073741824\n", env(&[])).is_ok());
+        assert!(Config::from_parts("[storage]\nqueue_bytes = 1073741825\n", env(&[])).is_err());
         for payments in [
             "retention = \"2d\"",
             "gateway_timeout_seconds = 0",
