@@ -849,7 +849,9 @@ async fn health_checks_answer_while_recovery_runs() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (finish, finished) = tokio::sync::oneshot::channel::<u32>();
     let recovering = tokio::spawn(async move {
-        creditd::api::serve_while_recovering(&listener, async { finished.await.unwrap() }).await
+        let server = creditd::config::ServerConfig::default();
+        creditd::api::serve_while_recovering(&listener, &server, async { finished.await.unwrap() })
+            .await
     });
     let client = Client::new(&base, SERVICE).unwrap();
     let (status, _, _) = client
