@@ -36,6 +36,10 @@ use crate::metrics::{ConnectionMetrics, Refusal};
 /// The `idle_since` of a connection with a request in progress.
 const BUSY: u64 = u64::MAX;
 
+/// The longest a new connection waits for a slot before it is closed unanswered. Meanwhile no
+/// other connection is accepted (they wait in the kernel's backlog).
+pub const ADMIT_WAIT: Duration = Duration::from_millis(250);
+
 /// Which kind of slot a connection holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotKind {
@@ -50,8 +54,10 @@ pub enum SlotKind {
 pub struct Slot {
     kind: SlotKind,
     origin: Instant,
-    /// Milliseconds after `origin` since which the connection has waited for a request (it was
-    /// accepted, or its last request ended), or [`BUSY`] while a request is in progress.
+    /// Milliseconds after `origin` since which the connection has waited for a request (its
+    /// task started, or its last request ended), or [`BUSY`] while a request is in progress and
+    /// until the connection's task first runs: a request already in the socket then begins
+    /// before the connection can be chosen to close.
     idle_since: AtomicU64,
     /// Whether a request ever began: a connection that never had one has no answer to finish,
     /// and is dropped at once when it must close.
@@ -64,6 +70,11 @@ impl Slot {
     /// The kind of slot.
     pub fn kind(&self) -> SlotKind {
         self.kind
+    }
+
+    /// The connection's task runs: the connection waits for its first request from now on.
+    fn start(&self) {
+        self.end_request();
     }
 
     /// A request has begun: the connection is not idle until [`Slot::end_request`].
@@ -98,6 +109,8 @@ pub struct Connections {
     registry: Mutex<Registry>,
     /// Told when the last connection has closed.
     emptied: Notify,
+    /// Told when a connection closes or its task starts (it may then be closed to make room).
+    changed: Notify,
     metrics: ConnectionMetrics,
 }
 
@@ -185,6 +198,8 @@ impl Drop for Lease {
         if registry.live == 0 {
             self.connections.emptied.notify_waiters();
         }
+        drop(registry);
+        self.connections.changed.notify_waiters();
     }
 }
 
@@ -197,6 +212,7 @@ impl Connections {
             origin: Instant::now(),
             registry: Mutex::new(Registry::default()),
             emptied: Notify::new(),
+            changed: Notify::new(),
             metrics,
         })
     }
@@ -213,8 +229,33 @@ impl Connections {
     }
 
     /// A slot for a new connection, closing idle ones to make room if need be (see the module
-    /// doc); `None` if every slot has a request in progress.
-    pub fn admit(self: &Arc<Self>) -> Option<Lease> {
+    /// doc). If no slot can be had at once (every connection has a request in progress, or was
+    /// accepted so recently that its task has not run yet), waits up to [`ADMIT_WAIT`] for one
+    /// before giving up: a burst of new connections must not get a probe refused.
+    pub async fn admit(self: &Arc<Self>) -> Option<Lease> {
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the attempt, so a change in between is not missed.
+            changed.as_mut().enable();
+            if let Some(lease) = self.try_admit() {
+                return Some(lease);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                self.metrics.refused(Refusal::Full, 1);
+                return None;
+            }
+            // A request that ends does not tell (that would cost every request a shared
+            // write), so look again every few milliseconds as well.
+            let wake = deadline.min(now + Duration::from_millis(5));
+            let _ = tokio::time::timeout_at(wake, changed).await;
+        }
+    }
+
+    /// A slot for a new connection if one can be had now, closing idle ones to make room.
+    fn try_admit(self: &Arc<Self>) -> Option<Lease> {
         let mut registry = self.registry.lock();
         let mut shed = 0;
         let kind = if registry.open[0] < self.limits[0] {
@@ -228,8 +269,6 @@ impl Connections {
             } else {
                 shed = registry.shed_idle(SlotKind::Reserved, 1);
                 if shed == 0 {
-                    drop(registry);
-                    self.metrics.refused(Refusal::Full, 1);
                     return None;
                 }
                 SlotKind::Reserved
@@ -238,7 +277,7 @@ impl Connections {
         let slot = Arc::new(Slot {
             kind,
             origin: self.origin,
-            idle_since: AtomicU64::new(millis_since(self.origin)),
+            idle_since: AtomicU64::new(BUSY),
             used: AtomicBool::new(false),
             close: Notify::new(),
         });
@@ -321,12 +360,16 @@ pub async fn accept_until<T>(
                 continue;
             }
         };
-        match connections.admit() {
+        match connections.admit().await {
             Some(lease) => serve(stream, lease),
-            // Every slot has a request in progress: closing at once frees the descriptor, and
-            // the client sees the refusal instead of waiting in the backlog.
+            // Every slot has a request in progress: closing frees the descriptor, and the client
+            // sees the refusal instead of waiting in the backlog.
             None => drop(stream),
         }
+        // Let the connection just handed over run (and read the request it may have sent)
+        // before the next is accepted: a flood of new connections must not starve them, and a
+        // connection counts as closable only once its task has run.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -338,7 +381,11 @@ where
 {
     let slot = Arc::clone(lease.slot());
     let mut connection = std::pin::pin!(connection);
+    slot.start();
+    lease.connections.changed.notify_waiters();
     let ended = tokio::select! {
+        // The connection first: a request already in the socket begins before a close is heeded.
+        biased;
         result = connection.as_mut() => Some(result),
         () = slot.close.notified() => None,
     };
@@ -399,12 +446,16 @@ mod tests {
     #[test]
     fn a_full_server_closes_the_longest_idle_connection_first() {
         let connections = connections(3, 1);
-        let leases: Vec<Lease> = (0..3).map(|_| connections.admit().unwrap()).collect();
+        let leases: Vec<Lease> = (0..3).map(|_| connections.try_admit().unwrap()).collect();
+        // Not yet started: none can be closed, so the next one gets a reserved slot.
+        let early = connections.try_admit().unwrap();
+        assert_eq!(early.slot().kind(), SlotKind::Reserved);
+        drop(early);
         // The middle one finished a request long ago, the others are busy or newer.
         leases[0].slot().begin_request();
         leases[1].slot().idle_since.store(0, Ordering::Relaxed);
         leases[2].slot().idle_since.store(5, Ordering::Relaxed);
-        let newcomer = connections.admit().unwrap();
+        let newcomer = connections.try_admit().unwrap();
         assert_eq!(newcomer.slot().kind(), SlotKind::Regular);
         assert!(told_to_close(&leases[1]));
         assert!(!told_to_close(&leases[0]) && !told_to_close(&leases[2]));
@@ -418,24 +469,25 @@ mod tests {
     #[test]
     fn busy_connections_are_never_closed_and_probes_get_a_reserved_slot() {
         let connections = connections(2, 1);
-        let busy: Vec<Lease> = (0..2).map(|_| connections.admit().unwrap()).collect();
+        let busy: Vec<Lease> = (0..2).map(|_| connections.try_admit().unwrap()).collect();
         for lease in &busy {
             lease.slot().begin_request();
         }
-        let probe = connections.admit().unwrap();
+        let probe = connections.try_admit().unwrap();
         assert_eq!(probe.slot().kind(), SlotKind::Reserved);
         assert!(busy.iter().all(|lease| !told_to_close(lease)));
+        probe.slot().start();
         // An idle reserved connection makes room for the next one.
-        let next = connections.admit().unwrap();
+        let next = connections.try_admit().unwrap();
         assert_eq!(next.slot().kind(), SlotKind::Reserved);
         assert!(told_to_close(&probe));
         // Every slot busy: refused.
         next.slot().begin_request();
-        assert!(connections.admit().is_none());
+        assert!(connections.try_admit().is_none());
         // A request ends: its connection can make room again.
         busy[0].slot().end_request();
         assert_eq!(
-            connections.admit().unwrap().slot().kind(),
+            connections.try_admit().unwrap().slot().kind(),
             SlotKind::Regular
         );
         assert!(told_to_close(&busy[0]));
@@ -444,8 +496,8 @@ mod tests {
     #[test]
     fn leases_free_their_slots_and_the_last_one_wakes_the_shutdown() {
         let connections = connections(2, 1);
-        let first = connections.admit().unwrap();
-        let second = connections.admit().unwrap();
+        let first = connections.try_admit().unwrap();
+        let second = connections.try_admit().unwrap();
         assert_eq!(connections.open(), (2, 0));
         drop(first);
         assert_eq!(connections.open(), (1, 0));
