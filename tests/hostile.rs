@@ -439,6 +439,19 @@ fn a_body_past_the_budget_gets_503_before_it_is_read_and_changes_nothing() {
                 .contains("server.body_budget_bytes"),
             "{problem}"
         );
+        // A chunked body has no length to claim up front: it is refused at its first chunk.
+        let chunked = format!(
+            "POST /v1/users/kim/debit HTTP/1.1\r\nHost: creditd\r\nAuthorization: Bearer {SERVICE}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nc\r\n{{\"amount\":5}}\r\n0\r\n\r\n"
+        );
+        let answer = exchange(&address, chunked.as_bytes(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert_eq!(
+            answer.json()["type"],
+            "https://creditd.dev/problems/server-busy"
+        );
         assert_eq!(client.wallet("kim", None).await.unwrap().balance, 100);
 
         // The budget comes back when the stalled request ends (here: its client goes away), and

@@ -221,20 +221,14 @@ pub async fn handle(
     let request_id = request_id(&state, &parts);
     let (route, result) = match router::route(&parts.method, parts.uri.path()) {
         Ok(matched) if kind == SlotKind::Reserved && !is_probe(matched.route) => {
-            state.metrics.connections.refused(Refusal::ReservedSlot, 1);
-            (matched.route, Err(Problem::busy(
-                "every connection slot is taken; this connection may only ask for /livez, /readyz, /healthz and /metrics",
-            )))
+            (matched.route, Err(reserved_slot_refusal(&state)))
         }
         Ok(matched) => (
             matched.route,
             dispatch(&state, matched.route, &matched.param, &parts, body).await,
         ),
         Err(_) if kind == SlotKind::Reserved => {
-            state.metrics.connections.refused(Refusal::ReservedSlot, 1);
-            (Route::Unmatched, Err(Problem::busy(
-                "every connection slot is taken; this connection may only ask for /livez, /readyz, /healthz and /metrics",
-            )))
+            (Route::Unmatched, Err(reserved_slot_refusal(&state)))
         }
         Err(NoRoute::NotFound) => (Route::Unmatched, Err(Problem::no_route(parts.uri.path()))),
         Err(NoRoute::MethodNotAllowed(allowed)) => {
@@ -257,6 +251,12 @@ pub async fn handle(
         histogram.record(started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// The answer to anything but a probe on a reserved slot; counted.
+fn reserved_slot_refusal(state: &ApiState) -> Problem {
+    state.metrics.connections.refused(Refusal::ReservedSlot, 1);
+    Problem::busy("every connection slot is taken; this connection may only ask for /livez, /readyz, /healthz and /metrics")
 }
 
 /// The routes a reserved connection serves: what orchestrators and Prometheus ask for.
