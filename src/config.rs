@@ -830,6 +830,38 @@ mod tests {
     }
 
     #[test]
+    fn limits_that_keep_the_server_available_are_validated() {
+        let defaults = Config::default();
+        assert_eq!(defaults.server.max_header_bytes, 16 * 1024);
+        assert_eq!(defaults.server.body_budget_bytes, 64 * 1024 * 1024);
+        assert_eq!(defaults.server.reserved_connections, 16);
+        assert_eq!(defaults.limits.max_metadata_depth, 32);
+        for refused in [
+            "[server]\nmax_header_bytes = 4095",
+            "[server]\nmax_header_bytes = 1048577",
+            "[server]\nmax_body_bytes = 2048\nbody_budget_bytes = 2047",
+            "[server]\nreserved_connections = 0",
+            "[limits]\nmax_metadata_depth = 0",
+            "[limits]\nmax_metadata_depth = 101",
+        ] {
+            assert!(
+                matches!(
+                    Config::from_parts(refused, env(&[])),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{refused}"
+            );
+        }
+        let config = Config::from_parts(
+            "[server]\nmax_header_bytes = 4096\nmax_body_bytes = 2048\nbody_budget_bytes = 2048\n",
+            env(&[("CREDITD_LIMITS__MAX_METADATA_DEPTH", "100")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.body_budget_bytes, 2048);
+        assert_eq!(config.limits.max_metadata_depth, 100);
+    }
+
+    #[test]
     fn durations_and_validation() {
         assert_eq!(Seconds::parse("24h"), Some(Seconds(86_400)));
         assert_eq!(Seconds::parse("90"), Some(Seconds(90)));
