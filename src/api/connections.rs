@@ -12,8 +12,11 @@
 //!   slot, where only `/livez`, `/readyz`, `/healthz` and `/metrics` are served (anything else gets
 //!   503 and the connection is closed; see [`super::handle`]). So probes and scrapes are answered
 //!   however loaded or attacked the API is.
-//! - Only when every slot, reserved ones included, has a request in progress is a new connection
-//!   closed at once, unanswered.
+//! - A new connection cannot be chosen to close before its task has run once, so a request
+//!   already in its socket begins first; and the accept loop yields after each connection, so a
+//!   flood of new connections cannot keep their tasks from running.
+//! - Only when no slot, reserved ones included, can be had for [`ADMIT_WAIT`] (every connection
+//!   has a request in progress, or has not started yet) is a new connection closed unanswered.
 //!
 //! The registry is locked when a connection opens or closes, never per request: a request only
 //! stores into its own connection's [`Slot`]. Each refusal is counted in
