@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::engine::types::Limits;
+use crate::engine::types::{Limits, MAX_METADATA_DEPTH};
 use crate::engine::EngineOptions;
 use crate::wal::FsyncMode;
 
@@ -78,13 +78,30 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body in bytes (default 1 MiB); larger bodies get 413.
     pub max_body_bytes: u64,
+    /// Largest request head (request line and headers), bytes (default 16 KiB; 4 KiB to 1 MiB).
+    /// A larger head gets 431 from the HTTP layer, with an empty body, and the connection is
+    /// closed. It is also the most a connection buffers while it waits for a head, so that
+    /// idle and half-sent connections cost little memory whatever `max_body_bytes` is.
+    pub max_header_bytes: u32,
+    /// Most bytes of request bodies held at once by all requests together, bytes (default
+    /// 64 MiB; at least `max_body_bytes`). A request whose declared length, or whose chunked body
+    /// as it arrives, would take the total past it gets 503 `server-busy` with `Retry-After`
+    /// before the rest of its body is read, and its connection is closed.
+    pub body_budget_bytes: u64,
     /// Time allowed to send the request headers, seconds (default 10).
     pub header_read_timeout_seconds: u64,
     /// Time allowed to send a request body once the headers are in, seconds (default 10); a body
     /// slower than that gets 408 and the connection is closed.
     pub body_read_timeout_seconds: u64,
-    /// Most open connections (default 10 000); further ones wait in the kernel's backlog.
+    /// Most open connections for the API (default 10 000). When all are open, a new connection
+    /// closes the ones that have waited longest for their next request (never one with a request
+    /// in progress); see `reserved_connections` for when every one has a request in progress.
     pub max_connections: u32,
+    /// Connections kept beyond `max_connections` for health probes and metrics (default 16;
+    /// 1 to 1024). A connection accepted while every regular one has a request in progress takes
+    /// one of these, and may ask only for `/livez`, `/readyz`, `/healthz` and `/metrics`: anything
+    /// else gets 503 `server-busy` and the connection is closed.
+    pub reserved_connections: u32,
     /// Time allowed for in-flight requests to finish at shutdown, seconds (default 10).
     pub shutdown_grace_seconds: u64,
     /// Base URL clients reach this server at, for links such as `topup_url` (default: from `listen`).
@@ -99,9 +116,12 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            body_budget_bytes: 64 * 1024 * 1024,
             header_read_timeout_seconds: 10,
             body_read_timeout_seconds: 10,
             max_connections: 10_000,
+            reserved_connections: 16,
             shutdown_grace_seconds: 10,
             public_url: None,
             workers: 0,
@@ -560,10 +580,28 @@ impl Config {
         if self.server.workers > 1024 {
             return invalid("server.workers must be at most 1024 (0 means one per core)".into());
         }
-        if self.server.max_body_bytes == 0 || self.server.max_connections == 0 {
+        let server = &self.server;
+        if server.max_body_bytes == 0 || server.max_connections == 0 {
             return invalid(
                 "server.max_body_bytes and server.max_connections must be positive".into(),
             );
+        }
+        if !(4096..=1024 * 1024).contains(&server.max_header_bytes) {
+            return invalid("server.max_header_bytes must be between 4096 and 1048576".into());
+        }
+        if server.body_budget_bytes < server.max_body_bytes {
+            // Otherwise a body of the largest allowed size could never be read.
+            return invalid(
+                "server.body_budget_bytes must be at least server.max_body_bytes".into(),
+            );
+        }
+        if !(1..=1024).contains(&server.reserved_connections) {
+            return invalid("server.reserved_connections must be 1 to 1024".into());
+        }
+        if !(1..=MAX_METADATA_DEPTH).contains(&limits.max_metadata_depth) {
+            return invalid(format!(
+                "limits.max_metadata_depth must be 1 to {MAX_METADATA_DEPTH}"
+            ));
         }
         let autotopup = &self.payments.autotopup;
         if !(1..=16).contains(&autotopup.max_per_hour) || autotopup.concurrency == 0 {
@@ -792,6 +830,38 @@ mod tests {
         );
         assert_eq!(config.auth.keys[0].role, Role::Platform);
         assert!(Config::from_parts("", env(&[("CREDITD_LIMITS__MAX_AMOUNT", "lots")])).is_err());
+    }
+
+    #[test]
+    fn limits_that_keep_the_server_available_are_validated() {
+        let defaults = Config::default();
+        assert_eq!(defaults.server.max_header_bytes, 16 * 1024);
+        assert_eq!(defaults.server.body_budget_bytes, 64 * 1024 * 1024);
+        assert_eq!(defaults.server.reserved_connections, 16);
+        assert_eq!(defaults.limits.max_metadata_depth, 32);
+        for refused in [
+            "[server]\nmax_header_bytes = 4095",
+            "[server]\nmax_header_bytes = 1048577",
+            "[server]\nmax_body_bytes = 2048\nbody_budget_bytes = 2047",
+            "[server]\nreserved_connections = 0",
+            "[limits]\nmax_metadata_depth = 0",
+            "[limits]\nmax_metadata_depth = 101",
+        ] {
+            assert!(
+                matches!(
+                    Config::from_parts(refused, env(&[])),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{refused}"
+            );
+        }
+        let config = Config::from_parts(
+            "[server]\nmax_header_bytes = 4096\nmax_body_bytes = 2048\nbody_budget_bytes = 2048\n",
+            env(&[("CREDITD_LIMITS__MAX_METADATA_DEPTH", "100")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.body_budget_bytes, 2048);
+        assert_eq!(config.limits.max_metadata_depth, 100);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use crate::codec::{self, FORMAT_VERSION};
 use crate::engine::event::{Event, MethodRecord, Outcome, PackageRecord, ProfileRecord};
 use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, Verdict};
 use crate::engine::types::{
-    check_amount, check_id, check_idempotency_key, check_text, ClosedAs, CreditKind, Currency,
-    DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
+    check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs,
+    CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
@@ -917,7 +917,7 @@ fn check_texts(
 ) -> Result<(), EngineError> {
     check_text("description", description, limits.max_text_bytes)?;
     check_text("reference", reference, limits.max_text_bytes)?;
-    check_text("metadata", metadata, limits.max_metadata_bytes)
+    check_metadata(metadata, limits)
 }
 
 fn check_ttl(ttl_seconds: u64, limits: &Limits) -> Result<(), EngineError> {
@@ -1093,7 +1093,7 @@ impl Model {
         check_id("user_id", user)?;
         check_text("email", profile.0, limits.max_text_bytes)?;
         check_text("name", profile.1, limits.max_text_bytes)?;
-        check_text("metadata", profile.2, limits.max_metadata_bytes)?;
+        check_metadata(profile.2, limits)?;
         let lsn = self.next_lsn;
         let model_tenant = self.tenant_mut(tenant);
         let default_currency = model_tenant.default_currency;
@@ -1802,6 +1802,7 @@ fn limits_profile(choice: u8) -> (Limits, u64) {
                 closed_reservation_retention_seconds: 10,
                 max_text_bytes: 8,
                 max_metadata_bytes: 16,
+                max_metadata_depth: 2,
                 low_balance: 0,
             };
             (tight, 30)

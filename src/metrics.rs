@@ -135,6 +135,21 @@ fn describe() {
         Unit::Count,
         "1 when the server accepts writes, 0 when not ready or poisoned."
     );
+    describe_gauge!(
+        "creditd_http_connections_open",
+        Unit::Count,
+        "Open HTTP connections by slot: regular, or reserved for health probes and metrics (refreshed every 5 s)."
+    );
+    describe_counter!(
+        "creditd_http_connections_refused_total",
+        Unit::Count,
+        "Connections the server refused or closed on its own, by reason: shed_idle, full, reserved_slot, header_too_large, body_budget."
+    );
+    describe_gauge!(
+        "creditd_http_body_bytes_buffered",
+        Unit::Bytes,
+        "Bytes of request bodies claimed against server.body_budget_bytes (refreshed every 5 s)."
+    );
     describe_counter!(
         "creditd_autotopup_total",
         Unit::Count,
@@ -158,6 +173,86 @@ pub enum DebitOutcome {
     Rejected,
 }
 
+/// Why the server refused a connection or closed one on its own, for
+/// `creditd_http_connections_refused_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An open connection waiting for its next request was closed to make room for a new one.
+    ShedIdle,
+    /// A new connection was closed at once: every slot, reserved ones included, had a request
+    /// in progress.
+    Full,
+    /// A request other than a health probe or `/metrics` came on a reserved slot: 503 and close.
+    ReservedSlot,
+    /// The request head was over `server.max_header_bytes`: 431 and close.
+    HeaderTooLarge,
+    /// The body would have taken the buffered bodies past `server.body_budget_bytes`: 503 and
+    /// close, the body unread.
+    BodyBudget,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 5] = [
+        Refusal::ShedIdle,
+        Refusal::Full,
+        Refusal::ReservedSlot,
+        Refusal::HeaderTooLarge,
+        Refusal::BodyBudget,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ShedIdle => "shed_idle",
+            Refusal::Full => "full",
+            Refusal::ReservedSlot => "reserved_slot",
+            Refusal::HeaderTooLarge => "header_too_large",
+            Refusal::BodyBudget => "body_budget",
+        }
+    }
+}
+
+/// Cached handles of the connection metrics; cheap to clone (the handles are shared).
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    refused: [Counter; 5],
+    open_regular: Gauge,
+    open_reserved: Gauge,
+}
+
+impl ConnectionMetrics {
+    /// Creates the handles; every series exists from then on, at zero.
+    pub fn new() -> ConnectionMetrics {
+        let refused = Refusal::ALL.map(|reason| {
+            let counter = metrics::counter!("creditd_http_connections_refused_total", "reason" => reason.as_str());
+            counter.increment(0);
+            counter
+        });
+        ConnectionMetrics {
+            refused,
+            open_regular: metrics::gauge!("creditd_http_connections_open", "slot" => "regular"),
+            open_reserved: metrics::gauge!("creditd_http_connections_open", "slot" => "reserved"),
+        }
+    }
+
+    /// Counts `count` connections refused or closed for `reason`.
+    pub fn refused(&self, reason: Refusal, count: u64) {
+        self.refused[reason as usize].increment(count);
+    }
+
+    /// Sets the open-connection gauges.
+    pub fn set_open(&self, regular: u32, reserved: u32) {
+        self.open_regular.set(f64::from(regular));
+        self.open_reserved.set(f64::from(reserved));
+    }
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> ConnectionMetrics {
+        ConnectionMetrics::new()
+    }
+}
+
 /// Cached handles of the metrics that requests update.
 pub struct Metrics {
     debits: [Counter; 3],
@@ -176,6 +271,10 @@ pub struct Metrics {
     pub durable_lsn: Gauge,
     /// Readiness gauge.
     pub ready: Gauge,
+    /// Bytes of request bodies claimed against the body budget.
+    pub body_bytes_buffered: Gauge,
+    /// Connection refusals and open connections.
+    pub connections: ConnectionMetrics,
 }
 
 /// The statuses creditd answers with, each with its own histogram slot; others share the last.
@@ -216,6 +315,8 @@ impl Metrics {
             idempotency_keys: metrics::gauge!("creditd_idempotency_keys"),
             durable_lsn: metrics::gauge!("creditd_wal_durable_lsn"),
             ready: metrics::gauge!("creditd_ready"),
+            body_bytes_buffered: metrics::gauge!("creditd_http_body_bytes_buffered"),
+            connections: ConnectionMetrics::new(),
         }
     }
 

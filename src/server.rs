@@ -107,7 +107,8 @@ pub async fn run(
     println!("listening on http://{address}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let engine = crate::api::serve_while_recovering(&listener, open_engine(&config)).await?;
+    let engine =
+        crate::api::serve_while_recovering(&listener, &config.server, open_engine(&config)).await?;
     serve_engine(config, engine, listener, shutdown).await
 }
 
@@ -208,6 +209,11 @@ async fn upkeep(state: Arc<ApiState>) {
             .durable_lsn
             .set(state.engine.wal().durable_lsn() as f64);
         metrics.ready.set(if state.is_ready() { 1.0 } else { 0.0 });
+        let (regular, reserved) = state.connections.open();
+        metrics.connections.set_open(regular, reserved);
+        metrics
+            .body_bytes_buffered
+            .set(state.body_budget.in_use() as f64);
         metrics
             .idempotency_keys
             .set(state.engine.idempotency_entries() as f64);

@@ -756,6 +756,59 @@ async fn bodies_that_are_not_objects_are_refused_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn deeply_nested_metadata_is_refused_naming_the_field_and_changes_nothing() {
+    let server = Server::start().await;
+    let service = server.client(SERVICE);
+    service.put_user("ada", None).await.unwrap();
+    service.credit("ada", 10, None, None).await.unwrap();
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    // The hostile client's 5 000 nested arrays: 10 000 bytes, under limits.max_metadata_bytes,
+    // and not built by the API (a raw value), so serde_json's own depth limit never saw them.
+    let deep = nested(5000);
+    let attempts = [
+        (
+            Method::PUT,
+            "/v1/users/ada",
+            format!(r#"{{"metadata":{deep}}}"#),
+        ),
+        (
+            Method::POST,
+            "/v1/users/ada/debit",
+            format!(r#"{{"amount":1,"metadata":{deep}}}"#),
+        ),
+        (
+            Method::POST,
+            "/v1/users/ada/credit",
+            format!(r#"{{"amount":1,"metadata":{{"a":{}}}}}"#, nested(32)),
+        ),
+    ];
+    for (method, path, body) in &attempts {
+        let (status, problem) = raw(&service, method.clone(), path, body).await;
+        assert_eq!(
+            (status, slug(&problem), problem["field"].as_str()),
+            (422, "invalid-request", Some("metadata")),
+            "{method} {path}: {problem}"
+        );
+    }
+    let batch = format!(r#"{{"debits":[{{"user_id":"ada","amount":1,"metadata":{deep}}}]}}"#);
+    let (status, answer) = raw(&service, Method::POST, "/v1/debits/batch", &batch).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["results"][0]["status"], 422, "{answer}");
+    assert_eq!(answer["results"][0]["field"], "metadata", "{answer}");
+    assert_eq!(service.wallet("ada", None).await.unwrap().balance, 10);
+    let (_, user) = raw(&service, Method::GET, "/v1/users/ada", "").await;
+    assert_eq!(user["metadata"], Value::Null, "{user}");
+    // At the limit it is kept, and the answer that carries it back is still readable by a parser
+    // that stops at 128 levels.
+    let body = format!(r#"{{"metadata":{}}}"#, nested(32));
+    let (status, _) = raw(&service, Method::PUT, "/v1/users/ada", &body).await;
+    assert_eq!(status, 200);
+    let (status, user) = raw(&service, Method::GET, "/v1/users/ada", "").await;
+    assert_eq!((status, user["metadata"].is_array()), (200, true), "{user}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_tenant_change_creates_nothing() {
     let server = Server::start().await;
     let platform = server.client(PLATFORM);
@@ -915,7 +968,9 @@ async fn health_checks_answer_while_recovery_runs() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (finish, finished) = tokio::sync::oneshot::channel::<u32>();
     let recovering = tokio::spawn(async move {
-        creditd::api::serve_while_recovering(&listener, async { finished.await.unwrap() }).await
+        let server = creditd::config::ServerConfig::default();
+        creditd::api::serve_while_recovering(&listener, &server, async { finished.await.unwrap() })
+            .await
     });
     let client = Client::new(&base, SERVICE).unwrap();
     let (status, _, _) = client

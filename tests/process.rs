@@ -1,116 +1,14 @@
 //! Tests that run the real `creditd` binary: kill it with SIGKILL and SIGTERM, restart it on the
 //! same data directory, and check what survived.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use creditd::client::{Client, Debit};
+use creditd::client::Debit;
 
-const SERVICE: &str = "dev-service-secret-change-me";
+#[path = "common/process.rs"]
+mod process;
 
-/// A running `creditd serve`, killed when dropped.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Process {
-    fn start(data_dir: &Path) -> Process {
-        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
-            .args(["serve", "--config", config])
-            .env("CREDITD_SERVER__LISTEN", "127.0.0.1:0")
-            .env("CREDITD_STORAGE__DATA_DIR", data_dir)
-            .env("CREDITD_LOG__LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn creditd");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let base = loop {
-            assert!(
-                Instant::now() < deadline,
-                "creditd did not print its address"
-            );
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(address) = line.strip_prefix("listening on ") {
-                        break address.trim().to_owned();
-                    }
-                }
-                _ => panic!("creditd exited before listening"),
-            }
-        };
-        let process = Process { child, base };
-        process.wait_ready();
-        process
-    }
-
-    /// Health checks answer during recovery; the API opens when `/readyz` says so.
-    fn wait_ready(&self) {
-        let runtime = runtime();
-        let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = runtime
-                .block_on(client.send(http::Method::GET, "/readyz", None, None))
-                .map(|(status, _, _)| status);
-            if matches!(status, Ok(s) if s == 200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "creditd did not become ready: {status:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.base, SERVICE).unwrap()
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "creditd did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use process::{runtime, Process};
 
 #[test]
 fn idempotent_replay_survives_kill_9_and_restart() {

@@ -5,6 +5,8 @@
 //! and run many servers at once. This module must not change state except through the engine.
 
 pub mod auth;
+pub mod budget;
+pub mod connections;
 pub mod dto;
 pub mod handlers;
 pub mod payments;
@@ -30,7 +32,9 @@ use tokio::net::TcpListener;
 use crate::config::{Role, ServerConfig};
 use crate::engine::types::Limits;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionMetrics, Metrics, Refusal};
+use budget::{BodyBudget, BodyClaim, BudgetExhausted, Metered};
+use connections::{Connections, Lease, SlotKind};
 use handlers::Call;
 use problem::Problem;
 use router::{NoRoute, Route};
@@ -58,6 +62,10 @@ pub struct ApiState {
     pub public_url: String,
     /// False once shutdown has begun: `/readyz` answers 503.
     pub accepting: AtomicBool,
+    /// The open connections and their slots.
+    pub connections: Arc<Connections>,
+    /// The bytes of request bodies held at once, all requests together.
+    pub body_budget: BodyBudget,
     request_prefix: u32,
     requests: AtomicU64,
 }
@@ -73,11 +81,14 @@ impl ApiState {
         public_url: String,
     ) -> Result<ApiState, String> {
         let keys = auth::KeyTable::new(keys, &engine)?;
+        let metrics = Metrics::new(router::TEMPLATES);
         Ok(ApiState {
             engine,
             payments,
             keys,
-            metrics: Metrics::new(router::TEMPLATES),
+            connections: Connections::new(&server, metrics.connections.clone()),
+            body_budget: BodyBudget::new(server.body_budget_bytes),
+            metrics,
             prometheus: crate::metrics::install(),
             server,
             limits,
@@ -95,90 +106,100 @@ impl ApiState {
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish (up to `server.shutdown_grace_seconds`) and returns.
+/// requests finish (up to `server.shutdown_grace_seconds`) and returns. Connections get slots as
+/// [`connections`] describes.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ApiState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            state.server.header_read_timeout_seconds.max(1),
-        ))
-        .keep_alive(true)
-        .max_buf_size(64 * 1024 + state.server.max_body_bytes.min(1 << 30) as usize);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(
-        state.server.max_connections as usize,
-    ));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let builder = http1_builder(&state.server, true);
+    let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
+    connections::accept_until(&listener, &state.connections, shutdown, |stream, lease| {
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let service =
-            hyper::service::service_fn(move |request| handle(Arc::clone(&state), request));
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
-    }
+        let service = api_service(&state, &lease);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(connections::drive(connection, lease, linger));
+    })
+    .await;
     drop(listener);
     state.accepting.store(false, Ordering::Release);
+    state.connections.close_all();
     let grace = Duration::from_secs(state.server.shutdown_grace_seconds);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = state.connections.all_closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(seconds = grace.as_secs(), "connections still open after the grace period; closing"),
     }
 }
 
-/// Answers on `listener` while `recovery` runs: `/livez` 200, everything else 503 `recovering`.
-/// Connections are closed after one answer, so none outlives recovery. Returns recovery's result.
-pub async fn serve_while_recovering<T>(
-    listener: &TcpListener,
-    recovery: impl Future<Output = T>,
-) -> T {
+/// The HTTP/1.1 settings every connection gets. The read buffer is sized for a request head, not a
+/// body: hyper buffers at most `max(server.max_header_bytes, 8 KiB)` per connection while a head
+/// is incomplete and answers 431 past `server.max_header_bytes`. Bodies are read in chunks of at
+/// most that size and collected under the body budget (see [`read_body`]).
+fn http1_builder(server: &ServerConfig, keep_alive: bool) -> hyper::server::conn::http1::Builder {
+    let header_bytes = server.max_header_bytes as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(5))
-        .keep_alive(false);
-    tokio::pin!(recovery);
-    loop {
-        tokio::select! {
-            result = &mut recovery => return result,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                        Ok::<_, Infallible>(recovering_response(request.uri().path()))
-                    });
-                    tokio::spawn(builder.serve_connection(TokioIo::new(stream), service));
-                }
-            }
+        .header_read_timeout(Duration::from_secs(
+            server.header_read_timeout_seconds.max(1),
+        ))
+        .keep_alive(keep_alive)
+        .max_header_size(header_bytes)
+        // hyper refuses a buffer under 8 KiB.
+        .max_buf_size(header_bytes.max(8 * 1024));
+    builder
+}
+
+/// The service of one connection: marks the slot busy while a request is in progress, so the
+/// connection is not closed to make room meanwhile. Per request this is two stores into the
+/// connection's own slot and a clock read; nothing shared is locked.
+fn api_service(
+    state: &Arc<ApiState>,
+    lease: &Lease,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Send {
+    let state = Arc::clone(state);
+    let slot = Arc::clone(lease.slot());
+    hyper::service::service_fn(move |request| {
+        slot.begin_request();
+        let state = Arc::clone(&state);
+        let slot = Arc::clone(&slot);
+        async move {
+            let response = handle(state, request, slot.kind()).await;
+            slot.end_request();
+            response
         }
-    }
+    })
+}
+
+/// Answers on `listener` while `recovery` runs: `/livez` 200, everything else 503 `recovering`.
+/// Connections are closed after one answer, so none outlives recovery, and they get slots as
+/// after recovery, so a flood cannot keep `/livez` from answering. Returns recovery's result.
+pub async fn serve_while_recovering<T>(
+    listener: &TcpListener,
+    server: &ServerConfig,
+    recovery: impl Future<Output = T>,
+) -> T {
+    let builder = http1_builder(server, false);
+    let linger = Duration::from_secs(server.header_read_timeout_seconds.max(1));
+    let connections = Connections::new(server, ConnectionMetrics::new());
+    connections::accept_until(listener, &connections, recovery, |stream, lease| {
+        let slot = Arc::clone(lease.slot());
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            slot.begin_request();
+            let response = recovering_response(request.uri().path());
+            slot.end_request();
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(connections::drive(connection, lease, linger));
+    })
+    .await
 }
 
 fn recovering_response(path: &str) -> Response<Full<Bytes>> {
@@ -188,19 +209,27 @@ fn recovering_response(path: &str) -> Response<Full<Bytes>> {
     Problem::unavailable("recovering", "recovery is replaying the log; retry shortly").response()
 }
 
-/// Answers one request.
+/// Answers one request that came on a slot of `kind`: a reserved slot serves only the health
+/// probes and `/metrics`.
 pub async fn handle(
     state: Arc<ApiState>,
     request: Request<Incoming>,
+    kind: SlotKind,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = request_id(&state, &parts);
     let (route, result) = match router::route(&parts.method, parts.uri.path()) {
+        Ok(matched) if kind == SlotKind::Reserved && !is_probe(matched.route) => {
+            (matched.route, Err(reserved_slot_refusal(&state)))
+        }
         Ok(matched) => (
             matched.route,
             dispatch(&state, matched.route, &matched.param, &parts, body).await,
         ),
+        Err(_) if kind == SlotKind::Reserved => {
+            (Route::Unmatched, Err(reserved_slot_refusal(&state)))
+        }
         Err(NoRoute::NotFound) => (Route::Unmatched, Err(Problem::no_route(parts.uri.path()))),
         Err(NoRoute::MethodNotAllowed(allowed)) => {
             (Route::Unmatched, Err(Problem::method_not_allowed(allowed)))
@@ -223,6 +252,20 @@ pub async fn handle(
         histogram.record(started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// The answer to anything but a probe on a reserved slot; counted.
+fn reserved_slot_refusal(state: &ApiState) -> Problem {
+    state.metrics.connections.refused(Refusal::ReservedSlot, 1);
+    Problem::busy("every connection slot is taken; this connection may only ask for /livez, /readyz, /healthz and /metrics")
+}
+
+/// The routes a reserved connection serves: what orchestrators and Prometheus ask for.
+fn is_probe(route: Route) -> bool {
+    matches!(
+        route,
+        Route::Livez | Route::Readyz | Route::Healthz | Route::Metrics
+    )
 }
 
 /// The client's `X-Request-Id` if it is sane, else a fresh one.
@@ -272,7 +315,7 @@ async fn dispatch(
         Route::SandboxPage => return payments::sandbox_page(state, param),
         Route::Webhook | Route::SandboxAction => {
             // Open routes: a webhook carries the gateway's signature, the sandbox page its reference.
-            let bytes = read_body(body, parts, &state.server).await?;
+            let (bytes, _claim) = read_body(body, parts, state).await?;
             return if route == Route::Webhook {
                 payments::webhook(state, param, &parts.headers, &bytes).await
             } else {
@@ -301,10 +344,12 @@ async fn dispatch(
         path_and_query: parts.uri.path_and_query().map_or("", |p| p.as_str()),
         idempotency_key,
     };
-    let bytes = if matches!(parts.method, http::Method::POST | http::Method::PUT) {
-        read_body(body, parts, &state.server).await?
+    // The claim lives as long as the bytes: handlers borrow from them until the answer is built.
+    let (bytes, _claim) = if matches!(parts.method, http::Method::POST | http::Method::PUT) {
+        let (bytes, claim) = read_body(body, parts, state).await?;
+        (bytes, Some(claim))
     } else {
-        Bytes::new()
+        (Bytes::new(), None)
     };
     match route {
         Route::PutUser => handlers::put_user(&call, param, &bytes).await,
@@ -394,34 +439,55 @@ fn readiness(state: &ApiState) -> Result<Response<Full<Bytes>>, Problem> {
     Err(Problem::unavailable("not-ready", detail))
 }
 
-/// Reads a body of at most `server.max_body_bytes` within `server.body_read_timeout_seconds`.
-async fn read_body(body: Incoming, parts: &Parts, server: &ServerConfig) -> Result<Bytes, Problem> {
+/// Reads a body of at most `server.max_body_bytes` within `server.body_read_timeout_seconds`,
+/// under the body budget: the declared `Content-Length` is claimed before a byte is read, a
+/// chunked body chunk by chunk. Past the budget: 503 `server-busy`, and the connection is closed
+/// (what is left of the body is never read). The claim is returned with the bytes and must be
+/// kept as long as they are.
+async fn read_body<'s>(
+    body: Incoming,
+    parts: &Parts,
+    state: &'s ApiState,
+) -> Result<(Bytes, BodyClaim<'s>), Problem> {
+    let server = &state.server;
     let limit = server.max_body_bytes;
+    let mut declared = 0;
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        let length: u64 = length
+        declared = length
             .to_str()
             .ok()
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| Problem::malformed("bad Content-Length"))?;
-        if length > limit {
+        if declared > limit {
             return Err(Problem::too_large(limit));
         }
     }
+    let busy = |exhausted: BudgetExhausted| {
+        state.metrics.connections.refused(Refusal::BodyBudget, 1);
+        Problem::busy(format!(
+            "the server holds server.body_budget_bytes ({} bytes) of request bodies; retry shortly",
+            exhausted.limit
+        ))
+    };
+    let mut claim = state.body_budget.claim(declared).map_err(busy)?;
     // Bodies are JSON whatever Content-Type says (curl -d sends a form type); bad JSON gets 400.
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let seconds = server.body_read_timeout_seconds.max(1);
-    let read = Limited::new(body, limit).collect();
+    let read = Limited::new(Metered::new(body, &mut claim), limit).collect();
     let Ok(read) = tokio::time::timeout(Duration::from_secs(seconds), read).await else {
         return Err(Problem::body_timeout(seconds));
     };
     match read {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok((collected.to_bytes(), claim)),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(Problem::too_large(limit as u64))
         }
-        Err(error) => Err(Problem::malformed(format!(
-            "could not read the body: {error}"
-        ))),
+        Err(error) => match error.downcast::<BudgetExhausted>() {
+            Ok(exhausted) => Err(busy(*exhausted)),
+            Err(error) => Err(Problem::malformed(format!(
+                "could not read the body: {error}"
+            ))),
+        },
     }
 }
 

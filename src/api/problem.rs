@@ -165,6 +165,14 @@ impl Problem {
         )
     }
 
+    /// 503 `server-busy`: the server is at a limit it keeps to stay available (the body budget,
+    /// or a reserved connection asked for more than a health probe). The request was not read
+    /// on, so the connection is closed after the answer.
+    pub fn busy(detail: impl Into<String>) -> Problem {
+        Problem::unavailable("server-busy", detail)
+            .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut body = Map::new();

@@ -14,8 +14,8 @@ use super::idempotency::{self, Begin, Claim, Done, IdempotencyKey};
 use super::payments::Spent;
 use super::state::{Account, Catalogue, HoldState, Tenant, Wallet};
 use super::types::{
-    check_amount, check_id, check_text, ClosedAs, CreditKind, Currency, DebitKind, EngineError,
-    Invalid, Lsn, ReleaseReason, Shortfall,
+    check_amount, check_id, check_metadata, check_text, ClosedAs, CreditKind, Currency, DebitKind,
+    EngineError, Invalid, Lsn, ReleaseReason, Shortfall,
 };
 use super::Engine;
 use crate::codec;
@@ -329,7 +329,7 @@ impl Engine {
         let limits = &self.options.limits;
         check_text("description", description, limits.max_text_bytes)?;
         check_text("reference", reference, limits.max_text_bytes)?;
-        check_text("metadata", metadata, limits.max_metadata_bytes)
+        check_metadata(metadata, limits)
     }
 
     /// Prices a spend: an amount in the given or default currency, or an action × quantity.
@@ -503,7 +503,7 @@ impl Engine {
         let limits = &self.options.limits;
         check_text("email", profile.email, limits.max_text_bytes)?;
         check_text("name", profile.name, limits.max_text_bytes)?;
-        check_text("metadata", profile.metadata, limits.max_metadata_bytes)?;
+        check_metadata(profile.metadata, limits)?;
         let now_ms = self.clock.now_ms();
         let event = Event::UserUpserted {
             tenant: &tenant.id,

@@ -172,6 +172,9 @@ pub struct Limits {
     pub max_text_bytes: u32,
     /// The most bytes of a metadata document (default 16 KiB).
     pub max_metadata_bytes: u32,
+    /// The deepest nesting of arrays and objects in a metadata document (default 32; 1 to
+    /// [`MAX_METADATA_DEPTH`]): `{}` is 1 deep, `{"a":[1]}` 2.
+    pub max_metadata_depth: u32,
     /// Balance under which a wallet counts as low when it has no auto top-up rule (default 0: off).
     pub low_balance: i64,
 }
@@ -187,6 +190,7 @@ impl Default for Limits {
             closed_reservation_retention_seconds: 3600,
             max_text_bytes: 1024,
             max_metadata_bytes: 16 * 1024,
+            max_metadata_depth: 32,
             low_balance: 0,
         }
     }
@@ -348,6 +352,59 @@ pub fn check_text(
     }
 }
 
+/// The highest `limits.max_metadata_depth` the configuration accepts. Metadata goes back out
+/// inside answers and events a few levels deep, and common JSON parsers stop at 128 levels
+/// (serde_json) or not far above; 100 leaves room for the envelope.
+pub const MAX_METADATA_DEPTH: u32 = 100;
+
+/// Checks a metadata document: at most `limits.max_metadata_bytes` long and nested at most
+/// `limits.max_metadata_depth` deep. The API takes metadata as raw JSON without building it
+/// (serde_json's own depth limit does not apply to raw values), so 5 000 nested arrays would
+/// otherwise be stored and handed to every client that reads the user or the entry.
+pub fn check_metadata(metadata: Option<&str>, limits: &Limits) -> Result<(), EngineError> {
+    check_text("metadata", metadata, limits.max_metadata_bytes)?;
+    match metadata {
+        Some(text) if nests_deeper_than(text, limits.max_metadata_depth) => {
+            Err(EngineError::Invalid(Invalid::new(
+                "metadata",
+                "nests deeper than limits.max_metadata_depth",
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the arrays and objects of a JSON text nest more than `max_depth` deep. Brackets in
+/// strings do not count; the text is not otherwise checked (the API has parsed it already).
+pub fn nests_deeper_than(json: &str, max_depth: u32) -> bool {
+    let mut depth = 0u32;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Checks an amount: `0 < amount <= max_amount`.
 pub fn check_amount(field: &'static str, amount: i64, limits: &Limits) -> Result<(), EngineError> {
     if amount <= 0 {
@@ -368,6 +425,45 @@ pub fn check_amount(field: &'static str, amount: i64, limits: &Limits) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_depth_counts_arrays_and_objects_outside_strings() {
+        for (json, depth) in [
+            ("1", 0),
+            ("\"[[[\"", 0),
+            ("{}", 1),
+            ("[]", 1),
+            ("{\"a\":[1,{\"b\":null}]}", 3),
+            ("[\"]\",[\"\\\"[\"]]", 2),
+            ("{\"k\\\\\":[[1]]}", 3),
+        ] {
+            assert!(!nests_deeper_than(json, depth), "{json} is {depth} deep");
+            if depth > 0 {
+                assert!(nests_deeper_than(json, depth - 1), "{json} is {depth} deep");
+            }
+        }
+    }
+
+    #[test]
+    fn metadata_past_the_depth_limit_is_refused_naming_the_field() {
+        let limits = Limits::default();
+        let at_limit = format!("{}{}", "[".repeat(32), "]".repeat(32));
+        assert_eq!(check_metadata(Some(&at_limit), &limits), Ok(()));
+        // What a hostile client sent: 5 000 nested arrays, 10 000 bytes, under the size limit.
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert!(deep.len() < limits.max_metadata_bytes as usize);
+        let refused = check_metadata(Some(&deep), &limits).unwrap_err();
+        assert_eq!(
+            refused,
+            EngineError::Invalid(Invalid::new(
+                "metadata",
+                "nests deeper than limits.max_metadata_depth"
+            ))
+        );
+        let one_too_deep = format!("{{\"a\":{at_limit}}}");
+        assert!(check_metadata(Some(&one_too_deep), &limits).is_err());
+        assert_eq!(check_metadata(None, &limits), Ok(()));
+    }
 
     #[test]
     fn currency_codes() {
