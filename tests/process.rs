@@ -129,3 +129,75 @@ fn a_second_process_on_the_same_data_directory_is_refused() {
     assert!(message.contains("another creditd process"), "{message}");
     first.kill_9();
 }
+
+/// Damage only the older (fallback) snapshot would need does not stop the start, but the operator
+/// sees it: a `warning:` line on `/readyz` (still 200) and `creditd_recovery_fallback_problems`.
+#[test]
+fn readyz_and_metrics_say_when_the_fallback_snapshot_is_gone() {
+    use creditd::engine::{Context, Engine, EngineOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        data_dir: dir.path().to_path_buf(),
+        background: false,
+        segment_bytes: 2048,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::open_dir(options.clone()).unwrap();
+    let context = Context::actor("test");
+    for round in 0..2 {
+        for n in 0..40 {
+            let name = format!("Acme {round} {n}");
+            let (_, _, lsn) = engine
+                .upsert_tenant("acme", Some(&name), None, &context)
+                .unwrap();
+            engine.wait_durable(lsn).unwrap();
+        }
+        engine.snapshot().unwrap();
+    }
+    // A crash, not a clean stop: a final snapshot would let the older segments go.
+    drop(engine);
+    let mut segments: Vec<_> = std::fs::read_dir(options.wal_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 2, "{segments:?}");
+    let oldest = &segments[0];
+    let mut bytes = std::fs::read(oldest).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 1;
+    std::fs::write(oldest, &bytes).unwrap();
+
+    let server = Process::start(dir.path());
+    let client = server.client();
+    let runtime = runtime();
+    let (readyz, metrics) = runtime.block_on(async {
+        let (status, _, readyz) = client
+            .send(http::Method::GET, "/readyz", None, None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let (_, _, metrics) = client
+            .send(http::Method::GET, "/metrics", None, None)
+            .await
+            .unwrap();
+        (
+            String::from_utf8_lossy(&readyz).into_owned(),
+            String::from_utf8_lossy(&metrics).into_owned(),
+        )
+    });
+    assert!(readyz.starts_with("ready\n"), "{readyz}");
+    assert!(
+        readyz.contains("warning: the fallback snapshot cannot be recovered from: ")
+            && readyz.contains(&oldest.display().to_string()),
+        "{readyz}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "creditd_recovery_fallback_problems 1"),
+        "{metrics}"
+    );
+    server.kill_9();
+}
