@@ -1529,10 +1529,10 @@ fn a_log_cut_below_the_snapshot_names_the_segment_the_offset_and_the_snapshot() 
         .unwrap();
     file.set_len(SEGMENT_HEADER_BYTES as u64).unwrap();
     drop(file);
-    let message = Engine::open(options.clone(), storage, clock())
-        .err()
-        .expect("a log that ends before the snapshot is refused")
-        .to_string();
+    let Err(error) = Engine::open(options.clone(), storage, clock()) else {
+        panic!("a log that ends before the snapshot is refused");
+    };
+    let message = error.to_string();
     let snapshot = summary.path;
     for part in [
         kept.path.display().to_string(),
