@@ -469,6 +469,18 @@ async fn stripe_checkout_signatures_and_tolerance() {
     server.stop().await;
 }
 
+/// Sends `body` and returns the status with the JSON answer (a problem on failure).
+async fn send_json(client: &Client, method: Method, path: &str, body: &str) -> (u16, Value) {
+    let (status, _, bytes) = client
+        .send(method, path, Some(body.as_bytes().to_vec()), None)
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice::<Value>(&bytes).unwrap(),
+    )
+}
+
 async fn payment_status(server: &Server, reference: &str) -> Value {
     let (status, _, bytes) = server
         .client(SERVICE)
@@ -563,24 +575,7 @@ async fn auto_topup_rules_are_validated_switched_off_and_deleted() {
     let server = Server::start(GatewayKind::Sandbox, None).await;
     server.setup().await;
     let admin = server.client(ADMIN);
-    let put = |body: &'static str| {
-        let admin = &admin;
-        async move {
-            let (status, _, bytes) = admin
-                .send(
-                    Method::PUT,
-                    "/v1/users/ada/auto-topup",
-                    Some(body.as_bytes().to_vec()),
-                    None,
-                )
-                .await
-                .unwrap();
-            (
-                status.as_u16(),
-                serde_json::from_slice::<Value>(&bytes).unwrap(),
-            )
-        }
-    };
+    let put = |body: &'static str| send_json(&admin, Method::PUT, "/v1/users/ada/auto-topup", body);
     let (status, problem) = put(r#"{"enabled":true,"threshold":100}"#).await;
     assert_eq!(status, 422, "{problem}");
     let (status, _) = put(r#"{"enabled":false}"#).await;
@@ -1161,23 +1156,9 @@ async fn initialize_takes_the_email_on_the_profile_when_none_is_given() {
     server.setup().await;
     let service = server.client(SERVICE);
     let initialize = |user: &'static str| {
+        let body = json!({"user_id": user, "package_id": "starter"}).to_string();
         let service = &service;
-        async move {
-            let body = json!({"user_id": user, "package_id": "starter"});
-            let (status, _, bytes) = service
-                .send(
-                    Method::POST,
-                    "/v1/payments/initialize",
-                    Some(body.to_string().into_bytes()),
-                    None,
-                )
-                .await
-                .unwrap();
-            (
-                status.as_u16(),
-                serde_json::from_slice::<Value>(&bytes).unwrap(),
-            )
-        }
+        async move { send_json(service, Method::POST, "/v1/payments/initialize", &body).await }
     };
     let (status, answer) = initialize("ada").await;
     assert_eq!(status, 200, "{answer}");
@@ -1592,19 +1573,13 @@ async fn initialize_says_when_the_unusable_email_comes_from_the_profile() {
     let initialize = |body: Value| {
         let service = &service;
         async move {
-            let (status, _, bytes) = service
-                .send(
-                    Method::POST,
-                    "/v1/payments/initialize",
-                    Some(body.to_string().into_bytes()),
-                    None,
-                )
-                .await
-                .unwrap();
-            (
-                status.as_u16(),
-                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            send_json(
+                service,
+                Method::POST,
+                "/v1/payments/initialize",
+                &body.to_string(),
             )
+            .await
         }
     };
     let (status, problem) = initialize(json!({"user_id": "old", "package_id": "starter"})).await;
