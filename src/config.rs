@@ -662,6 +662,8 @@ impl Config {
             payment_retention_seconds: self.payments.retention.0,
             background: true,
             limits: self.limits.clone(),
+            // Holds come from the log's readers, not from the configuration.
+            retention_holds: Vec::new(),
         }
     }
 

@@ -1542,3 +1542,66 @@ fn a_log_cut_below_the_snapshot_names_the_segment_the_offset_and_the_snapshot() 
         assert!(message.contains(&part), "{message:?} names {part:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retention holds.
+// ---------------------------------------------------------------------------------------------
+
+/// A hold at LSN 1 keeps every segment through any number of snapshots; releasing it lets them go
+/// at the next snapshot. A hold given in the options is in force from the moment the engine opens.
+#[test]
+fn a_retention_hold_keeps_every_segment_it_needs_through_snapshots_until_released() {
+    for disk in Disk::both() {
+        let label = disk.name();
+        let options = EngineOptions {
+            segment_bytes: 2048,
+            retention_holds: vec![("reader".to_owned(), 1)],
+            ..options(&disk)
+        };
+        let engine = open(&options, disk.storage());
+        let tenant = acme_with_alice(&engine);
+        acknowledge(
+            &engine,
+            credit(&engine, &tenant, "alice", 1_000_000, "grant"),
+        );
+        let segment_names = || {
+            let dir = options.wal_dir();
+            segment::from_listing(&dir, &disk.storage().list(&dir).unwrap())
+                .into_iter()
+                .map(|file| file.first_lsn)
+                .collect::<Vec<u64>>()
+        };
+        let mut seen = Vec::new();
+        for round in 0..5 {
+            for n in 0..40 {
+                let key = format!("r{round}-{n}");
+                acknowledge(&engine, debit(&engine, &tenant, "alice", 1, &key).unwrap());
+            }
+            engine.snapshot().expect("snapshot");
+            let now = segment_names();
+            assert_eq!(now.first(), Some(&1), "{label}: the first segment is kept");
+            assert!(
+                seen.iter().all(|lsn| now.contains(lsn)),
+                "{label} round {round}: a held segment was removed: {seen:?} → {now:?}"
+            );
+            seen = now;
+        }
+        assert!(seen.len() > 4, "{label}: the log rotated: {seen:?}");
+        // Moved forward, the hold keeps only what it still needs; released, only the snapshots count.
+        let middle = seen[seen.len() / 2];
+        engine.retention().hold("reader", middle);
+        engine.snapshot().expect("snapshot");
+        let now = segment_names();
+        assert_eq!(now.first(), Some(&middle), "{label}: {now:?}");
+        assert!(engine.retention().release("reader"));
+        acknowledge(
+            &engine,
+            debit(&engine, &tenant, "alice", 1, "last").unwrap(),
+        );
+        engine.snapshot().expect("snapshot");
+        let now = segment_names();
+        assert!(now.first() > Some(&middle), "{label}: released: {now:?}");
+        drop(tenant);
+        drop(engine);
+    }
+}

@@ -83,6 +83,10 @@ pub struct EngineOptions {
     pub background: bool,
     /// Request limits.
     pub limits: Limits,
+    /// Retention holds in place from the moment the engine opens, as (name, first LSN still
+    /// needed): for readers of the log that know their position before the engine starts (see
+    /// [`crate::wal::retention`]). Empty by default.
+    pub retention_holds: Vec<(String, u64)>,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +107,7 @@ impl Default for EngineOptions {
             payment_retention_seconds: 7 * 24 * 3600,
             background: true,
             limits: Limits::default(),
+            retention_holds: Vec::new(),
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Engine {
     issuing: Mutex<std::collections::HashSet<Box<str>>>,
     /// The data directory's lock: held from open until [`Engine::release_directory`].
     lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
+    /// Named holds on the log that segment removal respects besides the snapshots.
+    retention: crate::wal::retention::Retention,
 }
 
 impl std::fmt::Debug for Engine {
@@ -227,6 +234,7 @@ impl Engine {
             background: Mutex::new(None),
             hooks: std::sync::OnceLock::new(),
             issuing: Mutex::new(std::collections::HashSet::new()),
+            retention: crate::wal::retention::Retention::new(&options.retention_holds),
             lock: Mutex::new(Some(lock)),
             options,
         });
@@ -286,6 +294,12 @@ impl Engine {
     /// What recovery found when the engine opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery
+    }
+
+    /// The named holds on the log: a reader of the log holds it from the first record it still
+    /// needs, and segment removal after a snapshot keeps every segment from there on.
+    pub fn retention(&self) -> &crate::wal::retention::Retention {
+        &self.retention
     }
 
     /// Whether writes can be acknowledged: recovery is done (it is, once `open` returned) and the

@@ -319,7 +319,8 @@ impl Engine {
                     >= self.options.snapshot_every_seconds)
     }
 
-    /// Keeps the newest `snapshots_kept` snapshots and the segments the oldest of them needs.
+    /// Keeps the newest `snapshots_kept` snapshots and the segments the oldest of them, or any
+    /// retention hold, needs.
     fn prune(&self) -> std::io::Result<()> {
         let storage = &self.storage;
         let snapshot_dir = self.options.snapshot_dir();
@@ -331,27 +332,27 @@ impl Engine {
         else {
             return Ok(());
         };
-        let keep_from = oldest_kept.start_lsn;
+        let keep_from = match self.retention.keep_from() {
+            Some(held) => held.min(oldest_kept.start_lsn),
+            None => oldest_kept.start_lsn,
+        };
         for old in snapshots.iter().skip(kept) {
             storage.remove(&old.path)?;
         }
         let wal_dir = self.options.wal_dir();
         let segments = segment::from_listing(&wal_dir, &storage.list(&wal_dir)?);
-        let mut removed = 0;
-        for pair in segments.windows(2) {
-            // A segment is needed while the next one starts after the oldest kept snapshot.
-            if pair[1].first_lsn <= keep_from {
-                storage.remove(&pair[0].path)?;
-                removed += 1;
-            }
+        let removable = crate::wal::retention::removable(&segments, keep_from);
+        for segment in &removable {
+            storage.remove(&segment.path)?;
         }
+        let removed = removable.len();
         storage.sync_dir(&snapshot_dir)?;
         storage.sync_dir(&wal_dir)?;
         if removed > 0 {
             tracing::debug!(
                 removed,
                 keep_from,
-                "removed log segments older than the oldest kept snapshot"
+                "removed log segments older than the oldest kept snapshot and every retention hold"
             );
         }
         Ok(())

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod end;
 pub mod memory;
 pub mod record;
+pub mod retention;
 pub mod segment;
 pub mod snapshot;
 pub mod storage;
