@@ -2962,7 +2962,7 @@ fn sample_events() -> Vec<Vec<u8>> {
         Event::TenantWebhookSet {
             tenant: "acme",
             url: Some("https://app.example.com/hooks"),
-            secret: Some("0123456789abcdef"),
+            secret: Some(crate::engine::event::Secret("0123456789abcdef")),
             meta,
         },
     ];

@@ -11,6 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{CreditKind, Currency, DebitKind, Fingerprint, Lsn, ReleaseReason};
 
+/// A secret carried by an event (a tenant's webhook signing key). Encoded exactly as the string
+/// it wraps; its `Debug` form never shows it, so `creditd wal dump`, logs and panic messages that
+/// print an event cannot leak it.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<'a>(#[serde(borrow)] pub &'a str);
+
+impl std::fmt::Debug for Secret<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(*** {} bytes)", self.0.len())
+    }
+}
+
 /// Which wallet an event changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletRef<'a> {
@@ -501,7 +514,7 @@ pub enum Event<'a> {
         url: Option<&'a str>,
         /// The HMAC-SHA256 signing secret.
         #[serde(borrow)]
-        secret: Option<&'a str>,
+        secret: Option<Secret<'a>>,
         /// Who and when.
         #[serde(borrow)]
         meta: Meta<'a>,

@@ -9,7 +9,9 @@
 
 use sha2::{Digest, Sha256};
 
-use super::event::{Decline, Event, Meta, MethodRecord, PaymentPurpose, PaymentTerms, WalletRef};
+use super::event::{
+    Decline, Event, Meta, MethodRecord, PaymentPurpose, PaymentTerms, Secret, WalletRef,
+};
 use super::ops::Context;
 use super::state::{Account, PaymentEntry, PaymentState, Tenant, Wallet};
 use super::types::{check_amount, check_id, Currency, EngineError, Invalid, Lsn};
@@ -1316,7 +1318,7 @@ impl Engine {
             &Event::TenantWebhookSet {
                 tenant: &tenant.id,
                 url,
-                secret,
+                secret: secret.map(Secret),
                 meta,
             },
         )

@@ -952,7 +952,7 @@ impl Catalogue {
             }
             Event::TenantWebhookSet { url, secret, .. } => {
                 self.webhook_url = url.map(Box::from);
-                self.webhook_secret = secret.map(Box::from);
+                self.webhook_secret = secret.map(|secret| Box::from(secret.0));
             }
             _ => return Err(mismatch("user-level event applied to a tenant")),
         }
