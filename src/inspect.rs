@@ -10,6 +10,7 @@ use crate::codec;
 use crate::engine::event::Event;
 use crate::engine::{Engine, EngineOptions, SystemClock};
 use crate::time::format_rfc3339_ms;
+use crate::wal::reader;
 use crate::wal::record::Frame;
 use crate::wal::segment::{self, ScanEnd};
 use crate::wal::snapshot::{self as snapshot_file, SnapshotReader};
@@ -218,7 +219,9 @@ fn read_snapshot(storage: &SharedStorage, path: &Path) -> Result<(u64, u64, u64)
     Ok((reader.header().start_lsn, chunks.len() as u64, bytes))
 }
 
-/// Prints every record from `from_lsn` on, one line each: LSN, time, and the event.
+/// Prints every record from `from_lsn` on, one line each: LSN, time, and the event. Secrets in
+/// events print masked (see `engine::event::Secret`). A damaged log ends the listing with a
+/// `#` line that says where and why; an unfinished write at the end gets a `#` line too.
 pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Result<u64> {
     let options = EngineOptions {
         data_dir: data_dir.to_path_buf(),
@@ -226,52 +229,42 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
     };
     let storage: SharedStorage = Arc::new(FsStorage);
     let dir = options.wal_dir();
+    let segments = segment::from_listing(&dir, &storage.list(&dir)?);
+    // Where the listing starts: the segment holding `from_lsn`, or the oldest if it is later.
+    let from_lsn = from_lsn.max(segments.first().map_or(1, |file| file.first_lsn));
+    let range = reader::Range {
+        from_lsn,
+        until_lsn: u64::MAX,
+        format_version: codec::FORMAT_VERSION,
+        // The configured limit is for new records: ones written under a higher one still read.
+        max_record_bytes: crate::wal::record::MAX_RECORD_BYTES_LIMIT,
+    };
     let mut printed = 0u64;
-    for file in segment::from_listing(&dir, &storage.list(&dir)?) {
-        let bytes = storage.read_all(&file.path)?;
-        let mut write_error = None;
-        let visit = |_: u64, frame: Frame<'_>| -> Result<(), ()> {
-            if frame.lsn < from_lsn || write_error.is_some() {
-                return Ok(());
-            }
-            let line = match codec::decode::<Event<'_>>(frame.payload) {
-                Ok(event) => format!(
-                    "{} {} {event:?}",
-                    frame.lsn,
-                    format_rfc3339_ms(event.meta().time_ms)
-                ),
-                Err(error) => format!("{} UNDECODABLE {error}", frame.lsn),
-            };
-            if let Err(error) = writeln!(out, "{line}") {
-                write_error = Some(error);
-            }
-            printed += 1;
-            Ok(())
+    let visit = |_: &segment::SegmentFile, _: u64, frame: Frame<'_>| -> std::io::Result<()> {
+        let line = match codec::decode::<Event<'_>>(frame.payload) {
+            Ok(event) => format!(
+                "{} {} {event:?}",
+                frame.lsn,
+                format_rfc3339_ms(event.meta().time_ms)
+            ),
+            Err(error) => format!("{} UNDECODABLE {error}", frame.lsn),
         };
-        let scan = segment::scan(
-            &bytes,
-            file.first_lsn,
-            codec::FORMAT_VERSION,
-            // The configured limit is for new records: ones written under a higher one still read.
-            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
-            visit,
-        );
-        if let Some(error) = write_error {
-            return Err(error);
-        }
-        match scan {
-            Ok(Ok(scan)) => {
-                if let ScanEnd::TornTail { offset, .. } = scan.end {
-                    writeln!(
-                        out,
-                        "# {}: unfinished write at offset {offset}",
-                        file.path.display()
-                    )?;
-                }
+        printed += 1;
+        writeln!(out, "{line}")
+    };
+    match reader::read(&*storage, &segments, range, visit) {
+        Ok(read) => {
+            if let Some(unfinished) = read.unfinished {
+                writeln!(
+                    out,
+                    "# {}: unfinished write at offset {}",
+                    unfinished.path.display(),
+                    unfinished.offset
+                )?;
             }
-            Ok(Err(damage)) => writeln!(out, "# {}: {damage}", file.path.display())?,
-            Err(()) => {}
         }
+        Err(reader::ReadError::Visit(error)) => return Err(error),
+        Err(error) => writeln!(out, "# {error}")?,
     }
     Ok(printed)
 }

@@ -11,6 +11,7 @@ use super::state::State;
 use super::types::Lsn;
 use super::EngineOptions;
 use crate::codec;
+use crate::wal::reader::{self, ReadError};
 use crate::wal::segment::{self, ScanEnd, SegmentFile};
 use crate::wal::snapshot as snapshot_file;
 use crate::wal::SharedStorage;
@@ -285,14 +286,6 @@ fn replay_log(
     idempotency_cutoff_ms: i64,
 ) -> Result<Replay, OpenError> {
     let start_lsn = start.lsn;
-    let mut replay = Replay {
-        segments: 0,
-        replayed: 0,
-        skipped: 0,
-        next_lsn: start_lsn,
-        torn_tail: None,
-        first: 0,
-    };
     if segments.is_empty() {
         if let Some(snapshot) = start.snapshot {
             return Err(OpenError::Gap(format!(
@@ -300,103 +293,60 @@ fn replay_log(
                 snapshot.display()
             )));
         }
-        return Ok(replay);
     }
-    let Some(first) = segments.iter().rposition(|s| s.first_lsn <= start_lsn) else {
-        return Err(OpenError::Gap(format!(
-            "the oldest segment starts at LSN {}, replay must start at LSN {start_lsn}",
-            segments[0].first_lsn
-        )));
+    let range = reader::Range {
+        from_lsn: start_lsn,
+        until_lsn: u64::MAX,
+        format_version: codec::FORMAT_VERSION,
+        // The configured limit is for new records: ones written under a higher one still read.
+        max_record_bytes: crate::wal::record::MAX_RECORD_BYTES_LIMIT,
     };
-    if let Some(zero) = segments.iter().find(|segment| segment.first_lsn == 0) {
-        return Err(OpenError::Damage {
-            path: zero.path.clone(),
-            detail: "a segment cannot start at LSN 0 (LSNs start at 1)".into(),
-        });
-    }
-    replay.first = first;
-    let mut expected = segments[first].first_lsn;
-    let mut valid_end = 0;
-    let last_index = segments.len() - 1;
     let mut tenant_cache = None;
-    for (index, file) in segments.iter().enumerate().skip(first) {
-        if file.first_lsn != expected {
-            return Err(OpenError::Gap(format!(
-                "{} starts at LSN {}, expected {expected}",
-                file.path.display(),
-                file.first_lsn
-            )));
-        }
-        let bytes = storage
-            .read_all(&file.path)
-            .map_err(|source| OpenError::Io {
-                path: file.path.clone(),
-                source,
-            })?;
-        let visit = |offset: u64, frame: crate::wal::record::Frame<'_>| -> Result<(), OpenError> {
-            if frame.lsn < start_lsn {
-                replay.skipped += 1;
-                return Ok(());
-            }
-            let fail = |detail: String| OpenError::Replay {
-                path: file.path.clone(),
-                offset,
-                lsn: frame.lsn,
-                detail,
-            };
-            let event = codec::decode(frame.payload).map_err(|e| fail(e.to_string()))?;
-            state
-                .replay(frame.lsn, &event, idempotency_cutoff_ms, &mut tenant_cache)
-                .map_err(|e| fail(e.to_string()))?;
-            replay.replayed += 1;
-            Ok(())
-        };
-        let scan = segment::scan(
-            &bytes,
-            file.first_lsn,
-            codec::FORMAT_VERSION,
-            // The configured limit is for new records: ones written under a higher one still read.
-            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
-            visit,
-        )?
-        .map_err(|damage| OpenError::Damage {
+    let visit = |file: &SegmentFile, offset: u64, frame: crate::wal::record::Frame<'_>| {
+        let fail = |detail: String| OpenError::Replay {
             path: file.path.clone(),
-            detail: damage.to_string(),
-        })?;
-        replay.segments += 1;
-        if let ScanEnd::TornTail { offset, reason } = &scan.end {
-            if index != last_index {
-                return Err(OpenError::Damage {
-                    path: file.path.clone(),
-                    detail: format!(
-                        "bad batch at offset {offset} ({reason}) in a segment that is not the last"
-                    ),
-                });
-            }
-            replay.torn_tail = Some(TornTail {
-                path: file.path.clone(),
-                offset: *offset,
-                discarded_bytes: bytes.len() as u64 - offset,
-            });
+            offset,
+            lsn: frame.lsn,
+            detail,
+        };
+        let event = codec::decode(frame.payload).map_err(|e| fail(e.to_string()))?;
+        state
+            .replay(frame.lsn, &event, idempotency_cutoff_ms, &mut tenant_cache)
+            .map_err(|e| fail(e.to_string()))
+    };
+    let read = reader::read(&**storage, segments, range, visit).map_err(|error| match error {
+        ReadError::Io { path, source } => OpenError::Io { path, source },
+        ReadError::Damage { path, detail } => OpenError::Damage { path, detail },
+        ReadError::Visit(error) => error,
+        gap @ (ReadError::Missing { .. } | ReadError::Gap { .. }) => {
+            OpenError::Gap(gap.to_string())
         }
-        expected = scan.next_lsn;
-        valid_end = scan.valid_len;
-    }
-    if expected < start_lsn {
-        let last = &segments[last_index];
+    })?;
+    if read.next_lsn < start_lsn {
         let snapshot = start.snapshot.map_or_else(
             || "the snapshot".to_owned(),
             |path| path.display().to_string(),
         );
+        let (last, valid_end) = read.last.unwrap_or_default();
         return Err(OpenError::Gap(format!(
             "the log ends at LSN {} ({} ends at offset {valid_end}) before {snapshot} starts at \
              LSN {start_lsn}: the segment was cut or its end is lost",
-            expected.saturating_sub(1),
-            last.path.display(),
+            read.next_lsn.saturating_sub(1),
+            last.display(),
         )));
     }
-    replay.next_lsn = expected;
-    Ok(replay)
+    Ok(Replay {
+        segments: read.segments,
+        replayed: read.records,
+        skipped: read.skipped,
+        next_lsn: read.next_lsn,
+        torn_tail: read.unfinished.map(|unfinished| TornTail {
+            path: unfinished.path,
+            offset: unfinished.offset,
+            discarded_bytes: unfinished.bytes,
+        }),
+        first: read.first,
+    })
 }
 
 /// Reads the segments before the first one replay needed (what an older snapshot would replay)

@@ -12,6 +12,7 @@ pub const MAX_LSN: u64 = (1 << 63) - 1;
 pub mod batch;
 pub mod end;
 pub mod memory;
+pub mod reader;
 pub mod record;
 pub mod retention;
 pub mod segment;
