@@ -1,5 +1,10 @@
-//! Metric names, descriptions and the Prometheus recorder. Handles are created once and cached:
-//! nothing on a request path looks a metric up by name.
+//! Metric descriptions, bucket boundaries and the Prometheus recorder; the names themselves are
+//! in [`names`]. Handles are created once and cached: nothing on a request path looks a metric up
+//! by name.
+//!
+//! The standard `process_*` metrics (CPU time, memory, file descriptors) come from the
+//! `metrics-process` crate: they are described with the rest at [`install`], and [`ProcessMetrics`] reads
+//! them from the operating system when the server's upkeep task asks.
 //!
 //! The recorder must be installed before the engine opens, because the log writer takes its
 //! handles when its thread starts. [`install`] is idempotent, so tests that run many servers in
@@ -13,6 +18,8 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::types::CreditKind;
+
+pub mod names;
 
 /// Seconds buckets for request latency: 50 µs to 2.5 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -41,13 +48,13 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    Matcher::Full("creditd_gateway_request_duration_seconds".into()),
+                    Matcher::Full(names::GATEWAY_REQUEST_DURATION_SECONDS.into()),
                     GATEWAY_BUCKETS,
                 )
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("creditd_wal_batch_records".into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::WAL_BATCH_RECORDS.into()), BATCH_BUCKETS))
                 .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full("creditd_snapshot_duration_seconds".into()), SNAPSHOT_BUCKETS)
+                    b.set_buckets_for_metric(Matcher::Full(names::SNAPSHOT_DURATION_SECONDS.into()), SNAPSHOT_BUCKETS)
                 })
                 .map(PrometheusBuilder::build_recorder);
             match recorder {
@@ -68,98 +75,136 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Describes every metric, so that each family on `/metrics` has its `# HELP` line. A name that
+/// is used but never described is exported without one, which `promtool check metrics` reports.
 fn describe() {
     describe_counter!(
-        "creditd_debits_total",
+        names::DEBITS_TOTAL,
         Unit::Count,
         "Debits by outcome: ok, insufficient (402), rejected (other errors)."
     );
     describe_counter!(
-        "creditd_credits_total",
+        names::CREDITS_TOTAL,
         Unit::Count,
         "Credits applied, by kind (grant, topup, refund, adjustment)."
     );
     describe_histogram!(
-        "creditd_http_request_duration_seconds",
+        names::HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "HTTP request latency from headers read to response ready, by route template, method and status."
     );
     describe_histogram!(
-        "creditd_wal_fsync_duration_seconds",
+        names::WAL_FSYNC_DURATION_SECONDS,
         Unit::Seconds,
         "Time of each log fdatasync."
     );
     describe_histogram!(
-        "creditd_wal_batch_records",
+        names::WAL_BATCH_RECORDS,
         Unit::Count,
         "Records made durable per group commit."
     );
     describe_counter!(
-        "creditd_wal_written_bytes_total",
+        names::WAL_WRITTEN_BYTES_TOTAL,
         Unit::Bytes,
         "Bytes written to the log."
     );
     describe_gauge!(
-        "creditd_wallets",
+        names::WALLETS,
         Unit::Count,
         "Wallets held in memory, all tenants (refreshed every 15 s)."
     );
     describe_gauge!(
-        "creditd_users",
+        names::USERS,
         Unit::Count,
         "Users held in memory, all tenants (refreshed every 15 s)."
     );
     describe_gauge!(
-        "creditd_reservations_open",
+        names::RESERVATIONS_OPEN,
         Unit::Count,
         "Open reservations, all tenants (refreshed every 15 s)."
     );
     describe_gauge!(
-        "creditd_idempotency_keys",
+        names::IDEMPOTENCY_KEYS,
         Unit::Count,
         "Idempotency keys held, all tenants."
     );
     describe_gauge!(
-        "creditd_wal_durable_lsn",
+        names::WAL_DURABLE_LSN,
         Unit::Count,
         "The highest LSN known to be durable."
     );
     describe_gauge!(
-        "creditd_recovery_fallback_problems",
+        names::RECOVERY_FALLBACK_PROBLEMS,
         Unit::Count,
         "Problems recovery found in what the fallback (older) snapshot would need: damaged or missing \
          segments before the ones replayed, newer snapshots passed over. 0 when the fallback is intact."
     );
     describe_gauge!(
-        "creditd_ready",
+        names::READY,
         Unit::Count,
         "1 when the server accepts writes, 0 when not ready or poisoned."
     );
     describe_gauge!(
-        "creditd_http_connections_open",
+        names::HTTP_CONNECTIONS_OPEN,
         Unit::Count,
         "Open HTTP connections by slot: regular, or reserved for health probes and metrics (refreshed every 5 s)."
     );
     describe_counter!(
-        "creditd_http_connections_refused_total",
+        names::HTTP_CONNECTIONS_REFUSED_TOTAL,
         Unit::Count,
         "Connections the server refused or closed on its own, by reason: shed_idle, full, reserved_slot, header_too_large, body_budget."
     );
     describe_gauge!(
-        "creditd_http_body_bytes_buffered",
+        names::HTTP_BODY_BYTES_BUFFERED,
         Unit::Bytes,
         "Bytes of request bodies claimed against server.body_budget_bytes (refreshed every 5 s)."
     );
     describe_counter!(
-        "creditd_autotopup_total",
+        names::AUTOTOPUP_TOTAL,
         Unit::Count,
         "Automatic top-up attempts by outcome."
     );
     describe_histogram!(
-        "creditd_snapshot_duration_seconds",
+        names::SNAPSHOT_DURATION_SECONDS,
         Unit::Seconds,
         "Time to write one snapshot."
     );
+    describe_histogram!(
+        names::GATEWAY_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time of one call to the payment gateway, by gateway and op (initialize, charge, verify)."
+    );
+    describe_counter!(
+        names::WEBHOOKS_RECEIVED_TOTAL,
+        Unit::Count,
+        "Gateway webhooks handled, by gateway and outcome."
+    );
+    describe_counter!(
+        names::EVENTS_DELIVERED_TOTAL,
+        Unit::Count,
+        "Events to tenants' applications, once per event, by outcome: delivered, failed, dropped, no_endpoint."
+    );
+    describe_counter!(
+        names::EVENTS_DROPPED_TOTAL,
+        Unit::Count,
+        "Events the engine could not queue for delivery because the queue was full; never sent."
+    );
+    metrics_process::Collector::default().describe();
+}
+
+/// The standard `process_*` metrics (see [`names::PROCESS`]), read from the operating system on
+/// each [`ProcessMetrics::collect`]; cheap to clone (the names are shared).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessMetrics {
+    collector: metrics_process::Collector,
+}
+
+impl ProcessMetrics {
+    /// Reads CPU time, memory, file descriptors and threads and sets the metrics. It reads files
+    /// under `/proc` (on Linux), listing every open descriptor, so call it off the async workers.
+    pub fn collect(&self) {
+        self.collector.collect();
+    }
 }
 
 /// Outcomes of a debit, for `creditd_debits_total{outcome}`.
@@ -224,14 +269,14 @@ impl ConnectionMetrics {
     /// Creates the handles; every series exists from then on, at zero.
     pub fn new() -> ConnectionMetrics {
         let refused = Refusal::ALL.map(|reason| {
-            let counter = metrics::counter!("creditd_http_connections_refused_total", "reason" => reason.as_str());
+            let counter = metrics::counter!(names::HTTP_CONNECTIONS_REFUSED_TOTAL, "reason" => reason.as_str());
             counter.increment(0);
             counter
         });
         ConnectionMetrics {
             refused,
-            open_regular: metrics::gauge!("creditd_http_connections_open", "slot" => "regular"),
-            open_reserved: metrics::gauge!("creditd_http_connections_open", "slot" => "reserved"),
+            open_regular: metrics::gauge!(names::HTTP_CONNECTIONS_OPEN, "slot" => "regular"),
+            open_reserved: metrics::gauge!(names::HTTP_CONNECTIONS_OPEN, "slot" => "reserved"),
         }
     }
 
@@ -275,6 +320,8 @@ pub struct Metrics {
     pub body_bytes_buffered: Gauge,
     /// Connection refusals and open connections.
     pub connections: ConnectionMetrics,
+    /// The standard process metrics, collected by the server's upkeep task.
+    pub process: ProcessMetrics,
 }
 
 /// The statuses creditd answers with, each with its own histogram slot; others share the last.
@@ -288,10 +335,11 @@ impl Metrics {
     /// by the number passed to [`Metrics::http`].
     pub fn new(routes: &'static [&'static str]) -> Metrics {
         let debit =
-            |outcome: &'static str| metrics::counter!("creditd_debits_total", "outcome" => outcome);
+            |outcome: &'static str| metrics::counter!(names::DEBITS_TOTAL, "outcome" => outcome);
         let credit =
-            |kind: CreditKind| metrics::counter!("creditd_credits_total", "kind" => kind.as_str());
-        let autotopup = |outcome: &'static str| metrics::counter!("creditd_autotopup_total", "outcome" => outcome);
+            |kind: CreditKind| metrics::counter!(names::CREDITS_TOTAL, "kind" => kind.as_str());
+        let autotopup =
+            |outcome: &'static str| metrics::counter!(names::AUTOTOPUP_TOTAL, "outcome" => outcome);
         // Registered at zero so dashboards see the series before the first top-up.
         for outcome in ["succeeded", "failed", "skipped"] {
             autotopup(outcome).increment(0);
@@ -309,14 +357,15 @@ impl Metrics {
                 .map(|_| std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())))
                 .collect(),
             routes,
-            wallets: metrics::gauge!("creditd_wallets"),
-            users: metrics::gauge!("creditd_users"),
-            reservations_open: metrics::gauge!("creditd_reservations_open"),
-            idempotency_keys: metrics::gauge!("creditd_idempotency_keys"),
-            durable_lsn: metrics::gauge!("creditd_wal_durable_lsn"),
-            ready: metrics::gauge!("creditd_ready"),
-            body_bytes_buffered: metrics::gauge!("creditd_http_body_bytes_buffered"),
+            wallets: metrics::gauge!(names::WALLETS),
+            users: metrics::gauge!(names::USERS),
+            reservations_open: metrics::gauge!(names::RESERVATIONS_OPEN),
+            idempotency_keys: metrics::gauge!(names::IDEMPOTENCY_KEYS),
+            durable_lsn: metrics::gauge!(names::WAL_DURABLE_LSN),
+            ready: metrics::gauge!(names::READY),
+            body_bytes_buffered: metrics::gauge!(names::HTTP_BODY_BYTES_BUFFERED),
             connections: ConnectionMetrics::new(),
+            process: ProcessMetrics::default(),
         }
     }
 
@@ -352,7 +401,7 @@ impl Metrics {
                 status.to_string()
             };
             metrics::histogram!(
-                "creditd_http_request_duration_seconds",
+                names::HTTP_REQUEST_DURATION_SECONDS,
                 "route" => template,
                 "method" => method,
                 "status" => status

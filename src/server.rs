@@ -122,7 +122,8 @@ pub async fn serve_engine(
 ) -> Result<(), ServerError> {
     crate::metrics::install();
     let fallback_problems = &engine.recovery_report().fallback_problems;
-    metrics::gauge!("creditd_recovery_fallback_problems").set(fallback_problems.len() as f64);
+    metrics::gauge!(crate::metrics::names::RECOVERY_FALLBACK_PROBLEMS)
+        .set(fallback_problems.len() as f64);
     ensure_tenants(&config, &engine).await?;
     let address = listener.local_addr().map_err(ServerError::Bind)?;
     let public_url = config
@@ -197,7 +198,8 @@ pub async fn serve_engine(
     Ok(())
 }
 
-/// Every few seconds: exporter upkeep and the gauges that are counted, not tracked.
+/// Every few seconds: exporter upkeep, the gauges that are counted, not tracked, and the process
+/// metrics.
 async fn upkeep(state: Arc<ApiState>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(5));
     let mut round = 0u64;
@@ -217,6 +219,10 @@ async fn upkeep(state: Arc<ApiState>) {
         metrics
             .idempotency_keys
             .set(state.engine.idempotency_entries() as f64);
+        // Off the async workers: it reads files under /proc and lists every open descriptor,
+        // which under a flood of connections is thousands of entries.
+        let process = metrics.process.clone();
+        let _ = tokio::task::spawn_blocking(move || process.collect()).await;
         if round.is_multiple_of(3) {
             let engine = Arc::clone(&state.engine);
             if let Ok(figures) = tokio::task::spawn_blocking(move || engine.census()).await {

@@ -1,5 +1,5 @@
 //! Tests that run the real `creditd` binary: kill it with SIGKILL and SIGTERM, restart it on the
-//! same data directory, and check what survived.
+//! same data directory, and check what survived; and read its `/metrics` as Prometheus would.
 
 use std::process::Command;
 
@@ -199,5 +199,104 @@ fn readyz_and_metrics_say_when_the_fallback_snapshot_is_gone() {
             .any(|line| line == "creditd_recovery_fallback_problems 1"),
         "{metrics}"
     );
+    server.kill_9();
+}
+
+/// `/metrics` as Prometheus reads it: every family has a `# HELP` and a `# TYPE` line (a name
+/// used without being described is exported with no help, which `promtool check metrics`
+/// reports), every sample belongs to a declared family, counters and only counters end in
+/// `_total`, every family is one `creditd::metrics::names` declares, and the standard process
+/// metrics are there. A check in Rust, so that it runs where promtool is not installed.
+#[test]
+fn every_metric_family_has_help_and_type_and_the_process_metrics_are_exported() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+
+    use creditd::metrics::names;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path());
+    let client = server.client();
+    let runtime = runtime();
+    let text = runtime.block_on(async {
+        // Some traffic, so that the series created on first use (request latency by route,
+        // method and status) are exported too.
+        client.put_user("kim", None).await.unwrap();
+        client.credit("kim", 100, None, None).await.unwrap();
+        client.debit("kim", &Debit::amount(30), None).await.unwrap();
+        let (status, _, _) = client
+            .send(http::Method::GET, "/no/such/route", None, None)
+            .await
+            .unwrap();
+        assert_eq!(status, 404);
+        // The process metrics are set by the upkeep task, whose first run is just after start-up
+        // and may come after the server is ready.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, body) = client
+                .send(http::Method::GET, "/metrics", None, None)
+                .await
+                .unwrap();
+            assert_eq!(status, 200);
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            if text
+                .lines()
+                .any(|line| line.starts_with("process_open_fds "))
+                || Instant::now() > deadline
+            {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    let mut help = BTreeSet::new();
+    let mut types = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, _) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(help.insert(name), "two # HELP lines for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                types.insert(name, kind).is_none(),
+                "two # TYPE lines for {name}"
+            );
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let value = line.rsplit(' ').next().unwrap();
+            samples.insert(name, value.parse::<f64>().unwrap());
+        }
+    }
+    for name in samples.keys() {
+        let family = types.contains_key(name).then_some(*name).or_else(|| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))?;
+            matches!(types.get(base), Some(&"histogram" | &"summary")).then_some(base)
+        });
+        assert!(
+            family.is_some(),
+            "sample {name} belongs to no # TYPE family"
+        );
+    }
+    let declared: BTreeSet<&str> = names::ALL.iter().chain(names::PROCESS).copied().collect();
+    for (name, kind) in &types {
+        assert!(help.contains(name), "{name} ({kind}) has no # HELP line");
+        assert!(declared.contains(name), "{name} is not in metrics::names");
+        assert_eq!(
+            *kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}"
+        );
+    }
+    for name in &help {
+        assert!(types.contains_key(name), "{name} has # HELP but no # TYPE");
+    }
+    for name in ["process_resident_memory_bytes", "process_open_fds"] {
+        let value = samples.get(name).copied();
+        assert!(value.is_some_and(|v| v > 0.0), "{name}: {value:?}\n{text}");
+    }
     server.kill_9();
 }

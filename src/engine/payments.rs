@@ -550,7 +550,7 @@ impl Engine {
                 lsn,
             };
             if hooks.events.try_send(event).is_err() {
-                metrics::counter!("creditd_events_dropped_total").increment(1);
+                metrics::counter!(crate::metrics::names::EVENTS_DROPPED_TOTAL).increment(1);
             }
         }
     }

@@ -194,7 +194,7 @@ impl Engine {
         progress.last_finished = Instant::now();
         drop(progress);
         let seconds = started.elapsed().as_secs_f64();
-        metrics::histogram!("creditd_snapshot_duration_seconds").record(seconds);
+        metrics::histogram!(crate::metrics::names::SNAPSHOT_DURATION_SECONDS).record(seconds);
         tracing::info!(
             path = %summary.path.display(),
             start_lsn,

@@ -29,6 +29,7 @@ use crate::engine::payments::{
 };
 use crate::engine::types::{check_email, check_idempotency_key, EngineError};
 use crate::engine::{Context, Engine, IdempotencyKey, Tenant};
+use crate::metrics::names;
 use gateway::{CheckoutSpec, Gateway, GatewayError, Outcome, PaymentGateway, WebhookError};
 use paystack::PaystackGateway;
 use sandbox::SandboxGateway;
@@ -125,21 +126,15 @@ struct PaymentMetrics {
 
 impl PaymentMetrics {
     fn new(gateway: &'static str) -> PaymentMetrics {
-        let seconds = |op: &'static str| metrics::histogram!("creditd_gateway_request_duration_seconds", "gateway" => gateway, "op" => op);
-        let labelled = |name: &'static str,
-                        label: &'static str,
-                        values: &[&'static str]|
+        let seconds = |op: &'static str| metrics::histogram!(names::GATEWAY_REQUEST_DURATION_SECONDS, "gateway" => gateway, "op" => op);
+        // Every series is registered at zero, so dashboards see it before the first event.
+        let labelled = |values: &[&'static str],
+                        counter: &dyn Fn(&'static str) -> Counter|
          -> Vec<(&'static str, Counter)> {
             values
                 .iter()
                 .map(|&value| {
-                    let counter = match (name, label) {
-                        ("creditd_webhooks_received_total", _) => {
-                            metrics::counter!("creditd_webhooks_received_total", "gateway" => gateway, "outcome" => value)
-                        }
-                        ("creditd_autotopup_total", _) => metrics::counter!("creditd_autotopup_total", "outcome" => value),
-                        _ => metrics::counter!("creditd_events_delivered_total", "outcome" => value),
-                    };
+                    let counter = counter(value);
                     counter.increment(0);
                     (value, counter)
                 })
@@ -148,8 +143,6 @@ impl PaymentMetrics {
         PaymentMetrics {
             gateway_seconds: [seconds("initialize"), seconds("charge"), seconds("verify")],
             webhooks: labelled(
-                "creditd_webhooks_received_total",
-                "outcome",
                 &[
                     "credited",
                     "duplicate",
@@ -159,16 +152,15 @@ impl PaymentMetrics {
                     "bad_signature",
                     "malformed",
                 ],
+                &|outcome| metrics::counter!(names::WEBHOOKS_RECEIVED_TOTAL, "gateway" => gateway, "outcome" => outcome),
             ),
             autotopup: labelled(
-                "creditd_autotopup_total",
-                "outcome",
                 &["succeeded", "failed", "skipped", "pending", "error"],
+                &|outcome| metrics::counter!(names::AUTOTOPUP_TOTAL, "outcome" => outcome),
             ),
             events: labelled(
-                "creditd_events_delivered_total",
-                "outcome",
                 &["delivered", "failed", "dropped", "no_endpoint"],
+                &|outcome| metrics::counter!(names::EVENTS_DELIVERED_TOTAL, "outcome" => outcome),
             ),
         }
     }

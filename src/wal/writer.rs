@@ -29,6 +29,8 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::metrics::names;
+
 use super::batch;
 use super::record::{self, HEADER_BYTES};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
@@ -518,9 +520,9 @@ fn cut_failed_batch(segment: &mut ActiveSegment, what: String) -> String {
 }
 
 fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegment) {
-    let fsync_seconds = metrics::histogram!("creditd_wal_fsync_duration_seconds");
-    let batch_records = metrics::histogram!("creditd_wal_batch_records");
-    let written_bytes = metrics::counter!("creditd_wal_written_bytes_total");
+    let fsync_seconds = metrics::histogram!(names::WAL_FSYNC_DURATION_SECONDS);
+    let batch_records = metrics::histogram!(names::WAL_BATCH_RECORDS);
+    let written_bytes = metrics::counter!(names::WAL_WRITTEN_BYTES_TOTAL);
     let options = &shared.options;
     let mut spare = Vec::with_capacity(1 << 20);
     while let Some(batch) = take_batch(shared, spare) {
