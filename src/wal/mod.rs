@@ -1,5 +1,6 @@
-//! The write-ahead log: record framing, segments, the group-commit writer, snapshot files and the
-//! scan that recovery and `creditd wal verify` share.
+//! The write-ahead log: record and batch framing, segments and `log-end`, the group-commit
+//! writer, the reader that hands out records from an LSN across segments, retention holds, and
+//! snapshot files.
 //!
 //! This module moves opaque payloads to and from disk and knows nothing of what they mean; the
 //! engine encodes and applies them through [`crate::codec`]. All I/O goes through the
