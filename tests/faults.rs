@@ -1122,6 +1122,13 @@ fn a_writer_stuck_in_fsync_makes_appends_fail_with_backpressure() {
 // What a restart builds on.
 // ---------------------------------------------------------------------------------------------
 
+/// Tenant `acme` with `alice` holding a million credits, all durable: room for many debits.
+fn funded_alice(engine: &Engine) -> Arc<Tenant> {
+    let tenant = acme_with_alice(engine);
+    acknowledge(engine, credit(engine, &tenant, "alice", 1_000_000, "grant"));
+    tenant
+}
+
 /// Tenant `acme` with the user `alice`, both durable.
 fn acme_with_alice(engine: &Engine) -> Arc<Tenant> {
     let (tenant, _, lsn) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
@@ -1366,11 +1373,7 @@ fn a_removed_last_segment_refuses_to_start() {
             ..options(&disk)
         };
         let engine = open(&options, disk.storage());
-        let tenant = acme_with_alice(&engine);
-        acknowledge(
-            &engine,
-            credit(&engine, &tenant, "alice", 1_000_000, "grant"),
-        );
+        let tenant = funded_alice(&engine);
         for n in 0..200 {
             acknowledge(
                 &engine,
@@ -1413,11 +1416,7 @@ fn two_snapshots_over_rotated_segments(disk: &Disk) -> (EngineOptions, Vec<segme
         ..options(disk)
     };
     let engine = open(&options, disk.storage());
-    let tenant = acme_with_alice(&engine);
-    acknowledge(
-        &engine,
-        credit(&engine, &tenant, "alice", 1_000_000, "grant"),
-    );
+    let tenant = funded_alice(&engine);
     for round in 0..2 {
         for n in 0..60 {
             let key = format!("r{round}-{n}");
@@ -1559,11 +1558,7 @@ fn a_retention_hold_keeps_every_segment_it_needs_through_snapshots_until_release
             ..options(&disk)
         };
         let engine = open(&options, disk.storage());
-        let tenant = acme_with_alice(&engine);
-        acknowledge(
-            &engine,
-            credit(&engine, &tenant, "alice", 1_000_000, "grant"),
-        );
+        let tenant = funded_alice(&engine);
         let segment_names = || {
             let dir = options.wal_dir();
             segment::from_listing(&dir, &disk.storage().list(&dir).unwrap())
