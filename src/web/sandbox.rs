@@ -69,19 +69,12 @@ pub fn checkout_page(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn prices() {
-        assert_eq!(price(200_000, "NGN"), "2,000.00 NGN");
-        assert_eq!(price(5, "USD"), "0.05 USD");
-        assert_eq!(price(123_456_789, "USD"), "1,234,567.89 USD");
-    }
-
-    #[test]
-    fn the_page_escapes_what_it_shows_and_fills_every_placeholder() {
-        let payment = PaymentView {
+    /// A pending sandbox checkout of 5 credits for 1.00 NGN (for the sandbox gateway's tests too).
+    pub(crate) fn pending_checkout() -> PaymentView {
+        PaymentView {
             reference: "cd_1".into(),
             tenant: "t".into(),
             user: "u".into(),
@@ -97,7 +90,19 @@ mod tests {
             checkout_url: None,
             fingerprint: None,
             last_lsn: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn prices() {
+        assert_eq!(price(200_000, "NGN"), "2,000.00 NGN");
+        assert_eq!(price(5, "USD"), "0.05 USD");
+        assert_eq!(price(123_456_789, "USD"), "1,234,567.89 USD");
+    }
+
+    #[test]
+    fn the_page_escapes_what_it_shows_and_fills_every_placeholder() {
+        let payment = pending_checkout();
         let page = checkout_page(&payment, "Starter <b>", true, Some("{{status}}"));
         assert!(page.contains("Starter &lt;b&gt;") && page.contains(r#"value="pay""#));
         assert!(page.contains(r#"<p class="notice" id="notice">{{status}}</p>"#));

@@ -164,23 +164,7 @@ mod tests {
     #[test]
     fn clicks_verify_and_forgeries_do_not() {
         let sandbox = SandboxGateway::new("http://localhost");
-        let payment = PaymentView {
-            reference: "cd_1".into(),
-            tenant: "t".into(),
-            user: "u".into(),
-            currency: crate::engine::types::Currency::CREDITS,
-            package: "p".into(),
-            credits: 5,
-            amount_minor: 100,
-            price_currency: crate::engine::types::Currency::new("NGN").unwrap(),
-            gateway: "sandbox".into(),
-            purpose: crate::engine::event::PaymentPurpose::Checkout,
-            created_ms: 0,
-            status: crate::engine::payments::PaymentStatus::Pending,
-            checkout_url: None,
-            fingerprint: None,
-            last_lsn: 1,
-        };
+        let payment = crate::web::sandbox::tests::pending_checkout();
         let (headers, body) = sandbox.click(&payment, true, 1000);
         let report = sandbox.webhook(&headers, &body, 1000).unwrap().unwrap();
         assert!(matches!(
