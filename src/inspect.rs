@@ -2,6 +2,7 @@
 //! replays the whole state in memory; `creditd wal dump` prints one line per event. Neither changes
 //! any file nor takes the directory's lock.
 
+use std::convert::Infallible;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use crate::engine::{Engine, EngineOptions, SystemClock};
 use crate::time::format_rfc3339_ms;
 use crate::wal::reader;
 use crate::wal::record::Frame;
-use crate::wal::segment::{self, ScanEnd};
+use crate::wal::segment::{self, SegmentFile};
 use crate::wal::snapshot::{self as snapshot_file, SnapshotReader};
 use crate::wal::{FsStorage, SharedStorage};
 
@@ -76,6 +77,13 @@ pub fn verify(data_dir: &Path, out: &mut dyn Write) -> std::io::Result<Verificat
     Ok(found)
 }
 
+/// Reports every segment, one line each, and every problem: the gaps between segments, damage,
+/// records that do not decode, an unfinished write anywhere but at the end of the last segment.
+///
+/// Each segment is read through [`reader::read`] on its own, not the log in one read: the reader
+/// stops at the first gap or damage, and verify goes on to report the segments after it. So the
+/// rules that join segments (each starts where the one before ends; an unfinished write only at
+/// the very end) are applied here, as reports instead of stops.
 fn verify_segments(
     storage: &SharedStorage,
     options: &EngineOptions,
@@ -86,81 +94,115 @@ fn verify_segments(
     let segments = segment::from_listing(&dir, &storage.list(&dir)?);
     let mut expected: Option<u64> = None;
     for (index, file) in segments.iter().enumerate() {
-        let name = file.path.display();
         if let Some(expected) = expected.filter(|&lsn| lsn != file.first_lsn) {
             let problem = format!(
-                "{name}: starts at LSN {}, the previous segment ends before {expected}",
+                "{}: starts at LSN {}, the previous segment ends before {expected}",
+                file.path.display(),
                 file.first_lsn
             );
             writeln!(out, "segment {problem}")?;
             found.damage.push(problem);
         }
-        let bytes = storage.read_all(&file.path)?;
-        let mut undecodable = None;
-        let visit = |offset: u64, frame: Frame<'_>| -> Result<(), ()> {
-            if undecodable.is_none() && codec::decode::<Event<'_>>(frame.payload).is_err() {
-                undecodable = Some(format!(
-                    "{name}: record LSN {} at offset {offset} does not decode",
-                    frame.lsn
-                ));
-            }
-            Ok(())
-        };
-        let scan = segment::scan(
-            &bytes,
-            file.first_lsn,
-            codec::FORMAT_VERSION,
-            // The configured limit is for new records: ones written under a higher one still read.
-            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
-            visit,
-        );
-        found.segments += 1;
-        match scan {
-            Ok(Ok(scan)) => {
-                found.records += scan.records;
-                let range = if scan.records == 0 {
-                    "no records".to_owned()
-                } else {
-                    format!("LSN {}..={}", file.first_lsn, scan.next_lsn - 1)
-                };
-                let mut line = format!(
-                    "segment {name}: {range}, {} records, {} bytes",
-                    scan.records,
-                    bytes.len()
-                );
-                if let ScanEnd::TornTail { offset, reason } = &scan.end {
-                    let note = format!(
-                        "{name}: unfinished write at offset {offset} ({reason}); recovery cuts it"
-                    );
-                    if index + 1 == segments.len() {
-                        line.push_str(&format!(
-                            ", torn tail at offset {offset} (recovery cuts it)"
-                        ));
-                        found.notes.push(note);
-                    } else {
-                        line.push_str(&format!(
-                            ", DAMAGED at offset {offset}: bad batch in a segment that is not the last"
-                        ));
-                        found.damage.push(note);
-                    }
-                }
-                writeln!(out, "{line}")?;
-                expected = Some(scan.next_lsn);
-            }
-            Ok(Err(damage)) => {
-                let problem = format!("{name}: {damage}");
-                writeln!(out, "segment {problem}")?;
-                found.damage.push(problem);
-                expected = None;
-            }
-            Err(()) => unreachable!("the visitor never fails"),
-        }
-        if let Some(problem) = undecodable {
-            writeln!(out, "segment {problem}")?;
-            found.damage.push(problem);
-        }
+        let last = index + 1 == segments.len();
+        expected = verify_segment(storage, file, last, out, found)?;
     }
     Ok(())
+}
+
+/// Reads one segment, writes its line (or its damage) and any record that does not decode, and
+/// returns the LSN the next segment must start at, or `None` after damage.
+fn verify_segment(
+    storage: &SharedStorage,
+    file: &SegmentFile,
+    last: bool,
+    out: &mut dyn Write,
+    found: &mut Verification,
+) -> std::io::Result<Option<u64>> {
+    let name = file.path.display();
+    let range = reader::Range {
+        from_lsn: file.first_lsn,
+        until_lsn: u64::MAX,
+        format_version: codec::FORMAT_VERSION,
+        // The configured limit is for new records: ones written under a higher one still read.
+        max_record_bytes: crate::wal::record::MAX_RECORD_BYTES_LIMIT,
+    };
+    let mut undecodable = None;
+    let visit = |_: &SegmentFile, offset: u64, frame: Frame<'_>| -> Result<(), Infallible> {
+        if undecodable.is_none() && codec::decode::<Event<'_>>(frame.payload).is_err() {
+            undecodable = Some(format!(
+                "{name}: record LSN {} at offset {offset} does not decode",
+                frame.lsn
+            ));
+        }
+        Ok(())
+    };
+    let read = reader::read(&**storage, std::slice::from_ref(file), range, visit);
+    found.segments += 1;
+    let next_lsn = match read {
+        Ok(read) => {
+            found.records += read.records;
+            writeln!(out, "{}", segment_line(file, &read, last, found))?;
+            Some(read.next_lsn)
+        }
+        Err(reader::ReadError::Io { source, .. }) => return Err(source),
+        Err(reader::ReadError::Visit(never)) => match never {},
+        Err(error) => {
+            let problem = match error {
+                reader::ReadError::Damage { detail, .. } => format!("{name}: {detail}"),
+                // Not from one segment read from its first LSN; said as the reader says it.
+                error => error.to_string(),
+            };
+            writeln!(out, "segment {problem}")?;
+            found.damage.push(problem);
+            None
+        }
+    };
+    if let Some(problem) = undecodable {
+        writeln!(out, "segment {problem}")?;
+        found.damage.push(problem);
+    }
+    Ok(next_lsn)
+}
+
+/// The line of a segment read to its end: its LSNs, records and bytes, and an unfinished write at
+/// its end (recovery cuts it in the last segment; anywhere else it is damage).
+fn segment_line(
+    file: &SegmentFile,
+    read: &reader::Read,
+    last: bool,
+    found: &mut Verification,
+) -> String {
+    let name = file.path.display();
+    let range = if read.records == 0 {
+        "no records".to_owned()
+    } else {
+        format!("LSN {}..={}", file.first_lsn, read.next_lsn - 1)
+    };
+    let valid_bytes = read.last.as_ref().map_or(0, |(_, valid_len)| *valid_len);
+    let bytes = read.unfinished.as_ref().map_or(valid_bytes, |unfinished| {
+        unfinished.offset + unfinished.bytes
+    });
+    let mut line = format!(
+        "segment {name}: {range}, {} records, {bytes} bytes",
+        read.records
+    );
+    if let Some(unfinished) = &read.unfinished {
+        let (offset, reason) = (unfinished.offset, &unfinished.reason);
+        let note =
+            format!("{name}: unfinished write at offset {offset} ({reason}); recovery cuts it");
+        if last {
+            line.push_str(&format!(
+                ", torn tail at offset {offset} (recovery cuts it)"
+            ));
+            found.notes.push(note);
+        } else {
+            line.push_str(&format!(
+                ", DAMAGED at offset {offset}: bad batch in a segment that is not the last"
+            ));
+            found.damage.push(note);
+        }
+    }
+    line
 }
 
 fn verify_snapshots(
@@ -240,7 +282,7 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
         max_record_bytes: crate::wal::record::MAX_RECORD_BYTES_LIMIT,
     };
     let mut printed = 0u64;
-    let visit = |_: &segment::SegmentFile, _: u64, frame: Frame<'_>| -> std::io::Result<()> {
+    let visit = |_: &SegmentFile, _: u64, frame: Frame<'_>| -> std::io::Result<()> {
         let line = match codec::decode::<Event<'_>>(frame.payload) {
             Ok(event) => format!(
                 "{} {} {event:?}",
@@ -267,4 +309,91 @@ pub fn dump(data_dir: &Path, from_lsn: u64, out: &mut dyn Write) -> std::io::Res
         Err(error) => writeln!(out, "# {error}")?,
     }
     Ok(printed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::batch;
+    use crate::wal::memory::MemStorage;
+    use crate::wal::storage::Storage;
+
+    /// A log whose segments start at LSNs 1, 4, 7 and 12 (a gap: 10 and 11 are missing), of one
+    /// record a batch: the second segment is damaged, the third ends in an unfinished write, and so
+    /// does the last. No payload decodes.
+    fn damaged_log() -> (SharedStorage, EngineOptions) {
+        let options = EngineOptions {
+            data_dir: "/data".into(),
+            ..EngineOptions::default()
+        };
+        let memory = Arc::new(MemStorage::new());
+        let dir = options.wal_dir();
+        memory.create_dir_all(&dir).unwrap();
+        for (first, count) in [(1u64, 3u64), (4, 3), (7, 3), (12, 1)] {
+            let mut bytes = segment::encode_salted_header(first, codec::FORMAT_VERSION, 5).to_vec();
+            for lsn in first..first + count {
+                let payload = format!("not an event {lsn}");
+                bytes.extend_from_slice(&batch::encode(lsn, &[payload.as_bytes()], 5));
+            }
+            let path = dir.join(segment::file_name(first));
+            let mut file = memory.create(&path).unwrap();
+            file.write_all(&bytes).unwrap();
+            if first == 4 {
+                let offset = bytes.len() / 3;
+                memory.corrupt(&path, offset, &[bytes[offset] ^ 1]).unwrap();
+            }
+            if first >= 7 {
+                memory.append_durably(&path, &[0x42; 20]).unwrap();
+            }
+        }
+        (memory, options)
+    }
+
+    #[test]
+    fn every_segment_is_reported_past_the_first_damage() {
+        let (storage, options) = damaged_log();
+        let mut out = Vec::new();
+        let mut found = Verification::default();
+        verify_segments(&storage, &options, &mut out, &mut found).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let segment = |first: u64| format!("segment /data/wal/{}", segment::file_name(first));
+        let expected = [
+            format!("{}: LSN 1..=3, 3 records, 218 bytes", segment(1)),
+            format!("{}: record LSN 1 at offset 56 does not decode", segment(1)),
+            format!(
+                "{}: bad batch at offset 32 (record at offset 24 of the batch: record checksum \
+                 mismatch: stored 0x33688a17, computed 0x6f7d64a3) followed by a valid batch at \
+                 offset 94",
+                segment(4)
+            ),
+            format!(
+                "{}: LSN 7..=9, 3 records, 238 bytes, DAMAGED at offset 218: bad batch in a \
+                 segment that is not the last",
+                segment(7)
+            ),
+            format!("{}: record LSN 7 at offset 56 does not decode", segment(7)),
+            format!(
+                "{}: starts at LSN 12, the previous segment ends before 10",
+                segment(12)
+            ),
+            format!(
+                "{}: LSN 12..=12, 1 records, 115 bytes, torn tail at offset 95 (recovery cuts it)",
+                segment(12)
+            ),
+            format!(
+                "{}: record LSN 12 at offset 56 does not decode",
+                segment(12)
+            ),
+        ];
+        assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{out}");
+        assert_eq!((found.segments, found.records), (4, 7));
+        assert_eq!(found.damage.len(), 6, "{:?}", found.damage);
+        assert_eq!(
+            found.notes,
+            vec![
+                "/data/wal/00000000000000000012.log: unfinished write at offset 95 (batch header \
+                 truncated: 20 of 24 bytes); recovery cuts it"
+            ]
+        );
+    }
 }

@@ -158,15 +158,13 @@ pub async fn serve_engine(
     let state = Arc::new(state);
     // After the last step that can fail: restoring removes the file of kept events.
     let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
-    let pending_events = config
-        .storage
-        .data_dir
-        .join(crate::payments::events::PENDING_FILE);
-    let outbox = crate::payments::events::spawn(
-        Arc::clone(&payments),
-        events,
-        crate::payments::events::restore(&pending_events),
+    let pending_events = config.storage.data_dir.join(crate::notify::PENDING_FILE);
+    let notifier = crate::notify::Notifier::new(
+        Arc::clone(&engine),
+        payments.http().clone(),
+        &config.payments.events,
     );
+    let outbox = crate::notify::spawn(notifier, events, crate::notify::restore(&pending_events));
     if config.auth.keys.is_empty() {
         tracing::warn!("no API keys are configured: every /v1 request will get 401");
     }

@@ -730,7 +730,7 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
     // The endpoint refuses: the event waits to be tried again when the server stops.
     wait_for(|| async { refused.load(Ordering::SeqCst) >= 1 }).await;
     let dir = server.stop().await;
-    let file = dir.path().join(creditd::payments::events::PENDING_FILE);
+    let file = dir.path().join(creditd::notify::PENDING_FILE);
     let kept: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let depleted: Vec<&Value> = kept["events"]
         .as_array()
@@ -765,7 +765,7 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
     let server_dir = server.stop().await;
     assert!(!server_dir
         .path()
-        .join(creditd::payments::events::PENDING_FILE)
+        .join(creditd::notify::PENDING_FILE)
         .exists());
     let ids: Vec<Value> = received.lock().iter().map(|e| e["id"].clone()).collect();
     assert_eq!(ids.iter().filter(|seen| **seen == id).count(), 1, "{ids:?}");

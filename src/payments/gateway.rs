@@ -1,14 +1,13 @@
 //! The gateway trait and what gateways say. A gateway starts checkouts, charges saved methods,
 //! answers "what happened to this reference?", and turns a signed webhook into a report. It never
 //! decides how many credits a payment buys: the engine does, from the terms it recorded.
+//!
+//! The gateways themselves, and the choice of one by configuration, are in [`super::gateways`].
 
 use std::future::Future;
 
 use http::HeaderMap;
 
-use super::paystack::PaystackGateway;
-use super::sandbox::SandboxGateway;
-use super::stripe::StripeGateway;
 use crate::engine::event::{Decline, MethodRecord};
 use crate::engine::payments::Verdict;
 use crate::engine::types::Currency;
@@ -192,63 +191,6 @@ pub trait PaymentGateway: Send + Sync {
         body: &[u8],
         now_s: i64,
     ) -> Result<Option<WebhookReport>, WebhookError>;
-}
-
-/// The configured gateway.
-pub enum Gateway {
-    /// creditd's own checkout page.
-    Sandbox(SandboxGateway),
-    /// Paystack.
-    Paystack(PaystackGateway),
-    /// Stripe.
-    Stripe(StripeGateway),
-}
-
-impl PaymentGateway for Gateway {
-    fn name(&self) -> &'static str {
-        match self {
-            Gateway::Sandbox(gateway) => gateway.name(),
-            Gateway::Paystack(gateway) => gateway.name(),
-            Gateway::Stripe(gateway) => gateway.name(),
-        }
-    }
-
-    async fn initialize(&self, spec: &CheckoutSpec<'_>) -> Result<String, GatewayError> {
-        match self {
-            Gateway::Sandbox(gateway) => gateway.initialize(spec).await,
-            Gateway::Paystack(gateway) => gateway.initialize(spec).await,
-            Gateway::Stripe(gateway) => gateway.initialize(spec).await,
-        }
-    }
-
-    async fn charge(&self, spec: &ChargeSpec<'_>) -> Result<Outcome, GatewayError> {
-        match self {
-            Gateway::Sandbox(gateway) => gateway.charge(spec).await,
-            Gateway::Paystack(gateway) => gateway.charge(spec).await,
-            Gateway::Stripe(gateway) => gateway.charge(spec).await,
-        }
-    }
-
-    async fn verify(&self, reference: &str) -> Result<Outcome, GatewayError> {
-        match self {
-            Gateway::Sandbox(gateway) => gateway.verify(reference).await,
-            Gateway::Paystack(gateway) => gateway.verify(reference).await,
-            Gateway::Stripe(gateway) => gateway.verify(reference).await,
-        }
-    }
-
-    fn webhook(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now_s: i64,
-    ) -> Result<Option<WebhookReport>, WebhookError> {
-        match self {
-            Gateway::Sandbox(gateway) => gateway.webhook(headers, body, now_s),
-            Gateway::Paystack(gateway) => gateway.webhook(headers, body, now_s),
-            Gateway::Stripe(gateway) => gateway.webhook(headers, body, now_s),
-        }
-    }
 }
 
 /// An HTTP client for gateway calls: rustls with the web PKI roots, a timeout per call.

@@ -1,17 +1,15 @@
-//! Payments: the gateway trait and its three gateways (Paystack, Stripe, and the sandbox that is
-//! the default), webhook verification and settlement, the automatic top-up worker, and delivery of
-//! events to tenants' applications.
+//! Payments: the gateway trait ([`gateway`]) and the gateways ([`gateways`]: Paystack, Stripe, and
+//! the sandbox that is the default), webhook verification and settlement, and the automatic top-up
+//! worker. Notifications to tenants are not a payment concern: see [`crate::notify`]; the sandbox's
+//! checkout page is in [`crate::web`].
 //!
 //! This module talks to the network and never changes state except through the engine: a payment
 //! is recorded (and durable) before any gateway hears of it, and credited by the engine exactly once
 //! per reference, from the terms it recorded, whatever the gateway or the number of deliveries.
 
-pub mod events;
 pub mod gateway;
-pub mod paystack;
-pub mod sandbox;
+pub mod gateways;
 pub mod signature;
-pub mod stripe;
 pub mod topup;
 
 use std::sync::Arc;
@@ -22,7 +20,7 @@ use http::HeaderMap;
 use metrics::{Counter, Histogram};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Gateway as GatewayKind, PaymentsConfig};
+use crate::config::PaymentsConfig;
 use crate::engine::event::{Decline, PaymentPurpose};
 use crate::engine::payments::{
     new_reference, CheckoutRequest, PaymentView, Settlement, TopupPolicy,
@@ -30,11 +28,9 @@ use crate::engine::payments::{
 use crate::engine::types::{check_email, check_idempotency_key, EngineError};
 use crate::engine::{Context, Engine, IdempotencyKey, Tenant};
 use crate::metrics::names;
-use gateway::{CheckoutSpec, Gateway, GatewayError, Outcome, PaymentGateway, WebhookError};
-use paystack::PaystackGateway;
-use sandbox::SandboxGateway;
+use gateway::{CheckoutSpec, GatewayError, Outcome, PaymentGateway, WebhookError};
+use gateways::Gateway;
 use signature::hex_encode;
-use stripe::StripeGateway;
 
 /// Why a payment request failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +117,6 @@ struct PaymentMetrics {
     gateway_seconds: [Histogram; 3],
     webhooks: Vec<(&'static str, Counter)>,
     autotopup: Vec<(&'static str, Counter)>,
-    events: Vec<(&'static str, Counter)>,
 }
 
 impl PaymentMetrics {
@@ -157,10 +152,6 @@ impl PaymentMetrics {
             autotopup: labelled(
                 &["succeeded", "failed", "skipped", "pending", "error"],
                 &|outcome| metrics::counter!(names::AUTOTOPUP_TOTAL, "outcome" => outcome),
-            ),
-            events: labelled(
-                &["delivered", "failed", "dropped", "no_endpoint"],
-                &|outcome| metrics::counter!(names::EVENTS_DELIVERED_TOTAL, "outcome" => outcome),
             ),
         }
     }
@@ -213,35 +204,7 @@ impl Payments {
         public_url: &str,
     ) -> Result<Payments, String> {
         let http = gateway::http_client(config.gateway_timeout_seconds)?;
-        let gateway = match config.gateway {
-            GatewayKind::Sandbox => {
-                tracing::warn!("payments.gateway = \"sandbox\": anyone who can open /sandbox/checkout pages can credit wallets for free; use paystack or stripe in production");
-                Gateway::Sandbox(SandboxGateway::new(public_url))
-            }
-            GatewayKind::Paystack => {
-                if config.paystack.secret_key.is_empty() {
-                    return Err(
-                        "payments.gateway = \"paystack\" needs payments.paystack.secret_key".into(),
-                    );
-                }
-                Gateway::Paystack(PaystackGateway::new(
-                    http.clone(),
-                    &config.paystack.base_url,
-                    &config.paystack.secret_key,
-                ))
-            }
-            GatewayKind::Stripe => {
-                if config.stripe.secret_key.is_empty() || config.stripe.webhook_secret.is_empty() {
-                    return Err("payments.gateway = \"stripe\" needs payments.stripe.secret_key and webhook_secret".into());
-                }
-                Gateway::Stripe(StripeGateway::new(
-                    http.clone(),
-                    &config.stripe.base_url,
-                    &config.stripe.secret_key,
-                    &config.stripe.webhook_secret,
-                ))
-            }
-        };
+        let gateway = Gateway::from_config(config, &http, public_url)?;
         let policy = TopupPolicy {
             max_per_hour: config.autotopup.max_per_hour,
             backoff_base_ms: seconds_to_ms(config.autotopup.backoff.0),
@@ -283,10 +246,6 @@ impl Payments {
 
     pub(crate) fn count_autotopup(&self, outcome: &str) {
         PaymentMetrics::count(&self.metrics.autotopup, outcome);
-    }
-
-    pub(crate) fn count_event(&self, outcome: &str) {
-        PaymentMetrics::count(&self.metrics.events, outcome);
     }
 
     /// Records a checkout (durably), opens it at the gateway, records the page, answers it. With an
@@ -547,10 +506,12 @@ impl Payments {
             .find(|p| p.package_id == payment.package)
             .map_or_else(|| payment.package.clone(), |p| p.name);
         let buttons = matches!(self.gateway, Gateway::Sandbox(_));
-        Some(sandbox::checkout_page(&payment, &name, buttons, notice))
+        Some(crate::web::sandbox::checkout_page(
+            &payment, &name, buttons, notice,
+        ))
     }
 
-    /// The HTTP client for calls out (events to tenants).
+    /// The HTTP client for calls out: the gateways', shared with notifications to tenants.
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -1,7 +1,7 @@
 //! The log as a source for readers: every record from a given LSN on, across segments, in order,
 //! up to a bound (for a reader beside a running writer: the durable watermark). Recovery and
-//! `creditd wal dump` read through it; `creditd wal verify` scans each segment on its own so that
-//! it can report every damaged segment, not only the first.
+//! `creditd wal dump` read through it; `creditd wal verify` reads each segment through it on its
+//! own, so that it can report every damaged segment, not only the first.
 //!
 //! The reader checks what the log promises across segments: segments follow each other without
 //! gaps or overlaps, none starts at LSN 0, damage stops the read, and an unfinished batch is
@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use super::record::Frame;
-use super::segment::{self, ScanEnd, SegmentFile};
+use super::segment::{self, ScanEnd, SegmentFile, TailReason};
 use super::storage::Storage;
 
 /// Where to read.
@@ -39,6 +39,8 @@ pub struct Unfinished {
     pub offset: u64,
     /// Bytes after it.
     pub bytes: u64,
+    /// Why those bytes are not a batch.
+    pub reason: TailReason,
 }
 
 /// What a read went through.
@@ -191,6 +193,7 @@ pub fn read<E>(
                 path: file.path.clone(),
                 offset: *offset,
                 bytes: bytes.len() as u64 - offset,
+                reason: reason.clone(),
             });
         }
         expected = scan.next_lsn;
@@ -292,7 +295,13 @@ mod tests {
             .unwrap();
         let (seen, done) = lsns(&storage, &segments, range(1, u64::MAX));
         assert_eq!(seen.len(), 9);
-        assert_eq!(done.unfinished.map(|u| u.bytes), Some(20));
+        let unfinished = done.unfinished.expect("the unfinished batch is reported");
+        assert_eq!(unfinished.bytes, 20);
+        assert!(
+            matches!(unfinished.reason, TailReason::Batch(_)),
+            "{:?}",
+            unfinished.reason
+        );
         storage
             .append_durably(&segments[1].path, &[0x42; 20])
             .unwrap();

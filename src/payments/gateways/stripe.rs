@@ -8,12 +8,12 @@
 use http::HeaderMap;
 use serde_json::Value;
 
-use super::gateway::{
+use crate::engine::event::Decline;
+use crate::payments::gateway::{
     read_json, transport, ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway,
     SavedToken, WebhookError, WebhookReport,
 };
-use super::signature::{signature_header, verify_timestamped};
-use crate::engine::event::Decline;
+use crate::payments::signature::{signature_header, verify_timestamped};
 
 /// Seconds a webhook's timestamp may be away from now.
 pub const SIGNATURE_TOLERANCE_SECONDS: i64 = 300;

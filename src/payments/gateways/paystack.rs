@@ -6,12 +6,12 @@
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::gateway::{
+use crate::engine::event::Decline;
+use crate::payments::gateway::{
     read_json, transport, ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway,
     SavedToken, WebhookError, WebhookReport,
 };
-use super::signature::{signature_header, verify_hmac_sha512};
-use crate::engine::event::Decline;
+use crate::payments::signature::{signature_header, verify_hmac_sha512};
 
 /// The Paystack gateway.
 pub struct PaystackGateway {

@@ -1,5 +1,6 @@
 //! The sandbox gateway, the default: creditd serves the checkout page itself
-//! (`/sandbox/checkout/{reference}`, with Pay and Decline), and the page's buttons produce a signed
+//! (`/sandbox/checkout/{reference}`, with Pay and Decline; the page is [`crate::web::sandbox`]),
+//! and the page's buttons produce a signed
 //! webhook that goes through the very same handler as Paystack's and Stripe's. Saved "cards" are
 //! tokens whose name says what a charge does, so automatic top-up can be tried without an account
 //! anywhere. Nothing here moves money: never use it in production.
@@ -8,13 +9,13 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::gateway::{
+use crate::engine::event::Decline;
+use crate::engine::payments::PaymentView;
+use crate::payments::gateway::{
     ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway, SavedToken, WebhookError,
     WebhookReport,
 };
-use super::signature::{sign_timestamped, signature_header, verify_timestamped};
-use crate::engine::event::Decline;
-use crate::engine::payments::{PaymentStatus, PaymentView};
+use crate::payments::signature::{sign_timestamped, signature_header, verify_timestamped};
 
 /// A card that always pays.
 pub const CARD_OK: &str = "sandbox_card_ok";
@@ -156,144 +157,14 @@ impl PaymentGateway for SandboxGateway {
     }
 }
 
-/// Escapes text for HTML.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Minor units as a decimal price (`200000 NGN` → `2,000.00 NGN`).
-pub fn price(amount_minor: i64, currency: &str) -> String {
-    let units = amount_minor / 100;
-    let cents = (amount_minor % 100).abs();
-    let digits = units.abs().to_string();
-    let mut grouped = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    let sign = if amount_minor < 0 { "-" } else { "" };
-    format!("{sign}{grouped}.{cents:02} {}", escape(currency))
-}
-
-/// The checkout page: what is bought, and (while pending, in the sandbox) Pay and Decline.
-pub fn checkout_page(
-    payment: &PaymentView,
-    package_name: &str,
-    buttons: bool,
-    notice: Option<&str>,
-) -> String {
-    let reference = escape(&payment.reference);
-    let status = match payment.status {
-        PaymentStatus::Pending => "Waiting for payment".to_owned(),
-        PaymentStatus::Succeeded { .. } => format!("Paid — {} credits added", payment.credits),
-        PaymentStatus::Failed { decline } => {
-            format!("Not paid ({})", decline.as_str().replace('_', " "))
-        }
-    };
-    let actions = if buttons && payment.status == PaymentStatus::Pending {
-        format!(
-            r#"<form method="post" action="/sandbox/checkout/{reference}">
-  <button type="submit" name="action" value="pay" id="pay">Pay {}</button>
-  <button type="submit" name="action" value="decline" id="decline" class="secondary">Decline</button>
-</form>"#,
-            price(payment.amount_minor, payment.price_currency.as_str())
-        )
-    } else {
-        String::new()
-    };
-    let notice = notice
-        .map(|text| format!(r#"<p class="notice" id="notice">{}</p>"#, escape(text)))
-        .unwrap_or_default();
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Checkout {reference}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 28rem; margin: 3rem auto; padding: 0 1rem; color: #1d1d1f; }}
-.card {{ border: 1px solid #ddd; border-radius: 12px; padding: 1.5rem; }}
-h1 {{ font-size: 1.3rem; margin-top: 0; }}
-dl {{ display: grid; grid-template-columns: auto 1fr; gap: .4rem 1rem; }}
-dt {{ color: #666; }}
-button {{ font-size: 1rem; padding: .7rem 1.2rem; border-radius: 8px; border: 0; background: #0a7d4f; color: white; cursor: pointer; }}
-button.secondary {{ background: #eee; color: #333; margin-left: .5rem; }}
-.sandbox {{ font-size: .85rem; color: #8a5a00; background: #fff4dc; padding: .5rem .8rem; border-radius: 8px; }}
-.notice {{ font-weight: 600; }}
-</style>
-</head>
-<body>
-<div class="card">
-<p class="sandbox">Sandbox checkout: no money moves. Pay and Decline drive the same code path as a real gateway's webhook.</p>
-<h1>{package}</h1>
-<dl>
-<dt>Credits</dt><dd id="credits">{credits}</dd>
-<dt>Price</dt><dd id="price">{price}</dd>
-<dt>Reference</dt><dd><code>{reference}</code></dd>
-<dt>Status</dt><dd id="status">{status}</dd>
-</dl>
-{notice}
-{actions}
-</div>
-</body>
-</html>
-"#,
-        package = escape(package_name),
-        credits = payment.credits,
-        price = price(payment.amount_minor, payment.price_currency.as_str()),
-        status = escape(&status),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn prices_and_escaping() {
-        assert_eq!(price(200_000, "NGN"), "2,000.00 NGN");
-        assert_eq!(price(5, "USD"), "0.05 USD");
-        assert_eq!(price(123_456_789, "USD"), "1,234,567.89 USD");
-        assert_eq!(
-            escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
-    }
-
-    #[test]
     fn clicks_verify_and_forgeries_do_not() {
         let sandbox = SandboxGateway::new("http://localhost");
-        let payment = PaymentView {
-            reference: "cd_1".into(),
-            tenant: "t".into(),
-            user: "u".into(),
-            currency: crate::engine::types::Currency::CREDITS,
-            package: "p".into(),
-            credits: 5,
-            amount_minor: 100,
-            price_currency: crate::engine::types::Currency::new("NGN").unwrap(),
-            gateway: "sandbox".into(),
-            purpose: crate::engine::event::PaymentPurpose::Checkout,
-            created_ms: 0,
-            status: PaymentStatus::Pending,
-            checkout_url: None,
-            fingerprint: None,
-            last_lsn: 1,
-        };
+        let payment = crate::web::sandbox::tests::pending_checkout();
         let (headers, body) = sandbox.click(&payment, true, 1000);
         let report = sandbox.webhook(&headers, &body, 1000).unwrap().unwrap();
         assert!(matches!(
@@ -308,7 +179,5 @@ mod tests {
             other.webhook(&headers, &body, 1000),
             Err(WebhookError::BadSignature(_))
         ));
-        let page = checkout_page(&payment, "Starter <b>", true, None);
-        assert!(page.contains("Starter &lt;b&gt;") && page.contains(r#"value="pay""#));
     }
 }

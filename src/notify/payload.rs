@@ -1,0 +1,81 @@
+//! What a notification says: the JSON body sent to the tenant's endpoint, built from the engine's
+//! tenant event, and [`Notification`], a notification on its way (what delivery needs and what a
+//! clean stop writes down). The body's field names and layout are part of the HTTP contract with
+//! tenants: they change only with a new type of notification.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::engine::event::PaymentPurpose;
+use crate::engine::payments::{TenantEvent, TenantEventKind};
+use crate::engine::types::Lsn;
+use crate::time::format_rfc3339_ms;
+
+/// The JSON body of a notification.
+pub fn body(event: &TenantEvent) -> Value {
+    let purpose = |purpose: PaymentPurpose| match purpose {
+        PaymentPurpose::Checkout => "checkout",
+        PaymentPurpose::AutoTopup => "auto_topup",
+    };
+    let mut data = json!({ "user_id": event.user, "currency": event.currency.as_str() });
+    let extra = match &event.kind {
+        TenantEventKind::LowBalance {
+            available,
+            threshold,
+        } => json!({ "available": available, "threshold": threshold }),
+        TenantEventKind::Depleted { available } => json!({ "available": available }),
+        TenantEventKind::TopupSucceeded {
+            reference,
+            purpose: p,
+            credits,
+            balance,
+        } => {
+            json!({ "reference": reference, "purpose": purpose(*p), "credits": credits, "balance": balance })
+        }
+        TenantEventKind::TopupFailed {
+            reference,
+            purpose: p,
+            decline,
+        } => {
+            json!({ "reference": reference, "purpose": purpose(*p), "reason": decline.as_str() })
+        }
+        TenantEventKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
+    };
+    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    json!({
+        "id": format!("evt_{}_{}", event.lsn, event.kind.name().replace('.', "_")),
+        "type": event.kind.name(),
+        "created_at": format_rfc3339_ms(event.time_ms),
+        "tenant_id": event.tenant,
+        "data": data,
+    })
+}
+
+/// A notification on its way to a tenant's endpoint: what delivery needs, and what a clean stop
+/// writes down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The tenant.
+    pub tenant: String,
+    /// The record the notification follows from: it is sent only once that record is durable.
+    pub lsn: Lsn,
+    /// The notification type, such as `wallet.depleted`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The JSON body, as sent.
+    pub body: Value,
+}
+
+impl Notification {
+    /// The notification of an engine's tenant event.
+    pub(super) fn new(event: &TenantEvent) -> Notification {
+        Notification {
+            tenant: event.tenant.clone(),
+            lsn: event.lsn,
+            kind: event.kind.name().to_owned(),
+            body: body(event),
+        }
+    }
+}
