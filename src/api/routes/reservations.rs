@@ -103,7 +103,7 @@ struct ReleaseAnswer {
 }
 
 /// Parses `rsv_<n>`.
-pub fn parse_reservation_id(text: &str) -> Option<u64> {
+fn parse_reservation_id(text: &str) -> Option<u64> {
     let digits = text.strip_prefix(RESERVATION_PREFIX)?;
     if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -155,14 +155,14 @@ pub async fn reserve(call: &Call<'_>) -> Answer {
     written(status, &answer, done.replayed)
 }
 
+/// The id of `rsv_<n>`; 404 for anything else, as for an id no reservation has.
 fn reservation_id(text: &str) -> Result<u64, Problem> {
     parse_reservation_id(text).ok_or_else(|| EngineError::ReservationNotFound.into())
 }
 
 /// `GET /v1/reservations/{id}`.
 pub async fn get_reservation(call: &Call<'_>) -> Answer {
-    let id = &*call.param;
-    let view = call.tenant.reservation(reservation_id(id)?)?;
+    let view = call.tenant.reservation(reservation_id(&call.param)?)?;
     let (state, expires_at) = match view.state {
         ReservationState::Open { expires_at_ms } => ("open", Some(Timestamp(expires_at_ms))),
         ReservationState::Closed(how) => (closed_as(how), None),
@@ -179,9 +179,8 @@ pub async fn get_reservation(call: &Call<'_>) -> Answer {
 
 /// `POST /v1/reservations/{id}/capture`.
 pub async fn capture(call: &Call<'_>) -> Answer {
-    let id = &*call.param;
     let body: CaptureBody = parse_json_or_empty(&call.body)?;
-    let id = reservation_id(id)?;
+    let id = reservation_id(&call.param)?;
     let request = CaptureRequest {
         reservation_id: id,
         amount: body.amount,
@@ -228,9 +227,8 @@ pub async fn capture(call: &Call<'_>) -> Answer {
 
 /// `POST /v1/reservations/{id}/extend`.
 pub async fn extend(call: &Call<'_>) -> Answer {
-    let id = &*call.param;
     let body: ExtendBody = parse_json(&call.body)?;
-    let id = reservation_id(id)?;
+    let id = reservation_id(&call.param)?;
     let done = call.state.engine.extend(
         &call.tenant,
         id,
@@ -254,9 +252,8 @@ pub async fn extend(call: &Call<'_>) -> Answer {
 
 /// `POST /v1/reservations/{id}/release`.
 pub async fn release(call: &Call<'_>) -> Answer {
-    let id = &*call.param;
     let _: ReleaseBody = parse_json_or_empty(&call.body)?;
-    let id = reservation_id(id)?;
+    let id = reservation_id(&call.param)?;
     let done = call
         .state
         .engine
