@@ -4,11 +4,11 @@
 //!   open route (no key), or a [`Call`] for a keyed one: the key authenticated (401), its role
 //!   checked against the route's (403), the tenant resolved (`X-Tenant`), the `Idempotency-Key`
 //!   read, and only then the body, so an unauthenticated request never spends the body budget.
-//! - [`Call::durable`]: a write's answer waits for the log's durable watermark to cover its
+//! - `Call::durable`: a write's answer waits for the log's durable watermark to cover its
 //!   record; a log that fails meanwhile answers with the problem that says what is known.
-//! - [`Call::idempotency`] and [`written`]: the key with the fingerprint of this request, and
+//! - `Call::idempotency` and `written`: the key with the fingerprint of this request, and
 //!   the `Idempotent-Replayed` mark on an answer the engine gave from its idempotency table.
-//! - [`request_id`]: the `X-Request-Id` every answer carries.
+//! - `request_id`: the `X-Request-Id` every answer carries.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;

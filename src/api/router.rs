@@ -5,8 +5,9 @@
 //! metric label and the OpenAPI check), [`Route::access`] and the call of the handler; nothing
 //! else lists routes.
 //!
-//! [`route`] walks the table in order and compares the path with each template byte by byte, a
-//! `{…}` taking one segment. The first template that matches names the resource; among the routes
+//! [`route`] walks the table in order. Each template is cut at compile time around its `{…}`
+//! segment; a path matches when it has as many `/` and starts and ends as the template does, the
+//! rest being the parameter. The first template that matches names the resource; among the routes
 //! of that template the method decides, and none having it is a 405 whose `Allow` lists theirs.
 //! Nothing is allocated unless the parameter is percent-encoded.
 
