@@ -47,9 +47,8 @@ macro_rules! route_table {
     ($($route:ident: $method:literal $template:literal $access:ident => $handler:path;)*) => {
         /// Every route, one per (method, path template), in table order.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[allow(missing_docs)]
         pub enum Route {
-            $($route,)*
+            $(#[doc = concat!("`", $method, " ", $template, "`")] $route,)*
             /// No route matched (404), the method was wrong (405) or a path segment was malformed
             /// (400).
             Unmatched,
