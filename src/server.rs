@@ -7,11 +7,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::auth::UnknownTenant;
 use crate::api::ApiState;
 use crate::config::Config;
+use crate::engine::types::EngineError;
 use crate::engine::{Context, Engine, OpenError};
 
-/// Why the server stopped with an error.
+/// Why the server stopped with an error. Each variant keeps the error it stems from as its
+/// [`source`](std::error::Error::source); the message names the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Recovery refused to start.
@@ -23,26 +26,31 @@ pub enum ServerError {
         /// The tenant.
         tenant: String,
         /// Why.
-        error: crate::engine::types::EngineError,
+        #[source]
+        error: EngineError,
     },
     /// The listen address could not be bound.
     #[error("could not listen: {0}")]
-    Bind(std::io::Error),
-    /// The payment gateway is not configured correctly.
+    Bind(#[source] std::io::Error),
+    /// The payment gateway is not configured correctly. The message is the one
+    /// [`Payments::new`](crate::payments::Payments::new) gives, which has no error type.
     #[error("payments: {0}")]
     Payments(String),
+    /// The engine's hooks were connected already: it is served by another server.
+    #[error("payments: the engine is already served")]
+    AlreadyServed,
     /// An API key names a tenant that could not be resolved.
     #[error("API keys: {0}")]
-    Keys(String),
+    Keys(#[from] UnknownTenant),
     /// Waiting for signals failed.
     #[error("signal handling: {0}")]
-    Signal(std::io::Error),
-    /// The engine task failed.
+    Signal(#[source] std::io::Error),
+    /// The blocking task that opens or shuts down the engine panicked or was cancelled.
     #[error("engine task: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
     /// The final flush or snapshot failed.
     #[error("shutdown: {0}")]
-    Shutdown(crate::engine::types::EngineError),
+    Shutdown(#[source] EngineError),
 }
 
 /// Development secrets shipped in the repository's `config.toml`.
@@ -51,9 +59,7 @@ const DEVELOPMENT_SECRET_SUFFIX: &str = "-change-me";
 /// Opens (recovers) the engine the configuration describes.
 pub async fn open_engine(config: &Config) -> Result<Arc<Engine>, ServerError> {
     let options = config.engine_options();
-    let engine = tokio::task::spawn_blocking(move || Engine::open_dir(options))
-        .await
-        .map_err(|error| ServerError::Task(error.to_string()))??;
+    let engine = tokio::task::spawn_blocking(move || Engine::open_dir(options)).await??;
     Ok(engine)
 }
 
@@ -144,7 +150,7 @@ pub async fn serve_engine(
         events: event_sender,
     };
     if engine.connect_hooks(hooks).is_err() {
-        return Err(ServerError::Payments("the engine is already served".into()));
+        return Err(ServerError::AlreadyServed);
     }
     let state = ApiState::new(
         Arc::clone(&engine),
@@ -153,8 +159,7 @@ pub async fn serve_engine(
         config.server.clone(),
         config.limits.clone(),
         public_url,
-    )
-    .map_err(ServerError::Keys)?;
+    )?;
     let state = Arc::new(state);
     // After the last step that can fail: restoring removes the file of kept events.
     let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
@@ -175,9 +180,7 @@ pub async fn serve_engine(
     worker.abort();
     tracing::info!("shutting down: flushing the log and writing a final snapshot");
     let closing = Arc::clone(&engine);
-    let summary = tokio::task::spawn_blocking(move || closing.shutdown())
-        .await
-        .map_err(|error| ServerError::Task(error.to_string()))?;
+    let summary = tokio::task::spawn_blocking(move || closing.shutdown()).await?;
     // After the log's last flush, so every event whose record made it to disk is kept.
     match outbox.stop_and_save(&pending_events, engine.wal().durable_lsn()) {
         Ok(0) => {}

@@ -12,6 +12,16 @@ use super::problem::Problem;
 use crate::config::{ApiKey, Role};
 use crate::engine::{Engine, Tenant};
 
+/// A configured key names a tenant the engine does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant {tenant:?} of key {key:?} does not exist")]
+pub struct UnknownTenant {
+    /// The tenant named.
+    pub tenant: String,
+    /// The key's name.
+    pub key: String,
+}
+
 /// A configured key, resolved.
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -31,14 +41,12 @@ pub struct KeyTable {
 
 impl KeyTable {
     /// Resolves the configured keys against the engine's tenants (which must exist).
-    pub fn new(keys: &[ApiKey], engine: &Engine) -> Result<KeyTable, String> {
+    pub fn new(keys: &[ApiKey], engine: &Engine) -> Result<KeyTable, UnknownTenant> {
         let mut table = KeyTable::default();
         for key in keys {
-            let tenant = engine.tenant(&key.tenant).ok_or_else(|| {
-                format!(
-                    "tenant {:?} of key {:?} does not exist",
-                    key.tenant, key.name
-                )
+            let tenant = engine.tenant(&key.tenant).ok_or_else(|| UnknownTenant {
+                tenant: key.tenant.clone(),
+                key: key.name.clone(),
             })?;
             let resolved = Key {
                 name: Arc::from(key.name.as_str()),

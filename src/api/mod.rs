@@ -1,17 +1,28 @@
-//! The HTTP API on hyper 1: routing, authentication, problem+json errors, body limits, the
-//! `Idempotency-Key` header, request ids and request metrics. Handlers live in [`handlers`].
+//! The HTTP API on hyper 1. This file serves connections and runs the pipeline of one request:
+//! route it, refuse what a reserved slot may not ask, call the route, stamp the request id, and
+//! record the request's duration. The parts:
+//!
+//! - [`router`]: the one route table (method, path, who may call, handler) and matching.
+//! - [`call`]: the request context handlers get (the key, the tenant, the `Idempotency-Key`, the
+//!   body), the durable wait and the idempotent replay every write shares.
+//! - [`routes`]: the handlers, one file per resource.
+//! - [`auth`], [`request`], [`response`], [`problem`], [`dto`]: keys and roles, reading bodies
+//!   and queries, building answers, problem+json errors, wire types several routes share.
+//! - [`connections`], [`budget`]: connection slots and the body budget, the server's limits.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0`
 //! and run many servers at once. This module must not change state except through the engine.
 
 pub mod auth;
 pub mod budget;
+pub mod call;
 pub mod connections;
 pub mod dto;
-pub mod handlers;
-pub mod payments;
 pub mod problem;
+pub mod request;
+pub mod response;
 pub mod router;
+pub mod routes;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,24 +31,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::request::Parts;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::config::{Role, ServerConfig};
+use crate::config::ServerConfig;
 use crate::engine::types::Limits;
 use crate::engine::Engine;
 use crate::metrics::{ConnectionMetrics, Metrics, Refusal};
-use budget::{BodyBudget, BodyClaim, BudgetExhausted, Metered};
+use budget::BodyBudget;
+use call::Routed;
 use connections::{Connections, Lease, SlotKind};
-use handlers::Call;
 use problem::Problem;
-use router::{NoRoute, Route};
+use response::text_response;
+use router::{Access, NoRoute, Route};
 
 /// The OpenAPI document, served at `/openapi.yaml`.
 pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
@@ -79,7 +89,7 @@ impl ApiState {
         server: ServerConfig,
         limits: Limits,
         public_url: String,
-    ) -> Result<ApiState, String> {
+    ) -> Result<ApiState, auth::UnknownTenant> {
         let keys = auth::KeyTable::new(keys, &engine)?;
         let metrics = Metrics::new(router::TEMPLATES);
         Ok(ApiState {
@@ -218,15 +228,20 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let request_id = request_id(&state, &parts);
+    let request_id = call::request_id(&state, &parts);
     let (route, result) = match router::route(&parts.method, parts.uri.path()) {
-        Ok(matched) if kind == SlotKind::Reserved && !is_probe(matched.route) => {
+        Ok(matched) if kind == SlotKind::Reserved && matched.route.access() != Access::Probe => {
             (matched.route, Err(reserved_slot_refusal(&state)))
         }
-        Ok(matched) => (
-            matched.route,
-            dispatch(&state, matched.route, &matched.param, &parts, body).await,
-        ),
+        Ok(matched) => {
+            let routed = Routed {
+                state: &state,
+                parts: &parts,
+                param: matched.param,
+                body,
+            };
+            (matched.route, router::dispatch(matched.route, routed).await)
+        }
         Err(_) if kind == SlotKind::Reserved => {
             (Route::Unmatched, Err(reserved_slot_refusal(&state)))
         }
@@ -258,340 +273,4 @@ pub async fn handle(
 fn reserved_slot_refusal(state: &ApiState) -> Problem {
     state.metrics.connections.refused(Refusal::ReservedSlot, 1);
     Problem::busy("every connection slot is taken; this connection may only ask for /livez, /readyz, /healthz and /metrics")
-}
-
-/// The routes a reserved connection serves: what orchestrators and Prometheus ask for.
-fn is_probe(route: Route) -> bool {
-    matches!(
-        route,
-        Route::Livez | Route::Readyz | Route::Healthz | Route::Metrics
-    )
-}
-
-/// The client's `X-Request-Id` if it is sane, else a fresh one.
-fn request_id(state: &ApiState, parts: &Parts) -> HeaderValue {
-    if let Some(value) = parts.headers.get("x-request-id") {
-        let bytes = value.as_bytes();
-        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
-            return value.clone();
-        }
-    }
-    let number = state.requests.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{:08x}-{number:x}", state.request_prefix))
-        .unwrap_or(HeaderValue::from_static("0"))
-}
-
-async fn dispatch(
-    state: &ApiState,
-    route: Route,
-    param: &str,
-    parts: &Parts,
-    body: Incoming,
-) -> Result<Response<Full<Bytes>>, Problem> {
-    match route {
-        Route::Livez => {
-            return Ok(text_response(
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                "ok\n",
-            ))
-        }
-        Route::Readyz | Route::Healthz => return readiness(state),
-        Route::Metrics => {
-            let text = state.prometheus.render();
-            return Ok(text_response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text,
-            ));
-        }
-        Route::OpenApi => {
-            return Ok(text_response(
-                StatusCode::OK,
-                "application/yaml",
-                OPENAPI_YAML,
-            ))
-        }
-        Route::SandboxPage => return payments::sandbox_page(state, param),
-        Route::Webhook | Route::SandboxAction => {
-            // Open routes: a webhook carries the gateway's signature, the sandbox page its reference.
-            let (bytes, _claim) = read_body(body, parts, state).await?;
-            return if route == Route::Webhook {
-                payments::webhook(state, param, &parts.headers, &bytes).await
-            } else {
-                payments::sandbox_action(state, param, &bytes).await
-            };
-        }
-        _ => {}
-    }
-    let key = state.keys.authenticate(&parts.headers)?;
-    auth::require(key.role, required_role(route))?;
-    let tenant = auth::tenant_of(key, &parts.headers, &state.engine)?;
-    let idempotency_key = match parts.headers.get("idempotency-key") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| Problem::malformed("Idempotency-Key is not visible ASCII"))?,
-        ),
-        None => None,
-    };
-    let call = Call {
-        state,
-        tenant,
-        actor: &key.name,
-        role: key.role,
-        method: &parts.method,
-        path_and_query: parts.uri.path_and_query().map_or("", |p| p.as_str()),
-        idempotency_key,
-    };
-    // The claim lives as long as the bytes: handlers borrow from them until the answer is built.
-    let (bytes, _claim) = if matches!(parts.method, http::Method::POST | http::Method::PUT) {
-        let (bytes, claim) = read_body(body, parts, state).await?;
-        (bytes, Some(claim))
-    } else {
-        (Bytes::new(), None)
-    };
-    match route {
-        Route::PutUser => handlers::put_user(&call, param, &bytes).await,
-        Route::GetUser => handlers::get_user(&call, param),
-        Route::GetWallet => handlers::get_wallet(&call, param, parts.uri.query()),
-        Route::Credit => handlers::credit(&call, param, &bytes).await,
-        Route::Debit => handlers::debit(&call, param, &bytes).await,
-        Route::Reserve => handlers::reserve(&call, param, &bytes).await,
-        Route::Revoke => handlers::revoke(&call, param, &bytes).await,
-        Route::PutOverdraft => handlers::put_overdraft(&call, param, &bytes).await,
-        Route::BatchDebit => handlers::batch_debit(&call, &bytes).await,
-        Route::GetReservation => handlers::get_reservation(&call, param),
-        Route::Capture => handlers::capture(&call, param, &bytes).await,
-        Route::Extend => handlers::extend(&call, param, &bytes).await,
-        Route::Release => handlers::release(&call, param, &bytes).await,
-        Route::ListActions => handlers::list_actions(&call),
-        Route::GetAction => handlers::get_action(&call, param),
-        Route::PutAction => handlers::put_action(&call, param, &bytes).await,
-        Route::DeleteAction => handlers::delete_action(&call, param).await,
-        Route::ListPackages => handlers::list_packages(&call),
-        Route::GetPackage => handlers::get_package(&call, param),
-        Route::PutPackage => handlers::put_package(&call, param, &bytes).await,
-        Route::DeletePackage => handlers::delete_package(&call, param).await,
-        Route::Bootstrap => handlers::bootstrap(&call, param),
-        Route::ListTenants => handlers::list_tenants(&call),
-        Route::GetTenant => handlers::get_tenant(&call, param),
-        Route::PutTenant => handlers::put_tenant(&call, param, &bytes).await,
-        Route::InitializePayment => payments::initialize(&call, &bytes).await,
-        Route::GetPayment => payments::get_payment(&call, param).await,
-        Route::AbandonPayment => payments::abandon_payment(&call, param).await,
-        Route::GetAutoTopup => payments::get_auto_topup(&call, param, parts.uri.query()),
-        Route::PutAutoTopup => payments::put_auto_topup(&call, param, &bytes).await,
-        Route::DeleteAutoTopup => {
-            payments::delete_auto_topup(&call, param, parts.uri.query()).await
-        }
-        Route::Livez
-        | Route::Readyz
-        | Route::Healthz
-        | Route::Metrics
-        | Route::OpenApi
-        | Route::Webhook
-        | Route::SandboxPage
-        | Route::SandboxAction
-        | Route::Unmatched => Err(Problem::no_route(parts.uri.path())),
-    }
-}
-
-/// The least role each route needs.
-fn required_role(route: Route) -> Role {
-    match route {
-        Route::Revoke
-        | Route::PutOverdraft
-        | Route::PutAction
-        | Route::DeleteAction
-        | Route::PutPackage
-        | Route::DeletePackage
-        | Route::PutAutoTopup
-        | Route::DeleteAutoTopup
-        | Route::AbandonPayment => Role::Admin,
-        Route::ListTenants | Route::GetTenant | Route::PutTenant => Role::Platform,
-        _ => Role::Service,
-    }
-}
-
-fn readiness(state: &ApiState) -> Result<Response<Full<Bytes>>, Problem> {
-    if state.is_ready() {
-        // Ready, but an operator should know when the older snapshot could no longer be
-        // recovered from: one line per problem recovery found.
-        let problems = &state.engine.recovery_report().fallback_problems;
-        let mut text = String::from("ready\n");
-        for problem in problems {
-            text.push_str("warning: the fallback snapshot cannot be recovered from: ");
-            text.push_str(problem);
-            text.push('\n');
-        }
-        return Ok(text_response(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            text,
-        ));
-    }
-    let detail = match state.engine.wal().poison_reason() {
-        Some(reason) => format!("the write-ahead log is poisoned: {reason}"),
-        None if !state.accepting.load(Ordering::Acquire) => "shutting down".to_owned(),
-        None => "the write-ahead log is closed".to_owned(),
-    };
-    Err(Problem::unavailable("not-ready", detail))
-}
-
-/// Reads a body of at most `server.max_body_bytes` within `server.body_read_timeout_seconds`,
-/// under the body budget: the declared `Content-Length` is claimed before a byte is read, a
-/// chunked body chunk by chunk. Past the budget: 503 `server-busy`, and the connection is closed
-/// (what is left of the body is never read). The claim is returned with the bytes and must be
-/// kept as long as they are.
-async fn read_body<'s>(
-    body: Incoming,
-    parts: &Parts,
-    state: &'s ApiState,
-) -> Result<(Bytes, BodyClaim<'s>), Problem> {
-    let server = &state.server;
-    let limit = server.max_body_bytes;
-    let mut declared = 0;
-    if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        declared = length
-            .to_str()
-            .ok()
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(|| Problem::malformed("bad Content-Length"))?;
-        if declared > limit {
-            return Err(Problem::too_large(limit));
-        }
-    }
-    let busy = |exhausted: BudgetExhausted| {
-        state.metrics.connections.refused(Refusal::BodyBudget, 1);
-        Problem::busy(format!(
-            "the server holds server.body_budget_bytes ({} bytes) of request bodies; retry shortly",
-            exhausted.limit
-        ))
-    };
-    let mut claim = state.body_budget.claim(declared).map_err(busy)?;
-    // Bodies are JSON whatever Content-Type says (curl -d sends a form type); bad JSON gets 400.
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let seconds = server.body_read_timeout_seconds.max(1);
-    let read = Limited::new(Metered::new(body, &mut claim), limit).collect();
-    let Ok(read) = tokio::time::timeout(Duration::from_secs(seconds), read).await else {
-        return Err(Problem::body_timeout(seconds));
-    };
-    match read {
-        Ok(collected) => Ok((collected.to_bytes(), claim)),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(Problem::too_large(limit as u64))
-        }
-        Err(error) => match error.downcast::<BudgetExhausted>() {
-            Ok(exhausted) => Err(busy(*exhausted)),
-            Err(error) => Err(Problem::malformed(format!(
-                "could not read the body: {error}"
-            ))),
-        },
-    }
-}
-
-/// Parses a JSON object body: 400 if it is not JSON, 422 if it is JSON of the wrong shape
-/// (an array or a scalar included).
-pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Problem> {
-    let parsed = serde_json::from_slice::<dto::Object<T>>(bytes);
-    parsed.map(|dto::Object(body)| body).map_err(|error| {
-        // A shape error can surface before a syntax error further on; only valid JSON gets 422.
-        let is_json = || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
-        match error.classify() {
-            serde_json::error::Category::Data if is_json() => Problem::invalid(error.to_string()),
-            _ if bytes.is_empty() => Problem::malformed("a JSON body is required"),
-            _ => Problem::malformed(format!("the body is not valid JSON: {error}")),
-        }
-    })
-}
-
-/// Like [`parse_json`], but an empty body counts as `{}`.
-pub fn parse_json_or_empty<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Problem> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return parse_json(b"{}");
-    }
-    parse_json(bytes)
-}
-
-/// `name=value` pairs of a query string, percent-decoded (`+` is a space).
-pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode_query(name), decode_query(value))
-        })
-}
-
-fn decode_query(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let Some(byte) = text
-                    .get(i + 1..i + 3)
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                {
-                    out.push(byte);
-                    i += 2;
-                } else {
-                    out.push(b'%');
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A JSON answer.
-pub fn json_response<T: Serialize + ?Sized>(
-    status: StatusCode,
-    value: &T,
-) -> Response<Full<Bytes>> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        Err(error) => Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-            error.to_string(),
-        )
-        .response(),
-    }
-}
-
-fn text_response(
-    status: StatusCode,
-    content_type: &'static str,
-    text: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(text.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// An answer without a body.
-pub fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
 }

@@ -337,3 +337,39 @@ pub fn closed_as(how: ClosedAs) -> &'static str {
         ClosedAs::Expired => "expired",
     }
 }
+
+/// A payments error as the payment routes and the sandbox page answer it.
+impl From<crate::payments::PaymentsError> for Problem {
+    fn from(error: crate::payments::PaymentsError) -> Problem {
+        use crate::payments::gateway::WebhookError;
+        use crate::payments::PaymentsError;
+        match error {
+            PaymentsError::Engine(error) => error.into(),
+            PaymentsError::Gateway(error) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "gateway-error",
+                "Payment gateway error",
+                error.to_string(),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
+            PaymentsError::InFlight => EngineError::IdempotencyKeyInFlight.into(),
+            PaymentsError::KeyReused => EngineError::IdempotencyKeyReused.into(),
+            PaymentsError::Invalid(field) => {
+                Problem::invalid(format!("{field} is not valid")).with("field", field)
+            }
+            PaymentsError::NotConfigured(gateway) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "gateway-not-configured",
+                "Gateway not configured",
+                format!("payments.gateway is not {gateway}"),
+            ),
+            PaymentsError::Webhook(WebhookError::BadSignature(detail)) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-signature",
+                "Bad signature",
+                detail,
+            ),
+            PaymentsError::Webhook(WebhookError::Malformed(detail)) => Problem::malformed(detail),
+        }
+    }
+}

@@ -1,59 +1,22 @@
-//! Handlers of the payment routes: `initialize`, payment status, gateway webhooks (open: they
-//! carry their own signatures), the sandbox checkout page, and automatic top-up rules.
+//! The payment routes: checkout (`initialize`), a payment's status and abandoning it, the
+//! gateways' webhooks (open: they carry their own signatures), and automatic top-up rules.
+//! The mapping of payment errors to problems is in [`crate::api::problem`].
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use serde::Deserialize;
 
-use super::handlers::Call;
-use super::problem::Problem;
-use super::{json_response, ApiState};
+use crate::api::call::{wait_durable, written, Answer, Call, Open};
+use crate::api::dto::{rule_json, ENTRY_PREFIX};
+use crate::api::problem::Problem;
+use crate::api::request::{parse_json, query_pairs};
+use crate::api::response::json_response;
 use crate::engine::event::Decline;
-use crate::engine::payments::{
-    AutoTopupRequest, PaymentStatus, PaymentView, RuleView, Settlement, Verdict,
-};
+use crate::engine::payments::{AutoTopupRequest, PaymentStatus, PaymentView, Settlement, Verdict};
 use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
-use crate::payments::gateway::WebhookError;
-use crate::payments::{InitializeRequest, PaymentsError, WebhookOutcome};
+use crate::payments::{InitializeRequest, WebhookOutcome};
 use crate::time::format_rfc3339_ms;
-
-type Answer = Result<Response<Full<Bytes>>, Problem>;
-
-impl From<PaymentsError> for Problem {
-    fn from(error: PaymentsError) -> Problem {
-        match error {
-            PaymentsError::Engine(error) => error.into(),
-            PaymentsError::Gateway(error) => Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "gateway-error",
-                "Payment gateway error",
-                error.to_string(),
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
-            PaymentsError::InFlight => EngineError::IdempotencyKeyInFlight.into(),
-            PaymentsError::KeyReused => EngineError::IdempotencyKeyReused.into(),
-            PaymentsError::Invalid(field) => {
-                Problem::invalid(format!("{field} is not valid")).with("field", field)
-            }
-            PaymentsError::NotConfigured(gateway) => Problem::new(
-                StatusCode::NOT_FOUND,
-                "gateway-not-configured",
-                "Gateway not configured",
-                format!("payments.gateway is not {gateway}"),
-            ),
-            PaymentsError::Webhook(WebhookError::BadSignature(detail)) => Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "bad-signature",
-                "Bad signature",
-                detail,
-            ),
-            PaymentsError::Webhook(WebhookError::Malformed(detail)) => Problem::malformed(detail),
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,8 +35,8 @@ struct InitializeBody<'a> {
 }
 
 /// `POST /v1/payments/initialize`.
-pub async fn initialize(call: &Call<'_>, bytes: &[u8]) -> Answer {
-    let body: InitializeBody = super::parse_json(bytes)?;
+pub async fn initialize(call: &Call<'_>) -> Answer {
+    let body: InitializeBody = parse_json(&call.body)?;
     // Without an `email`, the one on the user's profile (gateways need one to send a receipt).
     let email = match body.email {
         Some(email) => email.into_owned(),
@@ -92,16 +55,11 @@ pub async fn initialize(call: &Call<'_>, bytes: &[u8]) -> Answer {
         .payments
         .initialize(&call.tenant, &request)
         .await?;
-    let mut response = json_response(
+    written(
         StatusCode::OK,
         &serde_json::json!({ "checkout_url": initialized.checkout_url, "reference": initialized.reference }),
-    );
-    if initialized.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+        initialized.replayed,
+    )
 }
 
 /// The e-mail on the user's profile, for an `initialize` that sent none. `PUT /v1/users` checks
@@ -125,11 +83,9 @@ fn profile_email(call: &Call<'_>, user: &str) -> Result<String, Problem> {
 fn payment_json(payment: &PaymentView) -> serde_json::Value {
     let (status, entry_id, reason) = match payment.status {
         PaymentStatus::Pending => ("pending", None, None),
-        PaymentStatus::Succeeded { entry_id } => (
-            "succeeded",
-            Some(format!("{}{entry_id}", super::dto::ENTRY_PREFIX)),
-            None,
-        ),
+        PaymentStatus::Succeeded { entry_id } => {
+            ("succeeded", Some(format!("{ENTRY_PREFIX}{entry_id}")), None)
+        }
         PaymentStatus::Failed { decline } => ("failed", None, Some(decline.as_str())),
     };
     serde_json::json!({
@@ -154,13 +110,9 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
 }
 
 /// `GET /v1/payments/{reference}`: only the tenant's own payments are visible.
-pub async fn get_payment(call: &Call<'_>, reference: &str) -> Answer {
-    let payment = tenant_payment(call, reference)?;
-    call.state
-        .engine
-        .durable(payment.last_lsn)
-        .await
-        .map_err(EngineError::from)?;
+pub async fn get_payment(call: &Call<'_>) -> Answer {
+    let payment = tenant_payment(call, &call.param)?;
+    call.durable(payment.last_lsn).await?;
     Ok(json_response(StatusCode::OK, &payment_json(&payment)))
 }
 
@@ -186,7 +138,8 @@ fn tenant_payment(call: &Call<'_>, reference: &str) -> Result<PaymentView, Probl
 /// recorded failed as `abandoned`, which frees the wallet's rule; a paid report that still comes
 /// later credits it, so this can never lose money. Idempotent by nature: a payment abandoned
 /// already answers 200 again; one settled otherwise is 409.
-pub async fn abandon_payment(call: &Call<'_>, reference: &str) -> Answer {
+pub async fn abandon_payment(call: &Call<'_>) -> Answer {
+    let reference = &*call.param;
     let engine = call.state.payments.engine();
     let payment = tenant_payment(call, reference)?;
     if payment.status == PaymentStatus::Pending {
@@ -202,13 +155,10 @@ pub async fn abandon_payment(call: &Call<'_>, reference: &str) -> Answer {
             | Settlement::Failed { lsn, .. }
             | Settlement::Unmatched { lsn } => lsn,
         };
-        engine.durable(lsn).await.map_err(EngineError::from)?;
+        wait_durable(engine, lsn).await?;
     }
     let payment = tenant_payment(call, reference)?;
-    engine
-        .durable(payment.last_lsn)
-        .await
-        .map_err(EngineError::from)?;
+    wait_durable(engine, payment.last_lsn).await?;
     match payment.status {
         PaymentStatus::Failed {
             decline: Decline::Abandoned,
@@ -224,8 +174,11 @@ pub async fn abandon_payment(call: &Call<'_>, reference: &str) -> Answer {
 }
 
 /// `POST /v1/webhooks/{gateway}`: open; the gateway's signature over the raw body is the check.
-pub async fn webhook(state: &ApiState, gateway: &str, headers: &HeaderMap, bytes: &[u8]) -> Answer {
-    let outcome = state.payments.webhook(gateway, headers, bytes).await?;
+pub async fn webhook(open: &Open<'_>) -> Answer {
+    let payments = &open.state.payments;
+    let outcome = payments
+        .webhook(&open.param, open.headers, &open.body)
+        .await?;
     let label = match outcome {
         WebhookOutcome::Credited => "credited",
         WebhookOutcome::Duplicate => "duplicate",
@@ -237,78 +190,6 @@ pub async fn webhook(state: &ApiState, gateway: &str, headers: &HeaderMap, bytes
         StatusCode::OK,
         &serde_json::json!({ "received": true, "outcome": label }),
     ))
-}
-
-fn html(status: StatusCode, page: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(page)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        ),
-    );
-    response
-}
-
-fn page_not_found() -> Response<Full<Bytes>> {
-    html(
-        StatusCode::NOT_FOUND,
-        "<!doctype html><title>Not found</title><p>No such checkout.</p>\n".into(),
-    )
-}
-
-/// `GET /sandbox/checkout/{reference}`: the checkout page (and, for any gateway, a status page).
-pub fn sandbox_page(state: &ApiState, reference: &str) -> Answer {
-    Ok(state
-        .payments
-        .checkout_page(reference, None)
-        .map_or_else(page_not_found, |page| html(StatusCode::OK, page)))
-}
-
-/// `POST /sandbox/checkout/{reference}` with `action=pay` or `action=decline`: settles through the
-/// webhook path, then sends the browser back to the page (303), which shows the result.
-pub async fn sandbox_action(state: &ApiState, reference: &str, bytes: &[u8]) -> Answer {
-    let form = String::from_utf8_lossy(bytes);
-    let action = super::query_pairs(Some(&form))
-        .find(|(name, _)| name == "action")
-        .map(|(_, value)| value);
-    let pay = match action.as_deref() {
-        Some("pay") => true,
-        Some("decline") => false,
-        _ => return Err(Problem::invalid("action must be pay or decline")),
-    };
-    if state.payments.engine().payment(reference).is_none() {
-        return Ok(page_not_found());
-    }
-    state.payments.sandbox_click(reference, pay).await?;
-    let mut response = html(StatusCode::SEE_OTHER, String::new());
-    let location = HeaderValue::from_str(&format!("/sandbox/checkout/{reference}"))
-        .map_err(|_| Problem::malformed("bad reference"))?;
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
-}
-
-/// The API's view of a rule.
-pub fn rule_json(rule: &RuleView) -> serde_json::Value {
-    serde_json::json!({
-        "enabled": rule.enabled,
-        "threshold": rule.threshold,
-        "package_id": rule.package,
-        "payment_method": rule.payment_method,
-        "max_per_day": rule.max_per_day,
-        "currency": rule.currency.as_str(),
-        "disabled_reason": rule.disabled_reason,
-        "attempts_today": rule.attempts_today,
-        "consecutive_failures": rule.consecutive_failures,
-        "pending_reference": rule.pending,
-    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,7 +211,7 @@ struct AutoTopupBody<'a> {
 
 fn currency_query(query: Option<&str>) -> Result<Option<Currency>, Problem> {
     let mut currency = None;
-    for (name, value) in super::query_pairs(query) {
+    for (name, value) in query_pairs(query) {
         match name.as_str() {
             "currency" => currency = Some(Currency::new(&value)?),
             _ => {
@@ -345,8 +226,9 @@ fn currency_query(query: Option<&str>) -> Result<Option<Currency>, Problem> {
 
 /// `PUT /v1/users/{user_id}/auto-topup` (admin): sets and enables the rule; `"enabled": false`
 /// switches an existing rule off.
-pub async fn put_auto_topup(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer {
-    let body: AutoTopupBody = super::parse_json(bytes)?;
+pub async fn put_auto_topup(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let body: AutoTopupBody = parse_json(&call.body)?;
     let currency = body.currency.as_deref().map(Currency::new).transpose()?;
     let engine = &call.state.engine;
     let lsn = if body.enabled == Some(false) {
@@ -374,7 +256,7 @@ pub async fn put_auto_topup(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer
         };
         engine.set_auto_topup(&call.tenant, &request, &call.context(None))?
     };
-    engine.durable(lsn).await.map_err(EngineError::from)?;
+    call.durable(lsn).await?;
     let rule = engine
         .auto_topup(&call.tenant, user, currency)?
         .ok_or(EngineError::Conflict("rule vanished"))?;
@@ -382,17 +264,15 @@ pub async fn put_auto_topup(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer
 }
 
 /// `DELETE /v1/users/{user_id}/auto-topup[?currency=]` (admin).
-pub async fn delete_auto_topup(call: &Call<'_>, user: &str, query: Option<&str>) -> Answer {
-    let currency = currency_query(query)?;
-    let lsn =
-        call.state
-            .engine
-            .delete_auto_topup(&call.tenant, user, currency, &call.context(None))?;
-    call.state
-        .engine
-        .durable(lsn)
-        .await
-        .map_err(EngineError::from)?;
+pub async fn delete_auto_topup(call: &Call<'_>) -> Answer {
+    let currency = currency_query(call.query)?;
+    let lsn = call.state.engine.delete_auto_topup(
+        &call.tenant,
+        &call.param,
+        currency,
+        &call.context(None),
+    )?;
+    call.durable(lsn).await?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "deleted": true }),
@@ -400,9 +280,12 @@ pub async fn delete_auto_topup(call: &Call<'_>, user: &str, query: Option<&str>)
 }
 
 /// `GET /v1/users/{user_id}/auto-topup[?currency=]`.
-pub fn get_auto_topup(call: &Call<'_>, user: &str, query: Option<&str>) -> Answer {
-    let currency = currency_query(query)?;
-    let rule = call.state.engine.auto_topup(&call.tenant, user, currency)?;
+pub async fn get_auto_topup(call: &Call<'_>) -> Answer {
+    let currency = currency_query(call.query)?;
+    let rule = call
+        .state
+        .engine
+        .auto_topup(&call.tenant, &call.param, currency)?;
     let rule = rule.ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,

@@ -1,0 +1,256 @@
+//! The catalogue routes: actions and their costs, packages for sale (writes need an admin key),
+//! and the billing bootstrap: what a client needs to show a wallet and a top-up page.
+
+use std::borrow::Cow;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::users::wallet_json;
+use crate::api::call::{ok, Answer, Call};
+use crate::api::dto::currency;
+use crate::api::problem::Problem;
+use crate::api::request::parse_json;
+use crate::api::response::{empty_response, json_response};
+use crate::engine::event::PackageRecord;
+use crate::engine::types::{Currency, EngineError};
+use crate::engine::{ActionView, PackageView};
+
+/// `PUT /v1/actions/{action}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody<'a> {
+    cost: i64,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+}
+
+/// `PUT /v1/packages/{package_id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackageBody<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    credits: i64,
+    price_minor: i64,
+    #[serde(borrow)]
+    price_currency: Cow<'a, str>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(default)]
+    active: Option<bool>,
+}
+
+/// A catalogue action.
+#[derive(Debug, Serialize)]
+struct ActionJson {
+    action: String,
+    cost: i64,
+    currency: String,
+    description: Option<String>,
+}
+
+impl From<ActionView> for ActionJson {
+    fn from(view: ActionView) -> ActionJson {
+        ActionJson {
+            action: view.action,
+            cost: view.cost,
+            currency: view.currency.to_string(),
+            description: view.description,
+        }
+    }
+}
+
+/// A package.
+#[derive(Debug, Serialize)]
+struct PackageJson {
+    package_id: String,
+    name: String,
+    credits: i64,
+    currency: String,
+    price_minor: i64,
+    price_currency: String,
+    active: bool,
+}
+
+impl From<PackageView> for PackageJson {
+    fn from(view: PackageView) -> PackageJson {
+        PackageJson {
+            package_id: view.package_id,
+            name: view.name,
+            credits: view.credits,
+            currency: view.currency.to_string(),
+            price_minor: view.price_minor,
+            price_currency: view.price_currency.to_string(),
+            active: view.active,
+        }
+    }
+}
+
+/// `GET /v1/actions`.
+pub async fn list_actions(call: &Call<'_>) -> Answer {
+    let actions: Vec<ActionJson> = call
+        .tenant
+        .actions()
+        .into_iter()
+        .map(ActionJson::from)
+        .collect();
+    ok(&serde_json::json!({ "actions": actions }))
+}
+
+/// `GET /v1/actions/{action}`.
+pub async fn get_action(call: &Call<'_>) -> Answer {
+    let name = &*call.param;
+    let action = call
+        .tenant
+        .actions()
+        .into_iter()
+        .find(|a| a.action == name)
+        .ok_or_else(action_not_found)?;
+    ok(&ActionJson::from(action))
+}
+
+fn action_not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "action-not-found",
+        "Action not found",
+        "no such action in this tenant's catalogue",
+    )
+}
+
+/// `PUT /v1/actions/{action}` (admin).
+pub async fn put_action(call: &Call<'_>) -> Answer {
+    let name = &*call.param;
+    let body: ActionBody = parse_json(&call.body)?;
+    let existed = call.tenant.actions().iter().any(|a| a.action == name);
+    let currency = currency(body.currency.as_ref())?;
+    let lsn = call.state.engine.put_action(
+        &call.tenant,
+        name,
+        body.cost,
+        currency,
+        body.description.as_deref(),
+        &call.context(None),
+    )?;
+    call.durable(lsn).await?;
+    let action = call
+        .tenant
+        .actions()
+        .into_iter()
+        .find(|a| a.action == name)
+        .ok_or_else(action_not_found)?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_response(status, &ActionJson::from(action)))
+}
+
+/// `DELETE /v1/actions/{action}` (admin).
+pub async fn delete_action(call: &Call<'_>) -> Answer {
+    let name = &*call.param;
+    let lsn = match call
+        .state
+        .engine
+        .delete_action(&call.tenant, name, &call.context(None))
+    {
+        Err(EngineError::UnknownAction) => return Err(action_not_found()),
+        other => other?,
+    };
+    call.durable(lsn).await?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// `GET /v1/packages`.
+pub async fn list_packages(call: &Call<'_>) -> Answer {
+    let packages: Vec<PackageJson> = call
+        .tenant
+        .packages()
+        .into_iter()
+        .map(PackageJson::from)
+        .collect();
+    ok(&serde_json::json!({ "packages": packages }))
+}
+
+/// `GET /v1/packages/{package_id}`.
+pub async fn get_package(call: &Call<'_>) -> Answer {
+    let id = &*call.param;
+    let package = call
+        .tenant
+        .packages()
+        .into_iter()
+        .find(|p| p.package_id == id)
+        .ok_or(EngineError::PackageNotFound)?;
+    ok(&PackageJson::from(package))
+}
+
+/// `PUT /v1/packages/{package_id}` (admin).
+pub async fn put_package(call: &Call<'_>) -> Answer {
+    let id = &*call.param;
+    let body: PackageBody = parse_json(&call.body)?;
+    let existed = call.tenant.packages().iter().any(|p| p.package_id == id);
+    let terms = PackageRecord {
+        name: &body.name,
+        credits: body.credits,
+        currency: currency(body.currency.as_ref())?.unwrap_or(call.tenant.default_currency()),
+        price_minor: body.price_minor,
+        price_currency: Currency::new(&body.price_currency)?,
+        active: body.active.unwrap_or(true),
+    };
+    let lsn = call
+        .state
+        .engine
+        .put_package(&call.tenant, id, &terms, &call.context(None))?;
+    call.durable(lsn).await?;
+    let package = call
+        .tenant
+        .packages()
+        .into_iter()
+        .find(|p| p.package_id == id)
+        .ok_or(EngineError::PackageNotFound)?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_response(status, &PackageJson::from(package)))
+}
+
+/// `DELETE /v1/packages/{package_id}` (admin).
+pub async fn delete_package(call: &Call<'_>) -> Answer {
+    let id = &*call.param;
+    let lsn = call
+        .state
+        .engine
+        .delete_package(&call.tenant, id, &call.context(None))?;
+    call.durable(lsn).await?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// `GET /v1/billing/bootstrap/{user_id}`: what a client needs to show a wallet and a top-up page.
+pub async fn bootstrap(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let view = call.tenant.user(user)?;
+    let packages: Vec<PackageJson> = call
+        .tenant
+        .packages()
+        .into_iter()
+        .filter(|p| p.active)
+        .map(PackageJson::from)
+        .collect();
+    let actions: Vec<ActionJson> = call
+        .tenant
+        .actions()
+        .into_iter()
+        .map(ActionJson::from)
+        .collect();
+    ok(&serde_json::json!({
+        "wallet": wallet_json(call, &view, call.tenant.default_currency()),
+        "available_packages": packages,
+        "actions": actions,
+    }))
+}

@@ -1,0 +1,17 @@
+//! The route handlers, one file per API resource. Each handler takes the request context of
+//! [`super::call`] (an [`Open`](super::call::Open) or a [`Call`](super::call::Call)), parses its
+//! body, calls the engine (or the payments service), waits for its record to be durable and
+//! renders the answer. No handler holds a lock across an `.await`. Which route calls which
+//! handler, and with which role, is declared once, in [`super::router`]'s table.
+//!
+//! The files depend on the shared parts of `api` (`call`, `dto`, `problem`, `request`,
+//! `response`), and one on another only where a view is shared: `catalogue` shows a wallet as
+//! `users` does.
+
+pub mod catalogue;
+pub mod health;
+pub mod payments;
+pub mod reservations;
+pub mod sandbox;
+pub mod tenants;
+pub mod users;

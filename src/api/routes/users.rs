@@ -1,0 +1,620 @@
+//! The users routes: a user's profile (`PUT`/`GET /v1/users/{user_id}`), its wallet, and the
+//! writes on it: credit, debit, the batch of debits, revoke (admin) and the overdraft limit
+//! (admin). The wallet view here is also the one `catalogue`'s bootstrap shows.
+
+use std::borrow::Cow;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::api::auth;
+use crate::api::call::{fingerprint, ok, unexpected, written, Answer, Call};
+use crate::api::dto::{currency, metadata, rule_json, spend, PrefixedId, ENTRY_PREFIX};
+use crate::api::problem::Problem;
+use crate::api::request::{parse_json, parse_json_or_empty, query_pairs};
+use crate::api::response::json_response;
+use crate::config::Role;
+use crate::engine::event::{Outcome, ProfileRecord};
+use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint};
+use crate::engine::{
+    CreditRequest, DebitRequest, Done, IdempotencyKey, RevokeRequest, UserView, WalletView,
+};
+use crate::metrics::DebitOutcome;
+
+/// The most debits one batch may carry.
+pub const MAX_BATCH_DEBITS: usize = 8192;
+
+/// `PUT /v1/users/{user_id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody<'a> {
+    #[serde(borrow, default)]
+    email: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// `POST /v1/users/{user_id}/credit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditBody<'a> {
+    amount: i64,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(default)]
+    kind: Option<CreditKind>,
+    #[serde(borrow, default)]
+    reference: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// `POST /v1/users/{user_id}/debit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DebitBody<'a> {
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(default)]
+    quantity: Option<u64>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reference: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+/// `POST /v1/debits/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow, deserialize_with = "crate::api::dto::objects")]
+    debits: Vec<BatchItem<'a>>,
+}
+
+/// One debit of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(default)]
+    quantity: Option<u64>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reference: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// `POST /v1/users/{user_id}/revoke`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody<'a> {
+    amount: i64,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+}
+
+/// `PUT /v1/users/{user_id}/overdraft`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverdraftBody<'a> {
+    overdraft_limit: i64,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+}
+
+/// Answer to a credit.
+#[derive(Debug, Serialize)]
+struct CreditAnswer {
+    entry_id: PrefixedId,
+    amount: i64,
+    balance: i64,
+    available: i64,
+}
+
+/// Answer to a debit (or a revoke, with `amount` instead of `charged`).
+#[derive(Debug, Serialize)]
+struct DebitAnswer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_id: Option<PrefixedId>,
+    charged: i64,
+    balance: i64,
+    available: i64,
+    #[serde(skip_serializing_if = "crate::api::dto::is_false")]
+    dry_run: bool,
+}
+
+/// Answer to a revoke.
+#[derive(Debug, Serialize)]
+struct RevokeAnswer {
+    entry_id: PrefixedId,
+    amount: i64,
+    balance: i64,
+    available: i64,
+}
+
+/// One balance of a user.
+#[derive(Debug, Serialize)]
+pub(super) struct BalanceJson {
+    currency: String,
+    balance: i64,
+    reserved: i64,
+    available: i64,
+    overdraft_limit: i64,
+}
+
+impl From<&WalletView> for BalanceJson {
+    fn from(wallet: &WalletView) -> BalanceJson {
+        BalanceJson {
+            currency: wallet.currency.to_string(),
+            balance: wallet.balance,
+            reserved: wallet.reserved,
+            available: wallet.available,
+            overdraft_limit: wallet.overdraft_limit,
+        }
+    }
+}
+
+/// `GET /v1/users/{user_id}/wallet`.
+#[derive(Debug, Serialize)]
+pub(super) struct WalletJson {
+    user_id: String,
+    currency: String,
+    balance: i64,
+    reserved: i64,
+    available: i64,
+    overdraft_limit: i64,
+    status: &'static str,
+    auto_topup: Option<serde_json::Value>,
+    balances: Vec<BalanceJson>,
+}
+
+/// A user and its wallets.
+#[derive(Debug, Serialize)]
+struct UserJson {
+    user_id: String,
+    email: Option<String>,
+    name: Option<String>,
+    metadata: Option<Box<RawValue>>,
+    wallet: WalletJson,
+}
+
+/// The wallet status of API.md: `empty` at 0, `low` under the threshold, else `healthy`.
+fn wallet_status(available: i64, low_balance: i64) -> &'static str {
+    if available <= 0 {
+        "empty"
+    } else if available < low_balance {
+        "low"
+    } else {
+        "healthy"
+    }
+}
+
+/// A user's wallet in `currency` as the API shows it, with its automatic top-up rule.
+pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) -> WalletJson {
+    let low_balance = call.state.limits.low_balance;
+    let rule = call
+        .state
+        .engine
+        .auto_topup(&call.tenant, &user.user_id, Some(currency))
+        .ok()
+        .flatten();
+    let wallet = user.wallet(currency);
+    // The same threshold as the low-balance event: the enabled rule's, else the tenant limit.
+    let low_balance = rule
+        .as_ref()
+        .filter(|rule| rule.enabled)
+        .map_or(low_balance, |rule| rule.threshold);
+    WalletJson {
+        user_id: user.user_id.clone(),
+        currency: currency.to_string(),
+        balance: wallet.balance,
+        reserved: wallet.reserved,
+        available: wallet.available,
+        overdraft_limit: wallet.overdraft_limit,
+        status: wallet_status(wallet.available, low_balance),
+        auto_topup: rule.as_ref().map(rule_json),
+        balances: user.wallets.iter().map(BalanceJson::from).collect(),
+    }
+}
+
+fn user_json(call: &Call<'_>, user: &UserView, currency: Currency) -> UserJson {
+    UserJson {
+        user_id: user.user_id.clone(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        metadata: user
+            .metadata
+            .as_ref()
+            .and_then(|text| RawValue::from_string(text.clone()).ok()),
+        wallet: wallet_json(call, user, currency),
+    }
+}
+
+/// `PUT /v1/users/{user_id}`.
+pub async fn put_user(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let body: UserBody = parse_json_or_empty(&call.body)?;
+    // `initialize` falls back to this address and checks it then; checking it here with the same
+    // rule refuses it while the caller is the one who sent it, and before anything is written.
+    if let Some(email) = body.email.as_deref() {
+        check_email(email)?;
+    }
+    let profile = ProfileRecord {
+        email: body.email.as_deref(),
+        name: body.name.as_deref(),
+        metadata: metadata(body.metadata),
+    };
+    let (created, lsn) =
+        call.state
+            .engine
+            .upsert_user(&call.tenant, user, profile, &call.context(None))?;
+    call.durable(lsn).await?;
+    let view = call.tenant.user(user)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &user_json(call, &view, call.tenant.default_currency()),
+    ))
+}
+
+/// `GET /v1/users/{user_id}`.
+pub async fn get_user(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let view = call.tenant.user(user)?;
+    ok(&user_json(call, &view, call.tenant.default_currency()))
+}
+
+/// `GET /v1/users/{user_id}/wallet[?currency=]`.
+pub async fn get_wallet(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let mut currency = call.tenant.default_currency();
+    for (name, value) in query_pairs(call.query) {
+        match name.as_ref() {
+            "currency" => currency = Currency::new(&value)?,
+            _ => {
+                return Err(Problem::invalid(format!(
+                    "unknown query parameter {name:?}"
+                )))
+            }
+        }
+    }
+    let view = call.tenant.user(user)?;
+    ok(&wallet_json(call, &view, currency))
+}
+
+/// `POST /v1/users/{user_id}/credit`.
+pub async fn credit(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let body: CreditBody = parse_json(&call.body)?;
+    let kind = body.kind.unwrap_or(CreditKind::Grant);
+    if kind != CreditKind::Grant {
+        auth::require(call.role, Role::Admin)?;
+    }
+    let reason = body.reason.as_deref().filter(|r| !r.trim().is_empty());
+    if call.role >= Role::Admin && reason.is_none() {
+        return Err(
+            Problem::invalid("credits made with an admin key need a reason")
+                .with("field", "reason"),
+        );
+    }
+    let request = CreditRequest {
+        user,
+        amount: body.amount,
+        kind,
+        currency: currency(body.currency.as_ref())?,
+        description: body.description.as_deref().or(reason),
+        reference: body.reference.as_deref(),
+        metadata: metadata(body.metadata),
+    };
+    let done =
+        call.state
+            .engine
+            .credit(&call.tenant, &request, &call.context(call.idempotency()))?;
+    call.durable(done.lsn).await?;
+    if !done.replayed {
+        call.state.metrics.credit(kind);
+    }
+    let Outcome::Credit {
+        entry_id,
+        amount,
+        balance,
+        available,
+    } = done.outcome
+    else {
+        return Err(unexpected(&done));
+    };
+    let answer = CreditAnswer {
+        entry_id: PrefixedId(ENTRY_PREFIX, entry_id),
+        amount,
+        balance,
+        available,
+    };
+    written(StatusCode::OK, &answer, done.replayed)
+}
+
+fn debit_outcome(error: &EngineError) -> DebitOutcome {
+    if matches!(error, EngineError::InsufficientCredits(_)) {
+        DebitOutcome::Insufficient
+    } else {
+        DebitOutcome::Rejected
+    }
+}
+
+fn debit_answer(done: &Done, dry_run: bool) -> Result<DebitAnswer, Problem> {
+    let Outcome::Debit {
+        entry_id,
+        charged,
+        balance,
+        available,
+        ..
+    } = done.outcome
+    else {
+        return Err(unexpected(done));
+    };
+    let entry_id = (!dry_run).then_some(PrefixedId(ENTRY_PREFIX, entry_id));
+    Ok(DebitAnswer {
+        entry_id,
+        charged,
+        balance,
+        available,
+        dry_run,
+    })
+}
+
+/// `POST /v1/users/{user_id}/debit`.
+pub async fn debit(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let body: DebitBody = parse_json(&call.body)?;
+    let request = DebitRequest {
+        user,
+        spend: spend(body.amount, body.action.as_ref(), body.quantity)?,
+        currency: currency(body.currency.as_ref())?,
+        description: body.description.as_deref(),
+        reference: body.reference.as_deref(),
+        metadata: metadata(body.metadata),
+        dry_run: body.dry_run.unwrap_or(false),
+    };
+    let metrics = &call.state.metrics;
+    let done =
+        match call
+            .state
+            .engine
+            .debit(&call.tenant, &request, &call.context(call.idempotency()))
+        {
+            Ok(done) => done,
+            Err(error) => {
+                if !request.dry_run {
+                    metrics.debit(debit_outcome(&error));
+                }
+                return Err(call.with_topup(user, error.into()));
+            }
+        };
+    call.durable(done.lsn).await?;
+    if !request.dry_run && !done.replayed {
+        metrics.debit(DebitOutcome::Ok);
+    }
+    let answer = debit_answer(&done, request.dry_run)?;
+    written(StatusCode::OK, &answer, done.replayed)
+}
+
+/// `POST /v1/debits/batch`: each debit is applied on its own; one wait covers them all.
+pub async fn batch_debit(call: &Call<'_>) -> Answer {
+    let body: BatchBody = parse_json(&call.body)?;
+    if body.debits.is_empty() || body.debits.len() > MAX_BATCH_DEBITS {
+        return Err(Problem::invalid(format!(
+            "debits must hold 1 to {MAX_BATCH_DEBITS} items"
+        )));
+    }
+    let batch_fingerprint = call
+        .idempotency_key
+        .map(|_| fingerprint(&[b"batch", &call.body]));
+    let mut results = Vec::with_capacity(body.debits.len());
+    let mut last_lsn = 0;
+    let metrics = &call.state.metrics;
+    for (index, item) in body.debits.iter().enumerate() {
+        if index % 256 == 255 {
+            // Let other requests on this worker run between slices of a large batch.
+            tokio::task::yield_now().await;
+        }
+        let derived_key;
+        let key = match (
+            &item.idempotency_key,
+            call.idempotency_key,
+            batch_fingerprint,
+        ) {
+            (Some(key), _, _) => Some(IdempotencyKey {
+                key,
+                fingerprint: item_fingerprint(item),
+            }),
+            (None, Some(request_key), Some(batch)) => {
+                derived_key = format!("{request_key}#{index}");
+                Some(IdempotencyKey {
+                    key: &derived_key,
+                    fingerprint: batch,
+                })
+            }
+            _ => None,
+        };
+        let outcome = batch_one(call, item, key);
+        match &outcome {
+            Ok(done) => {
+                last_lsn = last_lsn.max(done.lsn);
+                if !done.replayed {
+                    metrics.debit(DebitOutcome::Ok);
+                }
+            }
+            Err(error) => metrics.debit(debit_outcome(error)),
+        }
+        results.push(batch_result(call, item, outcome));
+    }
+    if last_lsn > 0 {
+        call.durable(last_lsn).await?;
+    }
+    ok(&serde_json::json!({ "results": results }))
+}
+
+fn batch_one(
+    call: &Call<'_>,
+    item: &BatchItem<'_>,
+    key: Option<IdempotencyKey<'_>>,
+) -> Result<Done, EngineError> {
+    let spend = match spend(item.amount, item.action.as_ref(), item.quantity) {
+        Ok(spend) => spend,
+        Err(_) => {
+            return Err(EngineError::Invalid(crate::engine::types::Invalid::new(
+                "debit",
+                "give exactly one of amount or action",
+            )))
+        }
+    };
+    let currency = item.currency.as_deref().map(Currency::new).transpose()?;
+    let request = DebitRequest {
+        user: &item.user_id,
+        spend,
+        currency,
+        description: item.description.as_deref(),
+        reference: item.reference.as_deref(),
+        metadata: metadata(item.metadata),
+        dry_run: false,
+    };
+    call.state
+        .engine
+        .debit(&call.tenant, &request, &call.context(key))
+}
+
+fn item_fingerprint(item: &BatchItem<'_>) -> Fingerprint {
+    let amount = item.amount.map(|a| a.to_le_bytes()).unwrap_or_default();
+    let quantity = item.quantity.map(|q| q.to_le_bytes()).unwrap_or_default();
+    let text =
+        |field: &Option<Cow<'_, str>>| field.as_deref().unwrap_or("\u{0}").as_bytes().to_vec();
+    fingerprint(&[
+        b"batch-item",
+        item.user_id.as_bytes(),
+        &amount,
+        &text(&item.action),
+        &quantity,
+        &text(&item.currency),
+        &text(&item.description),
+        &text(&item.reference),
+        metadata(item.metadata).unwrap_or("\u{0}").as_bytes(),
+    ])
+}
+
+fn batch_result(
+    call: &Call<'_>,
+    item: &BatchItem<'_>,
+    outcome: Result<Done, EngineError>,
+) -> serde_json::Value {
+    match outcome {
+        Ok(done) => match debit_answer(&done, false) {
+            Ok(answer) => serde_json::json!({
+                "status": 200,
+                "user_id": item.user_id,
+                "entry_id": answer.entry_id,
+                "charged": answer.charged,
+                "balance": answer.balance,
+                "available": answer.available,
+                "replayed": done.replayed,
+            }),
+            Err(problem) => problem.body(),
+        },
+        Err(error) => {
+            let problem = call.with_topup(&item.user_id, error.into());
+            let mut body = problem.body();
+            if let Some(object) = body.as_object_mut() {
+                object.insert(
+                    "user_id".into(),
+                    serde_json::Value::String(item.user_id.to_string()),
+                );
+            }
+            body
+        }
+    }
+}
+
+/// `POST /v1/users/{user_id}/revoke` (admin).
+pub async fn revoke(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let body: RevokeBody = parse_json(&call.body)?;
+    let request = RevokeRequest {
+        user,
+        amount: body.amount,
+        currency: currency(body.currency.as_ref())?,
+        reason: &body.reason,
+    };
+    let done =
+        call.state
+            .engine
+            .revoke(&call.tenant, &request, &call.context(call.idempotency()))?;
+    call.durable(done.lsn).await?;
+    let Outcome::Debit {
+        entry_id,
+        charged,
+        balance,
+        available,
+        ..
+    } = done.outcome
+    else {
+        return Err(unexpected(&done));
+    };
+    let answer = RevokeAnswer {
+        entry_id: PrefixedId(ENTRY_PREFIX, entry_id),
+        amount: charged,
+        balance,
+        available,
+    };
+    written(StatusCode::OK, &answer, done.replayed)
+}
+
+/// `PUT /v1/users/{user_id}/overdraft` (admin).
+pub async fn put_overdraft(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let body: OverdraftBody = parse_json(&call.body)?;
+    let currency = currency(body.currency.as_ref())?;
+    let lsn = call.state.engine.set_overdraft(
+        &call.tenant,
+        user,
+        currency,
+        body.overdraft_limit,
+        &call.context(None),
+    )?;
+    call.durable(lsn).await?;
+    let view = call.tenant.user(user)?;
+    ok(&wallet_json(
+        call,
+        &view,
+        currency.unwrap_or(call.tenant.default_currency()),
+    ))
+}
