@@ -963,7 +963,7 @@ pub async fn put_tenant(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
         (None, None) => None,
         (Some(""), _) => Some((None, None)),
         (Some(url), Some(secret)) => {
-            crate::engine::payments::check_tenant_webhook(Some(url), Some(secret))?;
+            crate::engine::check_tenant_webhook(Some(url), Some(secret))?;
             Some((Some(url), Some(secret)))
         }
         _ => {

@@ -10,10 +10,12 @@
 //! HTTP.
 
 mod clock;
+mod commit;
 pub mod event;
 mod idempotency;
 mod invariants;
 mod maintenance;
+pub mod notify;
 mod ops;
 pub mod payments;
 mod recovery;
@@ -30,10 +32,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use commit::Context;
 pub use idempotency::{Done, IdempotencyKey};
 pub use invariants::{Figures, InvariantViolation};
+pub(crate) use ops::is_http_url;
 pub use ops::{
-    CaptureRequest, Context, CreditRequest, DebitRequest, ReserveRequest, RevokeRequest, Spend,
+    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, ReserveRequest,
+    RevokeRequest, Spend,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};
@@ -151,7 +156,7 @@ pub struct Engine {
     tokens: AtomicU64,
     recovery: RecoveryReport,
     background: Mutex<Option<maintenance::Background>>,
-    hooks: std::sync::OnceLock<payments::Hooks>,
+    hooks: std::sync::OnceLock<notify::Hooks>,
     /// Payment references between their check and their record: two users' locks cannot keep
     /// one reference from being issued twice, so a reference is claimed here first.
     issuing: Mutex<std::collections::HashSet<Box<str>>>,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::event::{Decline, MethodRecord, PackageRecord, PaymentPurpose, ProfileRecord};
+use super::notify::*;
 use super::payments::*;
 use super::types::{CreditKind, Currency, EngineError};
 use super::*;
@@ -22,7 +23,7 @@ struct Setup {
     engine: Arc<Engine>,
     tenant: Arc<Tenant>,
     topups: crossbeam_channel::Receiver<TopupTrigger>,
-    events: crossbeam_channel::Receiver<TenantEvent>,
+    events: crossbeam_channel::Receiver<TenantNotification>,
 }
 
 fn options() -> EngineOptions {
@@ -74,7 +75,7 @@ impl Setup {
     ) -> (
         Arc<Engine>,
         crossbeam_channel::Receiver<TopupTrigger>,
-        crossbeam_channel::Receiver<TenantEvent>,
+        crossbeam_channel::Receiver<TenantNotification>,
     ) {
         let engine = Engine::open(
             options(),
@@ -87,7 +88,7 @@ impl Setup {
         engine
             .connect_hooks(Hooks {
                 topups: topup_sender,
-                events: event_sender,
+                notifications: event_sender,
             })
             .unwrap();
         (engine, topups, events)
@@ -886,7 +887,7 @@ fn the_sweep_claims_each_wallet_it_hands_out() {
 
 #[test]
 fn endpoint_urls_are_absolute_http_urls_with_a_host() {
-    use crate::engine::payments::is_http_url;
+    use crate::engine::is_http_url;
     for good in [
         "https://hooks.example.com/creditd?x=1",
         "http://127.0.0.1:8080/hooks",

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use super::signature::sign_timestamped;
 use super::Payments;
 use crate::engine::event::PaymentPurpose;
-use crate::engine::payments::{TenantEvent, TenantEventKind};
+use crate::engine::notify::{NotificationKind, TenantNotification};
 use crate::engine::types::Lsn;
 use crate::time::format_rfc3339_ms;
 
@@ -71,19 +71,19 @@ impl Lanes {
 }
 
 /// The JSON body of an event.
-pub fn body(event: &TenantEvent) -> Value {
+pub fn body(event: &TenantNotification) -> Value {
     let purpose = |purpose: PaymentPurpose| match purpose {
         PaymentPurpose::Checkout => "checkout",
         PaymentPurpose::AutoTopup => "auto_topup",
     };
     let mut data = json!({ "user_id": event.user, "currency": event.currency.as_str() });
     let extra = match &event.kind {
-        TenantEventKind::LowBalance {
+        NotificationKind::LowBalance {
             available,
             threshold,
         } => json!({ "available": available, "threshold": threshold }),
-        TenantEventKind::Depleted { available } => json!({ "available": available }),
-        TenantEventKind::TopupSucceeded {
+        NotificationKind::Depleted { available } => json!({ "available": available }),
+        NotificationKind::TopupSucceeded {
             reference,
             purpose: p,
             credits,
@@ -91,14 +91,14 @@ pub fn body(event: &TenantEvent) -> Value {
         } => {
             json!({ "reference": reference, "purpose": purpose(*p), "credits": credits, "balance": balance })
         }
-        TenantEventKind::TopupFailed {
+        NotificationKind::TopupFailed {
             reference,
             purpose: p,
             decline,
         } => {
             json!({ "reference": reference, "purpose": purpose(*p), "reason": decline.as_str() })
         }
-        TenantEventKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
+        NotificationKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
     };
     if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
         data.extend(extra);
@@ -132,7 +132,7 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn new(event: &TenantEvent) -> Outgoing {
+    fn new(event: &TenantNotification) -> Outgoing {
         Outgoing {
             tenant: event.tenant.clone(),
             lsn: event.lsn,
@@ -155,7 +155,7 @@ const PENDING_FORMAT: u32 = 1;
 pub struct Outbox {
     pending: Mutex<Pending>,
     /// Another end of the channel, to take what delivery has not picked up yet at a stop.
-    queue: crossbeam_channel::Receiver<TenantEvent>,
+    queue: crossbeam_channel::Receiver<TenantNotification>,
     stopping: tokio::sync::watch::Sender<bool>,
     /// Dropped at the stop, which ends the thread that takes events in.
     stopper: Mutex<Option<crossbeam_channel::Sender<()>>>,
@@ -280,7 +280,7 @@ fn set_aside(path: &Path, reason: &str) {
 /// sends. The outbox it returns stops delivery and keeps what is left.
 pub fn spawn(
     payments: Arc<Payments>,
-    events: crossbeam_channel::Receiver<TenantEvent>,
+    events: crossbeam_channel::Receiver<TenantNotification>,
     restored: Vec<Outgoing>,
 ) -> Arc<Outbox> {
     let runtime = tokio::runtime::Handle::current();

@@ -298,7 +298,7 @@ impl Payments {
     ) -> Result<Initialized, PaymentsError> {
         check_email(request.email)?;
         if let Some(url) = request.callback_url {
-            if !crate::engine::payments::is_http_url(url) {
+            if !crate::engine::is_http_url(url) {
                 return Err(PaymentsError::Invalid("callback_url"));
             }
         }
