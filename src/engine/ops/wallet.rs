@@ -11,6 +11,17 @@ use crate::engine::{Context, Engine};
 use super::checks::{checked, spend_from, Price};
 use super::{CreditRequest, DebitRequest, RevokeRequest, Spend};
 
+/// A priced spend on its way to the wallet: what [`Engine::debit`] and [`Engine::revoke`] hand to
+/// the decision they share.
+struct Take<'a> {
+    user: &'a str,
+    price: Price<'a>,
+    kind: DebitKind,
+    meta: Meta<'a>,
+    /// Check and answer as if it ran, change nothing.
+    dry_run: bool,
+}
+
 impl Engine {
     /// Adds credits. Creates the wallet if the user has none in that currency.
     pub fn credit(
@@ -75,15 +86,14 @@ impl Engine {
         let mut meta = self.meta(context, 0, request.description);
         meta.reference = request.reference;
         meta.metadata = request.metadata;
-        self.take(
-            tenant,
-            request.user,
+        let take = Take {
+            user: request.user,
             price,
-            DebitKind::Usage,
+            kind: DebitKind::Usage,
             meta,
-            context,
-            request.dry_run,
-        )
+            dry_run: request.dry_run,
+        };
+        self.take(tenant, take, context)
     }
 
     /// Takes credits back; the reason is recorded as the entry's description.
@@ -100,28 +110,30 @@ impl Engine {
         self.check_texts(Some(request.reason), None, None)?;
         let price = self.price(tenant, request.currency, Spend::Amount(request.amount))?;
         let meta = self.meta(context, 0, Some(request.reason));
-        self.take(
-            tenant,
-            request.user,
+        let take = Take {
+            user: request.user,
             price,
-            DebitKind::Revoke,
+            kind: DebitKind::Revoke,
             meta,
-            context,
-            false,
-        )
+            dry_run: false,
+        };
+        self.take(tenant, take, context)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn take<'a>(
+    /// Debits or revokes: the decision and commit both share once their request is priced.
+    fn take(
         &self,
         tenant: &Tenant,
-        user: &'a str,
-        price: Price<'a>,
-        kind: DebitKind,
-        mut meta: Meta<'a>,
+        take: Take<'_>,
         context: &Context<'_>,
-        dry_run: bool,
     ) -> Result<Done, EngineError> {
+        let Take {
+            user,
+            price,
+            kind,
+            mut meta,
+            dry_run,
+        } = take;
         let claim = match self.claim(tenant, context, dry_run)? {
             Begin::Replay(done) => return Ok(done),
             Begin::Fresh(claim) => claim,

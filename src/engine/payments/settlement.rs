@@ -67,6 +67,25 @@ pub enum Settlement {
     },
 }
 
+/// A payment under its user's lock, on its way to being settled: what each way of settling it
+/// records about it.
+struct Settling<'a> {
+    tenant: &'a Tenant,
+    wallet: WalletRef<'a>,
+    reference: &'a str,
+    meta: Meta<'a>,
+}
+
+/// A gateway's report that a pending (or failed) payment was paid in its recorded terms.
+struct Paid<'a> {
+    entry: &'a PaymentEntry,
+    paid_minor: i64,
+    paid_currency: Currency,
+    method: Option<MethodRecord<'a>>,
+    /// Whether the payment had been recorded failed before this report.
+    late_payment: bool,
+}
+
 impl Engine {
     /// Applies a gateway's verdict on a payment, exactly once per reference: credits the terms on a
     /// matching payment, records a failure otherwise, records unknown references without crediting.
@@ -116,59 +135,22 @@ impl Engine {
         if late_payment {
             tracing::warn!(%reference, "a payment recorded failed was reported paid: crediting it");
         }
+        let settling = Settling {
+            tenant: &tenant,
+            wallet: WalletRef {
+                tenant: &tenant.id,
+                user: &user,
+                currency: entry.currency,
+            },
+            reference,
+            meta: Meta {
+                reference: Some(reference),
+                ..Meta::system(now_ms)
+            },
+        };
         if entry.state != PaymentState::Pending && !late_payment {
-            // A later report may still carry the reusable method (Stripe sends it on its own event).
-            if let (
-                PaymentState::Succeeded { at_ms, .. },
-                Verdict::Paid {
-                    method: Some(method),
-                    ..
-                },
-            ) = (entry.state, verdict)
-            {
-                let saved = account.payment_method();
-                let mut lsn = entry.last_lsn;
-                let usable = !method.token.is_empty() && method.token.len() <= 256;
-                // Only if nothing newer was saved since this payment settled: a late or replayed
-                // report of an old payment must not bring back a card the user has replaced.
-                let newer_saved = saved.is_some_and(|saved| saved.saved_ms > at_ms);
-                let same = saved.is_some_and(|saved| {
-                    &*saved.token == method.token && saved.gateway == method.gateway
-                });
-                if usable && !newer_saved && !same {
-                    let event = Event::PaymentMethodSaved {
-                        wallet: WalletRef {
-                            tenant: &tenant.id,
-                            user: &user,
-                            currency: entry.currency,
-                        },
-                        method: *method,
-                        meta: Meta {
-                            reference: Some(reference),
-                            ..Meta::system(now_ms)
-                        },
-                    };
-                    lsn = self.commit_event(&tenant, &mut account, &event)?;
-                }
-                return Ok(Settlement::AlreadySettled {
-                    payment: PaymentView::new(reference, &entry),
-                    lsn,
-                });
-            }
-            return Ok(Settlement::AlreadySettled {
-                payment: PaymentView::new(reference, &entry),
-                lsn: entry.last_lsn,
-            });
+            return self.already_settled(&settling, &mut account, &entry, verdict);
         }
-        let wallet_ref = WalletRef {
-            tenant: &tenant.id,
-            user: &user,
-            currency: entry.currency,
-        };
-        let meta = Meta {
-            reference: Some(reference),
-            ..Meta::system(now_ms)
-        };
         match *verdict {
             Verdict::Paid {
                 paid_minor,
@@ -184,88 +166,136 @@ impl Engine {
                         "paid {paid_minor} {paid_currency}, the package costs {} {}",
                         entry.amount_minor, entry.price_currency
                     );
-                    return self.fail_payment(
-                        &tenant,
-                        &mut account,
-                        wallet_ref,
-                        reference,
-                        Decline::Mismatch,
-                        &reason,
-                        meta,
-                    );
+                    return self.fail_payment(&settling, &mut account, Decline::Mismatch, &reason);
                 }
-                let wallet = account
-                    .wallet(entry.currency)
-                    .copied()
-                    .unwrap_or(Wallet::empty(entry.currency));
-                let balance_after = wallet
-                    .balance
-                    .checked_add(entry.credits)
-                    .ok_or(EngineError::Overflow)?;
-                let available_after = balance_after
-                    .checked_sub(wallet.reserved)
-                    .ok_or(EngineError::Overflow)?;
-                // A late success must not bring back a card saved over since the payment began.
-                let replaced = late_payment
-                    && account
-                        .payment_method()
-                        .is_some_and(|saved| saved.saved_ms > entry.created_ms);
-                let method = method
-                    .filter(|m| !m.token.is_empty() && m.token.len() <= 256)
-                    .filter(|_| !replaced);
-                let event = Event::PaymentSucceeded {
-                    wallet: wallet_ref,
-                    reference,
-                    credits: entry.credits,
+                let paid = Paid {
+                    entry: &entry,
                     paid_minor,
                     paid_currency,
-                    balance_after,
-                    available_after,
                     method,
-                    meta,
+                    late_payment,
                 };
-                let lsn = self.commit_event(&tenant, &mut account, &event)?;
-                drop(account);
-                let payment = self
-                    .payment(reference)
-                    .ok_or(EngineError::Conflict("payment vanished"))?;
-                let kind = NotificationKind::TopupSucceeded {
-                    reference: reference.to_owned(),
-                    purpose: payment.purpose,
-                    credits: payment.credits,
-                    balance: balance_after,
-                };
-                self.notify(&tenant, &user, payment.currency, kind, lsn);
-                Ok(Settlement::Credited {
-                    payment,
-                    balance: balance_after,
-                    available: available_after,
-                    lsn,
-                })
+                self.credit_payment(&settling, account, &paid)
             }
-            Verdict::Declined { decline, reason } => self.fail_payment(
-                &tenant,
-                &mut account,
-                wallet_ref,
-                reference,
-                decline,
-                reason,
-                meta,
-            ),
+            Verdict::Declined { decline, reason } => {
+                self.fail_payment(&settling, &mut account, decline, reason)
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A report on a payment already settled changes nothing, but may still carry the reusable
+    /// method (Stripe sends it on its own event).
+    fn already_settled(
+        &self,
+        settling: &Settling<'_>,
+        account: &mut Account,
+        entry: &PaymentEntry,
+        verdict: &Verdict<'_>,
+    ) -> Result<Settlement, EngineError> {
+        let reference = settling.reference;
+        let (
+            PaymentState::Succeeded { at_ms, .. },
+            Verdict::Paid {
+                method: Some(method),
+                ..
+            },
+        ) = (entry.state, verdict)
+        else {
+            return Ok(Settlement::AlreadySettled {
+                payment: PaymentView::new(reference, entry),
+                lsn: entry.last_lsn,
+            });
+        };
+        let saved = account.payment_method();
+        let mut lsn = entry.last_lsn;
+        let usable = !method.token.is_empty() && method.token.len() <= 256;
+        // Only if nothing newer was saved since this payment settled: a late or replayed
+        // report of an old payment must not bring back a card the user has replaced.
+        let newer_saved = saved.is_some_and(|saved| saved.saved_ms > at_ms);
+        let same = saved
+            .is_some_and(|saved| &*saved.token == method.token && saved.gateway == method.gateway);
+        if usable && !newer_saved && !same {
+            let event = Event::PaymentMethodSaved {
+                wallet: settling.wallet,
+                method: *method,
+                meta: settling.meta,
+            };
+            lsn = self.commit_event(settling.tenant, account, &event)?;
+        }
+        Ok(Settlement::AlreadySettled {
+            payment: PaymentView::new(reference, entry),
+            lsn,
+        })
+    }
+
+    /// Credits a payment paid in its recorded amount and currency, and tells the tenant.
+    fn credit_payment(
+        &self,
+        settling: &Settling<'_>,
+        mut account: dashmap::mapref::one::RefMut<'_, compact_str::CompactString, Account>,
+        paid: &Paid<'_>,
+    ) -> Result<Settlement, EngineError> {
+        let (entry, reference) = (paid.entry, settling.reference);
+        let wallet = account
+            .wallet(entry.currency)
+            .copied()
+            .unwrap_or(Wallet::empty(entry.currency));
+        let balance_after = wallet
+            .balance
+            .checked_add(entry.credits)
+            .ok_or(EngineError::Overflow)?;
+        let available_after = balance_after
+            .checked_sub(wallet.reserved)
+            .ok_or(EngineError::Overflow)?;
+        // A late success must not bring back a card saved over since the payment began.
+        let replaced = paid.late_payment
+            && account
+                .payment_method()
+                .is_some_and(|saved| saved.saved_ms > entry.created_ms);
+        let method = paid
+            .method
+            .filter(|m| !m.token.is_empty() && m.token.len() <= 256)
+            .filter(|_| !replaced);
+        let event = Event::PaymentSucceeded {
+            wallet: settling.wallet,
+            reference,
+            credits: entry.credits,
+            paid_minor: paid.paid_minor,
+            paid_currency: paid.paid_currency,
+            balance_after,
+            available_after,
+            method,
+            meta: settling.meta,
+        };
+        let lsn = self.commit_event(settling.tenant, &mut account, &event)?;
+        drop(account);
+        let payment = self
+            .payment(reference)
+            .ok_or(EngineError::Conflict("payment vanished"))?;
+        let kind = NotificationKind::TopupSucceeded {
+            reference: reference.to_owned(),
+            purpose: payment.purpose,
+            credits: payment.credits,
+            balance: balance_after,
+        };
+        let user = settling.wallet.user;
+        self.notify(settling.tenant, user, payment.currency, kind, lsn);
+        Ok(Settlement::Credited {
+            payment,
+            balance: balance_after,
+            available: available_after,
+            lsn,
+        })
+    }
+
     fn fail_payment(
         &self,
-        tenant: &Tenant,
+        settling: &Settling<'_>,
         account: &mut Account,
-        wallet: WalletRef<'_>,
-        reference: &str,
         decline: Decline,
         reason: &str,
-        meta: Meta<'_>,
     ) -> Result<Settlement, EngineError> {
+        let (tenant, wallet, reference) = (settling.tenant, settling.wallet, settling.reference);
         let reason = truncate(reason, 256);
         let was_enabled = account
             .rule(wallet.currency)
@@ -275,7 +305,7 @@ impl Engine {
             reference,
             decline,
             reason,
-            meta,
+            meta: settling.meta,
         };
         let lsn = self.commit_event(tenant, account, &event)?;
         let payment = self
