@@ -27,7 +27,8 @@ use crate::engine::event::{Event, MethodRecord, Outcome, PackageRecord, ProfileR
 use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, Verdict};
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs,
-    CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
+    CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Missing,
+    Shortfall,
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
@@ -1141,7 +1142,7 @@ impl Model {
             Claimed::Fresh(key) => key,
         };
         if !model_tenant.users.contains_key(request.user) {
-            return Err(EngineError::UserNotFound.into());
+            return Err(EngineError::NotFound(Missing::User).into());
         }
         self.expire_due(history, tenant, request.user, now_ms);
         let lsn = self.next_lsn;
@@ -1192,7 +1193,7 @@ impl Model {
                 let action = model_tenant
                     .actions
                     .get(name)
-                    .ok_or(EngineError::UnknownAction)?;
+                    .ok_or(EngineError::NotFound(Missing::Action))?;
                 if currency.is_some_and(|c| c != action.currency) {
                     return Err(invalid("currency"));
                 }
@@ -1281,7 +1282,7 @@ impl Model {
             }
         };
         if !model_tenant.users.contains_key(user) {
-            return Err(EngineError::UserNotFound.into());
+            return Err(EngineError::NotFound(Missing::User).into());
         }
         if !dry_run {
             self.expire_due(history, tenant, user, now_ms);
@@ -1345,7 +1346,7 @@ impl Model {
             }
         };
         if !model_tenant.users.contains_key(request.user) {
-            return Err(EngineError::UserNotFound.into());
+            return Err(EngineError::NotFound(Missing::User).into());
         }
         if !request.dry_run {
             self.expire_due(history, tenant, request.user, now_ms);
@@ -1402,11 +1403,11 @@ impl Model {
 
     fn reservation_owner(&self, tenant: &str, id: Lsn) -> Result<&'static str, Stop> {
         match self.tenant(tenant).reservations.get(&id) {
-            None => Err(EngineError::ReservationNotFound.into()),
+            None => Err(EngineError::NotFound(Missing::Reservation).into()),
             Some(MReservation::Open { user }) => Ok(user),
             Some(MReservation::Closed { how, known, .. }) => match known {
                 Known::Present => Err(EngineError::ReservationClosed(*how).into()),
-                Known::Purged => Err(EngineError::ReservationNotFound.into()),
+                Known::Purged => Err(EngineError::NotFound(Missing::Reservation).into()),
                 Known::Maybe => Err(Stop::ClosedOrGone(*how)),
             },
         }
@@ -1607,7 +1608,7 @@ impl Model {
         let model_tenant = self.tenant(tenant);
         let currency = currency.unwrap_or(model_tenant.default_currency);
         if !model_tenant.users.contains_key(user) {
-            return Err(EngineError::UserNotFound);
+            return Err(EngineError::NotFound(Missing::User));
         }
         self.expire_due(history, tenant, user, now_ms);
         let lsn = self.next_lsn;
@@ -1657,7 +1658,7 @@ impl Model {
         model_tenant
             .actions
             .remove(name)
-            .ok_or(EngineError::UnknownAction)?;
+            .ok_or(EngineError::NotFound(Missing::Action))?;
         model_tenant.catalogue_lsn = lsn;
         self.commit(history);
         Ok(lsn)
@@ -1696,7 +1697,7 @@ impl Model {
         let lsn = self.next_lsn;
         let model_tenant = self.tenant_mut(tenant);
         if !model_tenant.packages.remove(package) {
-            return Err(EngineError::PackageNotFound);
+            return Err(EngineError::NotFound(Missing::Package));
         }
         model_tenant.catalogue_lsn = lsn;
         self.commit(history);
@@ -2298,7 +2299,7 @@ impl Run {
         if let Err(Stop::ClosedOrGone(how)) = want {
             let known = match got {
                 Err(EngineError::ReservationClosed(closed)) if *closed == how => Known::Present,
-                Err(EngineError::ReservationNotFound) => Known::Purged,
+                Err(EngineError::NotFound(Missing::Reservation)) => Known::Purged,
                 other => panic!(
                     "{what} on reservation {id} closed as {how:?}: creditd answered {other:?}"
                 ),
@@ -2567,7 +2568,7 @@ impl Run {
                     let got = handle.reservation(*reservation);
                     let now_known = match (&got, known) {
                         (Ok(view), Known::Present | Known::Maybe) if *view == closed => Known::Present,
-                        (Err(EngineError::ReservationNotFound), Known::Purged | Known::Maybe) => Known::Purged,
+                        (Err(EngineError::NotFound(Missing::Reservation)), Known::Purged | Known::Maybe) => Known::Purged,
                         _ => panic!("reservation {reservation} should be {known:?} {closed:?}, creditd has {got:?}"),
                     };
                     seen.push((*id, *reservation, now_known));

@@ -16,7 +16,7 @@ use super::problem::Problem;
 use super::{json_response, ApiState};
 use crate::config::Role;
 use crate::engine::event::{Outcome, PackageRecord, ProfileRecord};
-use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint};
+use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint, Missing};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, IdempotencyKey, ReservationState,
     ReserveRequest, RevokeRequest, Spend, Tenant, TenantView, UserView,
@@ -568,7 +568,7 @@ pub async fn reserve(call: &Call<'_>, user: &str, bytes: &[u8]) -> Answer {
 }
 
 fn reservation_id(text: &str) -> Result<u64, Problem> {
-    parse_reservation_id(text).ok_or_else(|| EngineError::ReservationNotFound.into())
+    parse_reservation_id(text).ok_or_else(|| EngineError::NotFound(Missing::Reservation).into())
 }
 
 /// `GET /v1/reservations/{id}`.
@@ -815,7 +815,7 @@ pub async fn delete_action(call: &Call<'_>, name: &str) -> Answer {
         .engine
         .delete_action(&call.tenant, name, &call.context(None))
     {
-        Err(EngineError::UnknownAction) => return Err(action_not_found()),
+        Err(EngineError::NotFound(Missing::Action)) => return Err(action_not_found()),
         other => other?,
     };
     call.state
@@ -844,7 +844,7 @@ pub fn get_package(call: &Call<'_>, id: &str) -> Answer {
         .packages()
         .into_iter()
         .find(|p| p.package_id == id)
-        .ok_or(EngineError::PackageNotFound)?;
+        .ok_or(EngineError::NotFound(Missing::Package))?;
     ok(&PackageJson::from(package))
 }
 
@@ -874,7 +874,7 @@ pub async fn put_package(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
         .packages()
         .into_iter()
         .find(|p| p.package_id == id)
-        .ok_or(EngineError::PackageNotFound)?;
+        .ok_or(EngineError::NotFound(Missing::Package))?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -941,7 +941,7 @@ pub fn get_tenant(call: &Call<'_>, id: &str) -> Answer {
         .state
         .engine
         .tenant(id)
-        .ok_or(EngineError::TenantNotFound)?;
+        .ok_or(EngineError::NotFound(Missing::Tenant))?;
     ok(&tenant_json(call, tenant.view(), Some(&tenant)))
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::event::{Decline, MethodRecord, PackageRecord, PaymentPurpose, ProfileRecord};
 use super::notify::*;
 use super::payments::*;
-use super::types::{CreditKind, Currency, EngineError};
+use super::types::{CreditKind, Currency, EngineError, Missing};
 use super::*;
 use crate::wal::memory::MemStorage;
 
@@ -380,13 +380,13 @@ fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
         s.engine
             .start_checkout(&s.tenant, &request("ghost", "starter", "cd_1"), &ADMIN)
             .unwrap_err(),
-        EngineError::UserNotFound
+        EngineError::NotFound(Missing::User)
     );
     assert_eq!(
         s.engine
             .start_checkout(&s.tenant, &request("ada", "gold", "cd_1"), &ADMIN)
             .unwrap_err(),
-        EngineError::PackageNotFound
+        EngineError::NotFound(Missing::Package)
     );
     assert!(matches!(
         s.engine
@@ -763,7 +763,7 @@ fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() 
         .is_none());
     assert!(matches!(
         s.engine.delete_auto_topup(&s.tenant, "ada", None, &ADMIN),
-        Err(EngineError::AutoTopupNotFound)
+        Err(EngineError::NotFound(Missing::AutoTopup))
     ));
     assert_eq!(plan(&s), TopupDecision::Skip(TopupSkip::NoRule));
     rule(&s, 1);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::event::{Outcome, PackageRecord, ProfileRecord};
-use super::types::{ClosedAs, CreditKind, Currency, DebitKind, EngineError, Shortfall};
+use super::types::{ClosedAs, CreditKind, Currency, DebitKind, EngineError, Missing, Shortfall};
 use super::*;
 use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use crate::wal::Storage;
@@ -153,7 +153,10 @@ fn welcome_credit_debit_and_refusal() {
         "a refused debit writes nothing"
     );
     assert_eq!(h.wallet("alice").balance, 15);
-    assert_eq!(h.debit("nobody", 1), Err(EngineError::UserNotFound));
+    assert_eq!(
+        h.debit("nobody", 1),
+        Err(EngineError::NotFound(Missing::User))
+    );
 }
 
 #[test]
@@ -239,7 +242,7 @@ fn debits_by_action_use_the_catalogue() {
         ),
         &ADMIN,
     );
-    assert_eq!(unknown, Err(EngineError::UnknownAction));
+    assert_eq!(unknown, Err(EngineError::NotFound(Missing::Action)));
     let overflow = h.engine.debit(
         &h.tenant,
         &DebitRequest::new(
@@ -258,7 +261,7 @@ fn debits_by_action_use_the_catalogue() {
     h.engine.delete_action(&h.tenant, "gpt-4o", &ADMIN).unwrap();
     assert_eq!(
         h.engine.delete_action(&h.tenant, "gpt-4o", &ADMIN),
-        Err(EngineError::UnknownAction)
+        Err(EngineError::NotFound(Missing::Action))
     );
     assert!(h.tenant.actions().is_empty());
 }
@@ -498,7 +501,7 @@ fn reservations_capture_partial_excess_and_refused_excess() {
     );
     assert_eq!(
         h.engine.release(&h.tenant, 999_999, &ADMIN),
-        Err(EngineError::ReservationNotFound)
+        Err(EngineError::NotFound(Missing::Reservation))
     );
     h.engine.check_invariants().unwrap();
 }
@@ -736,11 +739,11 @@ fn tenants_are_isolated() {
     };
     assert_eq!(
         h.engine.release(&other, reservation_id, &ADMIN),
-        Err(EngineError::ReservationNotFound)
+        Err(EngineError::NotFound(Missing::Reservation))
     );
     assert_eq!(
         other.reservation(reservation_id),
-        Err(EngineError::ReservationNotFound)
+        Err(EngineError::NotFound(Missing::Reservation))
     );
     assert!(matches!(
         h.engine

@@ -228,24 +228,43 @@ pub struct Shortfall {
     pub required: i64,
 }
 
+/// What an operation looked for and did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No such tenant.
+    Tenant,
+    /// No such user in this tenant.
+    User,
+    /// No such action in this tenant's catalogue.
+    Action,
+    /// No such package in this tenant.
+    Package,
+    /// No such reservation in this tenant.
+    Reservation,
+    /// The wallet has no automatic top-up rule.
+    AutoTopup,
+}
+
+impl Missing {
+    /// What [`EngineError::NotFound`] says for this kind.
+    pub fn message(self) -> &'static str {
+        match self {
+            Missing::Tenant => "tenant not found",
+            Missing::User => "user not found",
+            Missing::Action => "unknown action",
+            Missing::Package => "package not found",
+            Missing::Reservation => "reservation not found",
+            Missing::AutoTopup => "no automatic top-up rule",
+        }
+    }
+}
+
 /// Why an operation was refused. Nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// No such tenant.
-    #[error("tenant not found")]
-    TenantNotFound,
-    /// No such user in this tenant.
-    #[error("user not found")]
-    UserNotFound,
-    /// No such action in this tenant's catalogue.
-    #[error("unknown action")]
-    UnknownAction,
-    /// No such package in this tenant.
-    #[error("package not found")]
-    PackageNotFound,
-    /// No such reservation in this tenant.
-    #[error("reservation not found")]
-    ReservationNotFound,
+    /// No such thing: which kind says what was looked for.
+    #[error("{}", .0.message())]
+    NotFound(Missing),
     /// The reservation was captured, released or has expired.
     #[error("reservation is closed ({0:?})")]
     ReservationClosed(ClosedAs),
@@ -271,9 +290,6 @@ pub enum EngineError {
     /// The idempotency table is at its size limit.
     #[error("idempotency table full")]
     IdempotencyTableFull,
-    /// The wallet has no automatic top-up rule.
-    #[error("no automatic top-up rule")]
-    AutoTopupNotFound,
     /// The user holds the most open reservations allowed.
     #[error("too many open reservations")]
     TooManyReservations,

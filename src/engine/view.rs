@@ -1,7 +1,7 @@
 //! Read-only views of the state, copied out under a read lock so callers never hold one.
 
 use super::state::{Account, HoldState, Tenant, Wallet};
-use super::types::{ClosedAs, Currency, EngineError, Lsn};
+use super::types::{ClosedAs, Currency, EngineError, Lsn, Missing};
 use super::Engine;
 
 /// A wallet as the API shows it.
@@ -205,7 +205,10 @@ impl Tenant {
 
     /// A user and its wallets.
     pub fn user(&self, user_id: &str) -> Result<UserView, EngineError> {
-        let account = self.users.get(user_id).ok_or(EngineError::UserNotFound)?;
+        let account = self
+            .users
+            .get(user_id)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         Ok(UserView::new(user_id, &account))
     }
 
@@ -216,7 +219,10 @@ impl Tenant {
         currency: Option<Currency>,
     ) -> Result<WalletView, EngineError> {
         let currency = currency.unwrap_or(self.default_currency);
-        let account = self.users.get(user_id).ok_or(EngineError::UserNotFound)?;
+        let account = self
+            .users
+            .get(user_id)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         let wallet = account
             .wallet(currency)
             .copied()
@@ -229,7 +235,7 @@ impl Tenant {
         let entry = self
             .holds
             .get(&reservation_id)
-            .ok_or(EngineError::ReservationNotFound)?
+            .ok_or(EngineError::NotFound(Missing::Reservation))?
             .clone();
         let (currency, amount, state) = match entry.state {
             HoldState::Closed { how, .. } => (None, None, ReservationState::Closed(how)),
@@ -237,10 +243,10 @@ impl Tenant {
                 let account = self
                     .users
                     .get(entry.user.as_str())
-                    .ok_or(EngineError::ReservationNotFound)?;
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 let hold = account
                     .hold(reservation_id)
-                    .ok_or(EngineError::ReservationNotFound)?;
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 (
                     Some(hold.currency),
                     Some(hold.amount),

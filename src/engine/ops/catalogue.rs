@@ -3,7 +3,7 @@
 use crate::engine::event::{Event, PackageRecord};
 use crate::engine::state::Tenant;
 use crate::engine::types::{
-    check_amount, check_id, check_text, Currency, EngineError, Invalid, Lsn,
+    check_amount, check_id, check_text, Currency, EngineError, Invalid, Lsn, Missing,
 };
 use crate::engine::{Context, Engine};
 
@@ -49,7 +49,7 @@ impl Engine {
     ) -> Result<Lsn, EngineError> {
         check_id("action", action)?;
         if !tenant.catalogue.read().actions.contains_key(action) {
-            return Err(EngineError::UnknownAction);
+            return Err(EngineError::NotFound(Missing::Action));
         }
         let meta = self.meta(context, self.clock.now_ms(), None);
         self.change_catalogue(
@@ -99,7 +99,7 @@ impl Engine {
     ) -> Result<Lsn, EngineError> {
         check_id("package_id", package)?;
         if !tenant.catalogue.read().packages.contains_key(package) {
-            return Err(EngineError::PackageNotFound);
+            return Err(EngineError::NotFound(Missing::Package));
         }
         let meta = self.meta(context, self.clock.now_ms(), None);
         self.change_catalogue(
@@ -120,12 +120,10 @@ impl Engine {
         let mut catalogue = tenant.catalogue.write();
         // Check again under the write lock: a concurrent delete may have won.
         let missing = match *event {
-            Event::ActionDeleted { action, .. } => {
-                (!catalogue.actions.contains_key(action)).then_some(EngineError::UnknownAction)
-            }
-            Event::PackageDeleted { package, .. } => {
-                (!catalogue.packages.contains_key(package)).then_some(EngineError::PackageNotFound)
-            }
+            Event::ActionDeleted { action, .. } => (!catalogue.actions.contains_key(action))
+                .then_some(EngineError::NotFound(Missing::Action)),
+            Event::PackageDeleted { package, .. } => (!catalogue.packages.contains_key(package))
+                .then_some(EngineError::NotFound(Missing::Package)),
             _ => None,
         };
         if let Some(error) = missing {

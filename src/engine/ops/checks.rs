@@ -3,7 +3,8 @@
 use super::super::event::ActionUse;
 use super::super::state::{Tenant, Wallet};
 use super::super::types::{
-    check_amount, check_id, check_metadata, check_text, Currency, EngineError, Invalid, Shortfall,
+    check_amount, check_id, check_metadata, check_text, Currency, EngineError, Invalid, Missing,
+    Shortfall,
 };
 use super::super::Engine;
 use super::Spend;
@@ -58,7 +59,7 @@ impl Engine {
                     let action = catalogue
                         .actions
                         .get(name)
-                        .ok_or(EngineError::UnknownAction)?;
+                        .ok_or(EngineError::NotFound(Missing::Action))?;
                     (action.cost, action.currency)
                 };
                 if currency.is_some_and(|c| c != action_currency) {

@@ -8,7 +8,7 @@ use crate::engine::idempotency::{Begin, Claim, Done};
 use crate::engine::notify::Spent;
 use crate::engine::state::{Account, HoldState, Tenant};
 use crate::engine::types::{
-    check_amount, check_id, ClosedAs, EngineError, Invalid, Lsn, ReleaseReason,
+    check_amount, check_id, ClosedAs, EngineError, Invalid, Lsn, Missing, ReleaseReason,
 };
 use crate::engine::{Context, Engine};
 
@@ -75,7 +75,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(request.user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         if !request.dry_run {
             self.expire_due_holds(tenant, request.user, &mut account, now_ms)?;
         }
@@ -118,7 +118,7 @@ impl Engine {
         let entry = tenant
             .holds
             .get(&id)
-            .ok_or(EngineError::ReservationNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Reservation))?;
         match entry.state {
             HoldState::Open { .. } => Ok(entry.user.clone()),
             HoldState::Closed { how, .. } => Err(EngineError::ReservationClosed(how)),
@@ -149,7 +149,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user.as_str())
-            .ok_or(EngineError::ReservationNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Reservation))?;
         self.expire_due_holds(tenant, &user, &mut account, now_ms)?;
         if account.hold(id).is_none() {
             // Closed between the index lookup and the lock, or just now by expiry.
@@ -179,12 +179,14 @@ impl Engine {
             id,
             context,
             |engine, account, user, now_ms, claim| {
-                let hold = account.hold(id).ok_or(EngineError::ReservationNotFound)?;
+                let hold = account
+                    .hold(id)
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 let (held, currency, action) = (hold.amount, hold.currency, hold.action.clone());
                 let charged = request.amount.unwrap_or(held);
                 let wallet = *account
                     .wallet(currency)
-                    .ok_or(EngineError::ReservationNotFound)?;
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 if charged > held {
                     spend_from(&wallet, charged - held)?;
                 }
@@ -244,7 +246,7 @@ impl Engine {
             |engine, account, user, now_ms, claim| {
                 let currency = account
                     .hold(reservation_id)
-                    .ok_or(EngineError::ReservationNotFound)?
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?
                     .currency;
                 let event = Event::HoldExtended {
                     wallet: WalletRef {
@@ -275,11 +277,11 @@ impl Engine {
             |engine, account, user, now_ms, claim| {
                 let hold = account
                     .hold(reservation_id)
-                    .ok_or(EngineError::ReservationNotFound)?;
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 let (amount, currency) = (hold.amount, hold.currency);
                 let wallet = *account
                     .wallet(currency)
-                    .ok_or(EngineError::ReservationNotFound)?;
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 let reserved_after = checked(wallet.reserved.checked_sub(amount))?;
                 let event = Event::HoldReleased {
                     wallet: WalletRef {

@@ -5,7 +5,7 @@ use compact_str::CompactString;
 use crate::engine::event::{Event, ProfileRecord, WalletRef};
 use crate::engine::state::{Account, Tenant, Wallet};
 use crate::engine::types::{
-    check_id, check_metadata, check_text, Currency, EngineError, Invalid, Lsn,
+    check_id, check_metadata, check_text, Currency, EngineError, Invalid, Lsn, Missing,
 };
 use crate::engine::{Context, Engine};
 
@@ -85,7 +85,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         self.expire_due_holds(tenant, user, &mut account, now_ms)?;
         let wallet = account
             .wallet(currency)

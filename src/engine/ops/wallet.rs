@@ -5,7 +5,7 @@ use crate::engine::event::{Event, Meta, WalletRef};
 use crate::engine::idempotency::{Begin, Done};
 use crate::engine::notify::Spent;
 use crate::engine::state::{Tenant, Wallet};
-use crate::engine::types::{check_amount, check_id, DebitKind, EngineError, Invalid};
+use crate::engine::types::{check_amount, check_id, DebitKind, EngineError, Invalid, Missing};
 use crate::engine::{Context, Engine};
 
 use super::checks::{checked, spend_from, Price};
@@ -42,7 +42,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(request.user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         self.expire_due_holds(tenant, request.user, &mut account, now_ms)?;
         let wallet = account
             .wallet(currency)
@@ -143,7 +143,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         if !dry_run {
             self.expire_due_holds(tenant, user, &mut account, now_ms)?;
         }

@@ -4,7 +4,7 @@
 use crate::engine::event::{Event, Meta, PaymentPurpose, PaymentTerms, WalletRef};
 use crate::engine::notify::{NotificationKind, TopupTrigger};
 use crate::engine::state::{Account, PaymentState, Tenant, TopupRule, Wallet};
-use crate::engine::types::{check_amount, check_id, Currency, EngineError, Invalid, Lsn};
+use crate::engine::types::{check_amount, check_id, Currency, EngineError, Invalid, Lsn, Missing};
 use crate::engine::{Context, Engine};
 
 use super::settlement::truncate;
@@ -194,7 +194,7 @@ impl Engine {
             let package = catalogue
                 .packages
                 .get(request.package)
-                .ok_or(EngineError::PackageNotFound)?;
+                .ok_or(EngineError::NotFound(Missing::Package))?;
             if package.currency != currency {
                 return Err(EngineError::Invalid(Invalid::new(
                     "package_id",
@@ -205,7 +205,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(request.user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         let event = Event::AutoTopupSet {
             wallet: WalletRef {
                 tenant: &tenant.id,
@@ -234,9 +234,9 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         if account.rule(currency).is_none() {
-            return Err(EngineError::AutoTopupNotFound);
+            return Err(EngineError::NotFound(Missing::AutoTopup));
         }
         let event = Event::AutoTopupDeleted {
             wallet: WalletRef {
@@ -257,7 +257,10 @@ impl Engine {
         currency: Option<Currency>,
     ) -> Result<Option<RuleView>, EngineError> {
         let currency = currency.unwrap_or(tenant.default_currency);
-        let account = tenant.users.get(user).ok_or(EngineError::UserNotFound)?;
+        let account = tenant
+            .users
+            .get(user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         let now_ms = self.clock.now_ms();
         Ok(account.rule(currency).map(|rule| RuleView {
             currency,
@@ -283,7 +286,10 @@ impl Engine {
         currency: Currency,
         gateway: &str,
     ) -> Result<Option<(String, Option<String>)>, EngineError> {
-        let account = tenant.users.get(user).ok_or(EngineError::UserNotFound)?;
+        let account = tenant
+            .users
+            .get(user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         Ok(account
             .rule(currency)
             .filter(|rule| rule.enabled)
@@ -296,7 +302,10 @@ impl Engine {
         tenant: &Tenant,
         user: &str,
     ) -> Result<Option<MethodView>, EngineError> {
-        let account = tenant.users.get(user).ok_or(EngineError::UserNotFound)?;
+        let account = tenant
+            .users
+            .get(user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         Ok(account.payment_method().map(|method| MethodView {
             gateway: method.gateway.to_string(),
             token: method.token.to_string(),
@@ -319,7 +328,7 @@ impl Engine {
         let package_id = match tenant
             .users
             .get(user)
-            .ok_or(EngineError::UserNotFound)?
+            .ok_or(EngineError::NotFound(Missing::User))?
             .rule(currency)
         {
             Some(rule) => rule.package.clone(),
@@ -335,7 +344,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         let Some(rule) = account.rule(currency) else {
             return Ok(TopupDecision::Skip(TopupSkip::NoRule));
         };
@@ -414,9 +423,9 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         match account.rule(currency) {
-            None => return Err(EngineError::AutoTopupNotFound),
+            None => return Err(EngineError::NotFound(Missing::AutoTopup)),
             // Already off: nothing to record; the caller waits for the user's last change.
             Some(rule) if !rule.enabled => return Ok(account.last_lsn()),
             Some(_) => {}

@@ -2,7 +2,7 @@
 
 use crate::engine::event::{Event, Meta, PaymentPurpose, PaymentTerms, WalletRef};
 use crate::engine::state::Tenant;
-use crate::engine::types::{check_id, EngineError, Invalid, Lsn};
+use crate::engine::types::{check_id, EngineError, Invalid, Lsn, Missing};
 use crate::engine::{Context, Engine};
 
 use super::{check_reference, PaymentView};
@@ -38,7 +38,7 @@ impl Engine {
                 .packages
                 .get(request.package)
                 .filter(|p| p.active)
-                .ok_or(EngineError::PackageNotFound)?;
+                .ok_or(EngineError::NotFound(Missing::Package))?;
             (
                 package.credits,
                 package.currency,
@@ -55,7 +55,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(request.user)
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         // Claimed before the map is checked, released after the record is applied: a second
         // request for the reference (another user's, under another lock) sees one or the other.
         let _claim = self
@@ -108,11 +108,11 @@ impl Engine {
         let tenant = self
             .state
             .tenant(&tenant)
-            .ok_or(EngineError::TenantNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::Tenant))?;
         let mut account = tenant
             .users
             .get_mut(user.as_str())
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         let event = Event::PaymentCheckoutOpened {
             wallet: WalletRef {
                 tenant: &tenant.id,

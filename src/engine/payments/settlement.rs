@@ -4,7 +4,7 @@
 use crate::engine::event::{Decline, Event, Meta, MethodRecord, WalletRef};
 use crate::engine::notify::NotificationKind;
 use crate::engine::state::{Account, PaymentEntry, PaymentState, Tenant, Wallet};
-use crate::engine::types::{Currency, EngineError, Lsn};
+use crate::engine::types::{Currency, EngineError, Lsn, Missing};
 use crate::engine::Engine;
 
 use super::{check_reference, PaymentView};
@@ -116,7 +116,7 @@ impl Engine {
         let mut account = tenant
             .users
             .get_mut(user.as_str())
-            .ok_or(EngineError::UserNotFound)?;
+            .ok_or(EngineError::NotFound(Missing::User))?;
         // Check again under the user's lock: this is what makes a second delivery a no-op.
         let Some(entry) = self
             .state
