@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::codec::{self, FORMAT_VERSION};
-use crate::engine::event::{Event, MethodRecord, Outcome, PackageRecord, ProfileRecord};
-use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, Verdict};
+use crate::engine::event::{Event, MethodRecord, PackageRecord, ProfileRecord};
+use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, MethodDetails, Verdict};
+use crate::engine::types::Outcome;
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs,
     CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Missing,
@@ -32,8 +33,8 @@ use crate::engine::types::{
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
-    Engine, EngineOptions, IdempotencyKey, ManualClock, ReservationState, ReservationView,
-    ReserveRequest, RevokeRequest, Spend, Tenant, WalletView,
+    Engine, EngineOptions, IdempotencyKey, ManualClock, PackageSpec, ProfileUpdate,
+    ReservationState, ReservationView, ReserveRequest, RevokeRequest, Spend, Tenant, WalletView,
 };
 use crate::wal::batch;
 use crate::wal::memory::MemStorage;
@@ -1670,7 +1671,7 @@ impl Model {
         limits: &Limits,
         tenant: &'static str,
         package: &'static str,
-        terms: &PackageRecord<'static>,
+        terms: &PackageSpec<'static>,
     ) -> Result<Lsn, EngineError> {
         check_id("package_id", package)?;
         check_amount("credits", terms.credits, limits)?;
@@ -2175,7 +2176,7 @@ impl Run {
             op::PUT_PACKAGE => {
                 let tenant = input.pick(&TENANT_IDS);
                 let package = input.pick(&PACKAGE_IDS);
-                let terms = PackageRecord {
+                let terms = PackageSpec {
                     name: input.pick(&["Starter", "", " ", &long_text()[..1025]]),
                     credits: input.amount(limits.max_amount),
                     currency: self.currencies[input.byte() as usize % 3 + 1].expect("currency"),
@@ -2346,7 +2347,7 @@ impl Run {
     ) {
         let limits = self.limits();
         let handle = self.tenant(tenant).expect("tenant");
-        let record = ProfileRecord {
+        let record = ProfileUpdate {
             email: profile.0,
             name: profile.1,
             metadata: profile.2,
@@ -2751,10 +2752,10 @@ pub mod seeds {
 
 fn sample_events() -> Vec<Vec<u8>> {
     use crate::engine::event::{
-        ActionUse, Decline, IdempotencyTag, Meta, PaymentPurpose, PaymentTerms,
-        TenantSettingsRecord, WalletRef,
+        ActionUse, IdempotencyTag, Meta, PaymentTerms, TenantSettingsRecord, WalletRef,
     };
     use crate::engine::types::ReleaseReason;
+    use crate::engine::types::{Decline, PaymentPurpose};
     let ngn = Currency::new("NGN").expect("currency");
     let wallet = WalletRef {
         tenant: "acme",
@@ -3099,7 +3100,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
     engine
         .put_action(&tenant, "gpt-call", 5, None, Some("one call"), &admin)
         .expect("action");
-    let terms = PackageRecord {
+    let terms = PackageSpec {
         name: "Starter",
         credits: 500,
         currency: Currency::CREDITS,
@@ -3114,7 +3115,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
         let user = format!("user-{index}");
         let user = user.as_str();
         let key = format!("credit-{index}");
-        let profile = ProfileRecord {
+        let profile = ProfileUpdate {
             email: (index % 2 == 0).then_some("someone@example.com"),
             name: None,
             metadata: None,
@@ -3183,7 +3184,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
                 let verdict = Verdict::Paid {
                     paid_minor: 250_000,
                     paid_currency: ngn,
-                    method: Some(MethodRecord {
+                    method: Some(MethodDetails {
                         gateway: "sandbox",
                         token: "card_ok",
                         customer: Some("someone@example.com"),

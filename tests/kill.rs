@@ -31,8 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use creditd::engine::event::{Outcome, ProfileRecord};
+use creditd::engine::types::Outcome;
 use creditd::engine::types::{CreditKind, EngineError, Fingerprint, Missing};
+use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ReserveRequest, Spend, Tenant,
@@ -715,7 +716,7 @@ fn set_up(dir: &Path) {
     let (tenant, _, _) = engine
         .upsert_tenant(TENANT, Some("Acme"), None, &context)
         .expect("tenant");
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: None,
         name: None,
         metadata: None,
@@ -800,7 +801,7 @@ fn full_disk_child() {
         .upsert_tenant(TENANT, None, None, &context)
         .expect("tenant");
     engine.wait_durable(lsn).expect("durable");
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: None,
         name: None,
         metadata: None,

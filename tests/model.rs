@@ -39,11 +39,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use creditd::engine::event::{Outcome, ProfileRecord};
+use creditd::engine::types::Outcome;
 use creditd::engine::types::{
     ClosedAs, CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn,
     Missing, Shortfall,
 };
+use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReservationState, ReservationView, ReserveRequest, RevokeRequest,
@@ -2046,7 +2047,7 @@ impl Harness {
         let description = |long: bool| long.then_some(long_text.as_str());
         let answer = match *req {
             Req::UpsertUser { t, user, email } => {
-                let profile = ProfileRecord {
+                let profile = ProfileUpdate {
                     email,
                     name: None,
                     metadata: None,

@@ -15,12 +15,13 @@ use super::dto::*;
 use super::problem::Problem;
 use super::{json_response, ApiState};
 use crate::config::Role;
-use crate::engine::event::{Outcome, PackageRecord, ProfileRecord};
+use crate::engine::types::Outcome;
 use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint, Missing};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, IdempotencyKey, ReservationState,
     ReserveRequest, RevokeRequest, Spend, Tenant, TenantView, UserView,
 };
+use crate::engine::{PackageSpec, ProfileUpdate};
 use crate::metrics::DebitOutcome;
 
 /// The most debits one batch may carry.
@@ -194,7 +195,7 @@ pub async fn put_user(call: &Call<'_>, user: &str, body: &[u8]) -> Answer {
     if let Some(email) = body.email.as_deref() {
         check_email(email)?;
     }
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: body.email.as_deref(),
         name: body.name.as_deref(),
         metadata: metadata(body.metadata),
@@ -852,7 +853,7 @@ pub fn get_package(call: &Call<'_>, id: &str) -> Answer {
 pub async fn put_package(call: &Call<'_>, id: &str, bytes: &[u8]) -> Answer {
     let body: PackageBody = super::parse_json(bytes)?;
     let existed = call.tenant.packages().iter().any(|p| p.package_id == id);
-    let terms = PackageRecord {
+    let terms = PackageSpec {
         name: &body.name,
         credits: body.credits,
         currency: currency(body.currency.as_ref())?.unwrap_or(call.tenant.default_currency()),

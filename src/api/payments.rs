@@ -11,10 +11,10 @@ use serde::Deserialize;
 use super::handlers::Call;
 use super::problem::Problem;
 use super::{json_response, ApiState};
-use crate::engine::event::Decline;
 use crate::engine::payments::{
     AutoTopupRequest, PaymentStatus, PaymentView, RuleView, Settlement, Verdict,
 };
+use crate::engine::types::Decline;
 use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
 use crate::payments::gateway::WebhookError;
 use crate::payments::{InitializeRequest, PaymentsError, WebhookOutcome};
@@ -142,8 +142,8 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
         "price_currency": payment.price_currency.as_str(),
         "gateway": payment.gateway,
         "purpose": match payment.purpose {
-            crate::engine::event::PaymentPurpose::Checkout => "checkout",
-            crate::engine::event::PaymentPurpose::AutoTopup => "auto_topup",
+            crate::engine::types::PaymentPurpose::Checkout => "checkout",
+            crate::engine::types::PaymentPurpose::AutoTopup => "auto_topup",
         },
         "status": status,
         "entry_id": entry_id,

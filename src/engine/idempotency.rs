@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use compact_str::CompactString;
 
-use super::event::Outcome;
 use super::state::{IdempotencyEntry, IdempotencyState, Tenant};
+use super::types::Outcome;
 use super::types::{check_idempotency_key, EngineError, Fingerprint, Lsn};
 
 /// An idempotency key and the fingerprint of the request it came with.

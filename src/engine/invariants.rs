@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use super::event::PaymentPurpose;
 use super::state::{HoldState, IdempotencyState, PaymentState, State};
+use super::types::PaymentPurpose;
 use super::types::{Currency, Lsn};
 use super::Engine;
 

@@ -11,7 +11,7 @@
 
 mod clock;
 mod commit;
-pub mod event;
+pub(crate) mod event;
 mod idempotency;
 mod invariants;
 mod maintenance;
@@ -37,8 +37,8 @@ pub use idempotency::{Done, IdempotencyKey};
 pub use invariants::{Figures, InvariantViolation};
 pub(crate) use ops::is_http_url;
 pub use ops::{
-    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, ReserveRequest,
-    RevokeRequest, Spend,
+    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, PackageSpec, ProfileUpdate,
+    ReserveRequest, RevokeRequest, Spend,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};

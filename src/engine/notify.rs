@@ -6,9 +6,9 @@
 //! trigger is caught again by the sweep; a dropped notification is counted), so nothing here ever
 //! blocks a debit. With no hooks connected, the cost on the hot path is one check.
 
-use super::event::{Decline, PaymentPurpose};
 use super::state::{Account, Tenant};
 use super::types::{Currency, Lsn};
+use super::types::{Decline, PaymentPurpose};
 use super::Engine;
 
 /// A wallet whose top-up should be considered.

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use super::event::{Decline, MethodRecord, PackageRecord, PaymentPurpose, ProfileRecord};
 use super::notify::*;
 use super::payments::*;
 use super::types::{CreditKind, Currency, EngineError, Missing};
+use super::types::{Decline, PaymentPurpose};
 use super::*;
+use super::{PackageSpec, ProfileUpdate};
 use crate::wal::memory::MemStorage;
 
 const T0: i64 = 1_700_000_000_000;
@@ -42,7 +43,7 @@ impl Setup {
         let clock = Arc::new(ManualClock::new(T0));
         let (engine, topups, events) = Setup::open(&storage, &clock);
         let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
-        let terms = PackageRecord {
+        let terms = PackageSpec {
             name: "Starter",
             credits: 500,
             currency: Currency::CREDITS,
@@ -53,7 +54,7 @@ impl Setup {
         engine
             .put_package(&tenant, "starter", &terms, &ADMIN)
             .unwrap();
-        let profile = ProfileRecord {
+        let profile = ProfileUpdate {
             email: Some("ada@example.com"),
             name: None,
             metadata: None,
@@ -240,7 +241,7 @@ fn a_late_report_of_an_old_payment_does_not_bring_back_a_replaced_card() {
     let paid_with = |token: &'static str| Verdict::Paid {
         paid_minor: 200_000,
         paid_currency: Currency::new(NGN).unwrap(),
-        method: Some(MethodRecord {
+        method: Some(MethodDetails {
             gateway: "sandbox",
             token,
             customer: None,
@@ -405,7 +406,7 @@ fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
 
 fn saved_card(s: &Setup) {
     s.checkout("cd_card");
-    let method = MethodRecord {
+    let method = MethodDetails {
         gateway: "sandbox",
         token: "card_ok",
         customer: Some("ada@example.com"),
@@ -791,7 +792,7 @@ fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() 
 #[test]
 fn one_reference_raced_by_two_users_is_issued_once_and_the_log_stays_whole() {
     let mut s = Setup::new();
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: None,
         name: None,
         metadata: None,

@@ -19,11 +19,11 @@ use std::time::Instant;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use super::event::Outcome;
 use super::state::{
     Account, AccountExtra, Catalogue, HoldEntry, HoldState, IdempotencyEntry, IdempotencyState,
     PaymentEntry, ShardedMap, State, Tenant, Wallet,
 };
+use super::types::Outcome;
 use super::types::{Fingerprint, Lsn};
 use super::Engine;
 use crate::codec::{self, CodecError};

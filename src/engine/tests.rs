@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use super::event::{Outcome, PackageRecord, ProfileRecord};
+use super::types::Outcome;
 use super::types::{ClosedAs, CreditKind, Currency, DebitKind, EngineError, Missing, Shortfall};
 use super::*;
+use super::{PackageSpec, ProfileUpdate};
 use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use crate::wal::Storage;
 use crate::wal::{AppendError, DurabilityError};
@@ -37,8 +38,8 @@ fn open(storage: &MemStorage, clock: &Arc<ManualClock>) -> Arc<Engine> {
     .expect("open")
 }
 
-fn empty_profile() -> ProfileRecord<'static> {
-    ProfileRecord {
+fn empty_profile() -> ProfileUpdate<'static> {
+    ProfileUpdate {
         email: None,
         name: None,
         metadata: None,
@@ -756,7 +757,7 @@ fn busy_history(h: &Harness) {
     h.engine
         .put_action(&h.tenant, "search", 2, None, None, &ADMIN)
         .unwrap();
-    let terms = PackageRecord {
+    let terms = PackageSpec {
         name: "Starter",
         credits: 500,
         currency: Currency::CREDITS,
@@ -773,7 +774,7 @@ fn busy_history(h: &Harness) {
             .upsert_user(
                 &h.tenant,
                 &user,
-                ProfileRecord {
+                ProfileUpdate {
                     email: Some("a@b.c"),
                     name: None,
                     metadata: None,
@@ -1093,4 +1094,40 @@ fn a_record_forged_inside_a_description_cannot_turn_a_torn_write_into_damage() {
         5,
         "the torn credit was never acknowledged"
     );
+}
+
+/// The WAL benchmark writes these bytes as its typical debit record (the event schema is
+/// crate-private): they must stay what the engine encodes, and the encoding must not drift.
+#[test]
+fn a_debit_encodes_as_the_wal_bench_payload() {
+    use super::event::{Event, Meta, WalletRef};
+    let event = Event::Debited {
+        wallet: WalletRef {
+            tenant: "acme",
+            user: "u-0000421337",
+            currency: Currency::CREDITS,
+        },
+        kind: DebitKind::Usage,
+        amount: 3,
+        balance_after: 999_999_999_997,
+        available_after: 999_999_999_997,
+        action: None,
+        meta: Meta {
+            time_ms: 1_760_000_000_000,
+            actor: "gateway-key",
+            description: None,
+            reference: None,
+            metadata: None,
+            idempotency: None,
+        },
+    };
+    let mut payload = Vec::new();
+    crate::codec::encode_into(&event, &mut payload).expect("encode a debit");
+    let expected: [u8; 73] = [
+        4, 4, 97, 99, 109, 101, 12, 117, 45, 48, 48, 48, 48, 52, 50, 49, 51, 51, 55, 7, 99, 114,
+        101, 100, 105, 116, 115, 0, 6, 253, 250, 31, 74, 169, 209, 1, 0, 0, 253, 250, 31, 74, 169,
+        209, 1, 0, 0, 0, 253, 0, 128, 89, 144, 51, 3, 0, 0, 11, 103, 97, 116, 101, 119, 97, 121,
+        45, 107, 101, 121, 0, 0, 0, 0,
+    ];
+    assert_eq!(payload, expected);
 }

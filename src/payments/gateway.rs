@@ -9,9 +9,10 @@ use http::HeaderMap;
 use super::paystack::PaystackGateway;
 use super::sandbox::SandboxGateway;
 use super::stripe::StripeGateway;
-use crate::engine::event::{Decline, MethodRecord};
+use crate::engine::payments::MethodDetails;
 use crate::engine::payments::Verdict;
 use crate::engine::types::Currency;
+use crate::engine::types::Decline;
 
 /// A checkout to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +105,7 @@ impl Outcome {
                         reason: "paid in a currency that could not be read",
                     });
                 };
-                let method = method.as_ref().map(|m| MethodRecord {
+                let method = method.as_ref().map(|m| MethodDetails {
                     gateway: m.gateway,
                     token: &m.token,
                     customer: m.customer.as_deref(),

@@ -11,7 +11,7 @@ use super::gateway::{
     SavedToken, WebhookError, WebhookReport,
 };
 use super::signature::{signature_header, verify_hmac_sha512};
-use crate::engine::event::Decline;
+use crate::engine::types::Decline;
 
 /// The Paystack gateway.
 pub struct PaystackGateway {

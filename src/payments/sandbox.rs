@@ -13,8 +13,8 @@ use super::gateway::{
     WebhookReport,
 };
 use super::signature::{sign_timestamped, signature_header, verify_timestamped};
-use crate::engine::event::Decline;
 use crate::engine::payments::{PaymentStatus, PaymentView};
+use crate::engine::types::Decline;
 
 /// A card that always pays.
 pub const CARD_OK: &str = "sandbox_card_ok";
@@ -287,7 +287,7 @@ mod tests {
             amount_minor: 100,
             price_currency: crate::engine::types::Currency::new("NGN").unwrap(),
             gateway: "sandbox".into(),
-            purpose: crate::engine::event::PaymentPurpose::Checkout,
+            purpose: crate::engine::types::PaymentPurpose::Checkout,
             created_ms: 0,
             status: PaymentStatus::Pending,
             checkout_url: None,

@@ -13,7 +13,7 @@ use super::gateway::{
     SavedToken, WebhookError, WebhookReport,
 };
 use super::signature::{signature_header, verify_timestamped};
-use crate::engine::event::Decline;
+use crate::engine::types::Decline;
 
 /// Seconds a webhook's timestamp may be away from now.
 pub const SIGNATURE_TOLERANCE_SECONDS: i64 = 300;

@@ -1,11 +1,13 @@
 //! The catalogue: actions (priced spends) and top-up packages.
 
-use crate::engine::event::{Event, PackageRecord};
+use crate::engine::event::Event;
 use crate::engine::state::Tenant;
 use crate::engine::types::{
     check_amount, check_id, check_text, Currency, EngineError, Invalid, Lsn, Missing,
 };
 use crate::engine::{Context, Engine};
+
+use super::PackageSpec;
 
 impl Engine {
     /// Creates or replaces a catalogue action.
@@ -67,7 +69,7 @@ impl Engine {
         &self,
         tenant: &Tenant,
         package: &str,
-        terms: &PackageRecord<'_>,
+        terms: &PackageSpec<'_>,
         context: &Context<'_>,
     ) -> Result<Lsn, EngineError> {
         check_id("package_id", package)?;
@@ -84,7 +86,7 @@ impl Engine {
             &Event::PackagePut {
                 tenant: &tenant.id,
                 package,
-                terms: *terms,
+                terms: terms.into(),
                 meta,
             },
         )

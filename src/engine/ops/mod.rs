@@ -11,6 +11,7 @@ mod tenants;
 mod users;
 mod wallet;
 
+use super::event::{PackageRecord, ProfileRecord};
 use super::types::{CreditKind, Currency, Lsn};
 
 pub use tenants::check_tenant_webhook;
@@ -157,4 +158,55 @@ pub struct CaptureRequest<'a> {
     pub description: Option<&'a str>,
     /// A JSON document, kept as text.
     pub metadata: Option<&'a str>,
+}
+
+/// A user's profile as a request sets it; every field replaces the stored one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfileUpdate<'a> {
+    /// E-mail address.
+    pub email: Option<&'a str>,
+    /// Display name.
+    pub name: Option<&'a str>,
+    /// A JSON document, kept as text.
+    pub metadata: Option<&'a str>,
+}
+
+impl<'a> From<ProfileUpdate<'a>> for ProfileRecord<'a> {
+    fn from(update: ProfileUpdate<'a>) -> ProfileRecord<'a> {
+        ProfileRecord {
+            email: update.email,
+            name: update.name,
+            metadata: update.metadata,
+        }
+    }
+}
+
+/// A top-up package as a request creates or replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackageSpec<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Credits it buys.
+    pub credits: i64,
+    /// The wallet currency the credits go to.
+    pub currency: Currency,
+    /// Price in minor units (kobo, cents).
+    pub price_minor: i64,
+    /// Price currency (`NGN`, `USD`).
+    pub price_currency: Currency,
+    /// Offered for sale.
+    pub active: bool,
+}
+
+impl<'a> From<&PackageSpec<'a>> for PackageRecord<'a> {
+    fn from(spec: &PackageSpec<'a>) -> PackageRecord<'a> {
+        PackageRecord {
+            name: spec.name,
+            credits: spec.credits,
+            currency: spec.currency,
+            price_minor: spec.price_minor,
+            price_currency: spec.price_currency,
+            active: spec.active,
+        }
+    }
 }

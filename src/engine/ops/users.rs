@@ -3,6 +3,7 @@
 use compact_str::CompactString;
 
 use crate::engine::event::{Event, ProfileRecord, WalletRef};
+use crate::engine::ops::ProfileUpdate;
 use crate::engine::state::{Account, Tenant, Wallet};
 use crate::engine::types::{
     check_id, check_metadata, check_text, Currency, EngineError, Invalid, Lsn, Missing,
@@ -17,7 +18,7 @@ impl Engine {
         &self,
         tenant: &Tenant,
         user: &str,
-        profile: ProfileRecord<'_>,
+        profile: ProfileUpdate<'_>,
         context: &Context<'_>,
     ) -> Result<(bool, Lsn), EngineError> {
         check_id("user_id", user)?;
@@ -25,6 +26,7 @@ impl Engine {
         check_text("email", profile.email, limits.max_text_bytes)?;
         check_text("name", profile.name, limits.max_text_bytes)?;
         check_metadata(profile.metadata, limits)?;
+        let profile = ProfileRecord::from(profile);
         let now_ms = self.clock.now_ms();
         let event = Event::UserUpserted {
             tenant: &tenant.id,

@@ -1,9 +1,10 @@
 //! Automatic top-up, engine side: the rules, their caps and delays, and the plan that records a
 //! charge's intent in the log before the worker calls a gateway.
 
-use crate::engine::event::{Event, Meta, PaymentPurpose, PaymentTerms, WalletRef};
+use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
 use crate::engine::notify::{NotificationKind, TopupTrigger};
 use crate::engine::state::{Account, PaymentState, Tenant, TopupRule, Wallet};
+use crate::engine::types::PaymentPurpose;
 use crate::engine::types::{check_amount, check_id, Currency, EngineError, Invalid, Lsn, Missing};
 use crate::engine::{Context, Engine};
 

@@ -1,7 +1,8 @@
 //! Checkout: a payment the user starts for a package, and the gateway page it is sent to.
 
-use crate::engine::event::{Event, Meta, PaymentPurpose, PaymentTerms, WalletRef};
+use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
 use crate::engine::state::Tenant;
+use crate::engine::types::PaymentPurpose;
 use crate::engine::types::{check_id, EngineError, Invalid, Lsn, Missing};
 use crate::engine::{Context, Engine};
 

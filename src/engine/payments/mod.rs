@@ -18,16 +18,15 @@ mod settlement;
 
 use sha2::{Digest, Sha256};
 
-use super::event::{Decline, PaymentPurpose};
 use super::state::{PaymentEntry, PaymentState};
-use super::types::{Currency, EngineError, Invalid, Lsn};
+use super::types::{Currency, Decline, EngineError, Invalid, Lsn, PaymentPurpose};
 use super::Engine;
 
 pub use autotopup::{
     AutoTopupRequest, MethodView, RuleView, TopupCharge, TopupDecision, TopupPolicy, TopupSkip,
 };
 pub use checkout::CheckoutRequest;
-pub use settlement::{Settlement, Verdict};
+pub use settlement::{MethodDetails, Settlement, Verdict};
 
 /// The most characters of a payment reference.
 pub const MAX_REFERENCE_BYTES: usize = 64;

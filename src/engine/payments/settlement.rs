@@ -1,10 +1,10 @@
 //! Settlement: a gateway's verdict on a payment, applied exactly once per reference, in the same
 //! record as its credit; reports for references creditd never issued are recorded, not credited.
 
-use crate::engine::event::{Decline, Event, Meta, MethodRecord, WalletRef};
+use crate::engine::event::{Event, Meta, MethodRecord, WalletRef};
 use crate::engine::notify::NotificationKind;
 use crate::engine::state::{Account, PaymentEntry, PaymentState, Tenant, Wallet};
-use crate::engine::types::{Currency, EngineError, Lsn, Missing};
+use crate::engine::types::{Currency, Decline, EngineError, Lsn, Missing};
 use crate::engine::Engine;
 
 use super::{check_reference, PaymentView};
@@ -19,7 +19,7 @@ pub enum Verdict<'a> {
         /// Its currency.
         paid_currency: Currency,
         /// A reusable method.
-        method: Option<MethodRecord<'a>>,
+        method: Option<MethodDetails<'a>>,
     },
     /// Not paid.
     Declined {
@@ -67,6 +67,30 @@ pub enum Settlement {
     },
 }
 
+/// A reusable payment method a gateway handed back after a successful charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodDetails<'a> {
+    /// `sandbox`, `paystack` or `stripe`.
+    pub gateway: &'a str,
+    /// Paystack `authorization_code`, Stripe `pm_…`, or a sandbox card.
+    pub token: &'a str,
+    /// Paystack customer e-mail or Stripe `cus_…`.
+    pub customer: Option<&'a str>,
+    /// What to show (`visa ••4081`).
+    pub label: Option<&'a str>,
+}
+
+impl<'a> From<MethodDetails<'a>> for MethodRecord<'a> {
+    fn from(method: MethodDetails<'a>) -> MethodRecord<'a> {
+        MethodRecord {
+            gateway: method.gateway,
+            token: method.token,
+            customer: method.customer,
+            label: method.label,
+        }
+    }
+}
+
 /// A payment under its user's lock, on its way to being settled: what each way of settling it
 /// records about it.
 struct Settling<'a> {
@@ -81,7 +105,7 @@ struct Paid<'a> {
     entry: &'a PaymentEntry,
     paid_minor: i64,
     paid_currency: Currency,
-    method: Option<MethodRecord<'a>>,
+    method: Option<MethodDetails<'a>>,
     /// Whether the payment had been recorded failed before this report.
     late_payment: bool,
 }
@@ -217,7 +241,7 @@ impl Engine {
         if usable && !newer_saved && !same {
             let event = Event::PaymentMethodSaved {
                 wallet: settling.wallet,
-                method: *method,
+                method: MethodRecord::from(*method),
                 meta: settling.meta,
             };
             lsn = self.commit_event(settling.tenant, account, &event)?;
@@ -255,7 +279,8 @@ impl Engine {
         let method = paid
             .method
             .filter(|m| !m.token.is_empty() && m.token.len() <= 256)
-            .filter(|_| !replaced);
+            .filter(|_| !replaced)
+            .map(MethodRecord::from);
         let event = Event::PaymentSucceeded {
             wallet: settling.wallet,
             reference,

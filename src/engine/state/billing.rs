@@ -4,8 +4,9 @@
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use super::super::event::{Decline, Event, MethodRecord, PaymentPurpose};
+use super::super::event::{Event, MethodRecord};
 use super::super::types::Currency;
+use super::super::types::{Decline, PaymentPurpose};
 use super::account::{expect_eq, expect_sum, Account, PRIMARY_HAS_RULE};
 use super::reservations::HoldChange;
 use super::{mismatch, Mismatch};
