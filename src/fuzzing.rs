@@ -778,7 +778,7 @@ struct MUser {
     /// The wallet created with the user first, then the others in the order they appeared.
     wallets: Vec<MWallet>,
     /// In the engine's order, which decides which due reservation expires first.
-    holds: Vec<MHold>,
+    reservations: Vec<MHold>,
 }
 
 impl MUser {
@@ -793,9 +793,9 @@ impl MUser {
     /// The wallet once every reservation due by `now_ms` is released: what a dry run decides on.
     fn wallet_as_of(&self, currency: Currency, now_ms: i64) -> MWallet {
         let mut wallet = self.wallet(currency);
-        for hold in &self.holds {
-            if hold.currency == currency && hold.expires_at_ms <= now_ms {
-                wallet.reserved -= hold.amount;
+        for reservation in &self.reservations {
+            if reservation.currency == currency && reservation.expires_at_ms <= now_ms {
+                wallet.reserved -= reservation.amount;
             }
         }
         wallet
@@ -1023,12 +1023,16 @@ impl Model {
         loop {
             let lsn = self.next_lsn;
             let account = self.user_mut(tenant, user);
-            let Some(index) = account.holds.iter().position(|h| h.expires_at_ms <= now_ms) else {
+            let Some(index) = account
+                .reservations
+                .iter()
+                .position(|h| h.expires_at_ms <= now_ms)
+            else {
                 return expired;
             };
-            let hold = account.holds.swap_remove(index);
-            let wallet = account.wallet_mut(hold.currency);
-            wallet.reserved -= hold.amount;
+            let reservation = account.reservations.swap_remove(index);
+            let wallet = account.wallet_mut(reservation.currency);
+            wallet.reserved -= reservation.amount;
             unchecked(
                 "a released reservation's available_after",
                 wallet.balance.checked_sub(wallet.reserved),
@@ -1040,7 +1044,9 @@ impl Model {
                 at_ms: now_ms,
                 known: Known::Present,
             };
-            self.tenant_mut(tenant).reservations.insert(hold.id, closed);
+            self.tenant_mut(tenant)
+                .reservations
+                .insert(reservation.id, closed);
             self.commit(history);
             expired += 1;
         }
@@ -1112,7 +1118,7 @@ impl Model {
             last_lsn: lsn,
             profile,
             wallets: vec![MWallet::empty(default_currency)],
-            holds: Vec::new(),
+            reservations: Vec::new(),
         };
         model_tenant.users.insert(user, account);
         self.commit(history);
@@ -1355,7 +1361,7 @@ impl Model {
         let lsn = self.next_lsn;
         let account = self.user_mut(tenant, request.user);
         let open = account
-            .holds
+            .reservations
             .iter()
             .filter(|h| h.expires_at_ms > now_ms)
             .count();
@@ -1383,7 +1389,7 @@ impl Model {
             });
         }
         account.wallet_mut(currency).reserved = reserved;
-        account.holds.push(MHold {
+        account.reservations.push(MHold {
             id: lsn,
             currency,
             amount,
@@ -1431,7 +1437,7 @@ impl Model {
         let user = self.reservation_owner(tenant, id)?;
         self.expire_due(history, tenant, user, now_ms);
         if !self.tenant(tenant).users[user]
-            .holds
+            .reservations
             .iter()
             .any(|h| h.id == id)
         {
@@ -1453,11 +1459,11 @@ impl Model {
     ) -> MHold {
         let account = self.user_mut(tenant, user);
         let index = account
-            .holds
+            .reservations
             .iter()
             .position(|h| h.id == id)
             .expect("open hold");
-        let hold = account.holds.swap_remove(index);
+        let reservation = account.reservations.swap_remove(index);
         let closed = MReservation::Closed {
             user,
             how,
@@ -1465,7 +1471,7 @@ impl Model {
             known: Known::Present,
         };
         self.tenant_mut(tenant).reservations.insert(id, closed);
-        hold
+        reservation
     }
 
     fn capture(
@@ -1485,12 +1491,12 @@ impl Model {
         let (user, key) = self.open_hold(history, tenant, id, key, now_ms)?;
         let lsn = self.next_lsn;
         let account = &self.tenant(tenant).users[user];
-        let hold = account
-            .holds
+        let reservation = account
+            .reservations
             .iter()
             .find(|h| h.id == id)
             .expect("open hold");
-        let (held, currency) = (hold.amount, hold.currency);
+        let (held, currency) = (reservation.amount, reservation.currency);
         let charged = request.amount.unwrap_or(held);
         let wallet = account.wallet(currency);
         if charged > held {
@@ -1540,12 +1546,12 @@ impl Model {
         let lsn = self.next_lsn;
         let expires_at_ms = expiry(now_ms, ttl_seconds)?;
         let account = self.user_mut(tenant, user);
-        let hold = account
-            .holds
+        let reservation = account
+            .reservations
             .iter_mut()
             .find(|h| h.id == id)
             .expect("open hold");
-        hold.expires_at_ms = expires_at_ms;
+        reservation.expires_at_ms = expires_at_ms;
         account.last_lsn = lsn;
         let outcome = Outcome::Extend {
             reservation_id: id,
@@ -1570,10 +1576,10 @@ impl Model {
     ) -> Result<Done, Stop> {
         let (user, key) = self.open_hold(history, tenant, id, key, now_ms)?;
         let lsn = self.next_lsn;
-        let hold = self.close_hold(tenant, user, id, ClosedAs::Released, now_ms);
+        let reservation = self.close_hold(tenant, user, id, ClosedAs::Released, now_ms);
         let account = self.user_mut(tenant, user);
-        let wallet = account.wallet_mut(hold.currency);
-        wallet.reserved -= hold.amount;
+        let wallet = account.wallet_mut(reservation.currency);
+        wallet.reserved -= reservation.amount;
         let available = unchecked(
             "a release's available_after",
             wallet.balance.checked_sub(wallet.reserved),
@@ -1581,7 +1587,7 @@ impl Model {
         account.last_lsn = lsn;
         let outcome = Outcome::Release {
             reservation_id: id,
-            released: hold.amount,
+            released: reservation.amount,
             available,
         };
         complete(self.tenant_mut(tenant), key, lsn, now_ms, outcome);
@@ -2373,7 +2379,7 @@ impl Run {
             let mut due: Vec<(Lsn, &'static str)> = self.model.tenants[tenant]
                 .users
                 .iter()
-                .filter(|(_, user)| user.holds.iter().any(|h| h.expires_at_ms <= at))
+                .filter(|(_, user)| user.reservations.iter().any(|h| h.expires_at_ms <= at))
                 .map(|(id, _)| {
                     let view = handle.user(id).unwrap_or_else(|e| panic!("user {id}: {e}"));
                     (view.last_lsn, *id)
@@ -2662,7 +2668,7 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
         assert_eq!(got.wallets, wallets, "tenant {id}, user {user}: wallets");
         assert_eq!(
             got.reservations_open,
-            account.holds.len(),
+            account.reservations.len(),
             "tenant {id}, user {user}: open reservations"
         );
         assert_eq!(
@@ -2678,21 +2684,21 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
             profile, account.profile,
             "tenant {id}, user {user}: profile"
         );
-        for hold in &account.holds {
+        for reservation in &account.reservations {
             let expected = ReservationView {
-                reservation_id: hold.id,
+                reservation_id: reservation.id,
                 user_id: user.to_string(),
-                currency: Some(hold.currency),
-                amount: Some(hold.amount),
+                currency: Some(reservation.currency),
+                amount: Some(reservation.amount),
                 state: ReservationState::Open {
-                    expires_at_ms: hold.expires_at_ms,
+                    expires_at_ms: reservation.expires_at_ms,
                 },
             };
             assert_eq!(
-                handle.reservation(hold.id),
+                handle.reservation(reservation.id),
                 Ok(expected),
                 "tenant {id}: reservation {}",
-                hold.id
+                reservation.id
             );
         }
     }
@@ -2820,7 +2826,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             action,
             meta,
         },
-        Event::HoldPlaced {
+        Event::ReservationPlaced {
             wallet,
             amount: i64::MAX,
             expires_at_ms: i64::MAX,
@@ -2829,9 +2835,9 @@ fn sample_events() -> Vec<Vec<u8>> {
             action: None,
             meta: Meta::system(i64::MIN),
         },
-        Event::HoldCaptured {
+        Event::ReservationCaptured {
             wallet,
-            hold_id: 4,
+            reservation_id: 4,
             held: 10,
             charged: 12,
             balance_after: 973,
@@ -2840,18 +2846,18 @@ fn sample_events() -> Vec<Vec<u8>> {
             action,
             meta,
         },
-        Event::HoldExtended {
+        Event::ReservationExtended {
             wallet,
-            hold_id: 4,
+            reservation_id: 4,
             expires_at_ms: T0 + 300_000,
             meta,
         },
-        Event::HoldReleased {
+        Event::ReservationReleased {
             wallet: WalletRef {
                 currency: ngn,
                 ..wallet
             },
-            hold_id: u64::MAX,
+            reservation_id: u64::MAX,
             amount: 1,
             reason: ReleaseReason::Expired,
             reserved_after: 0,

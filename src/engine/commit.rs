@@ -125,7 +125,7 @@ impl Engine {
         };
         let meta = event.meta();
         let user = event.wallet().map_or("", |wallet| wallet.user);
-        tenant.index_hold(user, change, meta.time_ms);
+        tenant.index_reservation(user, change, meta.time_ms);
         if let Err(mismatch) = self.state.apply_payment(lsn, event) {
             return Err(self.internal_error(lsn, &mismatch.0));
         }

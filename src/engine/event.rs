@@ -246,7 +246,7 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// Credits were reserved; the reservation's id is this record's LSN.
-    HoldPlaced {
+    ReservationPlaced {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
@@ -266,12 +266,12 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// A reservation was charged (`charged` may be below or above `held`) and closed.
-    HoldCaptured {
+    ReservationCaptured {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
         /// The reservation.
-        hold_id: Lsn,
+        reservation_id: Lsn,
         /// What it held.
         held: i64,
         /// What was charged.
@@ -290,12 +290,12 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// A reservation's expiry moved.
-    HoldExtended {
+    ReservationExtended {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
         /// The reservation.
-        hold_id: Lsn,
+        reservation_id: Lsn,
         /// The new expiry, Unix milliseconds.
         expires_at_ms: i64,
         /// Who and when.
@@ -303,12 +303,12 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// A reservation was released (by the client or by expiry) without a charge.
-    HoldReleased {
+    ReservationReleased {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
         /// The reservation.
-        hold_id: Lsn,
+        reservation_id: Lsn,
         /// What it held.
         amount: i64,
         /// Why.
@@ -536,10 +536,10 @@ impl<'a> Event<'a> {
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
             | Event::Debited { wallet, .. }
-            | Event::HoldPlaced { wallet, .. }
-            | Event::HoldCaptured { wallet, .. }
-            | Event::HoldExtended { wallet, .. }
-            | Event::HoldReleased { wallet, .. }
+            | Event::ReservationPlaced { wallet, .. }
+            | Event::ReservationCaptured { wallet, .. }
+            | Event::ReservationExtended { wallet, .. }
+            | Event::ReservationReleased { wallet, .. }
             | Event::PaymentInitialized { wallet, .. }
             | Event::PaymentSucceeded { wallet, .. }
             | Event::PaymentFailed { wallet, .. }
@@ -559,10 +559,10 @@ impl<'a> Event<'a> {
             | Event::OverdraftSet { meta, .. }
             | Event::Credited { meta, .. }
             | Event::Debited { meta, .. }
-            | Event::HoldPlaced { meta, .. }
-            | Event::HoldCaptured { meta, .. }
-            | Event::HoldExtended { meta, .. }
-            | Event::HoldReleased { meta, .. }
+            | Event::ReservationPlaced { meta, .. }
+            | Event::ReservationCaptured { meta, .. }
+            | Event::ReservationExtended { meta, .. }
+            | Event::ReservationReleased { meta, .. }
             | Event::ActionPut { meta, .. }
             | Event::ActionDeleted { meta, .. }
             | Event::PackagePut { meta, .. }
@@ -586,10 +586,10 @@ impl<'a> Event<'a> {
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
             | Event::Debited { wallet, .. }
-            | Event::HoldPlaced { wallet, .. }
-            | Event::HoldCaptured { wallet, .. }
-            | Event::HoldExtended { wallet, .. }
-            | Event::HoldReleased { wallet, .. }
+            | Event::ReservationPlaced { wallet, .. }
+            | Event::ReservationCaptured { wallet, .. }
+            | Event::ReservationExtended { wallet, .. }
+            | Event::ReservationReleased { wallet, .. }
             | Event::PaymentInitialized { wallet, .. }
             | Event::PaymentSucceeded { wallet, .. }
             | Event::PaymentFailed { wallet, .. }
@@ -629,7 +629,7 @@ impl<'a> Event<'a> {
                 balance: balance_after,
                 available: available_after,
             },
-            Event::HoldPlaced {
+            Event::ReservationPlaced {
                 amount,
                 expires_at_ms,
                 available_after,
@@ -640,7 +640,7 @@ impl<'a> Event<'a> {
                 expires_at_ms,
                 available: available_after,
             },
-            Event::HoldCaptured {
+            Event::ReservationCaptured {
                 held,
                 charged,
                 balance_after,
@@ -653,21 +653,21 @@ impl<'a> Event<'a> {
                 balance: balance_after,
                 available: available_after,
             },
-            Event::HoldExtended {
-                hold_id,
+            Event::ReservationExtended {
+                reservation_id,
                 expires_at_ms,
                 ..
             } => Outcome::Extend {
-                reservation_id: hold_id,
+                reservation_id,
                 expires_at_ms,
             },
-            Event::HoldReleased {
-                hold_id,
+            Event::ReservationReleased {
+                reservation_id,
                 amount,
                 available_after,
                 ..
             } => Outcome::Release {
-                reservation_id: hold_id,
+                reservation_id,
                 released: amount,
                 available: available_after,
             },

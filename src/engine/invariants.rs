@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::state::{HoldState, IdempotencyState, PaymentState, State};
+use super::state::{IdempotencyState, PaymentState, ReservationPhase, State};
 use super::types::PaymentPurpose;
 use super::types::{Currency, Lsn};
 use super::Engine;
@@ -68,28 +68,31 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
                 ));
             }
             let mut held: HashMap<Currency, i64> = HashMap::new();
-            for hold in account.holds() {
-                if hold.amount <= 0 {
+            for reservation in account.reservations() {
+                if reservation.amount <= 0 {
                     return Err(violation(
                         user,
-                        format!("reservation {} holds {}", hold.id, hold.amount),
+                        format!(
+                            "reservation {} holds {}",
+                            reservation.id, reservation.amount
+                        ),
                     ));
                 }
-                let sum = held.entry(hold.currency).or_default();
+                let sum = held.entry(reservation.currency).or_default();
                 *sum = sum
-                    .checked_add(hold.amount)
+                    .checked_add(reservation.amount)
                     .ok_or_else(|| violation(user, "reserved overflows".into()))?;
                 let indexed = tenant
-                    .holds
-                    .get(&hold.id)
+                    .reservations
+                    .get(&reservation.id)
                     .map(|e| (e.user.clone(), e.state));
                 match indexed {
-                    Some((owner, HoldState::Open { expires_at_ms }))
-                        if owner == user && expires_at_ms == hold.expires_at_ms => {}
+                    Some((owner, ReservationPhase::Open { expires_at_ms }))
+                        if owner == user && expires_at_ms == reservation.expires_at_ms => {}
                     other => {
                         return Err(violation(
                             user,
-                            format!("reservation {} indexed as {other:?}", hold.id),
+                            format!("reservation {} indexed as {other:?}", reservation.id),
                         ));
                     }
                 }
@@ -167,11 +170,15 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
             }
         }
         let open_indexed = tenant
-            .holds
+            .reservations
             .iter()
-            .filter(|e| matches!(e.state, HoldState::Open { .. }))
+            .filter(|e| matches!(e.state, ReservationPhase::Open { .. }))
             .count() as u64;
-        let open_in_users: u64 = tenant.users.iter().map(|e| e.holds().len() as u64).sum();
+        let open_in_users: u64 = tenant
+            .users
+            .iter()
+            .map(|e| e.reservations().len() as u64)
+            .sum();
         if open_indexed != open_in_users {
             return Err(violation(
                 "",
@@ -219,7 +226,7 @@ impl Engine {
             for entry in tenant.users.iter() {
                 figures.users += 1;
                 figures.wallets += entry.wallets().count() as u64;
-                figures.reservations_open += entry.holds().len() as u64;
+                figures.reservations_open += entry.reservations().len() as u64;
             }
         }
         figures.idempotency_keys = self.idempotency_entries();

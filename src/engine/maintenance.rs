@@ -11,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::Ordering;
 
 use super::idempotency;
-use super::state::HoldState;
+use super::state::ReservationPhase;
 use super::Engine;
 
 const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -136,11 +136,11 @@ impl Engine {
                 &self.state.idempotency_entries,
                 now_ms.saturating_sub(ttl_ms),
             );
-            let before = tenant.holds.len();
-            tenant.holds.retain(|_, entry| {
-                !matches!(entry.state, HoldState::Closed { at_ms, .. } if at_ms < now_ms.saturating_sub(retention_ms))
+            let before = tenant.reservations.len();
+            tenant.reservations.retain(|_, entry| {
+                !matches!(entry.state, ReservationPhase::Closed { at_ms, .. } if at_ms < now_ms.saturating_sub(retention_ms))
             });
-            reservations += before.saturating_sub(tenant.holds.len()) as u64;
+            reservations += before.saturating_sub(tenant.reservations.len()) as u64;
         }
         self.purge_payments(now_ms);
         (keys, reservations)

@@ -430,7 +430,7 @@ fn reservations_capture_partial_excess_and_refused_excess() {
         Err(EngineError::ReservationClosed(ClosedAs::Captured))
     );
 
-    // Above the hold: the excess comes from available when it suffices…
+    // Above the reservation: the excess comes from available when it suffices…
     let second = h
         .engine
         .reserve(
@@ -460,7 +460,7 @@ fn reservations_capture_partial_excess_and_refused_excess() {
             ..
         }
     ));
-    // …and otherwise the capture is refused and the hold stays.
+    // …and otherwise the capture is refused and the reservation stays.
     let third = h
         .engine
         .reserve(

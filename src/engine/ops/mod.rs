@@ -117,7 +117,7 @@ pub struct RevokeRequest<'a> {
 pub struct ReserveRequest<'a> {
     /// The user.
     pub user: &'a str,
-    /// What to hold.
+    /// What to reserve.
     pub spend: Spend<'a>,
     /// The wallet's currency; the action's or the tenant's default when `None`.
     pub currency: Option<Currency>,
@@ -151,7 +151,7 @@ impl<'a> ReserveRequest<'a> {
 pub struct CaptureRequest<'a> {
     /// The reservation.
     pub reservation_id: Lsn,
-    /// What to charge; everything held when `None`. Above the hold, the excess comes from
+    /// What to charge; everything held when `None`. Above the reservation, the excess comes from
     /// `available` if it suffices.
     pub amount: Option<i64>,
     /// Free text.

@@ -6,7 +6,7 @@ use crate::engine::commit::dry_run_answer;
 use crate::engine::event::{ActionUse, Event, Meta, WalletRef};
 use crate::engine::idempotency::{Begin, Claim, Done};
 use crate::engine::notify::Spent;
-use crate::engine::state::{Account, HoldState, Tenant};
+use crate::engine::state::{Account, ReservationPhase, Tenant};
 use crate::engine::types::{
     check_amount, check_id, ClosedAs, EngineError, Invalid, Lsn, Missing, ReleaseReason,
 };
@@ -18,7 +18,7 @@ use super::{CaptureRequest, ReserveRequest};
 impl Engine {
     /// Releases, through the log, every reservation of this user whose time has run out. Runs
     /// under the user's lock, before a decision that depends on `available`.
-    pub(super) fn expire_due_holds(
+    pub(super) fn expire_due_reservations(
         &self,
         tenant: &Tenant,
         user: &str,
@@ -28,19 +28,19 @@ impl Engine {
         if account.extra.is_none() {
             return Ok(());
         }
-        while let Some(hold) = account.first_due_hold(now_ms) {
-            let (id, currency, amount) = (hold.id, hold.currency, hold.amount);
+        while let Some(reservation) = account.first_due_reservation(now_ms) {
+            let (id, currency, amount) = (reservation.id, reservation.currency, reservation.amount);
             let wallet = *account
                 .wallet(currency)
                 .ok_or(EngineError::Conflict("reservation on a missing wallet"))?;
             let reserved_after = checked(wallet.reserved.checked_sub(amount))?;
-            let event = Event::HoldReleased {
+            let event = Event::ReservationReleased {
                 wallet: WalletRef {
                     tenant: &tenant.id,
                     user,
                     currency,
                 },
-                hold_id: id,
+                reservation_id: id,
                 amount,
                 reason: ReleaseReason::Expired,
                 reserved_after,
@@ -52,7 +52,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Holds credits until captured, released or expired. The reservation's id is the LSN.
+    /// Reserves credits until captured, released or expired. The reservation's id is the LSN.
     pub fn reserve(
         &self,
         tenant: &Tenant,
@@ -77,16 +77,16 @@ impl Engine {
             .get_mut(request.user)
             .ok_or(EngineError::NotFound(Missing::User))?;
         if !request.dry_run {
-            self.expire_due_holds(tenant, request.user, &mut account, now_ms)?;
+            self.expire_due_reservations(tenant, request.user, &mut account, now_ms)?;
         }
-        if account.open_holds_as_of(now_ms) >= limits.max_reservations_per_user as usize {
+        if account.open_reservations_as_of(now_ms) >= limits.max_reservations_per_user as usize {
             return Err(EngineError::TooManyReservations);
         }
         let wallet = account.wallet_as_of(price.currency, now_ms);
         let available_after = spend_from(&wallet, price.amount)?;
         let mut meta = self.meta(context, now_ms, request.description);
         meta.metadata = request.metadata;
-        let event = Event::HoldPlaced {
+        let event = Event::ReservationPlaced {
             wallet: WalletRef {
                 tenant: &tenant.id,
                 user: request.user,
@@ -116,18 +116,18 @@ impl Engine {
     /// Finds an open reservation's user, or says why it cannot be used.
     fn reservation_owner(&self, tenant: &Tenant, id: Lsn) -> Result<CompactString, EngineError> {
         let entry = tenant
-            .holds
+            .reservations
             .get(&id)
             .ok_or(EngineError::NotFound(Missing::Reservation))?;
         match entry.state {
-            HoldState::Open { .. } => Ok(entry.user.clone()),
-            HoldState::Closed { how, .. } => Err(EngineError::ReservationClosed(how)),
+            ReservationPhase::Open { .. } => Ok(entry.user.clone()),
+            ReservationPhase::Closed { how, .. } => Err(EngineError::ReservationClosed(how)),
         }
     }
 
     /// Runs `decide` on an open reservation under its user's lock, after expiring it if its time
     /// has run out (then it is closed and the answer is [`EngineError::ReservationClosed`]).
-    fn with_open_hold(
+    fn with_open_reservation(
         &self,
         tenant: &Tenant,
         id: Lsn,
@@ -150,8 +150,8 @@ impl Engine {
             .users
             .get_mut(user.as_str())
             .ok_or(EngineError::NotFound(Missing::Reservation))?;
-        self.expire_due_holds(tenant, &user, &mut account, now_ms)?;
-        if account.hold(id).is_none() {
+        self.expire_due_reservations(tenant, &user, &mut account, now_ms)?;
+        if account.reservation(id).is_none() {
             // Closed between the index lookup and the lock, or just now by expiry.
             drop(account);
             return Err(match self.reservation_owner(tenant, id) {
@@ -174,15 +174,19 @@ impl Engine {
             check_amount("amount", amount, &self.options.limits)?;
         }
         let id = request.reservation_id;
-        self.with_open_hold(
+        self.with_open_reservation(
             tenant,
             id,
             context,
             |engine, account, user, now_ms, claim| {
-                let hold = account
-                    .hold(id)
+                let reservation = account
+                    .reservation(id)
                     .ok_or(EngineError::NotFound(Missing::Reservation))?;
-                let (held, currency, action) = (hold.amount, hold.currency, hold.action.clone());
+                let (held, currency, action) = (
+                    reservation.amount,
+                    reservation.currency,
+                    reservation.action.clone(),
+                );
                 let charged = request.amount.unwrap_or(held);
                 let wallet = *account
                     .wallet(currency)
@@ -197,13 +201,13 @@ impl Engine {
                 let reserved_after = checked(wallet.reserved.checked_sub(held))?;
                 let mut meta = engine.meta(context, now_ms, request.description);
                 meta.metadata = request.metadata;
-                let event = Event::HoldCaptured {
+                let event = Event::ReservationCaptured {
                     wallet: WalletRef {
                         tenant: &tenant.id,
                         user,
                         currency,
                     },
-                    hold_id: id,
+                    reservation_id: id,
                     held,
                     charged,
                     balance_after,
@@ -239,22 +243,22 @@ impl Engine {
         context: &Context<'_>,
     ) -> Result<Done, EngineError> {
         check_ttl(ttl_seconds, self.options.limits.max_reservation_ttl_seconds)?;
-        self.with_open_hold(
+        self.with_open_reservation(
             tenant,
             reservation_id,
             context,
             |engine, account, user, now_ms, claim| {
                 let currency = account
-                    .hold(reservation_id)
+                    .reservation(reservation_id)
                     .ok_or(EngineError::NotFound(Missing::Reservation))?
                     .currency;
-                let event = Event::HoldExtended {
+                let event = Event::ReservationExtended {
                     wallet: WalletRef {
                         tenant: &tenant.id,
                         user,
                         currency,
                     },
-                    hold_id: reservation_id,
+                    reservation_id,
                     expires_at_ms: expiry(now_ms, ttl_seconds)?,
                     meta: engine.meta(context, now_ms, None),
                 };
@@ -270,26 +274,26 @@ impl Engine {
         reservation_id: Lsn,
         context: &Context<'_>,
     ) -> Result<Done, EngineError> {
-        self.with_open_hold(
+        self.with_open_reservation(
             tenant,
             reservation_id,
             context,
             |engine, account, user, now_ms, claim| {
-                let hold = account
-                    .hold(reservation_id)
+                let reservation = account
+                    .reservation(reservation_id)
                     .ok_or(EngineError::NotFound(Missing::Reservation))?;
-                let (amount, currency) = (hold.amount, hold.currency);
+                let (amount, currency) = (reservation.amount, reservation.currency);
                 let wallet = *account
                     .wallet(currency)
                     .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 let reserved_after = checked(wallet.reserved.checked_sub(amount))?;
-                let event = Event::HoldReleased {
+                let event = Event::ReservationReleased {
                     wallet: WalletRef {
                         tenant: &tenant.id,
                         user,
                         currency,
                     },
-                    hold_id: reservation_id,
+                    reservation_id,
                     amount,
                     reason: ReleaseReason::Released,
                     reserved_after,
@@ -306,10 +310,10 @@ impl Engine {
         let mut expired = 0u64;
         for tenant in self.state.tenant_list() {
             let due: Vec<(Lsn, CompactString)> = tenant
-                .holds
+                .reservations
                 .iter()
                 .filter_map(|entry| match entry.state {
-                    HoldState::Open { expires_at_ms } if expires_at_ms <= now_ms => {
+                    ReservationPhase::Open { expires_at_ms } if expires_at_ms <= now_ms => {
                         Some((*entry.key(), entry.user.clone()))
                     }
                     _ => None,
@@ -319,9 +323,9 @@ impl Engine {
                 let Some(mut account) = tenant.users.get_mut(user.as_str()) else {
                     continue;
                 };
-                let before = account.holds().len();
-                self.expire_due_holds(&tenant, &user, &mut account, now_ms)?;
-                expired += (before - account.holds().len()) as u64;
+                let before = account.reservations().len();
+                self.expire_due_reservations(&tenant, &user, &mut account, now_ms)?;
+                expired += (before - account.reservations().len()) as u64;
             }
         }
         Ok(expired)

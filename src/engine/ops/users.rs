@@ -88,7 +88,7 @@ impl Engine {
             .users
             .get_mut(user)
             .ok_or(EngineError::NotFound(Missing::User))?;
-        self.expire_due_holds(tenant, user, &mut account, now_ms)?;
+        self.expire_due_reservations(tenant, user, &mut account, now_ms)?;
         let wallet = account
             .wallet(currency)
             .copied()

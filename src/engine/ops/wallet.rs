@@ -43,7 +43,7 @@ impl Engine {
             .users
             .get_mut(request.user)
             .ok_or(EngineError::NotFound(Missing::User))?;
-        self.expire_due_holds(tenant, request.user, &mut account, now_ms)?;
+        self.expire_due_reservations(tenant, request.user, &mut account, now_ms)?;
         let wallet = account
             .wallet(currency)
             .copied()
@@ -145,7 +145,7 @@ impl Engine {
             .get_mut(user)
             .ok_or(EngineError::NotFound(Missing::User))?;
         if !dry_run {
-            self.expire_due_holds(tenant, user, &mut account, now_ms)?;
+            self.expire_due_reservations(tenant, user, &mut account, now_ms)?;
         }
         // A dry run writes nothing, so it decides as if the due reservations were released.
         let wallet = account.wallet_as_of(price.currency, now_ms);

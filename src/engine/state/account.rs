@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::super::event::{Event, ProfileRecord};
 use super::super::types::{Currency, Lsn};
 use super::billing::Billing;
-use super::reservations::{Hold, HoldChange};
+use super::reservations::{Reservation, ReservationChange};
 use super::{mismatch, Mismatch};
 
 /// One wallet: a balance in one currency.
@@ -77,7 +77,7 @@ impl Profile {
 pub(crate) struct AccountExtra {
     pub profile: Profile,
     pub wallets: Vec<Wallet>,
-    pub holds: Vec<Hold>,
+    pub reservations: Vec<Reservation>,
     /// Behind a further pointer: most users with a profile never pay through creditd.
     pub billing: Option<Box<Billing>>,
 }
@@ -190,7 +190,7 @@ impl Account {
     }
 
     /// Applies a user-level event recorded at `lsn`, after checking it fits.
-    pub fn apply(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
+    pub fn apply(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
         if lsn <= self.last_lsn() {
             return Err(mismatch("record is not newer than the user's last change"));
         }
@@ -198,10 +198,10 @@ impl Account {
             Event::UserUpserted { ref profile, .. } => self.apply_profile(profile),
             Event::OverdraftSet { wallet, limit, .. } => self.apply_overdraft(wallet, limit)?,
             Event::Credited { .. } | Event::Debited { .. } => self.apply_ledger(event)?,
-            Event::HoldPlaced { .. }
-            | Event::HoldCaptured { .. }
-            | Event::HoldExtended { .. }
-            | Event::HoldReleased { .. } => self.apply_reservation(lsn, event)?,
+            Event::ReservationPlaced { .. }
+            | Event::ReservationCaptured { .. }
+            | Event::ReservationExtended { .. }
+            | Event::ReservationReleased { .. } => self.apply_reservation(lsn, event)?,
             Event::PaymentInitialized { .. }
             | Event::PaymentSucceeded { .. }
             | Event::PaymentFailed { .. }

@@ -8,7 +8,7 @@ use super::super::event::{Event, MethodRecord};
 use super::super::types::Currency;
 use super::super::types::{Decline, PaymentPurpose};
 use super::account::{expect_eq, expect_sum, Account, PRIMARY_HAS_RULE};
-use super::reservations::HoldChange;
+use super::reservations::ReservationChange;
 use super::{mismatch, Mismatch};
 
 /// A user's saved payment method and automatic top-up rules.
@@ -123,7 +123,10 @@ impl Account {
     }
 
     /// A payment started, settled, sent to a checkout page, or a method saved.
-    pub(super) fn apply_payment(&mut self, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
+    pub(super) fn apply_payment(
+        &mut self,
+        event: &Event<'_>,
+    ) -> Result<ReservationChange, Mismatch> {
         match *event {
             Event::PaymentInitialized {
                 wallet,
@@ -169,7 +172,7 @@ impl Account {
             } => self.save_method(&method, meta.time_ms),
             _ => return Err(mismatch("not a payment event")),
         }
-        Ok(HoldChange::None)
+        Ok(ReservationChange::None)
     }
 
     /// A payment credited: the balance moves by the package's credits.
@@ -224,7 +227,7 @@ impl Account {
     }
 
     /// A top-up rule set, deleted or disabled.
-    pub(super) fn apply_rule(&mut self, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
+    pub(super) fn apply_rule(&mut self, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
         match *event {
             Event::AutoTopupSet { .. } => self.apply_rule_set(event),
             Event::AutoTopupDeleted { wallet, .. } => {
@@ -247,7 +250,7 @@ impl Account {
             }
             _ => return Err(mismatch("not a top-up rule event")),
         }
-        Ok(HoldChange::None)
+        Ok(ReservationChange::None)
     }
 
     fn apply_rule_set(&mut self, event: &Event<'_>) {

@@ -3,19 +3,19 @@
 
 use super::super::event::{Event, ProfileRecord, WalletRef};
 use super::account::{expect_above_floor, expect_eq, expect_sum, Account, Profile};
-use super::reservations::HoldChange;
+use super::reservations::ReservationChange;
 use super::{mismatch, Mismatch};
 
 impl Account {
     /// A profile set or replaced; an empty one on a plain user stores nothing.
-    pub(super) fn apply_profile(&mut self, profile: &ProfileRecord<'_>) -> HoldChange {
+    pub(super) fn apply_profile(&mut self, profile: &ProfileRecord<'_>) -> ReservationChange {
         let profile = Profile::from_record(profile);
         if profile.is_empty() && self.extra.is_none() {
             // Nothing to store.
         } else {
             self.extra_mut().profile = profile;
         }
-        HoldChange::None
+        ReservationChange::None
     }
 
     /// A new overdraft limit, refused if the wallet is already deeper in debt.
@@ -23,17 +23,20 @@ impl Account {
         &mut self,
         wallet: WalletRef<'_>,
         limit: i64,
-    ) -> Result<HoldChange, Mismatch> {
+    ) -> Result<ReservationChange, Mismatch> {
         let target = self.wallet_or_insert(wallet.currency);
         if limit < 0 || target.available() < -limit {
             return Err(mismatch("overdraft limit below the wallet's current debt"));
         }
         target.overdraft = limit;
-        Ok(HoldChange::None)
+        Ok(ReservationChange::None)
     }
 
     /// A credit or a debit: the balance moves by the amount, to the balance recorded.
-    pub(super) fn apply_ledger(&mut self, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
+    pub(super) fn apply_ledger(
+        &mut self,
+        event: &Event<'_>,
+    ) -> Result<ReservationChange, Mismatch> {
         match *event {
             Event::Credited {
                 wallet,
@@ -82,6 +85,6 @@ impl Account {
             }
             _ => return Err(mismatch("not a ledger event")),
         }
-        Ok(HoldChange::None)
+        Ok(ReservationChange::None)
     }
 }

@@ -43,7 +43,7 @@ pub(crate) use account::{Account, AccountExtra, Wallet};
 pub(crate) use billing::TopupRule;
 pub(crate) use catalogue::Catalogue;
 pub(crate) use payments::{PaymentEntry, PaymentState};
-pub(crate) use reservations::{HoldEntry, HoldState};
+pub(crate) use reservations::{ReservationEntry, ReservationPhase};
 pub use tenant::Tenant;
 pub(crate) use tenant::{IdempotencyEntry, IdempotencyState};
 
@@ -204,7 +204,7 @@ impl State {
                 }
                 let change = account.apply(lsn, event).map_err(|e| fail(&e))?;
                 let meta = event.meta();
-                tenant.index_hold(wallet.user, change, meta.time_ms);
+                tenant.index_reservation(wallet.user, change, meta.time_ms);
                 self.apply_payment(lsn, event).map_err(|e| fail(&e))?;
                 self.restore_idempotency(tenant, lsn, event, meta, idempotency_cutoff_ms);
                 Ok(())

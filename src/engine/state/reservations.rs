@@ -12,7 +12,7 @@ use super::{mismatch, Mismatch};
 
 /// The action a reservation was made for, kept to label its capture in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct HoldAction {
+pub(crate) struct ReservationAction {
     pub name: CompactString,
     pub quantity: u64,
     pub unit_cost: i64,
@@ -20,18 +20,18 @@ pub(crate) struct HoldAction {
 
 /// An open reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Hold {
+pub(crate) struct Reservation {
     /// The LSN of the record that placed it.
     pub id: Lsn,
     pub currency: Currency,
     pub amount: i64,
     pub expires_at_ms: i64,
-    pub action: Option<Box<HoldAction>>,
+    pub action: Option<Box<ReservationAction>>,
 }
 
 /// How applying an event changed the user's reservations, for the tenant's reservation index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HoldChange {
+pub(crate) enum ReservationChange {
     None,
     Opened { id: Lsn, expires_at_ms: i64 },
     Extended { id: Lsn, expires_at_ms: i64 },
@@ -40,25 +40,27 @@ pub(crate) enum HoldChange {
 
 /// Where a reservation lives, and whether it is still open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct HoldEntry {
+pub(crate) struct ReservationEntry {
     pub user: CompactString,
-    pub state: HoldState,
+    pub state: ReservationPhase,
 }
 
 /// The state of a reservation in the tenant's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum HoldState {
+pub(crate) enum ReservationPhase {
     Open { expires_at_ms: i64 },
     Closed { how: ClosedAs, at_ms: i64 },
 }
 
 impl Account {
-    pub fn holds(&self) -> &[Hold] {
-        self.extra.as_ref().map_or(&[], |extra| &extra.holds)
+    pub fn reservations(&self) -> &[Reservation] {
+        self.extra.as_ref().map_or(&[], |extra| &extra.reservations)
     }
 
-    pub fn hold(&self, id: Lsn) -> Option<&Hold> {
-        self.holds().iter().find(|hold| hold.id == id)
+    pub fn reservation(&self, id: Lsn) -> Option<&Reservation> {
+        self.reservations()
+            .iter()
+            .find(|reservation| reservation.id == id)
     }
 
     /// The wallet in `currency` as it is once every reservation due by `now_ms` is released: what
@@ -68,35 +70,37 @@ impl Account {
             .wallet(currency)
             .copied()
             .unwrap_or(Wallet::empty(currency));
-        for hold in self
-            .holds()
+        for reservation in self
+            .reservations()
             .iter()
             .filter(|h| h.currency == currency && h.expires_at_ms <= now_ms)
         {
-            wallet.reserved -= hold.amount;
+            wallet.reserved -= reservation.amount;
         }
         wallet
     }
 
     /// Reservations still open at `now_ms`.
-    pub fn open_holds_as_of(&self, now_ms: i64) -> usize {
-        self.holds()
+    pub fn open_reservations_as_of(&self, now_ms: i64) -> usize {
+        self.reservations()
             .iter()
-            .filter(|hold| hold.expires_at_ms > now_ms)
+            .filter(|reservation| reservation.expires_at_ms > now_ms)
             .count()
     }
 
     /// The first open reservation whose time ran out at `now_ms`.
-    pub fn first_due_hold(&self, now_ms: i64) -> Option<&Hold> {
-        self.holds()
+    pub fn first_due_reservation(&self, now_ms: i64) -> Option<&Reservation> {
+        self.reservations()
             .iter()
-            .find(|hold| hold.expires_at_ms <= now_ms)
+            .find(|reservation| reservation.expires_at_ms <= now_ms)
     }
 
-    fn remove_hold(&mut self, id: Lsn) -> Option<Hold> {
-        let holds = &mut self.extra.as_mut()?.holds;
-        let index = holds.iter().position(|hold| hold.id == id)?;
-        Some(holds.swap_remove(index))
+    fn remove_reservation(&mut self, id: Lsn) -> Option<Reservation> {
+        let reservations = &mut self.extra.as_mut()?.reservations;
+        let index = reservations
+            .iter()
+            .position(|reservation| reservation.id == id)?;
+        Some(reservations.swap_remove(index))
     }
 
     /// A reservation placed, captured, extended or released.
@@ -104,33 +108,38 @@ impl Account {
         &mut self,
         lsn: Lsn,
         event: &Event<'_>,
-    ) -> Result<HoldChange, Mismatch> {
+    ) -> Result<ReservationChange, Mismatch> {
         match *event {
-            Event::HoldPlaced { .. } => self.apply_placed(lsn, event),
-            Event::HoldCaptured { .. } => self.apply_captured(event),
-            Event::HoldExtended {
-                hold_id,
+            Event::ReservationPlaced { .. } => self.apply_placed(lsn, event),
+            Event::ReservationCaptured { .. } => self.apply_captured(event),
+            Event::ReservationExtended {
+                reservation_id,
                 expires_at_ms,
                 ..
             } => {
-                let hold = self
+                let reservation = self
                     .extra
                     .as_mut()
-                    .and_then(|extra| extra.holds.iter_mut().find(|hold| hold.id == hold_id))
+                    .and_then(|extra| {
+                        extra
+                            .reservations
+                            .iter_mut()
+                            .find(|reservation| reservation.id == reservation_id)
+                    })
                     .ok_or_else(|| mismatch("extension of a reservation that is not open"))?;
-                hold.expires_at_ms = expires_at_ms;
-                Ok(HoldChange::Extended {
-                    id: hold_id,
+                reservation.expires_at_ms = expires_at_ms;
+                Ok(ReservationChange::Extended {
+                    id: reservation_id,
                     expires_at_ms,
                 })
             }
-            Event::HoldReleased { .. } => self.apply_released(event),
+            Event::ReservationReleased { .. } => self.apply_released(event),
             _ => Err(mismatch("not a reservation event")),
         }
     }
 
-    fn apply_placed(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
-        let Event::HoldPlaced {
+    fn apply_placed(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
+        let Event::ReservationPlaced {
             wallet,
             amount,
             expires_at_ms,
@@ -159,30 +168,30 @@ impl Account {
         )?;
         expect_above_floor(target)?;
         let action = action.map(|a| {
-            Box::new(HoldAction {
+            Box::new(ReservationAction {
                 name: a.name.into(),
                 quantity: a.quantity,
                 unit_cost: a.unit_cost,
             })
         });
-        let hold = Hold {
+        let reservation = Reservation {
             id: lsn,
             currency: wallet.currency,
             amount,
             expires_at_ms,
             action,
         };
-        self.extra_mut().holds.push(hold);
-        Ok(HoldChange::Opened {
+        self.extra_mut().reservations.push(reservation);
+        Ok(ReservationChange::Opened {
             id: lsn,
             expires_at_ms,
         })
     }
 
-    fn apply_captured(&mut self, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
-        let Event::HoldCaptured {
+    fn apply_captured(&mut self, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
+        let Event::ReservationCaptured {
             wallet,
-            hold_id,
+            reservation_id,
             held,
             charged,
             balance_after,
@@ -193,7 +202,7 @@ impl Account {
         else {
             return Err(mismatch("not a reservation event"));
         };
-        self.take_hold(hold_id, wallet.currency, held)?;
+        self.take_reservation(reservation_id, wallet.currency, held)?;
         let target = self
             .wallet_mut(wallet.currency)
             .ok_or_else(|| mismatch("capture on a missing wallet"))?;
@@ -217,16 +226,16 @@ impl Account {
             "capture: available_after mismatch",
         )?;
         expect_above_floor(target)?;
-        Ok(HoldChange::Closed {
-            id: hold_id,
+        Ok(ReservationChange::Closed {
+            id: reservation_id,
             how: ClosedAs::Captured,
         })
     }
 
-    fn apply_released(&mut self, event: &Event<'_>) -> Result<HoldChange, Mismatch> {
-        let Event::HoldReleased {
+    fn apply_released(&mut self, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
+        let Event::ReservationReleased {
             wallet,
-            hold_id,
+            reservation_id,
             amount,
             reason,
             reserved_after,
@@ -236,7 +245,7 @@ impl Account {
         else {
             return Err(mismatch("not a reservation event"));
         };
-        self.take_hold(hold_id, wallet.currency, amount)?;
+        self.take_reservation(reservation_id, wallet.currency, amount)?;
         let target = self
             .wallet_mut(wallet.currency)
             .ok_or_else(|| mismatch("release on a missing wallet"))?;
@@ -256,46 +265,54 @@ impl Account {
             ReleaseReason::Released => ClosedAs::Released,
             ReleaseReason::Expired => ClosedAs::Expired,
         };
-        Ok(HoldChange::Closed { id: hold_id, how })
+        Ok(ReservationChange::Closed {
+            id: reservation_id,
+            how,
+        })
     }
 
-    fn take_hold(&mut self, id: Lsn, currency: Currency, amount: i64) -> Result<(), Mismatch> {
-        let hold = self
-            .hold(id)
+    fn take_reservation(
+        &mut self,
+        id: Lsn,
+        currency: Currency,
+        amount: i64,
+    ) -> Result<(), Mismatch> {
+        let reservation = self
+            .reservation(id)
             .ok_or_else(|| mismatch("reservation is not open"))?;
-        if hold.currency != currency || hold.amount != amount {
+        if reservation.currency != currency || reservation.amount != amount {
             return Err(mismatch("reservation holds a different amount or currency"));
         }
-        self.remove_hold(id);
+        self.remove_reservation(id);
         Ok(())
     }
 }
 
 impl Tenant {
     /// Records a reservation change in the index (under the user's lock, so index and account agree).
-    pub(crate) fn index_hold(&self, user: &str, change: HoldChange, time_ms: i64) {
+    pub(crate) fn index_reservation(&self, user: &str, change: ReservationChange, time_ms: i64) {
         match change {
-            HoldChange::None => {}
-            HoldChange::Opened { id, expires_at_ms } => {
-                self.holds.insert(
+            ReservationChange::None => {}
+            ReservationChange::Opened { id, expires_at_ms } => {
+                self.reservations.insert(
                     id,
-                    HoldEntry {
+                    ReservationEntry {
                         user: user.into(),
-                        state: HoldState::Open { expires_at_ms },
+                        state: ReservationPhase::Open { expires_at_ms },
                     },
                 );
             }
-            HoldChange::Extended { id, expires_at_ms } => {
-                if let Some(mut entry) = self.holds.get_mut(&id) {
-                    entry.state = HoldState::Open { expires_at_ms };
+            ReservationChange::Extended { id, expires_at_ms } => {
+                if let Some(mut entry) = self.reservations.get_mut(&id) {
+                    entry.state = ReservationPhase::Open { expires_at_ms };
                 }
             }
-            HoldChange::Closed { id, how } => {
-                self.holds.insert(
+            ReservationChange::Closed { id, how } => {
+                self.reservations.insert(
                     id,
-                    HoldEntry {
+                    ReservationEntry {
                         user: user.into(),
-                        state: HoldState::Closed {
+                        state: ReservationPhase::Closed {
                             how,
                             at_ms: time_ms,
                         },

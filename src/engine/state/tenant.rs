@@ -8,7 +8,7 @@ use super::super::types::Outcome;
 use super::super::types::{Currency, Fingerprint, Lsn};
 use super::account::Account;
 use super::catalogue::Catalogue;
-use super::reservations::HoldEntry;
+use super::reservations::ReservationEntry;
 use super::{sharded_map, ShardedMap};
 
 /// An idempotency key's entry.
@@ -39,7 +39,7 @@ pub struct Tenant {
     pub(crate) default_currency: Currency,
     pub(crate) catalogue: RwLock<Catalogue>,
     pub(crate) users: ShardedMap<CompactString, Account>,
-    pub(crate) holds: ShardedMap<Lsn, HoldEntry>,
+    pub(crate) reservations: ShardedMap<Lsn, ReservationEntry>,
     pub(crate) idempotency: ShardedMap<CompactString, IdempotencyEntry>,
 }
 
@@ -59,7 +59,7 @@ impl Tenant {
             default_currency: catalogue.default_currency,
             catalogue: RwLock::new(catalogue),
             users: sharded_map(shards),
-            holds: sharded_map(shards / 8),
+            reservations: sharded_map(shards / 8),
             idempotency: sharded_map(shards),
         }
     }
