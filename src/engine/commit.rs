@@ -18,6 +18,9 @@
 //! 6. **Notify.** After a spend, [`Engine::after_spend`](super::notify) hands triggers and
 //!    notifications to the payments side through bounded channels that never block.
 //!
+//! The functions of this path are `#[inline]`: they sat in one file with the operations before the
+//! split, and the hint keeps their bodies available to the operations' codegen units as then.
+//!
 //! The lock is then released and the caller awaits [`Engine::durable`] for the LSN before it
 //! answers. Nothing on this path does I/O or waits on anything but its own locks.
 
@@ -66,6 +69,7 @@ thread_local! {
 
 impl Engine {
     /// Encodes and queues one event; returns its LSN.
+    #[inline]
     pub(super) fn append(&self, event: &Event<'_>) -> Result<Lsn, EngineError> {
         SCRATCH.with(|scratch| {
             let mut buffer = scratch.borrow_mut();
@@ -88,6 +92,8 @@ impl Engine {
 
     /// Queues a user-level event, applies it to the locked account, updates the reservation index
     /// and finishes the idempotency claim. Runs under the user's shard lock.
+    #[inline]
+
     pub(super) fn commit(
         &self,
         tenant: &Tenant,
@@ -112,6 +118,8 @@ impl Engine {
 
     /// Queues a user-level event and applies it to the locked account, the reservation index and
     /// the payments map. Runs under the user's shard lock.
+    #[inline]
+
     pub(super) fn commit_event(
         &self,
         tenant: &Tenant,
@@ -142,6 +150,8 @@ impl Engine {
         EngineError::Durability(DurabilityError::Poisoned)
     }
 
+    #[inline]
+
     pub(super) fn claim<'t>(
         &'t self,
         tenant: &'t Tenant,
@@ -161,6 +171,8 @@ impl Engine {
             token,
         )
     }
+
+    #[inline]
 
     pub(super) fn meta<'a>(
         &self,

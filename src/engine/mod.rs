@@ -8,6 +8,14 @@
 //!
 //! The engine must not do I/O itself outside the log and snapshot writers, and must not know about
 //! HTTP.
+//!
+//! Where things are: [`commit`](self) (`commit.rs`) is the one write path and walks it step by
+//! step; `ops/` holds the operations, one file per family; `state/` the in-memory state and the
+//! `apply` functions replay shares; `payments/` checkout, settlement and automatic top-up, built
+//! on the operations and the commit path; `notify.rs` the hooks to the outside, which never block;
+//! `event.rs` the log's schema (crate-private); `types.rs` the public values and errors. The path
+//! of a debit: `api` handler → [`Engine::debit`] (`ops/wallet.rs`) → `commit.rs` →
+//! `Account::apply` (`state/ledger.rs`).
 
 mod clock;
 mod commit;

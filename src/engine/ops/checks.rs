@@ -17,6 +17,7 @@ pub(super) struct Price<'a> {
 }
 
 impl Engine {
+    #[inline]
     pub(super) fn check_texts(
         &self,
         description: Option<&str>,
@@ -30,6 +31,8 @@ impl Engine {
     }
 
     /// Prices a spend: an amount in the given or default currency, or an action × quantity.
+    #[inline]
+
     pub(super) fn price<'a>(
         &self,
         tenant: &Tenant,
@@ -89,11 +92,15 @@ impl Engine {
 }
 
 /// Turns a checked operation's `None` into [`EngineError::Overflow`].
+#[inline]
+
 pub(super) fn checked(value: Option<i64>) -> Result<i64, EngineError> {
     value.ok_or(EngineError::Overflow)
 }
 
 /// What `available` becomes after spending `amount`, or the shortfall if it would go below the floor.
+#[inline]
+
 pub(super) fn spend_from(wallet: &Wallet, amount: i64) -> Result<i64, EngineError> {
     let available = wallet.available();
     let shortfall = EngineError::InsufficientCredits(Shortfall {

@@ -326,15 +326,14 @@ impl Engine {
         policy: &TopupPolicy,
     ) -> Result<TopupDecision, EngineError> {
         // The catalogue is read before the user's lock, never under it.
-        let package_id = match tenant
+        let account = tenant
             .users
             .get(user)
-            .ok_or(EngineError::NotFound(Missing::User))?
-            .rule(currency)
-        {
-            Some(rule) => rule.package.clone(),
-            None => return Ok(TopupDecision::Skip(TopupSkip::NoRule)),
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        let Some(package_id) = account.rule(currency).map(|rule| rule.package.clone()) else {
+            return Ok(TopupDecision::Skip(TopupSkip::NoRule));
         };
+        drop(account);
         let package = tenant
             .catalogue
             .read()
@@ -353,22 +352,7 @@ impl Engine {
             .wallet(currency)
             .copied()
             .unwrap_or(Wallet::empty(currency));
-        let skip = if !rule.enabled {
-            Some(TopupSkip::Disabled)
-        } else if rule.pending.is_some() {
-            Some(TopupSkip::InFlight)
-        } else if wallet.available() >= rule.threshold {
-            Some(TopupSkip::AboveThreshold)
-        } else if rule.attempts_on(now_ms) >= rule.max_per_day {
-            Some(TopupSkip::DailyCap)
-        } else if rule.attempts_in_last_hour(now_ms) >= policy.max_per_hour as usize {
-            Some(TopupSkip::BurstCap)
-        } else {
-            backoff_until(rule.consecutive_failures, rule.last_attempt_ms, policy)
-                .filter(|&until| now_ms < until)
-                .map(|until_ms| TopupSkip::Backoff { until_ms })
-        };
-        if let Some(skip) = skip {
+        if let Some(skip) = skip_reason(rule, &wallet, now_ms, policy) {
             return Ok(TopupDecision::Skip(skip));
         }
         let Some(package) =
@@ -519,6 +503,31 @@ impl Engine {
             }
         }
         triggers
+    }
+}
+
+/// Why a rule charges nothing now, if it does not: switched off, a charge in flight, the wallet
+/// above its threshold, a cap reached, or a back-off after declines.
+fn skip_reason(
+    rule: &TopupRule,
+    wallet: &Wallet,
+    now_ms: i64,
+    policy: &TopupPolicy,
+) -> Option<TopupSkip> {
+    if !rule.enabled {
+        Some(TopupSkip::Disabled)
+    } else if rule.pending.is_some() {
+        Some(TopupSkip::InFlight)
+    } else if wallet.available() >= rule.threshold {
+        Some(TopupSkip::AboveThreshold)
+    } else if rule.attempts_on(now_ms) >= rule.max_per_day {
+        Some(TopupSkip::DailyCap)
+    } else if rule.attempts_in_last_hour(now_ms) >= policy.max_per_hour as usize {
+        Some(TopupSkip::BurstCap)
+    } else {
+        backoff_until(rule.consecutive_failures, rule.last_attempt_ms, policy)
+            .filter(|&until| now_ms < until)
+            .map(|until_ms| TopupSkip::Backoff { until_ms })
     }
 }
 

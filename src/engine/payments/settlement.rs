@@ -1,6 +1,10 @@
 //! Settlement: a gateway's verdict on a payment, applied exactly once per reference, in the same
 //! record as its credit; reports for references creditd never issued are recorded, not credited.
 
+use std::sync::Arc;
+
+use compact_str::CompactString;
+
 use crate::engine::event::{Event, Meta, MethodRecord, WalletRef};
 use crate::engine::notify::NotificationKind;
 use crate::engine::state::{Account, PaymentEntry, PaymentState, Tenant, Wallet};
@@ -121,22 +125,9 @@ impl Engine {
         detail: &str,
     ) -> Result<Settlement, EngineError> {
         let now_ms = self.clock.now_ms();
-        let known = self.state.payments.get(reference).map(|entry| {
-            (
-                entry.tenant.clone(),
-                entry.user.clone(),
-                entry.gateway.clone(),
-            )
-        });
-        let tenant = known
-            .as_ref()
-            .and_then(|(tenant, _, _)| self.state.tenant(tenant));
-        let (Some((_, user, issued_by)), Some(tenant)) = (known, tenant) else {
+        let Some((tenant, user)) = self.issuer(reference, gateway) else {
             return self.record_unmatched(gateway, reference, detail, now_ms);
         };
-        if issued_by != gateway || check_reference(reference).is_err() {
-            return self.record_unmatched(gateway, reference, detail, now_ms);
-        }
         let mut account = tenant
             .users
             .get_mut(user.as_str())
@@ -181,17 +172,6 @@ impl Engine {
                 paid_currency,
                 method,
             } => {
-                // Currency codes compare without case: gateways report `ngn` for `NGN`.
-                let same_currency = paid_currency
-                    .as_str()
-                    .eq_ignore_ascii_case(entry.price_currency.as_str());
-                if paid_minor != entry.amount_minor || !same_currency {
-                    let reason = format!(
-                        "paid {paid_minor} {paid_currency}, the package costs {} {}",
-                        entry.amount_minor, entry.price_currency
-                    );
-                    return self.fail_payment(&settling, &mut account, Decline::Mismatch, &reason);
-                }
                 let paid = Paid {
                     entry: &entry,
                     paid_minor,
@@ -205,6 +185,20 @@ impl Engine {
                 self.fail_payment(&settling, &mut account, decline, reason)
             }
         }
+    }
+
+    /// The tenant and user of a payment `gateway` reports on, if creditd issued its reference
+    /// through that gateway; `None` makes the report one to record, not to credit.
+    fn issuer(&self, reference: &str, gateway: &str) -> Option<(Arc<Tenant>, CompactString)> {
+        let (tenant, user, issued_by) = self.state.payments.get(reference).map(|entry| {
+            (
+                entry.tenant.clone(),
+                entry.user.clone(),
+                entry.gateway.clone(),
+            )
+        })?;
+        let tenant = self.state.tenant(&tenant)?;
+        (issued_by == gateway && check_reference(reference).is_ok()).then_some((tenant, user))
     }
 
     /// A report on a payment already settled changes nothing, but may still carry the reusable
@@ -256,10 +250,22 @@ impl Engine {
     fn credit_payment(
         &self,
         settling: &Settling<'_>,
-        mut account: dashmap::mapref::one::RefMut<'_, compact_str::CompactString, Account>,
+        mut account: dashmap::mapref::one::RefMut<'_, CompactString, Account>,
         paid: &Paid<'_>,
     ) -> Result<Settlement, EngineError> {
         let (entry, reference) = (paid.entry, settling.reference);
+        // Currency codes compare without case: gateways report `ngn` for `NGN`.
+        let same_currency = paid
+            .paid_currency
+            .as_str()
+            .eq_ignore_ascii_case(entry.price_currency.as_str());
+        if paid.paid_minor != entry.amount_minor || !same_currency {
+            let reason = format!(
+                "paid {} {}, the package costs {} {}",
+                paid.paid_minor, paid.paid_currency, entry.amount_minor, entry.price_currency
+            );
+            return self.fail_payment(settling, &mut account, Decline::Mismatch, &reason);
+        }
         let wallet = account
             .wallet(entry.currency)
             .copied()

@@ -115,50 +115,14 @@ impl State {
         cache: &mut Option<Arc<Tenant>>,
     ) -> Result<(), ReplayError> {
         let fail = |what: &dyn std::fmt::Display| ReplayError(format!("LSN {lsn}: {what}"));
-        if let Event::TenantUpserted {
-            tenant,
-            ref settings,
-            ..
-        } = *event
-        {
-            let mut tenants = self.tenants.write();
-            if let Some(existing) = tenants.get(tenant) {
-                let mut catalogue = existing.catalogue.write();
-                if catalogue.last_lsn < lsn {
-                    catalogue.apply(lsn, event).map_err(|e| fail(&e))?;
-                }
-            } else {
-                let catalogue = Catalogue {
-                    last_lsn: lsn,
-                    name: settings.name.map(Box::from),
-                    default_currency: settings.default_currency,
-                    actions: BTreeMap::new(),
-                    packages: BTreeMap::new(),
-                    webhook_url: None,
-                    webhook_secret: None,
-                };
-                tenants.insert(
-                    tenant.into(),
-                    Arc::new(Tenant::new(tenant, catalogue, self.shards)),
-                );
-            }
-            return Ok(());
+        if let Event::TenantUpserted { .. } = event {
+            return self.replay_tenant(lsn, event).map_err(|e| fail(&e));
         }
         if let Event::PaymentUnmatched { .. } = event {
             // Only a record for the operator: nothing in memory refers to it.
             return Ok(());
         }
-        // Most logs are one tenant's: keep its handle instead of a registry lookup per record.
-        if cache
-            .as_ref()
-            .is_none_or(|tenant| tenant.id != event.tenant())
-        {
-            let tenant = self
-                .tenant(event.tenant())
-                .ok_or_else(|| fail(&"record for a tenant that does not exist"))?;
-            *cache = Some(tenant);
-        }
-        let Some(tenant) = cache.as_deref() else {
+        let Some(tenant) = self.cached_tenant(event.tenant(), cache) else {
             return Err(fail(&"record for a tenant that does not exist"));
         };
         match *event {
@@ -173,43 +137,82 @@ impl State {
                 }
                 Ok(())
             }
-            Event::UserUpserted {
-                user,
-                ref profile,
-                default_currency,
-                ..
-            } => {
-                match tenant.users.entry(user.into()) {
-                    dashmap::Entry::Occupied(mut entry) => {
-                        if entry.get().last_lsn() < lsn {
-                            entry.get_mut().apply(lsn, event).map_err(|e| fail(&e))?;
-                        }
-                    }
-                    dashmap::Entry::Vacant(entry) => {
-                        let mut account = Account::new(default_currency, profile);
-                        account.set_last_lsn(lsn);
-                        entry.insert(account);
-                    }
-                }
-                Ok(())
-            }
-            _ => {
-                let wallet = event.wallet().ok_or_else(|| fail(&"unexpected event"))?;
-                let mut account = tenant
-                    .users
-                    .get_mut(wallet.user)
-                    .ok_or_else(|| fail(&"record for a user that does not exist"))?;
-                if account.last_lsn() >= lsn {
-                    return Ok(());
-                }
-                let change = account.apply(lsn, event).map_err(|e| fail(&e))?;
-                let meta = event.meta();
-                tenant.index_reservation(wallet.user, change, meta.time_ms);
-                self.apply_payment(lsn, event).map_err(|e| fail(&e))?;
-                self.restore_idempotency(tenant, lsn, event, meta, idempotency_cutoff_ms);
-                Ok(())
-            }
+            Event::UserUpserted { .. } => replay_user(tenant, lsn, event).map_err(|e| fail(&e)),
+            _ => self
+                .replay_account(tenant, lsn, event, idempotency_cutoff_ms)
+                .map_err(|e| fail(&e)),
         }
+    }
+
+    /// Most logs are one tenant's: the handle in `cache` saves a registry lookup per record.
+    fn cached_tenant<'c>(
+        &self,
+        id: &str,
+        cache: &'c mut Option<Arc<Tenant>>,
+    ) -> Option<&'c Tenant> {
+        if cache.as_ref().is_none_or(|tenant| tenant.id != id) {
+            *cache = Some(self.tenant(id)?);
+        }
+        cache.as_deref()
+    }
+
+    /// A tenant created, or its settings changed.
+    fn replay_tenant(&self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+        let Event::TenantUpserted {
+            tenant,
+            ref settings,
+            ..
+        } = *event
+        else {
+            return Err(mismatch("not a tenant event"));
+        };
+        let mut tenants = self.tenants.write();
+        if let Some(existing) = tenants.get(tenant) {
+            let mut catalogue = existing.catalogue.write();
+            if catalogue.last_lsn < lsn {
+                catalogue.apply(lsn, event)?;
+            }
+        } else {
+            let catalogue = Catalogue {
+                last_lsn: lsn,
+                name: settings.name.map(Box::from),
+                default_currency: settings.default_currency,
+                actions: BTreeMap::new(),
+                packages: BTreeMap::new(),
+                webhook_url: None,
+                webhook_secret: None,
+            };
+            tenants.insert(
+                tenant.into(),
+                Arc::new(Tenant::new(tenant, catalogue, self.shards)),
+            );
+        }
+        Ok(())
+    }
+
+    /// A change to one user's account: applied, indexed, and its payment and idempotency key
+    /// restored.
+    fn replay_account(
+        &self,
+        tenant: &Tenant,
+        lsn: Lsn,
+        event: &Event<'_>,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<(), Mismatch> {
+        let wallet = event.wallet().ok_or_else(|| mismatch("unexpected event"))?;
+        let mut account = tenant
+            .users
+            .get_mut(wallet.user)
+            .ok_or_else(|| mismatch("record for a user that does not exist"))?;
+        if account.last_lsn() >= lsn {
+            return Ok(());
+        }
+        let change = account.apply(lsn, event)?;
+        let meta = event.meta();
+        tenant.index_reservation(wallet.user, change, meta.time_ms);
+        self.apply_payment(lsn, event)?;
+        self.restore_idempotency(tenant, lsn, event, meta, idempotency_cutoff_ms);
+        Ok(())
     }
 
     fn restore_idempotency(
@@ -239,4 +242,30 @@ impl State {
             self.idempotency_entries.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A user created, or its profile changed.
+fn replay_user(tenant: &Tenant, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+    let Event::UserUpserted {
+        user,
+        ref profile,
+        default_currency,
+        ..
+    } = *event
+    else {
+        return Err(mismatch("not a user event"));
+    };
+    match tenant.users.entry(user.into()) {
+        dashmap::Entry::Occupied(mut entry) => {
+            if entry.get().last_lsn() < lsn {
+                entry.get_mut().apply(lsn, event)?;
+            }
+        }
+        dashmap::Entry::Vacant(entry) => {
+            let mut account = Account::new(default_currency, profile);
+            account.set_last_lsn(lsn);
+            entry.insert(account);
+        }
+    }
+    Ok(())
 }

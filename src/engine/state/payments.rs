@@ -86,37 +86,7 @@ impl State {
     /// carries its own last LSN, so a record a fuzzy snapshot already holds is skipped.
     pub fn apply_payment(&self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
         match *event {
-            Event::PaymentInitialized {
-                wallet,
-                reference,
-                terms,
-                gateway,
-                purpose,
-                ref meta,
-            } => match self.payments.entry(reference.into()) {
-                dashmap::Entry::Occupied(entry) if entry.get().last_lsn >= lsn => Ok(()),
-                // A reference may be issued again once its payment is past retention: the live
-                // state had forgotten it (see `forgettable`), so replay forgets it too.
-                dashmap::Entry::Occupied(mut entry)
-                    if entry
-                        .get()
-                        .forgettable(meta.time_ms - self.payment_retention_ms) =>
-                {
-                    entry.insert(PaymentEntry::new(
-                        lsn, wallet, terms, gateway, purpose, meta,
-                    ));
-                    Ok(())
-                }
-                dashmap::Entry::Occupied(_) => {
-                    Err(mismatch("a payment reference was issued twice"))
-                }
-                dashmap::Entry::Vacant(entry) => {
-                    entry.insert(PaymentEntry::new(
-                        lsn, wallet, terms, gateway, purpose, meta,
-                    ));
-                    Ok(())
-                }
-            },
+            Event::PaymentInitialized { .. } => self.open_payment(lsn, event),
             Event::PaymentSucceeded {
                 reference,
                 ref meta,
@@ -158,6 +128,43 @@ impl State {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// A payment started: a new entry, unless the reference is still remembered.
+    fn open_payment(&self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+        let Event::PaymentInitialized {
+            wallet,
+            reference,
+            terms,
+            gateway,
+            purpose,
+            ref meta,
+        } = *event
+        else {
+            return Err(mismatch("not a payment event"));
+        };
+        match self.payments.entry(reference.into()) {
+            dashmap::Entry::Occupied(entry) if entry.get().last_lsn >= lsn => Ok(()),
+            // A reference may be issued again once its payment is past retention: the live
+            // state had forgotten it (see `forgettable`), so replay forgets it too.
+            dashmap::Entry::Occupied(mut entry)
+                if entry
+                    .get()
+                    .forgettable(meta.time_ms - self.payment_retention_ms) =>
+            {
+                entry.insert(PaymentEntry::new(
+                    lsn, wallet, terms, gateway, purpose, meta,
+                ));
+                Ok(())
+            }
+            dashmap::Entry::Occupied(_) => Err(mismatch("a payment reference was issued twice")),
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(PaymentEntry::new(
+                    lsn, wallet, terms, gateway, purpose, meta,
+                ));
+                Ok(())
+            }
         }
     }
 
