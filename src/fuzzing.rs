@@ -25,11 +25,10 @@ use std::sync::{Arc, OnceLock};
 use crate::codec::{self, FORMAT_VERSION};
 use crate::engine::event::{Event, MethodRecord, PackageRecord, ProfileRecord};
 use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, MethodDetails, Verdict};
-use crate::engine::types::Outcome;
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs,
     CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Missing,
-    Shortfall,
+    Outcome, Shortfall,
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
@@ -2760,8 +2759,7 @@ fn sample_events() -> Vec<Vec<u8>> {
     use crate::engine::event::{
         ActionUse, IdempotencyTag, Meta, PaymentTerms, TenantSettingsRecord, WalletRef,
     };
-    use crate::engine::types::ReleaseReason;
-    use crate::engine::types::{Decline, PaymentPurpose};
+    use crate::engine::types::{Decline, PaymentPurpose, ReleaseReason};
     let ngn = Currency::new("NGN").expect("currency");
     let wallet = WalletRef {
         tenant: "acme",

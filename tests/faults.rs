@@ -28,8 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use creditd::engine::types::Outcome;
-use creditd::engine::types::{CreditKind, Currency, EngineError};
+use creditd::engine::types::{CreditKind, Currency, EngineError, Outcome};
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReserveRequest, RevokeRequest, Spend, Tenant,

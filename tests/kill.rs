@@ -31,8 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use creditd::engine::types::Outcome;
-use creditd::engine::types::{CreditKind, EngineError, Fingerprint, Missing};
+use creditd::engine::types::{CreditKind, EngineError, Fingerprint, Missing, Outcome};
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,

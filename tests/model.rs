@@ -39,10 +39,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use creditd::engine::types::Outcome;
 use creditd::engine::types::{
     ClosedAs, CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn,
-    Missing, Shortfall,
+    Missing, Outcome, Shortfall,
 };
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{

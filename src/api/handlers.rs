@@ -15,8 +15,9 @@ use super::dto::*;
 use super::problem::Problem;
 use super::{json_response, ApiState};
 use crate::config::Role;
-use crate::engine::types::Outcome;
-use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint, Missing};
+use crate::engine::types::{
+    check_email, CreditKind, Currency, EngineError, Fingerprint, Missing, Outcome,
+};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, IdempotencyKey, ReservationState,
     ReserveRequest, RevokeRequest, Spend, Tenant, TenantView, UserView,

@@ -14,8 +14,7 @@ use super::{json_response, ApiState};
 use crate::engine::payments::{
     AutoTopupRequest, PaymentStatus, PaymentView, RuleView, Settlement, Verdict,
 };
-use crate::engine::types::Decline;
-use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
+use crate::engine::types::{check_email, Currency, Decline, EngineError, EMAIL_RULE};
 use crate::payments::gateway::WebhookError;
 use crate::payments::{InitializeRequest, PaymentsError, WebhookOutcome};
 use crate::time::format_rfc3339_ms;

@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 
 use super::state::{IdempotencyState, PaymentState, ReservationPhase, State};
-use super::types::PaymentPurpose;
-use super::types::{Currency, Lsn};
+use super::types::{Currency, Lsn, PaymentPurpose};
 use super::Engine;
 
 /// A broken invariant.

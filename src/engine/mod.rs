@@ -342,6 +342,4 @@ impl Engine {
     }
 }
 #[cfg(test)]
-mod payment_tests;
-#[cfg(test)]
 mod tests;

@@ -7,8 +7,7 @@
 //! blocks a debit. With no hooks connected, the cost on the hot path is one check.
 
 use super::state::{Account, Tenant};
-use super::types::{Currency, Lsn};
-use super::types::{Decline, PaymentPurpose};
+use super::types::{Currency, Decline, Lsn, PaymentPurpose};
 use super::Engine;
 
 /// A wallet whose top-up should be considered.

@@ -23,8 +23,7 @@ use super::state::{
     Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry,
     ReservationEntry, ReservationPhase, ShardedMap, State, Tenant, Wallet,
 };
-use super::types::Outcome;
-use super::types::{Fingerprint, Lsn};
+use super::types::{Fingerprint, Lsn, Outcome};
 use super::Engine;
 use crate::codec::{self, CodecError};
 use crate::wal::snapshot::{

@@ -28,8 +28,7 @@ use tokio::sync::Semaphore;
 use super::signature::sign_timestamped;
 use super::Payments;
 use crate::engine::notify::{NotificationKind, TenantNotification};
-use crate::engine::types::Lsn;
-use crate::engine::types::PaymentPurpose;
+use crate::engine::types::{Lsn, PaymentPurpose};
 use crate::time::format_rfc3339_ms;
 
 /// The header that carries the signature.

@@ -11,8 +11,7 @@ use super::sandbox::SandboxGateway;
 use super::stripe::StripeGateway;
 use crate::engine::payments::MethodDetails;
 use crate::engine::payments::Verdict;
-use crate::engine::types::Currency;
-use crate::engine::types::Decline;
+use crate::engine::types::{Currency, Decline};
 
 /// A checkout to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,8 +26,9 @@ use crate::config::{Gateway as GatewayKind, PaymentsConfig};
 use crate::engine::payments::{
     new_reference, CheckoutRequest, PaymentView, Settlement, TopupPolicy,
 };
-use crate::engine::types::{check_email, check_idempotency_key, EngineError};
-use crate::engine::types::{Decline, PaymentPurpose};
+use crate::engine::types::{
+    check_email, check_idempotency_key, Decline, EngineError, PaymentPurpose,
+};
 use crate::engine::{Context, Engine, IdempotencyKey, Tenant};
 use crate::metrics::names;
 use gateway::{CheckoutSpec, Gateway, GatewayError, Outcome, PaymentGateway, WebhookError};

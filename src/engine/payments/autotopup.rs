@@ -4,8 +4,9 @@
 use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
 use crate::engine::notify::{NotificationKind, TopupTrigger};
 use crate::engine::state::{Account, PaymentState, Tenant, TopupRule, Wallet};
-use crate::engine::types::PaymentPurpose;
-use crate::engine::types::{check_amount, check_id, Currency, EngineError, Invalid, Lsn, Missing};
+use crate::engine::types::{
+    check_amount, check_id, Currency, EngineError, Invalid, Lsn, Missing, PaymentPurpose,
+};
 use crate::engine::{Context, Engine};
 
 use super::settlement::truncate;

@@ -2,8 +2,7 @@
 
 use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
 use crate::engine::state::Tenant;
-use crate::engine::types::PaymentPurpose;
-use crate::engine::types::{check_id, EngineError, Invalid, Lsn, Missing};
+use crate::engine::types::{check_id, EngineError, Invalid, Lsn, Missing, PaymentPurpose};
 use crate::engine::{Context, Engine};
 
 use super::{check_reference, PaymentView};

@@ -5,8 +5,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::super::event::{Event, MethodRecord};
-use super::super::types::Currency;
-use super::super::types::{Decline, PaymentPurpose};
+use super::super::types::{Currency, Decline, PaymentPurpose};
 use super::account::{expect_eq, expect_sum, Account, PRIMARY_HAS_RULE};
 use super::reservations::ReservationChange;
 use super::{mismatch, Mismatch};

@@ -5,8 +5,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::super::event::{Event, Meta, PaymentTerms, WalletRef};
-use super::super::types::{Currency, Fingerprint, Lsn};
-use super::super::types::{Decline, PaymentPurpose};
+use super::super::types::{Currency, Decline, Fingerprint, Lsn, PaymentPurpose};
 use super::{mismatch, Mismatch, State};
 
 /// Where a payment stands.

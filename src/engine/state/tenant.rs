@@ -4,8 +4,7 @@
 use compact_str::CompactString;
 use parking_lot::RwLock;
 
-use super::super::types::Outcome;
-use super::super::types::{Currency, Fingerprint, Lsn};
+use super::super::types::{Currency, Fingerprint, Lsn, Outcome};
 use super::account::Account;
 use super::catalogue::Catalogue;
 use super::reservations::ReservationEntry;

@@ -1,14 +1,17 @@
-//! Unit tests of the engine on the in-memory crash-model storage with a hand-driven clock.
+//! Unit tests of the engine on the in-memory crash-model storage with a hand-driven clock; the
+//! payments side's in `payments`.
 
 use std::sync::Arc;
 
-use super::types::Outcome;
-use super::types::{ClosedAs, CreditKind, Currency, DebitKind, EngineError, Missing, Shortfall};
+use super::types::{
+    ClosedAs, CreditKind, Currency, DebitKind, EngineError, Missing, Outcome, Shortfall,
+};
 use super::*;
-use super::{PackageSpec, ProfileUpdate};
 use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use crate::wal::Storage;
 use crate::wal::{AppendError, DurabilityError};
+
+mod payments;
 
 const T0: i64 = 1_700_000_000_000;
 

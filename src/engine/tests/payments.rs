@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use super::notify::*;
-use super::payments::*;
-use super::types::{CreditKind, Currency, EngineError, Missing};
-use super::types::{Decline, PaymentPurpose};
-use super::*;
-use super::{PackageSpec, ProfileUpdate};
+use crate::engine::notify::*;
+use crate::engine::payments::*;
+use crate::engine::types::{CreditKind, Currency, Decline, EngineError, Missing, PaymentPurpose};
+use crate::engine::*;
 use crate::wal::memory::MemStorage;
 
 const T0: i64 = 1_700_000_000_000;
@@ -24,7 +22,7 @@ struct Setup {
     engine: Arc<Engine>,
     tenant: Arc<Tenant>,
     topups: crossbeam_channel::Receiver<TopupTrigger>,
-    events: crossbeam_channel::Receiver<TenantNotification>,
+    notifications: crossbeam_channel::Receiver<TenantNotification>,
 }
 
 fn options() -> EngineOptions {
@@ -41,7 +39,7 @@ impl Setup {
     fn new() -> Setup {
         let storage = MemStorage::new();
         let clock = Arc::new(ManualClock::new(T0));
-        let (engine, topups, events) = Setup::open(&storage, &clock);
+        let (engine, topups, notifications) = Setup::open(&storage, &clock);
         let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
         let terms = PackageSpec {
             name: "Starter",
@@ -66,7 +64,7 @@ impl Setup {
             engine,
             tenant,
             topups,
-            events,
+            notifications,
         }
     }
 
@@ -85,23 +83,23 @@ impl Setup {
         )
         .unwrap();
         let (topup_sender, topups) = crossbeam_channel::bounded(64);
-        let (event_sender, events) = crossbeam_channel::bounded(64);
+        let (notification_sender, notifications) = crossbeam_channel::bounded(64);
         engine
             .connect_hooks(Hooks {
                 topups: topup_sender,
-                notifications: event_sender,
+                notifications: notification_sender,
             })
             .unwrap();
-        (engine, topups, events)
+        (engine, topups, notifications)
     }
 
     fn crash_and_reopen(&mut self) {
         self.engine.wal().flush().unwrap();
         self.storage = self.storage.crash_image(|_, _| 0);
-        let (engine, topups, events) = Setup::open(&self.storage, &self.clock);
+        let (engine, topups, notifications) = Setup::open(&self.storage, &self.clock);
         self.engine = engine;
         self.topups = topups;
-        self.events = events;
+        self.notifications = notifications;
         self.tenant = self.engine.tenant("acme").unwrap();
     }
 
@@ -122,10 +120,10 @@ impl Setup {
         self.tenant.wallet("ada", None).unwrap().balance
     }
 
-    fn event_names(&self) -> Vec<&'static str> {
-        self.events
+    fn notification_names(&self) -> Vec<&'static str> {
+        self.notifications
             .try_iter()
-            .map(|event| event.kind.name())
+            .map(|notification| notification.kind.name())
             .collect()
     }
 }
@@ -178,7 +176,7 @@ fn a_payment_credits_the_package_exactly_once() {
         Ok(Settlement::AlreadySettled { .. })
     ));
     assert_eq!(s.balance(), 500);
-    assert_eq!(s.event_names(), vec!["topup.succeeded"]);
+    assert_eq!(s.notification_names(), vec!["topup.succeeded"]);
     s.engine.check_invariants().unwrap();
 }
 
@@ -447,7 +445,7 @@ fn crossing_the_threshold_triggers_one_top_up_that_credits_once() {
     let s = Setup::new();
     saved_card(&s);
     rule(&s, 3);
-    s.event_names();
+    s.notification_names();
     spend_to(&s, 150);
     assert!(s.topups.try_recv().is_err(), "still above the threshold");
     spend_to(&s, 50);
@@ -461,7 +459,7 @@ fn crossing_the_threshold_triggers_one_top_up_that_credits_once() {
         s.topups.try_recv().is_err(),
         "one trigger in flight per wallet"
     );
-    assert_eq!(s.event_names(), vec!["wallet.low_balance"]);
+    assert_eq!(s.notification_names(), vec!["wallet.low_balance"]);
 
     let policy = TopupPolicy::default();
     let TopupDecision::Charge(charge) = s
@@ -573,7 +571,7 @@ fn a_hard_decline_switches_the_rule_off_and_says_so() {
     s.topups
         .try_recv()
         .expect("the trigger of the first crossing");
-    s.event_names();
+    s.notification_names();
     let policy = TopupPolicy::default();
     let TopupDecision::Charge(charge) = s
         .engine
@@ -596,7 +594,10 @@ fn a_hard_decline_switches_the_rule_off_and_says_so() {
         .unwrap();
     assert!(!rule.enabled);
     assert_eq!(rule.disabled_reason.as_deref(), Some("Card expired"));
-    assert_eq!(s.event_names(), vec!["topup.failed", "autotopup.disabled"]);
+    assert_eq!(
+        s.notification_names(),
+        vec!["topup.failed", "autotopup.disabled"]
+    );
     s.clock.advance_ms(86_400_000);
     let next = s
         .engine
@@ -838,7 +839,7 @@ fn a_top_up_paid_in_the_wrong_amount_switches_the_rule_off() {
     saved_card(&s);
     rule(&s, 3);
     spend_to(&s, 10);
-    s.event_names();
+    s.notification_names();
     let policy = TopupPolicy::default();
     let TopupDecision::Charge(charge) = s
         .engine
@@ -864,7 +865,10 @@ fn a_top_up_paid_in_the_wrong_amount_switches_the_rule_off() {
             .is_some_and(|reason| reason.contains("USD")),
         "{rule:?}"
     );
-    assert_eq!(s.event_names(), vec!["topup.failed", "autotopup.disabled"]);
+    assert_eq!(
+        s.notification_names(),
+        vec!["topup.failed", "autotopup.disabled"]
+    );
 }
 
 #[test]
