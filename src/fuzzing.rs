@@ -25,10 +25,11 @@ use std::sync::{Arc, OnceLock};
 use crate::codec::{self, FORMAT_VERSION};
 use crate::engine::event::{Event, MethodRecord, PackageRecord, ProfileRecord};
 use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, MethodDetails, Verdict};
+use crate::engine::types::Outcome;
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs,
     CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Missing,
-    Outcome, Shortfall,
+    Shortfall,
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
@@ -777,7 +778,7 @@ struct MUser {
     /// The wallet created with the user first, then the others in the order they appeared.
     wallets: Vec<MWallet>,
     /// In the engine's order, which decides which due reservation expires first.
-    reservations: Vec<MHold>,
+    holds: Vec<MHold>,
 }
 
 impl MUser {
@@ -792,9 +793,9 @@ impl MUser {
     /// The wallet once every reservation due by `now_ms` is released: what a dry run decides on.
     fn wallet_as_of(&self, currency: Currency, now_ms: i64) -> MWallet {
         let mut wallet = self.wallet(currency);
-        for reservation in &self.reservations {
-            if reservation.currency == currency && reservation.expires_at_ms <= now_ms {
-                wallet.reserved -= reservation.amount;
+        for hold in &self.holds {
+            if hold.currency == currency && hold.expires_at_ms <= now_ms {
+                wallet.reserved -= hold.amount;
             }
         }
         wallet
@@ -1022,16 +1023,12 @@ impl Model {
         loop {
             let lsn = self.next_lsn;
             let account = self.user_mut(tenant, user);
-            let Some(index) = account
-                .reservations
-                .iter()
-                .position(|h| h.expires_at_ms <= now_ms)
-            else {
+            let Some(index) = account.holds.iter().position(|h| h.expires_at_ms <= now_ms) else {
                 return expired;
             };
-            let reservation = account.reservations.swap_remove(index);
-            let wallet = account.wallet_mut(reservation.currency);
-            wallet.reserved -= reservation.amount;
+            let hold = account.holds.swap_remove(index);
+            let wallet = account.wallet_mut(hold.currency);
+            wallet.reserved -= hold.amount;
             unchecked(
                 "a released reservation's available_after",
                 wallet.balance.checked_sub(wallet.reserved),
@@ -1043,9 +1040,7 @@ impl Model {
                 at_ms: now_ms,
                 known: Known::Present,
             };
-            self.tenant_mut(tenant)
-                .reservations
-                .insert(reservation.id, closed);
+            self.tenant_mut(tenant).reservations.insert(hold.id, closed);
             self.commit(history);
             expired += 1;
         }
@@ -1117,7 +1112,7 @@ impl Model {
             last_lsn: lsn,
             profile,
             wallets: vec![MWallet::empty(default_currency)],
-            reservations: Vec::new(),
+            holds: Vec::new(),
         };
         model_tenant.users.insert(user, account);
         self.commit(history);
@@ -1360,7 +1355,7 @@ impl Model {
         let lsn = self.next_lsn;
         let account = self.user_mut(tenant, request.user);
         let open = account
-            .reservations
+            .holds
             .iter()
             .filter(|h| h.expires_at_ms > now_ms)
             .count();
@@ -1388,7 +1383,7 @@ impl Model {
             });
         }
         account.wallet_mut(currency).reserved = reserved;
-        account.reservations.push(MHold {
+        account.holds.push(MHold {
             id: lsn,
             currency,
             amount,
@@ -1436,7 +1431,7 @@ impl Model {
         let user = self.reservation_owner(tenant, id)?;
         self.expire_due(history, tenant, user, now_ms);
         if !self.tenant(tenant).users[user]
-            .reservations
+            .holds
             .iter()
             .any(|h| h.id == id)
         {
@@ -1458,11 +1453,11 @@ impl Model {
     ) -> MHold {
         let account = self.user_mut(tenant, user);
         let index = account
-            .reservations
+            .holds
             .iter()
             .position(|h| h.id == id)
             .expect("open hold");
-        let reservation = account.reservations.swap_remove(index);
+        let hold = account.holds.swap_remove(index);
         let closed = MReservation::Closed {
             user,
             how,
@@ -1470,7 +1465,7 @@ impl Model {
             known: Known::Present,
         };
         self.tenant_mut(tenant).reservations.insert(id, closed);
-        reservation
+        hold
     }
 
     fn capture(
@@ -1490,12 +1485,12 @@ impl Model {
         let (user, key) = self.open_hold(history, tenant, id, key, now_ms)?;
         let lsn = self.next_lsn;
         let account = &self.tenant(tenant).users[user];
-        let reservation = account
-            .reservations
+        let hold = account
+            .holds
             .iter()
             .find(|h| h.id == id)
             .expect("open hold");
-        let (held, currency) = (reservation.amount, reservation.currency);
+        let (held, currency) = (hold.amount, hold.currency);
         let charged = request.amount.unwrap_or(held);
         let wallet = account.wallet(currency);
         if charged > held {
@@ -1545,12 +1540,12 @@ impl Model {
         let lsn = self.next_lsn;
         let expires_at_ms = expiry(now_ms, ttl_seconds)?;
         let account = self.user_mut(tenant, user);
-        let reservation = account
-            .reservations
+        let hold = account
+            .holds
             .iter_mut()
             .find(|h| h.id == id)
             .expect("open hold");
-        reservation.expires_at_ms = expires_at_ms;
+        hold.expires_at_ms = expires_at_ms;
         account.last_lsn = lsn;
         let outcome = Outcome::Extend {
             reservation_id: id,
@@ -1575,10 +1570,10 @@ impl Model {
     ) -> Result<Done, Stop> {
         let (user, key) = self.open_hold(history, tenant, id, key, now_ms)?;
         let lsn = self.next_lsn;
-        let reservation = self.close_hold(tenant, user, id, ClosedAs::Released, now_ms);
+        let hold = self.close_hold(tenant, user, id, ClosedAs::Released, now_ms);
         let account = self.user_mut(tenant, user);
-        let wallet = account.wallet_mut(reservation.currency);
-        wallet.reserved -= reservation.amount;
+        let wallet = account.wallet_mut(hold.currency);
+        wallet.reserved -= hold.amount;
         let available = unchecked(
             "a release's available_after",
             wallet.balance.checked_sub(wallet.reserved),
@@ -1586,7 +1581,7 @@ impl Model {
         account.last_lsn = lsn;
         let outcome = Outcome::Release {
             reservation_id: id,
-            released: reservation.amount,
+            released: hold.amount,
             available,
         };
         complete(self.tenant_mut(tenant), key, lsn, now_ms, outcome);
@@ -2378,7 +2373,7 @@ impl Run {
             let mut due: Vec<(Lsn, &'static str)> = self.model.tenants[tenant]
                 .users
                 .iter()
-                .filter(|(_, user)| user.reservations.iter().any(|h| h.expires_at_ms <= at))
+                .filter(|(_, user)| user.holds.iter().any(|h| h.expires_at_ms <= at))
                 .map(|(id, _)| {
                     let view = handle.user(id).unwrap_or_else(|e| panic!("user {id}: {e}"));
                     (view.last_lsn, *id)
@@ -2667,7 +2662,7 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
         assert_eq!(got.wallets, wallets, "tenant {id}, user {user}: wallets");
         assert_eq!(
             got.reservations_open,
-            account.reservations.len(),
+            account.holds.len(),
             "tenant {id}, user {user}: open reservations"
         );
         assert_eq!(
@@ -2683,21 +2678,21 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
             profile, account.profile,
             "tenant {id}, user {user}: profile"
         );
-        for reservation in &account.reservations {
+        for hold in &account.holds {
             let expected = ReservationView {
-                reservation_id: reservation.id,
+                reservation_id: hold.id,
                 user_id: user.to_string(),
-                currency: Some(reservation.currency),
-                amount: Some(reservation.amount),
+                currency: Some(hold.currency),
+                amount: Some(hold.amount),
                 state: ReservationState::Open {
-                    expires_at_ms: reservation.expires_at_ms,
+                    expires_at_ms: hold.expires_at_ms,
                 },
             };
             assert_eq!(
-                handle.reservation(reservation.id),
+                handle.reservation(hold.id),
                 Ok(expected),
                 "tenant {id}: reservation {}",
-                reservation.id
+                hold.id
             );
         }
     }
@@ -2759,7 +2754,8 @@ fn sample_events() -> Vec<Vec<u8>> {
     use crate::engine::event::{
         ActionUse, IdempotencyTag, Meta, PaymentTerms, TenantSettingsRecord, WalletRef,
     };
-    use crate::engine::types::{Decline, PaymentPurpose, ReleaseReason};
+    use crate::engine::types::ReleaseReason;
+    use crate::engine::types::{Decline, PaymentPurpose};
     let ngn = Currency::new("NGN").expect("currency");
     let wallet = WalletRef {
         tenant: "acme",
