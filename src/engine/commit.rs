@@ -93,7 +93,6 @@ impl Engine {
     /// Queues a user-level event, applies it to the locked account, updates the reservation index
     /// and finishes the idempotency claim. Runs under the user's shard lock.
     #[inline]
-
     pub(super) fn commit(
         &self,
         tenant: &Tenant,
@@ -119,7 +118,6 @@ impl Engine {
     /// Queues a user-level event and applies it to the locked account, the reservation index and
     /// the payments map. Runs under the user's shard lock.
     #[inline]
-
     pub(super) fn commit_event(
         &self,
         tenant: &Tenant,
@@ -151,7 +149,6 @@ impl Engine {
     }
 
     #[inline]
-
     pub(super) fn claim<'t>(
         &'t self,
         tenant: &'t Tenant,
@@ -173,7 +170,6 @@ impl Engine {
     }
 
     #[inline]
-
     pub(super) fn meta<'a>(
         &self,
         context: &Context<'a>,

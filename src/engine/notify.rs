@@ -121,7 +121,6 @@ impl Engine {
     /// After a change lowered a wallet's `available` (under the user's lock): trigger its top-up
     /// rule and tell the tenant about thresholds crossed. Costs a flag check when nothing applies.
     #[inline]
-
     pub(super) fn after_spend(
         &self,
         tenant: &Tenant,
@@ -197,7 +196,6 @@ impl Engine {
     /// Marks a wallet as handed to the top-up worker, if its rule wants a top-up and none is on its
     /// way; true if the caller should send the trigger. Runs under the user's lock.
     #[inline]
-
     pub(super) fn take_trigger(account: &mut Account, currency: Currency, available: i64) -> bool {
         if !account.may_have_rule(currency) {
             return false;

@@ -122,7 +122,11 @@ pub(crate) fn recover(
     let wal_dir = options.wal_dir();
     let idempotency_cutoff_ms =
         now_ms.saturating_sub(seconds_to_ms(options.idempotency_ttl_seconds));
-    let (state, loaded, skipped) = load_snapshot(storage, options, now_ms, mode)?;
+    let Snapshotted {
+        state,
+        loaded,
+        skipped,
+    } = load_snapshot(storage, options, now_ms, mode)?;
     let start_lsn = loaded.as_ref().map_or(1, |(_, lsn)| *lsn);
 
     let segments = segment::from_listing(
@@ -182,14 +186,24 @@ pub(crate) fn recover(
 /// A snapshot loaded, as (its path, the LSN replay starts from).
 type Loaded = Option<(PathBuf, Lsn)>;
 
-/// The state of the newest snapshot that loads (or an empty one), which snapshot that was, and
-/// those skipped on the way with why. In repair mode, removes unfinished snapshot files first.
+/// What loading the newest readable snapshot gave.
+struct Snapshotted {
+    /// The snapshot's state, or an empty one.
+    state: State,
+    /// Which snapshot that was.
+    loaded: Loaded,
+    /// Snapshots skipped on the way, with why.
+    skipped: Vec<(PathBuf, String)>,
+}
+
+/// Loads the newest snapshot that loads (or starts empty). In repair mode, removes unfinished
+/// snapshot files first.
 fn load_snapshot(
     storage: &SharedStorage,
     options: &EngineOptions,
     now_ms: i64,
     mode: Mode,
-) -> Result<(State, Loaded, Vec<(PathBuf, String)>), OpenError> {
+) -> Result<Snapshotted, OpenError> {
     let io = |path: PathBuf| move |source| OpenError::Io { path, source };
     let snapshot_dir = options.snapshot_dir();
     let idempotency_cutoff_ms =
@@ -224,7 +238,13 @@ fn load_snapshot(
             idempotency_cutoff_ms,
             reservation_cutoff_ms,
         ) {
-            Ok(start_lsn) => return Ok((state, Some((candidate.path, start_lsn)), skipped)),
+            Ok(start_lsn) => {
+                return Ok(Snapshotted {
+                    state,
+                    loaded: Some((candidate.path, start_lsn)),
+                    skipped,
+                })
+            }
             Err(error) => {
                 tracing::warn!(path = %candidate.path.display(), %error, "snapshot unreadable; trying an older one");
                 skipped.push((candidate.path, error.to_string()));
@@ -232,7 +252,11 @@ fn load_snapshot(
             }
         }
     }
-    Ok((state, None, skipped))
+    Ok(Snapshotted {
+        state,
+        loaded: None,
+        skipped,
+    })
 }
 
 /// Cuts a torn tail off the log and makes durable what recovery built on.

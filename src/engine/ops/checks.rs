@@ -32,7 +32,6 @@ impl Engine {
 
     /// Prices a spend: an amount in the given or default currency, or an action × quantity.
     #[inline]
-
     pub(super) fn price<'a>(
         &self,
         tenant: &Tenant,
@@ -93,14 +92,12 @@ impl Engine {
 
 /// Turns a checked operation's `None` into [`EngineError::Overflow`].
 #[inline]
-
 pub(super) fn checked(value: Option<i64>) -> Result<i64, EngineError> {
     value.ok_or(EngineError::Overflow)
 }
 
 /// What `available` becomes after spending `amount`, or the shortfall if it would go below the floor.
 #[inline]
-
 pub(super) fn spend_from(wallet: &Wallet, amount: i64) -> Result<i64, EngineError> {
     let available = wallet.available();
     let shortfall = EngineError::InsufficientCredits(Shortfall {
