@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, Throughput};
 
 use creditd::codec;
-use creditd::engine::event::{Event, Meta, WalletRef};
-use creditd::engine::types::{Currency, DebitKind};
 use creditd::wal::{AppendError, FsStorage, FsyncMode, Wal, WalOptions, WalStats};
 
 #[allow(dead_code)]
@@ -44,32 +42,20 @@ struct BatchFigures {
 /// The figures gathered while criterion runs, printed at the end.
 static BATCHES: Mutex<Vec<BatchFigures>> = Mutex::new(Vec::new());
 
-/// The payload of a typical debit record, encoded as the engine encodes it.
+/// The payload of a typical debit record: a usage debit of 3 credits by `u-0000421337` of
+/// `acme`, as the engine encodes it (the event schema is crate-private; the engine's test
+/// `a_debit_encodes_as_the_wal_bench_payload` pins these bytes).
 fn debit_payload() -> Vec<u8> {
-    let event = Event::Debited {
-        wallet: WalletRef {
-            tenant: "acme",
-            user: "u-0000421337",
-            currency: Currency::CREDITS,
-        },
-        kind: DebitKind::Usage,
-        amount: 3,
-        balance_after: 999_999_999_997,
-        available_after: 999_999_999_997,
-        action: None,
-        meta: Meta {
-            time_ms: 1_760_000_000_000,
-            actor: "gateway-key",
-            description: None,
-            reference: None,
-            metadata: None,
-            idempotency: None,
-        },
-    };
-    let mut payload = Vec::new();
-    codec::encode_into(&event, &mut payload).expect("encode a debit");
-    payload
+    DEBIT_PAYLOAD.to_vec()
 }
+
+/// See [`debit_payload`].
+const DEBIT_PAYLOAD: [u8; 73] = [
+    4, 4, 97, 99, 109, 101, 12, 117, 45, 48, 48, 48, 48, 52, 50, 49, 51, 51, 55, 7, 99, 114, 101,
+    100, 105, 116, 115, 0, 6, 253, 250, 31, 74, 169, 209, 1, 0, 0, 253, 250, 31, 74, 169, 209, 1,
+    0, 0, 0, 253, 0, 128, 89, 144, 51, 3, 0, 0, 11, 103, 97, 116, 101, 119, 97, 121, 45, 107, 101,
+    121, 0, 0, 0, 0,
+];
 
 /// A log in a fresh directory under the data parent, syncing every batch.
 fn start_wal(parent: &Path) -> (Arc<Wal>, tempfile::TempDir) {

@@ -23,16 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::codec::{self, FORMAT_VERSION};
-use crate::engine::event::{Event, MethodRecord, Outcome, PackageRecord, ProfileRecord};
-use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, Verdict};
+use crate::engine::event::{Event, MethodRecord, PackageRecord, ProfileRecord};
+use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, MethodDetails, Verdict};
+use crate::engine::types::Outcome;
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs,
-    CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
+    CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Missing,
+    Shortfall,
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
-    Engine, EngineOptions, IdempotencyKey, ManualClock, ReservationState, ReservationView,
-    ReserveRequest, RevokeRequest, Spend, Tenant, WalletView,
+    Engine, EngineOptions, IdempotencyKey, ManualClock, PackageSpec, ProfileUpdate,
+    ReservationState, ReservationView, ReserveRequest, RevokeRequest, Spend, Tenant, WalletView,
 };
 use crate::wal::batch;
 use crate::wal::memory::MemStorage;
@@ -1141,7 +1143,7 @@ impl Model {
             Claimed::Fresh(key) => key,
         };
         if !model_tenant.users.contains_key(request.user) {
-            return Err(EngineError::UserNotFound.into());
+            return Err(EngineError::NotFound(Missing::User).into());
         }
         self.expire_due(history, tenant, request.user, now_ms);
         let lsn = self.next_lsn;
@@ -1192,7 +1194,7 @@ impl Model {
                 let action = model_tenant
                     .actions
                     .get(name)
-                    .ok_or(EngineError::UnknownAction)?;
+                    .ok_or(EngineError::NotFound(Missing::Action))?;
                 if currency.is_some_and(|c| c != action.currency) {
                     return Err(invalid("currency"));
                 }
@@ -1281,7 +1283,7 @@ impl Model {
             }
         };
         if !model_tenant.users.contains_key(user) {
-            return Err(EngineError::UserNotFound.into());
+            return Err(EngineError::NotFound(Missing::User).into());
         }
         if !dry_run {
             self.expire_due(history, tenant, user, now_ms);
@@ -1345,7 +1347,7 @@ impl Model {
             }
         };
         if !model_tenant.users.contains_key(request.user) {
-            return Err(EngineError::UserNotFound.into());
+            return Err(EngineError::NotFound(Missing::User).into());
         }
         if !request.dry_run {
             self.expire_due(history, tenant, request.user, now_ms);
@@ -1402,11 +1404,11 @@ impl Model {
 
     fn reservation_owner(&self, tenant: &str, id: Lsn) -> Result<&'static str, Stop> {
         match self.tenant(tenant).reservations.get(&id) {
-            None => Err(EngineError::ReservationNotFound.into()),
+            None => Err(EngineError::NotFound(Missing::Reservation).into()),
             Some(MReservation::Open { user }) => Ok(user),
             Some(MReservation::Closed { how, known, .. }) => match known {
                 Known::Present => Err(EngineError::ReservationClosed(*how).into()),
-                Known::Purged => Err(EngineError::ReservationNotFound.into()),
+                Known::Purged => Err(EngineError::NotFound(Missing::Reservation).into()),
                 Known::Maybe => Err(Stop::ClosedOrGone(*how)),
             },
         }
@@ -1607,7 +1609,7 @@ impl Model {
         let model_tenant = self.tenant(tenant);
         let currency = currency.unwrap_or(model_tenant.default_currency);
         if !model_tenant.users.contains_key(user) {
-            return Err(EngineError::UserNotFound);
+            return Err(EngineError::NotFound(Missing::User));
         }
         self.expire_due(history, tenant, user, now_ms);
         let lsn = self.next_lsn;
@@ -1657,7 +1659,7 @@ impl Model {
         model_tenant
             .actions
             .remove(name)
-            .ok_or(EngineError::UnknownAction)?;
+            .ok_or(EngineError::NotFound(Missing::Action))?;
         model_tenant.catalogue_lsn = lsn;
         self.commit(history);
         Ok(lsn)
@@ -1669,7 +1671,7 @@ impl Model {
         limits: &Limits,
         tenant: &'static str,
         package: &'static str,
-        terms: &PackageRecord<'static>,
+        terms: &PackageSpec<'static>,
     ) -> Result<Lsn, EngineError> {
         check_id("package_id", package)?;
         check_amount("credits", terms.credits, limits)?;
@@ -1696,7 +1698,7 @@ impl Model {
         let lsn = self.next_lsn;
         let model_tenant = self.tenant_mut(tenant);
         if !model_tenant.packages.remove(package) {
-            return Err(EngineError::PackageNotFound);
+            return Err(EngineError::NotFound(Missing::Package));
         }
         model_tenant.catalogue_lsn = lsn;
         self.commit(history);
@@ -2174,7 +2176,7 @@ impl Run {
             op::PUT_PACKAGE => {
                 let tenant = input.pick(&TENANT_IDS);
                 let package = input.pick(&PACKAGE_IDS);
-                let terms = PackageRecord {
+                let terms = PackageSpec {
                     name: input.pick(&["Starter", "", " ", &long_text()[..1025]]),
                     credits: input.amount(limits.max_amount),
                     currency: self.currencies[input.byte() as usize % 3 + 1].expect("currency"),
@@ -2298,7 +2300,7 @@ impl Run {
         if let Err(Stop::ClosedOrGone(how)) = want {
             let known = match got {
                 Err(EngineError::ReservationClosed(closed)) if *closed == how => Known::Present,
-                Err(EngineError::ReservationNotFound) => Known::Purged,
+                Err(EngineError::NotFound(Missing::Reservation)) => Known::Purged,
                 other => panic!(
                     "{what} on reservation {id} closed as {how:?}: creditd answered {other:?}"
                 ),
@@ -2345,7 +2347,7 @@ impl Run {
     ) {
         let limits = self.limits();
         let handle = self.tenant(tenant).expect("tenant");
-        let record = ProfileRecord {
+        let record = ProfileUpdate {
             email: profile.0,
             name: profile.1,
             metadata: profile.2,
@@ -2567,7 +2569,7 @@ impl Run {
                     let got = handle.reservation(*reservation);
                     let now_known = match (&got, known) {
                         (Ok(view), Known::Present | Known::Maybe) if *view == closed => Known::Present,
-                        (Err(EngineError::ReservationNotFound), Known::Purged | Known::Maybe) => Known::Purged,
+                        (Err(EngineError::NotFound(Missing::Reservation)), Known::Purged | Known::Maybe) => Known::Purged,
                         _ => panic!("reservation {reservation} should be {known:?} {closed:?}, creditd has {got:?}"),
                     };
                     seen.push((*id, *reservation, now_known));
@@ -2750,10 +2752,10 @@ pub mod seeds {
 
 fn sample_events() -> Vec<Vec<u8>> {
     use crate::engine::event::{
-        ActionUse, Decline, IdempotencyTag, Meta, PaymentPurpose, PaymentTerms,
-        TenantSettingsRecord, WalletRef,
+        ActionUse, IdempotencyTag, Meta, PaymentTerms, TenantSettingsRecord, WalletRef,
     };
     use crate::engine::types::ReleaseReason;
+    use crate::engine::types::{Decline, PaymentPurpose};
     let ngn = Currency::new("NGN").expect("currency");
     let wallet = WalletRef {
         tenant: "acme",
@@ -2818,7 +2820,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             action,
             meta,
         },
-        Event::HoldPlaced {
+        Event::ReservationPlaced {
             wallet,
             amount: i64::MAX,
             expires_at_ms: i64::MAX,
@@ -2827,9 +2829,9 @@ fn sample_events() -> Vec<Vec<u8>> {
             action: None,
             meta: Meta::system(i64::MIN),
         },
-        Event::HoldCaptured {
+        Event::ReservationCaptured {
             wallet,
-            hold_id: 4,
+            reservation_id: 4,
             held: 10,
             charged: 12,
             balance_after: 973,
@@ -2838,18 +2840,18 @@ fn sample_events() -> Vec<Vec<u8>> {
             action,
             meta,
         },
-        Event::HoldExtended {
+        Event::ReservationExtended {
             wallet,
-            hold_id: 4,
+            reservation_id: 4,
             expires_at_ms: T0 + 300_000,
             meta,
         },
-        Event::HoldReleased {
+        Event::ReservationReleased {
             wallet: WalletRef {
                 currency: ngn,
                 ..wallet
             },
-            hold_id: u64::MAX,
+            reservation_id: u64::MAX,
             amount: 1,
             reason: ReleaseReason::Expired,
             reserved_after: 0,
@@ -3098,7 +3100,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
     engine
         .put_action(&tenant, "gpt-call", 5, None, Some("one call"), &admin)
         .expect("action");
-    let terms = PackageRecord {
+    let terms = PackageSpec {
         name: "Starter",
         credits: 500,
         currency: Currency::CREDITS,
@@ -3113,7 +3115,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
         let user = format!("user-{index}");
         let user = user.as_str();
         let key = format!("credit-{index}");
-        let profile = ProfileRecord {
+        let profile = ProfileUpdate {
             email: (index % 2 == 0).then_some("someone@example.com"),
             name: None,
             metadata: None,
@@ -3182,7 +3184,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
                 let verdict = Verdict::Paid {
                     paid_minor: 250_000,
                     paid_currency: ngn,
-                    method: Some(MethodRecord {
+                    method: Some(MethodDetails {
                         gateway: "sandbox",
                         token: "card_ok",
                         customer: Some("someone@example.com"),

@@ -145,9 +145,9 @@ pub async fn serve_engine(
     let (topup_sender, topups) = crossbeam_channel::bounded(4096);
     let (event_sender, events) =
         crossbeam_channel::bounded(config.payments.events.queue.max(1) as usize);
-    let hooks = crate::engine::payments::Hooks {
+    let hooks = crate::engine::notify::Hooks {
         topups: topup_sender,
-        events: event_sender,
+        notifications: event_sender,
     };
     if engine.connect_hooks(hooks).is_err() {
         return Err(ServerError::AlreadyServed);

@@ -28,12 +28,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use creditd::engine::event::{Outcome, PackageRecord, ProfileRecord};
-use creditd::engine::types::{CreditKind, Currency, EngineError};
+use creditd::engine::types::{CreditKind, Currency, EngineError, Outcome};
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReserveRequest, RevokeRequest, Spend, Tenant,
 };
+use creditd::engine::{PackageSpec, ProfileUpdate};
 use creditd::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use creditd::wal::record::HEADER_BYTES;
 use creditd::wal::segment::{self, SEGMENT_HEADER_BYTES};
@@ -45,7 +45,7 @@ const ADMIN: Context<'static> = Context {
     actor: "admin-key",
     idempotency: None,
 };
-const NO_PROFILE: ProfileRecord<'static> = ProfileRecord {
+const NO_PROFILE: ProfileUpdate<'static> = ProfileUpdate {
     email: None,
     name: None,
     metadata: None,
@@ -368,7 +368,7 @@ fn assert_every_change_is_refused(engine: &Engine, tenant: &Tenant, hold: u64, l
                 .upsert_user(
                     tenant,
                     "alice",
-                    ProfileRecord {
+                    ProfileUpdate {
                         email: Some("alice@example.com"),
                         ..NO_PROFILE
                     },
@@ -402,7 +402,7 @@ fn assert_every_change_is_refused(engine: &Engine, tenant: &Tenant, hold: u64, l
                 .put_package(
                     tenant,
                     "starter",
-                    &PackageRecord {
+                    &PackageSpec {
                         name: "Starter",
                         credits: 500,
                         currency: Currency::CREDITS,

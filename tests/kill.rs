@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use creditd::engine::event::{Outcome, ProfileRecord};
-use creditd::engine::types::{CreditKind, EngineError, Fingerprint};
+use creditd::engine::types::{CreditKind, EngineError, Fingerprint, Missing, Outcome};
+use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ReserveRequest, Spend, Tenant,
@@ -510,7 +510,7 @@ fn run_child_round(dir: &Path, start: u64, seed: u64, kill: KillPlan) -> ChildRu
 /// Whether a key is in the idempotency table, without changing anything: a credit to a user that
 /// does not exist, under the key with a fingerprint no real request has. The engine checks the
 /// key before the user, so it answers `IdempotencyKeyReused` if the key is there and
-/// `UserNotFound` otherwise; in both cases nothing is written and no claim is left behind.
+/// `NotFound(Missing::User)` otherwise; in both cases nothing is written and no claim is left behind.
 fn key_present(engine: &Engine, tenant: &Tenant, key: &str) -> bool {
     let context = Context::actor(ACTOR).with_key(IdempotencyKey {
         key,
@@ -522,7 +522,7 @@ fn key_present(engine: &Engine, tenant: &Tenant, key: &str) -> bool {
         &context,
     ) {
         Err(EngineError::IdempotencyKeyReused) => true,
-        Err(EngineError::UserNotFound) => false,
+        Err(EngineError::NotFound(Missing::User)) => false,
         other => panic!("probing {key}: {other:?}"),
     }
 }
@@ -715,7 +715,7 @@ fn set_up(dir: &Path) {
     let (tenant, _, _) = engine
         .upsert_tenant(TENANT, Some("Acme"), None, &context)
         .expect("tenant");
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: None,
         name: None,
         metadata: None,
@@ -800,7 +800,7 @@ fn full_disk_child() {
         .upsert_tenant(TENANT, None, None, &context)
         .expect("tenant");
     engine.wait_durable(lsn).expect("durable");
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: None,
         name: None,
         metadata: None,

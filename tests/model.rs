@@ -39,11 +39,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use creditd::engine::event::{Outcome, ProfileRecord};
 use creditd::engine::types::{
     ClosedAs, CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn,
-    Shortfall,
+    Missing, Outcome, Shortfall,
 };
+use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReservationState, ReservationView, ReserveRequest, RevokeRequest,
@@ -1343,7 +1343,7 @@ impl Model {
             }
             Req::DeleteAction { t, action } => {
                 if !self.tenants[t].actions.contains_key(action) {
-                    return Err(EngineError::UnknownAction);
+                    return Err(EngineError::NotFound(Missing::Action));
                 }
                 let lsn = self.take_lsn();
                 let tenant = &mut self.tenants[t];
@@ -1542,8 +1542,10 @@ impl Model {
                 if quantity == 0 || quantity > MAX_QUANTITY {
                     return Err(invalid("quantity"));
                 }
-                let (cost, action_currency) =
-                    *tenant.actions.get(name).ok_or(EngineError::UnknownAction)?;
+                let (cost, action_currency) = *tenant
+                    .actions
+                    .get(name)
+                    .ok_or(EngineError::NotFound(Missing::Action))?;
                 if currency.is_some_and(|c| c != action_currency) {
                     return Err(invalid("currency"));
                 }
@@ -1640,7 +1642,7 @@ impl Model {
             Claim::Fresh(key) => key,
         };
         if !self.has_user(t, user) {
-            return Err(EngineError::UserNotFound);
+            return Err(EngineError::NotFound(Missing::User));
         }
         let wallet = self.deciding_wallet(t, user, currency, false);
         let balance = wallet
@@ -1680,7 +1682,7 @@ impl Model {
             }
         };
         if !self.has_user(t, user) {
-            return Err(EngineError::UserNotFound);
+            return Err(EngineError::NotFound(Missing::User));
         }
         let wallet = self.deciding_wallet(t, user, currency, dry_run);
         let available = spend_from(&wallet, amount)?;
@@ -1725,7 +1727,7 @@ impl Model {
             }
         };
         if !self.has_user(t, user) {
-            return Err(EngineError::UserNotFound);
+            return Err(EngineError::NotFound(Missing::User));
         }
         let wallet = self.deciding_wallet(t, user, currency, dry_run);
         let open = if dry_run {
@@ -1769,7 +1771,7 @@ impl Model {
     /// why it cannot be used.
     fn open_hold(&mut self, t: usize, id: Lsn) -> Result<&'static str, EngineError> {
         let user = match self.tenants[t].holds.get(&id) {
-            None => return Err(EngineError::ReservationNotFound),
+            None => return Err(EngineError::NotFound(Missing::Reservation)),
             Some(MHold::Closed { how, .. }) => return Err(EngineError::ReservationClosed(*how)),
             Some(MHold::Open { user, .. }) => *user,
         };
@@ -1906,7 +1908,7 @@ impl Model {
         }
         let currency = currency.unwrap_or(self.tenants[t].default_currency);
         if !self.has_user(t, user) {
-            return Err(EngineError::UserNotFound);
+            return Err(EngineError::NotFound(Missing::User));
         }
         // The decision depends on `available`, so expired reservations count as released, as for
         // every other decision (an expired hold no longer holds anything).
@@ -2044,7 +2046,7 @@ impl Harness {
         let description = |long: bool| long.then_some(long_text.as_str());
         let answer = match *req {
             Req::UpsertUser { t, user, email } => {
-                let profile = ProfileRecord {
+                let profile = ProfileUpdate {
                     email,
                     name: None,
                     metadata: None,
@@ -2203,7 +2205,7 @@ impl Harness {
 
 fn expected_reservation(id: Lsn, hold: Option<&MHold>) -> Result<ReservationView, EngineError> {
     match hold {
-        None => Err(EngineError::ReservationNotFound),
+        None => Err(EngineError::NotFound(Missing::Reservation)),
         Some(MHold::Open {
             user,
             currency,
@@ -2275,7 +2277,7 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
                     .wallet(user, Some(currency))
                     .map(|w| (w.balance, w.reserved, w.available, w.overdraft_limit));
                 let model_wallet = match modeled {
-                    None => Err(EngineError::UserNotFound),
+                    None => Err(EngineError::NotFound(Missing::User)),
                     Some(_) => {
                         let w = model.wallet(t, user, currency);
                         Ok((w.balance, w.reserved, w.available(), w.overdraft))
@@ -2298,7 +2300,7 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
                 (view.email, wallets, view.reservations_open, view.last_lsn)
             });
             let model_user = match modeled {
-                None => Err(EngineError::UserNotFound),
+                None => Err(EngineError::NotFound(Missing::User)),
                 Some(mu) => Ok((
                     mu.email.map(str::to_owned),
                     mu.wallets
@@ -2504,7 +2506,7 @@ fn restart(
             .map(|(id, _)| *id)
             .collect();
         for id in old {
-            if h.tenants[t].reservation(id) == Err(EngineError::ReservationNotFound) {
+            if h.tenants[t].reservation(id) == Err(EngineError::NotFound(Missing::Reservation)) {
                 model.tenants[t].holds.remove(&id);
                 forgotten.push(format!("reservation {tenant_id}/{id} "));
             }

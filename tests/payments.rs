@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use creditd::client::{Client, Debit};
 use creditd::config::{ApiKey, Config, Gateway as GatewayKind, Role};
-use creditd::engine::event::{Decline, ProfileRecord};
 use creditd::engine::payments::AutoTopupRequest;
 use creditd::engine::payments::PaymentStatus;
-use creditd::engine::types::Currency;
+use creditd::engine::types::{Currency, Decline};
+use creditd::engine::ProfileUpdate;
 use creditd::engine::{Clock, Context, Engine, EngineOptions, ManualClock, Tenant};
 use creditd::payments::signature::{hmac_sha512_hex, sign_timestamped, verify_timestamped};
 use creditd::payments::topup::TopupWorker;
@@ -990,7 +990,7 @@ fn topup_setup(
     let admin = Context::actor("admin");
     let (tenant, _, _): (Arc<Tenant>, _, _) =
         engine.upsert_tenant("acme", None, None, &admin).unwrap();
-    let terms = creditd::engine::event::PackageRecord {
+    let terms = creditd::engine::PackageSpec {
         name: "Starter",
         credits: 500,
         currency: Currency::CREDITS,
@@ -1005,7 +1005,7 @@ fn topup_setup(
         .upsert_user(
             &tenant,
             "ada",
-            ProfileRecord {
+            ProfileUpdate {
                 email: Some("ada@example.com"),
                 name: None,
                 metadata: None,
@@ -1556,7 +1556,7 @@ async fn initialize_says_when_the_unusable_email_comes_from_the_profile() {
     let options = config(dir.path(), GatewayKind::Paystack, Some(&paystack)).engine_options();
     let engine = tokio::task::block_in_place(|| Engine::open_dir(options)).unwrap();
     let tenant = engine.tenant("acme").unwrap();
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: Some("old at example dot com"),
         name: None,
         metadata: None,

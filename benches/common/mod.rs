@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use creditd::engine::event::ProfileRecord;
 use creditd::engine::types::CreditKind;
+use creditd::engine::ProfileUpdate;
 use creditd::engine::{Context, CreditRequest, Engine, EngineOptions, SystemClock, Tenant};
 use creditd::wal::{FsStorage, FsyncMode};
 
@@ -208,7 +208,7 @@ pub fn add_users(
             email.push_str(user.as_str());
             email.push_str("@example.com");
         }
-        let profile = ProfileRecord {
+        let profile = ProfileUpdate {
             email: with_email.then_some(email.as_str()),
             name: None,
             metadata: None,

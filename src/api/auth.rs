@@ -104,7 +104,9 @@ pub fn tenant_of<'k>(
     }
     let tenant = engine
         .tenant(requested)
-        .ok_or(crate::engine::types::EngineError::TenantNotFound)?;
+        .ok_or(crate::engine::types::EngineError::NotFound(
+            crate::engine::types::Missing::Tenant,
+        ))?;
     Ok(Cow::Owned(tenant))
 }
 

@@ -6,7 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value};
 
-use crate::engine::types::{ClosedAs, EngineError};
+use crate::engine::types::{ClosedAs, EngineError, Missing};
 use crate::wal::{AppendError, DurabilityError};
 
 /// The prefix of every problem `type`.
@@ -210,36 +210,7 @@ impl From<EngineError> for Problem {
     fn from(error: EngineError) -> Problem {
         use StatusCode as S;
         match error {
-            EngineError::TenantNotFound => Problem::new(
-                S::NOT_FOUND,
-                "tenant-not-found",
-                "Tenant not found",
-                error.to_string(),
-            ),
-            EngineError::UserNotFound => Problem::new(
-                S::NOT_FOUND,
-                "user-not-found",
-                "User not found",
-                error.to_string(),
-            ),
-            EngineError::UnknownAction => Problem::new(
-                S::UNPROCESSABLE_ENTITY,
-                "unknown-action",
-                "Unknown action",
-                "the action is not in this tenant's catalogue",
-            ),
-            EngineError::PackageNotFound => Problem::new(
-                S::NOT_FOUND,
-                "package-not-found",
-                "Package not found",
-                error.to_string(),
-            ),
-            EngineError::ReservationNotFound => Problem::new(
-                S::NOT_FOUND,
-                "reservation-not-found",
-                "Reservation not found",
-                error.to_string(),
-            ),
+            EngineError::NotFound(missing) => not_found(missing),
             EngineError::ReservationClosed(how) => Problem::new(
                 S::CONFLICT,
                 "reservation-closed",
@@ -285,12 +256,6 @@ impl From<EngineError> for Problem {
                 "idempotency-table-full",
                 "the idempotency table is at idempotency.max_entries; retry without a key or later",
             ),
-            EngineError::AutoTopupNotFound => Problem::new(
-                S::NOT_FOUND,
-                "auto-topup-not-found",
-                "No automatic top-up",
-                "the wallet has no automatic top-up rule",
-            ),
             EngineError::TooManyReservations => Problem::new(
                 S::CONFLICT,
                 "too-many-reservations",
@@ -326,6 +291,49 @@ impl From<EngineError> for Problem {
                 Problem::unavailable("shutting-down", "the server is shutting down")
             }
         }
+    }
+}
+
+/// The problem for a thing not found: each kind keeps its own type, title and detail.
+fn not_found(missing: Missing) -> Problem {
+    use StatusCode as S;
+    match missing {
+        Missing::Tenant => Problem::new(
+            S::NOT_FOUND,
+            "tenant-not-found",
+            "Tenant not found",
+            missing.message(),
+        ),
+        Missing::User => Problem::new(
+            S::NOT_FOUND,
+            "user-not-found",
+            "User not found",
+            missing.message(),
+        ),
+        Missing::Action => Problem::new(
+            S::UNPROCESSABLE_ENTITY,
+            "unknown-action",
+            "Unknown action",
+            "the action is not in this tenant's catalogue",
+        ),
+        Missing::Package => Problem::new(
+            S::NOT_FOUND,
+            "package-not-found",
+            "Package not found",
+            missing.message(),
+        ),
+        Missing::Reservation => Problem::new(
+            S::NOT_FOUND,
+            "reservation-not-found",
+            "Reservation not found",
+            missing.message(),
+        ),
+        Missing::AutoTopup => Problem::new(
+            S::NOT_FOUND,
+            "auto-topup-not-found",
+            "No automatic top-up",
+            "the wallet has no automatic top-up rule",
+        ),
     }
 }
 

@@ -6,10 +6,19 @@
 //! Strings borrow from the request when encoding and from the segment buffer when decoding, so
 //! neither the hot path nor replay allocates for them. Variants are only ever appended, never
 //! reordered: the variant index is part of the on-disk format ([`crate::codec::FORMAT_VERSION`]).
+//!
+//! This module is the log's schema, and it is crate-private: the API and the payments side speak
+//! the engine's public request types (`ProfileUpdate`, `PackageSpec`, `MethodDetails`), which the
+//! operations turn into these records, so a change at the HTTP layer cannot change the log format
+//! by accident. The plain value enums an event embeds (`Outcome`, `Decline`, `PaymentPurpose`)
+//! are public in [`super::types`] and encoded as they are.
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{CreditKind, Currency, DebitKind, Fingerprint, Lsn, ReleaseReason};
+use super::types::{
+    CreditKind, Currency, DebitKind, Decline, Fingerprint, Lsn, Outcome, PaymentPurpose,
+    ReleaseReason,
+};
 
 /// A secret carried by an event (a tenant's webhook signing key). Encoded exactly as the string
 /// it wraps; its `Debug` form never shows it, so `creditd wal dump`, logs and panic messages that
@@ -102,7 +111,7 @@ pub struct TenantSettingsRecord<'a> {
 
 /// A user's profile as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileRecord<'a> {
+pub(crate) struct ProfileRecord<'a> {
     /// E-mail address.
     #[serde(borrow)]
     pub email: Option<&'a str>,
@@ -116,7 +125,7 @@ pub struct ProfileRecord<'a> {
 
 /// A top-up package as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackageRecord<'a> {
+pub(crate) struct PackageRecord<'a> {
     /// Display name.
     pub name: &'a str,
     /// Credits it buys.
@@ -129,40 +138,6 @@ pub struct PackageRecord<'a> {
     pub price_currency: Currency,
     /// Offered for sale.
     pub active: bool,
-}
-
-/// Why a payment was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PaymentPurpose {
-    /// A checkout the user started.
-    Checkout,
-    /// An automatic top-up charged to a saved payment method.
-    AutoTopup,
-}
-
-/// How a payment failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Decline {
-    /// Worth retrying later (insufficient funds, the gateway unavailable).
-    Soft,
-    /// Not worth retrying (card expired, authorization invalid): disables an automatic top-up rule.
-    Hard,
-    /// Paid, but not the package's amount or currency: nothing is credited.
-    Mismatch,
-    /// The customer left the checkout without paying.
-    Abandoned,
-}
-
-impl Decline {
-    /// The name used in the API and in events to the tenant's application.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decline::Soft => "soft_decline",
-            Decline::Hard => "hard_decline",
-            Decline::Mismatch => "amount_mismatch",
-            Decline::Abandoned => "abandoned",
-        }
-    }
 }
 
 /// What a payment buys, fixed from the package when the payment starts.
@@ -180,7 +155,7 @@ pub struct PaymentTerms<'a> {
 
 /// A reusable payment method a gateway handed back after a successful charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MethodRecord<'a> {
+pub(crate) struct MethodRecord<'a> {
     /// `sandbox`, `paystack` or `stripe`.
     pub gateway: &'a str,
     /// Paystack `authorization_code`, Stripe `pm_…`, or a sandbox card.
@@ -271,7 +246,7 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// Credits were reserved; the reservation's id is this record's LSN.
-    HoldPlaced {
+    ReservationPlaced {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
@@ -291,12 +266,12 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// A reservation was charged (`charged` may be below or above `held`) and closed.
-    HoldCaptured {
+    ReservationCaptured {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
         /// The reservation.
-        hold_id: Lsn,
+        reservation_id: Lsn,
         /// What it held.
         held: i64,
         /// What was charged.
@@ -315,12 +290,12 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// A reservation's expiry moved.
-    HoldExtended {
+    ReservationExtended {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
         /// The reservation.
-        hold_id: Lsn,
+        reservation_id: Lsn,
         /// The new expiry, Unix milliseconds.
         expires_at_ms: i64,
         /// Who and when.
@@ -328,12 +303,12 @@ pub enum Event<'a> {
         meta: Meta<'a>,
     },
     /// A reservation was released (by the client or by expiry) without a charge.
-    HoldReleased {
+    ReservationReleased {
         /// The wallet.
         #[serde(borrow)]
         wallet: WalletRef<'a>,
         /// The reservation.
-        hold_id: Lsn,
+        reservation_id: Lsn,
         /// What it held.
         amount: i64,
         /// Why.
@@ -561,10 +536,10 @@ impl<'a> Event<'a> {
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
             | Event::Debited { wallet, .. }
-            | Event::HoldPlaced { wallet, .. }
-            | Event::HoldCaptured { wallet, .. }
-            | Event::HoldExtended { wallet, .. }
-            | Event::HoldReleased { wallet, .. }
+            | Event::ReservationPlaced { wallet, .. }
+            | Event::ReservationCaptured { wallet, .. }
+            | Event::ReservationExtended { wallet, .. }
+            | Event::ReservationReleased { wallet, .. }
             | Event::PaymentInitialized { wallet, .. }
             | Event::PaymentSucceeded { wallet, .. }
             | Event::PaymentFailed { wallet, .. }
@@ -584,10 +559,10 @@ impl<'a> Event<'a> {
             | Event::OverdraftSet { meta, .. }
             | Event::Credited { meta, .. }
             | Event::Debited { meta, .. }
-            | Event::HoldPlaced { meta, .. }
-            | Event::HoldCaptured { meta, .. }
-            | Event::HoldExtended { meta, .. }
-            | Event::HoldReleased { meta, .. }
+            | Event::ReservationPlaced { meta, .. }
+            | Event::ReservationCaptured { meta, .. }
+            | Event::ReservationExtended { meta, .. }
+            | Event::ReservationReleased { meta, .. }
             | Event::ActionPut { meta, .. }
             | Event::ActionDeleted { meta, .. }
             | Event::PackagePut { meta, .. }
@@ -611,10 +586,10 @@ impl<'a> Event<'a> {
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
             | Event::Debited { wallet, .. }
-            | Event::HoldPlaced { wallet, .. }
-            | Event::HoldCaptured { wallet, .. }
-            | Event::HoldExtended { wallet, .. }
-            | Event::HoldReleased { wallet, .. }
+            | Event::ReservationPlaced { wallet, .. }
+            | Event::ReservationCaptured { wallet, .. }
+            | Event::ReservationExtended { wallet, .. }
+            | Event::ReservationReleased { wallet, .. }
             | Event::PaymentInitialized { wallet, .. }
             | Event::PaymentSucceeded { wallet, .. }
             | Event::PaymentFailed { wallet, .. }
@@ -654,7 +629,7 @@ impl<'a> Event<'a> {
                 balance: balance_after,
                 available: available_after,
             },
-            Event::HoldPlaced {
+            Event::ReservationPlaced {
                 amount,
                 expires_at_ms,
                 available_after,
@@ -665,7 +640,7 @@ impl<'a> Event<'a> {
                 expires_at_ms,
                 available: available_after,
             },
-            Event::HoldCaptured {
+            Event::ReservationCaptured {
                 held,
                 charged,
                 balance_after,
@@ -678,94 +653,25 @@ impl<'a> Event<'a> {
                 balance: balance_after,
                 available: available_after,
             },
-            Event::HoldExtended {
-                hold_id,
+            Event::ReservationExtended {
+                reservation_id,
                 expires_at_ms,
                 ..
             } => Outcome::Extend {
-                reservation_id: hold_id,
+                reservation_id,
                 expires_at_ms,
             },
-            Event::HoldReleased {
-                hold_id,
+            Event::ReservationReleased {
+                reservation_id,
                 amount,
                 available_after,
                 ..
             } => Outcome::Release {
-                reservation_id: hold_id,
+                reservation_id,
                 released: amount,
                 available: available_after,
             },
             _ => return None,
         })
     }
-}
-
-/// What a change answered. Stored with its idempotency key and answered again on replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    /// Credits added.
-    Credit {
-        /// Ledger entry id.
-        entry_id: Lsn,
-        /// Credits added.
-        amount: i64,
-        /// Balance after.
-        balance: i64,
-        /// Available after.
-        available: i64,
-    },
-    /// Credits taken.
-    Debit {
-        /// Ledger entry id.
-        entry_id: Lsn,
-        /// Usage or revoke.
-        kind: DebitKind,
-        /// Credits taken.
-        charged: i64,
-        /// Balance after.
-        balance: i64,
-        /// Available after.
-        available: i64,
-    },
-    /// Credits reserved.
-    Reserve {
-        /// The reservation's id.
-        reservation_id: Lsn,
-        /// Credits held.
-        amount: i64,
-        /// When it lapses, Unix milliseconds.
-        expires_at_ms: i64,
-        /// Available after.
-        available: i64,
-    },
-    /// A reservation charged.
-    Capture {
-        /// Ledger entry id.
-        entry_id: Lsn,
-        /// Credits charged.
-        charged: i64,
-        /// Credits returned to available.
-        released: i64,
-        /// Balance after.
-        balance: i64,
-        /// Available after.
-        available: i64,
-    },
-    /// A reservation's expiry moved.
-    Extend {
-        /// The reservation's id.
-        reservation_id: Lsn,
-        /// The new expiry.
-        expires_at_ms: i64,
-    },
-    /// A reservation released.
-    Release {
-        /// The reservation's id.
-        reservation_id: Lsn,
-        /// Credits returned to available.
-        released: i64,
-        /// Available after.
-        available: i64,
-    },
 }

@@ -6,9 +6,8 @@
 
 use std::collections::HashMap;
 
-use super::event::PaymentPurpose;
-use super::state::{HoldState, IdempotencyState, PaymentState, State};
-use super::types::{Currency, Lsn};
+use super::state::{Account, IdempotencyState, PaymentState, ReservationPhase, State, Tenant};
+use super::types::{Currency, Lsn, PaymentPurpose};
 use super::Engine;
 
 /// A broken invariant.
@@ -40,158 +39,18 @@ pub struct Figures {
     pub payments: u64,
 }
 
+/// Checks every invariant on `state`, whose log continues at `next_lsn`; counts what it saw.
 pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantViolation> {
     let mut figures = Figures::default();
     for tenant in state.tenant_list() {
         figures.tenants += 1;
-        let violation = |user: &str, detail: String| InvariantViolation {
-            tenant: tenant.id.to_string(),
-            user: user.to_owned(),
-            detail,
-        };
-        if tenant.catalogue.read().last_lsn >= next_lsn {
-            return Err(violation(
-                "",
-                "catalogue changed by a record the log does not have".into(),
-            ));
-        }
-        for entry in tenant.users.iter() {
-            let (user, account) = (entry.key().as_str(), entry.value());
-            figures.users += 1;
-            if account.last_lsn() >= next_lsn {
-                return Err(violation(
-                    user,
-                    format!(
-                        "last change at LSN {} ≥ next LSN {next_lsn}",
-                        account.last_lsn()
-                    ),
-                ));
+        check_tenant(state, &tenant, next_lsn, &mut figures).map_err(|(user, detail)| {
+            InvariantViolation {
+                tenant: tenant.id.to_string(),
+                user,
+                detail,
             }
-            let mut held: HashMap<Currency, i64> = HashMap::new();
-            for hold in account.holds() {
-                if hold.amount <= 0 {
-                    return Err(violation(
-                        user,
-                        format!("reservation {} holds {}", hold.id, hold.amount),
-                    ));
-                }
-                let sum = held.entry(hold.currency).or_default();
-                *sum = sum
-                    .checked_add(hold.amount)
-                    .ok_or_else(|| violation(user, "reserved overflows".into()))?;
-                let indexed = tenant
-                    .holds
-                    .get(&hold.id)
-                    .map(|e| (e.user.clone(), e.state));
-                match indexed {
-                    Some((owner, HoldState::Open { expires_at_ms }))
-                        if owner == user && expires_at_ms == hold.expires_at_ms => {}
-                    other => {
-                        return Err(violation(
-                            user,
-                            format!("reservation {} indexed as {other:?}", hold.id),
-                        ));
-                    }
-                }
-                figures.reservations_open += 1;
-            }
-            let mut currencies = Vec::new();
-            for wallet in account.wallets() {
-                figures.wallets += 1;
-                if currencies.contains(&wallet.currency) {
-                    return Err(violation(
-                        user,
-                        format!("two wallets in {}", wallet.currency),
-                    ));
-                }
-                currencies.push(wallet.currency);
-                let expected = held.get(&wallet.currency).copied().unwrap_or(0);
-                if wallet.reserved != expected {
-                    return Err(violation(
-                        user,
-                        format!(
-                            "{}: reserved {} ≠ open reservations {expected}",
-                            wallet.currency, wallet.reserved
-                        ),
-                    ));
-                }
-                if wallet.overdraft < 0 || wallet.available() < wallet.floor() {
-                    return Err(violation(
-                        user,
-                        format!(
-                            "{}: available {} below floor {}",
-                            wallet.currency,
-                            wallet.available(),
-                            wallet.floor()
-                        ),
-                    ));
-                }
-            }
-            if held.keys().any(|currency| !currencies.contains(currency)) {
-                return Err(violation(
-                    user,
-                    "reservation in a currency without a wallet".into(),
-                ));
-            }
-            let primary = account.primary.currency;
-            let primary_rule = account.rule(primary).is_some_and(|rule| rule.enabled);
-            if account.may_have_rule(primary) != primary_rule {
-                return Err(violation(
-                    user,
-                    format!("{primary}: rule flag disagrees with the rule"),
-                ));
-            }
-            for rule in account.rules() {
-                if account.wallet(rule.currency).is_none() {
-                    return Err(violation(
-                        user,
-                        format!("{}: a rule without a wallet", rule.currency),
-                    ));
-                }
-                if let Some(reference) = &rule.pending {
-                    let payment = state.payments.get(reference.as_str()).map(|p| p.clone());
-                    let consistent = payment.is_some_and(|p| {
-                        p.state == PaymentState::Pending
-                            && p.purpose == PaymentPurpose::AutoTopup
-                            && p.user == user
-                            && p.tenant == tenant.id
-                            && p.currency == rule.currency
-                    });
-                    if !consistent {
-                        return Err(violation(
-                            user,
-                            format!("top-up {reference} in flight has no pending payment"),
-                        ));
-                    }
-                }
-            }
-        }
-        let open_indexed = tenant
-            .holds
-            .iter()
-            .filter(|e| matches!(e.state, HoldState::Open { .. }))
-            .count() as u64;
-        let open_in_users: u64 = tenant.users.iter().map(|e| e.holds().len() as u64).sum();
-        if open_indexed != open_in_users {
-            return Err(violation(
-                "",
-                format!("{open_indexed} open reservations indexed, {open_in_users} held by users"),
-            ));
-        }
-        for entry in tenant.idempotency.iter() {
-            if let IdempotencyState::Done { lsn, .. } = entry.state {
-                if lsn >= next_lsn {
-                    return Err(violation(
-                        "",
-                        format!(
-                            "idempotency key {:?} refers to LSN {lsn} ≥ {next_lsn}",
-                            entry.key()
-                        ),
-                    ));
-                }
-                figures.idempotency_keys += 1;
-            }
-        }
+        })?;
     }
     for entry in state.payments.iter() {
         if entry.last_lsn >= next_lsn {
@@ -210,6 +69,177 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
     Ok(figures)
 }
 
+/// What is wrong, and with which user of the tenant (empty for the tenant itself).
+type Broken = (String, String);
+
+/// One tenant: its catalogue, each user, its reservation index and its idempotency keys.
+fn check_tenant(
+    state: &State,
+    tenant: &Tenant,
+    next_lsn: Lsn,
+    figures: &mut Figures,
+) -> Result<(), Broken> {
+    let tenant_level = |detail: String| (String::new(), detail);
+    if tenant.catalogue.read().last_lsn >= next_lsn {
+        return Err(tenant_level(
+            "catalogue changed by a record the log does not have".into(),
+        ));
+    }
+    for entry in tenant.users.iter() {
+        let (user, account) = (entry.key().as_str(), entry.value());
+        figures.users += 1;
+        check_account(state, tenant, user, account, next_lsn, figures)
+            .map_err(|detail| (user.to_owned(), detail))?;
+    }
+    let open_indexed = tenant
+        .reservations
+        .iter()
+        .filter(|e| matches!(e.state, ReservationPhase::Open { .. }))
+        .count() as u64;
+    let open_in_users: u64 = tenant
+        .users
+        .iter()
+        .map(|e| e.reservations().len() as u64)
+        .sum();
+    if open_indexed != open_in_users {
+        return Err(tenant_level(format!(
+            "{open_indexed} open reservations indexed, {open_in_users} held by users"
+        )));
+    }
+    for entry in tenant.idempotency.iter() {
+        if let IdempotencyState::Done { lsn, .. } = entry.state {
+            if lsn >= next_lsn {
+                return Err(tenant_level(format!(
+                    "idempotency key {:?} refers to LSN {lsn} ≥ {next_lsn}",
+                    entry.key()
+                )));
+            }
+            figures.idempotency_keys += 1;
+        }
+    }
+    Ok(())
+}
+
+/// One user: its last LSN, its reservations against the index, its wallets, its rules.
+fn check_account(
+    state: &State,
+    tenant: &Tenant,
+    user: &str,
+    account: &Account,
+    next_lsn: Lsn,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    if account.last_lsn() >= next_lsn {
+        return Err(format!(
+            "last change at LSN {} ≥ next LSN {next_lsn}",
+            account.last_lsn()
+        ));
+    }
+    let held = check_reservations(tenant, user, account, figures)?;
+    let mut currencies = Vec::new();
+    for wallet in account.wallets() {
+        figures.wallets += 1;
+        if currencies.contains(&wallet.currency) {
+            return Err(format!("two wallets in {}", wallet.currency));
+        }
+        currencies.push(wallet.currency);
+        let expected = held.get(&wallet.currency).copied().unwrap_or(0);
+        if wallet.reserved != expected {
+            return Err(format!(
+                "{}: reserved {} ≠ open reservations {expected}",
+                wallet.currency, wallet.reserved
+            ));
+        }
+        if wallet.overdraft < 0 || wallet.available() < wallet.floor() {
+            return Err(format!(
+                "{}: available {} below floor {}",
+                wallet.currency,
+                wallet.available(),
+                wallet.floor()
+            ));
+        }
+    }
+    if held.keys().any(|currency| !currencies.contains(currency)) {
+        return Err("reservation in a currency without a wallet".into());
+    }
+    check_rules(state, tenant, user, account)
+}
+
+/// A user's open reservations: positive, indexed as open with the same expiry; returns what they
+/// hold per currency.
+fn check_reservations(
+    tenant: &Tenant,
+    user: &str,
+    account: &Account,
+    figures: &mut Figures,
+) -> Result<HashMap<Currency, i64>, String> {
+    let mut held: HashMap<Currency, i64> = HashMap::new();
+    for reservation in account.reservations() {
+        if reservation.amount <= 0 {
+            return Err(format!(
+                "reservation {} holds {}",
+                reservation.id, reservation.amount
+            ));
+        }
+        let sum = held.entry(reservation.currency).or_default();
+        *sum = sum
+            .checked_add(reservation.amount)
+            .ok_or_else(|| "reserved overflows".to_owned())?;
+        let indexed = tenant
+            .reservations
+            .get(&reservation.id)
+            .map(|e| (e.user.clone(), e.state));
+        match indexed {
+            Some((owner, ReservationPhase::Open { expires_at_ms }))
+                if owner == user && expires_at_ms == reservation.expires_at_ms => {}
+            other => {
+                return Err(format!(
+                    "reservation {} indexed as {other:?}",
+                    reservation.id
+                ));
+            }
+        }
+        figures.reservations_open += 1;
+    }
+    Ok(held)
+}
+
+/// A user's top-up rules: the primary wallet's flag agrees, each has a wallet, and one in flight
+/// has its pending payment.
+fn check_rules(
+    state: &State,
+    tenant: &Tenant,
+    user: &str,
+    account: &Account,
+) -> Result<(), String> {
+    let primary = account.primary.currency;
+    let primary_rule = account.rule(primary).is_some_and(|rule| rule.enabled);
+    if account.may_have_rule(primary) != primary_rule {
+        return Err(format!("{primary}: rule flag disagrees with the rule"));
+    }
+    for rule in account.rules() {
+        if account.wallet(rule.currency).is_none() {
+            return Err(format!("{}: a rule without a wallet", rule.currency));
+        }
+        if let Some(reference) = &rule.pending {
+            let payment = state.payments.get(reference.as_str()).map(|p| p.clone());
+            let consistent = payment.is_some_and(|p| {
+                p.state == PaymentState::Pending
+                    && p.purpose == PaymentPurpose::AutoTopup
+                    && p.user == user
+                    && p.tenant == tenant.id
+                    && p.currency == rule.currency
+            });
+            if !consistent {
+                return Err(format!(
+                    "top-up {reference} in flight has no pending payment"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Counts tenants, users, wallets and open reservations (briefly locking each shard in turn).
     pub fn census(&self) -> Figures {
@@ -219,7 +249,7 @@ impl Engine {
             for entry in tenant.users.iter() {
                 figures.users += 1;
                 figures.wallets += entry.wallets().count() as u64;
-                figures.reservations_open += entry.holds().len() as u64;
+                figures.reservations_open += entry.reservations().len() as u64;
             }
         }
         figures.idempotency_keys = self.idempotency_entries();

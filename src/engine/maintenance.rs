@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use std::sync::atomic::Ordering;
+
+use super::idempotency;
+use super::state::ReservationPhase;
 use super::Engine;
 
 const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -109,5 +113,41 @@ fn maintain(engine: &Engine, state: &mut State) {
                 "forgot expired idempotency keys and closed reservations"
             );
         }
+    }
+}
+
+impl Engine {
+    /// Forgets idempotency keys past their TTL and closed reservations past their retention.
+    pub fn purge_expired(&self, now_ms: i64) -> (u64, u64) {
+        let ttl_ms = i64::try_from(self.options.idempotency_ttl_seconds.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let retention_ms = i64::try_from(
+            self.options
+                .limits
+                .closed_reservation_retention_seconds
+                .saturating_mul(1000),
+        )
+        .unwrap_or(i64::MAX);
+        let mut keys = 0;
+        let mut reservations = 0;
+        for tenant in self.state.tenant_list() {
+            keys += idempotency::purge(
+                &tenant,
+                &self.state.idempotency_entries,
+                now_ms.saturating_sub(ttl_ms),
+            );
+            let before = tenant.reservations.len();
+            tenant.reservations.retain(|_, entry| {
+                !matches!(entry.state, ReservationPhase::Closed { at_ms, .. } if at_ms < now_ms.saturating_sub(retention_ms))
+            });
+            reservations += before.saturating_sub(tenant.reservations.len()) as u64;
+        }
+        self.purge_payments(now_ms);
+        (keys, reservations)
+    }
+
+    /// How many idempotency keys are held, all tenants together.
+    pub fn idempotency_entries(&self) -> u64 {
+        self.state.idempotency_entries.load(Ordering::Relaxed)
     }
 }

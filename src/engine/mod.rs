@@ -8,12 +8,22 @@
 //!
 //! The engine must not do I/O itself outside the log and snapshot writers, and must not know about
 //! HTTP.
+//!
+//! Where things are: [`commit`](self) (`commit.rs`) is the one write path and walks it step by
+//! step; `ops/` holds the operations, one file per family; `state/` the in-memory state and the
+//! `apply` functions replay shares; `payments/` checkout, settlement and automatic top-up, built
+//! on the operations and the commit path; `notify.rs` the hooks to the outside, which never block;
+//! `event.rs` the log's schema (crate-private); `types.rs` the public values and errors. The path
+//! of a debit: `api` handler → [`Engine::debit`] (`ops/wallet.rs`) → `commit.rs` →
+//! `Account::apply` (`state/ledger.rs`).
 
 mod clock;
-pub mod event;
+mod commit;
+pub(crate) mod event;
 mod idempotency;
 mod invariants;
 mod maintenance;
+pub mod notify;
 mod ops;
 pub mod payments;
 mod recovery;
@@ -30,10 +40,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use commit::Context;
 pub use idempotency::{Done, IdempotencyKey};
 pub use invariants::{Figures, InvariantViolation};
+pub(crate) use ops::is_http_url;
 pub use ops::{
-    CaptureRequest, Context, CreditRequest, DebitRequest, ReserveRequest, RevokeRequest, Spend,
+    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, PackageSpec, ProfileUpdate,
+    ReserveRequest, RevokeRequest, Spend,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};
@@ -151,7 +164,7 @@ pub struct Engine {
     tokens: AtomicU64,
     recovery: RecoveryReport,
     background: Mutex<Option<maintenance::Background>>,
-    hooks: std::sync::OnceLock<payments::Hooks>,
+    hooks: std::sync::OnceLock<notify::Hooks>,
     /// Payment references between their check and their record: two users' locks cannot keep
     /// one reference from being issued twice, so a reference is claimed here first.
     issuing: Mutex<std::collections::HashSet<Box<str>>>,
@@ -328,7 +341,5 @@ impl Engine {
         self.clock.now_ms()
     }
 }
-#[cfg(test)]
-mod payment_tests;
 #[cfg(test)]
 mod tests;

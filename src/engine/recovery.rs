@@ -120,52 +120,13 @@ pub(crate) fn recover(
     let started = Instant::now();
     let io = |path: PathBuf| move |source| OpenError::Io { path, source };
     let wal_dir = options.wal_dir();
-    let snapshot_dir = options.snapshot_dir();
     let idempotency_cutoff_ms =
         now_ms.saturating_sub(seconds_to_ms(options.idempotency_ttl_seconds));
-    let reservation_cutoff_ms = now_ms.saturating_sub(seconds_to_ms(
-        options.limits.closed_reservation_retention_seconds,
-    ));
-
-    let snapshot_names = storage
-        .list(&snapshot_dir)
-        .map_err(io(snapshot_dir.clone()))?;
-    for name in snapshot_names
-        .iter()
-        .filter(|name| mode == Mode::Repair && snapshot_file::is_temporary(name))
-    {
-        let path = snapshot_dir.join(name);
-        storage.remove(&path).map_err(io(path))?;
-    }
-    let mut state = State::new(
-        options.shards,
-        seconds_to_ms(options.payment_retention_seconds),
-    );
-    let mut loaded = None;
-    let mut skipped = Vec::new();
-    for candidate in snapshot_file::from_listing(&snapshot_dir, &snapshot_names) {
-        match snapshot::load(
-            storage,
-            &candidate,
-            &state,
-            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
-            idempotency_cutoff_ms,
-            reservation_cutoff_ms,
-        ) {
-            Ok(start_lsn) => {
-                loaded = Some((candidate.path, start_lsn));
-                break;
-            }
-            Err(error) => {
-                tracing::warn!(path = %candidate.path.display(), %error, "snapshot unreadable; trying an older one");
-                skipped.push((candidate.path, error.to_string()));
-                state = State::new(
-                    options.shards,
-                    seconds_to_ms(options.payment_retention_seconds),
-                );
-            }
-        }
-    }
+    let Snapshotted {
+        state,
+        loaded,
+        skipped,
+    } = load_snapshot(storage, options, now_ms, mode)?;
     let start_lsn = loaded.as_ref().map_or(1, |(_, lsn)| *lsn);
 
     let segments = segment::from_listing(
@@ -194,7 +155,121 @@ pub(crate) fn recover(
     for problem in &fallback_problems {
         tracing::warn!(%problem, "the fallback snapshot could not be recovered from");
     }
-    if let Some(torn) = replay.torn_tail.as_ref().filter(|_| mode == Mode::Repair) {
+    if mode == Mode::Repair {
+        let loaded = loaded.as_ref().map(|(path, _)| path.as_path());
+        repair(
+            storage,
+            options,
+            &segments,
+            replay.torn_tail.as_ref(),
+            loaded,
+        )?;
+    }
+    let figures = invariants::check(&state, replay.next_lsn)?;
+    let report = RecoveryReport {
+        snapshot: loaded.as_ref().map(|(path, _)| path.clone()),
+        snapshot_start_lsn: loaded.as_ref().map(|(_, lsn)| *lsn),
+        snapshots_skipped: skipped,
+        segments: replay.segments,
+        records_replayed: replay.replayed,
+        records_skipped: replay.skipped,
+        torn_tail: replay.torn_tail,
+        fallback_problems,
+        next_lsn: replay.next_lsn,
+        seconds: started.elapsed().as_secs_f64(),
+        figures,
+    };
+    log_recovered(&report);
+    Ok(Recovered { state, report })
+}
+
+/// A snapshot loaded, as (its path, the LSN replay starts from).
+type Loaded = Option<(PathBuf, Lsn)>;
+
+/// What loading the newest readable snapshot gave.
+struct Snapshotted {
+    /// The snapshot's state, or an empty one.
+    state: State,
+    /// Which snapshot that was.
+    loaded: Loaded,
+    /// Snapshots skipped on the way, with why.
+    skipped: Vec<(PathBuf, String)>,
+}
+
+/// Loads the newest snapshot that loads (or starts empty). In repair mode, removes unfinished
+/// snapshot files first.
+fn load_snapshot(
+    storage: &SharedStorage,
+    options: &EngineOptions,
+    now_ms: i64,
+    mode: Mode,
+) -> Result<Snapshotted, OpenError> {
+    let io = |path: PathBuf| move |source| OpenError::Io { path, source };
+    let snapshot_dir = options.snapshot_dir();
+    let idempotency_cutoff_ms =
+        now_ms.saturating_sub(seconds_to_ms(options.idempotency_ttl_seconds));
+    let reservation_cutoff_ms = now_ms.saturating_sub(seconds_to_ms(
+        options.limits.closed_reservation_retention_seconds,
+    ));
+    let snapshot_names = storage
+        .list(&snapshot_dir)
+        .map_err(io(snapshot_dir.clone()))?;
+    for name in snapshot_names
+        .iter()
+        .filter(|name| mode == Mode::Repair && snapshot_file::is_temporary(name))
+    {
+        let path = snapshot_dir.join(name);
+        storage.remove(&path).map_err(io(path))?;
+    }
+    let empty = || {
+        State::new(
+            options.shards,
+            seconds_to_ms(options.payment_retention_seconds),
+        )
+    };
+    let mut state = empty();
+    let mut skipped = Vec::new();
+    for candidate in snapshot_file::from_listing(&snapshot_dir, &snapshot_names) {
+        match snapshot::load(
+            storage,
+            &candidate,
+            &state,
+            crate::wal::record::MAX_RECORD_BYTES_LIMIT,
+            idempotency_cutoff_ms,
+            reservation_cutoff_ms,
+        ) {
+            Ok(start_lsn) => {
+                return Ok(Snapshotted {
+                    state,
+                    loaded: Some((candidate.path, start_lsn)),
+                    skipped,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(path = %candidate.path.display(), %error, "snapshot unreadable; trying an older one");
+                skipped.push((candidate.path, error.to_string()));
+                state = empty();
+            }
+        }
+    }
+    Ok(Snapshotted {
+        state,
+        loaded: None,
+        skipped,
+    })
+}
+
+/// Cuts a torn tail off the log and makes durable what recovery built on.
+fn repair(
+    storage: &SharedStorage,
+    options: &EngineOptions,
+    segments: &[SegmentFile],
+    torn: Option<&TornTail>,
+    loaded: Option<&std::path::Path>,
+) -> Result<(), OpenError> {
+    let io = |path: PathBuf| move |source| OpenError::Io { path, source };
+    let wal_dir = options.wal_dir();
+    if let Some(torn) = torn {
         // A segment whose header itself is torn holds no record: it is named for the next LSN,
         // and the log's first act is to create that segment again over it. It is not removed:
         // a crash between a removal and that creation could leave a log directory without the
@@ -211,42 +286,32 @@ pub(crate) fn recover(
             "cut an unfinished write off the end of the log"
         );
     }
-    if mode == Mode::Repair {
-        // What was replayed may be bytes the previous process wrote but never synced (it died
-        // between write and fdatasync): the page cache serves them all the same. This process
-        // builds on them and acknowledges retries from them, so they are made durable first.
-        for file in &segments {
-            storage
-                .sync_file(&file.path)
-                .map_err(io(file.path.clone()))?;
-        }
-        storage.sync_dir(&wal_dir).map_err(io(wal_dir.clone()))?;
-        if let Some((path, _)) = &loaded {
-            storage.sync_file(path).map_err(io(path.clone()))?;
-            let dir = options.snapshot_dir();
-            storage.sync_dir(&dir).map_err(io(dir))?;
-        }
+    // What was replayed may be bytes the previous process wrote but never synced (it died
+    // between write and fdatasync): the page cache serves them all the same. This process
+    // builds on them and acknowledges retries from them, so they are made durable first.
+    for file in segments {
+        storage
+            .sync_file(&file.path)
+            .map_err(io(file.path.clone()))?;
     }
-    let figures = invariants::check(&state, replay.next_lsn)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let report = RecoveryReport {
-        snapshot: loaded.as_ref().map(|(path, _)| path.clone()),
-        snapshot_start_lsn: loaded.as_ref().map(|(_, lsn)| *lsn),
-        snapshots_skipped: skipped,
-        segments: replay.segments,
-        records_replayed: replay.replayed,
-        records_skipped: replay.skipped,
-        torn_tail: replay.torn_tail,
-        fallback_problems,
-        next_lsn: replay.next_lsn,
-        seconds,
-        figures,
-    };
+    storage.sync_dir(&wal_dir).map_err(io(wal_dir.clone()))?;
+    if let Some(path) = loaded {
+        storage.sync_file(path).map_err(io(path.to_path_buf()))?;
+        let dir = options.snapshot_dir();
+        storage.sync_dir(&dir).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Says what recovery found and how fast it replayed.
+fn log_recovered(report: &RecoveryReport) {
+    let seconds = report.seconds;
     let rate = if seconds > 0.0 {
         report.records_replayed as f64 / seconds
     } else {
         0.0
     };
+    let figures = report.figures;
     tracing::info!(
         snapshot = ?report.snapshot,
         records = report.records_replayed,
@@ -259,7 +324,6 @@ pub(crate) fn recover(
         reservations = figures.reservations_open,
         "recovered"
     );
-    Ok(Recovered { state, report })
 }
 
 struct Replay {

@@ -19,12 +19,11 @@ use std::time::Instant;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use super::event::Outcome;
 use super::state::{
-    Account, AccountExtra, Catalogue, HoldEntry, HoldState, IdempotencyEntry, IdempotencyState,
-    PaymentEntry, ShardedMap, State, Tenant, Wallet,
+    Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry,
+    ReservationEntry, ReservationPhase, ShardedMap, State, Tenant, Wallet,
 };
-use super::types::{Fingerprint, Lsn};
+use super::types::{Fingerprint, Lsn, Outcome};
 use super::Engine;
 use crate::codec::{self, CodecError};
 use crate::wal::snapshot::{
@@ -102,7 +101,7 @@ struct UserImage<'a> {
 struct ClosedReservationImage<'a> {
     id: Lsn,
     #[serde(borrow)]
-    entry: Cow<'a, HoldEntry>,
+    entry: Cow<'a, ReservationEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -250,8 +249,8 @@ impl Engine {
                 tenant: &tenant.id,
                 count,
             };
-            for (id, entry) in copy_shards(&tenant.holds).flatten() {
-                if matches!(entry.state, HoldState::Closed { .. }) {
+            for (id, entry) in copy_shards(&tenant.reservations).flatten() {
+                if matches!(entry.state, ReservationPhase::Closed { .. }) {
                     chunker.item(&ClosedReservationImage {
                         id,
                         entry: Cow::Borrowed(&entry),
@@ -476,14 +475,14 @@ fn load_chunk(
                     image.primary,
                     image.extra.map(|e| Box::new(e.into_owned())),
                 );
-                for hold in account.holds() {
-                    let open = HoldEntry {
+                for reservation in account.reservations() {
+                    let open = ReservationEntry {
                         user: image.user.into(),
-                        state: HoldState::Open {
-                            expires_at_ms: hold.expires_at_ms,
+                        state: ReservationPhase::Open {
+                            expires_at_ms: reservation.expires_at_ms,
                         },
                     };
-                    tenant.holds.insert(hold.id, open);
+                    tenant.reservations.insert(reservation.id, open);
                 }
                 if tenant
                     .users
@@ -503,9 +502,9 @@ fn load_chunk(
             for _ in 0..count {
                 let image: ClosedReservationImage<'_> = next_item(&mut rest)?;
                 let entry = image.entry.into_owned();
-                if matches!(entry.state, HoldState::Closed { at_ms, .. } if at_ms >= reservation_cutoff_ms)
+                if matches!(entry.state, ReservationPhase::Closed { at_ms, .. } if at_ms >= reservation_cutoff_ms)
                 {
-                    tenant.holds.insert(image.id, entry);
+                    tenant.reservations.insert(image.id, entry);
                 }
             }
             counted.closed_reservations += u64::from(count);

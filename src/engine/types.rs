@@ -228,24 +228,43 @@ pub struct Shortfall {
     pub required: i64,
 }
 
+/// What an operation looked for and did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No such tenant.
+    Tenant,
+    /// No such user in this tenant.
+    User,
+    /// No such action in this tenant's catalogue.
+    Action,
+    /// No such package in this tenant.
+    Package,
+    /// No such reservation in this tenant.
+    Reservation,
+    /// The wallet has no automatic top-up rule.
+    AutoTopup,
+}
+
+impl Missing {
+    /// What [`EngineError::NotFound`] says for this kind.
+    pub fn message(self) -> &'static str {
+        match self {
+            Missing::Tenant => "tenant not found",
+            Missing::User => "user not found",
+            Missing::Action => "unknown action",
+            Missing::Package => "package not found",
+            Missing::Reservation => "reservation not found",
+            Missing::AutoTopup => "no automatic top-up rule",
+        }
+    }
+}
+
 /// Why an operation was refused. Nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// No such tenant.
-    #[error("tenant not found")]
-    TenantNotFound,
-    /// No such user in this tenant.
-    #[error("user not found")]
-    UserNotFound,
-    /// No such action in this tenant's catalogue.
-    #[error("unknown action")]
-    UnknownAction,
-    /// No such package in this tenant.
-    #[error("package not found")]
-    PackageNotFound,
-    /// No such reservation in this tenant.
-    #[error("reservation not found")]
-    ReservationNotFound,
+    /// No such thing: which kind says what was looked for.
+    #[error("{}", .0.message())]
+    NotFound(Missing),
     /// The reservation was captured, released or has expired.
     #[error("reservation is closed ({0:?})")]
     ReservationClosed(ClosedAs),
@@ -271,9 +290,6 @@ pub enum EngineError {
     /// The idempotency table is at its size limit.
     #[error("idempotency table full")]
     IdempotencyTableFull,
-    /// The wallet has no automatic top-up rule.
-    #[error("no automatic top-up rule")]
-    AutoTopupNotFound,
     /// The user holds the most open reservations allowed.
     #[error("too many open reservations")]
     TooManyReservations,
@@ -528,4 +544,107 @@ mod tests {
         assert!(check_amount("amount", -5, &limits).is_err());
         assert!(check_amount("amount", limits.max_amount + 1, &limits).is_err());
     }
+}
+
+/// Why a payment was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PaymentPurpose {
+    /// A checkout the user started.
+    Checkout,
+    /// An automatic top-up charged to a saved payment method.
+    AutoTopup,
+}
+
+/// How a payment failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Decline {
+    /// Worth retrying later (insufficient funds, the gateway unavailable).
+    Soft,
+    /// Not worth retrying (card expired, authorization invalid): disables an automatic top-up rule.
+    Hard,
+    /// Paid, but not the package's amount or currency: nothing is credited.
+    Mismatch,
+    /// The customer left the checkout without paying.
+    Abandoned,
+}
+
+impl Decline {
+    /// The name used in the API and in events to the tenant's application.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decline::Soft => "soft_decline",
+            Decline::Hard => "hard_decline",
+            Decline::Mismatch => "amount_mismatch",
+            Decline::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// What a change answered. Stored with its idempotency key and answered again on replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Credits added.
+    Credit {
+        /// Ledger entry id.
+        entry_id: Lsn,
+        /// Credits added.
+        amount: i64,
+        /// Balance after.
+        balance: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// Credits taken.
+    Debit {
+        /// Ledger entry id.
+        entry_id: Lsn,
+        /// Usage or revoke.
+        kind: DebitKind,
+        /// Credits taken.
+        charged: i64,
+        /// Balance after.
+        balance: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// Credits reserved.
+    Reserve {
+        /// The reservation's id.
+        reservation_id: Lsn,
+        /// Credits held.
+        amount: i64,
+        /// When it lapses, Unix milliseconds.
+        expires_at_ms: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// A reservation charged.
+    Capture {
+        /// Ledger entry id.
+        entry_id: Lsn,
+        /// Credits charged.
+        charged: i64,
+        /// Credits returned to available.
+        released: i64,
+        /// Balance after.
+        balance: i64,
+        /// Available after.
+        available: i64,
+    },
+    /// A reservation's expiry moved.
+    Extend {
+        /// The reservation's id.
+        reservation_id: Lsn,
+        /// The new expiry.
+        expires_at_ms: i64,
+    },
+    /// A reservation released.
+    Release {
+        /// The reservation's id.
+        reservation_id: Lsn,
+        /// Credits returned to available.
+        released: i64,
+        /// Available after.
+        available: i64,
+    },
 }

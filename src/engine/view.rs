@@ -1,7 +1,7 @@
 //! Read-only views of the state, copied out under a read lock so callers never hold one.
 
-use super::state::{Account, HoldState, Tenant, Wallet};
-use super::types::{ClosedAs, Currency, EngineError, Lsn};
+use super::state::{Account, ReservationPhase, Tenant, Wallet};
+use super::types::{ClosedAs, Currency, EngineError, Lsn, Missing};
 use super::Engine;
 
 /// A wallet as the API shows it.
@@ -60,7 +60,7 @@ impl UserView {
             name: text(profile.and_then(|p| p.name.as_ref())),
             metadata: text(profile.and_then(|p| p.metadata.as_ref())),
             wallets: account.wallets().map(WalletView::from).collect(),
-            reservations_open: account.holds().len(),
+            reservations_open: account.reservations().len(),
             last_lsn: account.last_lsn(),
         }
     }
@@ -205,7 +205,10 @@ impl Tenant {
 
     /// A user and its wallets.
     pub fn user(&self, user_id: &str) -> Result<UserView, EngineError> {
-        let account = self.users.get(user_id).ok_or(EngineError::UserNotFound)?;
+        let account = self
+            .users
+            .get(user_id)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         Ok(UserView::new(user_id, &account))
     }
 
@@ -216,7 +219,10 @@ impl Tenant {
         currency: Option<Currency>,
     ) -> Result<WalletView, EngineError> {
         let currency = currency.unwrap_or(self.default_currency);
-        let account = self.users.get(user_id).ok_or(EngineError::UserNotFound)?;
+        let account = self
+            .users
+            .get(user_id)
+            .ok_or(EngineError::NotFound(Missing::User))?;
         let wallet = account
             .wallet(currency)
             .copied()
@@ -227,23 +233,23 @@ impl Tenant {
     /// A reservation.
     pub fn reservation(&self, reservation_id: Lsn) -> Result<ReservationView, EngineError> {
         let entry = self
-            .holds
+            .reservations
             .get(&reservation_id)
-            .ok_or(EngineError::ReservationNotFound)?
+            .ok_or(EngineError::NotFound(Missing::Reservation))?
             .clone();
         let (currency, amount, state) = match entry.state {
-            HoldState::Closed { how, .. } => (None, None, ReservationState::Closed(how)),
-            HoldState::Open { expires_at_ms } => {
+            ReservationPhase::Closed { how, .. } => (None, None, ReservationState::Closed(how)),
+            ReservationPhase::Open { expires_at_ms } => {
                 let account = self
                     .users
                     .get(entry.user.as_str())
-                    .ok_or(EngineError::ReservationNotFound)?;
-                let hold = account
-                    .hold(reservation_id)
-                    .ok_or(EngineError::ReservationNotFound)?;
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
+                let reservation = account
+                    .reservation(reservation_id)
+                    .ok_or(EngineError::NotFound(Missing::Reservation))?;
                 (
-                    Some(hold.currency),
-                    Some(hold.amount),
+                    Some(reservation.currency),
+                    Some(reservation.amount),
                     ReservationState::Open { expires_at_ms },
                 )
             }
@@ -296,8 +302,8 @@ impl Engine {
             ));
             for entry in tenant.users.iter() {
                 let account = entry.value();
-                let mut holds = account.holds().to_vec();
-                holds.sort_by_key(|hold| hold.id);
+                let mut reservations = account.reservations().to_vec();
+                reservations.sort_by_key(|reservation| reservation.id);
                 let mut wallets: Vec<Wallet> = account.wallets().copied().collect();
                 wallets.sort_by_key(|wallet| wallet.currency);
                 let method = account.payment_method();
@@ -311,14 +317,14 @@ impl Engine {
                     })
                     .collect();
                 lines.push(format!(
-                    "user {id}/{} last={} profile={:?} wallets={wallets:?} holds={holds:?} method={method:?} rules={rules:?} rule_bit={}",
+                    "user {id}/{} last={} profile={:?} wallets={wallets:?} holds={reservations:?} method={method:?} rules={rules:?} rule_bit={}",
                     entry.key(),
                     account.last_lsn(),
                     account.profile().filter(|p| !p.is_empty()),
                     account.may_have_rule(account.primary.currency)
                 ));
             }
-            for entry in tenant.holds.iter() {
+            for entry in tenant.reservations.iter() {
                 lines.push(format!(
                     "reservation {id}/{} {:?}",
                     entry.key(),

@@ -21,7 +21,7 @@ use super::outbox::Outbox;
 use super::payload::Notification;
 use super::signing::{sign, SIGNATURE_HEADER};
 use crate::config::EventsConfig;
-use crate::engine::payments::TenantEvent;
+use crate::engine::notify::TenantNotification;
 use crate::engine::Engine;
 use crate::metrics::names;
 
@@ -109,7 +109,7 @@ impl Lanes {
 /// engine sends on `events`. The outbox it returns stops delivery and keeps what is left.
 pub fn spawn(
     notifier: Notifier,
-    events: crossbeam_channel::Receiver<TenantEvent>,
+    events: crossbeam_channel::Receiver<TenantNotification>,
     restored: Vec<Notification>,
 ) -> Arc<Outbox> {
     let (stopper, stop) = crossbeam_channel::bounded::<()>(0);
@@ -150,7 +150,7 @@ impl Dispatcher {
     fn run(
         self,
         restored: Vec<(u64, Notification)>,
-        events: &crossbeam_channel::Receiver<TenantEvent>,
+        events: &crossbeam_channel::Receiver<TenantNotification>,
         stop: &crossbeam_channel::Receiver<()>,
     ) {
         let mut restored = restored.into_iter();

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::payload::Notification;
-use crate::engine::payments::TenantEvent;
+use crate::engine::notify::TenantNotification;
 use crate::engine::types::Lsn;
 
 /// The file in the data directory that holds, between a clean stop and the next start, the
@@ -33,7 +33,7 @@ const PENDING_FORMAT: u32 = 1;
 pub struct Outbox {
     pending: Mutex<Pending>,
     /// Another end of the channel, to take what delivery has not picked up yet at a stop.
-    queue: crossbeam_channel::Receiver<TenantEvent>,
+    queue: crossbeam_channel::Receiver<TenantNotification>,
     stopping: tokio::sync::watch::Sender<bool>,
     /// Dropped at the stop, which ends the thread that takes notifications in.
     stopper: Mutex<Option<crossbeam_channel::Sender<()>>>,
@@ -50,7 +50,7 @@ impl Outbox {
     /// An outbox beside the delivery thread that takes from `queue`; dropping `stopper` (at the
     /// stop) ends that thread.
     pub(super) fn new(
-        queue: crossbeam_channel::Receiver<TenantEvent>,
+        queue: crossbeam_channel::Receiver<TenantNotification>,
         stopper: Option<crossbeam_channel::Sender<()>>,
     ) -> Outbox {
         Outbox {

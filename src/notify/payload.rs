@@ -6,25 +6,25 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::engine::event::PaymentPurpose;
-use crate::engine::payments::{TenantEvent, TenantEventKind};
+use crate::engine::notify::{NotificationKind, TenantNotification};
 use crate::engine::types::Lsn;
+use crate::engine::types::PaymentPurpose;
 use crate::time::format_rfc3339_ms;
 
 /// The JSON body of a notification.
-pub fn body(event: &TenantEvent) -> Value {
+pub fn body(event: &TenantNotification) -> Value {
     let purpose = |purpose: PaymentPurpose| match purpose {
         PaymentPurpose::Checkout => "checkout",
         PaymentPurpose::AutoTopup => "auto_topup",
     };
     let mut data = json!({ "user_id": event.user, "currency": event.currency.as_str() });
     let extra = match &event.kind {
-        TenantEventKind::LowBalance {
+        NotificationKind::LowBalance {
             available,
             threshold,
         } => json!({ "available": available, "threshold": threshold }),
-        TenantEventKind::Depleted { available } => json!({ "available": available }),
-        TenantEventKind::TopupSucceeded {
+        NotificationKind::Depleted { available } => json!({ "available": available }),
+        NotificationKind::TopupSucceeded {
             reference,
             purpose: p,
             credits,
@@ -32,14 +32,14 @@ pub fn body(event: &TenantEvent) -> Value {
         } => {
             json!({ "reference": reference, "purpose": purpose(*p), "credits": credits, "balance": balance })
         }
-        TenantEventKind::TopupFailed {
+        NotificationKind::TopupFailed {
             reference,
             purpose: p,
             decline,
         } => {
             json!({ "reference": reference, "purpose": purpose(*p), "reason": decline.as_str() })
         }
-        TenantEventKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
+        NotificationKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
     };
     if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
         data.extend(extra);
@@ -70,7 +70,7 @@ pub struct Notification {
 
 impl Notification {
     /// The notification of an engine's tenant event.
-    pub(super) fn new(event: &TenantEvent) -> Notification {
+    pub(super) fn new(event: &TenantNotification) -> Notification {
         Notification {
             tenant: event.tenant.clone(),
             lsn: event.lsn,

@@ -8,9 +8,9 @@ use std::future::Future;
 
 use http::HeaderMap;
 
-use crate::engine::event::{Decline, MethodRecord};
+use crate::engine::payments::MethodDetails;
 use crate::engine::payments::Verdict;
-use crate::engine::types::Currency;
+use crate::engine::types::{Currency, Decline};
 
 /// A checkout to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Outcome {
                         reason: "paid in a currency that could not be read",
                     });
                 };
-                let method = method.as_ref().map(|m| MethodRecord {
+                let method = method.as_ref().map(|m| MethodDetails {
                     gateway: m.gateway,
                     token: &m.token,
                     customer: m.customer.as_deref(),

@@ -21,11 +21,12 @@ use metrics::{Counter, Histogram};
 use sha2::{Digest, Sha256};
 
 use crate::config::PaymentsConfig;
-use crate::engine::event::{Decline, PaymentPurpose};
 use crate::engine::payments::{
     new_reference, CheckoutRequest, PaymentView, Settlement, TopupPolicy,
 };
-use crate::engine::types::{check_email, check_idempotency_key, EngineError};
+use crate::engine::types::{
+    check_email, check_idempotency_key, Decline, EngineError, PaymentPurpose,
+};
 use crate::engine::{Context, Engine, IdempotencyKey, Tenant};
 use crate::metrics::names;
 use gateway::{CheckoutSpec, GatewayError, Outcome, PaymentGateway, WebhookError};
@@ -257,7 +258,7 @@ impl Payments {
     ) -> Result<Initialized, PaymentsError> {
         check_email(request.email)?;
         if let Some(url) = request.callback_url {
-            if !crate::engine::payments::is_http_url(url) {
+            if !crate::engine::is_http_url(url) {
                 return Err(PaymentsError::Invalid("callback_url"));
             }
         }

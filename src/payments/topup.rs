@@ -20,8 +20,9 @@ use tokio::sync::Semaphore;
 
 use super::gateway::{ChargeSpec, Outcome, PaymentGateway};
 use super::{GatewayOp, Payments, WebhookOutcome};
-use crate::engine::event::Decline;
-use crate::engine::payments::{PaymentView, TopupCharge, TopupDecision, TopupTrigger};
+use crate::engine::notify::TopupTrigger;
+use crate::engine::payments::{PaymentView, TopupCharge, TopupDecision};
+use crate::engine::types::Decline;
 
 /// Pending intents younger than this are left to the call that is making them.
 /// (At least twice the gateway timeout, so a call still running is never raced.)

@@ -84,7 +84,7 @@ pub(crate) mod tests {
             amount_minor: 100,
             price_currency: crate::engine::types::Currency::new("NGN").unwrap(),
             gateway: "sandbox".into(),
-            purpose: crate::engine::event::PaymentPurpose::Checkout,
+            purpose: crate::engine::types::PaymentPurpose::Checkout,
             created_ms: 0,
             status: PaymentStatus::Pending,
             checkout_url: None,

@@ -12,8 +12,8 @@ use crate::api::dto::currency;
 use crate::api::problem::Problem;
 use crate::api::request::parse_json;
 use crate::api::response::{empty_response, json_response};
-use crate::engine::event::PackageRecord;
-use crate::engine::types::{Currency, EngineError};
+use crate::engine::types::{Currency, EngineError, Missing};
+use crate::engine::PackageSpec;
 use crate::engine::{ActionView, PackageView};
 
 /// `PUT /v1/actions/{action}`.
@@ -158,7 +158,7 @@ pub async fn delete_action(call: &Call<'_>) -> Answer {
         .engine
         .delete_action(&call.tenant, name, &call.context(None))
     {
-        Err(EngineError::UnknownAction) => return Err(action_not_found()),
+        Err(EngineError::NotFound(Missing::Action)) => return Err(action_not_found()),
         other => other?,
     };
     call.durable(lsn).await?;
@@ -184,7 +184,7 @@ pub async fn get_package(call: &Call<'_>) -> Answer {
         .packages()
         .into_iter()
         .find(|p| p.package_id == id)
-        .ok_or(EngineError::PackageNotFound)?;
+        .ok_or(EngineError::NotFound(Missing::Package))?;
     ok(&PackageJson::from(package))
 }
 
@@ -193,7 +193,7 @@ pub async fn put_package(call: &Call<'_>) -> Answer {
     let id = &*call.param;
     let body: PackageBody = parse_json(&call.body)?;
     let existed = call.tenant.packages().iter().any(|p| p.package_id == id);
-    let terms = PackageRecord {
+    let terms = PackageSpec {
         name: &body.name,
         credits: body.credits,
         currency: currency(body.currency.as_ref())?.unwrap_or(call.tenant.default_currency()),
@@ -211,7 +211,7 @@ pub async fn put_package(call: &Call<'_>) -> Answer {
         .packages()
         .into_iter()
         .find(|p| p.package_id == id)
-        .ok_or(EngineError::PackageNotFound)?;
+        .ok_or(EngineError::NotFound(Missing::Package))?;
     let status = if existed {
         StatusCode::OK
     } else {

@@ -12,8 +12,8 @@ use crate::api::dto::{rule_json, ENTRY_PREFIX};
 use crate::api::problem::Problem;
 use crate::api::request::{parse_json, query_pairs};
 use crate::api::response::json_response;
-use crate::engine::event::Decline;
 use crate::engine::payments::{AutoTopupRequest, PaymentStatus, PaymentView, Settlement, Verdict};
+use crate::engine::types::Decline;
 use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
 use crate::payments::{InitializeRequest, WebhookOutcome};
 use crate::time::format_rfc3339_ms;
@@ -98,8 +98,8 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
         "price_currency": payment.price_currency.as_str(),
         "gateway": payment.gateway,
         "purpose": match payment.purpose {
-            crate::engine::event::PaymentPurpose::Checkout => "checkout",
-            crate::engine::event::PaymentPurpose::AutoTopup => "auto_topup",
+            crate::engine::types::PaymentPurpose::Checkout => "checkout",
+            crate::engine::types::PaymentPurpose::AutoTopup => "auto_topup",
         },
         "status": status,
         "entry_id": entry_id,

@@ -14,8 +14,8 @@ use crate::api::dto::{
 };
 use crate::api::problem::{closed_as, Problem};
 use crate::api::request::{parse_json, parse_json_or_empty};
-use crate::engine::event::Outcome;
-use crate::engine::types::EngineError;
+use crate::engine::types::Outcome;
+use crate::engine::types::{EngineError, Missing};
 use crate::engine::{CaptureRequest, ReservationState, ReserveRequest};
 
 /// `POST /v1/users/{user_id}/reservations`.
@@ -157,7 +157,7 @@ pub async fn reserve(call: &Call<'_>) -> Answer {
 
 /// The id of `rsv_<n>`; 404 for anything else, as for an id no reservation has.
 fn reservation_id(text: &str) -> Result<u64, Problem> {
-    parse_reservation_id(text).ok_or_else(|| EngineError::ReservationNotFound.into())
+    parse_reservation_id(text).ok_or_else(|| EngineError::NotFound(Missing::Reservation).into())
 }
 
 /// `GET /v1/reservations/{id}`.

@@ -11,7 +11,7 @@ use crate::api::dto::currency;
 use crate::api::problem::Problem;
 use crate::api::request::parse_json_or_empty;
 use crate::api::response::json_response;
-use crate::engine::types::EngineError;
+use crate::engine::types::{EngineError, Missing};
 use crate::engine::{Tenant, TenantView};
 
 /// `PUT /v1/tenants/{tenant_id}`.
@@ -76,7 +76,7 @@ pub async fn get_tenant(call: &Call<'_>) -> Answer {
         .state
         .engine
         .tenant(id)
-        .ok_or(EngineError::TenantNotFound)?;
+        .ok_or(EngineError::NotFound(Missing::Tenant))?;
     ok(&tenant_json(call, tenant.view(), Some(&tenant)))
 }
 
@@ -99,7 +99,7 @@ pub async fn put_tenant(call: &Call<'_>) -> Answer {
         (None, None) => None,
         (Some(""), _) => Some((None, None)),
         (Some(url), Some(secret)) => {
-            crate::engine::payments::check_tenant_webhook(Some(url), Some(secret))?;
+            crate::engine::check_tenant_webhook(Some(url), Some(secret))?;
             Some((Some(url), Some(secret)))
         }
         _ => {

@@ -15,8 +15,9 @@ use crate::api::problem::Problem;
 use crate::api::request::{parse_json, parse_json_or_empty, query_pairs};
 use crate::api::response::json_response;
 use crate::config::Role;
-use crate::engine::event::{Outcome, ProfileRecord};
+use crate::engine::types::Outcome;
 use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint};
+use crate::engine::ProfileUpdate;
 use crate::engine::{
     CreditRequest, DebitRequest, Done, IdempotencyKey, RevokeRequest, UserView, WalletView,
 };
@@ -267,7 +268,7 @@ pub async fn put_user(call: &Call<'_>) -> Answer {
     if let Some(email) = body.email.as_deref() {
         check_email(email)?;
     }
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: body.email.as_deref(),
         name: body.name.as_deref(),
         metadata: metadata(body.metadata),

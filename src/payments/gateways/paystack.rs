@@ -6,7 +6,7 @@
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use crate::engine::event::Decline;
+use crate::engine::types::Decline;
 use crate::payments::gateway::{
     read_json, transport, ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway,
     SavedToken, WebhookError, WebhookReport,

@@ -9,8 +9,8 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use crate::engine::event::Decline;
 use crate::engine::payments::PaymentView;
+use crate::engine::types::Decline;
 use crate::payments::gateway::{
     ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway, SavedToken, WebhookError,
     WebhookReport,

@@ -1,13 +1,17 @@
-//! Unit tests of the engine on the in-memory crash-model storage with a hand-driven clock.
+//! Unit tests of the engine on the in-memory crash-model storage with a hand-driven clock; the
+//! payments side's in `payments`.
 
 use std::sync::Arc;
 
-use super::event::{Outcome, PackageRecord, ProfileRecord};
-use super::types::{ClosedAs, CreditKind, Currency, DebitKind, EngineError, Shortfall};
+use super::types::{
+    ClosedAs, CreditKind, Currency, DebitKind, EngineError, Missing, Outcome, Shortfall,
+};
 use super::*;
 use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use crate::wal::Storage;
 use crate::wal::{AppendError, DurabilityError};
+
+mod payments;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -37,8 +41,8 @@ fn open(storage: &MemStorage, clock: &Arc<ManualClock>) -> Arc<Engine> {
     .expect("open")
 }
 
-fn empty_profile() -> ProfileRecord<'static> {
-    ProfileRecord {
+fn empty_profile() -> ProfileUpdate<'static> {
+    ProfileUpdate {
         email: None,
         name: None,
         metadata: None,
@@ -153,7 +157,10 @@ fn welcome_credit_debit_and_refusal() {
         "a refused debit writes nothing"
     );
     assert_eq!(h.wallet("alice").balance, 15);
-    assert_eq!(h.debit("nobody", 1), Err(EngineError::UserNotFound));
+    assert_eq!(
+        h.debit("nobody", 1),
+        Err(EngineError::NotFound(Missing::User))
+    );
 }
 
 #[test]
@@ -239,7 +246,7 @@ fn debits_by_action_use_the_catalogue() {
         ),
         &ADMIN,
     );
-    assert_eq!(unknown, Err(EngineError::UnknownAction));
+    assert_eq!(unknown, Err(EngineError::NotFound(Missing::Action)));
     let overflow = h.engine.debit(
         &h.tenant,
         &DebitRequest::new(
@@ -258,7 +265,7 @@ fn debits_by_action_use_the_catalogue() {
     h.engine.delete_action(&h.tenant, "gpt-4o", &ADMIN).unwrap();
     assert_eq!(
         h.engine.delete_action(&h.tenant, "gpt-4o", &ADMIN),
-        Err(EngineError::UnknownAction)
+        Err(EngineError::NotFound(Missing::Action))
     );
     assert!(h.tenant.actions().is_empty());
 }
@@ -426,7 +433,7 @@ fn reservations_capture_partial_excess_and_refused_excess() {
         Err(EngineError::ReservationClosed(ClosedAs::Captured))
     );
 
-    // Above the hold: the excess comes from available when it suffices…
+    // Above the reservation: the excess comes from available when it suffices…
     let second = h
         .engine
         .reserve(
@@ -456,7 +463,7 @@ fn reservations_capture_partial_excess_and_refused_excess() {
             ..
         }
     ));
-    // …and otherwise the capture is refused and the hold stays.
+    // …and otherwise the capture is refused and the reservation stays.
     let third = h
         .engine
         .reserve(
@@ -498,7 +505,7 @@ fn reservations_capture_partial_excess_and_refused_excess() {
     );
     assert_eq!(
         h.engine.release(&h.tenant, 999_999, &ADMIN),
-        Err(EngineError::ReservationNotFound)
+        Err(EngineError::NotFound(Missing::Reservation))
     );
     h.engine.check_invariants().unwrap();
 }
@@ -736,11 +743,11 @@ fn tenants_are_isolated() {
     };
     assert_eq!(
         h.engine.release(&other, reservation_id, &ADMIN),
-        Err(EngineError::ReservationNotFound)
+        Err(EngineError::NotFound(Missing::Reservation))
     );
     assert_eq!(
         other.reservation(reservation_id),
-        Err(EngineError::ReservationNotFound)
+        Err(EngineError::NotFound(Missing::Reservation))
     );
     assert!(matches!(
         h.engine
@@ -753,7 +760,7 @@ fn busy_history(h: &Harness) {
     h.engine
         .put_action(&h.tenant, "search", 2, None, None, &ADMIN)
         .unwrap();
-    let terms = PackageRecord {
+    let terms = PackageSpec {
         name: "Starter",
         credits: 500,
         currency: Currency::CREDITS,
@@ -770,7 +777,7 @@ fn busy_history(h: &Harness) {
             .upsert_user(
                 &h.tenant,
                 &user,
-                ProfileRecord {
+                ProfileUpdate {
                     email: Some("a@b.c"),
                     name: None,
                     metadata: None,
@@ -1090,4 +1097,40 @@ fn a_record_forged_inside_a_description_cannot_turn_a_torn_write_into_damage() {
         5,
         "the torn credit was never acknowledged"
     );
+}
+
+/// The WAL benchmark writes these bytes as its typical debit record (the event schema is
+/// crate-private): they must stay what the engine encodes, and the encoding must not drift.
+#[test]
+fn a_debit_encodes_as_the_wal_bench_payload() {
+    use super::event::{Event, Meta, WalletRef};
+    let event = Event::Debited {
+        wallet: WalletRef {
+            tenant: "acme",
+            user: "u-0000421337",
+            currency: Currency::CREDITS,
+        },
+        kind: DebitKind::Usage,
+        amount: 3,
+        balance_after: 999_999_999_997,
+        available_after: 999_999_999_997,
+        action: None,
+        meta: Meta {
+            time_ms: 1_760_000_000_000,
+            actor: "gateway-key",
+            description: None,
+            reference: None,
+            metadata: None,
+            idempotency: None,
+        },
+    };
+    let mut payload = Vec::new();
+    crate::codec::encode_into(&event, &mut payload).expect("encode a debit");
+    let expected: [u8; 73] = [
+        4, 4, 97, 99, 109, 101, 12, 117, 45, 48, 48, 48, 48, 52, 50, 49, 51, 51, 55, 7, 99, 114,
+        101, 100, 105, 116, 115, 0, 6, 253, 250, 31, 74, 169, 209, 1, 0, 0, 253, 250, 31, 74, 169,
+        209, 1, 0, 0, 0, 253, 0, 128, 89, 144, 51, 3, 0, 0, 11, 103, 97, 116, 101, 119, 97, 121,
+        45, 107, 101, 121, 0, 0, 0, 0,
+    ];
+    assert_eq!(payload, expected);
 }

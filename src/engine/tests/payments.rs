@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use super::event::{Decline, MethodRecord, PackageRecord, PaymentPurpose, ProfileRecord};
-use super::payments::*;
-use super::types::{CreditKind, Currency, EngineError};
-use super::*;
+use crate::engine::notify::*;
+use crate::engine::payments::*;
+use crate::engine::types::{CreditKind, Currency, Decline, EngineError, Missing, PaymentPurpose};
+use crate::engine::*;
 use crate::wal::memory::MemStorage;
 
 const T0: i64 = 1_700_000_000_000;
@@ -22,7 +22,7 @@ struct Setup {
     engine: Arc<Engine>,
     tenant: Arc<Tenant>,
     topups: crossbeam_channel::Receiver<TopupTrigger>,
-    events: crossbeam_channel::Receiver<TenantEvent>,
+    notifications: crossbeam_channel::Receiver<TenantNotification>,
 }
 
 fn options() -> EngineOptions {
@@ -39,9 +39,9 @@ impl Setup {
     fn new() -> Setup {
         let storage = MemStorage::new();
         let clock = Arc::new(ManualClock::new(T0));
-        let (engine, topups, events) = Setup::open(&storage, &clock);
+        let (engine, topups, notifications) = Setup::open(&storage, &clock);
         let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
-        let terms = PackageRecord {
+        let terms = PackageSpec {
             name: "Starter",
             credits: 500,
             currency: Currency::CREDITS,
@@ -52,7 +52,7 @@ impl Setup {
         engine
             .put_package(&tenant, "starter", &terms, &ADMIN)
             .unwrap();
-        let profile = ProfileRecord {
+        let profile = ProfileUpdate {
             email: Some("ada@example.com"),
             name: None,
             metadata: None,
@@ -64,7 +64,7 @@ impl Setup {
             engine,
             tenant,
             topups,
-            events,
+            notifications,
         }
     }
 
@@ -74,7 +74,7 @@ impl Setup {
     ) -> (
         Arc<Engine>,
         crossbeam_channel::Receiver<TopupTrigger>,
-        crossbeam_channel::Receiver<TenantEvent>,
+        crossbeam_channel::Receiver<TenantNotification>,
     ) {
         let engine = Engine::open(
             options(),
@@ -83,23 +83,23 @@ impl Setup {
         )
         .unwrap();
         let (topup_sender, topups) = crossbeam_channel::bounded(64);
-        let (event_sender, events) = crossbeam_channel::bounded(64);
+        let (notification_sender, notifications) = crossbeam_channel::bounded(64);
         engine
             .connect_hooks(Hooks {
                 topups: topup_sender,
-                events: event_sender,
+                notifications: notification_sender,
             })
             .unwrap();
-        (engine, topups, events)
+        (engine, topups, notifications)
     }
 
     fn crash_and_reopen(&mut self) {
         self.engine.wal().flush().unwrap();
         self.storage = self.storage.crash_image(|_, _| 0);
-        let (engine, topups, events) = Setup::open(&self.storage, &self.clock);
+        let (engine, topups, notifications) = Setup::open(&self.storage, &self.clock);
         self.engine = engine;
         self.topups = topups;
-        self.events = events;
+        self.notifications = notifications;
         self.tenant = self.engine.tenant("acme").unwrap();
     }
 
@@ -120,10 +120,10 @@ impl Setup {
         self.tenant.wallet("ada", None).unwrap().balance
     }
 
-    fn event_names(&self) -> Vec<&'static str> {
-        self.events
+    fn notification_names(&self) -> Vec<&'static str> {
+        self.notifications
             .try_iter()
-            .map(|event| event.kind.name())
+            .map(|notification| notification.kind.name())
             .collect()
     }
 }
@@ -176,7 +176,7 @@ fn a_payment_credits_the_package_exactly_once() {
         Ok(Settlement::AlreadySettled { .. })
     ));
     assert_eq!(s.balance(), 500);
-    assert_eq!(s.event_names(), vec!["topup.succeeded"]);
+    assert_eq!(s.notification_names(), vec!["topup.succeeded"]);
     s.engine.check_invariants().unwrap();
 }
 
@@ -239,7 +239,7 @@ fn a_late_report_of_an_old_payment_does_not_bring_back_a_replaced_card() {
     let paid_with = |token: &'static str| Verdict::Paid {
         paid_minor: 200_000,
         paid_currency: Currency::new(NGN).unwrap(),
-        method: Some(MethodRecord {
+        method: Some(MethodDetails {
             gateway: "sandbox",
             token,
             customer: None,
@@ -379,13 +379,13 @@ fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
         s.engine
             .start_checkout(&s.tenant, &request("ghost", "starter", "cd_1"), &ADMIN)
             .unwrap_err(),
-        EngineError::UserNotFound
+        EngineError::NotFound(Missing::User)
     );
     assert_eq!(
         s.engine
             .start_checkout(&s.tenant, &request("ada", "gold", "cd_1"), &ADMIN)
             .unwrap_err(),
-        EngineError::PackageNotFound
+        EngineError::NotFound(Missing::Package)
     );
     assert!(matches!(
         s.engine
@@ -404,7 +404,7 @@ fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
 
 fn saved_card(s: &Setup) {
     s.checkout("cd_card");
-    let method = MethodRecord {
+    let method = MethodDetails {
         gateway: "sandbox",
         token: "card_ok",
         customer: Some("ada@example.com"),
@@ -445,7 +445,7 @@ fn crossing_the_threshold_triggers_one_top_up_that_credits_once() {
     let s = Setup::new();
     saved_card(&s);
     rule(&s, 3);
-    s.event_names();
+    s.notification_names();
     spend_to(&s, 150);
     assert!(s.topups.try_recv().is_err(), "still above the threshold");
     spend_to(&s, 50);
@@ -459,7 +459,7 @@ fn crossing_the_threshold_triggers_one_top_up_that_credits_once() {
         s.topups.try_recv().is_err(),
         "one trigger in flight per wallet"
     );
-    assert_eq!(s.event_names(), vec!["wallet.low_balance"]);
+    assert_eq!(s.notification_names(), vec!["wallet.low_balance"]);
 
     let policy = TopupPolicy::default();
     let TopupDecision::Charge(charge) = s
@@ -571,7 +571,7 @@ fn a_hard_decline_switches_the_rule_off_and_says_so() {
     s.topups
         .try_recv()
         .expect("the trigger of the first crossing");
-    s.event_names();
+    s.notification_names();
     let policy = TopupPolicy::default();
     let TopupDecision::Charge(charge) = s
         .engine
@@ -594,7 +594,10 @@ fn a_hard_decline_switches_the_rule_off_and_says_so() {
         .unwrap();
     assert!(!rule.enabled);
     assert_eq!(rule.disabled_reason.as_deref(), Some("Card expired"));
-    assert_eq!(s.event_names(), vec!["topup.failed", "autotopup.disabled"]);
+    assert_eq!(
+        s.notification_names(),
+        vec!["topup.failed", "autotopup.disabled"]
+    );
     s.clock.advance_ms(86_400_000);
     let next = s
         .engine
@@ -762,7 +765,7 @@ fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() 
         .is_none());
     assert!(matches!(
         s.engine.delete_auto_topup(&s.tenant, "ada", None, &ADMIN),
-        Err(EngineError::AutoTopupNotFound)
+        Err(EngineError::NotFound(Missing::AutoTopup))
     ));
     assert_eq!(plan(&s), TopupDecision::Skip(TopupSkip::NoRule));
     rule(&s, 1);
@@ -790,7 +793,7 @@ fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() 
 #[test]
 fn one_reference_raced_by_two_users_is_issued_once_and_the_log_stays_whole() {
     let mut s = Setup::new();
-    let profile = ProfileRecord {
+    let profile = ProfileUpdate {
         email: None,
         name: None,
         metadata: None,
@@ -836,7 +839,7 @@ fn a_top_up_paid_in_the_wrong_amount_switches_the_rule_off() {
     saved_card(&s);
     rule(&s, 3);
     spend_to(&s, 10);
-    s.event_names();
+    s.notification_names();
     let policy = TopupPolicy::default();
     let TopupDecision::Charge(charge) = s
         .engine
@@ -862,7 +865,10 @@ fn a_top_up_paid_in_the_wrong_amount_switches_the_rule_off() {
             .is_some_and(|reason| reason.contains("USD")),
         "{rule:?}"
     );
-    assert_eq!(s.event_names(), vec!["topup.failed", "autotopup.disabled"]);
+    assert_eq!(
+        s.notification_names(),
+        vec!["topup.failed", "autotopup.disabled"]
+    );
 }
 
 #[test]
@@ -886,7 +892,7 @@ fn the_sweep_claims_each_wallet_it_hands_out() {
 
 #[test]
 fn endpoint_urls_are_absolute_http_urls_with_a_host() {
-    use crate::engine::payments::is_http_url;
+    use crate::engine::is_http_url;
     for good in [
         "https://hooks.example.com/creditd?x=1",
         "http://127.0.0.1:8080/hooks",

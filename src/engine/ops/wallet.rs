@@ -1,0 +1,179 @@
+//! Credits, debits and revocations: the operations that move a balance directly.
+
+use crate::engine::commit::dry_run_answer;
+use crate::engine::event::{Event, Meta, WalletRef};
+use crate::engine::idempotency::{Begin, Done};
+use crate::engine::notify::Spent;
+use crate::engine::state::{Tenant, Wallet};
+use crate::engine::types::{check_amount, check_id, DebitKind, EngineError, Invalid, Missing};
+use crate::engine::{Context, Engine};
+
+use super::checks::{checked, spend_from, Price};
+use super::{CreditRequest, DebitRequest, RevokeRequest, Spend};
+
+/// A priced spend on its way to the wallet: what [`Engine::debit`] and [`Engine::revoke`] hand to
+/// the decision they share.
+struct Take<'a> {
+    user: &'a str,
+    price: Price<'a>,
+    kind: DebitKind,
+    meta: Meta<'a>,
+    /// Check and answer as if it ran, change nothing.
+    dry_run: bool,
+}
+
+impl Engine {
+    /// Adds credits. Creates the wallet if the user has none in that currency.
+    pub fn credit(
+        &self,
+        tenant: &Tenant,
+        request: &CreditRequest<'_>,
+        context: &Context<'_>,
+    ) -> Result<Done, EngineError> {
+        check_id("user_id", request.user)?;
+        check_amount("amount", request.amount, &self.options.limits)?;
+        self.check_texts(request.description, request.reference, request.metadata)?;
+        let currency = request.currency.unwrap_or(tenant.default_currency);
+        let claim = match self.claim(tenant, context, false)? {
+            Begin::Replay(done) => return Ok(done),
+            Begin::Fresh(claim) => claim,
+        };
+        let now_ms = self.clock.now_ms();
+        let mut account = tenant
+            .users
+            .get_mut(request.user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        self.expire_due_reservations(tenant, request.user, &mut account, now_ms)?;
+        let wallet = account
+            .wallet(currency)
+            .copied()
+            .unwrap_or(Wallet::empty(currency));
+        let balance_after = wallet
+            .balance
+            .checked_add(request.amount)
+            .ok_or(EngineError::Overflow)?;
+        let mut meta = self.meta(context, now_ms, request.description);
+        meta.reference = request.reference;
+        meta.metadata = request.metadata;
+        let event = Event::Credited {
+            wallet: WalletRef {
+                tenant: &tenant.id,
+                user: request.user,
+                currency,
+            },
+            kind: request.kind,
+            amount: request.amount,
+            balance_after,
+            available_after: balance_after
+                .checked_sub(wallet.reserved)
+                .ok_or(EngineError::Overflow)?,
+            meta,
+        };
+        self.commit(tenant, &mut account, &event, claim)
+    }
+
+    /// Spends credits: by amount or by catalogue action. A spend that would take `available` below
+    /// the wallet's floor is refused with [`EngineError::InsufficientCredits`] and writes nothing.
+    pub fn debit(
+        &self,
+        tenant: &Tenant,
+        request: &DebitRequest<'_>,
+        context: &Context<'_>,
+    ) -> Result<Done, EngineError> {
+        check_id("user_id", request.user)?;
+        self.check_texts(request.description, request.reference, request.metadata)?;
+        let price = self.price(tenant, request.currency, request.spend)?;
+        let mut meta = self.meta(context, 0, request.description);
+        meta.reference = request.reference;
+        meta.metadata = request.metadata;
+        let take = Take {
+            user: request.user,
+            price,
+            kind: DebitKind::Usage,
+            meta,
+            dry_run: request.dry_run,
+        };
+        self.take(tenant, take, context)
+    }
+
+    /// Takes credits back; the reason is recorded as the entry's description.
+    pub fn revoke(
+        &self,
+        tenant: &Tenant,
+        request: &RevokeRequest<'_>,
+        context: &Context<'_>,
+    ) -> Result<Done, EngineError> {
+        check_id("user_id", request.user)?;
+        if request.reason.trim().is_empty() {
+            return Err(EngineError::Invalid(Invalid::new("reason", "is required")));
+        }
+        self.check_texts(Some(request.reason), None, None)?;
+        let price = self.price(tenant, request.currency, Spend::Amount(request.amount))?;
+        let meta = self.meta(context, 0, Some(request.reason));
+        let take = Take {
+            user: request.user,
+            price,
+            kind: DebitKind::Revoke,
+            meta,
+            dry_run: false,
+        };
+        self.take(tenant, take, context)
+    }
+
+    /// Debits or revokes: the decision and commit both share once their request is priced.
+    fn take(
+        &self,
+        tenant: &Tenant,
+        take: Take<'_>,
+        context: &Context<'_>,
+    ) -> Result<Done, EngineError> {
+        let Take {
+            user,
+            price,
+            kind,
+            mut meta,
+            dry_run,
+        } = take;
+        let claim = match self.claim(tenant, context, dry_run)? {
+            Begin::Replay(done) => return Ok(done),
+            Begin::Fresh(claim) => claim,
+        };
+        let now_ms = self.clock.now_ms();
+        meta.time_ms = now_ms;
+        let mut account = tenant
+            .users
+            .get_mut(user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        if !dry_run {
+            self.expire_due_reservations(tenant, user, &mut account, now_ms)?;
+        }
+        // A dry run writes nothing, so it decides as if the due reservations were released.
+        let wallet = account.wallet_as_of(price.currency, now_ms);
+        let available_after = spend_from(&wallet, price.amount)?;
+        let event = Event::Debited {
+            wallet: WalletRef {
+                tenant: &tenant.id,
+                user,
+                currency: price.currency,
+            },
+            kind,
+            amount: price.amount,
+            balance_after: checked(wallet.balance.checked_sub(price.amount))?,
+            available_after,
+            action: price.action,
+            meta,
+        };
+        if dry_run {
+            return dry_run_answer(&event);
+        }
+        let done = self.commit(tenant, &mut account, &event, claim)?;
+        let spent = Spent {
+            currency: price.currency,
+            before: wallet.available(),
+            after: available_after,
+            lsn: done.lsn,
+        };
+        self.after_spend(tenant, user, &mut account, &spent);
+        Ok(done)
+    }
+}

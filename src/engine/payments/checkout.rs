@@ -1,0 +1,128 @@
+//! Checkout: a payment the user starts for a package, and the gateway page it is sent to.
+
+use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
+use crate::engine::state::Tenant;
+use crate::engine::types::{check_id, EngineError, Invalid, Lsn, Missing, PaymentPurpose};
+use crate::engine::{Context, Engine};
+
+use super::{check_reference, PaymentView};
+
+/// Start a checkout for a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckoutRequest<'a> {
+    /// The paying user.
+    pub user: &'a str,
+    /// The package bought.
+    pub package: &'a str,
+    /// creditd's reference for it (see [`new_reference`]).
+    pub reference: &'a str,
+    /// The gateway that takes the payment.
+    pub gateway: &'a str,
+}
+
+impl Engine {
+    /// Records a checkout: the reference, the user, the package's credits and price at this moment.
+    /// The gateway is called after this record is durable.
+    pub fn start_checkout(
+        &self,
+        tenant: &Tenant,
+        request: &CheckoutRequest<'_>,
+        context: &Context<'_>,
+    ) -> Result<(PaymentView, Lsn), EngineError> {
+        check_id("user_id", request.user)?;
+        check_id("package_id", request.package)?;
+        check_reference(request.reference)?;
+        let (credits, currency, amount_minor, price_currency) = {
+            let catalogue = tenant.catalogue.read();
+            let package = catalogue
+                .packages
+                .get(request.package)
+                .filter(|p| p.active)
+                .ok_or(EngineError::NotFound(Missing::Package))?;
+            (
+                package.credits,
+                package.currency,
+                package.price_minor,
+                package.price_currency,
+            )
+        };
+        let terms = PaymentTerms {
+            package: request.package,
+            credits,
+            amount_minor,
+            price_currency,
+        };
+        let mut account = tenant
+            .users
+            .get_mut(request.user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        // Claimed before the map is checked, released after the record is applied: a second
+        // request for the reference (another user's, under another lock) sees one or the other.
+        let _claim = self
+            .claim_reference(request.reference)
+            .ok_or(EngineError::Conflict(
+                "this payment reference is being issued",
+            ))?;
+        if self.state.payments.contains_key(request.reference) {
+            return Err(EngineError::Conflict(
+                "this payment reference is already in use",
+            ));
+        }
+        let event = Event::PaymentInitialized {
+            wallet: WalletRef {
+                tenant: &tenant.id,
+                user: request.user,
+                currency,
+            },
+            reference: request.reference,
+            terms,
+            gateway: request.gateway,
+            purpose: PaymentPurpose::Checkout,
+            meta: self.meta(context, self.clock.now_ms(), None),
+        };
+        let lsn = self.commit_event(tenant, &mut account, &event)?;
+        drop(account);
+        let view = self
+            .payment(request.reference)
+            .ok_or(EngineError::Conflict("payment vanished"))?;
+        Ok((view, lsn))
+    }
+
+    /// Records the gateway's checkout page of a pending payment, so a replayed `initialize` answers
+    /// the same page.
+    pub fn open_checkout(&self, reference: &str, checkout_url: &str) -> Result<Lsn, EngineError> {
+        if checkout_url.is_empty() || checkout_url.len() > 2048 {
+            return Err(EngineError::Invalid(Invalid::new(
+                "checkout_url",
+                "must be 1 to 2048 characters",
+            )));
+        }
+        let (tenant, user, currency) = {
+            let entry = self
+                .state
+                .payments
+                .get(reference)
+                .ok_or(EngineError::Conflict("unknown payment"))?;
+            (entry.tenant.clone(), entry.user.clone(), entry.currency)
+        };
+        let tenant = self
+            .state
+            .tenant(&tenant)
+            .ok_or(EngineError::NotFound(Missing::Tenant))?;
+        let mut account = tenant
+            .users
+            .get_mut(user.as_str())
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        let event = Event::PaymentCheckoutOpened {
+            wallet: WalletRef {
+                tenant: &tenant.id,
+                user: &user,
+                currency,
+            },
+            reference,
+            checkout_url,
+            meta: Meta::system(self.clock.now_ms()),
+        };
+        self.commit_event(&tenant, &mut account, &event)
+    }
+}

@@ -1,0 +1,90 @@
+//! The ledger's changes to a wallet: credits, debits, the overdraft limit, and the profile that
+//! rides along with the user. Each checks the recorded result against the balance it lands on.
+
+use super::super::event::{Event, ProfileRecord, WalletRef};
+use super::account::{expect_above_floor, expect_eq, expect_sum, Account, Profile};
+use super::reservations::ReservationChange;
+use super::{mismatch, Mismatch};
+
+impl Account {
+    /// A profile set or replaced; an empty one on a plain user stores nothing.
+    pub(super) fn apply_profile(&mut self, profile: &ProfileRecord<'_>) -> ReservationChange {
+        let profile = Profile::from_record(profile);
+        if profile.is_empty() && self.extra.is_none() {
+            // Nothing to store.
+        } else {
+            self.extra_mut().profile = profile;
+        }
+        ReservationChange::None
+    }
+
+    /// A new overdraft limit, refused if the wallet is already deeper in debt.
+    pub(super) fn apply_overdraft(
+        &mut self,
+        wallet: WalletRef<'_>,
+        limit: i64,
+    ) -> Result<ReservationChange, Mismatch> {
+        let target = self.wallet_or_insert(wallet.currency);
+        if limit < 0 || target.available() < -limit {
+            return Err(mismatch("overdraft limit below the wallet's current debt"));
+        }
+        target.overdraft = limit;
+        Ok(ReservationChange::None)
+    }
+
+    /// A credit or a debit: the balance moves by the amount, to the balance recorded.
+    pub(super) fn apply_ledger(
+        &mut self,
+        event: &Event<'_>,
+    ) -> Result<ReservationChange, Mismatch> {
+        match *event {
+            Event::Credited {
+                wallet,
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => {
+                let target = self.wallet_or_insert(wallet.currency);
+                expect_sum(
+                    target.balance,
+                    amount,
+                    balance_after,
+                    "credit: balance + amount ≠ balance_after",
+                )?;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "credit: available_after mismatch",
+                )?;
+            }
+            Event::Debited {
+                wallet,
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => {
+                let target = self
+                    .wallet_mut(wallet.currency)
+                    .ok_or_else(|| mismatch("debit of a missing wallet"))?;
+                expect_sum(
+                    target.balance,
+                    -amount,
+                    balance_after,
+                    "debit: balance − amount ≠ balance_after",
+                )?;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "debit: available_after mismatch",
+                )?;
+                expect_above_floor(target)?;
+            }
+            _ => return Err(mismatch("not a ledger event")),
+        }
+        Ok(ReservationChange::None)
+    }
+}

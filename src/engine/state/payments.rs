@@ -1,0 +1,194 @@
+//! The payments map: every payment creditd issued a reference for, across tenants, and the
+//! events that start, settle and forget them.
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+use super::super::event::{Event, Meta, PaymentTerms, WalletRef};
+use super::super::types::{Currency, Decline, Fingerprint, Lsn, PaymentPurpose};
+use super::{mismatch, Mismatch, State};
+
+/// Where a payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PaymentState {
+    Pending,
+    Succeeded { entry_id: Lsn, at_ms: i64 },
+    Failed { decline: Decline, at_ms: i64 },
+}
+
+/// A payment creditd issued a reference for. Kept across tenants, because gateways report payments
+/// by reference alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PaymentEntry {
+    pub last_lsn: Lsn,
+    pub tenant: CompactString,
+    pub user: CompactString,
+    pub currency: Currency,
+    pub package: CompactString,
+    pub credits: i64,
+    pub amount_minor: i64,
+    pub price_currency: Currency,
+    pub gateway: CompactString,
+    pub purpose: PaymentPurpose,
+    pub created_ms: i64,
+    pub state: PaymentState,
+    /// The gateway's checkout page, once it answered.
+    pub checkout_url: Option<Box<str>>,
+    /// The digest of the `initialize` request that made it under an Idempotency-Key.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl PaymentEntry {
+    fn new(
+        lsn: Lsn,
+        wallet: WalletRef<'_>,
+        terms: PaymentTerms<'_>,
+        gateway: &str,
+        purpose: PaymentPurpose,
+        meta: &Meta<'_>,
+    ) -> PaymentEntry {
+        PaymentEntry {
+            last_lsn: lsn,
+            tenant: wallet.tenant.into(),
+            user: wallet.user.into(),
+            currency: wallet.currency,
+            package: terms.package.into(),
+            credits: terms.credits,
+            amount_minor: terms.amount_minor,
+            price_currency: terms.price_currency,
+            gateway: gateway.into(),
+            purpose,
+            created_ms: meta.time_ms,
+            state: PaymentState::Pending,
+            checkout_url: None,
+            fingerprint: meta.idempotency.map(|tag| tag.fingerprint),
+        }
+    }
+
+    /// Whether the payment may be forgotten at `cutoff_ms` (now minus the retention): settled
+    /// before it, or a checkout nobody paid started before it. A pending automatic top-up is
+    /// never forgotten: its rule waits on it.
+    pub fn forgettable(&self, cutoff_ms: i64) -> bool {
+        match self.state {
+            PaymentState::Pending => {
+                self.purpose == PaymentPurpose::Checkout && self.created_ms < cutoff_ms
+            }
+            PaymentState::Succeeded { at_ms, .. } | PaymentState::Failed { at_ms, .. } => {
+                at_ms < cutoff_ms
+            }
+        }
+    }
+}
+
+impl State {
+    /// Applies a payment event to the payments map (under the paying user's lock). Each entry
+    /// carries its own last LSN, so a record a fuzzy snapshot already holds is skipped.
+    pub fn apply_payment(&self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+        match *event {
+            Event::PaymentInitialized { .. } => self.open_payment(lsn, event),
+            Event::PaymentSucceeded {
+                reference,
+                ref meta,
+                ..
+            } => self.settle(
+                lsn,
+                reference,
+                PaymentState::Succeeded {
+                    entry_id: lsn,
+                    at_ms: meta.time_ms,
+                },
+            ),
+            Event::PaymentFailed {
+                reference,
+                decline,
+                ref meta,
+                ..
+            } => self.settle(
+                lsn,
+                reference,
+                PaymentState::Failed {
+                    decline,
+                    at_ms: meta.time_ms,
+                },
+            ),
+            Event::PaymentCheckoutOpened {
+                reference,
+                checkout_url,
+                ..
+            } => {
+                let mut entry = self
+                    .payments
+                    .get_mut(reference)
+                    .ok_or_else(|| mismatch("checkout of an unknown payment"))?;
+                if entry.last_lsn < lsn {
+                    entry.checkout_url = Some(checkout_url.into());
+                    entry.last_lsn = lsn;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A payment started: a new entry, unless the reference is still remembered.
+    fn open_payment(&self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+        let Event::PaymentInitialized {
+            wallet,
+            reference,
+            terms,
+            gateway,
+            purpose,
+            ref meta,
+        } = *event
+        else {
+            return Err(mismatch("not a payment event"));
+        };
+        match self.payments.entry(reference.into()) {
+            dashmap::Entry::Occupied(entry) if entry.get().last_lsn >= lsn => Ok(()),
+            // A reference may be issued again once its payment is past retention: the live
+            // state had forgotten it (see `forgettable`), so replay forgets it too.
+            dashmap::Entry::Occupied(mut entry)
+                if entry
+                    .get()
+                    .forgettable(meta.time_ms - self.payment_retention_ms) =>
+            {
+                entry.insert(PaymentEntry::new(
+                    lsn, wallet, terms, gateway, purpose, meta,
+                ));
+                Ok(())
+            }
+            dashmap::Entry::Occupied(_) => Err(mismatch("a payment reference was issued twice")),
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(PaymentEntry::new(
+                    lsn, wallet, terms, gateway, purpose, meta,
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    fn settle(&self, lsn: Lsn, reference: &str, state: PaymentState) -> Result<(), Mismatch> {
+        let mut entry = self
+            .payments
+            .get_mut(reference)
+            .ok_or_else(|| mismatch("settlement of an unknown payment"))?;
+        if entry.last_lsn >= lsn {
+            return Ok(());
+        }
+        // Pending settles either way; a failed payment (not paid in another amount) may still
+        // turn out paid. Nothing else moves.
+        let movable = match entry.state {
+            PaymentState::Pending => true,
+            PaymentState::Failed { decline, .. } => {
+                decline != Decline::Mismatch && matches!(state, PaymentState::Succeeded { .. })
+            }
+            PaymentState::Succeeded { .. } => false,
+        };
+        if !movable {
+            return Err(mismatch("a payment was settled twice"));
+        }
+        entry.state = state;
+        entry.last_lsn = lsn;
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! A tenant: its catalogue behind a lock, and its sharded maps of users, reservations and
+//! idempotency keys.
+
+use compact_str::CompactString;
+use parking_lot::RwLock;
+
+use super::super::types::{Currency, Fingerprint, Lsn, Outcome};
+use super::account::Account;
+use super::catalogue::Catalogue;
+use super::reservations::ReservationEntry;
+use super::{sharded_map, ShardedMap};
+
+/// An idempotency key's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyEntry {
+    pub fingerprint: Fingerprint,
+    pub state: IdempotencyState,
+}
+
+/// Whether the request behind an idempotency key has finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdempotencyState {
+    /// Being processed; `token` identifies the request that owns it.
+    InFlight { token: u64 },
+    /// Finished at `lsn` (durable once the log says so) with this answer.
+    Done {
+        lsn: Lsn,
+        created_ms: i64,
+        outcome: Outcome,
+    },
+}
+
+/// A tenant: its catalogue, its users and their wallets, its reservation index and its
+/// idempotency keys.
+pub struct Tenant {
+    pub(crate) id: CompactString,
+    /// Fixed at creation, so the hot path reads it without a lock.
+    pub(crate) default_currency: Currency,
+    pub(crate) catalogue: RwLock<Catalogue>,
+    pub(crate) users: ShardedMap<CompactString, Account>,
+    pub(crate) reservations: ShardedMap<Lsn, ReservationEntry>,
+    pub(crate) idempotency: ShardedMap<CompactString, IdempotencyEntry>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl Tenant {
+    pub(crate) fn new(id: &str, catalogue: Catalogue, shards: usize) -> Tenant {
+        Tenant {
+            id: id.into(),
+            default_currency: catalogue.default_currency,
+            catalogue: RwLock::new(catalogue),
+            users: sharded_map(shards),
+            reservations: sharded_map(shards / 8),
+            idempotency: sharded_map(shards),
+        }
+    }
+
+    /// The tenant's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
