@@ -1292,7 +1292,7 @@ impl Model {
                     return Err(invalid("description"));
                 }
                 let (amount, currency) = self.price(t, currency, spend)?;
-                self.take(t, user, amount, currency, DebitKind::Usage, key, dry_run)
+                self.take(t, user, (amount, currency, DebitKind::Usage), key, dry_run)
             }
             Req::Revoke {
                 t,
@@ -1307,7 +1307,7 @@ impl Model {
                     return Err(invalid("reason"));
                 }
                 let (amount, currency) = self.price(t, currency, ReqSpend::Amount(amount))?;
-                self.take(t, user, amount, currency, DebitKind::Revoke, key, false)
+                self.take(t, user, (amount, currency, DebitKind::Revoke), key, false)
             }
             Req::Reserve {
                 t,
@@ -1317,7 +1317,7 @@ impl Model {
                 ttl,
                 key,
                 dry_run,
-            } => self.reserve(t, user, spend, currency, ttl, key, dry_run),
+            } => self.reserve(t, user, (spend, currency, ttl), key, dry_run),
             Req::Capture { t, id, amount, key } => self.capture(t, id, amount, key),
             Req::Extend { t, id, ttl, key } => self.extend(t, id, ttl, key),
             Req::Release { t, id, key } => self.release(t, id, key),
@@ -1659,14 +1659,11 @@ impl Model {
         Ok(self.finish(t, key, lsn, outcome))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn take(
         &mut self,
         t: usize,
         user: &'static str,
-        amount: i64,
-        currency: Currency,
-        kind: DebitKind,
+        (amount, currency, kind): (i64, Currency, DebitKind),
         key: Key,
         dry_run: bool,
     ) -> Result<Answer, EngineError> {
@@ -1701,14 +1698,11 @@ impl Model {
         Ok(self.finish(t, key, lsn, debit(lsn)))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn reserve(
         &mut self,
         t: usize,
         user: &'static str,
-        spend: ReqSpend,
-        currency: Option<Currency>,
-        ttl: Option<u64>,
+        (spend, currency, ttl): (ReqSpend, Option<Currency>, Option<u64>),
         key: Key,
         dry_run: bool,
     ) -> Result<Answer, EngineError> {

@@ -239,6 +239,16 @@ pub(super) fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineErr
     }
 }
 
+/// A priced debit or revocation of `user`'s `currency` wallet, for [`Model::take`].
+pub(super) struct Take {
+    pub(super) user: &'static str,
+    pub(super) amount: i64,
+    pub(super) currency: Currency,
+    pub(super) kind: DebitKind,
+    pub(super) key: Key,
+    pub(super) dry_run: bool,
+}
+
 pub(super) enum Claimed {
     Fresh(Key),
     Replay(Done),
@@ -516,16 +526,15 @@ impl Model {
             request.metadata,
         )?;
         let (amount, currency) = self.price(limits, tenant, request.currency, request.spend)?;
-        let spend = (amount, currency, DebitKind::Usage);
-        self.take(
-            history,
-            tenant,
-            request.user,
-            spend,
+        let take = Take {
+            user: request.user,
+            amount,
+            currency,
+            kind: DebitKind::Usage,
             key,
-            request.dry_run,
-            now_ms,
-        )
+            dry_run: request.dry_run,
+        };
+        self.take(history, tenant, take, now_ms)
     }
 
     pub(super) fn revoke(
@@ -548,21 +557,33 @@ impl Model {
             request.currency,
             Spend::Amount(request.amount),
         )?;
-        let spend = (amount, currency, DebitKind::Revoke);
-        self.take(history, tenant, request.user, spend, key, false, now_ms)
+        let take = Take {
+            user: request.user,
+            amount,
+            currency,
+            kind: DebitKind::Revoke,
+            key,
+            dry_run: false,
+        };
+        self.take(history, tenant, take, now_ms)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A debit or a revocation, once priced.
     pub(super) fn take(
         &mut self,
         history: &mut History,
         tenant: &'static str,
-        user: &'static str,
-        (amount, currency, kind): (i64, Currency, DebitKind),
-        key: Key,
-        dry_run: bool,
+        take: Take,
         now_ms: i64,
     ) -> Result<Done, Stop> {
+        let Take {
+            user,
+            amount,
+            currency,
+            kind,
+            key,
+            dry_run,
+        } = take;
         let model_tenant = self.tenant(tenant);
         let key = if dry_run {
             None
@@ -814,14 +835,12 @@ impl Model {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn extend(
         &mut self,
         history: &mut History,
         limits: &Limits,
         tenant: &'static str,
-        id: Lsn,
-        ttl_seconds: u64,
+        (id, ttl_seconds): (Lsn, u64),
         key: Key,
         now_ms: i64,
     ) -> Result<Done, Stop> {

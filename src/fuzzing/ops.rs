@@ -562,9 +562,9 @@ impl Run {
                 let handle = self.tenant(tenant).expect("tenant");
                 let now = self.now();
                 let got = self.engine.extend(&handle, id, ttl, &context(key));
-                let want = self
-                    .model
-                    .extend(&mut self.history, &limits, tenant, id, ttl, key, now);
+                let want =
+                    self.model
+                        .extend(&mut self.history, &limits, tenant, (id, ttl), key, now);
                 self.settle_hold("extend", wait, tenant, id, &got, want);
             }
             op::RELEASE => {
