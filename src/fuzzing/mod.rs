@@ -14,15 +14,17 @@
 //!   against a reference model after every step; crashes (with torn tails) and restarts in
 //!   between must keep every acknowledged write and rebuild exactly a prefix of the log.
 //!
-//! [`seeds`] builds the seed inputs committed under `fuzz/corpus/` (see `tests/fuzz_corpora.rs`).
-//! This module is for the fuzzers and their tests only; nothing in creditd calls it.
+//! [`model`] is the reference model they check against, shared with `tests/model.rs`. [`seeds`]
+//! builds the seed inputs committed under `fuzz/corpus/` (see `tests/fuzz_corpora.rs`).
+//! This module is for the fuzzers and their tests only; nothing in creditd calls it, and only the
+//! `fuzzing` feature compiles it (the fuzz crate and this package's tests turn it on).
 
 /// The clock's reading when a fuzzed engine starts, Unix milliseconds.
 const T0: i64 = 1_700_000_000_000;
 
 mod corpus;
 mod decode;
-mod model;
+pub mod model;
 mod ops;
 
 pub use corpus::{seeds, Seed};

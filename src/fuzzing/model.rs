@@ -1,6 +1,9 @@
 //! The reference model of the engine's documented semantics: plain maps, no locks, no log. It
 //! decides every operation first and says what the engine must answer and which state it must
-//! hold after it.
+//! hold after it. The one model of creditd's tests: the operation fuzzer ([`super::engine_ops`],
+//! also run over its corpus by `tests/fuzz_corpora.rs`) and the proptest model test
+//! (`tests/model.rs`) both drive it; any limits, any tenants, and [`History`] of the state after
+//! every record for the checks of recovery that need it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,16 +17,18 @@ use crate::engine::{
     WalletView,
 };
 
+/// One wallet of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct MWallet {
-    pub(super) currency: Currency,
-    pub(super) balance: i64,
-    pub(super) reserved: i64,
-    pub(super) overdraft: i64,
+pub struct MWallet {
+    pub currency: Currency,
+    pub balance: i64,
+    pub reserved: i64,
+    pub overdraft: i64,
 }
 
 impl MWallet {
-    pub(super) fn empty(currency: Currency) -> MWallet {
+    /// A wallet with nothing in it.
+    pub fn empty(currency: Currency) -> MWallet {
         MWallet {
             currency,
             balance: 0,
@@ -32,11 +37,13 @@ impl MWallet {
         }
     }
 
-    pub(super) fn available(&self) -> i64 {
+    /// What a decision may spend before the overdraft: the balance less what is reserved.
+    pub fn available(&self) -> i64 {
         self.balance.saturating_sub(self.reserved)
     }
 
-    pub(super) fn view(&self) -> WalletView {
+    /// The wallet as `Tenant::user` shows it.
+    pub fn view(&self) -> WalletView {
         WalletView {
             currency: self.currency,
             balance: self.balance,
@@ -47,32 +54,36 @@ impl MWallet {
     }
 }
 
+/// An open reservation, kept with its user.
 #[derive(Debug, Clone)]
-pub(super) struct MHold {
-    pub(super) id: Lsn,
-    pub(super) currency: Currency,
-    pub(super) amount: i64,
-    pub(super) expires_at_ms: i64,
+pub struct MHold {
+    pub id: Lsn,
+    pub currency: Currency,
+    pub amount: i64,
+    pub expires_at_ms: i64,
 }
 
-pub(super) type Profile = (
+/// A user's profile: email, name, metadata.
+pub type Profile = (
     Option<&'static str>,
     Option<&'static str>,
     Option<&'static str>,
 );
 
+/// One user of a tenant.
 #[derive(Debug, Clone)]
-pub(super) struct MUser {
-    pub(super) last_lsn: Lsn,
-    pub(super) profile: Profile,
+pub struct MUser {
+    pub last_lsn: Lsn,
+    pub profile: Profile,
     /// The wallet created with the user first, then the others in the order they appeared.
-    pub(super) wallets: Vec<MWallet>,
+    pub wallets: Vec<MWallet>,
     /// In the engine's order, which decides which due reservation expires first.
-    pub(super) holds: Vec<MHold>,
+    pub holds: Vec<MHold>,
 }
 
 impl MUser {
-    pub(super) fn wallet(&self, currency: Currency) -> MWallet {
+    /// The wallet in `currency`, or an empty one if the user has none.
+    pub fn wallet(&self, currency: Currency) -> MWallet {
         self.wallets
             .iter()
             .find(|wallet| wallet.currency == currency)
@@ -81,7 +92,7 @@ impl MUser {
     }
 
     /// The wallet once every reservation due by `now_ms` is released: what a dry run decides on.
-    pub(super) fn wallet_as_of(&self, currency: Currency, now_ms: i64) -> MWallet {
+    pub fn wallet_as_of(&self, currency: Currency, now_ms: i64) -> MWallet {
         let mut wallet = self.wallet(currency);
         for hold in &self.holds {
             if hold.currency == currency && hold.expires_at_ms <= now_ms {
@@ -91,7 +102,8 @@ impl MUser {
         wallet
     }
 
-    pub(super) fn wallet_mut(&mut self, currency: Currency) -> &mut MWallet {
+    /// The wallet in `currency`, made if the user has none.
+    pub fn wallet_mut(&mut self, currency: Currency) -> &mut MWallet {
         let index = match self.wallets.iter().position(|w| w.currency == currency) {
             Some(index) => index,
             None => {
@@ -105,7 +117,7 @@ impl MUser {
 
 /// Whether the engine still knows a closed reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Known {
+pub enum Known {
     /// It answers "closed".
     Present,
     /// Purged: it answers "not found".
@@ -115,8 +127,9 @@ pub(super) enum Known {
     Maybe,
 }
 
+/// A reservation as its tenant remembers it, open or closed.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum MReservation {
+pub enum MReservation {
     Open {
         user: &'static str,
     },
@@ -128,49 +141,53 @@ pub(super) enum MReservation {
     },
 }
 
+/// A stored idempotency answer.
 #[derive(Debug, Clone)]
-pub(super) struct MKey {
-    pub(super) fingerprint: Fingerprint,
-    pub(super) lsn: Lsn,
-    pub(super) created_ms: i64,
-    pub(super) outcome: Outcome,
+pub struct MKey {
+    pub fingerprint: Fingerprint,
+    pub lsn: Lsn,
+    pub created_ms: i64,
+    pub outcome: Outcome,
 }
 
+/// A catalogue action.
 #[derive(Debug, Clone)]
-pub(super) struct MAction {
-    pub(super) cost: i64,
-    pub(super) currency: Currency,
-    pub(super) description: Option<&'static str>,
+pub struct MAction {
+    pub cost: i64,
+    pub currency: Currency,
+    pub description: Option<&'static str>,
 }
 
+/// One tenant: its settings, catalogue, users, reservations and idempotency keys.
 #[derive(Debug, Clone)]
-pub(super) struct MTenant {
-    pub(super) default_currency: Currency,
-    pub(super) name: Option<&'static str>,
-    pub(super) catalogue_lsn: Lsn,
-    pub(super) actions: BTreeMap<&'static str, MAction>,
-    pub(super) packages: BTreeSet<&'static str>,
-    pub(super) users: BTreeMap<&'static str, MUser>,
-    pub(super) reservations: BTreeMap<Lsn, MReservation>,
-    pub(super) keys: BTreeMap<&'static str, MKey>,
+pub struct MTenant {
+    pub default_currency: Currency,
+    pub name: Option<&'static str>,
+    pub catalogue_lsn: Lsn,
+    pub actions: BTreeMap<&'static str, MAction>,
+    pub packages: BTreeSet<&'static str>,
+    pub users: BTreeMap<&'static str, MUser>,
+    pub reservations: BTreeMap<Lsn, MReservation>,
+    pub keys: BTreeMap<&'static str, MKey>,
 }
 
 /// What the engine state should be: built from the same decisions the engine documents, written
 /// independently of its code.
 #[derive(Debug, Clone)]
-pub(super) struct Model {
-    pub(super) next_lsn: Lsn,
-    pub(super) tenants: BTreeMap<&'static str, MTenant>,
+pub struct Model {
+    pub next_lsn: Lsn,
+    pub tenants: BTreeMap<&'static str, MTenant>,
 }
 
 /// The model after each record, by LSN: recovery must rebuild exactly one of these.
-pub(super) type History = Vec<(Lsn, Model)>;
+pub type History = Vec<(Lsn, Model)>;
 
-pub(super) type Key = Option<(&'static str, Fingerprint)>;
+/// A request's idempotency key and fingerprint, if it has one.
+pub type Key = Option<(&'static str, Fingerprint)>;
 
 /// Why the model stops an operation.
 #[derive(Debug)]
-pub(super) enum Stop {
+pub enum Stop {
     /// The engine refuses it with this error.
     Refused(EngineError),
     /// The key was used before with the same request: this answer again.
@@ -185,23 +202,23 @@ impl From<EngineError> for Stop {
     }
 }
 
-pub(super) fn invalid(field: &'static str) -> EngineError {
+fn invalid(field: &'static str) -> EngineError {
     EngineError::Invalid(Invalid::new(field, ""))
 }
 
 /// Checks arithmetic that the engine does without a check: if it overflows, the engine would
 /// panic (debug) or record a wrapped balance (release).
-pub(super) fn unchecked(what: &str, value: Option<i64>) -> i64 {
+fn unchecked(what: &str, value: Option<i64>) -> i64 {
     value.unwrap_or_else(|| {
         panic!("creditd computes {what} without an overflow check, and it overflows")
     })
 }
 
-pub(super) fn seconds_to_ms(seconds: u64) -> i64 {
+fn seconds_to_ms(seconds: u64) -> i64 {
     i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-pub(super) fn check_texts(
+fn check_texts(
     limits: &Limits,
     description: Option<&str>,
     reference: Option<&str>,
@@ -212,14 +229,14 @@ pub(super) fn check_texts(
     check_metadata(metadata, limits)
 }
 
-pub(super) fn check_ttl(ttl_seconds: u64, limits: &Limits) -> Result<(), EngineError> {
+fn check_ttl(ttl_seconds: u64, limits: &Limits) -> Result<(), EngineError> {
     if ttl_seconds == 0 || ttl_seconds > limits.max_reservation_ttl_seconds {
         return Err(invalid("ttl_seconds"));
     }
     Ok(())
 }
 
-pub(super) fn expiry(now_ms: i64, ttl_seconds: u64) -> Result<i64, EngineError> {
+fn expiry(now_ms: i64, ttl_seconds: u64) -> Result<i64, EngineError> {
     i64::try_from(ttl_seconds)
         .ok()
         .and_then(|seconds| seconds.checked_mul(1000))
@@ -227,7 +244,7 @@ pub(super) fn expiry(now_ms: i64, ttl_seconds: u64) -> Result<i64, EngineError> 
         .ok_or(EngineError::Overflow)
 }
 
-pub(super) fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
+fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
     let available = wallet.available();
     match available.checked_sub(amount) {
         Some(after) if after >= -wallet.overdraft => Ok(after),
@@ -240,21 +257,32 @@ pub(super) fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineErr
 }
 
 /// A priced debit or revocation of `user`'s `currency` wallet, for [`Model::take`].
-pub(super) struct Take {
-    pub(super) user: &'static str,
-    pub(super) amount: i64,
-    pub(super) currency: Currency,
-    pub(super) kind: DebitKind,
-    pub(super) key: Key,
-    pub(super) dry_run: bool,
+pub struct Take {
+    pub user: &'static str,
+    pub amount: i64,
+    pub currency: Currency,
+    pub kind: DebitKind,
+    pub key: Key,
+    pub dry_run: bool,
 }
 
-pub(super) enum Claimed {
+/// A change of `user`'s overdraft limit, for [`Model::set_overdraft`].
+pub struct Overdraft {
+    pub user: &'static str,
+    pub currency: Option<Currency>,
+    pub limit: i64,
+    /// Release the user's due reservations through the log first, as creditd does. Without, the
+    /// decision sees them as released and leaves the release to the next operation, which the
+    /// documentation allows too (`tests/model.rs` accepts either).
+    pub release_expired: bool,
+}
+
+enum Claimed {
     Fresh(Key),
     Replay(Done),
 }
 
-pub(super) fn claim(tenant: &MTenant, key: Key) -> Result<Claimed, EngineError> {
+fn claim(tenant: &MTenant, key: Key) -> Result<Claimed, EngineError> {
     let Some((name, fingerprint)) = key else {
         return Ok(Claimed::Fresh(None));
     };
@@ -270,7 +298,7 @@ pub(super) fn claim(tenant: &MTenant, key: Key) -> Result<Claimed, EngineError> 
     }
 }
 
-pub(super) fn complete(tenant: &mut MTenant, key: Key, lsn: Lsn, now_ms: i64, outcome: Outcome) {
+fn complete(tenant: &mut MTenant, key: Key, lsn: Lsn, now_ms: i64, outcome: Outcome) {
     if let Some((name, fingerprint)) = key {
         let entry = MKey {
             fingerprint,
@@ -283,22 +311,26 @@ pub(super) fn complete(tenant: &mut MTenant, key: Key, lsn: Lsn, now_ms: i64, ou
 }
 
 impl Model {
-    pub(super) fn new() -> Model {
+    /// No tenants; the next record is LSN 1.
+    pub fn new() -> Model {
         Model {
             next_lsn: 1,
             tenants: BTreeMap::new(),
         }
     }
 
-    pub(super) fn tenant(&self, id: &str) -> &MTenant {
+    /// Tenant `id`, which must exist.
+    pub fn tenant(&self, id: &str) -> &MTenant {
         &self.tenants[id]
     }
 
-    pub(super) fn tenant_mut(&mut self, id: &str) -> &mut MTenant {
+    /// Tenant `id`, which must exist.
+    pub fn tenant_mut(&mut self, id: &str) -> &mut MTenant {
         self.tenants.get_mut(id).expect("tenant in the model")
     }
 
-    pub(super) fn user_mut(&mut self, tenant: &str, user: &str) -> &mut MUser {
+    /// `user` of `tenant`, which must exist.
+    pub fn user_mut(&mut self, tenant: &str, user: &str) -> &mut MUser {
         self.tenant_mut(tenant)
             .users
             .get_mut(user)
@@ -306,13 +338,13 @@ impl Model {
     }
 
     /// Closes the record whose LSN was `self.next_lsn`, after its change was applied.
-    pub(super) fn commit(&mut self, history: &mut History) {
+    pub fn commit(&mut self, history: &mut History) {
         self.next_lsn += 1;
         history.push((self.next_lsn - 1, self.clone()));
     }
 
     /// Releases, one record each, the user's reservations due at `now_ms`, first due first.
-    pub(super) fn expire_due(
+    pub fn expire_due(
         &mut self,
         history: &mut History,
         tenant: &'static str,
@@ -346,7 +378,8 @@ impl Model {
         }
     }
 
-    pub(super) fn upsert_tenant(
+    /// Creates or renames a tenant: whether it was created, and the LSN of its settings.
+    pub fn upsert_tenant(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -384,7 +417,8 @@ impl Model {
         Ok((true, lsn))
     }
 
-    pub(super) fn upsert_user(
+    /// Creates a user or changes its profile: whether it was created, and its last LSN.
+    pub fn upsert_user(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -419,7 +453,8 @@ impl Model {
         Ok((true, lsn))
     }
 
-    pub(super) fn credit(
+    /// A credit of any kind: the kind is recorded, but changes nothing in the answer.
+    pub fn credit(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -473,7 +508,8 @@ impl Model {
         })
     }
 
-    pub(super) fn price(
+    /// What a spend costs, and in which currency.
+    pub fn price(
         &self,
         limits: &Limits,
         tenant: &str,
@@ -509,7 +545,8 @@ impl Model {
         }
     }
 
-    pub(super) fn debit(
+    /// A debit of an amount or of an action's price.
+    pub fn debit(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -537,7 +574,8 @@ impl Model {
         self.take(history, tenant, take, now_ms)
     }
 
-    pub(super) fn revoke(
+    /// A revocation of credits granted by mistake.
+    pub fn revoke(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -569,7 +607,7 @@ impl Model {
     }
 
     /// A debit or a revocation, once priced.
-    pub(super) fn take(
+    pub fn take(
         &mut self,
         history: &mut History,
         tenant: &'static str,
@@ -632,7 +670,8 @@ impl Model {
         })
     }
 
-    pub(super) fn reserve(
+    /// A reservation of an amount or of an action's price.
+    pub fn reserve(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -713,7 +752,8 @@ impl Model {
         })
     }
 
-    pub(super) fn reservation_owner(&self, tenant: &str, id: Lsn) -> Result<&'static str, Stop> {
+    /// The user of the open reservation `id`, or why it cannot be used.
+    pub fn reservation_owner(&self, tenant: &str, id: Lsn) -> Result<&'static str, Stop> {
         match self.tenant(tenant).reservations.get(&id) {
             None => Err(EngineError::ReservationNotFound.into()),
             Some(MReservation::Open { user }) => Ok(user),
@@ -727,7 +767,7 @@ impl Model {
 
     /// Claims the key, finds the open reservation's user and expires that user's due
     /// reservations, as the engine does before any change to a reservation.
-    pub(super) fn open_hold(
+    pub fn open_hold(
         &mut self,
         history: &mut History,
         tenant: &'static str,
@@ -754,7 +794,8 @@ impl Model {
         Ok((user, key))
     }
 
-    pub(super) fn close_hold(
+    /// Closes `user`'s open reservation `id` as `how`; returns what it held.
+    pub fn close_hold(
         &mut self,
         tenant: &'static str,
         user: &'static str,
@@ -779,7 +820,8 @@ impl Model {
         hold
     }
 
-    pub(super) fn capture(
+    /// Charges a reservation, by default what it holds, and closes it.
+    pub fn capture(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -835,7 +877,8 @@ impl Model {
         })
     }
 
-    pub(super) fn extend(
+    /// Moves an open reservation's expiry to `ttl_seconds` from now.
+    pub fn extend(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -869,7 +912,8 @@ impl Model {
         })
     }
 
-    pub(super) fn release(
+    /// Closes a reservation without charging it.
+    pub fn release(
         &mut self,
         history: &mut History,
         tenant: &'static str,
@@ -902,15 +946,21 @@ impl Model {
         })
     }
 
-    pub(super) fn set_overdraft(
+    /// Changes a wallet's overdraft limit: the LSN of the change.
+    pub fn set_overdraft(
         &mut self,
         history: &mut History,
         limits: &Limits,
         tenant: &'static str,
-        user: &'static str,
-        (currency, limit): (Option<Currency>, i64),
+        change: Overdraft,
         now_ms: i64,
     ) -> Result<Lsn, EngineError> {
+        let Overdraft {
+            user,
+            currency,
+            limit,
+            release_expired,
+        } = change;
         check_id("user_id", user)?;
         if limit < 0 || limit > limits.max_amount {
             return Err(invalid("overdraft_limit"));
@@ -920,10 +970,14 @@ impl Model {
         if !model_tenant.users.contains_key(user) {
             return Err(EngineError::UserNotFound);
         }
-        self.expire_due(history, tenant, user, now_ms);
+        // The decision depends on `available`, so expired reservations count as released, as for
+        // every other decision (an expired hold no longer holds anything).
+        if release_expired {
+            self.expire_due(history, tenant, user, now_ms);
+        }
         let lsn = self.next_lsn;
         let account = self.user_mut(tenant, user);
-        if account.wallet(currency).available() < -limit {
+        if account.wallet_as_of(currency, now_ms).available() < -limit {
             return Err(EngineError::Conflict(""));
         }
         account.wallet_mut(currency).overdraft = limit;
@@ -932,7 +986,8 @@ impl Model {
         Ok(lsn)
     }
 
-    pub(super) fn put_action(
+    /// Adds or replaces a catalogue action: `(cost, currency, description)`.
+    pub fn put_action(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -956,7 +1011,8 @@ impl Model {
         Ok(lsn)
     }
 
-    pub(super) fn delete_action(
+    /// Removes a catalogue action.
+    pub fn delete_action(
         &mut self,
         history: &mut History,
         tenant: &'static str,
@@ -974,7 +1030,8 @@ impl Model {
         Ok(lsn)
     }
 
-    pub(super) fn put_package(
+    /// Adds or replaces a top-up package.
+    pub fn put_package(
         &mut self,
         history: &mut History,
         limits: &Limits,
@@ -997,7 +1054,8 @@ impl Model {
         Ok(lsn)
     }
 
-    pub(super) fn delete_package(
+    /// Removes a top-up package.
+    pub fn delete_package(
         &mut self,
         history: &mut History,
         tenant: &'static str,
@@ -1016,7 +1074,7 @@ impl Model {
 
     /// Forgets keys and closed reservations as `Engine::purge_expired` does; returns the keys
     /// forgotten and the bounds of the reservations forgotten.
-    pub(super) fn purge(
+    pub fn purge(
         &mut self,
         idempotency_ttl_seconds: u64,
         limits: &Limits,
@@ -1048,12 +1106,7 @@ impl Model {
 
     /// What a restart at `now_ms` forgets: keys past their TTL; closed reservations past their
     /// retention may or may not come back (see [`Known::Maybe`]).
-    pub(super) fn after_restart(
-        &mut self,
-        idempotency_ttl_seconds: u64,
-        limits: &Limits,
-        now_ms: i64,
-    ) {
+    pub fn after_restart(&mut self, idempotency_ttl_seconds: u64, limits: &Limits, now_ms: i64) {
         let key_cutoff = now_ms.saturating_sub(seconds_to_ms(idempotency_ttl_seconds));
         let closed_cutoff =
             now_ms.saturating_sub(seconds_to_ms(limits.closed_reservation_retention_seconds));

@@ -19,7 +19,9 @@ use crate::wal::segment::{self};
 use crate::wal::{SharedStorage, Storage};
 
 use super::decode::{check_engine_loads, le_u32, read_snapshot};
-use super::model::{History, Key, Known, MReservation, MTenant, MWallet, Model, Profile, Stop};
+use super::model::{
+    History, Key, Known, MReservation, MTenant, MWallet, Model, Overdraft, Profile, Stop,
+};
 use super::T0;
 
 /// Operations one [`engine_ops`] run performs at most.
@@ -592,10 +594,15 @@ impl Run {
                 let got = self
                     .engine
                     .set_overdraft(&handle, user, currency, limit, &context(None));
-                let change = (currency, limit);
+                let change = Overdraft {
+                    user,
+                    currency,
+                    limit,
+                    release_expired: true,
+                };
                 let want =
                     self.model
-                        .set_overdraft(&mut self.history, &limits, tenant, user, change, now);
+                        .set_overdraft(&mut self.history, &limits, tenant, change, now);
                 expect_same("set_overdraft", &got, &want);
                 self.acknowledge(wait, got.ok());
             }
