@@ -49,7 +49,8 @@ use creditd::engine::{
     Spend, Tenant,
 };
 use creditd::fuzzing::model::{
-    History, Known, MHold, MReservation, MTenant, MWallet, Model as Shared, Overdraft, Stop,
+    same_error, History, Known, MHold, MReservation, MTenant, MWallet, Model as Shared, Overdraft,
+    Stop,
 };
 use creditd::wal::memory::MemStorage;
 use proptest::prelude::*;
@@ -922,16 +923,6 @@ enum Answer {
     Snapshot,
 }
 
-/// Errors are compared by variant and by the details a client sees: the numbers of a shortfall,
-/// how a reservation closed, the field of an invalid request (not the wording of its reason).
-fn same_error(model: &EngineError, engine: &EngineError) -> bool {
-    match (model, engine) {
-        (EngineError::Invalid(a), EngineError::Invalid(b)) => a.field == b.field,
-        (EngineError::Conflict(_), EngineError::Conflict(_)) => true,
-        (a, b) => a == b,
-    }
-}
-
 fn same_answer(model: &Result<Answer, EngineError>, engine: &Result<Answer, EngineError>) -> bool {
     match (model, engine) {
         (Ok(a), Ok(b)) => a == b,
@@ -1576,21 +1567,6 @@ impl Model {
             .filter(|ms| *ms > 0)
             .min()
     }
-
-    /// The idempotency table as [`Engine::state_image`] prints it.
-    fn key_lines(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for (id, tenant) in &self.shared.tenants {
-            for (key, stored) in &tenant.keys {
-                lines.push(format!(
-                    "key {id}/{key} fp={:?} lsn={} {:?}",
-                    stored.fingerprint, stored.lsn, stored.outcome
-                ));
-            }
-        }
-        lines.sort();
-        lines
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1913,7 +1889,7 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
         .into_iter()
         .filter(|line| line.starts_with("key "))
         .collect();
-    let model_keys = model.key_lines();
+    let model_keys = model.shared.key_lines();
     if engine_keys != model_keys {
         problems.push(format!(
             "idempotency keys:\n  engine {engine_keys:#?}\n  model  {model_keys:#?}"

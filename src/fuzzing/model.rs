@@ -256,6 +256,16 @@ fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
     }
 }
 
+/// Errors are compared by variant and by the details a client sees: the numbers of a shortfall,
+/// how a reservation closed, the field of an invalid request (not the wording of its reason).
+pub fn same_error(got: &EngineError, want: &EngineError) -> bool {
+    match (got, want) {
+        (EngineError::Invalid(a), EngineError::Invalid(b)) => a.field == b.field,
+        (EngineError::Conflict(_), EngineError::Conflict(_)) => true,
+        _ => got == want,
+    }
+}
+
 /// A priced debit or revocation of `user`'s `currency` wallet, for [`Model::take`].
 pub struct Take {
     pub user: &'static str,
@@ -317,6 +327,21 @@ impl Model {
             next_lsn: 1,
             tenants: BTreeMap::new(),
         }
+    }
+
+    /// The idempotency table as `Engine::state_image` prints it: one line a key, sorted.
+    pub fn key_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (tenant, model) in &self.tenants {
+            for (key, entry) in &model.keys {
+                lines.push(format!(
+                    "key {tenant}/{key} fp={:?} lsn={} {:?}",
+                    entry.fingerprint, entry.lsn, entry.outcome
+                ));
+            }
+        }
+        lines.sort();
+        lines
     }
 
     /// Tenant `id`, which must exist.

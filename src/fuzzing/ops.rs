@@ -20,7 +20,8 @@ use crate::wal::{SharedStorage, Storage};
 
 use super::decode::{check_engine_loads, le_u32, read_snapshot};
 use super::model::{
-    History, Key, Known, MReservation, MTenant, MWallet, Model, Overdraft, Profile, Stop,
+    same_error, History, Key, Known, MReservation, MTenant, MWallet, Model, Overdraft, Profile,
+    Stop,
 };
 use super::T0;
 
@@ -222,14 +223,6 @@ impl Input<'_> {
 // ---------------------------------------------------------------------------------------------
 // Engine operations: the run
 // ---------------------------------------------------------------------------------------------
-
-fn same_error(got: &EngineError, want: &EngineError) -> bool {
-    match (got, want) {
-        (EngineError::Invalid(a), EngineError::Invalid(b)) => a.field == b.field,
-        (EngineError::Conflict(_), EngineError::Conflict(_)) => true,
-        _ => got == want,
-    }
-}
 
 fn expect_same<T: PartialEq + std::fmt::Debug>(
     what: &str,
@@ -1063,16 +1056,7 @@ impl Run {
             .into_iter()
             .filter(|line| line.starts_with("key "))
             .collect();
-        let mut expected: Vec<String> = Vec::new();
-        for (tenant, model) in &self.model.tenants {
-            for (key, entry) in &model.keys {
-                expected.push(format!(
-                    "key {tenant}/{key} fp={:?} lsn={} {:?}",
-                    entry.fingerprint, entry.lsn, entry.outcome
-                ));
-            }
-        }
-        expected.sort();
+        let expected = self.model.key_lines();
         assert_eq!(got, expected, "stored idempotency answers differ");
     }
 }
