@@ -12,7 +12,7 @@ mod server;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use creditd::client::Debit;
+use creditd::client::{Client, Debit};
 use creditd::config::{Config, Gateway as GatewayKind};
 use creditd::engine::event::{Decline, ProfileRecord};
 use creditd::engine::payments::AutoTopupRequest;
@@ -341,16 +341,7 @@ async fn stripe_checkout_signatures_and_tolerance() {
     );
 
     // The saved card pays an automatic top-up: off-session, with the reference as Idempotency-Key.
-    server
-        .client(ADMIN)
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&server.client(ADMIN)).await;
     server
         .client(SERVICE)
         .debit("ada", &Debit::amount(450), None)
@@ -515,6 +506,15 @@ async fn auto_topup_rules_are_validated_switched_off_and_deleted() {
     assert_eq!(delete().await, 200);
     assert_eq!(delete().await, 404);
     server.stop().await;
+}
+
+/// Switches on `ada`'s automatic top-up: below 100 credits, buy `starter`.
+async fn switch_on_auto_topup(admin: &Client) {
+    let rule = br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec();
+    admin
+        .send(Method::PUT, "/v1/users/ada/auto-topup", Some(rule), None)
+        .await
+        .unwrap();
 }
 
 async fn wait_for<F, Fut>(mut condition: F)
@@ -817,16 +817,7 @@ async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
     server.paystack_webhook(&body).await;
-    server
-        .client(ADMIN)
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&server.client(ADMIN)).await;
     server
         .client(SERVICE)
         .debit("ada", &Debit::amount(450), None)
@@ -1142,16 +1133,7 @@ async fn the_sandbox_flow_driven_like_a_browser() {
     );
     assert_eq!(server.balance().await, 500);
     // The paid checkout saved a sandbox card: automatic top-up works with no account anywhere.
-    server
-        .client(ADMIN)
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&server.client(ADMIN)).await;
     server
         .client(SERVICE)
         .debit("ada", &Debit::amount(450), None)
@@ -1331,15 +1313,7 @@ async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
         .header("x-paystack-signature", signature)
         .body(event);
     assert_eq!(webhook.send().await.unwrap().status(), 200);
-    admin
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&admin).await;
 
     // The gateway takes the money at once but answers only after five seconds.
     paystack.set_behaviour(ChargeBehaviour::SucceedSlowly(Duration::from_secs(5)));
