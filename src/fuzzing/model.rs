@@ -179,6 +179,12 @@ pub struct Model {
     pub tenants: BTreeMap<&'static str, MTenant>,
 }
 
+impl Default for Model {
+    fn default() -> Model {
+        Model::new()
+    }
+}
+
 /// The model after each record, by LSN: recovery must rebuild exactly one of these.
 pub type History = Vec<(Lsn, Model)>;
 
