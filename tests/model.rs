@@ -49,8 +49,8 @@ use creditd::engine::{
     Spend, Tenant,
 };
 use creditd::fuzzing::model::{
-    same_error, History, Known, MHold, MReservation, MTenant, MWallet, Model as Shared, Overdraft,
-    Stop,
+    same_error, History, Key, Known, MHold, MReservation, MTenant, MWallet, Model as Shared,
+    Overdraft, Stop,
 };
 use creditd::wal::memory::MemStorage;
 use proptest::prelude::*;
@@ -796,8 +796,6 @@ fn op() -> impl Strategy<Value = Op> {
 // ---------------------------------------------------------------------------------------------
 // Resolved requests: what both the model and the engine are asked.
 // ---------------------------------------------------------------------------------------------
-
-type Key = Option<(&'static str, Fingerprint)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqSpend {
