@@ -12,6 +12,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;

@@ -1,12 +1,11 @@
 //! Black-box tests of the HTTP API: real servers on 127.0.0.1:0, spoken to over TCP with the typed
 //! client and with raw requests.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use creditd::client::{BatchDebit, Client, ClientError, Debit};
-use creditd::config::{ApiKey, Config, Role};
+use creditd::config::Config;
 use creditd::engine::{Engine, EngineOptions, SystemClock};
 use creditd::wal::memory::{FaultPoint, FaultyStorage};
 use creditd::wal::FsStorage;
@@ -14,129 +13,16 @@ use http::Method;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SERVICE: &str = "acme-service-secret-0001";
-const ADMIN: &str = "acme-admin-secret-000001";
-const GLOBEX: &str = "globex-service-secret-01";
-const PLATFORM: &str = "platform-secret-00000001";
+#[path = "common/server.rs"]
+mod server;
 
-fn key(name: &str, secret: &str, role: Role, tenant: &str) -> ApiKey {
-    ApiKey {
-        name: name.into(),
-        secret: secret.into(),
-        role,
-        tenant: tenant.into(),
-    }
-}
+use server::{raw, Server, ADMIN, GLOBEX, PLATFORM, SERVICE};
 
-fn config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.storage.data_dir = dir.to_path_buf();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
+/// Short read timeouts and a small body limit, so that the tests reach them.
+fn limits(config: &mut Config) {
     config.server.header_read_timeout_seconds = 1;
     config.server.body_read_timeout_seconds = 1;
     config.server.max_body_bytes = 64 * 1024;
-    config.server.shutdown_grace_seconds = 2;
-    config.auth.keys = vec![
-        key("acme-service", SERVICE, Role::Service, "acme"),
-        key("acme-admin", ADMIN, Role::Admin, "acme"),
-        key("globex-service", GLOBEX, Role::Service, "globex"),
-        key("platform", PLATFORM, Role::Platform, "acme"),
-    ];
-    config
-}
-
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), creditd::server::ServerError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(creditd::server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let server = Server {
-            base,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn start_with_engine(
-        config: Config,
-        engine: Arc<Engine>,
-        dir: tempfile::TempDir,
-    ) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(creditd::server::serve_engine(
-            config,
-            engine,
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let server = Server {
-            base,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if let Ok((status, _, _)) = self
-                .client(SERVICE)
-                .send(Method::GET, "/readyz", None, None)
-                .await
-            {
-                if status == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("server did not become ready");
-    }
-
-    fn client(&self, secret: &str) -> Client {
-        Client::new(&self.base, secret).unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn raw(client: &Client, method: Method, path: &str, body: &str) -> (u16, Value) {
-    let body = if body.is_empty() {
-        None
-    } else {
-        Some(body.as_bytes().to_vec())
-    };
-    let (status, _, bytes) = client.send(method, path, body, None).await.unwrap();
-    (
-        status.as_u16(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 fn slug(body: &Value) -> &str {
@@ -150,7 +36,7 @@ fn slug(body: &Value) -> &str {
 
 #[tokio::test]
 async fn the_seed_flow_end_to_end() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     let admin = server.client(ADMIN);
     let user = service
@@ -208,7 +94,7 @@ async fn the_seed_flow_end_to_end() {
 
 #[tokio::test]
 async fn every_error_status_is_problem_json() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     let admin = server.client(ADMIN);
     service.put_user("u", None).await.unwrap();
@@ -374,7 +260,7 @@ async fn reqwest_like(base: &str, request: &str) -> (u16, String, String) {
 
 #[tokio::test]
 async fn tenants_are_isolated() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let acme = server.client(SERVICE);
     let globex = server.client(GLOBEX);
     acme.put_user("shared", None).await.unwrap();
@@ -443,7 +329,7 @@ async fn tenants_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_debits_on_fifty_credits() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     service.put_user("hot", None).await.unwrap();
     service.credit("hot", 50, None, None).await.unwrap();
@@ -472,7 +358,7 @@ async fn a_hundred_concurrent_debits_on_fifty_credits() {
 
 #[tokio::test]
 async fn reservations_over_http() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     service.put_user("r", None).await.unwrap();
     service.credit("r", 20, None, None).await.unwrap();
@@ -500,7 +386,7 @@ async fn reservations_over_http() {
 
 #[tokio::test]
 async fn batch_debits_apply_each_on_its_own() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     for user in ["a", "b"] {
         service.put_user(user, None).await.unwrap();
@@ -546,7 +432,7 @@ async fn batch_debits_apply_each_on_its_own() {
 
 #[tokio::test]
 async fn headers_health_metrics_and_openapi() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let (status, head, _) = reqwest_like(
         &server.base,
         "GET /livez HTTP/1.1\r\nHost: x\r\nX-Request-Id: trace-42\r\n\r\n",
@@ -619,7 +505,7 @@ fn openapi_covers_every_route() {
 
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let address = server.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     stream
@@ -640,7 +526,7 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test]
 async fn slow_bodies_are_cut_off_even_on_open_routes() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let address = server.base.trim_start_matches("http://").to_owned();
     for path in ["/v1/webhooks/sandbox", "/v1/users/ada/credit"] {
         let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -667,7 +553,7 @@ async fn slow_bodies_are_cut_off_even_on_open_routes() {
 /// JSON can carry, is refused with 422 and charges nothing.
 #[tokio::test]
 async fn a_long_run_of_nul_characters_is_refused_and_changes_nothing() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     service.put_user("nul", None).await.unwrap();
     service.credit("nul", 10, None, None).await.unwrap();
@@ -694,7 +580,7 @@ async fn a_long_run_of_nul_characters_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn bodies_that_are_not_objects_are_refused_and_change_nothing() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     service
         .put_user("ada", Some("ada@example.com"))
@@ -757,7 +643,7 @@ async fn bodies_that_are_not_objects_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn deeply_nested_metadata_is_refused_naming_the_field_and_changes_nothing() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     service.put_user("ada", None).await.unwrap();
     service.credit("ada", 10, None, None).await.unwrap();
@@ -810,7 +696,7 @@ async fn deeply_nested_metadata_is_refused_naming_the_field_and_changes_nothing(
 
 #[tokio::test]
 async fn a_refused_tenant_change_creates_nothing() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let platform = server.client(PLATFORM);
     let secret = "tenant-secret-0123456789";
     for url in [
@@ -848,7 +734,7 @@ async fn a_refused_tenant_change_creates_nothing() {
 
 #[tokio::test]
 async fn garbage_never_crashes_the_server() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     service.put_user("g", None).await.unwrap();
     let mut seed = 7u64;
@@ -896,7 +782,8 @@ async fn garbage_never_crashes_the_server() {
 async fn a_failed_fsync_answers_outcome_unknown_then_refuses_and_a_keyed_retry_learns_the_outcome()
 {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let mut config = server::config(dir.path());
+    limits(&mut config);
     let faulty = FaultyStorage::new(Arc::new(FsStorage));
     let options = EngineOptions {
         background: false,
@@ -936,14 +823,11 @@ async fn a_failed_fsync_answers_outcome_unknown_then_refuses_and_a_keyed_retry_l
     assert_eq!((status, slug(&body)), (503, "not-ready"));
     assert!(body["detail"].as_str().unwrap().contains("poisoned"));
     // Shutting down cannot flush a poisoned log: the server says so instead of exiting cleanly.
-    let mut server = server;
-    let _ = server.stop.take().unwrap().send(());
-    let result = server.task.await.unwrap();
+    let (result, dir) = server.shut_down().await;
     assert!(
         matches!(result, Err(creditd::server::ServerError::Shutdown(_))),
         "{result:?}"
     );
-    let dir = server._dir;
 
     let engine = Engine::open(options, Arc::new(FsStorage), Arc::new(SystemClock)).unwrap();
     let server = Server::start_with_engine(config, engine, dir).await;
@@ -1014,7 +898,7 @@ fn json_strings(value: &Value, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn no_problem_quotes_a_control_character_from_the_path() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     server.client(SERVICE).put_user("u", None).await.unwrap();
     // Percent-encoded controls in every kind of path parameter, and raw C1 controls (which http
     // lets through as UTF-8) in a parameter and in a path no route matches.
@@ -1073,7 +957,7 @@ async fn no_problem_quotes_a_control_character_from_the_path() {
 
 #[tokio::test]
 async fn put_user_refuses_an_email_initialize_would_refuse_and_changes_nothing() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let service = server.client(SERVICE);
     let (status, body) = raw(
         &service,
@@ -1128,7 +1012,7 @@ async fn put_user_refuses_an_email_initialize_would_refuse_and_changes_nothing()
 
 #[tokio::test]
 async fn a_request_id_that_breaks_the_rule_is_replaced_as_the_openapi_says() {
-    let server = Server::start().await;
+    let server = Server::start_with(limits).await;
     let at_limit = "y".repeat(128);
     let too_long = "x".repeat(129);
     for (sent, echoed) in [

@@ -5,16 +5,17 @@
 //! installs them and sets `CREDITD_BROWSER_TESTS=1`, which turns their absence into a failure).
 //! Without them, and without that variable, the test says so and does nothing.
 
+#[path = "common/server.rs"]
+mod server;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use creditd::client::Client;
-use creditd::config::{ApiKey, Config, Gateway, Role};
+use creditd::config::Gateway;
 use http::Method;
 use serde_json::{json, Value};
+use server::{Server, SERVICE};
 
-const SERVICE: &str = "acme-service-secret-0001";
-const ADMIN: &str = "acme-admin-secret-000001";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 struct Browser {
@@ -218,57 +219,10 @@ async fn a_person_pays_on_the_sandbox_checkout_page() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.storage.data_dir = dir.path().to_path_buf();
-    config.payments.gateway = Gateway::Sandbox;
-    config.auth.keys = vec![
-        ApiKey {
-            name: "svc".into(),
-            secret: SERVICE.into(),
-            role: Role::Service,
-            tenant: "acme".into(),
-        },
-        ApiKey {
-            name: "adm".into(),
-            secret: ADMIN.into(),
-            role: Role::Admin,
-            tenant: "acme".into(),
-        },
-    ];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(creditd::server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let service = Client::new(&base, SERVICE).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(service.send(Method::GET, "/readyz", None, None).await, Ok((s, _, _)) if s == 200)
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Client::new(&base, ADMIN)
-        .unwrap()
-        .put_package("starter", "Starter pack", 500, 200_000, "NGN")
-        .await
-        .unwrap();
-    service
-        .put_user("ada", Some("ada@example.com"))
-        .await
-        .unwrap();
-    let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"})
-        .to_string()
-        .into_bytes();
-    let (_, _, answer) = service
-        .send(Method::POST, "/v1/payments/initialize", Some(body), None)
-        .await
-        .unwrap();
-    let checkout_url = serde_json::from_slice::<Value>(&answer).unwrap()["checkout_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let server = Server::start_with(|config| config.payments.gateway = Gateway::Sandbox).await;
+    server.sell_starter_to_ada("Starter pack").await;
+    let (_, checkout_url) = server.initialize().await;
+    let service = server.client(SERVICE);
 
     browser.open(&checkout_url).await;
     assert_eq!(browser.text("h1").await, "Starter pack");
@@ -286,6 +240,5 @@ async fn a_person_pays_on_the_sandbox_checkout_page() {
     assert_eq!(service.wallet("ada", None).await.unwrap().balance, 500);
     browser.quit().await;
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

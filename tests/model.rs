@@ -1,6 +1,9 @@
 //! The model test: random sequences of operations, with clean restarts and crashes among them, run
-//! against the engine and against a small reference model that re-implements the documented
-//! semantics in the most obvious way (plain maps, no locks, no log).
+//! against the engine and against the reference model that re-implements the documented semantics
+//! in the most obvious way (plain maps, no locks, no log): `creditd::fuzzing::model`, the one the
+//! fuzzers and the corpus test use too (the `fuzzing` feature, which this package's
+//! dev-dependency on itself turns on). This file adds the proptest strategies, the clock, the
+//! engine behind a sync gate, and its own statement of the validation rules ([`invalid_field`]).
 //!
 //! Every operation is decided by the model first and then sent to the engine; both must give the
 //! same answer: the same outcome (entry and reservation ids included, because the model counts log
@@ -35,19 +38,21 @@
 #[path = "common/sync_gate.rs"]
 mod sync_gate;
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use creditd::engine::types::{
-    ClosedAs, CreditKind, Currency, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn,
-    Missing, Outcome, Shortfall,
+    CreditKind, Currency, EngineError, Fingerprint, Limits, Lsn, Missing,
 };
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReservationState, ReservationView, ReserveRequest, RevokeRequest,
     Spend, Tenant,
+};
+use creditd::fuzzing::model::{
+    same_error, History, Key, Known, MOpenReservation, MReservation, MTenant, MWallet,
+    Model as Shared, Overdraft, Stop,
 };
 use creditd::wal::memory::MemStorage;
 use proptest::prelude::*;
@@ -76,7 +81,7 @@ const REVOKE_REASON: &str = "granted by mistake";
 
 const MAX_AMOUNT: i64 = 1 << 61;
 const MAX_QUANTITY: u64 = 1_000_000_000;
-const MAX_HOLDS_PER_USER: u32 = 3;
+const MAX_RESERVATIONS_PER_USER: u32 = 3;
 const DEFAULT_TTL_SECONDS: u64 = 300;
 const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 const CLOSED_RETENTION_MS: i64 = 3600 * 1000;
@@ -109,7 +114,7 @@ fn options() -> EngineOptions {
         limits: Limits {
             max_amount: MAX_AMOUNT,
             max_quantity: MAX_QUANTITY,
-            max_reservations_per_user: MAX_HOLDS_PER_USER,
+            max_reservations_per_user: MAX_RESERVATIONS_PER_USER,
             default_reservation_ttl_seconds: DEFAULT_TTL_SECONDS,
             max_reservation_ttl_seconds: MAX_TTL_SECONDS,
             closed_reservation_retention_seconds: (CLOSED_RETENTION_MS / 1000) as u64,
@@ -155,7 +160,7 @@ enum SpendGen {
 
 /// Which reservation a capture, extend or release names.
 #[derive(Clone, Copy)]
-enum HoldRef {
+enum ReservationRef {
     /// One made earlier, asked for in its own tenant.
     Own(Index),
     /// One made earlier, asked for in the other tenant.
@@ -256,17 +261,17 @@ enum Op {
         dry_run: bool,
     },
     Capture {
-        hold: HoldRef,
+        reservation: ReservationRef,
         amount: CaptureAmount,
         key: KeyGen,
     },
     Extend {
-        hold: HoldRef,
+        reservation: ReservationRef,
         ttl: u64,
         key: KeyGen,
     },
     Release {
-        hold: HoldRef,
+        reservation: ReservationRef,
         key: KeyGen,
     },
     SetOverdraft {
@@ -289,7 +294,7 @@ enum Op {
         ms: i64,
     },
     /// Moves the clock to the next expiry of an open reservation, plus this many ms (−1, 0, 1):
-    /// the boundary where a hold with `expires_at_ms <= now` counts as expired.
+    /// the boundary where a reservation with `expires_at_ms <= now` counts as expired.
     AdvanceToExpiry {
         offset_ms: i64,
     },
@@ -322,12 +327,14 @@ impl fmt::Debug for SpendGen {
     }
 }
 
-impl fmt::Debug for HoldRef {
+impl fmt::Debug for ReservationRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HoldRef::Own(index) => write!(f, "hold@{}%", index.index(100)),
-            HoldRef::Foreign(index) => write!(f, "foreign-hold@{}%", index.index(100)),
-            HoldRef::Bogus(t) => write!(f, "{}/bogus-hold", TENANTS[*t]),
+            ReservationRef::Own(index) => write!(f, "reservation@{}%", index.index(100)),
+            ReservationRef::Foreign(index) => {
+                write!(f, "foreign-reservation@{}%", index.index(100))
+            }
+            ReservationRef::Bogus(t) => write!(f, "{}/bogus-reservation", TENANTS[*t]),
         }
     }
 }
@@ -458,13 +465,23 @@ impl fmt::Debug for Op {
                 cur_text(*cur),
                 key_text(key)
             ),
-            Op::Capture { hold, amount, key } => {
-                write!(f, "capture {hold:?} {amount:?}{}", key_text(key))
+            Op::Capture {
+                reservation,
+                amount,
+                key,
+            } => {
+                write!(f, "capture {reservation:?} {amount:?}{}", key_text(key))
             }
-            Op::Extend { hold, ttl, key } => {
-                write!(f, "extend {hold:?} ttl={ttl}{}", key_text(key))
+            Op::Extend {
+                reservation,
+                ttl,
+                key,
+            } => {
+                write!(f, "extend {reservation:?} ttl={ttl}{}", key_text(key))
             }
-            Op::Release { hold, key } => write!(f, "release {hold:?}{}", key_text(key)),
+            Op::Release { reservation, key } => {
+                write!(f, "release {reservation:?}{}", key_text(key))
+            }
             Op::SetOverdraft { t, u, cur, limit } => {
                 write!(f, "set_overdraft {} {limit}{}", who(t, u), cur_text(*cur))
             }
@@ -571,11 +588,11 @@ fn sometimes() -> impl Strategy<Value = bool> + Clone {
     prop_oneof![5 => Just(false), 1 => Just(true)]
 }
 
-fn hold_ref() -> impl Strategy<Value = HoldRef> + Clone {
+fn hold_ref() -> impl Strategy<Value = ReservationRef> + Clone {
     prop_oneof![
-        12 => any::<Index>().prop_map(HoldRef::Own),
-        1 => any::<Index>().prop_map(HoldRef::Foreign),
-        1 => tenant().prop_map(HoldRef::Bogus),
+        12 => any::<Index>().prop_map(ReservationRef::Own),
+        1 => any::<Index>().prop_map(ReservationRef::Foreign),
+        1 => tenant().prop_map(ReservationRef::Bogus),
     ]
 }
 
@@ -668,7 +685,11 @@ fn reserve_op() -> BoxedStrategy<Op> {
 
 fn capture_op() -> BoxedStrategy<Op> {
     (hold_ref(), capture_amount(), key())
-        .prop_map(|(hold, amount, key)| Op::Capture { hold, amount, key })
+        .prop_map(|(reservation, amount, key)| Op::Capture {
+            reservation,
+            amount,
+            key,
+        })
         .boxed()
 }
 
@@ -679,13 +700,17 @@ fn extend_op() -> BoxedStrategy<Op> {
         1 => Just(MAX_TTL_SECONDS + 1),
     ];
     (hold_ref(), ttl, key())
-        .prop_map(|(hold, ttl, key)| Op::Extend { hold, ttl, key })
+        .prop_map(|(reservation, ttl, key)| Op::Extend {
+            reservation,
+            ttl,
+            key,
+        })
         .boxed()
 }
 
 fn release_op() -> BoxedStrategy<Op> {
     (hold_ref(), key())
-        .prop_map(|(hold, key)| Op::Release { hold, key })
+        .prop_map(|(reservation, key)| Op::Release { reservation, key })
         .boxed()
 }
 
@@ -793,8 +818,6 @@ fn op() -> impl Strategy<Value = Op> {
 // ---------------------------------------------------------------------------------------------
 // Resolved requests: what both the model and the engine are asked.
 // ---------------------------------------------------------------------------------------------
-
-type Key = Option<(&'static str, Fingerprint)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqSpend {
@@ -920,16 +943,6 @@ enum Answer {
     Snapshot,
 }
 
-/// Errors are compared by variant and by the details a client sees: the numbers of a shortfall,
-/// how a reservation closed, the field of an invalid request (not the wording of its reason).
-fn same_error(model: &EngineError, engine: &EngineError) -> bool {
-    match (model, engine) {
-        (EngineError::Invalid(a), EngineError::Invalid(b)) => a.field == b.field,
-        (EngineError::Conflict(_), EngineError::Conflict(_)) => true,
-        (a, b) => a == b,
-    }
-}
-
 fn same_answer(model: &Result<Answer, EngineError>, engine: &Result<Answer, EngineError>) -> bool {
     match (model, engine) {
         (Ok(a), Ok(b)) => a == b,
@@ -938,71 +951,187 @@ fn same_answer(model: &Result<Answer, EngineError>, engine: &Result<Answer, Engi
     }
 }
 
-fn invalid(field: &'static str) -> EngineError {
-    EngineError::Invalid(Invalid::new(field, "(model)"))
-}
-
 // ---------------------------------------------------------------------------------------------
-// The reference model.
+// The reference model: the one shared with the fuzzers, `creditd::fuzzing::model`, with the clock
+// and what this test remembers about the sequence.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct MWallet {
-    balance: i64,
-    reserved: i64,
-    overdraft: i64,
+/// This test checks recovery against state images, not against the model after every record, so
+/// the shared model's history of each operation is dropped.
+fn no_history() -> History {
+    History::new()
 }
 
-impl MWallet {
-    fn available(&self) -> i64 {
-        self.balance - self.reserved
+/// A text one byte over the limit.
+fn long_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| "x".repeat(MAX_TEXT_BYTES as usize + 1))
+}
+
+fn credit_request(req: &Req) -> CreditRequest<'static> {
+    let Req::Credit {
+        user,
+        amount,
+        kind,
+        currency,
+        long_text: long,
+        ..
+    } = *req
+    else {
+        unreachable!("a credit")
+    };
+    let mut request = CreditRequest::new(user, amount, kind);
+    request.currency = currency;
+    request.description = long.then(long_text);
+    request
+}
+
+fn debit_request(req: &Req) -> DebitRequest<'static> {
+    let Req::Debit {
+        user,
+        spend,
+        currency,
+        dry_run,
+        long_text: long,
+        ..
+    } = *req
+    else {
+        unreachable!("a debit")
+    };
+    let mut request = DebitRequest::new(user, spend.engine());
+    request.currency = currency;
+    request.dry_run = dry_run;
+    request.description = long.then(long_text);
+    request
+}
+
+fn reserve_request(req: &Req) -> ReserveRequest<'static> {
+    let Req::Reserve {
+        user,
+        spend,
+        currency,
+        ttl,
+        dry_run,
+        ..
+    } = *req
+    else {
+        unreachable!("a reservation")
+    };
+    let mut request = ReserveRequest::new(user, spend.engine());
+    request.currency = currency;
+    request.ttl_seconds = ttl;
+    request.dry_run = dry_run;
+    request
+}
+
+fn capture_request(id: Lsn, amount: Option<i64>) -> CaptureRequest<'static> {
+    CaptureRequest {
+        reservation_id: id,
+        amount,
+        description: None,
+        metadata: None,
     }
 }
 
-#[derive(Debug, Clone)]
-struct MUser {
-    email: Option<&'static str>,
-    /// Every wallet the user has; the default currency's exists from the start.
-    wallets: BTreeMap<Currency, MWallet>,
-    /// The LSN of the last record that changed the user.
-    last_lsn: Lsn,
+/// The refusals this test states on its own rather than through the creditd check functions that
+/// the shared model calls: the field a request must be refused for before any state is consulted,
+/// in the order the documentation checks them. A user id with a slash, an amount outside
+/// `1..=MAX_AMOUNT`, a text over the limit, a blank reason, a TTL outside `1..=MAX_TTL_SECONDS`
+/// and a key that is not visible ASCII are invalid.
+fn invalid_field(req: &Req) -> Option<&'static str> {
+    let user = |user: &str| (!user.contains('/'), "user_id");
+    let amount = |field, amount: i64| (amount > 0 && amount <= MAX_AMOUNT, field);
+    let ttl = |ttl: u64| (ttl > 0 && ttl <= MAX_TTL_SECONDS, "ttl_seconds");
+    let key = |key: Key| {
+        let visible = key.is_none_or(|(name, _)| name.bytes().all(|b| b.is_ascii_graphic()));
+        (visible, "idempotency_key")
+    };
+    // The key is claimed after the request is priced; an action's price depends on the catalogue.
+    let priced = |spend: ReqSpend, claims: bool, k: Key| match spend {
+        ReqSpend::Amount(a) if claims => vec![amount("amount", a), key(k)],
+        ReqSpend::Amount(a) => vec![amount("amount", a)],
+        ReqSpend::Action(..) => Vec::new(),
+    };
+    let checks: Vec<(bool, &'static str)> = match *req {
+        Req::UpsertUser { user: u, .. } => vec![user(u)],
+        Req::Credit {
+            user: u,
+            amount: a,
+            key: k,
+            long_text,
+            ..
+        } => vec![
+            user(u),
+            amount("amount", a),
+            (!long_text, "description"),
+            key(k),
+        ],
+        Req::Debit {
+            user: u,
+            spend,
+            key: k,
+            dry_run,
+            long_text,
+            ..
+        } => [
+            vec![user(u), (!long_text, "description")],
+            priced(spend, !dry_run, k),
+        ]
+        .concat(),
+        Req::Revoke {
+            user: u,
+            amount: a,
+            reason,
+            key: k,
+            ..
+        } => vec![
+            user(u),
+            (!reason.trim().is_empty(), "reason"),
+            amount("amount", a),
+            key(k),
+        ],
+        Req::Reserve {
+            user: u,
+            spend,
+            ttl: t,
+            key: k,
+            dry_run,
+            ..
+        } => {
+            let t = t.unwrap_or(DEFAULT_TTL_SECONDS);
+            [vec![user(u), ttl(t)], priced(spend, !dry_run, k)].concat()
+        }
+        Req::Capture {
+            amount: a, key: k, ..
+        } => a
+            .map(|a| amount("amount", a))
+            .into_iter()
+            .chain([key(k)])
+            .collect(),
+        Req::Extend { ttl: t, key: k, .. } => vec![ttl(t), key(k)],
+        Req::Release { key: k, .. } => vec![key(k)],
+        Req::SetOverdraft { user: u, limit, .. } => vec![
+            user(u),
+            ((0..=MAX_AMOUNT).contains(&limit), "overdraft_limit"),
+        ],
+        Req::PutAction { cost, .. } => vec![amount("cost", cost)],
+        _ => Vec::new(),
+    };
+    checks
+        .into_iter()
+        .find(|(ok, _)| !ok)
+        .map(|(_, field)| field)
 }
 
-#[derive(Debug, Clone)]
-enum MHold {
-    Open {
-        user: &'static str,
-        currency: Currency,
-        amount: i64,
-        expires_at_ms: i64,
-    },
-    Closed {
-        user: &'static str,
-        how: ClosedAs,
-        at_ms: i64,
-    },
-}
-
-#[derive(Debug, Clone)]
-struct MKey {
-    fingerprint: Fingerprint,
-    lsn: Lsn,
-    outcome: Outcome,
-}
-
-#[derive(Debug, Clone)]
-struct MTenant {
-    id: &'static str,
-    name: Option<&'static str>,
-    default_currency: Currency,
-    /// The LSN of the last record that changed the tenant's settings or catalogue.
-    catalogue_lsn: Lsn,
-    users: BTreeMap<&'static str, MUser>,
-    /// Action → (cost, currency).
-    actions: BTreeMap<&'static str, (i64, Currency)>,
-    /// Every reservation the tenant remembers, open or closed.
-    holds: BTreeMap<Lsn, MHold>,
-    keys: BTreeMap<&'static str, MKey>,
+/// What the shared model's answer means for a client.
+fn answer(result: Result<Done, Stop>) -> Result<Answer, EngineError> {
+    match result {
+        Ok(done) | Err(Stop::Replay(done)) => Ok(Answer::Done(done)),
+        Err(Stop::Refused(error)) => Err(error),
+        Err(Stop::ClosedOrGone(how)) => {
+            panic!("model: a reservation closed as {how:?} is neither known nor forgotten")
+        }
+    }
 }
 
 /// After an expiry sweep over several users, the order in which the engine visits them (and so
@@ -1016,100 +1145,127 @@ struct SweptUser {
 
 #[derive(Debug, Clone)]
 struct Model {
-    tenants: Vec<MTenant>,
+    shared: Shared,
+    limits: Limits,
     now_ms: i64,
-    next_lsn: Lsn,
     /// Every reservation ever made, in order: (tenant, id).
     reservations: Vec<(usize, Lsn)>,
     swept: Vec<SweptUser>,
 }
 
-/// The state of a keyed request before it runs.
-enum Claim {
-    Fresh(Key),
-    Replay(Done),
-}
-
-fn check_user_id(user: &str) -> Result<(), EngineError> {
-    if user.contains('/') {
-        return Err(invalid("user_id"));
-    }
-    Ok(())
-}
-
-fn check_amount(field: &'static str, amount: i64) -> Result<(), EngineError> {
-    if amount <= 0 || amount > MAX_AMOUNT {
-        return Err(invalid(field));
-    }
-    Ok(())
-}
-
-fn check_ttl(ttl_seconds: u64) -> Result<(), EngineError> {
-    if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
-        return Err(invalid("ttl_seconds"));
-    }
-    Ok(())
-}
-
-/// `available` after spending `amount`, or the shortfall if it would end below the floor.
-fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
-    let available = wallet.available();
-    let shortfall = EngineError::InsufficientCredits(Shortfall {
-        balance: wallet.balance,
-        available,
-        required: amount,
-    });
-    match available.checked_sub(amount) {
-        Some(after) if after >= -wallet.overdraft => Ok(after),
-        _ => Err(shortfall),
-    }
-}
-
-fn done(lsn: Lsn, outcome: Outcome) -> Answer {
-    Answer::Done(Done {
-        lsn,
-        outcome,
-        replayed: false,
-    })
-}
-
 impl Model {
+    /// Both tenants, created by the first two records as [`Harness::new`] does.
     fn new() -> Model {
-        let tenant = |t: usize| MTenant {
-            id: TENANTS[t],
-            name: None,
-            default_currency: default_currency(t),
-            catalogue_lsn: t as Lsn + 1,
-            users: BTreeMap::new(),
-            actions: BTreeMap::new(),
-            holds: BTreeMap::new(),
-            keys: BTreeMap::new(),
-        };
+        let limits = options().limits;
+        let mut shared = Shared::new();
+        for (t, id) in TENANTS.iter().enumerate() {
+            let currency = (t == 1).then(usd);
+            shared
+                .upsert_tenant(&mut no_history(), &limits, id, None, currency)
+                .expect("model: a tenant");
+        }
         Model {
-            tenants: vec![tenant(0), tenant(1)],
+            shared,
+            limits,
             now_ms: T0,
-            next_lsn: 3,
             reservations: Vec::new(),
             swept: Vec::new(),
         }
     }
 
-    fn take_lsn(&mut self) -> Lsn {
-        let lsn = self.next_lsn;
-        self.next_lsn += 1;
-        lsn
+    fn next_lsn(&self) -> Lsn {
+        self.shared.next_lsn
+    }
+
+    fn tenant(&self, t: usize) -> &MTenant {
+        self.shared.tenant(TENANTS[t])
+    }
+
+    /// The open reservation `id` of tenant `t`, if it is one.
+    fn open_reservation(&self, t: usize, id: Lsn) -> Option<&MOpenReservation> {
+        let tenant = self.tenant(t);
+        match tenant.reservations.get(&id) {
+            Some(MReservation::Open { user }) => tenant.users[user]
+                .open_reservations
+                .iter()
+                .find(|h| h.id == id),
+            _ => None,
+        }
+    }
+
+    /// What asking tenant `t` for reservation `id` must answer.
+    fn reservation(&self, t: usize, id: Lsn) -> Result<ReservationView, EngineError> {
+        match self.tenant(t).reservations.get(&id) {
+            None
+            | Some(MReservation::Closed {
+                known: Known::Purged,
+                ..
+            }) => Err(EngineError::NotFound(Missing::Reservation)),
+            Some(MReservation::Open { user }) => {
+                let reservation = self
+                    .open_reservation(t, id)
+                    .expect("model: an open reservation's reservation");
+                Ok(ReservationView {
+                    reservation_id: id,
+                    user_id: user.to_string(),
+                    currency: Some(reservation.currency),
+                    amount: Some(reservation.amount),
+                    state: ReservationState::Open {
+                        expires_at_ms: reservation.expires_at_ms,
+                    },
+                })
+            }
+            Some(MReservation::Closed { user, how, .. }) => Ok(ReservationView {
+                reservation_id: id,
+                user_id: user.to_string(),
+                currency: None,
+                amount: None,
+                state: ReservationState::Closed(*how),
+            }),
+        }
+    }
+
+    /// The closed reservations of tenant `t` that a restart may forget: closed before `cutoff_ms`.
+    fn closed_before(&self, t: usize, cutoff_ms: i64) -> Vec<Lsn> {
+        self.tenant(t)
+            .reservations
+            .iter()
+            .filter(|(_, reservation)| {
+                matches!(reservation, MReservation::Closed { at_ms, known: Known::Present, .. }
+                    if *at_ms < cutoff_ms)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The engine forgot the closed reservation `id`: from now on it is "not found".
+    fn forget(&mut self, t: usize, id: Lsn) {
+        let tenant = self.shared.tenant_mut(TENANTS[t]);
+        if let Some(MReservation::Closed { known, .. }) = tenant.reservations.get_mut(&id) {
+            *known = Known::Purged;
+        }
+    }
+
+    /// The wallet, or an empty one if the user has none in that currency.
+    fn wallet(&self, t: usize, user: &str, currency: Currency) -> MWallet {
+        self.tenant(t)
+            .users
+            .get(user)
+            .map_or(MWallet::empty(currency), |account| account.wallet(currency))
     }
 
     /// Turns a generated operation into a concrete request, naming reservations by id.
     fn resolve(&self, op: &Op) -> Req {
-        let hold = |hold: &HoldRef| -> (usize, Lsn) {
-            match hold {
-                HoldRef::Bogus(t) => (*t, BOGUS_RESERVATION),
-                HoldRef::Own(_) | HoldRef::Foreign(_) if self.reservations.is_empty() => {
+        let reservation = |reservation: &ReservationRef| -> (usize, Lsn) {
+            match reservation {
+                ReservationRef::Bogus(t) => (*t, BOGUS_RESERVATION),
+                ReservationRef::Own(_) | ReservationRef::Foreign(_)
+                    if self.reservations.is_empty() =>
+                {
                     (0, BOGUS_RESERVATION)
                 }
-                HoldRef::Own(index) => *index.get(&self.reservations),
-                HoldRef::Foreign(index) => {
+                ReservationRef::Own(index) => *index.get(&self.reservations),
+                ReservationRef::Foreign(index) => {
                     let (t, id) = *index.get(&self.reservations);
                     (1 - t, id)
                 }
@@ -1197,15 +1353,14 @@ impl Model {
                 dry_run: *dry_run,
             },
             Op::Capture {
-                hold: which,
+                reservation: which,
                 amount,
                 key,
             } => {
-                let (t, id) = hold(which);
-                let held = match self.tenants[t].holds.get(&id) {
-                    Some(MHold::Open { amount, .. }) => *amount,
-                    _ => 10,
-                };
+                let (t, id) = reservation(which);
+                let held = self
+                    .open_reservation(t, id)
+                    .map_or(10, |reservation| reservation.amount);
                 let amount = match amount {
                     CaptureAmount::All => None,
                     CaptureAmount::Exact => Some(held),
@@ -1221,11 +1376,11 @@ impl Model {
                 }
             }
             Op::Extend {
-                hold: which,
+                reservation: which,
                 ttl,
                 key,
             } => {
-                let (t, id) = hold(which);
+                let (t, id) = reservation(which);
                 Req::Extend {
                     t,
                     id,
@@ -1233,8 +1388,11 @@ impl Model {
                     key: resolve_key(key),
                 }
             }
-            Op::Release { hold: which, key } => {
-                let (t, id) = hold(which);
+            Op::Release {
+                reservation: which,
+                key,
+            } => {
+                let (t, id) = reservation(which);
                 Req::Release {
                     t,
                     id,
@@ -1265,34 +1423,37 @@ impl Model {
         }
     }
 
+    /// The shared model's answer, checked against the refusals this test states on its own.
     fn apply(&mut self, req: &Req) -> Result<Answer, EngineError> {
+        let answer = self.decide(req);
+        if let Some(field) = invalid_field(req) {
+            assert!(
+                matches!(&answer, Err(EngineError::Invalid(invalid)) if invalid.field == field),
+                "model: {req:?} must be refused for its {field}, the shared model answers {answer:?}"
+            );
+        }
+        answer
+    }
+
+    fn decide(&mut self, req: &Req) -> Result<Answer, EngineError> {
+        let (limits, now_ms) = (self.limits.clone(), self.now_ms);
+        let model = &mut self.shared;
+        let history = &mut no_history();
+        let upserted = |(created, lsn)| Answer::Upserted { created, lsn };
         match *req {
-            Req::UpsertUser { t, user, email } => self.upsert_user(t, user, email),
-            Req::UpsertTenant { t, name, currency } => self.upsert_tenant(t, name, currency),
-            Req::Credit {
-                t,
-                user,
-                amount,
-                kind: _,
-                currency,
-                key,
-                long_text,
-            } => self.credit(t, user, amount, currency, key, long_text),
-            Req::Debit {
-                t,
-                user,
-                spend,
-                currency,
-                key,
-                dry_run,
-                long_text,
-            } => {
-                check_user_id(user)?;
-                if long_text {
-                    return Err(invalid("description"));
-                }
-                let (amount, currency) = self.price(t, currency, spend)?;
-                self.take(t, user, amount, currency, DebitKind::Usage, key, dry_run)
+            Req::UpsertUser { t, user, email } => model
+                .upsert_user(history, &limits, TENANTS[t], user, (email, None, None))
+                .map(upserted),
+            Req::UpsertTenant { t, name, currency } => model
+                .upsert_tenant(history, &limits, TENANTS[t], name, currency)
+                .map(upserted),
+            Req::Credit { t, key, .. } => {
+                let request = credit_request(req);
+                answer(model.credit(history, &limits, TENANTS[t], &request, key, now_ms))
+            }
+            Req::Debit { t, key, .. } => {
+                let request = debit_request(req);
+                answer(model.debit(history, &limits, TENANTS[t], &request, key, now_ms))
             }
             Req::Revoke {
                 t,
@@ -1302,217 +1463,102 @@ impl Model {
                 reason,
                 key,
             } => {
-                check_user_id(user)?;
-                if reason.trim().is_empty() {
-                    return Err(invalid("reason"));
-                }
-                let (amount, currency) = self.price(t, currency, ReqSpend::Amount(amount))?;
-                self.take(t, user, amount, currency, DebitKind::Revoke, key, false)
+                let request = RevokeRequest {
+                    user,
+                    amount,
+                    currency,
+                    reason,
+                };
+                answer(model.revoke(history, &limits, TENANTS[t], &request, key, now_ms))
             }
-            Req::Reserve {
-                t,
-                user,
-                spend,
-                currency,
-                ttl,
-                key,
-                dry_run,
-            } => self.reserve(t, user, spend, currency, ttl, key, dry_run),
-            Req::Capture { t, id, amount, key } => self.capture(t, id, amount, key),
-            Req::Extend { t, id, ttl, key } => self.extend(t, id, ttl, key),
-            Req::Release { t, id, key } => self.release(t, id, key),
-            Req::SetOverdraft {
-                t,
-                user,
-                currency,
-                limit,
-            } => self.set_overdraft(t, user, currency, limit, true),
+            Req::Reserve { t, key, .. } => {
+                let request = reserve_request(req);
+                let answer =
+                    answer(model.reserve(history, &limits, TENANTS[t], &request, key, now_ms));
+                if let Ok(Answer::Done(done)) = &answer {
+                    if !done.replayed && done.lsn != 0 {
+                        self.reservations.push((t, done.lsn));
+                    }
+                }
+                answer
+            }
+            Req::Capture { t, id, amount, key } => {
+                let request = capture_request(id, amount);
+                answer(model.capture(history, &limits, TENANTS[t], &request, key, now_ms))
+            }
+            Req::Extend { t, id, ttl, key } => {
+                answer(model.extend(history, &limits, TENANTS[t], (id, ttl), key, now_ms))
+            }
+            Req::Release { t, id, key } => {
+                answer(model.release(history, TENANTS[t], id, key, now_ms))
+            }
+            Req::SetOverdraft { .. } => self.set_overdraft(req, true),
             Req::PutAction {
                 t,
                 action,
                 cost,
                 currency,
-            } => {
-                check_amount("cost", cost)?;
-                let currency = currency.unwrap_or(self.tenants[t].default_currency);
-                let lsn = self.take_lsn();
-                let tenant = &mut self.tenants[t];
-                tenant.actions.insert(action, (cost, currency));
-                tenant.catalogue_lsn = lsn;
-                Ok(Answer::Lsn(lsn))
-            }
-            Req::DeleteAction { t, action } => {
-                if !self.tenants[t].actions.contains_key(action) {
-                    return Err(EngineError::NotFound(Missing::Action));
-                }
-                let lsn = self.take_lsn();
-                let tenant = &mut self.tenants[t];
-                tenant.actions.remove(action);
-                tenant.catalogue_lsn = lsn;
-                Ok(Answer::Lsn(lsn))
-            }
+            } => model
+                .put_action(history, &limits, TENANTS[t], action, (cost, currency, None))
+                .map(Answer::Lsn),
+            Req::DeleteAction { t, action } => model
+                .delete_action(history, TENANTS[t], action)
+                .map(Answer::Lsn),
             Req::ExpireReservations => Ok(Answer::Expired(self.expire_all())),
             Req::Snapshot => Ok(Answer::Snapshot),
         }
     }
 
-    /// Same key and fingerprint: the stored answer again. Same key, other fingerprint: refused.
-    fn claim(&self, t: usize, key: Key) -> Result<Claim, EngineError> {
-        let Some((name, fingerprint)) = key else {
-            return Ok(Claim::Fresh(None));
-        };
-        if !name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid("idempotency_key"));
-        }
-        match self.tenants[t].keys.get(name) {
-            Some(stored) if stored.fingerprint != fingerprint => {
-                Err(EngineError::IdempotencyKeyReused)
-            }
-            Some(stored) => Ok(Claim::Replay(Done {
-                lsn: stored.lsn,
-                outcome: stored.outcome,
-                replayed: true,
-            })),
-            None => Ok(Claim::Fresh(key)),
-        }
-    }
-
-    /// Records a fresh outcome under its key, if the request had one.
-    fn finish(&mut self, t: usize, key: Key, lsn: Lsn, outcome: Outcome) -> Answer {
-        if let Some((name, fingerprint)) = key {
-            self.tenants[t].keys.insert(
-                name,
-                MKey {
-                    fingerprint,
-                    lsn,
-                    outcome,
-                },
-            );
-        }
-        done(lsn, outcome)
-    }
-
-    fn has_user(&self, t: usize, user: &str) -> bool {
-        self.tenants[t].users.contains_key(user)
-    }
-
-    fn user_mut(&mut self, t: usize, user: &str) -> &mut MUser {
-        self.tenants[t]
-            .users
-            .get_mut(user)
-            .expect("the model checked the user exists")
-    }
-
-    /// The wallet, or an empty one if the user has none in that currency.
-    fn wallet(&self, t: usize, user: &str, currency: Currency) -> MWallet {
-        self.tenants[t]
-            .users
-            .get(user)
-            .and_then(|u| u.wallets.get(&currency))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    fn wallet_mut(&mut self, t: usize, user: &str, currency: Currency) -> &mut MWallet {
-        self.user_mut(t, user).wallets.entry(currency).or_default()
-    }
-
-    fn open_holds(&self, t: usize, user: &str) -> usize {
-        self.tenants[t]
-            .holds
-            .values()
-            .filter(|hold| matches!(hold, MHold::Open { user: owner, .. } if *owner == user))
-            .count()
-    }
-
-    /// Closes an open reservation with the record at `lsn`, returning what it held to `available`.
-    fn close_hold(&mut self, t: usize, id: Lsn, how: ClosedAs, lsn: Lsn) {
-        let now_ms = self.now_ms;
-        let Some(MHold::Open {
+    fn set_overdraft(&mut self, req: &Req, release_expired: bool) -> Result<Answer, EngineError> {
+        let Req::SetOverdraft {
+            t,
             user,
             currency,
-            amount,
-            ..
-        }) = self.tenants[t].holds.get(&id).cloned()
+            limit,
+        } = *req
         else {
-            panic!("model: closing reservation {id}, which is not open");
+            unreachable!("an overdraft change")
         };
-        self.wallet_mut(t, user, currency).reserved -= amount;
-        self.user_mut(t, user).last_lsn = lsn;
-        self.tenants[t].holds.insert(
-            id,
-            MHold::Closed {
-                user,
-                how,
-                at_ms: now_ms,
-            },
-        );
-    }
-
-    /// Releases, one record each, the user's reservations whose time has run out
-    /// (`expires_at_ms <= now`): what the engine does under the user's lock before a decision.
-    fn expire_user(&mut self, t: usize, user: &str) {
-        let now_ms = self.now_ms;
-        let due: Vec<Lsn> = self.tenants[t]
-            .holds
-            .iter()
-            .filter_map(|(id, hold)| match hold {
-                MHold::Open {
-                    user: owner,
-                    expires_at_ms,
-                    ..
-                } if *owner == user && *expires_at_ms <= now_ms => Some(*id),
-                _ => None,
-            })
-            .collect();
-        for id in due {
-            let lsn = self.take_lsn();
-            self.close_hold(t, id, ClosedAs::Expired, lsn);
-        }
-    }
-
-    /// The user's wallet as a decision sees it: after the expired reservations are released.
-    /// A dry run answers as if it ran, so it sees the same wallet, but writes nothing.
-    fn deciding_wallet(
-        &mut self,
-        t: usize,
-        user: &str,
-        currency: Currency,
-        dry_run: bool,
-    ) -> MWallet {
-        if dry_run {
-            let mut preview = self.clone();
-            preview.expire_user(t, user);
-            preview.wallet(t, user, currency)
-        } else {
-            self.expire_user(t, user);
-            self.wallet(t, user, currency)
-        }
+        let change = Overdraft {
+            user,
+            currency,
+            limit,
+            release_expired,
+        };
+        self.shared
+            .set_overdraft(
+                &mut no_history(),
+                &self.limits,
+                TENANTS[t],
+                change,
+                self.now_ms,
+            )
+            .map(Answer::Lsn)
     }
 
     /// The expiry sweep: tenants in id order, every reservation due by now.
     fn expire_all(&mut self) -> u64 {
         let mut expired = 0;
-        for t in 0..self.tenants.len() {
-            let mut due_users: Vec<&'static str> = Vec::new();
-            for hold in self.tenants[t].holds.values() {
-                if let MHold::Open {
-                    user,
-                    expires_at_ms,
-                    ..
-                } = hold
-                {
-                    if *expires_at_ms <= self.now_ms && !due_users.contains(user) {
-                        due_users.push(user);
-                    }
-                }
-            }
-            let first = self.next_lsn;
+        for (t, tenant) in TENANTS.iter().enumerate() {
+            let due_users: Vec<&'static str> = self
+                .tenant(t)
+                .users
+                .iter()
+                .filter(|(_, account)| {
+                    account
+                        .open_reservations
+                        .iter()
+                        .any(|h| h.expires_at_ms <= self.now_ms)
+                })
+                .map(|(user, _)| *user)
+                .collect();
+            let first = self.next_lsn();
             for user in &due_users {
-                self.expire_user(t, user);
+                expired += self
+                    .shared
+                    .expire_due(&mut no_history(), tenant, user, self.now_ms);
             }
-            let last = self.next_lsn - 1;
-            expired += self.next_lsn - first;
+            let last = self.next_lsn() - 1;
             if due_users.len() > 1 {
                 for user in due_users {
                     self.swept.push(SweptUser {
@@ -1526,429 +1572,33 @@ impl Model {
         expired
     }
 
-    fn price(
-        &self,
-        t: usize,
-        currency: Option<Currency>,
-        spend: ReqSpend,
-    ) -> Result<(i64, Currency), EngineError> {
-        let tenant = &self.tenants[t];
-        match spend {
-            ReqSpend::Amount(amount) => {
-                check_amount("amount", amount)?;
-                Ok((amount, currency.unwrap_or(tenant.default_currency)))
-            }
-            ReqSpend::Action(name, quantity) => {
-                if quantity == 0 || quantity > MAX_QUANTITY {
-                    return Err(invalid("quantity"));
-                }
-                let (cost, action_currency) = *tenant
-                    .actions
-                    .get(name)
-                    .ok_or(EngineError::NotFound(Missing::Action))?;
-                if currency.is_some_and(|c| c != action_currency) {
-                    return Err(invalid("currency"));
-                }
-                let amount = cost
-                    .checked_mul(quantity as i64)
-                    .ok_or(EngineError::Overflow)?;
-                check_amount("amount", amount)?;
-                Ok((amount, action_currency))
-            }
-        }
-    }
-
-    fn upsert_tenant(
-        &mut self,
-        t: usize,
-        name: Option<&'static str>,
-        currency: Option<Currency>,
-    ) -> Result<Answer, EngineError> {
-        let tenant = &self.tenants[t];
-        if currency.is_some_and(|c| c != tenant.default_currency) {
-            return Err(EngineError::Conflict("default currency"));
-        }
-        if tenant.name == name {
-            return Ok(Answer::Upserted {
-                created: false,
-                lsn: tenant.catalogue_lsn,
-            });
-        }
-        let lsn = self.take_lsn();
-        let tenant = &mut self.tenants[t];
-        tenant.name = name;
-        tenant.catalogue_lsn = lsn;
-        Ok(Answer::Upserted {
-            created: false,
-            lsn,
-        })
-    }
-
-    fn upsert_user(
-        &mut self,
-        t: usize,
-        user: &'static str,
-        email: Option<&'static str>,
-    ) -> Result<Answer, EngineError> {
-        check_user_id(user)?;
-        if let Some(existing) = self.tenants[t].users.get(user) {
-            if existing.email == email {
-                return Ok(Answer::Upserted {
-                    created: false,
-                    lsn: existing.last_lsn,
-                });
-            }
-            let lsn = self.take_lsn();
-            let existing = self.user_mut(t, user);
-            existing.email = email;
-            existing.last_lsn = lsn;
-            return Ok(Answer::Upserted {
-                created: false,
-                lsn,
-            });
-        }
-        let lsn = self.take_lsn();
-        let tenant = &mut self.tenants[t];
-        let wallets = BTreeMap::from([(tenant.default_currency, MWallet::default())]);
-        tenant.users.insert(
-            user,
-            MUser {
-                email,
-                wallets,
-                last_lsn: lsn,
-            },
-        );
-        Ok(Answer::Upserted { created: true, lsn })
-    }
-
-    /// A credit of any kind: the kind is recorded, but changes nothing in the answer.
-    fn credit(
-        &mut self,
-        t: usize,
-        user: &'static str,
-        amount: i64,
-        currency: Option<Currency>,
-        key: Key,
-        long_text: bool,
-    ) -> Result<Answer, EngineError> {
-        check_user_id(user)?;
-        check_amount("amount", amount)?;
-        if long_text {
-            return Err(invalid("description"));
-        }
-        let currency = currency.unwrap_or(self.tenants[t].default_currency);
-        let key = match self.claim(t, key)? {
-            Claim::Replay(done) => return Ok(Answer::Done(done)),
-            Claim::Fresh(key) => key,
-        };
-        if !self.has_user(t, user) {
-            return Err(EngineError::NotFound(Missing::User));
-        }
-        let wallet = self.deciding_wallet(t, user, currency, false);
-        let balance = wallet
-            .balance
-            .checked_add(amount)
-            .ok_or(EngineError::Overflow)?;
-        let lsn = self.take_lsn();
-        self.wallet_mut(t, user, currency).balance = balance;
-        self.user_mut(t, user).last_lsn = lsn;
-        let outcome = Outcome::Credit {
-            entry_id: lsn,
-            amount,
-            balance,
-            available: balance - wallet.reserved,
-        };
-        Ok(self.finish(t, key, lsn, outcome))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn take(
-        &mut self,
-        t: usize,
-        user: &'static str,
-        amount: i64,
-        currency: Currency,
-        kind: DebitKind,
-        key: Key,
-        dry_run: bool,
-    ) -> Result<Answer, EngineError> {
-        // A dry run records nothing, so it neither replays nor claims a key.
-        let key = if dry_run {
-            None
-        } else {
-            match self.claim(t, key)? {
-                Claim::Replay(done) => return Ok(Answer::Done(done)),
-                Claim::Fresh(key) => key,
-            }
-        };
-        if !self.has_user(t, user) {
-            return Err(EngineError::NotFound(Missing::User));
-        }
-        let wallet = self.deciding_wallet(t, user, currency, dry_run);
-        let available = spend_from(&wallet, amount)?;
-        let balance = wallet.balance - amount;
-        let debit = |entry_id| Outcome::Debit {
-            entry_id,
-            kind,
-            charged: amount,
-            balance,
-            available,
-        };
-        if dry_run {
-            return Ok(done(0, debit(0)));
-        }
-        let lsn = self.take_lsn();
-        self.wallet_mut(t, user, currency).balance = balance;
-        self.user_mut(t, user).last_lsn = lsn;
-        Ok(self.finish(t, key, lsn, debit(lsn)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn reserve(
-        &mut self,
-        t: usize,
-        user: &'static str,
-        spend: ReqSpend,
-        currency: Option<Currency>,
-        ttl: Option<u64>,
-        key: Key,
-        dry_run: bool,
-    ) -> Result<Answer, EngineError> {
-        check_user_id(user)?;
-        let ttl_seconds = ttl.unwrap_or(DEFAULT_TTL_SECONDS);
-        check_ttl(ttl_seconds)?;
-        let (amount, currency) = self.price(t, currency, spend)?;
-        let key = if dry_run {
-            None
-        } else {
-            match self.claim(t, key)? {
-                Claim::Replay(done) => return Ok(Answer::Done(done)),
-                Claim::Fresh(key) => key,
-            }
-        };
-        if !self.has_user(t, user) {
-            return Err(EngineError::NotFound(Missing::User));
-        }
-        let wallet = self.deciding_wallet(t, user, currency, dry_run);
-        let open = if dry_run {
-            let mut preview = self.clone();
-            preview.expire_user(t, user);
-            preview.open_holds(t, user)
-        } else {
-            self.open_holds(t, user)
-        };
-        if open >= MAX_HOLDS_PER_USER as usize {
-            return Err(EngineError::TooManyReservations);
-        }
-        let available = spend_from(&wallet, amount)?;
-        let expires_at_ms = self.now_ms + ttl_seconds as i64 * 1000;
-        let reserve = |reservation_id| Outcome::Reserve {
-            reservation_id,
-            amount,
-            expires_at_ms,
-            available,
-        };
-        if dry_run {
-            return Ok(done(0, reserve(0)));
-        }
-        let lsn = self.take_lsn();
-        self.wallet_mut(t, user, currency).reserved += amount;
-        self.user_mut(t, user).last_lsn = lsn;
-        self.tenants[t].holds.insert(
-            lsn,
-            MHold::Open {
-                user,
-                currency,
-                amount,
-                expires_at_ms,
-            },
-        );
-        self.reservations.push((t, lsn));
-        Ok(self.finish(t, key, lsn, reserve(lsn)))
-    }
-
-    /// Finds an open reservation and its user, after releasing the user's expired ones; or says
-    /// why it cannot be used.
-    fn open_hold(&mut self, t: usize, id: Lsn) -> Result<&'static str, EngineError> {
-        let user = match self.tenants[t].holds.get(&id) {
-            None => return Err(EngineError::NotFound(Missing::Reservation)),
-            Some(MHold::Closed { how, .. }) => return Err(EngineError::ReservationClosed(*how)),
-            Some(MHold::Open { user, .. }) => *user,
-        };
-        self.expire_user(t, user);
-        match self.tenants[t].holds.get(&id) {
-            Some(MHold::Open { .. }) => Ok(user),
-            _ => Err(EngineError::ReservationClosed(ClosedAs::Expired)),
-        }
-    }
-
-    fn hold(&self, t: usize, id: Lsn) -> (Currency, i64) {
-        match self.tenants[t].holds.get(&id) {
-            Some(MHold::Open {
-                currency, amount, ..
-            }) => (*currency, *amount),
-            other => panic!("model: reservation {id} should be open, is {other:?}"),
-        }
-    }
-
-    fn capture(
-        &mut self,
-        t: usize,
-        id: Lsn,
-        amount: Option<i64>,
-        key: Key,
-    ) -> Result<Answer, EngineError> {
-        if let Some(amount) = amount {
-            check_amount("amount", amount)?;
-        }
-        let key = match self.claim(t, key)? {
-            Claim::Replay(done) => return Ok(Answer::Done(done)),
-            Claim::Fresh(key) => key,
-        };
-        let user = self.open_hold(t, id)?;
-        let (currency, held) = self.hold(t, id);
-        let charged = amount.unwrap_or(held);
-        let wallet = self.wallet(t, user, currency);
-        if charged > held {
-            // Above the hold, the excess comes from available if it suffices.
-            spend_from(&wallet, charged - held)?;
-        }
-        let balance = wallet
-            .balance
-            .checked_sub(charged)
-            .ok_or(EngineError::Overflow)?;
-        let reserved = wallet.reserved - held;
-        let lsn = self.take_lsn();
-        self.close_hold(t, id, ClosedAs::Captured, lsn);
-        self.wallet_mut(t, user, currency).balance = balance;
-        let outcome = Outcome::Capture {
-            entry_id: lsn,
-            charged,
-            released: (held - charged).max(0),
-            balance,
-            available: balance - reserved,
-        };
-        Ok(self.finish(t, key, lsn, outcome))
-    }
-
-    fn extend(&mut self, t: usize, id: Lsn, ttl: u64, key: Key) -> Result<Answer, EngineError> {
-        check_ttl(ttl)?;
-        let key = match self.claim(t, key)? {
-            Claim::Replay(done) => return Ok(Answer::Done(done)),
-            Claim::Fresh(key) => key,
-        };
-        let user = self.open_hold(t, id)?;
-        let expires_at_ms = self.now_ms + ttl as i64 * 1000;
-        let lsn = self.take_lsn();
-        if let Some(MHold::Open {
-            expires_at_ms: expiry,
-            ..
-        }) = self.tenants[t].holds.get_mut(&id)
-        {
-            *expiry = expires_at_ms;
-        }
-        self.user_mut(t, user).last_lsn = lsn;
-        let outcome = Outcome::Extend {
-            reservation_id: id,
-            expires_at_ms,
-        };
-        Ok(self.finish(t, key, lsn, outcome))
-    }
-
-    fn release(&mut self, t: usize, id: Lsn, key: Key) -> Result<Answer, EngineError> {
-        let key = match self.claim(t, key)? {
-            Claim::Replay(done) => return Ok(Answer::Done(done)),
-            Claim::Fresh(key) => key,
-        };
-        let user = self.open_hold(t, id)?;
-        let (currency, held) = self.hold(t, id);
-        let lsn = self.take_lsn();
-        self.close_hold(t, id, ClosedAs::Released, lsn);
-        let outcome = Outcome::Release {
-            reservation_id: id,
-            released: held,
-            available: self.wallet(t, user, currency).available(),
-        };
-        Ok(self.finish(t, key, lsn, outcome))
-    }
-
     /// The answers the engine may give, each with the model state it leaves: usually one; more
     /// where the documented semantics leave the engine a choice that shows only in the log.
     fn variants(&self, req: &Req) -> Vec<(Model, Result<Answer, EngineError>)> {
         let mut preferred = self.clone();
         let answer = preferred.apply(req);
         let mut variants = vec![(preferred, answer)];
-        if let Req::SetOverdraft {
-            t,
-            user,
-            currency,
-            limit,
-        } = *req
-        {
+        if let Req::SetOverdraft { .. } = req {
             // Releasing the expired reservations through the log first, or deciding as if they
             // were released and leaving the release to the next operation: both are correct.
             let mut lazy = self.clone();
-            let answer = lazy.set_overdraft(t, user, currency, limit, false);
+            let answer = lazy.set_overdraft(req, false);
             variants.push((lazy, answer));
         }
         variants
     }
 
-    fn set_overdraft(
-        &mut self,
-        t: usize,
-        user: &'static str,
-        currency: Option<Currency>,
-        limit: i64,
-        release_expired: bool,
-    ) -> Result<Answer, EngineError> {
-        check_user_id(user)?;
-        if !(0..=MAX_AMOUNT).contains(&limit) {
-            return Err(invalid("overdraft_limit"));
-        }
-        let currency = currency.unwrap_or(self.tenants[t].default_currency);
-        if !self.has_user(t, user) {
-            return Err(EngineError::NotFound(Missing::User));
-        }
-        // The decision depends on `available`, so expired reservations count as released, as for
-        // every other decision (an expired hold no longer holds anything).
-        let wallet = self.deciding_wallet(t, user, currency, !release_expired);
-        if wallet.available() < -limit {
-            return Err(EngineError::Conflict("debt deeper than the new limit"));
-        }
-        let lsn = self.take_lsn();
-        self.wallet_mut(t, user, currency).overdraft = limit;
-        self.user_mut(t, user).last_lsn = lsn;
-        Ok(Answer::Lsn(lsn))
-    }
-
     /// How far the clock must move to reach the earliest open reservation's expiry plus
     /// `offset_ms`, if that lies in the future.
     fn until_next_expiry(&self, offset_ms: i64) -> Option<i64> {
-        self.tenants
-            .iter()
-            .flat_map(|tenant| tenant.holds.values())
-            .filter_map(|hold| match hold {
-                MHold::Open { expires_at_ms, .. } => Some(expires_at_ms + offset_ms - self.now_ms),
-                MHold::Closed { .. } => None,
-            })
+        self.shared
+            .tenants
+            .values()
+            .flat_map(|tenant| tenant.users.values())
+            .flat_map(|account| &account.open_reservations)
+            .map(|reservation| reservation.expires_at_ms + offset_ms - self.now_ms)
             .filter(|ms| *ms > 0)
             .min()
-    }
-
-    /// The idempotency table as [`Engine::state_image`] prints it.
-    fn key_lines(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for tenant in &self.tenants {
-            for (key, stored) in &tenant.keys {
-                lines.push(format!(
-                    "key {}/{key} fp={:?} lsn={} {:?}",
-                    tenant.id, stored.fingerprint, stored.lsn, stored.outcome
-                ));
-            }
-        }
-        lines.sort();
-        lines
     }
 }
 
@@ -2042,8 +1692,6 @@ impl Harness {
             idempotency: key.map(|(key, fingerprint)| IdempotencyKey { key, fingerprint }),
         };
         let admin = context(None);
-        let long_text = "x".repeat(MAX_TEXT_BYTES as usize + 1);
-        let description = |long: bool| long.then_some(long_text.as_str());
         let answer = match *req {
             Req::UpsertUser { t, user, email } => {
                 let profile = ProfileUpdate {
@@ -2058,39 +1706,12 @@ impl Harness {
             Req::UpsertTenant { t, name, currency } => engine
                 .upsert_tenant(TENANTS[t], name, currency, &admin)
                 .map(|(_, created, lsn)| Answer::Upserted { created, lsn }),
-            Req::Credit {
-                t,
-                user,
-                amount,
-                kind,
-                currency,
-                key,
-                long_text,
-            } => {
-                let mut request = CreditRequest::new(user, amount, kind);
-                request.currency = currency;
-                request.description = description(long_text);
-                engine
-                    .credit(&self.tenants[t], &request, &context(key))
-                    .map(Answer::Done)
-            }
-            Req::Debit {
-                t,
-                user,
-                spend,
-                currency,
-                key,
-                dry_run,
-                long_text,
-            } => {
-                let mut request = DebitRequest::new(user, spend.engine());
-                request.currency = currency;
-                request.dry_run = dry_run;
-                request.description = description(long_text);
-                engine
-                    .debit(&self.tenants[t], &request, &context(key))
-                    .map(Answer::Done)
-            }
+            Req::Credit { t, key, .. } => engine
+                .credit(&self.tenants[t], &credit_request(req), &context(key))
+                .map(Answer::Done),
+            Req::Debit { t, key, .. } => engine
+                .debit(&self.tenants[t], &debit_request(req), &context(key))
+                .map(Answer::Done),
             Req::Revoke {
                 t,
                 user,
@@ -2109,34 +1730,16 @@ impl Harness {
                     .revoke(&self.tenants[t], &request, &context(key))
                     .map(Answer::Done)
             }
-            Req::Reserve {
-                t,
-                user,
-                spend,
-                currency,
-                ttl,
-                key,
-                dry_run,
-            } => {
-                let mut request = ReserveRequest::new(user, spend.engine());
-                request.currency = currency;
-                request.ttl_seconds = ttl;
-                request.dry_run = dry_run;
-                engine
-                    .reserve(&self.tenants[t], &request, &context(key))
-                    .map(Answer::Done)
-            }
-            Req::Capture { t, id, amount, key } => {
-                let request = CaptureRequest {
-                    reservation_id: id,
-                    amount,
-                    description: None,
-                    metadata: None,
-                };
-                engine
-                    .capture(&self.tenants[t], &request, &context(key))
-                    .map(Answer::Done)
-            }
+            Req::Reserve { t, key, .. } => engine
+                .reserve(&self.tenants[t], &reserve_request(req), &context(key))
+                .map(Answer::Done),
+            Req::Capture { t, id, amount, key } => engine
+                .capture(
+                    &self.tenants[t],
+                    &capture_request(id, amount),
+                    &context(key),
+                )
+                .map(Answer::Done),
             Req::Extend { t, id, ttl, key } => engine
                 .extend(&self.tenants[t], id, ttl, &context(key))
                 .map(Answer::Done),
@@ -2203,54 +1806,28 @@ impl Harness {
 // Comparing the engine with the model.
 // ---------------------------------------------------------------------------------------------
 
-fn expected_reservation(id: Lsn, hold: Option<&MHold>) -> Result<ReservationView, EngineError> {
-    match hold {
-        None => Err(EngineError::NotFound(Missing::Reservation)),
-        Some(MHold::Open {
-            user,
-            currency,
-            amount,
-            expires_at_ms,
-        }) => Ok(ReservationView {
-            reservation_id: id,
-            user_id: user.to_string(),
-            currency: Some(*currency),
-            amount: Some(*amount),
-            state: ReservationState::Open {
-                expires_at_ms: *expires_at_ms,
-            },
-        }),
-        Some(MHold::Closed { user, how, .. }) => Ok(ReservationView {
-            reservation_id: id,
-            user_id: user.to_string(),
-            currency: None,
-            amount: None,
-            state: ReservationState::Closed(*how),
-        }),
-    }
-}
-
 /// Everything observable must equal the model: LSNs, wallets, profiles, reservations, the
 /// catalogue, tenant settings and the idempotency table; and the invariants must hold.
 fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
     let engine = &*h.engine;
     let mut problems = Vec::new();
     let next_lsn = engine.wal().next_lsn();
-    if next_lsn != model.next_lsn {
+    if next_lsn != model.next_lsn() {
         problems.push(format!(
             "next LSN: engine {next_lsn}, model {} (records written or lost that should not be)",
-            model.next_lsn
+            model.next_lsn()
         ));
     }
     if let Err(violation) = engine.check_invariants() {
         problems.push(format!("invariant broken: {violation}"));
     }
-    for (t, (tenant, mt)) in h.tenants.iter().zip(&model.tenants).enumerate() {
+    for (t, tenant) in h.tenants.iter().enumerate() {
+        let (id, mt) = (TENANTS[t], model.tenant(t));
         let view = tenant.view();
         if view.name.as_deref() != mt.name || view.default_currency != mt.default_currency {
             problems.push(format!(
-                "tenant {}: engine name={:?} currency={}, model name={:?} currency={}",
-                mt.id, view.name, view.default_currency, mt.name, mt.default_currency
+                "tenant {id}: engine name={:?} currency={}, model name={:?} currency={}",
+                view.name, view.default_currency, mt.name, mt.default_currency
             ));
         }
         let actions: Vec<(String, i64, Currency)> = tenant
@@ -2261,16 +1838,15 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
         let model_actions: Vec<(String, i64, Currency)> = mt
             .actions
             .iter()
-            .map(|(name, (cost, currency))| (name.to_string(), *cost, *currency))
+            .map(|(name, action)| (name.to_string(), action.cost, action.currency))
             .collect();
         if actions != model_actions {
             problems.push(format!(
-                "{} catalogue: engine {actions:?}, model {model_actions:?}",
-                mt.id
+                "{id} catalogue: engine {actions:?}, model {model_actions:?}"
             ));
         }
         for user in &USERS[..VALID_USERS] {
-            let who = format!("{}/{user}", mt.id);
+            let who = format!("{id}/{user}");
             let modeled = mt.users.get(user);
             for currency in [credits(), usd()] {
                 let engine_wallet = tenant
@@ -2301,15 +1877,20 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
             });
             let model_user = match modeled {
                 None => Err(EngineError::NotFound(Missing::User)),
-                Some(mu) => Ok((
-                    mu.email.map(str::to_owned),
-                    mu.wallets
+                Some(mu) => {
+                    let mut wallets: Vec<_> = mu
+                        .wallets
                         .iter()
-                        .map(|(c, w)| (*c, w.balance, w.reserved, w.overdraft))
-                        .collect::<Vec<_>>(),
-                    model.open_holds(t, user),
-                    mu.last_lsn,
-                )),
+                        .map(|w| (w.currency, w.balance, w.reserved, w.overdraft))
+                        .collect();
+                    wallets.sort();
+                    Ok((
+                        mu.profile.0.map(str::to_owned),
+                        wallets,
+                        mu.open_reservations.len(),
+                        mu.last_lsn,
+                    ))
+                }
             };
             if engine_user != model_user {
                 problems.push(format!(
@@ -2321,12 +1902,11 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
     }
     for &(t, id) in &model.reservations {
         for (asked, tenant) in h.tenants.iter().enumerate() {
-            let hold = if asked == t {
-                model.tenants[t].holds.get(&id)
+            let expected = if asked == t {
+                model.reservation(t, id)
             } else {
-                None
+                Err(EngineError::NotFound(Missing::Reservation))
             };
-            let expected = expected_reservation(id, hold);
             let found = tenant.reservation(id);
             if found != expected {
                 problems.push(format!(
@@ -2342,7 +1922,7 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
         .into_iter()
         .filter(|line| line.starts_with("key "))
         .collect();
-    let model_keys = model.key_lines();
+    let model_keys = model.shared.key_lines();
     if engine_keys != model_keys {
         problems.push(format!(
             "idempotency keys:\n  engine {engine_keys:#?}\n  model  {model_keys:#?}"
@@ -2372,7 +1952,7 @@ fn exchange(
     trace.push(line);
     let next_lsn = h.engine.wal().next_lsn();
     let Some(chosen) = variants.iter().position(|(candidate, expected)| {
-        same_answer(expected, &actual) && candidate.next_lsn == next_lsn
+        same_answer(expected, &actual) && candidate.next_lsn() == next_lsn
     }) else {
         let expected: Vec<_> = variants.iter().map(|(_, answer)| answer).collect();
         return Err(format!(
@@ -2398,7 +1978,7 @@ fn exchange(
                 TENANTS[swept.t], swept.user, swept.lsns
             ));
         }
-        model.user_mut(swept.t, swept.user).last_lsn = found;
+        model.shared.user_mut(TENANTS[swept.t], swept.user).last_lsn = found;
     }
     Ok(())
 }
@@ -2447,12 +2027,12 @@ fn restart(
                 let req = model.resolve(op);
                 h.gate.close();
                 exchange(h, model, &req, false, trace)?;
-                if model.next_lsn > before.next_lsn {
+                if model.next_lsn() > before.next_lsn() {
                     // Its record is written (or about to be) and the sync is held: nothing may
                     // call it durable yet.
                     h.gate.wait_for_a_sync()?;
                     let durable = h.engine.wal().durable_lsn();
-                    if durable >= before.next_lsn {
+                    if durable >= before.next_lsn() {
                         return Err(format!(
                             "LSN {durable} published as durable while its sync is still held"
                         ));
@@ -2471,12 +2051,12 @@ fn restart(
             let next_lsn = h.engine.wal().next_lsn();
             chosen = candidates
                 .iter()
-                .rposition(|candidate| candidate.next_lsn == next_lsn)
+                .rposition(|candidate| candidate.next_lsn() == next_lsn)
                 .ok_or_else(|| {
                     format!(
                         "after the crash the log continues at LSN {next_lsn}, but the model \
                          expects LSN {} (every acknowledged record, nothing more)",
-                        model.next_lsn
+                        model.next_lsn()
                     )
                 })?;
             *model = candidates.swap_remove(chosen);
@@ -2499,15 +2079,9 @@ fn restart(
     let cutoff_ms = model.now_ms - CLOSED_RETENTION_MS;
     let mut forgotten = Vec::new();
     for (t, tenant_id) in TENANTS.iter().enumerate() {
-        let old: Vec<Lsn> = model.tenants[t]
-            .holds
-            .iter()
-            .filter(|(_, hold)| matches!(hold, MHold::Closed { at_ms, .. } if *at_ms < cutoff_ms))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in old {
+        for id in model.closed_before(t, cutoff_ms) {
             if h.tenants[t].reservation(id) == Err(EngineError::NotFound(Missing::Reservation)) {
-                model.tenants[t].holds.remove(&id);
+                model.forget(t, id);
                 forgotten.push(format!("reservation {tenant_id}/{id} "));
             }
         }
@@ -2673,7 +2247,7 @@ fn dry_run_sees_expired_reservations_as_released() {
 }
 
 /// An overdraft change depends on `available`, like a debit; an expired reservation no longer
-/// holds anything, so lowering the limit to 0 must be allowed once the hold that used the
+/// holds anything, so lowering the limit to 0 must be allowed once the reservation that used the
 /// overdraft has expired.
 #[test]
 fn overdraft_change_sees_expired_reservations_as_released() {

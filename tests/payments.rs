@@ -4,12 +4,16 @@
 //! settlement, events to the tenant's application, and the sandbox flow driven like a browser.
 
 mod gateways;
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/server.rs"]
+mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use creditd::client::{Client, Debit};
-use creditd::config::{ApiKey, Config, Gateway as GatewayKind, Role};
+use creditd::config::{Config, Gateway as GatewayKind};
 use creditd::engine::payments::AutoTopupRequest;
 use creditd::engine::payments::PaymentStatus;
 use creditd::engine::types::{Currency, Decline};
@@ -21,36 +25,13 @@ use creditd::payments::Payments;
 use creditd::wal::memory::MemStorage;
 use gateways::{ChargeBehaviour, Fake, PAYSTACK_SECRET, STRIPE_SECRET, STRIPE_WEBHOOK_SECRET};
 use http::Method;
+use process::Process;
 use serde_json::{json, Value};
+use server::{send_json, Server, ADMIN, PLATFORM, SERVICE};
 
-const SERVICE: &str = "acme-service-secret-0001";
-const ADMIN: &str = "acme-admin-secret-000001";
-const PLATFORM: &str = "platform-secret-00000001";
-
+/// The test keys, the gateway `gateway` (at `fake` when given) and a sweep every second.
 fn config(dir: &std::path::Path, gateway: GatewayKind, fake: Option<&Fake>) -> Config {
-    let mut config = Config::default();
-    config.storage.data_dir = dir.to_path_buf();
-    config.server.shutdown_grace_seconds = 2;
-    config.auth.keys = vec![
-        ApiKey {
-            name: "svc".into(),
-            secret: SERVICE.into(),
-            role: Role::Service,
-            tenant: "acme".into(),
-        },
-        ApiKey {
-            name: "adm".into(),
-            secret: ADMIN.into(),
-            role: Role::Admin,
-            tenant: "acme".into(),
-        },
-        ApiKey {
-            name: "plat".into(),
-            secret: PLATFORM.into(),
-            role: Role::Platform,
-            tenant: "acme".into(),
-        },
-    ];
+    let mut config = server::config(dir);
     config.payments.gateway = gateway;
     config.payments.gateway_timeout_seconds = 10;
     config.payments.autotopup.sweep_every = creditd::config::Seconds(1);
@@ -64,67 +45,18 @@ fn config(dir: &std::path::Path, gateway: GatewayKind, fake: Option<&Fake>) -> C
     config
 }
 
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), creditd::server::ServerError>>,
-    dir: tempfile::TempDir,
+/// A server with [`config`] on a new temporary directory.
+async fn start(gateway: GatewayKind, fake: Option<&Fake>) -> Server {
+    start_in(tempfile::tempdir().unwrap(), gateway, fake).await
+}
+
+/// A server with [`config`] on `dir`, such as one [`Server::stop`] handed back.
+async fn start_in(dir: tempfile::TempDir, gateway: GatewayKind, fake: Option<&Fake>) -> Server {
+    let config = config(dir.path(), gateway, fake);
+    Server::start_in(dir, config).await
 }
 
 impl Server {
-    async fn start(gateway: GatewayKind, fake: Option<&Fake>) -> Server {
-        Server::start_in(tempfile::tempdir().unwrap(), gateway, fake).await
-    }
-
-    /// A server on a data directory of its own, which [`Server::stop`] hands back for a restart.
-    async fn start_in(dir: tempfile::TempDir, gateway: GatewayKind, fake: Option<&Fake>) -> Server {
-        let config = config(dir.path(), gateway, fake);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(creditd::server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let server = Server {
-            base,
-            stop: Some(stop),
-            task,
-            dir,
-        };
-        for _ in 0..300 {
-            if let Ok((status, _, _)) = server
-                .client(SERVICE)
-                .send(Method::GET, "/readyz", None, None)
-                .await
-            {
-                if status == 200 {
-                    return server;
-                }
-            }
-            if server.task.is_finished() {
-                panic!("the server stopped: {:?}", server.task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("not ready");
-    }
-
-    fn client(&self, secret: &str) -> Client {
-        Client::new(&self.base, secret).unwrap()
-    }
-
-    async fn setup(&self) {
-        let admin = self.client(ADMIN);
-        admin
-            .put_package("starter", "Starter", 500, 200_000, "NGN")
-            .await
-            .unwrap();
-        self.client(SERVICE)
-            .put_user("ada", Some("ada@example.com"))
-            .await
-            .unwrap();
-    }
-
     /// Points the tenant's events at `url`, signed with `secret`.
     async fn send_events_to(&self, url: &str, secret: &str) {
         let tenant = json!({"webhook_url": url, "webhook_secret": secret});
@@ -139,26 +71,6 @@ impl Server {
             .await
             .unwrap();
         assert_eq!(status, 200);
-    }
-
-    async fn initialize(&self) -> (String, String) {
-        let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"});
-        let (status, _, bytes) = self
-            .client(SERVICE)
-            .send(
-                Method::POST,
-                "/v1/payments/initialize",
-                Some(body.to_string().into_bytes()),
-                None,
-            )
-            .await
-            .unwrap();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(status, 200, "{answer}");
-        (
-            answer["reference"].as_str().unwrap().to_owned(),
-            answer["checkout_url"].as_str().unwrap().to_owned(),
-        )
     }
 
     async fn webhook(
@@ -193,13 +105,6 @@ impl Server {
             .unwrap()
             .balance
     }
-
-    /// Stops the server cleanly; returns its data directory.
-    async fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.stop.take().unwrap().send(());
-        (&mut self.task).await.unwrap().unwrap();
-        self.dir
-    }
 }
 
 fn paystack_event(reference: &str, amount: i64, currency: &str) -> Vec<u8> {
@@ -223,8 +128,8 @@ fn paystack_event(reference: &str, amount: i64, currency: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paystack_checkout_then_webhook_credits_exactly_once() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let (reference, checkout_url) = server.initialize().await;
     assert_eq!(
         checkout_url,
@@ -278,8 +183,8 @@ async fn paystack_checkout_then_webhook_credits_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_missing_and_mismatched_webhooks_credit_nothing() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
     let forged = hmac_sha512_hex(b"sk_test_someone_else", &body);
@@ -344,8 +249,8 @@ fn stripe_event(kind: &str, object: Value) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripe_checkout_signatures_and_tolerance() {
     let stripe = gateways::stripe().await;
-    let server = Server::start(GatewayKind::Stripe, Some(&stripe)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Stripe, Some(&stripe)).await;
+    server.sell_starter_to_ada("Starter").await;
     let (reference, checkout_url) = server.initialize().await;
     assert!(checkout_url.starts_with("https://checkout.stripe.test/c/pay/cs_test_"));
     let session = &stripe.calls("/v1/checkout/sessions")[0];
@@ -436,16 +341,7 @@ async fn stripe_checkout_signatures_and_tolerance() {
     );
 
     // The saved card pays an automatic top-up: off-session, with the reference as Idempotency-Key.
-    server
-        .client(ADMIN)
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&server.client(ADMIN)).await;
     server
         .client(SERVICE)
         .debit("ada", &Debit::amount(450), None)
@@ -470,17 +366,6 @@ async fn stripe_checkout_signatures_and_tolerance() {
 }
 
 /// Sends `body` and returns the status with the JSON answer (a problem on failure).
-async fn send_json(client: &Client, method: Method, path: &str, body: &str) -> (u16, Value) {
-    let (status, _, bytes) = client
-        .send(method, path, Some(body.as_bytes().to_vec()), None)
-        .await
-        .unwrap();
-    (
-        status.as_u16(),
-        serde_json::from_slice::<Value>(&bytes).unwrap(),
-    )
-}
-
 async fn payment_status(server: &Server, reference: &str) -> Value {
     let (status, _, bytes) = server
         .client(SERVICE)
@@ -499,8 +384,8 @@ async fn payment_status(server: &Server, reference: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_does_not_end_a_stripe_checkout_but_an_expired_session_does() {
     let stripe = gateways::stripe().await;
-    let server = Server::start(GatewayKind::Stripe, Some(&stripe)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Stripe, Some(&stripe)).await;
+    server.sell_starter_to_ada("Starter").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -572,8 +457,8 @@ async fn a_declined_card_does_not_end_a_stripe_checkout_but_an_expired_session_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_topup_rules_are_validated_switched_off_and_deleted() {
-    let server = Server::start(GatewayKind::Sandbox, None).await;
-    server.setup().await;
+    let server = start(GatewayKind::Sandbox, None).await;
+    server.sell_starter_to_ada("Starter").await;
     let admin = server.client(ADMIN);
     let put = |body: &'static str| send_json(&admin, Method::PUT, "/v1/users/ada/auto-topup", body);
     let (status, problem) = put(r#"{"enabled":true,"threshold":100}"#).await;
@@ -621,6 +506,15 @@ async fn auto_topup_rules_are_validated_switched_off_and_deleted() {
     assert_eq!(delete().await, 200);
     assert_eq!(delete().await, 404);
     server.stop().await;
+}
+
+/// Switches on `ada`'s automatic top-up: below 100 credits, buy `starter`.
+async fn switch_on_auto_topup(admin: &Client) {
+    let rule = br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec();
+    admin
+        .send(Method::PUT, "/v1/users/ada/auto-topup", Some(rule), None)
+        .await
+        .unwrap();
 }
 
 async fn wait_for<F, Fut>(mut condition: F)
@@ -719,8 +613,8 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
         Arc::clone(&refused),
     )
     .await;
-    let server = Server::start(GatewayKind::Sandbox, None).await;
-    server.setup().await;
+    let server = start(GatewayKind::Sandbox, None).await;
+    server.sell_starter_to_ada("Starter").await;
     server
         .send_events_to(&url, "tenant-events-secret-0003")
         .await;
@@ -743,7 +637,7 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
     assert_eq!(depleted[0]["body"]["data"]["user_id"], "ada");
 
     // Restarted while the endpoint still refuses, then stopped at once: kept again.
-    let server = Server::start_in(dir, GatewayKind::Sandbox, None).await;
+    let server = start_in(dir, GatewayKind::Sandbox, None).await;
     let dir = server.stop().await;
     let kept: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert!(
@@ -756,7 +650,7 @@ async fn events_undelivered_at_a_clean_stop_are_sent_after_the_restart() {
     );
 
     open.store(true, Ordering::SeqCst);
-    let server = Server::start_in(dir, GatewayKind::Sandbox, None).await;
+    let server = start_in(dir, GatewayKind::Sandbox, None).await;
     wait_for(|| async { received.lock().iter().any(|e| e["id"] == id) }).await;
     assert!(
         !file.exists(),
@@ -777,7 +671,7 @@ async fn a_tenant_whose_endpoint_hangs_does_not_hold_up_the_others() {
         ("/v1/users/ada/credit", br#"{"amount":1,"reason":"test"}"#),
         ("/v1/users/ada/debit", br#"{"amount":1}"#),
     ];
-    let server = Server::start(GatewayKind::Sandbox, None).await;
+    let server = start(GatewayKind::Sandbox, None).await;
     // An endpoint that accepts connections and never answers.
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hole_url = format!("http://{}/hooks", hole.local_addr().unwrap());
@@ -841,8 +735,8 @@ async fn a_tenant_whose_endpoint_hangs_does_not_hold_up_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paystack_auto_topup_charges_the_saved_authorization_and_tells_the_tenant() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let (url, events) = event_receiver("tenant-events-secret-0001").await;
     server
         .send_events_to(&url, "tenant-events-secret-0001")
@@ -914,8 +808,8 @@ async fn paystack_auto_topup_charges_the_saved_authorization_and_tells_the_tenan
 async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
     let paystack = gateways::paystack().await;
     paystack.set_behaviour(ChargeBehaviour::Decline("Expired Card"));
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let (url, events) = event_receiver("tenant-events-secret-0002").await;
     server
         .send_events_to(&url, "tenant-events-secret-0002")
@@ -923,16 +817,7 @@ async fn a_hard_decline_switches_the_rule_off_and_the_tenant_hears_of_it() {
     let (reference, _) = server.initialize().await;
     let body = paystack_event(&reference, 200_000, "NGN");
     server.paystack_webhook(&body).await;
-    server
-        .client(ADMIN)
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&server.client(ADMIN)).await;
     server
         .client(SERVICE)
         .debit("ada", &Debit::amount(450), None)
@@ -1152,8 +1037,8 @@ async fn reconciliation_sends_again_only_what_the_rule_still_wants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialize_takes_the_email_on_the_profile_when_none_is_given() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let service = server.client(SERVICE);
     let initialize = |user: &'static str| {
         let body = json!({"user_id": user, "package_id": "starter"}).to_string();
@@ -1179,8 +1064,8 @@ async fn initialize_takes_the_email_on_the_profile_when_none_is_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_flow_driven_like_a_browser() {
-    let server = Server::start(GatewayKind::Sandbox, None).await;
-    server.setup().await;
+    let server = start(GatewayKind::Sandbox, None).await;
+    server.sell_starter_to_ada("Starter").await;
     let (reference, checkout_url) = server.initialize().await;
     assert_eq!(
         checkout_url,
@@ -1248,16 +1133,7 @@ async fn the_sandbox_flow_driven_like_a_browser() {
     );
     assert_eq!(server.balance().await, 500);
     // The paid checkout saved a sandbox card: automatic top-up works with no account anywhere.
-    server
-        .client(ADMIN)
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&server.client(ADMIN)).await;
     server
         .client(SERVICE)
         .debit("ada", &Debit::amount(450), None)
@@ -1280,8 +1156,8 @@ async fn the_sandbox_flow_driven_like_a_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_can_give_up_a_pending_payment_and_a_late_payment_still_credits() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let (reference, _) = server.initialize().await;
     let abandon = |key: &'static str, reference: String| {
         let client = server.client(key);
@@ -1326,8 +1202,8 @@ async fn an_admin_can_give_up_a_pending_payment_and_a_late_payment_still_credits
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialize_is_idempotent_by_key() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let body = json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"})
         .to_string()
         .into_bytes();
@@ -1393,64 +1269,24 @@ async fn initialize_is_idempotent_by_key() {
 }
 
 /// A `creditd serve` process configured for the fake Paystack; killed when dropped.
-struct Process {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Process {
-    fn start(data_dir: &std::path::Path, paystack: &Fake) -> Process {
-        use std::io::BufRead;
-        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_creditd"))
-            .args(["serve", "--config", config])
-            .env("CREDITD_SERVER__LISTEN", "127.0.0.1:0")
-            .env("CREDITD_STORAGE__DATA_DIR", data_dir)
-            .env("CREDITD_LOG__LEVEL", "warn")
-            .env("CREDITD_PAYMENTS__GATEWAY", "paystack")
-            .env("CREDITD_PAYMENTS__PAYSTACK__SECRET_KEY", PAYSTACK_SECRET)
-            .env("CREDITD_PAYMENTS__PAYSTACK__BASE_URL", &paystack.base_url)
-            .env("CREDITD_PAYMENTS__AUTOTOPUP__SWEEP_EVERY", "1")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().expect("creditd exited").unwrap();
-            if let Some(address) = line.strip_prefix("listening on ") {
-                break address.trim().to_owned();
-            }
-        };
-        Process { child, base }
-    }
-
-    fn client(&self, secret: &str) -> Client {
-        Client::new(&self.base, secret).unwrap()
-    }
-
-    async fn ready(&self) {
-        let client = self.client("dev-service-secret-change-me");
-        wait_for(|| async { matches!(client.send(Method::GET, "/readyz", None, None).await, Ok((s, _, _)) if s == 200) }).await;
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_process(data_dir: &std::path::Path, paystack: &Fake) -> Process {
+    Process::start_with(
+        data_dir,
+        &[
+            ("CREDITD_PAYMENTS__GATEWAY", "paystack"),
+            ("CREDITD_PAYMENTS__PAYSTACK__SECRET_KEY", PAYSTACK_SECRET),
+            ("CREDITD_PAYMENTS__PAYSTACK__BASE_URL", &paystack.base_url),
+            ("CREDITD_PAYMENTS__AUTOTOPUP__SWEEP_EVERY", "1"),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
-    const KEY: &str = "dev-service-secret-change-me";
-    const ADMIN_KEY: &str = "dev-admin-secret-change-me";
     let paystack = gateways::paystack().await;
     let dir = tempfile::tempdir().unwrap();
-    let first = tokio::task::block_in_place(|| Process::start(dir.path(), &paystack));
-    first.ready().await;
-    let (service, admin) = (first.client(KEY), first.client(ADMIN_KEY));
+    let first = tokio::task::block_in_place(|| start_process(dir.path(), &paystack));
+    let (service, admin) = (first.client(), first.client_with(process::ADMIN));
     admin
         .put_package("starter", "Starter", 500, 200_000, "NGN")
         .await
@@ -1477,15 +1313,7 @@ async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
         .header("x-paystack-signature", signature)
         .body(event);
     assert_eq!(webhook.send().await.unwrap().status(), 200);
-    admin
-        .send(
-            Method::PUT,
-            "/v1/users/ada/auto-topup",
-            Some(br#"{"enabled":true,"threshold":100,"package_id":"starter"}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    switch_on_auto_topup(&admin).await;
 
     // The gateway takes the money at once but answers only after five seconds.
     paystack.set_behaviour(ChargeBehaviour::SucceedSlowly(Duration::from_secs(5)));
@@ -1509,9 +1337,8 @@ async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
 
     // From now on, a second charge would succeed at once: it must never be made.
     paystack.set_behaviour(ChargeBehaviour::Succeed);
-    let second = tokio::task::block_in_place(|| Process::start(dir.path(), &paystack));
-    second.ready().await;
-    let client = second.client(KEY);
+    let second = tokio::task::block_in_place(|| start_process(dir.path(), &paystack));
+    let client = second.client();
     wait_for(|| async {
         client
             .wallet("ada", None)
@@ -1549,8 +1376,8 @@ async fn a_kill_between_intent_and_settlement_is_reconciled_to_one_credit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialize_says_when_the_unusable_email_comes_from_the_profile() {
     let paystack = gateways::paystack().await;
-    let server = Server::start(GatewayKind::Paystack, Some(&paystack)).await;
-    server.setup().await;
+    let server = start(GatewayKind::Paystack, Some(&paystack)).await;
+    server.sell_starter_to_ada("Starter").await;
     let dir = server.stop().await;
     // A profile stored before PUT /v1/users checked addresses: the engine itself takes any text.
     let options = config(dir.path(), GatewayKind::Paystack, Some(&paystack)).engine_options();
@@ -1568,7 +1395,7 @@ async fn initialize_says_when_the_unusable_email_comes_from_the_profile() {
     tokio::task::block_in_place(|| engine.shutdown()).unwrap();
     drop((tenant, engine));
 
-    let server = Server::start_in(dir, GatewayKind::Paystack, Some(&paystack)).await;
+    let server = start_in(dir, GatewayKind::Paystack, Some(&paystack)).await;
     let service = server.client(SERVICE);
     let initialize = |body: Value| {
         let service = &service;
@@ -1635,7 +1462,7 @@ async fn a_signature_header_that_is_not_visible_ascii_is_malformed_not_missing()
         ),
         (GatewayKind::Sandbox, None, "sandbox", "x-sandbox-signature"),
     ] {
-        let server = Server::start(kind, fake).await;
+        let server = start(kind, fake).await;
         let body = br#"{"event":"charge.success","data":{"reference":"cd_x"}}"#;
         // Bytes as sent on the wire: UTF-8 "é", and obs-text that is no UTF-8 at all.
         for value in [&b"\xc3\xa9"[..], b"t=1,v1=ab\xc3\xa9", b"\x80\xff"] {

@@ -1,7 +1,8 @@
 //! A running `creditd serve` for black-box tests: the real binary on 127.0.0.1:0 with the
 //! repository's `config.toml` and `CREDITD_*` overrides, killed when dropped. Used by
-//! `tests/process.rs` (kill and restart) and `tests/hostile.rs` (floods, whose memory is read
-//! from the server's own `/proc/<pid>/status`, apart from the test's).
+//! `tests/process.rs` (kill and restart), `tests/payments.rs` (a kill during a top-up) and
+//! `tests/hostile.rs` (floods, whose memory is read from the server's own `/proc/<pid>/status`,
+//! apart from the test's).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -13,6 +14,8 @@ use creditd::client::Client;
 
 /// The development service key of the repository's `config.toml`.
 pub const SERVICE: &str = "dev-service-secret-change-me";
+/// The development admin key of the repository's `config.toml`.
+pub const ADMIN: &str = "dev-admin-secret-change-me";
 
 /// A running `creditd serve`, killed when dropped.
 pub struct Process {
@@ -86,7 +89,12 @@ impl Process {
 
     /// A client with the development service key.
     pub fn client(&self) -> Client {
-        Client::new(&self.base, SERVICE).unwrap()
+        self.client_with(SERVICE)
+    }
+
+    /// A client with `secret`.
+    pub fn client_with(&self, secret: &str) -> Client {
+        Client::new(&self.base, secret).unwrap()
     }
 
     /// `127.0.0.1:<port>`, for raw TCP.
