@@ -80,10 +80,8 @@ pub fn verify(data_dir: &Path, out: &mut dyn Write) -> std::io::Result<Verificat
 /// Reports every segment, one line each, and every problem: the gaps between segments, damage,
 /// records that do not decode, an unfinished write anywhere but at the end of the last segment.
 ///
-/// Each segment is read through [`reader::read`] on its own, not the log in one read: the reader
-/// stops at the first gap or damage, and verify goes on to report the segments after it. So the
-/// rules that join segments (each starts where the one before ends; an unfinished write only at
-/// the very end) are applied here, as reports instead of stops.
+/// Each segment is read on its own ([`reader::EachSegment`]), not the log in one read: the
+/// reader stops at the first gap or damage, and verify goes on to report the segments after it.
 fn verify_segments(
     storage: &SharedStorage,
     options: &EngineOptions,
@@ -92,57 +90,50 @@ fn verify_segments(
 ) -> std::io::Result<()> {
     let dir = options.wal_dir();
     let segments = segment::from_listing(&dir, &storage.list(&dir)?);
-    let mut expected: Option<u64> = None;
-    for (index, file) in segments.iter().enumerate() {
-        if let Some(expected) = expected.filter(|&lsn| lsn != file.first_lsn) {
-            let problem = format!(
-                "{}: starts at LSN {}, the previous segment ends before {expected}",
-                file.path.display(),
-                file.first_lsn
-            );
-            writeln!(out, "segment {problem}")?;
-            found.damage.push(problem);
-        }
-        let last = index + 1 == segments.len();
-        expected = verify_segment(storage, file, last, out, found)?;
+    // The configured limit is for new records: ones written under a higher one still read.
+    let limit = crate::wal::record::MAX_RECORD_BYTES_LIMIT;
+    let mut each = reader::EachSegment::new(&**storage, &segments, codec::FORMAT_VERSION, limit);
+    loop {
+        let mut undecodable = None;
+        let visit = |file: &SegmentFile, offset: u64, frame: Frame<'_>| -> Result<(), Infallible> {
+            if undecodable.is_none() && codec::decode::<Event<'_>>(frame.payload).is_err() {
+                undecodable = Some(format!(
+                    "{}: record LSN {} at offset {offset} does not decode",
+                    file.path.display(),
+                    frame.lsn
+                ));
+            }
+            Ok(())
+        };
+        let Some(segment) = each.next_segment(visit) else {
+            return Ok(());
+        };
+        verify_segment(segment, undecodable, out, found)?;
     }
-    Ok(())
 }
 
-/// Reads one segment, writes its line (or its damage) and any record that does not decode, and
-/// returns the LSN the next segment must start at, or `None` after damage.
+/// Writes one segment's line (or its damage) and any record that does not decode.
 fn verify_segment(
-    storage: &SharedStorage,
-    file: &SegmentFile,
-    last: bool,
+    segment: reader::SegmentRead<'_, Infallible>,
+    undecodable: Option<String>,
     out: &mut dyn Write,
     found: &mut Verification,
-) -> std::io::Result<Option<u64>> {
+) -> std::io::Result<()> {
+    let file = segment.file;
     let name = file.path.display();
-    let range = reader::Range {
-        from_lsn: file.first_lsn,
-        until_lsn: u64::MAX,
-        format_version: codec::FORMAT_VERSION,
-        // The configured limit is for new records: ones written under a higher one still read.
-        max_record_bytes: crate::wal::record::MAX_RECORD_BYTES_LIMIT,
-    };
-    let mut undecodable = None;
-    let visit = |_: &SegmentFile, offset: u64, frame: Frame<'_>| -> Result<(), Infallible> {
-        if undecodable.is_none() && codec::decode::<Event<'_>>(frame.payload).is_err() {
-            undecodable = Some(format!(
-                "{name}: record LSN {} at offset {offset} does not decode",
-                frame.lsn
-            ));
-        }
-        Ok(())
-    };
-    let read = reader::read(&**storage, std::slice::from_ref(file), range, visit);
+    if let Some(expected) = segment.gap_after {
+        let problem = format!(
+            "{name}: starts at LSN {}, the previous segment ends before {expected}",
+            file.first_lsn
+        );
+        writeln!(out, "segment {problem}")?;
+        found.damage.push(problem);
+    }
     found.segments += 1;
-    let next_lsn = match read {
+    match segment.read {
         Ok(read) => {
             found.records += read.records;
-            writeln!(out, "{}", segment_line(file, &read, last, found))?;
-            Some(read.next_lsn)
+            writeln!(out, "{}", segment_line(file, &read, segment.last, found))?;
         }
         Err(reader::ReadError::Io { source, .. }) => return Err(source),
         Err(reader::ReadError::Visit(never)) => match never {},
@@ -154,14 +145,13 @@ fn verify_segment(
             };
             writeln!(out, "segment {problem}")?;
             found.damage.push(problem);
-            None
         }
-    };
+    }
     if let Some(problem) = undecodable {
         writeln!(out, "segment {problem}")?;
         found.damage.push(problem);
     }
-    Ok(next_lsn)
+    Ok(())
 }
 
 /// The line of a segment read to its end: its LSNs, records and bytes, and an unfinished write at

@@ -32,10 +32,9 @@ pub enum ServerError {
     /// The listen address could not be bound.
     #[error("could not listen: {0}")]
     Bind(#[source] std::io::Error),
-    /// The payment gateway is not configured correctly. The message is the one
-    /// [`Payments::new`](crate::payments::Payments::new) gives, which has no error type.
+    /// The payment gateway is not configured correctly.
     #[error("payments: {0}")]
-    Payments(String),
+    Payments(#[from] crate::payments::SetupError),
     /// The engine's hooks were connected already: it is served by another server.
     #[error("payments: the engine is already served")]
     AlreadyServed,
@@ -137,10 +136,11 @@ pub async fn serve_engine(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    let payments = Arc::new(
-        crate::payments::Payments::new(Arc::clone(&engine), &config.payments, &public_url)
-            .map_err(ServerError::Payments)?,
-    );
+    let payments = Arc::new(crate::payments::Payments::new(
+        Arc::clone(&engine),
+        &config.payments,
+        &public_url,
+    )?);
     // Hooks before the first request: a debit may trigger a top-up from the start.
     let (topup_sender, topups) = crossbeam_channel::bounded(4096);
     let (event_sender, events) =

@@ -12,7 +12,7 @@ use super::types::Lsn;
 use super::EngineOptions;
 use crate::codec;
 use crate::wal::reader::{self, ReadError};
-use crate::wal::segment::{self, ScanEnd, SegmentFile};
+use crate::wal::segment::{self, SegmentFile};
 use crate::wal::snapshot as snapshot_file;
 use crate::wal::SharedStorage;
 
@@ -433,54 +433,43 @@ fn check_fallback(
             )
         })
         .collect();
-    let mut expected = None;
-    for file in older.iter().chain(std::iter::once(replayed)) {
-        if let Some(expected) = expected.filter(|&lsn| lsn != file.first_lsn) {
-            problems.push(format!(
-                "{} starts at LSN {}, the segment before it ends before LSN {expected}: a \
-                 segment is missing",
-                file.path.display(),
-                file.first_lsn
-            ));
+    // The configured limit is for new records: ones written under a higher one still read.
+    let limit = crate::wal::record::MAX_RECORD_BYTES_LIMIT;
+    let mut each = reader::EachSegment::new(&**storage, older, codec::FORMAT_VERSION, limit);
+    while let Some(segment) = each.next_segment(|_, _, _| Ok::<(), std::convert::Infallible>(())) {
+        let path = segment.file.path.display();
+        if let Some(expected) = segment.gap_after {
+            problems.push(gap_problem(segment.file, expected));
         }
-        if std::ptr::eq(file, replayed) {
-            break;
-        }
-        let bytes = match storage.read_all(&file.path) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                problems.push(format!("{}: {error}", file.path.display()));
-                expected = None;
-                continue;
+        match segment.read {
+            // Not the last segment of the log: replay read at least one after it.
+            Ok(read) => problems.extend(read.unfinished.map(|unfinished| {
+                format!(
+                    "{path}: bad batch at offset {} ({}) in a segment that is not the last",
+                    unfinished.offset, unfinished.reason
+                )
+            })),
+            Err(reader::ReadError::Io { source, .. }) => problems.push(format!("{path}: {source}")),
+            Err(reader::ReadError::Damage { detail, .. }) => {
+                problems.push(format!("{path}: {detail}"))
             }
-        };
-        let limit = crate::wal::record::MAX_RECORD_BYTES_LIMIT;
-        let scan = segment::scan::<std::convert::Infallible>(
-            &bytes,
-            file.first_lsn,
-            codec::FORMAT_VERSION,
-            limit,
-            |_, _| Ok(()),
-        );
-        match scan {
-            Ok(Ok(scan)) => {
-                if let ScanEnd::TornTail { offset, reason } = &scan.end {
-                    problems.push(format!(
-                        "{}: bad batch at offset {offset} ({reason}) in a segment that is not \
-                         the last",
-                        file.path.display()
-                    ));
-                }
-                expected = Some(scan.next_lsn);
-            }
-            Ok(Err(damage)) => {
-                problems.push(format!("{}: {damage}", file.path.display()));
-                expected = None;
-            }
-            Err(never) => match never {},
+            Err(reader::ReadError::Visit(never)) => match never {},
+            Err(error) => problems.push(error.to_string()),
         }
     }
+    if let Some(expected) = each.expected().filter(|&lsn| lsn != replayed.first_lsn) {
+        problems.push(gap_problem(replayed, expected));
+    }
     problems
+}
+
+fn gap_problem(file: &SegmentFile, expected: Lsn) -> String {
+    format!(
+        "{} starts at LSN {}, the segment before it ends before LSN {expected}: a segment is \
+         missing",
+        file.path.display(),
+        file.first_lsn
+    )
 }
 
 fn seconds_to_ms(seconds: u64) -> i64 {

@@ -194,13 +194,12 @@ pub trait PaymentGateway: Send + Sync {
 }
 
 /// An HTTP client for gateway calls: rustls with the web PKI roots, a timeout per call.
-pub fn http_client(timeout_seconds: u64) -> Result<reqwest::Client, String> {
+pub fn http_client(timeout_seconds: u64) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(timeout_seconds.max(1)))
         .connect_timeout(std::time::Duration::from_secs(timeout_seconds.clamp(1, 10)))
         .user_agent(concat!("creditd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|error| error.to_string())
 }
 
 /// Reads a JSON answer, or says what came instead.

@@ -33,6 +33,22 @@ use gateway::{CheckoutSpec, GatewayError, Outcome, PaymentGateway, WebhookError}
 use gateways::Gateway;
 use signature::hex_encode;
 
+/// Why the payments service could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The configured gateway needs a key the configuration does not give.
+    #[error("payments.gateway = \"{gateway}\" needs {needs}")]
+    MissingKey {
+        /// The gateway's name in the configuration.
+        gateway: &'static str,
+        /// The settings it needs.
+        needs: &'static str,
+    },
+    /// The HTTP client for calls to the gateway could not be built.
+    #[error("{0}")]
+    Http(#[source] reqwest::Error),
+}
+
 /// Why a payment request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentsError {
@@ -203,8 +219,9 @@ impl Payments {
         engine: Arc<Engine>,
         config: &PaymentsConfig,
         public_url: &str,
-    ) -> Result<Payments, String> {
-        let http = gateway::http_client(config.gateway_timeout_seconds)?;
+    ) -> Result<Payments, SetupError> {
+        let http =
+            gateway::http_client(config.gateway_timeout_seconds).map_err(SetupError::Http)?;
         let gateway = Gateway::from_config(config, &http, public_url)?;
         let policy = TopupPolicy {
             max_per_hour: config.autotopup.max_per_hour,

@@ -203,6 +203,84 @@ pub fn read<E>(
     Ok(read)
 }
 
+/// One segment read on its own by [`EachSegment`].
+#[derive(Debug)]
+pub struct SegmentRead<'a, E> {
+    /// The segment.
+    pub file: &'a SegmentFile,
+    /// Whether it is the last of the listing (where an unfinished batch is a torn tail, not
+    /// damage).
+    pub last: bool,
+    /// Where the segment before it ended, when that is not where this one starts: a gap.
+    pub gap_after: Option<u64>,
+    /// The read of this segment alone, from its first LSN. An unfinished batch at its end comes
+    /// back in `Ok(read.unfinished)` whether or not the segment is the last: the caller says
+    /// which it is.
+    pub read: Result<Read, ReadError<E>>,
+}
+
+/// Reads a listing one segment at a time, each from its own first LSN, for the checks that report
+/// every segment instead of stopping at the first gap or damage: `creditd wal verify` and
+/// recovery's check of the segments an older snapshot would replay. [`read`] is the reader for
+/// everything that uses the records.
+pub struct EachSegment<'a> {
+    storage: &'a dyn Storage,
+    segments: &'a [SegmentFile],
+    next: usize,
+    expected: Option<u64>,
+    format_version: u32,
+    max_record_bytes: u32,
+}
+
+impl<'a> EachSegment<'a> {
+    /// A walk over `segments` (a sorted listing, see [`segment::from_listing`]).
+    pub fn new(
+        storage: &'a dyn Storage,
+        segments: &'a [SegmentFile],
+        format_version: u32,
+        max_record_bytes: u32,
+    ) -> EachSegment<'a> {
+        EachSegment {
+            storage,
+            segments,
+            next: 0,
+            expected: None,
+            format_version,
+            max_record_bytes,
+        }
+    }
+
+    /// Where the next segment must start: where the last one read ended, or `None` at the start
+    /// and after a segment that could not be read to its end.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
+
+    /// Reads the next segment, handing its records to `visit`; `None` after the last.
+    pub fn next_segment<E>(
+        &mut self,
+        visit: impl FnMut(&SegmentFile, u64, Frame<'_>) -> Result<(), E>,
+    ) -> Option<SegmentRead<'a, E>> {
+        let file = self.segments.get(self.next)?;
+        self.next += 1;
+        let range = Range {
+            from_lsn: file.first_lsn,
+            until_lsn: u64::MAX,
+            format_version: self.format_version,
+            max_record_bytes: self.max_record_bytes,
+        };
+        let gap_after = self.expected.filter(|&lsn| lsn != file.first_lsn);
+        let read = read(self.storage, std::slice::from_ref(file), range, visit);
+        self.expected = read.as_ref().ok().map(|read| read.next_lsn);
+        Some(SegmentRead {
+            file,
+            last: self.next == self.segments.len(),
+            gap_after,
+            read,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +386,39 @@ mod tests {
         let error =
             read::<()>(&storage, &segments, range(1, u64::MAX), |_, _, _| Ok(())).unwrap_err();
         assert!(matches!(error, ReadError::Damage { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn each_segment_goes_past_a_gap_and_an_unfinished_batch_to_report_every_segment() {
+        let (storage, segments) = log();
+        storage
+            .append_durably(&segments[0].path, &[0x42; 20])
+            .unwrap();
+        // The middle segment is missing from the listing: a gap between the first and the last.
+        let listing = [segments[0].clone(), segments[2].clone()];
+        let mut each = EachSegment::new(&storage, &listing, VERSION, 1 << 20);
+        let mut lsns = Vec::new();
+        let first = each
+            .next_segment::<()>(|_, _, frame| {
+                lsns.push(frame.lsn);
+                Ok(())
+            })
+            .unwrap();
+        assert!(!first.last);
+        assert_eq!(first.gap_after, None);
+        let read = first.read.unwrap();
+        assert_eq!(read.unfinished.map(|unfinished| unfinished.bytes), Some(20));
+        assert_eq!(each.expected(), Some(4));
+        let second = each
+            .next_segment::<()>(|_, _, frame| {
+                lsns.push(frame.lsn);
+                Ok(())
+            })
+            .unwrap();
+        assert!(second.last);
+        assert_eq!(second.gap_after, Some(4));
+        assert_eq!(second.read.unwrap().next_lsn, 10);
+        assert_eq!(lsns, [1, 2, 3, 7, 8, 9]);
+        assert!(each.next_segment::<()>(|_, _, _| Ok(())).is_none());
     }
 }

@@ -13,6 +13,7 @@ use super::gateway::{
     ChargeSpec, CheckoutSpec, GatewayError, Outcome, PaymentGateway, WebhookError, WebhookReport,
 };
 use crate::config::{Gateway as GatewayKind, PaymentsConfig};
+use crate::payments::SetupError;
 use paystack::PaystackGateway;
 use sandbox::SandboxGateway;
 use stripe::StripeGateway;
@@ -34,7 +35,7 @@ impl Gateway {
         config: &PaymentsConfig,
         http: &reqwest::Client,
         public_url: &str,
-    ) -> Result<Gateway, String> {
+    ) -> Result<Gateway, SetupError> {
         match config.gateway {
             GatewayKind::Sandbox => {
                 tracing::warn!("payments.gateway = \"sandbox\": anyone who can open /sandbox/checkout pages can credit wallets for free; use paystack or stripe in production");
@@ -42,9 +43,10 @@ impl Gateway {
             }
             GatewayKind::Paystack => {
                 if config.paystack.secret_key.is_empty() {
-                    return Err(
-                        "payments.gateway = \"paystack\" needs payments.paystack.secret_key".into(),
-                    );
+                    return Err(SetupError::MissingKey {
+                        gateway: "paystack",
+                        needs: "payments.paystack.secret_key",
+                    });
                 }
                 Ok(Gateway::Paystack(PaystackGateway::new(
                     http.clone(),
@@ -54,7 +56,10 @@ impl Gateway {
             }
             GatewayKind::Stripe => {
                 if config.stripe.secret_key.is_empty() || config.stripe.webhook_secret.is_empty() {
-                    return Err("payments.gateway = \"stripe\" needs payments.stripe.secret_key and webhook_secret".into());
+                    return Err(SetupError::MissingKey {
+                        gateway: "stripe",
+                        needs: "payments.stripe.secret_key and webhook_secret",
+                    });
                 }
                 Ok(Gateway::Stripe(StripeGateway::new(
                     http.clone(),
