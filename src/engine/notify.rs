@@ -1,6 +1,6 @@
 //! The engine's only outward edge: the hooks through which it hands work to the payments side and
 //! notifications to tenants' applications. A notification is what a tenant hears about; it is not
-//! a log event (see [`super::event`]), and it is derived from committed changes only.
+//! a log event (the records of `engine::event`), and it is derived from committed changes only.
 //!
 //! Every send is a `try_send` on a bounded channel: a full channel drops the message (a top-up
 //! trigger is caught again by the sweep; a dropped notification is counted), so nothing here ever

@@ -14,7 +14,7 @@ pub struct CheckoutRequest<'a> {
     pub user: &'a str,
     /// The package bought.
     pub package: &'a str,
-    /// creditd's reference for it (see [`new_reference`]).
+    /// creditd's reference for it (see [`super::new_reference`]).
     pub reference: &'a str,
     /// The gateway that takes the payment.
     pub gateway: &'a str,
