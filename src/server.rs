@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::api::auth::UnknownTenant;
 use crate::api::ApiState;
 use crate::config::Config;
+use crate::engine::notify::{TenantNotification, TopupTrigger};
 use crate::engine::types::EngineError;
 use crate::engine::{Context, Engine, OpenError};
 
@@ -142,16 +143,7 @@ pub async fn serve_engine(
         &public_url,
     )?);
     // Hooks before the first request: a debit may trigger a top-up from the start.
-    let (topup_sender, topups) = crossbeam_channel::bounded(4096);
-    let (event_sender, events) =
-        crossbeam_channel::bounded(config.payments.events.queue.max(1) as usize);
-    let hooks = crate::engine::notify::Hooks {
-        topups: topup_sender,
-        notifications: event_sender,
-    };
-    if engine.connect_hooks(hooks).is_err() {
-        return Err(ServerError::AlreadyServed);
-    }
+    let (topups, events) = connect_hooks(&config, &engine)?;
     let state = ApiState::new(
         Arc::clone(&engine),
         Arc::clone(&payments),
@@ -178,11 +170,44 @@ pub async fn serve_engine(
     crate::api::serve(listener, Arc::clone(&state), shutdown).await;
     upkeep.abort();
     worker.abort();
+    shut_down(&engine, &outbox, &pending_events).await
+}
+
+/// Connects the engine's top-up and notification hooks and returns their receiving ends.
+fn connect_hooks(
+    config: &Config,
+    engine: &Engine,
+) -> Result<
+    (
+        crossbeam_channel::Receiver<TopupTrigger>,
+        crossbeam_channel::Receiver<TenantNotification>,
+    ),
+    ServerError,
+> {
+    let (topup_sender, topups) = crossbeam_channel::bounded(4096);
+    let (event_sender, events) =
+        crossbeam_channel::bounded(config.payments.events.queue.max(1) as usize);
+    let hooks = crate::engine::notify::Hooks {
+        topups: topup_sender,
+        notifications: event_sender,
+    };
+    if engine.connect_hooks(hooks).is_err() {
+        return Err(ServerError::AlreadyServed);
+    }
+    Ok((topups, events))
+}
+
+/// Flushes the log and writes the final snapshot, keeps undelivered events, releases the directory.
+async fn shut_down(
+    engine: &Arc<Engine>,
+    outbox: &crate::notify::Outbox,
+    pending_events: &std::path::Path,
+) -> Result<(), ServerError> {
     tracing::info!("shutting down: flushing the log and writing a final snapshot");
-    let closing = Arc::clone(&engine);
+    let closing = Arc::clone(engine);
     let summary = tokio::task::spawn_blocking(move || closing.shutdown()).await?;
     // After the log's last flush, so every event whose record made it to disk is kept.
-    match outbox.stop_and_save(&pending_events, engine.wal().durable_lsn()) {
+    match outbox.stop_and_save(pending_events, engine.wal().durable_lsn()) {
         Ok(0) => {}
         Ok(kept) => {
             tracing::info!(events = kept, file = %pending_events.display(), "undelivered events kept for the next start")

@@ -207,6 +207,7 @@ impl Engine {
         Ok(summary)
     }
 
+    /// Writes every chunk of the snapshot: tenants, users, closed reservations, keys, payments, end.
     fn copy_state(&self, writer: &mut SnapshotWriter) -> Result<(), SnapshotError> {
         let tenants = self.state.tenant_list();
         let mut totals = Totals::default();
@@ -224,87 +225,35 @@ impl Engine {
             totals.tenants += 1;
         }
         for tenant in &tenants {
-            let head = |count| ChunkHead::Users {
-                tenant: &tenant.id,
-                count,
-            };
-            for shard in copy_shards(&tenant.users) {
-                for (user, account) in &shard {
-                    chunker.item(&UserImage {
-                        user,
-                        last_lsn: account.last_lsn(),
-                        primary: account.primary,
-                        extra: account.extra.as_deref().map(Cow::Borrowed),
-                    })?;
-                    totals.users += 1;
-                    if chunker.full() {
-                        chunker.flush(&head(chunker.count))?;
-                    }
-                }
-            }
-            chunker.flush(&head(chunker.count))?;
+            totals.users += copy_users(&mut chunker, tenant)?;
         }
         for tenant in &tenants {
-            let head = |count| ChunkHead::ClosedReservations {
-                tenant: &tenant.id,
-                count,
-            };
-            for (id, entry) in copy_shards(&tenant.reservations).flatten() {
-                if matches!(entry.state, ReservationPhase::Closed { .. }) {
-                    chunker.item(&ClosedReservationImage {
-                        id,
-                        entry: Cow::Borrowed(&entry),
-                    })?;
-                    totals.closed_reservations += 1;
-                    if chunker.full() {
-                        chunker.flush(&head(chunker.count))?;
-                    }
-                }
-            }
-            chunker.flush(&head(chunker.count))?;
+            totals.closed_reservations += copy_closed_reservations(&mut chunker, tenant)?;
         }
         for tenant in &tenants {
-            let head = |count| ChunkHead::IdempotencyKeys {
-                tenant: &tenant.id,
-                count,
-            };
-            for (key, entry) in copy_shards(&tenant.idempotency).flatten() {
-                if let IdempotencyState::Done {
-                    lsn,
-                    created_ms,
-                    outcome,
-                } = entry.state
-                {
-                    let image = IdempotencyImage {
-                        key: &key,
-                        fingerprint: entry.fingerprint,
-                        lsn,
-                        created_ms,
-                        outcome,
-                    };
-                    chunker.item(&image)?;
-                    totals.idempotency_keys += 1;
-                    if chunker.full() {
-                        chunker.flush(&head(chunker.count))?;
-                    }
-                }
-            }
-            chunker.flush(&head(chunker.count))?;
+            totals.idempotency_keys += copy_idempotency_keys(&mut chunker, tenant)?;
         }
         // Payments change under their user's lock, so like keys they are copied after the users.
+        totals.payments = self.copy_payments(&mut chunker)?;
+        chunker.single(&ChunkHead::End(totals))
+    }
+
+    /// Writes every payment in `Payments` chunks and returns how many there were.
+    fn copy_payments(&self, chunker: &mut Chunker<'_>) -> Result<u64, SnapshotError> {
         let head = |count| ChunkHead::Payments { count };
+        let mut copied = 0;
         for (reference, entry) in copy_shards(&self.state.payments).flatten() {
             chunker.item(&PaymentImage {
                 reference: &reference,
                 entry: Cow::Borrowed(&entry),
             })?;
-            totals.payments += 1;
+            copied += 1;
             if chunker.full() {
                 chunker.flush(&head(chunker.count))?;
             }
         }
         chunker.flush(&head(chunker.count))?;
-        chunker.single(&ChunkHead::End(totals))
+        Ok(copied)
     }
 
     /// Whether a snapshot is due by record count or by time.
@@ -382,6 +331,89 @@ fn copy_shards<K: Clone + Eq + std::hash::Hash, V: Clone>(
     })
 }
 
+/// Writes a tenant's users in `Users` chunks and returns how many there were.
+fn copy_users(chunker: &mut Chunker<'_>, tenant: &Tenant) -> Result<u64, SnapshotError> {
+    let head = |count| ChunkHead::Users {
+        tenant: &tenant.id,
+        count,
+    };
+    let mut copied = 0;
+    for shard in copy_shards(&tenant.users) {
+        for (user, account) in &shard {
+            chunker.item(&UserImage {
+                user,
+                last_lsn: account.last_lsn(),
+                primary: account.primary,
+                extra: account.extra.as_deref().map(Cow::Borrowed),
+            })?;
+            copied += 1;
+            if chunker.full() {
+                chunker.flush(&head(chunker.count))?;
+            }
+        }
+    }
+    chunker.flush(&head(chunker.count))?;
+    Ok(copied)
+}
+
+/// Writes a tenant's closed reservations in `ClosedReservations` chunks and returns how many.
+fn copy_closed_reservations(
+    chunker: &mut Chunker<'_>,
+    tenant: &Tenant,
+) -> Result<u64, SnapshotError> {
+    let head = |count| ChunkHead::ClosedReservations {
+        tenant: &tenant.id,
+        count,
+    };
+    let mut copied = 0;
+    for (id, entry) in copy_shards(&tenant.reservations).flatten() {
+        if matches!(entry.state, ReservationPhase::Closed { .. }) {
+            chunker.item(&ClosedReservationImage {
+                id,
+                entry: Cow::Borrowed(&entry),
+            })?;
+            copied += 1;
+            if chunker.full() {
+                chunker.flush(&head(chunker.count))?;
+            }
+        }
+    }
+    chunker.flush(&head(chunker.count))?;
+    Ok(copied)
+}
+
+/// Writes a tenant's finished idempotency keys in `IdempotencyKeys` chunks and returns how many.
+fn copy_idempotency_keys(chunker: &mut Chunker<'_>, tenant: &Tenant) -> Result<u64, SnapshotError> {
+    let head = |count| ChunkHead::IdempotencyKeys {
+        tenant: &tenant.id,
+        count,
+    };
+    let mut copied = 0;
+    for (key, entry) in copy_shards(&tenant.idempotency).flatten() {
+        if let IdempotencyState::Done {
+            lsn,
+            created_ms,
+            outcome,
+        } = entry.state
+        {
+            let image = IdempotencyImage {
+                key: &key,
+                fingerprint: entry.fingerprint,
+                lsn,
+                created_ms,
+                outcome,
+            };
+            chunker.item(&image)?;
+            copied += 1;
+            if chunker.full() {
+                chunker.flush(&head(chunker.count))?;
+            }
+        }
+    }
+    chunker.flush(&head(chunker.count))?;
+    Ok(copied)
+}
+
 /// Loads a snapshot into an empty state. Idempotency keys created before `idempotency_cutoff_ms`
 /// and closed reservations closed before `reservation_cutoff_ms` are left out.
 pub(crate) fn load(
@@ -430,6 +462,7 @@ pub(crate) fn load(
     }
 }
 
+/// Loads one chunk into `state`, counting its items; returns the totals if it is the end chunk.
 fn load_chunk(
     chunk: &[u8],
     state: &State,
@@ -446,95 +479,22 @@ fn load_chunk(
     };
     match head {
         ChunkHead::Tenant { id, catalogue } => {
-            let tenant = Tenant::new(id, catalogue.into_owned(), state.shards);
-            if state
-                .tenants
-                .write()
-                .insert(CompactString::new(id), Arc::new(tenant))
-                .is_some()
-            {
-                return Err(SnapshotError::Content(format!(
-                    "tenant {id:?} appears twice"
-                )));
-            }
+            load_tenant(state, id, catalogue)?;
             counted.tenants += 1;
         }
         ChunkHead::Users { tenant, count } => {
             let tenant = tenant_of(tenant)?;
-            for _ in 0..count {
-                let image: UserImage<'_> = next_item(&mut rest)?;
-                if image.last_lsn > crate::wal::MAX_LSN {
-                    return Err(SnapshotError::Content(format!(
-                        "user {:?} changed at LSN {}, above the highest ever issued",
-                        image.user, image.last_lsn
-                    )));
-                }
-                // Rules come back without a trigger in flight (that flag is never written).
-                let account = Account::restore(
-                    image.last_lsn,
-                    image.primary,
-                    image.extra.map(|e| Box::new(e.into_owned())),
-                );
-                for reservation in account.reservations() {
-                    let open = ReservationEntry {
-                        user: image.user.into(),
-                        state: ReservationPhase::Open {
-                            expires_at_ms: reservation.expires_at_ms,
-                        },
-                    };
-                    tenant.reservations.insert(reservation.id, open);
-                }
-                if tenant
-                    .users
-                    .insert(CompactString::new(image.user), account)
-                    .is_some()
-                {
-                    return Err(SnapshotError::Content(format!(
-                        "user {:?} appears twice",
-                        image.user
-                    )));
-                }
-            }
+            load_users(&mut rest, &tenant, count)?;
             counted.users += u64::from(count);
         }
         ChunkHead::ClosedReservations { tenant, count } => {
             let tenant = tenant_of(tenant)?;
-            for _ in 0..count {
-                let image: ClosedReservationImage<'_> = next_item(&mut rest)?;
-                let entry = image.entry.into_owned();
-                if matches!(entry.state, ReservationPhase::Closed { at_ms, .. } if at_ms >= reservation_cutoff_ms)
-                {
-                    tenant.reservations.insert(image.id, entry);
-                }
-            }
+            load_closed_reservations(&mut rest, &tenant, count, reservation_cutoff_ms)?;
             counted.closed_reservations += u64::from(count);
         }
         ChunkHead::IdempotencyKeys { tenant, count } => {
             let tenant = tenant_of(tenant)?;
-            for _ in 0..count {
-                let image: IdempotencyImage<'_> = next_item(&mut rest)?;
-                if image.created_ms < idempotency_cutoff_ms {
-                    continue;
-                }
-                let state_done = IdempotencyState::Done {
-                    lsn: image.lsn,
-                    created_ms: image.created_ms,
-                    outcome: image.outcome,
-                };
-                let entry = IdempotencyEntry {
-                    fingerprint: image.fingerprint,
-                    state: state_done,
-                };
-                if tenant
-                    .idempotency
-                    .insert(CompactString::new(image.key), entry)
-                    .is_none()
-                {
-                    state
-                        .idempotency_entries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
+            load_idempotency_keys(&mut rest, state, &tenant, count, idempotency_cutoff_ms)?;
             counted.idempotency_keys += u64::from(count);
         }
         ChunkHead::Payments { count } => {
@@ -563,6 +523,119 @@ fn load_chunk(
         )));
     }
     Ok(None)
+}
+
+/// Adds a tenant with its catalogue; a tenant that appears twice is an error.
+fn load_tenant(
+    state: &State,
+    id: &str,
+    catalogue: Cow<'_, Catalogue>,
+) -> Result<(), SnapshotError> {
+    let tenant = Tenant::new(id, catalogue.into_owned(), state.shards);
+    if state
+        .tenants
+        .write()
+        .insert(CompactString::new(id), Arc::new(tenant))
+        .is_some()
+    {
+        return Err(SnapshotError::Content(format!(
+            "tenant {id:?} appears twice"
+        )));
+    }
+    Ok(())
+}
+
+/// Restores `count` users, and the open reservations their accounts hold, into `tenant`.
+fn load_users(rest: &mut &[u8], tenant: &Tenant, count: u32) -> Result<(), SnapshotError> {
+    for _ in 0..count {
+        let image: UserImage<'_> = next_item(rest)?;
+        if image.last_lsn > crate::wal::MAX_LSN {
+            return Err(SnapshotError::Content(format!(
+                "user {:?} changed at LSN {}, above the highest ever issued",
+                image.user, image.last_lsn
+            )));
+        }
+        // Rules come back without a trigger in flight (that flag is never written).
+        let account = Account::restore(
+            image.last_lsn,
+            image.primary,
+            image.extra.map(|e| Box::new(e.into_owned())),
+        );
+        for reservation in account.reservations() {
+            let open = ReservationEntry {
+                user: image.user.into(),
+                state: ReservationPhase::Open {
+                    expires_at_ms: reservation.expires_at_ms,
+                },
+            };
+            tenant.reservations.insert(reservation.id, open);
+        }
+        if tenant
+            .users
+            .insert(CompactString::new(image.user), account)
+            .is_some()
+        {
+            return Err(SnapshotError::Content(format!(
+                "user {:?} appears twice",
+                image.user
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Restores `count` closed reservations into `tenant`, leaving out those closed before the cutoff.
+fn load_closed_reservations(
+    rest: &mut &[u8],
+    tenant: &Tenant,
+    count: u32,
+    reservation_cutoff_ms: i64,
+) -> Result<(), SnapshotError> {
+    for _ in 0..count {
+        let image: ClosedReservationImage<'_> = next_item(rest)?;
+        let entry = image.entry.into_owned();
+        if matches!(entry.state, ReservationPhase::Closed { at_ms, .. } if at_ms >= reservation_cutoff_ms)
+        {
+            tenant.reservations.insert(image.id, entry);
+        }
+    }
+    Ok(())
+}
+
+/// Restores `count` finished idempotency keys into `tenant`, leaving out those created before the
+/// cutoff, and counts the new ones in `state`.
+fn load_idempotency_keys(
+    rest: &mut &[u8],
+    state: &State,
+    tenant: &Tenant,
+    count: u32,
+    idempotency_cutoff_ms: i64,
+) -> Result<(), SnapshotError> {
+    for _ in 0..count {
+        let image: IdempotencyImage<'_> = next_item(rest)?;
+        if image.created_ms < idempotency_cutoff_ms {
+            continue;
+        }
+        let state_done = IdempotencyState::Done {
+            lsn: image.lsn,
+            created_ms: image.created_ms,
+            outcome: image.outcome,
+        };
+        let entry = IdempotencyEntry {
+            fingerprint: image.fingerprint,
+            state: state_done,
+        };
+        if tenant
+            .idempotency
+            .insert(CompactString::new(image.key), entry)
+            .is_none()
+        {
+            state
+                .idempotency_entries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    Ok(())
 }
 
 fn next_item<'a, T: Deserialize<'a>>(rest: &mut &'a [u8]) -> Result<T, SnapshotError> {

@@ -275,69 +275,7 @@ impl TopupWorker {
             )
             .await;
         match answer {
-            Ok(Outcome::NotFound) => {
-                let engine = &self.payments.engine;
-                let Some(tenant) = engine.tenant(&payment.tenant) else {
-                    return;
-                };
-                let method = match engine.topup_method(
-                    &tenant,
-                    &payment.user,
-                    payment.currency,
-                    gateway,
-                ) {
-                    Ok(method) => method,
-                    Err(error) => {
-                        tracing::warn!(%error, reference = %payment.reference, "reconciling a top-up failed");
-                        return;
-                    }
-                };
-                let resends = {
-                    let mut resent = self.resent.lock();
-                    let count = resent.entry(payment.reference.clone()).or_insert(0);
-                    *count += 1;
-                    *count
-                };
-                let (token, customer) = match method {
-                    Some(method) if resends <= MAX_RESENDS => method,
-                    _ if engine.now_ms() - payment.created_ms < ABANDON_AFTER_MS => {
-                        tracing::debug!(reference = %payment.reference, "no record at the gateway yet; verifying again later");
-                        return;
-                    }
-                    other => {
-                        // Verified absent at the gateway: nothing was taken, nothing will be.
-                        let reason = if other.is_none() {
-                            "never sent: the rule was switched off or has no payment method"
-                        } else {
-                            "the gateway has no record of it after it was sent again"
-                        };
-                        let abandoned = Outcome::Declined {
-                            decline: Decline::Abandoned,
-                            reason: reason.into(),
-                        };
-                        self.settle(&payment.reference, Ok(abandoned), "auto top-up given up")
-                            .await;
-                        return;
-                    }
-                };
-                let spec = ChargeSpec {
-                    reference: &payment.reference,
-                    amount_minor: payment.amount_minor,
-                    currency: payment.price_currency,
-                    token: &token,
-                    customer: customer.as_deref(),
-                };
-                let answer = self
-                    .payments
-                    .timed(GatewayOp::Charge, self.payments.gateway.charge(&spec))
-                    .await;
-                self.settle(
-                    &payment.reference,
-                    answer,
-                    "auto top-up charge, sent again after no record",
-                )
-                .await;
-            }
+            Ok(Outcome::NotFound) => self.resend_or_give_up(payment, gateway).await,
             other => {
                 self.settle(
                     &payment.reference,
@@ -347,5 +285,72 @@ impl TopupWorker {
                 .await
             }
         }
+    }
+
+    /// For an intent the gateway has no record of: sends it again, waits, or gives it up.
+    async fn resend_or_give_up(&self, payment: &PaymentView, gateway: &str) {
+        let engine = &self.payments.engine;
+        let Some(tenant) = engine.tenant(&payment.tenant) else {
+            return;
+        };
+        let method = match engine.topup_method(&tenant, &payment.user, payment.currency, gateway) {
+            Ok(method) => method,
+            Err(error) => {
+                tracing::warn!(%error, reference = %payment.reference, "reconciling a top-up failed");
+                return;
+            }
+        };
+        let resends = self.count_resend(&payment.reference);
+        let (token, customer) = match method {
+            Some(method) if resends <= MAX_RESENDS => method,
+            _ if engine.now_ms() - payment.created_ms < ABANDON_AFTER_MS => {
+                tracing::debug!(reference = %payment.reference, "no record at the gateway yet; verifying again later");
+                return;
+            }
+            other => {
+                self.give_up(payment, other.is_none()).await;
+                return;
+            }
+        };
+        let spec = ChargeSpec {
+            reference: &payment.reference,
+            amount_minor: payment.amount_minor,
+            currency: payment.price_currency,
+            token: &token,
+            customer: customer.as_deref(),
+        };
+        let answer = self
+            .payments
+            .timed(GatewayOp::Charge, self.payments.gateway.charge(&spec))
+            .await;
+        self.settle(
+            &payment.reference,
+            answer,
+            "auto top-up charge, sent again after no record",
+        )
+        .await;
+    }
+
+    /// Counts one more resend of `reference` and returns how many there have been.
+    fn count_resend(&self, reference: &str) -> u32 {
+        let mut resent = self.resent.lock();
+        let count = resent.entry(reference.to_owned()).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Gives up an intent verified absent at the gateway: nothing was taken, nothing will be.
+    async fn give_up(&self, payment: &PaymentView, never_sent: bool) {
+        let reason = if never_sent {
+            "never sent: the rule was switched off or has no payment method"
+        } else {
+            "the gateway has no record of it after it was sent again"
+        };
+        let abandoned = Outcome::Declined {
+            decline: Decline::Abandoned,
+            reason: reason.into(),
+        };
+        self.settle(&payment.reference, Ok(abandoned), "auto top-up given up")
+            .await;
     }
 }
