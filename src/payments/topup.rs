@@ -236,9 +236,10 @@ impl TopupWorker {
 
     /// Asks the gateway what happened to an intent and settles it. If the gateway never heard of
     /// it, the same charge is sent again under the same reference, unless the rule was deleted or
-    /// switched off meanwhile, or has nothing to charge, or it was sent again [`MAX_RESENDS`]
-    /// times: then, once the intent is [`ABANDON_AFTER_MS`] old, it is recorded as abandoned. Intents of another gateway than the configured one are left pending
-    /// (this gateway cannot verify them) and reported.
+    /// switched off meanwhile, or has nothing to charge, or it was sent again `MAX_RESENDS`
+    /// times: then, once the intent is `ABANDON_AFTER_MS` old, it is recorded as abandoned.
+    /// Intents of another gateway than the configured one are left pending (this gateway cannot
+    /// verify them) and reported.
     pub async fn reconcile(&self, payment: &PaymentView) {
         let gateway = self.payments.gateway.name();
         if payment.gateway != gateway {
