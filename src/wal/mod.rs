@@ -1,5 +1,6 @@
 //! The write-ahead log: record and batch framing, segments and `log-end`, the group-commit
-//! writer, the reader that hands out records from an LSN across segments, retention holds, and
+//! writer, the reader that hands out records from an LSN across segments, the follower that reads
+//! what a running writer adds, retention holds, and
 //! snapshot files.
 //!
 //! This module moves opaque payloads to and from disk and knows nothing of what they mean; the
@@ -12,6 +13,7 @@ pub const MAX_LSN: u64 = (1 << 63) - 1;
 
 pub mod batch;
 pub mod end;
+pub mod follow;
 pub mod memory;
 pub mod reader;
 pub mod record;

@@ -55,6 +55,17 @@ pub trait Storage: Send + Sync + 'static {
         self.open_read(path)?.read_to_end(&mut bytes)?;
         Ok(bytes)
     }
+
+    /// Reads a file from byte `offset` to its end (nothing if it is shorter): for a reader that
+    /// follows a growing segment without reading it again from the start.
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+        let mut bytes = self.read_all(path)?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        bytes.drain(..start);
+        Ok(bytes)
+    }
 }
 
 /// A shared storage handle.
@@ -163,5 +174,16 @@ impl Storage for FsStorage {
 
     fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+        use std::io::Seek;
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(io::SeekFrom::Start(offset.min(len)))?;
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(len.saturating_sub(offset)).unwrap_or(0));
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 }
