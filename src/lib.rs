@@ -42,6 +42,7 @@ pub mod engine;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod inspect;
 pub mod loadgen;
 pub mod metrics;

@@ -101,31 +101,44 @@ impl Follower {
         self.next_lsn
     }
 
+    /// Goes back (or forward) to hand out records from `lsn` on: for a consumer whose own store
+    /// did not keep what it was handed.
+    pub fn rewind(&mut self, lsn: u64) {
+        self.next_lsn = lsn.max(1);
+        self.position = None;
+    }
+
     /// Hands every record from [`Follower::next_lsn`] up to `until_lsn` (inclusive) that is
-    /// written to `visit`, in order; returns how many it handed out. Records are handed out batch
-    /// by batch: if `visit` fails, the follower resumes after the last whole batch it finished.
+    /// written to `visit`, in order, stopping at the first batch boundary after `max_records`;
+    /// returns how many it handed out. Records are handed out batch by batch: if `visit` fails,
+    /// the follower resumes at the start of the batch it was in.
     pub fn poll<E>(
         &mut self,
         storage: &dyn Storage,
         until_lsn: u64,
+        max_records: u64,
         mut visit: impl FnMut(Frame<'_>) -> Result<(), E>,
     ) -> Result<u64, FollowError<E>> {
         let mut handed = 0;
-        while self.next_lsn <= until_lsn {
-            let position = match self.position.take() {
+        while self.next_lsn <= until_lsn && handed < max_records {
+            let mut position = match self.position.take() {
                 Some(position) => position,
                 None => match self.locate(storage)? {
                     Some(position) => position,
                     None => return Ok(handed),
                 },
             };
-            let mut position = position;
-            let step = self.advance(storage, &mut position, until_lsn, &mut visit);
+            let limit = Limit {
+                until_lsn,
+                records: max_records - handed,
+            };
+            let step = self.advance(storage, &mut position, limit, &mut visit);
             self.position = Some(position);
-            match step? {
-                Step::Read(records) => handed += records,
-                Step::Wait => return Ok(handed),
-                Step::NextSegment(next) => self.position = Some(next),
+            let step = step?;
+            handed += step.records;
+            match step.next {
+                Next::Stop => return Ok(handed),
+                Next::Segment(next) => self.position = Some(next),
             }
         }
         Ok(handed)
@@ -185,14 +198,19 @@ impl Follower {
         &mut self,
         storage: &dyn Storage,
         position: &mut Position,
-        until_lsn: u64,
+        limit: Limit,
         visit: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
     ) -> Result<Step, FollowError<E>> {
         let bytes = read_from(storage, &position.segment.path, position.offset)?;
         let mut at = 0;
         let mut records = 0;
         let mut frames = Vec::new();
+        let mut stopped = false;
         while at < bytes.len() {
+            if records >= limit.records {
+                stopped = true;
+                break;
+            }
             let offset = position.offset;
             let checked = batch::check(
                 &bytes[at..],
@@ -203,10 +221,13 @@ impl Follower {
             let header = match checked {
                 Ok(header) => header,
                 // Durable records must read: anything else is a batch still being written.
-                Err(error) if position.next_lsn <= until_lsn => {
+                Err(error) if position.next_lsn <= limit.until_lsn => {
                     return Err(damage_at(position, offset, error.to_string()));
                 }
-                Err(_) => break,
+                Err(_) => {
+                    stopped = true;
+                    break;
+                }
             };
             if header.first_lsn != position.next_lsn {
                 let detail = format!(
@@ -216,7 +237,9 @@ impl Follower {
                 return Err(damage_at(position, offset, detail));
             }
             let last_lsn = header.first_lsn + u64::from(header.records) - 1;
-            if last_lsn > until_lsn {
+            if last_lsn > limit.until_lsn {
+                // Not durable as a whole yet.
+                stopped = true;
                 break;
             }
             for (index, &(_, frame)) in frames.iter().enumerate() {
@@ -237,12 +260,16 @@ impl Follower {
             position.next_lsn = last_lsn + 1;
             self.next_lsn = self.next_lsn.max(position.next_lsn);
         }
-        if records > 0 || position.next_lsn > until_lsn {
-            Ok(Step::Read(records))
+        let next = if stopped || position.next_lsn > limit.until_lsn {
+            Next::Stop
         } else {
-            // Nothing more here, yet durable records remain: they are in the next segment.
-            self.next_segment(storage, position)
-        }
+            // The segment is read to its end, yet durable records remain: they are in the next.
+            match self.next_segment(storage, position)? {
+                Some(next) => Next::Segment(next),
+                None => Next::Stop,
+            }
+        };
+        Ok(Step { records, next })
     }
 
     /// The segment after `position`'s, which must start where it ended.
@@ -250,14 +277,14 @@ impl Follower {
         &self,
         storage: &dyn Storage,
         position: &Position,
-    ) -> Result<Step, FollowError<E>> {
+    ) -> Result<Option<Position>, FollowError<E>> {
         let segments = self.list(storage)?;
         let next = segments
             .iter()
             .find(|segment| segment.first_lsn > position.segment.first_lsn);
         match next {
             Some(next) if next.first_lsn == position.next_lsn => {
-                self.open(storage, next.clone()).map(Step::NextSegment)
+                self.open(storage, next.clone()).map(Some)
             }
             Some(next) => Err(FollowError::Damage {
                 path: next.path.clone(),
@@ -269,19 +296,31 @@ impl Follower {
             }),
             // The watermark is past what this segment holds and no segment follows: the writer
             // has not rotated yet as far as this listing shows; wait for it.
-            None => Ok(Step::Wait),
+            None => Ok(None),
         }
     }
 }
 
-/// What a step of a poll found.
-enum Step {
-    /// Records handed out from the current segment (perhaps none, if it is caught up).
-    Read(u64),
-    /// Nothing to read yet.
-    Wait,
-    /// The current segment is finished: go on in this one.
-    NextSegment(Position),
+/// How far a poll may go.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    /// The last durable LSN.
+    until_lsn: u64,
+    /// Records still to hand out (checked between batches).
+    records: u64,
+}
+
+/// What reading a segment found: records handed out, and what comes next.
+struct Step {
+    records: u64,
+    next: Next,
+}
+
+enum Next {
+    /// The poll is over: caught up, at the limit, or waiting for the writer.
+    Stop,
+    /// The segment is finished: go on in this one.
+    Segment(Position),
 }
 
 fn read_from<E>(
@@ -354,7 +393,7 @@ mod tests {
     fn poll(follower: &mut Follower, storage: &MemStorage, until: u64) -> Vec<u64> {
         let mut seen = Vec::new();
         follower
-            .poll::<()>(storage, until, |frame| {
+            .poll::<()>(storage, until, u64::MAX, |frame| {
                 assert_eq!(frame.payload, format!("r{}", frame.lsn).as_bytes());
                 seen.push(frame.lsn);
                 Ok(())
@@ -415,11 +454,15 @@ mod tests {
             .append_durably(&dir().join(segment::file_name(1)), &[0x42; 40])
             .unwrap();
         let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
-        let error = follower.poll::<()>(&storage, 3, |_| Ok(())).unwrap_err();
+        let error = follower
+            .poll::<()>(&storage, 3, u64::MAX, |_| Ok(()))
+            .unwrap_err();
         assert!(matches!(error, FollowError::Damage { .. }), "{error:?}");
         // What came before the damage was handed out; the next poll starts at the damage again.
         assert_eq!(follower.next_lsn(), 3);
-        let again = follower.poll::<()>(&storage, 3, |_| Ok(())).unwrap_err();
+        let again = follower
+            .poll::<()>(&storage, 3, u64::MAX, |_| Ok(()))
+            .unwrap_err();
         assert!(matches!(again, FollowError::Damage { .. }), "{again:?}");
     }
 
@@ -431,12 +474,16 @@ mod tests {
         segment(&storage, 5);
         batch(&storage, 5, 5, 5);
         let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
-        let error = follower.poll::<()>(&storage, 5, |_| Ok(())).unwrap_err();
+        let error = follower
+            .poll::<()>(&storage, 5, u64::MAX, |_| Ok(()))
+            .unwrap_err();
         assert!(matches!(error, FollowError::Damage { .. }), "{error:?}");
         assert_eq!(follower.next_lsn(), 3);
         storage.remove(&dir().join(segment::file_name(1))).unwrap();
         let mut late = Follower::new(dir(), 2, VERSION, 1 << 20);
-        let error = late.poll::<()>(&storage, 5, |_| Ok(())).unwrap_err();
+        let error = late
+            .poll::<()>(&storage, 5, u64::MAX, |_| Ok(()))
+            .unwrap_err();
         assert!(
             matches!(
                 error,
@@ -457,7 +504,7 @@ mod tests {
         batch(&storage, 1, 3, 4);
         let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
         let error = follower
-            .poll(&storage, 4, |frame| {
+            .poll(&storage, 4, u64::MAX, |frame| {
                 if frame.lsn == 4 {
                     Err("full")
                 } else {
@@ -503,7 +550,7 @@ mod tests {
         while seen < RECORDS {
             let until = wal.durable_lsn();
             follower
-                .poll::<()>(&*storage, until, |frame| {
+                .poll::<()>(&*storage, until, u64::MAX, |frame| {
                     seen += 1;
                     assert_eq!(frame.lsn, seen, "in order, each once");
                     assert!(frame.lsn <= until, "only durable records");
@@ -515,5 +562,27 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(follower.next_lsn(), RECORDS + 1);
         assert!(wal.stats().rotations > 3, "the log rotated while followed");
+    }
+
+    #[test]
+    fn a_batch_past_the_watermark_waits_and_max_records_stops_at_a_batch_boundary() {
+        let storage = storage();
+        segment(&storage, 1);
+        batch(&storage, 1, 1, 2);
+        batch(&storage, 1, 3, 6);
+        segment(&storage, 7);
+        batch(&storage, 7, 7, 7);
+        let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
+        // The watermark inside the second batch: it waits, although a later segment exists.
+        assert_eq!(poll(&mut follower, &storage, 4), [1, 2]);
+        let mut seen = Vec::new();
+        let handed = follower
+            .poll::<()>(&storage, 7, 1, |frame| {
+                seen.push(frame.lsn);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((handed, seen), (4, vec![3, 4, 5, 6]), "one whole batch");
+        assert_eq!(poll(&mut follower, &storage, 7), [7]);
     }
 }

@@ -1,0 +1,161 @@
+//! The ledger entry a log event makes, if any: one per movement of a wallet (credit, debit,
+//! revoke, reservation capture, release and expiry, top-up). Events that move no money (a
+//! profile, the catalogue, a payment still open) make none.
+
+use crate::engine::event::Event;
+use crate::engine::event::{ActionUse, Meta, WalletRef};
+use crate::engine::types::{CreditKind, Currency, DebitKind, ReleaseReason};
+
+/// One ledger entry as the history stores it. Borrowed from the event it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The LSN of the event: `entry_id` is `ent_<lsn>`, as the write answered.
+    pub lsn: u64,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The user.
+    pub user: &'a str,
+    /// `grant`, `topup`, `refund`, `adjustment`, `debit`, `revoke`, `capture`, `release`, `expiry`.
+    pub kind: &'static str,
+    /// How much moved: positive into the wallet, negative out; a reservation's release moves
+    /// nothing out of the balance and records what it freed as a positive amount of `available`.
+    pub amount: i64,
+    /// The wallet's currency.
+    pub currency: Currency,
+    /// The balance after the entry.
+    pub balance_after: Option<i64>,
+    /// What `available` was after the entry.
+    pub available_after: i64,
+    /// The catalogue action and quantity, for a spend by action.
+    pub action: Option<(&'a str, u64)>,
+    /// The description given (or the revoke's reason).
+    pub description: Option<&'a str>,
+    /// The caller's reference.
+    pub reference: Option<&'a str>,
+    /// The caller's metadata (a JSON object as text).
+    pub metadata: Option<&'a str>,
+    /// Who wrote it: the API key's name, or `system`.
+    pub actor: &'a str,
+    /// When, in milliseconds since the epoch.
+    pub time_ms: i64,
+}
+
+/// The entry `event` (at `lsn`) makes, or `None` if it moves no money.
+pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
+    let entry = match *event {
+        Event::Credited {
+            wallet,
+            kind,
+            amount,
+            balance_after,
+            available_after,
+            meta,
+        } => {
+            let moved = Moved::new(amount, Some(balance_after), available_after);
+            entry(lsn, wallet, credit_kind(kind), moved, None, &meta)
+        }
+        Event::Debited {
+            wallet,
+            kind,
+            amount,
+            balance_after,
+            available_after,
+            action,
+            meta,
+        } => {
+            let kind = match kind {
+                DebitKind::Usage => "debit",
+                DebitKind::Revoke => "revoke",
+            };
+            let moved = Moved::new(-amount, Some(balance_after), available_after);
+            entry(lsn, wallet, kind, moved, action, &meta)
+        }
+        Event::ReservationCaptured {
+            wallet,
+            charged,
+            balance_after,
+            available_after,
+            action,
+            meta,
+            ..
+        } => {
+            let moved = Moved::new(-charged, Some(balance_after), available_after);
+            entry(lsn, wallet, "capture", moved, action, &meta)
+        }
+        Event::ReservationReleased {
+            wallet,
+            amount,
+            reason,
+            available_after,
+            meta,
+            ..
+        } => {
+            let kind = match reason {
+                ReleaseReason::Released => "release",
+                ReleaseReason::Expired => "expiry",
+            };
+            let moved = Moved::new(amount, None, available_after);
+            entry(lsn, wallet, kind, moved, None, &meta)
+        }
+        Event::PaymentSucceeded {
+            wallet,
+            credits,
+            balance_after,
+            available_after,
+            meta,
+            ..
+        } => {
+            let moved = Moved::new(credits, Some(balance_after), available_after);
+            entry(lsn, wallet, "topup", moved, None, &meta)
+        }
+        _ => return None,
+    };
+    Some(entry)
+}
+
+/// What an entry moved, and the wallet after it.
+struct Moved {
+    amount: i64,
+    balance_after: Option<i64>,
+    available_after: i64,
+}
+
+impl Moved {
+    fn new(amount: i64, balance_after: Option<i64>, available_after: i64) -> Moved {
+        Moved {
+            amount,
+            balance_after,
+            available_after,
+        }
+    }
+}
+
+fn entry<'a>(
+    lsn: u64,
+    wallet: WalletRef<'a>,
+    kind: &'static str,
+    moved: Moved,
+    action: Option<ActionUse<'a>>,
+    meta: &Meta<'a>,
+) -> Entry<'a> {
+    Entry {
+        lsn,
+        tenant: wallet.tenant,
+        user: wallet.user,
+        kind,
+        amount: moved.amount,
+        currency: wallet.currency,
+        balance_after: moved.balance_after,
+        available_after: moved.available_after,
+        action: action.map(|action| (action.name, action.quantity)),
+        description: meta.description,
+        reference: meta.reference,
+        metadata: meta.metadata,
+        actor: meta.actor,
+        time_ms: meta.time_ms,
+    }
+}
+
+fn credit_kind(kind: CreditKind) -> &'static str {
+    kind.as_str()
+}

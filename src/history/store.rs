@@ -1,0 +1,223 @@
+//! The history database: one SQLite file, its schema, the feeder's transaction and the
+//! checkpoint (the first LSN not yet applied), kept in the same transaction as the rows.
+//!
+//! `journal_mode = WAL` lets readers run beside the feeder; `synchronous = FULL` makes a commit
+//! durable before the feeder moves its retention hold past it (the log may then drop what the
+//! commit holds).
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::entry::Entry;
+
+/// The schema's version, kept in the database.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS checkpoint (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    next_lsn INTEGER NOT NULL,
+    schema   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    tenant          TEXT    NOT NULL,
+    user_id         TEXT    NOT NULL,
+    lsn             INTEGER NOT NULL,
+    kind            TEXT    NOT NULL,
+    amount          INTEGER NOT NULL,
+    currency        TEXT    NOT NULL,
+    balance_after   INTEGER,
+    available_after INTEGER NOT NULL,
+    action          TEXT,
+    quantity        INTEGER,
+    description     TEXT,
+    reference       TEXT,
+    metadata        TEXT,
+    actor           TEXT    NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    PRIMARY KEY (tenant, user_id, lsn)
+) WITHOUT ROWID;
+";
+
+/// Why the database refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was written by a newer creditd.
+    #[error("the history database has schema {found}, this creditd knows {SCHEMA_VERSION}")]
+    Schema {
+        /// What the file says.
+        found: i64,
+    },
+    /// A durable record of the log does not decode.
+    #[error("record LSN {0} does not decode: {1}")]
+    Undecodable(u64, String),
+    /// A number does not fit SQLite's signed 64 bits.
+    #[error("{0} does not fit the database")]
+    Overflow(&'static str),
+}
+
+/// The history database.
+#[derive(Debug)]
+pub struct Store {
+    pub(super) connection: Connection,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it (and its schema) if it does not exist.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.execute_batch(SCHEMA)?;
+        connection.execute(
+            "INSERT OR IGNORE INTO checkpoint (id, next_lsn, schema) VALUES (1, 1, ?1)",
+            params![SCHEMA_VERSION],
+        )?;
+        let schema: i64 =
+            connection.query_row("SELECT schema FROM checkpoint WHERE id = 1", [], |row| {
+                row.get(0)
+            })?;
+        if schema != SCHEMA_VERSION {
+            return Err(StoreError::Schema { found: schema });
+        }
+        Ok(Store { connection })
+    }
+
+    /// The first LSN not yet applied.
+    pub fn next_lsn(&self) -> Result<u64, StoreError> {
+        let next: i64 = self.connection.query_row(
+            "SELECT next_lsn FROM checkpoint WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        u64::try_from(next).map_err(|_| StoreError::Overflow("next_lsn"))
+    }
+
+    /// Starts the feeder's transaction.
+    pub fn begin(&mut self) -> Result<Feed<'_>, StoreError> {
+        Ok(Feed {
+            transaction: self.connection.transaction()?,
+        })
+    }
+
+    /// How many entries the database holds.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .connection
+            .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?;
+        u64::try_from(count).map_err(|_| StoreError::Overflow("count"))
+    }
+
+    /// The entry written at `lsn` for `user` of `tenant`, if the history holds it.
+    pub fn entry(&self, tenant: &str, user: &str, lsn: u64) -> Result<Option<Stored>, StoreError> {
+        let lsn = i64::try_from(lsn).map_err(|_| StoreError::Overflow("lsn"))?;
+        let row = self
+            .connection
+            .query_row(
+                "SELECT kind, amount, currency, balance_after, action, quantity, actor
+                 FROM entries WHERE tenant = ?1 AND user_id = ?2 AND lsn = ?3",
+                params![tenant, user, lsn],
+                |row| {
+                    Ok(Stored {
+                        kind: row.get(0)?,
+                        amount: row.get(1)?,
+                        currency: row.get(2)?,
+                        balance_after: row.get(3)?,
+                        action: row.get(4)?,
+                        quantity: row.get(5)?,
+                        actor: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Every LSN the history holds for `user` of `tenant`, oldest first.
+    pub fn lsns(&self, tenant: &str, user: &str) -> Result<Vec<u64>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT lsn FROM entries WHERE tenant = ?1 AND user_id = ?2 ORDER BY lsn",
+        )?;
+        let rows = statement.query_map(params![tenant, user], |row| row.get::<_, i64>(0))?;
+        let mut lsns = Vec::new();
+        for lsn in rows {
+            lsns.push(u64::try_from(lsn?).map_err(|_| StoreError::Overflow("lsn"))?);
+        }
+        Ok(lsns)
+    }
+}
+
+/// An entry as read back (the fields the checks so far need).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The kind.
+    pub kind: String,
+    /// The amount.
+    pub amount: i64,
+    /// The currency.
+    pub currency: String,
+    /// The balance after it.
+    pub balance_after: Option<i64>,
+    /// The action, for a spend by action.
+    pub action: Option<String>,
+    /// The quantity, with the action.
+    pub quantity: Option<i64>,
+    /// Who wrote it.
+    pub actor: String,
+}
+
+/// The feeder's transaction: entries, then the checkpoint, committed together.
+pub struct Feed<'c> {
+    transaction: rusqlite::Transaction<'c>,
+}
+
+impl Feed<'_> {
+    /// Inserts one entry. An entry already there is an error: the checkpoint rules it out.
+    pub(crate) fn insert(&mut self, entry: &Entry<'_>) -> Result<(), StoreError> {
+        let lsn = i64::try_from(entry.lsn).map_err(|_| StoreError::Overflow("lsn"))?;
+        let quantity = entry
+            .action
+            .map(|(_, quantity)| i64::try_from(quantity))
+            .transpose()
+            .map_err(|_| StoreError::Overflow("quantity"))?;
+        let mut statement = self.transaction.prepare_cached(
+            "INSERT INTO entries (tenant, user_id, lsn, kind, amount, currency, balance_after,
+                available_after, action, quantity, description, reference, metadata, actor,
+                created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        statement.execute(params![
+            entry.tenant,
+            entry.user,
+            lsn,
+            entry.kind,
+            entry.amount,
+            entry.currency.as_str(),
+            entry.balance_after,
+            entry.available_after,
+            entry.action.map(|(name, _)| name),
+            quantity,
+            entry.description,
+            entry.reference,
+            entry.metadata,
+            entry.actor,
+            entry.time_ms,
+        ])?;
+        Ok(())
+    }
+
+    /// Records `next_lsn` as the first LSN not yet applied and commits everything.
+    pub fn commit(self, next_lsn: u64) -> Result<(), StoreError> {
+        let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
+        self.transaction.execute(
+            "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
+            params![next],
+        )?;
+        self.transaction.commit()?;
+        Ok(())
+    }
+}
