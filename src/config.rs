@@ -56,6 +56,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// When snapshots are taken.
     pub snapshot: SnapshotConfig,
+    /// The ledger history.
+    pub history: HistoryConfig,
     /// In-memory layout and background work.
     pub engine: EngineConfig,
     /// Idempotency keys.
@@ -179,6 +181,20 @@ impl Default for SnapshotConfig {
             every: Seconds(engine.snapshot_every_seconds),
             keep: engine.snapshots_kept as u32,
         }
+    }
+}
+
+/// `[history]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Keep the ledger history in `<data_dir>/history.sqlite3`, fed from the log (default true).
+    pub enabled: bool,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig { enabled: true }
     }
 }
 

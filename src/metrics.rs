@@ -134,6 +134,16 @@ fn describe() {
         "The highest LSN known to be durable."
     );
     describe_gauge!(
+        names::HISTORY_LAG_RECORDS,
+        Unit::Count,
+        "Durable log records the ledger history has not applied yet (0 when it is caught up)."
+    );
+    describe_counter!(
+        names::HISTORY_ERRORS_TOTAL,
+        Unit::Count,
+        "History feeding steps that failed (database or log errors); each is retried after 1 s."
+    );
+    describe_gauge!(
         names::RECOVERY_FALLBACK_PROBLEMS,
         Unit::Count,
         "Problems recovery found in what the fallback (older) snapshot would need: damaged or missing \

@@ -51,6 +51,12 @@ pub enum ServerError {
     /// The final flush or snapshot failed.
     #[error("shutdown: {0}")]
     Shutdown(#[source] EngineError),
+    /// The history database could not be opened.
+    #[error("history: {0}")]
+    History(#[from] crate::history::StoreError),
+    /// A thread could not be started.
+    #[error("could not start a thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Development secrets shipped in the repository's `config.toml`.
@@ -58,9 +64,44 @@ const DEVELOPMENT_SECRET_SUFFIX: &str = "-change-me";
 
 /// Opens (recovers) the engine the configuration describes.
 pub async fn open_engine(config: &Config) -> Result<Arc<Engine>, ServerError> {
-    let options = config.engine_options();
-    let engine = tokio::task::spawn_blocking(move || Engine::open_dir(options)).await??;
+    let mut options = config.engine_options();
+    let history = config.history.enabled.then(|| history_path(config));
+    let engine = tokio::task::spawn_blocking(move || {
+        if let Some(path) = history {
+            // In place before recovery's snapshot can remove a segment the history still needs.
+            let next_lsn = crate::history::Store::open(&path)?.next_lsn()?;
+            options
+                .retention_holds
+                .push((crate::history::RETENTION_HOLD.into(), next_lsn));
+        }
+        Engine::open_dir(options).map_err(ServerError::from)
+    })
+    .await??;
     Ok(engine)
+}
+
+/// Where the history database lives.
+fn history_path(config: &Config) -> std::path::PathBuf {
+    config.storage.data_dir.join(crate::history::FILE_NAME)
+}
+
+/// Starts the history's feeder thread, if the history is enabled.
+fn start_history(
+    config: &Config,
+    engine: &Arc<Engine>,
+) -> Result<Option<crate::history::worker::Worker>, ServerError> {
+    if !config.history.enabled {
+        return Ok(None);
+    }
+    let feeder = crate::history::Feeder::open(
+        &history_path(config),
+        &engine.options().wal_dir(),
+        crate::codec::FORMAT_VERSION,
+        crate::wal::record::MAX_RECORD_BYTES_LIMIT,
+    )?;
+    let worker =
+        crate::history::worker::spawn(feeder, Arc::clone(engine)).map_err(ServerError::Thread)?;
+    Ok(Some(worker))
 }
 
 /// Creates every tenant an API key names that does not exist yet, and warns about development keys.
@@ -166,10 +207,15 @@ pub async fn serve_engine(
         tracing::warn!("no API keys are configured: every /v1 request will get 401");
     }
     tracing::info!(%address, data_dir = %config.storage.data_dir.display(), "serving");
+    let history = start_history(&config, &engine)?;
     let upkeep = tokio::spawn(upkeep(Arc::clone(&state)));
     crate::api::serve(listener, Arc::clone(&state), shutdown).await;
     upkeep.abort();
     worker.abort();
+    if let Some(history) = history {
+        // It catches up with what is durable now; the rest waits for the next start.
+        tokio::task::spawn_blocking(move || history.stop()).await?;
+    }
     shut_down(&engine, &outbox, &pending_events).await
 }
 

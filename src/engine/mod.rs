@@ -299,6 +299,11 @@ impl Engine {
         &self.options
     }
 
+    /// The storage the log and snapshots live on (for readers of the log beside the engine).
+    pub fn storage(&self) -> &SharedStorage {
+        &self.storage
+    }
+
     /// The log.
     pub fn wal(&self) -> &Wal {
         &self.wal

@@ -14,9 +14,11 @@
 //!
 //! - `entry`: the ledger entry an event makes (crate-private, like the events it reads).
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
+//! - [`worker`]: the feeder's thread and its retention hold.
 
 pub(crate) mod entry;
 pub mod store;
+pub mod worker;
 
 use std::path::Path;
 
@@ -25,6 +27,9 @@ use crate::engine::event::Event;
 use crate::wal::follow::{FollowError, Follower};
 use crate::wal::Storage;
 pub use store::{Store, StoreError};
+
+/// The database's file name in the data directory.
+pub const FILE_NAME: &str = "history.sqlite3";
 
 /// The name of the feeder's retention hold on the log.
 pub const RETENTION_HOLD: &str = "history";
@@ -70,6 +75,18 @@ impl Feeder {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether the history has applied nothing yet.
+    pub fn is_fresh(&self) -> Result<bool, StoreError> {
+        Ok(self.follower.next_lsn() == 1 && self.store.next_lsn()? == 1)
+    }
+
+    /// Makes a fresh history start at `lsn`: the log before it is gone.
+    pub fn start_at(&mut self, lsn: u64) -> Result<(), StoreError> {
+        self.store.begin()?.commit(lsn)?;
+        self.follower.rewind(lsn);
+        Ok(())
     }
 
     /// Applies the durable records from [`Feeder::next_lsn`] up to `durable_lsn`, at most

@@ -46,6 +46,15 @@ pub enum StoreError {
     /// SQLite said no.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database's directory could not be created.
+    #[error("{}: {source}", dir.display())]
+    Dir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The file was written by a newer creditd.
     #[error("the history database has schema {found}, this creditd knows {SCHEMA_VERSION}")]
     Schema {
@@ -69,6 +78,12 @@ pub struct Store {
 impl Store {
     /// Opens the database at `path`, creating it (and its schema) if it does not exist.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        }
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;

@@ -37,6 +37,10 @@ pub const IDEMPOTENCY_KEYS: &str = "creditd_idempotency_keys";
 pub const WAL_DURABLE_LSN: &str = "creditd_wal_durable_lsn";
 /// Gauge: problems recovery found in what the fallback snapshot would need.
 pub const RECOVERY_FALLBACK_PROBLEMS: &str = "creditd_recovery_fallback_problems";
+/// Gauge: durable log records the history has not applied yet.
+pub const HISTORY_LAG_RECORDS: &str = "creditd_history_lag_records";
+/// Counter: failed history feeding steps (each retried).
+pub const HISTORY_ERRORS_TOTAL: &str = "creditd_history_errors_total";
 /// Gauge: 1 when the server accepts writes, 0 when not.
 pub const READY: &str = "creditd_ready";
 /// Counter, `outcome`: automatic top-up decisions and charges (named in the API contract).
@@ -69,6 +73,8 @@ pub const ALL: &[&str] = &[
     IDEMPOTENCY_KEYS,
     WAL_DURABLE_LSN,
     RECOVERY_FALLBACK_PROBLEMS,
+    HISTORY_LAG_RECORDS,
+    HISTORY_ERRORS_TOTAL,
     READY,
     AUTOTOPUP_TOTAL,
     GATEWAY_REQUEST_DURATION_SECONDS,

@@ -1,0 +1,97 @@
+//! The feeder's thread: it follows the log beside the writer and keeps the history up to date,
+//! moving its retention hold on the log as its commits become durable.
+//!
+//! It never takes an engine lock: it reads the durable watermark (an atomic) and the segment
+//! files. When it is caught up it sleeps a few milliseconds; a step that fails (a database error,
+//! damage in the log) is retried after a pause and counted, and the hold stays where the history
+//! stands, so nothing it still needs is removed meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{FeedError, Feeder, RETENTION_HOLD};
+use crate::engine::Engine;
+use crate::metrics::names;
+use crate::wal::follow::FollowError;
+
+/// Records applied per transaction at most (whole batches, so perhaps a few more).
+const STEP_RECORDS: u64 = 20_000;
+/// The pause when caught up.
+const IDLE: Duration = Duration::from_millis(5);
+/// The pause after a failed step.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The running feeder thread.
+#[derive(Debug)]
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Feeder>,
+}
+
+/// Starts the thread feeding `feeder` from `engine`'s log.
+pub fn spawn(feeder: Feeder, engine: Arc<Engine>) -> std::io::Result<Worker> {
+    engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("creditd-history".into())
+        .spawn(move || run(feeder, &engine, &stopping))?;
+    Ok(Worker { stop, thread })
+}
+
+impl Worker {
+    /// Stops the thread after it has applied what the log holds now, and hands the feeder back.
+    pub fn stop(self) -> Option<Feeder> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().ok()
+    }
+}
+
+fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool) -> Feeder {
+    let lag = metrics::gauge!(names::HISTORY_LAG_RECORDS);
+    let errors = metrics::counter!(names::HISTORY_ERRORS_TOTAL);
+    loop {
+        // Read before the flag: a stop catches up with everything durable when it was asked.
+        let stopping = stop.load(Ordering::Acquire);
+        let durable = engine.wal().durable_lsn();
+        match step(&mut feeder, engine, durable) {
+            Ok(applied) => {
+                engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
+                lag.set(durable.saturating_sub(feeder.next_lsn() - 1) as f64);
+                if applied == 0 {
+                    if stopping {
+                        return feeder;
+                    }
+                    std::thread::sleep(IDLE);
+                }
+            }
+            Err(error) => {
+                errors.increment(1);
+                tracing::error!(%error, next_lsn = feeder.next_lsn(), "history: a step failed; retrying");
+                if stopping {
+                    return feeder;
+                }
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+}
+
+/// One step; a fresh history on a log whose start was already removed begins where it starts.
+fn step(feeder: &mut Feeder, engine: &Engine, durable: u64) -> Result<u64, FeedError> {
+    let storage = &**engine.storage();
+    match feeder.step(storage, durable, STEP_RECORDS) {
+        Err(FeedError::Log(FollowError::Missing { oldest, .. })) if feeder.is_fresh()? => {
+            tracing::warn!(
+                first_lsn = oldest,
+                "history: the log before LSN {oldest} was removed before the history existed; \
+                 the history starts there"
+            );
+            feeder.start_at(oldest)?;
+            feeder.step(storage, durable, STEP_RECORDS)
+        }
+        result => result,
+    }
+}
