@@ -185,7 +185,8 @@ pub async fn serve_engine(
     )?);
     // Hooks before the first request: a debit may trigger a top-up from the start.
     let (topups, events) = connect_hooks(&config, &engine)?;
-    let state = ApiState::new(
+    let history = start_history(&config, &engine)?;
+    let mut state = ApiState::new(
         Arc::clone(&engine),
         Arc::clone(&payments),
         &config.auth.keys,
@@ -193,6 +194,10 @@ pub async fn serve_engine(
         config.limits.clone(),
         public_url,
     )?;
+    state.history = history.as_ref().map(|worker| {
+        let reader = crate::history::reader::Reader::new(&history_path(&config), worker.applied());
+        Arc::new(reader)
+    });
     let state = Arc::new(state);
     // After the last step that can fail: restoring removes the file of kept events.
     let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
@@ -207,7 +212,6 @@ pub async fn serve_engine(
         tracing::warn!("no API keys are configured: every /v1 request will get 401");
     }
     tracing::info!(%address, data_dir = %config.storage.data_dir.display(), "serving");
-    let history = start_history(&config, &engine)?;
     let upkeep = tokio::spawn(upkeep(Arc::clone(&state)));
     crate::api::serve(listener, Arc::clone(&state), shutdown).await;
     upkeep.abort();

@@ -76,6 +76,8 @@ pub struct ApiState {
     pub connections: Arc<Connections>,
     /// The bytes of request bodies held at once, all requests together.
     pub body_budget: BodyBudget,
+    /// The ledger history, when `history.enabled`.
+    pub history: Option<Arc<crate::history::reader::Reader>>,
     request_prefix: u32,
     requests: AtomicU64,
 }
@@ -104,6 +106,7 @@ impl ApiState {
             limits,
             public_url: public_url.trim_end_matches('/').to_owned(),
             accepting: AtomicBool::new(true),
+            history: None,
             request_prefix: rand::random(),
             requests: AtomicU64::new(0),
         })

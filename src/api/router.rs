@@ -17,7 +17,7 @@ use http::Method;
 
 use super::call::{Answer, Routed};
 use super::problem::Problem;
-use super::routes::{catalogue, health, payments, reservations, sandbox, tenants, users};
+use super::routes::{catalogue, entries, health, payments, reservations, sandbox, tenants, users};
 use crate::config::Role;
 
 /// Who may call a route.
@@ -92,6 +92,7 @@ route_table! {
     PutUser:           "PUT"    "/v1/users/{user_id}"                       Service  => users::put_user;
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
     GetWallet:         "GET"    "/v1/users/{user_id}/wallet"                Service  => users::get_wallet;
+    ListEntries:       "GET"    "/v1/users/{user_id}/entries"               Service  => entries::list_entries;
     Credit:            "POST"   "/v1/users/{user_id}/credit"                Service  => users::credit;
     Debit:             "POST"   "/v1/users/{user_id}/debit"                 Service  => users::debit;
     Reserve:           "POST"   "/v1/users/{user_id}/reservations"          Service  => reservations::reserve;

@@ -15,8 +15,10 @@
 //! - `entry`: the ledger entry an event makes (crate-private, like the events it reads).
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
 //! - [`worker`]: the feeder's thread and its retention hold.
+//! - [`reader`]: read-only access for the API.
 
 pub(crate) mod entry;
+pub mod reader;
 pub mod store;
 pub mod worker;
 

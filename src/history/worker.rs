@@ -6,7 +6,7 @@
 //! damage in the log) is retried after a pause and counted, and the hold stays where the history
 //! stands, so nothing it still needs is removed meanwhile.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,6 +27,7 @@ const RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Worker {
     stop: Arc<AtomicBool>,
+    applied: Arc<AtomicU64>,
     thread: JoinHandle<Feeder>,
 }
 
@@ -34,14 +35,24 @@ pub struct Worker {
 pub fn spawn(feeder: Feeder, engine: Arc<Engine>) -> std::io::Result<Worker> {
     engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
     let stop = Arc::new(AtomicBool::new(false));
-    let stopping = Arc::clone(&stop);
+    let applied = Arc::new(AtomicU64::new(feeder.next_lsn()));
+    let (stopping, publish) = (Arc::clone(&stop), Arc::clone(&applied));
     let thread = std::thread::Builder::new()
         .name("creditd-history".into())
-        .spawn(move || run(feeder, &engine, &stopping))?;
-    Ok(Worker { stop, thread })
+        .spawn(move || run(feeder, &engine, &stopping, &publish))?;
+    Ok(Worker {
+        stop,
+        applied,
+        thread,
+    })
 }
 
 impl Worker {
+    /// The first LSN the history has not applied yet, as the thread publishes it.
+    pub fn applied(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.applied)
+    }
+
     /// Stops the thread after it has applied what the log holds now, and hands the feeder back.
     pub fn stop(self) -> Option<Feeder> {
         self.stop.store(true, Ordering::Release);
@@ -49,7 +60,7 @@ impl Worker {
     }
 }
 
-fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool) -> Feeder {
+fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool, published: &AtomicU64) -> Feeder {
     let lag = metrics::gauge!(names::HISTORY_LAG_RECORDS);
     let errors = metrics::counter!(names::HISTORY_ERRORS_TOTAL);
     loop {
@@ -59,6 +70,7 @@ fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool) -> Feeder {
         match step(&mut feeder, engine, durable) {
             Ok(applied) => {
                 engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
+                published.store(feeder.next_lsn(), Ordering::Release);
                 lag.set(durable.saturating_sub(feeder.next_lsn() - 1) as f64);
                 if applied == 0 {
                     if stopping {

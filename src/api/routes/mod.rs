@@ -9,6 +9,7 @@
 //! `users` does.
 
 pub mod catalogue;
+pub mod entries;
 pub mod health;
 pub mod payments;
 pub mod reservations;

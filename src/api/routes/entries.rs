@@ -1,0 +1,212 @@
+//! `GET /v1/users/{user_id}/entries`: a user's ledger, newest first, from the history.
+//!
+//! Pages are cut by LSN: `next_cursor` is the `entry_id` of the last entry of a page, and the next
+//! page lists the entries before it. LSNs never change, so a page is stable while writes go on:
+//! new entries land before the first page, never inside a later one.
+//!
+//! Read your writes: the handler first waits (up to [`CATCH_UP`]) for the history to apply every
+//! record that was durable when the request came, so an entry whose write was answered is listed.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::api::call::{ok, Answer, Call};
+use crate::api::dto::{PrefixedId, ENTRY_PREFIX};
+use crate::api::problem::Problem;
+use crate::api::request::query_pairs;
+use crate::engine::types::Currency;
+use crate::history::reader::{Filter, Listed, Reader};
+use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
+
+/// Entries per page by default, and at most.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 1000;
+/// How long a request waits for the history to catch up with the log.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// The kinds of entry.
+const KINDS: &[&str] = &[
+    "grant",
+    "topup",
+    "refund",
+    "adjustment",
+    "debit",
+    "revoke",
+    "capture",
+    "release",
+    "expiry",
+];
+
+/// What the query asks for.
+struct Query {
+    filter: Filter,
+    before_lsn: Option<u64>,
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    entry_id: PrefixedId,
+    kind: &'a str,
+    amount: i64,
+    currency: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance_after: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantity: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a RawValue>,
+    actor: &'a str,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    entries: Vec<Entry<'a>>,
+    next_cursor: Option<PrefixedId>,
+}
+
+/// `GET /v1/users/{user_id}/entries`.
+pub async fn list_entries(call: &Call<'_>) -> Answer {
+    let user = &*call.param;
+    let query = parse_query(call.query)?;
+    let Some(reader) = call.state.history.clone() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history-disabled",
+            "History disabled",
+            "the ledger history is off on this server (history.enabled = false)",
+        ));
+    };
+    // A user of another tenant, or none: 404 as if absent.
+    call.tenant.user(user)?;
+    catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
+    let tenant = call.tenant.id.to_string();
+    let user = user.to_owned();
+    let limit = query.limit;
+    let listed = tokio::task::spawn_blocking(move || {
+        reader.entries(&tenant, &user, &query.filter, query.before_lsn, limit)
+    })
+    .await
+    .map_err(|error| history_error(error.to_string()))?
+    .map_err(|error| history_error(error.to_string()))?;
+    let entries: Vec<Entry<'_>> = listed.iter().map(entry).collect();
+    let next_cursor = (listed.len() == limit as usize)
+        .then(|| listed.last().map(|last| PrefixedId(ENTRY_PREFIX, last.lsn)))
+        .flatten();
+    ok(&Page {
+        entries,
+        next_cursor,
+    })
+}
+
+/// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed.
+async fn catch_up(reader: &Reader, durable_lsn: u64) {
+    let deadline = Instant::now() + CATCH_UP;
+    while reader.next_lsn() <= durable_lsn && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn entry(listed: &Listed) -> Entry<'_> {
+    Entry {
+        entry_id: PrefixedId(ENTRY_PREFIX, listed.lsn),
+        kind: &listed.kind,
+        amount: listed.amount,
+        currency: &listed.currency,
+        balance_after: listed.balance_after,
+        action: listed.action.as_deref(),
+        quantity: listed.quantity,
+        description: listed.description.as_deref(),
+        reference: listed.reference.as_deref(),
+        // Stored as the JSON text the write was given, already checked to be an object.
+        metadata: listed
+            .metadata
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok()),
+        actor: &listed.actor,
+        created_at: format_rfc3339_ms(listed.created_ms),
+    }
+}
+
+fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
+    let mut parsed = Query {
+        filter: Filter::default(),
+        before_lsn: None,
+        limit: DEFAULT_LIMIT,
+    };
+    for (name, value) in query_pairs(query) {
+        match name.as_str() {
+            "limit" => {
+                parsed.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                    .ok_or_else(|| {
+                        Problem::invalid(format!("limit must be between 1 and {MAX_LIMIT}"))
+                            .with("field", "limit")
+                    })?;
+            }
+            "cursor" => {
+                let lsn = value
+                    .strip_prefix(ENTRY_PREFIX)
+                    .and_then(|digits| digits.parse::<u64>().ok())
+                    .filter(|&lsn| lsn > 0)
+                    .ok_or_else(|| {
+                        Problem::invalid("cursor is not one this server gave")
+                            .with("field", "cursor")
+                    })?;
+                parsed.before_lsn = Some(lsn);
+            }
+            "kind" => {
+                if !KINDS.contains(&value.as_str()) {
+                    return Err(Problem::invalid(format!(
+                        "kind must be one of {}",
+                        KINDS.join(", ")
+                    ))
+                    .with("field", "kind"));
+                }
+                parsed.filter.kind = Some(value);
+            }
+            "action" => parsed.filter.action = Some(value),
+            "currency" => parsed.filter.currency = Some(Currency::new(&value)?.as_str().to_owned()),
+            "from" => parsed.filter.from_ms = Some(time(&value, "from")?),
+            "to" => parsed.filter.to_ms = Some(time(&value, "to")?),
+            _ => {
+                return Err(Problem::invalid(format!(
+                    "unknown query parameter {name:?}"
+                )))
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (parsed.filter.from_ms, parsed.filter.to_ms) {
+        if from > to {
+            return Err(Problem::invalid("from is after to").with("field", "from"));
+        }
+    }
+    Ok(parsed)
+}
+
+fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
+    parse_rfc3339_ms(value).ok_or_else(|| {
+        Problem::invalid(format!("{field} must be an RFC 3339 timestamp")).with("field", field)
+    })
+}
+
+fn history_error(detail: String) -> Problem {
+    tracing::error!(%detail, "history read failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "history-unavailable",
+        "History unavailable",
+        "the ledger history could not be read; try again",
+    )
+}

@@ -1,0 +1,157 @@
+//! Reading the history for the API: a few read-only connections to the database, used one
+//! request at a time, and the feeder's progress so that a reader can wait for its own writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::StoreError;
+
+/// Connections kept open between requests.
+const POOL: usize = 8;
+
+/// What entries to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only spends of this catalogue action.
+    pub action: Option<String>,
+    /// Only this currency.
+    pub currency: Option<String>,
+    /// Only entries written at or after this time (ms since the epoch).
+    pub from_ms: Option<i64>,
+    /// Only entries written before this time.
+    pub to_ms: Option<i64>,
+}
+
+/// One entry as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its LSN (`entry_id` is `ent_<lsn>`).
+    pub lsn: u64,
+    /// The kind.
+    pub kind: String,
+    /// Positive into the wallet, negative out.
+    pub amount: i64,
+    /// The currency.
+    pub currency: String,
+    /// The balance after it (none for a reservation's release or expiry).
+    pub balance_after: Option<i64>,
+    /// The catalogue action.
+    pub action: Option<String>,
+    /// Its quantity.
+    pub quantity: Option<i64>,
+    /// The description.
+    pub description: Option<String>,
+    /// The caller's reference.
+    pub reference: Option<String>,
+    /// The caller's metadata, a JSON object as text.
+    pub metadata: Option<String>,
+    /// Who wrote it.
+    pub actor: String,
+    /// When (ms since the epoch).
+    pub created_ms: i64,
+}
+
+/// Read access to the history.
+#[derive(Debug)]
+pub struct Reader {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+    applied: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// A reader of the database at `path`; `applied` is the feeder's next LSN as it publishes it.
+    pub fn new(path: &Path, applied: Arc<AtomicU64>) -> Reader {
+        Reader {
+            path: path.to_path_buf(),
+            pool: Mutex::new(Vec::new()),
+            applied,
+        }
+    }
+
+    /// The first LSN the history has not applied yet.
+    pub fn next_lsn(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// `user`'s entries in `tenant`, newest first, before `before_lsn` (a cursor), at most
+    /// `limit`.
+    pub fn entries(
+        &self,
+        tenant: &str,
+        user: &str,
+        filter: &Filter,
+        before_lsn: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let before = before_lsn.map_or(i64::MAX, |lsn| i64::try_from(lsn).unwrap_or(i64::MAX));
+        self.with_connection(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT lsn, kind, amount, currency, balance_after, action, quantity, description,
+                        reference, metadata, actor, created_ms
+                 FROM entries
+                 WHERE tenant = ?1 AND user_id = ?2 AND lsn < ?3
+                   AND (?4 IS NULL OR kind = ?4) AND (?5 IS NULL OR action = ?5)
+                   AND (?6 IS NULL OR currency = ?6)
+                   AND (?7 IS NULL OR created_ms >= ?7) AND (?8 IS NULL OR created_ms < ?8)
+                 ORDER BY lsn DESC LIMIT ?9",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    tenant,
+                    user,
+                    before,
+                    filter.kind,
+                    filter.action,
+                    filter.currency,
+                    filter.from_ms,
+                    filter.to_ms,
+                    limit
+                ],
+                |row| {
+                    Ok(Listed {
+                        lsn: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                        kind: row.get(1)?,
+                        amount: row.get(2)?,
+                        currency: row.get(3)?,
+                        balance_after: row.get(4)?,
+                        action: row.get(5)?,
+                        quantity: row.get(6)?,
+                        description: row.get(7)?,
+                        reference: row.get(8)?,
+                        metadata: row.get(9)?,
+                        actor: row.get(10)?,
+                        created_ms: row.get(11)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn with_connection<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.pool.lock().pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+        };
+        let result = read(&connection);
+        let mut pool = self.pool.lock();
+        if pool.len() < POOL {
+            pool.push(connection);
+        }
+        result
+    }
+}
