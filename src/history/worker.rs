@@ -19,7 +19,7 @@ use crate::wal::follow::FollowError;
 /// Records applied per transaction at most (whole batches, so perhaps a few more).
 const STEP_RECORDS: u64 = 20_000;
 /// The pause when caught up.
-const IDLE: Duration = Duration::from_millis(5);
+const IDLE: Duration = Duration::from_millis(100);
 /// The pause after a failed step.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -72,10 +72,11 @@ fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool, published: &Atomi
                 engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
                 published.store(feeder.next_lsn(), Ordering::Release);
                 lag.set(durable.saturating_sub(feeder.next_lsn() - 1) as f64);
-                if applied == 0 {
+                if applied < STEP_RECORDS {
                     if stopping {
                         return feeder;
                     }
+                    // Caught up: let records gather, so that a commit (and its sync) carries many.
                     std::thread::sleep(IDLE);
                 }
             }
