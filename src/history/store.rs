@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::entry::Entry;
 
@@ -126,63 +126,6 @@ impl Store {
             .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?;
         u64::try_from(count).map_err(|_| StoreError::Overflow("count"))
     }
-
-    /// The entry written at `lsn` for `user` of `tenant`, if the history holds it.
-    pub fn entry(&self, tenant: &str, user: &str, lsn: u64) -> Result<Option<Stored>, StoreError> {
-        let lsn = i64::try_from(lsn).map_err(|_| StoreError::Overflow("lsn"))?;
-        let row = self
-            .connection
-            .query_row(
-                "SELECT kind, amount, currency, balance_after, action, quantity, actor
-                 FROM entries WHERE tenant = ?1 AND user_id = ?2 AND lsn = ?3",
-                params![tenant, user, lsn],
-                |row| {
-                    Ok(Stored {
-                        kind: row.get(0)?,
-                        amount: row.get(1)?,
-                        currency: row.get(2)?,
-                        balance_after: row.get(3)?,
-                        action: row.get(4)?,
-                        quantity: row.get(5)?,
-                        actor: row.get(6)?,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(row)
-    }
-
-    /// Every LSN the history holds for `user` of `tenant`, oldest first.
-    pub fn lsns(&self, tenant: &str, user: &str) -> Result<Vec<u64>, StoreError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT lsn FROM entries WHERE tenant = ?1 AND user_id = ?2 ORDER BY lsn",
-        )?;
-        let rows = statement.query_map(params![tenant, user], |row| row.get::<_, i64>(0))?;
-        let mut lsns = Vec::new();
-        for lsn in rows {
-            lsns.push(u64::try_from(lsn?).map_err(|_| StoreError::Overflow("lsn"))?);
-        }
-        Ok(lsns)
-    }
-}
-
-/// An entry as read back (the fields the checks so far need).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    /// The kind.
-    pub kind: String,
-    /// The amount.
-    pub amount: i64,
-    /// The currency.
-    pub currency: String,
-    /// The balance after it.
-    pub balance_after: Option<i64>,
-    /// The action, for a spend by action.
-    pub action: Option<String>,
-    /// The quantity, with the action.
-    pub quantity: Option<i64>,
-    /// Who wrote it.
-    pub actor: String,
 }
 
 /// The feeder's transaction: entries, then the checkpoint, committed together.
