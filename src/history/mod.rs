@@ -109,10 +109,7 @@ impl Feeder {
         let applied = follower.poll(storage, durable_lsn, max_records, |frame| {
             let event = codec::decode::<Event<'_>>(frame.payload)
                 .map_err(|error| StoreError::Undecodable(frame.lsn, error.to_string()))?;
-            match entry::of(frame.lsn, &event) {
-                Some(entry) => transaction.insert(&entry),
-                None => Ok(()),
-            }
+            transaction.apply(frame.lsn, &event)
         });
         let committed = match applied {
             Ok(applied) => transaction

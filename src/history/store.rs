@@ -9,17 +9,26 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-use super::entry::Entry;
+use super::entry::{self, Entry};
+use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
 const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
+/// The checkpoint: the first LSN not yet applied.
+const CHECKPOINT_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS checkpoint (
     id       INTEGER PRIMARY KEY CHECK (id = 1),
     next_lsn INTEGER NOT NULL,
     schema   INTEGER NOT NULL
 );
+";
+
+/// The tables, each part of the history's (the checkpoint first).
+const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA];
+
+/// The ledger: one row per movement of a wallet.
+const ENTRIES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     tenant          TEXT    NOT NULL,
     user_id         TEXT    NOT NULL,
@@ -87,7 +96,9 @@ impl Store {
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.execute_batch(SCHEMA)?;
+        for schema in SCHEMAS {
+            connection.execute_batch(schema)?;
+        }
         connection.execute(
             "INSERT OR IGNORE INTO checkpoint (id, next_lsn, schema) VALUES (1, 1, ?1)",
             params![SCHEMA_VERSION],
@@ -134,6 +145,19 @@ pub struct Feed<'c> {
 }
 
 impl Feed<'_> {
+    /// Applies the event at `lsn`: every part of the history takes what it keeps from it.
+    pub(crate) fn apply(&mut self, lsn: u64, event: &Event<'_>) -> Result<(), StoreError> {
+        if let Some(entry) = entry::of(lsn, event) {
+            self.insert(&entry)?;
+        }
+        Ok(())
+    }
+
+    /// The transaction, for the parts of the history that keep tables of their own.
+    pub(crate) fn transaction(&self) -> &rusqlite::Transaction<'_> {
+        &self.transaction
+    }
+
     /// Inserts one entry. An entry already there is an error: the checkpoint rules it out.
     pub(crate) fn insert(&mut self, entry: &Entry<'_>) -> Result<(), StoreError> {
         let lsn = i64::try_from(entry.lsn).map_err(|_| StoreError::Overflow("lsn"))?;
