@@ -16,9 +16,13 @@
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
 //! - [`worker`]: the feeder's thread and its retention hold.
 //! - [`reader`]: read-only access for the API.
+//! - [`rollup`]: usage and revenue counters kept by the feeder, for the reports.
+//! - [`reports`]: the usage and revenue reports, read from the rollups.
 
 pub(crate) mod entry;
 pub mod reader;
+pub mod reports;
+pub mod rollup;
 pub mod store;
 pub mod worker;
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 
 use super::entry::{self, Entry};
+use super::rollup::{Rollup, ROLLUP_SCHEMA};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
@@ -25,7 +26,7 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 ";
 
 /// The tables, each part of the history's (the checkpoint first).
-const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA];
+const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA, ROLLUP_SCHEMA];
 
 /// The ledger: one row per movement of a wallet.
 const ENTRIES_SCHEMA: &str = "
@@ -76,6 +77,9 @@ pub enum StoreError {
     /// A number does not fit SQLite's signed 64 bits.
     #[error("{0} does not fit the database")]
     Overflow(&'static str),
+    /// A stored value does not decode (see `rollup`).
+    #[error("damaged {0} in the history database")]
+    Damaged(&'static str),
 }
 
 /// The history database.
@@ -127,6 +131,7 @@ impl Store {
     pub fn begin(&mut self) -> Result<Feed<'_>, StoreError> {
         Ok(Feed {
             transaction: self.connection.transaction()?,
+            rollup: Rollup::default(),
         })
     }
 
@@ -142,6 +147,8 @@ impl Store {
 /// The feeder's transaction: entries, then the checkpoint, committed together.
 pub struct Feed<'c> {
     transaction: rusqlite::Transaction<'c>,
+    /// The step's usage and revenue counters, written at commit.
+    rollup: Rollup,
 }
 
 impl Feed<'_> {
@@ -150,6 +157,7 @@ impl Feed<'_> {
         if let Some(entry) = entry::of(lsn, event) {
             self.insert(&entry)?;
         }
+        self.rollup.apply(&self.transaction, event)?;
         Ok(())
     }
 
@@ -195,6 +203,7 @@ impl Feed<'_> {
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
     pub fn commit(self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
+        self.rollup.flush(&self.transaction)?;
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],
