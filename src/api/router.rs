@@ -17,7 +17,9 @@ use http::Method;
 
 use super::call::{Answer, Routed};
 use super::problem::Problem;
-use super::routes::{catalogue, entries, health, payments, reservations, sandbox, tenants, users};
+use super::routes::{
+    catalogue, entries, health, payments, reports, reservations, sandbox, tenants, users,
+};
 use crate::config::Role;
 
 /// Who may call a route.
@@ -124,6 +126,8 @@ route_table! {
     GetAutoTopup:      "GET"    "/v1/users/{user_id}/auto-topup"            Service  => payments::get_auto_topup;
     PutAutoTopup:      "PUT"    "/v1/users/{user_id}/auto-topup"            Admin    => payments::put_auto_topup;
     DeleteAutoTopup:   "DELETE" "/v1/users/{user_id}/auto-topup"            Admin    => payments::delete_auto_topup;
+    UsageReport:       "GET"    "/v1/reports/usage"                         Service  => reports::usage;
+    RevenueReport:     "GET"    "/v1/reports/revenue"                       Admin    => reports::revenue;
 }
 
 /// The route templates, indexed by [`Route::index`].
@@ -500,6 +504,15 @@ mod tests {
         assert_eq!(
             access(Method::GET, "/v1/tenants"),
             Access::Key(Role::Platform)
+        );
+        // Usage narrows itself to one user for a service key; revenue is the admin's.
+        assert_eq!(
+            access(Method::GET, "/v1/reports/usage"),
+            Access::Key(Role::Service)
+        );
+        assert_eq!(
+            access(Method::GET, "/v1/reports/revenue"),
+            Access::Key(Role::Admin)
         );
     }
 

@@ -296,7 +296,10 @@ fn tenant_usage(
         UsageGrouping::Action => {
             for block in blocks(from_hour, to_hour, usable) {
                 action_block(connection, query, block, |action, totals| {
-                    grouped.entry(name_or_unnamed(action)).or_default().add(totals)
+                    grouped
+                        .entry(name_or_unnamed(action))
+                        .or_default()
+                        .add(totals)
                 })?;
             }
         }
@@ -449,10 +452,7 @@ mod tests {
         let all = |_| true;
         assert_eq!(
             blocks(4, 12, all),
-            [
-                Block { level: 2, start: 4 },
-                Block { level: 2, start: 8 }
-            ]
+            [Block { level: 2, start: 4 }, Block { level: 2, start: 8 }]
         );
         assert_eq!(blocks(5, 6, all), [Block { level: 0, start: 5 }]);
         assert_eq!(blocks(7, 7, all), []);
@@ -482,7 +482,10 @@ mod tests {
             [
                 Block { level: 3, start: 0 },
                 Block { level: 1, start: 8 },
-                Block { level: 0, start: 10 },
+                Block {
+                    level: 0,
+                    start: 10
+                },
                 Block {
                     level: 0,
                     start: 11

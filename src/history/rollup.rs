@@ -187,7 +187,10 @@ impl Totals {
             .quantity
             .checked_add(other.quantity)
             .ok_or_else(overflow)?;
-        self.credits = self.credits.checked_add(other.credits).ok_or_else(overflow)?;
+        self.credits = self
+            .credits
+            .checked_add(other.credits)
+            .ok_or_else(overflow)?;
         Ok(())
     }
 }
@@ -820,25 +823,23 @@ pub(crate) fn merge_users(first: &[u8], second: &[u8]) -> Result<Vec<u8>, StoreE
     let (mut next_a, mut next_b) = (a.next_user()?, b.next_user()?);
     loop {
         match (next_a, next_b) {
-            (Some((user_a, totals_a)), Some((user_b, totals_b))) => {
-                match user_a.cmp(user_b) {
-                    std::cmp::Ordering::Less => {
-                        write_user(&mut bytes, user_a, &totals_a);
-                        next_a = a.next_user()?;
-                    }
-                    std::cmp::Ordering::Greater => {
-                        write_user(&mut bytes, user_b, &totals_b);
-                        next_b = b.next_user()?;
-                    }
-                    std::cmp::Ordering::Equal => {
-                        let mut sum = totals_a;
-                        sum.add(&totals_b)?;
-                        write_user(&mut bytes, user_a, &sum);
-                        next_a = a.next_user()?;
-                        next_b = b.next_user()?;
-                    }
+            (Some((user_a, totals_a)), Some((user_b, totals_b))) => match user_a.cmp(user_b) {
+                std::cmp::Ordering::Less => {
+                    write_user(&mut bytes, user_a, &totals_a);
+                    next_a = a.next_user()?;
                 }
-            }
+                std::cmp::Ordering::Greater => {
+                    write_user(&mut bytes, user_b, &totals_b);
+                    next_b = b.next_user()?;
+                }
+                std::cmp::Ordering::Equal => {
+                    let mut sum = totals_a;
+                    sum.add(&totals_b)?;
+                    write_user(&mut bytes, user_a, &sum);
+                    next_a = a.next_user()?;
+                    next_b = b.next_user()?;
+                }
+            },
             (Some((user, totals)), None) => {
                 write_user(&mut bytes, user, &totals);
                 next_a = a.next_user()?;
@@ -942,7 +943,13 @@ mod tests {
         spends: Vec<Spend>,
         sales: Vec<Sale>,
         /// The payments started: reference, tenant, user, wallet currency and package.
-        payments: Vec<(&'static str, &'static str, &'static str, &'static str, &'static str)>,
+        payments: Vec<(
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+        )>,
     }
 
     impl Generator {
@@ -967,7 +974,11 @@ mod tests {
                 self.time_ms
             };
             let tenant = TENANTS[random.random_range(0..TENANTS.len())];
-            let currency = if random.random_bool(0.8) { "credits" } else { "usd" };
+            let currency = if random.random_bool(0.8) {
+                "credits"
+            } else {
+                "usd"
+            };
             let user = USERS[random.random_range(0..USERS.len())];
             let action = random
                 .random_bool(0.8)
@@ -1061,9 +1072,12 @@ mod tests {
                     let started = (!self.payments.is_empty() && random.random_bool(0.9))
                         .then(|| self.payments[random.random_range(0..self.payments.len())]);
                     let (reference, tenant, wallet, package) = match started {
-                        Some((reference, tenant, user, currency, package)) => {
-                            (reference, tenant, self::wallet(tenant, user, currency), Some(package))
-                        }
+                        Some((reference, tenant, user, currency, package)) => (
+                            reference,
+                            tenant,
+                            self::wallet(tenant, user, currency),
+                            Some(package),
+                        ),
                         None => ("pay_unknown", tenant, wallet, None),
                     };
                     let paid_currency = ["NGN", "USD"][random.random_range(0..2)];
@@ -1193,8 +1207,7 @@ mod tests {
                 .into_iter()
                 .map(|row| (row.key, row.currency, row.sales))
                 .collect();
-            let mut expected: std::collections::BTreeMap<(Key, String), Sales> =
-                Default::default();
+            let mut expected: std::collections::BTreeMap<(Key, String), Sales> = Default::default();
             for sale in &generator.sales {
                 if sale.tenant != tenant
                     || sale.hour < window.from_hour

@@ -109,7 +109,7 @@ pub async fn list_entries(call: &Call<'_>) -> Answer {
 }
 
 /// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed.
-async fn catch_up(reader: &Reader, durable_lsn: u64) {
+pub(super) async fn catch_up(reader: &Reader, durable_lsn: u64) {
     let deadline = Instant::now() + CATCH_UP;
     while reader.next_lsn() <= durable_lsn && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -201,7 +201,7 @@ fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
     })
 }
 
-fn history_error(detail: String) -> Problem {
+pub(super) fn history_error(detail: String) -> Problem {
     tracing::error!(%detail, "history read failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
