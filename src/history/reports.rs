@@ -17,7 +17,8 @@
 //! Rows come sorted by key: names in byte order with the spends by amount (no action) or the
 //! payments of an unknown package last, times in order; revenue rows of one key by currency.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use rusqlite::{params, Connection};
 
@@ -316,14 +317,21 @@ fn tenant_usage(
             }
         }
         UsageGrouping::Hour | UsageGrouping::User => {
-            for hour in from_hour..to_hour {
-                let block = Block {
-                    level: 0,
-                    start: hour,
+            // Level 0 is every hour, and holds each in key order: one range, summed by SQLite.
+            let mut statement = connection.prepare_cached(
+                "SELECT start, sum(count), sum(quantity), sum(credits) FROM usage_action_blocks
+                 WHERE tenant = ?1 AND currency = ?2 AND level = 0 AND start >= ?3 AND start < ?4
+                 GROUP BY start",
+            )?;
+            let mut rows =
+                statement.query(params![query.tenant, query.currency, from_hour, to_hour])?;
+            while let Some(row) = rows.next()? {
+                let totals = Totals {
+                    count: row.get(1)?,
+                    quantity: row.get(2)?,
+                    credits: row.get(3)?,
                 };
-                action_block(connection, query, block, |_, totals| {
-                    grouped.entry(Key::Hour(hour)).or_default().add(totals)
-                })?;
+                grouped.insert(Key::Hour(row.get(0)?), totals);
             }
         }
     }
@@ -339,7 +347,7 @@ fn action_block(
 ) -> Result<(), StoreError> {
     let mut statement = connection.prepare_cached(
         "SELECT action, count, quantity, credits FROM usage_action_blocks
-         WHERE level = ?1 AND start = ?2 AND tenant = ?3 AND currency = ?4",
+         WHERE tenant = ?3 AND currency = ?4 AND level = ?1 AND start = ?2",
     )?;
     let mut rows = statement.query(params![
         block.level,
@@ -381,14 +389,40 @@ fn usage_by_user(
     if sealed_to < to_hour {
         parts.push(open_hours_by_user(connection, query, sealed_to, to_hour)?);
     }
-    let merged = merge_all(parts)?;
-    let mut users = UsersReader::new(&merged)?;
-    let mut rows = Vec::new();
-    while let Some((user, totals)) = users.next_user()? {
-        rows.push(UsageRow {
-            key: Key::Name(user.to_owned()),
-            totals,
-        });
+    merge_users(&parts)
+}
+
+/// The rows of the users of `blocks`, each user's totals summed over the blocks: a k-way merge,
+/// since every block is sorted by user id.
+fn merge_users(blocks: &[Vec<u8>]) -> Result<Vec<UsageRow>, StoreError> {
+    let mut readers = blocks
+        .iter()
+        .map(|block| UsersReader::new(block))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut heads = Vec::with_capacity(readers.len());
+    let mut queue = BinaryHeap::with_capacity(readers.len());
+    for (index, reader) in readers.iter_mut().enumerate() {
+        let head = reader.next_user()?;
+        if let Some((user, _)) = head {
+            queue.push(Reverse((user, index)));
+        }
+        heads.push(head.map_or_else(Totals::default, |(_, totals)| totals));
+    }
+    let mut rows: Vec<UsageRow> = Vec::new();
+    while let Some(Reverse((user, index))) = queue.pop() {
+        match rows.last_mut() {
+            Some(last) if matches!(&last.key, Key::Name(name) if name == user) => {
+                last.totals.add(&heads[index])?;
+            }
+            _ => rows.push(UsageRow {
+                key: Key::Name(user.to_owned()),
+                totals: heads[index],
+            }),
+        }
+        if let Some((next, totals)) = readers[index].next_user()? {
+            heads[index] = totals;
+            queue.push(Reverse((next, index)));
+        }
     }
     Ok(rows)
 }
@@ -425,22 +459,6 @@ fn open_hours_by_user(
         block.add(user, totals)?;
     }
     Ok(block.finish())
-}
-
-/// Merges user blocks pairwise, so each user's bytes are copied about log2(blocks) times.
-fn merge_all(mut parts: Vec<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
-    while parts.len() > 1 {
-        let mut merged = Vec::with_capacity(parts.len().div_ceil(2));
-        let mut pairs = parts.chunks_exact(2);
-        for pair in &mut pairs {
-            merged.push(rollup::merge_users(&pair[0], &pair[1])?);
-        }
-        if let [last] = pairs.remainder() {
-            merged.push(last.clone());
-        }
-        parts = merged;
-    }
-    Ok(parts.pop().unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -27,8 +27,9 @@
 //! | table | key | kept | answers |
 //! |---|---|---|---|
 //! | `usage_hourly` | tenant, currency, hour, user_id, action | every step | one user's usage; the hours not sealed yet |
-//! | `usage_action_blocks` | level, start, tenant, currency, action | level 0 every step, the others when sealed | a tenant's usage by action, day and hour |
+//! | `usage_action_blocks` | tenant, currency, level, start, action | level 0 every step, the others when sealed | a tenant's usage by action, day and hour |
 //! | `usage_user_blocks` | level, start, tenant, currency | when sealed | a tenant's usage by user |
+//! | `usage_hours` | hour, tenant, currency | every step | which hours have spends, to seal |
 //! | `usage_sealed` | (one row) | every step | how far blocks are sealed |
 //! | `payment_terms` | reference | every `PaymentInitialized` | the package of a payment |
 //! | `revenue_hourly` | tenant, hour, package, currency | every step | revenue |
@@ -121,7 +122,13 @@ CREATE TABLE IF NOT EXISTS usage_action_blocks (
     credits  INTEGER NOT NULL,
     CHECK (typeof(count) = 'integer' AND typeof(quantity) = 'integer'
            AND typeof(credits) = 'integer'),
-    PRIMARY KEY (level, start, tenant, currency, action)
+    PRIMARY KEY (tenant, currency, level, start, action)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_hours (
+    hour     INTEGER NOT NULL,
+    tenant   TEXT    NOT NULL,
+    currency TEXT    NOT NULL,
+    PRIMARY KEY (hour, tenant, currency)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_user_blocks (
     level    INTEGER NOT NULL,
@@ -407,12 +414,19 @@ impl Rollup {
             "INSERT INTO usage_action_blocks
                  (level, start, tenant, currency, action, count, quantity, credits)
              VALUES (0, ?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (level, start, tenant, currency, action) DO UPDATE SET
+             ON CONFLICT (tenant, currency, level, start, action) DO UPDATE SET
                  count = count + excluded.count,
                  quantity = quantity + excluded.quantity,
                  credits = credits + excluded.credits",
         )?;
+        let mut spent_hours = transaction.prepare_cached(
+            "INSERT OR IGNORE INTO usage_hours (hour, tenant, currency) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut hours: BTreeSet<(i64, u32, Currency)> = BTreeSet::new();
         for (&(tenant, currency, hour, action), totals) in &by_action {
+            if hours.insert((hour, tenant, currency)) {
+                spent_hours.execute(params![hour, names.name(tenant), currency.as_str()])?;
+            }
             level_zero.execute(params![
                 hour,
                 names.name(tenant),
@@ -530,7 +544,16 @@ fn seal(transaction: &Transaction<'_>, from: i64, to: i64) -> Result<(), StoreEr
         return Ok(());
     }
     // Level 0: the user block of every hour with spends.
-    for (hour, tenant, currency) in blocks_with_spends(transaction, 0, from, to)? {
+    let spent: Vec<(i64, String, String)> = {
+        let mut statement = transaction.prepare_cached(
+            "SELECT hour, tenant, currency FROM usage_hours WHERE hour >= ?1 AND hour < ?2",
+        )?;
+        let rows = statement.query_map(params![from, to], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (hour, tenant, currency) in spent {
         build_user_hour(transaction, hour, &tenant, &currency)?;
     }
     for level in 1..=TOP_LEVEL {
@@ -540,11 +563,18 @@ fn seal(transaction: &Transaction<'_>, from: i64, to: i64) -> Result<(), StoreEr
         if low >= high {
             continue;
         }
-        let children = blocks_with_spends(transaction, level - 1, low, high)?;
-        let parents: BTreeSet<(i64, String, String)> = children
-            .into_iter()
-            .map(|(start, tenant, currency)| (start - start.rem_euclid(size), tenant, currency))
-            .collect();
+        let parents: BTreeSet<(i64, String, String)> = {
+            // A block has a user block exactly when it has spends.
+            let mut statement = transaction.prepare_cached(
+                "SELECT start, tenant, currency FROM usage_user_blocks
+                 WHERE level = ?1 AND start >= ?2 AND start < ?3",
+            )?;
+            let rows = statement.query_map(params![level - 1, low, high], |row| {
+                let start: i64 = row.get(0)?;
+                Ok((start - start.rem_euclid(size), row.get(1)?, row.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
         for (start, tenant, currency) in &parents {
             build_action_block(transaction, level, *start, tenant, currency)?;
             build_user_block(transaction, level, *start, tenant, currency)?;
@@ -576,23 +606,6 @@ fn rebuild_sealed(
     Ok(())
 }
 
-/// The (start, tenant, currency) of the action blocks of `level` starting in `[low, high)`.
-fn blocks_with_spends(
-    transaction: &Transaction<'_>,
-    level: u32,
-    low: i64,
-    high: i64,
-) -> Result<Vec<(i64, String, String)>, StoreError> {
-    let mut statement = transaction.prepare_cached(
-        "SELECT DISTINCT start, tenant, currency FROM usage_action_blocks
-         WHERE level = ?1 AND start >= ?2 AND start < ?3",
-    )?;
-    let rows = statement.query_map(params![level, low, high], |row| {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 /// Writes the action block (`level` ≥ 1, `start`) from its two halves.
 fn build_action_block(
     transaction: &Transaction<'_>,
@@ -613,7 +626,7 @@ fn build_action_block(
                  (level, start, tenant, currency, action, count, quantity, credits)
              SELECT ?1, ?2, tenant, currency, action, sum(count), sum(quantity), sum(credits)
              FROM usage_action_blocks
-             WHERE level = ?1 - 1 AND start IN (?2, ?2 + ?5) AND tenant = ?3 AND currency = ?4
+             WHERE tenant = ?3 AND currency = ?4 AND level = ?1 - 1 AND start IN (?2, ?2 + ?5)
              GROUP BY action",
         )?
         .execute(params![
