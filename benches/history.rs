@@ -10,13 +10,15 @@
 //!
 //! Then every report is run `CREDITD_BENCH_SAMPLES` times (default 100) on windows of one hour,
 //! one day, seven days and thirty days, each starting at a random whole hour, and p50 and p99 are
-//! printed: usage grouped by action, user, day and hour, for the tenant and for one random user;
+//! printed (wall time), with the mean CPU time of a run (which leaves out the time other processes
+//! held the CPU, on a shared machine): usage grouped by action, user, day and hour, for the tenant and for one random user;
 //! revenue by package, currency and day. Ledger pages (`Reader::entries`, 50 entries) are
 //! measured for a random user's first page and for a page behind a cursor 900 entries deep.
 //! Last come the database's bytes per entry, and per table when SQLite has `dbstat`.
 //!
 //! Run: `cargo bench --bench history` (the first run builds the database: a few minutes).
-//! `CREDITD_BENCH_HISTORY_SPENDS=1000000` builds a smaller one.
+//! `CREDITD_BENCH_HISTORY_SPENDS=1000000` builds a smaller one; `CREDITD_BENCH_ONLY=group_by=user`
+//! runs only the reports whose line holds that text.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -27,9 +29,7 @@ use creditd::engine::payments::{CheckoutRequest, Verdict};
 use creditd::engine::types::Currency;
 use creditd::engine::{DebitRequest, Engine, ManualClock, PackageSpec, Spend, Tenant};
 use creditd::history::reader::{Filter, Reader};
-use creditd::history::reports::{
-    RevenueGrouping, RevenueQuery, UsageGrouping, UsageQuery, Window,
-};
+use creditd::history::reports::{RevenueGrouping, RevenueQuery, UsageGrouping, UsageQuery, Window};
 use creditd::history::rollup::HOUR_MS;
 use creditd::history::Feeder;
 use creditd::wal::{FsStorage, FsyncMode, Storage};
@@ -109,7 +109,9 @@ fn build(dir: &Path, spends: u64) -> String {
         .upsert_tenant(TENANT, Some("Acme"), None, &BENCH)
         .expect("create the tenant")
         .0;
-    let actions: Vec<String> = (0..ACTIONS).map(|index| format!("act-{index:02}")).collect();
+    let actions: Vec<String> = (0..ACTIONS)
+        .map(|index| format!("act-{index:02}"))
+        .collect();
     for (index, action) in actions.iter().enumerate() {
         let cost = (index % 10 + 1) as i64;
         retry(|| engine.put_action(&tenant, action, cost, None, None, &BENCH));
@@ -173,12 +175,16 @@ fn build(dir: &Path, spends: u64) -> String {
 /// Writes `spends` debits spread evenly over [`DAYS`] days (98 % by action, 2 % by amount) and a
 /// paid checkout after every [`SPENDS_PER_PAYMENT`]. Returns the records written.
 fn write_spends(engine: &Engine, tenant: &Tenant, clock: &ManualClock, spends: u64) -> u64 {
-    let actions: Vec<String> = (0..ACTIONS).map(|index| format!("act-{index:02}")).collect();
+    let actions: Vec<String> = (0..ACTIONS)
+        .map(|index| format!("act-{index:02}"))
+        .collect();
     let span_ms = DAYS * 24 * HOUR_MS;
     let mut random = Random::new(42);
     let mut records = 0;
     for index in 0..spends {
-        clock.set_ms(START_MS + (i128::from(span_ms) * i128::from(index) / i128::from(spends)) as i64);
+        clock.set_ms(
+            START_MS + (i128::from(span_ms) * i128::from(index) / i128::from(spends)) as i64,
+        );
         let user = UserId::new(random.below(USERS));
         let spend = if random.below(50) == 0 {
             Spend::Amount(1 + random.below(100) as i64)
@@ -218,32 +224,58 @@ fn pay(engine: &Engine, tenant: &Tenant, user: &str, number: u64) -> u64 {
     2
 }
 
-/// Latencies of one report, in order.
-struct Timings(Vec<Duration>);
+/// Latencies of one report (wall time, in order), and the CPU time of the measuring thread per
+/// run.
+struct Timings {
+    wall: Vec<Duration>,
+    cpu_mean: Duration,
+}
 
 impl Timings {
+    /// The `fraction` percentile of the wall times, in milliseconds.
     fn percentile(&self, fraction: f64) -> f64 {
-        let index = ((self.0.len() as f64 * fraction).ceil() as usize).clamp(1, self.0.len()) - 1;
-        self.0[index].as_secs_f64() * 1000.0
+        let count = self.wall.len();
+        let index = ((count as f64 * fraction).ceil() as usize).clamp(1, count) - 1;
+        self.wall[index].as_secs_f64() * 1000.0
     }
+
+    /// The mean CPU time of a run, in milliseconds.
+    fn cpu_ms(&self) -> f64 {
+        self.cpu_mean.as_secs_f64() * 1000.0
+    }
+}
+
+/// The CPU time this thread has run, from `/proc/thread-self/schedstat` (nanoseconds on a CPU,
+/// updated at each scheduler tick, so only a mean over many runs is exact): unlike wall time, it
+/// does not count the time other processes held the CPU.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos = stat
+        .split_whitespace()
+        .next()
+        .and_then(|field| field.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(nanos)
 }
 
 /// Runs `report` `samples` times, each on a fresh random input; the sorted latencies and the
 /// largest number of rows an answer had.
 fn time(samples: usize, mut report: impl FnMut(&mut Random) -> usize) -> (Timings, usize) {
     let mut random = Random::new(7);
-    let mut timings = Vec::with_capacity(samples);
+    let mut wall = Vec::with_capacity(samples);
     let mut most_rows = 0;
     // One run first, so that the first sample does not pay for cold statements alone.
     report(&mut random);
+    let cpu_before = thread_cpu();
     for _ in 0..samples {
         let started = Instant::now();
         let rows = report(&mut random);
-        timings.push(started.elapsed());
+        wall.push(started.elapsed());
         most_rows = most_rows.max(rows);
     }
-    timings.sort_unstable();
-    (Timings(timings), most_rows)
+    let cpu_mean = thread_cpu().saturating_sub(cpu_before) / samples as u32;
+    wall.sort_unstable();
+    (Timings { wall, cpu_mean }, most_rows)
 }
 
 /// A random window of `hours` whole hours over the spends (a little before and after too).
@@ -260,9 +292,12 @@ fn window(random: &mut Random, hours: i64) -> Window {
 fn measure(database: &Path, spends: u64, samples: usize) {
     let reader = Reader::new(database, Arc::new(AtomicU64::new(u64::MAX)));
     let windows = [("1 h", 1), ("1 day", 24), ("7 days", 168), ("30 days", 720)];
-    let mut worst: f64 = 0.0;
+    let (mut worst, mut worst_cpu): (f64, f64) = (0.0, 0.0);
     println!();
-    println!("{:<44} {:>9} {:>9} {:>9} {:>8}", "report", "window", "p50 ms", "p99 ms", "rows");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "report", "window", "p50 ms", "p99 ms", "CPU ms", "rows"
+    );
     let groupings = [
         ("action", UsageGrouping::Action),
         ("user", UsageGrouping::User),
@@ -272,6 +307,14 @@ fn measure(database: &Path, spends: u64, samples: usize) {
     for with_user in [false, true] {
         for (name, group_by) in groupings {
             for (label, hours) in windows {
+                let report = if with_user {
+                    format!("usage group_by={name} user_id=<random>")
+                } else {
+                    format!("usage group_by={name}")
+                };
+                if !wanted(&report, label) {
+                    continue;
+                }
                 let (timings, rows) = time(samples, |random| {
                     let user = UserId::new(random.below(USERS));
                     let query = UsageQuery {
@@ -283,12 +326,9 @@ fn measure(database: &Path, spends: u64, samples: usize) {
                     };
                     reader.usage(&query).expect("a usage report").len()
                 });
-                let report = if with_user {
-                    format!("usage group_by={name} user_id=<random>")
-                } else {
-                    format!("usage group_by={name}")
-                };
                 worst = worst.max(timings.percentile(0.99));
+                worst_cpu = worst_cpu.max(timings.cpu_ms());
+                worst_cpu = worst_cpu.max(timings.cpu_ms());
                 print_row(&report, label, &timings, rows);
             }
         }
@@ -299,6 +339,10 @@ fn measure(database: &Path, spends: u64, samples: usize) {
         ("day", RevenueGrouping::Day),
     ] {
         for (label, hours) in windows {
+            let report = format!("revenue group_by={name}");
+            if !wanted(&report, label) {
+                continue;
+            }
             let (timings, rows) = time(samples, |random| {
                 let query = RevenueQuery {
                     tenant: TENANT,
@@ -308,21 +352,33 @@ fn measure(database: &Path, spends: u64, samples: usize) {
                 reader.revenue(&query).expect("a revenue report").len()
             });
             worst = worst.max(timings.percentile(0.99));
-            print_row(&format!("revenue group_by={name}"), label, &timings, rows);
+            worst_cpu = worst_cpu.max(timings.cpu_ms());
+            print_row(&report, label, &timings, rows);
         }
     }
-    println!("slowest report p99: {worst:.2} ms");
+    println!("slowest report: p99 {worst:.2} ms; most CPU per run {worst_cpu:.2} ms");
+    if std::env::var_os("CREDITD_BENCH_ONLY").is_some() {
+        return;
+    }
     println!();
     entry_pages(&reader, samples);
     println!();
     sizes(database, spends);
 }
 
+/// Whether to run `report` over `window`: `CREDITD_BENCH_ONLY` (a part of the printed line, such
+/// as `group_by=user`) picks some.
+fn wanted(report: &str, window: &str) -> bool {
+    std::env::var("CREDITD_BENCH_ONLY")
+        .map_or(true, |only| format!("{report} {window}").contains(&only))
+}
+
 fn print_row(report: &str, window: &str, timings: &Timings, rows: usize) {
     println!(
-        "{report:<44} {window:>9} {:>9.2} {:>9.2} {rows:>8}",
+        "{report:<44} {window:>9} {:>9.2} {:>9.2} {:>9.2} {rows:>8}",
         timings.percentile(0.5),
-        timings.percentile(0.99)
+        timings.percentile(0.99),
+        timings.cpu_ms(),
     );
 }
 
@@ -375,13 +431,14 @@ fn sizes(database: &Path, spends: u64) {
         "database: {bytes} bytes, {entries} entries ({spends} spends): {:.1} bytes per entry",
         bytes as f64 / entries as f64
     );
-    let per_table = connection.prepare(
-        "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY sum(pgsize) DESC",
-    );
+    let per_table = connection
+        .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY sum(pgsize) DESC");
     match per_table {
         Ok(mut statement) => {
             let rows = statement
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
                 .expect("read dbstat");
             for row in rows {
                 let (name, bytes) = row.expect("a dbstat row");

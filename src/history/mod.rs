@@ -17,6 +17,7 @@
 //! - [`worker`]: the feeder's thread and its retention hold.
 //! - [`reader`]: read-only access for the API.
 //! - [`rollup`]: usage and revenue counters kept by the feeder, for the reports.
+//! - `user_block`: the byte format of a block of users' usage totals (crate-private).
 //! - [`reports`]: the usage and revenue reports, read from the rollups.
 
 pub(crate) mod entry;
@@ -24,6 +25,7 @@ pub mod reader;
 pub mod reports;
 pub mod rollup;
 pub mod store;
+mod user_block;
 pub mod worker;
 
 use std::path::Path;

@@ -9,21 +9,21 @@
 //! - **A tenant, by action, day or hour**: `usage_action_blocks`. The window is cut into aligned
 //!   blocks, the largest sealed block that fits first (at most two per level: about ten blocks for
 //!   30 days); hours not sealed yet are read at level 0, which is always complete. A day is cut
-//!   the same way, an hour is its level-0 block.
-//! - **A tenant, by user**: the sealed part of the window cut into user blocks, which are merged
-//!   (each is sorted by user id), plus the hours not sealed yet from `usage_hourly`.
+//!   the same way; by hour, the level-0 rows of the window are one range of the table.
+//! - **A tenant, by user**: the sealed part of the window cut into user blocks, merged in one
+//!   pass (each is sorted by user id), plus the hours not sealed yet from `usage_hourly`.
 //! - **Revenue**: `revenue_hourly` (a few rows per hour with payments).
 //!
 //! Rows come sorted by key: names in byte order with the spends by amount (no action) or the
 //! payments of an unknown package last, times in order; revenue rows of one key by currency.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection};
 
 use super::reader::Reader;
-use super::rollup::{self, block_hours, text, Sales, Totals, UsersReader, UsersWriter, TOP_LEVEL};
+use super::rollup::{self, block_hours, text, Sales, Totals, TOP_LEVEL};
+use super::user_block::{UsersReader, UsersWriter};
 use super::StoreError;
 
 /// Hours in a UTC day.
@@ -392,37 +392,62 @@ fn usage_by_user(
     merge_users(&parts)
 }
 
-/// The rows of the users of `blocks`, each user's totals summed over the blocks: a k-way merge,
-/// since every block is sorted by user id.
+/// A user (its id's bytes) and its totals, in a list sorted by id.
+type UserTotals<'a> = (&'a [u8], Totals);
+
+/// The rows of the users of `blocks`, each user's totals summed over the blocks. Each block is
+/// sorted by user id and is merged, as it is decoded, into the running sum (two buffers, used in
+/// turn): when most users are in most blocks, as over a long window, that is about one
+/// comparison per user and block.
 fn merge_users(blocks: &[Vec<u8>]) -> Result<Vec<UsageRow>, StoreError> {
-    let mut readers = blocks
-        .iter()
-        .map(|block| UsersReader::new(block))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut heads = Vec::with_capacity(readers.len());
-    let mut queue = BinaryHeap::with_capacity(readers.len());
-    for (index, reader) in readers.iter_mut().enumerate() {
-        let head = reader.next_user()?;
-        if let Some((user, _)) = head {
-            queue.push(Reverse((user, index)));
-        }
-        heads.push(head.map_or_else(Totals::default, |(_, totals)| totals));
-    }
-    let mut rows: Vec<UsageRow> = Vec::new();
-    while let Some(Reverse((user, index))) = queue.pop() {
-        match rows.last_mut() {
-            Some(last) if matches!(&last.key, Key::Name(name) if name == user) => {
-                last.totals.add(&heads[index])?;
+    let mut sum: Vec<UserTotals<'_>> = Vec::new();
+    let mut next: Vec<UserTotals<'_>> = Vec::new();
+    for block in blocks {
+        let mut users = UsersReader::new(block)?;
+        next.clear();
+        next.reserve(sum.len());
+        let mut summed = sum.iter().copied().peekable();
+        let mut incoming = users.next_raw()?;
+        loop {
+            match (summed.peek().copied(), incoming) {
+                (Some((user, totals)), Some((new_user, new_totals))) => match user.cmp(new_user) {
+                    std::cmp::Ordering::Less => {
+                        next.push((user, totals));
+                        summed.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        next.push((new_user, new_totals));
+                        incoming = users.next_raw()?;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let mut total = totals;
+                        total.add(&new_totals)?;
+                        next.push((user, total));
+                        summed.next();
+                        incoming = users.next_raw()?;
+                    }
+                },
+                (Some(_), None) => {
+                    next.extend(summed);
+                    break;
+                }
+                (None, Some(new)) => {
+                    next.push(new);
+                    incoming = users.next_raw()?;
+                }
+                (None, None) => break,
             }
-            _ => rows.push(UsageRow {
-                key: Key::Name(user.to_owned()),
-                totals: heads[index],
-            }),
         }
-        if let Some((next, totals)) = readers[index].next_user()? {
-            heads[index] = totals;
-            queue.push(Reverse((next, index)));
-        }
+        std::mem::swap(&mut sum, &mut next);
+    }
+    let mut rows = Vec::with_capacity(sum.len());
+    for (user, totals) in sum {
+        let user = std::str::from_utf8(user)
+            .map_err(|_| StoreError::Damaged("user id in a user block"))?;
+        rows.push(UsageRow {
+            key: Key::Name(user.to_owned()),
+            totals,
+        });
     }
     Ok(rows)
 }
@@ -435,28 +460,19 @@ fn open_hours_by_user(
     to: i64,
 ) -> Result<Vec<u8>, StoreError> {
     let mut statement = connection.prepare_cached(
-        "SELECT user_id, count, quantity, credits FROM usage_hourly
-         WHERE tenant = ?1 AND currency = ?2 AND hour >= ?3 AND hour < ?4",
+        "SELECT user_id, sum(count), sum(quantity), sum(credits) FROM usage_hourly
+         WHERE tenant = ?1 AND currency = ?2 AND hour >= ?3 AND hour < ?4
+         GROUP BY user_id ORDER BY user_id",
     )?;
     let mut rows = statement.query(params![query.tenant, query.currency, from, to])?;
-    let mut by_user: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut block = UsersWriter::new();
     while let Some(row) = rows.next()? {
         let totals = Totals {
             count: row.get(1)?,
             quantity: row.get(2)?,
             credits: row.get(3)?,
         };
-        let user = text(row, 0)?;
-        match by_user.get_mut(user) {
-            Some(sum) => sum.add(&totals)?,
-            None => {
-                by_user.insert(user.to_owned(), totals);
-            }
-        }
-    }
-    let mut block = UsersWriter::new();
-    for (user, totals) in &by_user {
-        block.add(user, totals)?;
+        block.add(text(row, 0)?, &totals)?;
     }
     Ok(block.finish())
 }

@@ -58,20 +58,8 @@
 //! A tenant's usage by user must add, for every user, the blocks that make up the window: about
 //! ten of them for 30 days, each holding every user active in it. As rows that is ~100 000 rows
 //! for 10 000 users, too slow for a report (SQLite reads ~10 million rows a second); so a user
-//! block is one value, the users sorted by id, which reads as one blob and merges in one pass:
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 1 | format, 1 |
-//! | varint | length of the user id in bytes |
-//! | n | the user id, UTF-8 |
-//! | varint | `count`, zigzag |
-//! | varint | `quantity`, zigzag |
-//! | varint | `credits`, zigzag |
-//! | … | the next user, ids in ascending byte order |
-//!
-//! Varints are LEB128 (7 bits a byte, low bits first). The other tables are plain rows any
-//! SQLite tool reads.
+//! block is one value, the users sorted by id ([`super::user_block`] has its bytes), which reads
+//! as one blob and merges in one pass. The other tables are plain rows any SQLite tool reads.
 //!
 //! Counters are integers and every sum is checked: an overflow fails the step (SQLite's `sum()`
 //! raises one, a `CHECK` refuses an UPSERT whose addition left the integers, Rust adds with
@@ -82,6 +70,7 @@ use std::collections::{BTreeSet, HashMap};
 use foldhash::fast::RandomState;
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use super::user_block::{merge_users, UsersWriter};
 use super::StoreError;
 use crate::engine::event::{ActionUse, Event, PaymentTerms, WalletRef};
 use crate::engine::types::{Currency, DebitKind};
@@ -715,171 +704,6 @@ fn put_user_block(
         )?
         .execute(params![level, start, tenant, currency, users])?;
     Ok(())
-}
-
-/// The format byte a user block starts with.
-const USERS_FORMAT: u8 = 1;
-
-/// Writes a user block: users added in ascending id order, each once (consecutive additions for
-/// the same user are summed).
-pub(crate) struct UsersWriter {
-    bytes: Vec<u8>,
-    pending: Option<(String, Totals)>,
-}
-
-impl UsersWriter {
-    /// An empty block.
-    pub(crate) fn new() -> UsersWriter {
-        UsersWriter {
-            bytes: vec![USERS_FORMAT],
-            pending: None,
-        }
-    }
-
-    /// Adds `totals` to `user`, which is the last user added or comes after it.
-    pub(crate) fn add(&mut self, user: &str, totals: &Totals) -> Result<(), StoreError> {
-        if let Some((pending, sum)) = &mut self.pending {
-            if pending == user {
-                return sum.add(totals);
-            }
-            if pending.as_str() > user {
-                return Err(StoreError::Damaged("user ids out of order"));
-            }
-            write_user(&mut self.bytes, pending, sum);
-            pending.clear();
-            pending.push_str(user);
-            *sum = *totals;
-            return Ok(());
-        }
-        self.pending = Some((user.to_owned(), *totals));
-        Ok(())
-    }
-
-    /// The block's bytes.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        if let Some((user, totals)) = self.pending.take() {
-            write_user(&mut self.bytes, &user, &totals);
-        }
-        self.bytes
-    }
-}
-
-fn write_user(bytes: &mut Vec<u8>, user: &str, totals: &Totals) {
-    write_varint(bytes, user.len() as u64);
-    bytes.extend_from_slice(user.as_bytes());
-    write_varint(bytes, zigzag(totals.count));
-    write_varint(bytes, zigzag(totals.quantity));
-    write_varint(bytes, zigzag(totals.credits));
-}
-
-/// Reads a user block: its users in ascending id order. An empty slice is an empty block.
-pub(crate) struct UsersReader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> UsersReader<'a> {
-    /// The users of `block`.
-    pub(crate) fn new(block: &'a [u8]) -> Result<UsersReader<'a>, StoreError> {
-        match block.split_first() {
-            None => Ok(UsersReader { bytes: &[] }),
-            Some((&USERS_FORMAT, rest)) => Ok(UsersReader { bytes: rest }),
-            Some(_) => Err(StoreError::Damaged("user block of an unknown format")),
-        }
-    }
-
-    /// The next user and totals, or `None` at the end.
-    pub(crate) fn next_user(&mut self) -> Result<Option<(&'a str, Totals)>, StoreError> {
-        if self.bytes.is_empty() {
-            return Ok(None);
-        }
-        let damaged = || StoreError::Damaged("user block");
-        let length = usize::try_from(self.varint()?).map_err(|_| damaged())?;
-        let (user, rest) = self.bytes.split_at_checked(length).ok_or_else(damaged)?;
-        let user = std::str::from_utf8(user).map_err(|_| damaged())?;
-        self.bytes = rest;
-        let totals = Totals {
-            count: unzigzag(self.varint()?),
-            quantity: unzigzag(self.varint()?),
-            credits: unzigzag(self.varint()?),
-        };
-        Ok(Some((user, totals)))
-    }
-
-    fn varint(&mut self) -> Result<u64, StoreError> {
-        let mut value = 0u64;
-        for (index, &byte) in self.bytes.iter().enumerate().take(10) {
-            value |= u64::from(byte & 0x7f) << (7 * index);
-            if byte & 0x80 == 0 {
-                self.bytes = &self.bytes[index + 1..];
-                return Ok(value);
-            }
-        }
-        Err(StoreError::Damaged("user block varint"))
-    }
-}
-
-/// The user block holding the sums of two.
-pub(crate) fn merge_users(first: &[u8], second: &[u8]) -> Result<Vec<u8>, StoreError> {
-    if second.len() <= 1 {
-        return Ok(if first.is_empty() {
-            UsersWriter::new().finish()
-        } else {
-            first.to_vec()
-        });
-    }
-    if first.len() <= 1 {
-        return Ok(second.to_vec());
-    }
-    let (mut a, mut b) = (UsersReader::new(first)?, UsersReader::new(second)?);
-    let mut bytes = Vec::with_capacity(first.len() + second.len());
-    bytes.push(USERS_FORMAT);
-    let (mut next_a, mut next_b) = (a.next_user()?, b.next_user()?);
-    loop {
-        match (next_a, next_b) {
-            (Some((user_a, totals_a)), Some((user_b, totals_b))) => match user_a.cmp(user_b) {
-                std::cmp::Ordering::Less => {
-                    write_user(&mut bytes, user_a, &totals_a);
-                    next_a = a.next_user()?;
-                }
-                std::cmp::Ordering::Greater => {
-                    write_user(&mut bytes, user_b, &totals_b);
-                    next_b = b.next_user()?;
-                }
-                std::cmp::Ordering::Equal => {
-                    let mut sum = totals_a;
-                    sum.add(&totals_b)?;
-                    write_user(&mut bytes, user_a, &sum);
-                    next_a = a.next_user()?;
-                    next_b = b.next_user()?;
-                }
-            },
-            (Some((user, totals)), None) => {
-                write_user(&mut bytes, user, &totals);
-                next_a = a.next_user()?;
-            }
-            (None, Some((user, totals))) => {
-                write_user(&mut bytes, user, &totals);
-                next_b = b.next_user()?;
-            }
-            (None, None) => return Ok(bytes),
-        }
-    }
-}
-
-fn write_varint(bytes: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        bytes.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    bytes.push(value as u8);
-}
-
-fn zigzag(value: i64) -> u64 {
-    ((value << 1) ^ (value >> 63)) as u64
-}
-
-fn unzigzag(value: u64) -> i64 {
-    ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
 #[cfg(test)]

@@ -201,9 +201,10 @@ impl Feed<'_> {
     }
 
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
-    pub fn commit(self, next_lsn: u64) -> Result<(), StoreError> {
+    pub fn commit(mut self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
-        self.rollup.flush(&self.transaction)?;
+        // The step's counters, written once per key, before the checkpoint that covers them.
+        std::mem::take(&mut self.rollup).flush(self.transaction())?;
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],
