@@ -8,8 +8,8 @@
 //!   the window (a user has at most one row per action and hour).
 //! - **A tenant, by action, day or hour**: `usage_action_blocks`. The window is cut into aligned
 //!   blocks, the largest sealed block that fits first (at most two per level: about ten blocks for
-//!   30 days); hours not sealed yet are read at level 0, which is always complete. A day is cut
-//!   the same way; by hour, the level-0 rows of the window are one range of the table.
+//!   30 days); the hours not sealed yet are one range of level 0, which is always complete. A day
+//!   is cut the same way; by hour, the level-0 rows of the window are one range of the table.
 //! - **A tenant, by user**: the sealed part of the window cut into user blocks, merged in one
 //!   pass (each is sorted by user id), plus the hours not sealed yet from `usage_hourly`.
 //! - **Revenue**: `revenue_hourly` (a few rows per hour with payments).
@@ -132,9 +132,9 @@ impl Block {
     }
 }
 
-/// Cuts `[from, to)` into aligned blocks, from the left, each the largest that fits and that
-/// `usable` accepts (level 0 always is): at most two blocks per level.
-fn blocks(from: i64, to: i64, usable: impl Fn(Block) -> bool) -> Vec<Block> {
+/// Cuts `[from, to)` into aligned blocks, from the left, each the largest that fits: at most two
+/// blocks per level (one on the way up, one on the way down).
+fn blocks(from: i64, to: i64) -> Vec<Block> {
     let mut cut = Vec::new();
     let mut hour = from;
     while hour < to {
@@ -147,11 +147,7 @@ fn blocks(from: i64, to: i64, usable: impl Fn(Block) -> bool) -> Vec<Block> {
                 level: block.level + 1,
                 start: hour,
             };
-            // A larger block from the same hour ends later: once one is refused, all are.
-            if hour.rem_euclid(block_hours(larger.level)) != 0
-                || larger.end() > to
-                || !usable(larger)
-            {
+            if hour.rem_euclid(block_hours(larger.level)) != 0 || larger.end() > to {
                 break;
             }
             block = larger;
@@ -290,12 +286,13 @@ fn tenant_usage(
     sealed: Option<i64>,
 ) -> Result<Vec<UsageRow>, StoreError> {
     let Window { from_hour, to_hour } = query.window;
-    let sealed = sealed.unwrap_or(i64::MIN);
-    let usable = |block: Block| block.end() <= sealed;
+    // Blocks cover [from, sealed_to); the hours after it are read at level 0, in one range (only
+    // the hours with spends are there).
+    let sealed_to = sealed.unwrap_or(from_hour).clamp(from_hour, to_hour);
     let mut grouped: HashMap<Key, Totals> = HashMap::new();
     match query.group_by {
         UsageGrouping::Action => {
-            for block in blocks(from_hour, to_hour, usable) {
+            for block in blocks(from_hour, sealed_to) {
                 action_block(connection, query, block, |action, totals| {
                     grouped
                         .entry(name_or_unnamed(action))
@@ -303,18 +300,36 @@ fn tenant_usage(
                         .add(totals)
                 })?;
             }
+            hour_rows(
+                connection,
+                query,
+                sealed_to,
+                to_hour,
+                |_, action, totals| {
+                    grouped
+                        .entry(name_or_unnamed(action))
+                        .or_default()
+                        .add(totals)
+                },
+            )?;
         }
         UsageGrouping::Day => {
             let mut day = day_of(from_hour);
-            while day < to_hour {
-                let (from, to) = (day.max(from_hour), (day + DAY_HOURS).min(to_hour));
-                for block in blocks(from, to, usable) {
+            while day < sealed_to {
+                let (from, to) = (day.max(from_hour), (day + DAY_HOURS).min(sealed_to));
+                for block in blocks(from, to) {
                     action_block(connection, query, block, |_, totals| {
                         grouped.entry(Key::Hour(day)).or_default().add(totals)
                     })?;
                 }
                 day += DAY_HOURS;
             }
+            hour_rows(connection, query, sealed_to, to_hour, |hour, _, totals| {
+                grouped
+                    .entry(Key::Hour(day_of(hour)))
+                    .or_default()
+                    .add(totals)
+            })?;
         }
         UsageGrouping::Hour | UsageGrouping::User => {
             // Level 0 is every hour, and holds each in key order: one range, summed by SQLite.
@@ -336,6 +351,34 @@ fn tenant_usage(
         }
     }
     Ok(sorted(grouped))
+}
+
+/// Calls `visit` with every level-0 row (hour, action, totals) of the query's tenant and currency
+/// in the hours `[from, to)`.
+fn hour_rows(
+    connection: &Connection,
+    query: &UsageQuery<'_>,
+    from: i64,
+    to: i64,
+    mut visit: impl FnMut(i64, &str, &Totals) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut statement = connection.prepare_cached(
+        "SELECT start, action, count, quantity, credits FROM usage_action_blocks
+         WHERE tenant = ?1 AND currency = ?2 AND level = 0 AND start >= ?3 AND start < ?4",
+    )?;
+    let mut rows = statement.query(params![query.tenant, query.currency, from, to])?;
+    while let Some(row) = rows.next()? {
+        let totals = Totals {
+            count: row.get(2)?,
+            quantity: row.get(3)?,
+            credits: row.get(4)?,
+        };
+        visit(row.get(0)?, text(row, 1)?, &totals)?;
+    }
+    Ok(())
 }
 
 /// Calls `visit` with every action row of an action block of the query's tenant and currency.
@@ -376,7 +419,7 @@ fn usage_by_user(
     let sealed_to = sealed.unwrap_or(from_hour).clamp(from_hour, to_hour);
     let mut parts = Vec::new();
     // Every block of [from, sealed_to) ends by the watermark.
-    for block in blocks(from_hour, sealed_to, |_| true) {
+    for block in blocks(from_hour, sealed_to) {
         let users = rollup::user_block(
             connection,
             block.level,
@@ -483,15 +526,14 @@ mod tests {
 
     #[test]
     fn a_window_is_cut_into_at_most_two_aligned_blocks_per_level() {
-        let all = |_| true;
         assert_eq!(
-            blocks(4, 12, all),
+            blocks(4, 12),
             [Block { level: 2, start: 4 }, Block { level: 2, start: 8 }]
         );
-        assert_eq!(blocks(5, 6, all), [Block { level: 0, start: 5 }]);
-        assert_eq!(blocks(7, 7, all), []);
+        assert_eq!(blocks(5, 6), [Block { level: 0, start: 5 }]);
+        assert_eq!(blocks(7, 7), []);
         for (from, length) in [(5, 720), (490_001, 9600), (3, 24), (0, 16_384 * 3)] {
-            let cut = blocks(from, from + length, all);
+            let cut = blocks(from, from + length);
             let mut hour = from;
             for block in &cut {
                 assert_eq!(block.start, hour, "contiguous");
@@ -505,42 +547,5 @@ mod tests {
                 assert!(at_level <= most, "{from} {length}: {cut:?}");
             }
         }
-    }
-
-    #[test]
-    fn a_block_refused_is_cut_smaller() {
-        // Sealed through hour 10: nothing may end after it but hours.
-        let cut = blocks(0, 16, |block: Block| block.end() <= 10);
-        assert_eq!(
-            cut,
-            [
-                Block { level: 3, start: 0 },
-                Block { level: 1, start: 8 },
-                Block {
-                    level: 0,
-                    start: 10
-                },
-                Block {
-                    level: 0,
-                    start: 11
-                },
-                Block {
-                    level: 0,
-                    start: 12
-                },
-                Block {
-                    level: 0,
-                    start: 13
-                },
-                Block {
-                    level: 0,
-                    start: 14
-                },
-                Block {
-                    level: 0,
-                    start: 15
-                },
-            ]
-        );
     }
 }
