@@ -35,7 +35,7 @@
 //! | `revenue_hourly` | tenant, hour, package, currency | every step | revenue |
 //!
 //! During a step the feeder adds every spend and sale to maps in memory, keyed like the rows;
-//! [`Rollup::flush`] writes each key once (an UPSERT) when the step commits, before the
+//! `Rollup::flush` writes each key once (an UPSERT) when the step commits, before the
 //! checkpoint, so a step of 20 000 spends by a few hundred users writes a few hundred rows.
 //!
 //! # Sealing
@@ -58,8 +58,18 @@
 //! A tenant's usage by user must add, for every user, the blocks that make up the window: about
 //! ten of them for 30 days, each holding every user active in it. As rows that is ~100 000 rows
 //! for 10 000 users, too slow for a report (SQLite reads ~10 million rows a second); so a user
-//! block is one value, the users sorted by id ([`super::user_block`] has its bytes), which reads
-//! as one blob and merges in one pass. The other tables are plain rows any SQLite tool reads.
+//! block is one value, the users sorted by id (`user_block` has its bytes), which reads as one
+//! blob and merges in one pass. The other tables are plain rows any SQLite tool reads.
+//!
+//! # Measured
+//!
+//! `benches/history.rs` builds 30 days of 10 M spends by 10 000 users over 50 actions (every user
+//! active in most hours, the worst case for rollups) and times every report on random windows of
+//! whole hours. Reading the user blocks and merging them takes about 6 ms of CPU for 30 days of
+//! 10 000 users (the ~100 000 rows they replace take 10 to 20 ms for SQLite to read alone); every report stays
+//! under 20 ms at p99. The hour rows cost one UPSERT per user, action and hour in a step (about
+//! one per spend in that bench, ~1.6 µs each on a busy 2-core machine) and ~50 bytes per spend;
+//! user blocks ~20 bytes per spend; action blocks almost nothing.
 //!
 //! Counters are integers and every sum is checked: an overflow fails the step (SQLite's `sum()`
 //! raises one, a `CHECK` refuses an UPSERT whose addition left the integers, Rust adds with
