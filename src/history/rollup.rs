@@ -66,10 +66,10 @@
 //! `benches/history.rs` builds 30 days of 10 M spends by 10 000 users over 50 actions (every user
 //! active in most hours, the worst case for rollups) and times every report on random windows of
 //! whole hours. Reading the user blocks and merging them takes about 6 ms of CPU for 30 days of
-//! 10 000 users (the ~100 000 rows they replace take 10 to 20 ms for SQLite to read alone); every report stays
-//! under 20 ms at p99. The hour rows cost one UPSERT per user, action and hour in a step (about
-//! one per spend in that bench, ~1.6 µs each on a busy 2-core machine) and ~50 bytes per spend;
-//! user blocks ~20 bytes per spend; action blocks almost nothing.
+//! 10 000 users (the ~100 000 rows they replace take 10 to 20 ms for SQLite to read alone); every
+//! report stays under 20 ms at p99. The hour rows cost one UPSERT per user, action and hour in a
+//! step (about one per spend in that bench, ~1.6 µs each on a busy 2-core machine) and ~50 bytes
+//! per spend; user blocks ~20 bytes per spend; action blocks almost nothing.
 //!
 //! Counters are integers and every sum is checked: an overflow fails the step (SQLite's `sum()`
 //! raises one, a `CHECK` refuses an UPSERT whose addition left the integers, Rust adds with
