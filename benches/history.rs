@@ -9,12 +9,13 @@
 //! `$CREDITD_BENCH_DIR`) and reused by later runs; the log is removed once applied.
 //!
 //! Then every report is run `CREDITD_BENCH_SAMPLES` times (default 100) on windows of one hour,
-//! one day, seven days, thirty days and the longest a report allows (400 days, which holds all the
-//! spends and empty hours around them), each starting at a random whole hour, and p50 and p99 are
-//! printed (wall time), with the mean CPU time of a run (which leaves out the time other processes
-//! held the CPU, on a shared machine): usage grouped by action, user, day and hour, for the tenant and for one random user;
-//! revenue by package, currency and day. Ledger pages (`Reader::entries`, 50 entries) are
-//! measured for a random user's first page and for a page behind a cursor 900 entries deep.
+//! one day, seven days, thirty days and the longest a report allows (400 days, which holds all
+//! the spends and empty hours around them), each starting at a random whole hour, and p50 and
+//! p99 are printed (wall time), with the mean CPU time of a run (which leaves out the time other
+//! processes held the CPU, on a shared machine): usage grouped by action, user, day and hour, for
+//! the tenant and for one random user; revenue by package, currency and day. Ledger pages
+//! (`Reader::entries`, 50 entries) are measured for a random user's first page and for a page
+//! behind a cursor 900 entries deep.
 //! Last come the database's bytes per entry, and per table when SQLite has `dbstat`.
 //!
 //! Run: `cargo bench --bench history` (the first run builds the database: a few minutes).

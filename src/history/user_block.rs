@@ -13,7 +13,8 @@
 //! | … | the next user, ids in ascending byte order, each once |
 //!
 //! Varints are LEB128 (7 bits a byte, low bits first); zigzag maps a signed number to an
-//! unsigned one (0, -1, 1, -2 … to 0, 1, 2, 3 …). A block with no user is the format byte alone.
+//! unsigned one (0, -1, 1, -2 … to 0, 1, 2, 3 …). A block with no user is the format byte
+//! alone.
 //! Reading checks every length and varint and fails with [`StoreError::Damaged`] rather than
 //! panic; sums are checked ([`Totals::add`]).
 
