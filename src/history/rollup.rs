@@ -1123,4 +1123,44 @@ mod tests {
             .unwrap();
         assert!(blocks > 0, "blocks of 256 hours were sealed");
     }
+
+    #[test]
+    fn a_total_that_would_overflow_fails_the_step_and_keeps_nothing_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("history.sqlite3")).unwrap();
+        let debit = |amount| Event::Debited {
+            wallet: wallet("acme", "ada", "credits"),
+            kind: DebitKind::Usage,
+            amount,
+            balance_after: 0,
+            available_after: 0,
+            action: None,
+            meta: meta(START_MS),
+        };
+        let mut feed = store.begin().unwrap();
+        feed.apply(1, &debit(i64::MAX - 1)).unwrap();
+        feed.commit(2).unwrap();
+        // Across steps: the UPSERT's sum leaves the integers and the CHECK refuses it.
+        let mut feed = store.begin().unwrap();
+        feed.apply(2, &debit(2)).unwrap();
+        let error = feed.commit(3).unwrap_err();
+        assert!(
+            error.to_string().contains("CHECK constraint failed"),
+            "{error}"
+        );
+        // Within a step: the sum in memory is checked.
+        let mut feed = store.begin().unwrap();
+        feed.apply(2, &debit(1)).unwrap();
+        assert!(matches!(
+            feed.apply(3, &debit(i64::MAX)),
+            Err(StoreError::Overflow(_))
+        ));
+        drop(feed);
+        let credits: i64 = store
+            .connection
+            .query_row("SELECT credits FROM usage_hourly", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(credits, i64::MAX - 1);
+        assert_eq!(store.next_lsn().unwrap(), 2);
+    }
 }
