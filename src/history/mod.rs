@@ -116,12 +116,11 @@ impl Feeder {
                 .commit(follower.next_lsn())
                 .map(|()| applied)
                 .map_err(FeedError::from),
-            Err(error) => Err(error.into()),
+            Err(error) => {
+                drop(transaction);
+                Err(error.into())
+            }
         };
-        if committed.is_err() {
-            // Nothing of this step is kept: follow again from where the database stands.
-            self.follower.rewind(start);
-        }
         committed
     }
 }
