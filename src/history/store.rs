@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 ";
 
 /// The tables, each part of the history's (the checkpoint first).
-const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA];
+const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA, super::payments::PAYMENTS_SCHEMA];
 
 /// The ledger: one row per movement of a wallet.
 const ENTRIES_SCHEMA: &str = "
@@ -150,6 +150,7 @@ impl Feed<'_> {
         if let Some(entry) = entry::of(lsn, event) {
             self.insert(&entry)?;
         }
+        super::payments::apply(self.transaction(), lsn, event)?;
         Ok(())
     }
 
