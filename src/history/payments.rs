@@ -235,28 +235,29 @@ impl Reader {
                    AND (?4 IS NULL OR status = ?4)
                  ORDER BY lsn_created DESC LIMIT ?5",
             )?;
-            let rows = statement.query_map(params![tenant, user, before, status, limit], |row| {
-                Ok(ListedPayment {
-                    lsn_created: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                    reference: row.get(1)?,
-                    package_id: row.get(2)?,
-                    credits: row.get(3)?,
-                    currency: row.get(4)?,
-                    amount_minor: row.get(5)?,
-                    price_currency: row.get(6)?,
-                    status: row.get(7)?,
-                    gateway: row.get(8)?,
-                    purpose: row.get(9)?,
-                    metadata: row.get(10)?,
-                    checkout_url: row.get(11)?,
-                    created_ms: row.get(12)?,
-                    settled_ms: row.get(13)?,
-                    entry_lsn: row
-                        .get::<_, Option<i64>>(14)?
-                        .and_then(|lsn| u64::try_from(lsn).ok()),
-                    reason: row.get(15)?,
-                })
-            })?;
+            let rows =
+                statement.query_map(params![tenant, user, before, status, limit], |row| {
+                    Ok(ListedPayment {
+                        lsn_created: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                        reference: row.get(1)?,
+                        package_id: row.get(2)?,
+                        credits: row.get(3)?,
+                        currency: row.get(4)?,
+                        amount_minor: row.get(5)?,
+                        price_currency: row.get(6)?,
+                        status: row.get(7)?,
+                        gateway: row.get(8)?,
+                        purpose: row.get(9)?,
+                        metadata: row.get(10)?,
+                        checkout_url: row.get(11)?,
+                        created_ms: row.get(12)?,
+                        settled_ms: row.get(13)?,
+                        entry_lsn: row
+                            .get::<_, Option<i64>>(14)?
+                            .and_then(|lsn| u64::try_from(lsn).ok()),
+                        reason: row.get(15)?,
+                    })
+                })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -374,9 +375,7 @@ mod tests {
 
         fn list(&self, user: &str, status: Option<&str>) -> Vec<ListedPayment> {
             let reader = Reader::new(&self.path(), Arc::new(AtomicU64::new(0)));
-            reader
-                .payments("acme", user, status, None, 1000)
-                .unwrap()
+            reader.payments("acme", user, status, None, 1000).unwrap()
         }
     }
 
@@ -426,7 +425,9 @@ mod tests {
         let [open, failed, succeeded] = &listed[..] else {
             panic!("{listed:?}");
         };
-        assert!(open.lsn_created > failed.lsn_created && failed.lsn_created > succeeded.lsn_created);
+        assert!(
+            open.lsn_created > failed.lsn_created && failed.lsn_created > succeeded.lsn_created
+        );
         assert_eq!(
             (open.status.as_str(), open.settled_ms, open.entry_lsn),
             ("pending", None, None)

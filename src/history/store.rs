@@ -25,7 +25,11 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 ";
 
 /// The tables, each part of the history's (the checkpoint first).
-const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA, super::payments::PAYMENTS_SCHEMA];
+const SCHEMAS: &[&str] = &[
+    CHECKPOINT_SCHEMA,
+    ENTRIES_SCHEMA,
+    super::payments::PAYMENTS_SCHEMA,
+];
 
 /// The ledger: one row per movement of a wallet.
 const ENTRIES_SCHEMA: &str = "
