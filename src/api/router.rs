@@ -17,7 +17,9 @@ use http::Method;
 
 use super::call::{Answer, Routed};
 use super::problem::Problem;
-use super::routes::{catalogue, entries, health, payments, reservations, sandbox, tenants, users};
+use super::routes::{
+    catalogue, entries, health, payment_history, payments, reservations, sandbox, tenants, users,
+};
 use crate::config::Role;
 
 /// Who may call a route.
@@ -93,6 +95,7 @@ route_table! {
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
     GetWallet:         "GET"    "/v1/users/{user_id}/wallet"                Service  => users::get_wallet;
     ListEntries:       "GET"    "/v1/users/{user_id}/entries"               Service  => entries::list_entries;
+    ListPayments:      "GET"    "/v1/users/{user_id}/payments"              Service  => payment_history::list_payments;
     Credit:            "POST"   "/v1/users/{user_id}/credit"                Service  => users::credit;
     Debit:             "POST"   "/v1/users/{user_id}/debit"                 Service  => users::debit;
     Reserve:           "POST"   "/v1/users/{user_id}/reservations"          Service  => reservations::reserve;

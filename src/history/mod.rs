@@ -16,8 +16,10 @@
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
 //! - [`worker`]: the feeder's thread and its retention hold.
 //! - [`reader`]: read-only access for the API.
+//! - [`payments`]: the payment history, a table of its own (one row per payment).
 
 pub(crate) mod entry;
+pub mod payments;
 pub mod reader;
 pub mod store;
 pub mod worker;

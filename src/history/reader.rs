@@ -161,7 +161,8 @@ impl Reader {
         })
     }
 
-    fn with_connection<T>(
+    /// Runs `read` on a pooled read-only connection (opened if none is free).
+    pub(crate) fn with_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

@@ -30,7 +30,11 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 ";
 
 /// The tables, each part of the history's (the checkpoint first).
-const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA];
+const SCHEMAS: &[&str] = &[
+    CHECKPOINT_SCHEMA,
+    ENTRIES_SCHEMA,
+    super::payments::PAYMENTS_SCHEMA,
+];
 
 /// Records per block of the ledger's index; a power of two (see [`ENTRIES_SCHEMA`]).
 pub const BLOCK_SHIFT: u32 = 16;
@@ -230,6 +234,7 @@ impl Feed<'_> {
         if let Some(entry) = entry::of(lsn, event) {
             self.insert(&entry)?;
         }
+        super::payments::apply(self.transaction(), lsn, event)?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 pub mod catalogue;
 pub mod entries;
 pub mod health;
+pub mod payment_history;
 pub mod payments;
 pub mod reservations;
 pub mod sandbox;
