@@ -16,11 +16,13 @@
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
 //! - [`worker`]: the feeder's thread and its retention hold.
 //! - [`reader`]: read-only access for the API.
+//! - [`retention`]: removing entries and payments older than `history.retention`.
 //! - [`payments`]: the payment history, a table of its own (one row per payment).
 
 pub(crate) mod entry;
 pub mod payments;
 pub mod reader;
+pub mod retention;
 pub mod store;
 pub mod worker;
 
@@ -79,6 +81,16 @@ impl Feeder {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// One purge transaction of [`retention::purge_step`].
+    pub fn purge(
+        &mut self,
+        cutoff_ms: i64,
+        rows: u64,
+        payments: bool,
+    ) -> Result<retention::Purged, StoreError> {
+        retention::purge_step(&mut self.store, cutoff_ms, rows, payments)
     }
 
     /// Whether the history has applied nothing yet.
