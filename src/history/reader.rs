@@ -135,7 +135,8 @@ impl Reader {
         })
     }
 
-    fn with_connection<T>(
+    /// Runs `read` on a pooled read-only connection.
+    pub(super) fn with_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
+use super::audit::{self, Chain};
 use super::entry::{self, Entry};
 use crate::engine::event::Event;
 
@@ -25,7 +26,7 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 ";
 
 /// The tables, each part of the history's (the checkpoint first).
-const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA];
+const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA, audit::AUDIT_SCHEMA];
 
 /// The ledger: one row per movement of a wallet.
 const ENTRIES_SCHEMA: &str = "
@@ -76,6 +77,12 @@ pub enum StoreError {
     /// A number does not fit SQLite's signed 64 bits.
     #[error("{0} does not fit the database")]
     Overflow(&'static str),
+    /// The audit record of an event could not be written.
+    #[error("the audit record of LSN {0}: {1}")]
+    Audit(u64, String),
+    /// The audit chain's anchored head is not a hash creditd wrote.
+    #[error("the audit chain's head (audit_head) is damaged; run creditd audit verify")]
+    AuditHead,
 }
 
 /// The history database.
@@ -127,6 +134,7 @@ impl Store {
     pub fn begin(&mut self) -> Result<Feed<'_>, StoreError> {
         Ok(Feed {
             transaction: self.connection.transaction()?,
+            audit: Chain::default(),
         })
     }
 
@@ -139,9 +147,10 @@ impl Store {
     }
 }
 
-/// The feeder's transaction: entries, then the checkpoint, committed together.
+/// The feeder's transaction: entries and audit records, then the checkpoint, committed together.
 pub struct Feed<'c> {
     transaction: rusqlite::Transaction<'c>,
+    audit: Chain,
 }
 
 impl Feed<'_> {
@@ -150,6 +159,7 @@ impl Feed<'_> {
         if let Some(entry) = entry::of(lsn, event) {
             self.insert(&entry)?;
         }
+        self.audit.apply(&self.transaction, lsn, event)?;
         Ok(())
     }
 
@@ -193,8 +203,9 @@ impl Feed<'_> {
     }
 
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
-    pub fn commit(self, next_lsn: u64) -> Result<(), StoreError> {
+    pub fn commit(mut self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
+        self.audit.flush(&self.transaction)?;
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],

@@ -79,12 +79,7 @@ pub async fn list_entries(call: &Call<'_>) -> Answer {
     let user = &*call.param;
     let query = parse_query(call.query)?;
     let Some(reader) = call.state.history.clone() else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "history-disabled",
-            "History disabled",
-            "the ledger history is off on this server (history.enabled = false)",
-        ));
+        return Err(history_disabled());
     };
     // A user of another tenant, or none: 404 as if absent.
     call.tenant.user(user)?;
@@ -108,8 +103,18 @@ pub async fn list_entries(call: &Call<'_>) -> Answer {
     })
 }
 
+/// The answer when the server runs without a history.
+pub(crate) fn history_disabled() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "history-disabled",
+        "History disabled",
+        "the ledger history is off on this server (history.enabled = false)",
+    )
+}
+
 /// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed.
-async fn catch_up(reader: &Reader, durable_lsn: u64) {
+pub(crate) async fn catch_up(reader: &Reader, durable_lsn: u64) {
     let deadline = Instant::now() + CATCH_UP;
     while reader.next_lsn() <= durable_lsn && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -195,13 +200,15 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     Ok(parsed)
 }
 
-fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
+/// `value` as ms since the epoch, or a 422 naming `field`.
+pub(crate) fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
     parse_rfc3339_ms(value).ok_or_else(|| {
         Problem::invalid(format!("{field} must be an RFC 3339 timestamp")).with("field", field)
     })
 }
 
-fn history_error(detail: String) -> Problem {
+/// The answer when the history could not be read.
+pub(crate) fn history_error(detail: String) -> Problem {
     tracing::error!(%detail, "history read failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
