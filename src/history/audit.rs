@@ -736,8 +736,16 @@ pub fn verify(path: &Path) -> Result<Verified, VerifyError> {
     verify_connection(&connection)
 }
 
-/// [`verify`] on an open connection.
+/// [`verify`] on an open connection, in one read transaction: a feeder writing meanwhile cannot
+/// move the head between the walk and its check.
 pub fn verify_connection(connection: &Connection) -> Result<Verified, VerifyError> {
+    let snapshot = connection.unchecked_transaction()?;
+    let verified = walk(&snapshot);
+    snapshot.finish()?;
+    verified
+}
+
+fn walk(connection: &Connection) -> Result<Verified, VerifyError> {
     let mut statement = connection.prepare(
         "SELECT seq, lsn, tenant, at_ms, actor, action, target, before, after, hash
          FROM audit ORDER BY seq",
@@ -1257,6 +1265,26 @@ mod tests {
         };
         assert_eq!(hashes(&path), hashes(&whole));
         assert_eq!(hashes(&path), hashes(&one_by_one));
+    }
+
+    #[test]
+    fn a_step_rolled_back_leaves_no_trace_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.sqlite3");
+        let events = events();
+        feed(&path, &events[..2], 10);
+        {
+            let mut store = Store::open(&path).unwrap();
+            let mut feed = store.begin().unwrap();
+            for (lsn, event) in (3..).zip(&events[2..]) {
+                feed.apply(lsn, event).unwrap();
+            }
+            // Dropped without a commit: the transaction rolls back, head and all.
+        }
+        assert_eq!(verify(&path).unwrap().records, 2);
+        feed(&path, &events[2..], 10);
+        let (_whole_dir, whole) = fed();
+        assert_eq!(verify(&path).unwrap(), verify(&whole).unwrap());
     }
 
     #[test]

@@ -205,7 +205,8 @@ impl Feed<'_> {
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
     pub fn commit(mut self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
-        self.audit.flush(&self.transaction)?;
+        let mut audit = std::mem::take(&mut self.audit);
+        audit.flush(self.transaction())?;
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],
