@@ -18,7 +18,8 @@ use http::Method;
 use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
-    catalogue, entries, health, payment_history, payments, reservations, sandbox, tenants, users,
+    audit, catalogue, entries, health, payment_history, payments, reservations, sandbox, tenants,
+    users,
 };
 use crate::config::Role;
 
@@ -127,6 +128,7 @@ route_table! {
     GetAutoTopup:      "GET"    "/v1/users/{user_id}/auto-topup"            Service  => payments::get_auto_topup;
     PutAutoTopup:      "PUT"    "/v1/users/{user_id}/auto-topup"            Admin    => payments::put_auto_topup;
     DeleteAutoTopup:   "DELETE" "/v1/users/{user_id}/auto-topup"            Admin    => payments::delete_auto_topup;
+    ListAudit:         "GET"    "/v1/audit"                                 Admin    => audit::list_audit;
 }
 
 /// The route templates, indexed by [`Route::index`].

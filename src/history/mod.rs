@@ -12,6 +12,7 @@
 //! gap and no duplicate. It keeps a retention hold on the log at that LSN, so that no segment it
 //! has not consumed is removed.
 //!
+//! - [`audit`]: the audit log, a hash chain of every change made by hand, and its verification.
 //! - `entry`: the ledger entry an event makes (crate-private, like the events it reads).
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
 //! - [`worker`]: the feeder's thread and its retention hold.
@@ -19,6 +20,7 @@
 //! - [`retention`]: removing entries and payments older than `history.retention`.
 //! - [`payments`]: the payment history, a table of its own (one row per payment).
 
+pub mod audit;
 pub(crate) mod entry;
 pub mod payments;
 pub mod reader;

@@ -8,6 +8,7 @@
 //! `response`), and one on another only where a view is shared: `catalogue` shows a wallet as
 //! `users` does.
 
+pub mod audit;
 pub mod catalogue;
 pub mod entries;
 pub mod health;
