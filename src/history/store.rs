@@ -16,7 +16,7 @@ use super::entry::{self, Entry};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The feeder's page cache, KiB.
 const FEEDER_CACHE_KIB: i64 = 64 * 1024;
@@ -104,7 +104,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The file was written by a newer creditd.
-    #[error("the history database has schema {found}, this creditd knows {SCHEMA_VERSION}")]
+    #[error(
+        "the history database has schema {found}, this creditd knows {SCHEMA_VERSION}: move \
+         history.sqlite3 aside and a new one is built from what the log still holds"
+    )]
     Schema {
         /// What the file says.
         found: i64,
