@@ -215,6 +215,7 @@ fn pay(engine: &Engine, tenant: &Tenant, user: &str, number: u64) -> u64 {
         package,
         reference: &reference,
         gateway: "sandbox",
+        metadata: None,
     };
     retry(|| engine.start_checkout(tenant, &checkout, &BENCH));
     let verdict = Verdict::Paid {

@@ -1496,3 +1496,80 @@ async fn a_signature_header_that_is_not_visible_ascii_is_malformed_not_missing()
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_given_to_initialize_comes_back_in_the_topup_events() {
+    let server = start(GatewayKind::Sandbox, None).await;
+    server.sell_starter_to_ada("Starter").await;
+    let (url, events) = event_receiver("tenant-events-secret-0004").await;
+    server
+        .send_events_to(&url, "tenant-events-secret-0004")
+        .await;
+    let service = server.client(SERVICE);
+    let initialize = |metadata: Value, key: &'static str| {
+        let body = json!({"user_id": "ada", "package_id": "starter", "metadata": metadata});
+        let service = service.clone();
+        async move {
+            let (status, _, answer) = service
+                .send(
+                    Method::POST,
+                    "/v1/payments/initialize",
+                    Some(body.to_string().into_bytes()),
+                    Some(key),
+                )
+                .await
+                .unwrap();
+            let answer: Value = serde_json::from_slice(&answer).unwrap();
+            (status.as_u16(), answer)
+        }
+    };
+    let paid_metadata = json!({"order": "A-1", "lines": [{"sku": "x", "qty": 2}]});
+    let (status, paid) = initialize(paid_metadata.clone(), "checkout-a-1").await;
+    assert_eq!(status, 200, "{paid}");
+    // The same key with other metadata is another request; with the same, a replay.
+    let (status, problem) = initialize(json!({"order": "A-2"}), "checkout-a-1").await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (
+            422,
+            Some("https://creditd.dev/problems/idempotency-key-reused")
+        ),
+        "{problem}"
+    );
+    let (status, again) = initialize(paid_metadata.clone(), "checkout-a-1").await;
+    assert_eq!((status, &again["reference"]), (200, &paid["reference"]));
+    let declined_metadata = json!({"order": "A-9"});
+    let (status, declined) = initialize(declined_metadata.clone(), "checkout-a-9").await;
+    assert_eq!(status, 200, "{declined}");
+
+    let browser = reqwest::Client::new();
+    for (answer, action) in [(&paid, "pay"), (&declined, "decline")] {
+        let url = answer["checkout_url"].as_str().unwrap();
+        let clicked = browser
+            .post(url)
+            .form(&[("action", action)])
+            .send()
+            .await
+            .unwrap();
+        assert!(clicked.status().is_success(), "{}", clicked.status());
+    }
+    let event = |kind: &'static str, reference: Value| {
+        let events = Arc::clone(&events);
+        move || {
+            events
+                .lock()
+                .iter()
+                .find(|e| e["type"] == kind && e["data"]["reference"] == reference)
+                .cloned()
+        }
+    };
+    let succeeded = event("topup.succeeded", paid["reference"].clone());
+    let failed = event("topup.failed", declined["reference"].clone());
+    wait_for(|| async { succeeded().is_some() && failed().is_some() }).await;
+    let succeeded = succeeded().unwrap();
+    assert_eq!(succeeded["data"]["metadata"], paid_metadata, "{succeeded}");
+    assert_eq!(succeeded["data"]["credits"], 500);
+    let failed = failed().unwrap();
+    assert_eq!(failed["data"]["metadata"], declined_metadata, "{failed}");
+    server.stop().await;
+}

@@ -18,7 +18,8 @@ use http::Method;
 use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
-    catalogue, entries, health, payments, reports, reservations, sandbox, tenants, users,
+    audit, catalogue, entries, health, payment_history, payments, reports, reservations, sandbox,
+    tenants, users,
 };
 use crate::config::Role;
 
@@ -95,6 +96,7 @@ route_table! {
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
     GetWallet:         "GET"    "/v1/users/{user_id}/wallet"                Service  => users::get_wallet;
     ListEntries:       "GET"    "/v1/users/{user_id}/entries"               Service  => entries::list_entries;
+    ListPayments:      "GET"    "/v1/users/{user_id}/payments"              Service  => payment_history::list_payments;
     Credit:            "POST"   "/v1/users/{user_id}/credit"                Service  => users::credit;
     Debit:             "POST"   "/v1/users/{user_id}/debit"                 Service  => users::debit;
     Reserve:           "POST"   "/v1/users/{user_id}/reservations"          Service  => reservations::reserve;
@@ -126,6 +128,7 @@ route_table! {
     GetAutoTopup:      "GET"    "/v1/users/{user_id}/auto-topup"            Service  => payments::get_auto_topup;
     PutAutoTopup:      "PUT"    "/v1/users/{user_id}/auto-topup"            Admin    => payments::put_auto_topup;
     DeleteAutoTopup:   "DELETE" "/v1/users/{user_id}/auto-topup"            Admin    => payments::delete_auto_topup;
+    ListAudit:         "GET"    "/v1/audit"                                 Admin    => audit::list_audit;
     UsageReport:       "GET"    "/v1/reports/usage"                         Service  => reports::usage;
     RevenueReport:     "GET"    "/v1/reports/revenue"                       Admin    => reports::revenue;
 }

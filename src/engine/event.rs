@@ -385,7 +385,7 @@ pub enum Event<'a> {
         gateway: &'a str,
         /// Checkout or automatic top-up.
         purpose: PaymentPurpose,
-        /// Who and when.
+        /// Who and when; `metadata` is the caller's, given to `initialize` (a JSON object).
         #[serde(borrow)]
         meta: Meta<'a>,
     },

@@ -46,6 +46,8 @@ pub enum NotificationKind {
         credits: i64,
         /// Balance after.
         balance: i64,
+        /// The caller's metadata given to `initialize`, a JSON object as text.
+        metadata: Option<String>,
     },
     /// A payment failed.
     TopupFailed {
@@ -55,6 +57,8 @@ pub enum NotificationKind {
         purpose: PaymentPurpose,
         /// How.
         decline: Decline,
+        /// The caller's metadata given to `initialize`, a JSON object as text.
+        metadata: Option<String>,
     },
     /// An automatic top-up rule was switched off.
     AutoTopupDisabled {

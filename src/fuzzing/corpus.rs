@@ -499,6 +499,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
                 package: "starter",
                 reference: &reference,
                 gateway: "sandbox",
+                metadata: settle.then_some(r#"{"order":"A-1"}"#),
             };
             engine
                 .start_checkout(&tenant, &request, &admin)

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::store::BLOCK_SHIFT;
 use super::StoreError;
 
 /// Connections kept open between requests.
@@ -57,6 +58,24 @@ pub struct Listed {
     pub created_ms: i64,
 }
 
+/// One row of the entries query as the API lists it.
+fn listed_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
+    Ok(Listed {
+        lsn: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        kind: row.get(1)?,
+        amount: row.get(2)?,
+        currency: row.get(3)?,
+        balance_after: row.get(4)?,
+        action: row.get(5)?,
+        quantity: row.get(6)?,
+        description: row.get(7)?,
+        reference: row.get(8)?,
+        metadata: row.get(9)?,
+        actor: row.get(10)?,
+        created_ms: row.get(11)?,
+    })
+}
+
 /// Read access to the history.
 #[derive(Debug)]
 pub struct Reader {
@@ -92,51 +111,60 @@ impl Reader {
     ) -> Result<Vec<Listed>, StoreError> {
         let before = before_lsn.map_or(i64::MAX, |lsn| i64::try_from(lsn).unwrap_or(i64::MAX));
         self.with_connection(|connection| {
+            let account = connection
+                .prepare_cached(
+                    "SELECT id, first_lsn FROM accounts WHERE tenant = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![tenant, user], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            let Some((account, first_lsn)) = account else {
+                return Ok(Vec::new());
+            };
             let mut statement = connection.prepare_cached(
                 "SELECT lsn, kind, amount, currency, balance_after, action, quantity, description,
                         reference, metadata, actor, created_ms
                  FROM entries
-                 WHERE tenant = ?1 AND user_id = ?2 AND lsn < ?3
+                 WHERE lsn >> 16 = ?1 AND account = ?2 AND lsn < ?3
                    AND (?4 IS NULL OR kind = ?4) AND (?5 IS NULL OR action = ?5)
                    AND (?6 IS NULL OR currency = ?6)
                    AND (?7 IS NULL OR created_ms >= ?7) AND (?8 IS NULL OR created_ms < ?8)
                  ORDER BY lsn DESC LIMIT ?9",
             )?;
-            let rows = statement.query_map(
-                params![
-                    tenant,
-                    user,
-                    before,
-                    filter.kind,
-                    filter.action,
-                    filter.currency,
-                    filter.from_ms,
-                    filter.to_ms,
-                    limit
-                ],
-                |row| {
-                    Ok(Listed {
-                        lsn: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                        kind: row.get(1)?,
-                        amount: row.get(2)?,
-                        currency: row.get(3)?,
-                        balance_after: row.get(4)?,
-                        action: row.get(5)?,
-                        quantity: row.get(6)?,
-                        description: row.get(7)?,
-                        reference: row.get(8)?,
-                        metadata: row.get(9)?,
-                        actor: row.get(10)?,
-                        created_ms: row.get(11)?,
-                    })
-                },
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut listed = Vec::new();
+            // The blocks of the index, newest first, down to the account's first entry's.
+            let newest: i64 = connection
+                .prepare_cached("SELECT coalesce(max(lsn), 0) FROM entries")?
+                .query_row([], |row| row.get(0))?;
+            let mut block = before.saturating_sub(1).min(newest) >> BLOCK_SHIFT;
+            let first_block = first_lsn >> BLOCK_SHIFT;
+            while block >= first_block && listed.len() < limit as usize {
+                let rows = statement.query_map(
+                    params![
+                        block,
+                        account,
+                        before,
+                        filter.kind,
+                        filter.action,
+                        filter.currency,
+                        filter.from_ms,
+                        filter.to_ms,
+                        i64::from(limit) - listed.len() as i64,
+                    ],
+                    listed_row,
+                )?;
+                for row in rows {
+                    listed.push(row?);
+                }
+                block -= 1;
+            }
+            Ok(listed)
         })
     }
 
     /// Runs `read` on a pooled read-only connection (opened if none is free).
-    pub(super) fn with_connection<T>(
+    pub(crate) fn with_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

@@ -12,8 +12,9 @@
 //!
 //! *Revenue* is what was paid: a `PaymentSucceeded` event adds one to `count`, `paid_minor` to
 //! `amount_minor` (in `paid_currency`) and its credits to `credits_sold`. The package comes from
-//! the payment's terms, which only `PaymentInitialized` carries; `payment_terms` remembers them
-//! by reference (a payment whose start the history never saw has the package `''`).
+//! the payment's terms, which only `PaymentInitialized` carries: the payment history
+//! ([`super::payments`]) holds them by reference. A payment whose start the history never saw
+//! (or has removed under `history.retention`) has the package `''`.
 //!
 //! # Time
 //!
@@ -31,7 +32,6 @@
 //! | `usage_user_blocks` | level, start, tenant, currency | when sealed | a tenant's usage by user |
 //! | `usage_hours` | hour, tenant, currency | every step | which hours have spends, to seal |
 //! | `usage_sealed` | (one row) | every step | how far blocks are sealed |
-//! | `payment_terms` | reference | every `PaymentInitialized` | the package of a payment |
 //! | `revenue_hourly` | tenant, hour, package, currency | every step | revenue |
 //!
 //! During a step the feeder adds every spend and sale to maps in memory, keyed like the rows;
@@ -82,7 +82,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::user_block::{merge_users, UsersWriter};
 use super::StoreError;
-use crate::engine::event::{ActionUse, Event, PaymentTerms, WalletRef};
+use crate::engine::event::{ActionUse, Event, WalletRef};
 use crate::engine::types::{Currency, DebitKind};
 
 /// Milliseconds in an hour, the smallest bucket.
@@ -141,14 +141,6 @@ CREATE TABLE IF NOT EXISTS usage_sealed (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     hour INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS payment_terms (
-    reference    TEXT    PRIMARY KEY,
-    tenant       TEXT    NOT NULL,
-    package      TEXT    NOT NULL,
-    credits      INTEGER NOT NULL,
-    amount_minor INTEGER NOT NULL,
-    currency     TEXT    NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revenue_hourly (
     tenant       TEXT    NOT NULL,
     hour         INTEGER NOT NULL,
@@ -283,8 +275,8 @@ pub(crate) struct Rollup {
 }
 
 impl Rollup {
-    /// Takes what `event` adds: a spend, a sale, or a payment's terms (written at once, so a
-    /// sale later in the same step finds them).
+    /// Takes what `event` adds: a spend or a sale. Runs after the payment history has taken the
+    /// event, so a sale finds its payment's package.
     pub(crate) fn apply(
         &mut self,
         transaction: &Transaction<'_>,
@@ -306,12 +298,6 @@ impl Rollup {
                 action,
                 ..
             } => self.spend(wallet, charged, action, time_ms),
-            Event::PaymentInitialized {
-                wallet,
-                reference,
-                terms,
-                ..
-            } => remember_terms(transaction, wallet.tenant, reference, &terms),
             Event::PaymentSucceeded {
                 wallet,
                 reference,
@@ -501,36 +487,18 @@ pub(crate) fn sealed_hour(connection: &rusqlite::Connection) -> Result<Option<i6
     Ok(hour)
 }
 
-fn remember_terms(
-    transaction: &Transaction<'_>,
-    tenant: &str,
-    reference: &str,
-    terms: &PaymentTerms<'_>,
-) -> Result<(), StoreError> {
-    transaction
-        .prepare_cached(
-            "INSERT OR REPLACE INTO payment_terms
-                 (reference, tenant, package, credits, amount_minor, currency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            reference,
-            tenant,
-            terms.package,
-            terms.credits,
-            terms.amount_minor,
-            terms.price_currency.as_str(),
-        ])?;
-    Ok(())
-}
-
+/// The package of the payment `reference` of `tenant`, from the payment history (which the
+/// feeder wrote from its `PaymentInitialized`, earlier in this transaction or before).
 fn package_of(
     transaction: &Transaction<'_>,
     tenant: &str,
     reference: &str,
 ) -> Result<Option<String>, StoreError> {
     let package = transaction
-        .prepare_cached("SELECT package FROM payment_terms WHERE reference = ?1 AND tenant = ?2")?
+        .prepare_cached(
+            "SELECT package_id FROM payments WHERE reference = ?1 AND tenant = ?2
+             ORDER BY lsn_created DESC LIMIT 1",
+        )?
         .query_row(params![reference, tenant], |row| row.get(0))
         .optional()?;
     Ok(package)
@@ -726,7 +694,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::engine::event::Meta;
+    use crate::engine::event::{Meta, PaymentTerms};
     use crate::engine::types::{PaymentPurpose, ReleaseReason};
     use crate::history::reader::Reader;
     use crate::history::reports::{

@@ -7,14 +7,20 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use std::collections::HashMap;
 
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::audit::{self, Chain};
 use super::entry::{self, Entry};
 use super::rollup::{Rollup, ROLLUP_SCHEMA};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// The feeder's page cache, KiB.
+const FEEDER_CACHE_KIB: i64 = 64 * 1024;
 
 /// The checkpoint: the first LSN not yet applied.
 const CHECKPOINT_SCHEMA: &str = "
@@ -26,14 +32,40 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 ";
 
 /// The tables, each part of the history's (the checkpoint first).
-const SCHEMAS: &[&str] = &[CHECKPOINT_SCHEMA, ENTRIES_SCHEMA, ROLLUP_SCHEMA];
+const SCHEMAS: &[&str] = &[
+    CHECKPOINT_SCHEMA,
+    ENTRIES_SCHEMA,
+    super::payments::PAYMENTS_SCHEMA,
+    audit::AUDIT_SCHEMA,
+    ROLLUP_SCHEMA,
+];
 
-/// The ledger: one row per movement of a wallet.
+/// Records per block of the ledger's index; a power of two (see [`ENTRIES_SCHEMA`]).
+pub const BLOCK_SHIFT: u32 = 16;
+
+/// The ledger: one row per movement of a wallet, in log order.
+///
+/// `entries` is a rowid table keyed by the LSN, so the feeder only ever appends to its end. A
+/// user's entries are found through `entries_by_account`, keyed by (block of 2^16 LSNs, account):
+/// the entries of one step fall into the newest block or two, so a step's inserts touch that
+/// block's few hundred index pages however large the history grows. (Keyed by account first,
+/// every entry of a step would land on a different page of the whole index, and each commit
+/// would rewrite most of it.) A user's listing walks the blocks newest first, from its cursor
+/// down to the block of the account's first entry.
+///
+/// `accounts` names the (tenant, user) an entry belongs to; the view `ledger` joins them for
+/// people reading the file with SQLite tools.
 const ENTRIES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS accounts (
+    id        INTEGER PRIMARY KEY,
+    tenant    TEXT    NOT NULL,
+    user_id   TEXT    NOT NULL,
+    first_lsn INTEGER NOT NULL,
+    UNIQUE (tenant, user_id)
+);
 CREATE TABLE IF NOT EXISTS entries (
-    tenant          TEXT    NOT NULL,
-    user_id         TEXT    NOT NULL,
-    lsn             INTEGER NOT NULL,
+    lsn             INTEGER PRIMARY KEY,
+    account         INTEGER NOT NULL,
     kind            TEXT    NOT NULL,
     amount          INTEGER NOT NULL,
     currency        TEXT    NOT NULL,
@@ -45,10 +77,18 @@ CREATE TABLE IF NOT EXISTS entries (
     reference       TEXT,
     metadata        TEXT,
     actor           TEXT    NOT NULL,
-    created_ms      INTEGER NOT NULL,
-    PRIMARY KEY (tenant, user_id, lsn)
-) WITHOUT ROWID;
+    created_ms      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_account ON entries (lsn >> 16, account);
+CREATE VIEW IF NOT EXISTS ledger AS
+    SELECT 'ent_' || e.lsn AS entry_id, a.tenant, a.user_id, e.kind, e.amount, e.currency,
+           e.balance_after, e.action, e.quantity, e.description, e.reference, e.metadata,
+           e.actor, strftime('%Y-%m-%dT%H:%M:%fZ', e.created_ms / 1000.0, 'unixepoch') AS created_at
+    FROM entries e JOIN accounts a ON a.id = e.account;
 ";
+
+/// Account ids the feeder remembers, at most (then it forgets them all and asks the database).
+const ACCOUNT_CACHE: usize = 100_000;
 
 /// Why the database refused something.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +106,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The file was written by a newer creditd.
-    #[error("the history database has schema {found}, this creditd knows {SCHEMA_VERSION}")]
+    #[error(
+        "the history database has schema {found}, this creditd knows {SCHEMA_VERSION}: move \
+         history.sqlite3 aside and a new one is built from what the log still holds"
+    )]
     Schema {
         /// What the file says.
         found: i64,
@@ -77,6 +120,12 @@ pub enum StoreError {
     /// A number does not fit SQLite's signed 64 bits.
     #[error("{0} does not fit the database")]
     Overflow(&'static str),
+    /// The audit record of an event could not be written.
+    #[error("the audit record of LSN {0}: {1}")]
+    Audit(u64, String),
+    /// The audit chain's anchored head is not a hash creditd wrote.
+    #[error("the audit chain's head (audit_head) is damaged; run creditd audit verify")]
+    AuditHead,
     /// A stored value does not decode (see `rollup`).
     #[error("damaged {0} in the history database")]
     Damaged(&'static str),
@@ -86,6 +135,8 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct Store {
     pub(super) connection: Connection,
+    /// Account ids of the accounts the feeder met lately.
+    accounts: Accounts,
 }
 
 impl Store {
@@ -100,6 +151,12 @@ impl Store {
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
+        // Entries land at random places of the (tenant, user) order: with SQLite's default 2 MiB
+        // cache most inserts read a page back from the file, and a step's dirty pages spill to
+        // the write-ahead file before its commit.
+        connection.pragma_update(None, "cache_size", -FEEDER_CACHE_KIB)?;
+        // Every part of the history keeps its statements prepared: more than rusqlite's 16.
+        connection.set_prepared_statement_cache_capacity(64);
         for schema in SCHEMAS {
             connection.execute_batch(schema)?;
         }
@@ -114,7 +171,10 @@ impl Store {
         if schema != SCHEMA_VERSION {
             return Err(StoreError::Schema { found: schema });
         }
-        Ok(Store { connection })
+        Ok(Store {
+            connection,
+            accounts: Accounts::default(),
+        })
     }
 
     /// The first LSN not yet applied.
@@ -127,10 +187,18 @@ impl Store {
         u64::try_from(next).map_err(|_| StoreError::Overflow("next_lsn"))
     }
 
+    /// Forgets the account ids it remembers: after a transaction that did not commit, the ids it
+    /// gave new accounts may be given again.
+    pub fn forget_accounts(&mut self) {
+        self.accounts.clear();
+    }
+
     /// Starts the feeder's transaction.
     pub fn begin(&mut self) -> Result<Feed<'_>, StoreError> {
         Ok(Feed {
             transaction: self.connection.transaction()?,
+            accounts: &mut self.accounts,
+            audit: Chain::default(),
             rollup: Rollup::default(),
         })
     }
@@ -144,11 +212,43 @@ impl Store {
     }
 }
 
-/// The feeder's transaction: entries, then the checkpoint, committed together.
+/// The feeder's transaction: entries and audit records, then the checkpoint, committed together.
 pub struct Feed<'c> {
     transaction: rusqlite::Transaction<'c>,
+    accounts: &'c mut Accounts,
+    audit: Chain,
     /// The step's usage and revenue counters, written at commit.
     rollup: Rollup,
+}
+
+/// tenant → user → account id, for at most [`ACCOUNT_CACHE`] accounts; looked up without
+/// allocating.
+#[derive(Debug, Default)]
+struct Accounts {
+    ids: HashMap<Box<str>, HashMap<Box<str>, i64>>,
+    len: usize,
+}
+
+impl Accounts {
+    fn get(&self, tenant: &str, user: &str) -> Option<i64> {
+        self.ids.get(tenant)?.get(user).copied()
+    }
+
+    fn insert(&mut self, tenant: &str, user: &str, id: i64) {
+        if self.len >= ACCOUNT_CACHE {
+            self.clear();
+        }
+        self.ids
+            .entry(tenant.into())
+            .or_default()
+            .insert(user.into(), id);
+        self.len += 1;
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.len = 0;
+    }
 }
 
 impl Feed<'_> {
@@ -157,6 +257,8 @@ impl Feed<'_> {
         if let Some(entry) = entry::of(lsn, event) {
             self.insert(&entry)?;
         }
+        super::payments::apply(self.transaction(), lsn, event)?;
+        self.audit.apply(&self.transaction, lsn, event)?;
         self.rollup.apply(&self.transaction, event)?;
         Ok(())
     }
@@ -174,16 +276,16 @@ impl Feed<'_> {
             .map(|(_, quantity)| i64::try_from(quantity))
             .transpose()
             .map_err(|_| StoreError::Overflow("quantity"))?;
+        let account = self.account(entry.tenant, entry.user, lsn)?;
         let mut statement = self.transaction.prepare_cached(
-            "INSERT INTO entries (tenant, user_id, lsn, kind, amount, currency, balance_after,
+            "INSERT INTO entries (lsn, account, kind, amount, currency, balance_after,
                 available_after, action, quantity, description, reference, metadata, actor,
                 created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         statement.execute(params![
-            entry.tenant,
-            entry.user,
             lsn,
+            account,
             entry.kind,
             entry.amount,
             entry.currency.as_str(),
@@ -200,9 +302,36 @@ impl Feed<'_> {
         Ok(())
     }
 
+    /// The id of `user`'s account in `tenant`, created at `lsn` if it has none.
+    fn account(&mut self, tenant: &str, user: &str, lsn: i64) -> Result<i64, StoreError> {
+        if let Some(id) = self.accounts.get(tenant, user) {
+            return Ok(id);
+        }
+        let found = self
+            .transaction
+            .prepare_cached("SELECT id FROM accounts WHERE tenant = ?1 AND user_id = ?2")?
+            .query_row(params![tenant, user], |row| row.get::<_, i64>(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.transaction
+                    .prepare_cached(
+                        "INSERT INTO accounts (tenant, user_id, first_lsn) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![tenant, user, lsn])?;
+                self.transaction.last_insert_rowid()
+            }
+        };
+        self.accounts.insert(tenant, user, id);
+        Ok(id)
+    }
+
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
     pub fn commit(mut self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
+        let mut audit = std::mem::take(&mut self.audit);
+        audit.flush(self.transaction())?;
         // The step's counters, written once per key, before the checkpoint that covers them.
         std::mem::take(&mut self.rollup).flush(self.transaction())?;
         self.transaction.execute(

@@ -29,16 +29,25 @@ pub fn body(event: &TenantNotification) -> Value {
             purpose: p,
             credits,
             balance,
-        } => {
-            json!({ "reference": reference, "purpose": purpose(*p), "credits": credits, "balance": balance })
-        }
+            metadata,
+        } => json!({
+            "reference": reference,
+            "purpose": purpose(*p),
+            "credits": credits,
+            "balance": balance,
+            "metadata": metadata_json(metadata.as_deref()),
+        }),
         NotificationKind::TopupFailed {
             reference,
             purpose: p,
             decline,
-        } => {
-            json!({ "reference": reference, "purpose": purpose(*p), "reason": decline.as_str() })
-        }
+            metadata,
+        } => json!({
+            "reference": reference,
+            "purpose": purpose(*p),
+            "reason": decline.as_str(),
+            "metadata": metadata_json(metadata.as_deref()),
+        }),
         NotificationKind::AutoTopupDisabled { reason } => json!({ "reason": reason }),
     };
     if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
@@ -51,6 +60,13 @@ pub fn body(event: &TenantNotification) -> Value {
         "tenant_id": event.tenant,
         "data": data,
     })
+}
+
+/// A payment's metadata as the JSON object it is (the engine checked it is one), or `null`.
+fn metadata_json(metadata: Option<&str>) -> Value {
+    metadata
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// A notification on its way to a tenant's endpoint: what delivery needs, and what a clean stop
@@ -77,5 +93,49 @@ impl Notification {
             kind: event.kind.name().to_owned(),
             body: body(event),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::types::{Currency, Decline};
+
+    fn notification(kind: NotificationKind) -> TenantNotification {
+        TenantNotification {
+            tenant: "acme".into(),
+            user: "ada".into(),
+            currency: Currency::CREDITS,
+            kind,
+            time_ms: 1_700_000_000_000,
+            lsn: 42,
+        }
+    }
+
+    #[test]
+    fn topup_notifications_carry_the_payments_metadata_as_an_object() {
+        let succeeded = body(&notification(NotificationKind::TopupSucceeded {
+            reference: "cd_1".into(),
+            purpose: PaymentPurpose::Checkout,
+            credits: 500,
+            balance: 700,
+            metadata: Some(r#"{"order":"A-17","lines":[1,2]}"#.into()),
+        }));
+        assert_eq!(
+            succeeded["data"]["metadata"],
+            json!({"order": "A-17", "lines": [1, 2]})
+        );
+        assert_eq!(succeeded["data"]["credits"], 500);
+        assert_eq!(succeeded["type"], "topup.succeeded");
+        let failed = body(&notification(NotificationKind::TopupFailed {
+            reference: "cd_2".into(),
+            purpose: PaymentPurpose::AutoTopup,
+            decline: Decline::Hard,
+            metadata: None,
+        }));
+        let data = failed["data"].as_object().unwrap();
+        assert_eq!(data["metadata"], Value::Null, "present, and null");
+        assert_eq!(data["reason"], "hard_decline");
+        assert_eq!(data["purpose"], "auto_topup");
     }
 }

@@ -86,6 +86,8 @@ pub struct InitializeRequest<'a> {
     pub email: &'a str,
     /// Where the checkout sends the payer afterwards.
     pub callback_url: Option<&'a str>,
+    /// The caller's metadata, a JSON object as text: kept with the payment.
+    pub metadata: Option<&'a str>,
     /// The request's Idempotency-Key.
     pub idempotency_key: Option<&'a str>,
     /// The API key's name.
@@ -294,6 +296,7 @@ impl Payments {
             package: request.package,
             reference: &reference,
             gateway: self.gateway.name(),
+            metadata: request.metadata,
         };
         let fingerprint = request_fingerprint(request);
         let context = match request.idempotency_key {
@@ -540,11 +543,16 @@ impl Payments {
     }
 }
 
-/// The digest of an `initialize` request: a retry with the same key must match it. Only the user
-/// and the package count; a retry with another e-mail or callback URL answers the first payment.
+/// The digest of an `initialize` request: a retry with the same key must match it. The user, the
+/// package and the metadata (which the payment keeps) count; a retry with another e-mail or
+/// callback URL answers the first payment. Without metadata the digest is that of the user and
+/// the package alone.
 fn request_fingerprint(request: &InitializeRequest<'_>) -> crate::engine::types::Fingerprint {
     let mut hasher = Sha256::new();
-    for part in [request.user, request.package] {
+    for part in [Some(request.user), Some(request.package), request.metadata]
+        .into_iter()
+        .flatten()
+    {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }

@@ -82,7 +82,14 @@ pub struct Follower {
     /// The next LSN handed out.
     next_lsn: u64,
     position: Option<Position>,
+    /// The bytes of the last read, kept to be read into again.
+    buffer: Vec<u8>,
+    /// Bytes read at a time to start with.
+    chunk_bytes: usize,
 }
+
+/// Bytes read from a segment at a time (more when one batch is larger).
+const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 impl Follower {
     /// A follower of the log in `dir` that hands out records from `from_lsn` on.
@@ -93,6 +100,8 @@ impl Follower {
             max_record_bytes,
             next_lsn: from_lsn.max(1),
             position: None,
+            buffer: Vec::new(),
+            chunk_bytes: READ_CHUNK_BYTES,
         }
     }
 
@@ -173,8 +182,9 @@ impl Follower {
         storage: &dyn Storage,
         segment: SegmentFile,
     ) -> Result<Position, FollowError<E>> {
-        let bytes = read_from(storage, &segment.path, 0)?;
-        let header = &bytes[..bytes.len().min(SEGMENT_HEADER_BYTES)];
+        let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES);
+        read_at(storage, &segment.path, 0, SEGMENT_HEADER_BYTES, &mut bytes)?;
+        let header = &bytes[..];
         let (first_lsn, salt) = segment::decode_salted_header(header, self.format_version)
             .map_err(|error| damage(&segment.path, 0, error.to_string()))?;
         if first_lsn != segment.first_lsn {
@@ -194,6 +204,8 @@ impl Follower {
 
     /// Reads the batches written in `position`'s segment since the last poll, moving `position`
     /// past each whole batch handed out (also when a later one fails), and says what comes next.
+    /// The segment is read [`READ_CHUNK_BYTES`] at a time; a batch cut by the end of a read is
+    /// read again from its start (with a larger read if it alone is larger).
     fn advance<E>(
         &mut self,
         storage: &dyn Storage,
@@ -201,15 +213,63 @@ impl Follower {
         limit: Limit,
         visit: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
     ) -> Result<Step, FollowError<E>> {
-        let bytes = read_from(storage, &position.segment.path, position.offset)?;
-        let mut at = 0;
+        let mut bytes = std::mem::take(&mut self.buffer);
+        let mut chunk = self.chunk_bytes;
         let mut records = 0;
+        let read = loop {
+            let read = read_at(
+                storage,
+                &position.segment.path,
+                position.offset,
+                chunk,
+                &mut bytes,
+            )
+            .and_then(|()| {
+                let cut = bytes.len() == chunk;
+                self.read_batches(&bytes, cut, position, limit, &mut records, visit)
+            });
+            match read {
+                Ok(Read::Cut { at_start }) => {
+                    if at_start {
+                        chunk = chunk.saturating_mul(2);
+                    }
+                }
+                other => break other,
+            }
+        };
+        self.buffer = bytes;
+        let stopped = match read? {
+            Read::Stopped => true,
+            Read::Ended | Read::Cut { .. } => false,
+        };
+        let next = if stopped || position.next_lsn > limit.until_lsn {
+            Next::Stop
+        } else {
+            // The segment is read to its end, yet durable records remain: they are in the next.
+            match self.next_segment(storage, position)? {
+                Some(next) => Next::Segment(next),
+                None => Next::Stop,
+            }
+        };
+        Ok(Step { records, next })
+    }
+
+    /// Hands out the whole batches of `bytes` (read at `position`), moving `position` past each.
+    /// `cut` says the read may have ended before the file did.
+    fn read_batches<E>(
+        &mut self,
+        bytes: &[u8],
+        cut: bool,
+        position: &mut Position,
+        limit: Limit,
+        records: &mut u64,
+        visit: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
+    ) -> Result<Read, FollowError<E>> {
+        let mut at = 0;
         let mut frames = Vec::new();
-        let mut stopped = false;
         while at < bytes.len() {
-            if records >= limit.records {
-                stopped = true;
-                break;
+            if *records >= limit.records {
+                return Ok(Read::Stopped);
             }
             let offset = position.offset;
             let checked = batch::check(
@@ -220,14 +280,13 @@ impl Follower {
             );
             let header = match checked {
                 Ok(header) => header,
+                // The read ended inside this batch: read again from it.
+                Err(_) if cut => return Ok(Read::Cut { at_start: at == 0 }),
                 // Durable records must read: anything else is a batch still being written.
                 Err(error) if position.next_lsn <= limit.until_lsn => {
                     return Err(damage_at(position, offset, error.to_string()));
                 }
-                Err(_) => {
-                    stopped = true;
-                    break;
-                }
+                Err(_) => return Ok(Read::Stopped),
             };
             if header.first_lsn != position.next_lsn {
                 let detail = format!(
@@ -239,8 +298,7 @@ impl Follower {
             let last_lsn = header.first_lsn + u64::from(header.records) - 1;
             if last_lsn > limit.until_lsn {
                 // Not durable as a whole yet.
-                stopped = true;
-                break;
+                return Ok(Read::Stopped);
             }
             for (index, &(_, frame)) in frames.iter().enumerate() {
                 if frame.lsn != header.first_lsn + index as u64 {
@@ -252,7 +310,7 @@ impl Follower {
                 }
                 if frame.lsn >= self.next_lsn {
                     visit(frame).map_err(FollowError::Visit)?;
-                    records += 1;
+                    *records += 1;
                 }
             }
             at += header.batch_len();
@@ -260,16 +318,11 @@ impl Follower {
             position.next_lsn = last_lsn + 1;
             self.next_lsn = self.next_lsn.max(position.next_lsn);
         }
-        let next = if stopped || position.next_lsn > limit.until_lsn {
-            Next::Stop
+        if cut {
+            Ok(Read::Cut { at_start: false })
         } else {
-            // The segment is read to its end, yet durable records remain: they are in the next.
-            match self.next_segment(storage, position)? {
-                Some(next) => Next::Segment(next),
-                None => Next::Stop,
-            }
-        };
-        Ok(Step { records, next })
+            Ok(Read::Ended)
+        }
     }
 
     /// The segment after `position`'s, which must start where it ended.
@@ -316,6 +369,19 @@ struct Step {
     next: Next,
 }
 
+/// How a read of a segment ended.
+enum Read {
+    /// At the end of the file.
+    Ended,
+    /// At the end of the read, which may not be the end of the file: read on.
+    Cut {
+        /// Not one batch fitted: read more at a time.
+        at_start: bool,
+    },
+    /// At the limit, at a batch not yet durable, or at one still being written.
+    Stopped,
+}
+
 enum Next {
     /// The poll is over: caught up, at the limit, or waiting for the writer.
     Stop,
@@ -323,13 +389,15 @@ enum Next {
     Segment(Position),
 }
 
-fn read_from<E>(
+fn read_at<E>(
     storage: &dyn Storage,
     path: &Path,
     offset: u64,
-) -> Result<Vec<u8>, FollowError<E>> {
+    max_bytes: usize,
+    into: &mut Vec<u8>,
+) -> Result<(), FollowError<E>> {
     storage
-        .read_from(path, offset)
+        .read_at(path, offset, max_bytes, into)
         .map_err(|source| FollowError::Io {
             path: path.to_path_buf(),
             source,
@@ -400,6 +468,41 @@ mod tests {
             })
             .unwrap();
         seen
+    }
+
+    #[test]
+    fn reads_in_chunks_smaller_than_a_batch_or_cutting_batches_and_hands_out_the_same() {
+        let storage = storage();
+        segment(&storage, 1);
+        batch(&storage, 1, 1, 40);
+        for first in 41..60 {
+            batch(&storage, 1, first, first);
+        }
+        segment(&storage, 60);
+        batch(&storage, 60, 60, 99);
+        let all: Vec<u64> = (1..=99).collect();
+        for chunk in [1, 7, 64, 100, 1 << 20] {
+            let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
+            follower.chunk_bytes = chunk;
+            assert_eq!(
+                poll(&mut follower, &storage, 99),
+                all,
+                "chunk of {chunk} bytes"
+            );
+            // And stepwise, a few records at a time, from the middle of a batch on.
+            let mut follower = Follower::new(dir(), 20, VERSION, 1 << 20);
+            follower.chunk_bytes = chunk;
+            let mut seen = Vec::new();
+            while follower.next_lsn() <= 99 {
+                follower
+                    .poll::<()>(&storage, 99, 3, |frame| {
+                        seen.push(frame.lsn);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            assert_eq!(seen, all[19..], "chunk of {chunk} bytes, stepwise");
+        }
     }
 
     #[test]

@@ -56,15 +56,24 @@ pub trait Storage: Send + Sync + 'static {
         Ok(bytes)
     }
 
-    /// Reads a file from byte `offset` to its end (nothing if it is shorter): for a reader that
-    /// follows a growing segment without reading it again from the start.
-    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Vec<u8>> {
-        let mut bytes = self.read_all(path)?;
+    /// Reads at most `max_bytes` of a file from byte `offset` (nothing if it is shorter) into
+    /// `into`, replacing what it held: for a reader that follows a growing segment without
+    /// reading it again from the start, and without allocating for each read.
+    fn read_at(
+        &self,
+        path: &Path,
+        offset: u64,
+        max_bytes: usize,
+        into: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let bytes = self.read_all(path)?;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(bytes.len());
-        bytes.drain(..start);
-        Ok(bytes)
+        let end = start.saturating_add(max_bytes).min(bytes.len());
+        into.clear();
+        into.extend_from_slice(&bytes[start..end]);
+        Ok(())
     }
 }
 
@@ -176,14 +185,27 @@ impl Storage for FsStorage {
         fs::read(path)
     }
 
-    fn read_from(&self, path: &Path, offset: u64) -> io::Result<Vec<u8>> {
-        use std::io::Seek;
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(io::SeekFrom::Start(offset.min(len)))?;
-        let mut bytes =
-            Vec::with_capacity(usize::try_from(len.saturating_sub(offset)).unwrap_or(0));
-        file.read_to_end(&mut bytes)?;
-        Ok(bytes)
+    fn read_at(
+        &self,
+        path: &Path,
+        offset: u64,
+        max_bytes: usize,
+        into: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = File::open(path)?;
+        into.clear();
+        into.resize(max_bytes, 0);
+        let mut filled = 0;
+        while filled < max_bytes {
+            match file.read_at(&mut into[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        into.truncate(filled);
+        Ok(())
     }
 }

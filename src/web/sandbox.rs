@@ -89,6 +89,7 @@ pub(crate) mod tests {
             status: PaymentStatus::Pending,
             checkout_url: None,
             fingerprint: None,
+            metadata: None,
             last_lsn: 1,
         }
     }

@@ -78,14 +78,7 @@ struct Page<'a> {
 pub async fn list_entries(call: &Call<'_>) -> Answer {
     let user = &*call.param;
     let query = parse_query(call.query)?;
-    let Some(reader) = call.state.history.clone() else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "history-disabled",
-            "History disabled",
-            "the ledger history is off on this server (history.enabled = false)",
-        ));
-    };
+    let reader = history(call)?;
     // A user of another tenant, or none: 404 as if absent.
     call.tenant.user(user)?;
     catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
@@ -108,8 +101,23 @@ pub async fn list_entries(call: &Call<'_>) -> Answer {
     })
 }
 
+/// The history's reader; 503 when the history is off.
+pub(crate) fn history(call: &Call<'_>) -> Result<std::sync::Arc<Reader>, Problem> {
+    call.state.history.clone().ok_or_else(history_disabled)
+}
+
+/// The answer when the server runs without a history.
+pub(crate) fn history_disabled() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "history-disabled",
+        "History disabled",
+        "the ledger history is off on this server (history.enabled = false)",
+    )
+}
+
 /// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed.
-pub(super) async fn catch_up(reader: &Reader, durable_lsn: u64) {
+pub(crate) async fn catch_up(reader: &Reader, durable_lsn: u64) {
     let deadline = Instant::now() + CATCH_UP;
     while reader.next_lsn() <= durable_lsn && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -195,13 +203,15 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     Ok(parsed)
 }
 
-fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
+/// `value` as ms since the epoch, or a 422 naming `field`.
+pub(crate) fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
     parse_rfc3339_ms(value).ok_or_else(|| {
         Problem::invalid(format!("{field} must be an RFC 3339 timestamp")).with("field", field)
     })
 }
 
-pub(super) fn history_error(detail: String) -> Problem {
+/// A history that could not be read: 503, the cause logged.
+pub(crate) fn history_error(detail: String) -> Problem {
     tracing::error!(%detail, "history read failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -8,9 +8,11 @@
 //! `response`), and one on another only where a view is shared: `catalogue` shows a wallet as
 //! `users` does, and `reports` waits for the history as `entries` does.
 
+pub mod audit;
 pub mod catalogue;
 pub mod entries;
 pub mod health;
+pub mod payment_history;
 pub mod payments;
 pub mod reports;
 pub mod reservations;

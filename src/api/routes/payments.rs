@@ -8,7 +8,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use crate::api::call::{wait_durable, written, Answer, Call, Open};
-use crate::api::dto::{rule_json, ENTRY_PREFIX};
+use crate::api::dto::{metadata, rule_json, ENTRY_PREFIX};
 use crate::api::problem::Problem;
 use crate::api::request::{parse_json, query_pairs};
 use crate::api::response::json_response;
@@ -30,7 +30,6 @@ struct InitializeBody<'a> {
     #[serde(borrow, default)]
     callback_url: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    #[allow(dead_code)]
     metadata: Option<&'a serde_json::value::RawValue>,
 }
 
@@ -47,6 +46,7 @@ pub async fn initialize(call: &Call<'_>) -> Answer {
         package: &body.package_id,
         email: &email,
         callback_url: body.callback_url.as_deref(),
+        metadata: metadata(body.metadata),
         idempotency_key: call.idempotency_key,
         actor: call.actor,
     };
@@ -105,8 +105,15 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
         "entry_id": entry_id,
         "failure_reason": reason,
         "checkout_url": payment.checkout_url,
+        "metadata": payment_metadata(payment.metadata.as_deref()),
         "created_at": format_rfc3339_ms(payment.created_ms),
     })
+}
+
+/// A payment's metadata as the JSON object the engine checked it is, or `null`.
+pub(crate) fn payment_metadata(text: Option<&str>) -> serde_json::Value {
+    text.and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// `GET /v1/payments/{reference}`: only the tenant's own payments are visible.

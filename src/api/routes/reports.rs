@@ -17,7 +17,7 @@
 use http::StatusCode;
 use serde::Serialize;
 
-use super::entries::{catch_up, history_error};
+use super::entries::{catch_up, history, history_error};
 use crate::api::call::{ok, Answer, Call};
 use crate::api::problem::Problem;
 use crate::api::request::query_pairs;
@@ -186,15 +186,7 @@ pub async fn revenue(call: &Call<'_>) -> Answer {
 /// The history's reader, once it holds every write durable when the request came; 503 when the
 /// history is off.
 async fn reader(call: &Call<'_>) -> Result<std::sync::Arc<Reader>, Problem> {
-    let Some(reader) = call.state.history.clone() else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "history-disabled",
-            "History disabled",
-            "reports are read from the ledger history, which is off on this server \
-             (history.enabled = false)",
-        ));
-    };
+    let reader = history(call)?;
     catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
     Ok(reader)
 }

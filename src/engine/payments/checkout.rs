@@ -2,7 +2,9 @@
 
 use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
 use crate::engine::state::Tenant;
-use crate::engine::types::{check_id, EngineError, Invalid, Lsn, Missing, PaymentPurpose};
+use crate::engine::types::{
+    check_id, check_metadata, EngineError, Invalid, Limits, Lsn, Missing, PaymentPurpose,
+};
 use crate::engine::{Context, Engine};
 
 use super::{check_reference, PaymentView};
@@ -18,6 +20,10 @@ pub struct CheckoutRequest<'a> {
     pub reference: &'a str,
     /// The gateway that takes the payment.
     pub gateway: &'a str,
+    /// The caller's metadata: a JSON object as text, within `limits.max_metadata_bytes` and
+    /// `limits.max_metadata_depth`. Kept with the payment and carried in the tenant's `topup.*`
+    /// notifications.
+    pub metadata: Option<&'a str>,
 }
 
 impl Engine {
@@ -32,6 +38,7 @@ impl Engine {
         check_id("user_id", request.user)?;
         check_id("package_id", request.package)?;
         check_reference(request.reference)?;
+        check_payment_metadata(request.metadata, &self.options.limits)?;
         let (credits, currency, amount_minor, price_currency) = {
             let catalogue = tenant.catalogue.read();
             let package = catalogue
@@ -78,7 +85,10 @@ impl Engine {
             terms,
             gateway: request.gateway,
             purpose: PaymentPurpose::Checkout,
-            meta: self.meta(context, self.clock.now_ms(), None),
+            meta: Meta {
+                metadata: request.metadata,
+                ..self.meta(context, self.clock.now_ms(), None)
+            },
         };
         let lsn = self.commit_event(tenant, &mut account, &event)?;
         drop(account);
@@ -124,5 +134,26 @@ impl Engine {
             meta: Meta::system(self.clock.now_ms()),
         };
         self.commit_event(&tenant, &mut account, &event)
+    }
+}
+
+/// Checks a payment's metadata: what [`check_metadata`] checks of any metadata, and that it is a
+/// JSON object, since it goes out as the `metadata` member of answers and notifications that
+/// tenants' applications read as one.
+fn check_payment_metadata(metadata: Option<&str>, limits: &Limits) -> Result<(), EngineError> {
+    let Some(text) = metadata else {
+        return Ok(());
+    };
+    check_metadata(metadata, limits)?;
+    // The depth is bounded above, so parsing cannot recurse without bound.
+    let object = text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+    if object {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(Invalid::new(
+            "metadata",
+            "must be a JSON object",
+        )))
     }
 }

@@ -79,6 +79,9 @@ pub struct PaymentView {
     pub checkout_url: Option<String>,
     /// The digest of the keyed `initialize` request that made it.
     pub fingerprint: Option<super::types::Fingerprint>,
+    /// The caller's metadata given to `initialize`, a JSON object as text (none for automatic
+    /// top-ups).
+    pub metadata: Option<String>,
     /// The record to wait for before showing it.
     pub last_lsn: Lsn,
 }
@@ -104,6 +107,7 @@ impl PaymentView {
             },
             checkout_url: entry.checkout_url.as_deref().map(str::to_owned),
             fingerprint: entry.fingerprint,
+            metadata: entry.metadata.as_deref().map(str::to_owned),
             last_lsn: entry.last_lsn,
         }
     }

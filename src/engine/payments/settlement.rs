@@ -308,6 +308,7 @@ impl Engine {
             purpose: payment.purpose,
             credits: payment.credits,
             balance: balance_after,
+            metadata: payment.metadata.clone(),
         };
         let user = settling.wallet.user;
         self.notify(settling.tenant, user, payment.currency, kind, lsn);
@@ -349,6 +350,7 @@ impl Engine {
             reference: reference.to_owned(),
             purpose: payment.purpose,
             decline,
+            metadata: payment.metadata.clone(),
         };
         self.notify(tenant, wallet.user, wallet.currency, kind, lsn);
         if was_enabled

@@ -36,6 +36,9 @@ pub(crate) struct PaymentEntry {
     pub checkout_url: Option<Box<str>>,
     /// The digest of the `initialize` request that made it under an Idempotency-Key.
     pub fingerprint: Option<Fingerprint>,
+    /// The caller's metadata given to `initialize` (a JSON object as text); none for automatic
+    /// top-ups. Shown with the payment and carried in the tenant's `topup.*` notifications.
+    pub metadata: Option<Box<str>>,
 }
 
 impl PaymentEntry {
@@ -62,6 +65,7 @@ impl PaymentEntry {
             state: PaymentState::Pending,
             checkout_url: None,
             fingerprint: meta.idempotency.map(|tag| tag.fingerprint),
+            metadata: meta.metadata.map(Box::from),
         }
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::engine::notify::*;
 use crate::engine::payments::*;
-use crate::engine::types::{CreditKind, Currency, Decline, EngineError, Missing, PaymentPurpose};
+use crate::engine::types::{
+    CreditKind, Currency, Decline, EngineError, Limits, Missing, PaymentPurpose,
+};
 use crate::engine::*;
 use crate::wal::memory::MemStorage;
 
@@ -109,6 +111,7 @@ impl Setup {
             package: "starter",
             reference,
             gateway: "sandbox",
+            metadata: None,
         };
         self.engine
             .start_checkout(&self.tenant, &request, &ADMIN)
@@ -374,6 +377,7 @@ fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
         package,
         reference,
         gateway: "sandbox",
+        metadata: None,
     };
     assert_eq!(
         s.engine
@@ -400,6 +404,170 @@ fn checkout_needs_an_active_package_a_user_and_a_fresh_reference() {
             .start_checkout(&s.tenant, &request("ada", "starter", "cd_1"), &ADMIN),
         Err(EngineError::Conflict(_))
     ));
+}
+
+/// A checkout of `starter` for ada under `reference`, with `metadata`.
+fn checkout_with(s: &Setup, reference: &str, metadata: &str) -> PaymentView {
+    let request = CheckoutRequest {
+        user: "ada",
+        package: "starter",
+        reference,
+        gateway: "sandbox",
+        metadata: Some(metadata),
+    };
+    s.engine
+        .start_checkout(&s.tenant, &request, &ADMIN)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn a_payments_metadata_is_kept_through_snapshots_and_replay_and_carried_in_its_notifications() {
+    const PAID: &str = r#"{"order":"A-17","lines":[{"sku":"x","qty":2}]}"#;
+    const DECLINED: &str = r#"{"order":"A-18"}"#;
+    const LATER: &str = r#"{ "order": "A-19", "note": "after the snapshot" }"#;
+    let mut s = Setup::new();
+    let started = checkout_with(&s, "cd_paid", PAID);
+    assert_eq!(started.metadata.as_deref(), Some(PAID));
+    checkout_with(&s, "cd_declined", DECLINED);
+    s.checkout("cd_plain");
+    // Two in the snapshot's image, one only in the log after it.
+    s.engine.snapshot().unwrap();
+    checkout_with(&s, "cd_later", LATER);
+    let before = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), before);
+    let metadata = |s: &Setup, reference| s.engine.payment(reference).unwrap().metadata;
+    assert_eq!(metadata(&s, "cd_paid").as_deref(), Some(PAID));
+    assert_eq!(metadata(&s, "cd_declined").as_deref(), Some(DECLINED));
+    assert_eq!(metadata(&s, "cd_later").as_deref(), Some(LATER));
+    assert_eq!(metadata(&s, "cd_plain"), None);
+
+    let credited = s
+        .engine
+        .settle_payment("cd_paid", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    let Settlement::Credited { payment, .. } = credited else {
+        panic!("{credited:?}");
+    };
+    assert_eq!(payment.metadata.as_deref(), Some(PAID));
+    let declined = Verdict::Declined {
+        decline: Decline::Soft,
+        reason: "insufficient funds",
+    };
+    s.engine
+        .settle_payment("cd_declined", "sandbox", &declined, "")
+        .unwrap();
+    s.engine
+        .settle_payment("cd_plain", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    let kinds: Vec<NotificationKind> = s.notifications.try_iter().map(|n| n.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            NotificationKind::TopupSucceeded {
+                reference: "cd_paid".into(),
+                purpose: PaymentPurpose::Checkout,
+                credits: 500,
+                balance: 500,
+                metadata: Some(PAID.into()),
+            },
+            NotificationKind::TopupFailed {
+                reference: "cd_declined".into(),
+                purpose: PaymentPurpose::Checkout,
+                decline: Decline::Soft,
+                metadata: Some(DECLINED.into()),
+            },
+            NotificationKind::TopupSucceeded {
+                reference: "cd_plain".into(),
+                purpose: PaymentPurpose::Checkout,
+                credits: 500,
+                balance: 1000,
+                metadata: None,
+            },
+        ]
+    );
+    // Settled payments keep it too, through a snapshot and through replay.
+    s.engine.snapshot().unwrap();
+    let before = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), before);
+    assert_eq!(metadata(&s, "cd_paid").as_deref(), Some(PAID));
+    assert_eq!(metadata(&s, "cd_declined").as_deref(), Some(DECLINED));
+    s.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn an_automatic_top_up_has_no_metadata() {
+    let s = Setup::new();
+    saved_card(&s);
+    rule(&s, 3);
+    spend_to(&s, 0);
+    let policy = TopupPolicy::default();
+    let TopupDecision::Charge(charge) = s
+        .engine
+        .plan_auto_topup(&s.tenant, "ada", Currency::CREDITS, "sandbox", &policy)
+        .unwrap()
+    else {
+        panic!("no charge planned")
+    };
+    assert_eq!(charge.payment.metadata, None);
+    s.notifications.try_iter().for_each(drop);
+    s.engine
+        .settle_payment(&charge.reference, "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    let kinds: Vec<NotificationKind> = s.notifications.try_iter().map(|n| n.kind).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [NotificationKind::TopupSucceeded {
+                purpose: PaymentPurpose::AutoTopup,
+                metadata: None,
+                ..
+            }]
+        ),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn payment_metadata_must_be_a_json_object_within_the_limits() {
+    let s = Setup::new();
+    let limits = Limits::default();
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(40), "]".repeat(40));
+    let long = format!(
+        "{{\"a\":\"{}\"}}",
+        "x".repeat(limits.max_metadata_bytes as usize)
+    );
+    for refused in [
+        "[1,2]",
+        "\"text\"",
+        "42",
+        "null",
+        "{\"a\":",
+        "{} {}",
+        deep.as_str(),
+        long.as_str(),
+    ] {
+        let request = CheckoutRequest {
+            user: "ada",
+            package: "starter",
+            reference: "cd_refused",
+            gateway: "sandbox",
+            metadata: Some(refused),
+        };
+        let error = s
+            .engine
+            .start_checkout(&s.tenant, &request, &ADMIN)
+            .unwrap_err();
+        assert!(
+            matches!(error, EngineError::Invalid(invalid) if invalid.field == "metadata"),
+            "{refused}: {error:?}"
+        );
+    }
+    assert!(s.engine.payment("cd_refused").is_none(), "nothing recorded");
+    let empty = checkout_with(&s, "cd_empty", " {}");
+    assert_eq!(empty.metadata.as_deref(), Some(" {}"));
 }
 
 fn saved_card(s: &Setup) {
@@ -814,6 +982,7 @@ fn one_reference_raced_by_two_users_is_issued_once_and_the_log_stays_whole() {
                             package: "starter",
                             reference,
                             gateway: "sandbox",
+                            metadata: None,
                         };
                         engine.start_checkout(tenant, &request, &ADMIN)
                     })
