@@ -462,7 +462,7 @@ fn usage_by_user(
         )?);
     }
     if sealed_to < to_hour {
-        parts.push(open_hours_by_user(connection, scope, sealed_to, to_hour)?);
+        parts.extend(open_hours_by_user(connection, scope, sealed_to, to_hour)?);
     }
     let summed = merge_users(&parts)?;
     let names = user_names(connection, &summed)?;
@@ -569,29 +569,40 @@ fn user_names(
     Ok(names)
 }
 
-/// The user block of hours not sealed yet, from `usage_hourly`.
+/// The user blocks of the hours with spends in `[from, to)` (hours not sealed yet), from
+/// `usage_hourly`: one hour at a time, so that SQLite sums each in index order without sorting.
 fn open_hours_by_user(
     connection: &Connection,
     scope: i64,
     from: i64,
     to: i64,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let hours: Vec<i64> = {
+        let mut statement = connection.prepare_cached(
+            "SELECT hour FROM usage_hours WHERE hour >= ?1 AND hour < ?2 AND scope = ?3",
+        )?;
+        let rows = statement.query_map(params![from, to, scope], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
     let mut statement = connection.prepare_cached(
         "SELECT account, sum(count), sum(quantity), sum(credits) FROM usage_hourly
-         WHERE scope = ?1 AND hour >= ?2 AND hour < ?3
-         GROUP BY account ORDER BY account",
+         WHERE scope = ?1 AND hour = ?2 GROUP BY account",
     )?;
-    let mut rows = statement.query(params![scope, from, to])?;
-    let mut block = UsersWriter::new();
-    while let Some(row) = rows.next()? {
-        let totals = Totals {
-            count: row.get(1)?,
-            quantity: row.get(2)?,
-            credits: row.get(3)?,
-        };
-        block.add(row.get(0)?, &totals)?;
+    let mut blocks = Vec::with_capacity(hours.len());
+    for hour in hours {
+        let mut rows = statement.query(params![scope, hour])?;
+        let mut block = UsersWriter::new();
+        while let Some(row) = rows.next()? {
+            let totals = Totals {
+                count: row.get(1)?,
+                quantity: row.get(2)?,
+                credits: row.get(3)?,
+            };
+            block.add(row.get(0)?, &totals)?;
+        }
+        blocks.push(block.finish());
     }
-    Ok(block.finish())
+    Ok(blocks)
 }
 
 #[cfg(test)]
