@@ -86,7 +86,7 @@ impl Feeder {
         Ok(self.follower.next_lsn() == 1 && self.store.next_lsn()? == 1)
     }
 
-    /// Makes a fresh history start at `lsn`: the log before it is gone.
+    /// Makes the history go on at `lsn`: the log before it is gone.
     pub fn start_at(&mut self, lsn: u64) -> Result<(), StoreError> {
         self.store.begin()?.commit(lsn)?;
         self.follower.rewind(lsn);
