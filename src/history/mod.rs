@@ -123,6 +123,13 @@ impl Feeder {
                 Err(error.into())
             }
         };
+        if committed.is_err() {
+            // Nothing of the step stays: the next one starts again at the checkpoint (the
+            // follower itself would resume at the batch that failed, after the batches the
+            // rollback undid), and the account ids the rollback took back may be given again.
+            self.follower.rewind(start);
+            self.store.forget_accounts();
+        }
         committed
     }
 }
