@@ -645,7 +645,14 @@ struct HistoryReport {
 ///    different outcomes (acknowledged answers agree with each other and with the replay).
 ///
 /// Then the history, on [`verify_history`].
-fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean_close: bool) {
+fn verify_round(
+    dir: &Path,
+    model: &mut Model,
+    run: &ChildRun,
+    round: u64,
+    clean_close: bool,
+    history_db: &rusqlite::Connection,
+) {
     let started = Instant::now();
     // One snapshot kept: the parent's own snapshot (in rounds that close cleanly) removes every
     // segment that no retention hold keeps.
@@ -784,7 +791,15 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
     engine
         .check_invariants()
         .unwrap_or_else(|violation| panic!("round {round}: {violation}"));
-    let history = verify_history(&engine, round, checkpoint, &entries, &expected, clean_close);
+    let history = verify_history(
+        &engine,
+        history_db,
+        round,
+        checkpoint,
+        &entries,
+        &expected,
+        clean_close,
+    );
     eprintln!(
         "round {round:2}: acked {:4} (replayed {:4}), refused {:3}, snapshots begun {}, \
          keys present {present}, next LSN {next_lsn}, recovered from {} + {} records over {} \
@@ -836,6 +851,7 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
 ///    (from 0); a release has none; the last one is the wallet's balance (`wallets`).
 fn verify_history(
     engine: &Arc<Engine>,
+    history_db: &rusqlite::Connection,
     round: u64,
     checkpoint: u64,
     expected_entries: &BTreeMap<u64, ExpectedEntry>,
@@ -910,8 +926,7 @@ fn verify_history(
         .retention()
         .hold(history::RETENTION_HOLD, feeder.next_lsn());
     drop(feeder);
-
-    let rows = history_rows(engine);
+    let rows = history_rows(history_db);
     let listed: BTreeMap<u64, ExpectedEntry> = rows
         .iter()
         .map(|row| {
@@ -974,15 +989,20 @@ fn verify_history(
     }
 }
 
-/// Every entry of the history, in LSN order, read with SQL as any SQLite tool would.
-fn history_rows(engine: &Engine) -> Vec<HistoryRow> {
-    let connection = rusqlite::Connection::open_with_flags(
-        history_path(&engine.options().data_dir),
+/// A read-only connection to the history, as any SQLite tool would open. The parent keeps one
+/// open throughout, which also spares each feeder it closes SQLite's checkpoint on the last close.
+fn history_connection(data_dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        history_path(data_dir),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
-    .expect("open the history read-only");
+    .expect("open the history read-only")
+}
+
+/// Every entry of the history, in LSN order.
+fn history_rows(connection: &rusqlite::Connection) -> Vec<HistoryRow> {
     let mut statement = connection
-        .prepare(
+        .prepare_cached(
             "SELECT e.lsn, a.tenant, a.user_id, e.kind, e.amount, e.balance_after
              FROM entries e JOIN accounts a ON a.id = e.account ORDER BY e.lsn",
         )
@@ -1035,6 +1055,7 @@ fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = temp.path().join("data");
     set_up(&dir);
+    let history_db = history_connection(&dir);
     let mut model = Model::default();
     let started = Instant::now();
     for round in 0..ROUNDS {
@@ -1047,7 +1068,14 @@ fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
         let kill = choose_kill(&mut rng, round);
         eprintln!("round {round:2}: start at {start}, kill {kill:?}");
         let run = run_child_round(&dir, start, rng.random(), kill);
-        verify_round(&dir, &mut model, &run, round, rng.random_bool(0.5));
+        verify_round(
+            &dir,
+            &mut model,
+            &run,
+            round,
+            rng.random_bool(0.5),
+            &history_db,
+        );
     }
     eprintln!(
         "{ROUNDS} rounds in {:.1} s: {} acknowledgements, {} keys applied, up to index {:?}",
