@@ -19,13 +19,19 @@
 //! - [`reader`]: read-only access for the API.
 //! - [`retention`]: removing entries and payments older than `history.retention`.
 //! - [`payments`]: the payment history, a table of its own (one row per payment).
+//! - [`rollup`]: usage and revenue counters kept by the feeder, for the reports.
+//! - `user_block`: the byte format of a block of users' usage totals (crate-private).
+//! - [`reports`]: the usage and revenue reports, read from the rollups.
 
 pub mod audit;
 pub(crate) mod entry;
 pub mod payments;
 pub mod reader;
+pub mod reports;
 pub mod retention;
+pub mod rollup;
 pub mod store;
+mod user_block;
 pub mod worker;
 
 use std::path::Path;
@@ -127,7 +133,7 @@ impl Feeder {
                 .map_err(|error| StoreError::Undecodable(frame.lsn, error.to_string()))?;
             transaction.apply(frame.lsn, &event)
         });
-        let committed = match applied {
+        match applied {
             Ok(applied) => transaction
                 .commit(follower.next_lsn())
                 .map(|()| applied)
@@ -136,8 +142,7 @@ impl Feeder {
                 drop(transaction);
                 Err(error.into())
             }
-        };
-        committed
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::audit::{self, Chain};
 use super::entry::{self, Entry};
+use super::rollup::{Rollup, ROLLUP_SCHEMA};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
@@ -36,6 +37,7 @@ const SCHEMAS: &[&str] = &[
     ENTRIES_SCHEMA,
     super::payments::PAYMENTS_SCHEMA,
     audit::AUDIT_SCHEMA,
+    ROLLUP_SCHEMA,
 ];
 
 /// Records per block of the ledger's index; a power of two (see [`ENTRIES_SCHEMA`]).
@@ -124,6 +126,9 @@ pub enum StoreError {
     /// The audit chain's anchored head is not a hash creditd wrote.
     #[error("the audit chain's head (audit_head) is damaged; run creditd audit verify")]
     AuditHead,
+    /// A stored value does not decode (see `rollup`).
+    #[error("damaged {0} in the history database")]
+    Damaged(&'static str),
 }
 
 /// The history database.
@@ -194,6 +199,7 @@ impl Store {
             transaction: self.connection.transaction()?,
             accounts: &mut self.accounts,
             audit: Chain::default(),
+            rollup: Rollup::default(),
         })
     }
 
@@ -211,6 +217,8 @@ pub struct Feed<'c> {
     transaction: rusqlite::Transaction<'c>,
     accounts: &'c mut Accounts,
     audit: Chain,
+    /// The step's usage and revenue counters, written at commit.
+    rollup: Rollup,
 }
 
 /// tenant → user → account id, for at most [`ACCOUNT_CACHE`] accounts; looked up without
@@ -251,6 +259,7 @@ impl Feed<'_> {
         }
         super::payments::apply(self.transaction(), lsn, event)?;
         self.audit.apply(&self.transaction, lsn, event)?;
+        self.rollup.apply(&self.transaction, event)?;
         Ok(())
     }
 
@@ -323,6 +332,8 @@ impl Feed<'_> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
         let mut audit = std::mem::take(&mut self.audit);
         audit.flush(self.transaction())?;
+        // The step's counters, written once per key, before the checkpoint that covers them.
+        std::mem::take(&mut self.rollup).flush(self.transaction())?;
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],
