@@ -11,11 +11,11 @@
 //! Reported: records and entries per second (wall and process CPU), and the database's bytes per
 //! entry once its write-ahead file is checkpointed into it.
 //!
-//! The comparison writes rows of the same content (tenant, user, LSN as the key; kind, amount,
-//! currency, balance after, action, quantity, actor, time as the value) in transactions of the
-//! same size to SQLite (the history's schema) and to redb (a B-tree key-value store; value
-//! encoded with the codec the log uses), both durable at each commit, then reads a user's newest
-//! 50 rows from each.
+//! The comparison writes rows of the same content (LSN, account; kind, amount, currency, balance
+//! after, action, quantity, actor, time) in transactions of the same size, with the same layout
+//! (rows appended by LSN, an index by (LSN block, account, LSN)), to SQLite (the history's schema)
+//! and to redb (a copy-on-write B-tree key-value store; the row encoded with the codec the log
+//! uses), both durable at each commit, then reads a user's newest 50 rows from each.
 //!
 //! `CREDITD_BENCH_FEED_ONLY=1` leaves the comparison out.
 //!
@@ -140,6 +140,11 @@ fn checkpointed_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |meta| meta.len())
 }
 
+/// The account id of a bench user (its number, plus one).
+fn account_of(user: &UserId) -> i64 {
+    user.as_str()[2..].parse::<i64>().unwrap_or(0) + 1
+}
+
 /// One row of the comparison.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Row<'a> {
@@ -163,12 +168,16 @@ fn compare_stores(dir: &Path, rows: u64) {
         (user, action, lsn)
     };
 
-    // SQLite, the history's own schema and settings.
+    // SQLite, the history's own schema and settings: rows appended by LSN, a user's found
+    // through the index by (LSN block, account).
     let sqlite_path = dir.join("compare.sqlite3");
     let sqlite = creditd::history::Store::open(&sqlite_path).expect("open SQLite");
     let connection = rusqlite::Connection::open(&sqlite_path).expect("open SQLite");
     connection
         .pragma_update(None, "synchronous", "FULL")
+        .expect("pragma");
+    connection
+        .pragma_update(None, "cache_size", -64 * 1024)
         .expect("pragma");
     let mut random = Random::new(11);
     let started = Instant::now();
@@ -178,18 +187,17 @@ fn compare_stores(dir: &Path, rows: u64) {
         {
             let mut insert = transaction
                 .prepare_cached(
-                    "INSERT INTO entries (tenant, user_id, lsn, kind, amount, currency,
-                        balance_after, available_after, action, quantity, actor, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO entries (lsn, account, kind, amount, currency, balance_after,
+                        available_after, action, quantity, actor, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .expect("prepare");
             for _ in 0..STEP_RECORDS.min(rows - lsn + 1) {
                 let (user, action, at) = row(lsn, &mut random);
                 insert
                     .execute(rusqlite::params![
-                        common::TENANT,
-                        user.as_str(),
                         at as i64,
+                        account_of(&user),
                         "debit",
                         -3i64,
                         "credits",
@@ -211,8 +219,8 @@ fn compare_stores(dir: &Path, rows: u64) {
     drop(sqlite);
     let mut statement = connection
         .prepare(
-            "SELECT lsn, kind, amount, action FROM entries WHERE tenant = ?1 AND user_id = ?2
-             ORDER BY lsn DESC LIMIT 50",
+            "SELECT lsn, kind, amount, action FROM entries WHERE lsn >> 16 = ?1 AND account = ?2
+             ORDER BY lsn DESC LIMIT ?3",
         )
         .expect("prepare");
     let mut random = Random::new(13);
@@ -220,18 +228,30 @@ fn compare_stores(dir: &Path, rows: u64) {
     let mut read = 0usize;
     for _ in 0..10_000 {
         let user = UserId::new(random.below(USERS));
-        let rows = statement
-            .query_map(rusqlite::params![common::TENANT, user.as_str()], |row| {
-                row.get::<_, i64>(0)
-            })
-            .expect("query");
-        read += rows.count();
+        let mut left = 50;
+        let mut block = rows >> 16;
+        loop {
+            let found = statement
+                .query_map(
+                    rusqlite::params![block as i64, account_of(&user), left as i64],
+                    |row| row.get::<_, i64>(0),
+                )
+                .expect("query")
+                .count();
+            left -= found;
+            if left == 0 || block == 0 {
+                break;
+            }
+            block -= 1;
+        }
+        read += 50 - left;
     }
     let sqlite_read = started.elapsed().as_secs_f64() * 1e6 / 10_000.0;
 
-    // redb, one table keyed by (tenant, user, lsn).
-    let table: redb::TableDefinition<(&str, &str, u64), &[u8]> =
-        redb::TableDefinition::new("entries");
+    // redb, the same layout: rows by LSN, and an index keyed by (LSN block, account, LSN).
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("entries");
+    let index: redb::TableDefinition<(u64, i64, u64), ()> =
+        redb::TableDefinition::new("entries_by_account");
     let redb_path = dir.join("compare.redb");
     let database = redb::Database::create(&redb_path).expect("create redb");
     let mut random = Random::new(11);
@@ -242,6 +262,7 @@ fn compare_stores(dir: &Path, rows: u64) {
         let transaction = database.begin_write().expect("begin");
         {
             let mut entries = transaction.open_table(table).expect("table");
+            let mut by_account = transaction.open_table(index).expect("index");
             for _ in 0..STEP_RECORDS.min(rows - lsn + 1) {
                 let (user, action, at) = row(lsn, &mut random);
                 value.clear();
@@ -257,8 +278,9 @@ fn compare_stores(dir: &Path, rows: u64) {
                     created_ms: 1_700_000_000_000 + at as i64,
                 };
                 creditd::codec::encode_into(&encoded, &mut value).expect("encode");
-                entries
-                    .insert((common::TENANT, user.as_str(), at), value.as_slice())
+                entries.insert(at, value.as_slice()).expect("insert");
+                by_account
+                    .insert((at >> 16, account_of(&user), at), ())
                     .expect("insert");
                 lsn += 1;
             }
@@ -272,12 +294,29 @@ fn compare_stores(dir: &Path, rows: u64) {
     let mut redb_rows = 0usize;
     for _ in 0..10_000 {
         let user = UserId::new(random.below(USERS));
+        let account = account_of(&user);
         let transaction = database.begin_read().expect("begin read");
         let entries = transaction.open_table(table).expect("table");
-        let range = entries
-            .range((common::TENANT, user.as_str(), 0)..=(common::TENANT, user.as_str(), u64::MAX))
-            .expect("range");
-        redb_rows += range.rev().take(50).count();
+        let by_account = transaction.open_table(index).expect("index");
+        let mut left = 50;
+        let mut block = rows >> 16;
+        loop {
+            let range = by_account
+                .range((block, account, 0)..=(block, account, u64::MAX))
+                .expect("range");
+            for key in range.rev().take(left) {
+                let (key, _) = key.expect("key");
+                let (_, _, at) = key.value();
+                let row = entries.get(at).expect("get").expect("row");
+                std::hint::black_box(row.value().len());
+                left -= 1;
+            }
+            if left == 0 || block == 0 {
+                break;
+            }
+            block -= 1;
+        }
+        redb_rows += 50 - left;
     }
     let redb_read = started.elapsed().as_secs_f64() * 1e6 / 10_000.0;
     assert_eq!(read, redb_rows, "both stores list the same rows");

@@ -190,11 +190,18 @@ impl Default for SnapshotConfig {
 pub struct HistoryConfig {
     /// Keep the ledger history in `<data_dir>/history.sqlite3`, fed from the log (default true).
     pub enabled: bool,
+    /// How long entries and payments are kept (default: forever). Report rollups and the audit
+    /// chain are kept whatever this says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Seconds>,
 }
 
 impl Default for HistoryConfig {
     fn default() -> HistoryConfig {
-        HistoryConfig { enabled: true }
+        HistoryConfig {
+            enabled: true,
+            retention: None,
+        }
     }
 }
 
@@ -631,6 +638,13 @@ impl Config {
         {
             return invalid("payments.autotopup.sweep_every, payments.events.attempts and queue must be positive".into());
         }
+        if self
+            .history
+            .retention
+            .is_some_and(|retention| retention.0 < 86_400)
+        {
+            return invalid("history.retention must be at least 1d (or absent: forever)".into());
+        }
         if self.payments.retention.0 < 3 * 86_400 {
             // Gateways retry webhooks for up to about three days; a payment forgotten sooner
             // would turn a late delivery into an unmatched report, or let its reference be reused.
@@ -907,6 +921,14 @@ mod tests {
             );
         }
         assert!(Config::from_parts("[payments]\nretention = \"3d\"\n", env(&[])).is_ok());
+        assert!(Config::from_parts("[history]\nretention = \"12h\"\n", env(&[])).is_err());
+        let config = Config::from_parts("[history]\nretention = \"400d\"\n", env(&[])).unwrap();
+        assert_eq!(config.history.retention, Some(Seconds(400 * 86_400)));
+        assert_eq!(
+            Config::default().history.retention,
+            None,
+            "forever by default"
+        );
         let short_secret =
             "[[auth.keys]]\nname = \"k\"\nsecret = \"short\"\nrole = \"admin\"\ntenant = \"t\"\n";
         assert!(matches!(

@@ -36,6 +36,21 @@ enum Command {
         #[command(subcommand)]
         command: WalCommand,
     },
+    /// Check the audit log of a data directory (read only).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the audit hash chain in history.sqlite3; exit 1 naming the first bad record.
+    Verify {
+        /// The data directory (holding history.sqlite3).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +98,32 @@ fn main() -> ExitCode {
             Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(error) => fail(&format!("{}: {error}", data_dir.display())),
         },
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => audit_verify(&data_dir),
+    }
+}
+
+fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
+    use creditd::history::audit::{self, VerifyError};
+    let path = data_dir.join(creditd::history::FILE_NAME);
+    if !path.is_file() {
+        return fail(&format!("{}: no history database", path.display()));
+    }
+    match audit::verify(&path) {
+        Ok(verified) => {
+            println!(
+                "audit chain ok: {} records, last hash {}",
+                verified.records,
+                audit::hex(&verified.last_hash)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(VerifyError::Broken(broken)) => {
+            println!("{broken}");
+            ExitCode::FAILURE
+        }
+        Err(error) => fail(&format!("{}: {error}", path.display())),
     }
 }
 

@@ -143,6 +143,11 @@ fn describe() {
         Unit::Count,
         "History feeding steps that failed (database or log errors); each is retried after 1 s."
     );
+    describe_counter!(
+        names::HISTORY_PURGED_ENTRIES_TOTAL,
+        Unit::Count,
+        "Ledger entries removed from the history because they are older than history.retention."
+    );
     describe_gauge!(
         names::RECOVERY_FALLBACK_PROBLEMS,
         Unit::Count,

@@ -99,8 +99,12 @@ fn start_history(
         crate::codec::FORMAT_VERSION,
         crate::wal::record::MAX_RECORD_BYTES_LIMIT,
     )?;
-    let worker =
-        crate::history::worker::spawn(feeder, Arc::clone(engine)).map_err(ServerError::Thread)?;
+    let retention = config
+        .history
+        .retention
+        .map(|retention| std::time::Duration::from_secs(retention.0));
+    let worker = crate::history::worker::spawn(feeder, Arc::clone(engine), retention)
+        .map_err(ServerError::Thread)?;
     Ok(Some(worker))
 }
 

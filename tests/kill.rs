@@ -319,8 +319,9 @@ fn run_child(dir: &Path, start: u64, seed: u64) {
                 50 + (late >> 8) % 250
             };
             std::thread::sleep(Duration::from_millis(delay_ms));
-            // The worker's thread runs on until the child is killed.
-            history::worker::spawn(history_feeder(&engine), Arc::clone(&engine))
+            // The worker's thread runs on until the child is killed. No retention: the parent
+            // checks every entry ever written.
+            history::worker::spawn(history_feeder(&engine), Arc::clone(&engine), None)
                 .expect("child: the history's thread");
         });
         scope.spawn(|| {

@@ -18,7 +18,8 @@ use http::Method;
 use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
-    catalogue, entries, health, payment_history, payments, reservations, sandbox, tenants, users,
+    audit, catalogue, entries, health, payment_history, payments, reports, reservations, sandbox,
+    tenants, users,
 };
 use crate::config::Role;
 
@@ -127,6 +128,9 @@ route_table! {
     GetAutoTopup:      "GET"    "/v1/users/{user_id}/auto-topup"            Service  => payments::get_auto_topup;
     PutAutoTopup:      "PUT"    "/v1/users/{user_id}/auto-topup"            Admin    => payments::put_auto_topup;
     DeleteAutoTopup:   "DELETE" "/v1/users/{user_id}/auto-topup"            Admin    => payments::delete_auto_topup;
+    ListAudit:         "GET"    "/v1/audit"                                 Admin    => audit::list_audit;
+    UsageReport:       "GET"    "/v1/reports/usage"                         Service  => reports::usage;
+    RevenueReport:     "GET"    "/v1/reports/revenue"                       Admin    => reports::revenue;
 }
 
 /// The route templates, indexed by [`Route::index`].
@@ -503,6 +507,15 @@ mod tests {
         assert_eq!(
             access(Method::GET, "/v1/tenants"),
             Access::Key(Role::Platform)
+        );
+        // Usage narrows itself to one user for a service key; revenue is the admin's.
+        assert_eq!(
+            access(Method::GET, "/v1/reports/usage"),
+            Access::Key(Role::Service)
+        );
+        assert_eq!(
+            access(Method::GET, "/v1/reports/revenue"),
+            Access::Key(Role::Admin)
         );
     }
 

@@ -12,16 +12,26 @@
 //! gap and no duplicate. It keeps a retention hold on the log at that LSN, so that no segment it
 //! has not consumed is removed.
 //!
+//! - [`audit`]: the audit log, a hash chain of every change made by hand, and its verification.
 //! - `entry`: the ledger entry an event makes (crate-private, like the events it reads).
 //! - [`store`]: the database: schema, the feeder's transaction, the checkpoint.
 //! - [`worker`]: the feeder's thread and its retention hold.
 //! - [`reader`]: read-only access for the API.
+//! - [`retention`]: removing entries and payments older than `history.retention`.
 //! - [`payments`]: the payment history, a table of its own (one row per payment).
+//! - [`rollup`]: usage and revenue counters kept by the feeder, for the reports.
+//! - `user_block`: the byte format of a block of users' usage totals (crate-private).
+//! - [`reports`]: the usage and revenue reports, read from the rollups.
 
+pub mod audit;
 pub(crate) mod entry;
 pub mod payments;
 pub mod reader;
+pub mod reports;
+pub mod retention;
+pub mod rollup;
 pub mod store;
+mod user_block;
 pub mod worker;
 
 use std::path::Path;
@@ -79,6 +89,16 @@ impl Feeder {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// One purge transaction of [`retention::purge_step`].
+    pub fn purge(
+        &mut self,
+        cutoff_ms: i64,
+        rows: u64,
+        payments: bool,
+    ) -> Result<retention::Purged, StoreError> {
+        retention::purge_step(&mut self.store, cutoff_ms, rows, payments)
     }
 
     /// Whether the history has applied nothing yet.

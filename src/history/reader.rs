@@ -112,7 +112,9 @@ impl Reader {
         let before = before_lsn.map_or(i64::MAX, |lsn| i64::try_from(lsn).unwrap_or(i64::MAX));
         self.with_connection(|connection| {
             let account = connection
-                .prepare_cached("SELECT id, first_lsn FROM accounts WHERE tenant = ?1 AND user_id = ?2")?
+                .prepare_cached(
+                    "SELECT id, first_lsn FROM accounts WHERE tenant = ?1 AND user_id = ?2",
+                )?
                 .query_row(params![tenant, user], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
                 })

@@ -11,11 +11,13 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::audit::{self, Chain};
 use super::entry::{self, Entry};
+use super::rollup::{Rollup, ROLLUP_SCHEMA};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The feeder's page cache, KiB.
 const FEEDER_CACHE_KIB: i64 = 64 * 1024;
@@ -34,6 +36,8 @@ const SCHEMAS: &[&str] = &[
     CHECKPOINT_SCHEMA,
     ENTRIES_SCHEMA,
     super::payments::PAYMENTS_SCHEMA,
+    audit::AUDIT_SCHEMA,
+    ROLLUP_SCHEMA,
 ];
 
 /// Records per block of the ledger's index; a power of two (see [`ENTRIES_SCHEMA`]).
@@ -102,7 +106,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The file was written by a newer creditd.
-    #[error("the history database has schema {found}, this creditd knows {SCHEMA_VERSION}")]
+    #[error(
+        "the history database has schema {found}, this creditd knows {SCHEMA_VERSION}: move \
+         history.sqlite3 aside and a new one is built from what the log still holds"
+    )]
     Schema {
         /// What the file says.
         found: i64,
@@ -113,6 +120,15 @@ pub enum StoreError {
     /// A number does not fit SQLite's signed 64 bits.
     #[error("{0} does not fit the database")]
     Overflow(&'static str),
+    /// The audit record of an event could not be written.
+    #[error("the audit record of LSN {0}: {1}")]
+    Audit(u64, String),
+    /// The audit chain's anchored head is not a hash creditd wrote.
+    #[error("the audit chain's head (audit_head) is damaged; run creditd audit verify")]
+    AuditHead,
+    /// A stored value does not decode (see `rollup`).
+    #[error("damaged {0} in the history database")]
+    Damaged(&'static str),
 }
 
 /// The history database.
@@ -139,6 +155,8 @@ impl Store {
         // cache most inserts read a page back from the file, and a step's dirty pages spill to
         // the write-ahead file before its commit.
         connection.pragma_update(None, "cache_size", -FEEDER_CACHE_KIB)?;
+        // Every part of the history keeps its statements prepared: more than rusqlite's 16.
+        connection.set_prepared_statement_cache_capacity(64);
         for schema in SCHEMAS {
             connection.execute_batch(schema)?;
         }
@@ -180,6 +198,8 @@ impl Store {
         Ok(Feed {
             transaction: self.connection.transaction()?,
             accounts: &mut self.accounts,
+            audit: Chain::default(),
+            rollup: Rollup::default(),
         })
     }
 
@@ -192,10 +212,13 @@ impl Store {
     }
 }
 
-/// The feeder's transaction: entries, then the checkpoint, committed together.
+/// The feeder's transaction: entries and audit records, then the checkpoint, committed together.
 pub struct Feed<'c> {
     transaction: rusqlite::Transaction<'c>,
     accounts: &'c mut Accounts,
+    audit: Chain,
+    /// The step's usage and revenue counters, written at commit.
+    rollup: Rollup,
 }
 
 /// tenant → user → account id, for at most [`ACCOUNT_CACHE`] accounts; looked up without
@@ -235,6 +258,8 @@ impl Feed<'_> {
             self.insert(&entry)?;
         }
         super::payments::apply(self.transaction(), lsn, event)?;
+        self.audit.apply(&self.transaction, lsn, event)?;
+        self.rollup.apply(&self.transaction, event)?;
         Ok(())
     }
 
@@ -303,8 +328,12 @@ impl Feed<'_> {
     }
 
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
-    pub fn commit(self, next_lsn: u64) -> Result<(), StoreError> {
+    pub fn commit(mut self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
+        let mut audit = std::mem::take(&mut self.audit);
+        audit.flush(self.transaction())?;
+        // The step's counters, written once per key, before the checkpoint that covers them.
+        std::mem::take(&mut self.rollup).flush(self.transaction())?;
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],

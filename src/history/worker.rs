@@ -22,6 +22,8 @@ const STEP_RECORDS: u64 = 20_000;
 const IDLE: Duration = Duration::from_millis(100);
 /// The pause after a failed step.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the history looks for entries older than its retention.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// The running feeder thread.
 #[derive(Debug)]
@@ -31,15 +33,23 @@ pub struct Worker {
     thread: JoinHandle<Feeder>,
 }
 
-/// Starts the thread feeding `feeder` from `engine`'s log.
-pub fn spawn(feeder: Feeder, engine: Arc<Engine>) -> std::io::Result<Worker> {
+/// Starts the thread feeding `feeder` from `engine`'s log, removing what is older than
+/// `retention` (if any) as it goes.
+pub fn spawn(
+    feeder: Feeder,
+    engine: Arc<Engine>,
+    retention: Option<Duration>,
+) -> std::io::Result<Worker> {
     engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
     let stop = Arc::new(AtomicBool::new(false));
     let applied = Arc::new(AtomicU64::new(feeder.next_lsn()));
     let (stopping, publish) = (Arc::clone(&stop), Arc::clone(&applied));
     let thread = std::thread::Builder::new()
         .name("creditd-history".into())
-        .spawn(move || run(feeder, &engine, &stopping, &publish))?;
+        .spawn(move || {
+            let mut purge = retention.map(Purge::new);
+            run(feeder, &engine, purge.as_mut(), &stopping, &publish)
+        })?;
     Ok(Worker {
         stop,
         applied,
@@ -60,7 +70,13 @@ impl Worker {
     }
 }
 
-fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool, published: &AtomicU64) -> Feeder {
+fn run(
+    mut feeder: Feeder,
+    engine: &Engine,
+    mut purge: Option<&mut Purge>,
+    stop: &AtomicBool,
+    published: &AtomicU64,
+) -> Feeder {
     let lag = metrics::gauge!(names::HISTORY_LAG_RECORDS);
     let errors = metrics::counter!(names::HISTORY_ERRORS_TOTAL);
     loop {
@@ -72,6 +88,9 @@ fn run(mut feeder: Feeder, engine: &Engine, stop: &AtomicBool, published: &Atomi
                 engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
                 published.store(feeder.next_lsn(), Ordering::Release);
                 lag.set(durable.saturating_sub(feeder.next_lsn() - 1) as f64);
+                if let Some(purge) = purge.as_deref_mut() {
+                    purge.step(&mut feeder, engine.now_ms());
+                }
                 if applied < STEP_RECORDS {
                     if stopping {
                         return feeder;
@@ -120,5 +139,53 @@ fn step(feeder: &mut Feeder, engine: &Engine, durable: u64) -> Result<u64, FeedE
             feeder.step(storage, durable, STEP_RECORDS)
         }
         result => result,
+    }
+}
+
+/// The retention's schedule: a purge is due every [`PURGE_EVERY`], and goes on, a transaction
+/// between two feeding steps, until a transaction removes nothing.
+struct Purge {
+    retention_ms: i64,
+    /// When the last purge ended (ms); none before the first.
+    ended_ms: Option<i64>,
+    /// A purge is under way.
+    running: bool,
+}
+
+impl Purge {
+    fn new(retention: Duration) -> Purge {
+        Purge {
+            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+            ended_ms: None,
+            running: false,
+        }
+    }
+
+    /// Runs one purge transaction if a purge is due or under way.
+    fn step(&mut self, feeder: &mut Feeder, now_ms: i64) {
+        let due = self
+            .ended_ms
+            .is_none_or(|ended| now_ms.saturating_sub(ended) >= PURGE_EVERY.as_millis() as i64);
+        if !(self.running || due) {
+            return;
+        }
+        let cutoff_ms = now_ms.saturating_sub(self.retention_ms);
+        // Payments are purged by the first transaction of each purge: one scan of their table.
+        let first = !self.running;
+        match feeder.purge(cutoff_ms, super::retention::PURGE_ROWS, first) {
+            Ok(purged) => {
+                metrics::counter!(names::HISTORY_PURGED_ENTRIES_TOTAL).increment(purged.entries);
+                self.running = purged.entries > 0;
+                if !self.running {
+                    self.ended_ms = Some(now_ms);
+                }
+            }
+            Err(error) => {
+                metrics::counter!(names::HISTORY_ERRORS_TOTAL).increment(1);
+                tracing::error!(%error, "history: a purge failed; trying again later");
+                self.running = false;
+                self.ended_ms = Some(now_ms);
+            }
+        }
     }
 }

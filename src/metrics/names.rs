@@ -41,6 +41,8 @@ pub const RECOVERY_FALLBACK_PROBLEMS: &str = "creditd_recovery_fallback_problems
 pub const HISTORY_LAG_RECORDS: &str = "creditd_history_lag_records";
 /// Counter: failed history feeding steps (each retried).
 pub const HISTORY_ERRORS_TOTAL: &str = "creditd_history_errors_total";
+/// Counter: ledger entries removed from the history by `history.retention`.
+pub const HISTORY_PURGED_ENTRIES_TOTAL: &str = "creditd_history_purged_entries_total";
 /// Gauge: 1 when the server accepts writes, 0 when not.
 pub const READY: &str = "creditd_ready";
 /// Counter, `outcome`: automatic top-up decisions and charges (named in the API contract).
@@ -75,6 +77,7 @@ pub const ALL: &[&str] = &[
     RECOVERY_FALLBACK_PROBLEMS,
     HISTORY_LAG_RECORDS,
     HISTORY_ERRORS_TOTAL,
+    HISTORY_PURGED_ENTRIES_TOTAL,
     READY,
     AUTOTOPUP_TOTAL,
     GATEWAY_REQUEST_DURATION_SECONDS,

@@ -217,11 +217,17 @@ impl Follower {
         let mut chunk = self.chunk_bytes;
         let mut records = 0;
         let read = loop {
-            let read = read_at(storage, &position.segment.path, position.offset, chunk, &mut bytes)
-                .and_then(|()| {
-                    let cut = bytes.len() == chunk;
-                    self.read_batches(&bytes, cut, position, limit, &mut records, visit)
-                });
+            let read = read_at(
+                storage,
+                &position.segment.path,
+                position.offset,
+                chunk,
+                &mut bytes,
+            )
+            .and_then(|()| {
+                let cut = bytes.len() == chunk;
+                self.read_batches(&bytes, cut, position, limit, &mut records, visit)
+            });
             match read {
                 Ok(Read::Cut { at_start }) => {
                     if at_start {
@@ -478,7 +484,11 @@ mod tests {
         for chunk in [1, 7, 64, 100, 1 << 20] {
             let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
             follower.chunk_bytes = chunk;
-            assert_eq!(poll(&mut follower, &storage, 99), all, "chunk of {chunk} bytes");
+            assert_eq!(
+                poll(&mut follower, &storage, 99),
+                all,
+                "chunk of {chunk} bytes"
+            );
             // And stepwise, a few records at a time, from the middle of a batch on.
             let mut follower = Follower::new(dir(), 20, VERSION, 1 << 20);
             follower.chunk_bytes = chunk;

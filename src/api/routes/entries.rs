@@ -103,14 +103,17 @@ pub async fn list_entries(call: &Call<'_>) -> Answer {
 
 /// The history's reader; 503 when the history is off.
 pub(crate) fn history(call: &Call<'_>) -> Result<std::sync::Arc<Reader>, Problem> {
-    call.state.history.clone().ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "history-disabled",
-            "History disabled",
-            "the ledger history is off on this server (history.enabled = false)",
-        )
-    })
+    call.state.history.clone().ok_or_else(history_disabled)
+}
+
+/// The answer when the server runs without a history.
+pub(crate) fn history_disabled() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "history-disabled",
+        "History disabled",
+        "the ledger history is off on this server (history.enabled = false)",
+    )
 }
 
 /// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed.
@@ -200,7 +203,8 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     Ok(parsed)
 }
 
-fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
+/// `value` as ms since the epoch, or a 422 naming `field`.
+pub(crate) fn time(value: &str, field: &'static str) -> Result<i64, Problem> {
     parse_rfc3339_ms(value).ok_or_else(|| {
         Problem::invalid(format!("{field} must be an RFC 3339 timestamp")).with("field", field)
     })

@@ -6,13 +6,15 @@
 //!
 //! The files depend on the shared parts of `api` (`call`, `dto`, `problem`, `request`,
 //! `response`), and one on another only where a view is shared: `catalogue` shows a wallet as
-//! `users` does.
+//! `users` does, and `reports` waits for the history as `entries` does.
 
+pub mod audit;
 pub mod catalogue;
 pub mod entries;
 pub mod health;
 pub mod payment_history;
 pub mod payments;
+pub mod reports;
 pub mod reservations;
 pub mod sandbox;
 pub mod tenants;
