@@ -52,16 +52,43 @@ const CALLER: Context<'static> = Context {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Credit { user: usize, amount: i64, topup: bool },
-    Debit { user: usize, amount: i64 },
-    DebitAction { user: usize, action: usize, quantity: u64 },
-    Hold { user: usize, amount: i64, capture: Option<i64> },
-    Revoke { user: usize, amount: i64 },
-    Buy { user: usize, paid: bool },
-    Advance { minutes: i64 },
-    Feed { records: u64 },
+    Credit {
+        user: usize,
+        amount: i64,
+        topup: bool,
+    },
+    Debit {
+        user: usize,
+        amount: i64,
+    },
+    DebitAction {
+        user: usize,
+        action: usize,
+        quantity: u64,
+    },
+    Hold {
+        user: usize,
+        amount: i64,
+        capture: Option<i64>,
+    },
+    Revoke {
+        user: usize,
+        amount: i64,
+    },
+    Buy {
+        user: usize,
+        paid: bool,
+    },
+    Advance {
+        minutes: i64,
+    },
+    Feed {
+        records: u64,
+    },
     RestartHistory,
-    RestartEngine { crash: bool },
+    RestartEngine {
+        crash: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -230,7 +257,12 @@ impl Harness {
             }
             Op::Debit { user, amount } => {
                 let request = DebitRequest::new(USERS[user], Spend::Amount(amount));
-                self.spend(user, amount, None, self.engine.debit(&self.tenant, &request, &CALLER))?;
+                self.spend(
+                    user,
+                    amount,
+                    None,
+                    self.engine.debit(&self.tenant, &request, &CALLER),
+                )?;
             }
             Op::DebitAction {
                 user,
@@ -327,7 +359,12 @@ impl Harness {
 
     /// A reservation of `amount`, then its capture (of at most what is available with it) or
     /// its release.
-    fn hold(&mut self, user: usize, amount: i64, capture: Option<i64>) -> Result<(), TestCaseError> {
+    fn hold(
+        &mut self,
+        user: usize,
+        amount: i64,
+        capture: Option<i64>,
+    ) -> Result<(), TestCaseError> {
         let request = ReserveRequest::new(USERS[user], Spend::Amount(amount));
         let held = match self.engine.reserve(&self.tenant, &request, &CALLER) {
             Ok(done) => done,
@@ -347,7 +384,10 @@ impl Harness {
                     description: None,
                     metadata: None,
                 };
-                let done = self.engine.capture(&self.tenant, &request, &CALLER).unwrap();
+                let done = self
+                    .engine
+                    .capture(&self.tenant, &request, &CALLER)
+                    .unwrap();
                 self.balances[user] -= charge;
                 let entry = Expected {
                     lsn: done.lsn,
@@ -360,7 +400,10 @@ impl Harness {
                 self.expect(user, done.lsn, entry);
             }
             _ => {
-                let done = self.engine.release(&self.tenant, held.lsn, &CALLER).unwrap();
+                let done = self
+                    .engine
+                    .release(&self.tenant, held.lsn, &CALLER)
+                    .unwrap();
                 let entry = Expected {
                     lsn: done.lsn,
                     kind: "release",
@@ -579,8 +622,9 @@ fn check_reports(harness: &Harness, reader: &Reader) -> Result<(), TestCaseError
             UsageGrouping::Day,
             UsageGrouping::Hour,
         ] {
-            let users: Vec<Option<usize>> =
-                std::iter::once(None).chain((0..USERS.len()).map(Some)).collect();
+            let users: Vec<Option<usize>> = std::iter::once(None)
+                .chain((0..USERS.len()).map(Some))
+                .collect();
             for user in users {
                 let query = UsageQuery {
                     tenant: TENANT,
