@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::reader::Reader;
 use super::rollup::{self, block_hours, text, Sales, Totals, TOP_LEVEL};
@@ -169,11 +169,15 @@ impl Reader {
         self.with_connection(|connection| {
             // One snapshot for the watermark and the blocks.
             let snapshot = connection.unchecked_transaction()?;
+            let Some(scope) = rollup::scope_of(&snapshot, query.tenant, query.currency)? else {
+                // No spend ever in this tenant's currency.
+                return Ok(Vec::new());
+            };
             let sealed = rollup::sealed_hour(&snapshot)?;
             match (query.user, query.group_by) {
-                (Some(user), _) => user_usage(&snapshot, query, user),
-                (None, UsageGrouping::User) => usage_by_user(&snapshot, query, sealed),
-                (None, _) => tenant_usage(&snapshot, query, sealed),
+                (Some(user), _) => user_usage(&snapshot, query, scope, user),
+                (None, UsageGrouping::User) => usage_by_user(&snapshot, query, scope, sealed),
+                (None, _) => tenant_usage(&snapshot, query, scope, sealed),
             }
         })
     }
@@ -227,87 +231,122 @@ fn name_or_unnamed(name: &str) -> Key {
     }
 }
 
-/// Rows from a map of totals, sorted by key.
-fn sorted(grouped: HashMap<Key, Totals>) -> Vec<UsageRow> {
-    let mut rows: Vec<UsageRow> = grouped
-        .into_iter()
-        .map(|(key, totals)| UsageRow { key, totals })
-        .collect();
+/// What a row is grouped under before names are looked up: an action number or a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Group {
+    Action(i64),
+    Hour(i64),
+}
+
+/// Rows from a map of totals, with action numbers named, sorted by key.
+fn named(
+    connection: &Connection,
+    grouped: HashMap<Group, Totals>,
+) -> Result<Vec<UsageRow>, StoreError> {
+    let mut rows = Vec::with_capacity(grouped.len());
+    for (group, totals) in grouped {
+        let key = match group {
+            Group::Action(action) => name_or_unnamed(&rollup::action_name(connection, action)?),
+            Group::Hour(hour) => Key::Hour(hour),
+        };
+        rows.push(UsageRow { key, totals });
+    }
     rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    rows
+    Ok(rows)
 }
 
 /// One user's usage: `usage_hourly`, one seek per hour.
 fn user_usage(
     connection: &Connection,
     query: &UsageQuery<'_>,
+    scope: i64,
     user: &str,
 ) -> Result<Vec<UsageRow>, StoreError> {
+    let account = connection
+        .prepare_cached("SELECT id FROM accounts WHERE tenant = ?1 AND user_id = ?2")?
+        .query_row(params![query.tenant, user], |row| row.get::<_, i64>(0))
+        .optional()?;
+    let Some(account) = account else {
+        // No entry ever: no spend.
+        return Ok(Vec::new());
+    };
     let mut statement = connection.prepare_cached(
         "WITH RECURSIVE hours(hour) AS (
-             SELECT ?3 WHERE ?3 < ?4 UNION ALL SELECT hour + 1 FROM hours WHERE hour + 1 < ?4
+             SELECT ?2 WHERE ?2 < ?3 UNION ALL SELECT hour + 1 FROM hours WHERE hour + 1 < ?3
          )
          SELECT usage.hour, usage.action, usage.count, usage.quantity, usage.credits
          FROM hours CROSS JOIN usage_hourly AS usage
-         WHERE usage.tenant = ?1 AND usage.currency = ?2 AND usage.hour = hours.hour
-           AND usage.user_id = ?5",
+         WHERE usage.scope = ?1 AND usage.hour = hours.hour AND usage.account = ?4",
     )?;
     let mut rows = statement.query(params![
-        query.tenant,
-        query.currency,
+        scope,
         query.window.from_hour,
         query.window.to_hour,
-        user
+        account
     ])?;
-    let mut grouped: HashMap<Key, Totals> = HashMap::new();
+    let mut grouped: HashMap<Group, Totals> = HashMap::new();
+    let mut total = Totals::default();
     while let Some(row) = rows.next()? {
         let hour: i64 = row.get(0)?;
-        let action = text(row, 1)?;
         let totals = Totals {
             count: row.get(2)?,
             quantity: row.get(3)?,
             credits: row.get(4)?,
         };
-        let key = match query.group_by {
-            UsageGrouping::Action => name_or_unnamed(action),
-            UsageGrouping::User => Key::Name(user.to_owned()),
-            UsageGrouping::Day => Key::Hour(day_of(hour)),
-            UsageGrouping::Hour => Key::Hour(hour),
+        let group = match query.group_by {
+            UsageGrouping::Action => Group::Action(row.get(1)?),
+            UsageGrouping::User => {
+                total.add(&totals)?;
+                continue;
+            }
+            UsageGrouping::Day => Group::Hour(day_of(hour)),
+            UsageGrouping::Hour => Group::Hour(hour),
         };
-        grouped.entry(key).or_default().add(&totals)?;
+        grouped.entry(group).or_default().add(&totals)?;
     }
-    Ok(sorted(grouped))
+    if query.group_by == UsageGrouping::User {
+        return Ok(if total.count == 0 {
+            Vec::new()
+        } else {
+            vec![UsageRow {
+                key: Key::Name(user.to_owned()),
+                totals: total,
+            }]
+        });
+    }
+    named(connection, grouped)
 }
 
 /// A tenant's usage by action, day or hour: action blocks.
 fn tenant_usage(
     connection: &Connection,
     query: &UsageQuery<'_>,
+    scope: i64,
     sealed: Option<i64>,
 ) -> Result<Vec<UsageRow>, StoreError> {
     let Window { from_hour, to_hour } = query.window;
     // Blocks cover [from, sealed_to); the hours after it are read at level 0, in one range (only
     // the hours with spends are there).
     let sealed_to = sealed.unwrap_or(from_hour).clamp(from_hour, to_hour);
-    let mut grouped: HashMap<Key, Totals> = HashMap::new();
+    let mut grouped: HashMap<Group, Totals> = HashMap::new();
     match query.group_by {
         UsageGrouping::Action => {
             for block in blocks(from_hour, sealed_to) {
-                action_block(connection, query, block, |action, totals| {
+                action_block(connection, scope, block, |action, totals| {
                     grouped
-                        .entry(name_or_unnamed(action))
+                        .entry(Group::Action(action))
                         .or_default()
                         .add(totals)
                 })?;
             }
             hour_rows(
                 connection,
-                query,
+                scope,
                 sealed_to,
                 to_hour,
                 |_, action, totals| {
                     grouped
-                        .entry(name_or_unnamed(action))
+                        .entry(Group::Action(action))
                         .or_default()
                         .add(totals)
                 },
@@ -318,15 +357,15 @@ fn tenant_usage(
             while day < sealed_to {
                 let (from, to) = (day.max(from_hour), (day + DAY_HOURS).min(sealed_to));
                 for block in blocks(from, to) {
-                    action_block(connection, query, block, |_, totals| {
-                        grouped.entry(Key::Hour(day)).or_default().add(totals)
+                    action_block(connection, scope, block, |_, totals| {
+                        grouped.entry(Group::Hour(day)).or_default().add(totals)
                     })?;
                 }
                 day += DAY_HOURS;
             }
-            hour_rows(connection, query, sealed_to, to_hour, |hour, _, totals| {
+            hour_rows(connection, scope, sealed_to, to_hour, |hour, _, totals| {
                 grouped
-                    .entry(Key::Hour(day_of(hour)))
+                    .entry(Group::Hour(day_of(hour)))
                     .or_default()
                     .add(totals)
             })?;
@@ -335,76 +374,70 @@ fn tenant_usage(
             // Level 0 is every hour, and holds each in key order: one range, summed by SQLite.
             let mut statement = connection.prepare_cached(
                 "SELECT start, sum(count), sum(quantity), sum(credits) FROM usage_action_blocks
-                 WHERE tenant = ?1 AND currency = ?2 AND level = 0 AND start >= ?3 AND start < ?4
+                 WHERE scope = ?1 AND level = 0 AND start >= ?2 AND start < ?3
                  GROUP BY start",
             )?;
-            let mut rows =
-                statement.query(params![query.tenant, query.currency, from_hour, to_hour])?;
+            let mut rows = statement.query(params![scope, from_hour, to_hour])?;
             while let Some(row) = rows.next()? {
                 let totals = Totals {
                     count: row.get(1)?,
                     quantity: row.get(2)?,
                     credits: row.get(3)?,
                 };
-                grouped.insert(Key::Hour(row.get(0)?), totals);
+                grouped.insert(Group::Hour(row.get(0)?), totals);
             }
         }
     }
-    Ok(sorted(grouped))
+    named(connection, grouped)
 }
 
-/// Calls `visit` with every level-0 row (hour, action, totals) of the query's tenant and currency
-/// in the hours `[from, to)`.
+/// Calls `visit` with every level-0 row (hour, action, totals) of `scope` in the hours
+/// `[from, to)`.
 fn hour_rows(
     connection: &Connection,
-    query: &UsageQuery<'_>,
+    scope: i64,
     from: i64,
     to: i64,
-    mut visit: impl FnMut(i64, &str, &Totals) -> Result<(), StoreError>,
+    mut visit: impl FnMut(i64, i64, &Totals) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     if from >= to {
         return Ok(());
     }
     let mut statement = connection.prepare_cached(
         "SELECT start, action, count, quantity, credits FROM usage_action_blocks
-         WHERE tenant = ?1 AND currency = ?2 AND level = 0 AND start >= ?3 AND start < ?4",
+         WHERE scope = ?1 AND level = 0 AND start >= ?2 AND start < ?3",
     )?;
-    let mut rows = statement.query(params![query.tenant, query.currency, from, to])?;
+    let mut rows = statement.query(params![scope, from, to])?;
     while let Some(row) = rows.next()? {
         let totals = Totals {
             count: row.get(2)?,
             quantity: row.get(3)?,
             credits: row.get(4)?,
         };
-        visit(row.get(0)?, text(row, 1)?, &totals)?;
+        visit(row.get(0)?, row.get(1)?, &totals)?;
     }
     Ok(())
 }
 
-/// Calls `visit` with every action row of an action block of the query's tenant and currency.
+/// Calls `visit` with every action row of an action block of `scope`.
 fn action_block(
     connection: &Connection,
-    query: &UsageQuery<'_>,
+    scope: i64,
     block: Block,
-    mut visit: impl FnMut(&str, &Totals) -> Result<(), StoreError>,
+    mut visit: impl FnMut(i64, &Totals) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut statement = connection.prepare_cached(
         "SELECT action, count, quantity, credits FROM usage_action_blocks
-         WHERE tenant = ?3 AND currency = ?4 AND level = ?1 AND start = ?2",
+         WHERE scope = ?1 AND level = ?2 AND start = ?3",
     )?;
-    let mut rows = statement.query(params![
-        block.level,
-        block.start,
-        query.tenant,
-        query.currency
-    ])?;
+    let mut rows = statement.query(params![scope, block.level, block.start])?;
     while let Some(row) = rows.next()? {
         let totals = Totals {
             count: row.get(1)?,
             quantity: row.get(2)?,
             credits: row.get(3)?,
         };
-        visit(text(row, 0)?, &totals)?;
+        visit(row.get(0)?, &totals)?;
     }
     Ok(())
 }
@@ -413,6 +446,7 @@ fn action_block(
 fn usage_by_user(
     connection: &Connection,
     query: &UsageQuery<'_>,
+    scope: i64,
     sealed: Option<i64>,
 ) -> Result<Vec<UsageRow>, StoreError> {
     let Window { from_hour, to_hour } = query.window;
@@ -420,94 +454,134 @@ fn usage_by_user(
     let mut parts = Vec::new();
     // Every block of [from, sealed_to) ends by the watermark.
     for block in blocks(from_hour, sealed_to) {
-        let users = rollup::user_block(
+        parts.extend(rollup::user_block(
             connection,
             block.level,
             block.start,
-            query.tenant,
-            query.currency,
-        )?;
-        parts.extend(users);
+            scope,
+        )?);
     }
     if sealed_to < to_hour {
-        parts.push(open_hours_by_user(connection, query, sealed_to, to_hour)?);
+        parts.push(open_hours_by_user(connection, scope, sealed_to, to_hour)?);
     }
-    merge_users(&parts)
+    let summed = merge_users(&parts)?;
+    let names = user_names(connection, &summed)?;
+    let mut rows: Vec<UsageRow> = names
+        .into_iter()
+        .zip(summed)
+        .map(|(user, (_, totals))| UsageRow {
+            key: Key::Name(user),
+            totals,
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    Ok(rows)
 }
 
-/// A user (its id's bytes) and its totals, in a list sorted by id.
-type UserTotals<'a> = (&'a [u8], Totals);
-
-/// The rows of the users of `blocks`, each user's totals summed over the blocks. Each block is
-/// sorted by user id and is merged, as it is decoded, into the running sum (two buffers, used in
+/// Every account of `blocks` with its totals summed over them, in account order. Each block is
+/// sorted by account and is merged, as it is decoded, into the running sum (two buffers, used in
 /// turn): when most users are in most blocks, as over a long window, that is about one
 /// comparison per user and block.
-fn merge_users(blocks: &[Vec<u8>]) -> Result<Vec<UsageRow>, StoreError> {
-    let mut sum: Vec<UserTotals<'_>> = Vec::new();
-    let mut next: Vec<UserTotals<'_>> = Vec::new();
+fn merge_users(blocks: &[Vec<u8>]) -> Result<Vec<(i64, Totals)>, StoreError> {
+    let mut sum: Vec<(i64, Totals)> = Vec::new();
+    let mut next: Vec<(i64, Totals)> = Vec::new();
     for block in blocks {
         let mut users = UsersReader::new(block)?;
         next.clear();
         next.reserve(sum.len());
         let mut summed = sum.iter().copied().peekable();
-        let mut incoming = users.next_raw()?;
+        let mut incoming = users.next_user()?;
         loop {
             match (summed.peek().copied(), incoming) {
-                (Some((user, totals)), Some((new_user, new_totals))) => match user.cmp(new_user) {
-                    std::cmp::Ordering::Less => {
-                        next.push((user, totals));
-                        summed.next();
+                (Some((account, totals)), Some((new_account, new_totals))) => {
+                    match account.cmp(&new_account) {
+                        std::cmp::Ordering::Less => {
+                            next.push((account, totals));
+                            summed.next();
+                        }
+                        std::cmp::Ordering::Greater => {
+                            next.push((new_account, new_totals));
+                            incoming = users.next_user()?;
+                        }
+                        std::cmp::Ordering::Equal => {
+                            let mut total = totals;
+                            total.add(&new_totals)?;
+                            next.push((account, total));
+                            summed.next();
+                            incoming = users.next_user()?;
+                        }
                     }
-                    std::cmp::Ordering::Greater => {
-                        next.push((new_user, new_totals));
-                        incoming = users.next_raw()?;
-                    }
-                    std::cmp::Ordering::Equal => {
-                        let mut total = totals;
-                        total.add(&new_totals)?;
-                        next.push((user, total));
-                        summed.next();
-                        incoming = users.next_raw()?;
-                    }
-                },
+                }
                 (Some(_), None) => {
                     next.extend(summed);
                     break;
                 }
                 (None, Some(new)) => {
                     next.push(new);
-                    incoming = users.next_raw()?;
+                    incoming = users.next_user()?;
                 }
                 (None, None) => break,
             }
         }
         std::mem::swap(&mut sum, &mut next);
     }
-    let mut rows = Vec::with_capacity(sum.len());
-    for (user, totals) in sum {
-        let user = std::str::from_utf8(user)
-            .map_err(|_| StoreError::Damaged("user id in a user block"))?;
-        rows.push(UsageRow {
-            key: Key::Name(user.to_owned()),
-            totals,
-        });
+    Ok(sum)
+}
+
+/// The user id of every account of `accounts` (in ascending account order), in the same order.
+/// Accounts are numbered as the ledger meets users, so a tenant's are mostly close together: a
+/// range of the table is read when it is not much wider than the list, else one lookup each.
+fn user_names(
+    connection: &Connection,
+    accounts: &[(i64, Totals)],
+) -> Result<Vec<String>, StoreError> {
+    let (Some(&(first, _)), Some(&(last, _))) = (accounts.first(), accounts.last()) else {
+        return Ok(Vec::new());
+    };
+    let unnamed = || StoreError::Damaged("an account without a user");
+    let mut names = Vec::with_capacity(accounts.len());
+    let span = usize::try_from(last - first).unwrap_or(usize::MAX);
+    if span <= accounts.len().saturating_mul(4).saturating_add(4096) {
+        let mut statement = connection
+            .prepare_cached("SELECT id, user_id FROM accounts WHERE id >= ?1 AND id <= ?2")?;
+        let mut rows = statement.query(params![first, last])?;
+        let mut wanted = accounts.iter().map(|&(account, _)| account).peekable();
+        while let (Some(&account), Some(row)) = (wanted.peek(), rows.next()?) {
+            if row.get::<_, i64>(0)? == account {
+                names.push(text(row, 1)?.to_owned());
+                wanted.next();
+            }
+        }
+        if wanted.next().is_some() {
+            return Err(unnamed());
+        }
+    } else {
+        let mut statement =
+            connection.prepare_cached("SELECT user_id FROM accounts WHERE id = ?1")?;
+        for &(account, _) in accounts {
+            let name = statement
+                .query_row(params![account], |row| row.get::<_, String>(0))
+                .optional()?
+                .ok_or_else(unnamed)?;
+            names.push(name);
+        }
     }
-    Ok(rows)
+    Ok(names)
 }
 
 /// The user block of hours not sealed yet, from `usage_hourly`.
 fn open_hours_by_user(
     connection: &Connection,
-    query: &UsageQuery<'_>,
+    scope: i64,
     from: i64,
     to: i64,
 ) -> Result<Vec<u8>, StoreError> {
     let mut statement = connection.prepare_cached(
-        "SELECT user_id, sum(count), sum(quantity), sum(credits) FROM usage_hourly
-         WHERE tenant = ?1 AND currency = ?2 AND hour >= ?3 AND hour < ?4
-         GROUP BY user_id ORDER BY user_id",
+        "SELECT account, sum(count), sum(quantity), sum(credits) FROM usage_hourly
+         WHERE scope = ?1 AND hour >= ?2 AND hour < ?3
+         GROUP BY account ORDER BY account",
     )?;
-    let mut rows = statement.query(params![query.tenant, query.currency, from, to])?;
+    let mut rows = statement.query(params![scope, from, to])?;
     let mut block = UsersWriter::new();
     while let Some(row) = rows.next()? {
         let totals = Totals {
@@ -515,7 +589,7 @@ fn open_hours_by_user(
             quantity: row.get(2)?,
             credits: row.get(3)?,
         };
-        block.add(text(row, 0)?, &totals)?;
+        block.add(row.get(0)?, &totals)?;
     }
     Ok(block.finish())
 }

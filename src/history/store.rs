@@ -254,12 +254,13 @@ impl Accounts {
 impl Feed<'_> {
     /// Applies the event at `lsn`: every part of the history takes what it keeps from it.
     pub(crate) fn apply(&mut self, lsn: u64, event: &Event<'_>) -> Result<(), StoreError> {
-        if let Some(entry) = entry::of(lsn, event) {
-            self.insert(&entry)?;
-        }
+        let account = match entry::of(lsn, event) {
+            Some(entry) => Some(self.insert(&entry)?),
+            None => None,
+        };
         super::payments::apply(self.transaction(), lsn, event)?;
         self.audit.apply(&self.transaction, lsn, event)?;
-        self.rollup.apply(&self.transaction, event)?;
+        self.rollup.apply(&self.transaction, event, account)?;
         Ok(())
     }
 
@@ -268,8 +269,9 @@ impl Feed<'_> {
         &self.transaction
     }
 
-    /// Inserts one entry. An entry already there is an error: the checkpoint rules it out.
-    pub(crate) fn insert(&mut self, entry: &Entry<'_>) -> Result<(), StoreError> {
+    /// Inserts one entry and returns its account's id. An entry already there is an error: the
+    /// checkpoint rules it out.
+    pub(crate) fn insert(&mut self, entry: &Entry<'_>) -> Result<i64, StoreError> {
         let lsn = i64::try_from(entry.lsn).map_err(|_| StoreError::Overflow("lsn"))?;
         let quantity = entry
             .action
@@ -299,7 +301,7 @@ impl Feed<'_> {
             entry.actor,
             entry.time_ms,
         ])?;
-        Ok(())
+        Ok(account)
     }
 
     /// The id of `user`'s account in `tenant`, created at `lsn` if it has none.
