@@ -20,7 +20,14 @@
 //! - `REFUSED <key>` after a spend was refused for want of credits (no effect, key not kept);
 //! - `SNAP-BEGIN` / `SNAP-END` around an explicit snapshot.
 //!
-//! What the parent checks after each kill is stated on [`verify_round`].
+//! The child also keeps the history (`history.sqlite3`) as the server does: it reads the
+//! history's checkpoint and puts the history's retention hold on the log there before the engine
+//! opens, then runs the history's feeder thread beside the writers, so kills land in the middle of
+//! the history's SQLite transactions too, and segments are pruned while the history lags. In half
+//! the runs the feeder starts 50–300 ms late, so that snapshots prune while only that first hold
+//! keeps what the history has not read.
+//!
+//! What the parent checks after each kill is stated on [`verify_round`] and [`verify_history`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -29,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use creditd::engine::types::{CreditKind, EngineError, Fingerprint, Missing, Outcome};
@@ -37,7 +45,9 @@ use creditd::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ReserveRequest, Spend, Tenant,
 };
-use creditd::wal::FsyncMode;
+use creditd::history::{self, FeedError, Feeder};
+use creditd::wal::follow::FollowError;
+use creditd::wal::{segment, FsyncMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -71,13 +81,45 @@ fn options(data_dir: &Path, background: bool) -> EngineOptions {
     EngineOptions {
         data_dir: data_dir.to_path_buf(),
         fsync: FsyncMode::Always,
-        // Small, so that snapshots, segment rotation and pruning all happen within a round.
+        // Small, so that snapshots, segment rotation and pruning all happen within a round, and a
+        // history a few hundred records behind spans segments that pruning could remove.
         snapshot_every_records: 500,
-        segment_bytes: 64 * 1024,
+        segment_bytes: 16 * 1024,
         shards: 16,
         background,
         ..EngineOptions::default()
     }
+}
+
+/// The history's database in the data directory.
+fn history_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(history::FILE_NAME)
+}
+
+/// Opens the engine as the server does when the history is on: the history's retention hold is
+/// put on the log at the history's checkpoint before recovery, so that no snapshot taken from
+/// then on removes a segment the history has not consumed. Returns the engine and the checkpoint.
+fn open_with_history(options: EngineOptions) -> Result<(Arc<Engine>, u64), String> {
+    let checkpoint = history::Store::open(&history_path(&options.data_dir))
+        .and_then(|store| store.next_lsn())
+        .map_err(|error| format!("the history's checkpoint: {error}"))?;
+    let mut options = options;
+    options
+        .retention_holds
+        .push((history::RETENTION_HOLD.into(), checkpoint));
+    let engine = Engine::open_dir(options).map_err(|error| error.to_string())?;
+    Ok((engine, checkpoint))
+}
+
+/// The history's feeder on `engine`'s log, from the history's checkpoint.
+fn history_feeder(engine: &Engine) -> Feeder {
+    Feeder::open(
+        &history_path(&engine.options().data_dir),
+        &engine.options().wal_dir(),
+        creditd::codec::FORMAT_VERSION,
+        creditd::wal::record::MAX_RECORD_BYTES_LIMIT,
+    )
+    .unwrap_or_else(|error| panic!("open the history: {error}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,7 +301,7 @@ fn run_child(dir: &Path, start: u64, seed: u64) {
     // the first report starts a line of its own.
     emit("");
     let deadline = Instant::now() + Duration::from_secs(CHILD_MAX_SECONDS);
-    let engine = Engine::open_dir(options(dir, true)).expect("child: open");
+    let (engine, _) = open_with_history(options(dir, true)).expect("child: open");
     let tenant = engine
         .tenant(TENANT)
         .expect("child: the parent created the tenant");
@@ -267,6 +309,21 @@ fn run_child(dir: &Path, start: u64, seed: u64) {
     let next = AtomicU64::new(start);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // In half the runs the history starts late, as a slow one would: meanwhile only the
+            // hold put in place before the engine opened keeps the segments it has yet to read.
+            let late = mix(seed);
+            let delay_ms = if late.is_multiple_of(2) {
+                0
+            } else {
+                50 + (late >> 8) % 250
+            };
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            // The worker's thread runs on until the child is killed. No retention: the parent
+            // checks every entry ever written.
+            history::worker::spawn(history_feeder(&engine), Arc::clone(&engine), None)
+                .expect("child: the history's thread");
+        });
         scope.spawn(|| {
             let mut rng = StdRng::seed_from_u64(seed);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -545,6 +602,28 @@ struct Expected {
     reserved: i64,
 }
 
+/// The history entry a present key's record must have made: (user, kind, amount).
+type ExpectedEntry = (String, &'static str, i64);
+
+/// One row of the history's `entries`, with its account's tenant and user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HistoryRow {
+    lsn: u64,
+    tenant: String,
+    user: String,
+    kind: String,
+    amount: i64,
+    balance_after: Option<i64>,
+}
+
+/// What [`verify_history`] saw, for the round's report line.
+struct HistoryReport {
+    checkpoint: u64,
+    oldest_segment: u64,
+    caught_up_records: u64,
+    entries: usize,
+}
+
 /// Recovers the data directory after a kill and checks invariants 1–5:
 ///
 /// 1. Every key the child acknowledged (after `wait_durable` returned `Ok`) is present after
@@ -565,9 +644,24 @@ struct Expected {
 /// 4. Conservation: the balance equation of 2.
 /// 5. A key refused in this round is absent (its claim was dropped), and no key answered two
 ///    different outcomes (acknowledged answers agree with each other and with the replay).
-fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean_close: bool) {
+///
+/// Then the history, on [`verify_history`].
+fn verify_round(
+    dir: &Path,
+    model: &mut Model,
+    run: &ChildRun,
+    round: u64,
+    clean_close: bool,
+    history_db: &rusqlite::Connection,
+) {
     let started = Instant::now();
-    let engine = Engine::open_dir(options(dir, false))
+    // One snapshot kept: the parent's own snapshot (in rounds that close cleanly) removes every
+    // segment that no retention hold keeps.
+    let options = EngineOptions {
+        snapshots_kept: 1,
+        ..options(dir, false)
+    };
+    let (engine, checkpoint) = open_with_history(options)
         .unwrap_or_else(|error| panic!("round {round}: recovery after the kill failed: {error}"));
     let report = engine.recovery_report().clone();
     engine
@@ -595,6 +689,7 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
         .map(|n| (user_name(n), Expected::default()))
         .collect();
     let mut present = 0u64;
+    let mut entries: BTreeMap<u64, ExpectedEntry> = BTreeMap::new();
     let last_index = model.max_begun.map_or(0, |m| m + 1);
     for index in 0..last_index {
         let mut reservation: Option<(u64, i64)> = None;
@@ -635,22 +730,40 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
             }
             model.known.insert(key.to_owned(), answer);
             let wallet = expected.get_mut(&request.user).expect("planned user");
-            match request.action {
-                Action::Credit(amount) => wallet.balance += amount,
-                Action::Debit(amount) => wallet.balance -= amount,
+            let entry = match request.action {
+                Action::Credit(amount) => {
+                    wallet.balance += amount;
+                    Some(("topup", amount))
+                }
+                Action::Debit(amount) => {
+                    wallet.balance -= amount;
+                    Some(("debit", -amount))
+                }
                 Action::Reserve(amount) => {
                     wallet.reserved += amount;
                     reservation = Some((reservation_of(&done.outcome), amount));
+                    None
                 }
                 Action::Capture(charged) => {
                     let (_, held) = reservation.expect("a captured reservation is present");
                     wallet.balance -= charged;
                     wallet.reserved -= held;
+                    Some(("capture", -charged))
                 }
                 Action::Release => {
                     let (_, held) = reservation.expect("a released reservation is present");
                     wallet.reserved -= held;
+                    // A release frees what was held: a positive amount of `available`.
+                    Some(("release", held))
                 }
+            };
+            if let Some((kind, amount)) = entry {
+                let previous = entries.insert(done.lsn, (request.user.clone(), kind, amount));
+                assert!(
+                    previous.is_none(),
+                    "round {round}: two keys answered LSN {}",
+                    done.lsn
+                );
             }
         }
     }
@@ -679,10 +792,20 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
     engine
         .check_invariants()
         .unwrap_or_else(|violation| panic!("round {round}: {violation}"));
+    let history = verify_history(
+        &engine,
+        history_db,
+        round,
+        checkpoint,
+        &entries,
+        &expected,
+        clean_close,
+    );
     eprintln!(
         "round {round:2}: acked {:4} (replayed {:4}), refused {:3}, snapshots begun {}, \
          keys present {present}, next LSN {next_lsn}, recovered from {} + {} records over {} \
-         segments (skipped {}), torn tail {:?}, checked in {} ms",
+         segments (skipped {}), torn tail {:?}, history from {} (log from {}) caught up {} \
+         records to {} entries, checked in {} ms",
         run.acked.len(),
         replayed_in_run,
         run.refused.len(),
@@ -699,6 +822,10 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
             .torn_tail
             .as_ref()
             .map(|t| (t.offset, t.discarded_bytes)),
+        history.checkpoint,
+        history.oldest_segment,
+        history.caught_up_records,
+        history.entries,
         started.elapsed().as_millis()
     );
     if clean_close {
@@ -708,9 +835,199 @@ fn verify_round(dir: &Path, model: &mut Model, run: &ChildRun, round: u64, clean
     drop(engine);
 }
 
+/// Checks the history the killed child kept, then catches it up with the recovered log:
+///
+/// 1. Its checkpoint (the first LSN it has not applied, committed with its rows) is at most the
+///    recovered durable LSN + 1: it never applied a record that the log then lost.
+/// 2. The log still holds every record from the checkpoint on: the oldest segment starts at or
+///    before it, and following the log from it never meets `FollowError::Missing` (nor anything
+///    else). In rounds that close cleanly a snapshot comes first, keeping only itself, so every
+///    segment before the history's is removed unless the hold put in place at recovery keeps it.
+/// 3. Caught up (a feeder stepping until it passes the durable LSN), the history holds one entry
+///    per money-moving record of the log and nothing else: the entries' LSNs are exactly those of
+///    the present credit, debit, capture and release keys (`expected_entries`), so every
+///    acknowledged one is there, none twice, none other, each with its tenant, user, kind and
+///    amount.
+/// 4. Per user in LSN order, each `balance_after` is the previous one plus the entry's amount
+///    (from 0); a release has none; the last one is the wallet's balance (`wallets`).
+fn verify_history(
+    engine: &Arc<Engine>,
+    history_db: &rusqlite::Connection,
+    round: u64,
+    checkpoint: u64,
+    expected_entries: &BTreeMap<u64, ExpectedEntry>,
+    wallets: &BTreeMap<String, Expected>,
+    clean_close: bool,
+) -> HistoryReport {
+    let durable = engine.wal().durable_lsn();
+    assert_eq!(
+        durable + 1,
+        engine.wal().next_lsn(),
+        "round {round}: recovery left records that are not durable"
+    );
+    assert!(
+        checkpoint <= durable + 1,
+        "round {round}: the history applied up to LSN {} but the log holds up to {durable}",
+        checkpoint - 1
+    );
+    if clean_close {
+        engine
+            .snapshot()
+            .unwrap_or_else(|error| panic!("round {round}: snapshot: {error}"));
+    }
+    let wal_dir = engine.options().wal_dir();
+    let names: Vec<String> = std::fs::read_dir(&wal_dir)
+        .expect("wal directory")
+        .map(|entry| {
+            entry
+                .expect("wal entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments = segment::from_listing(&wal_dir, &names);
+    let oldest_segment = segments.first().map_or(0, |first| first.first_lsn);
+    assert!(
+        oldest_segment <= checkpoint,
+        "round {round}: the log starts at LSN {oldest_segment}, after the history's checkpoint \
+         {checkpoint}: the retention hold did not keep it"
+    );
+
+    let mut feeder = history_feeder(engine);
+    assert_eq!(
+        feeder.next_lsn(),
+        checkpoint,
+        "round {round}: the feeder's start"
+    );
+    let storage = &**engine.storage();
+    let mut caught_up_records = 0;
+    while feeder.next_lsn() <= durable {
+        let before = feeder.next_lsn();
+        match feeder.step(storage, durable, 20_000) {
+            Ok(applied) => caught_up_records += applied,
+            Err(FeedError::Log(FollowError::Missing { next_lsn, oldest })) => panic!(
+                "round {round}: the history needs LSN {next_lsn} but the log starts at {oldest}"
+            ),
+            Err(error) => panic!("round {round}: catching the history up: {error}"),
+        }
+        assert!(
+            feeder.next_lsn() > before,
+            "round {round}: the history stopped at LSN {before}, the log is durable to {durable}"
+        );
+    }
+    assert_eq!(feeder.next_lsn(), durable + 1, "round {round}: caught up");
+    let committed = feeder.store().next_lsn().expect("checkpoint");
+    assert_eq!(
+        committed,
+        durable + 1,
+        "round {round}: the committed checkpoint"
+    );
+    engine
+        .retention()
+        .hold(history::RETENTION_HOLD, feeder.next_lsn());
+    drop(feeder);
+    let rows = history_rows(history_db);
+    let listed: BTreeMap<u64, ExpectedEntry> = rows
+        .iter()
+        .map(|row| {
+            assert_eq!(row.tenant, TENANT, "round {round}: {row:?}");
+            let kind = ["topup", "debit", "capture", "release"]
+                .into_iter()
+                .find(|kind| *kind == row.kind)
+                .unwrap_or_else(|| panic!("round {round}: an entry of no planned kind: {row:?}"));
+            (row.lsn, (row.user.clone(), kind, row.amount))
+        })
+        .collect();
+    if &listed != expected_entries {
+        let missing: Vec<_> = expected_entries
+            .iter()
+            .filter(|(lsn, entry)| listed.get(lsn) != Some(entry))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = listed
+            .iter()
+            .filter(|(lsn, entry)| expected_entries.get(lsn) != Some(entry))
+            .take(5)
+            .collect();
+        panic!(
+            "round {round}: the history's entries are not the log's movements ({} listed, {} \
+             expected); expected but not listed (first 5): {missing:?}; listed but not expected \
+             (first 5): {extra:?}",
+            listed.len(),
+            expected_entries.len()
+        );
+    }
+    let mut balances: BTreeMap<&str, i64> = BTreeMap::new();
+    for row in &rows {
+        let balance = balances.entry(row.user.as_str()).or_default();
+        match (row.kind.as_str(), row.balance_after) {
+            ("release", None) => {}
+            ("release", Some(_)) => panic!("round {round}: a release with a balance: {row:?}"),
+            (_, Some(after)) => {
+                assert_eq!(
+                    Some(after),
+                    balance.checked_add(row.amount),
+                    "round {round}: the balance chain breaks at {row:?}"
+                );
+                *balance = after;
+            }
+            (_, None) => panic!("round {round}: a movement without a balance: {row:?}"),
+        }
+    }
+    for (user, wallet) in wallets {
+        assert_eq!(
+            balances.get(user.as_str()).copied().unwrap_or(0),
+            wallet.balance,
+            "round {round}: {user}'s last balance_after is not the wallet's balance"
+        );
+    }
+    HistoryReport {
+        checkpoint,
+        oldest_segment,
+        caught_up_records,
+        entries: rows.len(),
+    }
+}
+
+/// A read-only connection to the history, as any SQLite tool would open. The parent keeps one
+/// open throughout, which also spares each feeder it closes SQLite's checkpoint on the last close.
+fn history_connection(data_dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        history_path(data_dir),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the history read-only")
+}
+
+/// Every entry of the history, in LSN order.
+fn history_rows(connection: &rusqlite::Connection) -> Vec<HistoryRow> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT e.lsn, a.tenant, a.user_id, e.kind, e.amount, e.balance_after
+             FROM entries e JOIN accounts a ON a.id = e.account ORDER BY e.lsn",
+        )
+        .expect("the entries query");
+    let rows = statement
+        .query_map([], |row| {
+            Ok(HistoryRow {
+                lsn: u64::try_from(row.get::<_, i64>(0)?).expect("a positive LSN"),
+                tenant: row.get(1)?,
+                user: row.get(2)?,
+                kind: row.get(3)?,
+                amount: row.get(4)?,
+                balance_after: row.get(5)?,
+            })
+        })
+        .expect("the entries")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("an entry");
+    rows
+}
+
 /// Creates the tenant and users once, durably, so every round starts from a known population.
 fn set_up(dir: &Path) {
-    let engine = Engine::open_dir(options(dir, false)).expect("open");
+    let (engine, _) = open_with_history(options(dir, false)).expect("open");
     let context = Context::actor(ACTOR);
     let (tenant, _, _) = engine
         .upsert_tenant(TENANT, Some("Acme"), None, &context)
@@ -739,6 +1056,7 @@ fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = temp.path().join("data");
     set_up(&dir);
+    let history_db = history_connection(&dir);
     let mut model = Model::default();
     let started = Instant::now();
     for round in 0..ROUNDS {
@@ -751,7 +1069,14 @@ fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
         let kill = choose_kill(&mut rng, round);
         eprintln!("round {round:2}: start at {start}, kill {kill:?}");
         let run = run_child_round(&dir, start, rng.random(), kill);
-        verify_round(&dir, &mut model, &run, round, rng.random_bool(0.5));
+        verify_round(
+            &dir,
+            &mut model,
+            &run,
+            round,
+            rng.random_bool(0.5),
+            &history_db,
+        );
     }
     eprintln!(
         "{ROUNDS} rounds in {:.1} s: {} acknowledgements, {} keys applied, up to index {:?}",

@@ -106,7 +106,7 @@ impl Feeder {
         Ok(self.follower.next_lsn() == 1 && self.store.next_lsn()? == 1)
     }
 
-    /// Makes a fresh history start at `lsn`: the log before it is gone.
+    /// Makes the history go on at `lsn`: the log before it is gone.
     pub fn start_at(&mut self, lsn: u64) -> Result<(), StoreError> {
         self.store.begin()?.commit(lsn)?;
         self.follower.rewind(lsn);
@@ -133,7 +133,7 @@ impl Feeder {
                 .map_err(|error| StoreError::Undecodable(frame.lsn, error.to_string()))?;
             transaction.apply(frame.lsn, &event)
         });
-        match applied {
+        let committed = match applied {
             Ok(applied) => transaction
                 .commit(follower.next_lsn())
                 .map(|()| applied)
@@ -142,7 +142,15 @@ impl Feeder {
                 drop(transaction);
                 Err(error.into())
             }
+        };
+        if committed.is_err() {
+            // Nothing of the step stays: the next one starts again at the checkpoint (the
+            // follower itself would resume at the batch that failed, after the batches the
+            // rollback undid), and the account ids the rollback took back may be given again.
+            self.follower.rewind(start);
+            self.store.forget_accounts();
         }
+        committed
     }
 }
 

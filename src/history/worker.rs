@@ -111,16 +111,30 @@ fn run(
     }
 }
 
-/// One step; a fresh history on a log whose start was already removed begins where it starts.
+/// One step. A history whose next record the log no longer holds goes on where the log starts:
+/// a fresh history on an old data directory, or one that was turned off (`history.enabled =
+/// false`, so no hold kept the log) while snapshots pruned past it. Waiting would not bring the
+/// records back, and its hold would keep the log from ever being pruned again.
 fn step(feeder: &mut Feeder, engine: &Engine, durable: u64) -> Result<u64, FeedError> {
     let storage = &**engine.storage();
     match feeder.step(storage, durable, STEP_RECORDS) {
-        Err(FeedError::Log(FollowError::Missing { oldest, .. })) if feeder.is_fresh()? => {
-            tracing::warn!(
-                first_lsn = oldest,
-                "history: the log before LSN {oldest} was removed before the history existed; \
-                 the history starts there"
-            );
+        Err(FeedError::Log(FollowError::Missing { next_lsn, oldest })) => {
+            if feeder.is_fresh()? {
+                tracing::warn!(
+                    first_lsn = oldest,
+                    "history: the log before LSN {oldest} was removed before the history \
+                     existed; the history starts there"
+                );
+            } else {
+                tracing::warn!(
+                    next_lsn,
+                    first_lsn = oldest,
+                    "history: the log from LSN {next_lsn} to {} was removed while the history did \
+                     not follow it (was history.enabled false?); the history has no entries for \
+                     those records and goes on from LSN {oldest}",
+                    oldest - 1
+                );
+            }
             feeder.start_at(oldest)?;
             feeder.step(storage, durable, STEP_RECORDS)
         }
