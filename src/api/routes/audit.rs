@@ -11,7 +11,9 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::entries::{catch_up, history_disabled, history_error, time};
+use super::entries::{
+    catch_up, history_disabled, history_error, page_cursor, page_limit, time, DEFAULT_LIMIT,
+};
 use crate::api::call::{ok, Answer, Call};
 use crate::api::problem::Problem;
 use crate::api::request::query_pairs;
@@ -19,8 +21,6 @@ use crate::history::audit::{Filter, Record};
 use crate::time::format_rfc3339_ms;
 
 /// Records per page by default, and at most.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 1000;
 
 /// What the query asks for.
 struct Query {
@@ -100,25 +100,10 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     for (name, value) in query_pairs(query) {
         match name.as_str() {
             "limit" => {
-                parsed.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        Problem::invalid(format!("limit must be between 1 and {MAX_LIMIT}"))
-                            .with("field", "limit")
-                    })?;
+                parsed.limit = page_limit(&value)?;
             }
             "cursor" => {
-                let seq = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&seq| seq > 0 && i64::try_from(seq).is_ok())
-                    .ok_or_else(|| {
-                        Problem::invalid("cursor is not one this server gave")
-                            .with("field", "cursor")
-                    })?;
-                parsed.before_seq = Some(seq);
+                parsed.before_seq = Some(page_cursor(&value, "")?);
             }
             "actor" => {
                 if value.is_empty() {

@@ -22,8 +22,10 @@ use crate::history::reader::{Filter, Listed, Reader};
 use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Entries per page by default, and at most.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 1000;
+/// Items in a page of a history listing when the query gives no `limit`.
+pub(crate) const DEFAULT_LIMIT: u32 = 50;
+/// The most items a page of a history listing holds.
+pub(crate) const MAX_LIMIT: u32 = 1000;
 /// How long a request waits for the history to catch up with the log.
 const CATCH_UP: Duration = Duration::from_secs(2);
 /// The kinds of entry.
@@ -145,6 +147,30 @@ fn entry(listed: &Listed) -> Entry<'_> {
     }
 }
 
+/// A page's `limit`: 1 to [`MAX_LIMIT`].
+pub(crate) fn page_limit(value: &str) -> Result<u32, Problem> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| {
+            Problem::invalid(format!("limit must be between 1 and {MAX_LIMIT}"))
+                .with("field", "limit")
+        })
+}
+
+/// A page's `cursor` as this server gives them: `prefix` and a number above 0 that fits the
+/// database's signed 64 bits.
+pub(crate) fn page_cursor(value: &str, prefix: &str) -> Result<u64, Problem> {
+    value
+        .strip_prefix(prefix)
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .filter(|&number| number > 0 && i64::try_from(number).is_ok())
+        .ok_or_else(|| {
+            Problem::invalid("cursor is not one this server gave").with("field", "cursor")
+        })
+}
+
 fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     let mut parsed = Query {
         filter: Filter::default(),
@@ -154,25 +180,10 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     for (name, value) in query_pairs(query) {
         match name.as_str() {
             "limit" => {
-                parsed.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        Problem::invalid(format!("limit must be between 1 and {MAX_LIMIT}"))
-                            .with("field", "limit")
-                    })?;
+                parsed.limit = page_limit(&value)?;
             }
             "cursor" => {
-                let lsn = value
-                    .strip_prefix(ENTRY_PREFIX)
-                    .and_then(|digits| digits.parse::<u64>().ok())
-                    .filter(|&lsn| lsn > 0)
-                    .ok_or_else(|| {
-                        Problem::invalid("cursor is not one this server gave")
-                            .with("field", "cursor")
-                    })?;
-                parsed.before_lsn = Some(lsn);
+                parsed.before_lsn = Some(page_cursor(&value, ENTRY_PREFIX)?);
             }
             "kind" => {
                 if !KINDS.contains(&value.as_str()) {

@@ -10,7 +10,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::entries::{catch_up, history, history_error};
+use super::entries::{catch_up, history, history_error, page_cursor, page_limit, DEFAULT_LIMIT};
 use crate::api::call::{ok, Answer, Call};
 use crate::api::dto::{PrefixedId, ENTRY_PREFIX};
 use crate::api::problem::Problem;
@@ -19,8 +19,6 @@ use crate::history::payments::{ListedPayment, STATUSES};
 use crate::time::format_rfc3339_ms;
 
 /// Payments per page by default, and at most.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 1000;
 /// The prefix of a page cursor.
 const CURSOR_PREFIX: &str = "pay_";
 
@@ -131,25 +129,10 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
     for (name, value) in query_pairs(query) {
         match name.as_str() {
             "limit" => {
-                parsed.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        Problem::invalid(format!("limit must be between 1 and {MAX_LIMIT}"))
-                            .with("field", "limit")
-                    })?;
+                parsed.limit = page_limit(&value)?;
             }
             "cursor" => {
-                let lsn = value
-                    .strip_prefix(CURSOR_PREFIX)
-                    .and_then(|digits| digits.parse::<u64>().ok())
-                    .filter(|&lsn| lsn > 0)
-                    .ok_or_else(|| {
-                        Problem::invalid("cursor is not one this server gave")
-                            .with("field", "cursor")
-                    })?;
-                parsed.before_lsn = Some(lsn);
+                parsed.before_lsn = Some(page_cursor(&value, CURSOR_PREFIX)?);
             }
             "status" => {
                 if !STATUSES.contains(&value.as_str()) {
