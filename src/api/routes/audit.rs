@@ -20,8 +20,6 @@ use crate::api::request::query_pairs;
 use crate::history::audit::{Filter, Record};
 use crate::time::format_rfc3339_ms;
 
-/// Records per page by default, and at most.
-
 /// What the query asks for.
 struct Query {
     filter: Filter,

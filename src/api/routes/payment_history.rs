@@ -18,7 +18,6 @@ use crate::api::request::query_pairs;
 use crate::history::payments::{ListedPayment, STATUSES};
 use crate::time::format_rfc3339_ms;
 
-/// Payments per page by default, and at most.
 /// The prefix of a page cursor.
 const CURSOR_PREFIX: &str = "pay_";
 
