@@ -92,6 +92,11 @@ pub fn parse_json_or_empty<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T,
     parse_json(bytes)
 }
 
+/// The 422 for a query parameter a route does not take.
+pub fn unknown_parameter(name: &str) -> Problem {
+    Problem::invalid(format!("unknown query parameter {name:?}"))
+}
+
 /// `name=value` pairs of a query string, percent-decoded (`+` is a space).
 pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
     query

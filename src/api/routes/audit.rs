@@ -12,11 +12,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::entries::{
-    catch_up, history_disabled, history_error, page_cursor, page_limit, time, DEFAULT_LIMIT,
+    catch_up, history_disabled, history_error, in_order, page_cursor, page_limit, time,
+    DEFAULT_LIMIT,
 };
 use crate::api::call::{ok, Answer, Call};
 use crate::api::problem::Problem;
-use crate::api::request::query_pairs;
+use crate::api::request::{query_pairs, unknown_parameter};
 use crate::history::audit::{Filter, Record};
 use crate::time::format_rfc3339_ms;
 
@@ -111,18 +112,10 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
             }
             "from" => parsed.filter.from_ms = Some(time(&value, "from")?),
             "to" => parsed.filter.to_ms = Some(time(&value, "to")?),
-            _ => {
-                return Err(Problem::invalid(format!(
-                    "unknown query parameter {name:?}"
-                )))
-            }
+            _ => return Err(unknown_parameter(&name)),
         }
     }
-    if let (Some(from), Some(to)) = (parsed.filter.from_ms, parsed.filter.to_ms) {
-        if from > to {
-            return Err(Problem::invalid("from is after to").with("field", "from"));
-        }
-    }
+    in_order(parsed.filter.from_ms, parsed.filter.to_ms)?;
     Ok(parsed)
 }
 

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use crate::api::call::{ok, Answer, Call};
 use crate::api::dto::{PrefixedId, ENTRY_PREFIX};
 use crate::api::problem::Problem;
-use crate::api::request::query_pairs;
+use crate::api::request::{query_pairs, unknown_parameter};
 use crate::engine::types::Currency;
 use crate::history::reader::{Filter, Listed, Reader};
 use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
@@ -80,10 +80,7 @@ struct Page<'a> {
 pub async fn list_entries(call: &Call<'_>) -> Answer {
     let user = &*call.param;
     let query = parse_query(call.query)?;
-    let reader = history(call)?;
-    // A user of another tenant, or none: 404 as if absent.
-    call.tenant.user(user)?;
-    catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
+    let reader = user_history(call).await?;
     let tenant = call.tenant.id.to_string();
     let user = user.to_owned();
     let limit = query.limit;
@@ -147,6 +144,25 @@ fn entry(listed: &Listed) -> Entry<'_> {
     }
 }
 
+/// A `from`–`to` filter must not start after it ends.
+pub(crate) fn in_order(from_ms: Option<i64>, to_ms: Option<i64>) -> Result<(), Problem> {
+    match (from_ms, to_ms) {
+        (Some(from), Some(to)) if from > to => {
+            Err(Problem::invalid("from is after to").with("field", "from"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A user's history, once the history has caught up with what was durable when the request
+/// came: 503 when the history is off, 404 for a user of another tenant (as if absent).
+pub(crate) async fn user_history(call: &Call<'_>) -> Result<std::sync::Arc<Reader>, Problem> {
+    let reader = history(call)?;
+    call.tenant.user(&call.param)?;
+    catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
+    Ok(reader)
+}
+
 /// A page's `limit`: 1 to [`MAX_LIMIT`].
 pub(crate) fn page_limit(value: &str) -> Result<u32, Problem> {
     value
@@ -199,18 +215,10 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
             "currency" => parsed.filter.currency = Some(Currency::new(&value)?.as_str().to_owned()),
             "from" => parsed.filter.from_ms = Some(time(&value, "from")?),
             "to" => parsed.filter.to_ms = Some(time(&value, "to")?),
-            _ => {
-                return Err(Problem::invalid(format!(
-                    "unknown query parameter {name:?}"
-                )))
-            }
+            _ => return Err(unknown_parameter(&name)),
         }
     }
-    if let (Some(from), Some(to)) = (parsed.filter.from_ms, parsed.filter.to_ms) {
-        if from > to {
-            return Err(Problem::invalid("from is after to").with("field", "from"));
-        }
-    }
+    in_order(parsed.filter.from_ms, parsed.filter.to_ms)?;
     Ok(parsed)
 }
 

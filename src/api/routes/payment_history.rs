@@ -10,11 +10,11 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::entries::{catch_up, history, history_error, page_cursor, page_limit, DEFAULT_LIMIT};
+use super::entries::{history_error, page_cursor, page_limit, user_history, DEFAULT_LIMIT};
 use crate::api::call::{ok, Answer, Call};
 use crate::api::dto::{PrefixedId, ENTRY_PREFIX};
 use crate::api::problem::Problem;
-use crate::api::request::query_pairs;
+use crate::api::request::{query_pairs, unknown_parameter};
 use crate::history::payments::{ListedPayment, STATUSES};
 use crate::time::format_rfc3339_ms;
 
@@ -62,10 +62,7 @@ struct Page<'a> {
 pub async fn list_payments(call: &Call<'_>) -> Answer {
     let user = &*call.param;
     let query = parse_query(call.query)?;
-    let reader = history(call)?;
-    // A user of another tenant, or none: 404 as if absent.
-    call.tenant.user(user)?;
-    catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
+    let reader = user_history(call).await?;
     let tenant = call.tenant.id.to_string();
     let user = user.to_owned();
     let limit = query.limit;
@@ -143,11 +140,7 @@ fn parse_query(query: Option<&str>) -> Result<Query, Problem> {
                 }
                 parsed.status = Some(value);
             }
-            _ => {
-                return Err(Problem::invalid(format!(
-                    "unknown query parameter {name:?}"
-                )))
-            }
+            _ => return Err(unknown_parameter(&name)),
         }
     }
     Ok(parsed)

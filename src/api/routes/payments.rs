@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::api::call::{wait_durable, written, Answer, Call, Open};
 use crate::api::dto::{metadata, rule_json, ENTRY_PREFIX};
 use crate::api::problem::Problem;
-use crate::api::request::{parse_json, query_pairs};
+use crate::api::request::{parse_json, query_pairs, unknown_parameter};
 use crate::api::response::json_response;
 use crate::engine::payments::{AutoTopupRequest, PaymentStatus, PaymentView, Settlement, Verdict};
 use crate::engine::types::Decline;
@@ -221,11 +221,7 @@ fn currency_query(query: Option<&str>) -> Result<Option<Currency>, Problem> {
     for (name, value) in query_pairs(query) {
         match name.as_str() {
             "currency" => currency = Some(Currency::new(&value)?),
-            _ => {
-                return Err(Problem::invalid(format!(
-                    "unknown query parameter {name:?}"
-                )))
-            }
+            _ => return Err(unknown_parameter(&name)),
         }
     }
     Ok(currency)

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::entries::{catch_up, history, history_error};
 use crate::api::call::{ok, Answer, Call};
 use crate::api::problem::Problem;
-use crate::api::request::query_pairs;
+use crate::api::request::{query_pairs, unknown_parameter};
 use crate::config::Role;
 use crate::engine::types::Currency;
 use crate::history::reader::Reader;
@@ -204,9 +204,7 @@ fn parse(query: Option<&str>, known: &[&str]) -> Result<Params, Problem> {
     let mut params = Params::default();
     for (name, value) in query_pairs(query) {
         if !known.contains(&name.as_str()) {
-            return Err(Problem::invalid(format!(
-                "unknown query parameter {name:?}"
-            )));
+            return Err(unknown_parameter(&name));
         }
         let slot = match name.as_str() {
             "from" => &mut params.from,

@@ -12,7 +12,7 @@ use crate::api::auth;
 use crate::api::call::{fingerprint, ok, unexpected, written, Answer, Call};
 use crate::api::dto::{currency, metadata, rule_json, spend, PrefixedId, ENTRY_PREFIX};
 use crate::api::problem::Problem;
-use crate::api::request::{parse_json, parse_json_or_empty, query_pairs};
+use crate::api::request::{parse_json, parse_json_or_empty, query_pairs, unknown_parameter};
 use crate::api::response::json_response;
 use crate::config::Role;
 use crate::engine::types::Outcome;
@@ -304,11 +304,7 @@ pub async fn get_wallet(call: &Call<'_>) -> Answer {
     for (name, value) in query_pairs(call.query) {
         match name.as_ref() {
             "currency" => currency = Currency::new(&value)?,
-            _ => {
-                return Err(Problem::invalid(format!(
-                    "unknown query parameter {name:?}"
-                )))
-            }
+            _ => return Err(unknown_parameter(&name)),
         }
     }
     let view = call.tenant.user(user)?;
