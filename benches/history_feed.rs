@@ -5,9 +5,11 @@
 //! Set-up: an engine on the real disk (`<package>/target/bench-data` or `$CREDITD_BENCH_DIR`)
 //! with 10 k users and 50 catalogue actions writes `$CREDITD_BENCH_RECORDS` (default 1 M) debits
 //! by action to its log, uniformly over users and actions. Nothing reads the log while it is
-//! written. Then a fresh history database is fed from that log, step after step of 20 000
-//! records (the feeder thread's step) until it has caught up, exactly as the server's feeder
-//! thread does it, each step one SQLite transaction committed with `synchronous = FULL`.
+//! written. Then a fresh history database is fed from that log, step after step, until it has
+//! caught up, exactly as the server's feeder thread does it when it lags: steps of 20 000
+//! records doubling up to 320 000 (`history::worker::next_step_records`), each one SQLite
+//! transaction committed with `synchronous = FULL`. `CREDITD_BENCH_STEP=N` fixes the step at N
+//! records instead.
 //! Reported: records and entries per second (wall and process CPU), and the database's bytes per
 //! entry once its write-ahead file is checkpointed into it.
 //!
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use creditd::engine::{DebitRequest, Engine, Spend, Tenant};
-use creditd::history::Feeder;
+use creditd::history::{worker, Feeder};
 use creditd::wal::{FsStorage, FsyncMode};
 
 #[allow(dead_code)]
@@ -38,8 +40,8 @@ use common::{Random, UserId, BENCH};
 const USERS: u64 = 10_000;
 /// Catalogue actions debited.
 const ACTIONS: u64 = 50;
-/// Records per feeder step, as the server's feeder thread takes them.
-const STEP_RECORDS: u64 = 20_000;
+/// Records per transaction in the comparison of stores, and the feeder's first step.
+const STEP_RECORDS: u64 = worker::STEP_RECORDS;
 
 fn main() {
     // `cargo test` runs bench targets once with `--bench` absent; there is nothing to test here.
@@ -71,13 +73,21 @@ fn main() {
         creditd::wal::record::MAX_RECORD_BYTES_LIMIT,
     )
     .expect("open the history");
+    // The server's policy (steps double while the history lags), unless a fixed size is asked.
+    let fixed_step: Option<u64> = std::env::var("CREDITD_BENCH_STEP")
+        .ok()
+        .and_then(|value| value.parse().ok());
+    let mut records_per_step = fixed_step.unwrap_or(STEP_RECORDS);
     let cpu = common::process_cpu_seconds();
     let started = Instant::now();
     let mut steps = 0u64;
     while feeder.next_lsn() <= durable {
-        feeder
-            .step(&FsStorage, durable, STEP_RECORDS)
+        let applied = feeder
+            .step(&FsStorage, durable, records_per_step)
             .expect("a feeder step");
+        if fixed_step.is_none() {
+            records_per_step = worker::next_step_records(records_per_step, applied);
+        }
         steps += 1;
     }
     let seconds = started.elapsed().as_secs_f64();

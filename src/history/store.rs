@@ -9,6 +9,8 @@ use std::path::Path;
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::audit::{self, Chain};
@@ -225,7 +227,7 @@ pub struct Feed<'c> {
 /// allocating.
 #[derive(Debug, Default)]
 struct Accounts {
-    ids: HashMap<Box<str>, HashMap<Box<str>, i64>>,
+    ids: HashMap<Box<str>, HashMap<Box<str>, i64, RandomState>, RandomState>,
     len: usize,
 }
 

@@ -16,8 +16,27 @@ use crate::engine::Engine;
 use crate::metrics::names;
 use crate::wal::follow::FollowError;
 
-/// Records applied per transaction at most (whole batches, so perhaps a few more).
-const STEP_RECORDS: u64 = 20_000;
+/// Records applied per transaction when the history is caught up (whole batches, so perhaps a
+/// few more): a step commits (one sync) every [`IDLE`] or every this many records.
+pub const STEP_RECORDS: u64 = 20_000;
+/// Records per transaction at most when the history lags.
+pub const MAX_STEP_RECORDS: u64 = 320_000;
+
+/// The size of the step after one of `records` that applied `applied`: a full step means the
+/// history lags, and the next one is twice as large, up to [`MAX_STEP_RECORDS`]; any other goes
+/// back to [`STEP_RECORDS`]. Larger steps catch up for less: a counter row, an index page or a
+/// page of the write-ahead file touched by many records of a step is written once per step, and
+/// a commit's sync and checkpoint are paid once (one user's hour row of an action, in particular,
+/// is one UPSERT per step however often the step charges it). The price is a longer transaction
+/// (readers are not blocked: the database is in WAL mode) and a write-ahead file that grows to
+/// the largest step's pages.
+pub fn next_step_records(records: u64, applied: u64) -> u64 {
+    if applied >= records {
+        records.saturating_mul(2).min(MAX_STEP_RECORDS)
+    } else {
+        STEP_RECORDS
+    }
+}
 /// The pause when caught up.
 const IDLE: Duration = Duration::from_millis(100);
 /// The pause after a failed step.
@@ -80,19 +99,22 @@ fn run(
 ) -> Feeder {
     let lag = metrics::gauge!(names::HISTORY_LAG_RECORDS);
     let errors = metrics::counter!(names::HISTORY_ERRORS_TOTAL);
+    let mut records = STEP_RECORDS;
     loop {
         // Read before the flag: a stop catches up with everything durable when it was asked.
         let stopping = stop.load(Ordering::Acquire);
         let durable = engine.wal().durable_lsn();
-        match step(&mut feeder, engine, durable) {
+        match step(&mut feeder, engine, durable, records) {
             Ok(applied) => {
+                let full = applied >= records;
+                records = next_step_records(records, applied);
                 engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
                 published.store(feeder.next_lsn(), Ordering::Release);
                 lag.set(durable.saturating_sub(feeder.next_lsn() - 1) as f64);
                 if let Some(purge) = purge.as_deref_mut() {
                     purge.step(&mut feeder, engine.now_ms());
                 }
-                if applied < STEP_RECORDS {
+                if !full {
                     if stopping {
                         return feeder;
                     }
@@ -106,6 +128,7 @@ fn run(
                 if stopping {
                     return feeder;
                 }
+                records = STEP_RECORDS;
                 std::thread::sleep(RETRY);
             }
         }
@@ -116,9 +139,14 @@ fn run(
 /// a fresh history on an old data directory, or one that was turned off (`history.enabled =
 /// false`, so no hold kept the log) while snapshots pruned past it. Waiting would not bring the
 /// records back, and its hold would keep the log from ever being pruned again.
-fn step(feeder: &mut Feeder, engine: &Engine, durable: u64) -> Result<u64, FeedError> {
+fn step(
+    feeder: &mut Feeder,
+    engine: &Engine,
+    durable: u64,
+    records: u64,
+) -> Result<u64, FeedError> {
     let storage = &**engine.storage();
-    match feeder.step(storage, durable, STEP_RECORDS) {
+    match feeder.step(storage, durable, records) {
         Err(FeedError::Log(FollowError::Missing { next_lsn, oldest })) => {
             if feeder.is_fresh()? {
                 tracing::warn!(
@@ -137,7 +165,7 @@ fn step(feeder: &mut Feeder, engine: &Engine, durable: u64) -> Result<u64, FeedE
                 );
             }
             feeder.start_at(oldest)?;
-            feeder.step(storage, durable, STEP_RECORDS)
+            feeder.step(storage, durable, records)
         }
         result => result,
     }
@@ -204,5 +232,28 @@ impl Purge {
                 self.ended_ms = Some(now_ms);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_double_while_full_and_start_over_when_caught_up() {
+        let mut records = STEP_RECORDS;
+        let mut sizes = vec![records];
+        for _ in 0..6 {
+            records = next_step_records(records, records);
+            sizes.push(records);
+        }
+        assert_eq!(
+            sizes,
+            [20_000, 40_000, 80_000, 160_000, 320_000, 320_000, 320_000]
+        );
+        // Whole batches may take a step a little past its size: still full.
+        assert_eq!(next_step_records(40_000, 40_007), 80_000);
+        assert_eq!(next_step_records(320_000, 319_999), STEP_RECORDS);
+        assert_eq!(next_step_records(STEP_RECORDS, 0), STEP_RECORDS);
     }
 }
