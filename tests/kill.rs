@@ -45,7 +45,8 @@ use creditd::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ReserveRequest, Spend, Tenant,
 };
-use creditd::history::{self, FeedError, Feeder};
+use creditd::history::reports::{Key, UsageGrouping, UsageQuery, Window};
+use creditd::history::{self, rollup, FeedError, Feeder};
 use creditd::wal::follow::FollowError;
 use creditd::wal::{segment, FsyncMode};
 use rand::rngs::StdRng;
@@ -850,6 +851,8 @@ fn verify_round(
 ///    amount.
 /// 4. Per user in LSN order, each `balance_after` is the previous one plus the entry's amount
 ///    (from 0); a release has none; the last one is the wallet's balance (`wallets`).
+/// 5. The usage report by user (from the rollups, which the same transactions keep) counts, for
+///    every user, exactly its acknowledged debits and captures and the credits they charged.
 fn verify_history(
     engine: &Arc<Engine>,
     history_db: &rusqlite::Connection,
@@ -982,12 +985,49 @@ fn verify_history(
             "round {round}: {user}'s last balance_after is not the wallet's balance"
         );
     }
+    verify_usage(engine, round, expected_entries);
     HistoryReport {
         checkpoint,
         oldest_segment,
         caught_up_records,
         entries: rows.len(),
     }
+}
+
+/// Point 5 of [`verify_history`]: the usage report by user over the days around now equals the
+/// spends among `expected_entries` (debits and captures, whose amounts are negative).
+fn verify_usage(engine: &Engine, round: u64, expected_entries: &BTreeMap<u64, ExpectedEntry>) {
+    let mut expected: BTreeMap<Key, (i64, i64)> = BTreeMap::new();
+    for (user, kind, amount) in expected_entries.values() {
+        if matches!(*kind, "debit" | "capture") {
+            let totals = expected.entry(Key::Name(user.clone())).or_default();
+            totals.0 += 1;
+            totals.1 -= amount;
+        }
+    }
+    let applied = Arc::new(AtomicU64::new(engine.wal().durable_lsn() + 1));
+    let reader = history::reader::Reader::new(&history_path(&engine.options().data_dir), applied);
+    let now_hour = engine.now_ms().div_euclid(rollup::HOUR_MS);
+    let query = UsageQuery {
+        tenant: TENANT,
+        currency: "credits",
+        window: Window {
+            from_hour: now_hour - 24 * 7,
+            to_hour: now_hour + 24,
+        },
+        group_by: UsageGrouping::User,
+        user: None,
+    };
+    let reported: BTreeMap<Key, (i64, i64)> = reader
+        .usage(&query)
+        .unwrap_or_else(|error| panic!("round {round}: the usage report: {error}"))
+        .into_iter()
+        .map(|row| (row.key, (row.totals.count, row.totals.credits)))
+        .collect();
+    assert_eq!(
+        reported, expected,
+        "round {round}: the usage report by user is not the acknowledged spends"
+    );
 }
 
 /// A read-only connection to the history, as any SQLite tool would open. The parent keeps one
