@@ -238,6 +238,74 @@ impl Purge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::types::Currency;
+    use crate::history::entry::Entry;
+    use crate::history::Store;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    /// Writes one debit of `user` at `lsn`, at `time_ms`, through a connection of its own.
+    fn write(path: &std::path::Path, user: &str, lsn: u64, time_ms: i64) {
+        let mut store = Store::open(path).unwrap();
+        let mut feed = store.begin().unwrap();
+        feed.insert(&Entry {
+            lsn,
+            tenant: "acme",
+            user,
+            kind: "debit",
+            amount: -1,
+            currency: Currency::CREDITS,
+            balance_after: Some(0),
+            available_after: 0,
+            action: None,
+            description: None,
+            reference: None,
+            metadata: None,
+            actor: "app",
+            time_ms,
+        })
+        .unwrap();
+        feed.commit(lsn + 1).unwrap();
+    }
+
+    fn count(feeder: &Feeder) -> u64 {
+        feeder.store().count().unwrap()
+    }
+
+    #[test]
+    fn a_purge_runs_at_once_then_every_ten_minutes_until_nothing_is_older_than_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::history::FILE_NAME);
+        let now = 100 * DAY_MS;
+        write(&path, "ada", 1, now - 3 * DAY_MS);
+        write(&path, "bob", 2, now - 2 * DAY_MS);
+        write(&path, "ada", 3, now - DAY_MS / 2);
+        let mut feeder = Feeder::open(&path, dir.path(), 5, 1 << 20).unwrap();
+        let mut purge = Purge::new(Duration::from_secs(86_400));
+
+        // Due at once: the two entries older than a day go; a second transaction finds none left
+        // and ends the purge.
+        purge.step(&mut feeder, now);
+        assert_eq!(count(&feeder), 1);
+        assert!(purge.running, "a transaction that removed entries goes on");
+        purge.step(&mut feeder, now + 1);
+        assert!(!purge.running);
+        assert_eq!(purge.ended_ms, Some(now + 1));
+
+        // An entry that is older than the retention by now waits for the next purge.
+        write(&path, "cy", 4, now - 2 * DAY_MS);
+        purge.step(&mut feeder, now + 60_000);
+        assert_eq!(count(&feeder), 2, "not due one minute after the last purge");
+        purge.step(&mut feeder, now + 1 + PURGE_EVERY.as_millis() as i64);
+        assert_eq!(count(&feeder), 1, "due ten minutes after it");
+        // The entry of half a day ago is kept until it is older than a day.
+        let hour = 3_600_000;
+        purge.step(&mut feeder, now + DAY_MS / 2 - hour);
+        purge.step(&mut feeder, now + DAY_MS / 2 - hour + 1);
+        assert_eq!(count(&feeder), 1, "kept while younger than the retention");
+        purge.step(&mut feeder, now + DAY_MS / 2 + hour);
+        assert_eq!(count(&feeder), 0);
+    }
 
     #[test]
     fn steps_double_while_full_and_start_over_when_caught_up() {
