@@ -249,6 +249,7 @@ enum Op {
         amount: i64,
         cur: Cur,
         blank_reason: bool,
+        allow_negative: bool,
         key: KeyGen,
     },
     Reserve {
@@ -436,10 +437,12 @@ impl fmt::Debug for Op {
                 amount,
                 cur,
                 blank_reason,
+                allow_negative,
                 key,
             } => write!(
                 f,
-                "revoke {} {amount}{}{}{}",
+                "{} {} {amount}{}{}{}",
+                if *allow_negative { "chargeback" } else { "revoke" },
                 who(t, u),
                 cur_text(*cur),
                 if *blank_reason { " blank-reason" } else { "" },
@@ -651,15 +654,18 @@ fn debit_op() -> BoxedStrategy<Op> {
 }
 
 fn revoke_op() -> BoxedStrategy<Op> {
-    (tenant(), user(), amount(), cur(), rarely(), key())
-        .prop_map(|(t, u, amount, cur, blank_reason, key)| Op::Revoke {
-            t,
-            u,
-            amount,
-            cur,
-            blank_reason,
-            key,
-        })
+    (tenant(), user(), amount(), cur(), rarely(), sometimes(), key())
+        .prop_map(
+            |(t, u, amount, cur, blank_reason, allow_negative, key)| Op::Revoke {
+                t,
+                u,
+                amount,
+                cur,
+                blank_reason,
+                allow_negative,
+                key,
+            },
+        )
         .boxed()
 }
 
@@ -870,6 +876,7 @@ enum Req {
         amount: i64,
         currency: Option<Currency>,
         reason: &'static str,
+        allow_negative: bool,
         key: Key,
     },
     Reserve {
@@ -1326,6 +1333,7 @@ impl Model {
                 amount,
                 cur,
                 blank_reason,
+                allow_negative,
                 key,
             } => Req::Revoke {
                 t: *t,
@@ -1333,6 +1341,7 @@ impl Model {
                 amount: *amount,
                 currency: cur.currency(),
                 reason: if *blank_reason { " " } else { REVOKE_REASON },
+                allow_negative: *allow_negative,
                 key: resolve_key(key),
             },
             Op::Reserve {
@@ -1461,6 +1470,7 @@ impl Model {
                 amount,
                 currency,
                 reason,
+                allow_negative,
                 key,
             } => {
                 let request = RevokeRequest {
@@ -1468,6 +1478,7 @@ impl Model {
                     amount,
                     currency,
                     reason,
+                    allow_negative,
                 };
                 answer(model.revoke(history, &limits, TENANTS[t], &request, key, now_ms))
             }
@@ -1718,6 +1729,7 @@ impl Harness {
                 amount,
                 currency,
                 reason,
+                allow_negative,
                 key,
             } => {
                 let request = RevokeRequest {
@@ -1725,6 +1737,7 @@ impl Harness {
                     amount,
                     currency,
                     reason,
+                    allow_negative,
                 };
                 engine
                     .revoke(&self.tenants[t], &request, &context(key))

@@ -261,7 +261,7 @@ pub async fn put_auto_topup(call: &Call<'_>) -> Answer {
     };
     call.durable(lsn).await?;
     let rule = engine
-        .auto_topup(&call.tenant, user, currency)?
+        .auto_topup(&call.tenant, user, currency, call.state.payments.gateway_name())?
         .ok_or(EngineError::Conflict("rule vanished"))?;
     Ok(json_response(StatusCode::OK, &rule_json(&rule)))
 }
@@ -288,7 +288,12 @@ pub async fn get_auto_topup(call: &Call<'_>) -> Answer {
     let rule = call
         .state
         .engine
-        .auto_topup(&call.tenant, &call.param, currency)?;
+        .auto_topup(
+            &call.tenant,
+            &call.param,
+            currency,
+            call.state.payments.gateway_name(),
+        )?;
     let rule = rule.ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,

@@ -146,8 +146,11 @@ fn welcome_credit_debit_and_refusal() {
     assert_eq!(
         refused,
         Err(EngineError::InsufficientCredits(Shortfall {
+            currency: Currency::CREDITS,
             balance: 15,
             available: 15,
+            overdraft_limit: 0,
+            spendable: 15,
             required: 100
         }))
     );
@@ -351,6 +354,7 @@ fn revoke_needs_a_reason_and_the_credits() {
         amount: 3,
         currency: None,
         reason: " ",
+        allow_negative: false,
     };
     assert!(matches!(
         h.engine.revoke(&h.tenant, &no_reason, &ADMIN),
@@ -767,6 +771,7 @@ fn busy_history(h: &Harness) {
         price_minor: 200_000,
         price_currency: Currency::new("NGN").unwrap(),
         active: true,
+        position: 0,
     };
     h.engine
         .put_package(&h.tenant, "starter", &terms, &ADMIN)

@@ -234,7 +234,7 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
         }
         Event::Debited {
             wallet,
-            kind: DebitKind::Revoke,
+            kind: kind @ (DebitKind::Revoke | DebitKind::Chargeback),
             amount,
             balance_after,
             meta,
@@ -244,7 +244,12 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
                 .checked_neg()
                 .ok_or(StoreError::Overflow("revoke amount"))
                 .and_then(|moved| money(lsn, &wallet, moved, balance_after, &meta));
-            (wallet.tenant, meta, "wallet.revoke", user(&wallet), effect)
+            let action = if kind == DebitKind::Chargeback {
+                "wallet.chargeback"
+            } else {
+                "wallet.revoke"
+            };
+            (wallet.tenant, meta, action, user(&wallet), effect)
         }
         Event::OverdraftSet {
             wallet,
