@@ -42,13 +42,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use creditd::engine::types::{
-    CreditKind, Currency, EngineError, Fingerprint, Limits, Lsn, Missing,
+    CreditKind, Currency, CurrencySpec, EngineError, Fingerprint, Limits, Lsn, Missing,
 };
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReservationState, ReservationView, ReserveRequest, RevokeRequest,
-    Spend, Tenant,
+    Spend, Tenant, TenantSpec,
 };
 use creditd::fuzzing::model::{
     same_error, History, Key, Known, MOpenReservation, MReservation, MTenant, MWallet,
@@ -95,6 +95,21 @@ fn credits() -> Currency {
 
 fn usd() -> Currency {
     Currency::new("usd").expect("valid currency")
+}
+
+/// The first tenant has `credits` and `usd`; the second never defines its currencies, so it has
+/// its default one, `usd`, alone, and a write in `credits` there is an unknown currency.
+fn acme_currencies() -> [CurrencySpec; 2] {
+    [
+        CurrencySpec {
+            code: credits(),
+            decimals: 0,
+        },
+        CurrencySpec {
+            code: usd(),
+            decimals: 2,
+        },
+    ]
 }
 
 fn default_currency(tenant: usize) -> Currency {
@@ -1167,8 +1182,15 @@ impl Model {
         let mut shared = Shared::new();
         for (t, id) in TENANTS.iter().enumerate() {
             let currency = (t == 1).then(usd);
+            let currencies = (t == 0).then(acme_currencies);
             shared
-                .upsert_tenant(&mut no_history(), &limits, id, None, currency)
+                .put_tenant(
+                    &mut no_history(),
+                    &limits,
+                    id,
+                    (None, currency),
+                    currencies.as_ref().map(|list| &list[..]),
+                )
                 .expect("model: a tenant");
         }
         Model {
@@ -1222,11 +1244,17 @@ impl Model {
                     },
                 })
             }
-            Some(MReservation::Closed { user, how, .. }) => Ok(ReservationView {
+            Some(MReservation::Closed {
+                user,
+                how,
+                currency,
+                amount,
+                ..
+            }) => Ok(ReservationView {
                 reservation_id: id,
                 user_id: user.to_string(),
-                currency: None,
-                amount: None,
+                currency: Some(*currency),
+                amount: Some(*amount),
                 state: ReservationState::Closed(*how),
             }),
         }
@@ -1656,9 +1684,14 @@ impl Harness {
         let admin = Context::actor("model");
         let mut tenants = Vec::new();
         for (t, id) in TENANTS.iter().enumerate() {
-            let currency = (t == 1).then(usd);
+            let currencies = (t == 0).then(acme_currencies);
+            let spec = TenantSpec {
+                name: None,
+                default_currency: (t == 1).then(usd),
+                currencies: currencies.as_ref().map(|list| &list[..]),
+            };
             let (tenant, created, lsn) = engine
-                .upsert_tenant(id, None, currency, &admin)
+                .put_tenant(id, &spec, &admin)
                 .map_err(|error| format!("creating tenant {id}: {error}"))?;
             if !created || lsn != t as Lsn + 1 {
                 return Err(format!("tenant {id}: created={created} lsn={lsn}"));

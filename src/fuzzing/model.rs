@@ -51,8 +51,7 @@ impl MWallet {
             reserved: self.reserved,
             available: self.available(),
             overdraft_limit: self.overdraft,
-            // What can be spent: available and the overdraft's headroom, never below zero.
-            spendable: (self.available() + self.overdraft).max(0),
+            spendable: spendable(self.available(), self.overdraft),
         }
     }
 }
@@ -267,10 +266,16 @@ fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
             balance: wallet.balance,
             available,
             overdraft_limit: wallet.overdraft,
-            spendable: (available + wallet.overdraft).max(0),
+            spendable: spendable(available, wallet.overdraft),
             required: amount,
         })),
     }
+}
+
+/// What can be spent: available and the overdraft's headroom, never below zero (nor above the
+/// largest balance).
+fn spendable(available: i64, overdraft: i64) -> i64 {
+    (i128::from(available) + i128::from(overdraft)).clamp(0, i128::from(i64::MAX)) as i64
 }
 
 impl MTenant {
@@ -583,11 +588,11 @@ impl Model {
         )?;
         let model_tenant = self.tenant(tenant);
         let currency = request.currency.unwrap_or(model_tenant.default_currency);
-        model_tenant.check_currency(currency)?;
         let key = match claim(model_tenant, key)? {
             Claimed::Replay(done) => return Err(Stop::Replay(done)),
             Claimed::Fresh(key) => key,
         };
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(request.user) {
             return Err(EngineError::NotFound(Missing::User).into());
         }
@@ -631,9 +636,7 @@ impl Model {
         match spend {
             Spend::Amount(amount) => {
                 check_amount("amount", amount, limits)?;
-                let currency = currency.unwrap_or(model_tenant.default_currency);
-                model_tenant.check_currency(currency)?;
-                Ok((amount, currency))
+                Ok((amount, currency.unwrap_or(model_tenant.default_currency)))
             }
             Spend::Action { name, quantity } => {
                 check_id("action", name)?;
@@ -752,6 +755,7 @@ impl Model {
                 Claimed::Fresh(key) => key,
             }
         };
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(user) {
             return Err(EngineError::NotFound(Missing::User).into());
         }
@@ -825,6 +829,7 @@ impl Model {
                 Claimed::Fresh(key) => key,
             }
         };
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(request.user) {
             return Err(EngineError::NotFound(Missing::User).into());
         }

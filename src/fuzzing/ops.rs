@@ -1047,14 +1047,19 @@ impl Run {
             keys += model.keys.len() as u64;
             for (reservation, entry) in &model.reservations {
                 if let MReservation::Closed {
-                    user, how, known, ..
+                    user,
+                    how,
+                    known,
+                    currency,
+                    amount,
+                    ..
                 } = *entry
                 {
                     let closed = ReservationView {
                         reservation_id: *reservation,
                         user_id: user.to_owned(),
-                        currency: None,
-                        amount: None,
+                        currency: Some(currency),
+                        amount: Some(amount),
                         state: ReservationState::Closed(how),
                     };
                     let got = handle.reservation(*reservation);
@@ -1111,6 +1116,21 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
         "tenant {id}: currency"
     );
     assert_eq!(view.users, model.users.len(), "tenant {id}: user count");
+    assert_eq!(
+        (view.currencies_defined, &view.currencies),
+        (
+            !model.currencies.is_empty(),
+            &if model.currencies.is_empty() {
+                vec![CurrencySpec {
+                    code: model.default_currency,
+                    decimals: 0,
+                }]
+            } else {
+                model.currencies.clone()
+            }
+        ),
+        "tenant {id}: currencies"
+    );
     let actions: Vec<(String, i64, Currency, Option<String>)> = handle
         .actions()
         .into_iter()

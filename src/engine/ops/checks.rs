@@ -42,11 +42,11 @@ impl Engine {
         match spend {
             Spend::Amount(amount) => {
                 check_amount("amount", amount, limits)?;
-                let currency = currency.unwrap_or(tenant.default_currency);
-                tenant.check_currency(currency)?;
+                // Whether the tenant has the currency is asked after the idempotency claim,
+                // with the request's other stateless checks done (see `Engine::take`).
                 Ok(Price {
                     amount,
-                    currency,
+                    currency: currency.unwrap_or(tenant.default_currency),
                     action: None,
                 })
             }

@@ -36,11 +36,12 @@ impl Engine {
         check_amount("amount", request.amount, &self.options.limits)?;
         self.check_texts(request.description, request.reference, request.metadata)?;
         let currency = request.currency.unwrap_or(tenant.default_currency);
-        tenant.check_currency(currency)?;
         let claim = match self.claim(tenant, context, false)? {
             Begin::Replay(done) => return Ok(done),
             Begin::Fresh(claim) => claim,
         };
+        // After the stateless checks (the key's among them), before the user's lock.
+        tenant.check_currency(currency)?;
         let now_ms = self.clock.now_ms();
         let mut account = tenant
             .users
@@ -166,6 +167,8 @@ impl Engine {
             Begin::Replay(done) => return Ok(done),
             Begin::Fresh(claim) => claim,
         };
+        // After the stateless checks (the key's among them), before the user's lock.
+        tenant.check_currency(price.currency)?;
         let now_ms = self.clock.now_ms();
         meta.time_ms = now_ms;
         let mut account = tenant
