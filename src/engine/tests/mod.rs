@@ -11,6 +11,7 @@ use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use crate::wal::Storage;
 use crate::wal::{AppendError, DurabilityError};
 
+mod money;
 mod payments;
 
 const T0: i64 = 1_700_000_000_000;
