@@ -636,7 +636,7 @@ pub async fn revoke(call: &Call<'_>) -> Answer {
         .state
         .engine
         .revoke(&call.tenant, &request, &call.context(call.idempotency()))
-        .map_err(|error| call.spend_problem(user, error))?;
+        .map_err(|error| call.problem(error))?;
     call.durable(done.lsn).await?;
     let Outcome::Debit {
         entry_id,

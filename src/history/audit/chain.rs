@@ -366,10 +366,16 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
             ref settings,
             meta,
         } => {
-            let after = json!({
+            let mut after = json!({
                 "default_currency": settings.default_currency.as_str(),
                 "name": settings.name,
             });
+            if let (false, Some(fields)) = (settings.currencies.is_empty(), after.as_object_mut()) {
+                let currencies: Vec<Value> = (settings.currencies.iter())
+                    .map(|c| json!({"code": c.code.as_str(), "decimals": c.decimals}))
+                    .collect();
+                fields.insert("currencies".into(), Value::Array(currencies));
+            }
             let effect = setting("tenant".into(), Some(after));
             (
                 tenant,
