@@ -308,7 +308,11 @@ impl Harness {
                         self.balances[user] -= amount;
                         let entry = Expected {
                             lsn: done.lsn,
-                            kind: if allow_negative { "chargeback" } else { "revoke" },
+                            kind: if allow_negative {
+                                "chargeback"
+                            } else {
+                                "revoke"
+                            },
                             amount: -amount,
                             balance_after: Some(self.balances[user]),
                             action: None,

@@ -457,7 +457,11 @@ impl fmt::Debug for Op {
             } => write!(
                 f,
                 "{} {} {amount}{}{}{}",
-                if *allow_negative { "chargeback" } else { "revoke" },
+                if *allow_negative {
+                    "chargeback"
+                } else {
+                    "revoke"
+                },
                 who(t, u),
                 cur_text(*cur),
                 if *blank_reason { " blank-reason" } else { "" },
@@ -669,7 +673,15 @@ fn debit_op() -> BoxedStrategy<Op> {
 }
 
 fn revoke_op() -> BoxedStrategy<Op> {
-    (tenant(), user(), amount(), cur(), rarely(), sometimes(), key())
+    (
+        tenant(),
+        user(),
+        amount(),
+        cur(),
+        rarely(),
+        sometimes(),
+        key(),
+    )
         .prop_map(
             |(t, u, amount, cur, blank_reason, allow_negative, key)| Op::Revoke {
                 t,

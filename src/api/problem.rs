@@ -217,7 +217,9 @@ impl Problem {
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown-currency",
             "Unknown currency",
-            format!("this tenant has no currency {currency:?} (PUT /v1/tenants/{{id}} defines them)"),
+            format!(
+                "this tenant has no currency {currency:?} (PUT /v1/tenants/{{id}} defines them)"
+            ),
         )
         .with("currency", currency.as_str())
     }
@@ -501,10 +503,7 @@ mod tests {
         assert_eq!(amount_text(50, usd, 2), "0.50 usd");
         assert_eq!(amount_text(-1234, usd, 2), "-12.34 usd");
         assert_eq!(amount_text(100, usd, 0), "100 usd");
-        assert_eq!(
-            amount_text(i64::MIN, usd, 18),
-            "-9.223372036854775808 usd"
-        );
+        assert_eq!(amount_text(i64::MIN, usd, 18), "-9.223372036854775808 usd");
     }
 
     #[test]

@@ -23,7 +23,12 @@ pub struct WalletView {
 
 impl WalletView {
     /// A wallet's view from its parts; `spendable` follows from them.
-    pub fn new(currency: Currency, balance: i64, reserved: i64, overdraft_limit: i64) -> WalletView {
+    pub fn new(
+        currency: Currency,
+        balance: i64,
+        reserved: i64,
+        overdraft_limit: i64,
+    ) -> WalletView {
         let available = balance.saturating_sub(reserved);
         WalletView {
             currency,

@@ -358,7 +358,11 @@ impl Run {
             ],
             currency_lists: [
                 None,
-                Some(vec![spec(Currency::CREDITS, 0), spec(currency("NGN"), 2), spec(currency("USD"), 2)]),
+                Some(vec![
+                    spec(Currency::CREDITS, 0),
+                    spec(currency("NGN"), 2),
+                    spec(currency("USD"), 2),
+                ]),
                 Some(vec![spec(Currency::CREDITS, 0)]),
                 Some(vec![spec(currency("USD"), 2), spec(currency("NGN"), 19)]),
             ],

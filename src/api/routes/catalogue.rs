@@ -131,15 +131,18 @@ pub async fn put_action(call: &Call<'_>) -> Answer {
     let body: ActionBody = parse_json(&call.body)?;
     let existed = call.tenant.actions().iter().any(|a| a.action == name);
     let currency = currency(body.currency.as_ref())?;
-    let lsn = call.state.engine.put_action(
-        &call.tenant,
-        name,
-        body.cost,
-        currency,
-        body.description.as_deref(),
-        &call.context(None),
-    )
-    .map_err(|error| call.problem(error))?;
+    let lsn = call
+        .state
+        .engine
+        .put_action(
+            &call.tenant,
+            name,
+            body.cost,
+            currency,
+            body.description.as_deref(),
+            &call.context(None),
+        )
+        .map_err(|error| call.problem(error))?;
     call.durable(lsn).await?;
     let action = call
         .tenant

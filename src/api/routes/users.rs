@@ -17,10 +17,10 @@ use crate::api::response::json_response;
 use crate::config::Role;
 use crate::engine::types::Outcome;
 use crate::engine::types::{CreditKind, Currency, DebitKind, EngineError, Fingerprint};
-use crate::engine::{FieldChange, ProfileChange};
 use crate::engine::{
     CreditRequest, DebitRequest, Done, IdempotencyKey, RevokeRequest, UserView, WalletView,
 };
+use crate::engine::{FieldChange, ProfileChange};
 use crate::metrics::DebitOutcome;
 
 /// The most debits one batch may carry.

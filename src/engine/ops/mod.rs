@@ -14,8 +14,8 @@ mod wallet;
 use super::event::{PackageRecord, ProfileRecord};
 use super::types::{CreditKind, Currency, Lsn};
 
-pub use tenants::{check_currencies, check_tenant_webhook, TenantSpec};
 pub(crate) use tenants::is_http_url;
+pub use tenants::{check_currencies, check_tenant_webhook, TenantSpec};
 
 /// What a debit or reservation spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use crate::engine::event::{Event, Secret, TenantSettingsRecord};
 use crate::engine::state::{Catalogue, Tenant};
 use crate::engine::types::{
-    check_id, check_text, Currency, CurrencySpec, EngineError, Invalid, Lsn,
-    MAX_CURRENCY_DECIMALS, MAX_TENANT_CURRENCIES,
+    check_id, check_text, Currency, CurrencySpec, EngineError, Invalid, Lsn, MAX_CURRENCY_DECIMALS,
+    MAX_TENANT_CURRENCIES,
 };
 use crate::engine::{Context, Engine};
 
@@ -203,7 +203,10 @@ pub fn check_currencies(
             "must hold 1 to 64 currencies",
         )));
     }
-    if currencies.iter().any(|c| c.decimals > MAX_CURRENCY_DECIMALS) {
+    if currencies
+        .iter()
+        .any(|c| c.decimals > MAX_CURRENCY_DECIMALS)
+    {
         return Err(EngineError::Invalid(Invalid::new(
             "currencies",
             "decimals must be 0 to 18",

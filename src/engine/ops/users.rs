@@ -6,8 +6,7 @@ use crate::engine::event::{Event, ProfileRecord, WalletRef};
 use crate::engine::ops::{FieldChange, ProfileChange, ProfileUpdate};
 use crate::engine::state::{Account, Tenant, Wallet};
 use crate::engine::types::{
-    check_email, check_id, check_metadata, check_text, Currency, EngineError, Invalid, Lsn,
-    Missing,
+    check_email, check_id, check_metadata, check_text, Currency, EngineError, Invalid, Lsn, Missing,
 };
 use crate::engine::{Context, Engine};
 
@@ -105,7 +104,9 @@ impl Engine {
                 let name = field(change.name, stored.and_then(|p| p.name.as_deref()));
                 let stored_metadata = stored.and_then(|p| p.metadata.as_deref());
                 let metadata = match (change.metadata, change.merge_metadata) {
-                    (FieldChange::Set(patch), true) => Some(merge_metadata(stored_metadata, patch)?),
+                    (FieldChange::Set(patch), true) => {
+                        Some(merge_metadata(stored_metadata, patch)?)
+                    }
                     (other, _) => field(other, stored_metadata),
                 };
                 check_metadata(metadata.as_deref(), limits)?;
@@ -246,7 +247,9 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
                 fields.remove(name);
             } else {
                 merge_patch(
-                    fields.entry(name.clone()).or_insert(serde_json::Value::Null),
+                    fields
+                        .entry(name.clone())
+                        .or_insert(serde_json::Value::Null),
                     value,
                 );
             }
@@ -262,10 +265,16 @@ mod tests {
     fn metadata_merges_as_json_merge_patch() {
         let merged = |stored, patch| merge_metadata(stored, patch).unwrap();
         assert_eq!(
-            merged(Some(r#"{"plan":"free","seats":2,"tags":{"a":1,"b":2}}"#), r#"{"plan":"pro","seats":null,"tags":{"b":3}}"#),
+            merged(
+                Some(r#"{"plan":"free","seats":2,"tags":{"a":1,"b":2}}"#),
+                r#"{"plan":"pro","seats":null,"tags":{"b":3}}"#
+            ),
             r#"{"plan":"pro","tags":{"a":1,"b":3}}"#
         );
-        assert_eq!(merged(None, r#"{"a":{"b":null,"c":1}}"#), r#"{"a":{"c":1}}"#);
+        assert_eq!(
+            merged(None, r#"{"a":{"b":null,"c":1}}"#),
+            r#"{"a":{"c":1}}"#
+        );
         assert_eq!(merged(Some(r#"{"a":1}"#), "[1,2]"), "[1,2]");
         assert_eq!(merged(Some("[1]"), r#"{"a":1}"#), r#"{"a":1}"#);
     }

@@ -112,9 +112,10 @@ impl Catalogue {
                 if settings.default_currency != self.default_currency {
                     return Err(mismatch("a tenant's default currency cannot change"));
                 }
-                let kept = self.currencies.iter().all(|defined| {
-                    settings.currencies.contains(defined)
-                });
+                let kept = self
+                    .currencies
+                    .iter()
+                    .all(|defined| settings.currencies.contains(defined));
                 if !kept {
                     return Err(mismatch("a tenant's currency was removed or changed"));
                 }

@@ -47,7 +47,11 @@ pub(crate) struct GrantTallies {
 impl GrantTallies {
     /// What `actor` granted in `currency` on the UTC day of `now_ms`.
     pub fn granted_on(&self, tenant: &str, actor: &str, currency: Currency, now_ms: i64) -> i64 {
-        let key = (CompactString::new(tenant), CompactString::new(actor), currency);
+        let key = (
+            CompactString::new(tenant),
+            CompactString::new(actor),
+            currency,
+        );
         self.tallies
             .get(&key)
             .filter(|tally| tally.day == utc_day(now_ms))
@@ -65,7 +69,11 @@ impl GrantTallies {
         amount: i64,
     ) {
         let day = utc_day(time_ms);
-        let key = (CompactString::new(tenant), CompactString::new(actor), currency);
+        let key = (
+            CompactString::new(tenant),
+            CompactString::new(actor),
+            currency,
+        );
         let tally = self.tallies.entry(key).or_insert(Tally { day, granted: 0 });
         if day > tally.day {
             *tally = Tally { day, granted: 0 };

@@ -145,7 +145,13 @@ impl State {
             // Counted whether or not the user's copy in the snapshot already holds the grant:
             // the snapshot's tallies hold exactly the grants before its start (see `grants`).
             let mut grants = self.grants.lock();
-            grants.count(wallet.tenant, meta.actor, wallet.currency, meta.time_ms, amount);
+            grants.count(
+                wallet.tenant,
+                meta.actor,
+                wallet.currency,
+                meta.time_ms,
+                amount,
+            );
         }
         match *event {
             Event::ActionPut { .. }

@@ -35,8 +35,14 @@ pub(crate) struct Reservation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReservationChange {
     None,
-    Opened { id: Lsn, expires_at_ms: i64 },
-    Extended { id: Lsn, expires_at_ms: i64 },
+    Opened {
+        id: Lsn,
+        expires_at_ms: i64,
+    },
+    Extended {
+        id: Lsn,
+        expires_at_ms: i64,
+    },
     Closed {
         id: Lsn,
         how: ClosedAs,

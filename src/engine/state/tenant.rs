@@ -72,8 +72,7 @@ impl Tenant {
     /// default currency is always one of them and costs no lock; any other takes the catalogue's
     /// read lock, so this is called before a user's lock, never under one.
     pub fn check_currency(&self, currency: Currency) -> Result<(), EngineError> {
-        if currency == self.default_currency || self.catalogue.read().currency(currency).is_some()
-        {
+        if currency == self.default_currency || self.catalogue.read().currency(currency).is_some() {
             Ok(())
         } else {
             Err(EngineError::UnknownCurrency(currency))

@@ -32,7 +32,12 @@ fn define_usd(h: &Harness) {
     h.engine.put_tenant("acme", &spec, &ADMIN).unwrap();
 }
 
-fn credit_in(h: &Harness, user: &str, amount: i64, currency: Currency) -> Result<Done, EngineError> {
+fn credit_in(
+    h: &Harness,
+    user: &str,
+    amount: i64,
+    currency: Currency,
+) -> Result<Done, EngineError> {
     let mut request = CreditRequest::new(user, amount, CreditKind::Grant);
     request.currency = Some(currency);
     h.engine.credit(&h.tenant, &request, &ADMIN)
@@ -153,7 +158,7 @@ fn defined_currencies_only_grow_and_survive_every_restart() {
     h.engine.snapshot().unwrap();
     h.crash_and_reopen();
     assert_eq!(h.engine.state_image(), image);
-    assert_eq!(h.tenant.view().currencies_defined, true);
+    assert!(h.tenant.view().currencies_defined);
     credit_in(&h, "ada", 1, usd()).unwrap();
 }
 
@@ -193,7 +198,11 @@ fn a_chargeback_goes_below_the_floor_and_credits_repay_it_first() {
     h.credit("ada", 100);
     let hold = h
         .engine
-        .reserve(&h.tenant, &ReserveRequest::new("ada", Spend::Amount(20)), &ADMIN)
+        .reserve(
+            &h.tenant,
+            &ReserveRequest::new("ada", Spend::Amount(20)),
+            &ADMIN,
+        )
         .unwrap();
     let revoke = |amount, allow_negative| RevokeRequest {
         user: "ada",
@@ -222,7 +231,10 @@ fn a_chargeback_goes_below_the_floor_and_credits_repay_it_first() {
         }
     ));
     let wallet = h.wallet("ada");
-    assert_eq!((wallet.balance, wallet.available, wallet.spendable), (-100, -120, 0));
+    assert_eq!(
+        (wallet.balance, wallet.available, wallet.spendable),
+        (-100, -120, 0)
+    );
     h.engine.check_invariants().unwrap();
     // Below the floor nothing lowers `available`: no debit, no reservation, no capture above
     // its hold; a capture within its hold is allowed (it gives back the rest).
@@ -266,7 +278,10 @@ fn a_chargeback_goes_below_the_floor_and_credits_repay_it_first() {
     h.engine.check_invariants().unwrap();
     h.credit("ada", 500);
     let wallet = h.wallet("ada");
-    assert_eq!((wallet.balance, wallet.available, wallet.spendable), (485, 485, 485));
+    assert_eq!(
+        (wallet.balance, wallet.available, wallet.spendable),
+        (485, 485, 485)
+    );
     h.engine.check_invariants().unwrap();
     h.debit("ada", 485).unwrap();
     h.crash_and_reopen();
@@ -301,7 +316,9 @@ fn capped_grant(h: &Harness, actor: &str, amount: i64, cap: i64) -> Result<Done,
         grant_cap_per_day: Some(cap),
         ..CreditRequest::new("ada", amount, CreditKind::Grant)
     };
-    let done = h.engine.credit(&h.tenant, &request, &Context::actor(actor))?;
+    let done = h
+        .engine
+        .credit(&h.tenant, &request, &Context::actor(actor))?;
     h.engine.wait_durable(done.lsn).unwrap();
     Ok(done)
 }
@@ -325,7 +342,11 @@ fn a_grant_cap_counts_each_key_s_day_from_the_log_and_snapshots() {
     });
     let next = h.engine.wal().next_lsn();
     assert_eq!(capped_grant(&h, "svc", 41, 100), Err(refused));
-    assert_eq!(h.engine.wal().next_lsn(), next, "a refused grant writes nothing");
+    assert_eq!(
+        h.engine.wal().next_lsn(),
+        next,
+        "a refused grant writes nothing"
+    );
     // From the log alone.
     h.crash_and_reopen();
     assert_eq!(capped_grant(&h, "svc", 41, 100), Err(refused));
@@ -393,7 +414,11 @@ fn profiles_change_field_by_field() {
         .change_user(
             &h.tenant,
             "ada",
-            &set(Set("ada@example.com"), Set("Ada"), Set(r#"{"plan":"free","seats":2}"#)),
+            &set(
+                Set("ada@example.com"),
+                Set("Ada"),
+                Set(r#"{"plan":"free","seats":2}"#),
+            ),
             true,
             &ADMIN,
         )
@@ -401,12 +426,26 @@ fn profiles_change_field_by_field() {
     assert!(created);
     // A login sync that sends only the address keeps the rest.
     h.engine
-        .change_user(&h.tenant, "ada", &set(Set("ada@new.example"), Keep, Keep), true, &ADMIN)
+        .change_user(
+            &h.tenant,
+            "ada",
+            &set(Set("ada@new.example"), Keep, Keep),
+            true,
+            &ADMIN,
+        )
         .unwrap();
     let user = h.tenant.user("ada").unwrap();
     assert_eq!(
-        (user.email.as_deref(), user.name.as_deref(), user.metadata.as_deref()),
-        (Some("ada@new.example"), Some("Ada"), Some(r#"{"plan":"free","seats":2}"#))
+        (
+            user.email.as_deref(),
+            user.name.as_deref(),
+            user.metadata.as_deref()
+        ),
+        (
+            Some("ada@new.example"),
+            Some("Ada"),
+            Some(r#"{"plan":"free","seats":2}"#)
+        )
     );
     let merge = ProfileChange {
         metadata: Set(r#"{"plan":"pro","seats":null}"#),
@@ -432,8 +471,13 @@ fn profiles_change_field_by_field() {
         Err(EngineError::Invalid(invalid)) if invalid.field == "email"
     ));
     assert_eq!(
-        h.engine
-            .change_user(&h.tenant, "bob", &set(Keep, Set("Bob"), Keep), false, &ADMIN),
+        h.engine.change_user(
+            &h.tenant,
+            "bob",
+            &set(Keep, Set("Bob"), Keep),
+            false,
+            &ADMIN
+        ),
         Err(EngineError::NotFound(Missing::User))
     );
     assert_eq!(h.engine.wal().next_lsn(), next);
@@ -451,7 +495,11 @@ fn a_closed_reservation_keeps_its_amount_across_a_snapshot() {
     h.credit("ada", 100);
     let reserve = |amount| {
         h.engine
-            .reserve(&h.tenant, &ReserveRequest::new("ada", Spend::Amount(amount)), &ADMIN)
+            .reserve(
+                &h.tenant,
+                &ReserveRequest::new("ada", Spend::Amount(amount)),
+                &ADMIN,
+            )
             .unwrap()
             .lsn
     };
