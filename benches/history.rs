@@ -126,6 +126,7 @@ fn build(dir: &Path, spends: u64) -> String {
             price_minor,
             price_currency: Currency::new(price_currency).unwrap(),
             active: true,
+            position: 0,
         };
         retry(|| engine.put_package(&tenant, package, &spec, &BENCH));
     }

@@ -106,11 +106,31 @@ pub struct ServerConfig {
     pub reserved_connections: u32,
     /// Time allowed for in-flight requests to finish at shutdown, seconds (default 10).
     pub shutdown_grace_seconds: u64,
-    /// Base URL clients reach this server at, for links such as `topup_url` (default: from `listen`).
+    /// Base URL clients reach this server at (`https://credits.example.com`), for the links it
+    /// hands out: `topup_url` in a 402, checkout pages and their callbacks. Default: from the
+    /// bound address, which is only right when clients reach that very address; behind a proxy
+    /// or a load balancer, or when `listen` is `0.0.0.0` or `[::]` (then a warning is logged at
+    /// start), set it.
     pub public_url: Option<String>,
     /// Threads serving requests (default 0: one per core). With the clients on the same small
     /// machine, fewer threads than cores can serve more (fewer context switches).
     pub workers: u32,
+}
+
+impl ServerConfig {
+    /// The warning to log at start when links would be built from an address no client can
+    /// use: listening on an unspecified address (`0.0.0.0`, `[::]`) without `public_url`.
+    pub fn public_url_warning(&self, bound: SocketAddr) -> Option<String> {
+        if self.public_url.is_some() || !bound.ip().is_unspecified() {
+            return None;
+        }
+        Some(format!(
+            "server.listen is {bound}, an unspecified address, and server.public_url is not set: \
+             links this server hands out (topup_url, checkout pages) will name http://{bound}, \
+             which clients cannot reach; set server.public_url (CREDITD_SERVER__PUBLIC_URL) to \
+             the URL clients use"
+        ))
+    }
 }
 
 impl Default for ServerConfig {
@@ -621,6 +641,12 @@ impl Config {
         if !(1..=1024).contains(&server.reserved_connections) {
             return invalid("server.reserved_connections must be 1 to 1024".into());
         }
+        if limits.service_key_grants_per_day < 0 {
+            return invalid(
+                "limits.service_key_grants_per_day must be 0 (service keys may not grant) or more"
+                    .into(),
+            );
+        }
         if !(1..=MAX_METADATA_DEPTH).contains(&limits.max_metadata_depth) {
             return invalid(format!(
                 "limits.max_metadata_depth must be 1 to {MAX_METADATA_DEPTH}"
@@ -797,6 +823,19 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn listening_everywhere_without_a_public_url_warns() {
+        let bound = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let mut server = ServerConfig::default();
+        let warning = server.public_url_warning(bound("0.0.0.0:8080")).unwrap();
+        assert!(warning.contains("server.public_url"), "{warning}");
+        assert!(server.public_url_warning(bound("[::]:8080")).is_some());
+        assert_eq!(server.public_url_warning(bound("127.0.0.1:8080")), None);
+        assert_eq!(server.public_url_warning(bound("10.0.0.5:8080")), None);
+        server.public_url = Some("https://credits.example.com".into());
+        assert_eq!(server.public_url_warning(bound("0.0.0.0:8080")), None);
     }
 
     #[test]

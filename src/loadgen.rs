@@ -38,6 +38,10 @@ pub struct LoadOptions {
     /// A service (or stronger) API key.
     #[arg(long, default_value = "dev-service-secret-change-me")]
     pub key: String,
+    /// An admin API key, to fund the users at setup: a service key's grants are capped per day
+    /// (`limits.service_key_grants_per_day`), far below what a load run spends.
+    #[arg(long, default_value = "dev-admin-secret-change-me")]
+    pub admin_key: String,
     /// Open connections, each with one request in flight.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -176,6 +180,7 @@ impl Picker {
 /// Creates and funds the users, `connections` at a time.
 pub async fn setup(options: &LoadOptions) -> Result<(), String> {
     let client = Client::new(&options.url, &options.key).map_err(|e| e.to_string())?;
+    let funder = Client::new(&options.url, &options.admin_key).map_err(|e| e.to_string())?;
     let users = if options.distribution == Distribution::Hot {
         1
     } else {
@@ -185,8 +190,9 @@ pub async fn setup(options: &LoadOptions) -> Result<(), String> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..options.connections.clamp(1, 64) {
-        let (client, next, prefix) = (
+        let (client, funder, next, prefix) = (
             client.clone(),
+            funder.clone(),
             Arc::clone(&next),
             options.user_prefix.clone(),
         );
@@ -206,8 +212,8 @@ pub async fn setup(options: &LoadOptions) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 if wallet.balance < funding / 2 {
-                    client
-                        .credit(&user, funding, None, None)
+                    funder
+                        .credit(&user, funding, Some("load generator funding"), None)
                         .await
                         .map_err(|e| format!("funding {user}: {e}"))?;
                 }

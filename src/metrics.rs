@@ -425,7 +425,7 @@ impl Metrics {
     }
 }
 
-const METHOD_SLOTS: usize = 6;
+const METHOD_SLOTS: usize = 7;
 
 fn method_label(method: &http::Method) -> (usize, &'static str) {
     match *method {
@@ -434,6 +434,7 @@ fn method_label(method: &http::Method) -> (usize, &'static str) {
         http::Method::POST => (2, "POST"),
         http::Method::DELETE => (3, "DELETE"),
         http::Method::HEAD => (4, "HEAD"),
-        _ => (5, "OTHER"),
+        http::Method::PATCH => (5, "PATCH"),
+        _ => (6, "OTHER"),
     }
 }

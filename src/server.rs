@@ -177,6 +177,9 @@ pub async fn serve_engine(
         .set(fallback_problems.len() as f64);
     ensure_tenants(&config, &engine).await?;
     let address = listener.local_addr().map_err(ServerError::Bind)?;
+    if let Some(warning) = config.server.public_url_warning(address) {
+        tracing::warn!("{warning}");
+    }
     let public_url = config
         .server
         .public_url

@@ -1005,7 +1005,14 @@ async fn put_user_refuses_an_email_initialize_would_refuse_and_changes_nothing()
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // An absent address is kept; `null` removes it.
     let (status, body) = raw(&service, Method::PUT, "/v1/users/ada", "{}").await;
+    assert_eq!(
+        (status, body["email"].as_str()),
+        (200, Some(" ada@example.org ")),
+        "{body}"
+    );
+    let (status, body) = raw(&service, Method::PUT, "/v1/users/ada", r#"{"email":null}"#).await;
     assert_eq!((status, &body["email"]), (200, &Value::Null), "{body}");
     server.stop().await;
 }

@@ -318,6 +318,7 @@ fn assert_every_change_is_refused(engine: &Engine, tenant: &Tenant, hold: u64, l
                         amount: 1,
                         currency: None,
                         reason: "correction",
+                        allow_negative: false,
                     },
                     &ADMIN,
                 )
@@ -409,6 +410,7 @@ fn assert_every_change_is_refused(engine: &Engine, tenant: &Tenant, hold: u64, l
                         price_minor: 200_000,
                         price_currency: Currency::new("NGN").expect("currency"),
                         active: true,
+                        position: 0,
                     },
                     &ADMIN,
                 )

@@ -1,5 +1,6 @@
 //! The history's model test: random operations (credits and top-ups by hand, debits by amount and
-//! by catalogue action, reservations captured or released, revokes, top-ups bought through a
+//! by catalogue action, reservations captured or released, revokes and chargebacks (which may
+//! leave a balance below zero, repaid by later credits), top-ups bought through a
 //! payment, the clock moving by minutes and hours, partial feeding steps, and restarts of the
 //! engine and of the history, clean or after a crash) run against the engine, with a reference
 //! that computes, in the most obvious way, every entry the history must list and every usage and
@@ -74,6 +75,8 @@ enum Op {
     Revoke {
         user: usize,
         amount: i64,
+        /// A chargeback: taken even below zero, and repaid by later credits.
+        allow_negative: bool,
     },
     Buy {
         user: usize,
@@ -101,7 +104,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, action, quantity)| Op::DebitAction { user, action, quantity }),
         2 => (user.clone(), 1..30i64, proptest::option::of(1..40i64))
             .prop_map(|(user, amount, capture)| Op::Hold { user, amount, capture }),
-        1 => (user.clone(), 1..30i64).prop_map(|(user, amount)| Op::Revoke { user, amount }),
+        2 => (user.clone(), 1..30i64, any::<bool>()).prop_map(|(user, amount, allow_negative)| {
+            Op::Revoke { user, amount, allow_negative }
+        }),
         1 => (user, any::<bool>()).prop_map(|(user, paid)| Op::Buy { user, paid }),
         2 => prop_oneof![1..90i64, 60..3000i64].prop_map(|minutes| Op::Advance { minutes }),
         2 => (1..40u64).prop_map(|records| Op::Feed { records }),
@@ -181,6 +186,7 @@ impl Harness {
             price_minor: PACKAGE.2,
             price_currency: Currency::new("NGN").unwrap(),
             active: true,
+            position: 0,
         };
         let lsn = engine
             .put_package(&tenant, PACKAGE.0, &package, &CALLER)
@@ -281,20 +287,32 @@ impl Harness {
                 amount,
                 capture,
             } => self.hold(user, amount, capture)?,
-            Op::Revoke { user, amount } => {
+            Op::Revoke {
+                user,
+                amount,
+                allow_negative,
+            } => {
                 let request = RevokeRequest {
                     user: USERS[user],
                     amount,
                     currency: None,
                     reason: "chargeback",
+                    allow_negative,
                 };
                 match self.engine.revoke(&self.tenant, &request, &CALLER) {
                     Ok(done) => {
-                        prop_assert!(amount <= self.balances[user], "revoked past the balance");
+                        prop_assert!(
+                            allow_negative || amount <= self.balances[user],
+                            "revoked past the balance"
+                        );
                         self.balances[user] -= amount;
                         let entry = Expected {
                             lsn: done.lsn,
-                            kind: "revoke",
+                            kind: if allow_negative {
+                                "chargeback"
+                            } else {
+                                "revoke"
+                            },
                             amount: -amount,
                             balance_after: Some(self.balances[user]),
                             action: None,
@@ -542,6 +560,7 @@ fn listed(reader: &Reader, user: &str, limit: u32) -> Vec<Expected> {
                     "capture" => "capture",
                     "release" => "release",
                     "revoke" => "revoke",
+                    "chargeback" => "chargeback",
                     other => panic!("unexpected kind {other}"),
                 },
                 amount: entry.amount,

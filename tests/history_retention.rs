@@ -50,6 +50,8 @@ fn overrides(history: bool) -> Vec<(&'static str, &'static str)> {
         ("CREDITD_STORAGE__SEGMENT_BYTES", SEGMENT_BYTES),
         ("CREDITD_SNAPSHOT__EVERY_RECORDS", "200"),
         ("CREDITD_SNAPSHOT__KEEP", "1"),
+        // The service key funds its user with one large grant.
+        ("CREDITD_LIMITS__SERVICE_KEY_GRANTS_PER_DAY", "1000000000"),
         (
             "CREDITD_HISTORY__ENABLED",
             if history { "true" } else { "false" },

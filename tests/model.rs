@@ -42,13 +42,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use creditd::engine::types::{
-    CreditKind, Currency, EngineError, Fingerprint, Limits, Lsn, Missing,
+    CreditKind, Currency, CurrencySpec, EngineError, Fingerprint, Limits, Lsn, Missing,
 };
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
     IdempotencyKey, ManualClock, ReservationState, ReservationView, ReserveRequest, RevokeRequest,
-    Spend, Tenant,
+    Spend, Tenant, TenantSpec,
 };
 use creditd::fuzzing::model::{
     same_error, History, Key, Known, MOpenReservation, MReservation, MTenant, MWallet,
@@ -95,6 +95,21 @@ fn credits() -> Currency {
 
 fn usd() -> Currency {
     Currency::new("usd").expect("valid currency")
+}
+
+/// The first tenant has `credits` and `usd`; the second never defines its currencies, so it has
+/// its default one, `usd`, alone, and a write in `credits` there is an unknown currency.
+fn acme_currencies() -> [CurrencySpec; 2] {
+    [
+        CurrencySpec {
+            code: credits(),
+            decimals: 0,
+        },
+        CurrencySpec {
+            code: usd(),
+            decimals: 2,
+        },
+    ]
 }
 
 fn default_currency(tenant: usize) -> Currency {
@@ -249,6 +264,7 @@ enum Op {
         amount: i64,
         cur: Cur,
         blank_reason: bool,
+        allow_negative: bool,
         key: KeyGen,
     },
     Reserve {
@@ -436,10 +452,16 @@ impl fmt::Debug for Op {
                 amount,
                 cur,
                 blank_reason,
+                allow_negative,
                 key,
             } => write!(
                 f,
-                "revoke {} {amount}{}{}{}",
+                "{} {} {amount}{}{}{}",
+                if *allow_negative {
+                    "chargeback"
+                } else {
+                    "revoke"
+                },
                 who(t, u),
                 cur_text(*cur),
                 if *blank_reason { " blank-reason" } else { "" },
@@ -651,15 +673,26 @@ fn debit_op() -> BoxedStrategy<Op> {
 }
 
 fn revoke_op() -> BoxedStrategy<Op> {
-    (tenant(), user(), amount(), cur(), rarely(), key())
-        .prop_map(|(t, u, amount, cur, blank_reason, key)| Op::Revoke {
-            t,
-            u,
-            amount,
-            cur,
-            blank_reason,
-            key,
-        })
+    (
+        tenant(),
+        user(),
+        amount(),
+        cur(),
+        rarely(),
+        sometimes(),
+        key(),
+    )
+        .prop_map(
+            |(t, u, amount, cur, blank_reason, allow_negative, key)| Op::Revoke {
+                t,
+                u,
+                amount,
+                cur,
+                blank_reason,
+                allow_negative,
+                key,
+            },
+        )
         .boxed()
 }
 
@@ -870,6 +903,7 @@ enum Req {
         amount: i64,
         currency: Option<Currency>,
         reason: &'static str,
+        allow_negative: bool,
         key: Key,
     },
     Reserve {
@@ -1160,8 +1194,15 @@ impl Model {
         let mut shared = Shared::new();
         for (t, id) in TENANTS.iter().enumerate() {
             let currency = (t == 1).then(usd);
+            let currencies = (t == 0).then(acme_currencies);
             shared
-                .upsert_tenant(&mut no_history(), &limits, id, None, currency)
+                .put_tenant(
+                    &mut no_history(),
+                    &limits,
+                    id,
+                    (None, currency),
+                    currencies.as_ref().map(|list| &list[..]),
+                )
                 .expect("model: a tenant");
         }
         Model {
@@ -1215,11 +1256,17 @@ impl Model {
                     },
                 })
             }
-            Some(MReservation::Closed { user, how, .. }) => Ok(ReservationView {
+            Some(MReservation::Closed {
+                user,
+                how,
+                currency,
+                amount,
+                ..
+            }) => Ok(ReservationView {
                 reservation_id: id,
                 user_id: user.to_string(),
-                currency: None,
-                amount: None,
+                currency: Some(*currency),
+                amount: Some(*amount),
                 state: ReservationState::Closed(*how),
             }),
         }
@@ -1326,6 +1373,7 @@ impl Model {
                 amount,
                 cur,
                 blank_reason,
+                allow_negative,
                 key,
             } => Req::Revoke {
                 t: *t,
@@ -1333,6 +1381,7 @@ impl Model {
                 amount: *amount,
                 currency: cur.currency(),
                 reason: if *blank_reason { " " } else { REVOKE_REASON },
+                allow_negative: *allow_negative,
                 key: resolve_key(key),
             },
             Op::Reserve {
@@ -1461,6 +1510,7 @@ impl Model {
                 amount,
                 currency,
                 reason,
+                allow_negative,
                 key,
             } => {
                 let request = RevokeRequest {
@@ -1468,6 +1518,7 @@ impl Model {
                     amount,
                     currency,
                     reason,
+                    allow_negative,
                 };
                 answer(model.revoke(history, &limits, TENANTS[t], &request, key, now_ms))
             }
@@ -1645,9 +1696,14 @@ impl Harness {
         let admin = Context::actor("model");
         let mut tenants = Vec::new();
         for (t, id) in TENANTS.iter().enumerate() {
-            let currency = (t == 1).then(usd);
+            let currencies = (t == 0).then(acme_currencies);
+            let spec = TenantSpec {
+                name: None,
+                default_currency: (t == 1).then(usd),
+                currencies: currencies.as_ref().map(|list| &list[..]),
+            };
             let (tenant, created, lsn) = engine
-                .upsert_tenant(id, None, currency, &admin)
+                .put_tenant(id, &spec, &admin)
                 .map_err(|error| format!("creating tenant {id}: {error}"))?;
             if !created || lsn != t as Lsn + 1 {
                 return Err(format!("tenant {id}: created={created} lsn={lsn}"));
@@ -1718,6 +1774,7 @@ impl Harness {
                 amount,
                 currency,
                 reason,
+                allow_negative,
                 key,
             } => {
                 let request = RevokeRequest {
@@ -1725,6 +1782,7 @@ impl Harness {
                     amount,
                     currency,
                     reason,
+                    allow_negative,
                 };
                 engine
                     .revoke(&self.tenants[t], &request, &context(key))

@@ -882,6 +882,7 @@ fn topup_setup(
         price_minor: 200_000,
         price_currency: Currency::new("NGN").unwrap(),
         active: true,
+        position: 0,
     };
     engine
         .put_package(&tenant, "starter", &terms, &admin)
@@ -929,7 +930,7 @@ async fn a_gateway_that_declines_every_charge_is_tried_a_bounded_number_of_times
     for _ in 0..(30 * 24 * 60) {
         clock.advance_ms(60_000);
         // What the sweep does, awaited, so each charge is counted on the day it was made.
-        for trigger in engine.wallets_wanting_topup() {
+        for trigger in engine.wallets_wanting_topup("sandbox") {
             worker.handle(trigger).await;
         }
         let total = paystack.calls("/transaction/charge_authorization").len();

@@ -96,13 +96,14 @@ impl<'a> Routed<'a> {
     }
 }
 
-/// The body of a POST or PUT, with its claim on the body budget; nothing for other methods.
+/// The body of a POST, PUT or PATCH, with its claim on the body budget; nothing for other
+/// methods.
 async fn read_sent_body<'s>(
     state: &'s ApiState,
     parts: &Parts,
     body: hyper::body::Incoming,
 ) -> Result<(Bytes, Option<BodyClaim<'s>>), Problem> {
-    if !matches!(parts.method, Method::POST | Method::PUT) {
+    if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
         return Ok((Bytes::new(), None));
     }
     let (bytes, claim) = request::read_body(body, parts, state).await?;
@@ -162,13 +163,40 @@ impl Call<'_> {
         wait_durable(&self.state.engine, lsn).await
     }
 
-    /// Adds `topup_url` (the bootstrap path of `user`) to a 402.
-    pub(crate) fn with_topup(&self, user: &str, problem: Problem) -> Problem {
-        if problem.status == StatusCode::PAYMENT_REQUIRED {
-            let url = format!("{}/v1/billing/bootstrap/{user}", self.state.public_url);
-            problem.with("topup_url", url)
-        } else {
-            problem
+    /// The problem for an engine error, amounts shown with the tenant's decimals for their
+    /// currency, and an unknown currency answered with the currencies the tenant has.
+    pub(crate) fn problem(&self, error: EngineError) -> Problem {
+        match error {
+            EngineError::InsufficientCredits(shortfall) => {
+                Problem::insufficient(&shortfall, self.tenant.decimals(shortfall.currency))
+            }
+            EngineError::GrantCapReached(cap) => {
+                Problem::grant_cap(&cap, self.tenant.decimals(cap.currency))
+            }
+            EngineError::UnknownCurrency(currency) => {
+                let codes: Vec<String> = (self.tenant.currencies().iter())
+                    .map(|defined| defined.code.to_string())
+                    .collect();
+                Problem::unknown_currency(currency).with("currencies", codes)
+            }
+            other => other.into(),
+        }
+    }
+
+    /// The problem of a refused spend of `user`'s: as [`Call::problem`], and a 402 gets
+    /// `topup_url` (the bootstrap path of `user`, in the wallet's currency).
+    pub(crate) fn spend_problem(&self, user: &str, error: EngineError) -> Problem {
+        let problem = self.problem(error);
+        match error {
+            EngineError::InsufficientCredits(shortfall) => {
+                let mut url = format!("{}/v1/billing/bootstrap/{user}", self.state.public_url);
+                if shortfall.currency != self.tenant.default_currency() {
+                    url.push_str("?currency=");
+                    url.push_str(shortfall.currency.as_str());
+                }
+                problem.with("topup_url", url)
+            }
+            _ => problem,
         }
     }
 }

@@ -52,6 +52,14 @@ pub(crate) fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Ok(items.into_iter().map(|Object(item)| item).collect())
 }
 
+/// An optional list of [`Object`]s.
+pub(crate) fn objects_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    let items = Option::<Vec<Object<T>>>::deserialize(deserializer)?;
+    Ok(items.map(|items| items.into_iter().map(|Object(item)| item).collect()))
+}
+
 /// An id rendered with a type prefix (`ent_42`, `rsv_42`) without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefixedId(pub &'static str, pub u64);
@@ -116,6 +124,7 @@ pub(crate) fn spend<'a>(
 /// The API's view of a rule.
 pub fn rule_json(rule: &RuleView) -> serde_json::Value {
     serde_json::json!({
+        "state": rule.state(),
         "enabled": rule.enabled,
         "threshold": rule.threshold,
         "package_id": rule.package,

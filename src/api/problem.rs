@@ -6,7 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value};
 
-use crate::engine::types::{ClosedAs, EngineError, Missing};
+use crate::engine::types::{ClosedAs, Currency, EngineError, GrantCap, Missing, Shortfall};
 use crate::wal::{AppendError, DurabilityError};
 
 /// The prefix of every problem `type`.
@@ -173,6 +173,57 @@ impl Problem {
             .with_header(header::CONNECTION, HeaderValue::from_static("close"))
     }
 
+    /// 402 `insufficient-credits`: what was required and what could be spent, in the wallet's
+    /// currency shown with its `decimals`. The one construction of this problem.
+    pub fn insufficient(shortfall: &Shortfall, decimals: u8) -> Problem {
+        Problem::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient-credits",
+            "Insufficient credits",
+            insufficient_detail(shortfall, decimals),
+        )
+        .with("currency", shortfall.currency.as_str())
+        .with("balance", shortfall.balance)
+        .with("available", shortfall.available)
+        .with("overdraft_limit", shortfall.overdraft_limit)
+        .with("spendable", shortfall.spendable)
+        .with("required", shortfall.required)
+    }
+
+    /// 403 `grant-cap-exceeded`: a service key's grants today would pass its daily cap.
+    pub fn grant_cap(cap: &GrantCap, decimals: u8) -> Problem {
+        let amount = |value| amount_text(value, cap.currency, decimals);
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "grant-cap-exceeded",
+            "Grant cap exceeded",
+            format!(
+                "a service key may grant {} per UTC day (limits.service_key_grants_per_day): \
+                 {} granted today, {} asked; an admin key may grant more",
+                amount(cap.cap),
+                amount(cap.granted_today),
+                amount(cap.requested)
+            ),
+        )
+        .with("currency", cap.currency.as_str())
+        .with("cap", cap.cap)
+        .with("granted_today", cap.granted_today)
+        .with("requested", cap.requested)
+    }
+
+    /// 422 `unknown-currency`: the tenant has no such currency.
+    pub fn unknown_currency(currency: Currency) -> Problem {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-currency",
+            "Unknown currency",
+            format!(
+                "this tenant has no currency {currency:?} (PUT /v1/tenants/{{id}} defines them)"
+            ),
+        )
+        .with("currency", currency.as_str())
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut body = Map::new();
@@ -218,18 +269,11 @@ impl From<EngineError> for Problem {
                 format!("the reservation was {}", closed_as(how)),
             )
             .with("closed_as", closed_as(how)),
-            EngineError::InsufficientCredits(shortfall) => Problem::new(
-                S::PAYMENT_REQUIRED,
-                "insufficient-credits",
-                "Insufficient credits",
-                format!(
-                    "{} credits are available, {} are required",
-                    shortfall.available, shortfall.required
-                ),
-            )
-            .with("balance", shortfall.balance)
-            .with("available", shortfall.available)
-            .with("required", shortfall.required),
+            // Shown without decimals here; the routes that spend render them with the tenant's
+            // (`Call::problem`).
+            EngineError::InsufficientCredits(shortfall) => Problem::insufficient(&shortfall, 0),
+            EngineError::UnknownCurrency(currency) => Problem::unknown_currency(currency),
+            EngineError::GrantCapReached(cap) => Problem::grant_cap(&cap, 0),
             EngineError::Invalid(invalid) => {
                 Problem::invalid(format!("{} {}", invalid.field, invalid.reason))
                     .with("field", invalid.field)
@@ -292,6 +336,58 @@ impl From<EngineError> for Problem {
             }
         }
     }
+}
+
+/// An amount of `currency` in words, with its decimals: `1 credit`, `50 credits`, `-11 credits`,
+/// `0.50 usd`. A code ending in `s` (`credits`, `tokens`) loses it for exactly one whole unit.
+pub fn amount_text(amount: i64, currency: Currency, decimals: u8) -> String {
+    let code = currency.as_str();
+    let magnitude = amount.unsigned_abs();
+    let sign = if amount < 0 { "-" } else { "" };
+    if decimals == 0 {
+        let unit = match code.strip_suffix('s') {
+            Some(singular) if magnitude == 1 && !singular.is_empty() => singular,
+            _ => code,
+        };
+        return format!("{amount} {unit}");
+    }
+    let width = usize::from(decimals);
+    let scale = 10u128.pow(u32::from(decimals));
+    let (whole, fraction) = (u128::from(magnitude) / scale, u128::from(magnitude) % scale);
+    format!("{sign}{whole}.{fraction:0width$} {code}")
+}
+
+/// The detail of a 402: `50 credits are required but only 9 can be spent (-11 available, with
+/// an overdraft limit of 20)`; `1 credit is required but nothing can be spent`.
+fn insufficient_detail(shortfall: &Shortfall, decimals: u8) -> String {
+    let required = amount_text(shortfall.required, shortfall.currency, decimals);
+    let verb = if decimals == 0 && shortfall.required != 1 {
+        "are"
+    } else {
+        "is"
+    };
+    let number = |amount: i64| {
+        let text = amount_text(amount, shortfall.currency, decimals);
+        // The unit was said once already.
+        text.rsplit_once(' ')
+            .map_or(text.clone(), |(number, _)| number.to_owned())
+    };
+    let can = if shortfall.spendable <= 0 {
+        "but nothing can be spent".to_owned()
+    } else {
+        format!("but only {} can be spent", number(shortfall.spendable))
+    };
+    let mut detail = format!("{required} {verb} required {can}");
+    if shortfall.overdraft_limit > 0 {
+        detail.push_str(&format!(
+            " ({} available, with an overdraft limit of {})",
+            number(shortfall.available),
+            number(shortfall.overdraft_limit)
+        ));
+    } else if shortfall.available < 0 {
+        detail.push_str(&format!(" ({} available)", number(shortfall.available)));
+    }
+    detail
 }
 
 /// The problem for a thing not found: each kind keeps its own type, title and detail.
@@ -379,5 +475,69 @@ impl From<crate::payments::PaymentsError> for Problem {
             ),
             PaymentsError::Webhook(WebhookError::Malformed(detail)) => Problem::malformed(detail),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shortfall(available: i64, overdraft_limit: i64, required: i64) -> Shortfall {
+        Shortfall::new(
+            Currency::CREDITS,
+            available,
+            available,
+            overdraft_limit,
+            required,
+        )
+    }
+
+    #[test]
+    fn amounts_read_right_in_the_singular_and_with_decimals() {
+        let credits = Currency::CREDITS;
+        let usd = Currency::new("usd").unwrap();
+        assert_eq!(amount_text(1, credits, 0), "1 credit");
+        assert_eq!(amount_text(-1, credits, 0), "-1 credit");
+        assert_eq!(amount_text(0, credits, 0), "0 credits");
+        assert_eq!(amount_text(50, credits, 0), "50 credits");
+        assert_eq!(amount_text(50, usd, 2), "0.50 usd");
+        assert_eq!(amount_text(-1234, usd, 2), "-12.34 usd");
+        assert_eq!(amount_text(100, usd, 0), "100 usd");
+        assert_eq!(amount_text(i64::MIN, usd, 18), "-9.223372036854775808 usd");
+    }
+
+    #[test]
+    fn a_402_says_what_can_be_spent() {
+        let detail = |s: Shortfall, decimals| insufficient_detail(&s, decimals);
+        assert_eq!(
+            detail(shortfall(0, 0, 1), 0),
+            "1 credit is required but nothing can be spent"
+        );
+        assert_eq!(
+            detail(shortfall(1, 0, 2), 0),
+            "2 credits are required but only 1 can be spent"
+        );
+        // The overdraft: 9 more can be spent though available is below zero.
+        assert_eq!(
+            detail(shortfall(-11, 20, 50), 0),
+            "50 credits are required but only 9 can be spent (-11 available, with an overdraft \
+             limit of 20)"
+        );
+        // Below the floor after a chargeback: nothing can be spent.
+        assert_eq!(
+            detail(shortfall(-30, 0, 5), 0),
+            "5 credits are required but nothing can be spent (-30 available)"
+        );
+        let usd = Shortfall::new(Currency::new("usd").unwrap(), 9, 9, 0, 50);
+        assert_eq!(
+            insufficient_detail(&usd, 2),
+            "0.50 usd is required but only 0.09 can be spent"
+        );
+        let problem = Problem::insufficient(&usd, 2);
+        assert_eq!(problem.status, StatusCode::PAYMENT_REQUIRED);
+        let body = problem.body();
+        assert_eq!(body["currency"], "usd");
+        assert_eq!(body["spendable"], 9);
+        assert_eq!(body["required"], 50);
     }
 }

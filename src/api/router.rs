@@ -94,12 +94,14 @@ route_table! {
     OpenApi:           "GET"    "/openapi.yaml"                             Open     => health::openapi;
     PutUser:           "PUT"    "/v1/users/{user_id}"                       Service  => users::put_user;
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
+    PatchUser:         "PATCH"  "/v1/users/{user_id}"                       Service  => users::patch_user;
     GetWallet:         "GET"    "/v1/users/{user_id}/wallet"                Service  => users::get_wallet;
     ListEntries:       "GET"    "/v1/users/{user_id}/entries"               Service  => entries::list_entries;
     ListPayments:      "GET"    "/v1/users/{user_id}/payments"              Service  => payment_history::list_payments;
     Credit:            "POST"   "/v1/users/{user_id}/credit"                Service  => users::credit;
     Debit:             "POST"   "/v1/users/{user_id}/debit"                 Service  => users::debit;
     Reserve:           "POST"   "/v1/users/{user_id}/reservations"          Service  => reservations::reserve;
+    ListReservations:  "GET"    "/v1/users/{user_id}/reservations"          Service  => reservations::list_reservations;
     Revoke:            "POST"   "/v1/users/{user_id}/revoke"                Admin    => users::revoke;
     PutOverdraft:      "PUT"    "/v1/users/{user_id}/overdraft"             Admin    => users::put_overdraft;
     BatchDebit:        "POST"   "/v1/debits/batch"                          Service  => users::batch_debit;
@@ -340,12 +342,13 @@ fn method_bit(method: &str) -> usize {
         "GET" => 1,
         "PUT" => 2,
         "POST" => 4,
+        "PATCH" => 16,
         _ => 8,
     }
 }
 
-/// The `Allow` header of every set of table methods (GET, PUT, POST, DELETE), by bits.
-const ALLOW: [&str; 16] = [
+/// The `Allow` header of every set of table methods (GET, PUT, PATCH, POST, DELETE), by bits.
+const ALLOW: [&str; 32] = [
     "",
     "GET",
     "PUT",
@@ -362,6 +365,22 @@ const ALLOW: [&str; 16] = [
     "GET, POST, DELETE",
     "PUT, POST, DELETE",
     "GET, PUT, POST, DELETE",
+    "PATCH",
+    "GET, PATCH",
+    "PUT, PATCH",
+    "GET, PUT, PATCH",
+    "PATCH, POST",
+    "GET, PATCH, POST",
+    "PUT, PATCH, POST",
+    "GET, PUT, PATCH, POST",
+    "PATCH, DELETE",
+    "GET, PATCH, DELETE",
+    "PUT, PATCH, DELETE",
+    "GET, PUT, PATCH, DELETE",
+    "PATCH, POST, DELETE",
+    "GET, PATCH, POST, DELETE",
+    "PUT, PATCH, POST, DELETE",
+    "GET, PUT, PATCH, POST, DELETE",
 ];
 
 /// Decodes `%XX` escapes; `None` for a bad escape, invalid UTF-8 or a decoded control character.
@@ -469,7 +488,7 @@ mod tests {
         let expected = [
             ("/livez", "GET"),
             ("/metrics", "GET"),
-            ("/v1/users/u", "GET, PUT"),
+            ("/v1/users/u", "GET, PUT, PATCH"),
             ("/v1/users/u/debit", "POST"),
             ("/v1/users/u/overdraft", "PUT"),
             ("/v1/users/u/auto-topup", "GET, PUT, DELETE"),
@@ -483,7 +502,7 @@ mod tests {
         ];
         for (path, allowed) in expected {
             assert_eq!(
-                route(&Method::PATCH, path),
+                route(&Method::OPTIONS, path),
                 Err(NoRoute::MethodNotAllowed(allowed)),
                 "{path}"
             );

@@ -16,8 +16,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    CreditKind, Currency, DebitKind, Decline, Fingerprint, Lsn, Outcome, PaymentPurpose,
-    ReleaseReason,
+    CreditKind, Currency, CurrencySpec, DebitKind, Decline, Fingerprint, Lsn, Outcome,
+    PaymentPurpose, ReleaseReason,
 };
 
 /// A secret carried by an event (a tenant's webhook signing key). Encoded exactly as the string
@@ -107,6 +107,9 @@ pub struct TenantSettingsRecord<'a> {
     pub name: Option<&'a str>,
     /// The currency of wallets created for new users.
     pub default_currency: Currency,
+    /// The currencies the tenant defined, with their decimals; empty if it never defined any
+    /// (then its default currency, with no decimals, is its one currency).
+    pub currencies: Vec<CurrencySpec>,
 }
 
 /// A user's profile as recorded.
@@ -138,6 +141,8 @@ pub(crate) struct PackageRecord<'a> {
     pub price_currency: Currency,
     /// Offered for sale.
     pub active: bool,
+    /// Where it is shown among the packages: lowest first, then by id.
+    pub position: u32,
 }
 
 /// What a payment buys, fixed from the package when the payment starts.

@@ -1,6 +1,7 @@
 //! The invariants of DESIGN.md that can be checked on a state at rest, after recovery and by tests:
 //! every wallet's reserved amount equals its open reservations and is not negative, no wallet is
-//! below its floor, the reservation index agrees with the users, and no entity or idempotency key
+//! below its floor unless a chargeback took it there (and it is marked so), the reservation index
+//! agrees with the users, and no entity or idempotency key
 //! refers to a record the log does not have. (Conservation, balance = credits − debits, is proven
 //! record by record as replay applies each event against the balance it recorded.)
 
@@ -150,12 +151,15 @@ fn check_account(
                 wallet.currency, wallet.reserved
             ));
         }
-        if wallet.overdraft < 0 || wallet.available() < wallet.floor() {
+        // Below the floor only by a chargeback, marked so until credits bring it back.
+        let below = wallet.available() < wallet.floor();
+        if wallet.overdraft < 0 || below != account.is_below_floor(wallet.currency) {
             return Err(format!(
-                "{}: available {} below floor {}",
+                "{}: available {} against floor {}, marked below it by a chargeback: {}",
                 wallet.currency,
                 wallet.available(),
-                wallet.floor()
+                wallet.floor(),
+                account.is_below_floor(wallet.currency)
             ));
         }
     }

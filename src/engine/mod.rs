@@ -45,8 +45,9 @@ pub use idempotency::{Done, IdempotencyKey};
 pub use invariants::{Figures, InvariantViolation};
 pub(crate) use ops::is_http_url;
 pub use ops::{
-    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, PackageSpec, ProfileUpdate,
-    ReserveRequest, RevokeRequest, Spend,
+    check_currencies, check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest,
+    FieldChange, PackageSpec, ProfileChange, ProfileUpdate, ReserveRequest, RevokeRequest, Spend,
+    TenantSpec,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};

@@ -10,6 +10,10 @@
 //! Before the file is renamed into place, every record the copy may include is made durable, so a
 //! snapshot never holds an effect the log could lose.
 //!
+//! The grant tallies (what each key granted today) are copied in the same critical section that
+//! notes `S`, under their own mutex, under which every grant is also appended: the copy holds
+//! exactly the grants before `S`, and replay counts those from `S` on (see `state::grants`).
+//!
 //! Chunk payloads: a [`ChunkHead`] followed by `count` items of the kind it names.
 
 use std::borrow::Cow;
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{
     Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry,
-    ReservationEntry, ReservationPhase, ShardedMap, State, Tenant, Wallet,
+    ReservationEntry, ReservationPhase, ShardedMap, State, TallyImage, Tenant, Wallet,
 };
 use super::types::{Fingerprint, Lsn, Outcome};
 use super::Engine;
@@ -77,6 +81,9 @@ enum ChunkHead<'a> {
     Payments {
         count: u32,
     },
+    GrantTallies {
+        count: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +93,7 @@ struct Totals {
     closed_reservations: u64,
     idempotency_keys: u64,
     payments: u64,
+    grant_tallies: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -165,7 +173,12 @@ impl Engine {
     pub fn snapshot(&self) -> Result<SnapshotSummary, SnapshotError> {
         let mut progress = self.snapshots.lock();
         let started = Instant::now();
-        let start_lsn = self.wal.next_lsn();
+        // The start LSN and the grant tallies in one critical section: see the module doc.
+        let (start_lsn, tallies) = {
+            let grants = self.state.grants.lock();
+            let yesterday = super::state::utc_day(self.clock.now_ms()) - 1;
+            (self.wal.next_lsn(), grants.images(yesterday))
+        };
         let header = SnapshotHeader {
             start_lsn,
             created_at_ms: self.clock.now_ms(),
@@ -177,7 +190,7 @@ impl Engine {
             header,
             codec::FORMAT_VERSION,
         )?;
-        if let Err(error) = self.copy_state(&mut writer) {
+        if let Err(error) = self.copy_state(&mut writer, &tallies) {
             writer.abort();
             return Err(error);
         }
@@ -207,8 +220,13 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Writes every chunk of the snapshot: tenants, users, closed reservations, keys, payments, end.
-    fn copy_state(&self, writer: &mut SnapshotWriter) -> Result<(), SnapshotError> {
+    /// Writes every chunk of the snapshot: tenants, users, closed reservations, keys, payments,
+    /// grant tallies (copied when the snapshot started), end.
+    fn copy_state(
+        &self,
+        writer: &mut SnapshotWriter,
+        tallies: &[TallyImage],
+    ) -> Result<(), SnapshotError> {
         let tenants = self.state.tenant_list();
         let mut totals = Totals::default();
         let mut chunker = Chunker {
@@ -235,6 +253,18 @@ impl Engine {
         }
         // Payments change under their user's lock, so like keys they are copied after the users.
         totals.payments = self.copy_payments(&mut chunker)?;
+        for tally in tallies {
+            chunker.item(tally)?;
+            totals.grant_tallies += 1;
+            if chunker.full() {
+                chunker.flush(&ChunkHead::GrantTallies {
+                    count: chunker.count,
+                })?;
+            }
+        }
+        chunker.flush(&ChunkHead::GrantTallies {
+            count: chunker.count,
+        })?;
         chunker.single(&ChunkHead::End(totals))
     }
 
@@ -506,6 +536,13 @@ fn load_chunk(
                 );
             }
             counted.payments += u64::from(count);
+        }
+        ChunkHead::GrantTallies { count } => {
+            let mut grants = state.grants.lock();
+            for _ in 0..count {
+                grants.restore(next_item(&mut rest)?);
+            }
+            counted.grant_tallies += u64::from(count);
         }
         ChunkHead::End(totals) => {
             if !rest.is_empty() {

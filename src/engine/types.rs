@@ -81,6 +81,29 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+/// A currency a tenant defines: its code and how many decimals its minor unit has (`usd` with 2
+/// counts cents; `credits` with 0 counts whole credits). Amounts stay integers in minor units
+/// everywhere; the decimals only say how to show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CurrencySpec {
+    /// The currency's code.
+    pub code: Currency,
+    /// Digits after the decimal point when an amount is shown, 0 to [`MAX_CURRENCY_DECIMALS`].
+    pub decimals: u8,
+}
+
+/// The most decimals a currency may have: 10^18 minor units still fit an `i64`.
+pub const MAX_CURRENCY_DECIMALS: u8 = 18;
+/// The most currencies one tenant may define.
+pub const MAX_TENANT_CURRENCIES: usize = 64;
+
+/// What a wallet can still spend: what is available plus what its overdraft still allows, never
+/// below zero (a wallet taken below its floor by a chargeback can spend nothing). The one place
+/// this is computed: the wallet view, every 402 and its detail use it.
+pub fn spendable(available: i64, overdraft_limit: i64) -> i64 {
+    available.saturating_add(overdraft_limit).max(0)
+}
+
 /// Why credits were added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -115,6 +138,9 @@ pub enum DebitKind {
     Usage,
     /// Taken back by an administrator.
     Revoke,
+    /// Taken back by an administrator whatever the wallet holds (a payment charged back by the
+    /// payer's bank): the wallet may end below its floor, and later credits repay that first.
+    Chargeback,
 }
 
 /// Why a reservation ended without a capture.
@@ -177,6 +203,9 @@ pub struct Limits {
     pub max_metadata_depth: u32,
     /// Balance under which a wallet counts as low when it has no auto top-up rule (default 0: off).
     pub low_balance: i64,
+    /// The most a service key may grant per currency per UTC day, in minor units (default
+    /// 10 000; 0 forbids service keys to grant). Admin grants are not capped; they need a reason.
+    pub service_key_grants_per_day: i64,
 }
 
 impl Default for Limits {
@@ -192,6 +221,7 @@ impl Default for Limits {
             max_metadata_bytes: 16 * 1024,
             max_metadata_depth: 32,
             low_balance: 0,
+            service_key_grants_per_day: 10_000,
         }
     }
 }
@@ -220,12 +250,51 @@ impl Invalid {
 /// The numbers behind a refused spend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shortfall {
+    /// The wallet's currency.
+    pub currency: Currency,
     /// The wallet's balance.
     pub balance: i64,
-    /// What could be spent: balance − reserved + overdraft limit.
+    /// Balance − reserved (below zero in an overdraft).
     pub available: i64,
+    /// How far `available` may go below zero.
+    pub overdraft_limit: i64,
+    /// What could be spent: see [`spendable`].
+    pub spendable: i64,
     /// What the request needed.
     pub required: i64,
+}
+
+impl Shortfall {
+    /// The shortfall of a wallet asked for `required`.
+    pub fn new(
+        currency: Currency,
+        balance: i64,
+        available: i64,
+        overdraft_limit: i64,
+        required: i64,
+    ) -> Shortfall {
+        Shortfall {
+            currency,
+            balance,
+            available,
+            overdraft_limit,
+            spendable: spendable(available, overdraft_limit),
+            required,
+        }
+    }
+}
+
+/// The numbers behind a grant refused by a service key's daily cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantCap {
+    /// The currency of the grant.
+    pub currency: Currency,
+    /// What the key may grant per UTC day (`limits.service_key_grants_per_day`).
+    pub cap: i64,
+    /// What it granted so far today.
+    pub granted_today: i64,
+    /// What the request asked for.
+    pub requested: i64,
 }
 
 /// What an operation looked for and did not find.
@@ -269,8 +338,14 @@ pub enum EngineError {
     #[error("reservation is closed ({0:?})")]
     ReservationClosed(ClosedAs),
     /// The wallet cannot cover the spend.
-    #[error("insufficient credits: {} available, {} required", .0.available, .0.required)]
+    #[error("insufficient credits: {} can be spent, {} required", .0.spendable, .0.required)]
     InsufficientCredits(Shortfall),
+    /// The tenant has no such currency.
+    #[error("unknown currency {0}")]
+    UnknownCurrency(Currency),
+    /// A service key's grants today would pass its daily cap.
+    #[error("grant cap reached: {} of {} granted today", .0.granted_today, .0.cap)]
+    GrantCapReached(GrantCap),
     /// A field is missing, malformed or out of range.
     #[error("invalid {}: {}", .0.field, .0.reason)]
     Invalid(Invalid),

@@ -1,7 +1,7 @@
 //! Read-only views of the state, copied out under a read lock so callers never hold one.
 
 use super::state::{Account, ReservationPhase, Tenant, Wallet};
-use super::types::{ClosedAs, Currency, EngineError, Lsn, Missing};
+use super::types::{spendable, ClosedAs, Currency, EngineError, Lsn, Missing};
 use super::Engine;
 
 /// A wallet as the API shows it.
@@ -17,17 +17,38 @@ pub struct WalletView {
     pub available: i64,
     /// How far `available` may go below zero.
     pub overdraft_limit: i64,
+    /// What a debit may take now: see [`crate::engine::types::spendable`].
+    pub spendable: i64,
+}
+
+impl WalletView {
+    /// A wallet's view from its parts; `spendable` follows from them.
+    pub fn new(
+        currency: Currency,
+        balance: i64,
+        reserved: i64,
+        overdraft_limit: i64,
+    ) -> WalletView {
+        let available = balance.saturating_sub(reserved);
+        WalletView {
+            currency,
+            balance,
+            reserved,
+            available,
+            overdraft_limit,
+            spendable: spendable(available, overdraft_limit),
+        }
+    }
 }
 
 impl From<&Wallet> for WalletView {
     fn from(wallet: &Wallet) -> WalletView {
-        WalletView {
-            currency: wallet.currency,
-            balance: wallet.balance,
-            reserved: wallet.reserved,
-            available: wallet.available(),
-            overdraft_limit: wallet.overdraft,
-        }
+        WalletView::new(
+            wallet.currency,
+            wallet.balance,
+            wallet.reserved,
+            wallet.overdraft,
+        )
     }
 }
 
@@ -71,13 +92,7 @@ impl UserView {
             .iter()
             .find(|w| w.currency == currency)
             .copied()
-            .unwrap_or(WalletView {
-                currency,
-                balance: 0,
-                reserved: 0,
-                available: 0,
-                overdraft_limit: 0,
-            })
+            .unwrap_or(WalletView::new(currency, 0, 0, 0))
     }
 }
 
@@ -100,9 +115,9 @@ pub struct ReservationView {
     pub reservation_id: Lsn,
     /// Whose.
     pub user_id: String,
-    /// In which currency (open reservations only).
+    /// In which currency.
     pub currency: Option<Currency>,
-    /// How much it holds (open reservations only).
+    /// How much it holds, or held once closed.
     pub amount: Option<i64>,
     /// Open or closed.
     pub state: ReservationState,
@@ -138,6 +153,8 @@ pub struct PackageView {
     pub price_currency: Currency,
     /// Offered for sale.
     pub active: bool,
+    /// Where it is shown among the packages: lowest first, then by id.
+    pub position: u32,
 }
 
 /// A tenant and its settings.
@@ -149,6 +166,10 @@ pub struct TenantView {
     pub name: Option<String>,
     /// The currency of new users' wallets.
     pub default_currency: Currency,
+    /// Its currencies with their decimals (its default one alone if it never defined any).
+    pub currencies: Vec<crate::engine::types::CurrencySpec>,
+    /// Whether it defined its currencies (else they are its default one, with no decimals).
+    pub currencies_defined: bool,
     /// How many users it has.
     pub users: usize,
 }
@@ -161,6 +182,8 @@ impl Tenant {
             tenant_id: self.id.to_string(),
             name: catalogue.name.as_ref().map(|name| name.to_string()),
             default_currency: self.default_currency,
+            currencies: catalogue.currencies(),
+            currencies_defined: !catalogue.currencies.is_empty(),
             users: self.users.len(),
         }
     }
@@ -185,10 +208,10 @@ impl Tenant {
             .collect()
     }
 
-    /// Every package, by id.
+    /// Every package, in display order: by position, then by id.
     pub fn packages(&self) -> Vec<PackageView> {
         let catalogue = self.catalogue.read();
-        catalogue
+        let mut packages: Vec<PackageView> = catalogue
             .packages
             .iter()
             .map(|(id, package)| PackageView {
@@ -199,8 +222,13 @@ impl Tenant {
                 price_minor: package.price_minor,
                 price_currency: package.price_currency,
                 active: package.active,
+                position: package.position,
             })
-            .collect()
+            .collect();
+        drop(catalogue);
+        // Stable, and the map is by id: equal positions stay in id order.
+        packages.sort_by_key(|package| package.position);
+        packages
     }
 
     /// A user and its wallets.
@@ -238,7 +266,12 @@ impl Tenant {
             .ok_or(EngineError::NotFound(Missing::Reservation))?
             .clone();
         let (currency, amount, state) = match entry.state {
-            ReservationPhase::Closed { how, .. } => (None, None, ReservationState::Closed(how)),
+            ReservationPhase::Closed {
+                how,
+                currency,
+                amount,
+                ..
+            } => (Some(currency), Some(amount), ReservationState::Closed(how)),
             ReservationPhase::Open { expires_at_ms } => {
                 let account = self
                     .users
@@ -261,6 +294,36 @@ impl Tenant {
             amount,
             state,
         })
+    }
+
+    /// A user's open reservations, oldest first. Those whose time ran out by `now_ms` are left
+    /// out: they hold nothing for any decision, and the engine releases them at the next chance.
+    pub fn open_reservations(
+        &self,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<ReservationView>, EngineError> {
+        let account = self
+            .users
+            .get(user_id)
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        let mut views: Vec<ReservationView> = account
+            .reservations()
+            .iter()
+            .filter(|reservation| reservation.expires_at_ms > now_ms)
+            .map(|reservation| ReservationView {
+                reservation_id: reservation.id,
+                user_id: user_id.to_owned(),
+                currency: Some(reservation.currency),
+                amount: Some(reservation.amount),
+                state: ReservationState::Open {
+                    expires_at_ms: reservation.expires_at_ms,
+                },
+            })
+            .collect();
+        drop(account);
+        views.sort_by_key(|view| view.reservation_id);
+        Ok(views)
     }
 
     /// How many users the tenant has.

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use crate::codec::{self, FORMAT_VERSION};
 use crate::engine::event::{Event, MethodRecord, PackageRecord, ProfileRecord};
 use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, MethodDetails, Verdict};
-use crate::engine::types::{CreditKind, Currency, DebitKind, Decline, PaymentPurpose};
+use crate::engine::types::{
+    CreditKind, Currency, CurrencySpec, DebitKind, Decline, PaymentPurpose,
+};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Engine, EngineOptions, IdempotencyKey,
-    ManualClock, ReserveRequest, Spend,
+    ManualClock, ReserveRequest, RevokeRequest, Spend, TenantSpec,
 };
 use crate::engine::{PackageSpec, ProfileUpdate};
 use crate::wal::batch;
@@ -107,8 +109,27 @@ fn sample_events() -> Vec<Vec<u8>> {
             settings: TenantSettingsRecord {
                 name: Some("Acme"),
                 default_currency: Currency::CREDITS,
+                currencies: Vec::new(),
             },
             meta: Meta::system(T0),
+        },
+        Event::TenantUpserted {
+            tenant: "acme",
+            settings: TenantSettingsRecord {
+                name: None,
+                default_currency: Currency::CREDITS,
+                currencies: vec![
+                    CurrencySpec {
+                        code: Currency::CREDITS,
+                        decimals: 0,
+                    },
+                    CurrencySpec {
+                        code: ngn,
+                        decimals: 2,
+                    },
+                ],
+            },
+            meta,
         },
         Event::UserUpserted {
             tenant: "acme",
@@ -141,6 +162,15 @@ fn sample_events() -> Vec<Vec<u8>> {
             balance_after: 985,
             available_after: 985,
             action,
+            meta,
+        },
+        Event::Debited {
+            wallet,
+            kind: DebitKind::Chargeback,
+            amount: 1_500,
+            balance_after: -515,
+            available_after: -515,
+            action: None,
             meta,
         },
         Event::ReservationPlaced {
@@ -204,6 +234,7 @@ fn sample_events() -> Vec<Vec<u8>> {
                 price_minor: 250_000,
                 price_currency: ngn,
                 active: true,
+                position: 2,
             },
             meta,
         },
@@ -417,8 +448,23 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
     let (storage, engine) = open_engine();
     let ngn = Currency::new("NGN").expect("currency");
     let admin = Context::actor("admin");
+    let currencies = [
+        CurrencySpec {
+            code: Currency::CREDITS,
+            decimals: 0,
+        },
+        CurrencySpec {
+            code: ngn,
+            decimals: 2,
+        },
+    ];
+    let settings = TenantSpec {
+        name: Some("Acme"),
+        default_currency: None,
+        currencies: Some(&currencies),
+    };
     let (tenant, _, _) = engine
-        .upsert_tenant("acme", Some("Acme"), None, &admin)
+        .put_tenant("acme", &settings, &admin)
         .expect("tenant");
     engine
         .put_action(&tenant, "gpt-call", 5, None, Some("one call"), &admin)
@@ -430,6 +476,7 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
         price_minor: 250_000,
         price_currency: ngn,
         active: true,
+        position: 1,
     };
     engine
         .put_package(&tenant, "starter", &terms, &admin)
@@ -529,6 +576,17 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
             max_per_day: 3,
         };
         engine.set_auto_topup(&tenant, &rule, &admin).expect("rule");
+        // A chargeback of more than the NGN wallet holds: below its floor, marked so.
+        let chargeback = RevokeRequest {
+            user,
+            amount: 80,
+            currency: Some(ngn),
+            reason: "charged back",
+            allow_negative: true,
+        };
+        engine
+            .revoke(&tenant, &chargeback, &admin)
+            .expect("chargeback");
     }
     if users > 0 {
         engine

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs, Currency,
-    DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
+    CurrencySpec, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
 };
 use crate::engine::types::{Missing, Outcome};
 use crate::engine::PackageSpec;
@@ -51,6 +51,7 @@ impl MWallet {
             reserved: self.reserved,
             available: self.available(),
             overdraft_limit: self.overdraft,
+            spendable: spendable(self.available(), self.overdraft),
         }
     }
 }
@@ -139,6 +140,9 @@ pub enum MReservation {
         how: ClosedAs,
         at_ms: i64,
         known: Known,
+        /// What it held, shown once it is closed too.
+        currency: Currency,
+        amount: i64,
     },
 }
 
@@ -163,6 +167,8 @@ pub struct MAction {
 #[derive(Debug, Clone)]
 pub struct MTenant {
     pub default_currency: Currency,
+    /// The currencies it defined; none: its default currency alone.
+    pub currencies: Vec<CurrencySpec>,
     pub name: Option<&'static str>,
     pub catalogue_lsn: Lsn,
     pub actions: BTreeMap<&'static str, MAction>,
@@ -256,10 +262,35 @@ fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
     match available.checked_sub(amount) {
         Some(after) if after >= -wallet.overdraft => Ok(after),
         _ => Err(EngineError::InsufficientCredits(Shortfall {
+            currency: wallet.currency,
             balance: wallet.balance,
             available,
+            overdraft_limit: wallet.overdraft,
+            spendable: spendable(available, wallet.overdraft),
             required: amount,
         })),
+    }
+}
+
+/// What can be spent: available and the overdraft's headroom, never below zero (nor above the
+/// largest balance).
+fn spendable(available: i64, overdraft: i64) -> i64 {
+    (i128::from(available) + i128::from(overdraft)).clamp(0, i128::from(i64::MAX)) as i64
+}
+
+impl MTenant {
+    /// Whether the tenant has `currency`: its default one, or one it defined.
+    pub fn has_currency(&self, currency: Currency) -> bool {
+        currency == self.default_currency || self.currencies.iter().any(|c| c.code == currency)
+    }
+
+    /// Refuses a currency the tenant does not have.
+    pub fn check_currency(&self, currency: Currency) -> Result<(), EngineError> {
+        if self.has_currency(currency) {
+            Ok(())
+        } else {
+            Err(EngineError::UnknownCurrency(currency))
+        }
     }
 }
 
@@ -407,6 +438,8 @@ impl Model {
                 how: ClosedAs::Expired,
                 at_ms: now_ms,
                 known: Known::Present,
+                currency: reservation.currency,
+                amount: reservation.amount,
             };
             self.tenant_mut(tenant)
                 .reservations
@@ -425,23 +458,67 @@ impl Model {
         name: Option<&'static str>,
         currency: Option<Currency>,
     ) -> Result<(bool, Lsn), EngineError> {
+        self.put_tenant(history, limits, id, (name, currency), None)
+    }
+
+    /// Creates or changes a tenant: its name and, if given, the currencies it has (which only
+    /// ever grow). Whether it was created, and the LSN of its settings.
+    pub fn put_tenant(
+        &mut self,
+        history: &mut History,
+        limits: &Limits,
+        id: &'static str,
+        (name, currency): (Option<&'static str>, Option<Currency>),
+        currencies: Option<&[CurrencySpec]>,
+    ) -> Result<(bool, Lsn), EngineError> {
         check_id("tenant_id", id)?;
         check_text("name", name, limits.max_text_bytes)?;
         let lsn = self.next_lsn;
-        if let Some(tenant) = self.tenants.get_mut(id) {
-            if currency.is_some_and(|c| c != tenant.default_currency) {
+        let default_currency = match self.tenants.get(id) {
+            Some(tenant) if currency.is_some_and(|c| c != tenant.default_currency) => {
                 return Err(EngineError::Conflict(""));
             }
-            if tenant.name == name {
+            Some(tenant) => tenant.default_currency,
+            None => currency.unwrap_or(Currency::CREDITS),
+        };
+        if let Some(list) = currencies {
+            let distinct = list
+                .iter()
+                .enumerate()
+                .all(|(i, c)| list[..i].iter().all(|d| d.code != c.code));
+            if list.is_empty()
+                || list.len() > 64
+                || list.iter().any(|c| c.decimals > 18)
+                || !distinct
+                || !list.iter().any(|c| c.code == default_currency)
+            {
+                return Err(invalid("currencies"));
+            }
+        }
+        if let Some(tenant) = self.tenants.get_mut(id) {
+            let new_currencies = match currencies {
+                Some(list) => {
+                    if !tenant.currencies.iter().all(|c| list.contains(c)) {
+                        return Err(EngineError::Conflict(""));
+                    }
+                    list.to_vec()
+                }
+                None => tenant.currencies.clone(),
+            };
+            let same = new_currencies.len() == tenant.currencies.len()
+                && new_currencies.iter().all(|c| tenant.currencies.contains(c));
+            if tenant.name == name && same {
                 return Ok((false, tenant.catalogue_lsn));
             }
             tenant.name = name;
+            tenant.currencies = new_currencies;
             tenant.catalogue_lsn = lsn;
             self.commit(history);
             return Ok((false, lsn));
         }
         let tenant = MTenant {
-            default_currency: currency.unwrap_or(Currency::CREDITS),
+            default_currency,
+            currencies: currencies.map_or_else(Vec::new, <[_]>::to_vec),
             name,
             catalogue_lsn: lsn,
             actions: BTreeMap::new(),
@@ -515,6 +592,7 @@ impl Model {
             Claimed::Replay(done) => return Err(Stop::Replay(done)),
             Claimed::Fresh(key) => key,
         };
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(request.user) {
             return Err(EngineError::NotFound(Missing::User).into());
         }
@@ -569,6 +647,9 @@ impl Model {
                     .actions
                     .get(name)
                     .ok_or(EngineError::NotFound(Missing::Action))?;
+                if let Some(currency) = currency {
+                    model_tenant.check_currency(currency)?;
+                }
                 if currency.is_some_and(|c| c != action.currency) {
                     return Err(invalid("currency"));
                 }
@@ -633,11 +714,16 @@ impl Model {
             request.currency,
             Spend::Amount(request.amount),
         )?;
+        let kind = if request.allow_negative {
+            DebitKind::Chargeback
+        } else {
+            DebitKind::Revoke
+        };
         let take = Take {
             user: request.user,
             amount,
             currency,
-            kind: DebitKind::Revoke,
+            kind,
             key,
             dry_run: false,
         };
@@ -669,6 +755,7 @@ impl Model {
                 Claimed::Fresh(key) => key,
             }
         };
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(user) {
             return Err(EngineError::NotFound(Missing::User).into());
         }
@@ -678,7 +765,15 @@ impl Model {
         let lsn = self.next_lsn;
         let account = self.user_mut(tenant, user);
         let wallet = account.wallet_as_of(currency, now_ms);
-        let available = spend_from(&wallet, amount)?;
+        let available = if kind == DebitKind::Chargeback {
+            // A chargeback takes what it is asked for, whatever the floor.
+            wallet
+                .available()
+                .checked_sub(amount)
+                .ok_or(EngineError::Overflow)?
+        } else {
+            spend_from(&wallet, amount)?
+        };
         let balance = unchecked(
             "a debit's balance_after",
             wallet.balance.checked_sub(amount),
@@ -734,6 +829,7 @@ impl Model {
                 Claimed::Fresh(key) => key,
             }
         };
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(request.user) {
             return Err(EngineError::NotFound(Missing::User).into());
         }
@@ -853,6 +949,8 @@ impl Model {
             how,
             at_ms: now_ms,
             known: Known::Present,
+            currency: reservation.currency,
+            amount: reservation.amount,
         };
         self.tenant_mut(tenant).reservations.insert(id, closed);
         reservation
@@ -1005,6 +1103,7 @@ impl Model {
         }
         let model_tenant = self.tenant(tenant);
         let currency = currency.unwrap_or(model_tenant.default_currency);
+        model_tenant.check_currency(currency)?;
         if !model_tenant.users.contains_key(user) {
             return Err(EngineError::NotFound(Missing::User));
         }
@@ -1038,9 +1137,11 @@ impl Model {
         check_text("description", description, limits.max_text_bytes)?;
         let lsn = self.next_lsn;
         let model_tenant = self.tenant_mut(tenant);
+        let currency = currency.unwrap_or(model_tenant.default_currency);
+        model_tenant.check_currency(currency)?;
         let action = MAction {
             cost,
-            currency: currency.unwrap_or(model_tenant.default_currency),
+            currency,
             description,
         };
         model_tenant.actions.insert(name, action);
@@ -1086,6 +1187,7 @@ impl Model {
         check_text("name", Some(terms.name), limits.max_text_bytes)?;
         let lsn = self.next_lsn;
         let model_tenant = self.tenant_mut(tenant);
+        model_tenant.check_currency(terms.currency)?;
         model_tenant.packages.insert(package);
         model_tenant.catalogue_lsn = lsn;
         self.commit(history);

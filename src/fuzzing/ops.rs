@@ -6,11 +6,13 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use crate::engine::types::{CreditKind, Currency, EngineError, Fingerprint, Limits, Lsn, Missing};
+use crate::engine::types::{
+    CreditKind, Currency, CurrencySpec, EngineError, Fingerprint, Limits, Lsn, Missing,
+};
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
     Engine, EngineOptions, IdempotencyKey, ManualClock, ReservationState, ReservationView,
-    ReserveRequest, RevokeRequest, Spend, Tenant, WalletView,
+    ReserveRequest, RevokeRequest, Spend, Tenant, TenantSpec, WalletView,
 };
 use crate::engine::{PackageSpec, ProfileUpdate};
 use crate::wal::batch;
@@ -35,7 +37,7 @@ const MAX_OPS_INPUT_BYTES: usize = 4096;
 /// one byte each, read as indexes into small tables of values (modulo their length). Missing
 /// bytes read as zero.
 pub mod op {
-    /// `tenant, name, currency`.
+    /// `tenant, name, currency, currencies` (none, or one of three lists, one of them invalid).
     pub const UPSERT_TENANT: u8 = 0;
     /// `tenant, user, email, name, metadata`.
     pub const UPSERT_USER: u8 = 1;
@@ -45,7 +47,7 @@ pub mod op {
     pub const DEBIT: u8 = 3;
     /// `tenant, user, action, quantity, currency, dry_run, key`.
     pub const DEBIT_ACTION: u8 = 4;
-    /// `tenant, user, amount, reason, currency, key`.
+    /// `tenant, user, amount, reason, currency, allow_negative, key`.
     pub const REVOKE: u8 = 5;
     /// `tenant, user, by_action, (amount | action, quantity), currency, ttl, description, dry_run,
     /// key`.
@@ -240,6 +242,10 @@ fn expect_same<T: PartialEq + std::fmt::Debug>(
     );
 }
 
+fn spec(code: Currency, decimals: u8) -> CurrencySpec {
+    CurrencySpec { code, decimals }
+}
+
 fn context(key: Key) -> Context<'static> {
     Context {
         actor: "fuzz",
@@ -262,6 +268,7 @@ fn limits_profile(choice: u8) -> (Limits, u64) {
                 max_metadata_bytes: 16,
                 max_metadata_depth: 2,
                 low_balance: 0,
+                service_key_grants_per_day: 0,
             };
             (tight, 30)
         }
@@ -288,6 +295,9 @@ struct Run {
     /// Every record at or below this LSN was acknowledged as durable.
     acked: Lsn,
     currencies: [Option<Currency>; 4],
+    /// What `currencies` a tenant's settings may give: none, every one, the default alone, and
+    /// one without `credits` (invalid for a tenant whose default it is).
+    currency_lists: [Option<Vec<CurrencySpec>>; 4],
 }
 
 /// Runs a sequence of operations, read from `data` as described in [`op`], on an engine over the
@@ -346,8 +356,21 @@ impl Run {
                 Some(currency("NGN")),
                 Some(currency("USD")),
             ],
+            currency_lists: [
+                None,
+                Some(vec![
+                    spec(Currency::CREDITS, 0),
+                    spec(currency("NGN"), 2),
+                    spec(currency("USD"), 2),
+                ]),
+                Some(vec![spec(Currency::CREDITS, 0)]),
+                Some(vec![spec(currency("USD"), 2), spec(currency("NGN"), 19)]),
+            ],
         };
-        run.upsert_tenant("t0", None, None, true);
+        // `t0` has credits and NGN (USD is unknown to it); tenants the operations create have
+        // what their settings say.
+        let t0 = [spec(Currency::CREDITS, 0), spec(currency("NGN"), 2)];
+        run.put_tenant("t0", None, None, Some(&t0), true);
         run.upsert_user("t0", "u0", (None, None, None), true);
         run.upsert_user("t0", "u1", (None, None, None), true);
         run
@@ -407,7 +430,9 @@ impl Run {
                 let name =
                     input.pick(&[None, Some("Acme"), Some("Beta"), Some(&long_text()[..1025])]);
                 let currency = input.pick(&[None, Some(Currency::CREDITS), self.currencies[3]]);
-                self.upsert_tenant(id, name, currency, wait);
+                let lists = self.currency_lists.clone();
+                let currencies = &lists[input.byte() as usize % lists.len()];
+                self.put_tenant(id, name, currency, currencies.as_deref(), wait);
             }
             op::UPSERT_USER => {
                 let tenant = input.pick(&TENANT_IDS);
@@ -432,6 +457,7 @@ impl Run {
                     description: input.text(),
                     reference: input.text(),
                     metadata: input.text(),
+                    grant_cap_per_day: None,
                 };
                 let key = input.key();
                 let Some(handle) = self.tenant(tenant) else {
@@ -482,6 +508,7 @@ impl Run {
                     amount: input.amount(limits.max_amount),
                     reason: input.pick(&["correction", "", "   ", &long_text()[..1025]]),
                     currency: input.pick(&self.currencies),
+                    allow_negative: input.flag(),
                 };
                 let key = input.key();
                 let Some(handle) = self.tenant(tenant) else {
@@ -644,6 +671,7 @@ impl Run {
                     price_minor: input.amount(limits.max_amount),
                     price_currency: self.currencies[2].expect("currency"),
                     active: input.flag(),
+                    position: 0,
                 };
                 let Some(handle) = self.tenant(tenant) else {
                     return;
@@ -780,22 +808,28 @@ impl Run {
         }
     }
 
-    fn upsert_tenant(
+    fn put_tenant(
         &mut self,
         id: &'static str,
         name: Option<&'static str>,
         currency: Option<Currency>,
+        currencies: Option<&[CurrencySpec]>,
         wait: bool,
     ) {
         let limits = self.limits();
+        let spec = TenantSpec {
+            name,
+            default_currency: currency,
+            currencies,
+        };
         let got = self
             .engine
-            .upsert_tenant(id, name, currency, &context(None))
+            .put_tenant(id, &spec, &context(None))
             .map(|(_, created, lsn)| (created, lsn));
-        let want = self
-            .model
-            .upsert_tenant(&mut self.history, &limits, id, name, currency);
-        expect_same("upsert_tenant", &got, &want);
+        let want =
+            self.model
+                .put_tenant(&mut self.history, &limits, id, (name, currency), currencies);
+        expect_same("put_tenant", &got, &want);
         self.acknowledge(wait, got.ok().map(|(_, lsn)| lsn));
     }
 
@@ -1017,14 +1051,19 @@ impl Run {
             keys += model.keys.len() as u64;
             for (reservation, entry) in &model.reservations {
                 if let MReservation::Closed {
-                    user, how, known, ..
+                    user,
+                    how,
+                    known,
+                    currency,
+                    amount,
+                    ..
                 } = *entry
                 {
                     let closed = ReservationView {
                         reservation_id: *reservation,
                         user_id: user.to_owned(),
-                        currency: None,
-                        amount: None,
+                        currency: Some(currency),
+                        amount: Some(amount),
                         state: ReservationState::Closed(how),
                     };
                     let got = handle.reservation(*reservation);
@@ -1081,6 +1120,21 @@ fn compare_tenant(handle: &Tenant, model: &MTenant) {
         "tenant {id}: currency"
     );
     assert_eq!(view.users, model.users.len(), "tenant {id}: user count");
+    assert_eq!(
+        (view.currencies_defined, &view.currencies),
+        (
+            !model.currencies.is_empty(),
+            &if model.currencies.is_empty() {
+                vec![CurrencySpec {
+                    code: model.default_currency,
+                    decimals: 0,
+                }]
+            } else {
+                model.currencies.clone()
+            }
+        ),
+        "tenant {id}: currencies"
+    );
     let actions: Vec<(String, i64, Currency, Option<String>)> = handle
         .actions()
         .into_iter()

@@ -1,5 +1,5 @@
 //! The ledger entry a log event makes, if any: one per movement of a wallet (credit, debit,
-//! revoke, reservation capture, release and expiry, top-up). Events that move no money (a
+//! revoke, chargeback, reservation capture, release and expiry, top-up). Events that move no money (a
 //! profile, the catalogue, a payment still open) make none.
 
 use crate::engine::event::Event;
@@ -15,7 +15,8 @@ pub struct Entry<'a> {
     pub tenant: &'a str,
     /// The user.
     pub user: &'a str,
-    /// `grant`, `topup`, `refund`, `adjustment`, `debit`, `revoke`, `capture`, `release`, `expiry`.
+    /// `grant`, `topup`, `refund`, `adjustment`, `debit`, `revoke`, `chargeback`, `capture`,
+    /// `release`, `expiry`.
     pub kind: &'static str,
     /// How much moved: positive into the wallet, negative out; a reservation's release moves
     /// nothing out of the balance and records what it freed as a positive amount of `available`.
@@ -66,6 +67,7 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
             let kind = match kind {
                 DebitKind::Usage => "debit",
                 DebitKind::Revoke => "revoke",
+                DebitKind::Chargeback => "chargeback",
             };
             let moved = Moved::new(-amount, Some(balance_after), available_after);
             entry(lsn, wallet, kind, moved, action, &meta)

@@ -227,6 +227,7 @@ mod tests {
             description: Some("welcome"),
             reference: None,
             metadata: Some(r#"{"campaign":"launch"}"#),
+            grant_cap_per_day: None,
         };
         lsns.push(engine.credit(&tenant, &credit, &CALLER).unwrap().lsn);
         let debit = |spend| DebitRequest {

@@ -318,6 +318,7 @@ mod tests {
                 price_minor: 200_000,
                 price_currency: Currency::new("NGN").unwrap(),
                 active: true,
+                position: 0,
             };
             engine
                 .put_package(&tenant, "starter", &package, &ADMIN)

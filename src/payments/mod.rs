@@ -248,6 +248,11 @@ impl Payments {
         &self.gateway
     }
 
+    /// The configured gateway's name (`sandbox`, `paystack`, `stripe`).
+    pub fn gateway_name(&self) -> &'static str {
+        self.gateway.name()
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

@@ -210,7 +210,9 @@ impl TopupWorker {
         let after_ms = RECONCILE_AFTER_MS.max(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
         self.reconcile_all(after_ms).await;
         let engine = Arc::clone(&self.payments.engine);
-        let Ok(wanting) = tokio::task::spawn_blocking(move || engine.wallets_wanting_topup()).await
+        let gateway = self.payments.gateway.name();
+        let Ok(wanting) =
+            tokio::task::spawn_blocking(move || engine.wallets_wanting_topup(gateway)).await
         else {
             return;
         };

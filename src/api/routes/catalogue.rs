@@ -10,7 +10,7 @@ use super::users::wallet_json;
 use crate::api::call::{ok, Answer, Call};
 use crate::api::dto::currency;
 use crate::api::problem::Problem;
-use crate::api::request::parse_json;
+use crate::api::request::{parse_json, query_pairs, unknown_parameter};
 use crate::api::response::{empty_response, json_response};
 use crate::engine::types::{Currency, EngineError, Missing};
 use crate::engine::PackageSpec;
@@ -41,6 +41,8 @@ struct PackageBody<'a> {
     currency: Option<Cow<'a, str>>,
     #[serde(default)]
     active: Option<bool>,
+    #[serde(default)]
+    position: Option<u32>,
 }
 
 /// A catalogue action.
@@ -73,6 +75,7 @@ struct PackageJson {
     price_minor: i64,
     price_currency: String,
     active: bool,
+    position: u32,
 }
 
 impl From<PackageView> for PackageJson {
@@ -85,6 +88,7 @@ impl From<PackageView> for PackageJson {
             price_minor: view.price_minor,
             price_currency: view.price_currency.to_string(),
             active: view.active,
+            position: view.position,
         }
     }
 }
@@ -127,14 +131,18 @@ pub async fn put_action(call: &Call<'_>) -> Answer {
     let body: ActionBody = parse_json(&call.body)?;
     let existed = call.tenant.actions().iter().any(|a| a.action == name);
     let currency = currency(body.currency.as_ref())?;
-    let lsn = call.state.engine.put_action(
-        &call.tenant,
-        name,
-        body.cost,
-        currency,
-        body.description.as_deref(),
-        &call.context(None),
-    )?;
+    let lsn = call
+        .state
+        .engine
+        .put_action(
+            &call.tenant,
+            name,
+            body.cost,
+            currency,
+            body.description.as_deref(),
+            &call.context(None),
+        )
+        .map_err(|error| call.problem(error))?;
     call.durable(lsn).await?;
     let action = call
         .tenant
@@ -200,11 +208,13 @@ pub async fn put_package(call: &Call<'_>) -> Answer {
         price_minor: body.price_minor,
         price_currency: Currency::new(&body.price_currency)?,
         active: body.active.unwrap_or(true),
+        position: body.position.unwrap_or(0),
     };
     let lsn = call
         .state
         .engine
-        .put_package(&call.tenant, id, &terms, &call.context(None))?;
+        .put_package(&call.tenant, id, &terms, &call.context(None))
+        .map_err(|error| call.problem(error))?;
     call.durable(lsn).await?;
     let package = call
         .tenant
@@ -231,25 +241,43 @@ pub async fn delete_package(call: &Call<'_>) -> Answer {
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-/// `GET /v1/billing/bootstrap/{user_id}`: what a client needs to show a wallet and a top-up page.
+/// `GET /v1/billing/bootstrap/{user_id}[?currency=]`: what a client needs to show a wallet and a
+/// top-up page. With `currency`, the wallet in that currency and only the packages and actions in
+/// it; without, the default wallet and every active package and action. Packages come in
+/// display order (`position`, then id).
 pub async fn bootstrap(call: &Call<'_>) -> Answer {
     let user = &*call.param;
+    let mut wanted = None;
+    for (name, value) in query_pairs(call.query) {
+        match name.as_ref() {
+            "currency" => wanted = Some(Currency::new(&value)?),
+            _ => return Err(unknown_parameter(&name)),
+        }
+    }
+    if let Some(currency) = wanted {
+        call.tenant
+            .check_currency(currency)
+            .map_err(|error| call.problem(error))?;
+    }
     let view = call.tenant.user(user)?;
+    let in_wanted = |currency: Currency| wanted.is_none_or(|wanted| wanted == currency);
     let packages: Vec<PackageJson> = call
         .tenant
         .packages()
         .into_iter()
-        .filter(|p| p.active)
+        .filter(|p| p.active && in_wanted(p.currency))
         .map(PackageJson::from)
         .collect();
     let actions: Vec<ActionJson> = call
         .tenant
         .actions()
         .into_iter()
+        .filter(|a| in_wanted(a.currency))
         .map(ActionJson::from)
         .collect();
+    let currency = wanted.unwrap_or(call.tenant.default_currency());
     ok(&serde_json::json!({
-        "wallet": wallet_json(call, &view, call.tenant.default_currency()),
+        "wallet": wallet_json(call, &view, currency),
         "available_packages": packages,
         "actions": actions,
     }))

@@ -36,6 +36,7 @@ const KINDS: &[&str] = &[
     "adjustment",
     "debit",
     "revoke",
+    "chargeback",
     "capture",
     "release",
     "expiry",

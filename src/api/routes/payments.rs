@@ -261,7 +261,12 @@ pub async fn put_auto_topup(call: &Call<'_>) -> Answer {
     };
     call.durable(lsn).await?;
     let rule = engine
-        .auto_topup(&call.tenant, user, currency)?
+        .auto_topup(
+            &call.tenant,
+            user,
+            currency,
+            call.state.payments.gateway_name(),
+        )?
         .ok_or(EngineError::Conflict("rule vanished"))?;
     Ok(json_response(StatusCode::OK, &rule_json(&rule)))
 }
@@ -285,10 +290,12 @@ pub async fn delete_auto_topup(call: &Call<'_>) -> Answer {
 /// `GET /v1/users/{user_id}/auto-topup[?currency=]`.
 pub async fn get_auto_topup(call: &Call<'_>) -> Answer {
     let currency = currency_query(call.query)?;
-    let rule = call
-        .state
-        .engine
-        .auto_topup(&call.tenant, &call.param, currency)?;
+    let rule = call.state.engine.auto_topup(
+        &call.tenant,
+        &call.param,
+        currency,
+        call.state.payments.gateway_name(),
+    )?;
     let rule = rule.ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,

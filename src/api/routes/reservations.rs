@@ -1,6 +1,6 @@
 //! The reservations routes: holding credits for work whose cost is known only at the end
-//! (`POST /v1/users/{user_id}/reservations`), then reading, capturing, extending or releasing
-//! the reservation (`/v1/reservations/{reservation_id}/…`).
+//! (`POST /v1/users/{user_id}/reservations`), listing a user's open ones (`GET` there), then
+//! reading, capturing, extending or releasing the reservation (`/v1/reservations/{reservation_id}/…`).
 
 use std::borrow::Cow;
 
@@ -13,10 +13,10 @@ use crate::api::dto::{
     currency, metadata, spend, PrefixedId, Timestamp, ENTRY_PREFIX, RESERVATION_PREFIX,
 };
 use crate::api::problem::{closed_as, Problem};
-use crate::api::request::{parse_json, parse_json_or_empty};
+use crate::api::request::{parse_json, parse_json_or_empty, query_pairs, unknown_parameter};
 use crate::engine::types::Outcome;
 use crate::engine::types::{EngineError, Missing};
-use crate::engine::{CaptureRequest, ReservationState, ReserveRequest};
+use crate::engine::{CaptureRequest, ReservationState, ReservationView, ReserveRequest};
 
 /// `POST /v1/users/{user_id}/reservations`.
 #[derive(Debug, Deserialize)]
@@ -128,7 +128,7 @@ pub async fn reserve(call: &Call<'_>) -> Answer {
         .state
         .engine
         .reserve(&call.tenant, &request, &call.context(call.idempotency()))
-        .map_err(|error| call.with_topup(user, error.into()))?;
+        .map_err(|error| call.spend_problem(user, error))?;
     call.durable(done.lsn).await?;
     let Outcome::Reserve {
         reservation_id,
@@ -160,21 +160,37 @@ fn reservation_id(text: &str) -> Result<u64, Problem> {
     parse_reservation_id(text).ok_or_else(|| EngineError::NotFound(Missing::Reservation).into())
 }
 
-/// `GET /v1/reservations/{id}`.
-pub async fn get_reservation(call: &Call<'_>) -> Answer {
-    let view = call.tenant.reservation(reservation_id(&call.param)?)?;
+/// A reservation as the API shows it, open or closed (a closed one still says what it held).
+fn reservation_json(view: &ReservationView) -> serde_json::Value {
     let (state, expires_at) = match view.state {
         ReservationState::Open { expires_at_ms } => ("open", Some(Timestamp(expires_at_ms))),
         ReservationState::Closed(how) => (closed_as(how), None),
     };
-    ok(&serde_json::json!({
+    serde_json::json!({
         "reservation_id": PrefixedId(RESERVATION_PREFIX, view.reservation_id),
         "user_id": view.user_id,
         "state": state,
         "amount": view.amount,
         "currency": view.currency.map(|c| c.to_string()),
         "expires_at": expires_at,
-    }))
+    })
+}
+
+/// `GET /v1/reservations/{id}`.
+pub async fn get_reservation(call: &Call<'_>) -> Answer {
+    let view = call.tenant.reservation(reservation_id(&call.param)?)?;
+    ok(&reservation_json(&view))
+}
+
+/// `GET /v1/users/{user_id}/reservations`: the user's open reservations, oldest first.
+pub async fn list_reservations(call: &Call<'_>) -> Answer {
+    if let Some((name, _)) = query_pairs(call.query).next() {
+        return Err(unknown_parameter(&name));
+    }
+    let now_ms = call.state.engine.now_ms();
+    let views = call.tenant.open_reservations(&call.param, now_ms)?;
+    let reservations: Vec<serde_json::Value> = views.iter().map(reservation_json).collect();
+    ok(&serde_json::json!({ "reservations": reservations }))
 }
 
 /// `POST /v1/reservations/{id}/capture`.
@@ -199,7 +215,7 @@ pub async fn capture(call: &Call<'_>) -> Answer {
                 .reservation(id)
                 .map(|view| view.user_id)
                 .unwrap_or_default();
-            return Err(call.with_topup(&owner, error.into()));
+            return Err(call.spend_problem(&owner, error));
         }
         Err(error) => return Err(error.into()),
     };

@@ -11,8 +11,8 @@ use crate::api::dto::currency;
 use crate::api::problem::Problem;
 use crate::api::request::parse_json_or_empty;
 use crate::api::response::json_response;
-use crate::engine::types::{EngineError, Missing};
-use crate::engine::{Tenant, TenantView};
+use crate::engine::types::{Currency, CurrencySpec, EngineError, Missing};
+use crate::engine::{Tenant, TenantSpec, TenantView};
 
 /// `PUT /v1/tenants/{tenant_id}`.
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +28,25 @@ struct TenantBody<'a> {
     /// The secret events are signed with (16 to 256 characters).
     #[serde(borrow, default)]
     webhook_secret: Option<Cow<'a, str>>,
+    /// Every currency the tenant has, with its decimals; absent leaves them as they are.
+    #[serde(default, deserialize_with = "crate::api::dto::objects_option")]
+    currencies: Option<Vec<CurrencyBody<'a>>>,
+}
+
+/// One currency of `PUT /v1/tenants/{tenant_id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CurrencyBody<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+    decimals: u8,
+}
+
+/// A currency as a tenant shows it.
+#[derive(Debug, Serialize)]
+struct CurrencyJson {
+    code: String,
+    decimals: u8,
 }
 
 /// A tenant.
@@ -36,6 +55,10 @@ struct TenantJson {
     tenant_id: String,
     name: Option<String>,
     default_currency: String,
+    /// Its currencies; its default one with no decimals if it never defined any.
+    currencies: Vec<CurrencyJson>,
+    /// Whether it defined them (`PUT` with `currencies`).
+    currencies_defined: bool,
     users: usize,
     /// Where events go (the secret is never shown).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,6 +71,15 @@ impl From<TenantView> for TenantJson {
             tenant_id: view.tenant_id,
             name: view.name,
             default_currency: view.default_currency.to_string(),
+            currencies: view
+                .currencies
+                .iter()
+                .map(|currency| CurrencyJson {
+                    code: currency.code.to_string(),
+                    decimals: currency.decimals,
+                })
+                .collect(),
+            currencies_defined: view.currencies_defined,
             users: view.users,
             webhook_url: None,
         }
@@ -109,12 +141,32 @@ pub async fn put_tenant(call: &Call<'_>) -> Answer {
             )
         }
     };
-    let (tenant, created, lsn) = call.state.engine.upsert_tenant(
-        id,
-        body.name.as_deref(),
+    let currencies = match &body.currencies {
+        Some(list) => Some(
+            list.iter()
+                .map(|currency| {
+                    Ok(CurrencySpec {
+                        code: Currency::new(&currency.code)?,
+                        decimals: currency.decimals,
+                    })
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?,
+        ),
+        None => None,
+    };
+    // An absent name is kept, as an absent list of currencies is.
+    let existing = call.state.engine.tenant(id);
+    let kept_name = existing.as_ref().and_then(|tenant| tenant.view().name);
+    let spec = TenantSpec {
+        name: body.name.as_deref().or(kept_name.as_deref()),
         default_currency,
-        &call.context(None),
-    )?;
+        currencies: currencies.as_deref(),
+    };
+    // The currencies are checked before anything is written (the first write is this one).
+    let (tenant, created, lsn) = call
+        .state
+        .engine
+        .put_tenant(id, &spec, &call.context(None))?;
     let mut last = lsn;
     if let Some((url, secret)) = webhook {
         last = call

@@ -16,26 +16,57 @@ use crate::api::request::{parse_json, parse_json_or_empty, query_pairs, unknown_
 use crate::api::response::json_response;
 use crate::config::Role;
 use crate::engine::types::Outcome;
-use crate::engine::types::{check_email, CreditKind, Currency, EngineError, Fingerprint};
-use crate::engine::ProfileUpdate;
+use crate::engine::types::{CreditKind, Currency, DebitKind, EngineError, Fingerprint};
 use crate::engine::{
     CreditRequest, DebitRequest, Done, IdempotencyKey, RevokeRequest, UserView, WalletView,
 };
+use crate::engine::{FieldChange, ProfileChange};
 use crate::metrics::DebitOutcome;
 
 /// The most debits one batch may carry.
 pub const MAX_BATCH_DEBITS: usize = 8192;
 
-/// `PUT /v1/users/{user_id}`.
+/// `PUT` and `PATCH /v1/users/{user_id}`: an absent field is kept, `null` clears it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UserBody<'a> {
-    #[serde(borrow, default)]
-    email: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    email: Option<Option<Cow<'a, str>>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    name: Option<Option<Cow<'a, str>>>,
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null` (absent stays `None`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl<'a> UserBody<'a> {
+    /// The change this body asks for; `merge_metadata` for `PATCH`.
+    fn change(&'a self, merge_metadata: bool) -> ProfileChange<'a> {
+        let field = |value: &'a Option<Option<Cow<'a, str>>>| match value {
+            None => FieldChange::Keep,
+            Some(None) => FieldChange::Clear,
+            Some(Some(text)) => FieldChange::Set(text),
+        };
+        let metadata = match self.metadata.map(RawValue::get) {
+            None => FieldChange::Keep,
+            Some("null") => FieldChange::Clear,
+            Some(text) => FieldChange::Set(text),
+        };
+        ProfileChange {
+            email: field(&self.email),
+            name: field(&self.name),
+            metadata,
+            merge_metadata,
+        }
+    }
 }
 
 /// `POST /v1/users/{user_id}/credit`.
@@ -120,6 +151,9 @@ struct RevokeBody<'a> {
     reason: Cow<'a, str>,
     #[serde(borrow, default)]
     currency: Option<Cow<'a, str>>,
+    /// A chargeback: take the amount even below the wallet's floor.
+    #[serde(default)]
+    allow_negative: Option<bool>,
 }
 
 /// `PUT /v1/users/{user_id}/overdraft`.
@@ -159,6 +193,8 @@ struct RevokeAnswer {
     amount: i64,
     balance: i64,
     available: i64,
+    /// `chargeback` when `allow_negative` was asked for, else `revoke`.
+    kind: &'static str,
 }
 
 /// One balance of a user.
@@ -169,6 +205,7 @@ pub(super) struct BalanceJson {
     reserved: i64,
     available: i64,
     overdraft_limit: i64,
+    spendable: i64,
 }
 
 impl From<&WalletView> for BalanceJson {
@@ -179,6 +216,7 @@ impl From<&WalletView> for BalanceJson {
             reserved: wallet.reserved,
             available: wallet.available,
             overdraft_limit: wallet.overdraft_limit,
+            spendable: wallet.spendable,
         }
     }
 }
@@ -192,6 +230,8 @@ pub(super) struct WalletJson {
     reserved: i64,
     available: i64,
     overdraft_limit: i64,
+    /// `available` plus what the overdraft still allows: what a debit may take now.
+    spendable: i64,
     status: &'static str,
     auto_topup: Option<serde_json::Value>,
     balances: Vec<BalanceJson>,
@@ -224,7 +264,12 @@ pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) 
     let rule = call
         .state
         .engine
-        .auto_topup(&call.tenant, &user.user_id, Some(currency))
+        .auto_topup(
+            &call.tenant,
+            &user.user_id,
+            Some(currency),
+            call.state.payments.gateway_name(),
+        )
         .ok()
         .flatten();
     let wallet = user.wallet(currency);
@@ -240,6 +285,7 @@ pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) 
         reserved: wallet.reserved,
         available: wallet.available,
         overdraft_limit: wallet.overdraft_limit,
+        spendable: wallet.spendable,
         status: wallet_status(wallet.available, low_balance),
         auto_topup: rule.as_ref().map(rule_json),
         balances: user.wallets.iter().map(BalanceJson::from).collect(),
@@ -259,24 +305,29 @@ fn user_json(call: &Call<'_>, user: &UserView, currency: Currency) -> UserJson {
     }
 }
 
-/// `PUT /v1/users/{user_id}`.
+/// `PUT /v1/users/{user_id}`: creates the user, or changes the fields the body gives (an
+/// absent field is kept, `null` clears it), so that a sync at each login never wipes a name
+/// or metadata it does not send. `metadata` replaces the stored document.
 pub async fn put_user(call: &Call<'_>) -> Answer {
+    change_user(call, true).await
+}
+
+/// `PATCH /v1/users/{user_id}`: as `PUT` for an existing user (404 for a missing one), and
+/// `metadata` is merged into the stored document (RFC 7396 JSON Merge Patch).
+pub async fn patch_user(call: &Call<'_>) -> Answer {
+    change_user(call, false).await
+}
+
+async fn change_user(call: &Call<'_>, put: bool) -> Answer {
     let user = &*call.param;
     let body: UserBody = parse_json_or_empty(&call.body)?;
-    // `initialize` falls back to this address and checks it then; checking it here with the same
-    // rule refuses it while the caller is the one who sent it, and before anything is written.
-    if let Some(email) = body.email.as_deref() {
-        check_email(email)?;
-    }
-    let profile = ProfileUpdate {
-        email: body.email.as_deref(),
-        name: body.name.as_deref(),
-        metadata: metadata(body.metadata),
-    };
-    let (created, lsn) =
-        call.state
-            .engine
-            .upsert_user(&call.tenant, user, profile, &call.context(None))?;
+    let (created, lsn) = call.state.engine.change_user(
+        &call.tenant,
+        user,
+        &body.change(!put),
+        put,
+        &call.context(None),
+    )?;
     call.durable(lsn).await?;
     let view = call.tenant.user(user)?;
     let status = if created {
@@ -308,6 +359,10 @@ pub async fn get_wallet(call: &Call<'_>) -> Answer {
         }
     }
     let view = call.tenant.user(user)?;
+    // A currency the tenant does not have is a mistake to say, not an empty wallet to show.
+    call.tenant
+        .check_currency(currency)
+        .map_err(|error| call.problem(error))?;
     ok(&wallet_json(call, &view, currency))
 }
 
@@ -326,6 +381,9 @@ pub async fn credit(call: &Call<'_>) -> Answer {
                 .with("field", "reason"),
         );
     }
+    // A service key's grants are capped per day; an admin's need a reason instead.
+    let grant_cap_per_day = (call.role == Role::Service && kind == CreditKind::Grant)
+        .then_some(call.state.limits.service_key_grants_per_day);
     let request = CreditRequest {
         user,
         amount: body.amount,
@@ -334,11 +392,13 @@ pub async fn credit(call: &Call<'_>) -> Answer {
         description: body.description.as_deref().or(reason),
         reference: body.reference.as_deref(),
         metadata: metadata(body.metadata),
+        grant_cap_per_day,
     };
-    let done =
-        call.state
-            .engine
-            .credit(&call.tenant, &request, &call.context(call.idempotency()))?;
+    let done = call
+        .state
+        .engine
+        .credit(&call.tenant, &request, &call.context(call.idempotency()))
+        .map_err(|error| call.problem(error))?;
     call.durable(done.lsn).await?;
     if !done.replayed {
         call.state.metrics.credit(kind);
@@ -415,7 +475,7 @@ pub async fn debit(call: &Call<'_>) -> Answer {
                 if !request.dry_run {
                     metrics.debit(debit_outcome(&error));
                 }
-                return Err(call.with_topup(user, error.into()));
+                return Err(call.spend_problem(user, error));
             }
         };
     call.durable(done.lsn).await?;
@@ -548,7 +608,7 @@ fn batch_result(
             Err(problem) => problem.body(),
         },
         Err(error) => {
-            let problem = call.with_topup(&item.user_id, error.into());
+            let problem = call.spend_problem(&item.user_id, error);
             let mut body = problem.body();
             if let Some(object) = body.as_object_mut() {
                 object.insert(
@@ -570,18 +630,20 @@ pub async fn revoke(call: &Call<'_>) -> Answer {
         amount: body.amount,
         currency: currency(body.currency.as_ref())?,
         reason: &body.reason,
+        allow_negative: body.allow_negative.unwrap_or(false),
     };
-    let done =
-        call.state
-            .engine
-            .revoke(&call.tenant, &request, &call.context(call.idempotency()))?;
+    let done = call
+        .state
+        .engine
+        .revoke(&call.tenant, &request, &call.context(call.idempotency()))
+        .map_err(|error| call.problem(error))?;
     call.durable(done.lsn).await?;
     let Outcome::Debit {
         entry_id,
+        kind,
         charged,
         balance,
         available,
-        ..
     } = done.outcome
     else {
         return Err(unexpected(&done));
@@ -591,6 +653,11 @@ pub async fn revoke(call: &Call<'_>) -> Answer {
         amount: charged,
         balance,
         available,
+        kind: if kind == DebitKind::Chargeback {
+            "chargeback"
+        } else {
+            "revoke"
+        },
     };
     written(StatusCode::OK, &answer, done.replayed)
 }

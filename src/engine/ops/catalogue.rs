@@ -28,6 +28,7 @@ impl Engine {
             self.options.limits.max_text_bytes,
         )?;
         let currency = currency.unwrap_or(tenant.default_currency);
+        tenant.check_currency(currency)?;
         let meta = self.meta(context, self.clock.now_ms(), None);
         self.change_catalogue(
             tenant,
@@ -80,6 +81,7 @@ impl Engine {
             return Err(EngineError::Invalid(Invalid::new("name", "is required")));
         }
         check_text("name", Some(terms.name), limits.max_text_bytes)?;
+        tenant.check_currency(terms.currency)?;
         let meta = self.meta(context, self.clock.now_ms(), None);
         self.change_catalogue(
             tenant,

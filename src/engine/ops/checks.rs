@@ -42,6 +42,8 @@ impl Engine {
         match spend {
             Spend::Amount(amount) => {
                 check_amount("amount", amount, limits)?;
+                // Whether the tenant has the currency is asked after the idempotency claim,
+                // with the request's other stateless checks done (see `Engine::take`).
                 Ok(Price {
                     amount,
                     currency: currency.unwrap_or(tenant.default_currency),
@@ -64,6 +66,9 @@ impl Engine {
                         .ok_or(EngineError::NotFound(Missing::Action))?;
                     (action.cost, action.currency)
                 };
+                if let Some(currency) = currency {
+                    tenant.check_currency(currency)?;
+                }
                 if currency.is_some_and(|c| c != action_currency) {
                     return Err(EngineError::Invalid(Invalid::new(
                         "currency",
@@ -100,13 +105,14 @@ pub(super) fn checked(value: Option<i64>) -> Result<i64, EngineError> {
 #[inline]
 pub(super) fn spend_from(wallet: &Wallet, amount: i64) -> Result<i64, EngineError> {
     let available = wallet.available();
-    let shortfall = EngineError::InsufficientCredits(Shortfall {
-        balance: wallet.balance,
-        available,
-        required: amount,
-    });
     match available.checked_sub(amount) {
         Some(after) if after >= wallet.floor() => Ok(after),
-        _ => Err(shortfall),
+        _ => Err(EngineError::InsufficientCredits(Shortfall::new(
+            wallet.currency,
+            wallet.balance,
+            available,
+            wallet.overdraft,
+            amount,
+        ))),
     }
 }

@@ -14,8 +14,8 @@ mod wallet;
 use super::event::{PackageRecord, ProfileRecord};
 use super::types::{CreditKind, Currency, Lsn};
 
-pub use tenants::check_tenant_webhook;
 pub(crate) use tenants::is_http_url;
+pub use tenants::{check_currencies, check_tenant_webhook, TenantSpec};
 
 /// What a debit or reservation spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct CreditRequest<'a> {
     pub reference: Option<&'a str>,
     /// A JSON document, kept as text.
     pub metadata: Option<&'a str>,
+    /// For a grant: the most the caller may grant in this currency per UTC day, counting what
+    /// it granted today (a service key's cap); `None`: no cap.
+    pub grant_cap_per_day: Option<i64>,
 }
 
 impl<'a> CreditRequest<'a> {
@@ -61,6 +64,7 @@ impl<'a> CreditRequest<'a> {
             description: None,
             reference: None,
             metadata: None,
+            grant_cap_per_day: None,
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct RevokeRequest<'a> {
     pub currency: Option<Currency>,
     /// Why; recorded as the entry's description.
     pub reason: &'a str,
+    /// A chargeback: take the amount whatever the wallet holds, even below its floor (recorded
+    /// as a `chargeback`, not a `revoke`); later credits repay the debt first.
+    pub allow_negative: bool,
 }
 
 /// Reserve credits now, charge them later.
@@ -160,6 +167,32 @@ pub struct CaptureRequest<'a> {
     pub metadata: Option<&'a str>,
 }
 
+/// One profile field as a request changes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldChange<'a> {
+    /// Leave the stored value (the field was absent).
+    #[default]
+    Keep,
+    /// Remove it (the field was `null`).
+    Clear,
+    /// Set it to this.
+    Set(&'a str),
+}
+
+/// A change to a user's profile, field by field (see [`super::Engine::change_user`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfileChange<'a> {
+    /// E-mail address; checked when set.
+    pub email: FieldChange<'a>,
+    /// Display name.
+    pub name: FieldChange<'a>,
+    /// A JSON document, as text.
+    pub metadata: FieldChange<'a>,
+    /// Merge a set `metadata` into the stored document (RFC 7396 JSON Merge Patch) instead of
+    /// replacing it.
+    pub merge_metadata: bool,
+}
+
 /// A user's profile as a request sets it; every field replaces the stored one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProfileUpdate<'a> {
@@ -196,6 +229,8 @@ pub struct PackageSpec<'a> {
     pub price_currency: Currency,
     /// Offered for sale.
     pub active: bool,
+    /// Where it is shown among the packages: lowest first, then by id.
+    pub position: u32,
 }
 
 impl<'a> From<&PackageSpec<'a>> for PackageRecord<'a> {
@@ -207,6 +242,7 @@ impl<'a> From<&PackageSpec<'a>> for PackageRecord<'a> {
             price_minor: spec.price_minor,
             price_currency: spec.price_currency,
             active: spec.active,
+            position: spec.position,
         }
     }
 }

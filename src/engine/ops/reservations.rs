@@ -71,6 +71,8 @@ impl Engine {
             Begin::Replay(done) => return Ok(done),
             Begin::Fresh(claim) => claim,
         };
+        // After the stateless checks (the key's among them), before the user's lock.
+        tenant.check_currency(price.currency)?;
         let now_ms = self.clock.now_ms();
         let mut account = tenant
             .users

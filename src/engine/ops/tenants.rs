@@ -4,11 +4,27 @@ use std::sync::Arc;
 
 use crate::engine::event::{Event, Secret, TenantSettingsRecord};
 use crate::engine::state::{Catalogue, Tenant};
-use crate::engine::types::{check_id, check_text, Currency, EngineError, Invalid, Lsn};
+use crate::engine::types::{
+    check_id, check_text, Currency, CurrencySpec, EngineError, Invalid, Lsn, MAX_CURRENCY_DECIMALS,
+    MAX_TENANT_CURRENCIES,
+};
 use crate::engine::{Context, Engine};
 
+/// A tenant's settings as a request creates or changes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantSpec<'a> {
+    /// Display name; replaces the stored one (none clears it).
+    pub name: Option<&'a str>,
+    /// The currency of new users' wallets: fixed at creation (`credits` when none is given).
+    pub default_currency: Option<Currency>,
+    /// The currencies the tenant has, with their decimals; none leaves them as they are. The
+    /// list must hold the default currency, and every currency defined before with the same
+    /// decimals: currencies are added, never removed or rescaled.
+    pub currencies: Option<&'a [CurrencySpec]>,
+}
+
 impl Engine {
-    /// Creates or updates a tenant. Its default currency is fixed at creation.
+    /// Creates or updates a tenant's name. Its default currency is fixed at creation.
     pub fn upsert_tenant(
         &self,
         id: &str,
@@ -16,12 +32,29 @@ impl Engine {
         default_currency: Option<Currency>,
         context: &Context<'_>,
     ) -> Result<(Arc<Tenant>, bool, Lsn), EngineError> {
+        let spec = TenantSpec {
+            name,
+            default_currency,
+            currencies: None,
+        };
+        self.put_tenant(id, &spec, context)
+    }
+
+    /// Creates or updates a tenant: its name and the currencies it has, in one record. Returns
+    /// the tenant, whether it was created, and the LSN to await (an unchanged tenant writes
+    /// nothing and awaits its last change).
+    pub fn put_tenant(
+        &self,
+        id: &str,
+        spec: &TenantSpec<'_>,
+        context: &Context<'_>,
+    ) -> Result<(Arc<Tenant>, bool, Lsn), EngineError> {
         check_id("tenant_id", id)?;
-        check_text("name", name, self.options.limits.max_text_bytes)?;
+        check_text("name", spec.name, self.options.limits.max_text_bytes)?;
         let now_ms = self.clock.now_ms();
         let mut tenants = self.state.tenants.write();
         let existing = tenants.get(id).cloned();
-        let currency = match (&existing, default_currency) {
+        let currency = match (&existing, spec.default_currency) {
             (Some(tenant), Some(currency)) if currency != tenant.default_currency => {
                 return Err(EngineError::Conflict(
                     "a tenant's default currency cannot change",
@@ -30,40 +63,65 @@ impl Engine {
             (Some(tenant), _) => tenant.default_currency,
             (None, currency) => currency.unwrap_or(Currency::CREDITS),
         };
-        let settings = TenantSettingsRecord {
-            name,
-            default_currency: currency,
+        if let Some(currencies) = spec.currencies {
+            check_currencies(currencies, currency)?;
+        }
+        let Some(tenant) = existing else {
+            let currencies = spec.currencies.map_or_else(Vec::new, <[_]>::to_vec);
+            let event = Event::TenantUpserted {
+                tenant: id,
+                settings: TenantSettingsRecord {
+                    name: spec.name,
+                    default_currency: currency,
+                    currencies,
+                },
+                meta: self.meta(context, now_ms, None),
+            };
+            let lsn = self.append(&event)?;
+            let mut catalogue = Catalogue::new(lsn, spec.name, currency);
+            if let Event::TenantUpserted { settings, .. } = event {
+                catalogue.currencies = settings.currencies;
+            }
+            let tenant = Arc::new(Tenant::new(id, catalogue, self.state.shards));
+            tenants.insert(id.into(), Arc::clone(&tenant));
+            return Ok((tenant, true, lsn));
         };
+        let mut catalogue = tenant.catalogue.write();
+        let currencies = match spec.currencies {
+            Some(currencies) => {
+                let kept = catalogue
+                    .currencies
+                    .iter()
+                    .all(|defined| currencies.contains(defined));
+                if !kept {
+                    return Err(EngineError::Conflict(
+                        "a currency cannot be removed, nor its decimals changed, once defined",
+                    ));
+                }
+                currencies.to_vec()
+            }
+            None => catalogue.currencies.clone(),
+        };
+        let same_currencies = currencies.len() == catalogue.currencies.len()
+            && currencies.iter().all(|c| catalogue.currencies.contains(c));
+        if catalogue.name.as_deref() == spec.name && same_currencies {
+            return Ok((Arc::clone(&tenant), false, catalogue.last_lsn));
+        }
         let event = Event::TenantUpserted {
             tenant: id,
-            settings,
+            settings: TenantSettingsRecord {
+                name: spec.name,
+                default_currency: currency,
+                currencies,
+            },
             meta: self.meta(context, now_ms, None),
         };
-        if let Some(tenant) = existing {
-            let mut catalogue = tenant.catalogue.write();
-            if catalogue.name.as_deref() == name {
-                return Ok((Arc::clone(&tenant), false, catalogue.last_lsn));
-            }
-            let lsn = self.append(&event)?;
-            if let Err(mismatch) = catalogue.apply(lsn, &event) {
-                return Err(self.internal_error(lsn, &mismatch.0));
-            }
-            drop(catalogue);
-            return Ok((tenant, false, lsn));
-        }
         let lsn = self.append(&event)?;
-        let catalogue = Catalogue {
-            last_lsn: lsn,
-            name: name.map(Box::from),
-            default_currency: currency,
-            actions: Default::default(),
-            packages: Default::default(),
-            webhook_url: None,
-            webhook_secret: None,
-        };
-        let tenant = Arc::new(Tenant::new(id, catalogue, self.state.shards));
-        tenants.insert(id.into(), Arc::clone(&tenant));
-        Ok((tenant, true, lsn))
+        if let Err(mismatch) = catalogue.apply(lsn, &event) {
+            return Err(self.internal_error(lsn, &mismatch.0));
+        }
+        drop(catalogue);
+        Ok((tenant, false, lsn))
     }
 
     /// Every tenant, sorted by id.
@@ -128,6 +186,44 @@ pub fn check_tenant_webhook(url: Option<&str>, secret: Option<&str>) -> Result<(
         return Err(EngineError::Invalid(Invalid::new(
             "webhook_secret",
             "must be 16 to 256 characters",
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a tenant's list of currencies: 1 to [`MAX_TENANT_CURRENCIES`] distinct codes with 0 to
+/// [`MAX_CURRENCY_DECIMALS`] decimals, among them the tenant's default currency.
+pub fn check_currencies(
+    currencies: &[CurrencySpec],
+    default_currency: Currency,
+) -> Result<(), EngineError> {
+    if currencies.is_empty() || currencies.len() > MAX_TENANT_CURRENCIES {
+        return Err(EngineError::Invalid(Invalid::new(
+            "currencies",
+            "must hold 1 to 64 currencies",
+        )));
+    }
+    if currencies
+        .iter()
+        .any(|c| c.decimals > MAX_CURRENCY_DECIMALS)
+    {
+        return Err(EngineError::Invalid(Invalid::new(
+            "currencies",
+            "decimals must be 0 to 18",
+        )));
+    }
+    for (index, currency) in currencies.iter().enumerate() {
+        if currencies[..index].iter().any(|c| c.code == currency.code) {
+            return Err(EngineError::Invalid(Invalid::new(
+                "currencies",
+                "names a currency twice",
+            )));
+        }
+    }
+    if !currencies.iter().any(|c| c.code == default_currency) {
+        return Err(EngineError::Invalid(Invalid::new(
+            "currencies",
+            "must include the tenant's default currency",
         )));
     }
     Ok(())

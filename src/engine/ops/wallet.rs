@@ -5,7 +5,9 @@ use crate::engine::event::{Event, Meta, WalletRef};
 use crate::engine::idempotency::{Begin, Done};
 use crate::engine::notify::Spent;
 use crate::engine::state::{Tenant, Wallet};
-use crate::engine::types::{check_amount, check_id, DebitKind, EngineError, Invalid, Missing};
+use crate::engine::types::{
+    check_amount, check_id, CreditKind, DebitKind, EngineError, GrantCap, Invalid, Missing,
+};
 use crate::engine::{Context, Engine};
 
 use super::checks::{checked, spend_from, Price};
@@ -38,6 +40,8 @@ impl Engine {
             Begin::Replay(done) => return Ok(done),
             Begin::Fresh(claim) => claim,
         };
+        // After the stateless checks (the key's among them), before the user's lock.
+        tenant.check_currency(currency)?;
         let now_ms = self.clock.now_ms();
         let mut account = tenant
             .users
@@ -69,7 +73,26 @@ impl Engine {
                 .ok_or(EngineError::Overflow)?,
             meta,
         };
-        self.commit(tenant, &mut account, &event, claim)
+        if request.kind != CreditKind::Grant {
+            return self.commit(tenant, &mut account, &event, claim);
+        }
+        // A grant counts against its actor's day, checked and counted in one step with its
+        // record's append, so that a snapshot sees either both or neither (see `state::grants`).
+        let mut grants = self.state.grants.lock();
+        let granted_today = grants.granted_on(&tenant.id, context.actor, currency, now_ms);
+        if let Some(cap) = request.grant_cap_per_day {
+            if granted_today.saturating_add(request.amount) > cap {
+                return Err(EngineError::GrantCapReached(GrantCap {
+                    currency,
+                    cap,
+                    granted_today,
+                    requested: request.amount,
+                }));
+            }
+        }
+        let done = self.commit(tenant, &mut account, &event, claim)?;
+        grants.count(&tenant.id, context.actor, currency, now_ms, request.amount);
+        Ok(done)
     }
 
     /// Spends credits: by amount or by catalogue action. A spend that would take `available` below
@@ -96,7 +119,8 @@ impl Engine {
         self.take(tenant, take, context)
     }
 
-    /// Takes credits back; the reason is recorded as the entry's description.
+    /// Takes credits back; the reason is recorded as the entry's description. With
+    /// `allow_negative` (a chargeback) the wallet may end below its floor.
     pub fn revoke(
         &self,
         tenant: &Tenant,
@@ -110,10 +134,15 @@ impl Engine {
         self.check_texts(Some(request.reason), None, None)?;
         let price = self.price(tenant, request.currency, Spend::Amount(request.amount))?;
         let meta = self.meta(context, 0, Some(request.reason));
+        let kind = if request.allow_negative {
+            DebitKind::Chargeback
+        } else {
+            DebitKind::Revoke
+        };
         let take = Take {
             user: request.user,
             price,
-            kind: DebitKind::Revoke,
+            kind,
             meta,
             dry_run: false,
         };
@@ -138,6 +167,8 @@ impl Engine {
             Begin::Replay(done) => return Ok(done),
             Begin::Fresh(claim) => claim,
         };
+        // After the stateless checks (the key's among them), before the user's lock.
+        tenant.check_currency(price.currency)?;
         let now_ms = self.clock.now_ms();
         meta.time_ms = now_ms;
         let mut account = tenant
@@ -149,7 +180,12 @@ impl Engine {
         }
         // A dry run writes nothing, so it decides as if the due reservations were released.
         let wallet = account.wallet_as_of(price.currency, now_ms);
-        let available_after = spend_from(&wallet, price.amount)?;
+        let available_after = if kind == DebitKind::Chargeback {
+            // Taken whatever the wallet holds: the floor does not apply.
+            checked(wallet.available().checked_sub(price.amount))?
+        } else {
+            spend_from(&wallet, price.amount)?
+        };
         let event = Event::Debited {
             wallet: WalletRef {
                 tenant: &tenant.id,

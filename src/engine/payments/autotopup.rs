@@ -52,6 +52,23 @@ pub struct RuleView {
     pub consecutive_failures: u32,
     /// The attempt in flight.
     pub pending: Option<String>,
+    /// Whether the rule has a payment method it can charge through the gateway asked about
+    /// (its own, or the user's saved one of that gateway). Without, it waits for one.
+    pub has_method: bool,
+}
+
+impl RuleView {
+    /// Where the rule stands: `disabled` (switched off, by an admin or a hard decline),
+    /// `needs_payment_method` (on, but nothing to charge until a card is saved), else `active`.
+    pub fn state(&self) -> &'static str {
+        if !self.enabled {
+            "disabled"
+        } else if !self.has_method {
+            "needs_payment_method"
+        } else {
+            "active"
+        }
+    }
 }
 
 /// A saved payment method.
@@ -191,6 +208,7 @@ impl Engine {
             }
         }
         let currency = request.currency.unwrap_or(tenant.default_currency);
+        tenant.check_currency(currency)?;
         {
             let catalogue = tenant.catalogue.read();
             let package = catalogue
@@ -233,6 +251,7 @@ impl Engine {
     ) -> Result<Lsn, EngineError> {
         check_id("user_id", user)?;
         let currency = currency.unwrap_or(tenant.default_currency);
+        tenant.check_currency(currency)?;
         let mut account = tenant
             .users
             .get_mut(user)
@@ -251,12 +270,13 @@ impl Engine {
         self.commit_event(tenant, &mut account, &event)
     }
 
-    /// A wallet's rule.
+    /// A wallet's rule, and whether it can charge through `gateway` (the configured one).
     pub fn auto_topup(
         &self,
         tenant: &Tenant,
         user: &str,
         currency: Option<Currency>,
+        gateway: &str,
     ) -> Result<Option<RuleView>, EngineError> {
         let currency = currency.unwrap_or(tenant.default_currency);
         let account = tenant
@@ -275,6 +295,7 @@ impl Engine {
             attempts_today: rule.attempts_on(now_ms),
             consecutive_failures: rule.consecutive_failures,
             pending: rule.pending.as_deref().map(str::to_owned),
+            has_method: charge_method(&account, rule, gateway).is_some(),
         }))
     }
 
@@ -406,6 +427,7 @@ impl Engine {
         reason: &str,
         context: &Context<'_>,
     ) -> Result<Lsn, EngineError> {
+        tenant.check_currency(currency)?;
         let mut account = tenant
             .users
             .get_mut(user)
@@ -438,6 +460,37 @@ impl Engine {
         Ok(lsn)
     }
 
+    /// After a payment method was saved (under the user's lock): every enabled rule of the
+    /// user's that waited for one and wants a top-up now is triggered, so that a rule accepted
+    /// as `needs_payment_method` starts by itself once a card is saved.
+    pub(super) fn trigger_waiting_rules(&self, tenant: &Tenant, user: &str, account: &mut Account) {
+        let Some(hooks) = self.hooks.get() else {
+            return;
+        };
+        let currencies: Vec<Currency> = account
+            .rules()
+            .iter()
+            .filter(|rule| rule.enabled && !rule.deleted)
+            .map(|rule| rule.currency)
+            .collect();
+        for currency in currencies {
+            let available = account
+                .wallet(currency)
+                .map_or(0, |wallet| wallet.available());
+            if Engine::take_trigger(account, currency, available) {
+                let trigger = TopupTrigger {
+                    tenant: tenant.id.to_string(),
+                    user: user.to_owned(),
+                    currency,
+                };
+                if hooks.topups.try_send(trigger).is_err() {
+                    // The sweep finds it again.
+                    account.set_triggered(currency, false);
+                }
+            }
+        }
+    }
+
     /// Lets a wallet be triggered again (the worker is done with it).
     pub fn clear_topup_trigger(&self, tenant: &Tenant, user: &str, currency: Currency) {
         if let Some(mut account) = tenant.users.get_mut(user) {
@@ -465,8 +518,8 @@ impl Engine {
     /// trigger out: the sweep's catch for triggers that were lost or deferred. Each is claimed (its
     /// trigger flag set, as a debit would) so that a slow gateway cannot make sweeps pile up
     /// triggers for one wallet; whoever handles the trigger clears the flag.
-    pub fn wallets_wanting_topup(&self) -> Vec<TopupTrigger> {
-        let mut candidates = self.topup_candidates();
+    pub fn wallets_wanting_topup(&self, gateway: &str) -> Vec<TopupTrigger> {
+        let mut candidates = self.topup_candidates(gateway);
         candidates.retain(|trigger| {
             let Some(tenant) = self.state.tenant(&trigger.tenant) else {
                 return false;
@@ -482,12 +535,18 @@ impl Engine {
         candidates
     }
 
-    fn topup_candidates(&self) -> Vec<TopupTrigger> {
+    /// Rules that want a top-up and can charge through `gateway`: one waiting for a payment
+    /// method is left alone until a card is saved (which triggers it, see `settlement`).
+    fn topup_candidates(&self, gateway: &str) -> Vec<TopupTrigger> {
         let mut triggers = Vec::new();
         for tenant in self.state.tenant_list() {
             for entry in tenant.users.iter() {
                 for rule in entry.rules().iter().filter(|rule| {
-                    rule.enabled && !rule.deleted && !rule.triggered && rule.pending.is_none()
+                    rule.enabled
+                        && !rule.deleted
+                        && !rule.triggered
+                        && rule.pending.is_none()
+                        && charge_method(entry.value(), rule, gateway).is_some()
                 }) {
                     let wallet = entry
                         .wallet(rule.currency)

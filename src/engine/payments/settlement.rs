@@ -239,6 +239,7 @@ impl Engine {
                 meta: settling.meta,
             };
             lsn = self.commit_event(settling.tenant, account, &event)?;
+            self.trigger_waiting_rules(settling.tenant, settling.wallet.user, account);
         }
         Ok(Settlement::AlreadySettled {
             payment: PaymentView::new(reference, entry),
@@ -299,6 +300,9 @@ impl Engine {
             meta: settling.meta,
         };
         let lsn = self.commit_event(settling.tenant, &mut account, &event)?;
+        if method.is_some() {
+            self.trigger_waiting_rules(settling.tenant, settling.wallet.user, &mut account);
+        }
         drop(account);
         let payment = self
             .payment(reference)

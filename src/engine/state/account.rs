@@ -80,6 +80,9 @@ pub(crate) struct AccountExtra {
     pub reservations: Vec<Reservation>,
     /// Behind a further pointer: most users with a profile never pay through creditd.
     pub billing: Option<Box<Billing>>,
+    /// The currencies of wallets a chargeback took below their floor, until credits bring them
+    /// back to it: the one way a wallet is ever below its floor.
+    pub below_floor: Vec<Currency>,
 }
 
 /// A user: its wallets and reservations, and the LSN of the last record that changed it.
@@ -220,8 +223,44 @@ impl Account {
                 return Err(mismatch("tenant-level event applied to a user"))
             }
         };
+        if let Some(wallet) = event.wallet() {
+            self.refresh_floor_mark(wallet.currency);
+        }
         self.set_last_lsn(lsn);
         Ok(change)
+    }
+
+    /// Whether a chargeback took the wallet in `currency` below its floor, and it is not back.
+    pub fn is_below_floor(&self, currency: Currency) -> bool {
+        self.extra
+            .as_ref()
+            .is_some_and(|extra| extra.below_floor.contains(&currency))
+    }
+
+    /// Marks the wallet in `currency` as taken below its floor by a chargeback.
+    pub(super) fn mark_below_floor(&mut self, currency: Currency) {
+        let extra = self.extra_mut();
+        if !extra.below_floor.contains(&currency) {
+            extra.below_floor.push(currency);
+        }
+    }
+
+    /// Unmarks a marked wallet once it is back at or above its floor. Costs one check on an
+    /// account without marks (every account but those in a chargeback's debt).
+    fn refresh_floor_mark(&mut self, currency: Currency) {
+        let marked = self
+            .extra
+            .as_ref()
+            .is_some_and(|extra| !extra.below_floor.is_empty());
+        if !marked {
+            return;
+        }
+        let back = self
+            .wallet(currency)
+            .is_none_or(|wallet| wallet.available() >= wallet.floor());
+        if let (true, Some(extra)) = (back, self.extra.as_mut()) {
+            extra.below_floor.retain(|&marked| marked != currency);
+        }
     }
 }
 
@@ -250,6 +289,19 @@ pub(super) fn expect_above_floor(wallet: &Wallet) -> Result<(), Mismatch> {
         Err(mismatch("wallet would end below its floor"))
     } else {
         Ok(())
+    }
+}
+
+/// After a change that did not lower `available`: a wallet a chargeback left below its floor
+/// (`marked`) may still be below it; any other must be at or above it.
+pub(super) fn expect_above_floor_unless_marked(
+    wallet: &Wallet,
+    marked: bool,
+) -> Result<(), Mismatch> {
+    if marked && wallet.reserved >= 0 {
+        Ok(())
+    } else {
+        expect_above_floor(wallet)
     }
 }
 

@@ -7,7 +7,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::super::event::{Event, PackageRecord};
-use super::super::types::{Currency, Lsn};
+use super::super::types::{Currency, CurrencySpec, Lsn};
 use super::{mismatch, Mismatch};
 
 /// A catalogue action.
@@ -27,6 +27,7 @@ pub(crate) struct Package {
     pub price_minor: i64,
     pub price_currency: Currency,
     pub active: bool,
+    pub position: u32,
 }
 
 impl Package {
@@ -38,6 +39,7 @@ impl Package {
             price_minor: record.price_minor,
             price_currency: record.price_currency,
             active: record.active,
+            position: record.position,
         }
     }
 }
@@ -48,6 +50,8 @@ pub(crate) struct Catalogue {
     pub last_lsn: Lsn,
     pub name: Option<Box<str>>,
     pub default_currency: Currency,
+    /// The currencies the tenant defined; empty: only `default_currency`, with no decimals.
+    pub currencies: Vec<CurrencySpec>,
     pub actions: BTreeMap<CompactString, Action>,
     pub packages: BTreeMap<CompactString, Package>,
     /// Where the tenant's application receives events, and the secret that signs them.
@@ -56,6 +60,46 @@ pub(crate) struct Catalogue {
 }
 
 impl Catalogue {
+    /// A new tenant's catalogue, as its first settings record makes it.
+    pub fn new(lsn: Lsn, name: Option<&str>, default_currency: Currency) -> Catalogue {
+        Catalogue {
+            last_lsn: lsn,
+            name: name.map(Box::from),
+            default_currency,
+            currencies: Vec::new(),
+            actions: BTreeMap::new(),
+            packages: BTreeMap::new(),
+            webhook_url: None,
+            webhook_secret: None,
+        }
+    }
+
+    /// The tenant's currencies: those it defined, else its default one with no decimals.
+    pub fn currencies(&self) -> Vec<CurrencySpec> {
+        if self.currencies.is_empty() {
+            vec![CurrencySpec {
+                code: self.default_currency,
+                decimals: 0,
+            }]
+        } else {
+            self.currencies.clone()
+        }
+    }
+
+    /// The tenant's definition of `currency`, if it has that currency.
+    pub fn currency(&self, currency: Currency) -> Option<CurrencySpec> {
+        if self.currencies.is_empty() {
+            return (currency == self.default_currency).then_some(CurrencySpec {
+                code: currency,
+                decimals: 0,
+            });
+        }
+        self.currencies
+            .iter()
+            .find(|defined| defined.code == currency)
+            .copied()
+    }
+
     /// Applies a tenant-level event recorded at `lsn`.
     pub fn apply(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
         if lsn <= self.last_lsn {
@@ -68,7 +112,15 @@ impl Catalogue {
                 if settings.default_currency != self.default_currency {
                     return Err(mismatch("a tenant's default currency cannot change"));
                 }
+                let kept = self
+                    .currencies
+                    .iter()
+                    .all(|defined| settings.currencies.contains(defined));
+                if !kept {
+                    return Err(mismatch("a tenant's currency was removed or changed"));
+                }
                 self.name = settings.name.map(Box::from);
+                self.currencies.clone_from(&settings.currencies);
             }
             Event::ActionPut {
                 action,

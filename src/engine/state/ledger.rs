@@ -2,6 +2,7 @@
 //! rides along with the user. Each checks the recorded result against the balance it lands on.
 
 use super::super::event::{Event, ProfileRecord, WalletRef};
+use super::super::types::DebitKind;
 use super::account::{expect_above_floor, expect_eq, expect_sum, Account, Profile};
 use super::reservations::ReservationChange;
 use super::{mismatch, Mismatch};
@@ -58,6 +59,33 @@ impl Account {
                     available_after,
                     "credit: available_after mismatch",
                 )?;
+            }
+            Event::Debited {
+                wallet,
+                kind: DebitKind::Chargeback,
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => {
+                // Taken whatever the wallet holds, even one it never had: below the floor is
+                // allowed, and marked.
+                let target = self.wallet_or_insert(wallet.currency);
+                expect_sum(
+                    target.balance,
+                    -amount,
+                    balance_after,
+                    "chargeback: balance − amount ≠ balance_after",
+                )?;
+                target.balance = balance_after;
+                expect_eq(
+                    target.available(),
+                    available_after,
+                    "chargeback: available_after mismatch",
+                )?;
+                if target.available() < target.floor() {
+                    self.mark_below_floor(wallet.currency);
+                }
             }
             Event::Debited {
                 wallet,

@@ -3,32 +3,37 @@
 //!
 //! `apply` checks every event against the state it lands on: the balance before plus or minus the
 //! amount must equal the balance the event recorded, the reservation it closes must hold what the
-//! event says, and no wallet may end below its floor. Replay therefore proves conservation record by
-//! record; a mismatch stops recovery instead of silently producing a different balance.
+//! event says, and no change may take a wallet below its floor, but a chargeback. A wallet a
+//! chargeback took below its floor is marked so (`AccountExtra::below_floor`) until credits bring
+//! it back; meanwhile only changes that do not lower its `available` apply. Replay therefore
+//! proves conservation record by record; a mismatch stops recovery instead of silently producing
+//! a different balance.
 //!
 //! Locking: a tenant's users live in a sharded map; each operation on a user takes that user's
 //! shard lock once and holds it while it decides, queues its record and applies it. While holding
-//! it, an operation may also take (in this order, never the reverse) a shard of the tenant's
-//! reservation index, a shard of the tenant's idempotency table, and the log's append mutex. No
-//! operation ever locks two users. The tenant registry and a tenant's catalogue are taken before
-//! any user lock, never under one.
+//! it, an operation may also take (in this order, never the reverse) the grant tallies' mutex (a
+//! grant only), a shard of the tenant's reservation index, a shard of the tenant's idempotency
+//! table, and the log's append mutex. No operation ever locks two users. The tenant registry and
+//! a tenant's catalogue are taken before any user lock, never under one.
 //!
 //! The parts: `account` (a user's wallets and profile, and the short dispatch of
 //! [`Account::apply`]), `ledger` (credits, debits, overdraft and profile changes), `reservations`
 //! (a user's reservations and the tenant's index of them), `billing` (saved methods and top-up
-//! rules), `payments` (the payments map), `catalogue` (a tenant's settings, actions and packages)
-//! and `tenant` (a tenant's maps). This file holds the registry of tenants and replay.
+//! rules), `payments` (the payments map), `grants` (what each key granted today), `catalogue` (a
+//! tenant's settings, currencies, actions and packages) and `tenant` (a tenant's maps). This file
+//! holds the registry of tenants and replay.
 
 mod account;
 mod billing;
 mod catalogue;
+mod grants;
 mod ledger;
 mod payments;
 mod reservations;
 mod tenant;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,11 +42,12 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 
 use super::event::{Event, Meta};
-use super::types::Lsn;
+use super::types::{CreditKind, Lsn};
 
 pub(crate) use account::{Account, AccountExtra, Wallet};
-pub(crate) use billing::TopupRule;
+pub(crate) use billing::{utc_day, TopupRule};
 pub(crate) use catalogue::Catalogue;
+pub(crate) use grants::{GrantTallies, TallyImage};
 pub(crate) use payments::{PaymentEntry, PaymentState};
 pub(crate) use reservations::{ReservationEntry, ReservationPhase};
 pub use tenant::Tenant;
@@ -76,6 +82,8 @@ pub(crate) struct State {
     pub payments: ShardedMap<CompactString, PaymentEntry>,
     /// How long a settled payment (or an unpaid checkout) is remembered.
     pub payment_retention_ms: i64,
+    /// What each key granted today, for the cap on a service key's grants (see `grants`).
+    pub grants: parking_lot::Mutex<GrantTallies>,
 }
 
 /// Replay could not apply a record.
@@ -91,6 +99,7 @@ impl State {
             idempotency_entries: AtomicU64::new(0),
             payments: sharded_map(shards / 8),
             payment_retention_ms,
+            grants: parking_lot::Mutex::new(GrantTallies::default()),
         }
     }
 
@@ -125,6 +134,25 @@ impl State {
         let Some(tenant) = self.cached_tenant(event.tenant(), cache) else {
             return Err(fail(&"record for a tenant that does not exist"));
         };
+        if let Event::Credited {
+            wallet,
+            kind: CreditKind::Grant,
+            amount,
+            ref meta,
+            ..
+        } = *event
+        {
+            // Counted whether or not the user's copy in the snapshot already holds the grant:
+            // the snapshot's tallies hold exactly the grants before its start (see `grants`).
+            let mut grants = self.grants.lock();
+            grants.count(
+                wallet.tenant,
+                meta.actor,
+                wallet.currency,
+                meta.time_ms,
+                amount,
+            );
+        }
         match *event {
             Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
@@ -173,15 +201,8 @@ impl State {
                 catalogue.apply(lsn, event)?;
             }
         } else {
-            let catalogue = Catalogue {
-                last_lsn: lsn,
-                name: settings.name.map(Box::from),
-                default_currency: settings.default_currency,
-                actions: BTreeMap::new(),
-                packages: BTreeMap::new(),
-                webhook_url: None,
-                webhook_secret: None,
-            };
+            let mut catalogue = Catalogue::new(lsn, settings.name, settings.default_currency);
+            catalogue.currencies.clone_from(&settings.currencies);
             tenants.insert(
                 tenant.into(),
                 Arc::new(Tenant::new(tenant, catalogue, self.shards)),

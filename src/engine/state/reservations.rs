@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::super::event::Event;
 use super::super::types::{ClosedAs, Currency, Lsn, ReleaseReason};
-use super::account::{expect_above_floor, expect_eq, expect_sum, Account, Wallet};
+use super::account::{
+    expect_above_floor, expect_above_floor_unless_marked, expect_eq, expect_sum, Account, Wallet,
+};
 use super::tenant::Tenant;
 use super::{mismatch, Mismatch};
 
@@ -33,9 +35,20 @@ pub(crate) struct Reservation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReservationChange {
     None,
-    Opened { id: Lsn, expires_at_ms: i64 },
-    Extended { id: Lsn, expires_at_ms: i64 },
-    Closed { id: Lsn, how: ClosedAs },
+    Opened {
+        id: Lsn,
+        expires_at_ms: i64,
+    },
+    Extended {
+        id: Lsn,
+        expires_at_ms: i64,
+    },
+    Closed {
+        id: Lsn,
+        how: ClosedAs,
+        currency: Currency,
+        amount: i64,
+    },
 }
 
 /// Where a reservation lives, and whether it is still open.
@@ -48,8 +61,16 @@ pub(crate) struct ReservationEntry {
 /// The state of a reservation in the tenant's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ReservationPhase {
-    Open { expires_at_ms: i64 },
-    Closed { how: ClosedAs, at_ms: i64 },
+    Open {
+        expires_at_ms: i64,
+    },
+    /// Closed: how and when, and what it held (still shown once it is closed).
+    Closed {
+        how: ClosedAs,
+        at_ms: i64,
+        currency: Currency,
+        amount: i64,
+    },
 }
 
 impl Account {
@@ -203,6 +224,9 @@ impl Account {
             return Err(mismatch("not a reservation event"));
         };
         self.take_reservation(reservation_id, wallet.currency, held)?;
+        // A capture within its hold does not lower `available`: it may leave a wallet a
+        // chargeback took below its floor still below it.
+        let may_stay_below = charged <= held && self.is_below_floor(wallet.currency);
         let target = self
             .wallet_mut(wallet.currency)
             .ok_or_else(|| mismatch("capture on a missing wallet"))?;
@@ -225,10 +249,12 @@ impl Account {
             available_after,
             "capture: available_after mismatch",
         )?;
-        expect_above_floor(target)?;
+        expect_above_floor_unless_marked(target, may_stay_below)?;
         Ok(ReservationChange::Closed {
             id: reservation_id,
             how: ClosedAs::Captured,
+            currency: wallet.currency,
+            amount: held,
         })
     }
 
@@ -268,6 +294,8 @@ impl Account {
         Ok(ReservationChange::Closed {
             id: reservation_id,
             how,
+            currency: wallet.currency,
+            amount,
         })
     }
 
@@ -307,7 +335,12 @@ impl Tenant {
                     entry.state = ReservationPhase::Open { expires_at_ms };
                 }
             }
-            ReservationChange::Closed { id, how } => {
+            ReservationChange::Closed {
+                id,
+                how,
+                currency,
+                amount,
+            } => {
                 self.reservations.insert(
                     id,
                     ReservationEntry {
@@ -315,6 +348,8 @@ impl Tenant {
                         state: ReservationPhase::Closed {
                             how,
                             at_ms: time_ms,
+                            currency,
+                            amount,
                         },
                     },
                 );

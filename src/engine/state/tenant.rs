@@ -4,7 +4,7 @@
 use compact_str::CompactString;
 use parking_lot::RwLock;
 
-use super::super::types::{Currency, Fingerprint, Lsn, Outcome};
+use super::super::types::{Currency, CurrencySpec, EngineError, Fingerprint, Lsn, Outcome};
 use super::account::Account;
 use super::catalogue::Catalogue;
 use super::reservations::ReservationEntry;
@@ -66,5 +66,29 @@ impl Tenant {
     /// The tenant's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Refuses a currency the tenant does not have with [`EngineError::UnknownCurrency`]. The
+    /// default currency is always one of them and costs no lock; any other takes the catalogue's
+    /// read lock, so this is called before a user's lock, never under one.
+    pub fn check_currency(&self, currency: Currency) -> Result<(), EngineError> {
+        if currency == self.default_currency || self.catalogue.read().currency(currency).is_some() {
+            Ok(())
+        } else {
+            Err(EngineError::UnknownCurrency(currency))
+        }
+    }
+
+    /// The tenant's currencies: those it defined, else its default one with no decimals.
+    pub fn currencies(&self) -> Vec<CurrencySpec> {
+        self.catalogue.read().currencies()
+    }
+
+    /// How many decimals `currency` has in this tenant (0 for a currency it does not have).
+    pub fn decimals(&self, currency: Currency) -> u8 {
+        self.catalogue
+            .read()
+            .currency(currency)
+            .map_or(0, |defined| defined.decimals)
     }
 }

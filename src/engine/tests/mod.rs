@@ -11,6 +11,7 @@ use crate::wal::memory::{FaultPoint, FaultyStorage, MemStorage};
 use crate::wal::Storage;
 use crate::wal::{AppendError, DurabilityError};
 
+mod money;
 mod payments;
 
 const T0: i64 = 1_700_000_000_000;
@@ -146,8 +147,11 @@ fn welcome_credit_debit_and_refusal() {
     assert_eq!(
         refused,
         Err(EngineError::InsufficientCredits(Shortfall {
+            currency: Currency::CREDITS,
             balance: 15,
             available: 15,
+            overdraft_limit: 0,
+            spendable: 15,
             required: 100
         }))
     );
@@ -351,6 +355,7 @@ fn revoke_needs_a_reason_and_the_credits() {
         amount: 3,
         currency: None,
         reason: " ",
+        allow_negative: false,
     };
     assert!(matches!(
         h.engine.revoke(&h.tenant, &no_reason, &ADMIN),
@@ -767,6 +772,7 @@ fn busy_history(h: &Harness) {
         price_minor: 200_000,
         price_currency: Currency::new("NGN").unwrap(),
         active: true,
+        position: 0,
     };
     h.engine
         .put_package(&h.tenant, "starter", &terms, &ADMIN)

@@ -50,6 +50,7 @@ impl Setup {
             price_minor: 200_000,
             price_currency: Currency::new(NGN).unwrap(),
             active: true,
+            position: 0,
         };
         engine
             .put_package(&tenant, "starter", &terms, &ADMIN)
@@ -659,7 +660,7 @@ fn crossing_the_threshold_triggers_one_top_up_that_credits_once() {
     assert_eq!(s.balance(), 540);
     let rule = s
         .engine
-        .auto_topup(&s.tenant, "ada", None)
+        .auto_topup(&s.tenant, "ada", None, "sandbox")
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -757,7 +758,7 @@ fn a_hard_decline_switches_the_rule_off_and_says_so() {
         .unwrap();
     let rule = s
         .engine
-        .auto_topup(&s.tenant, "ada", None)
+        .auto_topup(&s.tenant, "ada", None, "sandbox")
         .unwrap()
         .unwrap();
     assert!(!rule.enabled);
@@ -928,7 +929,7 @@ fn deleting_and_recreating_a_rule_keeps_its_caps_and_never_reuses_a_reference() 
         .unwrap();
     assert!(s
         .engine
-        .auto_topup(&s.tenant, "ada", None)
+        .auto_topup(&s.tenant, "ada", None, "sandbox")
         .unwrap()
         .is_none());
     assert!(matches!(
@@ -1024,7 +1025,7 @@ fn a_top_up_paid_in_the_wrong_amount_switches_the_rule_off() {
     assert_eq!(s.balance(), 10);
     let rule = s
         .engine
-        .auto_topup(&s.tenant, "ada", None)
+        .auto_topup(&s.tenant, "ada", None, "sandbox")
         .unwrap()
         .unwrap();
     assert!(!rule.enabled);
@@ -1048,15 +1049,15 @@ fn the_sweep_claims_each_wallet_it_hands_out() {
     spend_to(&s, 10);
     // The debit's own trigger is out: the sweep leaves the wallet to it.
     assert!(s.topups.try_recv().is_ok());
-    assert!(s.engine.wallets_wanting_topup().is_empty());
+    assert!(s.engine.wallets_wanting_topup("sandbox").is_empty());
     s.engine
         .clear_topup_trigger(&s.tenant, "ada", Currency::CREDITS);
     // Lost trigger: one sweep hands the wallet out once, the next not again until it is handled.
-    assert_eq!(s.engine.wallets_wanting_topup().len(), 1);
-    assert!(s.engine.wallets_wanting_topup().is_empty());
+    assert_eq!(s.engine.wallets_wanting_topup("sandbox").len(), 1);
+    assert!(s.engine.wallets_wanting_topup("sandbox").is_empty());
     s.engine
         .clear_topup_trigger(&s.tenant, "ada", Currency::CREDITS);
-    assert_eq!(s.engine.wallets_wanting_topup().len(), 1);
+    assert_eq!(s.engine.wallets_wanting_topup("sandbox").len(), 1);
 }
 
 #[test]

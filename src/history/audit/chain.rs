@@ -234,7 +234,7 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
         }
         Event::Debited {
             wallet,
-            kind: DebitKind::Revoke,
+            kind: kind @ (DebitKind::Revoke | DebitKind::Chargeback),
             amount,
             balance_after,
             meta,
@@ -244,7 +244,12 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
                 .checked_neg()
                 .ok_or(StoreError::Overflow("revoke amount"))
                 .and_then(|moved| money(lsn, &wallet, moved, balance_after, &meta));
-            (wallet.tenant, meta, "wallet.revoke", user(&wallet), effect)
+            let action = if kind == DebitKind::Chargeback {
+                "wallet.chargeback"
+            } else {
+                "wallet.revoke"
+            };
+            (wallet.tenant, meta, action, user(&wallet), effect)
         }
         Event::OverdraftSet {
             wallet,
@@ -361,10 +366,16 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
             ref settings,
             meta,
         } => {
-            let after = json!({
+            let mut after = json!({
                 "default_currency": settings.default_currency.as_str(),
                 "name": settings.name,
             });
+            if let (false, Some(fields)) = (settings.currencies.is_empty(), after.as_object_mut()) {
+                let currencies: Vec<Value> = (settings.currencies.iter())
+                    .map(|c| json!({"code": c.code.as_str(), "decimals": c.decimals}))
+                    .collect();
+                fields.insert("currencies".into(), Value::Array(currencies));
+            }
             let effect = setting("tenant".into(), Some(after));
             (
                 tenant,

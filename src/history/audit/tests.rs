@@ -38,6 +38,7 @@ fn events() -> Vec<Event<'static>> {
             settings: TenantSettingsRecord {
                 name: Some("Acme"),
                 default_currency: Currency::CREDITS,
+                currencies: Vec::new(),
             },
             meta: meta("system", None),
         },
@@ -97,6 +98,7 @@ fn events() -> Vec<Event<'static>> {
                 price_minor: 200_000,
                 price_currency: Currency::new("NGN").unwrap(),
                 active: true,
+                position: 0,
             },
             meta: admin,
         },
