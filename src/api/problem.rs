@@ -53,6 +53,15 @@ impl Problem {
         self
     }
 
+    /// Adds `pool_available` (what the user's credit pool could still give) to a 402 of a pool
+    /// member.
+    fn with_pool_available(self, pool_available: Option<i64>) -> Problem {
+        match pool_available {
+            Some(credits) => self.with("pool_available", credits),
+            None => self,
+        }
+    }
+
     /// Adds a response header.
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Problem {
         self.headers.push((name, value));
@@ -229,7 +238,8 @@ impl From<EngineError> for Problem {
             )
             .with("balance", shortfall.balance)
             .with("available", shortfall.available)
-            .with("required", shortfall.required),
+            .with("required", shortfall.required)
+            .with_pool_available(shortfall.pool_available),
             EngineError::Invalid(invalid) => {
                 Problem::invalid(format!("{} {}", invalid.field, invalid.reason))
                     .with("field", invalid.field)
@@ -333,6 +343,18 @@ fn not_found(missing: Missing) -> Problem {
             "auto-topup-not-found",
             "No automatic top-up",
             "the wallet has no automatic top-up rule",
+        ),
+        Missing::Pool => Problem::new(
+            S::NOT_FOUND,
+            "pool-not-found",
+            "Pool not found",
+            "no such credit pool in this tenant",
+        ),
+        Missing::PoolMember => Problem::new(
+            S::NOT_FOUND,
+            "pool-member-not-found",
+            "Not a pool member",
+            "the user draws on no credit pool",
         ),
     }
 }

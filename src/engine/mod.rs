@@ -45,15 +45,15 @@ pub use idempotency::{Done, IdempotencyKey};
 pub use invariants::{Figures, InvariantViolation};
 pub(crate) use ops::is_http_url;
 pub use ops::{
-    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, PackageSpec, ProfileUpdate,
-    ReserveRequest, RevokeRequest, Spend,
+    check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest, PackageSpec,
+    PoolCreditRequest, ProfileUpdate, ReserveRequest, RevokeRequest, Spend,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};
 pub use state::Tenant;
 pub use view::{
-    ActionView, PackageView, ReservationState, ReservationView, StateImage, TenantView, UserView,
-    WalletView,
+    ActionView, MembershipView, PackageView, PoolMemberView, PoolView, ReservationState,
+    ReservationView, StateImage, TenantView, UserView, WalletView,
 };
 
 use crate::codec;

@@ -1,11 +1,13 @@
 //! Fuzzy snapshots of the engine's state, and loading them back.
 //!
 //! A snapshot notes the next LSN `S` first, then copies tenants, then users shard by shard (each
-//! shard read-locked only while its users are encoded), then closed reservations and idempotency
-//! keys. Debits carry on meanwhile, so a user copied late may already include records at or after
-//! `S`; it carries its own last LSN and replay skips what it has seen. Users are copied before
-//! idempotency keys on purpose: a key is finished under its user's lock, so every record before `S`
-//! that the users include has its key in the table by the time the table is copied.
+//! shard read-locked only while its users are encoded), then credit pools, then closed
+//! reservations and idempotency keys. Debits carry on meanwhile, so a user or a pool copied late
+//! may already include records at or after `S`; each carries its own last LSN and replay skips,
+//! for each, what it has seen (a member's spend changes both: replay applies each side to the
+//! entity that has not seen it). Users and pools are copied before idempotency keys on purpose: a
+//! key is finished under its user's lock (and a pool's credit under the pool's), so every record
+//! before `S` that they include has its key in the table by the time the table is copied.
 //!
 //! Before the file is renamed into place, every record the copy may include is made durable, so a
 //! snapshot never holds an effect the log could lose.
@@ -20,7 +22,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::state::{
-    Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry,
+    Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry, Pool,
     ReservationEntry, ReservationPhase, ShardedMap, State, Tenant, Wallet,
 };
 use super::types::{Fingerprint, Lsn, Outcome};
@@ -77,6 +79,10 @@ enum ChunkHead<'a> {
     Payments {
         count: u32,
     },
+    Pools {
+        tenant: &'a str,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +92,7 @@ struct Totals {
     closed_reservations: u64,
     idempotency_keys: u64,
     payments: u64,
+    pools: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,6 +116,13 @@ struct PaymentImage<'a> {
     reference: &'a str,
     #[serde(borrow)]
     entry: Cow<'a, PaymentEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PoolImage<'a> {
+    id: &'a str,
+    #[serde(borrow)]
+    pool: Cow<'a, Pool>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,7 +221,8 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Writes every chunk of the snapshot: tenants, users, closed reservations, keys, payments, end.
+    /// Writes every chunk of the snapshot: tenants, users, pools, closed reservations, keys, payments,
+    /// end.
     fn copy_state(&self, writer: &mut SnapshotWriter) -> Result<(), SnapshotError> {
         let tenants = self.state.tenant_list();
         let mut totals = Totals::default();
@@ -226,6 +241,9 @@ impl Engine {
         }
         for tenant in &tenants {
             totals.users += copy_users(&mut chunker, tenant)?;
+        }
+        for tenant in &tenants {
+            totals.pools += copy_pools(&mut chunker, tenant)?;
         }
         for tenant in &tenants {
             totals.closed_reservations += copy_closed_reservations(&mut chunker, tenant)?;
@@ -350,6 +368,27 @@ fn copy_users(chunker: &mut Chunker<'_>, tenant: &Tenant) -> Result<u64, Snapsho
             if chunker.full() {
                 chunker.flush(&head(chunker.count))?;
             }
+        }
+    }
+    chunker.flush(&head(chunker.count))?;
+    Ok(copied)
+}
+
+/// Writes a tenant's credit pools in `Pools` chunks and returns how many there were.
+fn copy_pools(chunker: &mut Chunker<'_>, tenant: &Tenant) -> Result<u64, SnapshotError> {
+    let head = |count| ChunkHead::Pools {
+        tenant: &tenant.id,
+        count,
+    };
+    let mut copied = 0;
+    for (id, pool) in copy_shards(&tenant.pools).flatten() {
+        chunker.item(&PoolImage {
+            id: &id,
+            pool: Cow::Borrowed(&pool),
+        })?;
+        copied += 1;
+        if chunker.full() {
+            chunker.flush(&head(chunker.count))?;
         }
     }
     chunker.flush(&head(chunker.count))?;
@@ -487,6 +526,11 @@ fn load_chunk(
             load_users(&mut rest, &tenant, count)?;
             counted.users += u64::from(count);
         }
+        ChunkHead::Pools { tenant, count } => {
+            let tenant = tenant_of(tenant)?;
+            load_pools(&mut rest, &tenant, count)?;
+            counted.pools += u64::from(count);
+        }
         ChunkHead::ClosedReservations { tenant, count } => {
             let tenant = tenant_of(tenant)?;
             load_closed_reservations(&mut rest, &tenant, count, reservation_cutoff_ms)?;
@@ -578,6 +622,30 @@ fn load_users(rest: &mut &[u8], tenant: &Tenant, count: u32) -> Result<(), Snaps
             return Err(SnapshotError::Content(format!(
                 "user {:?} appears twice",
                 image.user
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Restores `count` credit pools into `tenant`.
+fn load_pools(rest: &mut &[u8], tenant: &Tenant, count: u32) -> Result<(), SnapshotError> {
+    for _ in 0..count {
+        let image: PoolImage<'_> = next_item(rest)?;
+        if image.pool.last_lsn > crate::wal::MAX_LSN {
+            return Err(SnapshotError::Content(format!(
+                "pool {:?} changed at LSN {}, above the highest ever issued",
+                image.id, image.pool.last_lsn
+            )));
+        }
+        if tenant
+            .pools
+            .insert(CompactString::new(image.id), image.pool.into_owned())
+            .is_some()
+        {
+            return Err(SnapshotError::Content(format!(
+                "pool {:?} appears twice",
+                image.id
             )));
         }
     }

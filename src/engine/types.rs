@@ -226,6 +226,9 @@ pub struct Shortfall {
     pub available: i64,
     /// What the request needed.
     pub required: i64,
+    /// What the user's credit pool could still give it (its part of the pool's available
+    /// credits within the member's daily cap), when the user draws on a pool in this currency.
+    pub pool_available: Option<i64>,
 }
 
 /// What an operation looked for and did not find.
@@ -243,6 +246,10 @@ pub enum Missing {
     Reservation,
     /// The wallet has no automatic top-up rule.
     AutoTopup,
+    /// No such credit pool in this tenant.
+    Pool,
+    /// The user draws on no credit pool.
+    PoolMember,
 }
 
 impl Missing {
@@ -255,6 +262,8 @@ impl Missing {
             Missing::Package => "package not found",
             Missing::Reservation => "reservation not found",
             Missing::AutoTopup => "no automatic top-up rule",
+            Missing::Pool => "pool not found",
+            Missing::PoolMember => "the user draws on no pool",
         }
     }
 }
@@ -602,6 +611,8 @@ pub enum Outcome {
         kind: DebitKind,
         /// Credits taken.
         charged: i64,
+        /// Of which the user's credit pool paid.
+        from_pool: i64,
         /// Balance after.
         balance: i64,
         /// Available after.
@@ -613,6 +624,8 @@ pub enum Outcome {
         reservation_id: Lsn,
         /// Credits held.
         amount: i64,
+        /// Of which the user's credit pool holds.
+        from_pool: i64,
         /// When it lapses, Unix milliseconds.
         expires_at_ms: i64,
         /// Available after.
@@ -624,6 +637,8 @@ pub enum Outcome {
         entry_id: Lsn,
         /// Credits charged.
         charged: i64,
+        /// Of which the user's credit pool paid.
+        from_pool: i64,
         /// Credits returned to available.
         released: i64,
         /// Balance after.

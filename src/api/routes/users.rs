@@ -146,6 +146,9 @@ struct DebitAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     entry_id: Option<PrefixedId>,
     charged: i64,
+    /// Of `charged`, what the wallet paid and what the user's credit pool paid.
+    from_wallet: i64,
+    from_pool: i64,
     balance: i64,
     available: i64,
     #[serde(skip_serializing_if = "crate::api::dto::is_false")]
@@ -373,6 +376,7 @@ fn debit_answer(done: &Done, dry_run: bool) -> Result<DebitAnswer, Problem> {
     let Outcome::Debit {
         entry_id,
         charged,
+        from_pool,
         balance,
         available,
         ..
@@ -384,6 +388,8 @@ fn debit_answer(done: &Done, dry_run: bool) -> Result<DebitAnswer, Problem> {
     Ok(DebitAnswer {
         entry_id,
         charged,
+        from_wallet: charged - from_pool,
+        from_pool,
         balance,
         available,
         dry_run,
@@ -541,6 +547,8 @@ fn batch_result(
                 "user_id": item.user_id,
                 "entry_id": answer.entry_id,
                 "charged": answer.charged,
+                "from_wallet": answer.from_wallet,
+                "from_pool": answer.from_pool,
                 "balance": answer.balance,
                 "available": answer.available,
                 "replayed": done.replayed,

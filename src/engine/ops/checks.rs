@@ -104,6 +104,7 @@ pub(super) fn spend_from(wallet: &Wallet, amount: i64) -> Result<i64, EngineErro
         balance: wallet.balance,
         available,
         required: amount,
+        pool_available: None,
     });
     match available.checked_sub(amount) {
         Some(after) if after >= wallet.floor() => Ok(after),

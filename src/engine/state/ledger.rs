@@ -64,14 +64,27 @@ impl Account {
                 amount,
                 balance_after,
                 available_after,
+                pool,
                 ..
             } => {
+                // What the wallet pays: the amount, less what the user's pool pays (a wallet
+                // the user never had is made for it, empty).
+                let from_wallet = match pool {
+                    None => amount,
+                    Some(share) => {
+                        if share.charged <= 0 || share.charged > amount {
+                            return Err(mismatch("debit: the pool pays nothing or too much"));
+                        }
+                        self.wallet_or_insert(wallet.currency);
+                        amount - share.charged
+                    }
+                };
                 let target = self
                     .wallet_mut(wallet.currency)
                     .ok_or_else(|| mismatch("debit of a missing wallet"))?;
                 expect_sum(
                     target.balance,
-                    -amount,
+                    -from_wallet,
                     balance_after,
                     "debit: balance − amount ≠ balance_after",
                 )?;
