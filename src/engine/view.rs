@@ -404,7 +404,7 @@ impl Engine {
         let Some(member) = pool.members.get(user) else {
             return Ok(None);
         };
-        let allowance = allowance(&pool, user, &account, now_ms);
+        let allowance = allowance(&pool, user, Some(&account), now_ms);
         Ok(Some(MembershipView {
             pool_id: id.to_owned(),
             currency: pool.currency,

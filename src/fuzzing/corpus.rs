@@ -76,7 +76,7 @@ pub mod seeds {
 
 fn sample_events() -> Vec<Vec<u8>> {
     use crate::engine::event::{
-        ActionUse, IdempotencyTag, Meta, PaymentTerms, TenantSettingsRecord, WalletRef,
+        ActionUse, IdempotencyTag, Meta, PaymentTerms, PoolShare, TenantSettingsRecord, WalletRef,
     };
     use crate::engine::types::ReleaseReason;
     let ngn = Currency::new("NGN").expect("currency");
@@ -141,6 +141,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             balance_after: 985,
             available_after: 985,
             action,
+            pool: None,
             meta,
         },
         Event::ReservationPlaced {
@@ -150,6 +151,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             reserved_after: i64::MAX,
             available_after: i64::MIN,
             action: None,
+            pool: None,
             meta: Meta::system(i64::MIN),
         },
         Event::ReservationCaptured {
@@ -161,6 +163,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             reserved_after: 0,
             available_after: 973,
             action,
+            pool: None,
             meta,
         },
         Event::ReservationExtended {
@@ -179,6 +182,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             reason: ReleaseReason::Expired,
             reserved_after: 0,
             available_after: 0,
+            pool: None,
             meta: Meta::system(T0),
         },
         Event::ActionPut {
@@ -288,6 +292,76 @@ fn sample_events() -> Vec<Vec<u8>> {
             tenant: "acme",
             url: Some("https://app.example.com/hooks"),
             secret: Some(crate::engine::event::Secret("0123456789abcdef")),
+            meta,
+        },
+        Event::PoolPut {
+            tenant: "acme",
+            pool: "acme-org",
+            name: Some("Acme engineering"),
+            currency: Currency::CREDITS,
+            meta,
+        },
+        Event::PoolCredited {
+            tenant: "acme",
+            pool: "acme-org",
+            currency: Currency::CREDITS,
+            kind: CreditKind::Grant,
+            amount: 10_000,
+            balance_after: 10_000,
+            available_after: 10_000,
+            meta,
+        },
+        Event::PoolMemberSet {
+            tenant: "acme",
+            user: "alice",
+            pool: "acme-org",
+            daily_cap: Some(500),
+            meta,
+        },
+        Event::Debited {
+            wallet,
+            kind: DebitKind::Usage,
+            amount: 40,
+            balance_after: 0,
+            available_after: 0,
+            action,
+            pool: Some(PoolShare {
+                pool: "acme-org",
+                released: 0,
+                held: 0,
+                charged: 25,
+                balance_after: 9_975,
+                reserved_after: 0,
+                counted: 25,
+                drawn_after: 25,
+            }),
+            meta,
+        },
+        Event::ReservationCaptured {
+            wallet,
+            reservation_id: 9,
+            held: 30,
+            charged: 12,
+            balance_after: 0,
+            reserved_after: 0,
+            available_after: 0,
+            action: None,
+            pool: Some(PoolShare {
+                pool: "acme-org",
+                released: 30,
+                held: 0,
+                charged: 12,
+                balance_after: 9_963,
+                reserved_after: 0,
+                counted: -18,
+                drawn_after: 37,
+            }),
+            meta,
+        },
+        Event::PoolMemberRemoved {
+            tenant: "acme",
+            user: "alice",
+            pool: "acme-org",
             meta,
         },
     ];

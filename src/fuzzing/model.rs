@@ -259,6 +259,7 @@ fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
             balance: wallet.balance,
             available,
             required: amount,
+            pool_available: None,
         })),
     }
 }
@@ -687,6 +688,7 @@ impl Model {
             entry_id: if dry_run { 0 } else { lsn },
             kind,
             charged: amount,
+            from_pool: 0,
             balance,
             available,
         };
@@ -760,6 +762,7 @@ impl Model {
         let outcome = Outcome::Reserve {
             reservation_id: if request.dry_run { 0 } else { lsn },
             amount,
+            from_pool: 0,
             expires_at_ms,
             available,
         };
@@ -902,6 +905,7 @@ impl Model {
         let outcome = Outcome::Capture {
             entry_id: lsn,
             charged,
+            from_pool: 0,
             released: held.saturating_sub(charged).max(0),
             balance,
             available,

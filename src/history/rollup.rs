@@ -908,6 +908,7 @@ mod tests {
                         balance_after: 0,
                         available_after: 0,
                         action: action_use,
+                        pool: None,
                         meta: meta(time_ms),
                     }
                 }
@@ -922,6 +923,7 @@ mod tests {
                         reserved_after: 0,
                         available_after: 0,
                         action: action_use,
+                        pool: None,
                         meta: meta(time_ms),
                     }
                 }
@@ -932,6 +934,7 @@ mod tests {
                     balance_after: 0,
                     available_after: 0,
                     action: None,
+                    pool: None,
                     meta: meta(time_ms),
                 },
                 16 => Event::ReservationReleased {
@@ -941,6 +944,7 @@ mod tests {
                     reason: ReleaseReason::Expired,
                     reserved_after: 0,
                     available_after: 0,
+                    pool: None,
                     meta: meta(time_ms),
                 },
                 17 | 18 => {
@@ -1186,6 +1190,7 @@ mod tests {
             balance_after: 0,
             available_after: 0,
             action: None,
+            pool: None,
             meta: meta(START_MS),
         };
         let mut feed = store.begin().unwrap();

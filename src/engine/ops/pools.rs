@@ -47,7 +47,13 @@ pub(crate) struct Allowance {
 
 /// The member `user`'s allowance in `pool` at `now_ms`, counting the reservations of `account`
 /// already due as released (a dry run decides so; a real request has released them first).
-pub(crate) fn allowance(pool: &Pool, user: &str, account: &Account, now_ms: i64) -> Allowance {
+/// Without an account, as the pool stands (for the record that releases a due reservation).
+pub(crate) fn allowance(
+    pool: &Pool,
+    user: &str,
+    account: Option<&Account>,
+    now_ms: i64,
+) -> Allowance {
     let day = utc_day(now_ms);
     let Some(member) = pool.members.get(user) else {
         return Allowance {
@@ -58,8 +64,8 @@ pub(crate) fn allowance(pool: &Pool, user: &str, account: &Account, now_ms: i64)
     };
     let mut available = pool.available();
     let mut drawn = member.drawn_on(day);
-    for due in account
-        .reservations()
+    let reservations = account.map_or(&[][..], |account| account.reservations());
+    for due in reservations
         .iter()
         .filter(|r| r.pool_amount > 0 && r.expires_at_ms <= now_ms)
     {
@@ -128,7 +134,7 @@ impl Engine {
         refused: EngineError,
     ) -> Result<(PoolGuard<'t>, i64, Allowance), EngineError> {
         let pool = self.member_pool(tenant, account, wallet.currency, refused)?;
-        let allowance = allowance(&pool, user, account, now_ms);
+        let allowance = allowance(&pool, user, Some(account), now_ms);
         let need = checked(amount.checked_sub(headroom(wallet)))?;
         if need <= 0 || need > allowance.available {
             return Err(short(refused, allowance.available));

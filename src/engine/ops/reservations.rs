@@ -86,7 +86,8 @@ impl Engine {
         }
         let mut guard = self.member_pool(tenant, account, currency, MISSING_POOL)?;
         let (pool_id, pool) = guard.split();
-        let allowance = allowance(pool, user, account, meta.time_ms);
+        // As the pool stands: the reservation released here may be due itself.
+        let allowance = allowance(pool, user, None, meta.time_ms);
         // The hold comes back to the member's allowance only on the day it was placed.
         let counted = if pool_day == allowance.day {
             -pool_amount
@@ -371,7 +372,7 @@ impl Engine {
         let mut guard =
             self.member_pool(tenant, account, currency, refused.unwrap_or(MISSING_POOL))?;
         let (pool_id, pool) = guard.split();
-        let allowance = allowance(pool, user, account, now_ms);
+        let allowance = allowance(pool, user, Some(account), now_ms);
         let (from_wallet, from_pool, extra) = if charged <= held {
             let from_wallet = charged.min(wallet_held);
             (from_wallet, charged - from_wallet, 0)

@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn user_then_pool_is_the_order() {
         let tenant = tenant();
-        let mut user = tenant.lock_user("ada").unwrap();
+        let user = tenant.lock_user("ada").unwrap();
         let pool = tenant.lock_pool_of(&user, "org").unwrap();
         drop(pool);
         drop(user);
