@@ -198,6 +198,9 @@ pub(super) struct WalletJson {
     status: &'static str,
     auto_topup: Option<serde_json::Value>,
     balances: Vec<BalanceJson>,
+    /// The credit pool the user draws on, when it is a member of one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<super::pools::MembershipJson>,
 }
 
 /// A user and its wallets.
@@ -246,6 +249,7 @@ pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) 
         status: wallet_status(wallet.available, low_balance),
         auto_topup: rule.as_ref().map(rule_json),
         balances: user.wallets.iter().map(BalanceJson::from).collect(),
+        pool: super::pools::membership_json(call, &user.user_id),
     }
 }
 
