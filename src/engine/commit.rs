@@ -180,7 +180,10 @@ impl Engine {
         event: &Event<'_>,
     ) -> Result<Lsn, EngineError> {
         // A pool's part would be lost here: a member's spend goes through `commit_shared`.
-        debug_assert!(event.pool_share().is_none(), "a pool share without its pool");
+        debug_assert!(
+            event.pool_share().is_none(),
+            "a pool share without its pool"
+        );
         let lsn = self.append(event)?;
         let change = match account.apply(lsn, event) {
             Ok(change) => change,

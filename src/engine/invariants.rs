@@ -157,7 +157,10 @@ fn check_pools(
         let (id, pool) = (entry.key().as_str(), entry.value());
         figures.pools += 1;
         if pool.last_lsn >= next_lsn {
-            return Err(broken(id, format!("last change at LSN {} ≥ next LSN {next_lsn}", pool.last_lsn)));
+            return Err(broken(
+                id,
+                format!("last change at LSN {} ≥ next LSN {next_lsn}", pool.last_lsn),
+            ));
         }
         if pool.credited.checked_sub(pool.paid) != Some(pool.balance) {
             return Err(broken(
@@ -171,7 +174,10 @@ fn check_pools(
         if pool.reserved < 0 || pool.reserved > pool.balance {
             return Err(broken(
                 id,
-                format!("reserved {} outside 0..=balance {}", pool.reserved, pool.balance),
+                format!(
+                    "reserved {} outside 0..=balance {}",
+                    pool.reserved, pool.balance
+                ),
             ));
         }
         let mut held = 0i64;
@@ -181,7 +187,10 @@ fn check_pools(
                 return Err(broken(id, format!("member {user:?} draws on no pool")));
             };
             if drawn_on != id {
-                return Err(broken(id, format!("member {user:?} draws on pool {drawn_on:?}")));
+                return Err(broken(
+                    id,
+                    format!("member {user:?} draws on pool {drawn_on:?}"),
+                ));
             }
             held = held.saturating_add(*pool_held);
             if member.drawn < 0 || member.daily_cap.is_some_and(|cap| member.drawn > cap) {

@@ -40,7 +40,10 @@ CREATE INDEX IF NOT EXISTS pool_entries_by_pool ON pool_entries (tenant, pool_id
 ";
 
 /// Inserts the pool's movement, if the event at its LSN moved a pool's balance.
-pub(crate) fn insert(transaction: &Transaction<'_>, entry: &PoolEntry<'_>) -> Result<(), StoreError> {
+pub(crate) fn insert(
+    transaction: &Transaction<'_>,
+    entry: &PoolEntry<'_>,
+) -> Result<(), StoreError> {
     let lsn = i64::try_from(entry.lsn).map_err(|_| StoreError::Overflow("lsn"))?;
     let quantity = entry
         .action

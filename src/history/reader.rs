@@ -76,7 +76,10 @@ fn listed_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
         metadata: row.get(9)?,
         actor: row.get(10)?,
         created_ms: row.get(11)?,
-        pool: match (row.get::<_, Option<String>>(12)?, row.get::<_, Option<i64>>(13)?) {
+        pool: match (
+            row.get::<_, Option<String>>(12)?,
+            row.get::<_, Option<i64>>(13)?,
+        ) {
             (Some(pool), Some(paid)) => Some((pool, paid.saturating_neg())),
             _ => None,
         },

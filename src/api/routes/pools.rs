@@ -192,9 +192,7 @@ pub async fn list_pools(call: &Call<'_>) -> Answer {
 pub async fn credit_pool(call: &Call<'_>) -> Answer {
     let body: PoolCreditBody = parse_json(&call.body)?;
     if body.reason.trim().is_empty() {
-        return Err(
-            Problem::invalid("credits to a pool need a reason").with("field", "reason"),
-        );
+        return Err(Problem::invalid("credits to a pool need a reason").with("field", "reason"));
     }
     let request = PoolCreditRequest {
         pool: &call.param,
@@ -203,11 +201,10 @@ pub async fn credit_pool(call: &Call<'_>) -> Answer {
         reason: Some(&body.reason),
         reference: body.reference.as_deref(),
     };
-    let done = call.state.engine.credit_pool(
-        &call.tenant,
-        &request,
-        &call.context(call.idempotency()),
-    )?;
+    let done =
+        call.state
+            .engine
+            .credit_pool(&call.tenant, &request, &call.context(call.idempotency()))?;
     call.durable(done.lsn).await?;
     let Outcome::Credit {
         entry_id,
@@ -305,8 +302,8 @@ pub async fn put_membership(call: &Call<'_>) -> Answer {
         &call.context(None),
     )?;
     call.durable(lsn).await?;
-    let membership = membership_json(call, user)
-        .ok_or(EngineError::NotFound(Missing::PoolMember))?;
+    let membership =
+        membership_json(call, user).ok_or(EngineError::NotFound(Missing::PoolMember))?;
     ok(&membership)
 }
 
@@ -314,17 +311,17 @@ pub async fn put_membership(call: &Call<'_>) -> Answer {
 pub async fn get_membership(call: &Call<'_>) -> Answer {
     let user = &*call.param;
     call.tenant.user(user)?;
-    let membership = membership_json(call, user)
-        .ok_or(EngineError::NotFound(Missing::PoolMember))?;
+    let membership =
+        membership_json(call, user).ok_or(EngineError::NotFound(Missing::PoolMember))?;
     ok(&membership)
 }
 
 /// `DELETE /v1/users/{user_id}/pool` (admin).
 pub async fn delete_membership(call: &Call<'_>) -> Answer {
-    let lsn = call
-        .state
-        .engine
-        .remove_pool_member(&call.tenant, &call.param, &call.context(None))?;
+    let lsn =
+        call.state
+            .engine
+            .remove_pool_member(&call.tenant, &call.param, &call.context(None))?;
     call.durable(lsn).await?;
     Ok(json_response(
         StatusCode::OK,

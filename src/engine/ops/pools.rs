@@ -93,10 +93,12 @@ pub(super) fn headroom(wallet: &Wallet) -> i64 {
 /// The refusal of a spend, with what the pool could still give it.
 pub(super) fn short(refused: EngineError, pool_available: i64) -> EngineError {
     match refused {
-        EngineError::InsufficientCredits(shortfall) => EngineError::InsufficientCredits(Shortfall {
-            pool_available: Some(pool_available),
-            ..shortfall
-        }),
+        EngineError::InsufficientCredits(shortfall) => {
+            EngineError::InsufficientCredits(Shortfall {
+                pool_available: Some(pool_available),
+                ..shortfall
+            })
+        }
         other => other,
     }
 }

@@ -8,8 +8,7 @@ use crate::engine::idempotency::{Begin, Claim, Done};
 use crate::engine::notify::Spent;
 use crate::engine::state::{ReservationPhase, Tenant, UserGuard};
 use crate::engine::types::{
-    check_amount, check_id, ClosedAs, EngineError, Invalid, Lsn, Missing, ReleaseReason,
-    Shortfall,
+    check_amount, check_id, ClosedAs, EngineError, Invalid, Lsn, Missing, ReleaseReason, Shortfall,
 };
 use crate::engine::{Context, Engine};
 
@@ -19,7 +18,8 @@ use super::{CaptureRequest, ReserveRequest};
 
 /// A reservation the user's pool holds part of, whose user no longer draws on that pool: the
 /// membership cannot end while the pool holds for the user, so this is never answered.
-const MISSING_POOL: EngineError = EngineError::Conflict("the pool that holds the reservation is gone");
+const MISSING_POOL: EngineError =
+    EngineError::Conflict("the pool that holds the reservation is gone");
 
 impl Engine {
     /// Releases, through the log, every reservation of this user whose time has run out (what the
@@ -38,7 +38,15 @@ impl Engine {
         while let Some(reservation) = account.first_due_reservation(now_ms) {
             let id = reservation.id;
             let meta = Meta::system(now_ms);
-            self.close_without_charge(tenant, user, account, id, ReleaseReason::Expired, meta, None)?;
+            self.close_without_charge(
+                tenant,
+                user,
+                account,
+                id,
+                ReleaseReason::Expired,
+                meta,
+                None,
+            )?;
         }
         Ok(())
     }

@@ -215,7 +215,9 @@ impl Account {
                     .iter()
                     .any(|reservation| reservation.pool_amount > 0)
                 {
-                    return Err(mismatch("the user leaves a pool that holds its reservations"));
+                    return Err(mismatch(
+                        "the user leaves a pool that holds its reservations",
+                    ));
                 }
                 self.extra_mut().pool = None;
             }

@@ -46,8 +46,8 @@ pub(crate) use account::{Account, AccountExtra, Wallet};
 pub(crate) use billing::TopupRule;
 pub(crate) use catalogue::Catalogue;
 pub(crate) use locks::{PoolGuard, UserGuard};
-pub(crate) use pool::{utc_day, Pool};
 pub(crate) use payments::{PaymentEntry, PaymentState};
+pub(crate) use pool::{utc_day, Pool};
 pub(crate) use reservations::{ReservationEntry, ReservationPhase};
 pub use tenant::Tenant;
 pub(crate) use tenant::{IdempotencyEntry, IdempotencyState};
@@ -291,7 +291,10 @@ impl State {
 /// A pool created or renamed.
 fn replay_pool_put(tenant: &Tenant, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
     let Event::PoolPut {
-        pool, name, currency, ..
+        pool,
+        name,
+        currency,
+        ..
     } = *event
     else {
         return Err(mismatch("not a pool event"));

@@ -151,7 +151,10 @@ impl Pool {
                 ..
             } => {
                 let day = utc_day(meta.time_ms);
-                let drawn = self.members.get(user).map_or(0, |member| member.drawn_on(day));
+                let drawn = self
+                    .members
+                    .get(user)
+                    .map_or(0, |member| member.drawn_on(day));
                 if daily_cap.is_some_and(|cap| cap < 0 || drawn > cap) {
                     return Err(mismatch("daily cap below what the member drew today"));
                 }

@@ -27,7 +27,10 @@ impl Harness {
             reason: Some("prepaid"),
             reference: None,
         };
-        let done = self.engine.credit_pool(&self.tenant, &request, &ADMIN).unwrap();
+        let done = self
+            .engine
+            .credit_pool(&self.tenant, &request, &ADMIN)
+            .unwrap();
         self.engine.wait_durable(done.lsn).unwrap();
         done
     }
@@ -232,7 +235,10 @@ fn a_reservation_holds_on_the_pool_and_its_capture_pays_from_the_wallet_first() 
     };
     assert_eq!((amount, from_pool, available), (80, 50, 0));
     let pool = h.pool("org");
-    assert_eq!((pool.balance, pool.reserved, pool.available), (1000, 50, 950));
+    assert_eq!(
+        (pool.balance, pool.reserved, pool.available),
+        (1000, 50, 950)
+    );
     assert_eq!(h.membership("ada").drawn_today, 50);
     assert_eq!(h.membership("ada").available_to_user, 50);
     // Charged 40: the wallet pays its 30, the pool 10; the pool's unused 40 comes back to the
@@ -415,7 +421,8 @@ fn pool_history(h: &Harness, round: i64) {
         let user = format!("m-{i}");
         h.user(&user);
         if round == 0 {
-            h.join(&user, "org", (i % 2 == 0).then_some(40 + i)).unwrap();
+            h.join(&user, "org", (i % 2 == 0).then_some(40 + i))
+                .unwrap();
         }
         h.credit(&user, 3);
     }
@@ -444,7 +451,10 @@ fn recovery_rebuilds_the_pools_from_the_log_and_from_snapshots() {
     let mut h = Harness::new();
     pool_history(&h, 0);
     let before = h.engine.state_image();
-    assert!(before.lines.iter().any(|line| line.starts_with("pool acme/org")));
+    assert!(before
+        .lines
+        .iter()
+        .any(|line| line.starts_with("pool acme/org")));
     h.crash_and_reopen();
     assert_eq!(h.engine.state_image(), before);
     h.engine.check_invariants().unwrap();
@@ -453,7 +463,11 @@ fn recovery_rebuilds_the_pools_from_the_log_and_from_snapshots() {
     // Closed reservations past their retention a snapshot leaves out and the log brings back.
     let open_state = |image: StateImage| -> Vec<String> {
         let closed = |line: &String| line.starts_with("reservation ") && line.contains("Closed");
-        image.lines.into_iter().filter(|line| !closed(line)).collect()
+        image
+            .lines
+            .into_iter()
+            .filter(|line| !closed(line))
+            .collect()
     };
     let before = open_state(h.engine.state_image());
     h.crash_and_reopen();
@@ -537,7 +551,11 @@ fn many_members_on_one_pool_across_threads_conserve_every_credit() {
     });
     let paid = paid_by_pool.into_inner();
     let pool = h.pool("org");
-    assert_eq!(pool.balance, FUNDS - paid, "the pool paid what the answers said");
+    assert_eq!(
+        pool.balance,
+        FUNDS - paid,
+        "the pool paid what the answers said"
+    );
     assert!(pool.balance >= 0 && pool.reserved == 0);
     for (member, drawn) in per_member.iter().enumerate() {
         let drawn = drawn.load(Ordering::Relaxed);
@@ -552,8 +570,14 @@ fn many_members_on_one_pool_across_threads_conserve_every_credit() {
         })
         .sum();
     let charged = charged_total.into_inner();
-    assert_eq!(wallets + pool.balance, 20 * MEMBERS as i64 + FUNDS - charged);
-    assert!(paid > 0 && refusals.into_inner() > 0, "the pool and the caps were reached");
+    assert_eq!(
+        wallets + pool.balance,
+        20 * MEMBERS as i64 + FUNDS - charged
+    );
+    assert!(
+        paid > 0 && refusals.into_inner() > 0,
+        "the pool and the caps were reached"
+    );
     h.engine.check_invariants().unwrap();
     // Conservation after a crash: the snapshot taken meanwhile and the log give back the same.
     let before = h.engine.state_image();

@@ -433,7 +433,13 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
         } => {
             let after = json!({"pool_id": pool, "daily_cap": daily_cap});
             let effect = setting(format!("pool_member:user:{user}"), Some(after));
-            (tenant, meta, "pool.member.set", format!("user:{user}"), effect)
+            (
+                tenant,
+                meta,
+                "pool.member.set",
+                format!("user:{user}"),
+                effect,
+            )
         }
         Event::PoolMemberRemoved {
             tenant, user, meta, ..
