@@ -10,7 +10,7 @@ use crate::engine::payments::{AutoTopupRequest, CheckoutRequest, MethodDetails, 
 use crate::engine::types::{CreditKind, Currency, DebitKind, Decline, PaymentPurpose};
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Engine, EngineOptions, IdempotencyKey,
-    ManualClock, ReserveRequest, Spend,
+    ManualClock, PoolCreditRequest, ReserveRequest, Spend,
 };
 use crate::engine::{PackageSpec, ProfileUpdate};
 use crate::wal::batch;
@@ -613,6 +613,28 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
                 &admin,
             )
             .expect("webhook");
+        // A credit pool its members draw on: a debit it pays part of, and a hold it keeps.
+        engine
+            .put_pool(&tenant, "org", Some("Acme org"), None, &admin)
+            .expect("pool");
+        let funds = PoolCreditRequest {
+            pool: "org",
+            amount: 5_000,
+            kind: CreditKind::Grant,
+            reason: Some("prepaid"),
+            reference: None,
+        };
+        engine.credit_pool(&tenant, &funds, &admin).expect("fund");
+        for index in 0..users {
+            let user = format!("user-{index}");
+            engine
+                .set_pool_member(&tenant, &user, "org", Some(1_000), &admin)
+                .expect("member");
+            let spend = DebitRequest::new(&user, Spend::Amount(1_000));
+            engine.debit(&tenant, &spend, &admin).expect("pool debit");
+            let hold = ReserveRequest::new(&user, Spend::Amount(40));
+            engine.reserve(&tenant, &hold, &admin).expect("pool hold");
+        }
     }
     engine
         .upsert_tenant("beta", None, Some(ngn), &admin)

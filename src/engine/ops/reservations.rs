@@ -161,13 +161,12 @@ impl Engine {
             user: request.user,
             currency: price.currency,
         };
-        let expires_at_ms = expiry(now_ms, ttl_seconds)?;
         let refused = match spend_from(&wallet, price.amount) {
             Ok(available_after) => {
                 let event = Event::ReservationPlaced {
                     wallet: wallet_ref,
                     amount: price.amount,
-                    expires_at_ms,
+                    expires_at_ms: expiry(now_ms, ttl_seconds)?,
                     reserved_after: checked(wallet.reserved.checked_add(price.amount))?,
                     available_after,
                     action: price.action,
@@ -205,7 +204,7 @@ impl Engine {
         let event = Event::ReservationPlaced {
             wallet: wallet_ref,
             amount: price.amount,
-            expires_at_ms,
+            expires_at_ms: expiry(now_ms, ttl_seconds)?,
             reserved_after: checked(wallet.reserved.checked_add(from_wallet))?,
             available_after,
             action: price.action,
