@@ -492,3 +492,56 @@ async fn pools_are_the_admins_and_bad_input_changes_nothing() {
     );
     server.stop().await;
 }
+
+/// `creditd loadgen --pool`: every user a member of one pool, its own wallet left empty, so
+/// every debit of the run is paid by the pool, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_draws_every_debit_on_the_pool() {
+    let server = Server::start().await;
+    let options = creditd::loadgen::LoadOptions {
+        url: server.base.clone(),
+        key: SERVICE.into(),
+        connections: 2,
+        duration: 1,
+        warmup: 0,
+        rate: 0,
+        users: 5,
+        distribution: creditd::loadgen::Distribution::Uniform,
+        zipf_exponent: 1.0,
+        batch: 1,
+        amount: 3,
+        idempotency_keys: false,
+        skip_setup: false,
+        setup_only: false,
+        user_prefix: "lgp".into(),
+        pool: Some("lg-pool".into()),
+        pool_daily_cap: None,
+        admin_key: ADMIN.into(),
+    };
+    let report = creditd::loadgen::run(&options).await.unwrap();
+    assert!(report.requests > 0, "{}", report.render(&options));
+    assert_eq!(
+        report.statuses[0],
+        report.requests,
+        "every debit succeeded: {}",
+        report.render(&options)
+    );
+    let admin = server.client(ADMIN);
+    let pool = ok(&admin, Method::GET, "/v1/pools/lg-pool", Value::Null).await;
+    assert_eq!(pool["members"], 5);
+    let paid = 1_000_000_000_000_000i64 - pool["balance"].as_i64().unwrap();
+    assert_eq!(
+        paid,
+        3 * report.requests as i64,
+        "the pool paid every debit"
+    );
+    let wallet = ok(
+        &server.client(SERVICE),
+        Method::GET,
+        "/v1/users/lgp-0/wallet",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(wallet["balance"], 0, "the member's own wallet paid nothing");
+    server.stop().await;
+}
