@@ -978,10 +978,7 @@ impl Model {
             (from_wallet, charged - from_wallet, 0)
         } else {
             let excess = charged - held;
-            let refused = match spend_from(&wallet, excess) {
-                Ok(_) => None,
-                Err(refused) => Some(refused),
-            };
+            let refused = spend_from(&wallet, excess).err();
             match (refused, self.pool_in(tenant, user, currency)) {
                 (None, _) => (wallet_held + excess, pool_held, 0),
                 (Some(refused), None) => return Err(refused.into()),

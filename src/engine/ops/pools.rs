@@ -122,16 +122,14 @@ impl Engine {
         }
     }
 
-    /// For a spend of `amount` that `wallet` cannot cover: the member's pool, locked, and what it
-    /// pays (the rest of what the wallet can give). Refused, with what the pool could give, when
-    /// the user draws on no pool in that currency or the pool cannot give enough.
+    /// For a spend of `amount` that `wallet` cannot cover (`spend`): the member's pool, locked,
+    /// and what it pays (the rest of what the wallet can give). Refused, with what the pool could
+    /// give, when the user draws on no pool in that currency or the pool cannot give enough.
     pub(super) fn pool_part<'t>(
         &self,
         tenant: &'t Tenant,
-        user: &str,
-        account: &UserGuard<'_>,
-        wallet: &Wallet,
-        amount: i64,
+        (user, account): (&str, &UserGuard<'_>),
+        (wallet, amount): (&Wallet, i64),
         now_ms: i64,
         refused: EngineError,
     ) -> Result<(PoolGuard<'t>, i64, Allowance), EngineError> {

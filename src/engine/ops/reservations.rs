@@ -191,10 +191,8 @@ impl Engine {
         // The wallet holds what it can, the user's pool the rest.
         let (mut guard, from_pool, allowance) = self.pool_part(
             tenant,
-            request.user,
-            &account,
-            &wallet,
-            price.amount,
+            (request.user, &account),
+            (&wallet, price.amount),
             now_ms,
             refused,
         )?;

@@ -186,10 +186,8 @@ impl Engine {
         };
         let (mut guard, from_pool, allowance) = self.pool_part(
             tenant,
-            user,
-            &account,
-            &wallet,
-            price.amount,
+            (user, &account),
+            (&wallet, price.amount),
             now_ms,
             refused,
         )?;
