@@ -1,6 +1,8 @@
 //! The engine alone: how many debits (and reservation pairs) per second the in-memory path takes,
 //! across 1 M users picked uniformly at random, on one hot wallet, and by catalogue action, with one
-//! and with two threads.
+//! and with two threads; and, with two threads, debits that a credit pool of 10 k members pays
+//! (every member's wallet empty: each debit takes the user's lock, then the pool's) against plain
+//! debits over 10 k funded users.
 //!
 //! "Alone" means without waiting for durability, but not without the log: every operation still
 //! encodes its event and pushes it onto the log's queue, and the log's writer thread still takes
@@ -37,7 +39,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 
-use creditd::engine::{CaptureRequest, DebitRequest, Engine, ReserveRequest, Spend, Tenant};
+use creditd::engine::types::CreditKind;
+use creditd::engine::{
+    CaptureRequest, DebitRequest, Engine, PoolCreditRequest, ReserveRequest, Spend, Tenant,
+};
 use creditd::wal::FsyncMode;
 
 #[allow(dead_code)]
@@ -47,6 +52,9 @@ use common::{Random, UserId, BENCH};
 
 /// Users set up once, before anything is measured.
 const USERS: u64 = 1_000_000;
+/// Members of the credit pool of `debit_pool_10k_members`, and the funded users of its plain
+/// counterpart.
+const POOL_MEMBERS: u64 = 10_000;
 /// The catalogue action debited by `debit_action`.
 const ACTION: &str = "gpt-4o-mini.tokens-1k";
 
@@ -239,6 +247,58 @@ fn bench_others(group: &mut Group<'_>, fixture: &Fixture) {
     }
 }
 
+/// A tenant whose [`POOL_MEMBERS`] users have empty wallets and draw on one pool with far more
+/// than a run spends.
+fn pool_tenant(engine: &Engine) -> Arc<Tenant> {
+    let (tenant, _, _) = common::retry(|| engine.upsert_tenant("pooled", None, None, &BENCH));
+    common::add_users(engine, &tenant, POOL_MEMBERS, false, 0);
+    common::retry(|| engine.put_pool(&tenant, "org", None, None, &BENCH));
+    let funds = PoolCreditRequest {
+        pool: "org",
+        amount: 1_000_000_000_000_000,
+        kind: CreditKind::Grant,
+        reason: Some("bench"),
+        reference: None,
+    };
+    common::retry(|| engine.credit_pool(&tenant, &funds, &BENCH));
+    for index in 0..POOL_MEMBERS {
+        let user = UserId::new(index);
+        common::retry(|| engine.set_pool_member(&tenant, user.as_str(), "org", None, &BENCH));
+    }
+    engine.wal().flush().expect("flush the log");
+    tenant
+}
+
+/// Debits of 10 k members that one pool pays, against plain debits of 10 k funded users; two
+/// threads each.
+fn bench_pool(group: &mut Group<'_>, fixture: &Fixture) {
+    let pooled = pool_tenant(&fixture.engine);
+    let threads = 2;
+    let bench = format!("debit_plain_10k_users/{}", threads_label(threads));
+    group.bench_function(&bench, |b| {
+        b.iter_custom(|iterations| {
+            fixture.run(threads, iterations, |random| {
+                let user = UserId::new(random.below(POOL_MEMBERS));
+                fixture.debit(user.as_str(), Spend::Amount(1));
+            })
+        })
+    });
+    fixture.cpu_figure(bench);
+    let bench = format!("debit_pool_10k_members/{}", threads_label(threads));
+    group.bench_function(&bench, |b| {
+        b.iter_custom(|iterations| {
+            fixture.run(threads, iterations, |random| {
+                let user = UserId::new(random.below(POOL_MEMBERS));
+                let request = DebitRequest::new(user.as_str(), Spend::Amount(1));
+                black_box(common::retry(|| {
+                    fixture.engine.debit(&pooled, &request, &BENCH)
+                }));
+            })
+        })
+    });
+    fixture.cpu_figure(bench);
+}
+
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
 fn main() {
@@ -252,6 +312,7 @@ fn main() {
     let fixture = Fixture::new(&common::tmpfs_parent(), FsyncMode::Never);
     bench_uniform_debits(&mut group, &fixture, "debit_uniform_1M_users");
     bench_others(&mut group, &fixture);
+    bench_pool(&mut group, &fixture);
     fixture.report();
     drop(fixture);
 

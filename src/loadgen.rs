@@ -3,6 +3,10 @@
 //! loop every request has an intended send time on a fixed schedule and its latency is measured
 //! from that time, so a stalled server shows up as latency instead of as fewer requests
 //! (no coordinated omission). Latencies go into an HDR histogram.
+//!
+//! With `--pool`, every user draws on one credit pool and its own wallet is left empty, so every
+//! debit takes the pool's path (the user's lock, then the pool's): the cost of an organisation's
+//! shared balance under load.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,8 +42,9 @@ pub struct LoadOptions {
     /// A service (or stronger) API key.
     #[arg(long, default_value = "dev-service-secret-change-me")]
     pub key: String,
-    /// An admin API key, to fund the users at setup: a service key's grants are capped per day
-    /// (`limits.service_key_grants_per_day`), far below what a load run spends.
+    /// An admin API key, to fund the users (or, with `--pool`, the pool) at setup: a service
+    /// key's grants are capped per day (`limits.service_key_grants_per_day`), far below what a
+    /// load run spends.
     #[arg(long, default_value = "dev-admin-secret-change-me")]
     pub admin_key: String,
     /// Open connections, each with one request in flight.
@@ -81,6 +86,13 @@ pub struct LoadOptions {
     /// Prefix of user ids, so runs can share or separate users.
     #[arg(long, default_value = "lg")]
     pub user_prefix: String,
+    /// Make every user a member of this credit pool, created (and funded) at setup, and leave the
+    /// users' own wallets unfunded: every debit is then paid by the pool. Needs `--admin-key`.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// With `--pool`: each member's daily cap (none: no cap).
+    #[arg(long)]
+    pub pool_daily_cap: Option<i64>,
 }
 
 /// What a run measured.
@@ -107,8 +119,12 @@ impl LoadReport {
         } else {
             "closed loop".into()
         };
+        let pool = options
+            .pool
+            .as_deref()
+            .map_or(String::new(), |pool| format!(", paid by pool {pool}"));
         format!(
-            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}\n\
+            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}{pool}\n\
              requests: {} in {:.1} s = {:.0} req/s; debits {:.0}/s\n\
              status: 2xx {}  402 {}  other 4xx {}  5xx {}  transport errors {}\n\
              latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
@@ -177,10 +193,14 @@ impl Picker {
     }
 }
 
-/// Creates and funds the users, `connections` at a time.
+/// Creates and funds the users, `connections` at a time; with `--pool`, creates and funds the
+/// pool and makes every user a member of it instead of funding the user.
 pub async fn setup(options: &LoadOptions) -> Result<(), String> {
     let client = Client::new(&options.url, &options.key).map_err(|e| e.to_string())?;
-    let funder = Client::new(&options.url, &options.admin_key).map_err(|e| e.to_string())?;
+    let admin = Client::new(&options.url, &options.admin_key).map_err(|e| e.to_string())?;
+    if let Some(pool) = &options.pool {
+        fund_pool(&admin, pool).await?;
+    }
     let users = if options.distribution == Distribution::Hot {
         1
     } else {
@@ -190,12 +210,13 @@ pub async fn setup(options: &LoadOptions) -> Result<(), String> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..options.connections.clamp(1, 64) {
-        let (client, funder, next, prefix) = (
+        let (client, admin, next, prefix) = (
             client.clone(),
-            funder.clone(),
+            admin.clone(),
             Arc::clone(&next),
             options.user_prefix.clone(),
         );
+        let (pool, cap) = (options.pool.clone(), options.pool_daily_cap);
         tasks.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -207,12 +228,18 @@ pub async fn setup(options: &LoadOptions) -> Result<(), String> {
                     .put_user(&user, None)
                     .await
                     .map_err(|e| format!("creating {user}: {e}"))?;
+                if let Some(pool) = &pool {
+                    let body = serde_json::json!({"pool_id": pool, "daily_cap": cap});
+                    let path = format!("/v1/users/{user}/pool");
+                    admin_call(&admin, Method::PUT, &path, &body).await?;
+                    continue;
+                }
                 let wallet = client
                     .wallet(&user, None)
                     .await
                     .map_err(|e| e.to_string())?;
                 if wallet.balance < funding / 2 {
-                    funder
+                    admin
                         .credit(&user, funding, Some("load generator funding"), None)
                         .await
                         .map_err(|e| format!("funding {user}: {e}"))?;
@@ -224,6 +251,40 @@ pub async fn setup(options: &LoadOptions) -> Result<(), String> {
         task.await.map_err(|e| e.to_string())??;
     }
     Ok(())
+}
+
+/// Creates the pool `pool` if it is new and tops it up to far more than a run spends.
+async fn fund_pool(admin: &Client, pool: &str) -> Result<(), String> {
+    let funding = 1_000_000_000_000_000i64;
+    let path = format!("/v1/pools/{pool}");
+    let answer = admin_call(admin, Method::PUT, &path, &serde_json::json!({})).await?;
+    let balance = answer["balance"].as_i64().unwrap_or(0);
+    if balance < funding / 2 {
+        let body = serde_json::json!({"amount": funding, "reason": "loadgen"});
+        admin_call(admin, Method::POST, &format!("{path}/credit"), &body).await?;
+    }
+    Ok(())
+}
+
+/// One admin request of the pool's setup: its JSON answer, or why it failed.
+async fn admin_call(
+    admin: &Client,
+    method: Method,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let (status, _, answer) = admin
+        .send(method.clone(), path, Some(bytes), None)
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
+    serde_json::from_slice(&answer).map_err(|e| format!("{method} {path}: {e}"))
 }
 
 /// Runs the load and returns what was measured.

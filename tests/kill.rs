@@ -3,8 +3,9 @@
 //! the data directory in the parent after each kill, and check invariants 1–5.
 //!
 //! The child (`child_workload`) runs a deterministic plan of operations numbered 0, 1, 2, …: each
-//! index is a credit, a debit, a reservation then its capture, or a reservation then its release,
-//! for a user and amounts derived from the index alone, under idempotency keys derived from the
+//! index is a credit, a credit to the credit pool `org`, a debit, a reservation then its capture,
+//! or a reservation then its release, for a user and amounts derived from the index alone (half
+//! the users are members of `org`, so their spends draw on it once their wallets are spent), under idempotency keys derived from the
 //! index (`op-{i}`, or `op-{i}-r` then `op-{i}-c` / `op-{i}-x`). Four threads take indices from a
 //! shared counter while a fifth takes snapshots now and then (besides the engine's own background
 //! snapshots), so kills land during appends, fsyncs, segment rotations, snapshots and pruning. A
@@ -43,7 +44,7 @@ use creditd::engine::types::{CreditKind, EngineError, Fingerprint, Missing, Outc
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
-    IdempotencyKey, ReserveRequest, Spend, Tenant,
+    IdempotencyKey, PoolCreditRequest, ReserveRequest, Spend, Tenant,
 };
 use creditd::history::reports::{Key, UsageGrouping, UsageQuery, Window};
 use creditd::history::{self, rollup, FeedError, Feeder};
@@ -77,6 +78,12 @@ const PROBE_FINGERPRINT: Fingerprint = [0xEE; 16];
 /// Reservations outlive the test, so none expires and changes `reserved` behind the model's back.
 const HOLD_TTL_SECONDS: u64 = 3600;
 const ACTOR: &str = "kill-test";
+/// The credit pool the first [`MEMBERS`] users draw on.
+const POOL: &str = "org";
+/// Users `u0` to `u{MEMBERS - 1}` are members of [`POOL`]; the first two with a daily cap.
+const MEMBERS: u64 = 4;
+/// The daily cap of `u0` and `u1`.
+const MEMBER_CAP: i64 = 400;
 
 fn options(data_dir: &Path, background: bool) -> EngineOptions {
     EngineOptions {
@@ -137,6 +144,8 @@ enum Action {
     Capture(i64),
     /// Release the reservation made by the same index.
     Release,
+    /// Credit the pool [`POOL`].
+    PoolCredit(i64),
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +168,7 @@ impl Request {
             Action::Reserve(a) => (3, a),
             Action::Capture(a) => (4, a),
             Action::Release => (5, 0),
+            Action::PoolCredit(a) => (6, a),
         };
         let mut fingerprint = [0u8; 16];
         fingerprint[0] = tag;
@@ -193,7 +203,8 @@ fn plan(index: u64) -> Vec<Request> {
     };
     let amount = |modulus: u64| 1 + ((h >> 8) % modulus) as i64;
     match (h >> 32) % 10 {
-        0..=3 => vec![request("", Action::Credit(amount(40)))],
+        0..=2 => vec![request("", Action::Credit(amount(40)))],
+        3 => vec![request("-p", Action::PoolCredit(amount(120)))],
         4..=6 => vec![request("", Action::Debit(amount(90)))],
         7 | 8 => {
             let held = amount(30);
@@ -254,6 +265,27 @@ fn send(
             reservation.expect("a release follows its reservation"),
             &context,
         ),
+        Action::PoolCredit(amount) => engine.credit_pool(
+            tenant,
+            &PoolCreditRequest {
+                pool: POOL,
+                amount,
+                kind: CreditKind::Grant,
+                reason: Some("kill test"),
+                reference: None,
+            },
+            &context,
+        ),
+    }
+}
+
+/// What the user's pool paid (or holds) of a spend, from its answer.
+fn from_pool(outcome: &Outcome) -> i64 {
+    match *outcome {
+        Outcome::Debit { from_pool, .. }
+        | Outcome::Reserve { from_pool, .. }
+        | Outcome::Capture { from_pool, .. } => from_pool,
+        other => panic!("not a spend: {other:?}"),
     }
 }
 
@@ -594,6 +626,8 @@ struct Model {
     /// be present, with this answer, after every later kill.
     known: HashMap<String, (u64, String)>,
     acked_total: u64,
+    /// What the pool had paid for its members at the last check.
+    pool_paid: i64,
 }
 
 /// Expected figures of one wallet.
@@ -605,6 +639,9 @@ struct Expected {
 
 /// The history entry a present key's record must have made: (user, kind, amount).
 type ExpectedEntry = (String, &'static str, i64);
+
+/// The pool ledger's row a present key's record must have made: (kind, amount, member).
+type ExpectedPoolEntry = (&'static str, i64, Option<String>);
 
 /// One row of the history's `entries`, with its account's tenant and user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -636,11 +673,15 @@ struct HistoryReport {
 ///    fingerprint, which must answer `replayed: true` and gives the reservation id a capture or
 ///    release needs. From that set alone the model computes each wallet's balance (credits −
 ///    debits − captured charges) and reserved amount (reservations whose capture or release is
-///    not present) and compares them with the engine. A change applied twice, or applied without
-///    its key, or a key without its change, breaks the equation. The engine must hold no other
+///    not present) and compares them with the engine; likewise the pool's balance (its credits
+///    less what it paid) and reserved amount, the pool's part of each spend being the one its
+///    answer states, and, from the plan's amounts alone, that wallets and pool together hold what
+///    came in less what was charged. A change applied twice, or applied without its key, or a key
+///    without its change, breaks the equation. The engine must hold no other
 ///    keys (`idempotency_entries` equals the present count) and the probes and replays must
 ///    write nothing (`next_lsn` unchanged).
-/// 3. `check_invariants` passes (no wallet below its floor; reserved = open holds) and every
+/// 3. `check_invariants` passes (no wallet below its floor; reserved = open holds; the pool's
+///    balance is its credits less what it paid; no member above its daily cap) and every
 ///    wallet's `available` is at least 0 (no overdraft is ever set here).
 /// 4. Conservation: the balance equation of 2.
 /// 5. A key refused in this round is absent (its claim was dropped), and no key answered two
@@ -691,9 +732,15 @@ fn verify_round(
         .collect();
     let mut present = 0u64;
     let mut entries: BTreeMap<u64, ExpectedEntry> = BTreeMap::new();
+    let mut pool_entries: BTreeMap<u64, ExpectedPoolEntry> = BTreeMap::new();
+    let mut pool = Expected::default();
+    // Conservation across wallets and the pool, from the plan's amounts alone: what came in
+    // (credits to users and to the pool) less what was charged.
+    let mut conserved = 0i64;
     let last_index = model.max_begun.map_or(0, |m| m + 1);
     for index in 0..last_index {
-        let mut reservation: Option<(u64, i64)> = None;
+        // The reservation of this index: (id, held, of which the pool holds).
+        let mut reservation: Option<(u64, i64, i64)> = None;
         for request in plan(index) {
             let key = request.key.as_str();
             if !key_present(&engine, &tenant, key) {
@@ -712,7 +759,7 @@ fn verify_round(
                 !run.refused.contains(key),
                 "round {round}: refused key {key} is present"
             );
-            let done = send(&engine, &tenant, &request, reservation.map(|(id, _)| id))
+            let done = send(&engine, &tenant, &request, reservation.map(|(id, _, _)| id))
                 .unwrap_or_else(|error| panic!("round {round}: replaying {key}: {error}"));
             assert!(
                 done.replayed,
@@ -731,33 +778,58 @@ fn verify_round(
             }
             model.known.insert(key.to_owned(), answer);
             let wallet = expected.get_mut(&request.user).expect("planned user");
-            let entry = match request.action {
+            let member = Some(request.user.clone());
+            // The pool's part comes from the answer; the sums below check it adds up.
+            let (entry, pool_entry) = match request.action {
                 Action::Credit(amount) => {
                     wallet.balance += amount;
-                    Some(("topup", amount))
+                    conserved += amount;
+                    (Some(("topup", amount)), None)
+                }
+                Action::PoolCredit(amount) => {
+                    pool.balance += amount;
+                    conserved += amount;
+                    (None, Some(("grant", amount, None)))
                 }
                 Action::Debit(amount) => {
-                    wallet.balance -= amount;
-                    Some(("debit", -amount))
+                    let paid = from_pool(&done.outcome);
+                    wallet.balance -= amount - paid;
+                    pool.balance -= paid;
+                    conserved -= amount;
+                    let draw = (paid > 0).then_some(("draw", -paid, member));
+                    (Some(("debit", paid - amount)), draw)
                 }
                 Action::Reserve(amount) => {
-                    wallet.reserved += amount;
-                    reservation = Some((reservation_of(&done.outcome), amount));
-                    None
+                    let held = from_pool(&done.outcome);
+                    wallet.reserved += amount - held;
+                    pool.reserved += held;
+                    reservation = Some((reservation_of(&done.outcome), amount, held));
+                    (None, None)
                 }
                 Action::Capture(charged) => {
-                    let (_, held) = reservation.expect("a captured reservation is present");
-                    wallet.balance -= charged;
-                    wallet.reserved -= held;
-                    Some(("capture", -charged))
+                    let (_, held, pool_held) =
+                        reservation.expect("a captured reservation is present");
+                    let paid = from_pool(&done.outcome);
+                    wallet.balance -= charged - paid;
+                    wallet.reserved -= held - pool_held;
+                    pool.balance -= paid;
+                    pool.reserved -= pool_held;
+                    conserved -= charged;
+                    let draw = (paid > 0).then_some(("draw", -paid, member));
+                    (Some(("capture", paid - charged)), draw)
                 }
                 Action::Release => {
-                    let (_, held) = reservation.expect("a released reservation is present");
-                    wallet.reserved -= held;
-                    // A release frees what was held: a positive amount of `available`.
-                    Some(("release", held))
+                    let (_, held, pool_held) =
+                        reservation.expect("a released reservation is present");
+                    wallet.reserved -= held - pool_held;
+                    pool.reserved -= pool_held;
+                    // A release frees what the wallet held: a positive amount of `available`.
+                    (Some(("release", held - pool_held)), None)
                 }
             };
+            if let Some(pool_entry) = pool_entry {
+                pool_entries.insert(done.lsn, pool_entry);
+            }
             if let Some((kind, amount)) = entry {
                 let previous = entries.insert(done.lsn, (request.user.clone(), kind, amount));
                 assert!(
@@ -790,6 +862,30 @@ fn verify_round(
             "round {round}: {user} below its floor"
         );
     }
+    let actual_pool = engine.pool(&tenant, POOL).expect("the pool");
+    assert_eq!(
+        (actual_pool.balance, actual_pool.reserved),
+        (pool.balance, pool.reserved),
+        "round {round}: the pool is not its credits less what the applied keys drew"
+    );
+    assert_eq!(
+        actual_pool.credited - actual_pool.paid,
+        actual_pool.balance,
+        "round {round}: the pool's balance is not its credits less what it paid"
+    );
+    model.pool_paid = actual_pool.paid;
+    let wallets: i64 = expected.values().map(|wallet| wallet.balance).sum();
+    assert_eq!(
+        wallets + pool.balance,
+        conserved,
+        "round {round}: wallets and pool do not add up to what came in less what was charged"
+    );
+    for member in engine.pool_members(&tenant, POOL).expect("members") {
+        assert!(
+            member.daily_cap.is_none_or(|cap| member.drawn_today <= cap),
+            "round {round}: {member:?} above its cap"
+        );
+    }
     engine
         .check_invariants()
         .unwrap_or_else(|violation| panic!("round {round}: {violation}"));
@@ -798,8 +894,8 @@ fn verify_round(
         history_db,
         round,
         checkpoint,
-        &entries,
-        &expected,
+        (&entries, &pool_entries),
+        (&expected, pool.balance),
         clean_close,
     );
     eprintln!(
@@ -852,14 +948,20 @@ fn verify_round(
 /// 4. Per user in LSN order, each `balance_after` is the previous one plus the entry's amount
 ///    (from 0); a release has none; the last one is the wallet's balance (`wallets`).
 /// 5. The usage report by user (from the rollups, which the same transactions keep) counts, for
-///    every user, exactly its acknowledged debits and captures and the credits they charged.
+///    every user, exactly its acknowledged debits and captures and the credits they charged,
+///    its wallet's part and its pool's together.
+/// 6. The pool's ledger holds exactly its credits and what it paid for present spends, each
+///    once under its record's LSN, and its balance chain ends at the pool's balance.
 fn verify_history(
     engine: &Arc<Engine>,
     history_db: &rusqlite::Connection,
     round: u64,
     checkpoint: u64,
-    expected_entries: &BTreeMap<u64, ExpectedEntry>,
-    wallets: &BTreeMap<String, Expected>,
+    (expected_entries, expected_pool): (
+        &BTreeMap<u64, ExpectedEntry>,
+        &BTreeMap<u64, ExpectedPoolEntry>,
+    ),
+    (wallets, pool_balance): (&BTreeMap<String, Expected>, i64),
     clean_close: bool,
 ) -> HistoryReport {
     let durable = engine.wal().durable_lsn();
@@ -985,7 +1087,37 @@ fn verify_history(
             "round {round}: {user}'s last balance_after is not the wallet's balance"
         );
     }
-    verify_usage(engine, round, expected_entries);
+    verify_usage(engine, round, expected_entries, expected_pool);
+    // The pool's ledger: exactly its credits and the draws of the present keys, each once, its
+    // balance chain from 0 ending at the pool's balance.
+    let pool_rows = pool_rows(history_db);
+    let listed: BTreeMap<u64, ExpectedPoolEntry> = pool_rows
+        .iter()
+        .map(|(lsn, kind, amount, user, _)| {
+            let kind = ["grant", "draw"]
+                .into_iter()
+                .find(|known| known == kind)
+                .unwrap_or_else(|| panic!("round {round}: a pool entry of no planned kind"));
+            (*lsn, (kind, *amount, user.clone()))
+        })
+        .collect();
+    assert_eq!(
+        &listed, expected_pool,
+        "round {round}: the pool's ledger is not the log's movements of the pool"
+    );
+    let mut balance = 0i64;
+    for (lsn, _, amount, _, after) in &pool_rows {
+        assert_eq!(
+            balance.checked_add(*amount),
+            Some(*after),
+            "round {round}: the pool's balance chain breaks at LSN {lsn}"
+        );
+        balance = *after;
+    }
+    assert_eq!(
+        balance, pool_balance,
+        "round {round}: the pool's last balance_after"
+    );
     HistoryReport {
         checkpoint,
         oldest_segment,
@@ -995,14 +1127,25 @@ fn verify_history(
 }
 
 /// Point 5 of [`verify_history`]: the usage report by user over the days around now equals the
-/// spends among `expected_entries` (debits and captures, whose amounts are negative).
-fn verify_usage(engine: &Engine, round: u64, expected_entries: &BTreeMap<u64, ExpectedEntry>) {
+/// spends among `expected_entries` (debits and captures, whose amounts are negative: the
+/// wallet's part), each with the pool's part under the same LSN in `expected_pool`, if any.
+fn verify_usage(
+    engine: &Engine,
+    round: u64,
+    expected_entries: &BTreeMap<u64, ExpectedEntry>,
+    expected_pool: &BTreeMap<u64, ExpectedPoolEntry>,
+) {
     let mut expected: BTreeMap<Key, (i64, i64)> = BTreeMap::new();
-    for (user, kind, amount) in expected_entries.values() {
+    for (lsn, (user, kind, amount)) in expected_entries {
         if matches!(*kind, "debit" | "capture") {
+            let from_pool = match expected_pool.get(lsn) {
+                Some(("draw", drawn, _)) => -drawn,
+                _ => 0,
+            };
             let totals = expected.entry(Key::Name(user.clone())).or_default();
             totals.0 += 1;
             totals.1 -= amount;
+            totals.1 += from_pool;
         }
     }
     let applied = Arc::new(AtomicU64::new(engine.wal().durable_lsn() + 1));
@@ -1065,6 +1208,30 @@ fn history_rows(connection: &rusqlite::Connection) -> Vec<HistoryRow> {
     rows
 }
 
+/// Every row of the pools' ledger, in LSN order: (lsn, kind, amount, member, balance after).
+fn pool_rows(connection: &rusqlite::Connection) -> Vec<(u64, String, i64, Option<String>, i64)> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT lsn, kind, amount, user_id, balance_after FROM pool_entries
+             WHERE tenant = ?1 AND pool_id = ?2 ORDER BY lsn",
+        )
+        .expect("the pool entries query");
+    let rows = statement
+        .query_map([TENANT, POOL], |row| {
+            Ok((
+                u64::try_from(row.get::<_, i64>(0)?).expect("a positive LSN"),
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .expect("the pool entries")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a pool entry");
+    rows
+}
+
 /// Creates the tenant and users once, durably, so every round starts from a known population.
 fn set_up(dir: &Path) {
     let (engine, _) = open_with_history(options(dir, false)).expect("open");
@@ -1081,6 +1248,15 @@ fn set_up(dir: &Path) {
         engine
             .upsert_user(&tenant, &user_name(n), profile, &context)
             .expect("user");
+    }
+    engine
+        .put_pool(&tenant, POOL, Some("Acme org"), None, &context)
+        .expect("pool");
+    for n in 0..MEMBERS {
+        let cap = (n < 2).then_some(MEMBER_CAP);
+        engine
+            .set_pool_member(&tenant, &user_name(n), POOL, cap, &context)
+            .expect("member");
     }
     engine.shutdown().expect("shutdown");
 }
@@ -1119,15 +1295,21 @@ fn killed_at_random_moments_recovers_every_acknowledged_effect_once() {
         );
     }
     eprintln!(
-        "{ROUNDS} rounds in {:.1} s: {} acknowledgements, {} keys applied, up to index {:?}",
+        "{ROUNDS} rounds in {:.1} s: {} acknowledgements, {} keys applied, up to index {:?}, \
+         the pool paid {}",
         started.elapsed().as_secs_f64(),
         model.acked_total,
         model.known.len(),
-        model.max_begun
+        model.max_begun,
+        model.pool_paid
     );
     assert!(
         model.acked_total > 100,
         "the children acknowledged too little for the test to mean much"
+    );
+    assert!(
+        model.pool_paid > 0,
+        "the pool never paid for a member: the pool's side went untested"
     );
 }
 

@@ -47,11 +47,11 @@ use creditd::engine::types::{
 use creditd::engine::ProfileUpdate;
 use creditd::engine::{
     CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done, Engine, EngineOptions,
-    IdempotencyKey, ManualClock, ReservationState, ReservationView, ReserveRequest, RevokeRequest,
-    Spend, Tenant, TenantSpec,
+    IdempotencyKey, ManualClock, PoolCreditRequest, ReservationState, ReservationView,
+    ReserveRequest, RevokeRequest, Spend, Tenant, TenantSpec,
 };
 use creditd::fuzzing::model::{
-    same_error, History, Key, Known, MOpenReservation, MReservation, MTenant, MWallet,
+    day_of, same_error, History, Key, Known, MOpenReservation, MReservation, MTenant, MWallet,
     Model as Shared, Overdraft, Stop,
 };
 use creditd::wal::memory::MemStorage;
@@ -78,6 +78,9 @@ const KEYS: [&str; 5] = ["k0", "k1", "k2", "k3", "bad key"];
 const EMAILS: [&str; 3] = ["a@example.com", "b@example.com", "c@example.com"];
 const TENANT_NAMES: [&str; 2] = ["Acme", "Acme Inc"];
 const REVOKE_REASON: &str = "granted by mistake";
+/// Credit pools; the last one is not a valid identifier.
+const POOLS: [&str; 3] = ["p0", "p1", "bad/pool"];
+const VALID_POOLS: usize = 2;
 
 const MAX_AMOUNT: i64 = 1 << 61;
 const MAX_QUANTITY: u64 = 1_000_000_000;
@@ -182,6 +185,8 @@ enum ReservationRef {
     Foreign(Index),
     /// An id that was never given out, in this tenant.
     Bogus(usize),
+    /// The last one made, asked for in its own tenant.
+    Last,
 }
 
 /// What a capture charges, relative to what the reservation holds.
@@ -317,6 +322,27 @@ enum Op {
     ExpireReservations,
     Snapshot,
     Restart(Restart),
+    PutPool {
+        t: usize,
+        p: usize,
+        cur: Cur,
+    },
+    CreditPool {
+        t: usize,
+        p: usize,
+        amount: i64,
+        key: KeyGen,
+    },
+    SetMember {
+        t: usize,
+        u: usize,
+        p: usize,
+        cap: Option<i64>,
+    },
+    RemoveMember {
+        t: usize,
+        u: usize,
+    },
 }
 
 fn key_text(key: &KeyGen) -> String {
@@ -351,6 +377,7 @@ impl fmt::Debug for ReservationRef {
                 write!(f, "foreign-reservation@{}%", index.index(100))
             }
             ReservationRef::Bogus(t) => write!(f, "{}/bogus-reservation", TENANTS[*t]),
+            ReservationRef::Last => write!(f, "last-reservation"),
         }
     }
 }
@@ -524,6 +551,26 @@ impl fmt::Debug for Op {
             Op::ExpireReservations => write!(f, "expire_reservations"),
             Op::Snapshot => write!(f, "snapshot"),
             Op::Restart(restart) => write!(f, "{restart:?}"),
+            Op::PutPool { t, p, cur } => {
+                write!(
+                    f,
+                    "put_pool {}/{}{}",
+                    TENANTS[*t],
+                    POOLS[*p],
+                    cur_text(*cur)
+                )
+            }
+            Op::CreditPool { t, p, amount, key } => write!(
+                f,
+                "credit_pool {}/{} {amount}{}",
+                TENANTS[*t],
+                POOLS[*p],
+                key_text(key)
+            ),
+            Op::SetMember { t, u, p, cap } => {
+                write!(f, "set_member {} pool={} cap={cap:?}", who(t, u), POOLS[*p])
+            }
+            Op::RemoveMember { t, u } => write!(f, "remove_member {}", who(t, u)),
         }
     }
 }
@@ -613,6 +660,7 @@ fn sometimes() -> impl Strategy<Value = bool> + Clone {
 fn hold_ref() -> impl Strategy<Value = ReservationRef> + Clone {
     prop_oneof![
         12 => any::<Index>().prop_map(ReservationRef::Own),
+        4 => Just(ReservationRef::Last),
         1 => any::<Index>().prop_map(ReservationRef::Foreign),
         1 => tenant().prop_map(ReservationRef::Bogus),
     ]
@@ -770,6 +818,26 @@ fn put_action_op() -> BoxedStrategy<Op> {
         .boxed()
 }
 
+fn pool() -> impl Strategy<Value = usize> + Clone {
+    prop_oneof![12 => Just(0usize), 3 => Just(1usize), 1 => Just(2usize)]
+}
+
+fn pool_ops() -> BoxedStrategy<Op> {
+    let cap = prop_oneof![
+        3 => Just(None),
+        8 => (0..=40i64).prop_map(Some),
+        1 => Just(Some(-1i64)),
+    ];
+    prop_oneof![
+        1 => (tenant(), pool(), cur()).prop_map(|(t, p, cur)| Op::PutPool { t, p, cur }),
+        3 => (tenant(), pool(), credit_amount(), key())
+            .prop_map(|(t, p, amount, key)| Op::CreditPool { t, p, amount, key }),
+        3 => (tenant(), user(), pool(), cap).prop_map(|(t, u, p, cap)| Op::SetMember { t, u, p, cap }),
+        1 => (tenant(), user()).prop_map(|(t, u)| Op::RemoveMember { t, u }),
+    ]
+    .boxed()
+}
+
 /// Operations that may be in flight when a crash comes.
 fn inflight_op() -> BoxedStrategy<Op> {
     prop_oneof![
@@ -781,6 +849,7 @@ fn inflight_op() -> BoxedStrategy<Op> {
         1 => extend_op(),
         1 => overdraft_op(),
         1 => put_action_op(),
+        2 => pool_ops(),
     ]
     .boxed()
 }
@@ -814,6 +883,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => 3_000..=40_000i64,
         1 => 250_000..=400_000i64,
         1 => Just(3_700_000i64),
+        // Across the first UTC midnight (T0 is 22:13 UTC): a pool member's daily cap starts over.
+        1 => Just(6_500_000i64),
     ];
     prop_oneof![
         1 => Just(Op::Nop),
@@ -845,6 +916,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::ExpireReservations),
         2 => Just(Op::Snapshot),
         5 => restart_op(),
+        8 => pool_ops(),
     ]
 }
 
@@ -950,6 +1022,38 @@ enum Req {
     },
     ExpireReservations,
     Snapshot,
+    PutPool {
+        t: usize,
+        pool: &'static str,
+        currency: Option<Currency>,
+    },
+    CreditPool {
+        t: usize,
+        pool: &'static str,
+        amount: i64,
+        key: Key,
+    },
+    SetMember {
+        t: usize,
+        user: &'static str,
+        pool: &'static str,
+        cap: Option<i64>,
+    },
+    RemoveMember {
+        t: usize,
+        user: &'static str,
+    },
+}
+
+/// A credit to a pool, as both sides are asked it.
+fn pool_credit(pool: &'static str, amount: i64) -> PoolCreditRequest<'static> {
+    PoolCreditRequest {
+        pool,
+        amount,
+        kind: CreditKind::Grant,
+        reason: Some("prepaid"),
+        reference: None,
+    }
 }
 
 fn fingerprint(number: u8) -> Fingerprint {
@@ -1149,6 +1253,27 @@ fn invalid_field(req: &Req) -> Option<&'static str> {
             ((0..=MAX_AMOUNT).contains(&limit), "overdraft_limit"),
         ],
         Req::PutAction { cost, .. } => vec![amount("cost", cost)],
+        Req::PutPool { pool: p, .. } => vec![(!p.contains('/'), "pool_id")],
+        Req::CreditPool {
+            pool: p,
+            amount: a,
+            key: k,
+            ..
+        } => vec![(!p.contains('/'), "pool_id"), amount("amount", a), key(k)],
+        Req::SetMember {
+            user: u,
+            pool: p,
+            cap,
+            ..
+        } => vec![
+            user(u),
+            (!p.contains('/'), "pool_id"),
+            (
+                cap.is_none_or(|cap| (0..=MAX_AMOUNT).contains(&cap)),
+                "daily_cap",
+            ),
+        ],
+        Req::RemoveMember { user: u, .. } => vec![user(u)],
         _ => Vec::new(),
     };
     checks
@@ -1306,12 +1431,13 @@ impl Model {
         let reservation = |reservation: &ReservationRef| -> (usize, Lsn) {
             match reservation {
                 ReservationRef::Bogus(t) => (*t, BOGUS_RESERVATION),
-                ReservationRef::Own(_) | ReservationRef::Foreign(_)
+                ReservationRef::Own(_) | ReservationRef::Foreign(_) | ReservationRef::Last
                     if self.reservations.is_empty() =>
                 {
                     (0, BOGUS_RESERVATION)
                 }
                 ReservationRef::Own(index) => *index.get(&self.reservations),
+                ReservationRef::Last => *self.reservations.last().expect("not empty"),
                 ReservationRef::Foreign(index) => {
                     let (t, id) = *index.get(&self.reservations);
                     (1 - t, id)
@@ -1466,6 +1592,27 @@ impl Model {
             },
             Op::ExpireReservations => Req::ExpireReservations,
             Op::Snapshot => Req::Snapshot,
+            Op::PutPool { t, p, cur } => Req::PutPool {
+                t: *t,
+                pool: POOLS[*p],
+                currency: cur.currency(),
+            },
+            Op::CreditPool { t, p, amount, key } => Req::CreditPool {
+                t: *t,
+                pool: POOLS[*p],
+                amount: *amount,
+                key: resolve_key(key),
+            },
+            Op::SetMember { t, u, p, cap } => Req::SetMember {
+                t: *t,
+                user: USERS[*u],
+                pool: POOLS[*p],
+                cap: *cap,
+            },
+            Op::RemoveMember { t, u } => Req::RemoveMember {
+                t: *t,
+                user: USERS[*u],
+            },
             Op::Nop | Op::Advance { .. } | Op::AdvanceToExpiry { .. } | Op::Restart(_) => {
                 unreachable!("handled by the runner, not sent as a request")
             }
@@ -1557,6 +1704,28 @@ impl Model {
                 .map(Answer::Lsn),
             Req::ExpireReservations => Ok(Answer::Expired(self.expire_all())),
             Req::Snapshot => Ok(Answer::Snapshot),
+            Req::PutPool { t, pool, currency } => model
+                .put_pool(history, &limits, TENANTS[t], pool, (None, currency))
+                .map(upserted),
+            Req::CreditPool {
+                t,
+                pool,
+                amount,
+                key,
+            } => answer(model.credit_pool(
+                history,
+                &limits,
+                TENANTS[t],
+                &pool_credit(pool, amount),
+                key,
+                now_ms,
+            )),
+            Req::SetMember { t, user, pool, cap } => model
+                .set_pool_member(history, &limits, TENANTS[t], (user, pool, cap), now_ms)
+                .map(Answer::Lsn),
+            Req::RemoveMember { t, user } => model
+                .remove_pool_member(history, TENANTS[t], user, now_ms)
+                .map(Answer::Lsn),
         }
     }
 
@@ -1826,6 +1995,23 @@ impl Harness {
             Req::ExpireReservations => engine
                 .expire_reservations(self.clock.now_ms())
                 .map(Answer::Expired),
+            Req::PutPool { t, pool, currency } => engine
+                .put_pool(&self.tenants[t], pool, None, currency, &admin)
+                .map(|(created, lsn)| Answer::Upserted { created, lsn }),
+            Req::CreditPool {
+                t,
+                pool,
+                amount,
+                key,
+            } => engine
+                .credit_pool(&self.tenants[t], &pool_credit(pool, amount), &context(key))
+                .map(Answer::Done),
+            Req::SetMember { t, user, pool, cap } => engine
+                .set_pool_member(&self.tenants[t], user, pool, cap, &admin)
+                .map(Answer::Lsn),
+            Req::RemoveMember { t, user } => engine
+                .remove_pool_member(&self.tenants[t], user, &admin)
+                .map(Answer::Lsn),
             Req::Snapshot => {
                 engine
                     .snapshot()
@@ -1903,9 +2089,46 @@ fn check_state(h: &Harness, model: &Model) -> Result<(), String> {
                 "{id} catalogue: engine {actions:?}, model {model_actions:?}"
             ));
         }
+        for pool in &POOLS[..VALID_POOLS] {
+            let found = engine
+                .pool(tenant, pool)
+                .map(|p| (p.currency, p.balance, p.reserved, p.members, p.drawn_today));
+            let day = day_of(model.now_ms);
+            let expected = mt
+                .pools
+                .get(pool)
+                .map(|p| {
+                    let drawn = p.members.values().map(|m| m.drawn_on(day)).sum::<i64>();
+                    (p.currency, p.balance, p.reserved, p.members.len(), drawn)
+                })
+                .ok_or(EngineError::NotFound(Missing::Pool));
+            if found != expected {
+                problems.push(format!(
+                    "{id} pool {pool} (currency, balance, reserved, members, drawn today): \
+                     engine {found:?}, model {expected:?}"
+                ));
+            }
+        }
         for user in &USERS[..VALID_USERS] {
             let who = format!("{id}/{user}");
             let modeled = mt.users.get(user);
+            let found = engine.membership(tenant, user).map(|membership| {
+                membership.map(|m| (m.pool_id, m.daily_cap, m.drawn_today, m.available_to_user))
+            });
+            let expected = match modeled {
+                None => Err(EngineError::NotFound(Missing::User)),
+                Some(account) => Ok(account.pool.map(|pool| {
+                    let allowance = model.shared.allowance(id, user, pool, model.now_ms, true);
+                    let cap = mt.pools[pool].members[user].daily_cap;
+                    (pool.to_owned(), cap, allowance.drawn, allowance.available)
+                })),
+            };
+            if found != expected {
+                problems.push(format!(
+                    "{who} membership (pool, cap, drawn today, available to it): engine \
+                     {found:?}, model {expected:?}"
+                ));
+            }
             for currency in [credits(), usd()] {
                 let engine_wallet = tenant
                     .wallet(user, Some(currency))
@@ -2206,6 +2429,27 @@ fn run(ops: &[Op]) -> Result<(), String> {
             long_text: false,
         });
     }
+    // A pool in each tenant, in credits, with a member: u1 of acme with a cap, u0 of beta
+    // without one.
+    for (t, user, cap) in [(0, "u1", Some(25)), (1, "u0", None)] {
+        setup.push(Req::PutPool {
+            t,
+            pool: POOLS[0],
+            currency: Some(credits()),
+        });
+        setup.push(Req::CreditPool {
+            t,
+            pool: POOLS[0],
+            amount: 40,
+            key: None,
+        });
+        setup.push(Req::SetMember {
+            t,
+            user,
+            pool: POOLS[0],
+            cap,
+        });
+    }
     for req in &setup {
         exchange(&h, &mut model, req, true, &mut trace)?;
     }
@@ -2332,5 +2576,48 @@ fn overdraft_change_sees_expired_reservations_as_released() {
             cur: Cur::Default,
             limit: 0,
         },
+    ]);
+}
+
+/// A pool member's hold placed before UTC midnight and captured after it below what it held: the
+/// unused part went back to the pool, not to the new day's allowance (the hold counted on the
+/// day it was placed), and a second hold the next day counts against the new day's cap.
+#[test]
+fn a_pool_hold_counts_on_the_day_it_was_placed() {
+    let spend = |amount| Op::Debit {
+        t: 0,
+        u: 1,
+        spend: SpendGen::Amount(amount),
+        cur: Cur::Default,
+        key: None,
+        dry_run: false,
+        long_text: false,
+    };
+    let reserve = |amount| Op::Reserve {
+        t: 0,
+        u: 1,
+        spend: SpendGen::Amount(amount),
+        cur: Cur::Default,
+        ttl: Some(MAX_TTL_SECONDS),
+        key: None,
+        dry_run: false,
+    };
+    let capture = |quarters| Op::Capture {
+        reservation: ReservationRef::Last,
+        amount: CaptureAmount::Partial(quarters),
+        key: None,
+    };
+    assert_runs(&[
+        // u1's own 60, then 10 from the pool (cap 25).
+        spend(70),
+        reserve(12),
+        Op::Advance { ms: 6_500_000 },
+        capture(1),
+        reserve(24),
+        spend(2),
+        Op::Restart(Restart::Crash {
+            inflight: Some(Box::new(capture(2))),
+            tail: TailKeep::Everything,
+        }),
     ]);
 }

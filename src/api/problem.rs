@@ -53,6 +53,15 @@ impl Problem {
         self
     }
 
+    /// Adds `pool_available` (what the user's credit pool could still give) to a 402 of a pool
+    /// member.
+    fn with_pool_available(self, pool_available: Option<i64>) -> Problem {
+        match pool_available {
+            Some(credits) => self.with("pool_available", credits),
+            None => self,
+        }
+    }
+
     /// Adds a response header.
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Problem {
         self.headers.push((name, value));
@@ -188,6 +197,7 @@ impl Problem {
         .with("overdraft_limit", shortfall.overdraft_limit)
         .with("spendable", shortfall.spendable)
         .with("required", shortfall.required)
+        .with_pool_available(shortfall.pool_available)
     }
 
     /// 403 `grant-cap-exceeded`: a service key's grants today would pass its daily cap.
@@ -387,6 +397,12 @@ fn insufficient_detail(shortfall: &Shortfall, decimals: u8) -> String {
     } else if shortfall.available < 0 {
         detail.push_str(&format!(" ({} available)", number(shortfall.available)));
     }
+    if let Some(pool) = shortfall.pool_available {
+        detail.push_str(&format!(
+            "; {} of that from the credit pool",
+            number(pool.max(0))
+        ));
+    }
     detail
 }
 
@@ -429,6 +445,18 @@ fn not_found(missing: Missing) -> Problem {
             "auto-topup-not-found",
             "No automatic top-up",
             "the wallet has no automatic top-up rule",
+        ),
+        Missing::Pool => Problem::new(
+            S::NOT_FOUND,
+            "pool-not-found",
+            "Pool not found",
+            "no such credit pool in this tenant",
+        ),
+        Missing::PoolMember => Problem::new(
+            S::NOT_FOUND,
+            "pool-member-not-found",
+            "Not a pool member",
+            "the user draws on no credit pool",
         ),
     }
 }

@@ -18,8 +18,8 @@ use http::Method;
 use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
-    audit, catalogue, entries, health, payment_history, payments, reports, reservations, sandbox,
-    tenants, users,
+    audit, catalogue, entries, health, payment_history, payments, pools, reports, reservations,
+    sandbox, tenants, users,
 };
 use crate::config::Role;
 
@@ -104,6 +104,9 @@ route_table! {
     ListReservations:  "GET"    "/v1/users/{user_id}/reservations"          Service  => reservations::list_reservations;
     Revoke:            "POST"   "/v1/users/{user_id}/revoke"                Admin    => users::revoke;
     PutOverdraft:      "PUT"    "/v1/users/{user_id}/overdraft"             Admin    => users::put_overdraft;
+    GetMembership:     "GET"    "/v1/users/{user_id}/pool"                  Service  => pools::get_membership;
+    PutMembership:     "PUT"    "/v1/users/{user_id}/pool"                  Admin    => pools::put_membership;
+    DeleteMembership:  "DELETE" "/v1/users/{user_id}/pool"                  Admin    => pools::delete_membership;
     BatchDebit:        "POST"   "/v1/debits/batch"                          Service  => users::batch_debit;
     GetReservation:    "GET"    "/v1/reservations/{reservation_id}"         Service  => reservations::get_reservation;
     Capture:           "POST"   "/v1/reservations/{reservation_id}/capture" Service  => reservations::capture;
@@ -118,6 +121,12 @@ route_table! {
     PutPackage:        "PUT"    "/v1/packages/{package_id}"                 Admin    => catalogue::put_package;
     DeletePackage:     "DELETE" "/v1/packages/{package_id}"                 Admin    => catalogue::delete_package;
     Bootstrap:         "GET"    "/v1/billing/bootstrap/{user_id}"           Service  => catalogue::bootstrap;
+    ListPools:         "GET"    "/v1/pools"                                 Admin    => pools::list_pools;
+    GetPool:           "GET"    "/v1/pools/{pool_id}"                       Admin    => pools::get_pool;
+    PutPool:           "PUT"    "/v1/pools/{pool_id}"                       Admin    => pools::put_pool;
+    CreditPool:        "POST"   "/v1/pools/{pool_id}/credit"                Admin    => pools::credit_pool;
+    ListPoolMembers:   "GET"    "/v1/pools/{pool_id}/members"               Admin    => pools::list_pool_members;
+    ListPoolEntries:   "GET"    "/v1/pools/{pool_id}/entries"               Admin    => pools::list_pool_entries;
     ListTenants:       "GET"    "/v1/tenants"                               Platform => tenants::list_tenants;
     GetTenant:         "GET"    "/v1/tenants/{tenant_id}"                   Platform => tenants::get_tenant;
     PutTenant:         "PUT"    "/v1/tenants/{tenant_id}"                   Platform => tenants::put_tenant;
@@ -496,6 +505,9 @@ mod tests {
             ("/v1/actions/a", "GET, PUT, DELETE"),
             ("/v1/packages/p", "GET, PUT, DELETE"),
             ("/v1/tenants/t", "GET, PUT"),
+            ("/v1/pools/p", "GET, PUT"),
+            ("/v1/pools/p/credit", "POST"),
+            ("/v1/users/u/pool", "GET, PUT, DELETE"),
             ("/v1/payments/initialize", "POST"),
             ("/v1/payments/r", "GET"),
             ("/sandbox/checkout/r", "GET, POST"),

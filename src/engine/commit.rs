@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 use super::event::{Event, Meta};
 use super::idempotency::{self, Begin, Claim, Done, IdempotencyKey};
-use super::state::{Account, Tenant};
+use super::state::{Account, Pool, Tenant};
 use super::types::{EngineError, Invalid, Lsn};
 use super::Engine;
 use crate::codec;
@@ -115,6 +115,61 @@ impl Engine {
         })
     }
 
+    /// Queues a member's spend that the user's pool shares in, applies it to the locked account
+    /// and the locked pool, updates the reservation index and finishes the idempotency claim.
+    /// Runs under the user's lock, then the pool's (the lock order of `state`), both held until
+    /// the record is applied to both, so a snapshot that copies either sees all of it or none.
+    #[inline]
+    pub(super) fn commit_shared(
+        &self,
+        tenant: &Tenant,
+        account: &mut Account,
+        pool: &mut Pool,
+        event: &Event<'_>,
+        claim: Option<Claim<'_>>,
+    ) -> Result<Done, EngineError> {
+        let lsn = self.append(event)?;
+        let change = match account.apply(lsn, event) {
+            Ok(change) => change,
+            Err(mismatch) => return Err(self.internal_error(lsn, &mismatch.0)),
+        };
+        if let Err(mismatch) = pool.apply(lsn, event) {
+            return Err(self.internal_error(lsn, &mismatch.0));
+        }
+        let meta = event.meta();
+        let user = event.wallet().map_or("", |wallet| wallet.user);
+        tenant.index_reservation(user, change, meta.time_ms);
+        let Some(outcome) = event.outcome(lsn) else {
+            return Err(self.internal_error(lsn, "wallet event without an outcome"));
+        };
+        if let Some(claim) = claim {
+            claim.complete(lsn, meta.time_ms, outcome);
+        }
+        Ok(Done {
+            lsn,
+            outcome,
+            replayed: false,
+        })
+    }
+
+    /// Queues an event of a pool alone (created, renamed, credited) and applies it to the locked
+    /// pool; finishes the idempotency claim of one that has an outcome. Runs under the pool's lock.
+    pub(super) fn commit_pool(
+        &self,
+        pool: &mut Pool,
+        event: &Event<'_>,
+        claim: Option<Claim<'_>>,
+    ) -> Result<Lsn, EngineError> {
+        let lsn = self.append(event)?;
+        if let Err(mismatch) = pool.apply(lsn, event) {
+            return Err(self.internal_error(lsn, &mismatch.0));
+        }
+        if let (Some(claim), Some(outcome)) = (claim, event.outcome(lsn)) {
+            claim.complete(lsn, event.meta().time_ms, outcome);
+        }
+        Ok(lsn)
+    }
+
     /// Queues a user-level event and applies it to the locked account, the reservation index and
     /// the payments map. Runs under the user's shard lock.
     #[inline]
@@ -124,6 +179,11 @@ impl Engine {
         account: &mut Account,
         event: &Event<'_>,
     ) -> Result<Lsn, EngineError> {
+        // A pool's part would be lost here: a member's spend goes through `commit_shared`.
+        debug_assert!(
+            event.pool_share().is_none(),
+            "a pool share without its pool"
+        );
         let lsn = self.append(event)?;
         let change = match account.apply(lsn, event) {
             Ok(change) => change,

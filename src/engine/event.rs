@@ -173,6 +173,32 @@ pub(crate) struct MethodRecord<'a> {
     pub label: Option<&'a str>,
 }
 
+/// A credit pool's part in a spend by one of its members: the pool's side of the one record that
+/// changes both the member's wallet and the pool (see [`crate::engine::state`] on the lock order).
+/// Which fields move depends on the event: a debit pays (`charged`), a reservation holds
+/// (`held`), a capture lets go of its hold and pays (`released`, `charged`), a release lets go
+/// (`released`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolShare<'a> {
+    /// The pool's id.
+    pub pool: &'a str,
+    /// What the pool held for the reservation this record closes (captures, releases).
+    pub released: i64,
+    /// What the pool holds from now on for the reservation this record places.
+    pub held: i64,
+    /// What the pool pays now (debits, captures).
+    pub charged: i64,
+    /// The pool's balance after.
+    pub balance_after: i64,
+    /// The pool's reserved after.
+    pub reserved_after: i64,
+    /// How the member's draws of the record's UTC day moved: up by what the pool holds or pays
+    /// beyond an earlier hold, down by the unused part of a hold placed the same day.
+    pub counted: i64,
+    /// The member's draws of that day after.
+    pub drawn_after: i64,
+}
+
 /// One change to the engine's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event<'a> {
@@ -246,6 +272,9 @@ pub enum Event<'a> {
         /// The catalogue action, for debits by action.
         #[serde(borrow)]
         action: Option<ActionUse<'a>>,
+        /// The user's credit pool's part, when the pool pays or holds some of it.
+        #[serde(borrow)]
+        pool: Option<PoolShare<'a>>,
         /// Who, when, why.
         #[serde(borrow)]
         meta: Meta<'a>,
@@ -266,6 +295,9 @@ pub enum Event<'a> {
         /// The catalogue action, for reservations by action.
         #[serde(borrow)]
         action: Option<ActionUse<'a>>,
+        /// The user's credit pool's part, when the pool pays or holds some of it.
+        #[serde(borrow)]
+        pool: Option<PoolShare<'a>>,
         /// Who, when, why.
         #[serde(borrow)]
         meta: Meta<'a>,
@@ -290,6 +322,9 @@ pub enum Event<'a> {
         /// The catalogue action the reservation was made for.
         #[serde(borrow)]
         action: Option<ActionUse<'a>>,
+        /// The user's credit pool's part, when the pool pays or holds some of it.
+        #[serde(borrow)]
+        pool: Option<PoolShare<'a>>,
         /// Who, when, why.
         #[serde(borrow)]
         meta: Meta<'a>,
@@ -322,6 +357,9 @@ pub enum Event<'a> {
         reserved_after: i64,
         /// Available after.
         available_after: i64,
+        /// The user's credit pool's part, when the pool pays or holds some of it.
+        #[serde(borrow)]
+        pool: Option<PoolShare<'a>>,
         /// Who and when.
         #[serde(borrow)]
         meta: Meta<'a>,
@@ -524,6 +562,67 @@ pub enum Event<'a> {
         #[serde(borrow)]
         meta: Meta<'a>,
     },
+    /// A credit pool was created or renamed.
+    PoolPut {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// Display name.
+        #[serde(borrow)]
+        name: Option<&'a str>,
+        /// The pool's currency, fixed when it is created.
+        currency: Currency,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// Credits were added to a credit pool.
+    PoolCredited {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// The pool's currency.
+        currency: Currency,
+        /// Why.
+        kind: CreditKind,
+        /// How many, > 0.
+        amount: i64,
+        /// The pool's balance after.
+        balance_after: i64,
+        /// The pool's available after.
+        available_after: i64,
+        /// Who, when, why.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A user draws on a credit pool from now on, or its daily cap changed.
+    PoolMemberSet {
+        /// Tenant id.
+        tenant: &'a str,
+        /// The user.
+        user: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// The most the user may draw from the pool per UTC day; none: no cap.
+        daily_cap: Option<i64>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A user no longer draws on its credit pool.
+    PoolMemberRemoved {
+        /// Tenant id.
+        tenant: &'a str,
+        /// The user.
+        user: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
 }
 
 impl<'a> Event<'a> {
@@ -536,7 +635,11 @@ impl<'a> Event<'a> {
             | Event::ActionDeleted { tenant, .. }
             | Event::PackagePut { tenant, .. }
             | Event::PackageDeleted { tenant, .. }
-            | Event::TenantWebhookSet { tenant, .. } => tenant,
+            | Event::TenantWebhookSet { tenant, .. }
+            | Event::PoolPut { tenant, .. }
+            | Event::PoolCredited { tenant, .. }
+            | Event::PoolMemberSet { tenant, .. }
+            | Event::PoolMemberRemoved { tenant, .. } => tenant,
             Event::PaymentUnmatched { .. } => "",
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
@@ -581,7 +684,11 @@ impl<'a> Event<'a> {
             | Event::AutoTopupDisabled { meta, .. }
             | Event::TenantWebhookSet { meta, .. }
             | Event::PaymentCheckoutOpened { meta, .. }
-            | Event::PaymentMethodSaved { meta, .. } => meta,
+            | Event::PaymentMethodSaved { meta, .. }
+            | Event::PoolPut { meta, .. }
+            | Event::PoolCredited { meta, .. }
+            | Event::PoolMemberSet { meta, .. }
+            | Event::PoolMemberRemoved { meta, .. } => meta,
         }
     }
 
@@ -626,11 +733,13 @@ impl<'a> Event<'a> {
                 amount,
                 balance_after,
                 available_after,
+                pool,
                 ..
             } => Outcome::Debit {
                 entry_id: lsn,
                 kind,
                 charged: amount,
+                from_pool: pool.map_or(0, |pool| pool.charged),
                 balance: balance_after,
                 available: available_after,
             },
@@ -638,10 +747,12 @@ impl<'a> Event<'a> {
                 amount,
                 expires_at_ms,
                 available_after,
+                pool,
                 ..
             } => Outcome::Reserve {
                 reservation_id: lsn,
                 amount,
+                from_pool: pool.map_or(0, |pool| pool.held),
                 expires_at_ms,
                 available: available_after,
             },
@@ -650,10 +761,12 @@ impl<'a> Event<'a> {
                 charged,
                 balance_after,
                 available_after,
+                pool,
                 ..
             } => Outcome::Capture {
                 entry_id: lsn,
                 charged,
+                from_pool: pool.map_or(0, |pool| pool.charged),
                 released: held.saturating_sub(charged).max(0),
                 balance: balance_after,
                 available: available_after,
@@ -676,7 +789,49 @@ impl<'a> Event<'a> {
                 released: amount,
                 available: available_after,
             },
+            Event::PoolCredited {
+                amount,
+                balance_after,
+                available_after,
+                ..
+            } => Outcome::Credit {
+                entry_id: lsn,
+                amount,
+                balance: balance_after,
+                available: available_after,
+            },
             _ => return None,
         })
+    }
+
+    /// The pool a member's spend draws on, with the pool's part of it.
+    pub fn pool_share(&self) -> Option<&PoolShare<'a>> {
+        match self {
+            Event::Debited { pool, .. }
+            | Event::ReservationPlaced { pool, .. }
+            | Event::ReservationCaptured { pool, .. }
+            | Event::ReservationReleased { pool, .. } => pool.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The pool the event changes, if any: a pool's own events, a membership, a member's spend
+    /// with a pool part.
+    pub fn pool(&self) -> Option<&'a str> {
+        match *self {
+            Event::PoolPut { pool, .. }
+            | Event::PoolCredited { pool, .. }
+            | Event::PoolMemberSet { pool, .. }
+            | Event::PoolMemberRemoved { pool, .. } => Some(pool),
+            _ => self.pool_share().map(|share| share.pool),
+        }
+    }
+
+    /// The user a membership event changes.
+    pub fn member(&self) -> Option<&'a str> {
+        match *self {
+            Event::PoolMemberSet { user, .. } | Event::PoolMemberRemoved { user, .. } => Some(user),
+            _ => None,
+        }
     }
 }

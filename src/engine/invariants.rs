@@ -1,9 +1,12 @@
 //! The invariants of DESIGN.md that can be checked on a state at rest, after recovery and by tests:
 //! every wallet's reserved amount equals its open reservations and is not negative, no wallet is
 //! below its floor unless a chargeback took it there (and it is marked so), the reservation index
-//! agrees with the users, and no entity or idempotency key
-//! refers to a record the log does not have. (Conservation, balance = credits − debits, is proven
-//! record by record as replay applies each event against the balance it recorded.)
+//! agrees with the users, and no entity or idempotency key refers to a record the log does not
+//! have. For credit pools: a pool's balance equals its credits minus what it paid, its reserved
+//! amount equals what it holds for its members' open reservations and never exceeds its balance,
+//! no member is above its daily cap, and a pool's members and the users that draw on it are the
+//! same. (Conservation, balance = credits − debits, is also proven record by record as replay
+//! applies each event against the balance it recorded.)
 
 use std::collections::HashMap;
 
@@ -38,6 +41,8 @@ pub struct Figures {
     pub idempotency_keys: u64,
     /// Payments remembered.
     pub payments: u64,
+    /// Credit pools.
+    pub pools: u64,
 }
 
 /// Checks every invariant on `state`, whose log continues at `next_lsn`; counts what it saw.
@@ -86,12 +91,29 @@ fn check_tenant(
             "catalogue changed by a record the log does not have".into(),
         ));
     }
+    // Who draws on which pool, and what the pool holds for them: gathered from the users first,
+    // so that no user lock is taken under a pool lock.
+    let mut drawers: HashMap<String, (String, i64)> = HashMap::new();
     for entry in tenant.users.iter() {
         let (user, account) = (entry.key().as_str(), entry.value());
         figures.users += 1;
         check_account(state, tenant, user, account, next_lsn, figures)
             .map_err(|detail| (user.to_owned(), detail))?;
+        let pool_held = account
+            .reservations()
+            .iter()
+            .fold(0i64, |sum, r| sum.saturating_add(r.pool_amount));
+        match account.pool() {
+            Some(pool) => {
+                drawers.insert(user.to_owned(), (pool.to_owned(), pool_held));
+            }
+            None if pool_held != 0 => {
+                return Err((user.to_owned(), "a pool holds for a user of no pool".into()));
+            }
+            None => {}
+        }
     }
+    check_pools(tenant, &drawers, next_lsn, figures)?;
     let open_indexed = tenant
         .reservations
         .iter()
@@ -117,6 +139,85 @@ fn check_tenant(
             }
             figures.idempotency_keys += 1;
         }
+    }
+    Ok(())
+}
+
+/// A tenant's pools: each against what its members hold and drew, and the users that draw on
+/// it (`drawers`: user → its pool and what its pool holds for it).
+fn check_pools(
+    tenant: &Tenant,
+    drawers: &HashMap<String, (String, i64)>,
+    next_lsn: Lsn,
+    figures: &mut Figures,
+) -> Result<(), Broken> {
+    let broken = |pool: &str, detail: String| (String::new(), format!("pool {pool:?}: {detail}"));
+    let mut members_seen = 0usize;
+    for entry in tenant.pools.iter() {
+        let (id, pool) = (entry.key().as_str(), entry.value());
+        figures.pools += 1;
+        if pool.last_lsn >= next_lsn {
+            return Err(broken(
+                id,
+                format!("last change at LSN {} ≥ next LSN {next_lsn}", pool.last_lsn),
+            ));
+        }
+        if pool.credited.checked_sub(pool.paid) != Some(pool.balance) {
+            return Err(broken(
+                id,
+                format!(
+                    "balance {} ≠ credits {} − paid {}",
+                    pool.balance, pool.credited, pool.paid
+                ),
+            ));
+        }
+        if pool.reserved < 0 || pool.reserved > pool.balance {
+            return Err(broken(
+                id,
+                format!(
+                    "reserved {} outside 0..=balance {}",
+                    pool.reserved, pool.balance
+                ),
+            ));
+        }
+        let mut held = 0i64;
+        for (user, member) in &pool.members {
+            members_seen += 1;
+            let Some((drawn_on, pool_held)) = drawers.get(user.as_str()) else {
+                return Err(broken(id, format!("member {user:?} draws on no pool")));
+            };
+            if drawn_on != id {
+                return Err(broken(
+                    id,
+                    format!("member {user:?} draws on pool {drawn_on:?}"),
+                ));
+            }
+            held = held.saturating_add(*pool_held);
+            if member.drawn < 0 || member.daily_cap.is_some_and(|cap| member.drawn > cap) {
+                return Err(broken(
+                    id,
+                    format!(
+                        "member {user:?} drew {} on day {}, above its cap {:?}",
+                        member.drawn, member.day, member.daily_cap
+                    ),
+                ));
+            }
+        }
+        if held != pool.reserved {
+            return Err(broken(
+                id,
+                format!("reserved {} ≠ held for its members {held}", pool.reserved),
+            ));
+        }
+    }
+    if members_seen != drawers.len() {
+        return Err((
+            String::new(),
+            format!(
+                "{} users draw on a pool, the pools have {members_seen} members",
+                drawers.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -185,9 +286,16 @@ fn check_reservations(
                 reservation.id, reservation.amount
             ));
         }
+        if reservation.pool_amount < 0 || reservation.pool_amount > reservation.amount {
+            return Err(format!(
+                "reservation {} holds {} of which its pool {}",
+                reservation.id, reservation.amount, reservation.pool_amount
+            ));
+        }
+        // The wallet holds what the user's pool does not.
         let sum = held.entry(reservation.currency).or_default();
         *sum = sum
-            .checked_add(reservation.amount)
+            .checked_add(reservation.wallet_amount())
             .ok_or_else(|| "reserved overflows".to_owned())?;
         let indexed = tenant
             .reservations
@@ -255,6 +363,7 @@ impl Engine {
                 figures.wallets += entry.wallets().count() as u64;
                 figures.reservations_open += entry.reservations().len() as u64;
             }
+            figures.pools += tenant.pools.len() as u64;
         }
         figures.idempotency_keys = self.idempotency_entries();
         figures

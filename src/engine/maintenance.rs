@@ -90,6 +90,8 @@ fn snapshot_if_due(engine: &Engine, _: &mut State) {
         if let Err(error) = engine.snapshot() {
             tracing::error!(%error, "snapshot failed");
         }
+    } else if engine.is_writable() {
+        engine.prune_if_holds_moved();
     }
 }
 

@@ -46,15 +46,15 @@ pub use invariants::{Figures, InvariantViolation};
 pub(crate) use ops::is_http_url;
 pub use ops::{
     check_currencies, check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest,
-    FieldChange, PackageSpec, ProfileChange, ProfileUpdate, ReserveRequest, RevokeRequest, Spend,
-    TenantSpec,
+    FieldChange, PackageSpec, PoolCreditRequest, ProfileChange, ProfileUpdate, ReserveRequest,
+    RevokeRequest, Spend, TenantSpec,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};
 pub use state::Tenant;
 pub use view::{
-    ActionView, PackageView, ReservationState, ReservationView, StateImage, TenantView, UserView,
-    WalletView,
+    ActionView, MembershipView, PackageView, PoolMemberView, PoolView, ReservationState,
+    ReservationView, StateImage, TenantView, UserView, WalletView,
 };
 
 use crate::codec;
@@ -162,6 +162,9 @@ pub struct Engine {
     options: EngineOptions,
     clock: Arc<dyn Clock>,
     snapshots: Mutex<SnapshotProgress>,
+    /// Held while old snapshots and segments are removed; the first LSN the retention holds kept
+    /// at the last removal (none before the first).
+    pruning: Mutex<Option<u64>>,
     tokens: AtomicU64,
     recovery: RecoveryReport,
     background: Mutex<Option<maintenance::Background>>,
@@ -243,6 +246,7 @@ impl Engine {
                 last_start_lsn: recovered.report.snapshot_start_lsn.unwrap_or(0),
                 last_finished: Instant::now(),
             }),
+            pruning: Mutex::new(None),
             tokens: AtomicU64::new(1),
             recovery: recovered.report,
             background: Mutex::new(None),

@@ -322,6 +322,7 @@ fn log_recovered(report: &RecoveryReport) {
         users = figures.users,
         wallets = figures.wallets,
         reservations = figures.reservations_open,
+        pools = figures.pools,
         "recovered"
     );
 }

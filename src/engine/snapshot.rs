@@ -1,11 +1,13 @@
 //! Fuzzy snapshots of the engine's state, and loading them back.
 //!
 //! A snapshot notes the next LSN `S` first, then copies tenants, then users shard by shard (each
-//! shard read-locked only while its users are encoded), then closed reservations and idempotency
-//! keys. Debits carry on meanwhile, so a user copied late may already include records at or after
-//! `S`; it carries its own last LSN and replay skips what it has seen. Users are copied before
-//! idempotency keys on purpose: a key is finished under its user's lock, so every record before `S`
-//! that the users include has its key in the table by the time the table is copied.
+//! shard read-locked only while its users are encoded), then credit pools, then closed
+//! reservations and idempotency keys. Debits carry on meanwhile, so a user or a pool copied late
+//! may already include records at or after `S`; each carries its own last LSN and replay skips,
+//! for each, what it has seen (a member's spend changes both: replay applies each side to the
+//! entity that has not seen it). Users and pools are copied before idempotency keys on purpose: a
+//! key is finished under its user's lock (and a pool's credit under the pool's), so every record
+//! before `S` that they include has its key in the table by the time the table is copied.
 //!
 //! Before the file is renamed into place, every record the copy may include is made durable, so a
 //! snapshot never holds an effect the log could lose.
@@ -24,7 +26,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::state::{
-    Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry,
+    Account, AccountExtra, Catalogue, IdempotencyEntry, IdempotencyState, PaymentEntry, Pool,
     ReservationEntry, ReservationPhase, ShardedMap, State, TallyImage, Tenant, Wallet,
 };
 use super::types::{Fingerprint, Lsn, Outcome};
@@ -84,6 +86,10 @@ enum ChunkHead<'a> {
     GrantTallies {
         count: u32,
     },
+    Pools {
+        tenant: &'a str,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +100,7 @@ struct Totals {
     idempotency_keys: u64,
     payments: u64,
     grant_tallies: u64,
+    pools: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +124,13 @@ struct PaymentImage<'a> {
     reference: &'a str,
     #[serde(borrow)]
     entry: Cow<'a, PaymentEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PoolImage<'a> {
+    id: &'a str,
+    #[serde(borrow)]
+    pool: Cow<'a, Pool>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -220,8 +234,8 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Writes every chunk of the snapshot: tenants, users, closed reservations, keys, payments,
-    /// grant tallies (copied when the snapshot started), end.
+    /// Writes every chunk of the snapshot: tenants, users, pools, closed reservations, keys,
+    /// payments, grant tallies (copied when the snapshot started), end.
     fn copy_state(
         &self,
         writer: &mut SnapshotWriter,
@@ -244,6 +258,9 @@ impl Engine {
         }
         for tenant in &tenants {
             totals.users += copy_users(&mut chunker, tenant)?;
+        }
+        for tenant in &tenants {
+            totals.pools += copy_pools(&mut chunker, tenant)?;
         }
         for tenant in &tenants {
             totals.closed_reservations += copy_closed_reservations(&mut chunker, tenant)?;
@@ -297,9 +314,28 @@ impl Engine {
                     >= self.options.snapshot_every_seconds)
     }
 
+    /// Removes the segments a retention hold kept at the last removal and no longer needs: a
+    /// reader of the log (the history) that was behind when the last snapshot pruned has moved on
+    /// since, and no new record may come to trigger another snapshot. Called by the snapshot
+    /// thread between snapshots; costs a lock and a comparison when no hold moved.
+    pub fn prune_if_holds_moved(&self) {
+        let held = self.retention.keep_from();
+        let moved = self
+            .pruning
+            .try_lock()
+            .is_some_and(|last| last.is_some_and(|last| held.is_none_or(|held| held > last)));
+        if moved {
+            if let Err(error) = self.prune() {
+                tracing::warn!(%error, "removing log segments a retention hold let go failed");
+            }
+        }
+    }
+
     /// Keeps the newest `snapshots_kept` snapshots and the segments the oldest of them, or any
     /// retention hold, needs.
     fn prune(&self) -> std::io::Result<()> {
+        let mut pruning = self.pruning.lock();
+        *pruning = self.retention.keep_from();
         let storage = &self.storage;
         let snapshot_dir = self.options.snapshot_dir();
         let snapshots = snapshot_file::from_listing(&snapshot_dir, &storage.list(&snapshot_dir)?);
@@ -317,6 +353,9 @@ impl Engine {
         for old in snapshots.iter().skip(kept) {
             storage.remove(&old.path)?;
         }
+        if snapshots.len() > kept {
+            storage.sync_dir(&snapshot_dir)?;
+        }
         let wal_dir = self.options.wal_dir();
         let segments = segment::from_listing(&wal_dir, &storage.list(&wal_dir)?);
         let removable = crate::wal::retention::removable(&segments, keep_from);
@@ -324,8 +363,9 @@ impl Engine {
             storage.remove(&segment.path)?;
         }
         let removed = removable.len();
-        storage.sync_dir(&snapshot_dir)?;
-        storage.sync_dir(&wal_dir)?;
+        if removed > 0 {
+            storage.sync_dir(&wal_dir)?;
+        }
         if removed > 0 {
             tracing::debug!(
                 removed,
@@ -380,6 +420,27 @@ fn copy_users(chunker: &mut Chunker<'_>, tenant: &Tenant) -> Result<u64, Snapsho
             if chunker.full() {
                 chunker.flush(&head(chunker.count))?;
             }
+        }
+    }
+    chunker.flush(&head(chunker.count))?;
+    Ok(copied)
+}
+
+/// Writes a tenant's credit pools in `Pools` chunks and returns how many there were.
+fn copy_pools(chunker: &mut Chunker<'_>, tenant: &Tenant) -> Result<u64, SnapshotError> {
+    let head = |count| ChunkHead::Pools {
+        tenant: &tenant.id,
+        count,
+    };
+    let mut copied = 0;
+    for (id, pool) in copy_shards(&tenant.pools).flatten() {
+        chunker.item(&PoolImage {
+            id: &id,
+            pool: Cow::Borrowed(&pool),
+        })?;
+        copied += 1;
+        if chunker.full() {
+            chunker.flush(&head(chunker.count))?;
         }
     }
     chunker.flush(&head(chunker.count))?;
@@ -517,6 +578,11 @@ fn load_chunk(
             load_users(&mut rest, &tenant, count)?;
             counted.users += u64::from(count);
         }
+        ChunkHead::Pools { tenant, count } => {
+            let tenant = tenant_of(tenant)?;
+            load_pools(&mut rest, &tenant, count)?;
+            counted.pools += u64::from(count);
+        }
         ChunkHead::ClosedReservations { tenant, count } => {
             let tenant = tenant_of(tenant)?;
             load_closed_reservations(&mut rest, &tenant, count, reservation_cutoff_ms)?;
@@ -615,6 +681,30 @@ fn load_users(rest: &mut &[u8], tenant: &Tenant, count: u32) -> Result<(), Snaps
             return Err(SnapshotError::Content(format!(
                 "user {:?} appears twice",
                 image.user
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Restores `count` credit pools into `tenant`.
+fn load_pools(rest: &mut &[u8], tenant: &Tenant, count: u32) -> Result<(), SnapshotError> {
+    for _ in 0..count {
+        let image: PoolImage<'_> = next_item(rest)?;
+        if image.pool.last_lsn > crate::wal::MAX_LSN {
+            return Err(SnapshotError::Content(format!(
+                "pool {:?} changed at LSN {}, above the highest ever issued",
+                image.id, image.pool.last_lsn
+            )));
+        }
+        if tenant
+            .pools
+            .insert(CompactString::new(image.id), image.pool.into_owned())
+            .is_some()
+        {
+            return Err(SnapshotError::Content(format!(
+                "pool {:?} appears twice",
+                image.id
             )));
         }
     }

@@ -262,6 +262,9 @@ pub struct Shortfall {
     pub spendable: i64,
     /// What the request needed.
     pub required: i64,
+    /// What the user's credit pool could still give it (its part of the pool's available
+    /// credits within the member's daily cap), when the user draws on a pool in this currency.
+    pub pool_available: Option<i64>,
 }
 
 impl Shortfall {
@@ -280,6 +283,17 @@ impl Shortfall {
             overdraft_limit,
             spendable: spendable(available, overdraft_limit),
             required,
+            pool_available: None,
+        }
+    }
+
+    /// The same shortfall of a pool member whose pool could still give it `pool_available`:
+    /// that part counts in `spendable` too.
+    pub fn with_pool(self, pool_available: i64) -> Shortfall {
+        Shortfall {
+            spendable: self.spendable.saturating_add(pool_available.max(0)),
+            pool_available: Some(pool_available),
+            ..self
         }
     }
 }
@@ -312,6 +326,10 @@ pub enum Missing {
     Reservation,
     /// The wallet has no automatic top-up rule.
     AutoTopup,
+    /// No such credit pool in this tenant.
+    Pool,
+    /// The user draws on no credit pool.
+    PoolMember,
 }
 
 impl Missing {
@@ -324,6 +342,8 @@ impl Missing {
             Missing::Package => "package not found",
             Missing::Reservation => "reservation not found",
             Missing::AutoTopup => "no automatic top-up rule",
+            Missing::Pool => "pool not found",
+            Missing::PoolMember => "the user draws on no pool",
         }
     }
 }
@@ -677,6 +697,8 @@ pub enum Outcome {
         kind: DebitKind,
         /// Credits taken.
         charged: i64,
+        /// Of which the user's credit pool paid.
+        from_pool: i64,
         /// Balance after.
         balance: i64,
         /// Available after.
@@ -688,6 +710,8 @@ pub enum Outcome {
         reservation_id: Lsn,
         /// Credits held.
         amount: i64,
+        /// Of which the user's credit pool holds.
+        from_pool: i64,
         /// When it lapses, Unix milliseconds.
         expires_at_ms: i64,
         /// Available after.
@@ -699,6 +723,8 @@ pub enum Outcome {
         entry_id: Lsn,
         /// Credits charged.
         charged: i64,
+        /// Of which the user's credit pool paid.
+        from_pool: i64,
         /// Credits returned to available.
         released: i64,
         /// Balance after.

@@ -1,6 +1,7 @@
 //! Read-only views of the state, copied out under a read lock so callers never hold one.
 
-use super::state::{Account, ReservationPhase, Tenant, Wallet};
+use super::ops::allowance;
+use super::state::{utc_day, Account, Pool, ReservationPhase, Tenant, Wallet};
 use super::types::{spendable, ClosedAs, Currency, EngineError, Lsn, Missing};
 use super::Engine;
 
@@ -332,6 +333,151 @@ impl Tenant {
     }
 }
 
+/// A credit pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolView {
+    /// Its id.
+    pub pool_id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// The currency of its credits.
+    pub currency: Currency,
+    /// Credits in the pool.
+    pub balance: i64,
+    /// Held by members' open reservations.
+    pub reserved: i64,
+    /// Balance minus reserved: what members may still draw.
+    pub available: i64,
+    /// How many users draw on it.
+    pub members: usize,
+    /// What its members drew (and hold) this UTC day.
+    pub drawn_today: i64,
+    /// Credits ever added.
+    pub credited: i64,
+    /// Credits ever paid for members' spends: `balance = credited − paid`.
+    pub paid: i64,
+}
+
+impl PoolView {
+    fn new(id: &str, pool: &Pool, day: i64) -> PoolView {
+        PoolView {
+            pool_id: id.to_owned(),
+            name: pool.name.as_ref().map(|name| name.to_string()),
+            currency: pool.currency,
+            balance: pool.balance,
+            reserved: pool.reserved,
+            available: pool.available(),
+            members: pool.members.len(),
+            drawn_today: pool.drawn_on(day),
+            credited: pool.credited,
+            paid: pool.paid,
+        }
+    }
+}
+
+/// A member of a credit pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMemberView {
+    /// The user.
+    pub user_id: String,
+    /// The most it may draw per UTC day; none: no cap.
+    pub daily_cap: Option<i64>,
+    /// What it drew (and holds) this UTC day.
+    pub drawn_today: i64,
+}
+
+/// The credit pool a user draws on, as its wallet shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipView {
+    /// The pool.
+    pub pool_id: String,
+    /// The pool's currency: the user draws on it for spends in this currency only.
+    pub currency: Currency,
+    /// The most the user may draw per UTC day; none: no cap.
+    pub daily_cap: Option<i64>,
+    /// What the user drew (and holds) this UTC day.
+    pub drawn_today: i64,
+    /// What the pool may still give the user now: its available credits within the cap.
+    pub available_to_user: i64,
+}
+
+impl Engine {
+    /// The pool `id`.
+    pub fn pool(&self, tenant: &Tenant, id: &str) -> Result<PoolView, EngineError> {
+        let day = utc_day(self.clock.now_ms());
+        let pool = tenant
+            .pools
+            .get(id)
+            .ok_or(EngineError::NotFound(Missing::Pool))?;
+        Ok(PoolView::new(id, &pool, day))
+    }
+
+    /// Every pool of the tenant, by id.
+    pub fn pools(&self, tenant: &Tenant) -> Vec<PoolView> {
+        let day = utc_day(self.clock.now_ms());
+        let mut pools: Vec<PoolView> = tenant
+            .pools
+            .iter()
+            .map(|entry| PoolView::new(entry.key(), entry.value(), day))
+            .collect();
+        pools.sort_by(|a, b| a.pool_id.cmp(&b.pool_id));
+        pools
+    }
+
+    /// The members of the pool `id`, by user id.
+    pub fn pool_members(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<Vec<PoolMemberView>, EngineError> {
+        let day = utc_day(self.clock.now_ms());
+        let pool = tenant
+            .pools
+            .get(id)
+            .ok_or(EngineError::NotFound(Missing::Pool))?;
+        Ok(pool
+            .members
+            .iter()
+            .map(|(user, member)| PoolMemberView {
+                user_id: user.to_string(),
+                daily_cap: member.daily_cap,
+                drawn_today: member.drawn_on(day),
+            })
+            .collect())
+    }
+
+    /// The pool `user` draws on and what it may still give the user, if the user is a member.
+    pub fn membership(
+        &self,
+        tenant: &Tenant,
+        user: &str,
+    ) -> Result<Option<MembershipView>, EngineError> {
+        let now_ms = self.clock.now_ms();
+        // Read locks in the order writers take them: the user, then its pool.
+        let account = tenant
+            .users
+            .get(user)
+            .ok_or(EngineError::NotFound(Missing::User))?;
+        let Some(id) = account.pool() else {
+            return Ok(None);
+        };
+        let Some(pool) = tenant.pools.get(id) else {
+            return Ok(None);
+        };
+        let Some(member) = pool.members.get(user) else {
+            return Ok(None);
+        };
+        let allowance = allowance(&pool, user, Some(&account), now_ms);
+        Ok(Some(MembershipView {
+            pool_id: id.to_owned(),
+            currency: pool.currency,
+            daily_cap: member.daily_cap,
+            drawn_today: allowance.drawn,
+            available_to_user: allowance.available,
+        }))
+    }
+}
+
 impl Engine {
     /// Every tenant's settings, by id.
     pub fn tenant_views(&self) -> Vec<TenantView> {
@@ -344,8 +490,8 @@ impl Engine {
 }
 
 /// The whole state in a comparable, ordered form: for tests that check recovery rebuilds exactly
-/// what was there. Includes every user's wallets and reservations, the catalogues, the open and
-/// closed reservation index and the finished idempotency keys.
+/// what was there. Includes every user's wallets and reservations, the catalogues, the credit
+/// pools, the open and closed reservation index and the finished idempotency keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateImage {
     /// One line per entity, sorted.
@@ -380,12 +526,16 @@ impl Engine {
                     })
                     .collect();
                 lines.push(format!(
-                    "user {id}/{} last={} profile={:?} wallets={wallets:?} holds={reservations:?} method={method:?} rules={rules:?} rule_bit={}",
+                    "user {id}/{} last={} profile={:?} wallets={wallets:?} holds={reservations:?} method={method:?} rules={rules:?} rule_bit={} pool={:?}",
                     entry.key(),
                     account.last_lsn(),
                     account.profile().filter(|p| !p.is_empty()),
-                    account.may_have_rule(account.primary.currency)
+                    account.may_have_rule(account.primary.currency),
+                    account.pool(),
                 ));
+            }
+            for entry in tenant.pools.iter() {
+                lines.push(format!("pool {id}/{} {:?}", entry.key(), entry.value()));
             }
             for entry in tenant.reservations.iter() {
                 lines.push(format!(

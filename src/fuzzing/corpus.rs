@@ -12,7 +12,7 @@ use crate::engine::types::{
 };
 use crate::engine::{
     CaptureRequest, Context, CreditRequest, DebitRequest, Engine, EngineOptions, IdempotencyKey,
-    ManualClock, ReserveRequest, RevokeRequest, Spend, TenantSpec,
+    ManualClock, PoolCreditRequest, ReserveRequest, RevokeRequest, Spend, TenantSpec,
 };
 use crate::engine::{PackageSpec, ProfileUpdate};
 use crate::wal::batch;
@@ -78,7 +78,7 @@ pub mod seeds {
 
 fn sample_events() -> Vec<Vec<u8>> {
     use crate::engine::event::{
-        ActionUse, IdempotencyTag, Meta, PaymentTerms, TenantSettingsRecord, WalletRef,
+        ActionUse, IdempotencyTag, Meta, PaymentTerms, PoolShare, TenantSettingsRecord, WalletRef,
     };
     use crate::engine::types::ReleaseReason;
     let ngn = Currency::new("NGN").expect("currency");
@@ -162,6 +162,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             balance_after: 985,
             available_after: 985,
             action,
+            pool: None,
             meta,
         },
         Event::Debited {
@@ -171,6 +172,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             balance_after: -515,
             available_after: -515,
             action: None,
+            pool: None,
             meta,
         },
         Event::ReservationPlaced {
@@ -180,6 +182,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             reserved_after: i64::MAX,
             available_after: i64::MIN,
             action: None,
+            pool: None,
             meta: Meta::system(i64::MIN),
         },
         Event::ReservationCaptured {
@@ -191,6 +194,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             reserved_after: 0,
             available_after: 973,
             action,
+            pool: None,
             meta,
         },
         Event::ReservationExtended {
@@ -209,6 +213,7 @@ fn sample_events() -> Vec<Vec<u8>> {
             reason: ReleaseReason::Expired,
             reserved_after: 0,
             available_after: 0,
+            pool: None,
             meta: Meta::system(T0),
         },
         Event::ActionPut {
@@ -319,6 +324,76 @@ fn sample_events() -> Vec<Vec<u8>> {
             tenant: "acme",
             url: Some("https://app.example.com/hooks"),
             secret: Some(crate::engine::event::Secret("0123456789abcdef")),
+            meta,
+        },
+        Event::PoolPut {
+            tenant: "acme",
+            pool: "acme-org",
+            name: Some("Acme engineering"),
+            currency: Currency::CREDITS,
+            meta,
+        },
+        Event::PoolCredited {
+            tenant: "acme",
+            pool: "acme-org",
+            currency: Currency::CREDITS,
+            kind: CreditKind::Grant,
+            amount: 10_000,
+            balance_after: 10_000,
+            available_after: 10_000,
+            meta,
+        },
+        Event::PoolMemberSet {
+            tenant: "acme",
+            user: "alice",
+            pool: "acme-org",
+            daily_cap: Some(500),
+            meta,
+        },
+        Event::Debited {
+            wallet,
+            kind: DebitKind::Usage,
+            amount: 40,
+            balance_after: 0,
+            available_after: 0,
+            action,
+            pool: Some(PoolShare {
+                pool: "acme-org",
+                released: 0,
+                held: 0,
+                charged: 25,
+                balance_after: 9_975,
+                reserved_after: 0,
+                counted: 25,
+                drawn_after: 25,
+            }),
+            meta,
+        },
+        Event::ReservationCaptured {
+            wallet,
+            reservation_id: 9,
+            held: 30,
+            charged: 12,
+            balance_after: 0,
+            reserved_after: 0,
+            available_after: 0,
+            action: None,
+            pool: Some(PoolShare {
+                pool: "acme-org",
+                released: 30,
+                held: 0,
+                charged: 12,
+                balance_after: 9_963,
+                reserved_after: 0,
+                counted: -18,
+                drawn_after: 37,
+            }),
+            meta,
+        },
+        Event::PoolMemberRemoved {
+            tenant: "acme",
+            user: "alice",
+            pool: "acme-org",
             meta,
         },
     ];
@@ -597,6 +672,28 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
                 &admin,
             )
             .expect("webhook");
+        // A credit pool its members draw on: a debit it pays part of, and a hold it keeps.
+        engine
+            .put_pool(&tenant, "org", Some("Acme org"), None, &admin)
+            .expect("pool");
+        let funds = PoolCreditRequest {
+            pool: "org",
+            amount: 5_000,
+            kind: CreditKind::Grant,
+            reason: Some("prepaid"),
+            reference: None,
+        };
+        engine.credit_pool(&tenant, &funds, &admin).expect("fund");
+        for index in 0..users {
+            let user = format!("user-{index}");
+            engine
+                .set_pool_member(&tenant, &user, "org", Some(1_000), &admin)
+                .expect("member");
+            let spend = DebitRequest::new(&user, Spend::Amount(1_000));
+            engine.debit(&tenant, &spend, &admin).expect("pool debit");
+            let hold = ReserveRequest::new(&user, Spend::Amount(40));
+            engine.reserve(&tenant, &hold, &admin).expect("pool hold");
+        }
     }
     engine
         .upsert_tenant("beta", None, Some(ngn), &admin)

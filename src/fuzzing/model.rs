@@ -7,6 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod pools;
+
+pub use pools::{day_of, MAllowance, MMember, MPool};
+
 use crate::engine::types::{
     check_amount, check_id, check_idempotency_key, check_metadata, check_text, ClosedAs, Currency,
     CurrencySpec, DebitKind, EngineError, Fingerprint, Invalid, Limits, Lsn, Shortfall,
@@ -63,6 +67,10 @@ pub struct MOpenReservation {
     pub currency: Currency,
     pub amount: i64,
     pub expires_at_ms: i64,
+    /// Of `amount`, what the user's pool holds.
+    pub pool_amount: i64,
+    /// The UTC day the pool's part was placed.
+    pub pool_day: i64,
 }
 
 /// A user's profile: email, name, metadata.
@@ -81,6 +89,8 @@ pub struct MUser {
     pub wallets: Vec<MWallet>,
     /// In the engine's order, which decides which due reservation expires first.
     pub open_reservations: Vec<MOpenReservation>,
+    /// The credit pool the user draws on.
+    pub pool: Option<&'static str>,
 }
 
 impl MUser {
@@ -98,7 +108,7 @@ impl MUser {
         let mut wallet = self.wallet(currency);
         for reservation in &self.open_reservations {
             if reservation.currency == currency && reservation.expires_at_ms <= now_ms {
-                wallet.reserved -= reservation.amount;
+                wallet.reserved -= reservation.amount - reservation.pool_amount;
             }
         }
         wallet
@@ -176,6 +186,7 @@ pub struct MTenant {
     pub users: BTreeMap<&'static str, MUser>,
     pub reservations: BTreeMap<Lsn, MReservation>,
     pub keys: BTreeMap<&'static str, MKey>,
+    pub pools: BTreeMap<&'static str, MPool>,
 }
 
 /// What the engine state should be: built from the same decisions the engine documents, written
@@ -215,7 +226,7 @@ impl From<EngineError> for Stop {
     }
 }
 
-fn invalid(field: &'static str) -> EngineError {
+pub(crate) fn invalid(field: &'static str) -> EngineError {
     EngineError::Invalid(Invalid::new(field, ""))
 }
 
@@ -231,7 +242,7 @@ fn seconds_to_ms(seconds: u64) -> i64 {
     i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-fn check_texts(
+pub(crate) fn check_texts(
     limits: &Limits,
     description: Option<&str>,
     reference: Option<&str>,
@@ -268,6 +279,7 @@ fn spend_from(wallet: &MWallet, amount: i64) -> Result<i64, EngineError> {
             overdraft_limit: wallet.overdraft,
             spendable: spendable(available, wallet.overdraft),
             required: amount,
+            pool_available: None,
         })),
     }
 }
@@ -291,6 +303,22 @@ impl MTenant {
         } else {
             Err(EngineError::UnknownCurrency(currency))
         }
+    }
+}
+
+/// A refusal for want of credits, with what the user's pool could still give (which it can
+/// spend too).
+fn with_pool(refused: EngineError, pool_available: i64) -> EngineError {
+    match refused {
+        EngineError::InsufficientCredits(shortfall) => {
+            EngineError::InsufficientCredits(Shortfall {
+                pool_available: Some(pool_available),
+                spendable: (i128::from(shortfall.spendable) + i128::from(pool_available.max(0)))
+                    .clamp(0, i128::from(i64::MAX)) as i64,
+                ..shortfall
+            })
+        }
+        other => other,
     }
 }
 
@@ -325,12 +353,12 @@ pub struct Overdraft {
     pub release_expired: bool,
 }
 
-enum Claimed {
+pub(crate) enum Claimed {
     Fresh(Key),
     Replay(Done),
 }
 
-fn claim(tenant: &MTenant, key: Key) -> Result<Claimed, EngineError> {
+pub(crate) fn claim(tenant: &MTenant, key: Key) -> Result<Claimed, EngineError> {
     let Some((name, fingerprint)) = key else {
         return Ok(Claimed::Fresh(None));
     };
@@ -346,7 +374,7 @@ fn claim(tenant: &MTenant, key: Key) -> Result<Claimed, EngineError> {
     }
 }
 
-fn complete(tenant: &mut MTenant, key: Key, lsn: Lsn, now_ms: i64, outcome: Outcome) {
+pub(crate) fn complete(tenant: &mut MTenant, key: Key, lsn: Lsn, now_ms: i64, outcome: Outcome) {
     if let Some((name, fingerprint)) = key {
         let entry = MKey {
             fingerprint,
@@ -427,12 +455,14 @@ impl Model {
             };
             let reservation = account.open_reservations.swap_remove(index);
             let wallet = account.wallet_mut(reservation.currency);
-            wallet.reserved -= reservation.amount;
+            wallet.reserved -= reservation.amount - reservation.pool_amount;
             unchecked(
                 "a released reservation's available_after",
                 wallet.balance.checked_sub(wallet.reserved),
             );
             account.last_lsn = lsn;
+            let pool = account.pool;
+            self.release_pool_hold(tenant, user, pool, &reservation, now_ms, lsn);
             let closed = MReservation::Closed {
                 user,
                 how: ClosedAs::Expired,
@@ -526,6 +556,7 @@ impl Model {
             users: BTreeMap::new(),
             reservations: BTreeMap::new(),
             keys: BTreeMap::new(),
+            pools: BTreeMap::new(),
         };
         self.tenants.insert(id, tenant);
         self.commit(history);
@@ -562,6 +593,7 @@ impl Model {
             profile,
             wallets: vec![MWallet::empty(default_currency)],
             open_reservations: Vec::new(),
+            pool: None,
         };
         model_tenant.users.insert(user, account);
         self.commit(history);
@@ -765,23 +797,42 @@ impl Model {
         let lsn = self.next_lsn;
         let account = self.user_mut(tenant, user);
         let wallet = account.wallet_as_of(currency, now_ms);
-        let available = if kind == DebitKind::Chargeback {
-            // A chargeback takes what it is asked for, whatever the floor.
+        // The wallet pays what it can; a member's pool in that currency the rest (a usage
+        // debit only). A chargeback takes what it is asked for from the wallet, whatever the
+        // floor.
+        let (from_pool, pool) = if kind == DebitKind::Chargeback {
             wallet
                 .available()
                 .checked_sub(amount)
-                .ok_or(EngineError::Overflow)?
+                .ok_or(EngineError::Overflow)?;
+            (0, None)
         } else {
-            spend_from(&wallet, amount)?
+            match spend_from(&wallet, amount) {
+                Ok(_) => (0, None),
+                Err(refused) => match self.pool_in(tenant, user, currency) {
+                    Some(pool) if kind == DebitKind::Usage => {
+                        let need = amount - (wallet.available() + wallet.overdraft).max(0);
+                        let allowance = self.allowance(tenant, user, pool, now_ms, true);
+                        if need > allowance.available {
+                            return Err(with_pool(refused, allowance.available).into());
+                        }
+                        (need, Some(pool))
+                    }
+                    _ => return Err(refused.into()),
+                },
+            }
         };
+        let from_wallet = amount - from_pool;
+        let available = wallet.available() - from_wallet;
         let balance = unchecked(
             "a debit's balance_after",
-            wallet.balance.checked_sub(amount),
+            wallet.balance.checked_sub(from_wallet),
         );
         let outcome = Outcome::Debit {
             entry_id: if dry_run { 0 } else { lsn },
             kind,
             charged: amount,
+            from_pool,
             balance,
             available,
         };
@@ -792,8 +843,19 @@ impl Model {
                 replayed: false,
             });
         }
+        let account = self.user_mut(tenant, user);
         account.wallet_mut(currency).balance = balance;
         account.last_lsn = lsn;
+        if let Some(pool) = pool {
+            self.draw(
+                tenant,
+                user,
+                pool,
+                (0, 0, from_pool, from_pool),
+                now_ms,
+                lsn,
+            );
+        }
         complete(self.tenant_mut(tenant), key, lsn, now_ms, outcome);
         self.commit(history);
         Ok(Done {
@@ -847,15 +909,31 @@ impl Model {
             return Err(EngineError::TooManyReservations.into());
         }
         let wallet = account.wallet_as_of(currency, now_ms);
-        let available = spend_from(&wallet, amount)?;
+        let (from_pool, pool) = match spend_from(&wallet, amount) {
+            Ok(_) => (0, None),
+            Err(refused) => match self.pool_in(tenant, request.user, currency) {
+                Some(pool) => {
+                    let need = amount - (wallet.available() + wallet.overdraft).max(0);
+                    let allowance = self.allowance(tenant, request.user, pool, now_ms, true);
+                    if need > allowance.available {
+                        return Err(with_pool(refused, allowance.available).into());
+                    }
+                    (need, Some(pool))
+                }
+                None => return Err(refused.into()),
+            },
+        };
+        let from_wallet = amount - from_pool;
+        let available = wallet.available() - from_wallet;
         let expires_at_ms = expiry(now_ms, ttl)?;
         let reserved = wallet
             .reserved
-            .checked_add(amount)
+            .checked_add(from_wallet)
             .ok_or(EngineError::Overflow)?;
         let outcome = Outcome::Reserve {
             reservation_id: if request.dry_run { 0 } else { lsn },
             amount,
+            from_pool,
             expires_at_ms,
             available,
         };
@@ -866,14 +944,27 @@ impl Model {
                 replayed: false,
             });
         }
+        let account = self.user_mut(tenant, request.user);
         account.wallet_mut(currency).reserved = reserved;
         account.open_reservations.push(MOpenReservation {
             id: lsn,
             currency,
             amount,
             expires_at_ms,
+            pool_amount: from_pool,
+            pool_day: if from_pool > 0 { day_of(now_ms) } else { 0 },
         });
         account.last_lsn = lsn;
+        if let Some(pool) = pool {
+            self.draw(
+                tenant,
+                request.user,
+                pool,
+                (0, from_pool, 0, from_pool),
+                now_ms,
+                lsn,
+            );
+        }
         let model_tenant = self.tenant_mut(tenant);
         let open = MReservation::Open { user: request.user };
         model_tenant.reservations.insert(lsn, open);
@@ -980,16 +1071,36 @@ impl Model {
             .find(|h| h.id == id)
             .expect("open reservation");
         let (held, currency) = (reservation.amount, reservation.currency);
+        let (pool_held, pool_day) = (reservation.pool_amount, reservation.pool_day);
+        let wallet_held = held - pool_held;
         let charged = request.amount.unwrap_or(held);
         let wallet = account.wallet(currency);
-        if charged > held {
-            spend_from(&wallet, charged - held)?;
-        }
+        // The wallet pays first (what it held, then what it can give); the pool the rest.
+        let (from_wallet, from_pool, extra) = if charged <= held {
+            let from_wallet = charged.min(wallet_held);
+            (from_wallet, charged - from_wallet, 0)
+        } else {
+            let excess = charged - held;
+            let refused = spend_from(&wallet, excess).err();
+            match (refused, self.pool_in(tenant, user, currency)) {
+                (None, _) => (wallet_held + excess, pool_held, 0),
+                (Some(refused), None) => return Err(refused.into()),
+                (Some(refused), Some(pool)) => {
+                    let from_headroom = excess.min((wallet.available() + wallet.overdraft).max(0));
+                    let extra = excess - from_headroom;
+                    let allowance = self.allowance(tenant, user, pool, now_ms, false);
+                    if extra > allowance.available {
+                        return Err(with_pool(refused, allowance.available).into());
+                    }
+                    (wallet_held + from_headroom, pool_held + extra, extra)
+                }
+            }
+        };
         let balance = wallet
             .balance
-            .checked_sub(charged)
+            .checked_sub(from_wallet)
             .ok_or(EngineError::Overflow)?;
-        let reserved = wallet.reserved - held;
+        let reserved = wallet.reserved - wallet_held;
         let available = unchecked("a capture's available_after", balance.checked_sub(reserved));
         self.close_reservation(tenant, user, id, ClosedAs::Captured, now_ms);
         let account = self.user_mut(tenant, user);
@@ -997,9 +1108,20 @@ impl Model {
         target.balance = balance;
         target.reserved = reserved;
         account.last_lsn = lsn;
+        if pool_held > 0 || from_pool > 0 {
+            let pool = account.pool.expect("model: a pool for the pool's part");
+            let returned = if pool_day == day_of(now_ms) {
+                (pool_held - from_pool).max(0)
+            } else {
+                0
+            };
+            let share = (pool_held, 0, from_pool, extra - returned);
+            self.draw(tenant, user, pool, share, now_ms, lsn);
+        }
         let outcome = Outcome::Capture {
             entry_id: lsn,
             charged,
+            from_pool,
             released: held.saturating_sub(charged).max(0),
             balance,
             available,
@@ -1062,12 +1184,14 @@ impl Model {
         let reservation = self.close_reservation(tenant, user, id, ClosedAs::Released, now_ms);
         let account = self.user_mut(tenant, user);
         let wallet = account.wallet_mut(reservation.currency);
-        wallet.reserved -= reservation.amount;
+        wallet.reserved -= reservation.amount - reservation.pool_amount;
         let available = unchecked(
             "a release's available_after",
             wallet.balance.checked_sub(wallet.reserved),
         );
         account.last_lsn = lsn;
+        let pool = account.pool;
+        self.release_pool_hold(tenant, user, pool, &reservation, now_ms, lsn);
         let outcome = Outcome::Release {
             reservation_id: id,
             released: reservation.amount,
@@ -1080,6 +1204,30 @@ impl Model {
             outcome,
             replayed: false,
         })
+    }
+
+    /// Gives the pool's part of a reservation released without a charge back to the pool, and to
+    /// the member's allowance if it was placed the same UTC day.
+    fn release_pool_hold(
+        &mut self,
+        tenant: &'static str,
+        user: &'static str,
+        pool: Option<&'static str>,
+        reservation: &MOpenReservation,
+        now_ms: i64,
+        lsn: Lsn,
+    ) {
+        if reservation.pool_amount == 0 {
+            return;
+        }
+        let pool = pool.expect("model: a pool holds for a member");
+        let returned = if reservation.pool_day == day_of(now_ms) {
+            reservation.pool_amount
+        } else {
+            0
+        };
+        let share = (reservation.pool_amount, 0, 0, -returned);
+        self.draw(tenant, user, pool, share, now_ms, lsn);
     }
 
     /// Changes a wallet's overdraft limit: the LSN of the change.

@@ -1,6 +1,10 @@
 //! The ledger entry a log event makes, if any: one per movement of a wallet (credit, debit,
 //! revoke, chargeback, reservation capture, release and expiry, top-up). Events that move no money (a
 //! profile, the catalogue, a payment still open) make none.
+//!
+//! A member's spend that its credit pool shares in makes the wallet's entry with what the wallet
+//! paid (or freed), and a pool entry ([`pool_entry`]) with what the pool paid: the two movements
+//! of the one record, each in its own ledger, so that each ledger sums to its balance.
 
 use crate::engine::event::Event;
 use crate::engine::event::{ActionUse, Meta, WalletRef};
@@ -62,6 +66,7 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
             balance_after,
             available_after,
             action,
+            pool,
             meta,
         } => {
             let kind = match kind {
@@ -69,7 +74,8 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
                 DebitKind::Revoke => "revoke",
                 DebitKind::Chargeback => "chargeback",
             };
-            let moved = Moved::new(-amount, Some(balance_after), available_after);
+            let from_wallet = amount - pool.map_or(0, |share| share.charged);
+            let moved = Moved::new(-from_wallet, Some(balance_after), available_after);
             entry(lsn, wallet, kind, moved, action, &meta)
         }
         Event::ReservationCaptured {
@@ -78,10 +84,12 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
             balance_after,
             available_after,
             action,
+            pool,
             meta,
             ..
         } => {
-            let moved = Moved::new(-charged, Some(balance_after), available_after);
+            let from_wallet = charged - pool.map_or(0, |share| share.charged);
+            let moved = Moved::new(-from_wallet, Some(balance_after), available_after);
             entry(lsn, wallet, "capture", moved, action, &meta)
         }
         Event::ReservationReleased {
@@ -89,6 +97,7 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
             amount,
             reason,
             available_after,
+            pool,
             meta,
             ..
         } => {
@@ -96,7 +105,8 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
                 ReleaseReason::Released => "release",
                 ReleaseReason::Expired => "expiry",
             };
-            let moved = Moved::new(amount, None, available_after);
+            let freed = amount - pool.map_or(0, |share| share.released);
+            let moved = Moved::new(freed, None, available_after);
             entry(lsn, wallet, kind, moved, None, &meta)
         }
         Event::PaymentSucceeded {
@@ -113,6 +123,105 @@ pub fn of<'a>(lsn: u64, event: &Event<'a>) -> Option<Entry<'a>> {
         _ => return None,
     };
     Some(entry)
+}
+
+/// One movement of a credit pool's balance as the history stores it: a credit, or what the pool
+/// paid for a member's spend. Borrowed from the event it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolEntry<'a> {
+    /// The LSN of the event (a member's draw shares it with the member's own entry).
+    pub lsn: u64,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The pool.
+    pub pool: &'a str,
+    /// `grant`, `topup`, `refund`, `adjustment` (credits), `draw` (a member's debit or capture).
+    pub kind: &'static str,
+    /// Positive into the pool, negative out.
+    pub amount: i64,
+    /// The pool's currency.
+    pub currency: Currency,
+    /// The pool's balance after.
+    pub balance_after: i64,
+    /// The member, for a draw.
+    pub user: Option<&'a str>,
+    /// The catalogue action and quantity of a member's spend by action.
+    pub action: Option<(&'a str, u64)>,
+    /// The description given (a credit's reason).
+    pub description: Option<&'a str>,
+    /// The caller's reference.
+    pub reference: Option<&'a str>,
+    /// Who wrote it.
+    pub actor: &'a str,
+    /// When, in milliseconds since the epoch.
+    pub time_ms: i64,
+}
+
+/// The pool entry `event` (at `lsn`) makes: a credit to a pool, or what a pool paid for a
+/// member's debit or capture; `None` otherwise (holds and releases move no pool balance).
+pub fn pool_entry<'a>(lsn: u64, event: &Event<'a>) -> Option<PoolEntry<'a>> {
+    let (tenant, pool, kind, amount, currency, balance_after, user, action, meta) = match *event {
+        Event::PoolCredited {
+            tenant,
+            pool,
+            currency,
+            kind,
+            amount,
+            balance_after,
+            meta,
+            ..
+        } => (
+            tenant,
+            pool,
+            credit_kind(kind),
+            amount,
+            currency,
+            balance_after,
+            None,
+            None,
+            meta,
+        ),
+        Event::Debited {
+            wallet,
+            pool: Some(share),
+            action,
+            meta,
+            ..
+        }
+        | Event::ReservationCaptured {
+            wallet,
+            pool: Some(share),
+            action,
+            meta,
+            ..
+        } if share.charged > 0 => (
+            wallet.tenant,
+            share.pool,
+            "draw",
+            -share.charged,
+            wallet.currency,
+            share.balance_after,
+            Some(wallet.user),
+            action,
+            meta,
+        ),
+        _ => return None,
+    };
+    Some(PoolEntry {
+        lsn,
+        tenant,
+        pool,
+        kind,
+        amount,
+        currency,
+        balance_after,
+        user,
+        action: action.map(|action| (action.name, action.quantity)),
+        description: meta.description,
+        reference: meta.reference,
+        actor: meta.actor,
+        time_ms: meta.time_ms,
+    })
 }
 
 /// What an entry moved, and the wallet after it.

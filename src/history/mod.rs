@@ -19,6 +19,7 @@
 //! - [`reader`]: read-only access for the API.
 //! - [`retention`]: removing entries and payments older than `history.retention`.
 //! - [`payments`]: the payment history, a table of its own (one row per payment).
+//! - [`pools`]: the ledger of credit pools (their credits and what they paid for members).
 //! - [`rollup`]: usage and revenue counters kept by the feeder, for the reports.
 //! - `user_block`: the byte format of a block of users' usage totals (crate-private).
 //! - [`reports`]: the usage and revenue reports, read from the rollups.
@@ -26,6 +27,7 @@
 pub mod audit;
 pub(crate) mod entry;
 pub mod payments;
+pub mod pools;
 pub mod reader;
 pub mod reports;
 pub mod retention;

@@ -56,6 +56,9 @@ pub struct Listed {
     pub actor: String,
     /// When (ms since the epoch).
     pub created_ms: i64,
+    /// The credit pool that paid part of this spend, and what it paid (the entry's `amount` is
+    /// the wallet's part).
+    pub pool: Option<(String, i64)>,
 }
 
 /// One row of the entries query as the API lists it.
@@ -73,6 +76,13 @@ fn listed_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
         metadata: row.get(9)?,
         actor: row.get(10)?,
         created_ms: row.get(11)?,
+        pool: match (
+            row.get::<_, Option<String>>(12)?,
+            row.get::<_, Option<i64>>(13)?,
+        ) {
+            (Some(pool), Some(paid)) => Some((pool, paid.saturating_neg())),
+            _ => None,
+        },
     })
 }
 
@@ -123,14 +133,15 @@ impl Reader {
                 return Ok(Vec::new());
             };
             let mut statement = connection.prepare_cached(
-                "SELECT lsn, kind, amount, currency, balance_after, action, quantity, description,
-                        reference, metadata, actor, created_ms
-                 FROM entries
-                 WHERE lsn >> 16 = ?1 AND account = ?2 AND lsn < ?3
-                   AND (?4 IS NULL OR kind = ?4) AND (?5 IS NULL OR action = ?5)
-                   AND (?6 IS NULL OR currency = ?6)
-                   AND (?7 IS NULL OR created_ms >= ?7) AND (?8 IS NULL OR created_ms < ?8)
-                 ORDER BY lsn DESC LIMIT ?9",
+                "SELECT e.lsn, e.kind, e.amount, e.currency, e.balance_after, e.action, e.quantity,
+                        e.description, e.reference, e.metadata, e.actor, e.created_ms,
+                        p.pool_id, p.amount
+                 FROM entries e LEFT JOIN pool_entries p ON p.lsn = e.lsn
+                 WHERE e.lsn >> 16 = ?1 AND e.account = ?2 AND e.lsn < ?3
+                   AND (?4 IS NULL OR e.kind = ?4) AND (?5 IS NULL OR e.action = ?5)
+                   AND (?6 IS NULL OR e.currency = ?6)
+                   AND (?7 IS NULL OR e.created_ms >= ?7) AND (?8 IS NULL OR e.created_ms < ?8)
+                 ORDER BY e.lsn DESC LIMIT ?9",
             )?;
             let mut listed = Vec::new();
             // The blocks of the index, newest first, down to the account's first entry's.

@@ -67,7 +67,8 @@ pub enum RevenueGrouping {
 pub struct UsageQuery<'a> {
     /// The tenant.
     pub tenant: &'a str,
-    /// The wallet currency.
+    /// The wallet currency; or, for what a credit pool paid for its members, the pool's scope
+    /// ([`super::rollup::pool_scope`]).
     pub currency: &'a str,
     /// The window.
     pub window: Window,

@@ -1,5 +1,5 @@
-//! Removing what `history.retention` no longer keeps: entries and payments written before the
-//! cutoff. Report rollups and the audit chain are kept whatever the retention: the rollups are
+//! Removing what `history.retention` no longer keeps: entries (the pools' too) and payments
+//! written before the cutoff. Report rollups and the audit chain are kept whatever the retention: the rollups are
 //! small and answer for the past; the chain cannot lose its start and still be verified.
 //!
 //! The feeder's thread purges between its steps, oldest entries first, a bounded number of rows
@@ -19,7 +19,7 @@ pub const PURGE_ROWS: u64 = 50_000;
 /// What one purge transaction removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
-    /// Entries removed.
+    /// Entries removed, the pools' included.
     pub entries: u64,
     /// Payments removed.
     pub payments: u64,
@@ -40,6 +40,12 @@ pub fn purge_step(
          WHERE lsn IN (SELECT lsn FROM entries ORDER BY lsn LIMIT ?1) AND created_ms < ?2",
         params![rows, cutoff_ms],
     )?;
+    // The pools' ledger goes the same way, counted with the entries.
+    let pool_entries = transaction.execute(
+        "DELETE FROM pool_entries
+         WHERE lsn IN (SELECT lsn FROM pool_entries ORDER BY lsn LIMIT ?1) AND created_ms < ?2",
+        params![rows, cutoff_ms],
+    )?;
     let removed_payments = if payments {
         transaction.execute(
             "DELETE FROM payments WHERE created_ms < ?1",
@@ -58,7 +64,7 @@ pub fn purge_step(
     }
     transaction.commit()?;
     Ok(Purged {
-        entries: entries as u64,
+        entries: (entries + pool_entries) as u64,
         payments: removed_payments as u64,
     })
 }

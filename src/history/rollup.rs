@@ -10,6 +10,13 @@
 //! amount) and what it charged to `credits`, per wallet currency. A spend by amount has the action
 //! `''` (no catalogue action can be empty), which the API shows as `"key": null`.
 //!
+//! *A pool's draws* are the part of members' spends a credit pool paid: a spend the pool paid
+//! some of counts, besides its whole charge in the wallet currency, once more in the pool's own
+//! scope, with what the pool paid as `credits`, under the member's account and the spend's
+//! action. A pool's scope is a row of `usage_scopes` like a currency's, named `pool:<id>` in its
+//! `currency` column (no currency code holds a `:`), so every table, block and seal below serves
+//! it unchanged and a report per pool is exact.
+//!
 //! *Revenue* is what was paid: a `PaymentSucceeded` event adds one to `count`, `paid_minor` to
 //! `amount_minor` (in `paid_currency`) and its credits to `credits_sold`. The package comes from
 //! the payment's terms, which only `PaymentInitialized` carries: the payment history
@@ -271,9 +278,20 @@ impl Names {
 struct UsageKey {
     tenant: u32,
     currency: Currency,
+    /// The pool whose draws the row counts ([`NO_POOL`]: the wallet currency's usage).
+    pool: u32,
     hour: i64,
     account: i64,
     action: u32,
+}
+
+/// [`UsageKey::pool`] of a row that counts a wallet currency's usage, not a pool's draws.
+const NO_POOL: u32 = u32::MAX;
+
+/// The scope name of a pool's draws in `usage_scopes.currency`: `pool:<id>`, which no currency
+/// code can be (codes hold no `:`).
+pub fn pool_scope(pool: &str) -> String {
+    format!("pool:{pool}")
 }
 
 /// A row of `revenue_hourly`, its strings named by [`Names`].
@@ -312,14 +330,16 @@ impl Rollup {
                 kind: DebitKind::Usage,
                 amount,
                 action,
+                pool,
                 ..
-            } => Some((wallet, amount, action)),
+            } => Some((wallet, amount, action, pool)),
             Event::ReservationCaptured {
                 wallet,
                 charged,
                 action,
+                pool,
                 ..
-            } => Some((wallet, charged, action)),
+            } => Some((wallet, charged, action, pool)),
             Event::PaymentSucceeded {
                 wallet,
                 reference,
@@ -344,12 +364,20 @@ impl Rollup {
             }
             _ => None,
         };
-        let Some((wallet, credits, action)) = spend else {
+        let Some((wallet, credits, action, pool)) = spend else {
             return Ok(());
         };
         // Every spend makes a ledger entry (`entry::of`), so it has an account.
         let account = account.ok_or(StoreError::Damaged("a spend without a ledger entry"))?;
-        self.spend(wallet, account, credits, action, time_ms)
+        self.spend(wallet, account, credits, action, NO_POOL, time_ms)?;
+        // What the member's pool paid, in the pool's own scope, by the member.
+        match pool {
+            Some(share) if share.charged > 0 => {
+                let pool = self.names.id(share.pool);
+                self.spend(wallet, account, share.charged, action, pool, time_ms)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn spend(
@@ -358,6 +386,7 @@ impl Rollup {
         account: i64,
         credits: i64,
         action: Option<ActionUse<'_>>,
+        pool: u32,
         time_ms: i64,
     ) -> Result<(), StoreError> {
         let quantity = match action {
@@ -369,6 +398,7 @@ impl Rollup {
         let key = UsageKey {
             tenant: self.names.id(wallet.tenant),
             currency: wallet.currency,
+            pool,
             hour: hour_of(time_ms),
             account,
             action: self.names.id(action.map_or("", |action| action.name)),
@@ -390,15 +420,19 @@ impl Rollup {
         };
         let names = &self.names;
         // The step's names as the database numbers them, looked up (or added) once each.
-        let mut scopes: HashMap<(u32, Currency), i64, RandomState> = HashMap::default();
+        let mut scopes: HashMap<(u32, Currency, u32), i64, RandomState> = HashMap::default();
         let mut actions: HashMap<u32, i64, RandomState> = HashMap::default();
         let mut usage = Vec::with_capacity(self.usage.len());
         for (key, totals) in &self.usage {
-            let scope = match scopes.get(&(key.tenant, key.currency)) {
+            let scope = match scopes.get(&(key.tenant, key.currency, key.pool)) {
                 Some(&scope) => scope,
                 None => {
-                    let scope = add_scope(transaction, names.name(key.tenant), key.currency)?;
-                    scopes.insert((key.tenant, key.currency), scope);
+                    let label = match key.pool {
+                        NO_POOL => key.currency.as_str().to_owned(),
+                        pool => pool_scope(names.name(pool)),
+                    };
+                    let scope = add_scope(transaction, names.name(key.tenant), &label)?;
+                    scopes.insert((key.tenant, key.currency, key.pool), scope);
                     scope
                 }
             };
@@ -520,18 +554,15 @@ impl Rollup {
     }
 }
 
-/// The number of a tenant's wallet currency, added if new.
-fn add_scope(
-    transaction: &Transaction<'_>,
-    tenant: &str,
-    currency: Currency,
-) -> Result<i64, StoreError> {
-    if let Some(scope) = scope_of(transaction, tenant, currency.as_str())? {
+/// The number of a tenant's wallet currency (or of a pool's draws, [`pool_scope`]), added if
+/// new.
+fn add_scope(transaction: &Transaction<'_>, tenant: &str, label: &str) -> Result<i64, StoreError> {
+    if let Some(scope) = scope_of(transaction, tenant, label)? {
         return Ok(scope);
     }
     transaction
         .prepare_cached("INSERT INTO usage_scopes (tenant, currency) VALUES (?1, ?2)")?
-        .execute(params![tenant, currency.as_str()])?;
+        .execute(params![tenant, label])?;
     Ok(transaction.last_insert_rowid())
 }
 
@@ -908,6 +939,7 @@ mod tests {
                         balance_after: 0,
                         available_after: 0,
                         action: action_use,
+                        pool: None,
                         meta: meta(time_ms),
                     }
                 }
@@ -922,6 +954,7 @@ mod tests {
                         reserved_after: 0,
                         available_after: 0,
                         action: action_use,
+                        pool: None,
                         meta: meta(time_ms),
                     }
                 }
@@ -932,6 +965,7 @@ mod tests {
                     balance_after: 0,
                     available_after: 0,
                     action: None,
+                    pool: None,
                     meta: meta(time_ms),
                 },
                 16 => Event::ReservationReleased {
@@ -941,6 +975,7 @@ mod tests {
                     reason: ReleaseReason::Expired,
                     reserved_after: 0,
                     available_after: 0,
+                    pool: None,
                     meta: meta(time_ms),
                 },
                 17 | 18 => {
@@ -1186,6 +1221,7 @@ mod tests {
             balance_after: 0,
             available_after: 0,
             action: None,
+            pool: None,
             meta: meta(START_MS),
         };
         let mut feed = store.begin().unwrap();

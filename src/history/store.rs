@@ -38,6 +38,7 @@ const SCHEMAS: &[&str] = &[
     CHECKPOINT_SCHEMA,
     ENTRIES_SCHEMA,
     super::payments::PAYMENTS_SCHEMA,
+    super::pools::POOLS_SCHEMA,
     audit::AUDIT_SCHEMA,
     ROLLUP_SCHEMA,
 ];
@@ -260,6 +261,9 @@ impl Feed<'_> {
             Some(entry) => Some(self.insert(&entry)?),
             None => None,
         };
+        if let Some(pool_entry) = entry::pool_entry(lsn, event) {
+            super::pools::insert(self.transaction(), &pool_entry)?;
+        }
         super::payments::apply(self.transaction(), lsn, event)?;
         self.audit.apply(&self.transaction, lsn, event)?;
         self.rollup.apply(&self.transaction, event, account)?;

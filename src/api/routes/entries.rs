@@ -67,6 +67,11 @@ struct Entry<'a> {
     reference: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<&'a RawValue>,
+    /// The credit pool that paid part of a spend (`amount` is the wallet's part), and its part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_pool: Option<i64>,
     actor: &'a str,
     created_at: String,
 }
@@ -140,6 +145,8 @@ fn entry(listed: &Listed) -> Entry<'_> {
             .metadata
             .as_deref()
             .and_then(|text| serde_json::from_str(text).ok()),
+        pool_id: listed.pool.as_ref().map(|(pool, _)| pool.as_str()),
+        from_pool: listed.pool.as_ref().map(|&(_, paid)| paid),
         actor: &listed.actor,
         created_at: format_rfc3339_ms(listed.created_ms),
     }

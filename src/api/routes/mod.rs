@@ -14,6 +14,7 @@ pub mod entries;
 pub mod health;
 pub mod payment_history;
 pub mod payments;
+pub mod pools;
 pub mod reports;
 pub mod reservations;
 pub mod sandbox;

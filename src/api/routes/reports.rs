@@ -6,6 +6,10 @@
 //! user, a service key only one user (`user_id`, else 403). A `user_id` that is not a user of the
 //! tenant the key acts in is 404 `user-not-found`, as everywhere else.
 //!
+//! Per credit pool (`pool_id`): what the pool paid for its members' spends, in the pool's
+//! currency, by action, member (`group_by=user`), day or hour; with `user_id`, one member's
+//! draws. A pool the tenant does not have is 404 `pool-not-found`.
+//!
 //! The window is `[from, to)`, both whole UTC hours (the rollups' buckets), `from` before `to`,
 //! at most [`MAX_WINDOW_DAYS`] days; anything else is 422 `invalid-window`, whose detail names
 //! the hour boundaries around a value that is not one. Without `to`, the window ends at the end
@@ -27,7 +31,7 @@ use crate::history::reader::Reader;
 use crate::history::reports::{
     Key, RevenueGrouping, RevenueQuery, UsageGrouping, UsageQuery, Window, DAY_HOURS,
 };
-use crate::history::rollup::HOUR_MS;
+use crate::history::rollup::{pool_scope, HOUR_MS};
 use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// The longest window.
@@ -76,13 +80,14 @@ struct Params {
     group_by: Option<String>,
     user_id: Option<String>,
     currency: Option<String>,
+    pool_id: Option<String>,
 }
 
 /// `GET /v1/reports/usage`.
 pub async fn usage(call: &Call<'_>) -> Answer {
     let params = parse(
         call.query,
-        &["from", "to", "group_by", "user_id", "currency"],
+        &["from", "to", "group_by", "user_id", "currency", "pool_id"],
     )?;
     let window = window(&params, call.state.engine.now_ms())?;
     let group_by = match params.group_by.as_deref().unwrap_or("action") {
@@ -92,9 +97,25 @@ pub async fn usage(call: &Call<'_>) -> Answer {
         "hour" => UsageGrouping::Hour,
         _ => return Err(unknown_grouping("action, user, day, hour")),
     };
-    let currency = match &params.currency {
+    let mut currency = match &params.currency {
         Some(code) => Currency::new(code)?,
         None => call.tenant.default_currency(),
+    };
+    // Per pool: what the pool paid for its members' spends, in the pool's currency.
+    let scope = match &params.pool_id {
+        Some(pool_id) => {
+            let pool = call.state.engine.pool(&call.tenant, pool_id)?;
+            if params.currency.is_some() && currency != pool.currency {
+                return Err(Problem::invalid(format!(
+                    "the pool's currency is {}, not {currency}",
+                    pool.currency
+                ))
+                .with("field", "currency"));
+            }
+            currency = pool.currency;
+            Some(pool_scope(pool_id))
+        }
+        None => None,
     };
     if call.role < Role::Admin && params.user_id.is_none() {
         return Err(Problem::forbidden(
@@ -109,7 +130,10 @@ pub async fn usage(call: &Call<'_>) -> Answer {
     let reader = reader(call).await?;
     let tenant = call.tenant.id().to_owned();
     let currency_code = currency.as_str().to_owned();
-    let (user, code) = (params.user_id.clone(), currency_code.clone());
+    let (user, code) = (
+        params.user_id.clone(),
+        scope.unwrap_or_else(|| currency_code.clone()),
+    );
     let rows = tokio::task::spawn_blocking(move || {
         reader.usage(&UsageQuery {
             tenant: &tenant,
@@ -211,6 +235,7 @@ fn parse(query: Option<&str>, known: &[&str]) -> Result<Params, Problem> {
             "to" => &mut params.to,
             "group_by" => &mut params.group_by,
             "user_id" => &mut params.user_id,
+            "pool_id" => &mut params.pool_id,
             // The last name `known` may hold.
             _ => &mut params.currency,
         };

@@ -70,6 +70,9 @@ struct ReserveAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     reservation_id: Option<PrefixedId>,
     amount: i64,
+    /// Of `amount`, what the wallet holds and what the user's credit pool holds.
+    from_wallet: i64,
+    from_pool: i64,
     expires_at: Timestamp,
     available: i64,
     #[serde(skip_serializing_if = "crate::api::dto::is_false")]
@@ -82,6 +85,9 @@ struct CaptureAnswer {
     reservation_id: PrefixedId,
     entry_id: PrefixedId,
     charged: i64,
+    /// Of `charged`, what the wallet paid and what the user's credit pool paid.
+    from_wallet: i64,
+    from_pool: i64,
     released: i64,
     balance: i64,
     available: i64,
@@ -133,6 +139,7 @@ pub async fn reserve(call: &Call<'_>) -> Answer {
     let Outcome::Reserve {
         reservation_id,
         amount,
+        from_pool,
         expires_at_ms,
         available,
     } = done.outcome
@@ -143,6 +150,8 @@ pub async fn reserve(call: &Call<'_>) -> Answer {
         reservation_id: (!request.dry_run)
             .then_some(PrefixedId(RESERVATION_PREFIX, reservation_id)),
         amount,
+        from_wallet: amount - from_pool,
+        from_pool,
         expires_at: Timestamp(expires_at_ms),
         available,
         dry_run: request.dry_run,
@@ -223,6 +232,7 @@ pub async fn capture(call: &Call<'_>) -> Answer {
     let Outcome::Capture {
         entry_id,
         charged,
+        from_pool,
         released,
         balance,
         available,
@@ -234,6 +244,8 @@ pub async fn capture(call: &Call<'_>) -> Answer {
         reservation_id: PrefixedId(RESERVATION_PREFIX, id),
         entry_id: PrefixedId(ENTRY_PREFIX, entry_id),
         charged,
+        from_wallet: charged - from_pool,
+        from_pool,
         released,
         balance,
         available,

@@ -180,6 +180,9 @@ struct DebitAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     entry_id: Option<PrefixedId>,
     charged: i64,
+    /// Of `charged`, what the wallet paid and what the user's credit pool paid.
+    from_wallet: i64,
+    from_pool: i64,
     balance: i64,
     available: i64,
     #[serde(skip_serializing_if = "crate::api::dto::is_false")]
@@ -235,6 +238,9 @@ pub(super) struct WalletJson {
     status: &'static str,
     auto_topup: Option<serde_json::Value>,
     balances: Vec<BalanceJson>,
+    /// The credit pool the user draws on, when it is a member of one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<super::pools::MembershipJson>,
 }
 
 /// A user and its wallets.
@@ -289,6 +295,7 @@ pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) 
         status: wallet_status(wallet.available, low_balance),
         auto_topup: rule.as_ref().map(rule_json),
         balances: user.wallets.iter().map(BalanceJson::from).collect(),
+        pool: super::pools::membership_json(call, &user.user_id),
     }
 }
 
@@ -433,6 +440,7 @@ fn debit_answer(done: &Done, dry_run: bool) -> Result<DebitAnswer, Problem> {
     let Outcome::Debit {
         entry_id,
         charged,
+        from_pool,
         balance,
         available,
         ..
@@ -444,6 +452,8 @@ fn debit_answer(done: &Done, dry_run: bool) -> Result<DebitAnswer, Problem> {
     Ok(DebitAnswer {
         entry_id,
         charged,
+        from_wallet: charged - from_pool,
+        from_pool,
         balance,
         available,
         dry_run,
@@ -601,6 +611,8 @@ fn batch_result(
                 "user_id": item.user_id,
                 "entry_id": answer.entry_id,
                 "charged": answer.charged,
+                "from_wallet": answer.from_wallet,
+                "from_pool": answer.from_pool,
                 "balance": answer.balance,
                 "available": answer.available,
                 "replayed": done.replayed,
@@ -644,6 +656,7 @@ pub async fn revoke(call: &Call<'_>) -> Answer {
         charged,
         balance,
         available,
+        ..
     } = done.outcome
     else {
         return Err(unexpected(&done));

@@ -1,11 +1,13 @@
 //! The operations, one file per family: [`wallet`] (credit, debit, revoke), [`reservations`]
 //! (reserve, capture, extend, release, expiry), [`catalogue`] (actions and packages), [`tenants`]
-//! (tenants and their webhook), [`users`] (profiles and overdraft). Each validates its request
+//! (tenants and their webhook), [`users`] (profiles and overdraft), [`pools`] (credit pools, their
+//! members, and a pool's part in a member's spend). Each validates its request
 //! without a lock, then walks the commit path of [`super::commit`]. This file holds the request
 //! types they share.
 
 mod catalogue;
 mod checks;
+mod pools;
 mod reservations;
 mod tenants;
 mod users;
@@ -14,6 +16,8 @@ mod wallet;
 use super::event::{PackageRecord, ProfileRecord};
 use super::types::{CreditKind, Currency, Lsn};
 
+pub(crate) use pools::allowance;
+pub use pools::PoolCreditRequest;
 pub(crate) use tenants::is_http_url;
 pub use tenants::{check_currencies, check_tenant_webhook, TenantSpec};
 

@@ -189,8 +189,7 @@ impl Engine {
         tenant.check_currency(currency)?;
         let now_ms = self.clock.now_ms();
         let mut account = tenant
-            .users
-            .get_mut(user)
+            .lock_user(user)
             .ok_or(EngineError::NotFound(Missing::User))?;
         self.expire_due_reservations(tenant, user, &mut account, now_ms)?;
         let wallet = account

@@ -11,6 +11,7 @@ use crate::engine::types::{
 use crate::engine::{Context, Engine};
 
 use super::checks::{checked, spend_from, Price};
+use super::pools::debit_share;
 use super::{CreditRequest, DebitRequest, RevokeRequest, Spend};
 
 /// A priced spend on its way to the wallet: what [`Engine::debit`] and [`Engine::revoke`] hand to
@@ -44,8 +45,7 @@ impl Engine {
         tenant.check_currency(currency)?;
         let now_ms = self.clock.now_ms();
         let mut account = tenant
-            .users
-            .get_mut(request.user)
+            .lock_user(request.user)
             .ok_or(EngineError::NotFound(Missing::User))?;
         self.expire_due_reservations(tenant, request.user, &mut account, now_ms)?;
         let wallet = account
@@ -96,7 +96,9 @@ impl Engine {
     }
 
     /// Spends credits: by amount or by catalogue action. A spend that would take `available` below
-    /// the wallet's floor is refused with [`EngineError::InsufficientCredits`] and writes nothing.
+    /// the wallet's floor is refused with [`EngineError::InsufficientCredits`] and writes nothing,
+    /// unless the user draws on a credit pool in that currency that gives the rest (see
+    /// `ops/pools.rs`): then the wallet pays what it can and the pool the rest, in one record.
     pub fn debit(
         &self,
         tenant: &Tenant,
@@ -172,37 +174,78 @@ impl Engine {
         let now_ms = self.clock.now_ms();
         meta.time_ms = now_ms;
         let mut account = tenant
-            .users
-            .get_mut(user)
+            .lock_user(user)
             .ok_or(EngineError::NotFound(Missing::User))?;
         if !dry_run {
             self.expire_due_reservations(tenant, user, &mut account, now_ms)?;
         }
         // A dry run writes nothing, so it decides as if the due reservations were released.
         let wallet = account.wallet_as_of(price.currency, now_ms);
-        let available_after = if kind == DebitKind::Chargeback {
-            // Taken whatever the wallet holds: the floor does not apply.
-            checked(wallet.available().checked_sub(price.amount))?
-        } else {
-            spend_from(&wallet, price.amount)?
+        let wallet_ref = WalletRef {
+            tenant: &tenant.id,
+            user,
+            currency: price.currency,
         };
+        let alone = if kind == DebitKind::Chargeback {
+            // Taken whatever the wallet holds: the floor does not apply.
+            Ok(checked(wallet.available().checked_sub(price.amount))?)
+        } else {
+            spend_from(&wallet, price.amount)
+        };
+        let refused = match alone {
+            Ok(available_after) => {
+                let event = Event::Debited {
+                    wallet: wallet_ref,
+                    kind,
+                    amount: price.amount,
+                    balance_after: checked(wallet.balance.checked_sub(price.amount))?,
+                    available_after,
+                    action: price.action,
+                    pool: None,
+                    meta,
+                };
+                if dry_run {
+                    return dry_run_answer(&event);
+                }
+                let done = self.commit(tenant, &mut account, &event, claim)?;
+                let spent = Spent {
+                    currency: price.currency,
+                    before: wallet.available(),
+                    after: available_after,
+                    lsn: done.lsn,
+                };
+                self.after_spend(tenant, user, &mut account, &spent);
+                return Ok(done);
+            }
+            // A revoke takes from the wallet alone; a usage debit may go on to the user's pool.
+            Err(refused) if kind != DebitKind::Usage => return Err(refused),
+            Err(refused) => refused,
+        };
+        let (mut guard, from_pool, allowance) = self.pool_part(
+            tenant,
+            (user, &account),
+            (&wallet, price.amount),
+            now_ms,
+            refused,
+        )?;
+        let from_wallet = price.amount - from_pool;
+        let available_after = checked(wallet.available().checked_sub(from_wallet))?;
+        let (id, pool) = guard.split();
         let event = Event::Debited {
-            wallet: WalletRef {
-                tenant: &tenant.id,
-                user,
-                currency: price.currency,
-            },
+            wallet: wallet_ref,
             kind,
             amount: price.amount,
-            balance_after: checked(wallet.balance.checked_sub(price.amount))?,
+            balance_after: checked(wallet.balance.checked_sub(from_wallet))?,
             available_after,
             action: price.action,
+            pool: Some(debit_share(id, pool, &allowance, from_pool)?),
             meta,
         };
         if dry_run {
             return dry_run_answer(&event);
         }
-        let done = self.commit(tenant, &mut account, &event, claim)?;
+        let done = self.commit_shared(tenant, &mut account, pool, &event, claim)?;
+        drop(guard);
         let spent = Spent {
             currency: price.currency,
             before: wallet.available(),

@@ -2,6 +2,7 @@
 //! its last change, and [`Account::apply`], which checks a user-level event against the account
 //! and hands it to the function of its family (`ledger`, `reservations`, `billing`).
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::super::event::{Event, ProfileRecord};
@@ -83,6 +84,8 @@ pub(crate) struct AccountExtra {
     /// The currencies of wallets a chargeback took below their floor, until credits bring them
     /// back to it: the one way a wallet is ever below its floor.
     pub below_floor: Vec<Currency>,
+    /// The credit pool the user draws on once its wallet in the pool's currency is spent.
+    pub pool: Option<CompactString>,
 }
 
 /// A user: its wallets and reservations, and the LSN of the last record that changed it.
@@ -192,6 +195,40 @@ impl Account {
         self.extra.as_ref().map(|extra| &extra.profile)
     }
 
+    /// The credit pool the user draws on, if any.
+    pub fn pool(&self) -> Option<&str> {
+        self.extra.as_ref()?.pool.as_deref()
+    }
+
+    /// A membership set or ended; a user draws on one pool at most.
+    fn apply_membership(&mut self, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
+        match *event {
+            Event::PoolMemberSet { pool, .. } => {
+                if self.pool().is_some_and(|current| current != pool) {
+                    return Err(mismatch("the user already draws on another pool"));
+                }
+                self.extra_mut().pool = Some(pool.into());
+            }
+            Event::PoolMemberRemoved { pool, .. } => {
+                if self.pool() != Some(pool) {
+                    return Err(mismatch("the user does not draw on that pool"));
+                }
+                if self
+                    .reservations()
+                    .iter()
+                    .any(|reservation| reservation.pool_amount > 0)
+                {
+                    return Err(mismatch(
+                        "the user leaves a pool that holds its reservations",
+                    ));
+                }
+                self.extra_mut().pool = None;
+            }
+            _ => return Err(mismatch("not a membership event")),
+        }
+        Ok(ReservationChange::None)
+    }
+
     /// Applies a user-level event recorded at `lsn`, after checking it fits.
     pub fn apply(&mut self, lsn: Lsn, event: &Event<'_>) -> Result<ReservationChange, Mismatch> {
         if lsn <= self.last_lsn() {
@@ -213,7 +250,12 @@ impl Account {
             Event::AutoTopupSet { .. }
             | Event::AutoTopupDeleted { .. }
             | Event::AutoTopupDisabled { .. } => self.apply_rule(event)?,
+            Event::PoolMemberSet { .. } | Event::PoolMemberRemoved { .. } => {
+                self.apply_membership(event)?
+            }
             Event::TenantUpserted { .. }
+            | Event::PoolPut { .. }
+            | Event::PoolCredited { .. }
             | Event::ActionPut { .. }
             | Event::ActionDeleted { .. }
             | Event::PackagePut { .. }

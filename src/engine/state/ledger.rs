@@ -3,7 +3,7 @@
 
 use super::super::event::{Event, ProfileRecord, WalletRef};
 use super::super::types::DebitKind;
-use super::account::{expect_above_floor, expect_eq, expect_sum, Account, Profile};
+use super::account::{expect_above_floor_unless_marked, expect_eq, expect_sum, Account, Profile};
 use super::reservations::ReservationChange;
 use super::{mismatch, Mismatch};
 
@@ -92,14 +92,30 @@ impl Account {
                 amount,
                 balance_after,
                 available_after,
+                pool,
                 ..
             } => {
+                // What the wallet pays: the amount, less what the user's pool pays (a wallet
+                // the user never had is made for it, empty).
+                let from_wallet = match pool {
+                    None => amount,
+                    Some(share) => {
+                        if share.charged <= 0 || share.charged > amount {
+                            return Err(mismatch("debit: the pool pays nothing or too much"));
+                        }
+                        self.wallet_or_insert(wallet.currency);
+                        amount - share.charged
+                    }
+                };
+                // A debit the pool pays whole does not lower `available`: it may leave a wallet a
+                // chargeback took below its floor still below it.
+                let may_stay_below = from_wallet == 0 && self.is_below_floor(wallet.currency);
                 let target = self
                     .wallet_mut(wallet.currency)
                     .ok_or_else(|| mismatch("debit of a missing wallet"))?;
                 expect_sum(
                     target.balance,
-                    -amount,
+                    -from_wallet,
                     balance_after,
                     "debit: balance − amount ≠ balance_after",
                 )?;
@@ -109,7 +125,7 @@ impl Account {
                     available_after,
                     "debit: available_after mismatch",
                 )?;
-                expect_above_floor(target)?;
+                expect_above_floor_unless_marked(target, may_stay_below)?;
             }
             _ => return Err(mismatch("not a ledger event")),
         }

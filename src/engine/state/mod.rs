@@ -20,15 +20,18 @@
 //! [`Account::apply`]), `ledger` (credits, debits, overdraft and profile changes), `reservations`
 //! (a user's reservations and the tenant's index of them), `billing` (saved methods and top-up
 //! rules), `payments` (the payments map), `grants` (what each key granted today), `catalogue` (a
-//! tenant's settings, currencies, actions and packages) and `tenant` (a tenant's maps). This file
-//! holds the registry of tenants and replay.
+//! tenant's settings, currencies, actions and packages), `pool` (credit pools and their members),
+//! `locks` (the user-then-pool lock order) and `tenant` (a tenant's maps). This file holds the
+//! registry of tenants and replay.
 
 mod account;
 mod billing;
 mod catalogue;
 mod grants;
 mod ledger;
+mod locks;
 mod payments;
+mod pool;
 mod reservations;
 mod tenant;
 
@@ -48,7 +51,9 @@ pub(crate) use account::{Account, AccountExtra, Wallet};
 pub(crate) use billing::{utc_day, TopupRule};
 pub(crate) use catalogue::Catalogue;
 pub(crate) use grants::{GrantTallies, TallyImage};
+pub(crate) use locks::{PoolGuard, UserGuard};
 pub(crate) use payments::{PaymentEntry, PaymentState};
+pub(crate) use pool::Pool;
 pub(crate) use reservations::{ReservationEntry, ReservationPhase};
 pub use tenant::Tenant;
 pub(crate) use tenant::{IdempotencyEntry, IdempotencyState};
@@ -166,6 +171,13 @@ impl State {
                 Ok(())
             }
             Event::UserUpserted { .. } => replay_user(tenant, lsn, event).map_err(|e| fail(&e)),
+            Event::PoolPut { .. } => replay_pool_put(tenant, lsn, event).map_err(|e| fail(&e)),
+            Event::PoolCredited { .. } => self
+                .replay_pool_credit(tenant, lsn, event, idempotency_cutoff_ms)
+                .map_err(|e| fail(&e)),
+            Event::PoolMemberSet { .. } | Event::PoolMemberRemoved { .. } => {
+                replay_membership(tenant, lsn, event).map_err(|e| fail(&e))
+            }
             _ => self
                 .replay_account(tenant, lsn, event, idempotency_cutoff_ms)
                 .map_err(|e| fail(&e)),
@@ -225,6 +237,17 @@ impl State {
             .users
             .get_mut(wallet.user)
             .ok_or_else(|| mismatch("record for a user that does not exist"))?;
+        // A member's spend changes its pool too; each side skips what a fuzzy snapshot already
+        // copied of it (user first, then pool: the lock order).
+        if let Some(share) = event.pool_share() {
+            let mut pool = tenant
+                .pools
+                .get_mut(share.pool)
+                .ok_or_else(|| mismatch("record for a pool that does not exist"))?;
+            if pool.last_lsn < lsn {
+                pool.apply(lsn, event)?;
+            }
+        }
         if account.last_lsn() >= lsn {
             return Ok(());
         }
@@ -233,6 +256,27 @@ impl State {
         tenant.index_reservation(wallet.user, change, meta.time_ms);
         self.apply_payment(lsn, event)?;
         self.restore_idempotency(tenant, lsn, event, meta, idempotency_cutoff_ms);
+        Ok(())
+    }
+
+    /// Credits added to a pool, and the idempotency key they were made under.
+    fn replay_pool_credit(
+        &self,
+        tenant: &Tenant,
+        lsn: Lsn,
+        event: &Event<'_>,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<(), Mismatch> {
+        let id = event.pool().ok_or_else(|| mismatch("not a pool event"))?;
+        let mut pool = tenant
+            .pools
+            .get_mut(id)
+            .ok_or_else(|| mismatch("record for a pool that does not exist"))?;
+        if pool.last_lsn >= lsn {
+            return Ok(());
+        }
+        pool.apply(lsn, event)?;
+        self.restore_idempotency(tenant, lsn, event, event.meta(), idempotency_cutoff_ms);
         Ok(())
     }
 
@@ -263,6 +307,50 @@ impl State {
             self.idempotency_entries.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A pool created or renamed.
+fn replay_pool_put(tenant: &Tenant, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+    let Event::PoolPut {
+        pool,
+        name,
+        currency,
+        ..
+    } = *event
+    else {
+        return Err(mismatch("not a pool event"));
+    };
+    let mut entry = tenant
+        .pools
+        .entry(pool.into())
+        .or_insert_with(|| Pool::new(name, currency));
+    if entry.last_lsn < lsn {
+        entry.apply(lsn, event)?;
+    }
+    Ok(())
+}
+
+/// A user joined or left a pool: the user's side, then the pool's, each skipping what a fuzzy
+/// snapshot already copied of it.
+fn replay_membership(tenant: &Tenant, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+    let (Some(user), Some(pool)) = (event.member(), event.pool()) else {
+        return Err(mismatch("not a membership event"));
+    };
+    let mut account = tenant
+        .users
+        .get_mut(user)
+        .ok_or_else(|| mismatch("record for a user that does not exist"))?;
+    let mut pool = tenant
+        .pools
+        .get_mut(pool)
+        .ok_or_else(|| mismatch("record for a pool that does not exist"))?;
+    if account.last_lsn() < lsn {
+        account.apply(lsn, event)?;
+    }
+    if pool.last_lsn < lsn {
+        pool.apply(lsn, event)?;
+    }
+    Ok(())
 }
 
 /// A user created, or its profile changed.

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::event::Event;
 use super::super::types::{ClosedAs, Currency, Lsn, ReleaseReason};
-use super::account::{
-    expect_above_floor, expect_above_floor_unless_marked, expect_eq, expect_sum, Account, Wallet,
-};
+use super::account::{expect_above_floor_unless_marked, expect_eq, expect_sum, Account, Wallet};
 use super::tenant::Tenant;
 use super::{mismatch, Mismatch};
 
@@ -29,6 +27,17 @@ pub(crate) struct Reservation {
     pub amount: i64,
     pub expires_at_ms: i64,
     pub action: Option<Box<ReservationAction>>,
+    /// Of `amount`, what the user's credit pool holds (the wallet holds the rest).
+    pub pool_amount: i64,
+    /// The UTC day the pool's part was placed, which it counts against the member's cap.
+    pub pool_day: i64,
+}
+
+impl Reservation {
+    /// What the wallet holds of it.
+    pub fn wallet_amount(&self) -> i64 {
+        self.amount - self.pool_amount
+    }
 }
 
 /// How applying an event changed the user's reservations, for the tenant's reservation index.
@@ -96,7 +105,7 @@ impl Account {
             .iter()
             .filter(|h| h.currency == currency && h.expires_at_ms <= now_ms)
         {
-            wallet.reserved -= reservation.amount;
+            wallet.reserved -= reservation.wallet_amount();
         }
         wallet
     }
@@ -167,17 +176,34 @@ impl Account {
             reserved_after,
             available_after,
             action,
+            pool,
+            meta,
             ..
         } = *event
         else {
             return Err(mismatch("not a reservation event"));
         };
+        // What the wallet holds: the amount, less what the user's pool holds (a wallet the user
+        // never had is made for it, empty).
+        let pool_amount = match pool {
+            None => 0,
+            Some(share) => {
+                if share.held <= 0 || share.held > amount || share.released != 0 {
+                    return Err(mismatch("reserve: the pool holds nothing or too much"));
+                }
+                self.wallet_or_insert(wallet.currency);
+                share.held
+            }
+        };
+        // A hold the pool takes whole does not lower `available`: it may leave a wallet a
+        // chargeback took below its floor still below it.
+        let may_stay_below = pool_amount == amount && self.is_below_floor(wallet.currency);
         let target = self
             .wallet_mut(wallet.currency)
             .ok_or_else(|| mismatch("reservation on a missing wallet"))?;
         expect_sum(
             target.reserved,
-            amount,
+            amount - pool_amount,
             reserved_after,
             "reserve: reserved + amount ≠ reserved_after",
         )?;
@@ -187,7 +213,7 @@ impl Account {
             available_after,
             "reserve: available_after mismatch",
         )?;
-        expect_above_floor(target)?;
+        expect_above_floor_unless_marked(target, may_stay_below)?;
         let action = action.map(|a| {
             Box::new(ReservationAction {
                 name: a.name.into(),
@@ -201,6 +227,12 @@ impl Account {
             amount,
             expires_at_ms,
             action,
+            pool_amount,
+            pool_day: if pool_amount > 0 {
+                super::pool::utc_day(meta.time_ms)
+            } else {
+                0
+            },
         };
         self.extra_mut().reservations.push(reservation);
         Ok(ReservationChange::Opened {
@@ -218,27 +250,44 @@ impl Account {
             balance_after,
             reserved_after,
             available_after,
+            pool,
             ..
         } = *event
         else {
             return Err(mismatch("not a reservation event"));
         };
-        self.take_reservation(reservation_id, wallet.currency, held)?;
-        // A capture within its hold does not lower `available`: it may leave a wallet a
-        // chargeback took below its floor still below it.
-        let may_stay_below = charged <= held && self.is_below_floor(wallet.currency);
+        let (pool_released, pool_charged) = match pool {
+            Some(share)
+                if share.held != 0
+                    || share.released < 0
+                    || share.charged < 0
+                    || share.charged > charged =>
+            {
+                return Err(mismatch("capture: the pool pays more than the charge"))
+            }
+            Some(share) => (share.released, share.charged),
+            None => (0, 0),
+        };
+        self.take_reservation(reservation_id, wallet.currency, held, pool_released)?;
+        let below_floor = self.is_below_floor(wallet.currency);
         let target = self
             .wallet_mut(wallet.currency)
             .ok_or_else(|| mismatch("capture on a missing wallet"))?;
+        let overflow = || mismatch("capture: amounts overflow");
+        let wallet_held = pool_released.checked_sub(held).ok_or_else(overflow)?;
+        let wallet_charged = pool_charged.checked_sub(charged).ok_or_else(overflow)?;
+        // A capture whose wallet part stays within the wallet's part of the hold does not lower
+        // `available`: it may leave a wallet a chargeback took below its floor still below it.
+        let may_stay_below = below_floor && wallet_charged >= wallet_held;
         expect_sum(
             target.reserved,
-            -held,
+            wallet_held,
             reserved_after,
             "capture: reserved − held ≠ reserved_after",
         )?;
         expect_sum(
             target.balance,
-            -charged,
+            wallet_charged,
             balance_after,
             "capture: balance − charged ≠ balance_after",
         )?;
@@ -266,18 +315,29 @@ impl Account {
             reason,
             reserved_after,
             available_after,
+            pool,
             ..
         } = *event
         else {
             return Err(mismatch("not a reservation event"));
         };
-        self.take_reservation(reservation_id, wallet.currency, amount)?;
+        let pool_released = match pool {
+            Some(share) if share.held != 0 || share.charged != 0 || share.released < 0 => {
+                return Err(mismatch("release: the pool holds or pays"))
+            }
+            Some(share) => share.released,
+            None => 0,
+        };
+        self.take_reservation(reservation_id, wallet.currency, amount, pool_released)?;
         let target = self
             .wallet_mut(wallet.currency)
             .ok_or_else(|| mismatch("release on a missing wallet"))?;
+        let wallet_released = pool_released
+            .checked_sub(amount)
+            .ok_or_else(|| mismatch("release: amounts overflow"))?;
         expect_sum(
             target.reserved,
-            -amount,
+            wallet_released,
             reserved_after,
             "release: reserved − amount ≠ reserved_after",
         )?;
@@ -304,11 +364,15 @@ impl Account {
         id: Lsn,
         currency: Currency,
         amount: i64,
+        pool_amount: i64,
     ) -> Result<(), Mismatch> {
         let reservation = self
             .reservation(id)
             .ok_or_else(|| mismatch("reservation is not open"))?;
-        if reservation.currency != currency || reservation.amount != amount {
+        if reservation.currency != currency
+            || reservation.amount != amount
+            || reservation.pool_amount != pool_amount
+        {
             return Err(mismatch("reservation holds a different amount or currency"));
         }
         self.remove_reservation(id);

@@ -1,5 +1,5 @@
-//! A tenant: its catalogue behind a lock, and its sharded maps of users, reservations and
-//! idempotency keys.
+//! A tenant: its catalogue behind a lock, and its sharded maps of users, reservations,
+//! idempotency keys and credit pools.
 
 use compact_str::CompactString;
 use parking_lot::RwLock;
@@ -7,6 +7,7 @@ use parking_lot::RwLock;
 use super::super::types::{Currency, CurrencySpec, EngineError, Fingerprint, Lsn, Outcome};
 use super::account::Account;
 use super::catalogue::Catalogue;
+use super::pool::Pool;
 use super::reservations::ReservationEntry;
 use super::{sharded_map, ShardedMap};
 
@@ -40,6 +41,9 @@ pub struct Tenant {
     pub(crate) users: ShardedMap<CompactString, Account>,
     pub(crate) reservations: ShardedMap<Lsn, ReservationEntry>,
     pub(crate) idempotency: ShardedMap<CompactString, IdempotencyEntry>,
+    /// Credit pools, keyed apart from users: a member's spend takes its user's lock, then its
+    /// pool's (see `locks`).
+    pub(crate) pools: ShardedMap<CompactString, Pool>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -60,6 +64,7 @@ impl Tenant {
             users: sharded_map(shards),
             reservations: sharded_map(shards / 8),
             idempotency: sharded_map(shards),
+            pools: sharded_map(shards / 64),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::wal::{AppendError, DurabilityError};
 
 mod money;
 mod payments;
+mod pools;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -152,7 +153,8 @@ fn welcome_credit_debit_and_refusal() {
             available: 15,
             overdraft_limit: 0,
             spendable: 15,
-            required: 100
+            required: 100,
+            pool_available: None,
         }))
     );
     assert_eq!(
@@ -1129,13 +1131,14 @@ fn a_debit_encodes_as_the_wal_bench_payload() {
             metadata: None,
             idempotency: None,
         },
+        pool: None,
     };
     let mut payload = Vec::new();
     crate::codec::encode_into(&event, &mut payload).expect("encode a debit");
-    let expected: [u8; 73] = [
+    let expected: [u8; 74] = [
         4, 4, 97, 99, 109, 101, 12, 117, 45, 48, 48, 48, 48, 52, 50, 49, 51, 51, 55, 7, 99, 114,
         101, 100, 105, 116, 115, 0, 6, 253, 250, 31, 74, 169, 209, 1, 0, 0, 253, 250, 31, 74, 169,
-        209, 1, 0, 0, 0, 253, 0, 128, 89, 144, 51, 3, 0, 0, 11, 103, 97, 116, 101, 119, 97, 121,
+        209, 1, 0, 0, 0, 0, 253, 0, 128, 89, 144, 51, 3, 0, 0, 11, 103, 97, 116, 101, 119, 97, 121,
         45, 107, 101, 121, 0, 0, 0, 0,
     ];
     assert_eq!(payload, expected);

@@ -6,7 +6,7 @@
 use super::*;
 use crate::engine::types::{CurrencySpec, GrantCap};
 
-fn usd() -> Currency {
+pub(super) fn usd() -> Currency {
     Currency::new("usd").unwrap()
 }
 
@@ -23,7 +23,7 @@ fn currencies() -> [CurrencySpec; 2] {
     ]
 }
 
-fn define_usd(h: &Harness) {
+pub(super) fn define_usd(h: &Harness) {
     let spec = TenantSpec {
         name: Some("Acme"),
         default_currency: None,
@@ -185,6 +185,7 @@ fn a_shortfall_says_what_can_be_spent_with_the_overdraft() {
             overdraft_limit: 20,
             spendable: 9,
             required: 50,
+            pool_available: None,
         }
     );
     h.debit("ada", 9).unwrap();

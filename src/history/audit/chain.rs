@@ -404,6 +404,66 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
                 effect,
             )
         }
+        Event::PoolPut {
+            tenant,
+            pool,
+            name,
+            currency,
+            meta,
+        } => {
+            let after = json!({"currency": currency.as_str(), "name": name});
+            let target = format!("pool:{pool}");
+            let effect = setting(target.clone(), Some(after));
+            (tenant, meta, "pool.put", target, effect)
+        }
+        Event::PoolCredited {
+            tenant,
+            pool,
+            currency,
+            kind,
+            amount,
+            balance_after,
+            meta,
+            ..
+        } => {
+            let action = match kind {
+                CreditKind::Grant => "pool.credit.grant",
+                CreditKind::Topup => "pool.credit.topup",
+                CreditKind::Refund => "pool.credit.refund",
+                CreditKind::Adjustment => "pool.credit.adjustment",
+            };
+            let effect = money_in(lsn, currency.as_str(), amount, balance_after, &meta);
+            (tenant, meta, action, format!("pool:{pool}"), effect)
+        }
+        Event::PoolMemberSet {
+            tenant,
+            user,
+            pool,
+            daily_cap,
+            meta,
+        } => {
+            let after = json!({"pool_id": pool, "daily_cap": daily_cap});
+            let effect = setting(format!("pool_member:user:{user}"), Some(after));
+            (
+                tenant,
+                meta,
+                "pool.member.set",
+                format!("user:{user}"),
+                effect,
+            )
+        }
+        Event::PoolMemberRemoved {
+            tenant, user, meta, ..
+        } => {
+            let effect = setting(format!("pool_member:user:{user}"), None);
+            (
+                tenant,
+                meta,
+                "pool.member.delete",
+                format!("user:{user}"),
+                effect,
+            )
+        }
         _ => return None,
     };
     Some(effect.map(|effect| Change {
@@ -440,7 +500,18 @@ fn money<'a>(
     balance_after: i64,
     meta: &Meta<'_>,
 ) -> Result<Effect<'a>, StoreError> {
-    let currency = wallet.currency.as_str();
+    money_in(lsn, wallet.currency.as_str(), moved, balance_after, meta)
+}
+
+/// A movement of `moved` (signed) in `currency` that left `balance_after` (a wallet's or a
+/// pool's).
+fn money_in<'a>(
+    lsn: u64,
+    currency: &str,
+    moved: i64,
+    balance_after: i64,
+    meta: &Meta<'_>,
+) -> Result<Effect<'a>, StoreError> {
     let balance_before = balance_after
         .checked_sub(moved)
         .ok_or(StoreError::Overflow("balance before"))?;

@@ -18,9 +18,13 @@
 //! | package put, deleted | `package.put`, `package.delete` | `package:<id>` | the package |
 //! | tenant created or renamed | `tenant.upsert` | `tenant:<id>` | its settings |
 //! | tenant webhook set | `tenant.webhook` | `tenant:<id>` | the URL and a fingerprint of the secret |
+//! | credit pool created or renamed | `pool.put` | `pool:<id>` | its name and currency |
+//! | credit to a pool | `pool.credit.grant` (and `.topup`, `.refund`, `.adjustment`) | `pool:<id>` | the pool's balance, as for a user's credit |
+//! | a user made a member of a pool, or its cap changed; the membership ended | `pool.member.set`, `pool.member.delete` | `user:<id>` | the pool and the daily cap |
 //!
-//! Not audited: usage (debits, reservations and what becomes of them), payments through a
-//! gateway (they are the ledger's, not a person's), user profiles and saved payment methods.
+//! Not audited: usage (debits, reservations and what becomes of them, a pool's part included),
+//! payments through a gateway (they are the ledger's, not a person's), user profiles and saved
+//! payment methods.
 //!
 //! `before` and `after` are JSON documents written by creditd (or null). For money, the event
 //! says both: the balance before is the balance after minus what moved, whatever usage happened

@@ -61,6 +61,7 @@ fn events() -> Vec<Event<'static>> {
             balance_after: 70,
             available_after: 70,
             action: None,
+            pool: None,
             meta: meta("acme-service", None),
         },
         Event::Debited {
@@ -70,6 +71,7 @@ fn events() -> Vec<Event<'static>> {
             balance_after: 50,
             available_after: 50,
             action: None,
+            pool: None,
             meta: meta("acme-admin", Some("fraud")),
         },
         Event::ActionPut {
