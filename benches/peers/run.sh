@@ -17,11 +17,11 @@
 # runs every workload against each for the same time, and stops everything it started, by PID, on
 # any exit. Each workload is one unmeasured warm-up run, then one measured run:
 #
-#   1 conn        1 connection, sequential, uniform over 10 k users
-#   64 conns      64 connections, uniform over 10 k users
-#   64 conns 1M   64 connections, uniform over 1 M users            (not in --quick)
-#   hot           64 connections, every debit on one user
-#   batch N       8 connections, N debits per request (N = 100), uniform over 10 k users:
+#   1 conn, 10 k users     1 connection, sequential, uniform over 10 k users
+#   64 conns, 10 k users   64 connections, uniform over 10 k users
+#   64 conns, 1 M users    64 connections, uniform over 1 M users      (not in --quick)
+#   64 conns, 1 hot user   64 connections, every debit on one user
+#   batch N, 8 conns       8 connections, N debits per request (N = 100), uniform over 10 k users:
 #                 creditd POST /v1/debits/batch; Redis the same script pipelined N deep
 #                 (redis-benchmark -P N); PostgreSQL one UPDATE of N rows per transaction
 #
@@ -61,7 +61,7 @@ BATCH_CONNECTIONS=8
 AMOUNT=1
 FUNDING=1000000000000 # what `creditd loadgen --setup-only` gives each user
 if [ "$QUICK" = 1 ]; then
-  SECONDS_PER_RUN=${PEERS_SECONDS:-3}
+  SECONDS_PER_RUN=${PEERS_SECONDS:-4}
   WARMUP_SECONDS=1
   USERS=10000
 else
@@ -70,9 +70,10 @@ else
   USERS=1000000
 fi
 # name | connections | users | distribution (uniform|hot) | debits per request
-WORKLOADS=("1 conn|1|10000|uniform|1" "64 conns|64|10000|uniform|1")
-[ "$QUICK" = 1 ] || WORKLOADS+=("64 conns 1M|64|1000000|uniform|1")
-WORKLOADS+=("hot|64|1|hot|1" "batch $BATCH|$BATCH_CONNECTIONS|10000|uniform|$BATCH")
+WORKLOADS=("1 conn, 10 k users|1|10000|uniform|1" "64 conns, 10 k users|64|10000|uniform|1")
+[ "$QUICK" = 1 ] || WORKLOADS+=("64 conns, 1 M users|64|1000000|uniform|1")
+WORKLOADS+=("64 conns, 1 hot user|64|1|hot|1"
+  "batch $BATCH, $BATCH_CONNECTIONS conns|$BATCH_CONNECTIONS|10000|uniform|$BATCH")
 STARTED_AT=$(date +%s)
 
 say() { printf '[%3ds] %s\n' $(($(date +%s) - STARTED_AT)) "$*" >&2; }
@@ -132,6 +133,7 @@ build_creditd() {
 # Processes: everything started here is stopped by PID on exit, whatever the exit.
 
 WORK=
+CLIENT_PID=
 CREDITD_PID=
 REDIS_PID=
 PG_PID=
@@ -149,9 +151,12 @@ stop_pid() { # pid first-signal
   wait "$pid" 2>/dev/null || true
 }
 
+exec 8>&1 9>&2 # the script's own output, for the exit (a signal can come while a client's is redirected)
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  exec 1>&8 2>&9
+  stop_pid "$CLIENT_PID" TERM
   # PostgreSQL: SIGINT is its fast shutdown (backends are told to exit, then the postmaster).
   stop_pid "$PG_PID" INT
   stop_pid "$REDIS_PID" TERM
@@ -170,6 +175,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# A load generator runs in the background while the script waits for it, so that a signal to the
+# script stops it at once rather than when the client is done.
+client() {
+  local status=0
+  "$@" &
+  CLIENT_PID=$!
+  wait "$CLIENT_PID" || status=$?
+  CLIENT_PID=
+  return "$status"
+}
 
 free_port() {
   local port _
@@ -235,7 +251,10 @@ start_redis() {
   REDIS_SHA=$(redis-cli -p "$REDIS_PORT" script load "$(cat "$PEERS/debit.lua")")
 }
 
-as_postgres() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups "$@"; else "$@"; fi; }
+# PostgreSQL will not run as root: as root, its commands run as the postgres user (setpriv execs,
+# so a background server's PID is the postmaster's).
+AS_POSTGRES=()
+[ "$(id -u)" != 0 ] || AS_POSTGRES=(setpriv --reuid=postgres --regid=postgres --init-groups)
 
 start_postgres() {
   local dir=$WORK/pg
@@ -244,15 +263,20 @@ start_postgres() {
     id postgres >/dev/null 2>&1 || die "PostgreSQL will not run as root and there is no postgres user"
     chown postgres: "$dir"
   fi
-  as_postgres "$INITDB" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale \
+  "${AS_POSTGRES[@]}" "$INITDB" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale \
     --no-instructions >"$dir/initdb.log" 2>&1 || die "initdb failed: $(tail -3 "$dir/initdb.log")"
   PG_PORT=$(free_port)
-  # exec, so the PID is the postmaster's.
-  as_postgres "$POSTGRES" -D "$dir/data" -c listen_addresses=127.0.0.1 -c port="$PG_PORT" \
+  "${AS_POSTGRES[@]}" "$POSTGRES" -D "$dir/data" -c listen_addresses=127.0.0.1 -c port="$PG_PORT" \
     -c unix_socket_directories="$dir" -c fsync=on -c synchronous_commit=on \
     -c shared_buffers=256MB -c max_connections=100 >"$dir/server.log" 2>&1 &
   PG_PID=$!
   wait_until 30 "postgres" "$PG_PID" psql_peers -c 'select 1'
+  local postmaster
+  postmaster=$(head -1 "$dir/data/postmaster.pid")
+  if [ "$postmaster" != "$PG_PID" ]; then
+    PG_PID=$postmaster # so that the exit stops it
+    die "the postmaster is not the process started (PID $postmaster): it cannot be measured"
+  fi
   [ "$(psql_peers -tAc 'show synchronous_commit')/$(psql_peers -tAc 'show fsync')" = on/on ] ||
     die "postgres is not on synchronous_commit = on, fsync = on"
 }
@@ -260,7 +284,7 @@ psql_peers() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postg
 
 load_users() {
   say "loading $USERS users into creditd"
-  "$BIN" loadgen --url "$CREDITD_URL" --setup-only --users "$USERS" --connections 64 \
+  client "$BIN" loadgen --url "$CREDITD_URL" --setup-only --users "$USERS" --connections 64 \
     >"$WORK/creditd/setup.log" 2>&1 || die "creditd set-up failed: $(tail -3 "$WORK/creditd/setup.log")"
   say "loading $USERS users into Redis and PostgreSQL"
   # redis-benchmark writes __rand_int__ as 12 digits: the keys are lg-000000000042.
@@ -318,12 +342,12 @@ run_creditd() { # name connections users distribution batch
   local log=$WORK/creditd/$RUN_ID.log args before after applied_before applied_after
   args=(loadgen --url "$CREDITD_URL" --skip-setup --users "$3" --connections "$2"
     --distribution "$4" --batch "$5" --amount "$AMOUNT" --warmup 0)
-  timeout "$LIMIT_SECONDS" "$BIN" "${args[@]}" --duration "$WARMUP_SECONDS" >"$log.warmup" 2>&1 ||
+  client timeout "$LIMIT_SECONDS" "$BIN" "${args[@]}" --duration "$WARMUP_SECONDS" >"$log.warmup" 2>&1 ||
     { R_NOTE="warm-up failed: $(tail -1 "$log.warmup")"; return; }
   creditd_caught_up 60
   applied_before=$(creditd_applied)
   before=$(cpu_ticks "$CREDITD_PID")
-  timeout "$LIMIT_SECONDS" "$BIN" "${args[@]}" --duration "$SECONDS_PER_RUN" >"$log" 2>&1 ||
+  client timeout "$LIMIT_SECONDS" "$BIN" "${args[@]}" --duration "$SECONDS_PER_RUN" >"$log" 2>&1 ||
     { R_NOTE="loadgen failed: $(tail -1 "$log")"; return; }
   creditd_caught_up 60
   after=$(cpu_ticks "$CREDITD_PID")
@@ -344,9 +368,12 @@ run_creditd() { # name connections users distribution batch
 redis_bench() { # log connections users distribution batch requests
   local key=lg-000000000000 random=()
   [ "$4" = hot ] || { key=lg-__rand_int__; random=(-r "$3"); }
-  timeout "$LIMIT_SECONDS" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$2" -n "$6" \
-    -P "$5" "${random[@]}" evalsha "$REDIS_SHA" 1 "$key" "$AMOUNT" 2>&1 | tr '\r' '\n' >"$1"
-  [ "${PIPESTATUS[0]}" = 0 ] && grep -q 'throughput summary' "$1"
+  local status=0
+  client timeout "$LIMIT_SECONDS" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$2" -n "$6" \
+    -P "$5" "${random[@]}" evalsha "$REDIS_SHA" 1 "$key" "$AMOUNT" >"$1.raw" 2>&1 || status=$?
+  tr '\r' '\n' <"$1.raw" >"$1" # progress lines end in carriage returns
+  rm -f "$1.raw"
+  [ "$status" = 0 ] && grep -q 'throughput summary' "$1"
 }
 redis_rate() { awk '/throughput summary:/ { print $3 }' "$1"; }
 
@@ -382,15 +409,21 @@ run_redis() { # name connections users distribution batch
   R_NOTE=$(check_counts "$requests" $((applied_after - applied_before)))
 }
 
-batch_script() { # N: one UPDATE of N users, each debited once per time it was drawn
+# N debits in one statement: the drawn users summed (a user drawn twice is debited twice), their
+# rows locked in key order (so that two batches wait for each other instead of deadlocking), then
+# one conditional UPDATE, committed once.
+batch_script() { # N
   local n=$1 i
   for i in $(seq "$n"); do echo "\\set u$i random(0, :users - 1)"; done
-  printf 'UPDATE wallets AS w SET balance = w.balance - d.amount FROM (SELECT user_id, sum(amount) AS amount FROM (VALUES '
+  printf 'WITH d AS (SELECT user_id, sum(amount)::bigint AS amount FROM (VALUES '
   for i in $(seq "$n"); do
     [ "$i" = 1 ] || printf ', '
     printf "('lg-' || :u%d, (:amount)::bigint)" "$i"
   done
-  printf ') AS v (user_id, amount) GROUP BY user_id) AS d WHERE w.user_id = d.user_id AND w.balance >= d.amount;\n'
+  printf ') AS v (user_id, amount) GROUP BY user_id), '
+  printf 'l AS MATERIALIZED (SELECT w.user_id FROM wallets AS w JOIN d USING (user_id) ORDER BY w.user_id FOR UPDATE OF w) '
+  printf 'UPDATE wallets AS w SET balance = w.balance - d.amount FROM d JOIN l USING (user_id) '
+  printf 'WHERE w.user_id = d.user_id AND w.balance >= d.amount;\n'
 }
 
 run_postgres() { # name connections users distribution batch
@@ -401,16 +434,16 @@ run_postgres() { # name connections users distribution batch
     batch_script "$5" >"$script"
   fi
   [ "$2" -ge "$threads" ] || threads=$2
-  # Deadlocks between multi-row updates are retried (pgbench counts the retries).
+  # A deadlock (there should be none) is retried, and counted.
   args=(-h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared -c "$2" -j "$threads"
     -D users="$3" -D amount="$AMOUNT" --max-tries=100 -f "$script" postgres)
-  timeout "$LIMIT_SECONDS" "$PGBENCH" "${args[@]}" -T "$WARMUP_SECONDS" >"$log.warmup" 2>&1 ||
+  client timeout "$LIMIT_SECONDS" "$PGBENCH" "${args[@]}" -T "$WARMUP_SECONDS" >"$log.warmup" 2>&1 ||
     { R_NOTE="warm-up failed: $(tail -1 "$log.warmup")"; return; }
   rm -f "$WORK/pg/$RUN_ID".latency*
   baseline=$(children "$PG_PID")
   balance_before=$(pg_balance)
   before=$(cpu_ticks "$PG_PID")
-  timeout "$LIMIT_SECONDS" "$PGBENCH" "${args[@]}" -T "$SECONDS_PER_RUN" -l \
+  client timeout "$LIMIT_SECONDS" "$PGBENCH" "${args[@]}" -T "$SECONDS_PER_RUN" -l \
     --log-prefix="$WORK/pg/$RUN_ID.latency" >"$log" 2>&1 || { R_NOTE="pgbench failed: $(tail -1 "$log")"; return; }
   # The backends end after pgbench: wait until they are gone (their CPU is then the
   # postmaster's cutime and cstime).
@@ -459,17 +492,17 @@ declare -A LABEL=([creditd]=creditd [redis]="Redis + Lua" [postgres]=PostgreSQL)
 render() { # text | markdown
   printf '%s\n' "${ROWS[@]}" | awk -F'|' -v format="$1" -v label_c="${LABEL[creditd]}" \
     -v label_r="${LABEL[redis]}" -v label_p="${LABEL[postgres]}" '
-    function rate(x) { return x == "" ? "failed" : x >= 1e6 ? sprintf("%.2f M", x / 1e6) : x >= 1e4 ? sprintf("%.1f k", x / 1e3) : sprintf("%.0f", x) }
-    function us(x) { return x == "" ? "–" : x >= 10000 ? sprintf("%.1f ms", x / 1000) : sprintf("%d µs", x) }
+    function rate(x) { return x == "" ? "failed" : x >= 1e6 ? sprintf("%.2f M", x / 1e6) : x >= 1e3 ? sprintf("%.1f k", x / 1e3) : sprintf("%.0f", x) }
+    function us(x) { return x == "" ? "–" : x >= 10000 ? sprintf("%.1f ms", x / 1000) : x >= 1000 ? sprintf("%.2f ms", x / 1000) : sprintf("%d µs", x) }
     function num(x) { return x == "" ? "–" : x }
     function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "–" : sprintf("%.2f×", a / b) }
     function row(c1, c2, c3, c4, c5, c6, c7, c8, c9) {
       if (format == "markdown") printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c1, c2, c3, c4, c5, c6, c7, c8, c9
-      else printf "%-14s %-12s %10s %9s %9s %9s %9s %10s %8s\n", c1, c2, c3, c4, c5, c6, c7, c8, c9
+      else printf "%-21s %-12s %9s %8s %8s %8s %8s %9s %8s\n", c1, c2, c3, c4, c5, c6, c7, c8, c9
     }
     BEGIN {
       label["creditd"] = label_c; label["redis"] = label_r; label["postgres"] = label_p
-      row("workload", "system", "debits/s", "p50", "p99", "p99.9", "CPU µs/debit", "creditd/peer", "CPU ratio")
+      row("workload", "system", "debits/s", "p50", "p99", "p99.9", "CPU µs", "rate c/p", "CPU c/p")
       if (format == "markdown") print "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     }
     { n++; w[n] = $1; s[n] = $2; r[n] = $3; p50[n] = $4; p99[n] = $5; p999[n] = $6; cpu[n] = $7; note[n] = $8
@@ -480,7 +513,10 @@ render() { # text | markdown
         row(w[i], label[s[i]], rate(r[i]), us(p50[i]), us(p99[i]), us(p999[i]), num(cpu[i]),
           peer ? ratio(cr[w[i]], r[i]) : "", peer ? ratio(ccpu[w[i]], cpu[i]) : "")
       }
-      for (i = 1; i <= n; i++) if (note[i] != "") { if (!noted++) print ""; printf "%s, %s: %s\n", w[i], label[s[i]], note[i] }
+      print ""
+      print "CPU µs: server CPU (user + system) per debit. c/p: creditd divided by the peer: a rate above 1"
+      print "and a CPU below 1 are creditd ahead. Latency is per request (per batch for batches)."
+      for (i = 1; i <= n; i++) if (note[i] != "") printf "%s, %s: %s\n", w[i], label[s[i]], note[i]
     }'
 }
 
@@ -504,9 +540,9 @@ for spec in "${WORKLOADS[@]}"; do run_workload "$spec"; done
 
 ELAPSED=$(($(date +%s) - STARTED_AT))
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-HEADER="$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($CPU_MODEL), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)
+HEADER="$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($CPU_MODEL), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), data on $(findmnt -no FSTYPE -T "$BASE" 2>/dev/null || stat -f -c %T "$BASE") ($BASE), load average $(cut -d' ' -f1-3 /proc/loadavg)
 creditd $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(redis-server --version | awk '{ print $1, $2, $3 }'), $("$POSTGRES" --version)
-$(if [ "$QUICK" = 1 ]; then echo "--quick"; else echo "full"; fi): ${SECONDS_PER_RUN} s per measured run after ${WARMUP_SECONDS} s of warm-up, $USERS users loaded, batches of $BATCH on $BATCH_CONNECTIONS connections, ${ELAPSED} s in all"
+benches/peers/run.sh$(if [ "$QUICK" = 1 ]; then echo " --quick"; fi): ${SECONDS_PER_RUN} s per measured run after ${WARMUP_SECONDS} s of warm-up, $USERS users loaded, batches of $BATCH on $BATCH_CONNECTIONS connections, ${ELAPSED} s in all"
 echo
 echo "$HEADER"
 echo
