@@ -10,12 +10,13 @@
 #
 #   benches/peers/run.sh [--quick] [--out FILE]
 #
-# It installs what is missing with apt (redis-server, redis-tools, postgresql, curl), builds
-# target/release/creditd if it is missing or older than the sources, starts the three servers on
-# 127.0.0.1 in one temporary directory on disk ($PEERS_DIR, default /var/tmp), loads the same
-# users with the same balances into each (lg-0 … lg-(N-1), 10^12 credits each: nothing runs out),
-# runs every workload against each for the same time, and stops everything it started, by PID, on
-# any exit. Each workload is one unmeasured warm-up run, then one measured run:
+# It installs what is missing with apt (redis-server, redis-tools, postgresql, curl; where a
+# package starts its own service, as on a machine with systemd, that service is left alone and
+# unused), builds target/release/creditd if it is missing or older than the sources, starts the
+# three servers on 127.0.0.1 in one temporary directory on disk ($PEERS_DIR, default /var/tmp),
+# loads the same users with the same balances into each (lg-0 … lg-(N-1), 10^12 credits each:
+# nothing runs out), runs every workload against each for the same time, and stops everything it
+# started, by PID, on any exit. Each workload is one unmeasured warm-up run, then one measured run:
 #
 #   1 conn, 10 k users     1 connection, sequential, uniform over 10 k users
 #   64 conns, 10 k users   64 connections, uniform over 10 k users
@@ -29,14 +30,15 @@
 # server CPU per debit (user + system time of the server process and its children, from
 # /proc/<pid>/stat before and after the measured run, divided by the debits the server applied;
 # for PostgreSQL the postmaster and every backend, live or exited), and creditd / peer for
-# throughput and for CPU. Full mode: 10 s per measured run, about 6 minutes with the loading of
-# 1 M users; --quick: 3 s per run, 10 k users, no 1 M workload, under 2 minutes (after install and
-# build). The load generators share the machine with the servers, as they would on one box.
+# throughput and for CPU. Full mode: 10 s per measured run, about 5 minutes with the loading of
+# 1 M users; --quick: 4 s per run, 10 k users, no 1 M workload, about 1 minute (both after install
+# and build). The load generators share the machine with the servers, as they would on one box.
 #
 # Environment: PEERS_DIR (where the temporary directory goes), PEERS_SECONDS (measured seconds per
 # run), PEERS_BATCH (debits per batch, default 100). CREDITD_* variables reach the creditd server
 # (e.g. CREDITD_HISTORY__ENABLED=false), except its data directory and listen address.
 set -euo pipefail
+CALLER_DIR=$PWD
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 PEERS=$ROOT/benches/peers
@@ -54,9 +56,12 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-case $OUT in "" | /*) ;; *) OUT=$PWD/$OUT ;; esac
+case $OUT in "" | /*) ;; *) OUT=$CALLER_DIR/$OUT ;; esac
 
 BATCH=${PEERS_BATCH:-100}
+for value in "$BATCH" "${PEERS_SECONDS:-1}"; do
+  [[ $value =~ ^[1-9][0-9]*$ ]] || { echo "PEERS_BATCH and PEERS_SECONDS are positive integers" >&2; exit 2; }
+done
 BATCH_CONNECTIONS=8
 AMOUNT=1
 FUNDING=1000000000000 # what `creditd loadgen --setup-only` gives each user
