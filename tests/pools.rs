@@ -138,6 +138,11 @@ async fn a_member_spends_its_wallet_then_its_pool_and_every_view_says_so() {
     let wallet = ok(&service, Method::GET, "/v1/users/ada/wallet", Value::Null).await;
     assert_eq!(wallet["pool"]["drawn_today"], 20);
     assert_eq!(wallet["pool"]["available_to_user"], 80);
+    assert_eq!(
+        (wallet["available"].clone(), wallet["spendable"].clone()),
+        (json!(0), json!(80)),
+        "what can be spent counts what the pool may still give"
+    );
     // Past the cap: a 402 that says what the pool could still give; nothing written.
     let refused = call(
         &service,

@@ -92,6 +92,17 @@ pub(super) struct MembershipJson {
     available_to_user: i64,
 }
 
+impl MembershipJson {
+    /// What the pool adds to what the user can spend in `currency`.
+    pub(super) fn spendable_in(&self, currency: &str) -> i64 {
+        if self.currency == currency {
+            self.available_to_user.max(0)
+        } else {
+            0
+        }
+    }
+}
+
 impl From<MembershipView> for MembershipJson {
     fn from(view: MembershipView) -> MembershipJson {
         MembershipJson {

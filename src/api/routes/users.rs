@@ -284,6 +284,11 @@ pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) 
         .as_ref()
         .filter(|rule| rule.enabled)
         .map_or(low_balance, |rule| rule.threshold);
+    let pool = super::pools::membership_json(call, &user.user_id);
+    // What a debit may take: the wallet's part and what the pool may still give, as a 402 says.
+    let from_pool = pool
+        .as_ref()
+        .map_or(0, |pool| pool.spendable_in(currency.as_str()));
     WalletJson {
         user_id: user.user_id.clone(),
         currency: currency.to_string(),
@@ -291,11 +296,11 @@ pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) 
         reserved: wallet.reserved,
         available: wallet.available,
         overdraft_limit: wallet.overdraft_limit,
-        spendable: wallet.spendable,
+        spendable: wallet.spendable.saturating_add(from_pool),
         status: wallet_status(wallet.available, low_balance),
         auto_topup: rule.as_ref().map(rule_json),
         balances: user.wallets.iter().map(BalanceJson::from).collect(),
-        pool: super::pools::membership_json(call, &user.user_id),
+        pool,
     }
 }
 
