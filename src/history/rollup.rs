@@ -83,7 +83,9 @@
 //! density is one UPSERT per spend. Keyed by strings it doubled the feeder's CPU per entry (2.5 µs
 //! for the ledger alone, 5.1 µs with the rollups); keyed by numbers it adds ~1.3 µs per spend
 //! (hour rows ~0.7, the maps and sealing the rest), ~20 bytes of hour rows and ~5 of user blocks.
-//! Tenants whose users spend many times per step pay a small fraction of that.
+//! Tenants whose users spend many times per step pay a small fraction of that, and so does a
+//! feeder that lags: its steps grow (see `worker::next_step_records`), and a key is one UPSERT per
+//! step however many spends it counts.
 //!
 //! Counters are integers and every sum is checked: an overflow fails the step, never wraps
 //! (SQLite's `sum()` raises one; an UPSERT whose addition would leave the integers writes nothing,
