@@ -909,6 +909,30 @@ fn seed_engine_ops() -> Vec<Seed> {
             .op(op::RESTART, &[0, 0])
             .op(op::EXPIRE, &[4]);
         seeds.push(time.0);
+        // A pool g0 of 1000 credits; u0 a member capped at 100 a day, u1 uncapped: spends paid
+        // by the pool, a refusal above the cap, a hold and a capture, a chargeback below the
+        // floor and a spend the pool pays whole after it, a member leaving, a restart from a
+        // snapshot, and the next UTC day.
+        let pools = Script::new(profile)
+            .wait(op::PUT_POOL, &[0, 0, 0])
+            .wait(op::CREDIT_POOL, &[0, 0, 5, 0, 0, 1])
+            .op(op::CREDIT_POOL, &[0, 0, 5, 0, 0, 1])
+            .op(op::SET_MEMBER, &[0, 0, 0, 5])
+            .op(op::SET_MEMBER, &[0, 1, 0, 0])
+            .wait(op::DEBIT, &[0, 0, 4, 0, 0, 0, 0])
+            .op(op::DEBIT, &[0, 0, 4, 0, 0, 0, 0])
+            .op(op::RESERVE, &[0, 1, 0, 4, 0, 0, 0, 0, 0])
+            .op(op::CAPTURE, &[0, 0, 3, 0, 0])
+            .op(op::REVOKE, &[0, 0, 2, 0, 0, 1, 0])
+            .op(op::DEBIT, &[0, 0, 1, 0, 0, 0, 0])
+            .op(op::REMOVE_MEMBER, &[0, 1])
+            .op(op::SNAPSHOT, &[])
+            .op(op::RESTART, &[0, 0])
+            .op(op::CLOCK, &[12])
+            .op(op::DEBIT, &[0, 0, 4, 0, 0, 0, 0])
+            .op(op::SET_MEMBER, &[0, 2, 1, 0])
+            .op(op::PUT_POOL, &[0, 1, 1]);
+        seeds.push(pools.0);
     }
     // Longer sequences from a fixed pseudo-random stream, mostly valid arguments.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;

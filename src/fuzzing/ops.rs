@@ -11,8 +11,8 @@ use crate::engine::types::{
 };
 use crate::engine::{
     check_snapshot_chunks, CaptureRequest, Clock, Context, CreditRequest, DebitRequest, Done,
-    Engine, EngineOptions, IdempotencyKey, ManualClock, ReservationState, ReservationView,
-    ReserveRequest, RevokeRequest, Spend, Tenant, TenantSpec, WalletView,
+    Engine, EngineOptions, IdempotencyKey, ManualClock, PoolCreditRequest, ReservationState,
+    ReservationView, ReserveRequest, RevokeRequest, Spend, Tenant, TenantSpec, WalletView,
 };
 use crate::engine::{PackageSpec, ProfileUpdate};
 use crate::wal::batch;
@@ -22,8 +22,8 @@ use crate::wal::{SharedStorage, Storage};
 
 use super::decode::{check_engine_loads, le_u32, read_snapshot};
 use super::model::{
-    same_error, History, Key, Known, MReservation, MTenant, MWallet, Model, Overdraft, Profile,
-    Stop,
+    day_of, same_error, History, Key, Known, MReservation, MTenant, MWallet, Model, Overdraft,
+    Profile, Stop,
 };
 use super::T0;
 
@@ -85,8 +85,16 @@ pub mod op {
     pub const FLUSH: u8 = 20;
     /// No arguments: flush, then check the directory read-only as `creditd wal verify` does.
     pub const VERIFY: u8 = 21;
+    /// `tenant, pool, currency`.
+    pub const PUT_POOL: u8 = 22;
+    /// `tenant, pool, amount, reason, reference, key`.
+    pub const CREDIT_POOL: u8 = 23;
+    /// `tenant, user, pool, cap (0 = none, else the amount table at byte − 1)`.
+    pub const SET_MEMBER: u8 = 24;
+    /// `tenant, user`.
+    pub const REMOVE_MEMBER: u8 = 25;
     /// How many operation codes there are.
-    pub const COUNT: u8 = 22;
+    pub const COUNT: u8 = 26;
     /// Set on an operation byte to wait until the operation's change is durable.
     pub const WAIT: u8 = 0x80;
 }
@@ -96,6 +104,7 @@ const USER_IDS: [&str; 4] = ["u0", "u1", "u2", "bad/user"];
 const ACTION_IDS: [&str; 3] = ["a0", "a1", "bad action"];
 const PACKAGE_IDS: [&str; 3] = ["p0", "p1", "bad/package"];
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "bad key"];
+const POOL_IDS: [&str; 3] = ["g0", "g1", "bad/pool"];
 /// Clock advances in milliseconds; `i64::MAX` jumps to near the end of time.
 const ADVANCES_MS: [i64; 16] = [
     0,
@@ -753,6 +762,81 @@ impl Run {
                     "verify sees a torn tail after a flush"
                 );
             }
+            op::PUT_POOL => {
+                let tenant = input.pick(&TENANT_IDS);
+                let pool = input.pick(&POOL_IDS);
+                let currency = input.pick(&self.currencies);
+                let Some(handle) = self.tenant(tenant) else {
+                    return;
+                };
+                let got = self
+                    .engine
+                    .put_pool(&handle, pool, None, currency, &context(None));
+                let want =
+                    self.model
+                        .put_pool(&mut self.history, &limits, tenant, pool, (None, currency));
+                expect_same("put_pool", &got, &want);
+                self.acknowledge(wait, got.ok().map(|(_, lsn)| lsn));
+            }
+            op::CREDIT_POOL => {
+                let tenant = input.pick(&TENANT_IDS);
+                let request = PoolCreditRequest {
+                    pool: input.pick(&POOL_IDS),
+                    amount: input.amount(limits.max_amount),
+                    kind: CreditKind::Grant,
+                    reason: input.text(),
+                    reference: input.text(),
+                };
+                let key = input.key();
+                let Some(handle) = self.tenant(tenant) else {
+                    return;
+                };
+                let now = self.now();
+                let got = self.engine.credit_pool(&handle, &request, &context(key));
+                let want =
+                    self.model
+                        .credit_pool(&mut self.history, &limits, tenant, &request, key, now);
+                self.settle("credit_pool", wait, &got, want);
+            }
+            op::SET_MEMBER => {
+                let tenant = input.pick(&TENANT_IDS);
+                let user = input.pick(&USER_IDS);
+                let pool = input.pick(&POOL_IDS);
+                let byte = input.byte();
+                let cap = (byte != 0).then(|| amount_at(byte - 1, limits.max_amount));
+                let Some(handle) = self.tenant(tenant) else {
+                    return;
+                };
+                let now = self.now();
+                let got = self
+                    .engine
+                    .set_pool_member(&handle, user, pool, cap, &context(None));
+                let want = self.model.set_pool_member(
+                    &mut self.history,
+                    &limits,
+                    tenant,
+                    (user, pool, cap),
+                    now,
+                );
+                expect_same("set_pool_member", &got, &want);
+                self.acknowledge(wait, got.ok());
+            }
+            op::REMOVE_MEMBER => {
+                let tenant = input.pick(&TENANT_IDS);
+                let user = input.pick(&USER_IDS);
+                let Some(handle) = self.tenant(tenant) else {
+                    return;
+                };
+                let now = self.now();
+                let got = self
+                    .engine
+                    .remove_pool_member(&handle, user, &context(None));
+                let want = self
+                    .model
+                    .remove_pool_member(&mut self.history, tenant, user, now);
+                expect_same("remove_pool_member", &got, &want);
+                self.acknowledge(wait, got.ok());
+            }
             _ => unreachable!("operation codes are taken modulo op::COUNT"),
         }
         self.compare();
@@ -1029,6 +1113,41 @@ impl Run {
     }
 
     /// Compares the whole engine state with the model.
+    /// Every pool and every membership of a tenant, as the engine shows them and as the model
+    /// holds them.
+    fn compare_pools(&self, handle: &Tenant, model: &MTenant) {
+        let id = handle.id();
+        let now = self.now();
+        let day = day_of(now);
+        for pool in &POOL_IDS {
+            let found = self
+                .engine
+                .pool(handle, pool)
+                .map(|p| (p.currency, p.balance, p.reserved, p.members, p.drawn_today));
+            let expected = model
+                .pools
+                .get(pool)
+                .map(|p| {
+                    let drawn = p.members.values().map(|m| m.drawn_on(day)).sum::<i64>();
+                    (p.currency, p.balance, p.reserved, p.members.len(), drawn)
+                })
+                .ok_or(EngineError::NotFound(Missing::Pool));
+            assert_eq!(found, expected, "tenant {id}, pool {pool}");
+        }
+        for (user, account) in &model.users {
+            let found = self
+                .engine
+                .membership(handle, user)
+                .map(|m| m.map(|m| (m.pool_id, m.daily_cap, m.drawn_today, m.available_to_user)));
+            let expected = Ok(account.pool.map(|pool| {
+                let allowance = self.model.allowance(id, user, pool, now, true);
+                let cap = model.pools[pool].members[user].daily_cap;
+                (pool.to_owned(), cap, allowance.drawn, allowance.available)
+            }));
+            assert_eq!(found, expected, "tenant {id}, user {user}: membership");
+        }
+    }
+
     fn compare(&mut self) {
         assert_eq!(
             self.engine.wal().next_lsn(),
@@ -1048,6 +1167,7 @@ impl Run {
         for (id, model) in &self.model.tenants {
             let handle = self.engine.tenant(id).expect("tenant");
             compare_tenant(&handle, model);
+            self.compare_pools(&handle, model);
             keys += model.keys.len() as u64;
             for (reservation, entry) in &model.reservations {
                 if let MReservation::Closed {
