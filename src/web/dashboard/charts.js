@@ -36,7 +36,7 @@ function empty(container, message) {
 // short axis label (shown for a few bars only when there are many).
 export function timeBars(container, points, { label, format = String, emptyText = "No usage in this window." }) {
   if (!points.length || points.every((p) => p.value === 0)) return empty(container, emptyText);
-  const width = 640, height = 260, left = 56, right = 12, top = 14, bottom = 34;
+  const width = 960, height = 250, left = 56, right = 12, top = 14, bottom = 34;
   const plotW = width - left - right, plotH = height - top - bottom;
   const max = niceMax(Math.max(...points.map((p) => p.value)));
   const svg = svgRoot(width, height, label);

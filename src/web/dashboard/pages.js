@@ -41,7 +41,7 @@ export function money(minor, currency) {
 
 function when(text) {
   if (!text) return "—";
-  return text.replace("T", " ").replace(/:\d\d(\.\d+)?Z$/, " UTC");
+  return text.replace("T", " ").replace(/:\d\d(\.\d+)?Z$/, "");
 }
 
 function rows(table, list, render, emptyText) {
@@ -215,7 +215,7 @@ const users = {
         h("td", { class: `num ${entry.amount < 0 ? "neg" : "pos"}` }, `${entry.amount > 0 ? "+" : ""}${number(entry.amount)}`),
         h("td", { class: "num" }, number(entry.balance_after)),
         h("td", {}, [entry.action, entry.description, entry.reference].filter(Boolean).join(" · ") || "—"),
-        h("td", { class: "muted" }, entry.actor));
+        h("td", { class: "muted nowrap" }, entry.actor));
     if (more) $("entries").tBodies[0].append(...page.entries.map(render));
     else rows("entries", page.entries, render, "No entries yet.");
     this.entriesCursor = page.next_cursor;
@@ -366,6 +366,7 @@ const billing = {
       $("package-form-title").textContent = `Saved package ${id}`;
       await this.loadPackages();
     } catch (error) {
+      $("package-form-title").textContent = `Edit package ${id}`;
       showError(form, error, "package-error");
     }
   },
@@ -468,7 +469,7 @@ const reports = {
     const user = $("report-user").value.trim();
     $("report-user-error").textContent = "";
     $("report-user").removeAttribute("aria-invalid");
-    $("report-window-text").textContent = `${when(iso(from))} to ${when(iso(to))}, by ${byHour ? "hour" : "day"}${user ? `, user ${user}` : ", all users"}.`;
+    $("report-window-text").textContent = `${when(iso(from))} to ${when(iso(to))} UTC, by ${byHour ? "hour" : "day"}${user ? `, user ${user}` : ", all users"}.`;
     const base = { from: iso(from), to: iso(to), user_id: user };
     const failed = (error) => {
       $("report-user-error").textContent = error.message;
@@ -484,7 +485,7 @@ const reports = {
       for (let t = Math.floor(from / step) * step; t < to; t += step) {
         const date = new Date(t);
         const tick = byHour ? `${String(date.getUTCHours()).padStart(2, "0")}:00` : `${date.getUTCDate()} ${date.toLocaleString("en-US", { month: "short", timeZone: "UTC" })}`;
-        points.push({ label: when(iso(t)), tick, value: credits.get(t) || 0 });
+        points.push({ label: `${when(iso(t))} UTC`, tick, value: credits.get(t) || 0 });
       }
       $("usage-time-total").textContent = `· ${number(overTime.total_credits)} credits`;
       timeBars($("chart-usage-time"), points, { label: `Credits used per ${byHour ? "hour" : "day"}`, format: number });
@@ -506,10 +507,13 @@ const reports = {
 
 // ---------------------------------------------------------------------------------------- audit
 
+// A JSON document as short text: an object's members as `name: value`, cut at 240 characters.
 function compact(document) {
   if (document === null || document === undefined) return "—";
-  const text = JSON.stringify(document);
-  return text.length > 90 ? `${text.slice(0, 89)}…` : text;
+  const text = typeof document === "object" && !Array.isArray(document)
+    ? Object.entries(document).map(([name, value]) => `${name}: ${JSON.stringify(value)}`).join(", ")
+    : JSON.stringify(document);
+  return text.length > 240 ? `${text.slice(0, 239)}…` : text;
 }
 
 const audit = {
@@ -530,8 +534,8 @@ const audit = {
       $("chain-status").className = `status status-${chain.status}`;
       $("chain-status").textContent = chain.status === "intact" ? "chain intact" : "chain broken";
       $("chain-detail").textContent = chain.status === "intact"
-        ? `${number(chain.records)} records verified, head ${chain.last_hash.slice(0, 12)}…, checked ${when(chain.checked_at)}`
-        : `${chain.detail}, checked ${when(chain.checked_at)}`;
+        ? `${number(chain.records)} records verified, head ${chain.last_hash.slice(0, 12)}…, checked ${when(chain.checked_at)} UTC`
+        : `${chain.detail}, checked ${when(chain.checked_at)} UTC`;
     } catch (error) {
       $("chain-status").textContent = "unknown";
       $("chain-detail").textContent = error.message;
@@ -550,11 +554,13 @@ const audit = {
       h("tr", {},
         h("td", { class: "num" }, record.seq),
         h("td", { class: "nowrap" }, when(record.at)),
-        h("td", {}, record.actor),
+        h("td", { class: "nowrap" }, record.actor),
         h("td", { class: "mono" }, record.action),
         h("td", { class: "mono" }, record.target),
         h("td", { class: "change" },
-          h("span", { class: "muted" }, compact(record.before)), " → ", h("span", {}, compact(record.after))),
+          record.before ? h("span", { class: "before" }, compact(record.before)) : null,
+          record.before ? " → " : null,
+          h("span", {}, compact(record.after))),
         h("td", { class: "mono muted", title: record.hash }, `${record.hash.slice(0, 10)}…`));
     if (cursor) $("audit").tBodies[0].append(...page.records.map(render));
     else rows("audit", page.records, render, "No audit records yet.");
