@@ -381,9 +381,15 @@ pub async fn list_users(call: &Call<'_>) -> Answer {
             _ => return Err(unknown_parameter(&name)),
         }
     }
-    let ids = call
-        .tenant
-        .user_ids(&prefix, cursor.as_deref(), limit as usize);
+    // Off the runtime's threads: the scan's time grows with the tenant's users.
+    let tenant = std::sync::Arc::clone(&call.tenant);
+    let ids = tokio::task::spawn_blocking(move || {
+        tenant.user_ids(&prefix, cursor.as_deref(), limit as usize)
+    })
+    .await
+    .map_err(|_| {
+        Problem::unavailable("server-busy", "the user listing was interrupted; try again")
+    })?;
     let currency = call.tenant.default_currency();
     // A user deleted between the scan and its read is left out of the page.
     let users: Vec<UserJson> = (ids.iter())

@@ -65,7 +65,7 @@ export function timeBars(container, points, { label, format = String, emptyText 
 export function categoryBars(container, rows, { label, format = String, emptyText = "Nothing in this window." }) {
   if (!rows.length) return empty(container, emptyText);
   const sorted = [...rows].sort((a, b) => b.value - a.value).slice(0, 12);
-  const rowH = 30, width = 640, labelW = 170, valueW = 120, top = 6;
+  const rowH = 30, width = 520, labelW = 110, valueW = 190, top = 6;
   const height = top * 2 + rowH * sorted.length;
   const plotW = width - labelW - valueW;
   const max = Math.max(...sorted.map((r) => r.value), 1);
@@ -73,7 +73,7 @@ export function categoryBars(container, rows, { label, format = String, emptyTex
   sorted.forEach((row, i) => {
     const y = top + rowH * i;
     const w = Math.max(2, (plotW * row.value) / max);
-    const name = row.label.length > 24 ? `${row.label.slice(0, 23)}…` : row.label;
+    const name = row.label.length > 15 ? `${row.label.slice(0, 14)}…` : row.label;
     svg.append(el("text", { x: labelW - 10, y: y + rowH / 2 + 4, "text-anchor": "end", class: "cat" }, name));
     const bar = el("rect", { x: labelW, y: y + 5, width: w, height: rowH - 10, rx: 3, class: "bar", "data-value": row.value });
     bar.append(el("title", {}, `${row.label}: ${row.text || format(row.value)}`));
