@@ -194,11 +194,11 @@ impl Tenant {
     /// scanned; only the ids of the page are kept (a bounded heap), so a scan of many users
     /// allocates no more than one page.
     pub fn user_ids(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
-        let mut page: std::collections::BinaryHeap<compact_str::CompactString> =
-            std::collections::BinaryHeap::with_capacity(limit.saturating_add(1).min(1024));
         if limit == 0 {
             return Vec::new();
         }
+        let mut page: std::collections::BinaryHeap<compact_str::CompactString> =
+            std::collections::BinaryHeap::with_capacity(limit.min(1024));
         for entry in self.users.iter() {
             let id = entry.key();
             if !id.starts_with(prefix) || after.is_some_and(|after| id.as_str() <= after) {
