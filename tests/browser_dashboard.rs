@@ -2,7 +2,8 @@
 //! `tests/common/webdriver.rs`): an admin signs in with a key, finds a user and sees the balance,
 //! grants credits with a reason and sees the balance change, types a bad price into a package and
 //! sees the API's message next to the field, sees the usage chart drawn for the debits made, and
-//! the audit log with its chain status; a service key sees no audit page.
+//! the audit log with its chain status; a service key sees no audit page, and a platform key
+//! picks the tenant it acts in.
 //!
 //! With `CREDITD_SCREENSHOTS=1` it also saves a screenshot of each page into `docs/` (the README
 //! shows them); without it nothing is written, so CI leaves them alone.
@@ -15,7 +16,7 @@ mod webdriver;
 use creditd::config::Gateway;
 use http::Method;
 use serde_json::{json, Value};
-use server::{send_json, Server, ADMIN, SERVICE};
+use server::{send_json, Server, ADMIN, GLOBEX, PLATFORM, SERVICE};
 use webdriver::Browser;
 
 /// An integer as the page shows it (`1,234`).
@@ -437,6 +438,39 @@ async fn an_operator_uses_the_dashboard() {
     assert!(browser.displayed(r#"#nav a[data-page="users"]"#).await);
     assert!(!browser.displayed("#revoke-form").await);
     assert!(!browser.displayed("#package-form").await);
+
+    // A platform key picks the tenant it acts in; the pages then show that tenant's users.
+    put(
+        &server,
+        GLOBEX,
+        "/v1/users/hedy",
+        json!({"name": "Hedy Lamarr"}),
+    )
+    .await;
+    browser.click("#sign-out").await;
+    browser.wait_text("h1", "Sign in").await;
+    browser.fill("#signin-key", PLATFORM).await;
+    browser.click("#signin-submit").await;
+    browser.wait_text("#who-role", "platform").await;
+    browser
+        .wait_for(
+            "the platform key's own tenant is listed first",
+            "return document.querySelector('.user-row')?.dataset.user === 'ada';",
+            json!([]),
+        )
+        .await;
+    browser
+        .click(r#"#tenant-select option[value="globex"]"#)
+        .await;
+    browser
+        .wait_for(
+            "globex's users, and only them",
+            "const ids = [...document.querySelectorAll('.user-row')].map(b => b.dataset.user); \
+             return ids.join(',') === 'hedy';",
+            json!([]),
+        )
+        .await;
+    assert_eq!(browser.property("#tenant-select", "value").await, "globex");
 
     browser.quit().await;
     server.stop().await;

@@ -3,6 +3,7 @@
 // the problem+json document (its `detail`, and the `field` it names, if any).
 
 const KEY = "creditd.key";
+const TENANT = "creditd.tenant";
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -20,6 +21,17 @@ export function key() {
 export function setKey(value) {
   if (value) sessionStorage.setItem(KEY, value);
   else sessionStorage.removeItem(KEY);
+  if (!value) setTenant(null);
+}
+
+// The tenant a platform key acts in (sent as X-Tenant), or null for the key's own.
+export function tenant() {
+  return sessionStorage.getItem(TENANT);
+}
+
+export function setTenant(value) {
+  if (value) sessionStorage.setItem(TENANT, value);
+  else sessionStorage.removeItem(TENANT);
 }
 
 function newIdempotencyKey() {
@@ -31,6 +43,7 @@ function newIdempotencyKey() {
 // Sends one request; POSTs carry a fresh Idempotency-Key, so a retried click is applied once.
 export async function call(method, path, body) {
   const headers = { Authorization: `Bearer ${key() || ""}`, Accept: "application/json" };
+  if (tenant()) headers["X-Tenant"] = tenant();
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";

@@ -1,7 +1,7 @@
 // The dashboard's shell: sign in with a key, learn what it may do (`GET /v1/me`), show the pages
 // that role may use, and switch pages on the URL's fragment (#users, #billing, #reports, #audit).
 
-import { ApiError, get, key, setKey } from "./api.js";
+import { ApiError, get, key, setKey, setTenant } from "./api.js";
 import { pages } from "./pages.js";
 
 const RANK = { service: 1, admin: 2, platform: 3 };
@@ -59,6 +59,29 @@ async function signIn(secret) {
   $("whoami").hidden = false;
   applyRole(me.role);
   for (const page of Object.values(pages)) page.reset?.();
+  await tenantSwitch();
+}
+
+// A platform key may act in any tenant: a list of them, whose choice is sent as X-Tenant.
+async function tenantSwitch() {
+  const select = $("tenant-select");
+  $("tenant-switch").hidden = me.role !== "platform";
+  $("who-tenant").hidden = me.role === "platform";
+  if (me.role !== "platform") return;
+  let tenants = [];
+  try {
+    tenants = (await get("/v1/tenants")).tenants.map((t) => t.tenant_id);
+  } catch {
+    tenants = [];
+  }
+  if (!tenants.includes(me.tenant)) tenants.unshift(me.tenant);
+  select.replaceChildren(...tenants.map((id) => {
+    const option = document.createElement("option");
+    option.value = id;
+    option.textContent = id;
+    option.selected = id === me.tenant;
+    return option;
+  }));
 }
 
 function start() {
@@ -86,6 +109,16 @@ function start() {
     me = null;
     location.hash = "";
     route();
+  });
+  $("tenant-select").addEventListener("change", async () => {
+    setTenant($("tenant-select").value);
+    try {
+      await signIn(key());
+    } catch {
+      setTenant(null);
+      await signIn(key()).catch(() => {});
+    }
+    await route();
   });
   window.addEventListener("hashchange", () => route());
   const saved = key();
