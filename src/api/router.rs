@@ -18,8 +18,8 @@ use http::Method;
 use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
-    audit, catalogue, entries, health, payment_history, payments, pools, reports, reservations,
-    sandbox, tenants, users,
+    audit, catalogue, dashboard, entries, health, payment_history, payments, pools, reports,
+    reservations, sandbox, tenants, users,
 };
 use crate::config::Role;
 
@@ -92,6 +92,8 @@ route_table! {
     Healthz:           "GET"    "/healthz"                                  Probe    => health::ready;
     Metrics:           "GET"    "/metrics"                                  Probe    => health::metrics;
     OpenApi:           "GET"    "/openapi.yaml"                             Open     => health::openapi;
+    Me:                "GET"    "/v1/me"                                    Service  => users::me;
+    ListUsers:         "GET"    "/v1/users"                                 Service  => users::list_users;
     PutUser:           "PUT"    "/v1/users/{user_id}"                       Service  => users::put_user;
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
     PatchUser:         "PATCH"  "/v1/users/{user_id}"                       Service  => users::patch_user;
@@ -134,12 +136,15 @@ route_table! {
     GetPayment:        "GET"    "/v1/payments/{reference}"                  Service  => payments::get_payment;
     AbandonPayment:    "POST"   "/v1/payments/{reference}/abandon"          Admin    => payments::abandon_payment;
     Webhook:           "POST"   "/v1/webhooks/{gateway}"                    Open     => payments::webhook;
+    DashboardPage:     "GET"    "/dashboard"                                Open     => dashboard::page;
+    DashboardFile:     "GET"    "/dashboard/{file}"                         Open     => dashboard::file;
     SandboxPage:       "GET"    "/sandbox/checkout/{reference}"             Open     => sandbox::page;
     SandboxAction:     "POST"   "/sandbox/checkout/{reference}"             Open     => sandbox::action;
     GetAutoTopup:      "GET"    "/v1/users/{user_id}/auto-topup"            Service  => payments::get_auto_topup;
     PutAutoTopup:      "PUT"    "/v1/users/{user_id}/auto-topup"            Admin    => payments::put_auto_topup;
     DeleteAutoTopup:   "DELETE" "/v1/users/{user_id}/auto-topup"            Admin    => payments::delete_auto_topup;
     ListAudit:         "GET"    "/v1/audit"                                 Admin    => audit::list_audit;
+    VerifyAudit:       "GET"    "/v1/audit/verify"                          Admin    => audit::verify_audit;
     UsageReport:       "GET"    "/v1/reports/usage"                         Service  => reports::usage;
     RevenueReport:     "GET"    "/v1/reports/revenue"                       Admin    => reports::revenue;
 }

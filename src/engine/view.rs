@@ -189,6 +189,34 @@ impl Tenant {
         }
     }
 
+    /// The ids of up to `limit` users that start with `prefix` and sort after `after`, in
+    /// byte order: one page of a listing. Each shard is read-locked in turn while its keys are
+    /// scanned; only the ids of the page are kept (a bounded heap), so a scan of many users
+    /// allocates no more than one page.
+    pub fn user_ids(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut page: std::collections::BinaryHeap<compact_str::CompactString> =
+            std::collections::BinaryHeap::with_capacity(limit.min(1024));
+        for entry in self.users.iter() {
+            let id = entry.key();
+            if !id.starts_with(prefix) || after.is_some_and(|after| id.as_str() <= after) {
+                continue;
+            }
+            if page.len() < limit {
+                page.push(id.clone());
+            } else if page.peek().is_some_and(|largest| id < largest) {
+                page.pop();
+                page.push(id.clone());
+            }
+        }
+        page.into_sorted_vec()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect()
+    }
+
     /// The currency of new users' wallets.
     pub fn default_currency(&self) -> Currency {
         self.default_currency

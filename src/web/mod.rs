@@ -1,9 +1,10 @@
-//! The pages creditd serves to people rather than programs: today the sandbox checkout page, later
-//! the operators' dashboard. Their HTML lives beside this module as files embedded in the binary
+//! The pages creditd serves to people rather than programs: the sandbox checkout page and the
+//! operators' dashboard (static files: [`dashboard`]). Their HTML lives beside this module as files embedded in the binary
 //! (`include_str!`), with `{{name}}` placeholders that [`fill`] replaces by values the page's code
 //! has already escaped. Nothing here reads or changes state: a page is rendered from a view the
 //! caller hands over.
 
+pub mod dashboard;
 pub mod sandbox;
 
 /// Escapes text for HTML.

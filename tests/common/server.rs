@@ -138,6 +138,11 @@ impl Server {
         }
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A client with `secret`.
     pub fn client(&self, secret: &str) -> Client {
         Client::new(&self.base, secret).unwrap()

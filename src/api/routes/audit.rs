@@ -18,7 +18,7 @@ use super::entries::{
 use crate::api::call::{ok, Answer, Call};
 use crate::api::problem::Problem;
 use crate::api::request::{query_pairs, unknown_parameter};
-use crate::history::audit::{Filter, Record};
+use crate::history::audit::{hex, Filter, Record};
 use crate::time::format_rfc3339_ms;
 
 /// What the query asks for.
@@ -68,6 +68,41 @@ pub async fn list_audit(call: &Call<'_>) -> Answer {
     ok(&Page {
         records: listed,
         next_cursor,
+    })
+}
+
+/// `GET /v1/audit/verify`: the status of the audit chain, checked from its first record to its
+/// anchored head as `creditd audit verify` does. The chain is one across all tenants, so the
+/// answer is about all of it: `intact` with how many records it holds and the last hash, or
+/// `broken` with the first bad record's seq and what is wrong with it. Either is a 200: the
+/// check itself succeeded.
+pub async fn verify_audit(call: &Call<'_>) -> Answer {
+    if let Some((name, _)) = query_pairs(call.query).next() {
+        return Err(unknown_parameter(&name));
+    }
+    let Some(reader) = call.state.history.clone() else {
+        return Err(history_disabled());
+    };
+    catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
+    let checked_at = format_rfc3339_ms(call.state.engine.now_ms());
+    let verdict = tokio::task::spawn_blocking(move || reader.verify_audit())
+        .await
+        .map_err(|error| history_error(error.to_string()))?
+        .map_err(|error| history_error(error.to_string()))?;
+    ok(&match verdict {
+        Ok(verified) => serde_json::json!({
+            "status": "intact",
+            "records": verified.records,
+            "last_hash": hex(&verified.last_hash),
+            "checked_at": checked_at,
+        }),
+        Err(broken) => serde_json::json!({
+            "status": "broken",
+            "broken_at_seq": broken.seq,
+            "damage": broken.damage.to_string(),
+            "detail": broken.to_string(),
+            "checked_at": checked_at,
+        }),
     })
 }
 

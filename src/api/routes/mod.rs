@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod catalogue;
+pub mod dashboard;
 pub mod entries;
 pub mod health;
 pub mod payment_history;

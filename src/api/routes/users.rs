@@ -360,6 +360,63 @@ pub async fn get_user(call: &Call<'_>) -> Answer {
     ok(&user_json(call, &view, call.tenant.default_currency()))
 }
 
+/// The page size of `GET /v1/users` when the query names none.
+const USERS_DEFAULT_LIMIT: u32 = 50;
+
+/// A page of `GET /v1/users`.
+#[derive(Debug, Serialize)]
+struct UsersPage {
+    users: Vec<UserJson>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/users?prefix=&limit=&cursor=`: the tenant's users whose id starts with `prefix`, in
+/// id order, each with its wallet in the tenant's default currency. `next_cursor` is the last
+/// id of a full page; the next page lists the ids after it.
+pub async fn list_users(call: &Call<'_>) -> Answer {
+    let (mut prefix, mut cursor, mut limit) = (String::new(), None, USERS_DEFAULT_LIMIT);
+    for (name, value) in query_pairs(call.query) {
+        match name.as_ref() {
+            "prefix" => prefix = value,
+            "limit" => limit = super::entries::page_limit(&value)?,
+            "cursor" if value.is_empty() => {
+                return Err(Problem::invalid("cursor is empty").with("field", "cursor"))
+            }
+            "cursor" => cursor = Some(value),
+            _ => return Err(unknown_parameter(&name)),
+        }
+    }
+    // Off the runtime's threads: the scan's time grows with the tenant's users.
+    let tenant = std::sync::Arc::clone(&call.tenant);
+    let ids = tokio::task::spawn_blocking(move || {
+        tenant.user_ids(&prefix, cursor.as_deref(), limit as usize)
+    })
+    .await
+    .map_err(|_| {
+        Problem::unavailable("server-busy", "the user listing was interrupted; try again")
+    })?;
+    let currency = call.tenant.default_currency();
+    // A user deleted between the scan and its read is left out of the page.
+    let users: Vec<UserJson> = (ids.iter())
+        .filter_map(|id| call.tenant.user(id).ok())
+        .map(|view| user_json(call, &view, currency))
+        .collect();
+    let next_cursor = (ids.len() == limit as usize)
+        .then(|| ids.last().cloned())
+        .flatten();
+    ok(&UsersPage { users, next_cursor })
+}
+
+/// `GET /v1/me`: the calling key's name, role and the tenant it acts in (a platform key's
+/// `X-Tenant`, else its own).
+pub async fn me(call: &Call<'_>) -> Answer {
+    ok(&serde_json::json!({
+        "name": call.actor,
+        "role": call.role,
+        "tenant": call.tenant.id.as_str(),
+    }))
+}
+
 /// `GET /v1/users/{user_id}/wallet[?currency=]`.
 pub async fn get_wallet(call: &Call<'_>) -> Answer {
     let user = &*call.param;

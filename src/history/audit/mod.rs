@@ -240,6 +240,16 @@ pub struct Record {
 }
 
 impl Reader {
+    /// Checks the whole chain, as `creditd audit verify` does, in one read transaction of a
+    /// pooled connection: `Ok(Err(broken))` names the first bad record.
+    pub fn verify_audit(&self) -> Result<Result<Verified, Broken>, StoreError> {
+        self.with_connection(|connection| match verify_connection(connection) {
+            Ok(verified) => Ok(Ok(verified)),
+            Err(VerifyError::Broken(broken)) => Ok(Err(broken)),
+            Err(VerifyError::Unreadable(error)) => Err(StoreError::Sqlite(error)),
+        })
+    }
+
     /// `tenant`'s audit records, newest first, before `before_seq` (a cursor), at most `limit`.
     pub fn audit(
         &self,
