@@ -234,10 +234,11 @@ async fn an_operator_uses_the_dashboard() {
     assert_eq!(browser.text("#user-id").await, "ada");
     browser
         .wait_for(
-            "the ledger, the open hold and the payment are listed",
+            "the ledger, the open hold and the payment (its price in NGN) are listed",
             "return document.querySelectorAll('#entries tbody tr').length >= 10 && \
              document.querySelector('#holds tbody td.num')?.textContent === '50' && \
-             document.querySelector('#payments tbody')?.textContent.includes('starter');",
+             document.querySelector('#payments tbody')?.textContent.includes('starter') && \
+             document.querySelector('#payments tbody')?.textContent.includes('NGN');",
             json!([]),
         )
         .await;

@@ -244,7 +244,7 @@ const users = {
           h("td", { class: "nowrap" }, when(payment.created_at)),
           h("td", {}, payment.package_id),
           h("td", { class: "num" }, number(payment.credits)),
-          h("td", { class: "num nowrap" }, money(payment.amount_minor, payment.currency)),
+          h("td", { class: "num nowrap" }, money(payment.amount_minor, payment.price_currency || payment.currency)),
           h("td", {}, statusBadge(payment.status)),
           h("td", { class: "mono" }, payment.reference)), "No payments.");
     } catch (error) {
