@@ -217,17 +217,27 @@ impl Follower {
         let mut chunk = self.chunk_bytes;
         let mut records = 0;
         let read = loop {
-            let read = read_at(
+            let read = match read_at(
                 storage,
                 &position.segment.path,
                 position.offset,
                 chunk,
                 &mut bytes,
-            )
-            .and_then(|()| {
-                let cut = bytes.len() == chunk;
-                self.read_batches(&bytes, cut, position, limit, &mut records, visit)
-            });
+            ) {
+                // Removed since the last poll: snapshots and retention holds let a segment go
+                // only once its successor starts at or before every reader's next LSN, so what
+                // it held was all handed out. `next_segment` checks that the next one starts
+                // where this one stopped (a segment removed too early is damage, not a skip).
+                Err(FollowError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(Read::Ended)
+                }
+                read => read.and_then(|()| {
+                    let cut = bytes.len() == chunk;
+                    self.read_batches(&bytes, cut, position, limit, &mut records, visit)
+                }),
+            };
             match read {
                 Ok(Read::Cut { at_start }) => {
                     if at_start {
@@ -567,6 +577,32 @@ mod tests {
             .poll::<()>(&storage, 3, u64::MAX, |_| Ok(()))
             .unwrap_err();
         assert!(matches!(again, FollowError::Damage { .. }), "{again:?}");
+    }
+
+    #[test]
+    fn a_segment_removed_after_it_was_read_to_its_end_is_left_for_the_next() {
+        let storage = storage();
+        segment(&storage, 1);
+        batch(&storage, 1, 1, 4);
+        let mut follower = Follower::new(dir(), 1, VERSION, 1 << 20);
+        assert_eq!(poll(&mut follower, &storage, 4), [1, 2, 3, 4]);
+        // The writer rotates, and the old segment goes once every reader is past it.
+        segment(&storage, 5);
+        batch(&storage, 5, 5, 6);
+        storage.remove(&dir().join(segment::file_name(1))).unwrap();
+        assert_eq!(poll(&mut follower, &storage, 6), [5, 6]);
+        // Removed before its records were handed out: damage, not a skip.
+        batch(&storage, 5, 7, 7);
+        batch(&storage, 5, 8, 8);
+        assert_eq!(poll(&mut follower, &storage, 7), [7]);
+        segment(&storage, 9);
+        batch(&storage, 9, 9, 9);
+        storage.remove(&dir().join(segment::file_name(5))).unwrap();
+        let error = follower
+            .poll::<()>(&storage, 9, u64::MAX, |_| Ok(()))
+            .unwrap_err();
+        assert!(matches!(error, FollowError::Damage { .. }), "{error:?}");
+        assert_eq!(follower.next_lsn(), 8);
     }
 
     #[test]
