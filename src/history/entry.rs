@@ -270,3 +270,25 @@ fn entry<'a>(
 fn credit_kind(kind: CreditKind) -> &'static str {
     kind.as_str()
 }
+
+/// A debit of one credit by `user` of the tenant `acme` at `lsn`, written at `time_ms`: the entry
+/// the history's unit tests write.
+#[cfg(test)]
+pub(crate) fn test_debit(user: &str, lsn: u64, time_ms: i64) -> Entry<'_> {
+    Entry {
+        lsn,
+        tenant: "acme",
+        user,
+        kind: "debit",
+        amount: -1,
+        currency: crate::engine::types::Currency::CREDITS,
+        balance_after: Some(0),
+        available_after: 0,
+        action: None,
+        description: None,
+        reference: None,
+        metadata: None,
+        actor: "app",
+        time_ms,
+    }
+}

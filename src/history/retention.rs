@@ -75,29 +75,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::types::Currency;
-    use crate::history::entry::Entry;
+    use crate::history::entry::test_debit;
     use crate::history::reader::{Filter, Reader};
-
-    /// An entry of `user` at `lsn`, written at `time_ms`.
-    fn entry(user: &str, lsn: u64, time_ms: i64) -> Entry<'_> {
-        Entry {
-            lsn,
-            tenant: "acme",
-            user,
-            kind: "debit",
-            amount: -1,
-            currency: Currency::CREDITS,
-            balance_after: Some(0),
-            available_after: 0,
-            action: None,
-            description: None,
-            reference: None,
-            metadata: None,
-            actor: "app",
-            time_ms,
-        }
-    }
 
     fn lsns(reader: &Reader, user: &str, before: Option<u64>, limit: u32) -> Vec<u64> {
         reader
@@ -121,7 +100,7 @@ mod tests {
         all.extend(bob.iter().map(|&lsn| ("bob", lsn)));
         all.sort_by_key(|&(_, lsn)| lsn);
         for &(user, lsn) in &all {
-            feed.insert(&entry(user, lsn, lsn as i64)).unwrap();
+            feed.insert(&test_debit(user, lsn, lsn as i64)).unwrap();
         }
         feed.commit(2_621_442).unwrap();
         let reader = Reader::new(&path, Arc::new(AtomicU64::new(2_621_442)));

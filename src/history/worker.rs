@@ -238,8 +238,7 @@ impl Purge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::types::Currency;
-    use crate::history::entry::Entry;
+    use crate::history::entry::test_debit;
     use crate::history::Store;
 
     const DAY_MS: i64 = 86_400_000;
@@ -248,23 +247,7 @@ mod tests {
     fn write(path: &std::path::Path, user: &str, lsn: u64, time_ms: i64) {
         let mut store = Store::open(path).unwrap();
         let mut feed = store.begin().unwrap();
-        feed.insert(&Entry {
-            lsn,
-            tenant: "acme",
-            user,
-            kind: "debit",
-            amount: -1,
-            currency: Currency::CREDITS,
-            balance_after: Some(0),
-            available_after: 0,
-            action: None,
-            description: None,
-            reference: None,
-            metadata: None,
-            actor: "app",
-            time_ms,
-        })
-        .unwrap();
+        feed.insert(&test_debit(user, lsn, time_ms)).unwrap();
         feed.commit(lsn + 1).unwrap();
     }
 
