@@ -93,6 +93,12 @@ CREATE VIEW IF NOT EXISTS ledger AS
 /// Account ids the feeder remembers, at most (then it forgets them all and asks the database).
 const ACCOUNT_CACHE: usize = 100_000;
 
+/// The statement that writes one entry.
+const INSERT_ENTRY: &str = "INSERT INTO entries (lsn, account, kind, amount, currency,
+        balance_after, available_after, action, quantity, description, reference, metadata,
+        actor, created_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
 /// Why the database refused something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -198,9 +204,19 @@ impl Store {
 
     /// Starts the feeder's transaction.
     pub fn begin(&mut self) -> Result<Feed<'_>, StoreError> {
+        let Store {
+            connection,
+            accounts,
+        } = self;
+        let connection: &Connection = connection;
+        // The connection is borrowed shared, so the step's statement and its transaction can
+        // live side by side; `&mut self` still rules out a second transaction meanwhile.
+        let transaction = connection.unchecked_transaction()?;
+        let insert = connection.prepare_cached(INSERT_ENTRY)?;
         Ok(Feed {
-            transaction: self.connection.transaction()?,
-            accounts: &mut self.accounts,
+            transaction,
+            insert,
+            accounts,
             audit: Chain::default(),
             rollup: Rollup::default(),
         })
@@ -218,6 +234,9 @@ impl Store {
 /// The feeder's transaction: entries and audit records, then the checkpoint, committed together.
 pub struct Feed<'c> {
     transaction: rusqlite::Transaction<'c>,
+    /// The entry insert, looked up in the statement cache once per step rather than per entry
+    /// (the lookup hashes the statement's text).
+    insert: rusqlite::CachedStatement<'c>,
     accounts: &'c mut Accounts,
     audit: Chain,
     /// The step's usage and revenue counters, written at commit.
@@ -285,13 +304,7 @@ impl Feed<'_> {
             .transpose()
             .map_err(|_| StoreError::Overflow("quantity"))?;
         let account = self.account(entry.tenant, entry.user, lsn)?;
-        let mut statement = self.transaction.prepare_cached(
-            "INSERT INTO entries (lsn, account, kind, amount, currency, balance_after,
-                available_after, action, quantity, description, reference, metadata, actor,
-                created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?;
-        statement.execute(params![
+        self.insert.execute(params![
             lsn,
             account,
             entry.kind,
