@@ -23,6 +23,7 @@ pub mod request;
 pub mod response;
 pub mod router;
 pub mod routes;
+pub mod sse;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -78,6 +79,12 @@ pub struct ApiState {
     pub body_budget: BodyBudget,
     /// The ledger history, when `history.enabled`.
     pub history: Option<Arc<crate::history::reader::Reader>>,
+    /// The open live balance streams.
+    pub streams: Arc<crate::stream::Hub>,
+    /// Their settings.
+    pub streams_config: crate::config::StreamsConfig,
+    /// Signs and checks stream tokens and portal links.
+    pub signer: crate::stream::token::Signer,
     request_prefix: u32,
     requests: AtomicU64,
 }
@@ -107,6 +114,9 @@ impl ApiState {
             public_url: public_url.trim_end_matches('/').to_owned(),
             accepting: AtomicBool::new(true),
             history: None,
+            streams: crate::stream::Hub::new(usize::MAX),
+            streams_config: crate::config::StreamsConfig::default(),
+            signer: crate::stream::token::Signer::new(&rand::random::<[u8; 32]>()),
             request_prefix: rand::random(),
             requests: AtomicU64::new(0),
         })
@@ -137,6 +147,7 @@ pub async fn serve(
     .await;
     drop(listener);
     state.accepting.store(false, Ordering::Release);
+    state.streams.close_all();
     state.connections.close_all();
     let grace = Duration::from_secs(state.server.shutdown_grace_seconds);
     tokio::select! {
@@ -172,9 +183,9 @@ fn api_service(
     lease: &Lease,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Full<Bytes>>,
+    Response = Response<sse::ApiBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<sse::ApiBody>, Infallible>> + Send,
 > + Send {
     let state = Arc::clone(state);
     let slot = Arc::clone(lease.slot());
@@ -185,7 +196,7 @@ fn api_service(
         async move {
             let response = handle(state, request, slot.kind()).await;
             slot.end_request();
-            response
+            response.map(sse::into_body)
         }
     })
 }

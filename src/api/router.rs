@@ -19,7 +19,7 @@ use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
     audit, catalogue, entries, health, payment_history, payments, pools, reports, reservations,
-    sandbox, tenants, users,
+    sandbox, stream, tenants, users,
 };
 use crate::config::Role;
 
@@ -96,6 +96,8 @@ route_table! {
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
     PatchUser:         "PATCH"  "/v1/users/{user_id}"                       Service  => users::patch_user;
     GetWallet:         "GET"    "/v1/users/{user_id}/wallet"                Service  => users::get_wallet;
+    WalletStream:      "GET"    "/v1/users/{user_id}/wallet/stream"         Open     => stream::wallet_stream;
+    StreamToken:       "POST"   "/v1/users/{user_id}/stream-tokens"         Service  => stream::stream_token;
     ListEntries:       "GET"    "/v1/users/{user_id}/entries"               Service  => entries::list_entries;
     ListPayments:      "GET"    "/v1/users/{user_id}/payments"              Service  => payment_history::list_payments;
     Credit:            "POST"   "/v1/users/{user_id}/credit"                Service  => users::credit;

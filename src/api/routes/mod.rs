@@ -18,5 +18,6 @@ pub mod pools;
 pub mod reports;
 pub mod reservations;
 pub mod sandbox;
+pub mod stream;
 pub mod tenants;
 pub mod users;
