@@ -152,6 +152,10 @@ pub struct ServerConfig {
     /// Threads serving requests (default 0: one per core). With the clients on the same small
     /// machine, fewer threads than cores can serve more (fewer context switches).
     pub workers: u32,
+    /// The kernel's send buffer of each API connection, bytes (default 0: the system's, which
+    /// grows on its own up to `net.ipv4.tcp_wmem`). What a live stream's reader may leave unread
+    /// before the stream's own buffer (`streams.buffer_events`) fills and it is cut off.
+    pub send_buffer_bytes: u32,
 }
 
 impl ServerConfig {
@@ -184,6 +188,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 10,
             public_url: None,
             workers: 0,
+            send_buffer_bytes: 0,
         }
     }
 }
@@ -615,14 +620,20 @@ impl Config {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         let streams = &self.streams;
         if streams.buffer_events == 0 || streams.keepalive_seconds == 0 {
-            return invalid("streams.buffer_events and streams.keepalive_seconds must be at least 1".into());
+            return invalid(
+                "streams.buffer_events and streams.keepalive_seconds must be at least 1".into(),
+            );
         }
         if !(1..=3600).contains(&streams.token_ttl_seconds)
             || !(1..=86_400).contains(&streams.portal_ttl_seconds)
         {
             return invalid("streams.token_ttl_seconds must be 1 to 3600 and streams.portal_ttl_seconds 1 to 86400".into());
         }
-        if streams.signing_secret.as_ref().is_some_and(|secret| secret.len() < 32) {
+        if streams
+            .signing_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < 32)
+        {
             return invalid("streams.signing_secret must be at least 32 characters".into());
         }
         let storage = &self.storage;

@@ -138,8 +138,12 @@ pub async fn serve(
 ) {
     let builder = http1_builder(&state.server, true);
     let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
+    let send_buffer_bytes = state.server.send_buffer_bytes;
     connections::accept_until(&listener, &state.connections, shutdown, |stream, lease| {
         let _ = stream.set_nodelay(true);
+        if send_buffer_bytes > 0 {
+            set_send_buffer(&stream, send_buffer_bytes);
+        }
         let service = api_service(&state, &lease);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(connections::drive(connection, lease, linger));
@@ -153,6 +157,27 @@ pub async fn serve(
     tokio::select! {
         () = state.connections.all_closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(seconds = grace.as_secs(), "connections still open after the grace period; closing"),
+    }
+}
+
+/// Sets the kernel's send buffer of `stream` (`server.send_buffer_bytes`); a failure leaves the
+/// system's.
+fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd as _;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the open socket `stream` owns, and the option's value is a
+    // c_int that lives across the call, whose size is passed with it.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "server.send_buffer_bytes not applied");
     }
 }
 

@@ -104,9 +104,8 @@ pub(crate) fn touched<'a>(event: &Event<'a>) -> Touched<'a> {
         {
             Touched::UserAndPool(wallet.tenant, wallet.user)
         }
-        Event::PoolMemberSet { tenant, user, .. } | Event::PoolMemberRemoved { tenant, user, .. } => {
-            Touched::User(tenant, user)
-        }
+        Event::PoolMemberSet { tenant, user, .. }
+        | Event::PoolMemberRemoved { tenant, user, .. } => Touched::User(tenant, user),
         Event::PoolCredited { tenant, .. } | Event::TenantUpserted { tenant, .. } => {
             Touched::Tenant(tenant)
         }
@@ -422,9 +421,15 @@ mod tests {
     #[test]
     fn changes_are_known_only_from_where_the_hub_started_following() {
         let hub = Hub::new(2);
-        assert!(hub.changed_since("acme", "ada", 100), "nothing followed yet");
+        assert!(
+            hub.changed_since("acme", "ada", 100),
+            "nothing followed yet"
+        );
         hub.restart_at(10);
-        assert!(hub.changed_since("acme", "ada", 5), "before the hub followed");
+        assert!(
+            hub.changed_since("acme", "ada", 5),
+            "before the hub followed"
+        );
         assert!(!hub.changed_since("acme", "ada", 9));
         hub.record(Touched::User("acme", "ada"), 12);
         assert!(hub.changed_since("acme", "ada", 11));

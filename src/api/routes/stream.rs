@@ -117,9 +117,7 @@ pub async fn wallet_stream(open: &Open<'_>) -> Answer {
     // Another tenant's user is as absent as one that never existed.
     tenant.user(user)?;
     let currency = currency.unwrap_or_else(|| tenant.default_currency());
-    tenant
-        .check_currency(currency)
-        .map_err(Problem::from)?;
+    tenant.check_currency(currency).map_err(Problem::from)?;
     let resume = match open.headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -130,12 +128,10 @@ pub async fn wallet_stream(open: &Open<'_>) -> Answer {
         ),
         None => None,
     };
-    let subscription = state.streams.subscribe(tenant.id(), user).map_err(|full| {
-        Problem::unavailable(
-            "streams-full",
-            format!("{full}; retry later"),
-        )
-    })?;
+    let subscription = state
+        .streams
+        .subscribe(tenant.id(), user)
+        .map_err(|full| Problem::unavailable("streams-full", format!("{full}; retry later")))?;
     let (sender, receiver) = mpsc::channel(state.streams_config.buffer_events.max(1) as usize);
     let stream = Stream {
         engine: Arc::clone(&state.engine),
@@ -208,9 +204,7 @@ impl Stream {
             // A Last-Event-ID from past the end of this log (another server's, or a data
             // directory restored from an older copy) says nothing about this one.
             Some(lsn) => {
-                lsn >= self.engine.wal().next_lsn()
-                    || self
-                        .subscription_hub_changed_since(lsn)
+                lsn >= self.engine.wal().next_lsn() || self.subscription_hub_changed_since(lsn)
             }
         };
         if changed {

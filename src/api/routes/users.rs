@@ -288,44 +288,39 @@ pub(crate) struct WalletReader<'a> {
 }
 
 impl WalletReader<'_> {
-/// The wallet view of `user` in `tenant`, as `GET /v1/users/{user_id}/wallet` shows it.
-pub(crate) fn json(
-    &self,
-    tenant: &Tenant,
-    user: &UserView,
-    currency: Currency,
-) -> WalletJson {
-    let low_balance = self.low_balance;
-    let rule = self
-        .engine
-        .auto_topup(
-            tenant,
-            &user.user_id,
-            Some(currency),
-            self.payments.gateway_name(),
-        )
-        .ok()
-        .flatten();
-    let wallet = user.wallet(currency);
-    // The same threshold as the low-balance event: the enabled rule's, else the tenant limit.
-    let low_balance = rule
-        .as_ref()
-        .filter(|rule| rule.enabled)
-        .map_or(low_balance, |rule| rule.threshold);
-    WalletJson {
-        user_id: user.user_id.clone(),
-        currency: currency.to_string(),
-        balance: wallet.balance,
-        reserved: wallet.reserved,
-        available: wallet.available,
-        overdraft_limit: wallet.overdraft_limit,
-        spendable: wallet.spendable,
-        status: wallet_status(wallet.available, low_balance),
-        auto_topup: rule.as_ref().map(rule_json),
-        balances: user.wallets.iter().map(BalanceJson::from).collect(),
-        pool: super::pools::membership_json_in(self.engine, tenant, &user.user_id),
+    /// The wallet view of `user` in `tenant`, as `GET /v1/users/{user_id}/wallet` shows it.
+    pub(crate) fn json(&self, tenant: &Tenant, user: &UserView, currency: Currency) -> WalletJson {
+        let low_balance = self.low_balance;
+        let rule = self
+            .engine
+            .auto_topup(
+                tenant,
+                &user.user_id,
+                Some(currency),
+                self.payments.gateway_name(),
+            )
+            .ok()
+            .flatten();
+        let wallet = user.wallet(currency);
+        // The same threshold as the low-balance event: the enabled rule's, else the tenant limit.
+        let low_balance = rule
+            .as_ref()
+            .filter(|rule| rule.enabled)
+            .map_or(low_balance, |rule| rule.threshold);
+        WalletJson {
+            user_id: user.user_id.clone(),
+            currency: currency.to_string(),
+            balance: wallet.balance,
+            reserved: wallet.reserved,
+            available: wallet.available,
+            overdraft_limit: wallet.overdraft_limit,
+            spendable: wallet.spendable,
+            status: wallet_status(wallet.available, low_balance),
+            auto_topup: rule.as_ref().map(rule_json),
+            balances: user.wallets.iter().map(BalanceJson::from).collect(),
+            pool: super::pools::membership_json_in(self.engine, tenant, &user.user_id),
+        }
     }
-}
 }
 
 fn user_json(call: &Call<'_>, user: &UserView, currency: Currency) -> UserJson {
