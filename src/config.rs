@@ -794,6 +794,9 @@ impl Config {
         mask(&mut shown.payments.paystack.secret_key);
         mask(&mut shown.payments.stripe.secret_key);
         mask(&mut shown.payments.stripe.webhook_secret);
+        if let Some(secret) = shown.streams.signing_secret.as_mut() {
+            mask(secret);
+        }
         for key in &mut shown.auth.keys {
             mask(&mut key.secret);
         }

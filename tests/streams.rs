@@ -260,10 +260,7 @@ async fn a_stop_ends_the_streams_and_after_a_restart_a_resume_goes_on_from_the_s
     let (seen, _) = stream.event().await;
     let started = Instant::now();
     let dir = server.stop().await;
-    assert!(
-        matches!(stream.next().await, None),
-        "the stream ends at the stop"
-    );
+    assert!(stream.next().await.is_none(), "the stream ends at the stop");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the stop did not wait out its grace for the stream"

@@ -116,6 +116,9 @@ pub(crate) fn touched<'a>(event: &Event<'a>) -> Touched<'a> {
     }
 }
 
+/// The watches of one tenant's users, by user.
+type UserWatches = HashMap<Box<str>, Vec<Arc<Watch>>>;
+
 /// The open streams, and what the following thread learnt of changes.
 #[derive(Debug)]
 pub struct Hub {
@@ -123,7 +126,7 @@ pub struct Hub {
     open: AtomicUsize,
     closing: AtomicBool,
     /// tenant → user → the watches of that user's streams.
-    watches: Mutex<HashMap<Box<str>, HashMap<Box<str>, Vec<Arc<Watch>>>>>,
+    watches: Mutex<HashMap<Box<str>, UserWatches>>,
     changes: Mutex<Changes>,
 }
 
@@ -353,11 +356,10 @@ fn run(hub: &Hub, engine: &Engine, stop: &AtomicBool) {
             continue;
         }
         let polled = follower.poll(&**engine.storage(), durable, STEP_RECORDS, |frame| {
-            match codec::decode::<Event<'_>>(frame.payload) {
-                Ok(event) => hub.record(touched(&event), frame.lsn),
-                // A record this build cannot read changes nothing it can show; the history's
-                // feeder reports it.
-                Err(_) => {}
+            // A record this build cannot read changes nothing it can show; the history's feeder
+            // reports it.
+            if let Ok(event) = codec::decode::<Event<'_>>(frame.payload) {
+                hub.record(touched(&event), frame.lsn);
             }
             Ok::<(), std::convert::Infallible>(())
         });
