@@ -91,6 +91,9 @@ pub struct StreamsConfig {
     pub token_ttl_seconds: u64,
     /// How long a portal link is valid, seconds (default 900, 1 to 86 400).
     pub portal_ttl_seconds: u64,
+    /// Origins (`https://app.example.com`) a portal session's `return_url` may point at (default
+    /// none: a session with a `return_url` is refused, 422 `invalid-return-url`).
+    pub portal_return_origins: Vec<String>,
     /// The key that signs stream tokens and portal links (at least 32 characters). Default:
     /// 32 random bytes kept in `<data_dir>/signing.key`, made at the first start.
     pub signing_secret: Option<String>,
@@ -104,6 +107,7 @@ impl Default for StreamsConfig {
             keepalive_seconds: 15,
             token_ttl_seconds: 300,
             portal_ttl_seconds: 900,
+            portal_return_origins: Vec::new(),
             signing_secret: None,
         }
     }

@@ -15,6 +15,7 @@ pub mod health;
 pub mod payment_history;
 pub mod payments;
 pub mod pools;
+pub mod portal;
 pub mod reports;
 pub mod reservations;
 pub mod sandbox;
