@@ -105,7 +105,12 @@ impl Browser {
             .unwrap_or_else(|answer| panic!("webdriver {path}: {answer}"))
     }
 
-    pub async fn try_command(&self, method: Method, path: &str, body: Value) -> Result<Value, Value> {
+    pub async fn try_command(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let request = if method == Method::GET {
             self.http.get(url)
@@ -207,7 +212,6 @@ impl Browser {
     }
 }
 
-
 impl Browser {
     /// Sets the window's size, CSS pixels.
     pub async fn resize(&self, width: u32, height: u32) {
@@ -221,7 +225,9 @@ impl Browser {
 
     /// The handles of the open windows.
     pub async fn windows(&self) -> Vec<String> {
-        let handles = self.command(Method::GET, "/window/handles", Value::Null).await;
+        let handles = self
+            .command(Method::GET, "/window/handles", Value::Null)
+            .await;
         handles
             .as_array()
             .unwrap()
@@ -255,7 +261,10 @@ fn decode_base64(text: &str) -> Vec<u8> {
             _ => panic!("not base64: {c}"),
         }
     };
-    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(digits.len() * 3 / 4);
     for chunk in digits.chunks(4) {
         let mut bits = 0u32;
