@@ -70,6 +70,47 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Live balance streams, stream tokens and portal links.
+    pub streams: StreamsConfig,
+}
+
+/// `[streams]`: the live balance stream (`GET /v1/users/{user_id}/wallet/stream`), the tokens a
+/// browser opens it with, and the signed links of the hosted top-up page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Most streams open at once, all tenants together (default 1024); one more gets 503
+    /// `streams-full`.
+    pub max_open: u32,
+    /// Events a stream holds for a reader that does not keep up (default 64, at least 1): when
+    /// they are all waiting to be written to the connection, the stream is cut off.
+    pub buffer_events: u32,
+    /// Seconds between keep-alive comments on an idle stream (default 15, at least 1).
+    pub keepalive_seconds: u64,
+    /// How long a stream token is valid, seconds (default 300, 1 to 3600).
+    pub token_ttl_seconds: u64,
+    /// How long a portal link is valid, seconds (default 900, 1 to 86 400).
+    pub portal_ttl_seconds: u64,
+    /// Origins (`https://app.example.com`) a portal session's `return_url` may point at (default
+    /// none: a session with a `return_url` is refused, 422 `invalid-return-url`).
+    pub portal_return_origins: Vec<String>,
+    /// The key that signs stream tokens and portal links (at least 32 characters). Default:
+    /// 32 random bytes kept in `<data_dir>/signing.key`, made at the first start.
+    pub signing_secret: Option<String>,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> StreamsConfig {
+        StreamsConfig {
+            max_open: 1024,
+            buffer_events: 64,
+            keepalive_seconds: 15,
+            token_ttl_seconds: 300,
+            portal_ttl_seconds: 900,
+            portal_return_origins: Vec::new(),
+            signing_secret: None,
+        }
+    }
 }
 
 /// `[server]`.
@@ -115,6 +156,10 @@ pub struct ServerConfig {
     /// Threads serving requests (default 0: one per core). With the clients on the same small
     /// machine, fewer threads than cores can serve more (fewer context switches).
     pub workers: u32,
+    /// The kernel's send buffer of each API connection, bytes (default 0: the system's, which
+    /// grows on its own up to `net.ipv4.tcp_wmem`). What a live stream's reader may leave unread
+    /// before the stream's own buffer (`streams.buffer_events`) fills and it is cut off.
+    pub send_buffer_bytes: u32,
 }
 
 impl ServerConfig {
@@ -147,6 +192,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 10,
             public_url: None,
             workers: 0,
+            send_buffer_bytes: 0,
         }
     }
 }
@@ -576,6 +622,24 @@ impl Config {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
+        let streams = &self.streams;
+        if streams.buffer_events == 0 || streams.keepalive_seconds == 0 {
+            return invalid(
+                "streams.buffer_events and streams.keepalive_seconds must be at least 1".into(),
+            );
+        }
+        if !(1..=3600).contains(&streams.token_ttl_seconds)
+            || !(1..=86_400).contains(&streams.portal_ttl_seconds)
+        {
+            return invalid("streams.token_ttl_seconds must be 1 to 3600 and streams.portal_ttl_seconds 1 to 86400".into());
+        }
+        if streams
+            .signing_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < 32)
+        {
+            return invalid("streams.signing_secret must be at least 32 characters".into());
+        }
         let storage = &self.storage;
         if storage.segment_bytes < 64 * 1024 {
             return invalid("storage.segment_bytes must be at least 65536".into());
@@ -734,6 +798,9 @@ impl Config {
         mask(&mut shown.payments.paystack.secret_key);
         mask(&mut shown.payments.stripe.secret_key);
         mask(&mut shown.payments.stripe.webhook_secret);
+        if let Some(secret) = shown.streams.signing_secret.as_mut() {
+            mask(secret);
+        }
         for key in &mut shown.auth.keys {
             mask(&mut key.secret);
         }
@@ -799,7 +866,11 @@ fn apply_override(
 }
 
 /// Keys without a default value that may still be set.
-const OPTIONAL_KEYS: &[&str] = &["server.public_url", "payments.default_callback_url"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "server.public_url",
+    "payments.default_callback_url",
+    "streams.signing_secret",
+];
 
 fn typed_value(default: &toml::Value, text: &str) -> Option<toml::Value> {
     Some(match default {

@@ -20,6 +20,8 @@
 //! - [`notify`]: signed notifications to tenants' applications (low balance, depleted, top-ups),
 //!   their outbox across a clean stop and their delivery.
 //! - [`web`]: pages for people, embedded HTML (the sandbox checkout page).
+//! - [`stream`]: live balance streams (who watches which wallet, the thread that follows the
+//!   log to wake them) and the signed tokens of streams and portal links.
 //! - [`server`]: the process: recovery, serving, the background workers, signals, graceful
 //!   shutdown. [`config`]: the TOML file and `CREDITD_*` overrides.
 //! - [`metrics`]: metric names, descriptions and the Prometheus recorder.
@@ -49,6 +51,7 @@ pub mod metrics;
 pub mod notify;
 pub mod payments;
 pub mod server;
+pub mod stream;
 pub mod time;
 pub mod wal;
 pub mod web;

@@ -143,6 +143,21 @@ fn describe() {
         Unit::Count,
         "History feeding steps that failed (database or log errors); each is retried after 1 s."
     );
+    describe_gauge!(
+        names::STREAMS_OPEN,
+        Unit::Count,
+        "Live balance streams open."
+    );
+    describe_counter!(
+        names::STREAMS_CUT_TOTAL,
+        Unit::Count,
+        "Live balance streams the server ended: a reader too slow for its buffer, or shutdown."
+    );
+    describe_counter!(
+        names::STREAMS_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed reads of the log by the streams' follower; each is retried after 0.5 s."
+    );
     describe_counter!(
         names::HISTORY_PURGED_ENTRIES_TOTAL,
         Unit::Count,

@@ -57,6 +57,9 @@ pub enum ServerError {
     /// A thread could not be started.
     #[error("could not start a thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The key that signs stream tokens and portal links could not be read or made.
+    #[error("signing key: {0}")]
+    SigningKey(#[source] std::io::Error),
 }
 
 /// Development secrets shipped in the repository's `config.toml`.
@@ -205,6 +208,16 @@ pub async fn serve_engine(
         let reader = crate::history::reader::Reader::new(&history_path(&config), worker.applied());
         Arc::new(reader)
     });
+    state.streams = crate::stream::Hub::new(config.streams.max_open as usize);
+    state.streams_config = config.streams.clone();
+    let signing_key = crate::stream::token::load_key(
+        config.streams.signing_secret.as_deref(),
+        &config.storage.data_dir,
+    )
+    .map_err(ServerError::SigningKey)?;
+    state.signer = crate::stream::token::Signer::new(&signing_key);
+    let streams = crate::stream::spawn(Arc::clone(&state.streams), Arc::clone(&engine))
+        .map_err(ServerError::Thread)?;
     let state = Arc::new(state);
     // After the last step that can fail: restoring removes the file of kept events.
     let worker = crate::payments::topup::TopupWorker::new(Arc::clone(&payments)).spawn(topups);
@@ -223,6 +236,7 @@ pub async fn serve_engine(
     crate::api::serve(listener, Arc::clone(&state), shutdown).await;
     upkeep.abort();
     worker.abort();
+    tokio::task::spawn_blocking(move || streams.stop()).await?;
     if let Some(history) = history {
         // It catches up with what is durable now; the rest waits for the next start.
         tokio::task::spawn_blocking(move || history.stop()).await?;

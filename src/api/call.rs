@@ -52,6 +52,7 @@ impl<'a> Routed<'a> {
         Ok(Open {
             state: self.state,
             headers: &self.parts.headers,
+            query: self.parts.uri.query(),
             param: self.param,
             body,
             _claim: claim,
@@ -114,6 +115,7 @@ async fn read_sent_body<'s>(
 pub struct Open<'a> {
     pub(crate) state: &'a ApiState,
     pub(crate) headers: &'a HeaderMap,
+    pub(crate) query: Option<&'a str>,
     pub(crate) param: Cow<'a, str>,
     pub(crate) body: Bytes,
     /// Held as long as the body: the bytes count against the body budget until the answer.

@@ -23,6 +23,7 @@ pub mod request;
 pub mod response;
 pub mod router;
 pub mod routes;
+pub mod sse;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -78,6 +79,12 @@ pub struct ApiState {
     pub body_budget: BodyBudget,
     /// The ledger history, when `history.enabled`.
     pub history: Option<Arc<crate::history::reader::Reader>>,
+    /// The open live balance streams.
+    pub streams: Arc<crate::stream::Hub>,
+    /// Their settings.
+    pub streams_config: crate::config::StreamsConfig,
+    /// Signs and checks stream tokens and portal links.
+    pub signer: crate::stream::token::Signer,
     request_prefix: u32,
     requests: AtomicU64,
 }
@@ -107,6 +114,9 @@ impl ApiState {
             public_url: public_url.trim_end_matches('/').to_owned(),
             accepting: AtomicBool::new(true),
             history: None,
+            streams: crate::stream::Hub::new(usize::MAX),
+            streams_config: crate::config::StreamsConfig::default(),
+            signer: crate::stream::token::Signer::new(&rand::random::<[u8; 32]>()),
             request_prefix: rand::random(),
             requests: AtomicU64::new(0),
         })
@@ -128,8 +138,12 @@ pub async fn serve(
 ) {
     let builder = http1_builder(&state.server, true);
     let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
+    let send_buffer_bytes = state.server.send_buffer_bytes;
     connections::accept_until(&listener, &state.connections, shutdown, |stream, lease| {
         let _ = stream.set_nodelay(true);
+        if send_buffer_bytes > 0 {
+            set_send_buffer(&stream, send_buffer_bytes);
+        }
         let service = api_service(&state, &lease);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(connections::drive(connection, lease, linger));
@@ -137,11 +151,33 @@ pub async fn serve(
     .await;
     drop(listener);
     state.accepting.store(false, Ordering::Release);
+    state.streams.close_all();
     state.connections.close_all();
     let grace = Duration::from_secs(state.server.shutdown_grace_seconds);
     tokio::select! {
         () = state.connections.all_closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(seconds = grace.as_secs(), "connections still open after the grace period; closing"),
+    }
+}
+
+/// Sets the kernel's send buffer of `stream` (`server.send_buffer_bytes`); a failure leaves the
+/// system's.
+fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd as _;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the open socket `stream` owns, and the option's value is a
+    // c_int that lives across the call, whose size is passed with it.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "server.send_buffer_bytes not applied");
     }
 }
 
@@ -172,9 +208,9 @@ fn api_service(
     lease: &Lease,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Full<Bytes>>,
+    Response = Response<sse::ApiBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<sse::ApiBody>, Infallible>> + Send,
 > + Send {
     let state = Arc::clone(state);
     let slot = Arc::clone(lease.slot());
@@ -185,7 +221,7 @@ fn api_service(
         async move {
             let response = handle(state, request, slot.kind()).await;
             slot.end_request();
-            response
+            response.map(sse::into_body)
         }
     })
 }

@@ -18,8 +18,8 @@ use http::Method;
 use super::call::{Answer, Routed};
 use super::problem::Problem;
 use super::routes::{
-    audit, catalogue, dashboard, entries, health, payment_history, payments, pools, reports,
-    reservations, sandbox, tenants, users,
+    audit, catalogue, dashboard, entries, health, payment_history, payments, pools, portal,
+    reports, reservations, sandbox, stream, tenants, users,
 };
 use crate::config::Role;
 
@@ -98,6 +98,9 @@ route_table! {
     GetUser:           "GET"    "/v1/users/{user_id}"                       Service  => users::get_user;
     PatchUser:         "PATCH"  "/v1/users/{user_id}"                       Service  => users::patch_user;
     GetWallet:         "GET"    "/v1/users/{user_id}/wallet"                Service  => users::get_wallet;
+    WalletStream:      "GET"    "/v1/users/{user_id}/wallet/stream"         Open     => stream::wallet_stream;
+    StreamToken:       "POST"   "/v1/users/{user_id}/stream-tokens"         Service  => stream::stream_token;
+    PortalSession:     "POST"   "/v1/users/{user_id}/portal-sessions"       Service  => portal::create_session;
     ListEntries:       "GET"    "/v1/users/{user_id}/entries"               Service  => entries::list_entries;
     ListPayments:      "GET"    "/v1/users/{user_id}/payments"              Service  => payment_history::list_payments;
     Credit:            "POST"   "/v1/users/{user_id}/credit"                Service  => users::credit;
@@ -140,6 +143,9 @@ route_table! {
     DashboardFile:     "GET"    "/dashboard/{file}"                         Open     => dashboard::file;
     SandboxPage:       "GET"    "/sandbox/checkout/{reference}"             Open     => sandbox::page;
     SandboxAction:     "POST"   "/sandbox/checkout/{reference}"             Open     => sandbox::action;
+    PortalPage:        "GET"    "/portal/{token}"                           Open     => portal::page;
+    PortalData:        "GET"    "/portal/{token}/data"                      Open     => portal::data;
+    PortalCheckout:    "POST"   "/portal/{token}/checkout"                  Open     => portal::checkout;
     GetAutoTopup:      "GET"    "/v1/users/{user_id}/auto-topup"            Service  => payments::get_auto_topup;
     PutAutoTopup:      "PUT"    "/v1/users/{user_id}/auto-topup"            Admin    => payments::put_auto_topup;
     DeleteAutoTopup:   "DELETE" "/v1/users/{user_id}/auto-topup"            Admin    => payments::delete_auto_topup;

@@ -43,6 +43,12 @@ pub const HISTORY_LAG_RECORDS: &str = "creditd_history_lag_records";
 pub const HISTORY_ERRORS_TOTAL: &str = "creditd_history_errors_total";
 /// Counter: ledger entries removed from the history by `history.retention`.
 pub const HISTORY_PURGED_ENTRIES_TOTAL: &str = "creditd_history_purged_entries_total";
+/// Gauge: live balance streams open.
+pub const STREAMS_OPEN: &str = "creditd_streams_open";
+/// Counter, `reason`: live balance streams the server ended (`slow_reader`, `shutdown`).
+pub const STREAMS_CUT_TOTAL: &str = "creditd_streams_cut_total";
+/// Counter: failed reads of the log by the streams' follower (each retried).
+pub const STREAMS_ERRORS_TOTAL: &str = "creditd_streams_errors_total";
 /// Gauge: 1 when the server accepts writes, 0 when not.
 pub const READY: &str = "creditd_ready";
 /// Counter, `outcome`: automatic top-up decisions and charges (named in the API contract).
@@ -78,6 +84,9 @@ pub const ALL: &[&str] = &[
     HISTORY_LAG_RECORDS,
     HISTORY_ERRORS_TOTAL,
     HISTORY_PURGED_ENTRIES_TOTAL,
+    STREAMS_OPEN,
+    STREAMS_CUT_TOTAL,
+    STREAMS_ERRORS_TOTAL,
     READY,
     AUTOTOPUP_TOTAL,
     GATEWAY_REQUEST_DURATION_SECONDS,

@@ -148,9 +148,17 @@ struct PoolEntryJson<'a> {
 
 /// The membership of `user`, if any, as the wallet view shows it.
 pub(super) fn membership_json(call: &Call<'_>, user: &str) -> Option<MembershipJson> {
-    call.state
-        .engine
-        .membership(&call.tenant, user)
+    membership_json_in(&call.state.engine, &call.tenant, user)
+}
+
+/// As [`membership_json`], for a route without a [`Call`].
+pub(super) fn membership_json_in(
+    engine: &crate::engine::Engine,
+    tenant: &crate::engine::Tenant,
+    user: &str,
+) -> Option<MembershipJson> {
+    engine
+        .membership(tenant, user)
         .ok()
         .flatten()
         .map(MembershipJson::from)

@@ -18,7 +18,7 @@ use crate::config::Role;
 use crate::engine::types::Outcome;
 use crate::engine::types::{CreditKind, Currency, DebitKind, EngineError, Fingerprint};
 use crate::engine::{
-    CreditRequest, DebitRequest, Done, IdempotencyKey, RevokeRequest, UserView, WalletView,
+    CreditRequest, DebitRequest, Done, IdempotencyKey, RevokeRequest, Tenant, UserView, WalletView,
 };
 use crate::engine::{FieldChange, ProfileChange};
 use crate::metrics::DebitOutcome;
@@ -226,7 +226,7 @@ impl From<&WalletView> for BalanceJson {
 
 /// `GET /v1/users/{user_id}/wallet`.
 #[derive(Debug, Serialize)]
-pub(super) struct WalletJson {
+pub(crate) struct WalletJson {
     user_id: String,
     currency: String,
     balance: i64,
@@ -266,41 +266,66 @@ fn wallet_status(available: i64, low_balance: i64) -> &'static str {
 
 /// A user's wallet in `currency` as the API shows it, with its automatic top-up rule.
 pub(super) fn wallet_json(call: &Call<'_>, user: &UserView, currency: Currency) -> WalletJson {
-    let low_balance = call.state.limits.low_balance;
-    let rule = call
-        .state
-        .engine
-        .auto_topup(
-            &call.tenant,
-            &user.user_id,
-            Some(currency),
-            call.state.payments.gateway_name(),
-        )
-        .ok()
-        .flatten();
-    let wallet = user.wallet(currency);
-    // The same threshold as the low-balance event: the enabled rule's, else the tenant limit.
-    let low_balance = rule
-        .as_ref()
-        .filter(|rule| rule.enabled)
-        .map_or(low_balance, |rule| rule.threshold);
-    let pool = super::pools::membership_json(call, &user.user_id);
-    // What a debit may take: the wallet's part and what the pool may still give, as a 402 says.
-    let from_pool = pool
-        .as_ref()
-        .map_or(0, |pool| pool.spendable_in(currency.as_str()));
-    WalletJson {
-        user_id: user.user_id.clone(),
-        currency: currency.to_string(),
-        balance: wallet.balance,
-        reserved: wallet.reserved,
-        available: wallet.available,
-        overdraft_limit: wallet.overdraft_limit,
-        spendable: wallet.spendable.saturating_add(from_pool),
-        status: wallet_status(wallet.available, low_balance),
-        auto_topup: rule.as_ref().map(rule_json),
-        balances: user.wallets.iter().map(BalanceJson::from).collect(),
-        pool,
+    let state = call.state;
+    let reader = WalletReader {
+        engine: &state.engine,
+        payments: &state.payments,
+        low_balance: state.limits.low_balance,
+    };
+    reader.json(&call.tenant, user, currency)
+}
+
+/// What a wallet view needs beside the state: for the routes that have no [`Call`] (the live
+/// stream, the portal), which read it outside a request.
+#[derive(Clone, Copy)]
+pub(crate) struct WalletReader<'a> {
+    /// The engine.
+    pub engine: &'a crate::engine::Engine,
+    /// The payments service (its gateway's name picks the auto top-up rule shown).
+    pub payments: &'a crate::payments::Payments,
+    /// `limits.low_balance`.
+    pub low_balance: i64,
+}
+
+impl WalletReader<'_> {
+    /// The wallet view of `user` in `tenant`, as `GET /v1/users/{user_id}/wallet` shows it.
+    pub(crate) fn json(&self, tenant: &Tenant, user: &UserView, currency: Currency) -> WalletJson {
+        let low_balance = self.low_balance;
+        let rule = self
+            .engine
+            .auto_topup(
+                tenant,
+                &user.user_id,
+                Some(currency),
+                self.payments.gateway_name(),
+            )
+            .ok()
+            .flatten();
+        let wallet = user.wallet(currency);
+        // The same threshold as the low-balance event: the enabled rule's, else the tenant limit.
+        let low_balance = rule
+            .as_ref()
+            .filter(|rule| rule.enabled)
+            .map_or(low_balance, |rule| rule.threshold);
+        let pool = super::pools::membership_json_in(self.engine, tenant, &user.user_id);
+        // What a debit may take: the wallet's part and what the pool may still give, as a 402
+        // says.
+        let from_pool = pool
+            .as_ref()
+            .map_or(0, |pool| pool.spendable_in(currency.as_str()));
+        WalletJson {
+            user_id: user.user_id.clone(),
+            currency: currency.to_string(),
+            balance: wallet.balance,
+            reserved: wallet.reserved,
+            available: wallet.available,
+            overdraft_limit: wallet.overdraft_limit,
+            spendable: wallet.spendable.saturating_add(from_pool),
+            status: wallet_status(wallet.available, low_balance),
+            auto_topup: rule.as_ref().map(rule_json),
+            balances: user.wallets.iter().map(BalanceJson::from).collect(),
+            pool,
+        }
     }
 }
 
