@@ -3,19 +3,19 @@
 //! refused. With `CREDITD_SCREENSHOTS=1` it also writes `docs/portal.png` (desktop) and
 //! `docs/portal-phone.png` (phone width).
 
-#[path = "common/browser.rs"]
-mod browser;
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use std::time::Duration;
 
-use browser::Browser;
 use creditd::client::Debit;
 use creditd::config::Gateway;
 use http::Method;
 use serde_json::json;
 use server::{send_json, Server, ADMIN, SERVICE};
+use webdriver::Browser;
 
 /// How long the test's portal links are valid.
 const TTL_SECONDS: u64 = 8;

@@ -302,6 +302,25 @@ impl Browser {
         .await;
     }
 
+    /// The handles of the open windows.
+    pub async fn windows(&self) -> Vec<String> {
+        let handles = self
+            .command(Method::GET, "/window/handles", Value::Null)
+            .await;
+        handles
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|handle| handle.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Makes `handle` the window commands go to.
+    pub async fn switch_to(&self, handle: &str) {
+        self.command(Method::POST, "/window", json!({ "handle": handle }))
+            .await;
+    }
+
     /// A PNG of the viewport.
     pub async fn screenshot(&self) -> Vec<u8> {
         let encoded = self.command(Method::GET, "/screenshot", Value::Null).await;
