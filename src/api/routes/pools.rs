@@ -11,12 +11,12 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::entries::{catch_up, history, history_error, page_cursor, page_limit, DEFAULT_LIMIT};
-use crate::api::call::{ok, unexpected, written, Answer, Call};
+use crate::api::call::{ok, Answer, Call};
 use crate::api::dto::{currency, PrefixedId, ENTRY_PREFIX};
 use crate::api::problem::Problem;
 use crate::api::request::{parse_json, parse_json_or_empty, query_pairs, unknown_parameter};
 use crate::api::response::json_response;
-use crate::engine::types::{CreditKind, EngineError, Missing, Outcome};
+use crate::engine::types::{CreditKind, EngineError, Missing};
 use crate::engine::{MembershipView, PoolCreditRequest, PoolView};
 use crate::history::pools::PoolListed;
 use crate::time::format_rfc3339_ms;
@@ -113,15 +113,6 @@ impl From<MembershipView> for MembershipJson {
             available_to_user: view.available_to_user,
         }
     }
-}
-
-/// Answer to a credit to a pool.
-#[derive(Debug, Serialize)]
-struct PoolCreditAnswer {
-    entry_id: PrefixedId,
-    amount: i64,
-    balance: i64,
-    available: i64,
 }
 
 /// One movement of a pool's ledger.
@@ -225,22 +216,7 @@ pub async fn credit_pool(call: &Call<'_>) -> Answer {
             .engine
             .credit_pool(&call.tenant, &request, &call.context(call.idempotency()))?;
     call.durable(done.lsn).await?;
-    let Outcome::Credit {
-        entry_id,
-        amount,
-        balance,
-        available,
-    } = done.outcome
-    else {
-        return Err(unexpected(&done));
-    };
-    let answer = PoolCreditAnswer {
-        entry_id: PrefixedId(ENTRY_PREFIX, entry_id),
-        amount,
-        balance,
-        available,
-    };
-    written(StatusCode::OK, &answer, done.replayed)
+    super::users::credit_answer(&done)
 }
 
 /// `GET /v1/pools/{pool_id}/members` (admin).

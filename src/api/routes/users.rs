@@ -174,6 +174,26 @@ struct CreditAnswer {
     available: i64,
 }
 
+/// The 200 of a durable credit (to a wallet or a pool): its entry, amount and balances.
+pub(super) fn credit_answer(done: &Done) -> Answer {
+    let Outcome::Credit {
+        entry_id,
+        amount,
+        balance,
+        available,
+    } = done.outcome
+    else {
+        return Err(unexpected(done));
+    };
+    let answer = CreditAnswer {
+        entry_id: PrefixedId(ENTRY_PREFIX, entry_id),
+        amount,
+        balance,
+        available,
+    };
+    written(StatusCode::OK, &answer, done.replayed)
+}
+
 /// Answer to a debit (or a revoke, with `amount` instead of `charged`).
 #[derive(Debug, Serialize)]
 struct DebitAnswer {
@@ -497,22 +517,7 @@ pub async fn credit(call: &Call<'_>) -> Answer {
     if !done.replayed {
         call.state.metrics.credit(kind);
     }
-    let Outcome::Credit {
-        entry_id,
-        amount,
-        balance,
-        available,
-    } = done.outcome
-    else {
-        return Err(unexpected(&done));
-    };
-    let answer = CreditAnswer {
-        entry_id: PrefixedId(ENTRY_PREFIX, entry_id),
-        amount,
-        balance,
-        available,
-    };
-    written(StatusCode::OK, &answer, done.replayed)
+    credit_answer(&done)
 }
 
 fn debit_outcome(error: &EngineError) -> DebitOutcome {
