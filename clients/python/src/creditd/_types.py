@@ -442,10 +442,15 @@ class PoolEntryList(TypedDict):
     next_cursor: Optional[str]
 
 
-class UsageRow(TypedDict):
+class _UsageRowRequired(TypedDict):
     key: str
     count: int
     credits: int
+
+
+class UsageRow(_UsageRowRequired, total=False):
+    #: The units spent (the sum of the debits' quantities).
+    quantity: int
 
 
 UsageReport = TypedDict(
