@@ -192,3 +192,11 @@ def test_an_error_that_is_not_a_problem_document() -> None:
     with pytest.raises(creditd.CreditdError) as caught:
         client.me()
     assert caught.value.status == 502 and caught.value.slug == ""
+
+
+def test_a_success_that_is_not_json_is_an_error() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>portal</html>"))
+    client = creditd.Creditd("http://creditd.test", SERVICE_KEY, transport=transport)
+    with pytest.raises(creditd.CreditdError) as caught:
+        client.me()
+    assert caught.value.status == 200 and "portal" in caught.value.detail

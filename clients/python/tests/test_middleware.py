@@ -150,3 +150,16 @@ def test_with_reservation_sync(service: creditd.Creditd, user_id: str) -> None:
     assert ran == []
     assert service.wallet.get(user_id)["balance"] == 30
     assert service.reservations.list_open(user_id)["reservations"] == []
+    # A cost above the hold takes the excess from the wallet if it can...
+    with service.with_reservation(user_id, amount=5) as over:
+        over.cost = 9
+    assert over.captured is not None and over.captured["charged"] == 9
+    assert service.wallet.get(user_id)["balance"] == 21
+    # ...else the capture is refused and the hold stays for the caller to settle.
+    with pytest.raises(creditd.InsufficientCreditsError):
+        with service.with_reservation(user_id, amount=5) as short:
+            short.cost = 500
+    assert [r["reservation_id"] for r in service.reservations.list_open(user_id)["reservations"]] == [
+        short.reservation_id
+    ]
+    assert service.reservations.capture(short.reservation_id)["charged"] == 5

@@ -4,8 +4,12 @@ server crash that must not charge twice."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
+from pathlib import Path
 from typing import Callable, List
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -222,3 +226,43 @@ async def test_an_async_retry_across_a_crash_charges_once(fresh_server: Server, 
             assert (wallet["balance"], wallet["reserved"]) == (38, 0)
     finally:
         proxy.close()
+
+
+def test_a_real_503_is_a_server_busy_error_and_is_retried(workdir: Path, user_id: str) -> None:
+    """A server whose body budget is one body: while a slow client holds it, a debit is refused
+    with 503 server-busy; once the budget is free, the client's retry goes through."""
+    data = workdir / f"busy-{user_id}"
+    data.mkdir()
+    server = Server(data, env={"CREDITD_SERVER__MAX_BODY_BYTES": "4096", "CREDITD_SERVER__BODY_BUDGET_BYTES": "4096"})
+    server.start()
+    try:
+        with creditd.Creditd(server.base_url, SERVICE_KEY) as client:
+            client.users.put(user_id)
+            client.wallet.credit(user_id, 10)
+            hog = hold_body_budget(server.base_url, 4096)
+            with pytest.raises(creditd.ServerBusyError) as busy:
+                client.wallet.debit(user_id, 1, timeout=0.5)
+            assert (busy.value.status, busy.value.slug, busy.value.retry_after) == (503, "server-busy", 1.0)
+            # The same call with time to wait: the hog lets go meanwhile, the retry passes.
+            threading.Timer(0.3, hog.close).start()
+            started = time.monotonic()
+            answer = client.wallet.debit(user_id, 1, timeout=5)
+            assert time.monotonic() - started >= 1.0, "waited for Retry-After"
+            assert answer["balance"] == 9 and answer["replayed"] is False
+    finally:
+        server.stop()
+
+
+def hold_body_budget(base_url: str, length: int) -> socket.socket:
+    """Starts a request declaring a body of ``length`` bytes and sends only part of it."""
+    parts = urlsplit(base_url)
+    assert parts.hostname is not None and parts.port is not None
+    hog = socket.create_connection((parts.hostname, parts.port))
+    head = (
+        f"POST /v1/users/hog/debit HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: Bearer {SERVICE_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    hog.sendall(head.encode() + b'{"amount":')
+    time.sleep(0.2)  # the server has read the head and holds the budget
+    return hog

@@ -239,7 +239,15 @@ def decode(response: httpx.Response, request: Request) -> Union[Any, CreditdErro
     error to raise."""
     if response.is_success:
         content = response.content
-        answer: Any = json.loads(content) if content else {}
+        try:
+            answer: Any = json.loads(content) if content else {}
+        except ValueError:
+            # Not creditd speaking (a proxy's page, say): an error, never a retry.
+            return CreditdError(
+                response.status_code,
+                {"title": "The answer is not JSON", "detail": response.text[:200]},
+                request_id=response.headers.get("x-request-id"),
+            )
         if request.replayed and isinstance(answer, dict):
             answer["replayed"] = (
                 response.headers.get("idempotent-replayed", "").lower() == "true"
