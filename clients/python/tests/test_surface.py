@@ -17,12 +17,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_me_and_ready(service: creditd.Creditd, admin: creditd.Creditd, platform: creditd.Creditd) -> None:
+def test_me_and_health(service: creditd.Creditd, admin: creditd.Creditd, platform: creditd.Creditd) -> None:
     assert service.me() == {"name": "dev-service", "role": "service", "tenant": "default"}
     assert admin.me()["role"] == "admin"
     assert platform.me()["role"] == "platform"
-    assert service.ready() is True
-    assert creditd.Creditd("http://127.0.0.1:9", SERVICE_KEY).ready() is False
+    assert service.health.live() == "ok\n"
+    assert service.health.ready().startswith("ready")
+    assert service.health.health().startswith("ready")
+    assert "creditd_debits_total" in service.health.metrics()
+    assert service.health.openapi().startswith("openapi: 3.1.0")
 
 
 def test_users(service: creditd.Creditd) -> None:

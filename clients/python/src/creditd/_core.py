@@ -107,6 +107,8 @@ class Request:
     timeout: Optional[float] = None
     #: Add ``replayed`` (the ``Idempotent-Replayed`` header) to the answer.
     replayed: bool = False
+    #: The answer is text (the probes, the metrics, the OpenAPI document), not JSON.
+    text: bool = False
 
 
 def path(template: str, *segments: str) -> str:
@@ -154,11 +156,16 @@ def write(
     *,
     idempotency_key: Optional[str],
     timeout: Optional[float],
+    keyed: bool = True,
+    replayed: bool = True,
 ) -> Request:
-    """A state-changing request. A POST gets an ``Idempotency-Key`` (the caller's, or a new
-    UUID 4) fixed for all its attempts; PUT and DELETE are idempotent by nature."""
-    key = idempotency_key
-    if method == "POST" and key is None:
+    """A state-changing request. A POST that honours ``Idempotency-Key`` (``keyed``) gets one,
+    the caller's or a new UUID 4, fixed for all its attempts, and its answer says whether it
+    was a replay (``replayed``: not for the batch, whose items say it each). PUT, PATCH and
+    DELETE are idempotent by nature and carry none."""
+    is_post = method == "POST"
+    key = idempotency_key if is_post and keyed else None
+    if is_post and keyed and key is None:
         key = str(uuid.uuid4())
     return Request(
         method=method,
@@ -166,14 +173,18 @@ def write(
         body=None if body is None else encode(body),
         idempotency_key=key,
         timeout=timeout,
-        replayed=method == "POST",
+        replayed=is_post and keyed and replayed,
     )
 
 
 def read(
-    request_path: str, params: Optional[Dict[str, str]] = None, *, timeout: Optional[float]
+    request_path: str,
+    params: Optional[Dict[str, str]] = None,
+    *,
+    timeout: Optional[float],
+    text: bool = False,
 ) -> Request:
-    return Request(method="GET", path=request_path, params=params or {}, timeout=timeout)
+    return Request(method="GET", path=request_path, params=params or {}, timeout=timeout, text=text)
 
 
 def request_headers(options: Options, request: Request) -> Dict[str, str]:
@@ -238,6 +249,8 @@ def decode(response: httpx.Response, request: Request) -> Union[Any, CreditdErro
     """The answer's JSON on a 2xx (with ``replayed`` added to the answers of writes), else the
     error to raise."""
     if response.is_success:
+        if request.text:
+            return response.text
         content = response.content
         try:
             answer: Any = json.loads(content) if content else {}

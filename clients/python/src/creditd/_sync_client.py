@@ -81,7 +81,8 @@ class Creditd:
 
     The calls are grouped as the API is: :attr:`users`, :attr:`wallet`, :attr:`reservations`,
     :attr:`billing`, :attr:`payments`, :attr:`pools`, :attr:`reports`, :attr:`audit`,
-    :attr:`portal`, :attr:`tenants`, plus :meth:`me` and :meth:`with_reservation`. Every call
+    :attr:`portal`, :attr:`tenants`, :attr:`health`, plus :meth:`me` and
+    :meth:`with_reservation`. Every call
     takes ``timeout=`` (seconds) to override the client's for that call; every state-changing
     POST takes ``idempotency_key=`` (one is generated per call otherwise).
     """
@@ -120,6 +121,7 @@ class Creditd:
         self.audit = Audit(self)
         self.portal = Portal(self)
         self.tenants = Tenants(self)
+        self.health = Health(self)
 
     @property
     def options(self) -> Options:
@@ -198,17 +200,6 @@ class Creditd:
     def me(self, *, timeout: Optional[float] = None) -> Me:
         """The calling key: its name, role and the tenant it acts in."""
         return cast(Me, self._request(read("/v1/me", timeout=timeout)))
-
-    def ready(self, *, timeout: Optional[float] = None) -> bool:
-        """Whether the server is ready (``GET /readyz`` answers 200). Never raises for a 503."""
-        try:
-            response = self._http.get(
-                self._options.base_url + "/readyz",
-                timeout=self._options.timeout if timeout is None else timeout,
-            )
-        except httpx.TransportError:
-            return False
-        return response.status_code == 200
 
     def with_reservation(
         self,
@@ -492,7 +483,12 @@ class Wallets(_Group):
         has ``status`` 200 with the debit's answer, or the problem's status and members."""
         body = {"debits": [dict(debit) for debit in debits]}
         request = write(
-            "POST", "/v1/debits/batch", body, idempotency_key=idempotency_key, timeout=timeout
+            "POST",
+            "/v1/debits/batch",
+            body,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            replayed=False,
         )
         return cast(BatchAnswer, self._call(request))
 
@@ -604,6 +600,7 @@ class Wallets(_Group):
             None,
             idempotency_key=None,
             timeout=timeout,
+            keyed=False,
         )
         return cast(StreamToken, self._call(request))
 
@@ -937,20 +934,15 @@ class Payments(_Group):
             self._call(read(path("/v1/users/{}/payments", user_id), params, timeout=timeout)),
         )
 
-    def abandon(
-        self,
-        reference: str,
-        *,
-        idempotency_key: Optional[str] = None,
-        timeout: Optional[float] = None,
-    ) -> Payment:
-        """Marks a pending checkout as abandoned (admin)."""
+    def abandon(self, reference: str, *, timeout: Optional[float] = None) -> Payment:
+        """Settles a pending checkout as failed, ``abandoned`` (admin)."""
         request = write(
             "POST",
             path("/v1/payments/{}/abandon", reference),
             None,
-            idempotency_key=idempotency_key,
+            idempotency_key=None,
             timeout=timeout,
+            keyed=False,
         )
         return cast(Payment, self._call(request))
 
@@ -1138,6 +1130,7 @@ class Portal(_Group):
             compact(return_url=return_url),
             idempotency_key=None,
             timeout=timeout,
+            keyed=False,
         )
         return cast(PortalSession, self._call(request))
 
@@ -1177,3 +1170,29 @@ class Tenants(_Group):
             "PUT", path("/v1/tenants/{}", tenant_id), body, idempotency_key=None, timeout=timeout
         )
         return cast(Tenant, self._call(request))
+
+
+class Health(_Group):
+    """The probes and the API's own description: open routes, answered as text."""
+
+    def live(self, *, timeout: Optional[float] = None) -> str:
+        """``GET /livez``: ``ok`` while the process runs."""
+        return cast(str, self._call(read("/livez", timeout=timeout, text=True)))
+
+    def ready(self, *, timeout: Optional[float] = None) -> str:
+        """``GET /readyz``: ``ready`` (and any warning recovery left) once the server can take
+        writes; else :class:`~creditd.ServerBusyError` (``not-ready``, ``recovering``), after
+        the call's retries."""
+        return cast(str, self._call(read("/readyz", timeout=timeout, text=True)))
+
+    def health(self, *, timeout: Optional[float] = None) -> str:
+        """``GET /healthz``: the same as :meth:`ready`."""
+        return cast(str, self._call(read("/healthz", timeout=timeout, text=True)))
+
+    def metrics(self, *, timeout: Optional[float] = None) -> str:
+        """``GET /metrics``: the Prometheus text format."""
+        return cast(str, self._call(read("/metrics", timeout=timeout, text=True)))
+
+    def openapi(self, *, timeout: Optional[float] = None) -> str:
+        """``GET /openapi.yaml``: the HTTP contract, as this server serves it."""
+        return cast(str, self._call(read("/openapi.yaml", timeout=timeout, text=True)))

@@ -198,8 +198,10 @@ class BatchItemResult(_BatchItemRequired, total=False):
 
 
 class BatchAnswer(TypedDict):
+    """The batch's answer. It is not stored as a whole: each item says whether it was a replay
+    (its ``replayed``), and the batch itself has no ``replayed``."""
+
     results: List[BatchItemResult]
-    replayed: bool
 
 
 class _BatchDebitRequired(TypedDict):
@@ -301,13 +303,11 @@ class EntryList(TypedDict):
 class StreamToken(TypedDict):
     token: str
     expires_at: str
-    replayed: bool
 
 
 class PortalSession(TypedDict):
     url: str
     expires_at: str
-    replayed: bool
 
 
 class WalletEvent(TypedDict):
