@@ -98,7 +98,10 @@ class CreditGate:
         if (scope["method"], scope["path"]) != ("POST", "/v1/chat/completions"):
             await respond(send, 404, {"error": "not_found"})
             return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
         user_id = headers.get("x-user-id")
         if not user_id:
             await respond(send, 401, {"error": "missing X-User-Id"})
@@ -165,7 +168,10 @@ async def respond(send: Send, status: int, body: Dict[str, Any]) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})

@@ -61,7 +61,7 @@ class Server:
         self.binary = creditd_binary()
         self.data_dir = data_dir
         self.extra_env = env or {}
-        self.process: Optional["subprocess.Popen[str]"] = None
+        self.process: Optional[subprocess.Popen[str]] = None
         self.base_url = ""
         self.output: List[str] = []
 

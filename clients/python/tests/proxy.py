@@ -57,7 +57,7 @@ class CrashingProxy:
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
-        self.url = "http://127.0.0.1:%d" % self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._upstream_ready = threading.Event()
         self._upstream_ready.set()
         self._lock = threading.Lock()

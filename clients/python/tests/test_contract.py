@@ -22,7 +22,9 @@ NOT_IN_SDK = {
     "gatewayWebhook": "called by the payment gateway, with the gateway's own signature",
     "dashboardPage": "the operators' dashboard, a page for a browser",
     "dashboardFile": "a file of the operators' dashboard",
-    "portalPage": "the hosted top-up page a person opens (its URL comes from portal.create_session)",
+    "portalPage": (
+        "the hosted top-up page a person opens (its URL comes from portal.create_session)"
+    ),
     "portalData": "what the hosted top-up page loads, with the portal token as credential",
     "portalCheckout": "the Buy button of the hosted top-up page",
     "sandboxCheckoutPage": "the sandbox gateway's checkout page, for a person",
@@ -72,7 +74,9 @@ CALLS: Dict[str, Call] = {
     "deleteAction": lambda c: c.billing.delete_action("gpt"),
     "listPackages": lambda c: c.billing.list_packages(),
     "getPackage": lambda c: c.billing.get_package("p"),
-    "putPackage": lambda c: c.billing.put_package("p", name="P", credits=1, price_minor=1, price_currency="NGN"),
+    "putPackage": lambda c: c.billing.put_package(
+        "p", name="P", credits=1, price_minor=1, price_currency="NGN"
+    ),
     "deletePackage": lambda c: c.billing.delete_package("p"),
     "bootstrap": lambda c: c.billing.bootstrap("ada"),
     "initializePayment": lambda c: c.payments.initialize("ada", "p"),
@@ -149,16 +153,25 @@ def test_each_method_calls_its_operation(operation_id: str) -> None:
             return httpx.Response(200, text="ok\n")
         if request.url.path.endswith("/stream"):
             return httpx.Response(200, text="", headers={"content-type": "text/event-stream"})
-        if request.method == "DELETE" and request.url.path.startswith(("/v1/actions/", "/v1/packages/")):
+        if request.method == "DELETE" and request.url.path.startswith(
+            ("/v1/actions/", "/v1/packages/")
+        ):
             return httpx.Response(204)
-        return httpx.Response(200, json={"users": [], "entries": [], "records": [], "next_cursor": None})
+        return httpx.Response(
+            200, json={"users": [], "entries": [], "records": [], "next_cursor": None}
+        )
 
-    client = creditd.Creditd("http://creditd.test", SERVICE_KEY, transport=httpx.MockTransport(answer))
+    client = creditd.Creditd(
+        "http://creditd.test", SERVICE_KEY, transport=httpx.MockTransport(answer)
+    )
     CALLS[operation_id](client)
     assert len(seen) == 1
     request = seen[0]
     template = "^" + re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(operation.path)) + "$"
     assert request.method == operation.method
-    assert re.match(template, request.url.raw_path.decode().split("?")[0]), (request.url, operation.path)
+    assert re.match(template, request.url.raw_path.decode().split("?")[0]), (
+        request.url,
+        operation.path,
+    )
     assert ("idempotency-key" in request.headers) == operation.idempotency_key
     assert request.headers["authorization"] == f"Bearer {SERVICE_KEY}"

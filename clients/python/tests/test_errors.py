@@ -20,7 +20,11 @@ def test_insufficient_credits_carries_the_problem(service: creditd.Creditd, user
         service.wallet.debit(user_id, 5)
     error = caught.value
     assert isinstance(error, creditd.CreditdError)
-    assert (error.status, error.slug, error.title) == (402, "insufficient-credits", "Insufficient credits")
+    assert (error.status, error.slug, error.title) == (
+        402,
+        "insufficient-credits",
+        "Insufficient credits",
+    )
     assert error.detail == "5 credits are required but only 3 can be spent"
     assert error.body["required"] == 5 and error.body["type"] == error.type
     assert error.request_id
@@ -97,7 +101,9 @@ def test_grant_cap_exceeded(service: creditd.Creditd, user_id: str) -> None:
     assert isinstance(error.granted_today, int)
 
 
-def test_unauthorized_forbidden_and_invalid(server: Server, service: creditd.Creditd, user_id: str) -> None:
+def test_unauthorized_forbidden_and_invalid(
+    server: Server, service: creditd.Creditd, user_id: str
+) -> None:
     with creditd.Creditd(server.base_url, "not-a-key") as stranger:
         with pytest.raises(creditd.UnauthorizedError) as unauthorized:
             stranger.me()

@@ -31,7 +31,11 @@ class FakeModel:
         tokens = len(prompt)
         return {
             "content": completion,
-            "usage": {"prompt_tokens": tokens, "completion_tokens": tokens, "total_tokens": 2 * tokens},
+            "usage": {
+                "prompt_tokens": tokens,
+                "completion_tokens": tokens,
+                "total_tokens": 2 * tokens,
+            },
         }
 
 
@@ -49,7 +53,9 @@ async def test_the_gateway_meters_a_model_call(server: Server, user_id: str) -> 
         await client.wallet.credit(user_id, 100, description="welcome credits")
         model = FakeModel()
         gate = CreditGate(client, model, credits_per_1k_tokens=1000, max_tokens=60)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://gateway") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gate), base_url="http://gateway"
+        ) as http:
             answer = await http.post(
                 "/v1/chat/completions",
                 headers={"X-User-Id": user_id},
@@ -70,13 +76,17 @@ async def test_the_gateway_meters_a_model_call(server: Server, user_id: str) -> 
 
 
 @pytest.mark.anyio
-async def test_a_user_who_cannot_pay_is_refused_before_the_model(server: Server, user_id: str) -> None:
+async def test_a_user_who_cannot_pay_is_refused_before_the_model(
+    server: Server, user_id: str
+) -> None:
     async with creditd.AsyncCreditd(server.base_url, SERVICE_KEY) as client:
         await client.users.put(user_id)
         await client.wallet.credit(user_id, 10)
         model = FakeModel()
         gate = CreditGate(client, model, credits_per_1k_tokens=1000, max_tokens=60)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://gateway") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gate), base_url="http://gateway"
+        ) as http:
             answer = await http.post(
                 "/v1/chat/completions",
                 headers={"X-User-Id": user_id},
@@ -96,7 +106,9 @@ async def test_a_failing_model_is_charged_nothing(server: Server, user_id: str) 
         await client.users.put(user_id)
         await client.wallet.credit(user_id, 100)
         gate = CreditGate(client, FakeModel(fail=True), credits_per_1k_tokens=1000, max_tokens=60)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://gateway") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gate), base_url="http://gateway"
+        ) as http:
             answer = await http.post(
                 "/v1/chat/completions",
                 headers={"X-User-Id": user_id},
@@ -159,7 +171,7 @@ def test_with_reservation_sync(service: creditd.Creditd, user_id: str) -> None:
     with pytest.raises(creditd.InsufficientCreditsError):
         with service.with_reservation(user_id, amount=5) as short:
             short.cost = 500
-    assert [r["reservation_id"] for r in service.reservations.list_open(user_id)["reservations"]] == [
-        short.reservation_id
-    ]
+    assert [
+        r["reservation_id"] for r in service.reservations.list_open(user_id)["reservations"]
+    ] == [short.reservation_id]
     assert service.reservations.capture(short.reservation_id)["charged"] == 5

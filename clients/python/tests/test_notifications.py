@@ -24,7 +24,7 @@ class Listener:
     """A tenant's application: takes events on POST /hooks/creditd and answers 204."""
 
     def __init__(self) -> None:
-        self.events: "queue.Queue[Received]" = queue.Queue()
+        self.events: queue.Queue[Received] = queue.Queue()
         events = self.events
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,7 +39,7 @@ class Listener:
                 pass
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d/hooks/creditd" % self.http.server_address[1]
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hooks/creditd"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
     def next(self, kind: str, seconds: float = 15.0) -> Received:
@@ -61,7 +61,9 @@ def listener() -> Iterator[Listener]:
     hosted.close()
 
 
-def test_a_real_notification_is_verified(platform: creditd.Creditd, listener: Listener, user_id: str) -> None:
+def test_a_real_notification_is_verified(
+    platform: creditd.Creditd, listener: Listener, user_id: str
+) -> None:
     tenant_id = f"py-notify-{uuid.uuid4().hex[:8]}"
     tenant = platform.tenants.put(
         tenant_id, name="Notified", webhook_url=listener.url, webhook_secret=SECRET
@@ -100,7 +102,10 @@ def test_a_real_notification_is_verified(platform: creditd.Creditd, listener: Li
     with pytest.raises(SignatureVerificationError, match="tolerance"):
         verify_notification(raw, signature, SECRET, now=sent_at - 301)
     assert verify_notification(raw, signature, SECRET, now=sent_at + 299) == event
-    assert verify_notification(raw, signature, SECRET, now=sent_at + 3000, tolerance_seconds=3600) == event
+    assert (
+        verify_notification(raw, signature, SECRET, now=sent_at + 3000, tolerance_seconds=3600)
+        == event
+    )
 
     # Stop the events again.
     stopped = platform.tenants.put(tenant_id, webhook_url="")
@@ -108,14 +113,25 @@ def test_a_real_notification_is_verified(platform: creditd.Creditd, listener: Li
 
 
 def test_signature_header_forms() -> None:
-    body = b'{"id":"evt_1_wallet_depleted","type":"wallet.depleted","created_at":"x","tenant_id":"t","data":{}}'
+    body = (
+        b'{"id":"evt_1_wallet_depleted","type":"wallet.depleted",'
+        b'"created_at":"x","tenant_id":"t","data":{}}'
+    )
     now = 1_764_000_000
     header = sign_notification(body, SECRET, now)
     assert verify_notification(body, header, SECRET, now=now)["type"] == "wallet.depleted"
     # Several v1 values (a secret being rotated): one match is enough.
     rotated = f"t={now},v1={'0' * 64},{header.split(',')[1]}"
     assert verify_notification(body, rotated, SECRET, now=now)["id"] == "evt_1_wallet_depleted"
-    for bad in [None, "", "garbage", f"t={now}", "v1=abcd", f"t=soon,{header.split(',')[1]}", "x" * 5000]:
+    for bad in [
+        None,
+        "",
+        "garbage",
+        f"t={now}",
+        "v1=abcd",
+        f"t=soon,{header.split(',')[1]}",
+        "x" * 5000,
+    ]:
         with pytest.raises(SignatureVerificationError):
             verify_notification(body, bad, SECRET, now=now)
     # A signed body that is not a JSON object is refused too.

@@ -70,9 +70,7 @@ def test_the_recipe_end_to_end(
     assert portal.status_code == 200 and "text/html" in portal.headers["content-type"]
 
     # Or a checkout of the package, straight away, paid in the sandbox like a browser would.
-    payment = service.payments.initialize(
-        user_id, package_id, metadata={"order_id": "A-1042"}
-    )
+    payment = service.payments.initialize(user_id, package_id, metadata={"order_id": "A-1042"})
     assert payment["reference"] and payment["checkout_url"].startswith(server.base_url)
     assert service.payments.get(payment["reference"])["status"] == "pending"
     page = submit_checkout(payment["checkout_url"], "pay")

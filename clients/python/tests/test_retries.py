@@ -18,10 +18,19 @@ import creditd
 from conftest import SERVICE_KEY, Server
 from proxy import CrashingProxy
 
-DEBIT_ANSWER = {"entry_id": "ent_7", "charged": 5, "from_wallet": 5, "from_pool": 0, "balance": 5, "available": 5}
+DEBIT_ANSWER = {
+    "entry_id": "ent_7",
+    "charged": 5,
+    "from_wallet": 5,
+    "from_pool": 0,
+    "balance": 5,
+    "available": 5,
+}
 
 
-def scripted(answers: List[Callable[[httpx.Request], httpx.Response]], seen: List[httpx.Request]) -> httpx.MockTransport:
+def scripted(
+    answers: List[Callable[[httpx.Request], httpx.Response]], seen: List[httpx.Request]
+) -> httpx.MockTransport:
     """A transport that answers the n-th request with the n-th script (the last one repeats)."""
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -37,19 +46,28 @@ def refuse(request: httpx.Request) -> httpx.Response:
 
 
 def drop(request: httpx.Request) -> httpx.Response:
-    raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+    raise httpx.RemoteProtocolError(
+        "Server disconnected without sending a response.", request=request
+    )
 
 
 def time_out(request: httpx.Request) -> httpx.Response:
     raise httpx.ReadTimeout("timed out", request=request)
 
 
-def problem(status: int, slug: str, retry_after: str = "") -> Callable[[httpx.Request], httpx.Response]:
+def problem(
+    status: int, slug: str, retry_after: str = ""
+) -> Callable[[httpx.Request], httpx.Response]:
     def answer(request: httpx.Request) -> httpx.Response:
         headers = {"content-type": "application/problem+json"}
         if retry_after:
             headers["retry-after"] = retry_after
-        body = {"type": f"https://creditd.dev/problems/{slug}", "title": slug, "status": status, "detail": slug}
+        body = {
+            "type": f"https://creditd.dev/problems/{slug}",
+            "title": slug,
+            "status": status,
+            "detail": slug,
+        }
         return httpx.Response(status, json=body, headers=headers)
 
     return answer
@@ -68,8 +86,20 @@ def client_for(transport: httpx.MockTransport, **options: float) -> creditd.Cred
     return creditd.Creditd("http://creditd.test", SERVICE_KEY, transport=transport, **settings)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("failure", [refuse, drop, time_out, problem(409, "idempotency-key-in-flight"), problem(503, "server-busy"), problem(500, "write-outcome-unknown")])
-def test_a_retry_sends_the_same_key_and_body(failure: Callable[[httpx.Request], httpx.Response]) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        refuse,
+        drop,
+        time_out,
+        problem(409, "idempotency-key-in-flight"),
+        problem(503, "server-busy"),
+        problem(500, "write-outcome-unknown"),
+    ],
+)
+def test_a_retry_sends_the_same_key_and_body(
+    failure: Callable[[httpx.Request], httpx.Response],
+) -> None:
     seen: List[httpx.Request] = []
     client = client_for(scripted([failure, failure, ok(replayed=True)], seen))
     answer = client.wallet.debit("ada", 5, description="one image")
@@ -98,7 +128,15 @@ def test_each_call_has_its_own_key_unless_the_caller_gives_one() -> None:
 
 @pytest.mark.parametrize(
     ("status", "slug"),
-    [(402, "insufficient-credits"), (422, "invalid-request"), (404, "user-not-found"), (409, "reservation-closed"), (401, "unauthorized"), (500, "internal"), (502, "gateway-error")],
+    [
+        (402, "insufficient-credits"),
+        (422, "invalid-request"),
+        (404, "user-not-found"),
+        (409, "reservation-closed"),
+        (401, "unauthorized"),
+        (500, "internal"),
+        (502, "gateway-error"),
+    ],
 )
 def test_other_errors_are_not_retried(status: int, slug: str) -> None:
     seen: List[httpx.Request] = []
@@ -123,7 +161,9 @@ def test_retries_stop_after_max_retries() -> None:
 
 def test_retry_after_is_honoured() -> None:
     seen: List[httpx.Request] = []
-    client = client_for(scripted([problem(503, "log-backpressure", retry_after="0.4"), ok(False)], seen))
+    client = client_for(
+        scripted([problem(503, "log-backpressure", retry_after="0.4"), ok(False)], seen)
+    )
     started = time.monotonic()
     client.wallet.debit("ada", 5)
     assert time.monotonic() - started >= 0.4 and len(seen) == 2
@@ -140,7 +180,9 @@ def test_the_timeout_bounds_the_whole_call() -> None:
     assert caught.value.retry_after == 1.0
     # Backoff within the budget: several attempts, ended by the timeout, not by the count.
     seen.clear()
-    patient = client_for(scripted([refuse], seen), timeout=0.3, max_retries=1000, backoff_max_seconds=0.05)
+    patient = client_for(
+        scripted([refuse], seen), timeout=0.3, max_retries=1000, backoff_max_seconds=0.05
+    )
     started = time.monotonic()
     with pytest.raises(creditd.CreditdConnectionError) as refused:
         patient.me(timeout=0.3)
@@ -167,7 +209,10 @@ async def test_the_async_client_retries_alike() -> None:
         return ok(replayed=True)(request)
 
     client = creditd.AsyncCreditd(
-        "http://creditd.test", SERVICE_KEY, transport=httpx.MockTransport(handle), backoff_initial_seconds=0.01
+        "http://creditd.test",
+        SERVICE_KEY,
+        transport=httpx.MockTransport(handle),
+        backoff_initial_seconds=0.01,
     )
     answer = await client.wallet.debit("ada", 5)
     assert answer["replayed"] is True and len(seen) == 3
@@ -176,7 +221,7 @@ async def test_the_async_client_retries_alike() -> None:
 
 
 def is_debit(seen_request: object) -> bool:
-    return getattr(seen_request, "method") == "POST" and getattr(seen_request, "target").endswith("/debit")
+    return seen_request.method == "POST" and seen_request.target.endswith("/debit")
 
 
 def test_a_retry_across_a_crash_charges_once(fresh_server: Server, user_id: str) -> None:
@@ -210,7 +255,9 @@ def test_a_retry_across_a_crash_charges_once(fresh_server: Server, user_id: str)
 
 
 @pytest.mark.anyio
-async def test_an_async_retry_across_a_crash_charges_once(fresh_server: Server, user_id: str) -> None:
+async def test_an_async_retry_across_a_crash_charges_once(
+    fresh_server: Server, user_id: str
+) -> None:
     async with creditd.AsyncCreditd(fresh_server.base_url, SERVICE_KEY) as setup:
         await setup.users.put(user_id)
         await setup.wallet.credit(user_id, 50)
@@ -233,7 +280,10 @@ def test_a_real_503_is_a_server_busy_error_and_is_retried(workdir: Path, user_id
     with 503 server-busy; once the budget is free, the client's retry goes through."""
     data = workdir / f"busy-{user_id}"
     data.mkdir()
-    server = Server(data, env={"CREDITD_SERVER__MAX_BODY_BYTES": "4096", "CREDITD_SERVER__BODY_BUDGET_BYTES": "4096"})
+    server = Server(
+        data,
+        env={"CREDITD_SERVER__MAX_BODY_BYTES": "4096", "CREDITD_SERVER__BODY_BUDGET_BYTES": "4096"},
+    )
     server.start()
     try:
         with creditd.Creditd(server.base_url, SERVICE_KEY) as client:
@@ -242,7 +292,11 @@ def test_a_real_503_is_a_server_busy_error_and_is_retried(workdir: Path, user_id
             hog = hold_body_budget(server.base_url, 4096)
             with pytest.raises(creditd.ServerBusyError) as busy:
                 client.wallet.debit(user_id, 1, timeout=0.5)
-            assert (busy.value.status, busy.value.slug, busy.value.retry_after) == (503, "server-busy", 1.0)
+            assert (busy.value.status, busy.value.slug, busy.value.retry_after) == (
+                503,
+                "server-busy",
+                1.0,
+            )
             # The same call with time to wait: the hog lets go meanwhile, the retry passes.
             threading.Timer(0.3, hog.close).start()
             started = time.monotonic()

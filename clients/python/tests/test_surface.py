@@ -17,7 +17,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_me_and_health(service: creditd.Creditd, admin: creditd.Creditd, platform: creditd.Creditd) -> None:
+def test_me_and_health(
+    service: creditd.Creditd, admin: creditd.Creditd, platform: creditd.Creditd
+) -> None:
     assert service.me() == {"name": "dev-service", "role": "service", "tenant": "default"}
     assert admin.me()["role"] == "admin"
     assert platform.me()["role"] == "platform"
@@ -32,7 +34,9 @@ def test_users(service: creditd.Creditd) -> None:
     prefix = unique("py-users")
     # An id that needs percent-encoding in the path.
     email_id = f"{prefix}-ada@example.com"
-    created = service.users.put(email_id, email="ada@example.com", name="Ada", metadata={"plan": "pro", "seats": 3})
+    created = service.users.put(
+        email_id, email="ada@example.com", name="Ada", metadata={"plan": "pro", "seats": 3}
+    )
     assert created["user_id"] == email_id and created["metadata"] == {"plan": "pro", "seats": 3}
     assert service.users.get(email_id)["email"] == "ada@example.com"
     # PATCH merges metadata; None removes a member, and clears a field.
@@ -93,7 +97,10 @@ def test_wallet_calls(service: creditd.Creditd, admin: creditd.Creditd, user_id:
     assert len(grants) == 1 and grants[0]["reference"] == "welcome"
     now = datetime.now(timezone.utc)
     window = service.wallet.entries(
-        user_id, from_=(now - timedelta(hours=1)).isoformat(), to=(now + timedelta(hours=1)).isoformat(), limit=2
+        user_id,
+        from_=(now - timedelta(hours=1)).isoformat(),
+        to=(now + timedelta(hours=1)).isoformat(),
+        limit=2,
     )
     assert len(window["entries"]) == 2 and window["next_cursor"] is not None
     assert len(list(service.wallet.iterate_entries(user_id, page_size=2))) == 5
@@ -134,7 +141,9 @@ def test_reservations(service: creditd.Creditd, admin: creditd.Creditd, user_id:
     assert dry.get("dry_run") is True and "reservation_id" not in dry
     rid = hold["reservation_id"]
     assert service.reservations.get(rid)["state"] == "open"
-    assert [r["reservation_id"] for r in service.reservations.list_open(user_id)["reservations"]] == [rid]
+    assert [
+        r["reservation_id"] for r in service.reservations.list_open(user_id)["reservations"]
+    ] == [rid]
     extended = service.reservations.extend(rid, 600)
     assert extended["reservation_id"] == rid and extended["expires_at"] > hold["expires_at"]
     released = service.reservations.release(rid)
@@ -145,10 +154,17 @@ def test_reservations(service: creditd.Creditd, admin: creditd.Creditd, user_id:
     assert (captured["charged"], captured["released"], captured["balance"]) == (15, 0, 25)
 
 
-def test_billing_catalogue_and_auto_topup(service: creditd.Creditd, admin: creditd.Creditd, user_id: str) -> None:
+def test_billing_catalogue_and_auto_topup(
+    service: creditd.Creditd, admin: creditd.Creditd, user_id: str
+) -> None:
     action = unique("py-action")
     put = admin.billing.put_action(action, 3, description="three credits")
-    assert put == {"action": action, "cost": 3, "currency": "credits", "description": "three credits"}
+    assert put == {
+        "action": action,
+        "cost": 3,
+        "currency": "credits",
+        "description": "three credits",
+    }
     assert service.billing.get_action(action) == put
     assert action in [a["action"] for a in service.billing.list_actions()["actions"]]
     admin.billing.delete_action(action)
@@ -164,17 +180,28 @@ def test_billing_catalogue_and_auto_topup(service: creditd.Creditd, admin: credi
     assert service.billing.get_package(package_id) == package
     assert package_id in [p["package_id"] for p in service.billing.list_packages()["packages"]]
     hidden = admin.billing.put_package(
-        package_id, name="Pack", credits=500, price_minor=200_000, price_currency="NGN", active=False
+        package_id,
+        name="Pack",
+        credits=500,
+        price_minor=200_000,
+        price_currency="NGN",
+        active=False,
     )
     assert hidden["active"] is False
     service.users.put(user_id, email=f"{user_id}@example.com")
     bootstrap = service.billing.bootstrap(user_id)
     assert bootstrap["wallet"]["user_id"] == user_id
     assert package_id not in [p["package_id"] for p in bootstrap["available_packages"]]
-    admin.billing.put_package(package_id, name="Pack", credits=500, price_minor=200_000, price_currency="NGN")
+    admin.billing.put_package(
+        package_id, name="Pack", credits=500, price_minor=200_000, price_currency="NGN"
+    )
 
     rule = admin.billing.put_auto_topup(
-        user_id, threshold=10, package_id=package_id, payment_method="sandbox_card_ok", max_per_day=2
+        user_id,
+        threshold=10,
+        package_id=package_id,
+        payment_method="sandbox_card_ok",
+        max_per_day=2,
     )
     assert rule["enabled"] is True and rule["threshold"] == 10 and rule["max_per_day"] == 2
     assert service.billing.get_auto_topup(user_id)["package_id"] == package_id
@@ -186,7 +213,9 @@ def test_billing_catalogue_and_auto_topup(service: creditd.Creditd, admin: credi
 
 def test_payments(service: creditd.Creditd, admin: creditd.Creditd, user_id: str) -> None:
     package_id = unique("py-pay")
-    admin.billing.put_package(package_id, name="Pay", credits=30, price_minor=1_500, price_currency="USD")
+    admin.billing.put_package(
+        package_id, name="Pay", credits=30, price_minor=1_500, price_currency="USD"
+    )
     service.users.put(user_id, email=f"{user_id}@example.com")
     first = service.payments.initialize(user_id, package_id, idempotency_key=f"order-{user_id}")
     again = service.payments.initialize(user_id, package_id, idempotency_key=f"order-{user_id}")
@@ -236,10 +265,17 @@ def test_reports_and_audit(service: creditd.Creditd, admin: creditd.Creditd, use
     service.wallet.credit(user_id, 20)
     service.wallet.debit(user_id, action=action, quantity=3)
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    window = {"from_": (now - timedelta(hours=1)).isoformat(), "to": (now + timedelta(hours=1)).isoformat()}
+    window = {
+        "from_": (now - timedelta(hours=1)).isoformat(),
+        "to": (now + timedelta(hours=1)).isoformat(),
+    }
     mine = service.reports.usage(user_id=user_id, **window)
     assert mine["total_credits"] == 6 and len(mine["rows"]) == 1
-    assert (mine["rows"][0]["key"], mine["rows"][0]["credits"], mine["rows"][0].get("quantity")) == (action, 6, 3)
+    assert (
+        mine["rows"][0]["key"],
+        mine["rows"][0]["credits"],
+        mine["rows"][0].get("quantity"),
+    ) == (action, 6, 3)
     by_user = admin.reports.usage(group_by="user", **window)
     assert [(r["count"], r["credits"]) for r in by_user["rows"] if r["key"] == user_id] == [(1, 6)]
     revenue = admin.reports.revenue(group_by="currency", **window)
@@ -249,7 +285,9 @@ def test_reports_and_audit(service: creditd.Creditd, admin: creditd.Creditd, use
 
     records = admin.audit.list(limit=500)["records"]
     assert any(r["target"].endswith(action) for r in records)
-    assert any(r["actor"] == "dev-admin" for r in admin.audit.iterate(actor="dev-admin", page_size=50))
+    assert any(
+        r["actor"] == "dev-admin" for r in admin.audit.iterate(actor="dev-admin", page_size=50)
+    )
     verdict = admin.audit.verify()
     assert verdict["status"] == "intact" and verdict.get("records", 0) >= len(records)
 

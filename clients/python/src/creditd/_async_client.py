@@ -134,7 +134,7 @@ class AsyncCreditd:
         tenant: Union[str, None, _Unset] = UNSET,
         timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
-    ) -> "AsyncCreditd":
+    ) -> AsyncCreditd:
         """A client like this one with some options changed, sharing its connections (close
         the original, not the copy). ``tenant=None`` acts in the key's own tenant."""
         options = self._options
@@ -155,7 +155,7 @@ class AsyncCreditd:
         if self._owns_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncCreditd":
+    async def __aenter__(self) -> AsyncCreditd:
         return self
 
     async def __aexit__(
@@ -212,7 +212,7 @@ class AsyncCreditd:
         currency: Optional[str] = None,
         description: Optional[str] = None,
         metadata: Json = None,
-    ) -> "AsyncHold":
+    ) -> AsyncHold:
         """Holds credits around work whose cost is known only at the end (a model call)::
 
             async with client.with_reservation("ada", amount=500) as hold:
@@ -269,7 +269,7 @@ class AsyncHold:
             raise RuntimeError("the hold has not been reserved yet")
         return self.reservation["amount"]
 
-    async def __aenter__(self) -> "AsyncHold":
+    async def __aenter__(self) -> AsyncHold:
         self.reservation = cast(
             ReservationAnswer,
             await self._client._request(
@@ -332,7 +332,13 @@ class AsyncUsers(_AsyncGroup):
         return cast(
             User,
             await self._call(
-                write("PUT", path("/v1/users/{}", user_id), body, idempotency_key=None, timeout=timeout)
+                write(
+                    "PUT",
+                    path("/v1/users/{}", user_id),
+                    body,
+                    idempotency_key=None,
+                    timeout=timeout,
+                )
             ),
         )
 
@@ -354,7 +360,13 @@ class AsyncUsers(_AsyncGroup):
         return cast(
             User,
             await self._call(
-                write("PATCH", path("/v1/users/{}", user_id), body, idempotency_key=None, timeout=timeout)
+                write(
+                    "PATCH",
+                    path("/v1/users/{}", user_id),
+                    body,
+                    idempotency_key=None,
+                    timeout=timeout,
+                )
             ),
         )
 
@@ -554,7 +566,13 @@ class AsyncWallets(_AsyncGroup):
     ) -> EntryList:
         """One page of the user's ledger, newest first (``from_``/``to``: RFC 3339)."""
         params = query(
-            limit=limit, cursor=cursor, kind=kind, action=action, currency=currency, from_=from_, to=to
+            limit=limit,
+            cursor=cursor,
+            kind=kind,
+            action=action,
+            currency=currency,
+            from_=from_,
+            to=to,
         )
         return cast(
             EntryList,
@@ -757,7 +775,9 @@ class AsyncBilling(_AsyncGroup):
         params = query(currency=currency)
         return cast(
             Bootstrap,
-            await self._call(read(path("/v1/billing/bootstrap/{}", user_id), params, timeout=timeout)),
+            await self._call(
+                read(path("/v1/billing/bootstrap/{}", user_id), params, timeout=timeout)
+            ),
         )
 
     async def list_actions(self, *, timeout: Optional[float] = None) -> ActionList:
@@ -837,7 +857,9 @@ class AsyncBilling(_AsyncGroup):
         )
         await self._call(request)
 
-    async def get_auto_topup(self, user_id: str, *, timeout: Optional[float] = None) -> AutoTopupRule:
+    async def get_auto_topup(
+        self, user_id: str, *, timeout: Optional[float] = None
+    ) -> AutoTopupRule:
         return cast(
             AutoTopupRule,
             await self._call(read(path("/v1/users/{}/auto-topup", user_id), timeout=timeout)),
@@ -909,7 +931,11 @@ class AsyncPayments(_AsyncGroup):
             metadata=metadata,
         )
         request = write(
-            "POST", "/v1/payments/initialize", body, idempotency_key=idempotency_key, timeout=timeout
+            "POST",
+            "/v1/payments/initialize",
+            body,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
         )
         return cast(InitializedPayment, await self._call(request))
 
@@ -959,7 +985,9 @@ class AsyncPools(_AsyncGroup):
         timeout: Optional[float] = None,
     ) -> Pool:
         body = compact(name=name, currency=currency)
-        request = write("PUT", path("/v1/pools/{}", pool_id), body, idempotency_key=None, timeout=timeout)
+        request = write(
+            "PUT", path("/v1/pools/{}", pool_id), body, idempotency_key=None, timeout=timeout
+        )
         return cast(Pool, await self._call(request))
 
     async def get(self, pool_id: str, *, timeout: Optional[float] = None) -> Pool:
@@ -1033,7 +1061,11 @@ class AsyncPools(_AsyncGroup):
 
     async def remove_member(self, user_id: str, *, timeout: Optional[float] = None) -> Deleted:
         request = write(
-            "DELETE", path("/v1/users/{}/pool", user_id), None, idempotency_key=None, timeout=timeout
+            "DELETE",
+            path("/v1/users/{}/pool", user_id),
+            None,
+            idempotency_key=None,
+            timeout=timeout,
         )
         return cast(Deleted, await self._call(request))
 
@@ -1055,9 +1087,16 @@ class AsyncReports(_AsyncGroup):
         """Credits spent, grouped by ``action`` (default), ``user``, ``day`` or ``hour``. A
         service key must name a ``user_id``."""
         params = query(
-            from_=from_, to=to, group_by=group_by, user_id=user_id, currency=currency, pool_id=pool_id
+            from_=from_,
+            to=to,
+            group_by=group_by,
+            user_id=user_id,
+            currency=currency,
+            pool_id=pool_id,
         )
-        return cast(UsageReport, await self._call(read("/v1/reports/usage", params, timeout=timeout)))
+        return cast(
+            UsageReport, await self._call(read("/v1/reports/usage", params, timeout=timeout))
+        )
 
     async def revenue(
         self,
@@ -1143,7 +1182,9 @@ class AsyncTenants(_AsyncGroup):
         return cast(TenantList, await self._call(read("/v1/tenants", timeout=timeout)))
 
     async def get(self, tenant_id: str, *, timeout: Optional[float] = None) -> Tenant:
-        return cast(Tenant, await self._call(read(path("/v1/tenants/{}", tenant_id), timeout=timeout)))
+        return cast(
+            Tenant, await self._call(read(path("/v1/tenants/{}", tenant_id), timeout=timeout))
+        )
 
     async def put(
         self,

@@ -52,9 +52,9 @@ class _Unset:
     """The type of :data:`UNSET`: a field left out of a request (as opposed to ``None``, which
     the API reads as "clear this field" where clearing means something)."""
 
-    _instance: Optional["_Unset"] = None
+    _instance: Optional[_Unset] = None
 
-    def __new__(cls) -> "_Unset":
+    def __new__(cls) -> _Unset:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -262,9 +262,7 @@ def decode(response: httpx.Response, request: Request) -> Union[Any, CreditdErro
                 request_id=response.headers.get("x-request-id"),
             )
         if request.replayed and isinstance(answer, dict):
-            answer["replayed"] = (
-                response.headers.get("idempotent-replayed", "").lower() == "true"
-            )
+            answer["replayed"] = response.headers.get("idempotent-replayed", "").lower() == "true"
         return answer
     return error_from(response)
 

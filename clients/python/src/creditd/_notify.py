@@ -22,7 +22,9 @@ SIGNATURE_HEADER = "Creditd-Signature"
 _MAX_HEADER_CHARS = 4096
 
 
-def sign_notification(raw_body: Union[bytes, str], secret: Union[bytes, str], timestamp: int) -> str:
+def sign_notification(
+    raw_body: Union[bytes, str], secret: Union[bytes, str], timestamp: int
+) -> str:
     """The ``Creditd-Signature`` value creditd would send for ``raw_body`` at ``timestamp``."""
     return f"t={timestamp},v1={_tag(_bytes(secret), timestamp, _bytes(raw_body))}"
 
@@ -79,7 +81,9 @@ def verify_notification(
     matched = False
     for candidate in candidates:
         # Every candidate is compared, each in constant time.
-        matched |= hmac.compare_digest(candidate.encode("ascii", "replace"), expected.encode("ascii"))
+        matched |= hmac.compare_digest(
+            candidate.encode("ascii", "replace"), expected.encode("ascii")
+        )
     if not matched:
         raise SignatureVerificationError("Creditd-Signature does not match the body")
     try:

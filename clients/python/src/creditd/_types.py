@@ -467,9 +467,7 @@ class RevenueRow(TypedDict):
     credits_sold: int
 
 
-RevenueReport = TypedDict(
-    "RevenueReport", {"rows": List[RevenueRow], "from": str, "to": str}
-)
+RevenueReport = TypedDict("RevenueReport", {"rows": List[RevenueRow], "from": str, "to": str})
 
 
 class AuditRecord(TypedDict):
