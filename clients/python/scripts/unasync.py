@@ -26,8 +26,8 @@ REPLACEMENTS = [
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
     (r"\baiter_lines\b", "iter_lines"),
-    (r"\banyio\.sleep\b", "time.sleep"),
-    (r"^import anyio$", "import time"),
+    (r"^from \._compat import asleep$", "from time import sleep"),
+    (r"\basleep\(", "sleep("),
     (r"\b_Async(?=[A-Z])", "_"),
     (r"\bAsync(?=[A-Z])", ""),
 ]

@@ -11,10 +11,10 @@ import json
 from types import TracebackType
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Type, Union, cast
 
-import anyio
 import httpx
 
 from . import _core
+from ._compat import asleep
 from ._core import UNSET, Options, Request, _Unset, compact, keep_nulls, path, query, read, write
 from ._errors import CreditdError, CreditdException
 from ._types import (
@@ -186,14 +186,14 @@ class AsyncCreditd:
                 wait = attempts.delay()
                 if wait is None:
                     raise _core.connection_error(error, attempts.made) from error
-                await anyio.sleep(wait)
+                await asleep(wait)
                 continue
             answer = _core.decode(response, request)
             if isinstance(answer, CreditdError):
                 wait = attempts.delay(answer.retry_after) if _core.is_retryable(answer) else None
                 if wait is None:
                     raise answer
-                await anyio.sleep(wait)
+                await asleep(wait)
                 continue
             return answer
 

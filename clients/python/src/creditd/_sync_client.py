@@ -11,10 +11,10 @@ import json
 from types import TracebackType
 from typing import Any, Iterator, Dict, List, Optional, Sequence, Type, Union, cast
 
-import time
 import httpx
 
 from . import _core
+from time import sleep
 from ._core import UNSET, Options, Request, _Unset, compact, keep_nulls, path, query, read, write
 from ._errors import CreditdError, CreditdException
 from ._types import (
@@ -186,14 +186,14 @@ class Creditd:
                 wait = attempts.delay()
                 if wait is None:
                     raise _core.connection_error(error, attempts.made) from error
-                time.sleep(wait)
+                sleep(wait)
                 continue
             answer = _core.decode(response, request)
             if isinstance(answer, CreditdError):
                 wait = attempts.delay(answer.retry_after) if _core.is_retryable(answer) else None
                 if wait is None:
                     raise answer
-                time.sleep(wait)
+                sleep(wait)
                 continue
             return answer
 
