@@ -14,6 +14,7 @@ import pytest
 
 import creditd
 from creditd import SignatureVerificationError, sign_notification, verify_notification
+from sandbox import submit_checkout
 
 SECRET = "whsec_python_sdk_tests_0123456789"
 
@@ -106,6 +107,20 @@ def test_a_real_notification_is_verified(
         verify_notification(raw, signature, SECRET, now=sent_at + 3000, tolerance_seconds=3600)
         == event
     )
+
+    # A payment settled in the sandbox sends topup.succeeded, with the payment's metadata.
+    acting.billing.put_package(
+        "starter", name="Starter", credits=40, price_minor=2_000, price_currency="NGN"
+    )
+    checkout = acting.payments.initialize(
+        user_id, "starter", email="ada@example.com", metadata={"order_id": "A-7"}
+    )
+    submit_checkout(checkout["checkout_url"])
+    raw, signature = listener.next("topup.succeeded")
+    topup = verify_notification(raw, signature, SECRET)
+    assert topup["data"]["reference"] == checkout["reference"]
+    assert (topup["data"]["credits"], topup["data"]["balance"]) == (40, 40)
+    assert topup["data"]["metadata"] == {"order_id": "A-7"}
 
     # Stop the events again.
     stopped = platform.tenants.put(tenant_id, webhook_url="")
