@@ -7,6 +7,7 @@ tenant ``default``) and is killed when the tests end.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -40,6 +41,16 @@ BUILD_HINT = (
 )
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
+
+#: Every server process started, so that none outlives the test run however it ends.
+_STARTED: List[subprocess.Popen[str]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
 
 
 def creditd_binary() -> str:
@@ -84,6 +95,7 @@ class Server:
             text=True,
         )
         log.close()
+        _STARTED.append(self.process)
         found = threading.Event()
         process = self.process
 
