@@ -3278,7 +3278,7 @@ export interface components {
             ttl_seconds: components["schemas"]["TtlSeconds"];
         };
         /** @description Empty; the body may also be left out. */
-        ReleaseBody: Record<string, never>;
+        ReleaseBody: Record<string, unknown>;
         RevokeBody: {
             amount: components["schemas"]["Amount"];
             /** @description Why; must not be blank. Recorded as the entry's description. */
@@ -3830,7 +3830,7 @@ export interface components {
          *       "order_id": "A-1042"
          *     }
          */
-        PaymentMetadata: Record<string, never> | null;
+        PaymentMetadata: Record<string, unknown> | null;
         PaymentHistoryItem: {
             reference: components["schemas"]["PaymentReference"];
             package_id: components["schemas"]["Identifier"];
@@ -5532,7 +5532,7 @@ export interface operations {
                             quantity?: number;
                             description?: string;
                             reference?: string;
-                            metadata?: Record<string, never>;
+                            metadata?: Record<string, unknown>;
                             /**
                              * @description The credit pool that paid part of this debit or capture; `amount` is then
                              *     the wallet's part.
@@ -7723,7 +7723,7 @@ export interface operations {
         /** @description The gateway's event, exactly as it sent it (the signature covers these bytes). */
         requestBody: {
             content: {
-                "application/json": Record<string, never>;
+                "application/json": Record<string, unknown>;
             };
         };
         responses: {
@@ -7913,7 +7913,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": Record<string, never>;
+                    "application/json": Record<string, unknown>;
                 };
             };
             403: components["responses"]["Forbidden"];
@@ -8776,9 +8776,9 @@ export interface operations {
                              */
                             target: string;
                             /** @description The state before; null when none was audited. */
-                            before: Record<string, never> | null;
+                            before: Record<string, unknown> | null;
                             /** @description The state after; null when the target was removed. */
-                            after: Record<string, never> | null;
+                            after: Record<string, unknown> | null;
                             /** @description SHA-256 of the previous record's hash and this record's canonical encoding. */
                             hash: string;
                         }[];
