@@ -50,6 +50,19 @@ export class CreditdClient {
     return this.transport.sendText({ route: ROUTES[operation] }, options);
   }
 
+  /** Every item of a paged listing, page after page, following `next_cursor`. */
+  private async *pages<Page extends { next_cursor?: string | null }, Item>(
+    page: (cursor: string | undefined) => Promise<Page>,
+    items: (page: Page) => Item[],
+  ): AsyncGenerator<Item> {
+    let cursor: string | undefined;
+    do {
+      const answer = await page(cursor);
+      yield* items(answer);
+      cursor = answer.next_cursor ?? undefined;
+    } while (cursor !== undefined);
+  }
+
   /** The key's name, role and tenant (`GET /v1/me`). */
   me(options?: CallOptions): Answer<"getMe"> {
     return this.call("getMe", {}, options);
@@ -79,10 +92,19 @@ export class CreditdClient {
      */
     put: (userId: string, body: RequestBody<"putUser"> = {}, options?: CallOptions) =>
       this.call("putUser", { path: { user_id: userId }, body }, options),
+    /** Every user whose id starts with `prefix`, page after page. */
+    iterate: (query: Omit<Query<"listUsers">, "cursor"> = {}, options?: CallOptions) =>
+      this.pages(
+        (cursor) => this.call("listUsers", { query: { ...query, cursor } }, options),
+        (page) => page.users,
+      ),
     /** The user with its wallet. */
     get: (userId: string, options?: CallOptions) => this.call("getUser", { path: { user_id: userId } }, options),
-    /** Merges the fields sent; `metadata` is merged as RFC 7396 says. */
-    patch: (userId: string, body: RequestBody<"patchUser">, options?: CallOptions) =>
+    /** The same as `put`: the call to make on every sign-in. */
+    sync: (userId: string, body: RequestBody<"putUser"> = {}, options?: CallOptions) =>
+      this.call("putUser", { path: { user_id: userId }, body }, options),
+    /** Merges the fields sent (`PATCH`); `metadata` is merged as RFC 7396 says. */
+    update: (userId: string, body: RequestBody<"patchUser">, options?: CallOptions) =>
       this.call("patchUser", { path: { user_id: userId }, body }, options),
   };
 
@@ -101,7 +123,7 @@ export class CreditdClient {
     debit: (userId: string, body: RequestBody<"debit">, options?: CallOptions) =>
       this.call("debit", { path: { user_id: userId }, body }, options),
     /** Up to 8192 debits in one request, each applied (or refused) on its own. */
-    batchDebit: (debits: RequestBody<"batchDebit">["debits"], options?: CallOptions) =>
+    debitBatch: (debits: RequestBody<"batchDebit">["debits"], options?: CallOptions) =>
       this.call("batchDebit", { body: { debits } }, options),
     /** Takes credits back (admin key), with a reason. */
     revoke: (userId: string, body: RequestBody<"revoke">, options?: CallOptions) =>
@@ -109,6 +131,12 @@ export class CreditdClient {
     /** The ledger, newest first, a page at a time. */
     entries: (userId: string, query?: Query<"listEntries">, options?: CallOptions) =>
       this.call("listEntries", { path: { user_id: userId }, query }, options),
+    /** Every entry of the ledger that matches, newest first, page after page. */
+    iterateEntries: (userId: string, query: Omit<Query<"listEntries">, "cursor"> = {}, options?: CallOptions) =>
+      this.pages(
+        (cursor) => this.call("listEntries", { path: { user_id: userId }, query: { ...query, cursor } }, options),
+        (page) => page.entries,
+      ),
     /** Sets how far below zero the wallet may go (admin key). */
     setOverdraft: (userId: string, body: RequestBody<"putOverdraft">, options?: CallOptions) =>
       this.call("putOverdraft", { path: { user_id: userId }, body }, options),
@@ -157,7 +185,7 @@ export class CreditdClient {
     release: (reservationId: string, body?: RequestBody<"release">, options?: CallOptions) =>
       this.call("release", { path: { reservation_id: reservationId }, body }, options),
     /** The user's open holds. */
-    list: (userId: string, options?: CallOptions) =>
+    listOpen: (userId: string, options?: CallOptions) =>
       this.call("listReservations", { path: { user_id: userId } }, options),
     /** One hold. */
     get: (reservationId: string, options?: CallOptions) =>
@@ -182,33 +210,33 @@ export class CreditdClient {
     /** The wallet, the active packages and the actions: everything a top-up page shows. */
     bootstrap: (userId: string, query?: Query<"bootstrap">, options?: CallOptions) =>
       this.call("bootstrap", { path: { user_id: userId }, query }, options),
-    /** Priced catalogue actions (put and delete need an admin key). */
-    actions: {
-      list: (options?: CallOptions) => this.call("listActions", {}, options),
-      get: (action: string, options?: CallOptions) => this.call("getAction", { path: { action } }, options),
-      put: (action: string, body: RequestBody<"putAction">, options?: CallOptions) =>
-        this.call("putAction", { path: { action }, body }, options),
-      delete: (action: string, options?: CallOptions) => this.call("deleteAction", { path: { action } }, options),
-    },
-    /** Top-up packages (put and delete need an admin key). */
-    packages: {
-      list: (query?: Query<"listPackages">, options?: CallOptions) => this.call("listPackages", { query }, options),
-      get: (packageId: string, options?: CallOptions) =>
-        this.call("getPackage", { path: { package_id: packageId } }, options),
-      put: (packageId: string, body: RequestBody<"putPackage">, options?: CallOptions) =>
-        this.call("putPackage", { path: { package_id: packageId }, body }, options),
-      delete: (packageId: string, options?: CallOptions) =>
-        this.call("deletePackage", { path: { package_id: packageId } }, options),
-    },
-    /** A user's automatic top-up rule (put and delete need an admin key). */
-    autoTopup: {
-      get: (userId: string, query?: Query<"getAutoTopup">, options?: CallOptions) =>
-        this.call("getAutoTopup", { path: { user_id: userId }, query }, options),
-      put: (userId: string, body: RequestBody<"putAutoTopup">, options?: CallOptions) =>
-        this.call("putAutoTopup", { path: { user_id: userId }, body }, options),
-      delete: (userId: string, query?: Query<"deleteAutoTopup">, options?: CallOptions) =>
-        this.call("deleteAutoTopup", { path: { user_id: userId }, query }, options),
-    },
+    /** The priced catalogue actions. */
+    listActions: (options?: CallOptions) => this.call("listActions", {}, options),
+    getAction: (action: string, options?: CallOptions) => this.call("getAction", { path: { action } }, options),
+    /** Creates or changes an action's price (admin key). */
+    putAction: (action: string, body: RequestBody<"putAction">, options?: CallOptions) =>
+      this.call("putAction", { path: { action }, body }, options),
+    /** Removes an action (admin key). */
+    deleteAction: (action: string, options?: CallOptions) => this.call("deleteAction", { path: { action } }, options),
+    /** The top-up packages. */
+    listPackages: (query?: Query<"listPackages">, options?: CallOptions) => this.call("listPackages", { query }, options),
+    getPackage: (packageId: string, options?: CallOptions) =>
+      this.call("getPackage", { path: { package_id: packageId } }, options),
+    /** Creates or changes a package (admin key). */
+    putPackage: (packageId: string, body: RequestBody<"putPackage">, options?: CallOptions) =>
+      this.call("putPackage", { path: { package_id: packageId }, body }, options),
+    /** Removes a package (admin key). */
+    deletePackage: (packageId: string, options?: CallOptions) =>
+      this.call("deletePackage", { path: { package_id: packageId } }, options),
+    /** A user's automatic top-up rule. */
+    getAutoTopup: (userId: string, query?: Query<"getAutoTopup">, options?: CallOptions) =>
+      this.call("getAutoTopup", { path: { user_id: userId }, query }, options),
+    /** Sets a user's automatic top-up rule (admin key). */
+    putAutoTopup: (userId: string, body: RequestBody<"putAutoTopup">, options?: CallOptions) =>
+      this.call("putAutoTopup", { path: { user_id: userId }, body }, options),
+    /** Removes a user's automatic top-up rule (admin key). */
+    deleteAutoTopup: (userId: string, query?: Query<"deleteAutoTopup">, options?: CallOptions) =>
+      this.call("deleteAutoTopup", { path: { user_id: userId }, query }, options),
   };
 
   /** Payments: checkouts through the tenant's gateway. */
@@ -259,6 +287,13 @@ export class CreditdClient {
   /** The hash-chained audit of every change made by hand (admin key). */
   readonly audit = {
     list: (query?: Query<"listAudit">, options?: CallOptions) => this.call("listAudit", { query }, options),
+    /** Every record that matches, newest first, page after page. */
+    iterate: (query: Omit<Query<"listAudit">, "cursor"> = {}, options?: CallOptions) =>
+      this.pages(
+        (cursor) => this.call("listAudit", { query: { ...query, cursor } }, options),
+        (page) => page.records,
+      ),
+    /** Recomputes the hash chain: `intact`, or the first bad record. */
     verify: (options?: CallOptions) => this.call("verifyAudit", {}, options),
   };
 

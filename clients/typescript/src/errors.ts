@@ -3,7 +3,8 @@
  * (`https://creditd.dev/problems/<slug>`); it surfaces as a `CreditdError`, or the subclass named
  * after its slug for the problems a caller acts on. A slug this SDK does not know yet surfaces as
  * the base class, so a newer server never breaks an older client. A call that got no answer at
- * all (refused, reset, timed out) surfaces as a `NetworkError`.
+ * all (refused, reset) surfaces as a `CreditdConnectionError`, one cut off by its timeout as a
+ * `CreditdTimeoutError`. Every error the SDK throws is a `CreditdException`.
  */
 
 /** The prefix of every problem `type`. */
@@ -26,8 +27,16 @@ function stringOf(value: unknown): string | undefined {
   return typeof value === "string" ? value : undefined;
 }
 
+/** The root of every error the SDK throws. */
+export class CreditdException extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
 /** The API answered with a problem. */
-export class CreditdError extends Error {
+export class CreditdError extends CreditdException {
   /** The HTTP status. */
   readonly status: number;
   /** The full problem type URI. */
@@ -48,7 +57,6 @@ export class CreditdError extends Error {
     const title = stringOf(problem.title) ?? `HTTP ${status}`;
     const detail = stringOf(problem.detail) ?? "";
     super(detail ? `${title}: ${detail}` : title);
-    this.name = new.target.name;
     this.status = status;
     this.type = type;
     this.slug = type.startsWith(PROBLEM_TYPE_PREFIX) ? type.slice(PROBLEM_TYPE_PREFIX.length) : type;
@@ -178,27 +186,21 @@ export class ServerBusyError extends CreditdError {
  */
 export class WriteOutcomeUnknownError extends CreditdError {}
 
-/** No answer: the connection was refused or reset, or the call's timeout passed. */
-export class NetworkError extends Error {
-  /** Whether the call's timeout passed (rather than the connection failing). */
-  readonly timedOut: boolean;
+/** No answer: the connection was refused or reset (after the retries). */
+export class CreditdConnectionError extends CreditdException {
   /** The `Idempotency-Key` the attempts carried, if any: retry with it to learn the outcome. */
   readonly idempotencyKey: string | undefined;
-  constructor(message: string, options: { cause?: unknown; timedOut: boolean; idempotencyKey?: string }) {
+  constructor(message: string, options: { cause?: unknown; idempotencyKey?: string }) {
     super(message, { cause: options.cause });
-    this.name = "NetworkError";
-    this.timedOut = options.timedOut;
     this.idempotencyKey = options.idempotencyKey;
   }
 }
 
+/** No answer within the call's timeout (all attempts together). */
+export class CreditdTimeoutError extends CreditdConnectionError {}
+
 /** A notification's signature did not verify (absent, malformed, wrong, or too old). */
-export class SignatureVerificationError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "SignatureVerificationError";
-  }
-}
+export class SignatureVerificationError extends CreditdException {}
 
 type ProblemClass = new (status: number, problem: ProblemBody, requestId?: string) => CreditdError;
 

@@ -6,6 +6,7 @@
  */
 import { SignatureVerificationError } from "./errors.js";
 import type { Notification } from "./types.js";
+import { requireWebCrypto } from "./webcrypto.js";
 
 /** The header that carries the signature. */
 export const SIGNATURE_HEADER = "Creditd-Signature";
@@ -19,17 +20,6 @@ export interface VerifyOptions {
 }
 
 const encoder = new TextEncoder();
-
-async function subtle(): Promise<SubtleCrypto> {
-  const crypto = globalThis.crypto;
-  if (crypto?.subtle) {
-    return crypto.subtle;
-  }
-  // Node 18 without the global: its WebCrypto, loaded only where no global exists.
-  const name = "node:crypto";
-  const module = (await import(name)) as { webcrypto: { subtle: SubtleCrypto } };
-  return module.webcrypto.subtle;
-}
 
 function bytesOf(value: string | Uint8Array): Uint8Array<ArrayBuffer> {
   return typeof value === "string" ? encoder.encode(value) : new Uint8Array(value);
@@ -60,7 +50,7 @@ function equalConstantTime(a: Uint8Array, b: Uint8Array): boolean {
 
 /** The HMAC-SHA256 of `"<timestamp>.<body>"` under `secret`. */
 async function mac(secret: string | Uint8Array, timestamp: string, body: Uint8Array): Promise<Uint8Array> {
-  const crypto = await subtle();
+  const crypto = requireWebCrypto().subtle;
   const key = await crypto.importKey("raw", bytesOf(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
   const prefix = encoder.encode(`${timestamp}.`);
   const message = new Uint8Array(prefix.length + body.length);

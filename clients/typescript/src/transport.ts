@@ -11,15 +11,17 @@
  * however often they arrive.
  */
 import {
+  CreditdConnectionError,
   CreditdError,
+  CreditdTimeoutError,
   IdempotencyKeyInFlightError,
-  NetworkError,
   ServerBusyError,
   WriteOutcomeUnknownError,
   problemError,
   type ProblemBody,
 } from "./errors.js";
 import type { Route } from "./routes.js";
+import { requireWebCrypto } from "./webcrypto.js";
 
 /** A `fetch` function: the platform's, or one a test or an application supplies. */
 export type FetchLike = (input: string, init: RequestInit) => Promise<Response>;
@@ -97,12 +99,9 @@ const DEFAULT_MAX_DELAY_MS = 2_000;
 
 /** A random UUID v4, from WebCrypto (browsers, Node 18+). */
 export function randomKey(): string {
-  const crypto = globalThis.crypto;
-  if (crypto && typeof crypto.randomUUID === "function") {
+  const crypto = requireWebCrypto();
+  if (typeof crypto.randomUUID === "function") {
     return crypto.randomUUID();
-  }
-  if (!crypto || typeof crypto.getRandomValues !== "function") {
-    throw new Error("creditd: WebCrypto (globalThis.crypto) is required to make idempotency keys");
   }
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x40;
@@ -149,9 +148,18 @@ function retryAfterSeconds(headers: Headers): number | undefined {
   return Number.isNaN(date) ? undefined : Math.max(0, (date - Date.now()) / 1000);
 }
 
+/** What went wrong with a connection: `fetch failed` says little, its cause (ECONNREFUSED) more. */
+function describe(cause: unknown): string {
+  const parts: string[] = [];
+  for (let error = cause, depth = 0; error instanceof Error && depth < 3; error = error.cause, depth += 1) {
+    parts.push(error.message);
+  }
+  return parts.join(": ") || String(cause);
+}
+
 function isRetryable(error: unknown): boolean {
   return (
-    error instanceof NetworkError ||
+    error instanceof CreditdConnectionError ||
     error instanceof ServerBusyError ||
     error instanceof IdempotencyKeyInFlightError ||
     error instanceof WriteOutcomeUnknownError
@@ -279,7 +287,7 @@ export class Transport {
     const maxRetries = options.maxRetries ?? this.maxRetries;
 
     for (let attempt = 1; ; attempt += 1) {
-      let error: NetworkError | CreditdError;
+      let error: CreditdConnectionError | CreditdError;
       let retryAfterMs = 0;
       const remaining = deadline - Date.now();
       const controller = new AbortController();
@@ -303,12 +311,15 @@ export class Transport {
           if (options.signal?.aborted) {
             throw options.signal.reason;
           }
-          throw new NetworkError(
-            timedOut
-              ? `creditd: no answer from ${route.method} ${url} within the call's timeout`
-              : `creditd: no answer from ${route.method} ${url}: ${cause instanceof Error ? cause.message : String(cause)}`,
-            { cause, timedOut, idempotencyKey },
-          );
+          throw timedOut
+            ? new CreditdTimeoutError(`creditd: no answer from ${route.method} ${url} within the call's timeout`, {
+                cause,
+                idempotencyKey,
+              })
+            : new CreditdConnectionError(
+                `creditd: no answer from ${route.method} ${url}: ${describe(cause)}`,
+                { cause, idempotencyKey },
+              );
         }
         const requestId = response.headers.get("x-request-id") ?? undefined;
         if (response.ok) {
@@ -326,7 +337,7 @@ export class Transport {
         retryAfterMs = (retryAfter ?? 0) * 1000;
         throw problemError(response.status, await parseProblem(response, text), requestId, retryAfter);
       } catch (caught) {
-        if (!(caught instanceof NetworkError || caught instanceof CreditdError)) {
+        if (!(caught instanceof CreditdConnectionError || caught instanceof CreditdError)) {
           throw caught;
         }
         error = caught;
@@ -355,7 +366,7 @@ export class Transport {
       if (signal?.aborted) {
         throw signal.reason;
       }
-      throw new NetworkError(`creditd: no answer from GET ${url}`, { cause, timedOut: false });
+      throw new CreditdConnectionError(`creditd: no answer from GET ${url}`, { cause });
     }
     if (!response.ok) {
       const text = await response.text();

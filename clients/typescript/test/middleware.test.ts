@@ -84,7 +84,7 @@ test("a failing model costs nothing and leaves no hold", async () => {
   const wallet = await creditd.wallet.get(userId);
   assert.equal(wallet.balance, 200);
   assert.equal(wallet.reserved, 0);
-  assert.deepEqual((await creditd.reservations.list(userId)).reservations, []);
+  assert.deepEqual((await creditd.reservations.listOpen(userId)).reservations, []);
 });
 
 test("a user who cannot pay gets a 402 with a top-up link, and the model is not called", async () => {

@@ -77,13 +77,13 @@ test("the recipe: sync, welcome credits, gate, 402, top up through the sandbox, 
   assert.equal(JSON.stringify(tenant).includes(WEBHOOK_SECRET), false, "the secret is never shown");
 
   const packageId = uniqueId("starter");
-  await admin.billing.packages.put(packageId, {
+  await admin.billing.putPackage(packageId, {
     name: "Starter",
     credits: 500,
     price_minor: 200000,
     price_currency: "NGN",
   });
-  await admin.billing.actions.put("summarize", { cost: 7, description: "Summarize a document" });
+  await admin.billing.putAction("summarize", { cost: 7, description: "Summarize a document" });
 
   // Sign-in: sync the user (created), then again with one field (updated, the email kept).
   const userId = uniqueId("ada");
@@ -228,14 +228,23 @@ test("the ledger, the live stream and a reservation follow the same wallet", asy
   const deadline = Date.now() + 10_000;
   let kinds: string[] = [];
   while (Date.now() < deadline) {
-    kinds = (await service.wallet.entries(userId)).entries.map((entry) => entry.kind);
+    kinds = [];
+    for await (const entry of service.wallet.iterateEntries(userId, { limit: 1 })) {
+      kinds.push(entry.kind);
+    }
     if (kinds.includes("capture")) {
       break;
     }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  assert.equal(kinds[0], "capture");
-  assert.ok(kinds.includes("grant"));
+  // Newest first, one page of one entry at a time: the capture, then the welcome grant.
+  assert.deepEqual(kinds, ["capture", "grant"]);
+
+  const found: string[] = [];
+  for await (const user of service.users.iterate({ prefix: userId, limit: 1 })) {
+    found.push(user.user_id);
+  }
+  assert.deepEqual(found, [userId]);
 
   // Work that throws releases its hold: nothing is charged.
   await assert.rejects(
@@ -247,7 +256,7 @@ test("the ledger, the live stream and a reservation follow the same wallet", asy
   const after = await service.wallet.get(userId);
   assert.equal(after.balance, 88);
   assert.equal(after.reserved, 0);
-  assert.deepEqual((await service.reservations.list(userId)).reservations, []);
+  assert.deepEqual((await service.reservations.listOpen(userId)).reservations, []);
 
   // A hold the wallet cannot give: refused before the work runs.
   let ran = false;

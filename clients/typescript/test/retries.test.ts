@@ -11,7 +11,7 @@ import {
   CreditdError,
   IdempotencyKeyInFlightError,
   InsufficientCreditsError,
-  NetworkError,
+  CreditdConnectionError,
   ServerBusyError,
   WriteOutcomeUnknownError,
   type FetchLike,
@@ -178,5 +178,5 @@ test("an aborted call is not retried and rejects with the abort's reason", async
   setTimeout(() => controller.abort(new Error("the user went away")), 20);
   await assert.rejects(pending, /the user went away/);
   assert.equal(calls, 1);
-  assert.ok(!(await pending.catch((caught: unknown) => caught) instanceof NetworkError));
+  assert.ok(!(await pending.catch((caught: unknown) => caught) instanceof CreditdConnectionError));
 });
