@@ -73,9 +73,9 @@ export class CreditdClient {
     /** `GET /livez`: 200 while the process runs. */
     live: (options?: CallOptions) => this.text("livez", options),
     /** `GET /readyz`: recovery done and the log writable (else a `ServerBusyError`, after retries). */
-    ready: (options?: CallOptions) => this.call("readyz", {}, options),
+    ready: (options?: CallOptions) => this.text("readyz", options),
     /** `GET /healthz`: the same as `ready`. */
-    health: (options?: CallOptions) => this.call("healthz", {}, options),
+    health: (options?: CallOptions) => this.text("healthz", options),
     /** `GET /metrics`: Prometheus text. */
     metrics: (options?: CallOptions) => this.text("metrics", options),
     /** `GET /openapi.yaml`: the contract, as the server serves it. */
