@@ -19,6 +19,9 @@ export interface VerifyOptions {
   now?: number;
 }
 
+/** Longer headers are refused before any work: a few signatures fit in far less. */
+const MAX_HEADER_CHARS = 4096;
+
 const encoder = new TextEncoder();
 
 function bytesOf(value: string | Uint8Array): Uint8Array<ArrayBuffer> {
@@ -83,8 +86,11 @@ export async function verifyNotification(
   secret: string | Uint8Array,
   options: VerifyOptions = {},
 ): Promise<Notification> {
-  if (!signatureHeader) {
+  if (!signatureHeader || !signatureHeader.trim()) {
     throw new SignatureVerificationError(`no ${SIGNATURE_HEADER} header`);
+  }
+  if (signatureHeader.length > MAX_HEADER_CHARS) {
+    throw new SignatureVerificationError(`malformed ${SIGNATURE_HEADER} header`);
   }
   let timestamp: string | undefined;
   const signatures: Uint8Array[] = [];
@@ -115,9 +121,14 @@ export async function verifyNotification(
   if (!signatures.some((signature) => equalConstantTime(signature, expected))) {
     throw new SignatureVerificationError("the signature does not match the body");
   }
+  let parsed: unknown;
   try {
-    return JSON.parse(new TextDecoder().decode(body)) as Notification;
+    parsed = JSON.parse(new TextDecoder().decode(body));
   } catch {
     throw new SignatureVerificationError("the signed body is not JSON");
   }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new SignatureVerificationError("the signed body is not a JSON object");
+  }
+  return parsed as Notification;
 }
