@@ -95,6 +95,10 @@ export async function withReservation<W extends { cost?: number }>(
     await client.reservations.release(reservationId, undefined, options).catch(() => undefined);
     throw error;
   }
+  if (result.cost !== undefined && !(Number.isSafeInteger(result.cost) && result.cost >= 0)) {
+    await client.reservations.release(reservationId, undefined, options).catch(() => undefined);
+    throw new RangeError(`creditd: a cost must be a whole number of credits, 0 or more (got ${result.cost}); the hold was released`);
+  }
   if (result.cost === 0) {
     await client.reservations.release(reservationId, undefined, options);
     return { result, reservation, capture: undefined };

@@ -23,15 +23,19 @@ export async function* readEvents(body: ReadableStream<Uint8Array>): AsyncGenera
   let data: string[] = [];
   let id: string | undefined;
   try {
-    for (;;) {
+    for (let finished = false; !finished; ) {
       const { value, done } = await reader.read();
       if (done) {
-        return;
+        // A CR held back for a LF that never came ends its line after all.
+        finished = true;
+        buffer += buffer.endsWith("\r") ? "\n" : "";
+      } else {
+        buffer += decoder.decode(value, { stream: true });
       }
-      buffer += decoder.decode(value, { stream: true });
       for (;;) {
         const end = buffer.search(/\r\n|\r|\n/);
-        if (end < 0) {
+        // A CR at the end of what has arrived may be the first half of a CR LF: wait for more.
+        if (end < 0 || (end === buffer.length - 1 && buffer[end] === "\r")) {
           break;
         }
         const line = buffer.slice(0, end);

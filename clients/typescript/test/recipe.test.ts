@@ -258,6 +258,14 @@ test("the ledger, the live stream and a reservation follow the same wallet", asy
   assert.equal(after.reserved, 0);
   assert.deepEqual((await service.reservations.listOpen(userId)).reservations, []);
 
+  // A cost that is no amount (negative, fractional): refused, and the hold released.
+  await assert.rejects(service.withReservation(userId, { amount: 10 }, async () => ({ cost: 2.5 })), RangeError);
+  // A cost of 0: the hold is released, nothing captured.
+  const free = await service.withReservation(userId, { amount: 10 }, async () => ({ cost: 0 }));
+  assert.equal(free.capture, undefined);
+  assert.equal((await service.wallet.get(userId)).reserved, 0);
+  assert.equal((await service.wallet.get(userId)).balance, 88);
+
   // A hold the wallet cannot give: refused before the work runs.
   let ran = false;
   await assert.rejects(
