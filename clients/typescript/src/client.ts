@@ -11,7 +11,8 @@ import { Transport, type CallOptions, type ClientOptions, type WithMeta } from "
 import type { Query, RequestBody, ResponseBody, Wallet } from "./types.js";
 import { withReservation, type ReservationSpec, type ReservationWork, type ReservationOutcome } from "./reservation.js";
 
-type Answer<K extends RoutedOperation> = Promise<WithMeta<ResponseBody<K>>>;
+/** What a call of `operation` resolves to: its answer's body, with `meta`. */
+export type Answer<K extends RoutedOperation> = Promise<WithMeta<ResponseBody<K>>>;
 
 /** One event of the wallet stream: the wallet view after a change, with its LSN as `id`. */
 export interface WalletEvent extends StreamEvent {

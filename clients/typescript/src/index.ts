@@ -7,7 +7,7 @@
  * await creditd.wallet.debit("ada", { action: "chat" });
  * ```
  */
-export { CreditdClient, type WalletEvent, type StreamOptions } from "./client.js";
+export { CreditdClient, type Answer, type WalletEvent, type StreamOptions } from "./client.js";
 export {
   Transport,
   randomKey,

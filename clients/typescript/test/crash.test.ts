@@ -55,7 +55,12 @@ class CrashingProxy {
     this.sockets.add(upstream);
     let lastRequest = "";
     downstream.on("data", (chunk: Buffer) => {
-      lastRequest = chunk.toString("latin1");
+      // A request's head starts a chunk (the SDK waits for each answer before the next request
+      // on a connection); its body may follow in chunks of its own.
+      const text = chunk.toString("latin1");
+      if (/^[A-Z]+ \S+ HTTP\/1\.1\r\n/.test(text)) {
+        lastRequest = text;
+      }
       upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
