@@ -205,7 +205,7 @@ test("no answer: CreditdConnectionError for a refused connection, CreditdTimeout
     const started = Date.now();
     await refusal(client(url, SERVICE_KEY, { timeoutMs: 400 }).wallet.get("ada"), CreditdTimeoutError);
     const elapsed = Date.now() - started;
-    assert.ok(elapsed >= 350 && elapsed < 3_000, `took ${elapsed} ms`);
+    assert.ok(elapsed >= 350 && elapsed < 8_000, `took ${elapsed} ms`);
   } finally {
     sockets.forEach((socket) => socket.destroy());
     await new Promise((resolve) => silent.close(resolve));
