@@ -173,6 +173,8 @@ pub struct TenantView {
     pub currencies_defined: bool,
     /// How many users it has.
     pub users: usize,
+    /// The origins its portal sessions may return to; empty: the server's default.
+    pub portal_return_origins: Vec<String>,
 }
 
 impl Tenant {
@@ -186,6 +188,11 @@ impl Tenant {
             currencies: catalogue.currencies(),
             currencies_defined: !catalogue.currencies.is_empty(),
             users: self.users.len(),
+            portal_return_origins: catalogue
+                .portal_return_origins
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 

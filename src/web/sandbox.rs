@@ -78,6 +78,7 @@ pub(crate) mod tests {
             reference: "cd_1".into(),
             tenant: "t".into(),
             user: "u".into(),
+            pool: None,
             currency: crate::engine::types::Currency::CREDITS,
             package: "p".into(),
             credits: 5,

@@ -24,7 +24,7 @@ use crate::api::response::text_response;
 use crate::api::routes::users::WalletReader;
 use crate::api::ApiState;
 use crate::engine::Tenant;
-use crate::payments::InitializeRequest;
+use crate::payments::{InitializeRequest, PaymentTarget};
 use crate::stream::token::{Claims, Purpose, TokenError};
 
 /// The page, embedded.
@@ -263,7 +263,7 @@ pub async fn checkout(open: &Open<'_>) -> Answer {
             .with("field", "email")
     })?;
     let request = InitializeRequest {
-        user: &claims.user,
+        target: PaymentTarget::User(&claims.user),
         package: &body.package_id,
         email: &email,
         callback_url: (!claims.extra.is_empty()).then_some(claims.extra.as_str()),
