@@ -46,7 +46,7 @@ pub use invariants::{Figures, InvariantViolation};
 pub(crate) use ops::is_http_url;
 pub use ops::{
     check_currencies, check_portal_return_origins, check_tenant_webhook, normal_portal_origin,
-    CaptureRequest, CreditRequest, DebitRequest,
+    MAX_PORTAL_RETURN_ORIGINS, CaptureRequest, CreditRequest, DebitRequest,
     FieldChange, PackageSpec, PoolCreditRequest, ProfileChange, ProfileUpdate, ReserveRequest,
     RevokeRequest, Spend, TenantSpec,
 };

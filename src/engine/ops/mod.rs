@@ -21,7 +21,7 @@ pub use pools::PoolCreditRequest;
 pub(crate) use tenants::is_http_url;
 pub use tenants::{
     check_currencies, check_portal_return_origins, check_tenant_webhook, normal_portal_origin,
-    TenantSpec,
+    TenantSpec, MAX_PORTAL_RETURN_ORIGINS,
 };
 
 /// What a debit or reservation spends.

@@ -336,6 +336,7 @@ const billing = {
     $("package-price").value = p.price_minor;
     $("package-currency").value = p.price_currency;
     $("package-active").checked = p.active;
+    $("package-position").value = p.position ?? 0;
     $("package-form-title").textContent = `Edit package ${p.package_id}`;
     $("package-price").focus();
   },
@@ -353,12 +354,16 @@ const billing = {
     if (credits === null) return;
     const price = wholeNumber($("package-price"));
     if (price === null) return;
+    // Checked by the API, whose message shows beside the field.
+    const position = wholeNumber($("package-position"));
+    if (position === null) return;
     const body = {
       name: $("package-name").value.trim(),
       credits,
       price_minor: price,
       price_currency: $("package-currency").value.trim().toUpperCase(),
       active: $("package-active").checked,
+      position,
     };
     try {
       await call("PUT", `/v1/packages/${segment(id)}`, body);
