@@ -541,8 +541,12 @@ impl Engine {
             let id = &tenant.id;
             let catalogue = tenant.catalogue.read().clone();
             lines.push(format!(
-                "tenant {id} name={:?} currency={} actions={:?} packages={:?}",
-                catalogue.name, catalogue.default_currency, catalogue.actions, catalogue.packages
+                "tenant {id} name={:?} currency={} actions={:?} packages={:?} origins={:?}",
+                catalogue.name,
+                catalogue.default_currency,
+                catalogue.actions,
+                catalogue.packages,
+                catalogue.portal_return_origins
             ));
             for entry in tenant.users.iter() {
                 let account = entry.value();
