@@ -49,7 +49,14 @@ async fn ok(server: &Server, key: &str, method: Method, path: &str, body: Value)
 /// `ada`, a member of the pool with an empty wallet.
 async fn setup(server: &Server) {
     server.sell_starter_to_ada("Starter").await;
-    ok(server, ADMIN, Method::PUT, "/v1/pools/org", json!({"name": "Org"})).await;
+    ok(
+        server,
+        ADMIN,
+        Method::PUT,
+        "/v1/pools/org",
+        json!({"name": "Org"}),
+    )
+    .await;
     ok(
         server,
         ADMIN,
@@ -122,18 +129,38 @@ async fn a_sandbox_checkout_for_a_pool_credits_the_pool_and_its_members_spend_it
     let (reference, checkout_url) = initialize_for_pool(&server).await;
 
     // The payment names its pool, not a user.
-    let payment = ok(&server, ADMIN, Method::GET, &format!("/v1/payments/{reference}"), Value::Null).await;
+    let payment = ok(
+        &server,
+        ADMIN,
+        Method::GET,
+        &format!("/v1/payments/{reference}"),
+        Value::Null,
+    )
+    .await;
     assert_eq!(payment["pool_id"], "org", "{payment}");
     assert_eq!(payment["user_id"], Value::Null, "{payment}");
-    assert_eq!((payment["status"].as_str(), payment["credits"].as_i64()), (Some("pending"), Some(500)));
+    assert_eq!(
+        (payment["status"].as_str(), payment["credits"].as_i64()),
+        (Some("pending"), Some(500))
+    );
 
     // Paid like a browser pays: the page's form, Pay, the redirect back.
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(3))
         .build()
         .unwrap();
-    let html = browser.get(&checkout_url).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("2,000.00 NGN") && html.contains("org"), "{html}");
+    let html = browser
+        .get(&checkout_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("2,000.00 NGN") && html.contains("org"),
+        "{html}"
+    );
     let paid = browser
         .post(&checkout_url)
         .form(&[("action", "pay")])
@@ -141,56 +168,141 @@ async fn a_sandbox_checkout_for_a_pool_credits_the_pool_and_its_members_spend_it
         .await
         .unwrap();
     assert_eq!(paid.status(), 200);
-    assert!(paid.text().await.unwrap().contains("Paid — 500 credits added"));
+    assert!(paid
+        .text()
+        .await
+        .unwrap()
+        .contains("Paid — 500 credits added"));
     // A stale tab pays again: nothing more.
-    browser.post(&checkout_url).form(&[("action", "pay")]).send().await.unwrap();
+    browser
+        .post(&checkout_url)
+        .form(&[("action", "pay")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pool_balance(&server).await, 500);
-    let wallet = ok(&server, SERVICE, Method::GET, "/v1/users/ada/wallet", Value::Null).await;
+    let wallet = ok(
+        &server,
+        SERVICE,
+        Method::GET,
+        "/v1/users/ada/wallet",
+        Value::Null,
+    )
+    .await;
     assert_eq!(wallet["balance"], 0, "{wallet}");
     assert_eq!(wallet["pool"]["available_to_user"], 500, "{wallet}");
 
     // The member spends the pool's credits.
-    let debit = ok(&server, SERVICE, Method::POST, "/v1/users/ada/debit", json!({"amount": 120})).await;
-    assert_eq!((debit["from_pool"].as_i64(), debit["from_wallet"].as_i64()), (Some(120), Some(0)), "{debit}");
+    let debit = ok(
+        &server,
+        SERVICE,
+        Method::POST,
+        "/v1/users/ada/debit",
+        json!({"amount": 120}),
+    )
+    .await;
+    assert_eq!(
+        (debit["from_pool"].as_i64(), debit["from_wallet"].as_i64()),
+        (Some(120), Some(0)),
+        "{debit}"
+    );
     assert_eq!(pool_balance(&server).await, 380);
 
     // The pool's payments, its ledger, the revenue report and the audit count it.
     let payments = listed(&server, "/v1/pools/org/payments", "payments", 1).await;
     assert_eq!(payments.len(), 1, "{payments:?}");
-    assert_eq!((payments[0]["reference"].as_str(), payments[0]["status"].as_str()), (Some(reference.as_str()), Some("succeeded")));
+    assert_eq!(
+        (
+            payments[0]["reference"].as_str(),
+            payments[0]["status"].as_str()
+        ),
+        (Some(reference.as_str()), Some("succeeded"))
+    );
     assert_eq!(payments[0]["metadata"], json!({"po": "PO-9"}));
     let entries = listed(&server, "/v1/pools/org/entries", "entries", 2).await;
-    let topup = entries.iter().find(|e| e["kind"] == "topup").expect("a topup entry");
-    assert_eq!((topup["amount"].as_i64(), topup["balance_after"].as_i64()), (Some(500), Some(500)), "{topup}");
+    let topup = entries
+        .iter()
+        .find(|e| e["kind"] == "topup")
+        .expect("a topup entry");
+    assert_eq!(
+        (topup["amount"].as_i64(), topup["balance_after"].as_i64()),
+        (Some(500), Some(500)),
+        "{topup}"
+    );
     assert_eq!(topup["reference"].as_str(), Some(reference.as_str()));
     assert_eq!(payments[0]["entry_id"], topup["entry_id"]);
-    let revenue = ok(&server, ADMIN, Method::GET, "/v1/reports/revenue?group_by=package", Value::Null).await;
+    let revenue = ok(
+        &server,
+        ADMIN,
+        Method::GET,
+        "/v1/reports/revenue?group_by=package",
+        Value::Null,
+    )
+    .await;
     let row = &revenue["rows"][0];
-    assert_eq!((row["key"].as_str(), row["count"].as_i64(), row["amount_minor"].as_i64(), row["credits_sold"].as_i64()),
-               (Some("starter"), Some(1), Some(200_000), Some(500)), "{revenue}");
+    assert_eq!(
+        (
+            row["key"].as_str(),
+            row["count"].as_i64(),
+            row["amount_minor"].as_i64(),
+            row["credits_sold"].as_i64()
+        ),
+        (Some("starter"), Some(1), Some(200_000), Some(500)),
+        "{revenue}"
+    );
     let audit = listed(&server, "/v1/audit?limit=50", "records", 1).await;
-    assert!(audit.iter().any(|r| r["action"] == "pool.credit.payment" && r["target"] == "pool:org"), "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "pool.credit.payment" && r["target"] == "pool:org"),
+        "{audit:?}"
+    );
     // The user's own payments do not list the pool's.
-    let mine = ok(&server, SERVICE, Method::GET, "/v1/users/ada/payments", Value::Null).await;
+    let mine = ok(
+        &server,
+        SERVICE,
+        Method::GET,
+        "/v1/users/ada/payments",
+        Value::Null,
+    )
+    .await;
     assert_eq!(mine["payments"], json!([]));
 
     // A restart keeps the pool's payment, its target and its credits.
     let dir = server.stop().await;
     let server = start_in(dir, GatewayKind::Sandbox, None).await;
     assert_eq!(pool_balance(&server).await, 380);
-    let payment = ok(&server, ADMIN, Method::GET, &format!("/v1/payments/{reference}"), Value::Null).await;
-    assert_eq!((payment["pool_id"].as_str(), payment["status"].as_str()), (Some("org"), Some("succeeded")));
+    let payment = ok(
+        &server,
+        ADMIN,
+        Method::GET,
+        &format!("/v1/payments/{reference}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (payment["pool_id"].as_str(), payment["status"].as_str()),
+        (Some("org"), Some("succeeded"))
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paystack_deliveries_credit_a_pool_once_and_only_in_the_packages_amount() {
     let paystack = gateways::paystack().await;
-    let server = start_in(tempfile::tempdir().unwrap(), GatewayKind::Paystack, Some(&paystack)).await;
+    let server = start_in(
+        tempfile::tempdir().unwrap(),
+        GatewayKind::Paystack,
+        Some(&paystack),
+    )
+    .await;
     setup(&server).await;
     let (reference, _) = initialize_for_pool(&server).await;
     let sent = paystack.calls("/transaction/initialize")[0].json();
-    assert_eq!((sent["email"].as_str(), sent["reference"].as_str()), (Some("finance@example.com"), Some(reference.as_str())));
+    assert_eq!(
+        (sent["email"].as_str(), sent["reference"].as_str()),
+        (Some("finance@example.com"), Some(reference.as_str()))
+    );
 
     // Delivered three times: credited once.
     let event = paystack_event(&reference, 200_000, "NGN");
@@ -209,10 +321,30 @@ async fn paystack_deliveries_credit_a_pool_once_and_only_in_the_packages_amount(
     assert_eq!(answer["outcome"], "failed");
     let (_, answer) = paystack_webhook(&server, &paystack_event(&short, 200_000, "USD")).await;
     assert_eq!(answer["outcome"], "duplicate");
-    let payment = ok(&server, ADMIN, Method::GET, &format!("/v1/payments/{short}"), Value::Null).await;
-    assert_eq!((payment["status"].as_str(), payment["failure_reason"].as_str()), (Some("failed"), Some("amount_mismatch")), "{payment}");
+    let payment = ok(
+        &server,
+        ADMIN,
+        Method::GET,
+        &format!("/v1/payments/{short}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (
+            payment["status"].as_str(),
+            payment["failure_reason"].as_str()
+        ),
+        (Some("failed"), Some("amount_mismatch")),
+        "{payment}"
+    );
     assert_eq!(pool_balance(&server).await, 500);
-    let failed = listed(&server, "/v1/pools/org/payments?status=failed", "payments", 1).await;
+    let failed = listed(
+        &server,
+        "/v1/pools/org/payments?status=failed",
+        "payments",
+        1,
+    )
+    .await;
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["reference"].as_str(), Some(short.as_str()));
     server.stop().await;
@@ -222,8 +354,16 @@ async fn paystack_deliveries_credit_a_pool_once_and_only_in_the_packages_amount(
 async fn a_pools_payment_needs_an_admin_one_target_an_email_and_the_pools_currency() {
     let server = start_in(tempfile::tempdir().unwrap(), GatewayKind::Sandbox, None).await;
     setup(&server).await;
-    let platform = json!({"currencies": [{"code": "credits", "decimals": 0}, {"code": "usd", "decimals": 2}]});
-    ok(&server, server::PLATFORM, Method::PUT, "/v1/tenants/acme", platform).await;
+    let platform =
+        json!({"currencies": [{"code": "credits", "decimals": 0}, {"code": "usd", "decimals": 2}]});
+    ok(
+        &server,
+        server::PLATFORM,
+        Method::PUT,
+        "/v1/tenants/acme",
+        platform,
+    )
+    .await;
     ok(&server, ADMIN, Method::PUT, "/v1/packages/dollars",
        json!({"name": "Dollars", "credits": 500, "currency": "usd", "price_minor": 500, "price_currency": "USD"})).await;
     let before = ok(&server, ADMIN, Method::GET, "/v1/pools/org", Value::Null).await;
@@ -233,13 +373,48 @@ async fn a_pools_payment_needs_an_admin_one_target_an_email_and_the_pools_curren
     };
     let email = "finance@example.com";
     let cases = [
-        (SERVICE, json!({"pool_id": "org", "package_id": "starter", "email": email}), 403, None),
-        (ADMIN, json!({"pool_id": "org", "user_id": "ada", "package_id": "starter", "email": email}), 422, Some("pool_id")),
-        (ADMIN, json!({"package_id": "starter", "email": email}), 422, Some("user_id")),
-        (ADMIN, json!({"pool_id": "org", "package_id": "starter"}), 422, Some("email")),
-        (ADMIN, json!({"pool_id": "org", "package_id": "dollars", "email": email}), 422, Some("package_id")),
-        (ADMIN, json!({"pool_id": "nope", "package_id": "starter", "email": email}), 404, None),
-        (ADMIN, json!({"pool_id": "org", "package_id": "nope", "email": email}), 404, None),
+        (
+            SERVICE,
+            json!({"pool_id": "org", "package_id": "starter", "email": email}),
+            403,
+            None,
+        ),
+        (
+            ADMIN,
+            json!({"pool_id": "org", "user_id": "ada", "package_id": "starter", "email": email}),
+            422,
+            Some("pool_id"),
+        ),
+        (
+            ADMIN,
+            json!({"package_id": "starter", "email": email}),
+            422,
+            Some("user_id"),
+        ),
+        (
+            ADMIN,
+            json!({"pool_id": "org", "package_id": "starter"}),
+            422,
+            Some("email"),
+        ),
+        (
+            ADMIN,
+            json!({"pool_id": "org", "package_id": "dollars", "email": email}),
+            422,
+            Some("package_id"),
+        ),
+        (
+            ADMIN,
+            json!({"pool_id": "nope", "package_id": "starter", "email": email}),
+            404,
+            None,
+        ),
+        (
+            ADMIN,
+            json!({"pool_id": "org", "package_id": "nope", "email": email}),
+            404,
+            None,
+        ),
     ];
     for (key, body, status, field) in cases {
         let (got, problem) = initialize(key, body.clone()).await;
@@ -249,16 +424,41 @@ async fn a_pools_payment_needs_an_admin_one_target_an_email_and_the_pools_curren
         }
     }
     // Nothing was written.
-    assert_eq!(ok(&server, ADMIN, Method::GET, "/v1/pools/org", Value::Null).await, before);
-    assert_eq!(listed(&server, "/v1/pools/org/payments", "payments", 0).await, Vec::<Value>::new());
+    assert_eq!(
+        ok(&server, ADMIN, Method::GET, "/v1/pools/org", Value::Null).await,
+        before
+    );
+    assert_eq!(
+        listed(&server, "/v1/pools/org/payments", "payments", 0).await,
+        Vec::<Value>::new()
+    );
     // Another tenant's key sees no such pool; a service key may not list a pool's payments.
-    let (status, _) = call(&server, server::GLOBEX, Method::GET, "/v1/pools/org/payments", Value::Null).await;
+    let (status, _) = call(
+        &server,
+        server::GLOBEX,
+        Method::GET,
+        "/v1/pools/org/payments",
+        Value::Null,
+    )
+    .await;
     assert_eq!(status, 403);
-    let (status, _) = call(&server, ADMIN, Method::GET, "/v1/pools/nope/payments", Value::Null).await;
+    let (status, _) = call(
+        &server,
+        ADMIN,
+        Method::GET,
+        "/v1/pools/nope/payments",
+        Value::Null,
+    )
+    .await;
     assert_eq!(status, 404);
     // The user's form is unchanged.
-    let (status, answer) = send_json(&server.client(SERVICE), Method::POST, "/v1/payments/initialize",
-        &json!({"user_id": "ada", "package_id": "starter"}).to_string()).await;
+    let (status, answer) = send_json(
+        &server.client(SERVICE),
+        Method::POST,
+        "/v1/payments/initialize",
+        &json!({"user_id": "ada", "package_id": "starter"}).to_string(),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     server.stop().await;
 }

@@ -23,7 +23,10 @@ fn quick(config: &mut Config) {
 /// What a stream sent: an event, or a keep-alive comment.
 #[derive(Debug)]
 enum Sent {
-    Event { id: u64, view: Value },
+    Event {
+        id: u64,
+        view: Value,
+    },
     KeepAlive,
     /// The last event of a stream opened with a token that expired.
     Expired(Value),
@@ -363,7 +366,11 @@ async fn stream_tokens_open_one_users_stream_until_they_expire() {
     // The token expires (within its 3 s, whole seconds): its stream says so in a last event
     // and ends.
     let expired = loop {
-        match stream.next().await.expect("the stream ended without saying why") {
+        match stream
+            .next()
+            .await
+            .expect("the stream ended without saying why")
+        {
             Sent::Expired(data) => break data,
             Sent::KeepAlive => {}
             Sent::Event { view, .. } => panic!("no change was made: {view}"),
@@ -373,7 +380,10 @@ async fn stream_tokens_open_one_users_stream_until_they_expire() {
     assert!(lived <= Duration::from_millis(4500), "lived {lived:?}");
     assert_eq!(expired["reason"], "token-expired", "{expired}");
     assert!(expired["expires_at"].as_str().unwrap().ends_with('Z'));
-    assert!(stream.next().await.is_none(), "the stream ends after `expired`");
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after `expired`"
+    );
     // The expired token opens nothing: 401, told apart from a bad one.
     let (status, body) = Stream::open(&server, &path, None, None)
         .await

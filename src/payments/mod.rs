@@ -588,9 +588,14 @@ fn request_fingerprint(request: &InitializeRequest<'_>) -> crate::engine::types:
         PaymentTarget::User(user) => (None, user),
         PaymentTarget::Pool(pool) => (Some("pool"), pool),
     };
-    for part in [pool_tag, Some(target), Some(request.package), request.metadata]
-        .into_iter()
-        .flatten()
+    for part in [
+        pool_tag,
+        Some(target),
+        Some(request.package),
+        request.metadata,
+    ]
+    .into_iter()
+    .flatten()
     {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());

@@ -7,16 +7,16 @@ use std::borrow::Cow;
 use http::StatusCode;
 use serde::Deserialize;
 
+use crate::api::auth;
 use crate::api::call::{wait_durable, written, Answer, Call, Open};
 use crate::api::dto::{metadata, rule_json, ENTRY_PREFIX};
 use crate::api::problem::Problem;
 use crate::api::request::{parse_json, query_pairs, unknown_parameter};
 use crate::api::response::json_response;
+use crate::config::Role;
 use crate::engine::payments::{AutoTopupRequest, PaymentStatus, PaymentView, Settlement, Verdict};
 use crate::engine::types::Decline;
 use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
-use crate::api::auth;
-use crate::config::Role;
 use crate::payments::{InitializeRequest, PaymentTarget, WebhookOutcome};
 use crate::time::format_rfc3339_ms;
 
@@ -51,7 +51,9 @@ pub async fn initialize(call: &Call<'_>) -> Answer {
             PaymentTarget::Pool(pool)
         }
         (Some(_), Some(_)) => {
-            return Err(Problem::invalid("send user_id or pool_id, not both").with("field", "pool_id"))
+            return Err(
+                Problem::invalid("send user_id or pool_id, not both").with("field", "pool_id")
+            )
         }
         (None, None) => {
             return Err(Problem::invalid("required: user_id (or pool_id)").with("field", "user_id"))

@@ -275,8 +275,11 @@ pub fn normal_portal_origin(origin: &str) -> Option<String> {
     let authority = uri.authority()?.as_str();
     let rest = &trimmed[scheme.len() + 3..];
     // Nothing after the authority: no path (the URI parser lets `/` through as a path).
-    (rest == authority && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/"))
-        .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
+    (rest == authority
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/"))
+    .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
 }
 
 /// Checks a tenant's list of currencies: 1 to [`MAX_TENANT_CURRENCIES`] distinct codes with 0 to

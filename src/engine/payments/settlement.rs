@@ -224,8 +224,7 @@ impl Engine {
             )
         })?;
         let tenant = self.state.tenant(&tenant)?;
-        (issued_by == gateway && check_reference(reference).is_ok())
-            .then_some((tenant, user, pool))
+        (issued_by == gateway && check_reference(reference).is_ok()).then_some((tenant, user, pool))
     }
 
     /// Applies a gateway's verdict on a pool's payment, exactly once per reference: under the

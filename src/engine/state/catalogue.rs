@@ -162,7 +162,8 @@ impl Catalogue {
                 self.webhook_secret = secret.map(|secret| Box::from(secret.0));
             }
             Event::TenantPortalOriginsSet { ref origins, .. } => {
-                self.portal_return_origins = origins.iter().map(|origin| Box::from(*origin)).collect();
+                self.portal_return_origins =
+                    origins.iter().map(|origin| Box::from(*origin)).collect();
             }
             _ => return Err(mismatch("user-level event applied to a tenant")),
         }

@@ -289,7 +289,12 @@ impl State {
 
     /// A pool's payment: applied to the pool, then to the payments map. The payments are copied
     /// into a snapshot after the pools, so a record the pool's copy holds is in the payment's too.
-    fn replay_pool_payment(&self, tenant: &Tenant, lsn: Lsn, event: &Event<'_>) -> Result<(), Mismatch> {
+    fn replay_pool_payment(
+        &self,
+        tenant: &Tenant,
+        lsn: Lsn,
+        event: &Event<'_>,
+    ) -> Result<(), Mismatch> {
         let id = event.pool().ok_or_else(|| mismatch("not a pool event"))?;
         let mut pool = tenant
             .pools

@@ -1114,7 +1114,10 @@ fn a_package_bought_for_a_pool_credits_the_pool_once_and_survives_snapshot_and_r
         (payment.pool.as_deref(), payment.user.as_str()),
         (Some("org"), "")
     );
-    assert_eq!((payment.credits, payment.status), (500, PaymentStatus::Pending));
+    assert_eq!(
+        (payment.credits, payment.status),
+        (500, PaymentStatus::Pending)
+    );
     s.engine
         .open_checkout("cd_pool_1", "https://pay.example/cd_pool_1")
         .unwrap();
@@ -1171,7 +1174,10 @@ fn a_package_bought_for_a_pool_credits_the_pool_once_and_survives_snapshot_and_r
             .engine
             .settle_payment("cd_pool_1", "sandbox", &paid(200_000, NGN), "")
             .unwrap();
-        assert!(matches!(again, Settlement::AlreadySettled { .. }), "{again:?}");
+        assert!(
+            matches!(again, Settlement::AlreadySettled { .. }),
+            "{again:?}"
+        );
     }
     assert_eq!(s.engine.pool(&s.tenant, "org").unwrap().balance, 500);
     assert_eq!(s.balance(), 0, "the wallet is not credited");
@@ -1199,7 +1205,10 @@ fn a_package_bought_for_a_pool_credits_the_pool_once_and_survives_snapshot_and_r
         .engine
         .settle_payment("cd_pool_2", "sandbox", &paid(200_000, NGN), "")
         .unwrap();
-    assert!(matches!(late, Settlement::AlreadySettled { .. }), "{late:?}");
+    assert!(
+        matches!(late, Settlement::AlreadySettled { .. }),
+        "{late:?}"
+    );
     assert_eq!(s.engine.pool(&s.tenant, "org").unwrap().balance, 380);
 
     // One in the snapshot, one only in the log after it; then a crash.
@@ -1280,7 +1289,9 @@ fn a_tenants_portal_return_origins_are_checked_and_kept() {
             "{bad}"
         );
     }
-    let too_many: Vec<String> = (0..17).map(|i| format!("https://a{i}.example.com")).collect();
+    let too_many: Vec<String> = (0..17)
+        .map(|i| format!("https://a{i}.example.com"))
+        .collect();
     let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
     assert!(s
         .engine
@@ -1291,7 +1302,11 @@ fn a_tenants_portal_return_origins_are_checked_and_kept() {
         .engine
         .set_tenant_portal_origins(
             &s.tenant,
-            &["https://App.Example.com/", "http://localhost:3000", "https://app.example.com"],
+            &[
+                "https://App.Example.com/",
+                "http://localhost:3000",
+                "https://app.example.com",
+            ],
             &ADMIN,
         )
         .unwrap();

@@ -432,7 +432,13 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
             ..
         } => {
             let effect = money_in(lsn, currency.as_str(), credits, balance_after, &meta);
-            (tenant, meta, "pool.credit.payment", format!("pool:{pool}"), effect)
+            (
+                tenant,
+                meta,
+                "pool.credit.payment",
+                format!("pool:{pool}"),
+                effect,
+            )
         }
         Event::PoolPut {
             tenant,
