@@ -181,7 +181,10 @@ async fn the_page_renews_its_stream_token_when_the_stream_expires() {
     // Two lifetimes of a token: the page's stream expired at least once, and was renewed.
     for round in 1..=2 {
         tokio::time::sleep(Duration::from_millis(2_600)).await;
-        assert!(cut().await >= f64::from(round), "the stream expired {round} times");
+        assert!(
+            cut().await >= f64::from(round),
+            "the stream expired {round} times"
+        );
         service
             .debit("ada", &Debit::amount(10), None)
             .await
