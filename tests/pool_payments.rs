@@ -1,9 +1,12 @@
 //! Packages bought for a credit pool over HTTP: `initialize` with `pool_id` (admin keys), the
 //! sandbox checkout paid like a browser pays it, Paystack webhooks delivered twice or in the
 //! wrong amount, the payment and the pool's payments as the API shows them, the pool's ledger,
-//! the revenue report and the audit, bad input, and a restart that keeps it all.
+//! the revenue report and the audit, bad input, a restart that keeps it all, and a `kill -9` of
+//! the process after which a paid payment, a pending one and their pool come back.
 
 mod gateways;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/server.rs"]
 mod server;
 
@@ -461,4 +464,80 @@ async fn a_pools_payment_needs_an_admin_one_target_an_email_and_the_pools_curren
     .await;
     assert_eq!(status, 200, "{answer}");
     server.stop().await;
+}
+
+/// `POST` a form to the sandbox checkout page (what its Pay button sends): the status.
+async fn press(base: &str, reference: &str, action: &str) -> u16 {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/sandbox/checkout/{reference}"))
+        .form(&[("action", action)])
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_keeps_a_pools_payments_and_their_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = tokio::task::block_in_place(|| process::Process::start(dir.path()));
+    let admin = first.client_with(process::ADMIN);
+    let post =
+        |client: &creditd::client::Client, method: Method, path: &'static str, body: Value| {
+            let client = client.clone();
+            async move {
+                let (status, answer) = raw(&client, method, path, &body.to_string()).await;
+                assert!((200..300).contains(&status), "{path}: {status} {answer}");
+                answer
+            }
+        };
+    post(
+        &admin,
+        Method::PUT,
+        "/v1/packages/starter",
+        json!({"name": "Starter", "credits": 500, "price_minor": 200_000, "price_currency": "NGN"}),
+    )
+    .await;
+    post(&admin, Method::PUT, "/v1/pools/org", json!({"name": "Org"})).await;
+    let body = json!({"pool_id": "org", "package_id": "starter", "email": "finance@example.com"});
+    let paid = post(
+        &admin,
+        Method::POST,
+        "/v1/payments/initialize",
+        body.clone(),
+    )
+    .await;
+    let paid = paid["reference"].as_str().unwrap().to_owned();
+    assert_eq!(press(&first.base, &paid, "pay").await, 303);
+    let pending = post(&admin, Method::POST, "/v1/payments/initialize", body).await;
+    let pending = pending["reference"].as_str().unwrap().to_owned();
+    first.kill_9();
+
+    let second = tokio::task::block_in_place(|| process::Process::start(dir.path()));
+    let admin = second.client_with(process::ADMIN);
+    let get = |path: String| {
+        let admin = admin.clone();
+        async move { raw(&admin, Method::GET, &path, "").await.1 }
+    };
+    assert_eq!(get("/v1/pools/org".into()).await["balance"], 500);
+    let kept = get(format!("/v1/payments/{paid}")).await;
+    assert_eq!(
+        (kept["pool_id"].as_str(), kept["status"].as_str()),
+        (Some("org"), Some("succeeded")),
+        "{kept}"
+    );
+    let kept = get(format!("/v1/payments/{pending}")).await;
+    assert_eq!(
+        (kept["pool_id"].as_str(), kept["status"].as_str()),
+        (Some("org"), Some("pending")),
+        "{kept}"
+    );
+    // The pending one is paid after the restart; the paid one, paid again, adds nothing.
+    assert_eq!(press(&second.base, &pending, "pay").await, 303);
+    assert_eq!(press(&second.base, &paid, "pay").await, 303);
+    assert_eq!(get("/v1/pools/org".into()).await["balance"], 1000);
+    second.kill_9();
 }
