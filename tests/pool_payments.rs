@@ -11,8 +11,8 @@ mod process;
 mod server;
 
 use creditd::config::{Config, Gateway as GatewayKind};
-use creditd::payments::signature::hmac_sha512_hex;
-use gateways::{Fake, PAYSTACK_SECRET};
+use creditd::payments::signature::{hmac_sha512_hex, sign_timestamped};
+use gateways::{Fake, PAYSTACK_SECRET, STRIPE_SECRET, STRIPE_WEBHOOK_SECRET};
 use http::Method;
 use serde_json::{json, Value};
 use server::{raw, send_json, Server, ADMIN, SERVICE};
@@ -23,8 +23,11 @@ fn config(dir: &std::path::Path, gateway: GatewayKind, fake: Option<&Fake>) -> C
     config.payments.gateway_timeout_seconds = 10;
     if let Some(fake) = fake {
         config.payments.paystack.base_url = fake.base_url.clone();
+        config.payments.stripe.base_url = fake.base_url.clone();
     }
     config.payments.paystack.secret_key = PAYSTACK_SECRET.into();
+    config.payments.stripe.secret_key = STRIPE_SECRET.into();
+    config.payments.stripe.webhook_secret = STRIPE_WEBHOOK_SECRET.into();
     config
 }
 
@@ -540,4 +543,119 @@ async fn a_kill_9_keeps_a_pools_payments_and_their_credits() {
     assert_eq!(press(&second.base, &paid, "pay").await, 303);
     assert_eq!(get("/v1/pools/org".into()).await["balance"], 1000);
     second.kill_9();
+}
+
+/// A Stripe event of `kind` about `object`, signed now with the webhook secret: body and header.
+fn stripe_event(kind: &str, object: Value) -> (Vec<u8>, String) {
+    let body =
+        json!({"id": "evt_pool_1", "object": "event", "type": kind, "data": {"object": object}})
+            .to_string()
+            .into_bytes();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signature = sign_timestamped(STRIPE_WEBHOOK_SECRET.as_bytes(), now, &body);
+    (body, signature)
+}
+
+async fn stripe_webhook(server: &Server, (body, signature): (Vec<u8>, String)) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/webhooks/stripe", server.base))
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_checkout_for_a_pool_credits_it_once_and_keys_replay_it() {
+    let stripe = gateways::stripe().await;
+    let server = start_in(
+        tempfile::tempdir().unwrap(),
+        GatewayKind::Stripe,
+        Some(&stripe),
+    )
+    .await;
+    setup(&server).await;
+    // With an Idempotency-Key: the same request answers the same checkout; the key used for a
+    // user's checkout is refused.
+    let body = json!({"pool_id": "org", "package_id": "starter", "email": "finance@example.com"});
+    let send = |body: Value| {
+        let client = server.client(ADMIN);
+        async move {
+            let (status, _, bytes) = client
+                .send(
+                    Method::POST,
+                    "/v1/payments/initialize",
+                    Some(body.to_string().into_bytes()),
+                    Some("pool-checkout-1"),
+                )
+                .await
+                .unwrap();
+            (
+                status.as_u16(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (status, first) = send(body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = send(body).await;
+    assert_eq!((status, &again), (200, &first));
+    let (status, reused) =
+        send(json!({"user_id": "ada", "package_id": "starter", "email": "ada@example.com"})).await;
+    assert_eq!(
+        (status, reused["type"].as_str()),
+        (
+            422,
+            Some("https://creditd.dev/problems/idempotency-key-reused")
+        ),
+        "{reused}"
+    );
+    assert_eq!(
+        stripe.calls("/v1/checkout/sessions").len(),
+        1,
+        "one session"
+    );
+    let reference = first["reference"].as_str().unwrap().to_owned();
+    assert!(first["checkout_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://checkout.stripe.test/"));
+
+    // The session completes, then the intent's own event: credited once.
+    let completed = stripe_event(
+        "checkout.session.completed",
+        json!({"object": "checkout.session", "client_reference_id": reference, "payment_status": "paid",
+               "amount_total": 200_000, "currency": "ngn", "customer": "cus_1", "metadata": {"reference": reference}}),
+    );
+    assert_eq!(
+        stripe_webhook(&server, completed).await["outcome"],
+        "credited"
+    );
+    let succeeded = stripe_event(
+        "payment_intent.succeeded",
+        json!({"object": "payment_intent", "status": "succeeded", "amount_received": 200_000, "currency": "ngn",
+               "customer": "cus_1", "payment_method": "pm_card_visa", "metadata": {"reference": reference}}),
+    );
+    assert_eq!(
+        stripe_webhook(&server, succeeded).await["outcome"],
+        "duplicate"
+    );
+    assert_eq!(pool_balance(&server).await, 500);
+    // No user got the credits, nor the card.
+    let wallet = ok(
+        &server,
+        SERVICE,
+        Method::GET,
+        "/v1/users/ada/wallet",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(wallet["balance"], 0, "{wallet}");
+    server.stop().await;
 }
