@@ -278,6 +278,13 @@ async fn an_operator_uses_the_dashboard() {
     screenshot(&browser, "users", 1280).await;
 
     // Billing: a bad price is refused by the API, whose message shows next to the field.
+    send_json(
+        &server.client(ADMIN),
+        Method::PUT,
+        "/v1/pools/org",
+        &json!({"name": "Org"}).to_string(),
+    )
+    .await;
     browser.click(r#"#nav a[data-page="billing"]"#).await;
     browser
         .wait_for(
@@ -392,6 +399,49 @@ async fn an_operator_uses_the_dashboard() {
     browser.fill("#package-price", "-5").await;
     browser.click("#package-submit").await;
     browser.wait_text("#package-price-error", detail).await;
+    // A package bought for a pool: a bad e-mail is the API's to refuse, beside the field; then
+    // the checkout starts, and its page names the pool.
+    browser
+        .click(r#"[aria-label="Buy a package for pool org"]"#)
+        .await;
+    assert_eq!(browser.property("#pool-buy-pool", "value").await, "org");
+    browser.fill("#pool-buy-package", "starter").await;
+    browser.fill("#pool-buy-email", "not-an-address").await;
+    browser.click("#pool-buy-submit").await;
+    let (status, problem) = send_json(
+        &server.client(ADMIN),
+        Method::POST,
+        "/v1/payments/initialize",
+        &json!({"pool_id": "org", "package_id": "starter", "email": "not-an-address"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("email")),
+        "{problem}"
+    );
+    browser
+        .wait_text("#pool-buy-email-error", problem["detail"].as_str().unwrap())
+        .await;
+    browser.fill("#pool-buy-email", "finance@example.com").await;
+    browser.click("#pool-buy-submit").await;
+    let link = browser
+        .wait_for(
+            "the checkout link",
+            "const a = document.getElementById('pool-buy-link'); return a && a.href;",
+            json!([]),
+        )
+        .await;
+    let page = reqwest::get(link.as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("For the credit pool") && page.contains(">org<"),
+        "{page}"
+    );
     screenshot(&browser, "billing", 1280).await;
 
     // Reports: the usage chart draws one bar per hour, and the bars add up to what was spent.
