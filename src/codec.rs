@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of the payload encoding written by this build.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The most bytes one decode may claim for its containers; far above any valid record or chunk.
 const DECODE_LIMIT_BYTES: usize = 64 * 1024 * 1024;

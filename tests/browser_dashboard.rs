@@ -1,7 +1,7 @@
 //! The operators' dashboard in a real browser (headless Chromium through ChromeDriver, see
 //! `tests/common/webdriver.rs`): an admin signs in with a key, finds a user and sees the balance,
-//! grants credits with a reason and sees the balance change, types a bad price into a package and
-//! sees the API's message next to the field, sees the usage chart drawn for the debits made, and
+//! grants credits with a reason and sees the balance change, types a bad price (then a position
+//! out of range) into a package and sees the API's message next to the field, sees the usage chart drawn for the debits made, and
 //! the audit log with its chain status; a service key sees no audit page, and a platform key
 //! picks the tenant it acts in.
 //!
@@ -278,6 +278,13 @@ async fn an_operator_uses_the_dashboard() {
     screenshot(&browser, "users", 1280).await;
 
     // Billing: a bad price is refused by the API, whose message shows next to the field.
+    send_json(
+        &server.client(ADMIN),
+        Method::PUT,
+        "/v1/pools/org",
+        &json!({"name": "Org"}).to_string(),
+    )
+    .await;
     browser.click(r#"#nav a[data-page="billing"]"#).await;
     browser
         .wait_for(
@@ -336,9 +343,105 @@ async fn an_operator_uses_the_dashboard() {
         )
         .await;
     assert_eq!(browser.text("#package-price-error").await, "");
+    // The position: the API's refusal of one out of range shows next to it; a good one saves.
+    assert_eq!(browser.property("#package-position", "value").await, "0");
+    browser.fill("#package-position", "5000000000").await;
+    browser.click("#package-submit").await;
+    let (status, problem) = send_json(
+        &server.client(ADMIN),
+        Method::PUT,
+        "/v1/packages/starter",
+        &json!({"name": "Starter pack", "credits": 500, "price_minor": 250_000, "price_currency": "NGN", "active": true, "position": 5_000_000_000u64})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("position")),
+        "{problem}"
+    );
+    let position_detail = problem["detail"].as_str().unwrap();
+    browser
+        .wait_text("#package-position-error", position_detail)
+        .await;
+    assert_eq!(
+        browser
+            .attribute("#package-position", "aria-invalid")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    browser.fill("#package-position", "3").await;
+    browser.click("#package-submit").await;
+    browser
+        .wait_for(
+            "the package is saved",
+            "return document.getElementById('package-form-title').textContent.startsWith('Saved');",
+            json!([]),
+        )
+        .await;
+    let (_, package) = send_json(
+        &server.client(ADMIN),
+        Method::GET,
+        "/v1/packages/starter",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (
+            package["position"].as_i64(),
+            package["price_minor"].as_i64()
+        ),
+        (Some(3), Some(250_000)),
+        "{package}"
+    );
+    assert_eq!(browser.text("#package-position-error").await, "");
     browser.fill("#package-price", "-5").await;
     browser.click("#package-submit").await;
     browser.wait_text("#package-price-error", detail).await;
+    // A package bought for a pool: a bad e-mail is the API's to refuse, beside the field; then
+    // the checkout starts, and its page names the pool.
+    browser
+        .click(r#"[aria-label="Buy a package for pool org"]"#)
+        .await;
+    assert_eq!(browser.property("#pool-buy-pool", "value").await, "org");
+    browser.fill("#pool-buy-package", "starter").await;
+    browser.fill("#pool-buy-email", "not-an-address").await;
+    browser.click("#pool-buy-submit").await;
+    let (status, problem) = send_json(
+        &server.client(ADMIN),
+        Method::POST,
+        "/v1/payments/initialize",
+        &json!({"pool_id": "org", "package_id": "starter", "email": "not-an-address"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("email")),
+        "{problem}"
+    );
+    browser
+        .wait_text("#pool-buy-email-error", problem["detail"].as_str().unwrap())
+        .await;
+    browser.fill("#pool-buy-email", "finance@example.com").await;
+    browser.click("#pool-buy-submit").await;
+    let link = browser
+        .wait_for(
+            "the checkout link",
+            "const a = document.getElementById('pool-buy-link'); return a && a.href;",
+            json!([]),
+        )
+        .await;
+    let page = reqwest::get(link.as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("For the credit pool") && page.contains(">org<"),
+        "{page}"
+    );
     screenshot(&browser, "billing", 1280).await;
 
     // Reports: the usage chart draws one bar per hour, and the bars add up to what was spent.

@@ -1,6 +1,6 @@
 //! The hosted top-up page in a real browser: open a portal session, buy a package through the
 //! sandbox checkout and watch the balance rise without a reload; a changed or expired link is
-//! refused. With `CREDITD_SCREENSHOTS=1` it also writes `docs/portal.png` (desktop) and
+//! refused; the page renews its stream token when it expires. With `CREDITD_SCREENSHOTS=1` it also writes `docs/portal.png` (desktop) and
 //! `docs/portal-phone.png` (phone width).
 
 #[path = "common/server.rs"]
@@ -133,6 +133,76 @@ async fn a_person_tops_up_on_the_portal_and_sees_the_balance_rise_without_a_relo
     tokio::time::sleep(expiry.saturating_duration_since(std::time::Instant::now())).await;
     browser.open(&url).await;
     browser.wait_text("h1", "This link has expired").await;
+    browser.quit().await;
+    server.stop().await;
+}
+
+/// The page's live balance outlives its stream token: the server ends the stream with `expired`
+/// when the token lapses, and the page opens the next one at once with a token from its session
+/// (not after the seconds a failed reconnect would take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_renews_its_stream_token_when_the_stream_expires() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = Server::start_with(|config| {
+        config.streams.token_ttl_seconds = 2;
+        config.streams.portal_ttl_seconds = 120;
+    })
+    .await;
+    server.sell_starter_to_ada("Starter").await;
+    let service = server.client(SERVICE);
+    send_json(
+        &server.client(ADMIN),
+        Method::POST,
+        "/v1/users/ada/credit",
+        &json!({"amount": 100, "reason": "welcome"}).to_string(),
+    )
+    .await;
+    let (status, answer) =
+        send_json(&service, Method::POST, "/v1/users/ada/portal-sessions", "").await;
+    assert_eq!(status, 200, "{answer}");
+    browser.open(answer["url"].as_str().unwrap()).await;
+    browser.wait_text("#balance", "100 credits").await;
+    browser.wait_text("#live", "live").await;
+    let cut = || async {
+        let metrics = reqwest::get(format!("{}/metrics", server.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find(|line| line.starts_with("creditd_streams_cut_total{reason=\"token_expired\"}"))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Two lifetimes of a token: the page's stream expired at least once, and was renewed.
+    for round in 1..=2 {
+        tokio::time::sleep(Duration::from_millis(2_600)).await;
+        assert!(
+            cut().await >= f64::from(round),
+            "the stream expired {round} times"
+        );
+        service
+            .debit("ada", &Debit::amount(10), None)
+            .await
+            .unwrap();
+        let expected = format!("{} credits", 100 - 10 * round);
+        let deadline = std::time::Instant::now() + Duration::from_millis(2_500);
+        loop {
+            let shown = browser.text("#balance").await;
+            if shown == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the page shows {shown:?}, not {expected:?}: no live stream"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     browser.quit().await;
     server.stop().await;
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 #[path = "common/server.rs"]
 mod server;
 
-use server::{raw, send_json, Server, SERVICE};
+use server::{raw, send_json, Server, PLATFORM, SERVICE};
 
 const APP: &str = "https://app.example.com";
 
@@ -208,5 +208,189 @@ async fn a_changed_or_expired_link_is_refused_and_return_urls_stay_on_allowed_or
     )
     .await;
     assert_eq!(status, 404);
+    server.stop().await;
+}
+
+/// `PUT /v1/tenants/{id}` with `portal_return_origins`, as the platform key sends it.
+async fn put_origins(server: &Server, origins: Value) -> (u16, Value) {
+    send_json(
+        &server.client(PLATFORM),
+        Method::PUT,
+        "/v1/tenants/acme",
+        &json!({ "portal_return_origins": origins }).to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_tenants_own_return_origins_replace_the_servers_and_outlive_a_restart() {
+    let server = portal_server(60).await;
+    // Bad lists: 422 naming the bad origin, and nothing changes.
+    let too_many: Vec<String> = (0..17)
+        .map(|i| format!("https://a{i}.example.com"))
+        .collect();
+    for (bad, named) in [
+        (
+            json!(["https://billing.example.org/return"]),
+            Some("https://billing.example.org/return"),
+        ),
+        (
+            json!(["https://ok.example.org", "billing.example.org"]),
+            Some("billing.example.org"),
+        ),
+        (
+            json!(["https://billing.example.org?x=1"]),
+            Some("https://billing.example.org?x=1"),
+        ),
+        (
+            json!(["https://billing.example.org#x"]),
+            Some("https://billing.example.org#x"),
+        ),
+        (
+            json!(["mailto:billing@example.org"]),
+            Some("mailto:billing@example.org"),
+        ),
+        (json!(too_many), None),
+    ] {
+        let (status, problem) = put_origins(&server, bad.clone()).await;
+        assert_eq!(status, 422, "{bad}: {problem}");
+        assert_eq!(problem["field"], "portal_return_origins", "{problem}");
+        if let Some(named) = named {
+            assert_eq!(problem["value"], named, "{problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains(named),
+                "{problem}"
+            );
+        }
+    }
+    let (_, tenants) = send_json(&server.client(PLATFORM), Method::GET, "/v1/tenants", "").await;
+    let acme = |tenants: &Value| {
+        tenants["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tenant_id"] == "acme")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(acme(&tenants)["portal_return_origins"], json!([]));
+    // The server's default applies while the tenant has none.
+    assert_eq!(
+        session(&server, Some("https://app.example.com/billing"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        session(&server, Some("https://billing.example.org/"))
+            .await
+            .0,
+        422
+    );
+
+    // The tenant's own: they replace the server's default.
+    let (status, tenant) = put_origins(
+        &server,
+        json!(["https://Billing.Example.org/", "http://localhost:3000"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{tenant}");
+    assert_eq!(
+        tenant["portal_return_origins"],
+        json!(["https://billing.example.org", "http://localhost:3000"])
+    );
+    assert_eq!(
+        session(&server, Some("https://billing.example.org/thanks?x=1"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        session(&server, Some("http://localhost:3000/")).await.0,
+        200
+    );
+    let (status, problem) = session(&server, Some("https://app.example.com/billing")).await;
+    assert_eq!((status, slug(&problem)), (422, "invalid-return-url"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the tenant's portal_return_origins"),
+        "{problem}"
+    );
+
+    // Audited like the tenant's other settings.
+    let (_, audit) = send_json(
+        &server.client(server::ADMIN),
+        Method::GET,
+        "/v1/audit?limit=20",
+        "",
+    )
+    .await;
+    let record = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "tenant.portal_return_origins")
+        .cloned();
+    let record = match record {
+        Some(record) => record,
+        None => {
+            // The audit follows the log a moment behind.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (_, audit) = send_json(
+                &server.client(server::ADMIN),
+                Method::GET,
+                "/v1/audit?limit=20",
+                "",
+            )
+            .await;
+            audit["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["action"] == "tenant.portal_return_origins")
+                .cloned()
+                .expect("an audit record")
+        }
+    };
+    assert_eq!(record["target"], "tenant:acme");
+
+    // Kept across a restart; `[]` gives the server's default back.
+    let dir = server.stop().await;
+    let config = {
+        let mut config = server::config(dir.path());
+        config.streams.portal_return_origins = vec![APP.into()];
+        config
+    };
+    let server = Server::start_in(dir, config).await;
+    let (_, tenants) = send_json(&server.client(PLATFORM), Method::GET, "/v1/tenants", "").await;
+    assert_eq!(
+        acme(&tenants)["portal_return_origins"],
+        json!(["https://billing.example.org", "http://localhost:3000"])
+    );
+    assert_eq!(
+        session(&server, Some("https://billing.example.org/"))
+            .await
+            .0,
+        200
+    );
+    let (status, tenant) = put_origins(&server, json!([])).await;
+    assert_eq!(
+        (status, tenant["portal_return_origins"].clone()),
+        (200, json!([]))
+    );
+    assert_eq!(
+        session(&server, Some("https://app.example.com/billing"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        session(&server, Some("https://billing.example.org/"))
+            .await
+            .0,
+        422
+    );
     server.stop().await;
 }

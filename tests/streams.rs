@@ -1,5 +1,5 @@
 //! The live balance stream against a real server: the view at once and after each change, in
-//! LSN order; resuming from `Last-Event-ID`; stream tokens (expiry, tampering, another user);
+//! LSN order; resuming from `Last-Event-ID`; stream tokens (expiry, which ends their streams, tampering, another user);
 //! tenant isolation; a slow reader cut off while debits go on; the cap on open streams; a stop.
 
 use std::time::{Duration, Instant};
@@ -23,8 +23,13 @@ fn quick(config: &mut Config) {
 /// What a stream sent: an event, or a keep-alive comment.
 #[derive(Debug)]
 enum Sent {
-    Event { id: u64, view: Value },
+    Event {
+        id: u64,
+        view: Value,
+    },
     KeepAlive,
+    /// The last event of a stream opened with a token that expired.
+    Expired(Value),
 }
 
 /// A stream read with reqwest.
@@ -103,6 +108,7 @@ impl Stream {
             match self.next().await.expect("the stream ended") {
                 Sent::Event { id, view } => return (id, view),
                 Sent::KeepAlive => {}
+                Sent::Expired(data) => panic!("the stream's token expired: {data}"),
             }
         }
     }
@@ -120,6 +126,10 @@ fn parse(block: &str) -> Sent {
             Some(("event", value)) => event = Some(value.to_owned()),
             _ => panic!("unexpected line {line:?}"),
         }
+    }
+    if event.as_deref() == Some("expired") {
+        assert_eq!(id, None, "an expiry is not a view of the wallet");
+        return Sent::Expired(data.unwrap());
     }
     assert_eq!(event.as_deref(), Some("wallet"));
     Sent::Event {
@@ -278,6 +288,7 @@ async fn a_stop_ends_the_streams_and_after_a_restart_a_resume_goes_on_from_the_s
             assert!(id >= seen);
             assert_eq!(view["balance"], 99);
         }
+        Some(Sent::Expired(data)) => panic!("a keyed stream expired: {data}"),
         None => panic!("the stream ended"),
     }
     drop(resumed);
@@ -296,25 +307,32 @@ async fn a_stop_ends_the_streams_and_after_a_restart_a_resume_goes_on_from_the_s
 async fn stream_tokens_open_one_users_stream_until_they_expire() {
     let server = Server::start_with(|config| {
         quick(config);
-        config.streams.token_ttl_seconds = 1;
+        config.streams.token_ttl_seconds = 3;
     })
     .await;
     user_with(&server, "ada", 100).await;
     user_with(&server, "bob", 100).await;
-    let (status, answer) = send_json(
-        &server.client(SERVICE),
-        Method::POST,
-        "/v1/users/ada/stream-tokens",
-        "",
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    let token = answer["token"].as_str().unwrap().to_owned();
-    assert!(answer["expires_at"].as_str().unwrap().ends_with('Z'));
+    let new_token = || async {
+        let (status, answer) = send_json(
+            &server.client(SERVICE),
+            Method::POST,
+            "/v1/users/ada/stream-tokens",
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer["expires_at"].as_str().unwrap().ends_with('Z'));
+        answer["token"].as_str().unwrap().to_owned()
+    };
+    let token = new_token().await;
+    let opened = Instant::now();
 
     let path = format!("/v1/users/ada/wallet/stream?token={token}");
     let mut stream = Stream::open(&server, &path, None, None).await.unwrap();
     assert_eq!(stream.event().await.1["balance"], 100);
+    // A stream opened with a key, beside it: a key does not expire.
+    let mut keyed = Stream::ada(&server, None).await;
+    assert_eq!(keyed.event().await.1["balance"], 100);
 
     // For another user: 403. Changed: 401. Without key or token: 401.
     let other = format!("/v1/users/bob/wallet/stream?token={token}");
@@ -345,16 +363,40 @@ async fn stream_tokens_open_one_users_stream_until_they_expire() {
     .await;
     assert_eq!(status, 404);
 
-    // Expired: 401, told apart from a bad one. The stream it opened goes on.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The token expires (within its 3 s, whole seconds): its stream says so in a last event
+    // and ends.
+    let expired = loop {
+        match stream
+            .next()
+            .await
+            .expect("the stream ended without saying why")
+        {
+            Sent::Expired(data) => break data,
+            Sent::KeepAlive => {}
+            Sent::Event { view, .. } => panic!("no change was made: {view}"),
+        }
+    };
+    let lived = opened.elapsed();
+    assert!(lived <= Duration::from_millis(4500), "lived {lived:?}");
+    assert_eq!(expired["reason"], "token-expired", "{expired}");
+    assert!(expired["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after `expired`"
+    );
+    // The expired token opens nothing: 401, told apart from a bad one.
     let (status, body) = Stream::open(&server, &path, None, None)
         .await
         .err()
         .unwrap();
     assert_eq!((status, slug(&body)), (401, "token-expired"));
+    // The keyed stream goes on; a new token opens a new stream (what the portal page does).
     debit(&server, "ada", 1).await;
+    assert_eq!(keyed.event().await.1["balance"], 99);
+    let renewed = format!("/v1/users/ada/wallet/stream?token={}", new_token().await);
+    let mut stream = Stream::open(&server, &renewed, None, None).await.unwrap();
     assert_eq!(stream.event().await.1["balance"], 99);
-    drop(stream);
+    drop((stream, keyed));
     server.stop().await;
 }
 

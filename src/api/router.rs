@@ -132,6 +132,7 @@ route_table! {
     CreditPool:        "POST"   "/v1/pools/{pool_id}/credit"                Admin    => pools::credit_pool;
     ListPoolMembers:   "GET"    "/v1/pools/{pool_id}/members"               Admin    => pools::list_pool_members;
     ListPoolEntries:   "GET"    "/v1/pools/{pool_id}/entries"               Admin    => pools::list_pool_entries;
+    ListPoolPayments:  "GET"    "/v1/pools/{pool_id}/payments"              Admin    => payment_history::list_pool_payments;
     ListTenants:       "GET"    "/v1/tenants"                               Platform => tenants::list_tenants;
     GetTenant:         "GET"    "/v1/tenants/{tenant_id}"                   Platform => tenants::get_tenant;
     PutTenant:         "PUT"    "/v1/tenants/{tenant_id}"                   Platform => tenants::put_tenant;

@@ -170,6 +170,23 @@ impl Engine {
         Ok(lsn)
     }
 
+    /// Queues an event of a pool's payment and applies it to the locked pool and the payments map.
+    /// Runs under the pool's lock, which is what orders a pool's payment events.
+    pub(super) fn commit_pool_payment(
+        &self,
+        pool: &mut Pool,
+        event: &Event<'_>,
+    ) -> Result<Lsn, EngineError> {
+        let lsn = self.append(event)?;
+        if let Err(mismatch) = pool.apply(lsn, event) {
+            return Err(self.internal_error(lsn, &mismatch.0));
+        }
+        if let Err(mismatch) = self.state.apply_payment(lsn, event) {
+            return Err(self.internal_error(lsn, &mismatch.0));
+        }
+        Ok(lsn)
+    }
+
     /// Queues a user-level event and applies it to the locked account, the reservation index and
     /// the payments map. Runs under the user's shard lock.
     #[inline]

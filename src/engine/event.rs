@@ -623,6 +623,93 @@ pub enum Event<'a> {
         #[serde(borrow)]
         meta: Meta<'a>,
     },
+    /// A payment for a package bought for a credit pool started, with a reference of creditd's;
+    /// its credits go to the pool, only on success.
+    PoolPaymentInitialized {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Pool id: where the credits go.
+        pool: &'a str,
+        /// The pool's currency, which is the package's credits' currency.
+        currency: Currency,
+        /// creditd's reference, unique across tenants.
+        reference: &'a str,
+        /// What it buys.
+        #[serde(borrow)]
+        terms: PaymentTerms<'a>,
+        /// `sandbox`, `paystack` or `stripe`.
+        gateway: &'a str,
+        /// Who and when; `metadata` is the caller's, given to `initialize` (a JSON object).
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// The gateway's checkout page for a pool's payment.
+    PoolPaymentCheckoutOpened {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// The payment.
+        reference: &'a str,
+        /// Where the customer pays.
+        checkout_url: &'a str,
+        /// When.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A pool's payment succeeded and its credits were added to the pool: once per reference,
+    /// whatever the number of deliveries.
+    PoolPaymentSucceeded {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// The pool's currency.
+        currency: Currency,
+        /// The payment.
+        reference: &'a str,
+        /// Credits added, from the terms.
+        credits: i64,
+        /// What the gateway says was paid.
+        paid_minor: i64,
+        /// In which currency.
+        paid_currency: Currency,
+        /// The pool's balance after.
+        balance_after: i64,
+        /// The pool's available after.
+        available_after: i64,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// A pool's payment failed; nothing was credited.
+    PoolPaymentFailed {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Pool id.
+        pool: &'a str,
+        /// The payment.
+        reference: &'a str,
+        /// How.
+        decline: Decline,
+        /// The gateway's words.
+        reason: &'a str,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
+    /// The origins a tenant's portal sessions may return to (`return_url`); empty: the server's
+    /// `streams.portal_return_origins`.
+    TenantPortalOriginsSet {
+        /// Tenant id.
+        tenant: &'a str,
+        /// Absolute `http(s)://host[:port]` origins, without a path.
+        #[serde(borrow)]
+        origins: Vec<&'a str>,
+        /// Who and when.
+        #[serde(borrow)]
+        meta: Meta<'a>,
+    },
 }
 
 impl<'a> Event<'a> {
@@ -639,7 +726,12 @@ impl<'a> Event<'a> {
             | Event::PoolPut { tenant, .. }
             | Event::PoolCredited { tenant, .. }
             | Event::PoolMemberSet { tenant, .. }
-            | Event::PoolMemberRemoved { tenant, .. } => tenant,
+            | Event::PoolMemberRemoved { tenant, .. }
+            | Event::PoolPaymentInitialized { tenant, .. }
+            | Event::PoolPaymentCheckoutOpened { tenant, .. }
+            | Event::PoolPaymentSucceeded { tenant, .. }
+            | Event::PoolPaymentFailed { tenant, .. }
+            | Event::TenantPortalOriginsSet { tenant, .. } => tenant,
             Event::PaymentUnmatched { .. } => "",
             Event::OverdraftSet { wallet, .. }
             | Event::Credited { wallet, .. }
@@ -688,7 +780,12 @@ impl<'a> Event<'a> {
             | Event::PoolPut { meta, .. }
             | Event::PoolCredited { meta, .. }
             | Event::PoolMemberSet { meta, .. }
-            | Event::PoolMemberRemoved { meta, .. } => meta,
+            | Event::PoolMemberRemoved { meta, .. }
+            | Event::PoolPaymentInitialized { meta, .. }
+            | Event::PoolPaymentCheckoutOpened { meta, .. }
+            | Event::PoolPaymentSucceeded { meta, .. }
+            | Event::PoolPaymentFailed { meta, .. }
+            | Event::TenantPortalOriginsSet { meta, .. } => meta,
         }
     }
 
@@ -822,7 +919,11 @@ impl<'a> Event<'a> {
             Event::PoolPut { pool, .. }
             | Event::PoolCredited { pool, .. }
             | Event::PoolMemberSet { pool, .. }
-            | Event::PoolMemberRemoved { pool, .. } => Some(pool),
+            | Event::PoolMemberRemoved { pool, .. }
+            | Event::PoolPaymentInitialized { pool, .. }
+            | Event::PoolPaymentCheckoutOpened { pool, .. }
+            | Event::PoolPaymentSucceeded { pool, .. }
+            | Event::PoolPaymentFailed { pool, .. } => Some(pool),
             _ => self.pool_share().map(|share| share.pool),
         }
     }

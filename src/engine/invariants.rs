@@ -58,6 +58,7 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
             }
         })?;
     }
+    let mut pool_payments = Vec::new();
     for entry in state.payments.iter() {
         if entry.last_lsn >= next_lsn {
             return Err(InvariantViolation {
@@ -70,7 +71,32 @@ pub(crate) fn check(state: &State, next_lsn: Lsn) -> Result<Figures, InvariantVi
                 ),
             });
         }
+        if let Some(pool) = &entry.pool {
+            pool_payments.push((
+                entry.key().to_string(),
+                entry.tenant.to_string(),
+                pool.to_string(),
+                entry.user.to_string(),
+            ));
+        }
         figures.payments += 1;
+    }
+    // A pool's payment names an existing pool of its tenant, and no user. Checked after the
+    // walk of the payments map: a pool's lock is taken before a payment's, never under it.
+    for (reference, tenant, pool, user) in pool_payments {
+        let known = state
+            .tenant(&tenant)
+            .is_some_and(|found| found.pools.contains_key(pool.as_str()));
+        if !known || !user.is_empty() {
+            return Err(InvariantViolation {
+                tenant,
+                user,
+                detail: format!(
+                    "payment {reference} is for the pool {pool}, which the tenant does not have \
+                     (or it names a user too)"
+                ),
+            });
+        }
     }
     Ok(figures)
 }

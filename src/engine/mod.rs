@@ -45,9 +45,10 @@ pub use idempotency::{Done, IdempotencyKey};
 pub use invariants::{Figures, InvariantViolation};
 pub(crate) use ops::is_http_url;
 pub use ops::{
-    check_currencies, check_tenant_webhook, CaptureRequest, CreditRequest, DebitRequest,
-    FieldChange, PackageSpec, PoolCreditRequest, ProfileChange, ProfileUpdate, ReserveRequest,
-    RevokeRequest, Spend, TenantSpec,
+    check_currencies, check_portal_return_origins, check_tenant_webhook, normal_portal_origin,
+    CaptureRequest, CreditRequest, DebitRequest, FieldChange, PackageSpec, PoolCreditRequest,
+    ProfileChange, ProfileUpdate, ReserveRequest, RevokeRequest, Spend, TenantSpec,
+    MAX_PORTAL_RETURN_ORIGINS,
 };
 pub use recovery::{OpenError, RecoveryReport, TornTail};
 pub use snapshot::{check_chunks as check_snapshot_chunks, SnapshotError as EngineSnapshotError};

@@ -173,6 +173,8 @@ pub struct TenantView {
     pub currencies_defined: bool,
     /// How many users it has.
     pub users: usize,
+    /// The origins its portal sessions may return to; empty: the server's default.
+    pub portal_return_origins: Vec<String>,
 }
 
 impl Tenant {
@@ -186,6 +188,11 @@ impl Tenant {
             currencies: catalogue.currencies(),
             currencies_defined: !catalogue.currencies.is_empty(),
             users: self.users.len(),
+            portal_return_origins: catalogue
+                .portal_return_origins
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -534,8 +541,12 @@ impl Engine {
             let id = &tenant.id;
             let catalogue = tenant.catalogue.read().clone();
             lines.push(format!(
-                "tenant {id} name={:?} currency={} actions={:?} packages={:?}",
-                catalogue.name, catalogue.default_currency, catalogue.actions, catalogue.packages
+                "tenant {id} name={:?} currency={} actions={:?} packages={:?} origins={:?}",
+                catalogue.name,
+                catalogue.default_currency,
+                catalogue.actions,
+                catalogue.packages,
+                catalogue.portal_return_origins
             ));
             for entry in tenant.users.iter() {
                 let account = entry.value();

@@ -396,6 +396,52 @@ fn sample_events() -> Vec<Vec<u8>> {
             pool: "acme-org",
             meta,
         },
+        Event::PoolPaymentInitialized {
+            tenant: "acme",
+            pool: "acme-org",
+            currency: Currency::CREDITS,
+            reference: "cd_pool01",
+            terms: PaymentTerms {
+                package: "starter",
+                credits: 500,
+                amount_minor: 250_000,
+                price_currency: ngn,
+            },
+            gateway: "sandbox",
+            meta,
+        },
+        Event::PoolPaymentCheckoutOpened {
+            tenant: "acme",
+            pool: "acme-org",
+            reference: "cd_pool01",
+            checkout_url: "http://localhost:8080/sandbox/checkout/cd_pool01",
+            meta: Meta::system(T0),
+        },
+        Event::PoolPaymentSucceeded {
+            tenant: "acme",
+            pool: "acme-org",
+            currency: Currency::CREDITS,
+            reference: "cd_pool01",
+            credits: 500,
+            paid_minor: 250_000,
+            paid_currency: ngn,
+            balance_after: 10_463,
+            available_after: 10_463,
+            meta: Meta::system(T0),
+        },
+        Event::PoolPaymentFailed {
+            tenant: "acme",
+            pool: "acme-org",
+            reference: "cd_pool02",
+            decline: Decline::Mismatch,
+            reason: "paid 100 NGN, the package costs 250000 NGN",
+            meta: Meta::system(T0),
+        },
+        Event::TenantPortalOriginsSet {
+            tenant: "acme",
+            origins: vec!["https://app.example.com", "http://localhost:3000"],
+            meta,
+        },
     ];
     events
         .iter()
@@ -684,6 +730,33 @@ fn busy_engine(users: usize) -> (MemStorage, Arc<Engine>) {
             reference: None,
         };
         engine.credit_pool(&tenant, &funds, &admin).expect("fund");
+        // A package bought for the pool and paid, one still open, and the tenant's own portal
+        // return origins: the snapshot's pool payments and settings.
+        for (reference, pay) in [("cd_pool_paid", true), ("cd_pool_open", false)] {
+            let request = crate::engine::payments::PoolCheckoutRequest {
+                pool: "org",
+                package: "starter",
+                reference,
+                gateway: "sandbox",
+                metadata: Some(r#"{"po":"PO-1"}"#),
+            };
+            engine
+                .start_pool_checkout(&tenant, &request, &admin)
+                .expect("pool checkout");
+            if pay {
+                let verdict = Verdict::Paid {
+                    paid_minor: 250_000,
+                    paid_currency: ngn,
+                    method: None,
+                };
+                engine
+                    .settle_payment(reference, "sandbox", &verdict, "")
+                    .expect("pool payment");
+            }
+        }
+        engine
+            .set_tenant_portal_origins(&tenant, &["https://app.example.com"], &admin)
+            .expect("portal origins");
         for index in 0..users {
             let user = format!("user-{index}");
             engine

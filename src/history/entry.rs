@@ -157,7 +157,8 @@ pub struct PoolEntry<'a> {
     pub time_ms: i64,
 }
 
-/// The pool entry `event` (at `lsn`) makes: a credit to a pool, or what a pool paid for a
+/// The pool entry `event` (at `lsn`) makes: a credit to a pool (by hand, or a package bought for
+/// it), or what a pool paid for a
 /// member's debit or capture; `None` otherwise (holds and releases move no pool balance).
 pub fn pool_entry<'a>(lsn: u64, event: &Event<'a>) -> Option<PoolEntry<'a>> {
     let (tenant, pool, kind, amount, currency, balance_after, user, action, meta) = match *event {
@@ -175,6 +176,26 @@ pub fn pool_entry<'a>(lsn: u64, event: &Event<'a>) -> Option<PoolEntry<'a>> {
             pool,
             credit_kind(kind),
             amount,
+            currency,
+            balance_after,
+            None,
+            None,
+            meta,
+        ),
+        // A package bought for the pool: its credits, with the payment's reference.
+        Event::PoolPaymentSucceeded {
+            tenant,
+            pool,
+            currency,
+            credits,
+            balance_after,
+            meta,
+            ..
+        } => (
+            tenant,
+            pool,
+            CreditKind::Topup.as_str(),
+            credits,
             currency,
             balance_after,
             None,

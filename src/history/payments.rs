@@ -8,6 +8,10 @@
 //! `/entries` lists as the top-up), and `PaymentFailed` marks it `failed` with the decline. A
 //! payment recorded failed that is later reported paid turns `succeeded`, as in the engine.
 //!
+//! A package bought for a credit pool is a payment of the pool: its row has the pool in `pool_id`
+//! and an empty `user_id`, is made by `PoolPaymentInitialized` and settled by the `PoolPayment…`
+//! events as above; the index `(tenant, pool_id, lsn_created)` lists a pool's payments.
+//!
 //! The key `(tenant, user_id, lsn_created)` lists a user's payments newest first, and the LSN of
 //! the record that started a payment never changes, so it is a stable cursor. Settlements find
 //! their row by reference: a reference is unique among the payments the engine remembers, but
@@ -49,9 +53,12 @@ CREATE TABLE IF NOT EXISTS payments (
     entry_lsn      INTEGER,
     reason         TEXT,
     detail         TEXT,
+    pool_id        TEXT,
     PRIMARY KEY (tenant, user_id, lsn_created)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS payments_by_reference ON payments (reference, lsn_created);
+CREATE INDEX IF NOT EXISTS payments_by_pool ON payments (tenant, pool_id, lsn_created)
+    WHERE pool_id IS NOT NULL;
 ";
 
 /// Where a payment stands, as stored and as the API filters on it.
@@ -105,6 +112,92 @@ pub(crate) fn apply(
                 purpose_name(purpose),
                 meta.metadata,
                 meta.time_ms,
+            ])?;
+        }
+        Event::PoolPaymentInitialized {
+            tenant,
+            pool,
+            currency,
+            reference,
+            terms,
+            gateway,
+            ref meta,
+        } => {
+            let mut statement = transaction.prepare_cached(
+                "INSERT INTO payments (tenant, user_id, pool_id, reference, lsn_created,
+                    package_id, credits, currency, amount_minor, price_currency, status, gateway,
+                    purpose, metadata, created_ms)
+                 VALUES (?1, '', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            statement.execute(params![
+                tenant,
+                pool,
+                reference,
+                to_i64(lsn, "lsn")?,
+                terms.package,
+                terms.credits,
+                currency.as_str(),
+                terms.amount_minor,
+                terms.price_currency.as_str(),
+                PENDING,
+                gateway,
+                purpose_name(PaymentPurpose::Checkout),
+                meta.metadata,
+                meta.time_ms,
+            ])?;
+        }
+        Event::PoolPaymentCheckoutOpened {
+            tenant,
+            reference,
+            checkout_url,
+            ..
+        } => {
+            let mut statement = transaction.prepare_cached(concat!(
+                "UPDATE payments SET checkout_url = ?4",
+                newest_of_reference!()
+            ))?;
+            statement.execute(params![tenant, "", reference, checkout_url])?;
+        }
+        Event::PoolPaymentSucceeded {
+            tenant,
+            reference,
+            ref meta,
+            ..
+        } => {
+            let mut statement = transaction.prepare_cached(concat!(
+                "UPDATE payments SET status = ?4, settled_ms = ?5, entry_lsn = ?6, reason = NULL,
+                    detail = NULL",
+                newest_of_reference!()
+            ))?;
+            statement.execute(params![
+                tenant,
+                "",
+                reference,
+                SUCCEEDED,
+                meta.time_ms,
+                to_i64(lsn, "lsn")?,
+            ])?;
+        }
+        Event::PoolPaymentFailed {
+            tenant,
+            reference,
+            decline,
+            reason,
+            ref meta,
+            ..
+        } => {
+            let mut statement = transaction.prepare_cached(concat!(
+                "UPDATE payments SET status = ?4, settled_ms = ?5, reason = ?6, detail = ?7",
+                newest_of_reference!()
+            ))?;
+            statement.execute(params![
+                tenant,
+                "",
+                reference,
+                FAILED,
+                meta.time_ms,
+                decline.as_str(),
+                reason,
             ])?;
         }
         Event::PaymentCheckoutOpened {
@@ -213,6 +306,24 @@ pub struct ListedPayment {
     pub reason: Option<String>,
 }
 
+/// The columns a listing reads, in [`ListedPayment`]'s order.
+macro_rules! listed_columns {
+    () => {
+        "SELECT lsn_created, reference, package_id, credits, currency, amount_minor,
+                price_currency, status, gateway, purpose, metadata, checkout_url,
+                created_ms, settled_ms, entry_lsn, reason
+         FROM payments "
+    };
+}
+
+/// The page of a listing: started before `?3`, in status `?4` if not null, at most `?5`.
+macro_rules! listed_page {
+    () => {
+        " AND lsn_created < ?3 AND (?4 IS NULL OR status = ?4)
+         ORDER BY lsn_created DESC LIMIT ?5"
+    };
+}
+
 impl Reader {
     /// `user`'s payments in `tenant`, newest first, started before `before_lsn` (a cursor), only
     /// those in `status` if given, at most `limit`.
@@ -224,19 +335,45 @@ impl Reader {
         before_lsn: Option<u64>,
         limit: u32,
     ) -> Result<Vec<ListedPayment>, StoreError> {
+        const SQL: &str = concat!(
+            listed_columns!(),
+            "WHERE tenant = ?1 AND user_id = ?2",
+            listed_page!()
+        );
+        self.list_payments(SQL, [tenant, user], status, before_lsn, limit)
+    }
+
+    /// The payments of the credit pool `pool` in `tenant` (packages bought for it), as
+    /// [`Reader::payments`] lists a user's.
+    pub fn pool_payments(
+        &self,
+        tenant: &str,
+        pool: &str,
+        status: Option<&str>,
+        before_lsn: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ListedPayment>, StoreError> {
+        const SQL: &str = concat!(
+            listed_columns!(),
+            "WHERE tenant = ?1 AND pool_id = ?2",
+            listed_page!()
+        );
+        self.list_payments(SQL, [tenant, pool], status, before_lsn, limit)
+    }
+
+    fn list_payments(
+        &self,
+        sql: &'static str,
+        [tenant, owner]: [&str; 2],
+        status: Option<&str>,
+        before_lsn: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ListedPayment>, StoreError> {
         let before = before_lsn.map_or(i64::MAX, |lsn| i64::try_from(lsn).unwrap_or(i64::MAX));
         self.with_connection(|connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT lsn_created, reference, package_id, credits, currency, amount_minor,
-                        price_currency, status, gateway, purpose, metadata, checkout_url,
-                        created_ms, settled_ms, entry_lsn, reason
-                 FROM payments
-                 WHERE tenant = ?1 AND user_id = ?2 AND lsn_created < ?3
-                   AND (?4 IS NULL OR status = ?4)
-                 ORDER BY lsn_created DESC LIMIT ?5",
-            )?;
+            let mut statement = connection.prepare_cached(sql)?;
             let rows =
-                statement.query_map(params![tenant, user, before, status, limit], |row| {
+                statement.query_map(params![tenant, owner, before, status, limit], |row| {
                     Ok(ListedPayment {
                         lsn_created: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
                         reference: row.get(1)?,

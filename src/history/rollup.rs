@@ -17,9 +17,10 @@
 //! `currency` column (no currency code holds a `:`), so every table, block and seal below serves
 //! it unchanged and a report per pool is exact.
 //!
-//! *Revenue* is what was paid: a `PaymentSucceeded` event adds one to `count`, `paid_minor` to
+//! *Revenue* is what was paid: a `PaymentSucceeded` (or, for a package bought for a credit pool,
+//! `PoolPaymentSucceeded`) event adds one to `count`, `paid_minor` to
 //! `amount_minor` (in `paid_currency`) and its credits to `credits_sold`. The package comes from
-//! the payment's terms, which only `PaymentInitialized` carries: the payment history
+//! the payment's terms, which only `PaymentInitialized` (`PoolPaymentInitialized`) carries: the payment history
 //! ([`super::payments`]) holds them by reference. A payment whose start the history never saw
 //! (or has removed under `history.retention`) has the package `''`.
 //!
@@ -343,16 +344,24 @@ impl Rollup {
                 ..
             } => Some((wallet, charged, action, pool)),
             Event::PaymentSucceeded {
-                wallet,
+                wallet: crate::engine::event::WalletRef { tenant, .. },
+                reference,
+                credits,
+                paid_minor,
+                paid_currency,
+                ..
+            }
+            | Event::PoolPaymentSucceeded {
+                tenant,
                 reference,
                 credits,
                 paid_minor,
                 paid_currency,
                 ..
             } => {
-                let package = package_of(transaction, wallet.tenant, reference)?;
+                let package = package_of(transaction, tenant, reference)?;
                 let key = SaleKey {
-                    tenant: self.names.id(wallet.tenant),
+                    tenant: self.names.id(tenant),
                     hour: hour_of(time_ms),
                     package: self.names.id(package.as_deref().unwrap_or("")),
                     currency: paid_currency,

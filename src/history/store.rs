@@ -19,7 +19,7 @@ use super::rollup::{Rollup, ROLLUP_SCHEMA};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The feeder's page cache, KiB.
 const FEEDER_CACHE_KIB: i64 = 64 * 1024;
@@ -166,6 +166,17 @@ impl Store {
         connection.pragma_update(None, "cache_size", -FEEDER_CACHE_KIB)?;
         // Every part of the history keeps its statements prepared: more than rusqlite's 16.
         connection.set_prepared_statement_cache_capacity(64);
+        // The version is checked before the tables are made: an older file's tables may lack
+        // columns the newer statements name.
+        connection.execute_batch(CHECKPOINT_SCHEMA)?;
+        let found: Option<i64> = connection
+            .query_row("SELECT schema FROM checkpoint WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        if let Some(found) = found.filter(|found| *found != SCHEMA_VERSION) {
+            return Err(StoreError::Schema { found });
+        }
         for schema in SCHEMAS {
             connection.execute_batch(schema)?;
         }

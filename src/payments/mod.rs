@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::PaymentsConfig;
 use crate::engine::payments::{
-    new_reference, CheckoutRequest, PaymentView, Settlement, TopupPolicy,
+    new_reference, CheckoutRequest, PaymentView, PoolCheckoutRequest, Settlement, TopupPolicy,
 };
 use crate::engine::types::{
     check_email, check_idempotency_key, Decline, EngineError, PaymentPurpose,
@@ -75,11 +75,20 @@ pub enum PaymentsError {
     Webhook(#[from] WebhookError),
 }
 
+/// Whose credits a payment buys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentTarget<'a> {
+    /// A user's wallet.
+    User(&'a str),
+    /// A credit pool.
+    Pool(&'a str),
+}
+
 /// `POST /v1/payments/initialize`.
 #[derive(Debug, Clone, Copy)]
 pub struct InitializeRequest<'a> {
-    /// The paying user.
-    pub user: &'a str,
+    /// Where the credits go: the paying user's wallet, or a credit pool.
+    pub target: PaymentTarget<'a>,
     /// The package bought.
     pub package: &'a str,
     /// The payer's e-mail.
@@ -296,13 +305,6 @@ impl Payments {
         if let Some(existing) = self.engine.payment(&reference) {
             return self.replay(tenant, request, existing).await;
         }
-        let checkout = CheckoutRequest {
-            user: request.user,
-            package: request.package,
-            reference: &reference,
-            gateway: self.gateway.name(),
-            metadata: request.metadata,
-        };
         let fingerprint = request_fingerprint(request);
         let context = match request.idempotency_key {
             Some(key) => {
@@ -310,7 +312,29 @@ impl Payments {
             }
             None => Context::actor(request.actor),
         };
-        let (payment, lsn) = match self.engine.start_checkout(tenant, &checkout, &context) {
+        let started = match request.target {
+            PaymentTarget::User(user) => {
+                let checkout = CheckoutRequest {
+                    user,
+                    package: request.package,
+                    reference: &reference,
+                    gateway: self.gateway.name(),
+                    metadata: request.metadata,
+                };
+                self.engine.start_checkout(tenant, &checkout, &context)
+            }
+            PaymentTarget::Pool(pool) => {
+                let checkout = PoolCheckoutRequest {
+                    pool,
+                    package: request.package,
+                    reference: &reference,
+                    gateway: self.gateway.name(),
+                    metadata: request.metadata,
+                };
+                self.engine.start_pool_checkout(tenant, &checkout, &context)
+            }
+        };
+        let (payment, lsn) = match started {
             Ok(started) => started,
             Err(EngineError::Conflict(_)) => {
                 // A concurrent request with the same key recorded it first.
@@ -397,8 +421,12 @@ impl Payments {
         let other_request = existing
             .fingerprint
             .is_some_and(|fingerprint| fingerprint != request_fingerprint(request));
+        let same_target = match request.target {
+            PaymentTarget::User(user) => existing.pool.is_none() && existing.user == user,
+            PaymentTarget::Pool(pool) => existing.pool.as_deref() == Some(pool),
+        };
         if existing.tenant != tenant.id()
-            || existing.user != request.user
+            || !same_target
             || existing.package != request.package
             || other_request
         {
@@ -548,15 +576,26 @@ impl Payments {
     }
 }
 
-/// The digest of an `initialize` request: a retry with the same key must match it. The user, the
+/// The digest of an `initialize` request: a retry with the same key must match it. The user (or
+/// pool), the
 /// package and the metadata (which the payment keeps) count; a retry with another e-mail or
 /// callback URL answers the first payment. Without metadata the digest is that of the user and
 /// the package alone.
 fn request_fingerprint(request: &InitializeRequest<'_>) -> crate::engine::types::Fingerprint {
     let mut hasher = Sha256::new();
-    for part in [Some(request.user), Some(request.package), request.metadata]
-        .into_iter()
-        .flatten()
+    // A pool's payment is told apart from a user's of the same id by a part a user's lacks.
+    let (pool_tag, target) = match request.target {
+        PaymentTarget::User(user) => (None, user),
+        PaymentTarget::Pool(pool) => (Some("pool"), pool),
+    };
+    for part in [
+        pool_tag,
+        Some(target),
+        Some(request.package),
+        request.metadata,
+    ]
+    .into_iter()
+    .flatten()
     {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());

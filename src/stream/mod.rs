@@ -106,9 +106,9 @@ pub(crate) fn touched<'a>(event: &Event<'a>) -> Touched<'a> {
         }
         Event::PoolMemberSet { tenant, user, .. }
         | Event::PoolMemberRemoved { tenant, user, .. } => Touched::User(tenant, user),
-        Event::PoolCredited { tenant, .. } | Event::TenantUpserted { tenant, .. } => {
-            Touched::Tenant(tenant)
-        }
+        Event::PoolCredited { tenant, .. }
+        | Event::PoolPaymentSucceeded { tenant, .. }
+        | Event::TenantUpserted { tenant, .. } => Touched::Tenant(tenant),
         _ => match event.wallet() {
             Some(wallet) => Touched::User(wallet.tenant, wallet.user),
             None => Touched::Nobody,

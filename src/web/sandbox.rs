@@ -6,8 +6,8 @@
 use super::{escape, fill};
 use crate::engine::payments::{PaymentStatus, PaymentView};
 
-/// The page, with `{{reference}}`, `{{package}}`, `{{credits}}`, `{{price}}`, `{{status}}`,
-/// `{{notice}}` and `{{actions}}`.
+/// The page, with `{{reference}}`, `{{package}}`, `{{credits}}`, `{{for}}` (the credit pool a
+/// pool's payment credits), `{{price}}`, `{{status}}`, `{{notice}}` and `{{actions}}`.
 const PAGE: &str = include_str!("sandbox.html");
 /// The Pay and Decline form, with `{{reference}}` and `{{pay_price}}`.
 const FORM: &str = include_str!("sandbox_form.html");
@@ -54,12 +54,24 @@ pub fn checkout_page(
     let notice = notice
         .map(|text| format!(r#"<p class="notice" id="notice">{}</p>"#, escape(text)))
         .unwrap_or_default();
+    // A pool's payment says which pool; a user's page is as before.
+    let target = payment
+        .pool
+        .as_deref()
+        .map(|pool| {
+            format!(
+                r#"<dt>For the credit pool</dt><dd id="pool"><code>{}</code></dd>"#,
+                escape(pool)
+            )
+        })
+        .unwrap_or_default();
     fill(
         PAGE,
         &[
             ("reference", &reference),
             ("package", &escape(package_name)),
             ("credits", &payment.credits.to_string()),
+            ("for", &target),
             ("price", &price),
             ("status", &escape(&status)),
             ("notice", &notice),
@@ -78,6 +90,7 @@ pub(crate) mod tests {
             reference: "cd_1".into(),
             tenant: "t".into(),
             user: "u".into(),
+            pool: None,
             currency: crate::engine::types::Currency::CREDITS,
             package: "p".into(),
             credits: 5,

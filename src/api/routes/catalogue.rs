@@ -41,8 +41,9 @@ struct PackageBody<'a> {
     currency: Option<Cow<'a, str>>,
     #[serde(default)]
     active: Option<bool>,
+    /// Where it is shown among the packages; checked below, so that a bad one is named.
     #[serde(default)]
-    position: Option<u32>,
+    position: Option<i64>,
 }
 
 /// A catalogue action.
@@ -200,6 +201,16 @@ pub async fn get_package(call: &Call<'_>) -> Answer {
 pub async fn put_package(call: &Call<'_>) -> Answer {
     let id = &*call.param;
     let body: PackageBody = parse_json(&call.body)?;
+    let position = match body.position {
+        None => 0,
+        Some(position) => u32::try_from(position).map_err(|_| {
+            Problem::invalid(format!(
+                "position must be a whole number from 0 to {}, not {position}",
+                u32::MAX
+            ))
+            .with("field", "position")
+        })?,
+    };
     let existed = call.tenant.packages().iter().any(|p| p.package_id == id);
     let terms = PackageSpec {
         name: &body.name,
@@ -208,7 +219,7 @@ pub async fn put_package(call: &Call<'_>) -> Answer {
         price_minor: body.price_minor,
         price_currency: Currency::new(&body.price_currency)?,
         active: body.active.unwrap_or(true),
-        position: body.position.unwrap_or(0),
+        position,
     };
     let lsn = call
         .state

@@ -1,4 +1,5 @@
 //! `GET /v1/users/{user_id}/payments`: a user's checkouts and automatic top-ups, newest first,
+//! and `GET /v1/pools/{pool_id}/payments` (admin): the packages bought for a credit pool, alike,
 //! from the history, which keeps them after the engine has forgotten a settled payment
 //! (`payments.retention`).
 //!
@@ -10,7 +11,9 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::entries::{history_error, page_cursor, page_limit, user_history, DEFAULT_LIMIT};
+use super::entries::{
+    catch_up, history, history_error, page_cursor, page_limit, user_history, DEFAULT_LIMIT,
+};
 use crate::api::call::{ok, Answer, Call};
 use crate::api::dto::{PrefixedId, ENTRY_PREFIX};
 use crate::api::problem::Problem;
@@ -78,6 +81,36 @@ pub async fn list_payments(call: &Call<'_>) -> Answer {
     .await
     .map_err(|error| history_error(error.to_string()))?
     .map_err(|error| history_error(error.to_string()))?;
+    page(&listed, limit)
+}
+
+/// `GET /v1/pools/{pool_id}/payments` (admin): the packages bought for the pool, newest first.
+pub async fn list_pool_payments(call: &Call<'_>) -> Answer {
+    let pool = call.param.to_string();
+    let query = parse_query(call.query)?;
+    let reader = history(call)?;
+    // A pool of another tenant, or none: 404 as if absent.
+    call.state.engine.pool(&call.tenant, &pool)?;
+    catch_up(&reader, call.state.engine.wal().durable_lsn()).await;
+    let tenant = call.tenant.id.to_string();
+    let limit = query.limit;
+    let listed = tokio::task::spawn_blocking(move || {
+        reader.pool_payments(
+            &tenant,
+            &pool,
+            query.status.as_deref(),
+            query.before_lsn,
+            limit,
+        )
+    })
+    .await
+    .map_err(|error| history_error(error.to_string()))?
+    .map_err(|error| history_error(error.to_string()))?;
+    page(&listed, limit)
+}
+
+/// A page of payments, with the cursor of the next one if this one is full.
+fn page(listed: &[ListedPayment], limit: u32) -> Answer {
     let payments: Vec<Payment<'_>> = listed.iter().map(payment).collect();
     let next_cursor = (listed.len() == limit as usize)
         .then(|| {

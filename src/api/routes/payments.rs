@@ -7,22 +7,28 @@ use std::borrow::Cow;
 use http::StatusCode;
 use serde::Deserialize;
 
+use crate::api::auth;
 use crate::api::call::{wait_durable, written, Answer, Call, Open};
 use crate::api::dto::{metadata, rule_json, ENTRY_PREFIX};
 use crate::api::problem::Problem;
 use crate::api::request::{parse_json, query_pairs, unknown_parameter};
 use crate::api::response::json_response;
+use crate::config::Role;
 use crate::engine::payments::{AutoTopupRequest, PaymentStatus, PaymentView, Settlement, Verdict};
 use crate::engine::types::Decline;
 use crate::engine::types::{check_email, Currency, EngineError, EMAIL_RULE};
-use crate::payments::{InitializeRequest, WebhookOutcome};
+use crate::payments::{InitializeRequest, PaymentTarget, WebhookOutcome};
 use crate::time::format_rfc3339_ms;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InitializeBody<'a> {
-    #[serde(borrow)]
-    user_id: Cow<'a, str>,
+    /// The user whose wallet the credits go to; or `pool_id`, not both.
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    /// The credit pool the credits go to (admin keys); or `user_id`, not both.
+    #[serde(borrow, default)]
+    pool_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     package_id: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -33,16 +39,39 @@ struct InitializeBody<'a> {
     metadata: Option<&'a serde_json::value::RawValue>,
 }
 
-/// `POST /v1/payments/initialize`.
+/// `POST /v1/payments/initialize`: a checkout for a user's wallet (`user_id`) or, with an admin
+/// key, for a credit pool (`pool_id`, which has no profile: `email` is required).
 pub async fn initialize(call: &Call<'_>) -> Answer {
     let body: InitializeBody = parse_json(&call.body)?;
+    let target = match (body.user_id.as_deref(), body.pool_id.as_deref()) {
+        (Some(user), None) => PaymentTarget::User(user),
+        (None, Some(pool)) => {
+            // A pool is the administrators' to manage; so is buying credits for it.
+            auth::require(call.role, Role::Admin)?;
+            PaymentTarget::Pool(pool)
+        }
+        (Some(_), Some(_)) => {
+            return Err(
+                Problem::invalid("send user_id or pool_id, not both").with("field", "pool_id")
+            )
+        }
+        (None, None) => {
+            return Err(Problem::invalid("required: user_id (or pool_id)").with("field", "user_id"))
+        }
+    };
     // Without an `email`, the one on the user's profile (gateways need one to send a receipt).
-    let email = match body.email {
-        Some(email) => email.into_owned(),
-        None => profile_email(call, &body.user_id)?,
+    let email = match (body.email, target) {
+        (Some(email), _) => email.into_owned(),
+        (None, PaymentTarget::User(user)) => profile_email(call, user)?,
+        (None, PaymentTarget::Pool(_)) => {
+            return Err(Problem::invalid(
+                "required for a pool's payment: the payer's e-mail, for the gateway's receipt",
+            )
+            .with("field", "email"))
+        }
     };
     let request = InitializeRequest {
-        user: &body.user_id,
+        target,
         package: &body.package_id,
         email: &email,
         callback_url: body.callback_url.as_deref(),
@@ -88,7 +117,7 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
         }
         PaymentStatus::Failed { decline } => ("failed", None, Some(decline.as_str())),
     };
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "reference": payment.reference,
         "user_id": payment.user,
         "package_id": payment.package,
@@ -107,7 +136,13 @@ fn payment_json(payment: &PaymentView) -> serde_json::Value {
         "checkout_url": payment.checkout_url,
         "metadata": payment_metadata(payment.metadata.as_deref()),
         "created_at": format_rfc3339_ms(payment.created_ms),
-    })
+    });
+    // A pool's payment names its pool instead of a user.
+    if let Some(pool) = &payment.pool {
+        json["user_id"] = serde_json::Value::Null;
+        json["pool_id"] = serde_json::Value::from(pool.as_str());
+    }
+    json
 }
 
 /// A payment's metadata as the JSON object the engine checked it is, or `null`.

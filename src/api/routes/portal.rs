@@ -24,7 +24,7 @@ use crate::api::response::text_response;
 use crate::api::routes::users::WalletReader;
 use crate::api::ApiState;
 use crate::engine::Tenant;
-use crate::payments::InitializeRequest;
+use crate::payments::{InitializeRequest, PaymentTarget};
 use crate::stream::token::{Claims, Purpose, TokenError};
 
 /// The page, embedded.
@@ -53,10 +53,17 @@ pub async fn create_session(call: &Call<'_>) -> Answer {
     call.tenant.user(user)?;
     let return_url = body.return_url.unwrap_or_default();
     if !return_url.is_empty() {
-        check_return_url(
-            &return_url,
-            &call.state.streams_config.portal_return_origins,
-        )?;
+        // The tenant's own origins when it set some; else the server's default.
+        let tenant_origins = call.state.engine.tenant_portal_origins(&call.tenant);
+        let (origins, setting) = if tenant_origins.is_empty() {
+            (
+                &call.state.streams_config.portal_return_origins,
+                "streams.portal_return_origins",
+            )
+        } else {
+            (&tenant_origins, "the tenant's portal_return_origins")
+        };
+        check_return_url(&return_url, origins, setting)?;
     }
     let state = call.state;
     let expires_at = state.engine.now_ms() / 1000
@@ -74,8 +81,9 @@ pub async fn create_session(call: &Call<'_>) -> Answer {
     }))
 }
 
-/// A `return_url` must be an absolute http(s) URL on an allowed origin: no open redirects.
-fn check_return_url(url: &str, origins: &[String]) -> Result<(), Problem> {
+/// A `return_url` must be an absolute http(s) URL on an allowed origin (of `origins`, which
+/// `setting` names): no open redirects.
+fn check_return_url(url: &str, origins: &[String], setting: &str) -> Result<(), Problem> {
     let refused = |detail: String| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,7 +104,7 @@ fn check_return_url(url: &str, origins: &[String]) -> Result<(), Problem> {
         .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(&origin))
     {
         return Err(refused(format!(
-            "return_url's origin {origin} is not one streams.portal_return_origins allows"
+            "return_url's origin {origin} is not one {setting} allows"
         )));
     }
     Ok(())
@@ -263,7 +271,7 @@ pub async fn checkout(open: &Open<'_>) -> Answer {
             .with("field", "email")
     })?;
     let request = InitializeRequest {
-        user: &claims.user,
+        target: PaymentTarget::User(&claims.user),
         package: &body.package_id,
         email: &email,
         callback_url: (!claims.extra.is_empty()).then_some(claims.extra.as_str()),

@@ -10,7 +10,9 @@
 //! that lets it fill is cut off (the request path never waits for a stream).
 //!
 //! Who may open one: a service key of the user's tenant (the route table lists the route as open,
-//! and this file checks the key), or `?token=`, a stream token for that very user.
+//! and this file checks the key), or `?token=`, a stream token for that very user. A stream opened
+//! with a token ends when the token expires: a last event `expired` says so, and the connection
+//! closes (the reader opens a new one with a new token); a stream opened with a key does not end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +95,8 @@ pub async fn wallet_stream(open: &Open<'_>) -> Answer {
             _ => return Err(unknown_parameter(&name)),
         }
     }
+    // A stream opened with a token ends when the token does (Unix seconds).
+    let mut expires_at = None;
     let tenant = match token {
         Some(token) => {
             let now_seconds = state.engine.now_ms() / 1000;
@@ -103,6 +107,7 @@ pub async fn wallet_stream(open: &Open<'_>) -> Answer {
             if claims.user != user {
                 return Err(Problem::forbidden("the token is for another user"));
             }
+            expires_at = Some(claims.expires_at);
             state
                 .engine
                 .tenant(&claims.tenant)
@@ -145,6 +150,11 @@ pub async fn wallet_stream(open: &Open<'_>) -> Answer {
         keepalive: Duration::from_secs(state.streams_config.keepalive_seconds.max(1)),
         sent_lsn: 0,
         sent: Vec::new(),
+        expires: expires_at.map(|seconds| {
+            let left_ms = seconds.saturating_mul(1000) - state.engine.now_ms();
+            let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+            (tokio::time::Instant::now() + left, seconds)
+        }),
     };
     tokio::spawn(stream.run(resume));
     let mut response = empty_response(StatusCode::OK);
@@ -175,6 +185,9 @@ struct Stream {
     sent_lsn: u64,
     /// The JSON of the last view sent, so that a wake that changed nothing shown sends nothing.
     sent: Vec<u8>,
+    /// For a stream opened with a token: when the token expires (and the Unix second it names).
+    /// The stream ends then with an `expired` event; one opened with a key never expires.
+    expires: Option<(tokio::time::Instant, i64)>,
 }
 
 /// Why a stream ended.
@@ -185,6 +198,8 @@ enum End {
     Slow,
     /// The server is shutting down.
     Shutdown,
+    /// The stream token it was opened with expired.
+    Expired,
 }
 
 impl Stream {
@@ -194,6 +209,7 @@ impl Stream {
             End::Gone => return,
             End::Slow => "slow_reader",
             End::Shutdown => "shutdown",
+            End::Expired => "token_expired",
         };
         metrics::counter!(names::STREAMS_CUT_TOTAL, "reason" => reason).increment(1);
     }
@@ -215,10 +231,16 @@ impl Stream {
             self.sent_lsn = lsn;
         }
         let watch = Arc::clone(self.subscription.watch());
+        // Far enough ahead to never come for a stream without a token.
+        let expiry = self.expires.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400),
+            |(at, _)| at,
+        );
         loop {
             tokio::select! {
                 biased;
                 () = self.sender.closed() => return End::Gone,
+                () = tokio::time::sleep_until(expiry) => return self.expire(),
                 () = watch.woken() => {}
                 () = tokio::time::sleep(self.keepalive) => {
                     if let Err(end) = self.offer(Bytes::from_static(b": keep-alive\n\n")) {
@@ -236,6 +258,23 @@ impl Stream {
             if let Err(end) = self.send_view(false).await {
                 return end;
             }
+        }
+    }
+
+    /// Tells the reader its token expired, in a last event, and ends the stream. A browser's
+    /// `EventSource` would otherwise reconnect with the expired token and fail; the event says
+    /// to get a new token first (the portal page does).
+    fn expire(&self) -> End {
+        let expires_at = self.expires.map_or(0, |(_, seconds)| seconds);
+        let data = serde_json::json!({
+            "reason": "token-expired",
+            "expires_at": crate::time::format_rfc3339_ms(expires_at.saturating_mul(1000)),
+            "detail": "the stream token expired: open the stream again with a new token",
+        });
+        let event = format!("event: expired\ndata: {data}\n\n");
+        match self.offer(Bytes::from(event)) {
+            Ok(()) => End::Expired,
+            Err(end) => end,
         }
     }
 

@@ -12,7 +12,9 @@ use crate::api::problem::Problem;
 use crate::api::request::parse_json_or_empty;
 use crate::api::response::json_response;
 use crate::engine::types::{Currency, CurrencySpec, EngineError, Missing};
-use crate::engine::{Tenant, TenantSpec, TenantView};
+use crate::engine::{
+    normal_portal_origin, Tenant, TenantSpec, TenantView, MAX_PORTAL_RETURN_ORIGINS,
+};
 
 /// `PUT /v1/tenants/{tenant_id}`.
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +33,10 @@ struct TenantBody<'a> {
     /// Every currency the tenant has, with its decimals; absent leaves them as they are.
     #[serde(default, deserialize_with = "crate::api::dto::objects_option")]
     currencies: Option<Vec<CurrencyBody<'a>>>,
+    /// The origins its portal sessions may return to (at most 16); `[]` gives the server's
+    /// `streams.portal_return_origins` back; absent leaves them as they are.
+    #[serde(borrow, default)]
+    portal_return_origins: Option<Vec<Cow<'a, str>>>,
 }
 
 /// One currency of `PUT /v1/tenants/{tenant_id}`.
@@ -63,6 +69,8 @@ struct TenantJson {
     /// Where events go (the secret is never shown).
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_url: Option<String>,
+    /// The origins its portal sessions may return to; empty: the server's default.
+    portal_return_origins: Vec<String>,
 }
 
 impl From<TenantView> for TenantJson {
@@ -82,6 +90,7 @@ impl From<TenantView> for TenantJson {
             currencies_defined: view.currencies_defined,
             users: view.users,
             webhook_url: None,
+            portal_return_origins: view.portal_return_origins,
         }
     }
 }
@@ -141,6 +150,13 @@ pub async fn put_tenant(call: &Call<'_>) -> Answer {
             )
         }
     };
+    let origins: Option<Vec<&str>> = body
+        .portal_return_origins
+        .as_ref()
+        .map(|list| list.iter().map(|origin| &**origin).collect());
+    if let Some(origins) = &origins {
+        check_origins(origins)?;
+    }
     let currencies = match &body.currencies {
         Some(list) => Some(
             list.iter()
@@ -174,6 +190,13 @@ pub async fn put_tenant(call: &Call<'_>) -> Answer {
             .engine
             .set_tenant_webhook(&tenant, url, secret, &call.context(None))?;
     }
+    if let Some(origins) = &origins {
+        last = last.max(call.state.engine.set_tenant_portal_origins(
+            &tenant,
+            origins,
+            &call.context(None),
+        )?);
+    }
     call.durable(last.max(lsn)).await?;
     let status = if created {
         StatusCode::CREATED
@@ -182,4 +205,29 @@ pub async fn put_tenant(call: &Call<'_>) -> Answer {
     };
     let json = tenant_json(call, tenant.view(), Some(&tenant));
     Ok(json_response(status, &json))
+}
+
+/// Checks `portal_return_origins` before anything is written, naming the first that is not an
+/// origin (the engine checks them again, without the name).
+fn check_origins(origins: &[&str]) -> Result<(), Problem> {
+    if origins.len() > MAX_PORTAL_RETURN_ORIGINS {
+        return Err(Problem::invalid(format!(
+            "portal_return_origins holds {} origins, at most {MAX_PORTAL_RETURN_ORIGINS} are allowed",
+            origins.len()
+        ))
+        .with("field", "portal_return_origins"));
+    }
+    if let Some(bad) = origins
+        .iter()
+        .find(|origin| normal_portal_origin(origin).is_none())
+    {
+        let shown: String = bad.chars().take(200).collect();
+        return Err(Problem::invalid(format!(
+            "portal_return_origins: {shown:?} is not an origin: each must be an absolute http or \
+             https origin such as \"https://app.example.com\", with no path, query or fragment"
+        ))
+        .with("field", "portal_return_origins")
+        .with("value", shown));
+    }
+    Ok(())
 }

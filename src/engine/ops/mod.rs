@@ -19,7 +19,10 @@ use super::types::{CreditKind, Currency, Lsn};
 pub(crate) use pools::allowance;
 pub use pools::PoolCreditRequest;
 pub(crate) use tenants::is_http_url;
-pub use tenants::{check_currencies, check_tenant_webhook, TenantSpec};
+pub use tenants::{
+    check_currencies, check_portal_return_origins, check_tenant_webhook, normal_portal_origin,
+    TenantSpec, MAX_PORTAL_RETURN_ORIGINS,
+};
 
 /// What a debit or reservation spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

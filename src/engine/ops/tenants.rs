@@ -150,6 +150,49 @@ impl Engine {
         )
     }
 
+    /// Sets the origins the tenant's portal sessions may return to (see
+    /// [`check_portal_return_origins`]); an empty list gives the server's default back. An
+    /// unchanged list writes nothing and returns the tenant's last change.
+    pub fn set_tenant_portal_origins(
+        &self,
+        tenant: &Tenant,
+        origins: &[&str],
+        context: &Context<'_>,
+    ) -> Result<Lsn, EngineError> {
+        let origins = check_portal_return_origins(origins)?;
+        {
+            let catalogue = tenant.catalogue.read();
+            let same = catalogue.portal_return_origins.len() == origins.len()
+                && catalogue
+                    .portal_return_origins
+                    .iter()
+                    .zip(&origins)
+                    .all(|(kept, given)| **kept == **given);
+            if same {
+                return Ok(catalogue.last_lsn);
+            }
+        }
+        let meta = self.meta(context, self.clock.now_ms(), None);
+        self.change_catalogue(
+            tenant,
+            &Event::TenantPortalOriginsSet {
+                tenant: &tenant.id,
+                origins: origins.iter().map(String::as_str).collect(),
+                meta,
+            },
+        )
+    }
+
+    /// The origins the tenant's portal sessions may return to; empty: the server's default.
+    pub fn tenant_portal_origins(&self, tenant: &Tenant) -> Vec<String> {
+        let catalogue = tenant.catalogue.read();
+        catalogue
+            .portal_return_origins
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// The tenant's event endpoint and signing secret.
     pub fn tenant_webhook(&self, tenant: &Tenant) -> Option<(String, String)> {
         let catalogue = tenant.catalogue.read();
@@ -189,6 +232,54 @@ pub fn check_tenant_webhook(url: Option<&str>, secret: Option<&str>) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// The most origins a tenant's portal sessions may return to.
+pub const MAX_PORTAL_RETURN_ORIGINS: usize = 16;
+
+/// Checks the origins a tenant's portal sessions may return to and returns them in their one
+/// form (`scheme://host[:port]`, lower case, without a trailing `/`), each once, in the order
+/// given: at most [`MAX_PORTAL_RETURN_ORIGINS`], each an absolute `http` or `https` origin with a
+/// host and nothing after it (no path, query or fragment, no user information). The refusal
+/// names the first origin that is not one.
+pub fn check_portal_return_origins(origins: &[&str]) -> Result<Vec<String>, EngineError> {
+    if origins.len() > MAX_PORTAL_RETURN_ORIGINS {
+        return Err(EngineError::Invalid(Invalid::new(
+            "portal_return_origins",
+            "must hold at most 16 origins",
+        )));
+    }
+    let mut checked: Vec<String> = Vec::with_capacity(origins.len());
+    for origin in origins {
+        let normal = normal_portal_origin(origin).ok_or(EngineError::Invalid(Invalid::new(
+            "portal_return_origins",
+            "each must be an absolute http(s) origin such as \"https://app.example.com\", with no \
+             path, query or fragment",
+        )))?;
+        if !checked.contains(&normal) {
+            checked.push(normal);
+        }
+    }
+    Ok(checked)
+}
+
+/// `scheme://host[:port]` in lower case, if `origin` is an http(s) origin and nothing more (a
+/// trailing `/` is allowed and dropped).
+pub fn normal_portal_origin(origin: &str) -> Option<String> {
+    let trimmed = origin.strip_suffix('/').unwrap_or(origin);
+    if !is_http_url(trimmed) || trimmed.contains(['?', '#', '@']) {
+        return None;
+    }
+    let uri = trimmed.parse::<http::Uri>().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?.as_str();
+    let rest = &trimmed[scheme.len() + 3..];
+    // Nothing after the authority: no path (the URI parser lets `/` through as a path).
+    (rest == authority
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/"))
+    .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
 }
 
 /// Checks a tenant's list of currencies: 1 to [`MAX_TENANT_CURRENCIES`] distinct codes with 0 to

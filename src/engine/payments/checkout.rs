@@ -3,7 +3,7 @@
 use crate::engine::event::{Event, Meta, PaymentTerms, WalletRef};
 use crate::engine::state::Tenant;
 use crate::engine::types::{
-    check_id, check_metadata, EngineError, Invalid, Limits, Lsn, Missing, PaymentPurpose,
+    check_id, check_metadata, Currency, EngineError, Invalid, Limits, Lsn, Missing, PaymentPurpose,
 };
 use crate::engine::{Context, Engine};
 
@@ -26,6 +26,21 @@ pub struct CheckoutRequest<'a> {
     pub metadata: Option<&'a str>,
 }
 
+/// Start a checkout for a package bought for a credit pool: its credits go to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCheckoutRequest<'a> {
+    /// The pool credited.
+    pub pool: &'a str,
+    /// The package bought; its credits must be in the pool's currency.
+    pub package: &'a str,
+    /// creditd's reference for it (see [`super::new_reference`]).
+    pub reference: &'a str,
+    /// The gateway that takes the payment.
+    pub gateway: &'a str,
+    /// The caller's metadata, as for [`CheckoutRequest::metadata`].
+    pub metadata: Option<&'a str>,
+}
+
 impl Engine {
     /// Records a checkout: the reference, the user, the package's credits and price at this moment.
     /// The gateway is called after this record is durable.
@@ -39,26 +54,7 @@ impl Engine {
         check_id("package_id", request.package)?;
         check_reference(request.reference)?;
         check_payment_metadata(request.metadata, &self.options.limits)?;
-        let (credits, currency, amount_minor, price_currency) = {
-            let catalogue = tenant.catalogue.read();
-            let package = catalogue
-                .packages
-                .get(request.package)
-                .filter(|p| p.active)
-                .ok_or(EngineError::NotFound(Missing::Package))?;
-            (
-                package.credits,
-                package.currency,
-                package.price_minor,
-                package.price_currency,
-            )
-        };
-        let terms = PaymentTerms {
-            package: request.package,
-            credits,
-            amount_minor,
-            price_currency,
-        };
+        let (terms, currency) = package_terms(tenant, request.package)?;
         let mut account = tenant
             .users
             .get_mut(request.user)
@@ -98,6 +94,61 @@ impl Engine {
         Ok((view, lsn))
     }
 
+    /// Records a checkout for a pool: the reference, the pool, the package's credits and price at
+    /// this moment, under the pool's lock. A package whose credits are in another currency than
+    /// the pool's is refused. The gateway is called after this record is durable.
+    pub fn start_pool_checkout(
+        &self,
+        tenant: &Tenant,
+        request: &PoolCheckoutRequest<'_>,
+        context: &Context<'_>,
+    ) -> Result<(PaymentView, Lsn), EngineError> {
+        check_id("pool_id", request.pool)?;
+        check_id("package_id", request.package)?;
+        check_reference(request.reference)?;
+        check_payment_metadata(request.metadata, &self.options.limits)?;
+        let (terms, currency) = package_terms(tenant, request.package)?;
+        let mut guard = tenant
+            .lock_pool(request.pool)
+            .ok_or(EngineError::NotFound(Missing::Pool))?;
+        let (id, pool) = guard.split();
+        if pool.currency != currency {
+            return Err(EngineError::Invalid(Invalid::new(
+                "package_id",
+                "the package's credits are in another currency than the pool's",
+            )));
+        }
+        // As for a user's checkout: one request issues a reference at a time.
+        let _claim = self
+            .claim_reference(request.reference)
+            .ok_or(EngineError::Conflict(
+                "this payment reference is being issued",
+            ))?;
+        if self.state.payments.contains_key(request.reference) {
+            return Err(EngineError::Conflict(
+                "this payment reference is already in use",
+            ));
+        }
+        let event = Event::PoolPaymentInitialized {
+            tenant: &tenant.id,
+            pool: id,
+            currency,
+            reference: request.reference,
+            terms,
+            gateway: request.gateway,
+            meta: Meta {
+                metadata: request.metadata,
+                ..self.meta(context, self.clock.now_ms(), None)
+            },
+        };
+        let lsn = self.commit_pool_payment(pool, &event)?;
+        drop(guard);
+        let view = self
+            .payment(request.reference)
+            .ok_or(EngineError::Conflict("payment vanished"))?;
+        Ok((view, lsn))
+    }
+
     /// Records the gateway's checkout page of a pending payment, so a replayed `initialize` answers
     /// the same page.
     pub fn open_checkout(&self, reference: &str, checkout_url: &str) -> Result<Lsn, EngineError> {
@@ -107,18 +158,37 @@ impl Engine {
                 "must be 1 to 2048 characters",
             )));
         }
-        let (tenant, user, currency) = {
+        let (tenant, user, pool, currency) = {
             let entry = self
                 .state
                 .payments
                 .get(reference)
                 .ok_or(EngineError::Conflict("unknown payment"))?;
-            (entry.tenant.clone(), entry.user.clone(), entry.currency)
+            (
+                entry.tenant.clone(),
+                entry.user.clone(),
+                entry.pool.clone(),
+                entry.currency,
+            )
         };
         let tenant = self
             .state
             .tenant(&tenant)
             .ok_or(EngineError::NotFound(Missing::Tenant))?;
+        if let Some(pool) = pool {
+            let mut guard = tenant
+                .lock_pool(&pool)
+                .ok_or(EngineError::NotFound(Missing::Pool))?;
+            let (id, pool) = guard.split();
+            let event = Event::PoolPaymentCheckoutOpened {
+                tenant: &tenant.id,
+                pool: id,
+                reference,
+                checkout_url,
+                meta: Meta::system(self.clock.now_ms()),
+            };
+            return self.commit_pool_payment(pool, &event);
+        }
         let mut account = tenant
             .users
             .get_mut(user.as_str())
@@ -135,6 +205,27 @@ impl Engine {
         };
         self.commit_event(&tenant, &mut account, &event)
     }
+}
+
+/// What a payment for the active package `package` buys, as of now, and the currency of its
+/// credits. The catalogue's lock is taken and let go here, before any user's or pool's.
+fn package_terms<'a>(
+    tenant: &Tenant,
+    package: &'a str,
+) -> Result<(PaymentTerms<'a>, Currency), EngineError> {
+    let catalogue = tenant.catalogue.read();
+    let found = catalogue
+        .packages
+        .get(package)
+        .filter(|p| p.active)
+        .ok_or(EngineError::NotFound(Missing::Package))?;
+    let terms = PaymentTerms {
+        package,
+        credits: found.credits,
+        amount_minor: found.price_minor,
+        price_currency: found.price_currency,
+    };
+    Ok((terms, found.currency))
 }
 
 /// Checks a payment's metadata: what [`check_metadata`] checks of any metadata, and that it is a

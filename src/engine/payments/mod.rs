@@ -25,7 +25,7 @@ use super::Engine;
 pub use autotopup::{
     AutoTopupRequest, MethodView, RuleView, TopupCharge, TopupDecision, TopupPolicy, TopupSkip,
 };
-pub use checkout::CheckoutRequest;
+pub use checkout::{CheckoutRequest, PoolCheckoutRequest};
 pub use settlement::{MethodDetails, Settlement, Verdict};
 
 /// The most characters of a payment reference.
@@ -55,9 +55,11 @@ pub struct PaymentView {
     pub reference: String,
     /// The tenant.
     pub tenant: String,
-    /// The paying user.
+    /// The paying user; empty for a pool's payment.
     pub user: String,
-    /// The wallet currency of the credits.
+    /// The credit pool the credits go to, for a pool's payment.
+    pub pool: Option<String>,
+    /// The wallet (or pool) currency of the credits.
     pub currency: Currency,
     /// The package.
     pub package: String,
@@ -92,6 +94,7 @@ impl PaymentView {
             reference: reference.to_owned(),
             tenant: entry.tenant.to_string(),
             user: entry.user.to_string(),
+            pool: entry.pool.as_ref().map(ToString::to_string),
             currency: entry.currency,
             package: entry.package.to_string(),
             credits: entry.credits,
@@ -191,7 +194,7 @@ impl Engine {
     /// user's lock, the lock settlements take, so a settlement never loses its payment midway.
     pub(in crate::engine) fn purge_payments(&self, now_ms: i64) -> u64 {
         let cutoff_ms = now_ms.saturating_sub(self.state.payment_retention_ms);
-        let candidates: Vec<(String, String, String)> = self
+        let candidates: Vec<(String, String, String, Option<String>)> = self
             .state
             .payments
             .iter()
@@ -201,17 +204,23 @@ impl Engine {
                     entry.key().to_string(),
                     entry.tenant.to_string(),
                     entry.user.to_string(),
+                    entry.pool.as_ref().map(ToString::to_string),
                 )
             })
             .collect();
         let mut purged = 0;
-        for (reference, tenant, user) in candidates {
+        for (reference, tenant, user, pool) in candidates {
             let Some(tenant) = self.state.tenant(&tenant) else {
                 continue;
             };
-            let Some(_user_lock) = tenant.users.get_mut(user.as_str()) else {
-                continue;
+            // A pool's payment changes under the pool's lock, a user's under the user's.
+            let (user_lock, pool_lock) = match &pool {
+                Some(pool) => (None, tenant.lock_pool(pool)),
+                None => (tenant.users.get_mut(user.as_str()), None),
             };
+            if user_lock.is_none() && pool_lock.is_none() {
+                continue;
+            }
             if self
                 .state
                 .payments

@@ -104,6 +104,16 @@ struct Settling<'a> {
     meta: Meta<'a>,
 }
 
+/// A pool's payment a gateway reports on, and what to record if it turns out unknown.
+struct PoolSettling<'a> {
+    tenant: &'a Tenant,
+    pool: &'a str,
+    reference: &'a str,
+    gateway: &'a str,
+    detail: &'a str,
+    now_ms: i64,
+}
+
 /// A gateway's report that a pending (or failed) payment was paid in its recorded terms.
 struct Paid<'a> {
     entry: &'a PaymentEntry,
@@ -125,9 +135,20 @@ impl Engine {
         detail: &str,
     ) -> Result<Settlement, EngineError> {
         let now_ms = self.clock.now_ms();
-        let Some((tenant, user)) = self.issuer(reference, gateway) else {
+        let Some((tenant, user, pool)) = self.issuer(reference, gateway) else {
             return self.record_unmatched(gateway, reference, detail, now_ms);
         };
+        if let Some(pool) = pool {
+            let settling = PoolSettling {
+                tenant: &tenant,
+                pool: &pool,
+                reference,
+                gateway,
+                detail,
+                now_ms,
+            };
+            return self.settle_pool_payment(&settling, verdict);
+        }
         let mut account = tenant
             .users
             .get_mut(user.as_str())
@@ -187,18 +208,146 @@ impl Engine {
         }
     }
 
-    /// The tenant and user of a payment `gateway` reports on, if creditd issued its reference
-    /// through that gateway; `None` makes the report one to record, not to credit.
-    fn issuer(&self, reference: &str, gateway: &str) -> Option<(Arc<Tenant>, CompactString)> {
-        let (tenant, user, issued_by) = self.state.payments.get(reference).map(|entry| {
+    /// The tenant and user (or pool) of a payment `gateway` reports on, if creditd issued its
+    /// reference through that gateway; `None` makes the report one to record, not to credit.
+    fn issuer(
+        &self,
+        reference: &str,
+        gateway: &str,
+    ) -> Option<(Arc<Tenant>, CompactString, Option<CompactString>)> {
+        let (tenant, user, pool, issued_by) = self.state.payments.get(reference).map(|entry| {
             (
                 entry.tenant.clone(),
                 entry.user.clone(),
+                entry.pool.clone(),
                 entry.gateway.clone(),
             )
         })?;
         let tenant = self.state.tenant(&tenant)?;
-        (issued_by == gateway && check_reference(reference).is_ok()).then_some((tenant, user))
+        (issued_by == gateway && check_reference(reference).is_ok()).then_some((tenant, user, pool))
+    }
+
+    /// Applies a gateway's verdict on a pool's payment, exactly once per reference: under the
+    /// pool's lock, which every change of a pool's payment takes, so a second delivery finds it
+    /// settled. Credits the pool the terms' credits if the amount and currency match them.
+    fn settle_pool_payment(
+        &self,
+        settling: &PoolSettling<'_>,
+        verdict: &Verdict<'_>,
+    ) -> Result<Settlement, EngineError> {
+        let (tenant, reference) = (settling.tenant, settling.reference);
+        let mut guard = tenant
+            .lock_pool(settling.pool)
+            .ok_or(EngineError::NotFound(Missing::Pool))?;
+        let Some(entry) = self
+            .state
+            .payments
+            .get(reference)
+            .map(|entry| entry.clone())
+            .filter(|entry| entry.pool.as_deref() == Some(settling.pool))
+        else {
+            drop(guard);
+            let (gateway, detail) = (settling.gateway, settling.detail);
+            return self.record_unmatched(gateway, reference, detail, settling.now_ms);
+        };
+        let late_payment = paid_after_failing(&entry, verdict);
+        if late_payment {
+            tracing::warn!(%reference, "a pool's payment recorded failed was reported paid: crediting it");
+        }
+        if entry.state != PaymentState::Pending && !late_payment {
+            return Ok(Settlement::AlreadySettled {
+                payment: PaymentView::new(reference, &entry),
+                lsn: entry.last_lsn,
+            });
+        }
+        let (id, pool) = guard.split();
+        let meta = Meta {
+            reference: Some(reference),
+            ..Meta::system(settling.now_ms)
+        };
+        // What failed, and why, if it did; the reason of a mismatch is made here.
+        let mismatch_reason;
+        let failure = match *verdict {
+            Verdict::Paid {
+                paid_minor,
+                paid_currency,
+                ..
+            } => {
+                let same_currency = paid_currency
+                    .as_str()
+                    .eq_ignore_ascii_case(entry.price_currency.as_str());
+                if paid_minor == entry.amount_minor && same_currency {
+                    None
+                } else {
+                    mismatch_reason = format!(
+                        "paid {paid_minor} {paid_currency}, the package costs {} {}",
+                        entry.amount_minor, entry.price_currency
+                    );
+                    Some((Decline::Mismatch, mismatch_reason.as_str()))
+                }
+            }
+            Verdict::Declined { decline, reason } => Some((decline, reason)),
+        };
+        let event = match (failure, *verdict) {
+            (Some((decline, reason)), _) => Event::PoolPaymentFailed {
+                tenant: &tenant.id,
+                pool: id,
+                reference,
+                decline,
+                reason: truncate(reason, 256),
+                meta,
+            },
+            (
+                None,
+                Verdict::Paid {
+                    paid_minor,
+                    paid_currency,
+                    ..
+                },
+            ) => {
+                let balance_after = pool
+                    .balance
+                    .checked_add(entry.credits)
+                    .ok_or(EngineError::Overflow)?;
+                Event::PoolPaymentSucceeded {
+                    tenant: &tenant.id,
+                    pool: id,
+                    currency: pool.currency,
+                    reference,
+                    credits: entry.credits,
+                    paid_minor,
+                    paid_currency,
+                    balance_after,
+                    available_after: balance_after
+                        .checked_sub(pool.reserved)
+                        .ok_or(EngineError::Overflow)?,
+                    meta,
+                }
+            }
+            (None, Verdict::Declined { .. }) => {
+                return Err(EngineError::Conflict("a decline without a failure"))
+            }
+        };
+        let decline = failure.map(|(decline, _)| decline);
+        let lsn = self.commit_pool_payment(pool, &event)?;
+        let (balance, available) = (pool.balance, pool.available());
+        drop(guard);
+        let payment = self
+            .payment(reference)
+            .ok_or(EngineError::Conflict("payment vanished"))?;
+        Ok(match decline {
+            Some(decline) => Settlement::Failed {
+                payment,
+                decline,
+                lsn,
+            },
+            None => Settlement::Credited {
+                payment,
+                balance,
+                available,
+                lsn,
+            },
+        })
     }
 
     /// A report on a payment already settled changes nothing, but may still carry the reusable

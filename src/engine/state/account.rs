@@ -261,6 +261,11 @@ impl Account {
             | Event::PackagePut { .. }
             | Event::PackageDeleted { .. }
             | Event::TenantWebhookSet { .. }
+            | Event::TenantPortalOriginsSet { .. }
+            | Event::PoolPaymentInitialized { .. }
+            | Event::PoolPaymentCheckoutOpened { .. }
+            | Event::PoolPaymentSucceeded { .. }
+            | Event::PoolPaymentFailed { .. }
             | Event::PaymentUnmatched { .. } => {
                 return Err(mismatch("tenant-level event applied to a user"))
             }

@@ -57,6 +57,8 @@ pub(crate) struct Catalogue {
     /// Where the tenant's application receives events, and the secret that signs them.
     pub webhook_url: Option<Box<str>>,
     pub webhook_secret: Option<Box<str>>,
+    /// The origins the tenant's portal sessions may return to; empty: the server's default.
+    pub portal_return_origins: Vec<Box<str>>,
 }
 
 impl Catalogue {
@@ -71,6 +73,7 @@ impl Catalogue {
             packages: BTreeMap::new(),
             webhook_url: None,
             webhook_secret: None,
+            portal_return_origins: Vec::new(),
         }
     }
 
@@ -157,6 +160,10 @@ impl Catalogue {
             Event::TenantWebhookSet { url, secret, .. } => {
                 self.webhook_url = url.map(Box::from);
                 self.webhook_secret = secret.map(|secret| Box::from(secret.0));
+            }
+            Event::TenantPortalOriginsSet { ref origins, .. } => {
+                self.portal_return_origins =
+                    origins.iter().map(|origin| Box::from(*origin)).collect();
             }
             _ => return Err(mismatch("user-level event applied to a tenant")),
         }

@@ -215,6 +215,7 @@ mod tests {
             packages: Default::default(),
             webhook_url: None,
             webhook_secret: None,
+            portal_return_origins: Vec::new(),
         };
         let tenant = Tenant::new("acme", catalogue, 4);
         let profile = ProfileRecord {

@@ -163,7 +163,8 @@ impl State {
             | Event::ActionDeleted { .. }
             | Event::PackagePut { .. }
             | Event::PackageDeleted { .. }
-            | Event::TenantWebhookSet { .. } => {
+            | Event::TenantWebhookSet { .. }
+            | Event::TenantPortalOriginsSet { .. } => {
                 let mut catalogue = tenant.catalogue.write();
                 if catalogue.last_lsn < lsn {
                     catalogue.apply(lsn, event).map_err(|e| fail(&e))?;
@@ -174,6 +175,12 @@ impl State {
             Event::PoolPut { .. } => replay_pool_put(tenant, lsn, event).map_err(|e| fail(&e)),
             Event::PoolCredited { .. } => self
                 .replay_pool_credit(tenant, lsn, event, idempotency_cutoff_ms)
+                .map_err(|e| fail(&e)),
+            Event::PoolPaymentInitialized { .. }
+            | Event::PoolPaymentCheckoutOpened { .. }
+            | Event::PoolPaymentSucceeded { .. }
+            | Event::PoolPaymentFailed { .. } => self
+                .replay_pool_payment(tenant, lsn, event)
                 .map_err(|e| fail(&e)),
             Event::PoolMemberSet { .. } | Event::PoolMemberRemoved { .. } => {
                 replay_membership(tenant, lsn, event).map_err(|e| fail(&e))
@@ -278,6 +285,26 @@ impl State {
         pool.apply(lsn, event)?;
         self.restore_idempotency(tenant, lsn, event, event.meta(), idempotency_cutoff_ms);
         Ok(())
+    }
+
+    /// A pool's payment: applied to the pool, then to the payments map. The payments are copied
+    /// into a snapshot after the pools, so a record the pool's copy holds is in the payment's too.
+    fn replay_pool_payment(
+        &self,
+        tenant: &Tenant,
+        lsn: Lsn,
+        event: &Event<'_>,
+    ) -> Result<(), Mismatch> {
+        let id = event.pool().ok_or_else(|| mismatch("not a pool event"))?;
+        let mut pool = tenant
+            .pools
+            .get_mut(id)
+            .ok_or_else(|| mismatch("record for a pool that does not exist"))?;
+        if pool.last_lsn >= lsn {
+            return Ok(());
+        }
+        pool.apply(lsn, event)?;
+        self.apply_payment(lsn, event)
     }
 
     fn restore_idempotency(

@@ -18,11 +18,17 @@ pub(crate) enum PaymentState {
 
 /// A payment creditd issued a reference for. Kept across tenants, because gateways report payments
 /// by reference alone.
+///
+/// A payment buys credits for a user's wallet or for a credit pool (`pool`): a user's payment
+/// changes under the user's lock, a pool's under the pool's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PaymentEntry {
     pub last_lsn: Lsn,
     pub tenant: CompactString,
+    /// The paying user; empty for a pool's payment.
     pub user: CompactString,
+    /// The pool the credits go to, for a pool's payment.
+    pub pool: Option<CompactString>,
     pub currency: Currency,
     pub package: CompactString,
     pub credits: i64,
@@ -54,6 +60,7 @@ impl PaymentEntry {
             last_lsn: lsn,
             tenant: wallet.tenant.into(),
             user: wallet.user.into(),
+            pool: None,
             currency: wallet.currency,
             package: terms.package.into(),
             credits: terms.credits,
@@ -67,6 +74,32 @@ impl PaymentEntry {
             fingerprint: meta.idempotency.map(|tag| tag.fingerprint),
             metadata: meta.metadata.map(Box::from),
         }
+    }
+
+    /// A pool's payment: as [`PaymentEntry::new`], with the pool as the target.
+    fn for_pool(lsn: Lsn, event: &Event<'_>) -> Option<PaymentEntry> {
+        let Event::PoolPaymentInitialized {
+            tenant,
+            pool,
+            currency,
+            terms,
+            gateway,
+            ref meta,
+            ..
+        } = *event
+        else {
+            return None;
+        };
+        let wallet = WalletRef {
+            tenant,
+            user: "",
+            currency,
+        };
+        let entry = PaymentEntry::new(lsn, wallet, terms, gateway, PaymentPurpose::Checkout, meta);
+        Some(PaymentEntry {
+            pool: Some(pool.into()),
+            ..entry
+        })
     }
 
     /// Whether the payment may be forgotten at `cutoff_ms` (now minus the retention): settled
@@ -115,7 +148,42 @@ impl State {
                     at_ms: meta.time_ms,
                 },
             ),
+            Event::PoolPaymentInitialized { reference, .. } => {
+                let entry = PaymentEntry::for_pool(lsn, event)
+                    .ok_or_else(|| mismatch("not a payment event"))?;
+                self.insert_payment(lsn, reference, entry)
+            }
+            Event::PoolPaymentSucceeded {
+                reference,
+                ref meta,
+                ..
+            } => self.settle(
+                lsn,
+                reference,
+                PaymentState::Succeeded {
+                    entry_id: lsn,
+                    at_ms: meta.time_ms,
+                },
+            ),
+            Event::PoolPaymentFailed {
+                reference,
+                decline,
+                ref meta,
+                ..
+            } => self.settle(
+                lsn,
+                reference,
+                PaymentState::Failed {
+                    decline,
+                    at_ms: meta.time_ms,
+                },
+            ),
             Event::PaymentCheckoutOpened {
+                reference,
+                checkout_url,
+                ..
+            }
+            | Event::PoolPaymentCheckoutOpened {
                 reference,
                 checkout_url,
                 ..
@@ -147,6 +215,17 @@ impl State {
         else {
             return Err(mismatch("not a payment event"));
         };
+        let entry = PaymentEntry::new(lsn, wallet, terms, gateway, purpose, meta);
+        self.insert_payment(lsn, reference, entry)
+    }
+
+    /// Remembers a payment started at `lsn`, unless the reference is still remembered.
+    fn insert_payment(
+        &self,
+        lsn: Lsn,
+        reference: &str,
+        payment: PaymentEntry,
+    ) -> Result<(), Mismatch> {
         match self.payments.entry(reference.into()) {
             dashmap::Entry::Occupied(entry) if entry.get().last_lsn >= lsn => Ok(()),
             // A reference may be issued again once its payment is past retention: the live
@@ -154,18 +233,14 @@ impl State {
             dashmap::Entry::Occupied(mut entry)
                 if entry
                     .get()
-                    .forgettable(meta.time_ms - self.payment_retention_ms) =>
+                    .forgettable(payment.created_ms - self.payment_retention_ms) =>
             {
-                entry.insert(PaymentEntry::new(
-                    lsn, wallet, terms, gateway, purpose, meta,
-                ));
+                entry.insert(payment);
                 Ok(())
             }
             dashmap::Entry::Occupied(_) => Err(mismatch("a payment reference was issued twice")),
             dashmap::Entry::Vacant(entry) => {
-                entry.insert(PaymentEntry::new(
-                    lsn, wallet, terms, gateway, purpose, meta,
-                ));
+                entry.insert(payment);
                 Ok(())
             }
         }

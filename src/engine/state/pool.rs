@@ -139,6 +139,43 @@ impl Pool {
                     "pool credit: available_after mismatch",
                 )?;
             }
+            Event::PoolPaymentSucceeded {
+                currency,
+                credits,
+                balance_after,
+                available_after,
+                ..
+            } => {
+                if currency != self.currency {
+                    return Err(mismatch("pool payment in another currency"));
+                }
+                if credits <= 0 {
+                    return Err(mismatch("pool payment of nothing"));
+                }
+                expect_sum(
+                    self.balance,
+                    credits,
+                    balance_after,
+                    "pool payment: balance + credits ≠ balance_after",
+                )?;
+                self.credited = self
+                    .credited
+                    .checked_add(credits)
+                    .ok_or_else(|| mismatch("pool credits overflow"))?;
+                self.balance = balance_after;
+                expect_eq(
+                    self.available(),
+                    available_after,
+                    "pool payment: available_after mismatch",
+                )?;
+            }
+            Event::PoolPaymentInitialized { currency, .. } => {
+                if currency != self.currency {
+                    return Err(mismatch("pool payment in another currency"));
+                }
+            }
+            // The payments map holds what these change; the pool only sees them pass.
+            Event::PoolPaymentCheckoutOpened { .. } | Event::PoolPaymentFailed { .. } => {}
             Event::PoolMemberSet {
                 user,
                 daily_cap,

@@ -1086,3 +1086,254 @@ fn endpoint_urls_are_absolute_http_urls_with_a_host() {
         assert!(!is_http_url(bad), "{bad:?}");
     }
 }
+
+/// A package bought for a credit pool: recorded under the pool, credited to the pool once
+/// whatever the number of reports, refused in the wrong amount, and kept with its target
+/// through a snapshot and a crash, replay rebuilding exactly the live state.
+#[test]
+fn a_package_bought_for_a_pool_credits_the_pool_once_and_survives_snapshot_and_replay() {
+    let mut s = Setup::new();
+    s.engine
+        .put_pool(&s.tenant, "org", Some("Org"), None, &ADMIN)
+        .unwrap();
+    s.engine
+        .set_pool_member(&s.tenant, "ada", "org", None, &ADMIN)
+        .unwrap();
+    let checkout = |engine: &Engine, tenant: &Tenant, pool: &str, reference: &str| {
+        let request = PoolCheckoutRequest {
+            pool,
+            package: "starter",
+            reference,
+            gateway: "sandbox",
+            metadata: Some(r#"{"po":"PO-7"}"#),
+        };
+        engine.start_pool_checkout(tenant, &request, &ADMIN)
+    };
+    let (payment, _) = checkout(&s.engine, &s.tenant, "org", "cd_pool_1").unwrap();
+    assert_eq!(
+        (payment.pool.as_deref(), payment.user.as_str()),
+        (Some("org"), "")
+    );
+    assert_eq!(
+        (payment.credits, payment.status),
+        (500, PaymentStatus::Pending)
+    );
+    s.engine
+        .open_checkout("cd_pool_1", "https://pay.example/cd_pool_1")
+        .unwrap();
+
+    // Unknown pool, a package in another currency, a reference in use: refused, nothing written.
+    let before = s.engine.state_image();
+    assert_eq!(
+        checkout(&s.engine, &s.tenant, "nope", "cd_pool_x").unwrap_err(),
+        EngineError::NotFound(Missing::Pool)
+    );
+    let usd = PackageSpec {
+        name: "Dollars",
+        credits: 5,
+        currency: Currency::new("usd").unwrap(),
+        price_minor: 500,
+        price_currency: Currency::new("USD").unwrap(),
+        active: true,
+        position: 1,
+    };
+    s.tenant_currencies_with_usd();
+    s.engine
+        .put_package(&s.tenant, "dollars", &usd, &ADMIN)
+        .unwrap();
+    let before_usd = s.engine.state_image();
+    let request = PoolCheckoutRequest {
+        pool: "org",
+        package: "dollars",
+        reference: "cd_pool_usd",
+        gateway: "sandbox",
+        metadata: None,
+    };
+    assert!(matches!(
+        s.engine.start_pool_checkout(&s.tenant, &request, &ADMIN),
+        Err(EngineError::Invalid(invalid)) if invalid.field == "package_id"
+    ));
+    assert!(matches!(
+        checkout(&s.engine, &s.tenant, "org", "cd_pool_1"),
+        Err(EngineError::Conflict(_))
+    ));
+    assert_eq!(s.engine.state_image(), before_usd);
+    drop(before);
+
+    // Paid: the pool gets the credits, once; the member can spend them.
+    let settled = s
+        .engine
+        .settle_payment("cd_pool_1", "sandbox", &paid(200_000, "ngn"), "")
+        .unwrap();
+    assert!(
+        matches!(settled, Settlement::Credited { balance: 500, .. }),
+        "{settled:?}"
+    );
+    for _ in 0..3 {
+        let again = s
+            .engine
+            .settle_payment("cd_pool_1", "sandbox", &paid(200_000, NGN), "")
+            .unwrap();
+        assert!(
+            matches!(again, Settlement::AlreadySettled { .. }),
+            "{again:?}"
+        );
+    }
+    assert_eq!(s.engine.pool(&s.tenant, "org").unwrap().balance, 500);
+    assert_eq!(s.balance(), 0, "the wallet is not credited");
+    let debit = DebitRequest::new("ada", Spend::Amount(120));
+    s.engine.debit(&s.tenant, &debit, &ADMIN).unwrap();
+    assert_eq!(s.engine.pool(&s.tenant, "org").unwrap().balance, 380);
+
+    // Paid the wrong amount: recorded failed, nothing credited, and final.
+    checkout(&s.engine, &s.tenant, "org", "cd_pool_2").unwrap();
+    let short = s
+        .engine
+        .settle_payment("cd_pool_2", "sandbox", &paid(100, NGN), "")
+        .unwrap();
+    assert!(
+        matches!(
+            short,
+            Settlement::Failed {
+                decline: Decline::Mismatch,
+                ..
+            }
+        ),
+        "{short:?}"
+    );
+    let late = s
+        .engine
+        .settle_payment("cd_pool_2", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(
+        matches!(late, Settlement::AlreadySettled { .. }),
+        "{late:?}"
+    );
+    assert_eq!(s.engine.pool(&s.tenant, "org").unwrap().balance, 380);
+
+    // One in the snapshot, one only in the log after it; then a crash.
+    s.engine.snapshot().unwrap();
+    checkout(&s.engine, &s.tenant, "org", "cd_pool_3").unwrap();
+    let live = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), live);
+    s.engine.check_invariants().unwrap();
+    let kept = s.engine.payment("cd_pool_1").unwrap();
+    assert_eq!(kept.pool.as_deref(), Some("org"));
+    assert_eq!(
+        kept.checkout_url.as_deref(),
+        Some("https://pay.example/cd_pool_1")
+    );
+    assert!(matches!(kept.status, PaymentStatus::Succeeded { .. }));
+    // The one started after the snapshot settles after the crash, once.
+    let settled = s
+        .engine
+        .settle_payment("cd_pool_3", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(
+        matches!(settled, Settlement::Credited { balance: 880, .. }),
+        "{settled:?}"
+    );
+    let again = s
+        .engine
+        .settle_payment("cd_pool_3", "sandbox", &paid(200_000, NGN), "")
+        .unwrap();
+    assert!(matches!(again, Settlement::AlreadySettled { .. }));
+    let live = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), live);
+    assert_eq!(s.engine.pool(&s.tenant, "org").unwrap().balance, 880);
+    s.engine.check_invariants().unwrap();
+}
+
+impl Setup {
+    /// Gives the tenant `usd` (2 decimals) beside its default currency.
+    fn tenant_currencies_with_usd(&self) {
+        let currencies = [
+            crate::engine::types::CurrencySpec {
+                code: Currency::CREDITS,
+                decimals: 0,
+            },
+            crate::engine::types::CurrencySpec {
+                code: Currency::new("usd").unwrap(),
+                decimals: 2,
+            },
+        ];
+        let spec = TenantSpec {
+            name: None,
+            default_currency: None,
+            currencies: Some(&currencies),
+        };
+        self.engine.put_tenant("acme", &spec, &ADMIN).unwrap();
+    }
+}
+
+/// A tenant's portal return origins: checked, kept in their one form, through a snapshot and
+/// replay; an empty list gives the server's default back.
+#[test]
+fn a_tenants_portal_return_origins_are_checked_and_kept() {
+    let mut s = Setup::new();
+    for bad in [
+        "app.example.com",
+        "ftp://app.example.com",
+        "https://app.example.com/billing",
+        "https://app.example.com?x=1",
+        "https://app.example.com#top",
+        "https://user@app.example.com",
+        "https://",
+    ] {
+        assert!(
+            s.engine
+                .set_tenant_portal_origins(&s.tenant, &[bad], &ADMIN)
+                .is_err(),
+            "{bad}"
+        );
+    }
+    let too_many: Vec<String> = (0..17)
+        .map(|i| format!("https://a{i}.example.com"))
+        .collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    assert!(s
+        .engine
+        .set_tenant_portal_origins(&s.tenant, &too_many, &ADMIN)
+        .is_err());
+    assert!(s.engine.tenant_portal_origins(&s.tenant).is_empty());
+    let first = s
+        .engine
+        .set_tenant_portal_origins(
+            &s.tenant,
+            &[
+                "https://App.Example.com/",
+                "http://localhost:3000",
+                "https://app.example.com",
+            ],
+            &ADMIN,
+        )
+        .unwrap();
+    let same = s
+        .engine
+        .set_tenant_portal_origins(
+            &s.tenant,
+            &["https://app.example.com", "http://localhost:3000"],
+            &ADMIN,
+        )
+        .unwrap();
+    assert_eq!(first, same, "an unchanged list writes nothing");
+    assert_eq!(
+        s.engine.tenant_portal_origins(&s.tenant),
+        ["https://app.example.com", "http://localhost:3000"]
+    );
+    s.engine.snapshot().unwrap();
+    s.crash_and_reopen();
+    assert_eq!(
+        s.engine.tenant_portal_origins(&s.tenant),
+        ["https://app.example.com", "http://localhost:3000"]
+    );
+    s.engine
+        .set_tenant_portal_origins(&s.tenant, &[], &ADMIN)
+        .unwrap();
+    let live = s.engine.state_image();
+    s.crash_and_reopen();
+    assert_eq!(s.engine.state_image(), live);
+    assert!(s.engine.tenant_portal_origins(&s.tenant).is_empty());
+}

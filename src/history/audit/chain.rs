@@ -404,6 +404,42 @@ fn change<'a>(lsn: u64, event: &Event<'a>) -> Option<Result<Change<'a>, StoreErr
                 effect,
             )
         }
+        Event::TenantPortalOriginsSet {
+            tenant,
+            ref origins,
+            meta,
+        } => {
+            let effect = setting(
+                "portal_return_origins".into(),
+                Some(json!({ "origins": origins })),
+            );
+            (
+                tenant,
+                meta,
+                "tenant.portal_return_origins",
+                format!("tenant:{tenant}"),
+                effect,
+            )
+        }
+        // A package an administrator bought for a pool: its credits arrive when it is paid.
+        Event::PoolPaymentSucceeded {
+            tenant,
+            pool,
+            currency,
+            credits,
+            balance_after,
+            meta,
+            ..
+        } => {
+            let effect = money_in(lsn, currency.as_str(), credits, balance_after, &meta);
+            (
+                tenant,
+                meta,
+                "pool.credit.payment",
+                format!("pool:{pool}"),
+                effect,
+            )
+        }
         Event::PoolPut {
             tenant,
             pool,

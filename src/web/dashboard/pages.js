@@ -297,6 +297,10 @@ const billing = {
       event.preventDefault();
       this.saveAction();
     });
+    $("pool-buy-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.buyForPool();
+    });
   },
 
   async open(me) {
@@ -336,6 +340,7 @@ const billing = {
     $("package-price").value = p.price_minor;
     $("package-currency").value = p.price_currency;
     $("package-active").checked = p.active;
+    $("package-position").value = p.position ?? 0;
     $("package-form-title").textContent = `Edit package ${p.package_id}`;
     $("package-price").focus();
   },
@@ -353,12 +358,16 @@ const billing = {
     if (credits === null) return;
     const price = wholeNumber($("package-price"));
     if (price === null) return;
+    // Checked by the API, whose message shows beside the field.
+    const position = wholeNumber($("package-position"));
+    if (position === null) return;
     const body = {
       name: $("package-name").value.trim(),
       credits,
       price_minor: price,
       price_currency: $("package-currency").value.trim().toUpperCase(),
       active: $("package-active").checked,
+      position,
     };
     try {
       await call("PUT", `/v1/packages/${segment(id)}`, body);
@@ -431,9 +440,33 @@ const billing = {
           h("td", {}, p.name || "—"),
           h("td", { class: "num" }, `${number(p.balance)} ${p.currency}`),
           h("td", { class: "num" }, number(Array.isArray(p.members) ? p.members.length : p.members)),
-          h("td", { class: "num" }, number(p.drawn_today))), "No credit pools.");
+          h("td", { class: "num" }, number(p.drawn_today)),
+          h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Buy a package for pool ${p.pool_id}`,
+            onclick: () => { $("pool-buy-pool").value = p.pool_id; $("pool-buy-package").focus(); } }, "Buy a package"))), "No credit pools.");
     } catch (error) {
       tableError("pools", error);
+    }
+  },
+
+  // A checkout of a package for a pool: the gateway's page opens in a new tab, and the pool is
+  // credited when it is paid.
+  async buyForPool() {
+    const form = $("pool-buy-form");
+    clearErrors(form);
+    const result = $("pool-buy-result");
+    result.replaceChildren();
+    const body = {
+      pool_id: $("pool-buy-pool").value.trim(),
+      package_id: $("pool-buy-package").value.trim(),
+      email: $("pool-buy-email").value.trim(),
+    };
+    try {
+      const answer = await call("POST", "/v1/payments/initialize", body);
+      result.append("Checkout ", h("code", {}, answer.reference), " started: ",
+        h("a", { id: "pool-buy-link", href: answer.checkout_url, target: "_blank", rel: "noopener" }, "open the checkout"),
+        ". The pool's balance rises when it is paid.");
+    } catch (error) {
+      showError(form, error, "pool-buy-error");
     }
   },
 };
