@@ -88,6 +88,7 @@ CALLS: Dict[str, Call] = {
     "creditPool": lambda c: c.pools.credit("org", 1, reason="r"),
     "listPoolMembers": lambda c: c.pools.members("org"),
     "listPoolEntries": lambda c: c.pools.entries("org"),
+    "listPoolPayments": lambda c: c.pools.payments("org"),
     "listTenants": lambda c: c.tenants.list(),
     "getTenant": lambda c: c.tenants.get("acme"),
     "putTenant": lambda c: c.tenants.put("acme", name="Acme"),

@@ -312,3 +312,27 @@ def test_tenants(platform: creditd.Creditd) -> None:
     # The default tenant knows no such user.
     with pytest.raises(creditd.UserNotFoundError):
         platform.users.get("ada-" + tenant_id)
+
+
+def test_a_package_bought_for_a_pool(
+    service: creditd.Creditd, admin: creditd.Creditd, user_id: str
+) -> None:
+    pool_id = unique("py-pool-pay")
+    admin.pools.put(pool_id, name="Research")
+    package_id = unique("py-pool-pack")
+    admin.billing.put_package(
+        package_id, name="Team pack", credits=400, price_minor=9_900, price_currency="USD"
+    )
+    with pytest.raises(creditd.ForbiddenError):
+        service.payments.initialize_for_pool(pool_id, package_id, email="ops@example.com")
+    started = admin.payments.initialize_for_pool(pool_id, package_id, email="ops@example.com")
+    submit_checkout(started["checkout_url"])
+    payment = admin.payments.get(started["reference"])
+    assert payment["status"] == "succeeded" and payment["pool_id"] == pool_id
+    assert admin.pools.get(pool_id)["balance"] == 400
+    listed = admin.pools.payments(pool_id, status="succeeded")["payments"]
+    assert [p["reference"] for p in listed] == [started["reference"]]
+    service.users.put(user_id)
+    admin.pools.set_member(user_id, pool_id)
+    assert service.wallet.debit(user_id, 150)["from_pool"] == 150
+    assert admin.pools.get(pool_id)["balance"] == 250

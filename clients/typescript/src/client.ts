@@ -268,6 +268,9 @@ export class CreditdClient {
       this.call("listPoolMembers", { path: { pool_id: poolId }, query }, options),
     entries: (poolId: string, query?: Query<"listPoolEntries">, options?: CallOptions) =>
       this.call("listPoolEntries", { path: { pool_id: poolId }, query }, options),
+    /** The packages bought for the pool (`payments.initialize` with `pool_id`), newest first. */
+    payments: (poolId: string, query?: Query<"listPoolPayments">, options?: CallOptions) =>
+      this.call("listPoolPayments", { path: { pool_id: poolId }, query }, options),
     /** The pool a user draws on. */
     getMember: (userId: string, options?: CallOptions) =>
       this.call("getMembership", { path: { user_id: userId } }, options),

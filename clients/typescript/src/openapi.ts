@@ -442,8 +442,12 @@ export interface paths {
          *     Authorization: a key of role `service` or above, or, for browsers (`EventSource` cannot
          *     send headers), `?token=` with a token from `POST /v1/users/{user_id}/stream-tokens` for
          *     this very user (another user's: `403 forbidden`; changed or made up: `401 invalid-token`;
-         *     expired: `401 token-expired`). A token is checked when the stream opens. Another tenant's
-         *     user is `404 user-not-found`.
+         *     expired: `401 token-expired`). A token is checked when the stream opens, and a stream
+         *     opened with a token ends when the token expires: the server sends a last event
+         *     `expired` (no `id:`; `data: {"reason":"token-expired","expires_at","detail"}`) and closes
+         *     the body. The reader then gets a new token and opens the stream again (with
+         *     `Last-Event-ID` if it likes); the portal page does so by itself. A stream opened with
+         *     an API key never expires. Another tenant's user is `404 user-not-found`.
          */
         get: operations["streamWallet"];
         put?: never;
@@ -547,7 +551,9 @@ export interface paths {
          *     the person to `url`.
          *
          *     `return_url` (where the checkout returns) must be an absolute http(s) URL whose origin is
-         *     in `streams.portal_return_origins`; else `422 invalid-return-url` (no open redirects).
+         *     in the tenant's `portal_return_origins` (`PUT /v1/tenants/{tenant_id}`), or, for a
+         *     tenant that set none, in the server's `streams.portal_return_origins`; else
+         *     `422 invalid-return-url` (no open redirects).
          *     Unknown user: `404 user-not-found`.
          *
          *     Role: `service` or above.
@@ -1702,7 +1708,8 @@ export interface paths {
         put?: never;
         /**
          * Start a checkout for a package
-         * @description Records a payment of the active package `package_id` for `user_id`: a fresh reference
+         * @description Records a payment of the active package `package_id` for `user_id`, or for the credit
+         *     pool `pool_id` (exactly one of the two, else `422 invalid-request` with `field`): a fresh reference
          *     `cd_<24 hex>` with the package's credits, wallet currency and price as they are at this
          *     moment. Only once that record is durable is the configured gateway (`payments.gateway`)
          *     asked for a checkout page, with the reference as the gateway's reference and idempotency
@@ -1734,12 +1741,24 @@ export interface paths {
          *     `topup.failed` events. An inactive or unknown package is `404 package-not-found`; an
          *     unknown user `404 user-not-found`.
          *
+         *     **A package for a credit pool** (`pool_id`): a pool is the administrators' to manage, so
+         *     this takes an `admin` key (a `service` key is `403 forbidden`); a pool has no profile, so
+         *     `email` is required (`422`, `field: email`). The package's credits must be in the pool's
+         *     currency, else `422 invalid-request` with `field: package_id`; an unknown pool is
+         *     `404 pool-not-found`. The payment names the pool (`pool_id`, with `user_id` null) in
+         *     `GET /v1/payments/{reference}` and is listed by `GET /v1/pools/{pool_id}/payments`, not
+         *     by any user's. When paid in the package's exact amount and currency (sandbox page,
+         *     Paystack or Stripe webhook, any number of deliveries), its credits are added to the pool
+         *     once, in the record that settles it: the pool's ledger shows a `topup` entry, the revenue
+         *     report counts the sale, the audit records `pool.credit.payment`, and the pool's members
+         *     may draw on the credits at once. No tenant event (`topup.*`) is sent for a pool's payment.
+         *
          *     **Idempotency-Key**: with a key, the reference is derived from the tenant and the key, so
          *     a retry finds the same payment and answers its `reference` and `checkout_url` again with
          *     `Idempotent-Replayed: true`, whatever the payment's status, for as long as the payment is
          *     kept (`payments.retention`). If the first request's gateway call failed or never finished,
          *     the retry opens the checkout then, under the same reference. `user_id`, `package_id` and
-         *     `metadata` are compared: the same key for another user, package or metadata is
+         *     `metadata` are compared (`pool_id` for a pool's payment): the same key for another user, pool, package or metadata is
          *     `422 idempotency-key-reused`; a retry with another `email` or `callback_url` answers the
          *     first payment. A retry while the first request is still talking to the gateway is
          *     `409 idempotency-key-in-flight`. Without a key, every call starts a new payment.
@@ -1749,7 +1768,7 @@ export interface paths {
          *     `Retry-After: 5`; the payment stays recorded as pending, and a retry with the same key
          *     opens it.
          *
-         *     Role: `service` or above.
+         *     Role: `service` or above; `admin` or above for a pool's payment.
          */
         post: operations["initializePayment"];
         delete?: never;
@@ -2464,6 +2483,57 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/pools/{pool_id}/payments": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description The tenant to act in. A `platform` key may name any tenant (`404 tenant-not-found` if
+                 *     it does not exist); other keys may only name their own (else `403 forbidden`). Without
+                 *     it, a key acts in its own tenant.
+                 */
+                "X-Tenant"?: components["parameters"]["XTenant"];
+                /**
+                 * @description A request id to echo back in the answer's `X-Request-Id`. The API never refuses a
+                 *     request for its request id. A value of 1 to 128 visible ASCII characters (bytes 0x21 to
+                 *     0x7E: no spaces, no other bytes) is echoed as sent. Any other value (empty, longer than
+                 *     128 bytes, or holding a space, a tab or a byte above 0x7E) is replaced by a generated
+                 *     id, `<8 lowercase hex digits>-<lowercase hex number>` (a random prefix chosen at start
+                 *     and a per-process request counter), and the generated id is echoed instead. Only the
+                 *     first `X-Request-Id` header is read.
+                 * @example trace-42
+                 */
+                "X-Request-Id"?: components["parameters"]["XRequestId"];
+            };
+            path: {
+                /**
+                 * @description The credit pool's id.
+                 * @example acme-eng
+                 */
+                pool_id: components["parameters"]["PoolIdPath"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List the packages bought for a credit pool
+         * @description The pool's payments (`POST /v1/payments/initialize` with `pool_id`), newest first, from
+         *     the history, as `GET /v1/users/{user_id}/payments` lists a user's: same items, filter
+         *     (`status`) and pages (`next_cursor` is `pay_<n>`). A succeeded one's `entry_id` is the
+         *     pool ledger's `topup` entry (`GET /v1/pools/{pool_id}/entries`). Waits (up to 2 s) for the
+         *     history to hold every write durable when the request came. A pool of another tenant is
+         *     `404 pool-not-found`.
+         *
+         *     Role: `admin` or above.
+         */
+        get: operations["listPoolPayments"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/tenants": {
         parameters: {
             query?: never;
@@ -2611,7 +2681,11 @@ export interface paths {
          *     (`auto_topup.set`, `auto_topup.delete`, `auto_topup.disable`, the last also when creditd
          *     switches a rule off after a hard decline, actor `system`), catalogue actions
          *     (`action.put`, `action.delete`), packages (`package.put`, `package.delete`) and the tenant
-         *     (`tenant.upsert`, with its `currencies` once it defines them; `tenant.webhook`). Usage (debits, reservations), payments through a
+         *     (`tenant.upsert`, with its `currencies` once it defines them; `tenant.webhook`;
+         *     `tenant.portal_return_origins`), credit pools (`pool.put`, `pool.credit.<kind>`,
+         *     `pool.member.set`, `pool.member.delete`) and the packages an administrator bought for a
+         *     pool, when paid (`pool.credit.payment`, actor `system`, with the payment's reference).
+         *     Usage (debits, reservations), a user's payments through a
          *     gateway and user profiles are not audited; the ledger (`/v1/users/{user_id}/entries`)
          *     has them.
          *
@@ -3323,7 +3397,8 @@ export interface components {
             active?: boolean;
             /**
              * @description Where it is shown: `GET /v1/packages` and the bootstrap list packages by position,
-             *     lowest first, then by id.
+             *     lowest first, then by id. A number outside 0 to 4294967295 is `422 invalid-request`
+             *     with `field: position`.
              * @default 0
              */
             position?: number;
@@ -3354,6 +3429,18 @@ export interface components {
              *     alone, with no decimals; a write in any other currency is `422 unknown-currency`.
              */
             currencies?: components["schemas"]["CurrencyDefinition"][];
+            /**
+             * @description The origins a portal session's `return_url` may point at, for this tenant: each an
+             *     absolute `http` or `https` origin (`https://app.example.com`, a port allowed, a
+             *     trailing `/` dropped), with no path, query, fragment or user information; at most 16.
+             *     Kept as `scheme://host[:port]` in lower case, each once. A bad one is
+             *     `422 invalid-request` with `field: portal_return_origins` and `value` naming it, and
+             *     nothing changes. Precedence: a tenant that set some uses its own, and only those; one
+             *     that set none (or sent `[]`, which clears them) uses the server's
+             *     `streams.portal_return_origins`. Left out: unchanged. Durable (log and snapshot) and
+             *     audited as `tenant.portal_return_origins`.
+             */
+            portal_return_origins?: string[];
         };
         Balance: {
             currency: components["schemas"]["CurrencyCode"];
@@ -3736,6 +3823,11 @@ export interface components {
              *     shown).
              */
             webhook_url?: string;
+            /**
+             * @description The origins its portal sessions may return to (see `TenantBody`); empty: the
+             *     server's `streams.portal_return_origins`.
+             */
+            portal_return_origins?: string[];
         };
         TenantList: {
             tenants: components["schemas"]["Tenant"][];
@@ -3760,9 +3852,15 @@ export interface components {
          * @enum {string}
          */
         DeclineReason: "soft_decline" | "hard_decline" | "amount_mismatch" | "abandoned";
+        /** @description Exactly one of `user_id` and `pool_id`. */
         InitializePaymentBody: {
-            /** @description The paying user; must exist. */
-            user_id: components["schemas"]["Identifier"];
+            /** @description The paying user, whose wallet the credits go to; must exist. */
+            user_id?: components["schemas"]["Identifier"];
+            /**
+             * @description The credit pool the credits go to (admin keys); must exist, in the currency of the
+             *     package's credits. `email` is then required.
+             */
+            pool_id?: components["schemas"]["Identifier"];
             /** @description An active package of the tenant. */
             package_id: components["schemas"]["Identifier"];
             /**
@@ -3791,7 +3889,10 @@ export interface components {
         };
         Payment: {
             reference: components["schemas"]["PaymentReference"];
-            user_id: components["schemas"]["Identifier"];
+            /** @description The paying user; null for a credit pool's payment. */
+            user_id: components["schemas"]["Identifier"] | null;
+            /** @description Only for a package bought for a credit pool, the pool the credits go to. */
+            pool_id?: components["schemas"]["Identifier"];
             package_id: components["schemas"]["Identifier"];
             /**
              * Format: int64
@@ -8498,6 +8599,83 @@ export interface operations {
             default: components["responses"]["UnexpectedProblem"];
         };
     };
+    listPoolPayments: {
+        parameters: {
+            query?: {
+                /** @description Payments per page, 1 to 1000 (default 50). */
+                limit?: number;
+                /** @description The `next_cursor` of the previous page. */
+                cursor?: string;
+                /** @description Only payments in this status. */
+                status?: "pending" | "succeeded" | "failed";
+            };
+            header?: {
+                /**
+                 * @description The tenant to act in. A `platform` key may name any tenant (`404 tenant-not-found` if
+                 *     it does not exist); other keys may only name their own (else `403 forbidden`). Without
+                 *     it, a key acts in its own tenant.
+                 */
+                "X-Tenant"?: components["parameters"]["XTenant"];
+                /**
+                 * @description A request id to echo back in the answer's `X-Request-Id`. The API never refuses a
+                 *     request for its request id. A value of 1 to 128 visible ASCII characters (bytes 0x21 to
+                 *     0x7E: no spaces, no other bytes) is echoed as sent. Any other value (empty, longer than
+                 *     128 bytes, or holding a space, a tab or a byte above 0x7E) is replaced by a generated
+                 *     id, `<8 lowercase hex digits>-<lowercase hex number>` (a random prefix chosen at start
+                 *     and a per-process request counter), and the generated id is echoed instead. Only the
+                 *     first `X-Request-Id` header is read.
+                 * @example trace-42
+                 */
+                "X-Request-Id"?: components["parameters"]["XRequestId"];
+            };
+            path: {
+                /**
+                 * @description The credit pool's id.
+                 * @example acme-eng
+                 */
+                pool_id: components["parameters"]["PoolIdPath"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of the pool's payments. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["XRequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        payments: components["schemas"]["PaymentHistoryItem"][];
+                        next_cursor: string | null;
+                    };
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description No such pool in this tenant (`pool-not-found`). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            422: components["responses"]["InvalidRequest"];
+            /** @description The history is disabled or could not be read (`history-disabled`, `history-unavailable`). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["UnexpectedProblem"];
+        };
+    };
     listTenants: {
         parameters: {
             query?: never;
@@ -8769,9 +8947,9 @@ export interface operations {
                             /** @description The API key's name */
                             actor: string;
                             /** @enum {string} */
-                            action: "credit.grant" | "credit.topup" | "credit.refund" | "credit.adjustment" | "wallet.revoke" | "wallet.chargeback" | "overdraft.set" | "auto_topup.set" | "auto_topup.delete" | "auto_topup.disable" | "action.put" | "action.delete" | "package.put" | "package.delete" | "tenant.upsert" | "tenant.webhook";
+                            action: "credit.grant" | "credit.topup" | "credit.refund" | "credit.adjustment" | "wallet.revoke" | "wallet.chargeback" | "overdraft.set" | "auto_topup.set" | "auto_topup.delete" | "auto_topup.disable" | "action.put" | "action.delete" | "package.put" | "package.delete" | "tenant.upsert" | "tenant.webhook" | "tenant.portal_return_origins" | "pool.put" | "pool.credit.grant" | "pool.credit.topup" | "pool.credit.refund" | "pool.credit.adjustment" | "pool.credit.payment" | "pool.member.set" | "pool.member.delete";
                             /**
-                             * @description `user:<user_id>`, `action:<name>`, `package:<package_id>` or `tenant:<tenant_id>`.
+                             * @description `user:<user_id>`, `action:<name>`, `package:<package_id>`, `pool:<pool_id>` or `tenant:<tenant_id>`.
                              * @example user:ada
                              */
                             target: string;

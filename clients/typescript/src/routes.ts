@@ -83,6 +83,7 @@ export const ROUTES = {
   creditPool: route("POST", "/v1/pools/{pool_id}/credit", "pools.credit", true),
   listPoolMembers: route("GET", "/v1/pools/{pool_id}/members", "pools.members"),
   listPoolEntries: route("GET", "/v1/pools/{pool_id}/entries", "pools.entries"),
+  listPoolPayments: route("GET", "/v1/pools/{pool_id}/payments", "pools.payments"),
   getMembership: route("GET", "/v1/users/{user_id}/pool", "pools.getMember"),
   putMembership: route("PUT", "/v1/users/{user_id}/pool", "pools.setMember"),
   deleteMembership: route("DELETE", "/v1/users/{user_id}/pool", "pools.removeMember"),

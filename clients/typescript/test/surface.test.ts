@@ -147,3 +147,40 @@ test("pools: list, members, entries, membership; reports, audit, tenants", async
   assert.equal((await other.wallet.get("ada")).balance, 7);
   await assert.rejects(service.wallet.get("ada"), /not found/i);
 });
+
+test("a package bought for a credit pool: admin only, credited to the pool, listed with it", async () => {
+  const poolId = uniqueId("pool-pay");
+  const packageId = uniqueId("team-pack");
+  await admin.pools.put(poolId, { name: "Research" });
+  await admin.billing.putPackage(packageId, {
+    name: "Team pack",
+    credits: 400,
+    price_minor: 9_900,
+    price_currency: "USD",
+  });
+  await assert.rejects(
+    service.payments.initialize({ pool_id: poolId, package_id: packageId, email: "ops@example.com" }),
+    (error: unknown) => error instanceof Error && (error as { status?: number }).status === 403,
+  );
+  const started = await admin.payments.initialize({
+    pool_id: poolId,
+    package_id: packageId,
+    email: "ops@example.com",
+  });
+  const paid = await fetch(started.checkout_url, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: "action=pay",
+    redirect: "manual",
+  });
+  assert.equal(paid.status, 303);
+  const payment = await admin.payments.get(started.reference);
+  assert.equal(payment.status, "succeeded");
+  assert.equal(payment.pool_id, poolId);
+  assert.equal((await admin.pools.get(poolId)).balance, 400);
+  const listed = await admin.pools.payments(poolId, { status: "succeeded" });
+  assert.deepEqual(
+    listed.payments.map((item) => item.reference),
+    [started.reference],
+  );
+});

@@ -939,6 +939,35 @@ class Payments(_Group):
         )
         return cast(InitializedPayment, self._call(request))
 
+    def initialize_for_pool(
+        self,
+        pool_id: str,
+        package_id: str,
+        *,
+        email: str,
+        callback_url: Optional[str] = None,
+        metadata: Optional[Dict[str, Any]] = None,
+        idempotency_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> InitializedPayment:
+        """Starts a checkout of ``package_id`` for a credit pool (admin key): once paid, the
+        package's credits go to the pool, which its members then draw on."""
+        body = compact(
+            pool_id=pool_id,
+            package_id=package_id,
+            email=email,
+            callback_url=callback_url,
+            metadata=metadata,
+        )
+        request = write(
+            "POST",
+            "/v1/payments/initialize",
+            body,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+        )
+        return cast(InitializedPayment, self._call(request))
+
     def get(self, reference: str, *, timeout: Optional[float] = None) -> Payment:
         return cast(
             Payment, self._call(read(path("/v1/payments/{}", reference), timeout=timeout))
@@ -1035,6 +1064,22 @@ class Pools(_Group):
         return cast(
             PoolEntryList,
             self._call(read(path("/v1/pools/{}/entries", pool_id), params, timeout=timeout)),
+        )
+
+    def payments(
+        self,
+        pool_id: str,
+        *,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+        status: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> PaymentList:
+        """One page of the packages bought for the pool, newest first (admin)."""
+        params = query(limit=limit, cursor=cursor, status=status)
+        return cast(
+            PaymentList,
+            self._call(read(path("/v1/pools/{}/payments", pool_id), params, timeout=timeout)),
         )
 
     def get_member(self, user_id: str, *, timeout: Optional[float] = None) -> Membership:
