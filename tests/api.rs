@@ -79,6 +79,7 @@ async fn the_seed_flow_end_to_end() {
             available,
             required,
             topup_url,
+            ..
         }) => {
             assert_eq!((balance, available, required), (15, 15, 100));
             assert_eq!(
