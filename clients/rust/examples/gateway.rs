@@ -47,7 +47,10 @@ pub fn echo_model(prompt: &str) -> Result<(String, i64), String> {
         return Err("the model is unavailable".into());
     }
     let words = prompt.split_whitespace().count() as i64;
-    Ok((format!("you said: {prompt}"), (5 + words).min(MAX_REPLY_CREDITS)))
+    Ok((
+        format!("you said: {prompt}"),
+        (5 + words).min(MAX_REPLY_CREDITS),
+    ))
 }
 
 /// Serves `gateway` on `listener` until the task is dropped.
@@ -82,7 +85,10 @@ impl From<ClientError> for ChatError {
 /// One request: hold, call the model, capture (or release), answer.
 pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.uri().path() != "/v1/chat" || request.method() != http::Method::POST {
-        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found"}));
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found"}),
+        );
     }
     let Some(user) = request
         .headers()
@@ -97,7 +103,12 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
     };
     let prompt = match request.into_body().collect().await {
         Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-        Err(_) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "body"})),
+        Err(_) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "body"}),
+            )
+        }
     };
     let model = Arc::clone(&gateway.model);
     let hold = Hold::amount(MAX_REPLY_CREDITS).ttl_seconds(120);

@@ -415,7 +415,9 @@ impl Client {
     }
 }
 
+/// The body as `T`; an empty body (a 204) reads as `null`.
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    let bytes = if bytes.is_empty() { b"null" } else { bytes };
     serde_json::from_slice(bytes).map_err(|error| {
         ClientError::Decode(format!("{error}: {}", String::from_utf8_lossy(bytes)))
     })
@@ -502,10 +504,13 @@ mod tests {
     }
 
     const RECEIPT: &str = r#"{"entry_id":"ent_1","charged":5,"balance":10,"available":10}"#;
-    const IN_FLIGHT: &str = r#"{"type":"https://creditd.dev/problems/idempotency-key-in-flight","status":409}"#;
-    const UNKNOWN: &str = r#"{"type":"https://creditd.dev/problems/write-outcome-unknown","status":500}"#;
+    const IN_FLIGHT: &str =
+        r#"{"type":"https://creditd.dev/problems/idempotency-key-in-flight","status":409}"#;
+    const UNKNOWN: &str =
+        r#"{"type":"https://creditd.dev/problems/write-outcome-unknown","status":500}"#;
     const BUSY: &str = r#"{"type":"https://creditd.dev/problems/server-busy","status":503}"#;
-    const REUSED: &str = r#"{"type":"https://creditd.dev/problems/idempotency-key-reused","status":422}"#;
+    const REUSED: &str =
+        r#"{"type":"https://creditd.dev/problems/idempotency-key-reused","status":422}"#;
 
     fn key_of(request: &Request<Bytes>) -> Option<String> {
         request
@@ -594,9 +599,16 @@ mod tests {
 
     #[test]
     fn paths_and_queries_are_encoded() {
-        assert_eq!(user_path("ada@x.io/1", "/wallet"), "/v1/users/ada%40x.io%2F1/wallet");
         assert_eq!(
-            query(&[("from", Some("2026-01-01T00:00:00+01:00")), ("to", None), ("limit", Some("5"))]),
+            user_path("ada@x.io/1", "/wallet"),
+            "/v1/users/ada%40x.io%2F1/wallet"
+        );
+        assert_eq!(
+            query(&[
+                ("from", Some("2026-01-01T00:00:00+01:00")),
+                ("to", None),
+                ("limit", Some("5"))
+            ]),
             "?from=2026-01-01T00%3A00%3A00%2B01%3A00&limit=5"
         );
         assert_eq!(query(&[("to", None)]), "");

@@ -162,8 +162,7 @@ impl ClientError {
     /// [`ClientError::ServerBusy`] whatever its slug, else [`ClientError::Problem`].
     pub fn from_answer(status: StatusCode, headers: &HeaderMap, bytes: &[u8]) -> ClientError {
         let problem = Problem::from_answer(status, headers, bytes);
-        if problem.slug() == "insufficient-credits" || (status == 402 && problem.body.is_object())
-        {
+        if problem.slug() == "insufficient-credits" || (status == 402 && problem.body.is_object()) {
             return ClientError::InsufficientCredits {
                 balance: problem.integer("balance").unwrap_or(0),
                 available: problem.integer("available").unwrap_or(0),
@@ -340,7 +339,9 @@ mod tests {
             (503, "log-unavailable", |e| {
                 matches!(e, ClientError::ServerBusy(_))
             }),
-            (503, "server-busy", |e| matches!(e, ClientError::ServerBusy(_))),
+            (503, "server-busy", |e| {
+                matches!(e, ClientError::ServerBusy(_))
+            }),
             (500, "write-outcome-unknown", |e| {
                 matches!(e, ClientError::WriteOutcomeUnknown(_))
             }),
@@ -355,7 +356,10 @@ mod tests {
             assert_eq!(error.status(), Some(*status));
             let problem = error.problem().unwrap();
             assert_eq!(problem.problem_type, format!("{PROBLEM_TYPE_PREFIX}{slug}"));
-            assert_eq!((problem.title.as_str(), problem.detail.as_str()), ("T", "d"));
+            assert_eq!(
+                (problem.title.as_str(), problem.detail.as_str()),
+                ("T", "d")
+            );
         }
     }
 
@@ -406,7 +410,10 @@ mod tests {
             (404, "user-not-found"),
             (500, "internal"),
         ] {
-            assert!(!answer(status, &problem(status, slug)).is_retryable(), "{slug}");
+            assert!(
+                !answer(status, &problem(status, slug)).is_retryable(),
+                "{slug}"
+            );
         }
         assert!(!ClientError::Timeout(Duration::from_secs(1)).is_retryable());
     }

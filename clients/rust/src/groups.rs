@@ -244,7 +244,11 @@ impl Wallets<'_> {
 
     /// `GET /v1/users/{id}/entries`: the ledger, newest first. Filters: `limit`, `cursor`,
     /// `kind`, `action`, `currency`, `from`, `to`.
-    pub async fn entries(&self, user: &str, filters: Query<'_>) -> Result<EntriesPage, ClientError> {
+    pub async fn entries(
+        &self,
+        user: &str,
+        filters: Query<'_>,
+    ) -> Result<EntriesPage, ClientError> {
         let path = format!("{}{}", user_path(user, "/entries"), pairs(filters));
         self.client
             .call(Method::GET, &path, None::<&()>, None)

@@ -100,12 +100,7 @@ pub fn verify_notification(
     signature_header: Option<&str>,
     secret: &str,
 ) -> Result<Notification, SignatureVerificationError> {
-    verify_notification_with(
-        raw_body,
-        signature_header,
-        secret,
-        VerifyOptions::default(),
-    )
+    verify_notification_with(raw_body, signature_header, secret, VerifyOptions::default())
 }
 
 /// [`verify_notification`] with a tolerance and a clock of the caller's.

@@ -191,7 +191,10 @@ mod tests {
             for retry in 0..8 {
                 let full = policy.delay(retry, 0, None);
                 let delay = policy.delay(retry, random, None);
-                assert!(delay <= full && delay >= full / 2, "{retry} {random}: {delay:?}");
+                assert!(
+                    delay <= full && delay >= full / 2,
+                    "{retry} {random}: {delay:?}"
+                );
             }
         }
         // A huge retry count neither overflows nor passes the ceiling.
