@@ -462,9 +462,13 @@ mod tests {
     use http::Response;
     use std::sync::Mutex;
 
+    /// One scripted answer: status, body and headers, or no answer at all.
+    type Step = Result<(u16, &'static str, Vec<(&'static str, &'static str)>), String>;
+    type Script = Vec<Step>;
+
     /// Answers from a script, and records every request.
     struct Scripted {
-        answers: Mutex<Vec<Result<(u16, &'static str, Vec<(&'static str, &'static str)>), String>>>,
+        answers: Mutex<Script>,
         seen: Arc<Mutex<Vec<Request<Bytes>>>>,
     }
 
@@ -482,8 +486,6 @@ mod tests {
             })
         }
     }
-
-    type Script = Vec<Result<(u16, &'static str, Vec<(&'static str, &'static str)>), String>>;
 
     fn scripted(script: Script) -> (Client, Arc<Mutex<Vec<Request<Bytes>>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));

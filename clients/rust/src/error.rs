@@ -295,7 +295,8 @@ mod tests {
 
     #[test]
     fn each_known_slug_has_its_variant() {
-        let cases: &[(u16, &str, fn(&ClientError) -> bool)] = &[
+        type Case = (u16, &'static str, fn(&ClientError) -> bool);
+        let cases: &[Case] = &[
             (422, "idempotency-key-reused", |e| {
                 matches!(e, ClientError::IdempotencyKeyReused(_))
             }),
