@@ -703,6 +703,10 @@ fn the_admin_and_platform_surface() {
     let platform = server.client_with(PLATFORM);
     runtime().block_on(async {
         catalogue(&admin).await;
+        let health = service.health();
+        assert!(health.live().await.unwrap() && health.ready().await.unwrap());
+        assert!(health.metrics().await.unwrap().contains("creditd_debits_total"));
+        assert!(health.openapi().await.unwrap().contains("/v1/users/{user_id}/debit"));
         let me = service.me().await.unwrap();
         assert_eq!((me.role.as_str(), me.tenant.as_str()), ("service", "default"));
         for user in ["org-a", "org-b", "other"] {

@@ -1,6 +1,6 @@
 //! The [`Client`]: where the server is, which key it uses, how long a call may take and how it is
 //! retried; [`Client::request`], the one way a call leaves; and the flat methods of the first
-//! version of this client, kept as they were (the groups of [`crate::groups`] are the full
+//! version of this client, kept as they were (the groups of `groups.rs` are the full
 //! surface).
 
 use std::sync::Arc;

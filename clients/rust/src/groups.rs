@@ -1,7 +1,8 @@
 //! The API by resource, as the recipe groups it: [`Client::users`], [`Client::wallets`],
 //! [`Client::reservations`], [`Client::billing`], [`Client::payments`], [`Client::pools`],
-//! [`Client::reports`], [`Client::audit`], [`Client::portal`], [`Client::tenants`] and
-//! [`Client::me`]. Each group borrows the client; every method is one route of the API.
+//! [`Client::reports`], [`Client::audit`], [`Client::portal`], [`Client::tenants`],
+//! [`Client::health`] and [`Client::me`]. Each group borrows the client; every method is one
+//! route of the API.
 //!
 //! Writes that take an idempotency key take it as `key`; `None` makes one for the call (the same
 //! on each of its retries). Bodies of the less common writes (catalogue, rules, pools, tenants)
@@ -79,6 +80,11 @@ impl Client {
         Tenants { client: self }
     }
 
+    /// Probes and documents: liveness, readiness, metrics, the OpenAPI document.
+    pub fn health(&self) -> Health<'_> {
+        Health { client: self }
+    }
+
     /// `GET /v1/me`: the calling key's name, role and tenant.
     pub async fn me(&self) -> Result<Me, ClientError> {
         self.call(Method::GET, "/v1/me", None::<&()>, None).await
@@ -92,8 +98,8 @@ pub struct Users<'a> {
 }
 
 impl Users<'_> {
-    /// `PUT /v1/users/{id}`: creates the user, or replaces its profile (fields left `None` are
-    /// cleared).
+    /// `PUT /v1/users/{id}`: creates the user, or changes the fields given (metadata is
+    /// replaced as a whole).
     pub async fn put(&self, user: &str, profile: &UserProfile) -> Result<User, ClientError> {
         let path = user_path(user, "");
         self.client
@@ -101,7 +107,8 @@ impl Users<'_> {
             .await
     }
 
-    /// `PATCH /v1/users/{id}`: changes only the fields given; metadata is merged.
+    /// `PATCH /v1/users/{id}`: changes the fields given, merging metadata (RFC 7396); 404 if
+    /// the user does not exist.
     pub async fn update(&self, user: &str, profile: &UserProfile) -> Result<User, ClientError> {
         let path = user_path(user, "");
         self.client
@@ -110,7 +117,7 @@ impl Users<'_> {
     }
 
     /// Keeps creditd's copy of a user in step with the application's: merges `profile` into
-    /// the user if it exists, creates it otherwise. Safe to call on every sign-in.
+    /// the user if it exists (PATCH), creates it otherwise (PUT). Safe to call on every sign-in.
     pub async fn sync(&self, user: &str, profile: &UserProfile) -> Result<User, ClientError> {
         match self.update(user, profile).await {
             Err(ClientError::UserNotFound(_)) => self.put(user, profile).await,
@@ -759,5 +766,49 @@ impl Tenants<'_> {
     ) -> Result<Value, ClientError> {
         let path = format!("/v1/tenants/{}", encode(tenant));
         self.client.call(Method::PUT, &path, Some(body), None).await
+    }
+}
+
+/// See [`Client::health`]. Probes are not retried: their answer is the point.
+#[derive(Debug, Clone, Copy)]
+pub struct Health<'a> {
+    client: &'a Client,
+}
+
+impl Health<'_> {
+    async fn text(&self, path: &str) -> Result<(u16, String), ClientError> {
+        let (status, _, bytes) = self.client.send(Method::GET, path, None, None).await?;
+        Ok((
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
+    }
+
+    /// `GET /livez`: whether the process runs.
+    pub async fn live(&self) -> Result<bool, ClientError> {
+        Ok(self.text("/livez").await?.0 == 200)
+    }
+
+    /// `GET /readyz`: whether recovery is done and the log is writable.
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        Ok(self.text("/readyz").await?.0 == 200)
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.ok_text("/metrics").await
+    }
+
+    /// `GET /openapi.yaml`: the API's OpenAPI document.
+    pub async fn openapi(&self) -> Result<String, ClientError> {
+        self.ok_text("/openapi.yaml").await
+    }
+
+    async fn ok_text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, headers, bytes) = self.client.send(Method::GET, path, None, None).await?;
+        if !status.is_success() {
+            return Err(ClientError::from_answer(status, &headers, &bytes));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

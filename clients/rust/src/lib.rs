@@ -21,7 +21,7 @@
 //! - [`Client`] (`client.rs`): base URL, key, tenant, timeout, retries; [`Client::request`] is
 //!   the one way a call leaves, and the flat methods of the first version stay.
 //! - The groups (`groups.rs`): [`Users`], [`Wallets`], [`Reservations`], [`Billing`],
-//!   [`Payments`], [`Pools`], [`Reports`], [`Audit`], [`Portal`], [`Tenants`].
+//!   [`Payments`], [`Pools`], [`Reports`], [`Audit`], [`Portal`], [`Tenants`], [`Health`].
 //! - [`ClientError`] (`error.rs`): a variant per problem a caller acts on, the problem body
 //!   always at hand.
 //! - `transport.rs`: the [`Transport`] seam, the [`RetryPolicy`] and the idempotency keys.
@@ -43,7 +43,7 @@ mod types;
 pub use client::{Answered, Client, ClientBuilder, DEFAULT_TIMEOUT};
 pub use error::{ClientError, Problem, PROBLEM_TYPE_PREFIX};
 pub use groups::{
-    Audit, Billing, Payments, Pools, Portal, Reports, Reservations, Tenants, Users, Wallets,
+    Audit, Billing, Health, Payments, Pools, Portal, Reports, Reservations, Tenants, Users, Wallets,
 };
 pub use reservation::{ActiveHold, ReservationGuard, Reserved};
 pub use signature::{

@@ -113,6 +113,23 @@ impl Drop for ReservationGuard {
     }
 }
 
+impl Client {
+    /// [`Reservations::with_reservation`], from the client itself.
+    pub async fn with_reservation<T, E, F, Fut>(
+        &self,
+        user: &str,
+        hold: &Hold,
+        work: F,
+    ) -> Result<Reserved<T>, E>
+    where
+        F: FnOnce(ActiveHold) -> Fut,
+        Fut: Future<Output = Result<(T, i64), E>>,
+        E: From<ClientError>,
+    {
+        self.reservations().with_reservation(user, hold, work).await
+    }
+}
+
 impl Reservations<'_> {
     /// Holds credits for `user` and returns a guard over the hold: capture it with the real
     /// cost, or release it; dropped open, it releases.

@@ -86,8 +86,9 @@ pub struct User {
     pub wallet: Wallet,
 }
 
-/// A user's profile, for [`Users::put`](crate::Users::put) and [`Users::update`](crate::Users::update).
-/// `None` leaves a field out of the body: a PUT then clears it, a PATCH keeps it.
+/// A user's profile, for [`Users::put`](crate::Users::put), [`Users::update`](crate::Users::update)
+/// and [`Users::sync`](crate::Users::sync). `None` leaves a field out of the body, and a field
+/// left out is kept as it was.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UserProfile {
     /// E-mail.
