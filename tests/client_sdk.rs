@@ -763,6 +763,17 @@ fn the_admin_and_platform_surface() {
             .wallets()
             .stream_url("org-b", &token.token)
             .starts_with(&format!("{}/v1/users/org-b/wallet/stream?token=", server.base)));
+        // The live balance stream: the view at once, then after each change.
+        let mut stream = service.wallets().stream("org-b", None, None).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.event, "wallet");
+        assert_eq!(first.wallet().unwrap().balance, 25);
+        service.credit("org-b", 5, None, None).await.unwrap();
+        let next = stream.next().await.unwrap().unwrap();
+        assert_eq!(next.wallet().unwrap().balance, 30);
+        assert_eq!(stream.last_event_id(), next.id.as_deref());
+        assert!(next.id.is_some() && next.id != first.id);
+        drop(stream);
         // The catalogue and an auto top-up rule.
         let actions = service.billing().list_actions().await.unwrap();
         assert_eq!(actions["actions"][0]["action"], "chat", "{actions}");
@@ -803,7 +814,7 @@ fn the_admin_and_platform_surface() {
         assert_eq!(acting.me().await.unwrap().tenant, "default");
         assert_eq!(
             acting.wallets().get("org-b", None).await.unwrap().balance,
-            25
+            30
         );
     });
 }

@@ -42,11 +42,11 @@ pub struct Answered<T> {
 /// variants of it.
 #[derive(Clone)]
 pub struct Client {
-    transport: Arc<dyn Transport>,
+    pub(crate) transport: Arc<dyn Transport>,
     base_url: Arc<str>,
     authorization: HeaderValue,
     tenant: Option<HeaderValue>,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     retry: RetryPolicy,
 }
 
@@ -170,7 +170,7 @@ impl Client {
         &self.base_url
     }
 
-    fn build_request(
+    pub(crate) fn build_request(
         &self,
         method: &Method,
         path: &str,

@@ -35,7 +35,8 @@ impl Client {
         Users { client: self }
     }
 
-    /// Wallets: balance, credit, debit, revoke, ledger, overdraft, stream tokens.
+    /// Wallets: balance, credit, debit, revoke, ledger, overdraft, the live stream and its
+    /// tokens.
     pub fn wallets(&self) -> Wallets<'_> {
         Wallets { client: self }
     }
@@ -162,6 +163,10 @@ pub struct Wallets<'a> {
 }
 
 impl Wallets<'_> {
+    pub(crate) fn client(&self) -> &Client {
+        self.client
+    }
+
     /// `GET /v1/users/{id}/wallet`, in the tenant's default currency or `currency`.
     pub async fn get(&self, user: &str, currency: Option<&str>) -> Result<Wallet, ClientError> {
         let path = format!(

@@ -28,6 +28,7 @@
 //! - `reservation.rs`: [`Reservations::with_reservation`] and [`ReservationGuard`], reserve
 //!   before the work and capture its real cost after.
 //! - `signature.rs`: [`verify_notification`] for the signed notifications creditd sends.
+//! - `stream.rs`: [`Wallets::stream`], the live balance stream ([`WalletStream`]).
 //!
 //! It depends on hyper's HTTP/1.1 client and nothing of the server.
 #![warn(missing_docs)]
@@ -37,6 +38,7 @@ mod error;
 mod groups;
 mod reservation;
 mod signature;
+mod stream;
 mod transport;
 mod types;
 
@@ -50,7 +52,10 @@ pub use signature::{
     sign, verify_notification, verify_notification_with, verify_signature, Notification,
     SignatureVerificationError, VerifyOptions, DEFAULT_TOLERANCE, SIGNATURE_HEADER,
 };
-pub use transport::{new_idempotency_key, BoxFuture, HyperTransport, RetryPolicy, Transport};
+pub use stream::{WalletEvent, WalletStream};
+pub use transport::{
+    new_idempotency_key, BoxFuture, HyperTransport, RetryPolicy, StreamingBody, Transport,
+};
 pub use types::{
     Balance, BatchDebit, Capture, Checkout, Credit, Debit, EntriesPage, Entry, Hold, Me,
     Membership, Payment, PaymentsPage, Pool, PortalSession, Query, Receipt, Release, Reservation,

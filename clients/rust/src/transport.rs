@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
@@ -25,11 +26,24 @@ use hyper_util::rt::TokioExecutor;
 /// A boxed future, as [`Transport::send`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A body still arriving, as [`Transport::open`] returns it.
+pub type StreamingBody = BoxBody<Bytes, String>;
+
 /// Sends one request and collects its whole answer. An `Err` means there was no answer (refused,
 /// reset, closed early); any status, 5xx included, is an `Ok`.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `request` (its URI absolute) and returns the answer with its body.
     fn send(&self, request: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, String>>;
+
+    /// Sends `request` and returns the answer once its head has arrived, the body still
+    /// arriving: for the live balance stream. The default refuses; [`HyperTransport`] streams.
+    fn open(
+        &self,
+        request: Request<Bytes>,
+    ) -> BoxFuture<'_, Result<Response<StreamingBody>, String>> {
+        drop(request);
+        Box::pin(async { Err("this transport does not stream".to_owned()) })
+    }
 }
 
 /// The default transport: hyper's HTTP/1.1 client, keeping connections alive (`TCP_NODELAY`).
@@ -71,6 +85,20 @@ impl Transport for HyperTransport {
                 .map_err(|error| describe(&error))?
                 .to_bytes();
             Ok(Response::from_parts(parts, bytes))
+        })
+    }
+
+    fn open(
+        &self,
+        request: Request<Bytes>,
+    ) -> BoxFuture<'_, Result<Response<StreamingBody>, String>> {
+        Box::pin(async move {
+            let response = self
+                .http
+                .request(request.map(Full::new))
+                .await
+                .map_err(|error| describe(&error))?;
+            Ok(response.map(|body| body.map_err(|error| describe(&error)).boxed()))
         })
     }
 }
