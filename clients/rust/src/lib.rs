@@ -20,8 +20,9 @@
 //! The parts:
 //! - [`Client`] (`client.rs`): base URL, key, tenant, timeout, retries; [`Client::request`] is
 //!   the one way a call leaves, and the flat methods of the first version stay.
-//! - The groups (`groups.rs`): [`Users`], [`Wallets`], [`Reservations`], [`Billing`],
-//!   [`Payments`], [`Pools`], [`Reports`], [`Audit`], [`Portal`], [`Tenants`], [`Health`].
+//! - The groups of an application's request path (`groups.rs`): [`Users`], [`Wallets`],
+//!   [`Reservations`], [`Payments`], [`Portal`]; and of an operator's tools (`operations.rs`):
+//!   [`Billing`], [`Pools`], [`Reports`], [`Audit`], [`Tenants`], [`Health`].
 //! - [`ClientError`] (`error.rs`): a variant per problem a caller acts on, the problem body
 //!   always at hand.
 //! - `transport.rs`: the [`Transport`] seam, the [`RetryPolicy`] and the idempotency keys.
@@ -36,6 +37,7 @@
 mod client;
 mod error;
 mod groups;
+mod operations;
 mod reservation;
 mod signature;
 mod stream;
@@ -44,9 +46,8 @@ mod types;
 
 pub use client::{Answered, Client, ClientBuilder, DEFAULT_TIMEOUT};
 pub use error::{ClientError, Problem, PROBLEM_TYPE_PREFIX};
-pub use groups::{
-    Audit, Billing, Health, Payments, Pools, Portal, Reports, Reservations, Tenants, Users, Wallets,
-};
+pub use groups::{Payments, Portal, Reservations, Users, Wallets};
+pub use operations::{Audit, Billing, Health, Pools, Reports, Tenants};
 pub use reservation::{ActiveHold, ReservationGuard, Reserved};
 pub use signature::{
     sign, verify_notification, verify_notification_with, verify_signature, Notification,
