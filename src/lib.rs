@@ -26,7 +26,8 @@
 //!   shutdown. [`config`]: the TOML file and `CREDITD_*` overrides.
 //! - [`metrics`]: metric names, descriptions and the Prometheus recorder.
 //! - [`inspect`]: `creditd wal verify` and `creditd wal dump`.
-//! - [`client`] and [`loadgen`]: a typed Rust client and the load generator built on it.
+//! - [`client`] (the `creditd-client` crate, re-exported) and [`loadgen`]: the Rust client and
+//!   the load generator built on it.
 //! - [`time`]: timestamps on the wire (RFC 3339, milliseconds).
 //! - `fuzzing` (feature `fuzzing`, for the fuzz crate and the tests only): the reference model of
 //!   the engine, the fuzz drivers and their seed corpora.
@@ -37,7 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod client;
+pub use creditd_client as client;
 pub mod codec;
 pub mod config;
 pub mod engine;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use creditd::client::{BatchDebit, Client, ClientError, Debit};
+use creditd::client::{BatchDebit, Client, ClientError, Debit, RetryPolicy};
 use creditd::config::Config;
 use creditd::engine::{Engine, EngineOptions, SystemClock};
 use creditd::wal::memory::{FaultPoint, FaultyStorage};
@@ -79,6 +79,7 @@ async fn the_seed_flow_end_to_end() {
             available,
             required,
             topup_url,
+            ..
         }) => {
             assert_eq!((balance, available, required), (15, 15, 100));
             assert_eq!(
@@ -796,7 +797,8 @@ async fn a_failed_fsync_answers_outcome_unknown_then_refuses_and_a_keyed_retry_l
     )
     .unwrap();
     let server = Server::start_with_engine(config.clone(), engine, dir).await;
-    let service = server.client(SERVICE);
+    // Each answer as the server gave it: the client's retries would wait out the 503s.
+    let service = server.client(SERVICE).with_retry(RetryPolicy::none());
     service.put_user("p", None).await.unwrap();
     service.credit("p", 10, None, None).await.unwrap();
     faulty.fail_from(FaultPoint::Sync, 1);
