@@ -888,3 +888,56 @@ fn the_example_gateway_meters_each_chat_and_sends_a_402_to_the_portal() {
         serving.abort();
     });
 }
+
+#[test]
+fn a_package_bought_for_a_pool_credits_the_pool_its_members_spend() {
+    let (_dir, server) = start(&[]);
+    let (service, admin) = (server.client(), server.client_with(ADMIN));
+    runtime().block_on(async {
+        catalogue(&admin).await;
+        admin
+            .pools()
+            .put("research", &json!({"name": "Research"}))
+            .await
+            .unwrap();
+        let refused = service
+            .payments()
+            .initialize_for_pool("research", "starter", "ops@example.com", None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.slug(), Some("forbidden"), "{refused:?}");
+        let checkout = admin
+            .payments()
+            .initialize_for_pool("research", "starter", "ops@example.com", None)
+            .await
+            .unwrap();
+        pay_like_a_browser(&checkout.checkout_url, &server.base).await;
+        let paid = admin.payments().get(&checkout.reference).await.unwrap();
+        assert_eq!(paid.status, "succeeded");
+        assert_eq!(
+            (paid.pool_id.as_deref(), paid.user_id.as_deref()),
+            (Some("research"), None)
+        );
+        assert_eq!(admin.pools().get("research").await.unwrap().balance, 500);
+        let listed = admin
+            .pools()
+            .payments("research", &[("status", "succeeded")])
+            .await
+            .unwrap();
+        assert_eq!(listed.payments.len(), 1);
+        assert_eq!(listed.payments[0].reference, checkout.reference);
+        service.put_user("bo", None).await.unwrap();
+        admin
+            .pools()
+            .set_member("bo", "research", None)
+            .await
+            .unwrap();
+        let spent = service
+            .wallets()
+            .debit("bo", &Debit::amount(120), None)
+            .await
+            .unwrap();
+        assert_eq!((spent.from_wallet, spent.from_pool), (0, 120));
+        assert_eq!(admin.pools().get("research").await.unwrap().balance, 380);
+    });
+}

@@ -417,6 +417,19 @@ impl Payments<'_> {
         self.initialize_with(&body, key).await
     }
 
+    /// `POST /v1/payments/initialize` with `pool_id` (admin key): a checkout of `package` for a
+    /// credit pool; once paid, the package's credits go to the pool, which its members draw on.
+    pub async fn initialize_for_pool(
+        &self,
+        pool: &str,
+        package: &str,
+        email: &str,
+        key: Option<&str>,
+    ) -> Result<Checkout, ClientError> {
+        let body = serde_json::json!({ "pool_id": pool, "package_id": package, "email": email });
+        self.initialize_with(&body, key).await
+    }
+
     /// [`Payments::initialize`] with a body of the caller's (`callback_url`, `metadata`).
     pub async fn initialize_with(
         &self,

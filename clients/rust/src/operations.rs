@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::client::{encode, user_path, Client};
 use crate::error::ClientError;
 use crate::groups::pairs;
-use crate::types::{Membership, Pool, Query, Receipt};
+use crate::types::{Membership, PaymentsPage, Pool, Query, Receipt};
 
 /// See [`Client::billing`].
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +188,19 @@ impl Pools<'_> {
     /// `GET /v1/pools/{id}/entries`: the pool's ledger.
     pub async fn entries(&self, pool: &str, filters: Query<'_>) -> Result<Value, ClientError> {
         let path = format!("/v1/pools/{}/entries{}", encode(pool), pairs(filters));
+        self.client
+            .call(Method::GET, &path, None::<&()>, None)
+            .await
+    }
+
+    /// `GET /v1/pools/{id}/payments`: the packages bought for the pool, newest first. Filters:
+    /// `limit`, `cursor`, `status`.
+    pub async fn payments(
+        &self,
+        pool: &str,
+        filters: Query<'_>,
+    ) -> Result<PaymentsPage, ClientError> {
+        let path = format!("/v1/pools/{}/payments{}", encode(pool), pairs(filters));
         self.client
             .call(Method::GET, &path, None::<&()>, None)
             .await

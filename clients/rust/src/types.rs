@@ -452,6 +452,12 @@ pub struct Checkout {
 pub struct Payment {
     /// Its reference.
     pub reference: String,
+    /// The user it tops up; `None` when it was bought for a credit pool.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The credit pool it tops up, when it was bought for one.
+    #[serde(default)]
+    pub pool_id: Option<String>,
     /// The package bought.
     #[serde(default)]
     pub package_id: Option<String>,
@@ -483,7 +489,7 @@ pub struct Payment {
     pub entry_id: Option<String>,
 }
 
-/// A page of a user's payments, newest first.
+/// A page of a user's or a pool's payments, newest first.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PaymentsPage {
     /// The payments.
