@@ -19,10 +19,11 @@
 #      dropped from the page cache (cold, `dd iflag=nocache`), then again (warm). `kill -9` each.
 #   3. Recent snapshot (a): start it with the default snapshot settings; it snapshots at once (the
 #      log holds more than `snapshot.every_records` records since the last snapshot); wait for the
-#      snapshot, add a tail of debits over HTTP (`creditd loadgen` for 5 s, open loop), `kill -9`,
+#      snapshot (its time and size are printed), add a tail of debits over HTTP (`creditd loadgen` for 5 s, open loop), `kill -9`,
 #      and time the next start.
-# Each start reports: time to ready, what recovery itself logged (records replayed, its seconds
-# and rate), the resident memory once ready and its peak (VmRSS, VmHWM). The history store is
+# Each start reports: time to ready, the CPU time (user + system) the server had used by then
+# (on a shared machine the steadier figure), what recovery itself logged (records replayed, its
+# seconds and rate), the resident memory once ready and its peak (VmRSS, VmHWM). The history store is
 # switched off for every start (`CREDITD_HISTORY__ENABLED=false`): it is not on the way to ready
 # but would share the two cores while it catches up on a hundred million records.
 #
@@ -110,7 +111,9 @@ start() {
     sleep 0.02
   done
   local ready_ms=$((($(date +%s%N) - t0) / 1000000))
-  local rss hwm
+  local rss hwm cpu
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.1f", ($12 + $13) / hz }' \
+    "/proc/$SERVER_PID/stat")
   rss=$(awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$SERVER_PID/status")
   hwm=$(awk '/^VmHWM/ { print int($2 / 1024) }' "/proc/$SERVER_PID/status")
   local line records seconds rate snapshot
@@ -121,8 +124,8 @@ start() {
   snapshot=$(sed -n 's/.*snapshot=\(Some([^)]*)\|None\).*/\1/p' <<<"$line")
   [ "$snapshot" = None ] && snapshot=none || snapshot=yes
   local row
-  row=$(printf '| %s | %s | %.2f s | %s | %s s | %s | %s MiB | %s MiB |' "$label" "$snapshot" \
-    "$(awk -v ms="$ready_ms" 'BEGIN { print ms / 1000 }')" "$records" "$seconds" \
+  row=$(printf '| %s | %s | %.2f s | %s s | %s | %s s | %s | %s MiB | %s MiB |' "$label" \
+    "$snapshot" "$(awk -v ms="$ready_ms" 'BEGIN { print ms / 1000 }')" "$cpu" "$records" "$seconds" \
     "$(awk -v r="$rate" 'BEGIN { printf "%.2f M/s", r / 1e6 }')" "$rss" "$hwm")
   RESULTS+=("$row")
   echo "$row"
@@ -138,8 +141,8 @@ metric() { # the value of an unlabelled series
   curl -s "$URL/metrics" | awk -v name="$1" '$1 == name { print $2 }'
 }
 
-echo "| start | snapshot | time to ready | records replayed | recovery (logged) | replay rate | RSS ready | RSS peak |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|"
+echo "| start | snapshot | time to ready | server CPU | records replayed | recovery (logged) | replay rate | RSS ready | RSS peak |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
 NO_SNAPSHOTS=(CREDITD_SNAPSHOT__EVERY_RECORDS=1000000000000 CREDITD_SNAPSHOT__EVERY=100000d)
 drop_cache
 start "log only, cold cache" "${NO_SNAPSHOTS[@]}"
@@ -147,17 +150,23 @@ crash
 start "log only, warm cache" "${NO_SNAPSHOTS[@]}"
 crash
 
-# Default snapshot settings: the first snapshot starts at once.
-start "log only, then a snapshot" CREDITD_LOG__LEVEL=info
+# The first snapshot starts at once: the log holds more than `snapshot.every_records` records
+# (the default, 1 000 000, or fewer for a small run) since the last one.
+every=1000000
+[ "$RECORDS" -gt $((2 * every)) ] || every=$((RECORDS / 2))
+start "log only, then a snapshot" CREDITD_SNAPSHOT__EVERY_RECORDS=$every
 for _ in $(seq 600); do
   count=$(metric creditd_snapshot_duration_seconds_count)
   [ -n "$count" ] && [ "${count%.*}" -ge 1 ] && break
   sleep 0.5
 done
 snapshot_seconds=$(metric creditd_snapshot_duration_seconds_sum)
+# The old segments are removed just after the snapshot is counted.
+sleep 2
 snapshot_bytes=$(du -sb "$DATA/snapshots" | cut -f1)
 echo "snapshot of $USERS wallets: ${snapshot_seconds} s to write, $((snapshot_bytes >> 20)) MiB" \
-  "(the snapshots directory); log left: $(($(du -sb "$DATA/wal" | cut -f1) >> 20)) MiB"
+  "(the snapshots directory); log left: $(($(du -sb "$DATA/wal" | cut -f1) >> 20)) MiB in" \
+  "$(ls "$DATA/wal" | grep -c '\.log$') segments"
 "$BIN" loadgen --url "$URL" --skip-setup --user-prefix rec --users "$USERS" --connections 32 \
   --rate 5000 --duration 5 --warmup 0 >"$LOGS/tail-load.txt"
 grep '^requests' "$LOGS/tail-load.txt" | sed 's/^/  tail: /'

@@ -35,7 +35,8 @@
 #
 # Verdict (after the warm-up, the first 2 minutes, or the first third of a shorter run):
 #   memory   the mean RSS of the last 3 samples against the mean of the first 3 after warm-up:
-#            growth under 5 % passes.
+#            growth under 5 % passes. The growth over the last third alone is printed too: memory
+#            that rose once and then stayed flat (a table reaching its size) shows there as 0.
 #   p99      steady when the median of the 10-s p99s over the last third of the measured samples
 #            is at most 1.5 times the median over the first third, and no 10-s p99 passes 10 times
 #            the median of all of them.
@@ -203,26 +204,9 @@ wait "$LOAD_PID" || { echo "the load generator failed: $(tail -n 3 "$OUT/load.tx
 LOAD_PID=
 sed -n '/^open loop/,$p' "$OUT/load.txt"
 
-# The plot: RSS (left axis) and p99 (right axis) over time, the warm-up shaded.
-gnuplot <<EOF
-set terminal pngcairo size 960,480 font "sans,10"
-set output "$OUT/soak.png"
-set datafile separator ","
-set title "creditd soak: $RATE operations/s for $MINUTES min, $USERS users ($(date -u +%Y-%m-%d))"
-set xlabel "seconds"
-set ylabel "RSS (MiB)"
-set y2label "p99 of each 10 s (ms)"
-set ytics nomirror
-set y2tics
-set yrange [0:*]
-set y2range [0:*]
-set key top left
-set grid
-set object 1 rect from 0, graph 0 to $WARMUP, graph 1 behind fillcolor rgb "#eeeeee" fillstyle solid noborder
-plot "$CSV" using 1:2 skip 1 with lines lw 2 lc rgb "#1f77b4" title "server RSS", \
-     "$CSV" using 1:7 skip 1 axes x1y2 with lines lw 1 lc rgb "#d62728" title "p99", \
-     "$CSV" using 1:6 skip 1 axes x1y2 with lines lw 1 lc rgb "#ff9896" title "p50"
-EOF
+# The plot: RSS and the idempotency keys held, p50 and p99 over time, the warm-up shaded.
+benches/plot_soak.sh "$CSV" "$OUT/soak.png" \
+  "creditd soak: $RATE operations/s for $MINUTES min, $USERS users ($(date -u +%Y-%m-%d))" "$WARMUP"
 
 # The verdict.
 awk -F, -v warmup="$WARMUP" -v rate="$RATE" '
@@ -246,6 +230,7 @@ awk -F, -v warmup="$WARMUP" -v rate="$RATE" '
     p99_ok = late <= 1.5 * early && worst <= 10 * all
     goodput_ok = ok >= 0.99 * scheduled
     printf "memory:  %.1f MiB -> %.1f MiB after warm-up: %+.1f %% (limit 5 %%): %s\n", first, last, growth, memory_ok ? "steady" : "GROWS"
+    printf "         over the last third alone: %.1f MiB -> %.1f MiB (%+.1f %%)\n", rss[n - third + 1], rss[n], (rss[n] - rss[n - third + 1]) / rss[n - third + 1] * 100
     printf "p99:     median of 10-s p99s %.2f ms (first third %.2f ms, last third %.2f ms, worst %.2f ms): %s\n", all, early, late, worst, p99_ok ? "steady" : "NOT STEADY"
     printf "goodput: %d of %d scheduled operations answered 2xx (%.2f %%), %d errors: %s\n", ok, scheduled, ok / scheduled * 100, err, goodput_ok ? "ok" : "SHORT"
     exit !(memory_ok && p99_ok && goodput_ok)
