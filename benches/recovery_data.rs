@@ -71,7 +71,9 @@ fn parse(arguments: &[String]) -> Result<Plan, String> {
         }
     }
     if plan.data_dir.as_os_str().is_empty() || plan.users == 0 {
-        return Err("usage: --data-dir D --users N --records M [--prefix rec] [--threads 2]".into());
+        return Err(
+            "usage: --data-dir D --users N --records M [--prefix rec] [--threads 2]".into(),
+        );
     }
     Ok(plan)
 }

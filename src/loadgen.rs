@@ -560,7 +560,10 @@ impl Job {
                         _ => self.options.batch.max(1),
                     };
                     let request = self.request(&mut rng, sequence, items, &authorization)?;
-                    (send(&mut sender, request).await.map(|(status, _)| status), items)
+                    (
+                        send(&mut sender, request).await.map(|(status, _)| status),
+                        items,
+                    )
                 }
             };
             sequence += 1;

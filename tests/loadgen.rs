@@ -39,14 +39,20 @@ async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
     let report = creditd::loadgen::run(&options).await.unwrap();
     let render = report.render(&options);
     assert!(report.requests > 20, "{render}");
-    assert_eq!(report.statuses[0], report.requests, "every answer 2xx: {render}");
+    assert_eq!(
+        report.statuses[0], report.requests,
+        "every answer 2xx: {render}"
+    );
     // Batches of 5 carry more debits than operations; reservations and single debits one each.
     assert!(report.debits > report.requests, "{render}");
     let client = server.client(SERVICE);
     let mut spent = 0;
     for index in 0..options.users {
         let wallet = client.wallet(&format!("mix-{index}"), None).await.unwrap();
-        assert_eq!(wallet.reserved, 0, "every reservation was captured: {wallet:?}");
+        assert_eq!(
+            wallet.reserved, 0,
+            "every reservation was captured: {wallet:?}"
+        );
         spent += 1_000_000_000_000i64 - wallet.balance;
     }
     assert_eq!(spent, amount * report.debits as i64, "{render}");
