@@ -237,8 +237,17 @@ impl LoadReport {
             .pool
             .as_deref()
             .map_or(String::new(), |pool| format!(", paid by pool {pool}"));
+        let mix = &options.mix;
+        let mix = if mix.reserve_percent > 0 || mix.batch_percent > 0 {
+            format!(
+                ", mix: {} % reserve + capture, {} % batches of {}",
+                mix.reserve_percent, mix.batch_percent, mix.mix_batch
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}{pool}\n\
+            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}{pool}{mix}\n\
              requests: {} in {:.1} s = {:.0} req/s; debits {:.0}/s\n\
              status: 2xx {}  402 {}  other 4xx {}  5xx {}  transport errors {}\n\
              latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
