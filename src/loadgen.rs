@@ -7,6 +7,11 @@
 //! With `--pool`, every user draws on one credit pool and its own wallet is left empty, so every
 //! debit takes the pool's path (the user's lock, then the pool's): the cost of an organisation's
 //! shared balance under load.
+//!
+//! A soak run (`benches/soak.sh`) adds a mix and a running report ([`MixOptions`]): a share of the
+//! operations are a reservation followed by its capture, a share are small batches, the rest
+//! single debits; and every `--report-every` seconds one `interval` line gives that interval's
+//! operations, answers by class and p50/p99 latency, so a long run shows drift as it happens.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,6 +98,115 @@ pub struct LoadOptions {
     /// With `--pool`: each member's daily cap (none: no cap).
     #[arg(long)]
     pub pool_daily_cap: Option<i64>,
+    /// A mix of operations and a report per interval, for long runs.
+    #[command(flatten)]
+    pub mix: MixOptions,
+}
+
+/// A mix of operations, and a report every few seconds (for soak runs). The default is no mix
+/// and no interval report: every operation is a debit of `--batch` items.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MixOptions {
+    /// Percent of operations that reserve `--amount` and then capture the reservation (two
+    /// requests; latency runs from the intended start to the capture's answer).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub reserve_percent: u8,
+    /// Percent of operations sent as one `POST /v1/debits/batch` of `--mix-batch` debits.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub batch_percent: u8,
+    /// Debits per batch in the mix (`--batch-percent`).
+    #[arg(long, default_value_t = 10)]
+    pub mix_batch: usize,
+    /// Print one `interval` line every this many seconds of the measured run (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub report_every: u64,
+}
+
+/// What one operation of a run is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Operation {
+    /// `--batch` debits (one request; a single debit when `--batch` is 1).
+    Debit,
+    /// A reservation, then its capture.
+    ReserveCapture,
+    /// A batch of `--mix-batch` debits.
+    MixBatch,
+}
+
+impl MixOptions {
+    /// Picks the next operation.
+    fn pick(&self, rng: &mut SmallRng) -> Operation {
+        if self.reserve_percent == 0 && self.batch_percent == 0 {
+            return Operation::Debit;
+        }
+        let draw: u8 = rng.random_range(0..100);
+        if draw < self.reserve_percent {
+            Operation::ReserveCapture
+        } else if draw < self.reserve_percent.saturating_add(self.batch_percent) {
+            Operation::MixBatch
+        } else {
+            Operation::Debit
+        }
+    }
+}
+
+/// The figures of one reporting interval, shared by every connection.
+struct Interval {
+    operations: u64,
+    debits: u64,
+    statuses: [u64; 5],
+    latency: Histogram<u64>,
+}
+
+impl Interval {
+    fn new() -> Interval {
+        Interval {
+            operations: 0,
+            debits: 0,
+            statuses: [0; 5],
+            latency: new_histogram(),
+        }
+    }
+
+    /// One line: `interval t=… ops=… debits=… ok=… insufficient=… other_4xx=… 5xx=… errors=…
+    /// p50_us=… p99_us=… max_us=…`, `t` the seconds since the measured run began.
+    fn line(&self, seconds: u64) -> String {
+        let quantile = |q: f64| self.latency.value_at_quantile(q);
+        format!(
+            "interval t={seconds} ops={} debits={} ok={} insufficient={} other_4xx={} 5xx={} \
+             errors={} p50_us={} p99_us={} max_us={}",
+            self.operations,
+            self.debits,
+            self.statuses[0],
+            self.statuses[1],
+            self.statuses[2],
+            self.statuses[3],
+            self.statuses[4],
+            quantile(0.5),
+            quantile(0.99),
+            self.latency.max(),
+        )
+    }
+}
+
+/// Prints an `interval` line every `every` from `from` until `until`, then one for what is left.
+async fn report_intervals(
+    interval: Arc<parking_lot::Mutex<Interval>>,
+    from: Instant,
+    every: Duration,
+    until: Instant,
+) {
+    let mut next = from + every;
+    loop {
+        tokio::time::sleep_until(next.min(until).into()).await;
+        let taken = std::mem::replace(&mut *interval.lock(), Interval::new());
+        let seconds = Instant::now().saturating_duration_since(from).as_secs_f64();
+        println!("{}", taken.line(seconds.round() as u64));
+        if next >= until {
+            return;
+        }
+        next += every;
+    }
 }
 
 /// What a run measured.
@@ -123,8 +237,17 @@ impl LoadReport {
             .pool
             .as_deref()
             .map_or(String::new(), |pool| format!(", paid by pool {pool}"));
+        let mix = &options.mix;
+        let mix = if mix.reserve_percent > 0 || mix.batch_percent > 0 {
+            format!(
+                ", mix: {} % reserve + capture, {} % batches of {}",
+                mix.reserve_percent, mix.batch_percent, mix.mix_batch
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}{pool}\n\
+            "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}{pool}{mix}\n\
              requests: {} in {:.1} s = {:.0} req/s; debits {:.0}/s\n\
              status: 2xx {}  402 {}  other 4xx {}  5xx {}  transport errors {}\n\
              latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
@@ -303,6 +426,16 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
     let stop_at = measure_from + Duration::from_secs(options.duration.max(1));
     let stopping = Arc::new(AtomicBool::new(false));
     let run_id: u32 = rand::random();
+    let interval = Arc::new(parking_lot::Mutex::new(Interval::new()));
+    let reporter = (options.mix.report_every > 0).then(|| {
+        let every = Duration::from_secs(options.mix.report_every);
+        tokio::spawn(report_intervals(
+            Arc::clone(&interval),
+            measure_from,
+            every,
+            stop_at,
+        ))
+    });
     let mut tasks = Vec::new();
     for connection in 0..options.connections.max(1) {
         let job = Job {
@@ -315,6 +448,7 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
             stop_at,
             run_id,
             stopping: Arc::clone(&stopping),
+            interval: (options.mix.report_every > 0).then(|| Arc::clone(&interval)),
         };
         tasks.push(tokio::spawn(job.run()));
     }
@@ -337,12 +471,32 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
             .add(&part.latency)
             .map_err(|e| e.to_string())?;
     }
+    if let Some(reporter) = reporter {
+        reporter.await.map_err(|e| e.to_string())?;
+    }
     Ok(report)
 }
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Sends `request` and reads the whole answer: its status and body, or `None` when the
+/// connection failed.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Option<(u16, Bytes)> {
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 struct Job {
@@ -355,6 +509,8 @@ struct Job {
     stop_at: Instant,
     run_id: u32,
     stopping: Arc<AtomicBool>,
+    /// The current reporting interval, with `--report-every`.
+    interval: Option<Arc<parking_lot::Mutex<Interval>>>,
 }
 
 impl Job {
@@ -399,22 +555,33 @@ impl Job {
             if period.is_some() && intended > Instant::now() {
                 tokio::time::sleep_until(intended.into()).await;
             }
-            let request = self.request(&mut rng, sequence, &authorization)?;
-            sequence += 1;
-            let outcome = match sender.send_request(request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let _ = response.into_body().collect().await;
-                    Some(status)
+            let operation = self.options.mix.pick(&mut rng);
+            let (outcome, debits) = match operation {
+                Operation::ReserveCapture => {
+                    let outcome = self
+                        .reserve_and_capture(&mut sender, &mut rng, sequence, &authorization)
+                        .await?;
+                    (outcome, 1)
                 }
-                Err(_) => None,
+                Operation::Debit | Operation::MixBatch => {
+                    let items = match operation {
+                        Operation::MixBatch => self.options.mix.mix_batch.max(1),
+                        _ => self.options.batch.max(1),
+                    };
+                    let request = self.request(&mut rng, sequence, items, &authorization)?;
+                    (
+                        send(&mut sender, request).await.map(|(status, _)| status),
+                        items,
+                    )
+                }
             };
+            sequence += 1;
             let finished = Instant::now();
             if intended < self.measure_from {
                 continue;
             }
             report.requests += 1;
-            report.debits += self.options.batch.max(1) as u64;
+            report.debits += debits as u64;
             let class = match outcome {
                 Some(200..=299) => 0,
                 Some(402) => 1,
@@ -428,6 +595,13 @@ impl Job {
                 .as_micros()
                 .min(u128::from(u64::MAX)) as u64;
             let _ = report.latency.record(micros.max(1));
+            if let Some(interval) = &self.interval {
+                let mut interval = interval.lock();
+                interval.operations += 1;
+                interval.debits += debits as u64;
+                interval.statuses[class] += 1;
+                let _ = interval.latency.record(micros.max(1));
+            }
             if outcome.is_none() {
                 // The connection is gone; the others carry on.
                 break;
@@ -436,10 +610,70 @@ impl Job {
         Ok(report)
     }
 
+    /// A reservation of `--amount` for a random user, then (if it was made) its capture. The
+    /// status is the capture's, or the reservation's when that failed.
+    async fn reserve_and_capture(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        rng: &mut SmallRng,
+        sequence: u64,
+        authorization: &HeaderValue,
+    ) -> Result<Option<u16>, String> {
+        let options = &self.options;
+        let user = match options.distribution {
+            Distribution::Hot => format!("{}-0", options.user_prefix),
+            _ => format!("{}-{}", options.user_prefix, self.picker.pick(rng)),
+        };
+        let body = format!("{{\"amount\":{}}}", options.amount);
+        let path = format!("/v1/users/{user}/reservations");
+        let key = options
+            .idempotency_keys
+            .then(|| format!("lg-{:08x}-{}-{sequence}-r", self.run_id, self.connection));
+        let request = self.post(&path, body, key.as_deref(), authorization)?;
+        let Some((status, answer)) = send(sender, request).await else {
+            return Ok(None);
+        };
+        if status != 201 {
+            return Ok(Some(status));
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        let Some(reservation) = answer["reservation_id"].as_str() else {
+            // A 201 without an id is the server's fault: counted with the 5xx.
+            return Ok(Some(599));
+        };
+        let path = format!("/v1/reservations/{reservation}/capture");
+        let key = key.map(|key| format!("{key}c"));
+        let request = self.post(&path, "{}".into(), key.as_deref(), authorization)?;
+        Ok(send(sender, request).await.map(|(status, _)| status))
+    }
+
+    /// A POST of `body` to `path`, with an Idempotency-Key if one is given.
+    fn post(
+        &self,
+        path: &str,
+        body: String,
+        key: Option<&str>,
+        authorization: &HeaderValue,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let mut builder = Request::builder()
+            .header(header::HOST, "creditd")
+            .header(header::AUTHORIZATION, authorization.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .method(Method::POST)
+            .uri(path);
+        if let Some(key) = key {
+            builder = builder.header("idempotency-key", key);
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())
+    }
+
     fn request(
         &self,
         rng: &mut SmallRng,
         sequence: u64,
+        items: usize,
         authorization: &HeaderValue,
     ) -> Result<Request<Full<Bytes>>, String> {
         let options = &self.options;
@@ -458,7 +692,7 @@ impl Job {
             .header(header::AUTHORIZATION, authorization.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .method(Method::POST);
-        let body = if options.batch <= 1 {
+        let body = if items <= 1 {
             builder = builder.uri(format!("/v1/users/{}/debit", user(rng)));
             if options.idempotency_keys {
                 builder = builder.header("idempotency-key", key(0));
@@ -466,7 +700,7 @@ impl Job {
             format!("{{\"amount\":{}}}", options.amount)
         } else {
             builder = builder.uri("/v1/debits/batch");
-            let items: Vec<String> = (0..options.batch)
+            let items: Vec<String> = (0..items)
                 .map(|item| {
                     let key = if options.idempotency_keys {
                         format!(",\"idempotency_key\":\"{}\"", key(item))

@@ -134,6 +134,11 @@ fn describe() {
         "The highest LSN known to be durable."
     );
     describe_gauge!(
+        names::WAL_PENDING_RECORDS,
+        Unit::Count,
+        "Records appended to the log and not yet durable (queued, or being written and synced)."
+    );
+    describe_gauge!(
         names::HISTORY_LAG_RECORDS,
         Unit::Count,
         "Durable log records the ledger history has not applied yet (0 when it is caught up)."
@@ -344,6 +349,8 @@ pub struct Metrics {
     pub idempotency_keys: Gauge,
     /// Durable LSN gauge.
     pub durable_lsn: Gauge,
+    /// Records appended to the log and not yet durable.
+    pub wal_pending_records: Gauge,
     /// Readiness gauge.
     pub ready: Gauge,
     /// Bytes of request bodies claimed against the body budget.
@@ -392,6 +399,7 @@ impl Metrics {
             reservations_open: metrics::gauge!(names::RESERVATIONS_OPEN),
             idempotency_keys: metrics::gauge!(names::IDEMPOTENCY_KEYS),
             durable_lsn: metrics::gauge!(names::WAL_DURABLE_LSN),
+            wal_pending_records: metrics::gauge!(names::WAL_PENDING_RECORDS),
             ready: metrics::gauge!(names::READY),
             body_bytes_buffered: metrics::gauge!(names::HTTP_BODY_BYTES_BUFFERED),
             connections: ConnectionMetrics::new(),

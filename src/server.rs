@@ -304,9 +304,14 @@ async fn upkeep(state: Arc<ApiState>) {
         ticks.tick().await;
         state.prometheus.run_upkeep();
         let metrics = &state.metrics;
+        let wal = state.engine.wal();
+        // Read the durable LSN after the next one, so the difference is never negative.
+        let next_lsn = wal.next_lsn();
+        let durable_lsn = wal.durable_lsn();
+        metrics.durable_lsn.set(durable_lsn as f64);
         metrics
-            .durable_lsn
-            .set(state.engine.wal().durable_lsn() as f64);
+            .wal_pending_records
+            .set(next_lsn.saturating_sub(1).saturating_sub(durable_lsn) as f64);
         metrics.ready.set(if state.is_ready() { 1.0 } else { 0.0 });
         let (regular, reserved) = state.connections.open();
         metrics.connections.set_open(regular, reserved);

@@ -522,6 +522,7 @@ async fn the_load_generator_draws_every_debit_on_the_pool() {
         pool: Some("lg-pool".into()),
         pool_daily_cap: None,
         admin_key: ADMIN.into(),
+        mix: Default::default(),
     };
     let report = creditd::loadgen::run(&options).await.unwrap();
     assert!(report.requests > 0, "{}", report.render(&options));

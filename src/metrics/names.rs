@@ -35,6 +35,8 @@ pub const RESERVATIONS_OPEN: &str = "creditd_reservations_open";
 pub const IDEMPOTENCY_KEYS: &str = "creditd_idempotency_keys";
 /// Gauge: the highest log sequence number known to be durable.
 pub const WAL_DURABLE_LSN: &str = "creditd_wal_durable_lsn";
+/// Gauge: records appended to the log and not yet durable.
+pub const WAL_PENDING_RECORDS: &str = "creditd_wal_pending_records";
 /// Gauge: problems recovery found in what the fallback snapshot would need.
 pub const RECOVERY_FALLBACK_PROBLEMS: &str = "creditd_recovery_fallback_problems";
 /// Gauge: durable log records the history has not applied yet.
@@ -80,6 +82,7 @@ pub const ALL: &[&str] = &[
     RESERVATIONS_OPEN,
     IDEMPOTENCY_KEYS,
     WAL_DURABLE_LSN,
+    WAL_PENDING_RECORDS,
     RECOVERY_FALLBACK_PROBLEMS,
     HISTORY_LAG_RECORDS,
     HISTORY_ERRORS_TOTAL,

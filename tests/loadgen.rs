@@ -1,0 +1,82 @@
+//! `creditd loadgen` with a mix of operations (`--reserve-percent`, `--batch-percent`): every
+//! operation it counts is applied exactly as counted, and every reservation it makes is captured.
+
+#[path = "common/server.rs"]
+mod server;
+
+use server::{Server, ADMIN, SERVICE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
+    let server = Server::start().await;
+    let amount = 3;
+    let options = creditd::loadgen::LoadOptions {
+        url: server.base.clone(),
+        key: SERVICE.into(),
+        connections: 2,
+        duration: 1,
+        warmup: 0,
+        rate: 0,
+        users: 4,
+        distribution: creditd::loadgen::Distribution::Uniform,
+        zipf_exponent: 1.0,
+        batch: 1,
+        amount,
+        idempotency_keys: true,
+        skip_setup: false,
+        setup_only: false,
+        user_prefix: "mix".into(),
+        pool: None,
+        pool_daily_cap: None,
+        admin_key: ADMIN.into(),
+        mix: creditd::loadgen::MixOptions {
+            reserve_percent: 40,
+            batch_percent: 30,
+            mix_batch: 5,
+            report_every: 1,
+        },
+    };
+    let report = creditd::loadgen::run(&options).await.unwrap();
+    let render = report.render(&options);
+    assert!(report.requests > 20, "{render}");
+    assert_eq!(
+        report.statuses[0], report.requests,
+        "every answer 2xx: {render}"
+    );
+    // Batches of 5 carry more debits than operations; reservations and single debits one each.
+    assert!(report.debits > report.requests, "{render}");
+    let client = server.client(SERVICE);
+    let mut spent = 0;
+    for index in 0..options.users {
+        let wallet = client.wallet(&format!("mix-{index}"), None).await.unwrap();
+        assert_eq!(
+            wallet.reserved, 0,
+            "every reservation was captured: {wallet:?}"
+        );
+        spent += 1_000_000_000_000i64 - wallet.balance;
+    }
+    assert_eq!(spent, amount * report.debits as i64, "{render}");
+    // The reservations went through their own routes, each captured.
+    let metrics = metrics_text(&server.base).await;
+    let captures = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("creditd_http_request_duration_seconds_count")
+                && line.contains("/v1/reservations/{reservation_id}/capture")
+                && line.contains("status=\"200\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(captures > 0.0, "no capture was made: {metrics}");
+    server.stop().await;
+}
+
+/// The server's `/metrics` text.
+async fn metrics_text(base: &str) -> String {
+    let client = creditd::client::Client::new(base, SERVICE).unwrap();
+    let (_, _, body) = client
+        .send(http::Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
