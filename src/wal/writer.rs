@@ -178,6 +178,11 @@ struct Shared {
     options: WalOptions,
     /// Starts every record CRC this writer frames.
     salt: u32,
+    /// When the writer started: the zero of `last_sync_end_nanos`.
+    origin: Instant,
+    /// Records in the last batch written, and when its sync ended (see [`Shared::concurrent`]).
+    last_batch_records: AtomicU64,
+    last_sync_end_nanos: AtomicU64,
     records: AtomicU64,
     batches: AtomicU64,
     bytes: AtomicU64,
@@ -260,6 +265,9 @@ impl Wal {
             }),
             options,
             salt,
+            origin: Instant::now(),
+            last_batch_records: AtomicU64::new(0),
+            last_sync_end_nanos: AtomicU64::new(0),
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -396,6 +404,7 @@ impl Wal {
         Durable {
             shared: &self.shared,
             lsn,
+            yielded: false,
         }
     }
 
@@ -438,31 +447,44 @@ impl Drop for Wal {
 pub struct Durable<'a> {
     shared: &'a Shared,
     lsn: u64,
+    /// It has let the tasks runnable before it run once (see `poll`).
+    yielded: bool,
 }
 
 impl Future for Durable<'_> {
     type Output = Result<(), DurabilityError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = self.shared;
-        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+        let this = self.get_mut();
+        let shared = this.shared;
+        if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
+        }
+        if !this.yielded && shared.concurrent() {
+            // First let the tasks already runnable on this thread run (a task that wakes itself
+            // goes to the back of the run queue): the requests they carry append their records
+            // too, and the sync below takes them all. Leading at once would sync one record per
+            // batch whenever one thread serves many connections. A lone request does not wait:
+            // the yield would cost it a hand-off to another thread.
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         // Nobody syncing: this thread is awake already, so it writes and syncs the batch itself
         // rather than wait for the writer thread to wake up, do it, and wake this one again.
         shared.lead();
-        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+        if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
         }
         let mut waiters = shared.waiters.lock();
         // Check again under the lock: the writer publishes before it takes the lock to wake.
-        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+        if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
         }
         if let Some(error) = shared.failure() {
             return Poll::Ready(Err(error));
         }
-        waiters.wakers.push((self.lsn, cx.waker().clone()));
+        waiters.wakers.push((this.lsn, cx.waker().clone()));
         Poll::Pending
     }
 }
@@ -549,7 +571,22 @@ fn take_locked(queue: &mut Queue, spare: Vec<u8>) -> Batch {
     }
 }
 
+/// A sync that ended less than this long before a waiter comes to lead the next one counts as a
+/// sign of requests arriving back to back (see [`Shared::concurrent`]).
+const BACK_TO_BACK: Duration = Duration::from_micros(20);
+
 impl Shared {
+    /// Whether others are likely to append soon: the last batch held more than one record, or
+    /// it ended only just now (one thread serving many connections, one after another).
+    fn concurrent(&self) -> bool {
+        if self.last_batch_records.load(Ordering::Relaxed) > 1 {
+            return true;
+        }
+        let ended = self.last_sync_end_nanos.load(Ordering::Relaxed);
+        let now = self.origin.elapsed().as_nanos() as u64;
+        now.saturating_sub(ended) < BACK_TO_BACK.as_nanos() as u64
+    }
+
     /// Writes and syncs what is queued on the calling thread, if there is something and nobody
     /// is syncing already: the group commit's leader is whoever asks first. Afterwards it hands
     /// anything queued meanwhile to the writer thread, so a caller leads at most one batch and
@@ -706,6 +743,11 @@ fn write_batch(shared: &Shared, io: &mut Io, batch: Batch) -> Result<(), ()> {
         .bytes
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     io.batch_records.record(batch.records as f64);
+    shared
+        .last_batch_records
+        .store(batch.records, Ordering::Relaxed);
+    let ended = shared.origin.elapsed().as_nanos() as u64;
+    shared.last_sync_end_nanos.store(ended, Ordering::Relaxed);
     io.written_bytes.increment(bytes.len() as u64);
     shared.publish(batch.last_lsn);
     bytes.clear();
