@@ -1,5 +1,6 @@
 //! Admission of keyed API requests under overload: at most `server.max_in_flight_requests` are
-//! in progress at once; one more is answered 503 `server-busy` with `Retry-After: 1` at once.
+//! in progress at once (off by default); one more is answered 503 `server-busy` with
+//! `Retry-After: 1` at once.
 //!
 //! Why a count of requests in progress: a request holds its place from routing until its answer
 //! is ready, and most of that time it waits for the log to sync its record. When the server
