@@ -460,6 +460,10 @@ impl Future for Durable<'_> {
         if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
         }
+        // A log that failed answers at once: there is nothing to wait or yield for.
+        if let Some(error) = shared.failure() {
+            return Poll::Ready(Err(error));
+        }
         if !this.yielded && shared.concurrent() {
             // First let the tasks already runnable on this thread run (a task that wakes itself
             // goes to the back of the run queue): the requests they carry append their records
