@@ -8,6 +8,13 @@
 //! - `group_commit_closed_loop`: N producer threads each append one record (a real encoded debit
 //!   event) and wait until it is durable, then append the next (a closed loop, like N clients each
 //!   waiting for their answer). Producers are started once per N, outside the measurement.
+//! - `group_commit_async`: N tasks on a two-worker tokio runtime (as the server runs them), each
+//!   appending one record and awaiting `Wal::durable` for it, in a loop: the server's commit path
+//!   without HTTP. The thread that awaits leads the sync when nobody else is syncing, so a lone
+//!   task costs no hand-off to the writer thread and back; the context switches and CPU time of
+//!   the whole process per record are printed at the end (a regression of the hand-offs shows
+//!   there first: at one task they were 11.8 switches per debit through the server before the
+//!   waiter led its own sync, 6 after).
 //! - `append_batch_then_wait`: one thread appends B records and waits for the last one (B = 10 000
 //!   is past the brief's range, to show how large a batch this disk needs for 1 M records/s).
 //!
@@ -230,6 +237,85 @@ fn bench_closed_loop(criterion: &mut Criterion, parent: &Path, payload: &Arc<Vec
     group.finish();
 }
 
+/// Context switches (voluntary and not) and CPU time (user and system) of the whole process.
+fn process_usage() -> (u64, Duration) {
+    // SAFETY: getrusage fills the struct it is given, which lives across the call.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        (usage.ru_nvcsw + usage.ru_nivcsw) as u64,
+        time(usage.ru_utime) + time(usage.ru_stime),
+    )
+}
+
+/// Switches and CPU per record of each `group_commit_async` run, printed at the end.
+static ASYNC_COSTS: Mutex<Vec<(String, u64, f64, f64)>> = Mutex::new(Vec::new());
+
+fn bench_async(criterion: &mut Criterion, parent: &Path, payload: &Arc<Vec<u8>>) {
+    let mut group = criterion.benchmark_group("group_commit_async");
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for tasks in [1usize, 64] {
+        let name = format!("{tasks}_tasks");
+        let (wal, dir) = start_wal(parent);
+        let before = wal.stats();
+        let (mut switches, mut cpu, mut records_done) = (0u64, Duration::ZERO, 0u64);
+        group.bench_function(&name, |b| {
+            b.iter_custom(|records| {
+                let (switches_before, cpu_before) = process_usage();
+                let started = Instant::now();
+                runtime.block_on(async {
+                    let mut handles = Vec::with_capacity(tasks);
+                    for index in 0..tasks as u64 {
+                        let share =
+                            records / tasks as u64 + u64::from(index < records % tasks as u64);
+                        let (wal, payload) = (Arc::clone(&wal), Arc::clone(payload));
+                        handles.push(tokio::spawn(async move {
+                            for _ in 0..share {
+                                let lsn = append(&wal, &payload);
+                                wal.durable(lsn).await.expect("the log stays healthy");
+                            }
+                        }));
+                    }
+                    for handle in handles {
+                        handle.await.expect("task");
+                    }
+                });
+                let elapsed = started.elapsed();
+                let (switches_after, cpu_after) = process_usage();
+                switches += switches_after - switches_before;
+                cpu += cpu_after - cpu_before;
+                records_done += records;
+                common::trim_segments(dir.path());
+                elapsed
+            });
+        });
+        let per = records_done.max(1) as f64;
+        ASYNC_COSTS.lock().expect("cost table").push((
+            format!("group_commit_async/{name}"),
+            records_done,
+            switches as f64 / per,
+            cpu.as_secs_f64() * 1e6 / per,
+        ));
+        record_batches(
+            format!("group_commit_async/{name}"),
+            stats_since(&wal, before),
+        );
+        drop(wal);
+    }
+    group.finish();
+}
+
 fn bench_batches(criterion: &mut Criterion, parent: &Path, payload: &[u8]) {
     let mut group = criterion.benchmark_group("append_batch_then_wait");
     group.sampling_mode(SamplingMode::Flat);
@@ -281,8 +367,17 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_raw_sync(&mut criterion, &parent);
     bench_closed_loop(&mut criterion, &parent, &payload);
+    bench_async(&mut criterion, &parent, &payload);
     bench_batches(&mut criterion, &parent, &payload);
 
+    eprintln!("\nwhole process per record, tokio waiters (all samples, warm-up included):");
+    eprintln!(
+        "{:<45} {:>12} {:>10} {:>12}",
+        "bench", "records", "switches", "CPU µs"
+    );
+    for (bench, records, switches, cpu) in ASYNC_COSTS.lock().expect("cost table").iter() {
+        eprintln!("{bench:<45} {records:>12} {switches:>10.2} {cpu:>12.1}");
+    }
     eprintln!("\nrecords per batch (all samples, warm-up included):");
     eprintln!(
         "{:<45} {:>12} {:>10} {:>12}",

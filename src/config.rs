@@ -160,6 +160,12 @@ pub struct ServerConfig {
     /// grows on its own up to `net.ipv4.tcp_wmem`). What a live stream's reader may leave unread
     /// before the stream's own buffer (`streams.buffer_events`) fills and it is cut off.
     pub send_buffer_bytes: u32,
+    /// Most keyed API requests in progress at once (default 0: no limit). One more gets 503
+    /// `server-busy` with `Retry-After: 1` at once, before its key is checked or its body read,
+    /// and the connection stays open. Off by default: on the measured machine a limit below the
+    /// number of busy connections lowered the throughput (smaller log batches) more than it
+    /// shortened the answers' wait; see `docs/design.md`, "Overload: requests in progress".
+    pub max_in_flight_requests: u32,
 }
 
 impl ServerConfig {
@@ -193,6 +199,7 @@ impl Default for ServerConfig {
             public_url: None,
             workers: 0,
             send_buffer_bytes: 0,
+            max_in_flight_requests: 0,
         }
     }
 }

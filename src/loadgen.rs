@@ -222,12 +222,22 @@ pub struct LoadReport {
     pub seconds: f64,
     /// Latency, microseconds.
     pub latency: Histogram<u64>,
+    /// Latency of the answers that were 2xx alone, microseconds, from when each request was
+    /// sent (not from its intended time: what the server took, whether or not the client kept
+    /// to its schedule).
+    pub latency_ok: Histogram<u64>,
+    /// Seconds from the start of the measured window to the last answer: more than `seconds`
+    /// when an open loop fell behind its schedule.
+    pub answered_seconds: f64,
+    /// Answers 503 (the server refused the request: busy, shutting down…), among the 5xx.
+    pub shed: u64,
 }
 
 impl LoadReport {
     /// One human-readable block.
     pub fn render(&self, options: &LoadOptions) -> String {
         let quantile = |q: f64| self.latency.value_at_quantile(q);
+        let ok_quantile = |q: f64| self.latency_ok.value_at_quantile(q);
         let mode = if options.rate > 0 {
             format!("open loop at {} req/s", options.rate)
         } else {
@@ -250,7 +260,9 @@ impl LoadReport {
             "{mode}, {} connections, {} users ({:?}), batch {}, idempotency keys {}{pool}{mix}\n\
              requests: {} in {:.1} s = {:.0} req/s; debits {:.0}/s\n\
              status: 2xx {}  402 {}  other 4xx {}  5xx {}  transport errors {}\n\
-             latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+             latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n\
+             2xx latency from send µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n\
+             shed (503): {} ({:.1} %); answered in {:.1} s: 2xx {:.0}/s",
             options.connections,
             options.users,
             options.distribution,
@@ -270,6 +282,15 @@ impl LoadReport {
             quantile(0.99),
             quantile(0.999),
             self.latency.max(),
+            ok_quantile(0.5),
+            ok_quantile(0.9),
+            ok_quantile(0.99),
+            ok_quantile(0.999),
+            self.latency_ok.max(),
+            self.shed,
+            100.0 * self.shed as f64 / self.requests.max(1) as f64,
+            self.answered_seconds,
+            self.statuses[0] as f64 / self.answered_seconds.max(self.seconds),
         )
     }
 }
@@ -458,6 +479,9 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
         statuses: [0; 5],
         seconds: options.duration.max(1) as f64,
         latency: new_histogram(),
+        latency_ok: new_histogram(),
+        answered_seconds: 0.0,
+        shed: 0,
     };
     for task in tasks {
         let part = task.await.map_err(|e| e.to_string())??;
@@ -470,6 +494,12 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
             .latency
             .add(&part.latency)
             .map_err(|e| e.to_string())?;
+        report
+            .latency_ok
+            .add(&part.latency_ok)
+            .map_err(|e| e.to_string())?;
+        report.shed += part.shed;
+        report.answered_seconds = report.answered_seconds.max(part.answered_seconds);
     }
     if let Some(reporter) = reporter {
         reporter.await.map_err(|e| e.to_string())?;
@@ -533,6 +563,9 @@ impl Job {
             statuses: [0; 5],
             seconds: 0.0,
             latency: new_histogram(),
+            latency_ok: new_histogram(),
+            answered_seconds: 0.0,
+            shed: 0,
         };
         let connections = self.options.connections.max(1) as u64;
         let period = (self.options.rate > 0)
@@ -555,6 +588,7 @@ impl Job {
             if period.is_some() && intended > Instant::now() {
                 tokio::time::sleep_until(intended.into()).await;
             }
+            let sent = Instant::now();
             let operation = self.options.mix.pick(&mut rng);
             let (outcome, debits) = match operation {
                 Operation::ReserveCapture => {
@@ -601,6 +635,15 @@ impl Job {
                 interval.debits += debits as u64;
                 interval.statuses[class] += 1;
                 let _ = interval.latency.record(micros.max(1));
+            }
+            if class == 0 {
+                let served = finished.duration_since(sent).as_micros();
+                let served = served.min(u128::from(u64::MAX)) as u64;
+                let _ = report.latency_ok.record(served.max(1));
+            }
+            report.answered_seconds = finished.duration_since(self.measure_from).as_secs_f64();
+            if outcome == Some(503) {
+                report.shed += 1;
             }
             if outcome.is_none() {
                 // The connection is gone; the others carry on.

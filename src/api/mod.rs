@@ -13,6 +13,7 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0`
 //! and run many servers at once. This module must not change state except through the engine.
 
+pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod call;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub connections: Arc<Connections>,
     /// The bytes of request bodies held at once, all requests together.
     pub body_budget: BodyBudget,
+    /// The keyed requests in progress, and their limit.
+    pub in_flight: admission::InFlight,
     /// The ledger history, when `history.enabled`.
     pub history: Option<Arc<crate::history::reader::Reader>>,
     /// The open live balance streams.
@@ -107,6 +110,7 @@ impl ApiState {
             keys,
             connections: Connections::new(&server, metrics.connections.clone()),
             body_budget: BodyBudget::new(server.body_budget_bytes),
+            in_flight: admission::InFlight::new(server.max_in_flight_requests),
             metrics,
             prometheus: crate::metrics::install(),
             server,
@@ -273,13 +277,23 @@ pub async fn handle(
             (matched.route, Err(reserved_slot_refusal(&state)))
         }
         Ok(matched) => {
-            let routed = Routed {
-                state: &state,
-                parts: &parts,
-                param: matched.param,
-                body,
+            // Keyed requests past the limit in progress are refused first, at the least cost.
+            let admitted = match matched.route.access() {
+                Access::Key(_) => state.in_flight.admit().map(Some),
+                Access::Probe | Access::Open => Some(None),
             };
-            (matched.route, router::dispatch(matched.route, routed).await)
+            match admitted {
+                None => (matched.route, Err(overload_refusal())),
+                Some(_admitted) => {
+                    let routed = Routed {
+                        state: &state,
+                        parts: &parts,
+                        param: matched.param,
+                        body,
+                    };
+                    (matched.route, router::dispatch(matched.route, routed).await)
+                }
+            }
         }
         Err(_) if kind == SlotKind::Reserved => {
             (Route::Unmatched, Err(reserved_slot_refusal(&state)))
@@ -306,6 +320,14 @@ pub async fn handle(
         histogram.record(started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// The answer to a keyed request past `server.max_in_flight_requests`. The connection stays open.
+fn overload_refusal() -> Problem {
+    Problem::unavailable(
+        "server-busy",
+        "the server has as many requests in progress as it admits; retry shortly",
+    )
 }
 
 /// The answer to anything but a probe on a reserved slot; counted.

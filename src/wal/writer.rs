@@ -1,7 +1,14 @@
 //! The group-commit writer: producers append framed records to a shared buffer under a short mutex;
-//! one writer thread takes the whole buffer, closes it into one batch frame (see [`super::batch`]),
-//! writes it with one call, makes it durable with one `fdatasync`, and publishes the durable-LSN
-//! watermark that waiters await.
+//! whoever syncs next takes the whole buffer, closes it into one batch frame (see
+//! [`super::batch`]), writes it with one call, makes it durable with one `fdatasync`, and publishes
+//! the durable-LSN watermark that waiters await.
+//!
+//! Who syncs: the first waiter that finds records queued and no sync in progress leads the batch
+//! on its own thread ([`Shared::lead`]), so a lone request costs no hand-off to another thread and
+//! back; whatever is queued behind a sync in progress goes to the writer thread, which keeps
+//! writing while records keep coming. An append wakes the writer thread only when it sleeps
+//! (after a quiet spell); while records flow it looks at the queue at least every
+//! [`WRITER_DEADLINE`], which bounds how long a record nobody waits for stays unwritten.
 //!
 //! Guarantees:
 //! - LSNs are assigned in the order records enter the buffer, so the log is in LSN order and a caller
@@ -25,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -119,8 +126,25 @@ struct Queue {
     buffer: Vec<u8>,
     records: u64,
     next_lsn: u64,
+    /// The writer thread waits for work (see [`run_writer`]).
     writer_idle: bool,
+    /// The writer thread waits without a deadline: only a wake-up brings it back.
+    writer_asleep: bool,
+    /// A batch is being written and synced, by the writer thread or by a waiter leading it (see
+    /// [`Shared::lead`]); whoever set it holds [`Shared::io`] until it clears it.
+    syncing: bool,
     closing: bool,
+}
+
+/// What writing a batch needs, owned by whoever syncs (one at a time: see [`Queue::syncing`]).
+struct Io {
+    storage: SharedStorage,
+    segment: ActiveSegment,
+    /// The buffer the queue gets back when it hands over a batch.
+    spare: Vec<u8>,
+    fsync_seconds: metrics::Histogram,
+    batch_records: metrics::Histogram,
+    written_bytes: metrics::Counter,
 }
 
 /// Everyone waiting for an LSN, async tasks and blocked threads alike: each is woken only when its
@@ -150,9 +174,15 @@ struct Shared {
     closed: AtomicBool,
     poison_reason: Mutex<Option<String>>,
     waiters: Mutex<Waiters>,
+    io: Mutex<Io>,
     options: WalOptions,
     /// Starts every record CRC this writer frames.
     salt: u32,
+    /// When the writer started: the zero of `last_sync_end_nanos`.
+    origin: Instant,
+    /// Records in the last batch written, and when its sync ended (see [`Shared::concurrent`]).
+    last_batch_records: AtomicU64,
+    last_sync_end_nanos: AtomicU64,
     records: AtomicU64,
     batches: AtomicU64,
     bytes: AtomicU64,
@@ -215,6 +245,8 @@ impl Wal {
                 records: 0,
                 next_lsn,
                 writer_idle: false,
+                writer_asleep: false,
+                syncing: false,
                 closing: false,
             }),
             writer_wakeup: Condvar::new(),
@@ -223,8 +255,19 @@ impl Wal {
             closed: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
             waiters: Mutex::new(Waiters { wakers: Vec::new() }),
+            io: Mutex::new(Io {
+                storage,
+                segment,
+                spare: Vec::with_capacity(1 << 20),
+                fsync_seconds: metrics::histogram!(names::WAL_FSYNC_DURATION_SECONDS),
+                batch_records: metrics::histogram!(names::WAL_BATCH_RECORDS),
+                written_bytes: metrics::counter!(names::WAL_WRITTEN_BYTES_TOTAL),
+            }),
             options,
             salt,
+            origin: Instant::now(),
+            last_batch_records: AtomicU64::new(0),
+            last_sync_end_nanos: AtomicU64::new(0),
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -233,7 +276,7 @@ impl Wal {
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("creditd-wal".into())
-            .spawn(move || run_writer(&thread_shared, &storage, segment))?;
+            .spawn(move || run_writer(&thread_shared))?;
         Ok(Wal {
             shared,
             writer: Mutex::new(Some(writer)),
@@ -269,11 +312,17 @@ impl Wal {
         queue.next_lsn += 1;
         queue.records += 1;
         record::encode_with_checksum(&mut queue.buffer, lsn, payload, payload_checksum);
-        let wake = std::mem::replace(&mut queue.writer_idle, false);
+        // A writer that is asleep is woken; one that waits with a deadline is not: the record's
+        // waiter leads its sync (see `Shared::lead`), and a record nobody waits for is taken
+        // when the deadline passes.
+        let wake = std::mem::replace(&mut queue.writer_asleep, false);
+        if wake {
+            queue.writer_idle = false;
+        }
         drop(queue);
         // The wake-up (a system call) happens after the lock is released. The writer cannot
-        // miss it: it went idle inside `wait`, which queued it before releasing the lock, and a
-        // wake that finds it busy costs one more look at the queue.
+        // miss it: it went to sleep inside `wait`, which queued it before releasing the lock,
+        // and a wake that finds it busy costs one more look at the queue.
         if wake {
             shared.writer_wakeup.notify_one();
         }
@@ -328,6 +377,10 @@ impl Wal {
         if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
+        shared.lead();
+        if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
         let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         loop {
             {
@@ -351,6 +404,7 @@ impl Wal {
         Durable {
             shared: &self.shared,
             lsn,
+            yielded: false,
         }
     }
 
@@ -393,25 +447,48 @@ impl Drop for Wal {
 pub struct Durable<'a> {
     shared: &'a Shared,
     lsn: u64,
+    /// It has let the tasks runnable before it run once (see `poll`).
+    yielded: bool,
 }
 
 impl Future for Durable<'_> {
     type Output = Result<(), DurabilityError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = self.shared;
-        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+        let this = self.get_mut();
+        let shared = this.shared;
+        if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
+            return Poll::Ready(Ok(()));
+        }
+        // A log that failed answers at once: there is nothing to wait or yield for.
+        if let Some(error) = shared.failure() {
+            return Poll::Ready(Err(error));
+        }
+        if !this.yielded && shared.concurrent() {
+            // First let the tasks already runnable on this thread run (a task that wakes itself
+            // goes to the back of the run queue): the requests they carry append their records
+            // too, and the sync below takes them all. Leading at once would sync one record per
+            // batch whenever one thread serves many connections. A lone request does not wait:
+            // the yield would cost it a hand-off to another thread.
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        // Nobody syncing: this thread is awake already, so it writes and syncs the batch itself
+        // rather than wait for the writer thread to wake up, do it, and wake this one again.
+        shared.lead();
+        if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
         }
         let mut waiters = shared.waiters.lock();
         // Check again under the lock: the writer publishes before it takes the lock to wake.
-        if shared.durable_lsn.load(Ordering::Acquire) >= self.lsn {
+        if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
         }
         if let Some(error) = shared.failure() {
             return Poll::Ready(Err(error));
         }
-        waiters.wakers.push((self.lsn, cx.waker().clone()));
+        waiters.wakers.push((this.lsn, cx.waker().clone()));
         Poll::Pending
     }
 }
@@ -484,23 +561,73 @@ struct Batch {
     last_lsn: u64,
 }
 
-/// Takes everything queued, waiting while nothing is. `None` once closing with nothing left.
-fn take_batch(shared: &Shared, spare: Vec<u8>) -> Option<Batch> {
-    let mut queue = shared.queue.lock();
-    while queue.buffer.is_empty() {
-        if queue.closing {
-            return None;
-        }
-        queue.writer_idle = true;
-        shared.writer_wakeup.wait(&mut queue);
-    }
+/// Hands the queued records over as a batch and marks a sync in progress. The queue must hold
+/// records and nobody else may be syncing.
+fn take_locked(queue: &mut Queue, spare: Vec<u8>) -> Batch {
+    debug_assert!(!queue.syncing && !queue.buffer.is_empty());
+    queue.syncing = true;
     let bytes = std::mem::replace(&mut queue.buffer, spare);
     let records = std::mem::take(&mut queue.records);
-    Some(Batch {
+    Batch {
         bytes,
         records,
         last_lsn: queue.next_lsn - 1,
-    })
+    }
+}
+
+/// A sync that ended less than this long before a waiter comes to lead the next one counts as a
+/// sign of requests arriving back to back (see [`Shared::concurrent`]).
+const BACK_TO_BACK: Duration = Duration::from_micros(20);
+
+impl Shared {
+    /// Whether others are likely to append soon: the last batch held more than one record, or
+    /// it ended only just now (one thread serving many connections, one after another).
+    fn concurrent(&self) -> bool {
+        if self.last_batch_records.load(Ordering::Relaxed) > 1 {
+            return true;
+        }
+        let ended = self.last_sync_end_nanos.load(Ordering::Relaxed);
+        let now = self.origin.elapsed().as_nanos() as u64;
+        now.saturating_sub(ended) < BACK_TO_BACK.as_nanos() as u64
+    }
+
+    /// Writes and syncs what is queued on the calling thread, if there is something and nobody
+    /// is syncing already: the group commit's leader is whoever asks first. Afterwards it hands
+    /// anything queued meanwhile to the writer thread, so a caller leads at most one batch and
+    /// then goes back to its own work.
+    fn lead(&self) {
+        let mut queue = self.queue.lock();
+        if queue.syncing
+            || queue.buffer.is_empty()
+            || queue.closing
+            || self.poisoned.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let mut io = self.io.lock();
+        let spare = std::mem::take(&mut io.spare);
+        let batch = take_locked(&mut queue, spare);
+        drop(queue);
+        let _ = write_batch(self, &mut io, batch);
+        drop(io);
+        self.end_sync();
+    }
+
+    /// Clears the sync in progress; wakes the writer thread if records came meanwhile (or the log
+    /// is closing), since nobody else is bound to sync them.
+    fn end_sync(&self) {
+        let mut queue = self.queue.lock();
+        queue.syncing = false;
+        let wake = queue.writer_idle && (!queue.buffer.is_empty() || queue.closing);
+        if wake {
+            queue.writer_idle = false;
+            queue.writer_asleep = false;
+        }
+        drop(queue);
+        if wake {
+            self.writer_wakeup.notify_one();
+        }
+    }
 }
 
 /// Cuts what a failed write or sync may have left of the batch off the segment, and says in the
@@ -519,57 +646,115 @@ fn cut_failed_batch(segment: &mut ActiveSegment, what: String) -> String {
     }
 }
 
-fn run_writer(shared: &Shared, storage: &SharedStorage, mut segment: ActiveSegment) {
-    let fsync_seconds = metrics::histogram!(names::WAL_FSYNC_DURATION_SECONDS);
-    let batch_records = metrics::histogram!(names::WAL_BATCH_RECORDS);
-    let written_bytes = metrics::counter!(names::WAL_WRITTEN_BYTES_TOTAL);
-    let options = &shared.options;
-    let mut spare = Vec::with_capacity(1 << 20);
-    while let Some(batch) = take_batch(shared, spare) {
-        if shared.poisoned.load(Ordering::Acquire) {
-            // Poisoned from outside (the engine found a record it could not apply): write
-            // nothing more, that record least of all.
+/// How long the writer thread waits for work before it looks at the queue anyway, while records
+/// are being appended: a record whose appender does not wait for it is written within this time.
+const WRITER_DEADLINE: Duration = Duration::from_millis(5);
+/// Waits without an append after which the writer thread sleeps until an append wakes it.
+const WRITER_QUIET_ROUNDS: u32 = 4;
+
+/// The writer thread. It writes whatever is queued whenever nobody else is syncing. While records
+/// keep coming it waits with a deadline ([`WRITER_DEADLINE`]) and appends do not wake it: their
+/// waiters lead their own syncs, so a lone request is written by the thread that handles it,
+/// without a hand-off to this thread and back. After [`WRITER_QUIET_ROUNDS`] waits that saw no
+/// append it sleeps until the next append wakes it; a leader that finishes with records queued
+/// behind it wakes it too.
+fn run_writer(shared: &Shared) {
+    let mut quiet_rounds = 0;
+    let mut seen_lsn = 0;
+    loop {
+        let mut queue = shared.queue.lock();
+        while queue.buffer.is_empty() || queue.syncing {
+            if queue.closing && queue.buffer.is_empty() && !queue.syncing {
+                return;
+            }
+            queue.writer_idle = true;
+            if quiet_rounds >= WRITER_QUIET_ROUNDS {
+                queue.writer_asleep = true;
+                shared.writer_wakeup.wait(&mut queue);
+            } else {
+                let _ = shared.writer_wakeup.wait_for(&mut queue, WRITER_DEADLINE);
+            }
+            queue.writer_idle = false;
+            queue.writer_asleep = false;
+            if queue.next_lsn == seen_lsn {
+                quiet_rounds += 1;
+            } else {
+                quiet_rounds = 0;
+                seen_lsn = queue.next_lsn;
+            }
+        }
+        // Free: whoever syncs releases it before clearing `syncing`.
+        let mut io = shared.io.lock();
+        let spare = std::mem::take(&mut io.spare);
+        let batch = take_locked(&mut queue, spare);
+        drop(queue);
+        let written = write_batch(shared, &mut io, batch);
+        drop(io);
+        shared.end_sync();
+        if written.is_err() {
             return;
         }
-        let first_lsn = batch.last_lsn + 1 - batch.records;
-        let mut bytes = batch.bytes;
-        // The queue bounds a batch far below 2^32 records (each takes at least 17 bytes).
-        let records = u32::try_from(batch.records).unwrap_or(u32::MAX);
-        batch::seal(&mut bytes, first_lsn, records, shared.salt);
-        if segment.records > 0 && segment.len + bytes.len() as u64 > options.segment_bytes {
-            match create_segment(storage, options, first_lsn, shared.salt) {
-                Ok(next) => {
-                    segment = next;
-                    shared.rotations.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    return shared.poison(format!("starting segment {first_lsn}: {error}"))
-                }
-            }
-        }
-        if let Err(error) = segment.file.write_all(&bytes) {
-            let what = format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
-            return shared.poison(cut_failed_batch(&mut segment, what));
-        }
-        if options.fsync == FsyncMode::Always {
-            let started = Instant::now();
-            if let Err(error) = segment.file.sync_data() {
-                let what = format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
-                return shared.poison(cut_failed_batch(&mut segment, what));
-            }
-            fsync_seconds.record(started.elapsed().as_secs_f64());
-        }
-        segment.len += bytes.len() as u64;
-        segment.records += batch.records;
-        shared.records.fetch_add(batch.records, Ordering::Relaxed);
-        shared.batches.fetch_add(1, Ordering::Relaxed);
-        shared
-            .bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        batch_records.record(batch.records as f64);
-        written_bytes.increment(bytes.len() as u64);
-        shared.publish(batch.last_lsn);
-        spare = bytes;
-        spare.clear();
     }
+}
+
+/// Writes one batch (starting a new segment first if the batch would overfill this one), syncs
+/// it, and publishes its last LSN as durable. On failure the log is poisoned and the batch cut
+/// off the segment again where possible.
+fn write_batch(shared: &Shared, io: &mut Io, batch: Batch) -> Result<(), ()> {
+    if shared.poisoned.load(Ordering::Acquire) {
+        // Poisoned from outside (the engine found a record it could not apply): write nothing
+        // more, that record least of all.
+        return Err(());
+    }
+    let options = &shared.options;
+    let first_lsn = batch.last_lsn + 1 - batch.records;
+    let mut bytes = batch.bytes;
+    // The queue bounds a batch far below 2^32 records (each takes at least 17 bytes).
+    let records = u32::try_from(batch.records).unwrap_or(u32::MAX);
+    batch::seal(&mut bytes, first_lsn, records, shared.salt);
+    let segment = &mut io.segment;
+    if segment.records > 0 && segment.len + bytes.len() as u64 > options.segment_bytes {
+        match create_segment(&io.storage, options, first_lsn, shared.salt) {
+            Ok(next) => {
+                *segment = next;
+                shared.rotations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                shared.poison(format!("starting segment {first_lsn}: {error}"));
+                return Err(());
+            }
+        }
+    }
+    if let Err(error) = segment.file.write_all(&bytes) {
+        let what = format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
+        shared.poison(cut_failed_batch(segment, what));
+        return Err(());
+    }
+    if options.fsync == FsyncMode::Always {
+        let started = Instant::now();
+        if let Err(error) = segment.file.sync_data() {
+            let what = format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
+            shared.poison(cut_failed_batch(segment, what));
+            return Err(());
+        }
+        io.fsync_seconds.record(started.elapsed().as_secs_f64());
+    }
+    segment.len += bytes.len() as u64;
+    segment.records += batch.records;
+    shared.records.fetch_add(batch.records, Ordering::Relaxed);
+    shared.batches.fetch_add(1, Ordering::Relaxed);
+    shared
+        .bytes
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    io.batch_records.record(batch.records as f64);
+    shared
+        .last_batch_records
+        .store(batch.records, Ordering::Relaxed);
+    let ended = shared.origin.elapsed().as_nanos() as u64;
+    shared.last_sync_end_nanos.store(ended, Ordering::Relaxed);
+    io.written_bytes.increment(bytes.len() as u64);
+    shared.publish(batch.last_lsn);
+    bytes.clear();
+    io.spare = bytes;
+    Ok(())
 }
