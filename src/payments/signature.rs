@@ -98,14 +98,11 @@ pub fn signature_header<'h>(
     }
 }
 
-/// Longest `t=…,v1=…` header accepted: room for a timestamp and [`MAX_CANDIDATES`] signatures.
-const MAX_HEADER_BYTES: usize = 1024;
-/// Most `v1` signatures weighed (a gateway sends one, or two while a secret is rolled).
-const MAX_CANDIDATES: usize = 8;
-
 /// Checks a `t=…,v1=…[,v1=…]` header against `body`: the timestamp must be within `tolerance_s`
 /// of `now_s`, and any one `v1` must match (several appear while a secret is being rolled). The
-/// body is hashed once whatever the number of signatures, which is bounded, as is the header.
+/// header and the number of signatures weighed are bounded, and the body is hashed once. The
+/// check itself is the client crate's (`creditd_client::verify_signature`), which receivers of
+/// creditd's own notifications run: one implementation of the scheme for both directions.
 pub fn verify_timestamped(
     secret: &[u8],
     header: Option<&str>,
@@ -113,52 +110,17 @@ pub fn verify_timestamped(
     now_s: i64,
     tolerance_s: i64,
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    if header.len() > MAX_HEADER_BYTES {
-        return Err(SignatureError::Malformed);
-    }
-    let mut timestamp = None;
-    let mut candidates = Vec::new();
-    for part in header.split(',') {
-        let (name, value) = part
-            .trim()
-            .split_once('=')
-            .ok_or(SignatureError::Malformed)?;
-        match name {
-            "t" => {
-                timestamp = Some(
-                    value
-                        .parse::<i64>()
-                        .map_err(|_| SignatureError::Malformed)?,
-                )
-            }
-            "v1" => {
-                let tag = hex_decode(value).ok_or(SignatureError::Malformed)?;
-                // An HMAC-SHA256 is 32 bytes; anything else can match nothing.
-                if tag.len() == 32 {
-                    candidates.push(tag);
-                }
-            }
-            _ => {}
-        }
-    }
-    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
-    if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
-        return Err(SignatureError::Malformed);
-    }
-    if now_s.abs_diff(timestamp) > tolerance_s.unsigned_abs() {
-        return Err(SignatureError::Stale);
-    }
-    let mac = sha256_mac(secret, timestamp, body);
-    // `verify_slice` compares in constant time; each candidate finalizes a copy of the one state.
-    let matched = candidates
-        .iter()
-        .any(|tag| mac.clone().verify_slice(tag).is_ok());
-    if matched {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    use creditd_client::{verify_signature, SignatureVerificationError as Refused, VerifyOptions};
+    let options = VerifyOptions {
+        tolerance: std::time::Duration::from_secs(tolerance_s.unsigned_abs()),
+        now: Some(now_s),
+    };
+    verify_signature(body, header, secret, options).map_err(|refused| match refused {
+        Refused::Missing => SignatureError::Missing,
+        Refused::Stale { .. } => SignatureError::Stale,
+        Refused::Mismatch => SignatureError::Mismatch,
+        Refused::Malformed | Refused::Body(_) => SignatureError::Malformed,
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Longest header weighed: a timestamp and a few signatures (two while a secret is rolled).
 const MAX_HEADER_BYTES: usize = 1024;
+/// Most `v1` signatures weighed (one, or two while a secret is rolled).
+const MAX_CANDIDATES: usize = 8;
 
 /// A verified notification.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,6 +155,9 @@ pub fn verify_signature(
         }
     }
     let timestamp = timestamp.ok_or(SignatureVerificationError::Malformed)?;
+    if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
+        return Err(SignatureVerificationError::Malformed);
+    }
     let now = options.now.unwrap_or_else(unix_now);
     let tolerance = i64::try_from(options.tolerance.as_secs()).unwrap_or(i64::MAX);
     if now.abs_diff(timestamp) > tolerance.unsigned_abs() {
@@ -290,11 +295,21 @@ mod tests {
                 "{bad}"
             );
         }
-        // A signature of the wrong length never matches, and no v1 at all is a mismatch.
+        // A signature of the wrong length can match nothing: with no other, the header is
+        // malformed, as it is with more signatures than a sender ever sends (bounded work).
         assert_eq!(
             verify_notification_with(BODY, Some(&format!("t={AT},v1=00ff")), SECRET, at(AT)),
-            Err(SignatureVerificationError::Mismatch)
+            Err(SignatureVerificationError::Malformed)
         );
+        let good = sign(BODY, SECRET.as_bytes(), AT);
+        let (_, tag) = good.split_once(",v1=").unwrap();
+        let many = format!("t={AT}{}", format!(",v1={tag}").repeat(MAX_CANDIDATES + 1));
+        assert_eq!(
+            verify_notification_with(BODY, Some(&many), SECRET, at(AT)),
+            Err(SignatureVerificationError::Malformed)
+        );
+        let rolled = format!("t={AT},v1={},v1={tag}", "00".repeat(32));
+        assert!(verify_notification_with(BODY, Some(&rolled), SECRET, at(AT)).is_ok());
         let signed_garbage = sign(b"not json", SECRET.as_bytes(), AT);
         assert!(matches!(
             verify_notification_with(b"not json", Some(&signed_garbage), SECRET, at(AT)),
