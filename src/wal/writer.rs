@@ -3,12 +3,14 @@
 //! [`super::batch`]), writes it with one call, makes it durable with one `fdatasync`, and publishes
 //! the durable-LSN watermark that waiters await.
 //!
-//! Who syncs: the first waiter that finds records queued and no sync in progress leads the batch
-//! on its own thread ([`Shared::lead`]), so a lone request costs no hand-off to another thread and
-//! back; whatever is queued behind a sync in progress goes to the writer thread, which keeps
-//! writing while records keep coming. An append wakes the writer thread only when it sleeps
-//! (after a quiet spell); while records flow it looks at the queue at least every
-//! [`WRITER_DEADLINE`], which bounds how long a record nobody waits for stays unwritten.
+//! Who syncs: a lone waiter (no sign of other appenders) that finds records queued and no sync in
+//! progress leads the batch on its own thread ([`Shared::lead`]; on a tokio worker inside
+//! `block_in_place`, so that the worker's other tasks move to another thread first), and costs no
+//! hand-off to another thread and back. While others append, waiters wake the writer thread,
+//! which batches them and keeps writing while records keep coming. An append wakes the writer
+//! thread only when it sleeps (after a quiet spell); while records flow it looks at the queue at
+//! least every [`WRITER_DEADLINE`], which bounds how long a record nobody waits for stays
+//! unwritten.
 //!
 //! Guarantees:
 //! - LSNs are assigned in the order records enter the buffer, so the log is in LSN order and a caller
@@ -404,7 +406,6 @@ impl Wal {
         Durable {
             shared: &self.shared,
             lsn,
-            yielded: false,
         }
     }
 
@@ -447,8 +448,6 @@ impl Drop for Wal {
 pub struct Durable<'a> {
     shared: &'a Shared,
     lsn: u64,
-    /// It has let the tasks runnable before it run once (see `poll`).
-    yielded: bool,
 }
 
 impl Future for Durable<'_> {
@@ -464,19 +463,24 @@ impl Future for Durable<'_> {
         if let Some(error) = shared.failure() {
             return Poll::Ready(Err(error));
         }
-        if !this.yielded && shared.concurrent() {
-            // First let the tasks already runnable on this thread run (a task that wakes itself
-            // goes to the back of the run queue): the requests they carry append their records
-            // too, and the sync below takes them all. Leading at once would sync one record per
-            // batch whenever one thread serves many connections. A lone request does not wait:
-            // the yield would cost it a hand-off to another thread.
-            this.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        // Who syncs. While others append too (the last batch held more than one record, or a
+        // sync ended just now), the writer thread does: it batches them all, and no worker
+        // thread stops serving requests for a sync. A lone request syncs its record itself: this
+        // thread is awake already, which spares it the hand-off to the writer thread and back.
+        // On a tokio worker that sync runs in `block_in_place`, which first hands the worker's
+        // queued tasks to another thread: a sync that takes long (a stalled disk) must not
+        // strand the other requests and probes queued behind it. A single-threaded runtime has
+        // no other thread to hand them to, so there the writer thread syncs instead.
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if shared.concurrent() {
+            shared.hand_to_writer();
+        } else {
+            match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+                Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| shared.lead()),
+                Ok(_) => shared.hand_to_writer(),
+                Err(_) => shared.lead(),
+            }
         }
-        // Nobody syncing: this thread is awake already, so it writes and syncs the batch itself
-        // rather than wait for the writer thread to wake up, do it, and wake this one again.
-        shared.lead();
         if shared.durable_lsn.load(Ordering::Acquire) >= this.lsn {
             return Poll::Ready(Ok(()));
         }
@@ -611,6 +615,21 @@ impl Shared {
         let _ = write_batch(self, &mut io, batch);
         drop(io);
         self.end_sync();
+    }
+
+    /// Wakes the writer thread for what is queued, unless a sync is in progress (its end wakes
+    /// the writer for what queued meanwhile).
+    fn hand_to_writer(&self) {
+        let mut queue = self.queue.lock();
+        let wake = !queue.syncing && !queue.buffer.is_empty() && queue.writer_idle;
+        if wake {
+            queue.writer_idle = false;
+            queue.writer_asleep = false;
+        }
+        drop(queue);
+        if wake {
+            self.writer_wakeup.notify_one();
+        }
     }
 
     /// Clears the sync in progress; wakes the writer thread if records came meanwhile (or the log
