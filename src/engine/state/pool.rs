@@ -192,7 +192,15 @@ impl Pool {
                 }
                 self.members
                     .entry(user.into())
-                    .and_modify(|member| member.daily_cap = daily_cap)
+                    .and_modify(|member| {
+                        // Draws of an earlier day are spent history: the new cap counts from
+                        // today's (the refusal above looked at today's draws only).
+                        if member.day != day {
+                            member.day = day;
+                            member.drawn = 0;
+                        }
+                        member.daily_cap = daily_cap;
+                    })
                     .or_insert(Member {
                         daily_cap,
                         day,
