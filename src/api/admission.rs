@@ -11,7 +11,8 @@
 //! stays open (hyper drains a small body that was sent), so a client that retries later pays
 //! no new handshake. Probes, `/metrics` and open routes are never refused here.
 //!
-//! Cost: one atomic add and one subtract per keyed request, nothing locked.
+//! Cost: with a limit, one atomic add and one subtract per keyed request, nothing locked;
+//! without one (the default), nothing.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -26,7 +27,8 @@ pub struct InFlight {
 /// A request's place among those in progress; given back when dropped.
 #[derive(Debug)]
 pub struct Admitted<'a> {
-    in_flight: &'a InFlight,
+    /// `None` when there is no limit: nothing was counted.
+    in_flight: Option<&'a InFlight>,
 }
 
 impl InFlight {
@@ -40,14 +42,21 @@ impl InFlight {
 
     /// A place for one more request, or `None` if `limit` are in progress.
     pub fn admit(&self) -> Option<Admitted<'_>> {
+        // Without a limit nothing is counted: no shared counter for every request to bounce
+        // between cores.
+        if self.limit == 0 {
+            return Some(Admitted { in_flight: None });
+        }
         let before = self.count.fetch_add(1, Ordering::Relaxed);
-        if self.limit != 0 && before >= self.limit {
+        if before >= self.limit {
             // An add and an undo rather than a compare-and-swap loop: while requests race for
             // the last place, one more may be refused than needed, never one more admitted.
             self.count.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(Admitted { in_flight: self })
+        Some(Admitted {
+            in_flight: Some(self),
+        })
     }
 
     /// Requests in progress now.
@@ -58,7 +67,9 @@ impl InFlight {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.in_flight.count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(in_flight) = self.in_flight {
+            in_flight.count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -80,10 +91,15 @@ mod tests {
     }
 
     #[test]
-    fn no_limit_admits_everything() {
+    fn no_limit_admits_everything_and_counts_nothing() {
         let in_flight = InFlight::new(0);
         let held: Vec<_> = (0..10_000).map(|_| in_flight.admit().unwrap()).collect();
-        assert_eq!(in_flight.in_progress(), 10_000);
+        assert_eq!(held.len(), 10_000);
+        assert_eq!(
+            in_flight.in_progress(),
+            0,
+            "no shared counter without a limit"
+        );
         drop(held);
         assert_eq!(in_flight.in_progress(), 0);
     }
