@@ -7,7 +7,10 @@
 //!   is the cheapest sync the disk can do.
 //! - `group_commit_closed_loop`: N producer threads each append one record (a real encoded debit
 //!   event) and wait until it is durable, then append the next (a closed loop, like N clients each
-//!   waiting for their answer). Producers are started once per N, outside the measurement.
+//!   waiting for their answer). Producers are started once per N, outside the measurement. The
+//!   log zeroes its segment ahead of its writes, as the server runs it; `N_producers_appending`
+//!   (N = 1, 64) turns that off, so that every sync also commits a new file size: the ratio is
+//!   what zeroing ahead wins.
 //! - `group_commit_async`: N tasks on a two-worker tokio runtime (as the server runs them), each
 //!   appending one record and awaiting `Wal::durable` for it, in a loop: the server's commit path
 //!   without HTTP. The thread that awaits leads the sync when nobody else is syncing, so a lone
@@ -64,8 +67,14 @@ const DEBIT_PAYLOAD: [u8; 74] = [
     101, 121, 0, 0, 0, 0,
 ];
 
-/// A log in a fresh directory under the data parent, syncing every batch.
+/// A log in a fresh directory under the data parent, syncing every batch, with the segment
+/// zeroed ahead of its writes as the server runs it.
 fn start_wal(parent: &Path) -> (Arc<Wal>, tempfile::TempDir) {
+    start_wal_zeroing(parent, 4 * 1024 * 1024)
+}
+
+/// [`start_wal`] with `zero_ahead_bytes` of zeroed space ahead (0: every batch appends).
+fn start_wal_zeroing(parent: &Path, zero_ahead_bytes: u64) -> (Arc<Wal>, tempfile::TempDir) {
     let dir = common::bench_dir(parent, "creditd-wal-bench-");
     let options = WalOptions {
         dir: dir.path().to_path_buf(),
@@ -73,6 +82,7 @@ fn start_wal(parent: &Path) -> (Arc<Wal>, tempfile::TempDir) {
         segment_bytes: 64 * 1024 * 1024,
         max_record_bytes: 1024 * 1024,
         queue_bytes: 64 * 1024 * 1024,
+        zero_ahead_bytes,
         format_version: codec::FORMAT_VERSION,
     };
     let wal = Wal::start(Arc::new(FsStorage), options, 1).expect("start the log");
@@ -215,9 +225,18 @@ fn bench_closed_loop(criterion: &mut Criterion, parent: &Path, payload: &Arc<Vec
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
     group.throughput(Throughput::Elements(1));
-    for producers in [1usize, 4, 16, 64, 256] {
-        let name = format!("{producers}_producers");
-        let (wal, dir) = start_wal(parent);
+    // The first two run with every batch appending to the file, as before the log zeroed its
+    // space ahead: the ratio to the same counts zeroed is what zeroing ahead wins.
+    let runs = [(1usize, 0u64), (64, 0)]
+        .into_iter()
+        .chain([1usize, 4, 16, 64, 256].map(|producers| (producers, 4 * 1024 * 1024)));
+    for (producers, zero_ahead) in runs {
+        let name = if zero_ahead == 0 {
+            format!("{producers}_producers_appending")
+        } else {
+            format!("{producers}_producers")
+        };
+        let (wal, dir) = start_wal_zeroing(parent, zero_ahead);
         let pool = Producers::start(&wal, producers, payload);
         let before = wal.stats();
         group.bench_function(&name, |b| {

@@ -219,6 +219,10 @@ pub struct StorageConfig {
     /// Bytes queued for the log writer before writes get 503 (default 64 MiB; 1 MiB to 1 GiB:
     /// what is queued is written as one batch).
     pub queue_bytes: u64,
+    /// How far ahead of the log's end its segment is kept written with zeros, bytes (default
+    /// 4 MiB; 0 turns it off, as on copy-on-write file systems, where overwriting gains nothing).
+    /// A sync of a write into zeroed space need not commit a new file size.
+    pub wal_zero_ahead_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -230,6 +234,7 @@ impl Default for StorageConfig {
             segment_bytes: engine.segment_bytes,
             max_record_bytes: engine.max_record_bytes,
             queue_bytes: engine.queue_bytes as u64,
+            wal_zero_ahead_bytes: engine.wal_zero_ahead_bytes,
         }
     }
 }
@@ -651,6 +656,9 @@ impl Config {
         if storage.segment_bytes < 64 * 1024 {
             return invalid("storage.segment_bytes must be at least 65536".into());
         }
+        if storage.wal_zero_ahead_bytes > 1 << 30 {
+            return invalid("storage.wal_zero_ahead_bytes must be at most 1073741824".into());
+        }
         if !(4096..=64 * 1024 * 1024).contains(&storage.max_record_bytes) {
             return invalid("storage.max_record_bytes must be between 4096 and 67108864".into());
         }
@@ -779,6 +787,7 @@ impl Config {
             segment_bytes: self.storage.segment_bytes,
             max_record_bytes: self.storage.max_record_bytes,
             queue_bytes: usize::try_from(self.storage.queue_bytes).unwrap_or(usize::MAX),
+            wal_zero_ahead_bytes: self.storage.wal_zero_ahead_bytes,
             shards: self.engine.shards as usize,
             snapshot_every_records: self.snapshot.every_records,
             snapshot_every_seconds: self.snapshot.every.0,

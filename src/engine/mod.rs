@@ -77,6 +77,9 @@ pub struct EngineOptions {
     pub max_record_bytes: u32,
     /// Bytes queued for the log writer before appends are refused with backpressure (default 64 MiB).
     pub queue_bytes: usize,
+    /// How far ahead of its end the log's segment is kept written with zeros (default 4 MiB;
+    /// 0 = off). Only while the log syncs.
+    pub wal_zero_ahead_bytes: u64,
     /// Shards per tenant user map (default 512; a snapshot blocks one shard at a time).
     pub shards: usize,
     /// Take a snapshot after this many records (default 1 000 000).
@@ -112,6 +115,7 @@ impl Default for EngineOptions {
             segment_bytes: 64 * 1024 * 1024,
             max_record_bytes: 1024 * 1024,
             queue_bytes: 64 * 1024 * 1024,
+            wal_zero_ahead_bytes: 4 * 1024 * 1024,
             shards: 512,
             snapshot_every_records: 1_000_000,
             snapshot_every_seconds: 300,
@@ -145,6 +149,7 @@ impl EngineOptions {
             segment_bytes: self.segment_bytes,
             max_record_bytes: self.max_record_bytes,
             queue_bytes: self.queue_bytes,
+            zero_ahead_bytes: self.wal_zero_ahead_bytes,
             format_version: codec::FORMAT_VERSION,
         }
     }

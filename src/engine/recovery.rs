@@ -162,6 +162,7 @@ pub(crate) fn recover(
             options,
             &segments,
             replay.torn_tail.as_ref(),
+            &replay.zeroed,
             loaded,
         )?;
     }
@@ -265,6 +266,7 @@ fn repair(
     options: &EngineOptions,
     segments: &[SegmentFile],
     torn: Option<&TornTail>,
+    zeroed: &[(PathBuf, u64)],
     loaded: Option<&std::path::Path>,
 ) -> Result<(), OpenError> {
     let io = |path: PathBuf| move |source| OpenError::Io { path, source };
@@ -285,6 +287,14 @@ fn repair(
             discarded_bytes = torn.discarded_bytes,
             "cut an unfinished write off the end of the log"
         );
+    }
+    // Space the writer zeroed ahead of itself holds nothing: trimmed, so that every segment but
+    // the one being written ends at its last batch, and the disk space is given back.
+    for (path, offset) in zeroed {
+        if torn.is_some_and(|torn| &torn.path == path) {
+            continue;
+        }
+        storage.truncate(path, *offset).map_err(io(path.clone()))?;
     }
     // What was replayed may be bytes the previous process wrote but never synced (it died
     // between write and fdatasync): the page cache serves them all the same. This process
@@ -333,6 +343,8 @@ struct Replay {
     skipped: u64,
     next_lsn: Lsn,
     torn_tail: Option<TornTail>,
+    /// Segments ending in zeroed space, and where it begins.
+    zeroed: Vec<(PathBuf, u64)>,
     /// The index of the first segment replay read: those before it are only the fallback's.
     first: usize,
 }
@@ -410,6 +422,7 @@ fn replay_log(
             offset: unfinished.offset,
             discarded_bytes: unfinished.bytes,
         }),
+        zeroed: read.zeroed,
         first: read.first,
     })
 }

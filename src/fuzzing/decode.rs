@@ -241,6 +241,17 @@ fn check_scan_result(bytes: &[u8], first_lsn: u64, frames: &[(u64, usize)], scan
                 "a clean end before the end of the bytes"
             );
         }
+        ScanEnd::Unwritten { offset } => {
+            assert_eq!(
+                *offset, scan.valid_len,
+                "unwritten space away from valid_len"
+            );
+            assert!(valid_len < bytes.len(), "unwritten space of no bytes");
+            assert!(
+                bytes[valid_len..].iter().all(|&byte| byte == 0),
+                "unwritten space that holds a non-zero byte"
+            );
+        }
         ScanEnd::TornTail { offset, reason } => {
             assert_eq!(
                 *offset, scan.valid_len,

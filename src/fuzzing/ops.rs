@@ -1088,17 +1088,30 @@ impl Run {
         let Ok(written) = self.storage.read_all(&last.path) else {
             return 0;
         };
+        // What the old log wrote after the crash point: from the first byte that differs to the
+        // last. The log writes past its synced bytes only, into zeroed space or past the end.
+        let differs = |at: &usize| durable.get(*at) != written.get(*at);
+        let span = durable.len().max(written.len());
+        let Some(start) = (0..span).find(differs) else {
+            return 0;
+        };
+        let end = (0..span).rfind(differs).map_or(start, |last| last + 1);
         assert!(
-            written.starts_with(&durable),
+            durable[start.min(durable.len())..].iter().all(|&b| b == 0),
             "the log changed bytes it had synced"
         );
-        let after = &written[durable.len()..];
-        let torn = &after[..after.len() * tear as usize / 255];
+        let after = &written[start..end.min(written.len())];
+        let mut keep = after.len() * tear as usize / 255;
+        // A tear inside bytes the file already held (zeroed space) falls on a sector boundary.
+        if start + keep < durable.len() {
+            keep = ((start + keep) - (start + keep) % batch::SECTOR_BYTES).saturating_sub(start);
+        }
+        let torn = &after[..keep];
         if torn.is_empty() {
             return 0;
         }
         image
-            .append_durably(&last.path, torn)
+            .corrupt(&last.path, start, torn)
             .expect("memory storage");
         let mut at = 0;
         while at + batch::BATCH_HEADER_BYTES <= torn.len() {
@@ -1109,7 +1122,12 @@ impl Run {
             }
             at = end;
         }
-        (torn.len() - at) as u64
+        // Recovery counts an unfinished batch up to its last non-zero byte: what follows it may
+        // be zeroed space.
+        torn[at..]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |last| last as u64 + 1)
     }
 
     /// Compares the whole engine state with the model.

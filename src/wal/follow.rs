@@ -290,6 +290,11 @@ impl Follower {
             );
             let header = match checked {
                 Ok(header) => header,
+                // Zeros where a batch would begin: the space the writer zeroed ahead of itself
+                // (a batch always begins with its non-zero magic), which ends what is written.
+                Err(_) if bytes[at..bytes.len().min(at + 4)].iter().all(|&b| b == 0) => {
+                    return Ok(Read::Ended);
+                }
                 // The read ended inside this batch: read again from it.
                 Err(_) if cut => return Ok(Read::Cut { at_start: at == 0 }),
                 // Durable records must read: anything else is a batch still being written.
@@ -381,7 +386,7 @@ struct Step {
 
 /// How a read of a segment ended.
 enum Read {
-    /// At the end of the file.
+    /// At the end of what is written: the end of the file, or the zeroed space after it.
     Ended,
     /// At the end of the read, which may not be the end of the file: read on.
     Cut {
@@ -667,6 +672,7 @@ mod tests {
             segment_bytes: 4096,
             max_record_bytes: 1024,
             queue_bytes: 1 << 20,
+            zero_ahead_bytes: 1024,
             format_version: VERSION,
         };
         let wal = Arc::new(Wal::start(storage.clone(), options, 1).unwrap());

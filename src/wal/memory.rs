@@ -1,10 +1,14 @@
 //! An in-memory file system with a crash model, and a fault injector that wraps any storage.
 //!
-//! [`MemStorage`] tracks, for every file, how many bytes have been made durable by `sync_data`, and
-//! for every directory, which names have been made durable by `sync_dir`. [`MemStorage::crash`]
-//! throws away everything that was not durable, optionally keeping a torn prefix of unsynced bytes,
-//! exactly as a power cut would. [`FaultyStorage`] fails a chosen write, sync or rename, or tears a
-//! write in half, so tests can check that the log poisons itself and acknowledges nothing more.
+//! [`MemStorage`] keeps, for every file, its contents as a reader sees them and its durable image
+//! (what a crash would leave), and for every directory, which names have been made durable by
+//! `sync_dir`. Writes land in the contents and mark a dirty range; `sync_data` copies that range
+//! into the image. [`MemStorage::crash`] throws away everything that was not durable, optionally
+//! keeping a torn prefix of the dirty range, exactly as a power cut would. Zeros written ahead by
+//! `zero_fill` are durable at once, as the call promises, so the log's overwrites of them are
+//! modelled like any other write. [`FaultyStorage`] fails a chosen write, sync or rename, or
+//! tears a write in half, so tests can check that the log poisons itself and acknowledges nothing
+//! more.
 //!
 //! Both exist for tests and benchmarks; production uses [`super::storage::FsStorage`].
 
@@ -18,10 +22,73 @@ use parking_lot::Mutex;
 
 use super::storage::{Storage, StorageFile};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inode {
+    /// The contents as a reader sees them now.
     data: Vec<u8>,
-    synced_len: usize,
+    /// What a crash would leave (before any torn write).
+    durable: Vec<u8>,
+    /// The bytes written since the last sync, `start..end` of `data`; empty when clean.
+    dirty: std::ops::Range<usize>,
+}
+
+impl Inode {
+    /// Writes `bytes` at `at`, growing the file (with zeros before `at`) as needed.
+    fn write_at(&mut self, at: usize, bytes: &[u8]) {
+        let end = at + bytes.len();
+        if end > self.data.len() {
+            self.data.resize(end, 0);
+        }
+        self.data[at..end].copy_from_slice(bytes);
+        self.dirty = if self.dirty.is_empty() {
+            at..end
+        } else {
+            self.dirty.start.min(at)..self.dirty.end.max(end)
+        };
+    }
+
+    /// Makes the contents durable.
+    fn sync(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if self.durable.len() != self.data.len() {
+            self.durable.resize(self.data.len(), 0);
+        }
+        if !dirty.is_empty() {
+            let end = dirty.end.min(self.data.len());
+            let start = dirty.start.min(end);
+            self.durable[start..end].copy_from_slice(&self.data[start..end]);
+        }
+    }
+
+    /// Makes everything durable at once (a truncate or a test's direct edit).
+    fn sync_all(&mut self) {
+        self.durable.clone_from(&self.data);
+        self.dirty = 0..0;
+    }
+
+    /// What a crash leaves: the durable image, with the first `keep` bytes of the dirty range
+    /// written over it. Where the tear falls inside bytes the file already held (zeros written
+    /// ahead), it falls on a sector boundary: a disk persists a sector whole or not at all. Past
+    /// the durable end it may fall anywhere, as a file's length does.
+    fn crashed(&self, keep: usize) -> Inode {
+        let mut data = self.durable.clone();
+        let start = self.dirty.start;
+        let mut end = (start + keep).min(self.dirty.end).min(self.data.len());
+        if end < self.dirty.end && end < data.len() {
+            end -= end % super::batch::SECTOR_BYTES;
+        }
+        if start < end {
+            if end > data.len() {
+                data.resize(end, 0);
+            }
+            data[start..end].copy_from_slice(&self.data[start..end]);
+        }
+        Inode {
+            durable: data.clone(),
+            data,
+            dirty: 0..0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -44,30 +111,61 @@ pub struct MemStorage {
 struct MemFile {
     tree: Arc<Mutex<Tree>>,
     inode: u64,
+    /// Where the next `write_all` goes.
+    position: usize,
+}
+
+impl MemFile {
+    fn with_inode<T>(&self, f: impl FnOnce(&mut Inode) -> T) -> io::Result<T> {
+        let mut tree = self.tree.lock();
+        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
+        Ok(f(inode))
+    }
 }
 
 impl StorageFile for MemFile {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut tree = self.tree.lock();
-        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
-        inode.data.extend_from_slice(bytes);
+        let at = self.position;
+        self.with_inode(|inode| inode.write_at(at, bytes))?;
+        self.position += bytes.len();
         Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        let mut tree = self.tree.lock();
-        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
-        inode.synced_len = inode.data.len();
-        Ok(())
+        self.with_inode(Inode::sync)
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
-        let mut tree = self.tree.lock();
-        let inode = tree.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
-        inode.data.truncate(len);
-        inode.synced_len = inode.data.len();
-        Ok(())
+        self.with_inode(|inode| {
+            inode.data.truncate(len);
+            inode.sync_all();
+        })
+    }
+
+    fn zero_fill(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let at = usize::try_from(offset).map_err(|_| io::Error::other("offset out of range"))?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
+        self.with_inode(|inode| {
+            let end = at + len;
+            if end > inode.data.len() {
+                inode.data.resize(end, 0);
+            }
+            inode.data[at..end].fill(0);
+            // Durable at once, as the call promises; the rest of the dirty range stays dirty.
+            if end > inode.durable.len() {
+                inode.durable.resize(end, 0);
+            }
+            inode.durable[at..end].fill(0);
+        })
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(MemFile {
+            tree: Arc::clone(&self.tree),
+            inode: self.inode,
+            position: self.position,
+        }))
     }
 }
 
@@ -82,8 +180,9 @@ impl MemStorage {
     }
 
     /// What a power cut at this instant would leave on disk, as a new, independent file system:
-    /// names not made durable by `sync_dir` are gone, and each file keeps its synced bytes plus
-    /// `keep_unsynced(path, unsynced_len)` bytes of what followed (a torn write). Whatever still
+    /// names not made durable by `sync_dir` are gone, and each file keeps its durable image with
+    /// the first `keep_unsynced(path, unsynced_len)` bytes of what was written since its last
+    /// sync laid over it (a torn write). Whatever still
     /// runs against `self` cannot touch the image.
     pub fn crash_image(&self, mut keep_unsynced: impl FnMut(&Path, usize) -> usize) -> MemStorage {
         let tree = self.tree.lock();
@@ -94,16 +193,9 @@ impl MemStorage {
         };
         for (path, id) in &tree.durable_names {
             if let Some(inode) = tree.inodes.get(id) {
-                let unsynced = inode.data.len() - inode.synced_len;
+                let unsynced = inode.dirty.len();
                 let keep = keep_unsynced(path, unsynced).min(unsynced);
-                let len = inode.synced_len + keep;
-                image.inodes.insert(
-                    *id,
-                    Inode {
-                        data: inode.data[..len].to_vec(),
-                        synced_len: len,
-                    },
-                );
+                image.inodes.insert(*id, inode.crashed(keep));
                 image.names.insert(path.clone(), *id);
             }
         }
@@ -125,17 +217,14 @@ impl MemStorage {
         self.crash_with(|_, _| 0);
     }
 
-    /// Overwrites bytes of an existing file in place (for corruption tests).
+    /// Overwrites bytes of an existing file in place, durably, with everything else in it (for
+    /// corruption tests, on a file system nothing is writing to).
     pub fn corrupt(&self, path: &Path, offset: usize, bytes: &[u8]) -> io::Result<()> {
         let mut tree = self.tree.lock();
         let id = *tree.names.get(path).ok_or_else(not_found)?;
         let inode = tree.inodes.get_mut(&id).ok_or_else(not_found)?;
-        let end = offset + bytes.len();
-        if end > inode.data.len() {
-            inode.data.resize(end, 0);
-        }
-        inode.data[offset..end].copy_from_slice(bytes);
-        inode.synced_len = inode.synced_len.max(end);
+        inode.write_at(offset, bytes);
+        inode.sync_all();
         Ok(())
     }
 
@@ -198,6 +287,7 @@ impl Storage for MemStorage {
         Ok(Box::new(MemFile {
             tree: Arc::clone(&self.tree),
             inode: id,
+            position: 0,
         }))
     }
 
@@ -207,7 +297,7 @@ impl Storage for MemStorage {
         let inode = tree.inodes.get_mut(&id).ok_or_else(not_found)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
         inode.data.truncate(len);
-        inode.synced_len = inode.data.len();
+        inode.sync_all();
         Ok(())
     }
 
@@ -215,7 +305,7 @@ impl Storage for MemStorage {
         let mut tree = self.tree.lock();
         let id = *tree.names.get(path).ok_or_else(not_found)?;
         let inode = tree.inodes.get_mut(&id).ok_or_else(not_found)?;
-        inode.synced_len = inode.data.len();
+        inode.sync();
         Ok(())
     }
 
@@ -369,6 +459,20 @@ impl StorageFile for FaultyFile {
         self.faults.check(FaultPoint::Truncate)?;
         self.inner.truncate(len)
     }
+
+    // Zeroing ahead is not a fault point: its failure costs speed, never a record (the log
+    // writes past the zeroed space as it would without it), and its calls come from a thread of
+    // their own, which would make the counts of the other points depend on timing.
+    fn zero_fill(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.zero_fill(offset, len)
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(FaultyFile {
+            inner: self.inner.try_clone()?,
+            faults: self.faults.clone(),
+        }))
+    }
 }
 
 impl Storage for FaultyStorage {
@@ -476,6 +580,38 @@ mod tests {
         file.write_all(b"0123456789").unwrap();
         storage.crash_with(|_, unsynced| unsynced / 2);
         assert_eq!(storage.read_all(&dir.join("a")).unwrap(), b"01234");
+    }
+
+    #[test]
+    fn a_torn_overwrite_of_zeroed_space_keeps_whole_sectors_and_sync_keeps_all() {
+        let storage = MemStorage::new();
+        let dir = Path::new("/d");
+        storage.create_dir_all(dir).unwrap();
+        let path = dir.join("a");
+        let mut file = storage.create(&path).unwrap();
+        storage.sync_dir(dir).unwrap();
+        file.write_all(&[1u8; 100]).unwrap();
+        file.sync_data().unwrap();
+        file.try_clone().unwrap().zero_fill(100, 2000).unwrap();
+        file.write_all(&[2u8; 1000]).unwrap();
+        // Zeros written ahead are durable at once; the overwrite is not.
+        let lost = storage.crash_image(|_, _| 0).read_all(&path).unwrap();
+        assert_eq!(lost.len(), 2100);
+        assert!(lost[..100].iter().all(|&b| b == 1) && lost[100..].iter().all(|&b| b == 0));
+        // Torn after 600 of the 1000 bytes (at offset 700): the sector holding offset 700 is
+        // old, so 412 new bytes survive (up to offset 512).
+        let torn = storage
+            .crash_image(|_, unsynced| {
+                assert_eq!(unsynced, 1000);
+                600
+            })
+            .read_all(&path)
+            .unwrap();
+        assert!(torn[100..512].iter().all(|&b| b == 2));
+        assert!(torn[512..].iter().all(|&b| b == 0));
+        file.sync_data().unwrap();
+        let kept = storage.crash_image(|_, _| 0).read_all(&path).unwrap();
+        assert!(kept[100..1100].iter().all(|&b| b == 2) && kept[1100..].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod segment;
 pub mod snapshot;
 pub mod storage;
 pub mod writer;
+mod zero_ahead;
 
 pub use storage::{FsStorage, SharedStorage, Storage, StorageFile};
 pub use writer::{AppendError, DurabilityError, Durable, FsyncMode, Wal, WalOptions, WalStats};

@@ -60,6 +60,9 @@ pub struct Read {
     pub last: Option<(PathBuf, u64)>,
     /// The unfinished batch at the end of the log, if any.
     pub unfinished: Option<Unfinished>,
+    /// Segments read that end in space zeroed ahead of the writer, with the offset where it
+    /// begins (see [`ScanEnd::Unwritten`]).
+    pub zeroed: Vec<(PathBuf, u64)>,
 }
 
 /// Why a read stopped before the end.
@@ -121,6 +124,7 @@ pub fn read<E>(
         next_lsn: range.from_lsn,
         last: None,
         unfinished: None,
+        zeroed: Vec::new(),
     };
     if segments.is_empty() {
         return Ok(read);
@@ -180,6 +184,9 @@ pub fn read<E>(
             detail: damage.to_string(),
         })?;
         read.segments += 1;
+        if let ScanEnd::Unwritten { offset } = scan.end {
+            read.zeroed.push((file.path.clone(), offset));
+        }
         if let ScanEnd::TornTail { offset, reason } = &scan.end {
             if index != last_index {
                 return Err(ReadError::Damage {
@@ -192,7 +199,11 @@ pub fn read<E>(
             read.unfinished = Some(Unfinished {
                 path: file.path.clone(),
                 offset: *offset,
-                bytes: bytes.len() as u64 - offset,
+                // What the unfinished write left, not the zeroed space after it.
+                bytes: bytes[*offset as usize..]
+                    .iter()
+                    .rposition(|&byte| byte != 0)
+                    .map_or(0, |last| last as u64 + 1),
                 reason: reason.clone(),
             });
         }

@@ -143,6 +143,13 @@ pub fn decode_salted_header(bytes: &[u8], format_version: u32) -> Result<(u64, u
 pub enum ScanEnd {
     /// Every byte belonged to a valid batch.
     Clean,
+    /// From `offset` on, every byte is zero: space the writer zeroed ahead of its writes (see
+    /// `zero_ahead.rs`), or a batch none of whose bytes reached the disk. Nothing written
+    /// is lost there; recovery trims it from the last segment, and readers stop at it.
+    Unwritten {
+        /// Where the valid prefix ends: the first zero byte after it.
+        offset: u64,
+    },
     /// From `offset` on, the bytes are a batch that was never completely written. Only acceptable
     /// in the last segment, where recovery cuts the file at `offset`.
     TornTail {
@@ -239,8 +246,9 @@ pub struct Scan {
 /// Scans the bytes of a segment named for `first_lsn`, handing each record of each valid batch
 /// to `visit` with its offset in the segment. A batch is handed out only once all of it checked.
 ///
-/// Returns `Ok` with a [`ScanEnd::TornTail`] when the file ends in a batch that was never
-/// completely written (see [`batch::unwritten`]) with nothing valid after it; returns [`Damage`]
+/// Returns `Ok` with a [`ScanEnd::Unwritten`] when the valid batches are followed by zeros alone,
+/// with a [`ScanEnd::TornTail`] when the file ends in a batch that was never completely written
+/// (see [`batch::unwritten`]) with nothing valid after it; returns [`Damage`]
 /// when a bad batch is followed by a valid one, when a bad last batch was written completely, or
 /// when LSNs do not follow each other.
 pub fn scan<E>(
@@ -314,6 +322,16 @@ pub fn scan<E>(
             }
             Err(reason) => reason,
         };
+        if bytes[offset..].iter().all(|&byte| byte == 0) {
+            return Ok(Ok(Scan {
+                records,
+                next_lsn: expected,
+                valid_len: offset as u64,
+                end: ScanEnd::Unwritten {
+                    offset: offset as u64,
+                },
+            }));
+        }
         if let Some(valid_at) = find_valid_batch(bytes, offset + 1, expected, salt) {
             return Ok(Err(Damage::Corrupt {
                 offset: offset as u64,
@@ -454,13 +472,47 @@ mod tests {
     }
 
     #[test]
-    fn zero_filled_tail_is_torn() {
+    fn a_zeroed_tail_is_unwritten_space_and_a_batch_torn_into_it_is_torn() {
         let mut bytes = segment(1, &[&[b"one"]]);
         let valid = bytes.len();
         bytes.extend_from_slice(&[0u8; 4096]);
-        let (result, _) = scan_all(&bytes, 1);
+        let (result, seen) = scan_all(&bytes, 1);
         let scan = result.unwrap();
+        assert_eq!(seen, vec![1]);
         assert_eq!(scan.valid_len, valid as u64);
+        assert_eq!(
+            scan.end,
+            ScanEnd::Unwritten {
+                offset: valid as u64
+            }
+        );
+        // Part of the next batch reached the zeroed space (its first sectors, not its last):
+        // torn, cut at the same place.
+        let big = vec![0x62_u8; 3 * SECTOR_BYTES];
+        let next = batch::encode(2, &[&big], SALT);
+        let hole = (valid / SECTOR_BYTES + 2) * SECTOR_BYTES;
+        bytes[valid..hole].copy_from_slice(&next[..hole - valid]);
+        let (result, seen) = scan_all(&bytes, 1);
+        let scan = result.unwrap();
+        assert_eq!(seen, vec![1]);
+        assert_eq!(scan.valid_len, valid as u64);
+        assert!(
+            matches!(scan.end, ScanEnd::TornTail { .. }),
+            "{:?}",
+            scan.end
+        );
+        assert!(valid + next.len() < bytes.len());
+        // All of it did: a clean batch followed by zeroed space again.
+        bytes[valid..valid + next.len()].copy_from_slice(&next);
+        let (result, seen) = scan_all(&bytes, 1);
+        let scan = result.unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(
+            scan.end,
+            ScanEnd::Unwritten {
+                offset: (valid + next.len()) as u64
+            }
+        );
     }
 
     #[test]

@@ -13,13 +13,23 @@ use std::sync::Arc;
 
 /// A file opened for writing.
 pub trait StorageFile: Send {
-    /// Writes the whole buffer at the end of the file.
+    /// Writes the whole buffer at this handle's position (the end of a file just created) and
+    /// moves the position past it. Bytes already there (zeros written ahead by
+    /// [`StorageFile::zero_fill`]) are overwritten.
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes and makes the new length durable (`ftruncate`, `fsync`).
     /// Works on a full file system: it frees space rather than taking it.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Writes `len` zero bytes from `offset`, beyond everything written to the file so far, and
+    /// makes them and the file's new length durable (`pwrite`, `fdatasync`), without moving this
+    /// handle's position. The log zeroes the space ahead of its writes this way, so that a
+    /// batch's `fdatasync` overwrites blocks that are already allocated, written and inside the
+    /// file, and waits for the data alone (see `docs/design.md`, "Zeroed ahead").
+    fn zero_fill(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    /// A second handle on the same file, for [`StorageFile::zero_fill`] from another thread.
+    fn try_clone(&self) -> io::Result<Box<dyn StorageFile>>;
 }
 
 /// The operations the log and the snapshots perform on a directory tree.
@@ -98,6 +108,25 @@ impl StorageFile for FsFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.0.set_len(len)?;
         self.0.sync_all()
+    }
+
+    fn zero_fill(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("zero fill beyond 2^64 bytes"))?;
+        let mut at = offset;
+        while at < end {
+            let piece = (end - at).min(ZEROS.len() as u64) as usize;
+            self.0.write_all_at(&ZEROS[..piece], at)?;
+            at += piece as u64;
+        }
+        self.0.sync_data()
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(FsFile(self.0.try_clone()?)))
     }
 }
 

@@ -44,6 +44,7 @@ use super::batch;
 use super::record::{self, HEADER_BYTES};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::storage::{SharedStorage, StorageFile};
+use super::zero_ahead::ZeroAhead;
 
 /// When the writer calls `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +70,10 @@ pub struct WalOptions {
     pub max_record_bytes: u32,
     /// The most bytes waiting for the writer before appends are refused.
     pub queue_bytes: usize,
+    /// How far ahead of its writes the active segment is kept written with zeros, so that a
+    /// sync need not commit a new file size (see `zero_ahead.rs`); 0 turns it off. Only with
+    /// [`FsyncMode::Always`].
+    pub zero_ahead_bytes: u64,
     /// The payload codec version written in segment headers.
     pub format_version: u32,
 }
@@ -142,6 +147,8 @@ struct Queue {
 struct Io {
     storage: SharedStorage,
     segment: ActiveSegment,
+    /// Keeps the space ahead of the segment's end zeroed, when the log syncs.
+    zero: Option<ZeroAhead>,
     /// The buffer the queue gets back when it hands over a batch.
     spare: Vec<u8>,
     fsync_seconds: metrics::Histogram,
@@ -241,6 +248,7 @@ impl Wal {
             );
         }
         let segment = create_segment(&storage, &options, next_lsn, salt)?;
+        let zero = start_zero_ahead(&options, &segment)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 buffer: Vec::with_capacity(1 << 20),
@@ -260,6 +268,7 @@ impl Wal {
             io: Mutex::new(Io {
                 storage,
                 segment,
+                zero,
                 spare: Vec::with_capacity(1 << 20),
                 fsync_seconds: metrics::histogram!(names::WAL_FSYNC_DURATION_SECONDS),
                 batch_records: metrics::histogram!(names::WAL_BATCH_RECORDS),
@@ -428,6 +437,8 @@ impl Wal {
                 self.shared.poison("the log writer thread panicked".into());
             }
         }
+        // Stops the zeroing thread (the writer's last batch is written: nothing needs it).
+        drop(self.shared.io.lock().zero.take());
         self.shared.closed.store(true, Ordering::Release);
         self.shared.wake_all();
         if self.is_poisoned() {
@@ -557,6 +568,37 @@ fn create_segment(
         len: SEGMENT_HEADER_BYTES as u64,
         records: 0,
     })
+}
+
+/// The zeroing thread, attached to the first segment, when the log syncs and zeroing is wanted.
+fn start_zero_ahead(
+    options: &WalOptions,
+    segment: &ActiveSegment,
+) -> std::io::Result<Option<ZeroAhead>> {
+    if options.fsync != FsyncMode::Always || options.zero_ahead_bytes == 0 {
+        return Ok(None);
+    }
+    let mut zero = ZeroAhead::start(options.segment_bytes, options.zero_ahead_bytes)?;
+    zero.attach(segment.file.try_clone()?, segment.len);
+    Ok(Some(zero))
+}
+
+/// Starts the segment for `first_lsn` after `segment`, moving the zeroing over: the old segment
+/// is detached and trimmed to its last batch first (what a reader of a finished segment expects
+/// to find), then the new one is attached once its header is durable.
+fn rotate(io: &mut Io, options: &WalOptions, first_lsn: u64, salt: u32) -> std::io::Result<()> {
+    if let Some(zero) = &mut io.zero {
+        zero.detach();
+        if let Err(error) = io.segment.file.truncate(io.segment.len) {
+            // The zeros stay; readers and recovery stop at them, and recovery trims them.
+            tracing::warn!(%error, "could not trim the zeroed space off a finished log segment");
+        }
+    }
+    io.segment = create_segment(&io.storage, options, first_lsn, salt)?;
+    if let Some(zero) = &mut io.zero {
+        zero.attach(io.segment.file.try_clone()?, io.segment.len);
+    }
+    Ok(())
 }
 
 struct Batch {
@@ -731,21 +773,22 @@ fn write_batch(shared: &Shared, io: &mut Io, batch: Batch) -> Result<(), ()> {
     // The queue bounds a batch far below 2^32 records (each takes at least 17 bytes).
     let records = u32::try_from(batch.records).unwrap_or(u32::MAX);
     batch::seal(&mut bytes, first_lsn, records, shared.salt);
-    let segment = &mut io.segment;
-    if segment.records > 0 && segment.len + bytes.len() as u64 > options.segment_bytes {
-        match create_segment(&io.storage, options, first_lsn, shared.salt) {
-            Ok(next) => {
-                *segment = next;
-                shared.rotations.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => {
-                shared.poison(format!("starting segment {first_lsn}: {error}"));
-                return Err(());
-            }
+    if io.segment.records > 0 && io.segment.len + bytes.len() as u64 > options.segment_bytes {
+        if let Err(error) = rotate(io, options, first_lsn, shared.salt) {
+            shared.poison(format!("starting segment {first_lsn}: {error}"));
+            return Err(());
         }
+        shared.rotations.fetch_add(1, Ordering::Relaxed);
     }
+    if let Some(zero) = &mut io.zero {
+        zero.before_write(io.segment.len + bytes.len() as u64);
+    }
+    let segment = &mut io.segment;
     if let Err(error) = segment.file.write_all(&bytes) {
         let what = format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
+        if let Some(zero) = &mut io.zero {
+            zero.detach();
+        }
         shared.poison(cut_failed_batch(segment, what));
         return Err(());
     }
@@ -753,6 +796,9 @@ fn write_batch(shared: &Shared, io: &mut Io, batch: Batch) -> Result<(), ()> {
         let started = Instant::now();
         if let Err(error) = segment.file.sync_data() {
             let what = format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
+            if let Some(zero) = &mut io.zero {
+                zero.detach();
+            }
             shared.poison(cut_failed_batch(segment, what));
             return Err(());
         }

@@ -95,6 +95,18 @@ impl StorageFile for GatedFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
     }
+
+    // Zeroing ahead is not held at the gate: the gate stands for the log's own syncs.
+    fn zero_fill(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.zero_fill(offset, len)
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(GatedFile {
+            inner: self.inner.try_clone()?,
+            gate: Arc::clone(&self.gate),
+        }))
+    }
 }
 
 impl Storage for GatedStorage {

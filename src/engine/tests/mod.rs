@@ -916,7 +916,10 @@ fn torn_tail_is_cut_and_reported() {
         .into_iter()
         .rfind(|p| p.extension().is_some_and(|e| e == "log"))
         .unwrap();
-    h.storage.append_durably(&segment, &[0x37; 23]).unwrap();
+    // Right after the last batch (which ends in non-zero magic), in the zeroed space if any.
+    let written = h.storage.read_all(&segment).unwrap();
+    let end = written.iter().rposition(|&b| b != 0).unwrap() + 1;
+    h.storage.corrupt(&segment, end, &[0x37; 23]).unwrap();
     h.crash_and_reopen();
     assert_eq!(h.engine.state_image(), before);
     let torn = h
@@ -930,6 +933,43 @@ fn torn_tail_is_cut_and_reported() {
     h.crash_and_reopen();
     assert_eq!(h.wallet("alice").balance, 11);
     assert!(h.engine.recovery_report().torn_tail.is_none());
+}
+
+#[test]
+fn the_log_writes_into_zeroed_space_and_recovery_trims_what_is_left() {
+    let mut h = Harness::new();
+    h.user("alice");
+    for _ in 0..200 {
+        h.credit("alice", 1);
+    }
+    h.engine.wal().flush().unwrap();
+    let before = h.engine.state_image();
+    let logs: Vec<_> = h
+        .storage
+        .paths()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert!(logs.len() >= 3, "{logs:?}");
+    // Finished segments end at their last batch (non-zero magic): the zeros were trimmed.
+    for finished in &logs[..logs.len() - 1] {
+        let bytes = h.storage.read_all(finished).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "{} kept zeros", finished.display());
+    }
+    // The active one is zeroed ahead up to the segment size (4096 bytes here).
+    let active = logs.last().unwrap().clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.storage.len(&active).unwrap() < 4096 {
+        assert!(std::time::Instant::now() < deadline, "never zeroed ahead");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(h.storage.read_all(&active).unwrap().last(), Some(&0));
+    h.crash_and_reopen();
+    assert_eq!(h.engine.state_image(), before);
+    assert!(h.engine.recovery_report().torn_tail.is_none());
+    let trimmed = h.storage.read_all(&active).unwrap();
+    assert_ne!(trimmed.last(), Some(&0), "recovery left the zeros");
+    assert!(trimmed.len() < 4096);
 }
 
 #[test]
