@@ -84,12 +84,16 @@ pub struct Follower {
     position: Option<Position>,
     /// The bytes of the last read, kept to be read into again.
     buffer: Vec<u8>,
-    /// Bytes read at a time to start with.
+    /// The most bytes read at a time (more when one batch is larger).
     chunk_bytes: usize,
 }
 
-/// Bytes read from a segment at a time (more when one batch is larger).
+/// The most bytes read from a segment at a time (more when one batch is larger).
 const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// The bytes of a poll's first read. A follower that is caught up finds little after its
+/// position (and in the active segment, zeroed space), so it reads little; one that is behind
+/// doubles its reads up to [`READ_CHUNK_BYTES`].
+const FIRST_READ_BYTES: usize = 64 * 1024;
 
 impl Follower {
     /// A follower of the log in `dir` that hands out records from `from_lsn` on.
@@ -204,8 +208,9 @@ impl Follower {
 
     /// Reads the batches written in `position`'s segment since the last poll, moving `position`
     /// past each whole batch handed out (also when a later one fails), and says what comes next.
-    /// The segment is read [`READ_CHUNK_BYTES`] at a time; a batch cut by the end of a read is
-    /// read again from its start (with a larger read if it alone is larger).
+    /// The segment is read [`FIRST_READ_BYTES`] first, then in reads doubling up to
+    /// [`READ_CHUNK_BYTES`]; a batch cut by the end of a read is read again from its start (with
+    /// a larger read if it alone is larger).
     fn advance<E>(
         &mut self,
         storage: &dyn Storage,
@@ -214,7 +219,7 @@ impl Follower {
         visit: &mut impl FnMut(Frame<'_>) -> Result<(), E>,
     ) -> Result<Step, FollowError<E>> {
         let mut bytes = std::mem::take(&mut self.buffer);
-        let mut chunk = self.chunk_bytes;
+        let mut chunk = self.chunk_bytes.min(FIRST_READ_BYTES);
         let mut records = 0;
         let read = loop {
             let read = match read_at(
@@ -240,9 +245,11 @@ impl Follower {
             };
             match read {
                 Ok(Read::Cut { at_start }) => {
-                    if at_start {
-                        chunk = chunk.saturating_mul(2);
-                    }
+                    chunk = if at_start {
+                        chunk.saturating_mul(2)
+                    } else {
+                        chunk.saturating_mul(2).min(self.chunk_bytes.max(chunk))
+                    };
                 }
                 other => break other,
             }
