@@ -166,6 +166,8 @@ fn stats_since(wal: &Wal, before: WalStats) -> WalStats {
         batches: now.batches - before.batches,
         bytes: now.bytes - before.bytes,
         rotations: now.rotations - before.rotations,
+        led: now.led - before.led,
+        leads: now.leads - before.leads,
     }
 }
 

@@ -108,6 +108,12 @@ fn describe() {
         Unit::Bytes,
         "Bytes written to the log."
     );
+    describe_counter!(
+        names::WAL_LED_BATCHES_TOTAL,
+        Unit::Count,
+        "Group commits written and synced by a waiting request's own thread (a lone request); \
+         the rest are the log writer thread's."
+    );
     describe_gauge!(
         names::WALLETS,
         Unit::Count,

@@ -25,6 +25,8 @@ pub const WAL_FSYNC_DURATION_SECONDS: &str = "creditd_wal_fsync_duration_seconds
 pub const WAL_BATCH_RECORDS: &str = "creditd_wal_batch_records";
 /// Counter: bytes of log records written (named in the API contract).
 pub const WAL_WRITTEN_BYTES_TOTAL: &str = "creditd_wal_written_bytes_total";
+/// Counter: group commits a waiting request's own thread wrote and synced.
+pub const WAL_LED_BATCHES_TOTAL: &str = "creditd_wal_led_batches_total";
 /// Gauge: wallets held in memory (named in the API contract).
 pub const WALLETS: &str = "creditd_wallets";
 /// Gauge: users held in memory.
@@ -77,6 +79,7 @@ pub const ALL: &[&str] = &[
     WAL_FSYNC_DURATION_SECONDS,
     WAL_BATCH_RECORDS,
     WAL_WRITTEN_BYTES_TOTAL,
+    WAL_LED_BATCHES_TOTAL,
     WALLETS,
     USERS,
     RESERVATIONS_OPEN,

@@ -127,6 +127,11 @@ pub struct WalStats {
     pub bytes: u64,
     /// Segments started by rotation.
     pub rotations: u64,
+    /// Batches a waiter wrote and synced on its own thread (see [`Shared::lone`]).
+    pub led: u64,
+    /// Times a waiter took on a sync (on a tokio worker, each a hand-over of the worker's tasks
+    /// to another thread), whether or not it found a batch to write.
+    pub leads: u64,
 }
 
 struct Queue {
@@ -154,6 +159,7 @@ struct Io {
     fsync_seconds: metrics::Histogram,
     batch_records: metrics::Histogram,
     written_bytes: metrics::Counter,
+    led_batches: metrics::Counter,
 }
 
 /// Everyone waiting for an LSN, async tasks and blocked threads alike: each is woken only when its
@@ -196,6 +202,8 @@ struct Shared {
     batches: AtomicU64,
     bytes: AtomicU64,
     rotations: AtomicU64,
+    led: AtomicU64,
+    leads: AtomicU64,
 }
 
 /// The write-ahead log's append side and its writer thread.
@@ -273,6 +281,7 @@ impl Wal {
                 fsync_seconds: metrics::histogram!(names::WAL_FSYNC_DURATION_SECONDS),
                 batch_records: metrics::histogram!(names::WAL_BATCH_RECORDS),
                 written_bytes: metrics::counter!(names::WAL_WRITTEN_BYTES_TOTAL),
+                led_batches: metrics::counter!(names::WAL_LED_BATCHES_TOTAL),
             }),
             options,
             salt,
@@ -283,6 +292,8 @@ impl Wal {
             batches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
+            led: AtomicU64::new(0),
+            leads: AtomicU64::new(0),
         });
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -379,6 +390,8 @@ impl Wal {
             batches: shared.batches.load(Ordering::Relaxed),
             bytes: shared.bytes.load(Ordering::Relaxed),
             rotations: shared.rotations.load(Ordering::Relaxed),
+            led: shared.led.load(Ordering::Relaxed),
+            leads: shared.leads.load(Ordering::Relaxed),
         }
     }
 
@@ -483,9 +496,10 @@ impl Future for Durable<'_> {
         // strand the other requests and probes queued behind it. A single-threaded runtime has
         // no other thread to hand them to, so there the writer thread syncs instead.
         use tokio::runtime::{Handle, RuntimeFlavor};
-        if shared.concurrent() {
+        if !shared.lone() {
             shared.hand_to_writer();
         } else {
+            shared.leads.fetch_add(1, Ordering::Relaxed);
             match Handle::try_current().map(|handle| handle.runtime_flavor()) {
                 Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| shared.lead()),
                 Ok(_) => shared.hand_to_writer(),
@@ -637,6 +651,25 @@ impl Shared {
         now.saturating_sub(ended) < BACK_TO_BACK.as_nanos() as u64
     }
 
+    /// Whether a waiter looks alone, and so should sync its record itself: nothing suggests that
+    /// others append ([`Shared::concurrent`]), nobody is syncing, its record is the only one
+    /// queued, and no other waiter is waiting. Checked before leading, because the hand-over
+    /// of a tokio worker's tasks that a lead costs (`block_in_place`) is dear: with the last
+    /// test alone, under 64 connections a quarter of the requests led a batch of one, and the
+    /// runtime grew to 150 threads.
+    fn lone(&self) -> bool {
+        if self.concurrent() {
+            return false;
+        }
+        {
+            let queue = self.queue.lock();
+            if queue.syncing || queue.closing || queue.records != 1 {
+                return false;
+            }
+        }
+        self.waiters.lock().wakers.is_empty()
+    }
+
     /// Writes and syncs what is queued on the calling thread, if there is something and nobody
     /// is syncing already: the group commit's leader is whoever asks first. Afterwards it hands
     /// anything queued meanwhile to the writer thread, so a caller leads at most one batch and
@@ -654,7 +687,10 @@ impl Shared {
         let spare = std::mem::take(&mut io.spare);
         let batch = take_locked(&mut queue, spare);
         drop(queue);
-        let _ = write_batch(self, &mut io, batch);
+        if write_batch(self, &mut io, batch).is_ok() {
+            self.led.fetch_add(1, Ordering::Relaxed);
+            io.led_batches.increment(1);
+        }
         drop(io);
         self.end_sync();
     }
@@ -822,4 +858,74 @@ fn write_batch(shared: &Shared, io: &mut Io, batch: Batch) -> Result<(), ()> {
     bytes.clear();
     io.spare = bytes;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::FsStorage;
+
+    /// A log on the real disk: who syncs depends on how long a sync takes.
+    fn start(dir: &std::path::Path) -> Arc<Wal> {
+        let options = WalOptions {
+            dir: dir.to_path_buf(),
+            fsync: FsyncMode::Always,
+            segment_bytes: 64 << 20,
+            max_record_bytes: 1 << 20,
+            queue_bytes: 64 << 20,
+            zero_ahead_bytes: 4 << 20,
+            format_version: 1,
+        };
+        Arc::new(Wal::start(Arc::new(FsStorage), options, 1).expect("start the log"))
+    }
+
+    /// `tasks` tasks, each appending `each` records one after another and awaiting each, with
+    /// `pause` between them (a client's round trip).
+    async fn append_and_await(wal: &Arc<Wal>, tasks: usize, each: usize, pause: Duration) {
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            let wal = Arc::clone(wal);
+            handles.push(tokio::spawn(async move {
+                for record in 0..each {
+                    let payload = format!("task {task} record {record}");
+                    let lsn = wal.append(payload.as_bytes()).expect("append");
+                    wal.durable(lsn).await.expect("durable");
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }));
+        }
+        for handle in handles {
+            handle.await.expect("task");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_waiter_leads_its_sync_and_concurrent_waiters_leave_it_to_the_writer() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        // A request after a pause: a sync that ended just now would be a sign of back-to-back
+        // appends (one thread serving connections one after another), which the writer takes.
+        append_and_await(&wal, 1, 100, Duration::from_millis(1)).await;
+        let alone = wal.stats();
+        assert_eq!(alone.records, 100);
+        assert!(
+            alone.led * 10 >= alone.batches * 9,
+            "one request at a time: {} of {} batches led by their waiter",
+            alone.led,
+            alone.batches
+        );
+        // Under concurrency a lead costs the hand-over of a worker's tasks (`block_in_place`)
+        // and makes a batch of one: the writer thread batches them instead. The test before
+        // `lone` let about a quarter of the records lead here.
+        append_and_await(&wal, 64, 40, Duration::ZERO).await;
+        let after = wal.stats();
+        let (records, led) = (after.records - alone.records, after.led - alone.led);
+        assert_eq!(records, 64 * 40);
+        assert!(
+            led * 20 <= records,
+            "64 tasks at once: {led} of {records} records led a batch of their own"
+        );
+    }
 }

@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -115,7 +118,20 @@ class Server:
             raise RuntimeError(
                 f"creditd did not print its address within {timeout_seconds} s: {self.output!r}"
             )
-        return self.base_url
+        # It listens while it recovers (answering 503 `recovering`): ready once /readyz says so,
+        # so that what a test sends next meets the recovered server, however long recovery takes.
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=5) as answer:
+                    if answer.status == 200:
+                        return self.base_url
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"creditd was not ready within {timeout_seconds} s")
+            time.sleep(0.01)
 
     def kill(self) -> None:
         """SIGKILL: no clean stop, as a crash would be."""
