@@ -77,8 +77,9 @@ async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
 
 /// Under 64 connections the log's writer thread makes the group commits; a request's own thread
 /// syncs only when it is alone. A lead under concurrency hands the worker's tasks to another
-/// thread (`block_in_place`) and syncs a batch of one: with a weaker test of "alone", a quarter of
-/// the requests did, and the runtime grew to 150 threads.
+/// thread (`block_in_place`) and syncs a batch of one: with a weaker test of "alone", more than
+/// half of the requests here took on a sync (a quarter in a release build), and the runtime grew
+/// to 150 threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_many_connections_the_writer_thread_makes_the_group_commits() {
     // The engine's own figures: the metrics are the process's, shared with the other test.

@@ -655,8 +655,8 @@ impl Shared {
     /// others append ([`Shared::concurrent`]), nobody is syncing, its record is the only one
     /// queued, and no other waiter is waiting. Checked before leading, because the hand-over
     /// of a tokio worker's tasks that a lead costs (`block_in_place`) is dear: with the last
-    /// test alone, under 64 connections a quarter of the requests led a batch of one, and the
-    /// runtime grew to 150 threads.
+    /// test alone, under 64 connections a quarter of the requests took on a sync (most finding one
+    /// running), and the runtime grew to 150 threads.
     fn lone(&self) -> bool {
         if self.concurrent() {
             return false;
