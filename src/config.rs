@@ -166,6 +166,13 @@ pub struct ServerConfig {
     /// number of busy connections lowered the throughput (smaller log batches) more than it
     /// shortened the answers' wait; see `docs/design.md`, "Overload: requests in progress".
     pub max_in_flight_requests: u32,
+    /// Threads that serve the API's connections each on a single-threaded runtime of its own
+    /// (default 0: connections are served by the shared `workers`). Such a thread, when it has
+    /// nothing left to run, writes and syncs the log itself and then answers its waiting
+    /// requests, as Redis's event loop does: no hand-off to the log thread and back, and a
+    /// fraction of the context switches. The price: while its sync runs (or a disk stalls) every
+    /// connection of that thread waits, probes included. See `docs/design.md`, "Core threads".
+    pub core_threads: u32,
 }
 
 impl ServerConfig {
@@ -200,6 +207,7 @@ impl Default for ServerConfig {
             workers: 0,
             send_buffer_bytes: 0,
             max_in_flight_requests: 0,
+            core_threads: 0,
         }
     }
 }
@@ -698,6 +706,9 @@ impl Config {
             || limits.default_reservation_ttl_seconds > limits.max_reservation_ttl_seconds
         {
             return invalid("limits.default_reservation_ttl_seconds must be between 1 and limits.max_reservation_ttl_seconds".into());
+        }
+        if self.server.core_threads > 256 {
+            return invalid("server.core_threads must be at most 256 (0 means off)".into());
         }
         if self.server.workers > 1024 {
             return invalid("server.workers must be at most 1024 (0 means one per core)".into());

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod budget;
 pub mod call;
 pub mod connections;
+mod cores;
 pub mod dto;
 pub mod problem;
 pub mod request;
@@ -143,10 +144,24 @@ pub async fn serve(
     let builder = http1_builder(&state.server, true);
     let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
     let send_buffer_bytes = state.server.send_buffer_bytes;
+    let mut cores = match state.server.core_threads {
+        0 => None,
+        count => match cores::Cores::start(count as usize, &state, &builder, linger) {
+            Ok(cores) => Some(cores),
+            Err(error) => {
+                tracing::error!(%error, "server.core_threads: could not start the threads; serving on the shared workers");
+                None
+            }
+        },
+    };
     connections::accept_until(&listener, &state.connections, shutdown, |stream, lease| {
         let _ = stream.set_nodelay(true);
         if send_buffer_bytes > 0 {
             set_send_buffer(&stream, send_buffer_bytes);
+        }
+        if let Some(cores) = cores.as_mut() {
+            cores.dispatch(stream, lease);
+            return;
         }
         let service = api_service(&state, &lease);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -161,6 +176,9 @@ pub async fn serve(
     tokio::select! {
         () = state.connections.all_closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(seconds = grace.as_secs(), "connections still open after the grace period; closing"),
+    }
+    if let Some(cores) = cores {
+        cores.stop().await;
     }
 }
 

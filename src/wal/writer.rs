@@ -395,6 +395,14 @@ impl Wal {
         }
     }
 
+    /// Writes and syncs what is queued, on the calling thread, if anything is and nobody is
+    /// syncing: the park hook of a core thread (`server.core_threads`), which runs when the
+    /// thread has nothing left to do, its requests waiting for their records. Its waiters are
+    /// woken on the spot, onto the thread's own run queue.
+    pub fn sync_before_park(&self) {
+        self.shared.lead();
+    }
+
     /// Blocks the calling thread until `lsn` is durable.
     pub fn wait_durable(&self, lsn: u64) -> Result<(), DurabilityError> {
         let shared = &*self.shared;
@@ -468,6 +476,17 @@ impl Drop for Wal {
     }
 }
 
+std::thread_local! {
+    /// Set on a core thread, whose park hook syncs the log (see [`Wal::sync_before_park`]).
+    static SYNCS_BEFORE_PARK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that syncs the log itself before it parks (a core thread,
+/// `server.core_threads`): its waiters neither lead a sync nor wake the writer thread.
+pub fn mark_syncs_before_park() {
+    SYNCS_BEFORE_PARK.with(|flag| flag.set(true));
+}
+
 /// Resolves when its LSN is durable, or with an error if it never will be.
 pub struct Durable<'a> {
     shared: &'a Shared,
@@ -496,7 +515,9 @@ impl Future for Durable<'_> {
         // strand the other requests and probes queued behind it. A single-threaded runtime has
         // no other thread to hand them to, so there the writer thread syncs instead.
         use tokio::runtime::{Handle, RuntimeFlavor};
-        if !shared.lone() {
+        if SYNCS_BEFORE_PARK.with(std::cell::Cell::get) {
+            // A core thread: it syncs when it runs out of work (`Wal::sync_before_park`).
+        } else if !shared.lone() {
             shared.hand_to_writer();
         } else {
             shared.leads.fetch_add(1, Ordering::Relaxed);
