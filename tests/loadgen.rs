@@ -23,16 +23,8 @@ async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_threads_sync_the_log_themselves_and_apply_the_mix_exactly() {
     for core_threads in [1, 2] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = server::config(dir.path());
-        config.server.core_threads = core_threads;
-        let engine = Engine::open(
-            config.engine_options(),
-            Arc::new(FsStorage),
-            Arc::new(SystemClock),
-        )
-        .unwrap();
-        let server = Server::start_with_engine(config, Arc::clone(&engine), dir).await;
+        let (server, engine) =
+            server_with_engine(|config| config.server.core_threads = core_threads).await;
         let before = engine.wal().stats();
         mixed_load(&server, 8).await;
         let after = engine.wal().stats();
@@ -118,16 +110,7 @@ async fn mixed_load(server: &Server, connections: usize) {
 /// to 150 threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_many_connections_the_writer_thread_makes_the_group_commits() {
-    // The engine's own figures: the metrics are the process's, shared with the other test.
-    let dir = tempfile::tempdir().unwrap();
-    let config = server::config(dir.path());
-    let engine = Engine::open(
-        config.engine_options(),
-        Arc::new(FsStorage),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let server = Server::start_with_engine(config, Arc::clone(&engine), dir).await;
+    let (server, engine) = server_with_engine(|_| {}).await;
     let mut options = creditd::loadgen::LoadOptions {
         url: server.base.clone(),
         key: SERVICE.into(),
@@ -172,6 +155,24 @@ async fn under_many_connections_the_writer_thread_makes_the_group_commits() {
         "{leads} of {records} requests took on a sync ({led} of {batches} group commits)"
     );
     server.stop().await;
+}
+
+/// A server around an engine the test holds, for the log's own figures ([`Engine::wal`]): the
+/// metrics are the process's, shared by the tests of this file running at once.
+async fn server_with_engine(
+    adjust: impl FnOnce(&mut creditd::config::Config),
+) -> (Server, Arc<Engine>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = server::config(dir.path());
+    adjust(&mut config);
+    let engine = Engine::open(
+        config.engine_options(),
+        Arc::new(FsStorage),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let server = Server::start_with_engine(config, Arc::clone(&engine), dir).await;
+    (server, engine)
 }
 
 /// The server's `/metrics` text.
