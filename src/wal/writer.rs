@@ -752,8 +752,13 @@ impl Shared {
 /// poison reason whether that worked. Cutting is not a retry of the failed call: it removes the
 /// bytes instead of vouching for them, and a successful truncate-and-sync makes the file's
 /// length durable whatever became of its pages. If it fails too, the batch may come back at the
-/// next start, complete or torn; its waiters were told the outcome is unknown either way.
-fn cut_failed_batch(segment: &mut ActiveSegment, what: String) -> String {
+/// next start, complete or torn; its waiters were told the outcome is unknown either way. The
+/// zeroing thread is stopped first, so that nothing writes to the segment after the cut.
+fn cut_failed_batch(io: &mut Io, what: String) -> String {
+    if let Some(zero) = &mut io.zero {
+        zero.detach();
+    }
+    let segment = &mut io.segment;
     match segment.file.truncate(segment.len) {
         Ok(()) => format!("{what}; the batch was cut off the segment"),
         Err(error) => format!(
@@ -840,29 +845,22 @@ fn write_batch(shared: &Shared, io: &mut Io, batch: Batch) -> Result<(), ()> {
     if let Some(zero) = &mut io.zero {
         zero.before_write(io.segment.len + bytes.len() as u64);
     }
-    let segment = &mut io.segment;
-    if let Err(error) = segment.file.write_all(&bytes) {
+    if let Err(error) = io.segment.file.write_all(&bytes) {
         let what = format!("writing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
-        if let Some(zero) = &mut io.zero {
-            zero.detach();
-        }
-        shared.poison(cut_failed_batch(segment, what));
+        shared.poison(cut_failed_batch(io, what));
         return Err(());
     }
     if options.fsync == FsyncMode::Always {
         let started = Instant::now();
-        if let Err(error) = segment.file.sync_data() {
+        if let Err(error) = io.segment.file.sync_data() {
             let what = format!("syncing LSNs {first_lsn}..={}: {error}", batch.last_lsn);
-            if let Some(zero) = &mut io.zero {
-                zero.detach();
-            }
-            shared.poison(cut_failed_batch(segment, what));
+            shared.poison(cut_failed_batch(io, what));
             return Err(());
         }
         io.fsync_seconds.record(started.elapsed().as_secs_f64());
     }
-    segment.len += bytes.len() as u64;
-    segment.records += batch.records;
+    io.segment.len += bytes.len() as u64;
+    io.segment.records += batch.records;
     shared.records.fetch_add(batch.records, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
     shared
