@@ -18,8 +18,10 @@ async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
 }
 
 /// With `server.core_threads`, the connections' own threads sync the log when they run out of
-/// work: the same mix is applied exactly, and most group commits are theirs, not the log writer
-/// thread's (without the park hook it would take each batch, after up to 5 ms).
+/// work: the same mix is applied exactly, and the group commits are theirs, not the log writer
+/// thread's (without the park hook it would take each batch, after up to 10 ms). With two core
+/// threads, what one queues while the other syncs is synced by a core thread too, once that sync
+/// ends: before it went to the writer thread, which then made half the batches or more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_threads_sync_the_log_themselves_and_apply_the_mix_exactly() {
     for core_threads in [1, 2] {
@@ -29,11 +31,10 @@ async fn core_threads_sync_the_log_themselves_and_apply_the_mix_exactly() {
         mixed_load(&server, 8).await;
         let after = engine.wal().stats();
         let (led, batches) = (after.led - before.led, after.batches - before.batches);
-        // Most, not all: the writer thread still looks at the queue every 5 ms while records
-        // flow and takes what it finds, and with two threads, what one queues while the other
-        // syncs goes to the writer thread when that sync ends.
+        // Nearly all (every one, on a quiet machine): the writer thread takes only records
+        // that waited a whole deadline, which a core thread starved of CPU can leave behind.
         assert!(
-            led * 2 >= batches,
+            led * 10 >= batches * 9,
             "{core_threads} core threads: {led} of {batches} group commits were theirs"
         );
         server.stop().await;

@@ -6,10 +6,12 @@
 //! Who syncs: a lone waiter (no sign of other appenders) that finds records queued and no sync in
 //! progress leads the batch on its own thread ([`Shared::lead`]; on a tokio worker inside
 //! `block_in_place`, so that the worker's other tasks move to another thread first), and costs no
-//! hand-off to another thread and back. While others append, waiters wake the writer thread,
-//! which batches them and keeps writing while records keep coming. An append wakes the writer
-//! thread only when it sleeps (after a quiet spell); while records flow it looks at the queue at
-//! least every [`WRITER_DEADLINE`], which bounds how long a record nobody waits for stays
+//! hand-off to another thread and back. While others append, waiters ask the writer thread to
+//! sync and wake it; it batches them and keeps writing while they keep asking. A core thread
+//! (`server.core_threads`) syncs before it parks ([`Wal::sync_before_park`]), after the sync in
+//! progress if there is one. An append wakes the writer thread only when it sleeps (after a quiet
+//! spell); while records flow it looks at the queue every [`WRITER_DEADLINE`] and takes, unasked,
+//! the records that waited a whole look, which bounds how long a record nobody waits for stays
 //! unwritten.
 //!
 //! Guarantees:
@@ -145,6 +147,12 @@ struct Queue {
     /// A batch is being written and synced, by the writer thread or by a waiter leading it (see
     /// [`Shared::lead`]); whoever set it holds [`Shared::io`] until it clears it.
     syncing: bool,
+    /// A waiter asked the writer thread to sync what is queued ([`Shared::hand_to_writer`]).
+    /// Without it the writer thread takes only records that waited a whole deadline (see
+    /// [`run_writer`]): those are the core threads' to sync, or nobody waits for them.
+    wanted: bool,
+    /// Core threads blocked in [`Wal::sync_before_park`] until the sync in progress ends.
+    parked_leaders: u32,
     closing: bool,
 }
 
@@ -184,6 +192,8 @@ impl std::task::Wake for ThreadWaker {
 struct Shared {
     queue: Mutex<Queue>,
     writer_wakeup: Condvar,
+    /// Signalled at the end of each sync for the core threads waiting to lead the next one.
+    sync_ended: Condvar,
     durable_lsn: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
@@ -265,9 +275,12 @@ impl Wal {
                 writer_idle: false,
                 writer_asleep: false,
                 syncing: false,
+                wanted: false,
+                parked_leaders: 0,
                 closing: false,
             }),
             writer_wakeup: Condvar::new(),
+            sync_ended: Condvar::new(),
             durable_lsn: AtomicU64::new(next_lsn - 1),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -395,12 +408,29 @@ impl Wal {
         }
     }
 
-    /// Writes and syncs what is queued, on the calling thread, if anything is and nobody is
-    /// syncing: the park hook of a core thread (`server.core_threads`), which runs when the
-    /// thread has nothing left to do, its requests waiting for their records. Its waiters are
-    /// woken on the spot, onto the thread's own run queue.
+    /// Writes and syncs what is queued, on the calling thread: the park hook of a core thread
+    /// (`server.core_threads`), which runs when the thread has nothing left to do, its requests
+    /// waiting for their records. Its waiters are woken on the spot, onto the thread's own run
+    /// queue. If another thread is syncing, it waits for that sync to end and then syncs what
+    /// queued meanwhile (unless someone else took it first): the thread has nothing else to do,
+    /// and so the records of one core thread that queue during another's sync are synced by a
+    /// core thread as soon as the disk is free, not handed to the writer thread.
     pub fn sync_before_park(&self) {
-        self.shared.lead();
+        let shared = &*self.shared;
+        let mut queue = shared.queue.lock();
+        loop {
+            if queue.buffer.is_empty() || queue.closing || shared.poisoned.load(Ordering::Acquire) {
+                return;
+            }
+            if !queue.syncing {
+                break;
+            }
+            queue.parked_leaders += 1;
+            shared.sync_ended.wait(&mut queue);
+            queue.parked_leaders -= 1;
+        }
+        drop(queue);
+        shared.lead();
     }
 
     /// Blocks the calling thread until `lsn` is durable.
@@ -413,6 +443,8 @@ impl Wal {
         if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
+        // Someone else is syncing: its end hands what queued meanwhile to the writer thread.
+        shared.hand_to_writer();
         let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         loop {
             {
@@ -649,6 +681,7 @@ fn take_locked(queue: &mut Queue, spare: Vec<u8>) -> Batch {
     queue.syncing = true;
     let bytes = std::mem::replace(&mut queue.buffer, spare);
     let records = std::mem::take(&mut queue.records);
+    queue.wanted = false;
     Batch {
         bytes,
         records,
@@ -716,10 +749,11 @@ impl Shared {
         self.end_sync();
     }
 
-    /// Wakes the writer thread for what is queued, unless a sync is in progress (its end wakes
-    /// the writer for what queued meanwhile).
+    /// Asks the writer thread to sync what is queued, and wakes it unless a sync is in progress
+    /// (its end wakes the writer for what queued meanwhile).
     fn hand_to_writer(&self) {
         let mut queue = self.queue.lock();
+        queue.wanted = true;
         let wake = !queue.syncing && !queue.buffer.is_empty() && queue.writer_idle;
         if wake {
             queue.writer_idle = false;
@@ -731,17 +765,23 @@ impl Shared {
         }
     }
 
-    /// Clears the sync in progress; wakes the writer thread if records came meanwhile (or the log
-    /// is closing), since nobody else is bound to sync them.
+    /// Clears the sync in progress. Core threads waiting to lead are let go; the writer thread
+    /// is woken if a waiter asked it to sync what came meanwhile (or the log is closing), since
+    /// nobody else is bound to sync them.
     fn end_sync(&self) {
         let mut queue = self.queue.lock();
         queue.syncing = false;
-        let wake = queue.writer_idle && (!queue.buffer.is_empty() || queue.closing);
+        let leaders = queue.parked_leaders > 0;
+        let wake =
+            queue.writer_idle && ((queue.wanted && !queue.buffer.is_empty()) || queue.closing);
         if wake {
             queue.writer_idle = false;
             queue.writer_asleep = false;
         }
         drop(queue);
+        if leaders {
+            self.sync_ended.notify_all();
+        }
         if wake {
             self.writer_wakeup.notify_one();
         }
@@ -775,20 +815,31 @@ const WRITER_DEADLINE: Duration = Duration::from_millis(5);
 /// Waits without an append after which the writer thread sleeps until an append wakes it.
 const WRITER_QUIET_ROUNDS: u32 = 4;
 
-/// The writer thread. It writes whatever is queued whenever nobody else is syncing. While records
-/// keep coming it waits with a deadline ([`WRITER_DEADLINE`]) and appends do not wake it: their
-/// waiters lead their own syncs, so a lone request is written by the thread that handles it,
-/// without a hand-off to this thread and back. After [`WRITER_QUIET_ROUNDS`] waits that saw no
-/// append it sleeps until the next append wakes it; a leader that finishes with records queued
-/// behind it wakes it too.
+/// The writer thread. It syncs what is queued when a waiter asks it to
+/// ([`Shared::hand_to_writer`]), when the log closes, and otherwise once the oldest queued record
+/// has waited a whole [`WRITER_DEADLINE`]: such records are left to their waiters (a lone request
+/// leads its own sync, a core thread syncs before it parks) or nobody waits for them, and a record
+/// nobody waits for is written within two deadlines. While records keep coming it looks at the
+/// queue every deadline and appends do not wake it; after [`WRITER_QUIET_ROUNDS`] looks that saw
+/// no append it sleeps until the next append wakes it.
 fn run_writer(shared: &Shared) {
     let mut quiet_rounds = 0;
+    // `next_lsn` at the last look, and at the one before: records below the latter have waited
+    // at least a deadline.
     let mut seen_lsn = 0;
+    let mut aged_below = 0;
     loop {
         let mut queue = shared.queue.lock();
-        while queue.buffer.is_empty() || queue.syncing {
+        loop {
             if queue.closing && queue.buffer.is_empty() && !queue.syncing {
                 return;
+            }
+            let oldest = queue.next_lsn - queue.records;
+            let take = !queue.buffer.is_empty()
+                && !queue.syncing
+                && (queue.wanted || queue.closing || oldest < aged_below);
+            if take {
+                break;
             }
             queue.writer_idle = true;
             if quiet_rounds >= WRITER_QUIET_ROUNDS {
@@ -799,6 +850,7 @@ fn run_writer(shared: &Shared) {
             }
             queue.writer_idle = false;
             queue.writer_asleep = false;
+            aged_below = seen_lsn;
             if queue.next_lsn == seen_lsn {
                 quiet_rounds += 1;
             } else {
@@ -946,5 +998,57 @@ mod tests {
             led * 20 <= records,
             "64 tasks at once: {led} of {records} records led a batch of their own"
         );
+    }
+
+    /// Polls (up to 10 s) until `done` holds.
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < until, "never: {what}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// A core thread that runs out of work while another thread syncs waits for that sync to
+    /// end, then syncs what queued meanwhile, instead of parking with its records unsynced.
+    #[test]
+    fn a_core_thread_waits_for_the_sync_in_progress_and_then_syncs_its_records() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        // Another thread's sync, in progress.
+        wal.shared.queue.lock().syncing = true;
+        let lsn = wal.append(b"queued during a sync").expect("append");
+        let core = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                mark_syncs_before_park();
+                wal.sync_before_park();
+            })
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut waited = false;
+        while !waited && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(200));
+            waited = wal.shared.queue.lock().parked_leaders == 1;
+        }
+        let synced_meanwhile = wal.durable_lsn() >= lsn;
+        // Ends the pretended sync whatever happened, or closing the log would wait for it.
+        wal.shared.end_sync();
+        core.join().expect("core thread");
+        assert!(waited, "the core thread did not wait for the sync to end");
+        assert!(!synced_meanwhile, "nothing is synced during another sync");
+        eventually("the record is durable", || wal.durable_lsn() >= lsn);
+        assert_eq!(wal.stats().records, 1);
+    }
+
+    /// A record nobody waits for is written by the writer thread within two deadlines.
+    #[test]
+    fn a_record_nobody_waits_for_is_written_by_the_writer_thread() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        let lsn = wal.append(b"fire and forget").expect("append");
+        eventually("the record is durable", || wal.durable_lsn() >= lsn);
+        let stats = wal.stats();
+        assert_eq!((stats.batches, stats.led), (1, 0));
     }
 }
