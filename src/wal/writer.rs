@@ -414,7 +414,10 @@ impl Wal {
     /// queue. If another thread is syncing, it waits for that sync to end and then syncs what
     /// queued meanwhile (unless someone else took it first): the thread has nothing else to do,
     /// and so the records of one core thread that queue during another's sync are synced by a
-    /// core thread as soon as the disk is free, not handed to the writer thread.
+    /// core thread as soon as the disk is free, not handed to the writer thread. It waits at most
+    /// [`PARKED_LEADER_PATIENCE`]; past that it asks the writer thread to sync them after the
+    /// sync in progress and goes back to its connections, so that a stalled disk holds the thread
+    /// that syncs, not every core thread.
     pub fn sync_before_park(&self) {
         let shared = &*self.shared;
         let mut queue = shared.queue.lock();
@@ -426,8 +429,14 @@ impl Wal {
                 break;
             }
             queue.parked_leaders += 1;
-            shared.sync_ended.wait(&mut queue);
+            let waited = shared
+                .sync_ended
+                .wait_for(&mut queue, PARKED_LEADER_PATIENCE);
             queue.parked_leaders -= 1;
+            if waited.timed_out() && queue.syncing {
+                queue.wanted = true;
+                return;
+            }
         }
         drop(queue);
         shared.lead();
@@ -812,6 +821,9 @@ fn cut_failed_batch(io: &mut Io, what: String) -> String {
 /// How long the writer thread waits for work before it looks at the queue anyway, while records
 /// are being appended: a record whose appender does not wait for it is written within this time.
 const WRITER_DEADLINE: Duration = Duration::from_millis(5);
+/// How long a core thread waits for another's sync before it leaves its records to the writer
+/// thread (see [`Wal::sync_before_park`]): about 20 times a sync on a healthy disk.
+const PARKED_LEADER_PATIENCE: Duration = Duration::from_millis(2);
 /// Waits without an append after which the writer thread sleeps until an append wakes it.
 const WRITER_QUIET_ROUNDS: u32 = 4;
 
@@ -1028,8 +1040,10 @@ mod tests {
         let until = Instant::now() + Duration::from_secs(10);
         let mut waited = false;
         while !waited && Instant::now() < until {
-            std::thread::sleep(Duration::from_micros(200));
-            waited = wal.shared.queue.lock().parked_leaders == 1;
+            std::thread::sleep(Duration::from_micros(100));
+            let queue = wal.shared.queue.lock();
+            // Waiting, or past its patience already (a slow machine): it asked the writer.
+            waited = queue.parked_leaders == 1 || queue.wanted;
         }
         let synced_meanwhile = wal.durable_lsn() >= lsn;
         // Ends the pretended sync whatever happened, or closing the log would wait for it.
@@ -1039,6 +1053,39 @@ mod tests {
         assert!(!synced_meanwhile, "nothing is synced during another sync");
         eventually("the record is durable", || wal.durable_lsn() >= lsn);
         assert_eq!(wal.stats().records, 1);
+    }
+
+    /// A sync that stalls holds the thread that syncs, not the core threads that wait for it: past
+    /// its patience a waiting core thread goes back to its work, and the writer thread syncs its
+    /// records once the stalled sync ends.
+    #[test]
+    fn a_core_thread_does_not_wait_for_a_stalled_sync_past_its_patience() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        wal.shared.queue.lock().syncing = true;
+        let lsn = wal.append(b"queued during a stalled sync").expect("append");
+        let (returned, waiting) = std::sync::mpsc::channel();
+        let core = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                mark_syncs_before_park();
+                wal.sync_before_park();
+                let _ = returned.send(());
+            })
+        };
+        let came_back = waiting.recv_timeout(Duration::from_secs(10)).is_ok();
+        let wanted = wal.shared.queue.lock().wanted;
+        wal.shared.end_sync();
+        core.join().expect("core thread");
+        assert!(
+            came_back,
+            "the core thread waited on while the sync stalled"
+        );
+        assert!(wanted, "it asked the writer thread to sync its records");
+        eventually("the writer thread syncs the record", || {
+            wal.durable_lsn() >= lsn
+        });
+        assert_eq!((wal.stats().batches, wal.stats().led), (1, 0));
     }
 
     /// A record nobody waits for is written by the writer thread within two deadlines.
