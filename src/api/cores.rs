@@ -108,6 +108,7 @@ fn serve_core(
         }
     };
     runtime.block_on(async move {
+        let heartbeat = tokio::spawn(super::keep_a_timer_pending());
         while let Some((stream, lease)) = receiver.recv().await {
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 continue;
@@ -116,5 +117,6 @@ fn serve_core(
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::spawn(connections::drive(connection, lease, linger));
         }
+        heartbeat.abort();
     });
 }

@@ -144,6 +144,7 @@ pub async fn serve(
     let builder = http1_builder(&state.server, true);
     let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
     let send_buffer_bytes = state.server.send_buffer_bytes;
+    let heartbeat = tokio::spawn(keep_a_timer_pending());
     let mut cores = match state.server.core_threads {
         0 => None,
         count => match cores::Cores::start(count as usize, &state, &builder, linger) {
@@ -179,6 +180,26 @@ pub async fn serve(
     }
     if let Some(cores) = cores {
         cores.stop().await;
+    }
+    heartbeat.abort();
+}
+
+/// How often [`keep_a_timer_pending`] wakes: well under the shortest header read timeout (1 s).
+const TIMER_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// Keeps a timer pending on the calling runtime at all times, each at most [`TIMER_HEARTBEAT`]
+/// ahead. Every request arms hyper's header read timer (`server.header_read_timeout_seconds`)
+/// and disarms it once the head is read. tokio wakes its I/O driver, with a write to an eventfd,
+/// whenever a timer is set earlier than the driver's next planned wake-up, and with no other
+/// timer pending there is none: so each request cost a system call and a needless turn of the
+/// event loop (`perf record -e syscalls:sys_enter_write` at 64 connections: one eventfd write
+/// per request). With this timer pending, every header deadline (1 s or more ahead) is later
+/// than the next wake-up, and arming it wakes nobody. On one core thread at 64 connections that
+/// was 2–11 % more debits/s and 0.1–1.4 µs less CPU per debit in four alternating rounds; on the
+/// shared workers no difference showed through the noise.
+pub(crate) async fn keep_a_timer_pending() {
+    loop {
+        tokio::time::sleep(TIMER_HEARTBEAT).await;
     }
 }
 
@@ -352,4 +373,72 @@ fn overload_refusal() -> Problem {
 fn reserved_slot_refusal(state: &ApiState) -> Problem {
     state.metrics.connections.refused(Refusal::ReservedSlot, 1);
     Problem::busy("every connection slot is taken; this connection may only ask for /livez, /readyz, /healthz and /metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Runs `rounds` of what a request does to the timers (arm a timer a second ahead, disarm
+    /// it), each after a wake-up from another thread, on a single-threaded runtime, with or
+    /// without [`super::keep_a_timer_pending`]; returns how often the runtime's thread parked.
+    fn parks_per_round(heartbeat: bool, rounds: usize) -> f64 {
+        let parks = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&parks);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            })
+            .build()
+            .expect("runtime");
+        let before = runtime.block_on(async {
+            if heartbeat {
+                tokio::spawn(super::keep_a_timer_pending());
+                tokio::task::yield_now().await;
+            }
+            parks.load(Ordering::Relaxed)
+        });
+        runtime.block_on(async {
+            for _ in 0..rounds {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_micros(200));
+                    let _ = sender.send(());
+                });
+                let _ = receiver.await;
+                // A request's head: its read timer armed, then disarmed once the head is read.
+                let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+                let _ = poll_once(timer.as_mut()).await;
+            }
+        });
+        (parks.load(Ordering::Relaxed) - before) as f64 / rounds as f64
+    }
+
+    /// Polls `future` once and returns whether it was ready.
+    async fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let mut future = Some(future);
+        std::future::poll_fn(move |cx| {
+            let ready = future.take().expect("polled once").poll(cx).is_ready();
+            std::task::Poll::Ready(ready)
+        })
+        .await
+    }
+
+    /// With no timer pending, arming one wakes the runtime's driver (an eventfd write), which
+    /// then parks once more for nothing; with the heartbeat pending, a request's timer costs no
+    /// extra park.
+    #[test]
+    fn with_a_timer_pending_a_request_timer_does_not_wake_the_runtime() {
+        let rounds = 200;
+        let without = parks_per_round(false, rounds);
+        let with = parks_per_round(true, rounds);
+        assert!(
+            without >= 1.8,
+            "{without} parks per round without the heartbeat"
+        );
+        assert!(with <= 1.2, "{with} parks per round with it");
+    }
 }
