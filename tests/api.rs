@@ -411,6 +411,16 @@ async fn batch_debits_apply_each_on_its_own() {
         .map(|r| r["status"].as_i64().unwrap())
         .collect();
     assert_eq!(statuses, vec![200, 402, 200, 404, 422]);
+    // A debited item carries exactly these fields.
+    assert!(results[0]["entry_id"].as_str().unwrap().starts_with("ent_"));
+    assert_eq!(
+        results[0],
+        serde_json::json!({
+            "status": 200, "user_id": "a", "entry_id": results[0]["entry_id"].clone(),
+            "charged": 2, "from_wallet": 2, "from_pool": 0, "balance": 1, "available": 1,
+            "replayed": false,
+        })
+    );
     assert_eq!(
         results[1]["topup_url"],
         format!("{}/v1/billing/bootstrap/a", server.base)

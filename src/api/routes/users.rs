@@ -641,7 +641,38 @@ pub async fn batch_debit(call: &Call<'_>) -> Answer {
     if last_lsn > 0 {
         call.durable(last_lsn).await?;
     }
-    ok(&serde_json::json!({ "results": results }))
+    ok(&BatchAnswer { results })
+}
+
+/// Answer to a batch of debits: one result per item, in order.
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    results: Vec<BatchResult<'a>>,
+}
+
+/// One item's result: what it debited, or its problem (with its `user_id`).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchResult<'a> {
+    Debited(BatchDebited<'a>),
+    Problem(serde_json::Value),
+}
+
+/// A debited item. Serialized straight from the struct: each item built as a `serde_json::Value`
+/// was a map of nine allocated keys, which with its drop took about a third of the server's CPU
+/// on batches of 100 (`perf record`: allocation, B-tree inserts, `Value` serialization). The
+/// fields are in the order that map wrote them (by name), so the bytes are unchanged.
+#[derive(Serialize)]
+struct BatchDebited<'a> {
+    available: i64,
+    balance: i64,
+    charged: i64,
+    entry_id: Option<PrefixedId>,
+    from_pool: i64,
+    from_wallet: i64,
+    replayed: bool,
+    status: u16,
+    user_id: &'a str,
 }
 
 fn batch_one(
@@ -691,24 +722,26 @@ fn item_fingerprint(item: &BatchItem<'_>) -> Fingerprint {
     ])
 }
 
-fn batch_result(
+fn batch_result<'a>(
     call: &Call<'_>,
-    item: &BatchItem<'_>,
+    item: &'a BatchItem<'_>,
     outcome: Result<Done, EngineError>,
-) -> serde_json::Value {
-    match outcome {
+) -> BatchResult<'a> {
+    let body = match outcome {
         Ok(done) => match debit_answer(&done, false) {
-            Ok(answer) => serde_json::json!({
-                "status": 200,
-                "user_id": item.user_id,
-                "entry_id": answer.entry_id,
-                "charged": answer.charged,
-                "from_wallet": answer.from_wallet,
-                "from_pool": answer.from_pool,
-                "balance": answer.balance,
-                "available": answer.available,
-                "replayed": done.replayed,
-            }),
+            Ok(answer) => {
+                return BatchResult::Debited(BatchDebited {
+                    available: answer.available,
+                    balance: answer.balance,
+                    charged: answer.charged,
+                    entry_id: answer.entry_id,
+                    from_pool: answer.from_pool,
+                    from_wallet: answer.from_wallet,
+                    replayed: done.replayed,
+                    status: 200,
+                    user_id: &item.user_id,
+                })
+            }
             Err(problem) => problem.body(),
         },
         Err(error) => {
@@ -722,7 +755,8 @@ fn batch_result(
             }
             body
         }
-    }
+    };
+    BatchResult::Problem(body)
 }
 
 /// `POST /v1/users/{user_id}/revoke` (admin).
