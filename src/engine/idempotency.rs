@@ -7,6 +7,7 @@
 //! dropped after the TTL. A claim that ends without an effect (a 402, an error) is removed, so the
 //! client may retry with the same key.
 
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use compact_str::CompactString;
@@ -160,7 +161,8 @@ pub(crate) fn purge_map(map: &ShardedMap<CompactString, IdempotencyEntry>, cutof
         }
         _ => true,
     });
-    let hash = |(key, _): &(CompactString, _)| map.hash_usize(key) as u64;
+    // The hash dashmap files an entry under in its shard (`hash_u64`: the map's hasher over the key).
+    let hash = |(key, _): &(CompactString, _)| map.hasher().hash_one(key);
     for (shard, held) in map.shards().iter().zip(held) {
         let mut table = shard.write();
         let buckets = table.buckets();
