@@ -1021,22 +1021,32 @@ mod tests {
         }
     }
 
+    /// Pretends that another thread's sync is in progress and queues a record behind it; returns
+    /// the record's LSN. The test must end the pretended sync (`end_sync`), or closing the log
+    /// would wait for it.
+    fn queue_behind_a_sync(wal: &Wal) -> u64 {
+        wal.shared.queue.lock().syncing = true;
+        wal.append(b"queued during a sync").expect("append")
+    }
+
+    /// A core thread that runs out of work: it syncs before it parks, then runs `after`.
+    fn core_thread_parks(wal: &Arc<Wal>, after: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+        let wal = Arc::clone(wal);
+        std::thread::spawn(move || {
+            mark_syncs_before_park();
+            wal.sync_before_park();
+            after();
+        })
+    }
+
     /// A core thread that runs out of work while another thread syncs waits for that sync to
     /// end, then syncs what queued meanwhile, instead of parking with its records unsynced.
     #[test]
     fn a_core_thread_waits_for_the_sync_in_progress_and_then_syncs_its_records() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let wal = start(dir.path());
-        // Another thread's sync, in progress.
-        wal.shared.queue.lock().syncing = true;
-        let lsn = wal.append(b"queued during a sync").expect("append");
-        let core = {
-            let wal = Arc::clone(&wal);
-            std::thread::spawn(move || {
-                mark_syncs_before_park();
-                wal.sync_before_park();
-            })
-        };
+        let lsn = queue_behind_a_sync(&wal);
+        let core = core_thread_parks(&wal, || {});
         let until = Instant::now() + Duration::from_secs(10);
         let mut waited = false;
         while !waited && Instant::now() < until {
@@ -1046,7 +1056,6 @@ mod tests {
             waited = queue.parked_leaders == 1 || queue.wanted;
         }
         let synced_meanwhile = wal.durable_lsn() >= lsn;
-        // Ends the pretended sync whatever happened, or closing the log would wait for it.
         wal.shared.end_sync();
         core.join().expect("core thread");
         assert!(waited, "the core thread did not wait for the sync to end");
@@ -1062,17 +1071,11 @@ mod tests {
     fn a_core_thread_does_not_wait_for_a_stalled_sync_past_its_patience() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let wal = start(dir.path());
-        wal.shared.queue.lock().syncing = true;
-        let lsn = wal.append(b"queued during a stalled sync").expect("append");
+        let lsn = queue_behind_a_sync(&wal);
         let (returned, waiting) = std::sync::mpsc::channel();
-        let core = {
-            let wal = Arc::clone(&wal);
-            std::thread::spawn(move || {
-                mark_syncs_before_park();
-                wal.sync_before_park();
-                let _ = returned.send(());
-            })
-        };
+        let core = core_thread_parks(&wal, move || {
+            let _ = returned.send(());
+        });
         let came_back = waiting.recv_timeout(Duration::from_secs(10)).is_ok();
         let wanted = wal.shared.queue.lock().wanted;
         wal.shared.end_sync();
