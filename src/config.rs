@@ -167,12 +167,80 @@ pub struct ServerConfig {
     /// shortened the answers' wait; see `docs/design.md`, "Overload: requests in progress".
     pub max_in_flight_requests: u32,
     /// Threads that serve the API's connections each on a single-threaded runtime of its own
-    /// (default 0: connections are served by the shared `workers`). Such a thread, when it has
-    /// nothing left to run, writes and syncs the log itself and then answers its waiting
-    /// requests, as Redis's event loop does: no hand-off to the log thread and back, and a
-    /// fraction of the context switches. The price: while its sync runs (or a disk stalls) every
-    /// connection of that thread waits, probes included. See `docs/design.md`, "Core threads".
-    pub core_threads: u32,
+    /// (default `"auto"`: one per two cores, at least one; `0`: none, connections are served by
+    /// the shared `workers`). Such a thread, when it has nothing left to run, writes and syncs
+    /// the log itself and then answers its waiting requests, as Redis's event loop does: no
+    /// hand-off to the log thread and back, and a fraction of the context switches. The price:
+    /// while its sync runs (or a disk stalls) the connections already on that thread wait; new
+    /// connections go to a thread that is not stuck in a sync, or to the shared workers. See
+    /// `docs/design.md`, "Core threads".
+    pub core_threads: CoreThreads,
+}
+
+/// `server.core_threads`: `"auto"` or a number of threads (`0`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CoreThreads {
+    /// One per two cores the process may run on, at least one.
+    #[default]
+    Auto,
+    /// This many (0: none).
+    Count(u32),
+}
+
+impl CoreThreads {
+    /// The most core threads a configuration may ask for.
+    pub const MAX: u32 = 256;
+
+    /// How many threads to start on a machine with `cores` cores.
+    pub fn count(self, cores: usize) -> usize {
+        match self {
+            CoreThreads::Auto => (cores / 2).max(1),
+            CoreThreads::Count(count) => count as usize,
+        }
+    }
+}
+
+impl Serialize for CoreThreads {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CoreThreads::Auto => serializer.serialize_str("auto"),
+            CoreThreads::Count(count) => serializer.serialize_u32(*count),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CoreThreads {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<CoreThreads, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = CoreThreads;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("\"auto\" or a number of threads (0 for none)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<CoreThreads, E> {
+                u32::try_from(value)
+                    .map(CoreThreads::Count)
+                    .map_err(|_| E::custom(format!("{value} is not a number of threads")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<CoreThreads, E> {
+                u32::try_from(value)
+                    .map(CoreThreads::Count)
+                    .map_err(|_| E::custom(format!("{value} is not a number of threads")))
+            }
+            // An environment override arrives as text, typed like the default ("auto").
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<CoreThreads, E> {
+                match value.trim() {
+                    "auto" => Ok(CoreThreads::Auto),
+                    number => number.parse().map(CoreThreads::Count).map_err(|_| {
+                        E::custom(format!(
+                            "{value:?} is neither \"auto\" nor a number of threads"
+                        ))
+                    }),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl ServerConfig {
@@ -207,7 +275,7 @@ impl Default for ServerConfig {
             workers: 0,
             send_buffer_bytes: 0,
             max_in_flight_requests: 0,
-            core_threads: 0,
+            core_threads: CoreThreads::Auto,
         }
     }
 }
@@ -707,8 +775,13 @@ impl Config {
         {
             return invalid("limits.default_reservation_ttl_seconds must be between 1 and limits.max_reservation_ttl_seconds".into());
         }
-        if self.server.core_threads > 256 {
-            return invalid("server.core_threads must be at most 256 (0 means off)".into());
+        if let CoreThreads::Count(count) = self.server.core_threads {
+            if count > CoreThreads::MAX {
+                return invalid(format!(
+                    "server.core_threads must be \"auto\" or at most {} (0 means none)",
+                    CoreThreads::MAX
+                ));
+            }
         }
         if self.server.workers > 1024 {
             return invalid("server.workers must be at most 1024 (0 means one per core)".into());
@@ -947,6 +1020,48 @@ mod tests {
         let config = Config::from_parts(text, env(&[])).unwrap();
         assert_eq!(config.payments.gateway, Gateway::Sandbox);
         assert!(!config.auth.keys.is_empty());
+    }
+
+    #[test]
+    fn core_threads_are_auto_or_a_count_in_the_file_and_the_environment() {
+        let core_threads = |text: &str, variables: &[(&str, &str)]| {
+            Config::from_parts(text, env(variables)).map(|config| config.server.core_threads)
+        };
+        assert_eq!(core_threads("", &[]).unwrap(), CoreThreads::Auto);
+        let file = |value: &str| format!("[server]\ncore_threads = {value}");
+        assert_eq!(
+            core_threads(&file("\"auto\""), &[]).unwrap(),
+            CoreThreads::Auto
+        );
+        assert_eq!(
+            core_threads(&file("0"), &[]).unwrap(),
+            CoreThreads::Count(0)
+        );
+        assert_eq!(
+            core_threads(&file("3"), &[]).unwrap(),
+            CoreThreads::Count(3)
+        );
+        for (value, expected) in [
+            ("auto", CoreThreads::Auto),
+            ("0", CoreThreads::Count(0)),
+            (" 2 ", CoreThreads::Count(2)),
+        ] {
+            let variables = [("CREDITD_SERVER__CORE_THREADS", value)];
+            assert_eq!(core_threads(&file("3"), &variables).unwrap(), expected);
+        }
+        for bad in ["\"most\"", "-1", "257", "true"] {
+            assert!(core_threads(&file(bad), &[]).is_err(), "{bad}");
+        }
+        for bad in ["most", "-1", "257", ""] {
+            let variables = [("CREDITD_SERVER__CORE_THREADS", bad)];
+            assert!(core_threads("", &variables).is_err(), "{bad:?}");
+        }
+        assert_eq!(CoreThreads::Auto.count(1), 1);
+        assert_eq!(CoreThreads::Auto.count(2), 1);
+        assert_eq!(CoreThreads::Auto.count(3), 1);
+        assert_eq!(CoreThreads::Auto.count(16), 8);
+        assert_eq!(CoreThreads::Count(0).count(16), 0);
+        assert_eq!(CoreThreads::Count(5).count(2), 5);
     }
 
     #[test]

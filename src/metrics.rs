@@ -195,6 +195,11 @@ fn describe() {
         Unit::Count,
         "Connections the server refused or closed on its own, by reason: shed_idle, full, reserved_slot, header_too_large, body_budget."
     );
+    describe_counter!(
+        names::HTTP_CONNECTIONS_PLACED_TOTAL,
+        Unit::Count,
+        "With server.core_threads, accepted connections by where they are served: core_thread, or workers when every core thread was stuck in a sync."
+    );
     describe_gauge!(
         names::HTTP_BODY_BYTES_BUFFERED,
         Unit::Bytes,

@@ -6,13 +6,17 @@ mod server;
 
 use std::sync::Arc;
 
+use creditd::config::CoreThreads;
 use creditd::engine::{Engine, SystemClock};
 use creditd::wal::FsStorage;
 use server::{Server, ADMIN, SERVICE};
 
+/// On the shared workers (`server.core_threads = 0`); the test below runs the same mix on core
+/// threads, the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
-    let server = Server::start().await;
+    let server =
+        Server::start_with(|config| config.server.core_threads = CoreThreads::Count(0)).await;
     mixed_load(&server, 2).await;
     server.stop().await;
 }
@@ -25,8 +29,10 @@ async fn a_mixed_load_spends_exactly_what_it_counts_and_leaves_no_hold_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_threads_sync_the_log_themselves_and_apply_the_mix_exactly() {
     for core_threads in [1, 2] {
-        let (server, engine) =
-            server_with_engine(|config| config.server.core_threads = core_threads).await;
+        let (server, engine) = server_with_engine(|config| {
+            config.server.core_threads = CoreThreads::Count(core_threads);
+        })
+        .await;
         let before = engine.wal().stats();
         mixed_load(&server, 8).await;
         let after = engine.wal().stats();

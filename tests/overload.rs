@@ -1,11 +1,14 @@
 //! Admission control under overload: past `server.max_in_flight_requests` keyed requests in
 //! progress, a keyed request is answered 503 `server-busy` with `Retry-After` at once and changes
-//! nothing, while probes are still answered; once a place is free, requests pass again.
+//! nothing, while probes are still answered; once a place is free, requests pass again. On the
+//! shared workers and on core threads (the default), where the thread stuck in the held sync
+//! takes no new connection: the shared workers answer them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use creditd::client::Debit;
+use creditd::config::CoreThreads;
 use creditd::engine::{Engine, EngineOptions, SystemClock};
 use creditd::wal::FsStorage;
 use http::Method;
@@ -21,9 +24,20 @@ use sync_gate::GatedStorage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_in_flight_limit_keyed_requests_are_refused_at_once_and_probes_answered() {
+    for core_threads in [
+        CoreThreads::Count(0),
+        CoreThreads::Auto,
+        CoreThreads::Count(2),
+    ] {
+        refused_while_a_sync_is_held(core_threads).await;
+    }
+}
+
+async fn refused_while_a_sync_is_held(core_threads: CoreThreads) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = server::config(dir.path());
     config.server.max_in_flight_requests = 1;
+    config.server.core_threads = core_threads;
     let (storage, gate) = GatedStorage::new(Arc::new(FsStorage));
     let options = EngineOptions {
         background: false,
@@ -47,14 +61,18 @@ async fn past_the_in_flight_limit_keyed_requests_are_refused_at_once_and_probes_
         .unwrap()
         .unwrap();
     let lsn_before = engine.wal().next_lsn();
+    // On a core thread, the held sync is its park hook's: once it has run 10 ms, new
+    // connections stop going to that thread.
+    tokio::time::sleep(Duration::from_millis(50)).await;
 
     let body = br#"{"amount":1}"#.to_vec();
-    let (status, headers, answer) = service
-        .send(Method::POST, "/v1/users/p/debit", Some(body), None)
+    let refused = service.send(Method::POST, "/v1/users/p/debit", Some(body), None);
+    let (status, headers, answer) = tokio::time::timeout(Duration::from_secs(10), refused)
         .await
+        .unwrap_or_else(|_| panic!("{core_threads:?}: no answer while the sync is held"))
         .unwrap();
     let answer: Value = serde_json::from_slice(&answer).unwrap();
-    assert_eq!(status.as_u16(), 503, "{answer}");
+    assert_eq!(status.as_u16(), 503, "{core_threads:?}: {answer}");
     assert!(
         answer["type"].as_str().unwrap().ends_with("/server-busy"),
         "{answer}"

@@ -145,9 +145,10 @@ pub async fn serve(
     let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
     let send_buffer_bytes = state.server.send_buffer_bytes;
     let heartbeat = tokio::spawn(keep_a_timer_pending());
-    let mut cores = match state.server.core_threads {
+    let machine_cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut cores = match state.server.core_threads.count(machine_cores) {
         0 => None,
-        count => match cores::Cores::start(count as usize, &state, &builder, linger) {
+        count => match cores::Cores::start(count, &state, &builder, linger) {
             Ok(cores) => Some(cores),
             Err(error) => {
                 tracing::error!(%error, "server.core_threads: could not start the threads; serving on the shared workers");
@@ -160,10 +161,13 @@ pub async fn serve(
         if send_buffer_bytes > 0 {
             set_send_buffer(&stream, send_buffer_bytes);
         }
-        if let Some(cores) = cores.as_mut() {
-            cores.dispatch(stream, lease);
-            return;
-        }
+        let (stream, lease) = match cores.as_mut() {
+            Some(cores) => match cores.dispatch(stream, lease) {
+                Some(given_back) => given_back,
+                None => return,
+            },
+            None => (stream, lease),
+        };
         let service = api_service(&state, &lease);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(connections::drive(connection, lease, linger));

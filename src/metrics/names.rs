@@ -17,6 +17,8 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "creditd_http_request_duration_s
 pub const HTTP_CONNECTIONS_OPEN: &str = "creditd_http_connections_open";
 /// Counter, `reason`: connections the server refused or closed on its own.
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "creditd_http_connections_refused_total";
+/// Counter, `on`: accepted connections by where they are served, with core threads.
+pub const HTTP_CONNECTIONS_PLACED_TOTAL: &str = "creditd_http_connections_placed_total";
 /// Gauge: bytes of request bodies claimed against the body budget.
 pub const HTTP_BODY_BYTES_BUFFERED: &str = "creditd_http_body_bytes_buffered";
 /// Histogram: duration of each log `fdatasync` (named in the API contract).
@@ -75,6 +77,7 @@ pub const ALL: &[&str] = &[
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_CONNECTIONS_OPEN,
     HTTP_CONNECTIONS_REFUSED_TOTAL,
+    HTTP_CONNECTIONS_PLACED_TOTAL,
     HTTP_BODY_BYTES_BUFFERED,
     WAL_FSYNC_DURATION_SECONDS,
     WAL_BATCH_RECORDS,
