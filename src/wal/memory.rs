@@ -160,6 +160,22 @@ impl StorageFile for MemFile {
         })
     }
 
+    // Makes nothing durable, as on a real disk (where the written-back bytes may still be lost
+    // with the disk's cache, and the file's length with its metadata); a range past what was
+    // written is a caller's mistake.
+    fn write_back(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("write-back range out of range"))?;
+        let written = self.with_inode(|inode| inode.data.len() as u64)?;
+        if end > written {
+            return Err(io::Error::other(format!(
+                "write-back of bytes {offset}..{end} of a file of {written}"
+            )));
+        }
+        Ok(())
+    }
+
     fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {
         Ok(Box::new(MemFile {
             tree: Arc::clone(&self.tree),
@@ -465,6 +481,12 @@ impl StorageFile for FaultyFile {
     // their own, which would make the counts of the other points depend on timing.
     fn zero_fill(&mut self, offset: u64, len: u64) -> io::Result<()> {
         self.inner.zero_fill(offset, len)
+    }
+
+    // Not a fault point either: it makes nothing durable, and a failure would fail the final
+    // sync anyway.
+    fn write_back(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.write_back(offset, len)
     }
 
     fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {

@@ -101,6 +101,10 @@ impl StorageFile for GatedFile {
         self.inner.zero_fill(offset, len)
     }
 
+    fn write_back(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.write_back(offset, len)
+    }
+
     fn try_clone(&self) -> io::Result<Box<dyn StorageFile>> {
         Ok(Box::new(GatedFile {
             inner: self.inner.try_clone()?,
