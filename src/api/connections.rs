@@ -13,8 +13,10 @@
 //!   503 and the connection is closed; see [`super::handle`]). So probes and scrapes are answered
 //!   however loaded or attacked the API is.
 //! - A new connection cannot be chosen to close before its task has run once, so a request
-//!   already in its socket begins first; and the accept loop yields after each connection, so a
-//!   flood of new connections cannot keep their tasks from running.
+//!   already in its socket begins first; and the accept loop waits for each connection's task to
+//!   have run once (up to [`START_WAIT`]) before it accepts the next, so a flood of new
+//!   connections cannot keep their tasks from running, on the shared workers or on a core thread
+//!   (which runs beside the accept loop, not between its turns).
 //! - Only when no slot, reserved ones included, can be had for [`ADMIT_WAIT`] (every connection
 //!   has a request in progress, or has not started yet) is a new connection closed unanswered.
 //!
@@ -42,6 +44,11 @@ const BUSY: u64 = u64::MAX;
 /// The longest a new connection waits for a slot before it is closed unanswered. Meanwhile no
 /// other connection is accepted (they wait in the kernel's backlog).
 pub const ADMIT_WAIT: Duration = Duration::from_millis(250);
+
+/// How long the accept loop waits for a connection's task to run once before it accepts the
+/// next: long enough for a busy thread to get to it, short enough that a thread stuck in a sync
+/// (see `cores.rs`) delays new connections by at most this.
+pub const START_WAIT: Duration = Duration::from_millis(10);
 
 /// Which kind of slot a connection holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +101,11 @@ impl Slot {
 
     fn idle_since(&self) -> Option<u64> {
         Some(self.idle_since.load(Ordering::Relaxed)).filter(|&since| since != BUSY)
+    }
+
+    /// Whether the connection's task has run (it is idle or has had a request).
+    fn started(&self) -> bool {
+        self.used.load(Ordering::Relaxed) || self.idle_since().is_some()
     }
 }
 
@@ -363,16 +375,41 @@ pub async fn accept_until<T>(
                 continue;
             }
         };
-        match connections.admit().await {
-            Some(lease) => serve(stream, lease),
+        let slot = match connections.admit().await {
+            Some(lease) => {
+                let slot = Arc::clone(lease.slot());
+                serve(stream, lease);
+                slot
+            }
             // Every slot has a request in progress: closing frees the descriptor, and the client
             // sees the refusal instead of waiting in the backlog.
-            None => drop(stream),
-        }
+            None => {
+                drop(stream);
+                continue;
+            }
+        };
         // Let the connection just handed over run (and read the request it may have sent)
         // before the next is accepted: a flood of new connections must not starve them, and a
         // connection counts as closable only once its task has run.
         tokio::task::yield_now().await;
+        connections.started(&slot).await;
+    }
+}
+
+impl Connections {
+    /// Resolves once `slot`'s task has run, or after [`START_WAIT`].
+    async fn started(&self, slot: &Slot) {
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a start in between is not missed.
+            changed.as_mut().enable();
+            if slot.started() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline, changed).await;
+        }
     }
 }
 
