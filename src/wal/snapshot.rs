@@ -482,7 +482,8 @@ mod tests {
 
     const VERSION: u32 = 1;
 
-    fn write(storage: &MemStorage, chunks: &[&[u8]]) -> SnapshotSummary {
+    /// A writer in `/snap` that has been handed `chunks`, not committed.
+    fn writing(storage: &MemStorage, chunks: &[&[u8]]) -> SnapshotWriter {
         let shared: SharedStorage = Arc::new(storage.clone());
         let dir = Path::new("/snap");
         storage.create_dir_all(dir).unwrap();
@@ -494,7 +495,11 @@ mod tests {
         for chunk in chunks {
             writer.write_chunk(chunk.to_vec()).unwrap();
         }
-        writer.commit().unwrap()
+        writer
+    }
+
+    fn write(storage: &MemStorage, chunks: &[&[u8]]) -> SnapshotSummary {
+        writing(storage, chunks).commit().unwrap()
     }
 
     fn read_all(storage: &MemStorage, path: &Path) -> Result<Vec<Vec<u8>>, SnapshotError> {
@@ -540,20 +545,10 @@ mod tests {
         assert!(read.iter().all(|read| read == &chunk));
 
         let storage = MemStorage::new();
-        let shared: SharedStorage = Arc::new(storage.clone());
-        let dir = Path::new("/snap");
-        storage.create_dir_all(dir).unwrap();
-        let header = SnapshotHeader {
-            start_lsn: 77,
-            created_at_ms: 1_700_000_000_000,
-        };
-        let mut writer = SnapshotWriter::create(shared, dir, header, VERSION).unwrap();
-        for chunk in &chunks {
-            writer.write_chunk(chunk.to_vec()).unwrap();
-        }
+        let mut writer = writing(&storage, &chunks);
         let written = writer.join().unwrap();
         assert!(written.file_bytes > 3 * WRITE_BACK_BYTES);
-        storage.sync_dir(dir).unwrap();
+        storage.sync_dir(Path::new("/snap")).unwrap();
         let tmp = writer.tmp_path.clone();
         assert_eq!(storage.len(&tmp).unwrap(), written.file_bytes);
         let image = storage.crash_image(|_, _| 0);
