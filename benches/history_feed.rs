@@ -19,7 +19,9 @@
 //! and to redb (a copy-on-write B-tree key-value store; the row encoded with the codec the log
 //! uses), both durable at each commit, then reads a user's newest 50 rows from each.
 //!
-//! `CREDITD_BENCH_FEED_ONLY=1` leaves the comparison out.
+//! `CREDITD_BENCH_FEED_ONLY=1` leaves the comparison out. `CREDITD_BENCH_SPEND=amount` writes
+//! plain debits of one credit instead of debits by action (what `creditd loadgen` and the peers
+//! comparison send: no usage rollup by action).
 //!
 //! Run: `CARGO_TARGET_DIR=/tmp/target-bench cargo bench --bench history_feed`
 
@@ -116,18 +118,22 @@ fn write_log(engine: &Arc<Engine>, tenant: &Tenant, records: u64) {
     for name in &names {
         common::retry(|| engine.put_action(tenant, name, 3, None, None, &BENCH));
     }
+    let by_action = std::env::var("CREDITD_BENCH_SPEND").map_or(true, |spend| spend != "amount");
     let started = Instant::now();
     let mut random = Random::new(7);
     for index in 0..records {
         let user = UserId::new(random.below(USERS));
         let action = &names[random.below(ACTIONS) as usize];
-        let request = DebitRequest::new(
-            user.as_str(),
+        let quantity = 1 + random.below(4);
+        let spend = if by_action {
             Spend::Action {
                 name: action,
-                quantity: 1 + random.below(4),
-            },
-        );
+                quantity,
+            }
+        } else {
+            Spend::Amount(1)
+        };
+        let request = DebitRequest::new(user.as_str(), spend);
         common::retry(|| engine.debit(tenant, &request, &BENCH));
         if index % 65_536 == 65_535 {
             engine.wal().flush().expect("flush the log");

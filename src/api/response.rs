@@ -13,7 +13,15 @@ pub fn json_response<T: Serialize + ?Sized>(
     status: StatusCode,
     value: &T,
 ) -> Response<Full<Bytes>> {
-    match serde_json::to_vec(value) {
+    json_bytes_response(status, serde_json::to_vec(value))
+}
+
+/// A JSON answer whose bytes are already written (or the error that stopped their writing).
+pub fn json_bytes_response(
+    status: StatusCode,
+    bytes: Result<Vec<u8>, serde_json::Error>,
+) -> Response<Full<Bytes>> {
+    match bytes {
         Ok(bytes) => {
             let mut response = Response::new(Full::new(Bytes::from(bytes)));
             *response.status_mut() = status;
