@@ -203,8 +203,12 @@ struct Shared {
     options: WalOptions,
     /// Starts every record CRC this writer frames.
     salt: u32,
-    /// When the writer started: the zero of `last_sync_end_nanos`.
+    /// When the writer started: the zero of `last_sync_end_nanos` and `first_queued_nanos`.
     origin: Instant,
+    /// When the oldest record queued was appended (since `origin`, plus one); 0 when the queue
+    /// is empty. Set and cleared under the queue's lock, read without it (see
+    /// [`Shared::overdue`]).
+    first_queued_nanos: AtomicU64,
     /// Records in the last batch written, and when its sync ended (see [`Shared::concurrent`]).
     last_batch_records: AtomicU64,
     last_sync_end_nanos: AtomicU64,
@@ -301,6 +305,7 @@ impl Wal {
             origin: Instant::now(),
             last_batch_records: AtomicU64::new(0),
             last_sync_end_nanos: AtomicU64::new(0),
+            first_queued_nanos: AtomicU64::new(0),
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -342,6 +347,9 @@ impl Wal {
         }
         if queue.buffer.is_empty() {
             batch::begin(&mut queue.buffer);
+            // One clock read per batch, not per record.
+            let now = shared.origin.elapsed().as_nanos() as u64 + 1;
+            shared.first_queued_nanos.store(now, Ordering::Relaxed);
         }
         let lsn = queue.next_lsn;
         queue.next_lsn += 1;
@@ -557,7 +565,13 @@ impl Future for Durable<'_> {
         // no other thread to hand them to, so there the writer thread syncs instead.
         use tokio::runtime::{Handle, RuntimeFlavor};
         if SYNCS_BEFORE_PARK.with(std::cell::Cell::get) {
-            // A core thread: it syncs when it runs out of work (`Wal::sync_before_park`).
+            // A core thread: it syncs when it runs out of work (`Wal::sync_before_park`). Work
+            // that never runs out (requests arriving faster than it answers them, or refusing
+            // them) would leave the queue to the writer thread's deadline, up to two of them;
+            // once the oldest record has waited `CORE_SYNC_AFTER`, the writer thread syncs now.
+            if shared.overdue() {
+                shared.hand_to_writer();
+            }
         } else if !shared.lone() {
             shared.hand_to_writer();
         } else {
@@ -685,9 +699,10 @@ struct Batch {
 
 /// Hands the queued records over as a batch and marks a sync in progress. The queue must hold
 /// records and nobody else may be syncing.
-fn take_locked(queue: &mut Queue, spare: Vec<u8>) -> Batch {
+fn take_locked(shared: &Shared, queue: &mut Queue, spare: Vec<u8>) -> Batch {
     debug_assert!(!queue.syncing && !queue.buffer.is_empty());
     queue.syncing = true;
+    shared.first_queued_nanos.store(0, Ordering::Relaxed);
     let bytes = std::mem::replace(&mut queue.buffer, spare);
     let records = std::mem::take(&mut queue.records);
     queue.wanted = false;
@@ -697,6 +712,12 @@ fn take_locked(queue: &mut Queue, spare: Vec<u8>) -> Batch {
         last_lsn: queue.next_lsn - 1,
     }
 }
+
+/// How long the oldest queued record may wait while a core thread keeps finding work, before
+/// the writer thread is asked to sync it (see [`Durable`]): several times what a core thread's
+/// turn over 64 busy connections takes (about 1 ms here), so that a turn's records still share
+/// one sync, and a fraction of [`WRITER_DEADLINE`].
+const CORE_SYNC_AFTER: Duration = Duration::from_millis(2);
 
 /// A sync that ended less than this long before a waiter comes to lead the next one counts as a
 /// sign of requests arriving back to back (see [`Shared::concurrent`]).
@@ -712,6 +733,17 @@ impl Shared {
         let ended = self.last_sync_end_nanos.load(Ordering::Relaxed);
         let now = self.origin.elapsed().as_nanos() as u64;
         now.saturating_sub(ended) < BACK_TO_BACK.as_nanos() as u64
+    }
+
+    /// Whether the oldest queued record has waited [`CORE_SYNC_AFTER`] and no sync is under
+    /// way to take it: a core thread that has not run out of work since (see [`Durable`]).
+    fn overdue(&self) -> bool {
+        let since = self.first_queued_nanos.load(Ordering::Relaxed);
+        if since == 0 {
+            return false;
+        }
+        let now = self.origin.elapsed().as_nanos() as u64 + 1;
+        now.saturating_sub(since) >= CORE_SYNC_AFTER.as_nanos() as u64
     }
 
     /// Whether a waiter looks alone, and so should sync its record itself: nothing suggests that
@@ -748,7 +780,7 @@ impl Shared {
         }
         let mut io = self.io.lock();
         let spare = std::mem::take(&mut io.spare);
-        let batch = take_locked(&mut queue, spare);
+        let batch = take_locked(self, &mut queue, spare);
         drop(queue);
         if write_batch(self, &mut io, batch).is_ok() {
             self.led.fetch_add(1, Ordering::Relaxed);
@@ -873,7 +905,7 @@ fn run_writer(shared: &Shared) {
         // Free: whoever syncs releases it before clearing `syncing`.
         let mut io = shared.io.lock();
         let spare = std::mem::take(&mut io.spare);
-        let batch = take_locked(&mut queue, spare);
+        let batch = take_locked(shared, &mut queue, spare);
         drop(queue);
         let written = write_batch(shared, &mut io, batch);
         drop(io);
@@ -1037,6 +1069,50 @@ mod tests {
             wal.sync_before_park();
             after();
         })
+    }
+
+    /// A core thread that keeps finding work (requests arriving faster than it answers them)
+    /// never parks, so it never syncs: once its oldest record has waited `CORE_SYNC_AFTER`, the
+    /// request waiting for it asks the writer thread, which syncs it then, not at its deadline.
+    #[test]
+    fn a_core_thread_that_never_runs_out_of_work_hands_an_overdue_record_to_the_writer() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        let core = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                mark_syncs_before_park();
+                let mut cx = Context::from_waker(Waker::noop());
+                let lsn = wal.append(b"a request's record").expect("append");
+                let mut durable = std::pin::pin!(wal.durable(lsn));
+                // Just queued: the thread syncs it when it parks; nobody else is asked.
+                let pending = durable.as_mut().poll(&mut cx).is_pending();
+                let asked_at_once = wal.shared.queue.lock().wanted;
+                // As if queued when the log started, `CORE_SYNC_AFTER` ago or more.
+                std::thread::sleep(CORE_SYNC_AFTER);
+                wal.shared.first_queued_nanos.store(1, Ordering::Relaxed);
+                let _ = durable.as_mut().poll(&mut cx);
+                let asked_when_overdue = {
+                    let queue = wal.shared.queue.lock();
+                    queue.wanted || queue.syncing || wal.durable_lsn() >= lsn
+                };
+                (lsn, pending, asked_at_once, asked_when_overdue)
+            })
+        };
+        let (lsn, pending, asked_at_once, asked_when_overdue) = core.join().expect("core thread");
+        assert!(pending, "the record was durable before anyone synced it");
+        assert!(
+            !asked_at_once,
+            "a fresh record was handed to the writer thread"
+        );
+        assert!(
+            asked_when_overdue,
+            "an overdue record was left to the writer's deadline"
+        );
+        eventually("the writer thread syncs the record", || {
+            wal.durable_lsn() >= lsn
+        });
+        assert_eq!(wal.shared.first_queued_nanos.load(Ordering::Relaxed), 0);
     }
 
     /// A core thread that runs out of work while another thread syncs waits for that sync to
