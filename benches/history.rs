@@ -87,6 +87,15 @@ fn main() {
     if !built.exists() {
         let summary = build(&dir, spends);
         std::fs::write(&built, &summary).expect("write the build summary");
+    } else {
+        // Built by an older creditd, perhaps: opened as the server opens it, which migrates
+        // an older schema before anything reads it.
+        let started = Instant::now();
+        drop(creditd::history::Store::open(&database).expect("open the history"));
+        println!(
+            "opened the history in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     print!(
         "{}",

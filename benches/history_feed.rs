@@ -15,8 +15,9 @@
 //!
 //! The comparison writes rows of the same content (LSN, account; kind, amount, currency, balance
 //! after, action, quantity, actor, time) in transactions of the same size, with the same layout
-//! (rows appended by LSN, an index by (LSN block, account, LSN)), to SQLite (the history's schema)
-//! and to redb (a copy-on-write B-tree key-value store; the row encoded with the codec the log
+//! (rows appended by LSN, an index by (LSN block, account, LSN): the history's layout up to schema
+//! 3, when redb was weighed against SQLite), to SQLite (the history's tables and settings) and to
+//! redb (a copy-on-write B-tree key-value store; the row encoded with the codec the log
 //! uses), both durable at each commit, then reads a user's newest 50 rows from each.
 //!
 //! `CREDITD_BENCH_FEED_ONLY=1` leaves the comparison out. `CREDITD_BENCH_SPEND=amount` writes
@@ -184,11 +185,14 @@ fn compare_stores(dir: &Path, rows: u64) {
         (user, action, lsn)
     };
 
-    // SQLite, the history's own schema and settings: rows appended by LSN, a user's found
-    // through the index by (LSN block, account).
+    // SQLite, the history's own tables and settings: rows appended by LSN, a user's found
+    // through schema 3's index by (LSN block, account), the layout redb mirrors here.
     let sqlite_path = dir.join("compare.sqlite3");
     let sqlite = creditd::history::Store::open(&sqlite_path).expect("open SQLite");
     let connection = rusqlite::Connection::open(&sqlite_path).expect("open SQLite");
+    connection
+        .execute_batch("CREATE INDEX entries_by_account ON entries (lsn >> 16, account)")
+        .expect("the index");
     connection
         .pragma_update(None, "synchronous", "FULL")
         .expect("pragma");

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::store::BLOCK_SHIFT;
 use super::StoreError;
 
 /// Connections kept open between requests.
@@ -111,6 +110,11 @@ impl Reader {
 
     /// `user`'s entries in `tenant`, newest first, before `before_lsn` (a cursor), at most
     /// `limit`.
+    ///
+    /// Walks the account's chain (see `store`): from the entry before the cursor when the cursor
+    /// is one of the account's entries (a `next_cursor` is), else from the account's newest entry,
+    /// one lookup by LSN per entry, down to its first entry, or to where retention cut the chain
+    /// (an entry that is gone).
     pub fn entries(
         &self,
         tenant: &str,
@@ -123,52 +127,68 @@ impl Reader {
         self.with_connection(|connection| {
             let account = connection
                 .prepare_cached(
-                    "SELECT id, first_lsn FROM accounts WHERE tenant = ?1 AND user_id = ?2",
+                    "SELECT a.id, h.last_lsn
+                     FROM accounts a LEFT JOIN account_heads h ON h.id = a.id
+                     WHERE a.tenant = ?1 AND a.user_id = ?2",
                 )?
                 .query_row(params![tenant, user], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
                 })
                 .optional()?;
-            let Some((account, first_lsn)) = account else {
+            let Some((account, head)) = account else {
                 return Ok(Vec::new());
             };
+            let mut next = head;
+            if before_lsn.is_some() {
+                let cursor: Option<Option<i64>> = connection
+                    .prepare_cached("SELECT prev_lsn FROM entries WHERE lsn = ?1 AND account = ?2")?
+                    .query_row(params![before, account], |row| row.get(0))
+                    .optional()?;
+                if let Some(prev) = cursor {
+                    next = prev;
+                }
+            }
             let mut statement = connection.prepare_cached(
                 "SELECT e.lsn, e.kind, e.amount, e.currency, e.balance_after, e.action, e.quantity,
                         e.description, e.reference, e.metadata, e.actor, e.created_ms,
-                        p.pool_id, p.amount
+                        p.pool_id, p.amount, e.prev_lsn,
+                        (?3 IS NULL OR e.kind = ?3) AND (?4 IS NULL OR e.action = ?4)
+                        AND (?5 IS NULL OR e.currency = ?5)
+                        AND (?6 IS NULL OR e.created_ms >= ?6) AND (?7 IS NULL OR e.created_ms < ?7)
                  FROM entries e LEFT JOIN pool_entries p ON p.lsn = e.lsn
-                 WHERE e.lsn >> 16 = ?1 AND e.account = ?2 AND e.lsn < ?3
-                   AND (?4 IS NULL OR e.kind = ?4) AND (?5 IS NULL OR e.action = ?5)
-                   AND (?6 IS NULL OR e.currency = ?6)
-                   AND (?7 IS NULL OR e.created_ms >= ?7) AND (?8 IS NULL OR e.created_ms < ?8)
-                 ORDER BY e.lsn DESC LIMIT ?9",
+                 WHERE e.lsn = ?1 AND e.account = ?2",
             )?;
             let mut listed = Vec::new();
-            // The blocks of the index, newest first, down to the account's first entry's.
-            let newest: i64 = connection
-                .prepare_cached("SELECT coalesce(max(lsn), 0) FROM entries")?
-                .query_row([], |row| row.get(0))?;
-            let mut block = before.saturating_sub(1).min(newest) >> BLOCK_SHIFT;
-            let first_block = first_lsn >> BLOCK_SHIFT;
-            while block >= first_block && listed.len() < limit as usize {
-                let rows = statement.query_map(
-                    params![
-                        block,
-                        account,
-                        before,
-                        filter.kind,
-                        filter.action,
-                        filter.currency,
-                        filter.from_ms,
-                        filter.to_ms,
-                        i64::from(limit) - listed.len() as i64,
-                    ],
-                    listed_row,
-                )?;
-                for row in rows {
-                    listed.push(row?);
+            while let Some(lsn) = next {
+                if listed.len() >= limit as usize {
+                    break;
                 }
-                block -= 1;
+                let row = statement
+                    .query_row(
+                        params![
+                            lsn,
+                            account,
+                            filter.kind,
+                            filter.action,
+                            filter.currency,
+                            filter.from_ms,
+                            filter.to_ms,
+                        ],
+                        |row| {
+                            let wanted = row.get::<_, Option<bool>>(15)?.unwrap_or(false);
+                            Ok((listed_row(row)?, row.get::<_, Option<i64>>(14)?, wanted))
+                        },
+                    )
+                    .optional()?;
+                // Gone: retention removed it, and everything before it.
+                let Some((entry, prev, wanted)) = row else {
+                    break;
+                };
+                if wanted && lsn < before {
+                    listed.push(entry);
+                }
+                // LSNs fall along the chain; anything else ends it rather than loop.
+                next = prev.filter(|prev| *prev < lsn);
             }
             Ok(listed)
         })
