@@ -125,6 +125,10 @@ impl Reader {
     ) -> Result<Vec<Listed>, StoreError> {
         let before = before_lsn.map_or(i64::MAX, |lsn| i64::try_from(lsn).unwrap_or(i64::MAX));
         self.with_connection(|connection| {
+            // One read transaction for the whole walk: every lookup sees the same commit of the
+            // feeder (and of retention), however many statements the page takes.
+            let snapshot = connection.unchecked_transaction()?;
+            let connection: &Connection = &snapshot;
             let account = connection
                 .prepare_cached(
                     "SELECT a.id, h.last_lsn
