@@ -32,8 +32,13 @@
 #   history_lag     durable records the ledger history has not applied (creditd_history_lag_records)
 #   server_cpu      cores the server kept busy over those 10 s (/proc/PID/stat)
 #   load1           the machine's 1-minute load average
+#   loadgen_cpu     cores the load generator kept busy over those 10 s: it shares the machine, and
+#                   a generator short of CPU falls behind its schedule, which counts as latency
+#   steal           cores the hypervisor gave to other guests over those 10 s (/proc/stat): on a
+#                   virtual machine, a stall with steal is the host's, not the server's
 #
-# Verdict (after the warm-up, the first 2 minutes, or the first third of a shorter run):
+# Verdict (after the warm-up: the first 2 minutes, or with --retention S the first S + 120 s, when
+# the idempotency keys' tables have reached their size; at most the first third of the run):
 #   memory   the mean RSS of the last 3 samples against the mean of the first 3 after warm-up:
 #            growth under 5 % passes. The growth over the last third alone is printed too: memory
 #            that rose once and then stayed flat (a table reaching its size) shows there as 0.
@@ -45,7 +50,8 @@
 #
 # Everything it starts (server, load generator) is stopped by PID on any exit; the data directory
 # (under $SOAK_DIR, default /var/tmp) is removed unless the run failed. Needs curl and gnuplot
-# (installed with apt if missing) and builds target/release/creditd if it is missing.
+# (installed with apt if missing) and builds target/release/creditd if it is missing; set
+# CREDITD_BIN to soak another build (an A/B of two commits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +72,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-BIN=target/release/creditd
+[ -z "$RETENTION" ] || [[ $RETENTION =~ ^[0-9]+$ ]] ||
+  { echo "--retention takes whole seconds: $RETENTION" >&2; exit 2; }
+BIN=${CREDITD_BIN:-target/release/creditd}
 SERVICE='Authorization: Bearer dev-service-secret-change-me'
 SERVER_PID=
 LOAD_PID=
@@ -95,6 +103,7 @@ need() { # command apt-package
 need curl curl
 need gnuplot gnuplot-nox
 if [ ! -x "$BIN" ]; then
+  [ -z "${CREDITD_BIN:-}" ] || { echo "CREDITD_BIN=$BIN is not an executable" >&2; exit 2; }
   cargo build --release
 fi
 
@@ -129,8 +138,12 @@ metric() { # name: the value of an unlabelled series in the last scrape
     "$OUT/metrics.txt"
 }
 
-cpu_ticks() { # user + system clock ticks of the server so far
-  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$SERVER_PID/stat"
+cpu_ticks() { # PID: user + system clock ticks of the process so far
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+steal_ticks() { # clock ticks the hypervisor gave to other guests so far, all CPUs
+  awk '$1 == "cpu" { print $9 }' /proc/stat
 }
 
 echo "machine: $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -150,21 +163,28 @@ fi
 
 SECONDS_TOTAL=$((MINUTES * 60))
 WARMUP=120
+# Keys kept S seconds and purged once a minute are most numerous at about S + 60 s, when the
+# purge rebuilds each table shard at that size; memory settles after the next purge.
+[ -n "$RETENTION" ] && [ $((RETENTION + 120)) -gt $WARMUP ] && WARMUP=$((RETENTION + 120))
 [ $((SECONDS_TOTAL / 3)) -lt $WARMUP ] && WARMUP=$((SECONDS_TOTAL / 3))
 echo "soak: $MINUTES min at $RATE operations/s, $USERS users, warm-up $WARMUP s" \
   "${RETENTION:+, idempotency keys and closed reservations kept $RETENTION s}"
 
-loadgen --skip-setup --connections 64 --rate "$RATE" --duration "$SECONDS_TOTAL" --warmup 0 \
-  --idempotency-keys --reserve-percent 5 --batch-percent 5 --mix-batch 10 --report-every 10 \
+# Started directly, not through the function, so that $! is the generator itself (its CPU is sampled).
+"$BIN" loadgen --url "$URL" --users "$USERS" --user-prefix soak --skip-setup --connections 64 \
+  --rate "$RATE" --duration "$SECONDS_TOTAL" --warmup 0 --idempotency-keys --reserve-percent 5 \
+  --batch-percent 5 --mix-batch 10 --report-every 10 \
   >"$OUT/load.txt" 2>&1 &
 LOAD_PID=$!
 
-echo "t_s,rss_mib,ops_per_s,ok_per_s,debits_per_s,p50_ms,p99_ms,max_ms,errors,wal_pending,idempotency_keys,reservations_open,history_lag,server_cpu,load1" >"$CSV"
+echo "t_s,rss_mib,ops_per_s,ok_per_s,debits_per_s,p50_ms,p99_ms,max_ms,errors,wal_pending,idempotency_keys,reservations_open,history_lag,server_cpu,load1,loadgen_cpu,steal" >"$CSV"
 seen=0
-ticks_before=$(cpu_ticks)
+ticks_before=$(cpu_ticks "$SERVER_PID")
+load_ticks_before=$(cpu_ticks "$LOAD_PID")
+steal_before=$(steal_ticks)
 clock_ticks=$(getconf CLK_TCK)
-printf '%6s %8s %8s %8s %8s %8s %9s %7s %10s %9s %8s %5s\n' \
-  t_s rss_MiB ok/s p50_ms p99_ms errors wal_pend idem_k holds hist_lag cpu load1
+printf '%6s %8s %8s %8s %8s %8s %9s %7s %10s %9s %8s %5s %7s %5s\n' \
+  t_s rss_MiB ok/s p50_ms p99_ms errors wal_pend idem_k holds hist_lag cpu load1 gen_cpu steal
 while :; do
   running=1
   kill -0 "$LOAD_PID" 2>/dev/null || running=0
@@ -178,11 +198,17 @@ while :; do
     p50=$(field p50_us); p99=$(field p99_us); max=$(field max_us)
     rss_kib=$(awk '/^VmRSS/ { print $2 }' "/proc/$SERVER_PID/status")
     curl -s "$URL/metrics" >"$OUT/metrics.txt" || : >"$OUT/metrics.txt"
-    ticks=$(cpu_ticks)
+    ticks=$(cpu_ticks "$SERVER_PID")
+    load_ticks=$(cpu_ticks "$LOAD_PID")
+    steal=$(steal_ticks)
     span=10
-    cpu=$(awk -v a="$ticks" -v b="$ticks_before" -v hz="$clock_ticks" -v s="$span" \
-      'BEGIN { printf "%.2f", (a - b) / hz / s }')
-    ticks_before=$ticks
+    cores() { awk -v a="$1" -v b="$2" -v hz="$clock_ticks" -v s="$span" \
+      'BEGIN { printf "%.2f", (a - b) / hz / s }'; }
+    cpu=$(cores "$ticks" "$ticks_before")
+    # The generator's last sample is lost once it has exited (its ticks read 0).
+    gen_cpu=$([ "$load_ticks" -gt 0 ] && cores "$load_ticks" "$load_ticks_before" || echo "")
+    stolen=$(cores "$steal" "$steal_before")
+    ticks_before=$ticks load_ticks_before=$load_ticks steal_before=$steal
     load1=$(cut -d' ' -f1 /proc/loadavg)
     row=$(awk -v t="$t" -v rss="$rss_kib" -v ops="$ops" -v ok="$ok" -v d="$debits" \
       -v p50="$p50" -v p99="$p99" -v max="$max" -v e="$errors" \
@@ -190,12 +216,13 @@ while :; do
                ok / 10, d / 10, p50 / 1000, p99 / 1000, max / 1000, e }')
     row="$row,$(metric creditd_wal_pending_records),$(metric creditd_idempotency_keys)"
     row="$row,$(metric creditd_reservations_open),$(metric creditd_history_lag_records)"
-    row="$row,$cpu,$load1"
+    row="$row,$cpu,$load1,$gen_cpu,$stolen"
     echo "$row" >>"$CSV"
-    IFS=, read -r c_t c_rss _ c_ok _ c_p50 c_p99 _ c_err c_wal c_idem c_holds c_lag c_cpu c_load <<<"$row"
-    printf '%6s %8s %8s %8s %8s %8s %9s %7s %10s %9s %8s %5s\n' \
+    IFS=, read -r c_t c_rss _ c_ok _ c_p50 c_p99 _ c_err c_wal c_idem c_holds c_lag c_cpu c_load \
+      c_gen c_steal <<<"$row"
+    printf '%6s %8s %8s %8s %8s %8s %9s %7s %10s %9s %8s %5s %7s %5s\n' \
       "$c_t" "$c_rss" "$c_ok" "$c_p50" "$c_p99" "$c_err" "$c_wal" "$c_idem" "$c_holds" "$c_lag" \
-      "$c_cpu" "$c_load"
+      "$c_cpu" "$c_load" "$c_gen" "$c_steal"
   done
   [ "$running" = 1 ] || break
   sleep 1

@@ -150,6 +150,16 @@ async fn bad_queries_are_refused_and_other_tenants_see_nothing() {
             "{query}: {problem}"
         );
     }
+    // A cursor that is not one of ada's entries: bob's, or an entry id no write answered with.
+    service.put_user("bob", None).await.unwrap();
+    let bobs = service.credit("bob", 5, None, None).await.unwrap();
+    let bobs = bobs.entry_id.expect("an entry");
+    for cursor in [bobs.as_str(), "ent_999999999"] {
+        let path = format!("/v1/users/ada/entries?cursor={cursor}");
+        let (status, problem) = send_json(&service, Method::GET, &path, "").await;
+        assert_eq!(status, 422, "{cursor}: {problem}");
+        assert_eq!(problem["field"], "cursor", "{problem}");
+    }
     let globex = server.client(GLOBEX);
     let (status, problem) = send_json(&globex, Method::GET, "/v1/users/ada/entries", "").await;
     assert_eq!(status, 404, "{problem}");

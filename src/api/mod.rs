@@ -326,7 +326,12 @@ pub async fn handle(
                 Access::Probe | Access::Open => Some(None),
             };
             match admitted {
-                None => (matched.route, Err(overload_refusal())),
+                None => {
+                    // Those admitted may be waiting for records that only this thread's
+                    // refusals still look at (a core thread that never runs out of work).
+                    state.engine.wal().hand_over_if_overdue();
+                    (matched.route, Err(overload_refusal()))
+                }
                 Some(_admitted) => {
                     let routed = Routed {
                         state: &state,

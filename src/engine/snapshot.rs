@@ -799,7 +799,10 @@ fn load_users(rest: &mut &[u8], tenant: &Tenant, count: u32) -> Result<(), Snaps
                     expires_at_ms: reservation.expires_at_ms,
                 },
             };
-            tenant.reservations.insert(reservation.id, open);
+            // A hold copied open with its user may have closed before the closed holds were
+            // copied: the closed entry wins, whichever loader comes first (a sequential load
+            // meets the users first).
+            tenant.reservations.entry(reservation.id).or_insert(open);
         }
         if tenant
             .users
@@ -921,11 +924,14 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    use super::{load_chunks, ChunkHead, SnapshotError, State};
+    use super::{load_chunks, ChunkHead, ReservationPhase, SnapshotError, State};
     use crate::codec;
     use crate::engine::clock::{Clock, ManualClock};
     use crate::engine::types::CreditKind;
-    use crate::engine::{Context, CreditRequest, Engine, EngineOptions, ProfileUpdate};
+    use crate::engine::{
+        CaptureRequest, Context, CreditRequest, Engine, EngineOptions, ProfileUpdate,
+        ReserveRequest, Spend,
+    };
     use crate::wal::memory::MemStorage;
     use crate::wal::snapshot::{SnapshotHeader, SnapshotReader, SnapshotWriter};
     use crate::wal::SharedStorage;
@@ -966,13 +972,15 @@ mod tests {
             let request = CreditRequest::new(&user, 1 + index as i64, CreditKind::Grant);
             engine.credit(&tenant, &request, &ADMIN).unwrap();
         }
-        engine.snapshot().unwrap();
-        let dir = engine.options().snapshot_dir();
+        snapshot_now(storage, &engine)
+    }
+
+    /// Takes a snapshot of `engine`: its chunks, in file order.
+    fn snapshot_now(storage: &MemStorage, engine: &Engine) -> Vec<Vec<u8>> {
+        let path = engine.snapshot().unwrap().path;
         let storage: SharedStorage = Arc::new(storage.clone());
-        let name = storage.list(&dir).unwrap().into_iter().next().unwrap();
         let mut reader =
-            SnapshotReader::open(&storage, &dir.join(name), codec::FORMAT_VERSION, 1 << 24)
-                .unwrap();
+            SnapshotReader::open(&storage, &path, codec::FORMAT_VERSION, 1 << 24).unwrap();
         let mut chunks = Vec::new();
         let mut chunk = Vec::new();
         while reader.next_chunk(&mut chunk).unwrap() {
@@ -1003,16 +1011,26 @@ mod tests {
         writer.commit().unwrap().path
     }
 
+    /// Loads the file with `threads` loaders into a new state.
+    fn load_state(
+        storage: &MemStorage,
+        path: &Path,
+        threads: usize,
+    ) -> Result<State, SnapshotError> {
+        let storage: SharedStorage = Arc::new(storage.clone());
+        let mut reader = SnapshotReader::open(&storage, path, codec::FORMAT_VERSION, 1 << 24)?;
+        let state = State::new(8, 0);
+        load_chunks(&mut reader, &state, threads, 0, 0)?;
+        Ok(state)
+    }
+
     /// Loads the file with `threads` loaders: the users' states, sorted.
     fn load(
         storage: &MemStorage,
         path: &Path,
         threads: usize,
     ) -> Result<Vec<String>, SnapshotError> {
-        let storage: SharedStorage = Arc::new(storage.clone());
-        let mut reader = SnapshotReader::open(&storage, path, codec::FORMAT_VERSION, 1 << 24)?;
-        let state = State::new(8, 0);
-        load_chunks(&mut reader, &state, threads, 0, 0)?;
+        let state = load_state(storage, path, threads)?;
         let mut users: Vec<String> = state
             .tenant_list()
             .iter()
@@ -1090,6 +1108,97 @@ mod tests {
                         "{name}, {threads} threads: {error}"
                     ),
                 }
+            }
+        }
+    }
+
+    /// A snapshot is copied while writes go on: a hold can be copied open with its user and
+    /// closed by the time the closed holds are copied. The closed entry wins, whichever of the
+    /// two chunks is loaded first.
+    #[test]
+    fn a_hold_copied_open_and_then_closed_loads_closed_whichever_chunk_comes_first() {
+        let storage = MemStorage::new();
+        let options = EngineOptions {
+            data_dir: "/data".into(),
+            background: false,
+            shards: 8,
+            ..EngineOptions::default()
+        };
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let engine = Engine::open(options, Arc::new(storage.clone()), clock as Arc<dyn Clock>)
+            .expect("open");
+        let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
+        let profile = ProfileUpdate {
+            email: None,
+            name: None,
+            metadata: None,
+        };
+        engine.upsert_user(&tenant, "ada", profile, &ADMIN).unwrap();
+        let credit = CreditRequest::new("ada", 100, CreditKind::Grant);
+        engine.credit(&tenant, &credit, &ADMIN).unwrap();
+        let reserve = ReserveRequest::new("ada", Spend::Amount(30));
+        let hold = engine.reserve(&tenant, &reserve, &ADMIN).unwrap().lsn;
+        let while_open = snapshot_now(&storage, &engine);
+        let capture = CaptureRequest {
+            reservation_id: hold,
+            amount: None,
+            description: None,
+            metadata: None,
+        };
+        engine.capture(&tenant, &capture, &ADMIN).unwrap();
+        let after = snapshot_now(&storage, &engine);
+
+        // The later snapshot, with its users as the earlier one copied them.
+        let is = |kind: fn(&ChunkHead<'_>) -> bool| move |chunk: &&Vec<u8>| kind(&head(chunk));
+        let open_users: Vec<Vec<u8>> = while_open
+            .iter()
+            .filter(is(|head| matches!(head, ChunkHead::Users { .. })))
+            .cloned()
+            .collect();
+        let closed = after
+            .iter()
+            .find(is(|head| {
+                matches!(head, ChunkHead::ClosedReservations { count: 1, .. })
+            }))
+            .expect("a closed hold")
+            .clone();
+        let mut users_first = Vec::new();
+        let mut closed_first = Vec::new();
+        for chunk in &after {
+            match head(chunk) {
+                ChunkHead::Users { .. } => users_first.extend(open_users.iter().cloned()),
+                ChunkHead::ClosedReservations { .. } => users_first.push(closed.clone()),
+                ChunkHead::Tenant { .. } => {
+                    users_first.push(chunk.clone());
+                    // Right after its tenant, before the users.
+                    closed_first.push(chunk.clone());
+                    closed_first.push(closed.clone());
+                    closed_first.extend(open_users.iter().cloned());
+                    continue;
+                }
+                _ => users_first.push(chunk.clone()),
+            }
+            if !matches!(
+                head(chunk),
+                ChunkHead::Users { .. } | ChunkHead::ClosedReservations { .. }
+            ) {
+                closed_first.push(chunk.clone());
+            }
+        }
+        for (name, chunks) in [
+            ("users-first", &users_first),
+            ("closed-first", &closed_first),
+        ] {
+            let path = write(&storage, name, chunks);
+            for threads in [1, 2] {
+                let state = load_state(&storage, &path, threads).unwrap();
+                let tenant = &state.tenant_list()[0];
+                let entry = tenant.reservations.get(&hold).expect("the hold");
+                assert!(
+                    matches!(entry.state, ReservationPhase::Closed { .. }),
+                    "{name}, {threads} threads: {:?}",
+                    entry.state
+                );
             }
         }
     }

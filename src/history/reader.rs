@@ -111,10 +111,11 @@ impl Reader {
     /// `user`'s entries in `tenant`, newest first, before `before_lsn` (a cursor), at most
     /// `limit`.
     ///
-    /// Walks the account's chain (see `store`): from the entry before the cursor when the cursor
-    /// is one of the account's entries (a `next_cursor` is), else from the account's newest entry,
-    /// one lookup by LSN per entry, down to its first entry, or to where retention cut the chain
-    /// (an entry that is gone).
+    /// Walks the account's chain (see `store`): from the account's newest entry, or from the
+    /// entry before the cursor, one lookup by LSN per entry, down to its first entry, or to where
+    /// retention cut the chain (an entry that is gone). The cursor must be one of the account's
+    /// entries, as a `next_cursor` is, or one retention removed (an empty page):
+    /// [`StoreError::Cursor`] otherwise.
     pub fn entries(
         &self,
         tenant: &str,
@@ -144,12 +145,27 @@ impl Reader {
             };
             let mut next = head;
             if before_lsn.is_some() {
-                let cursor: Option<Option<i64>> = connection
-                    .prepare_cached("SELECT prev_lsn FROM entries WHERE lsn = ?1 AND account = ?2")?
-                    .query_row(params![before, account], |row| row.get(0))
+                let cursor: Option<(i64, Option<i64>)> = connection
+                    .prepare_cached("SELECT account, prev_lsn FROM entries WHERE lsn = ?1")?
+                    .query_row(params![before], |row| Ok((row.get(0)?, row.get(1)?)))
                     .optional()?;
-                if let Some(prev) = cursor {
-                    next = prev;
+                match cursor {
+                    Some((owner, prev)) if owner == account => next = prev,
+                    // Another account's entry: walking this account's chain down to it would
+                    // look at every newer entry of the account, for a cursor no page gave.
+                    Some(_) => return Err(StoreError::Cursor),
+                    None => {
+                        // Retention removes the oldest entries first, and nothing after an entry
+                        // it keeps: a cursor below the oldest entry left went with everything
+                        // before it. Above it, no entry ever had that LSN.
+                        let oldest: Option<i64> = connection
+                            .prepare_cached("SELECT min(lsn) FROM entries")?
+                            .query_row([], |row| row.get(0))?;
+                        if oldest.is_none_or(|oldest| before < oldest) {
+                            return Ok(Vec::new());
+                        }
+                        return Err(StoreError::Cursor);
+                    }
                 }
             }
             let mut statement = connection.prepare_cached(

@@ -4,9 +4,12 @@
 //!
 //! The feeder's thread purges between its steps, oldest entries first, a bounded number of rows
 //! per transaction, so a purge never holds the database's write lock for long and the history's
-//! lag stays bounded while it runs. Entries are in log order, which is time order up to the
-//! clock's steps back, so each transaction looks at the oldest [`PURGE_ROWS`] entries and removes
-//! those written before the cutoff; the purge ends at the first transaction that removes none.
+//! lag stays bounded while it runs. Each transaction looks at the oldest [`PURGE_ROWS`] entries
+//! and removes those before the first one written at or after the cutoff: a prefix of the LSNs,
+//! never an entry above one it keeps. Entries are in log order, which is time order up to the
+//! clock's steps back; an entry stamped earlier than one before it stays until that one goes.
+//! A listing follows an account's entries down to the first one missing (`reader`), so a hole
+//! above a kept entry would hide it. The purge ends at the first transaction that removes none.
 
 use rusqlite::params;
 
@@ -25,8 +28,9 @@ pub struct Purged {
     pub payments: u64,
 }
 
-/// Removes, in one transaction, the entries among the oldest `rows` written before `cutoff_ms`,
-/// and (when `payments` is true) every payment started before it.
+/// Removes, in one transaction, the oldest entries (at most `rows`) up to the first one written
+/// at or after `cutoff_ms`, the pools' likewise, and (when `payments` is true) every payment
+/// started before it.
 pub fn purge_step(
     store: &mut Store,
     cutoff_ms: i64,
@@ -35,17 +39,10 @@ pub fn purge_step(
 ) -> Result<Purged, StoreError> {
     let rows = i64::try_from(rows).map_err(|_| StoreError::Overflow("rows"))?;
     let transaction = store.connection.transaction()?;
-    let entries = transaction.execute(
-        "DELETE FROM entries
-         WHERE lsn IN (SELECT lsn FROM entries ORDER BY lsn LIMIT ?1) AND created_ms < ?2",
-        params![rows, cutoff_ms],
-    )?;
+    let entries = transaction.execute(&prefix_before("entries"), params![rows, cutoff_ms])?;
     // The pools' ledger goes the same way, counted with the entries.
-    let pool_entries = transaction.execute(
-        "DELETE FROM pool_entries
-         WHERE lsn IN (SELECT lsn FROM pool_entries ORDER BY lsn LIMIT ?1) AND created_ms < ?2",
-        params![rows, cutoff_ms],
-    )?;
+    let pool_entries =
+        transaction.execute(&prefix_before("pool_entries"), params![rows, cutoff_ms])?;
     let removed_payments = if payments {
         transaction.execute(
             "DELETE FROM payments WHERE created_ms < ?1",
@@ -54,19 +51,23 @@ pub fn purge_step(
     } else {
         0
     };
-    if entries > 0 {
-        // A listing walks an account's blocks down to its first entry: not below what is left.
-        transaction.execute(
-            "UPDATE accounts SET first_lsn = (SELECT coalesce(min(lsn), first_lsn) FROM entries)
-             WHERE first_lsn < (SELECT coalesce(min(lsn), 0) FROM entries)",
-            [],
-        )?;
-    }
     transaction.commit()?;
     Ok(Purged {
         entries: (entries + pool_entries) as u64,
         payments: removed_payments as u64,
     })
+}
+
+/// The statement removing the oldest rows of `table` (at most `?1` of them) below the first one
+/// written at or after `?2`: all `?1` when none of them was.
+fn prefix_before(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE lsn < coalesce(
+             (SELECT min(lsn) FROM (SELECT lsn, created_ms FROM {table} ORDER BY lsn LIMIT ?1)
+              WHERE created_ms >= ?2),
+             (SELECT max(lsn) + 1 FROM (SELECT lsn FROM {table} ORDER BY lsn LIMIT ?1)),
+             0)"
+    )
 }
 
 #[cfg(test)]
@@ -132,5 +133,41 @@ mod tests {
             purge_step(&mut store, 70_001, 100, true).unwrap(),
             Purged::default()
         );
+    }
+
+    #[test]
+    fn a_purge_never_removes_an_entry_above_one_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.sqlite3");
+        let mut store = Store::open(&path).unwrap();
+        // The clock stepped back between LSN 11 and 12: 12 is stamped before 11.
+        let mut feed = store.begin().unwrap();
+        for (lsn, created_ms) in [(10, 900), (11, 1_001), (12, 1_000), (13, 1_002)] {
+            feed.insert(&test_debit("ada", lsn, created_ms)).unwrap();
+        }
+        feed.commit(14).unwrap();
+        let reader = Reader::new(&path, Arc::new(AtomicU64::new(14)));
+
+        // 12 is older than the cutoff but comes after 11, which is not: it stays, since a
+        // listing's walk stops at a hole and would not reach 11.
+        let purged = purge_step(&mut store, 1_001, 100, false).unwrap();
+        assert_eq!(purged.entries, 1, "10 alone");
+        assert_eq!(lsns(&reader, "ada", None, 50), [13, 12, 11]);
+        // A cursor retention removed gives an empty page; one that never was an entry does not.
+        assert!(lsns(&reader, "ada", Some(10), 50).is_empty());
+        assert_eq!(lsns(&reader, "ada", Some(12), 50), [11]);
+        let never = reader.entries("acme", "ada", &Filter::default(), Some(20), 50);
+        assert!(matches!(never, Err(StoreError::Cursor)), "{never:?}");
+
+        // Once 11 is past the cutoff, 11 and 12 go together; 13 stays.
+        assert_eq!(
+            purge_step(&mut store, 1_002, 100, false).unwrap().entries,
+            2
+        );
+        assert_eq!(lsns(&reader, "ada", None, 50), [13]);
+        // Looking at one row per transaction takes the same prefix, a row at a time.
+        assert_eq!(purge_step(&mut store, 1_002, 1, false).unwrap().entries, 0);
+        assert_eq!(purge_step(&mut store, 1_003, 1, false).unwrap().entries, 1);
+        assert!(lsns(&reader, "ada", None, 50).is_empty());
     }
 }

@@ -49,7 +49,9 @@ const SCHEMAS: &[&str] = &[
 /// entry names the LSN of its account's entry before it (`prev_lsn`, none for the first), and
 /// `account_heads` the LSN of each account's newest: a user's listing starts at the head (or
 /// its cursor) and walks back, one lookup by LSN per entry, down to the account's first entry
-/// (`accounts.first_lsn`, which retention moves up). So an entry costs one insert at the end of
+/// or the first one retention removed (it removes the oldest LSNs first, never one above an
+/// entry it keeps). `accounts.first_lsn` is the LSN an account's first entry had when it was
+/// created, and is not kept up to date. So an entry costs one insert at the end of
 /// one B-tree, and a step one upsert per account it touched, in account order. Schema 3 kept an
 /// index by (block of 2^16 LSNs, account) instead: its inserts, each a descent to a page of the
 /// newest block chosen by the account, were a third of the feeder's CPU (`cargo bench --bench
@@ -150,6 +152,9 @@ pub enum StoreError {
     /// A number does not fit SQLite's signed 64 bits.
     #[error("{0} does not fit the database")]
     Overflow(&'static str),
+    /// A listing's cursor is not an entry of the account listed (nor one retention removed).
+    #[error("cursor is not an entry of this user")]
+    Cursor,
     /// The audit record of an event could not be written.
     #[error("the audit record of LSN {0}: {1}")]
     Audit(u64, String),
@@ -541,10 +546,14 @@ mod tests {
         let reader = Reader::new(&path, Arc::new(AtomicU64::new(0)));
         assert_eq!(listed(&reader, "ada", None), [140_001, 70_000, 3, 1]);
         assert_eq!(listed(&reader, "bob", None), [70_001, 2]);
-        // A cursor of ada's own, and one of bob's: the entries before it either way.
+        // A cursor of ada's own: the entries before it; one of bob's is refused.
         assert_eq!(listed(&reader, "ada", Some(70_000)), [3, 1]);
-        assert_eq!(listed(&reader, "ada", Some(70_001)), [70_000, 3, 1]);
         assert_eq!(listed(&reader, "ada", Some(1)), Vec::<u64>::new());
+        let foreign = reader.entries("acme", "ada", &Filter::default(), Some(70_001), 10);
+        assert!(
+            matches!(foreign, Err(super::StoreError::Cursor)),
+            "{foreign:?}"
+        );
 
         // The feeder goes on from the migrated heads.
         let mut feed = store.begin().unwrap();

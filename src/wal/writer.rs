@@ -450,6 +450,17 @@ impl Wal {
         shared.lead();
     }
 
+    /// On a core thread, asks the writer thread to sync once the oldest queued record has waited
+    /// [`CORE_SYNC_AFTER`], as a waiting request does (see [`Durable`]). For work that queues
+    /// nothing and waits for nothing, refusing a request under overload: a core thread that only
+    /// refuses never parks and polls none of its waiting requests, which would leave their records
+    /// to the writer thread's deadline. Costs a load (and a clock read once something is queued).
+    pub fn hand_over_if_overdue(&self) {
+        if SYNCS_BEFORE_PARK.with(std::cell::Cell::get) && self.shared.overdue() {
+            self.shared.hand_to_writer();
+        }
+    }
+
     /// Blocks the calling thread until `lsn` is durable.
     pub fn wait_durable(&self, lsn: u64) -> Result<(), DurabilityError> {
         let shared = &*self.shared;
@@ -566,9 +577,11 @@ impl Future for Durable<'_> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         if SYNCS_BEFORE_PARK.with(std::cell::Cell::get) {
             // A core thread: it syncs when it runs out of work (`Wal::sync_before_park`). Work
-            // that never runs out (requests arriving faster than it answers them, or refusing
-            // them) would leave the queue to the writer thread's deadline, up to two of them;
-            // once the oldest record has waited `CORE_SYNC_AFTER`, the writer thread syncs now.
+            // that never runs out (requests arriving faster than it answers them) would leave the
+            // queue to the writer thread's deadline, up to two of them; once the oldest record
+            // has waited `CORE_SYNC_AFTER`, the writer thread syncs now. This is checked when a
+            // request starts waiting; a thread that only refuses requests checks in its refusals
+            // (`Wal::hand_over_if_overdue`).
             if shared.overdue() {
                 shared.hand_to_writer();
             }
@@ -1113,6 +1126,51 @@ mod tests {
             wal.durable_lsn() >= lsn
         });
         assert_eq!(wal.shared.first_queued_nanos.load(Ordering::Relaxed), 0);
+    }
+
+    /// A core thread that only refuses requests (overload) polls none of those waiting: its
+    /// refusals hand an overdue record to the writer thread, and leave a fresh one alone.
+    #[test]
+    fn a_core_thread_that_only_refuses_hands_an_overdue_record_to_the_writer() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        // The log's clock must have run `CORE_SYNC_AFTER` for a record to be that old.
+        std::thread::sleep(CORE_SYNC_AFTER);
+        let lsn = wal.append(b"a waiting request's record").expect("append");
+        let overdue = || wal.shared.first_queued_nanos.store(1, Ordering::Relaxed);
+        // Not a core thread: nothing happens, however long the record waited.
+        overdue();
+        wal.hand_over_if_overdue();
+        let asked_elsewhere = wal.shared.queue.lock().wanted;
+        let (asked_at_once, asked_when_overdue) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    mark_syncs_before_park();
+                    // Fresh: left to the thread's own sync when it parks.
+                    let now = wal.shared.origin.elapsed().as_nanos() as u64;
+                    wal.shared.first_queued_nanos.store(now, Ordering::Relaxed);
+                    wal.hand_over_if_overdue();
+                    let asked_at_once = wal.shared.queue.lock().wanted;
+                    overdue();
+                    wal.hand_over_if_overdue();
+                    let queue = wal.shared.queue.lock();
+                    (
+                        asked_at_once,
+                        queue.wanted || queue.syncing || wal.durable_lsn() >= lsn,
+                    )
+                })
+                .join()
+                .expect("core thread")
+        });
+        assert!(!asked_elsewhere, "a thread that is not a core thread asked");
+        assert!(!asked_at_once, "a fresh record was handed to the writer");
+        assert!(
+            asked_when_overdue,
+            "an overdue record was left to the deadline"
+        );
+        eventually("the writer thread syncs the record", || {
+            wal.durable_lsn() >= lsn
+        });
     }
 
     /// A core thread that runs out of work while another thread syncs waits for that sync to

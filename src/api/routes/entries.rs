@@ -2,7 +2,9 @@
 //!
 //! Pages are cut by LSN: `next_cursor` is the `entry_id` of the last entry of a page, and the next
 //! page lists the entries before it. LSNs never change, so a page is stable while writes go on:
-//! new entries land before the first page, never inside a later one.
+//! new entries land before the first page, never inside a later one. A cursor must be one of the
+//! user's entries (422 otherwise: another user's would make the walk look at every newer entry
+//! of this one); one that retention has removed since gives an empty page.
 //!
 //! Read your writes: the handler first waits (up to [`CATCH_UP`]) for the history to apply every
 //! record that was durable when the request came, so an entry whose write was answered is listed.
@@ -19,6 +21,7 @@ use crate::api::problem::Problem;
 use crate::api::request::{query_pairs, unknown_parameter};
 use crate::engine::types::Currency;
 use crate::history::reader::{Filter, Listed, Reader};
+use crate::history::StoreError;
 use crate::time::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Entries per page by default, and at most.
@@ -95,7 +98,10 @@ pub async fn list_entries(call: &Call<'_>) -> Answer {
     })
     .await
     .map_err(|error| history_error(error.to_string()))?
-    .map_err(|error| history_error(error.to_string()))?;
+    .map_err(|error| match error {
+        StoreError::Cursor => Problem::invalid(error.to_string()).with("field", "cursor"),
+        error => history_error(error.to_string()),
+    })?;
     let entries: Vec<Entry<'_>> = listed.iter().map(entry).collect();
     let next_cursor = (listed.len() == limit as usize)
         .then(|| listed.last().map(|last| PrefixedId(ENTRY_PREFIX, last.lsn)))
