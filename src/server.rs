@@ -205,7 +205,8 @@ pub async fn serve_engine(
         public_url,
     )?;
     state.history = history.as_ref().map(|worker| {
-        let reader = crate::history::reader::Reader::new(&history_path(&config), worker.applied());
+        let reader = crate::history::reader::Reader::new(&history_path(&config), worker.applied())
+            .nudging(worker.nudge());
         Arc::new(reader)
     });
     state.streams = crate::stream::Hub::new(config.streams.max_open as usize);

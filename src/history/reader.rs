@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::worker::Nudge;
 use super::StoreError;
 
 /// Connections kept open between requests.
@@ -85,12 +86,26 @@ fn listed_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
     })
 }
 
+/// The entry at LSN `?1` if it is account `?2`'s, its pool's part, the LSN of the account's entry
+/// before it, and whether it passes the filter (`?3` to `?7`, each NULL for none). Subqueries,
+/// not a LEFT JOIN, which SQLite would plan anew at every new set of values bound.
+pub(crate) const ENTRY_AT: &str =
+    "SELECT e.lsn, e.kind, e.amount, e.currency, e.balance_after, e.action, e.quantity,
+                        e.description, e.reference, e.metadata, e.actor, e.created_ms,
+                        (SELECT p.pool_id FROM pool_entries p WHERE p.lsn = e.lsn),
+                        (SELECT p.amount FROM pool_entries p WHERE p.lsn = e.lsn), e.prev_lsn,
+                        (?3 IS NULL OR e.kind = ?3) AND (?4 IS NULL OR e.action = ?4)
+                        AND (?5 IS NULL OR e.currency = ?5)
+                        AND (?6 IS NULL OR e.created_ms >= ?6) AND (?7 IS NULL OR e.created_ms < ?7)
+                 FROM entries e WHERE e.lsn = ?1 AND e.account = ?2";
+
 /// Read access to the history.
 #[derive(Debug)]
 pub struct Reader {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
     applied: Arc<AtomicU64>,
+    nudge: Arc<Nudge>,
 }
 
 impl Reader {
@@ -100,12 +115,24 @@ impl Reader {
             path: path.to_path_buf(),
             pool: Mutex::new(Vec::new()),
             applied,
+            nudge: Arc::default(),
         }
+    }
+
+    /// The same reader, asking the feeder's thread through `nudge` when it is behind.
+    pub fn nudging(self, nudge: Arc<Nudge>) -> Reader {
+        Reader { nudge, ..self }
     }
 
     /// The first LSN the history has not applied yet.
     pub fn next_lsn(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    /// Asks the feeder's thread for a step now instead of at the end of its pause: a read that
+    /// must see records the history has not applied yet.
+    pub fn ask_for_step(&self) {
+        self.nudge.wake();
     }
 
     /// `user`'s entries in `tenant`, newest first, before `before_lsn` (a cursor), at most
@@ -131,11 +158,7 @@ impl Reader {
             let snapshot = connection.unchecked_transaction()?;
             let connection: &Connection = &snapshot;
             let account = connection
-                .prepare_cached(
-                    "SELECT a.id, h.last_lsn
-                     FROM accounts a LEFT JOIN account_heads h ON h.id = a.id
-                     WHERE a.tenant = ?1 AND a.user_id = ?2",
-                )?
+                .prepare_cached(super::store::ACCOUNT_AND_HEAD)?
                 .query_row(params![tenant, user], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
                 })
@@ -168,16 +191,7 @@ impl Reader {
                     }
                 }
             }
-            let mut statement = connection.prepare_cached(
-                "SELECT e.lsn, e.kind, e.amount, e.currency, e.balance_after, e.action, e.quantity,
-                        e.description, e.reference, e.metadata, e.actor, e.created_ms,
-                        p.pool_id, p.amount, e.prev_lsn,
-                        (?3 IS NULL OR e.kind = ?3) AND (?4 IS NULL OR e.action = ?4)
-                        AND (?5 IS NULL OR e.currency = ?5)
-                        AND (?6 IS NULL OR e.created_ms >= ?6) AND (?7 IS NULL OR e.created_ms < ?7)
-                 FROM entries e LEFT JOIN pool_entries p ON p.lsn = e.lsn
-                 WHERE e.lsn = ?1 AND e.account = ?2",
-            )?;
+            let mut statement = connection.prepare_cached(ENTRY_AT)?;
             let mut listed = Vec::new();
             while let Some(lsn) = next {
                 if listed.len() >= limit as usize {

@@ -290,6 +290,16 @@ pub struct Feed<'c> {
     rollup: Rollup,
 }
 
+/// The id of the account of (`?1` tenant, `?2` user) and the LSN of its newest entry (NULL when
+/// it has none).
+///
+/// A subquery, not a LEFT JOIN: SQLite plans that join anew for each new pair of values bound
+/// (its statement expires at every rebinding and is prepared again on its next step, which took
+/// a quarter of the feeder's CPU with 100 000 users), the subquery once.
+pub(crate) const ACCOUNT_AND_HEAD: &str = "SELECT a.id,
+         (SELECT h.last_lsn FROM account_heads h WHERE h.id = a.id)
+     FROM accounts a WHERE a.tenant = ?1 AND a.user_id = ?2";
+
 /// tenant → user → account, for about [`ACCOUNT_CACHE`] accounts (forgotten all at once between
 /// steps past that); looked up without allocating.
 #[derive(Debug, Default)]
@@ -409,10 +419,7 @@ impl Feed<'_> {
         }
         let found = self
             .transaction
-            .prepare_cached(
-                "SELECT a.id, h.last_lsn FROM accounts a LEFT JOIN account_heads h ON h.id = a.id
-                 WHERE a.tenant = ?1 AND a.user_id = ?2",
-            )?
+            .prepare_cached(ACCOUNT_AND_HEAD)?
             .query_row(params![tenant, user], |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
             })
@@ -472,7 +479,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
-    use rusqlite::{params, Connection};
+    use rusqlite::{params, Connection, OptionalExtension};
 
     use super::super::entry::test_debit;
     use super::super::reader::{Filter, Reader};
@@ -501,6 +508,45 @@ mod tests {
         let filter = Filter::default();
         let entries = reader.entries("acme", user, &filter, before, 1000).unwrap();
         entries.into_iter().map(|entry| entry.lsn).collect()
+    }
+
+    /// The account lookup (a cache miss of the feeder's, and every listing) and a listing's
+    /// lookup of each entry are planned once, not at every new set of values bound.
+    #[test]
+    fn the_account_lookup_is_prepared_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("history.sqlite3")).unwrap();
+        for index in 0..10 {
+            let mut lookup = store
+                .connection
+                .prepare_cached(super::ACCOUNT_AND_HEAD)
+                .unwrap();
+            let user = format!("user-{index}");
+            let found = lookup
+                .query_row(params!["acme", user], |row| row.get::<_, i64>(0))
+                .optional()
+                .unwrap();
+            assert_eq!(found, None);
+            let prepared_again = lookup.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(prepared_again, 0, "prepared again after {index} rebindings");
+            let mut entry = store
+                .connection
+                .prepare_cached(super::super::reader::ENTRY_AT)
+                .unwrap();
+            let none: Option<i64> = None;
+            let found = entry
+                .query_row(params![index, 1, "debit", none, none, index, none], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .optional()
+                .unwrap();
+            assert_eq!(found, None);
+            let prepared_again = entry.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(
+                prepared_again, 0,
+                "a listing's lookup prepared again ({index})"
+            );
+        }
     }
 
     #[test]

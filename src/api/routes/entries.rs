@@ -127,8 +127,13 @@ pub(crate) fn history_disabled() -> Problem {
     )
 }
 
-/// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed.
+/// Waits until the history has applied everything up to `durable_lsn`, or [`CATCH_UP`] passed;
+/// asks the feeder for a step at once if it has not.
 pub(crate) async fn catch_up(reader: &Reader, durable_lsn: u64) {
+    if reader.next_lsn() > durable_lsn {
+        return;
+    }
+    reader.ask_for_step();
     let deadline = Instant::now() + CATCH_UP;
     while reader.next_lsn() <= durable_lsn && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;

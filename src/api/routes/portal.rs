@@ -231,6 +231,8 @@ async fn recent_entries(state: &ApiState, tenant: &str, user: &str) -> Vec<serde
     let Some(history) = state.history.clone() else {
         return Vec::new();
     };
+    // A user back from paying sees the top-up that was durable when the page was asked for.
+    super::entries::catch_up(&history, state.engine.wal().durable_lsn()).await;
     let (tenant, user) = (tenant.to_owned(), user.to_owned());
     let listed = tokio::task::spawn_blocking(move || {
         history.entries(
