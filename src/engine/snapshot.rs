@@ -924,7 +924,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    use super::{load_chunks, ChunkHead, ReservationPhase, SnapshotError, State};
+    use super::{load_chunks, ChunkHead, ReservationPhase, SnapshotError, State, Tenant};
     use crate::codec;
     use crate::engine::clock::{Clock, ManualClock};
     use crate::engine::types::CreditKind;
@@ -944,9 +944,8 @@ mod tests {
     /// Users enough for several users chunks (about 7 000 fit in one).
     const USERS: usize = 20_000;
 
-    /// An engine whose tenant holds [`USERS`] users with credits, snapshotted: the snapshot's
-    /// chunks, in file order.
-    fn snapshot_chunks(storage: &MemStorage) -> Vec<Vec<u8>> {
+    /// An engine on `storage` without background threads, and its tenant "acme".
+    fn engine_with_tenant(storage: &MemStorage) -> (Arc<Engine>, Arc<Tenant>) {
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let options = EngineOptions {
             data_dir: "/data".into(),
@@ -954,23 +953,30 @@ mod tests {
             shards: 8,
             ..EngineOptions::default()
         };
-        let engine = Engine::open(
-            options,
-            Arc::new(storage.clone()),
-            Arc::clone(&clock) as Arc<dyn Clock>,
-        )
-        .expect("open");
+        let engine = Engine::open(options, Arc::new(storage.clone()), clock as Arc<dyn Clock>)
+            .expect("open");
         let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
+        (engine, tenant)
+    }
+
+    /// Creates `user` in `tenant` with `credits`.
+    fn funded_user(engine: &Engine, tenant: &Tenant, user: &str, credits: i64) {
+        let profile = ProfileUpdate {
+            email: None,
+            name: None,
+            metadata: None,
+        };
+        engine.upsert_user(tenant, user, profile, &ADMIN).unwrap();
+        let request = CreditRequest::new(user, credits, CreditKind::Grant);
+        engine.credit(tenant, &request, &ADMIN).unwrap();
+    }
+
+    /// An engine whose tenant holds [`USERS`] users with credits, snapshotted: the snapshot's
+    /// chunks, in file order.
+    fn snapshot_chunks(storage: &MemStorage) -> Vec<Vec<u8>> {
+        let (engine, tenant) = engine_with_tenant(storage);
         for index in 0..USERS {
-            let user = format!("user-{index}");
-            let profile = ProfileUpdate {
-                email: None,
-                name: None,
-                metadata: None,
-            };
-            engine.upsert_user(&tenant, &user, profile, &ADMIN).unwrap();
-            let request = CreditRequest::new(&user, 1 + index as i64, CreditKind::Grant);
-            engine.credit(&tenant, &request, &ADMIN).unwrap();
+            funded_user(&engine, &tenant, &format!("user-{index}"), 1 + index as i64);
         }
         snapshot_now(storage, &engine)
     }
@@ -1118,24 +1124,8 @@ mod tests {
     #[test]
     fn a_hold_copied_open_and_then_closed_loads_closed_whichever_chunk_comes_first() {
         let storage = MemStorage::new();
-        let options = EngineOptions {
-            data_dir: "/data".into(),
-            background: false,
-            shards: 8,
-            ..EngineOptions::default()
-        };
-        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-        let engine = Engine::open(options, Arc::new(storage.clone()), clock as Arc<dyn Clock>)
-            .expect("open");
-        let (tenant, _, _) = engine.upsert_tenant("acme", None, None, &ADMIN).unwrap();
-        let profile = ProfileUpdate {
-            email: None,
-            name: None,
-            metadata: None,
-        };
-        engine.upsert_user(&tenant, "ada", profile, &ADMIN).unwrap();
-        let credit = CreditRequest::new("ada", 100, CreditKind::Grant);
-        engine.credit(&tenant, &credit, &ADMIN).unwrap();
+        let (engine, tenant) = engine_with_tenant(&storage);
+        funded_user(&engine, &tenant, "ada", 100);
         let reserve = ReserveRequest::new("ada", Spend::Amount(30));
         let hold = engine.reserve(&tenant, &reserve, &ADMIN).unwrap().lsn;
         let while_open = snapshot_now(&storage, &engine);
