@@ -89,15 +89,15 @@ fn listed_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Listed> {
 /// The entry at LSN `?1` if it is account `?2`'s, its pool's part, the LSN of the account's entry
 /// before it, and whether it passes the filter (`?3` to `?7`, each NULL for none). Subqueries,
 /// not a LEFT JOIN, which SQLite would plan anew at every new set of values bound.
-pub(crate) const ENTRY_AT: &str =
-    "SELECT e.lsn, e.kind, e.amount, e.currency, e.balance_after, e.action, e.quantity,
-                        e.description, e.reference, e.metadata, e.actor, e.created_ms,
-                        (SELECT p.pool_id FROM pool_entries p WHERE p.lsn = e.lsn),
-                        (SELECT p.amount FROM pool_entries p WHERE p.lsn = e.lsn), e.prev_lsn,
-                        (?3 IS NULL OR e.kind = ?3) AND (?4 IS NULL OR e.action = ?4)
-                        AND (?5 IS NULL OR e.currency = ?5)
-                        AND (?6 IS NULL OR e.created_ms >= ?6) AND (?7 IS NULL OR e.created_ms < ?7)
-                 FROM entries e WHERE e.lsn = ?1 AND e.account = ?2";
+pub(crate) const ENTRY_AT: &str = "SELECT e.lsn, e.kind, e.amount, e.currency, e.balance_after,
+         e.action, e.quantity, e.description, e.reference, e.metadata, e.actor, e.created_ms,
+         (SELECT p.pool_id FROM pool_entries p WHERE p.lsn = e.lsn),
+         (SELECT p.amount FROM pool_entries p WHERE p.lsn = e.lsn),
+         e.prev_lsn,
+         (?3 IS NULL OR e.kind = ?3) AND (?4 IS NULL OR e.action = ?4)
+         AND (?5 IS NULL OR e.currency = ?5)
+         AND (?6 IS NULL OR e.created_ms >= ?6) AND (?7 IS NULL OR e.created_ms < ?7)
+     FROM entries e WHERE e.lsn = ?1 AND e.account = ?2";
 
 /// Read access to the history.
 #[derive(Debug)]

@@ -3,16 +3,16 @@
 //!
 //! It never takes an engine lock: it reads the durable watermark (an atomic) and the segment
 //! files. When it is caught up it pauses up to a second, so that a step carries many records, or
-//! until a reader asks for what it has not applied yet ([`Nudge`]); a step that fails (a database error,
-//! damage in the log) is retried after a pause and counted, and the hold stays where the history
-//! stands, so nothing it still needs is removed meanwhile.
+//! until a reader asks for what it has not applied yet ([`Nudge`]); a step that fails (a database
+//! error, damage in the log) is retried after a pause and counted, and the hold stays where the
+//! history stands, so nothing it still needs is removed meanwhile.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-
-use parking_lot::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 
 use super::{FeedError, Feeder, RETENTION_HOLD};
 use crate::engine::Engine;
