@@ -605,10 +605,13 @@ export interface paths {
          *     answer you have is listed. Entries are kept whatever snapshots do to the log.
          *
          *     Pages: `next_cursor` is the `entry_id` of the page's last entry (null on the last page);
-         *     pass it as `cursor` for the entries before it. Pages are stable while writes go on.
+         *     pass it as `cursor` for the entries before it. Pages are stable while writes go on. A
+         *     cursor must be one of this user's entries; one that retention has removed since gives an
+         *     empty page.
          *
-         *     Any other query parameter, a malformed `cursor`, a `limit` outside 1..1000, an unknown
-         *     `kind`, a timestamp that is not RFC 3339, or `from` after `to` is `422 invalid-request`.
+         *     Any other query parameter, a malformed `cursor` or one that is not an entry of this user,
+         *     a `limit` outside 1..1000, an unknown `kind`, a timestamp that is not RFC 3339, or `from`
+         *     after `to` is `422 invalid-request`.
          *     `503 history-disabled` when the server runs with `history.enabled = false`.
          *
          *     Role: `service` or above.
