@@ -96,12 +96,13 @@ fn start_history(
     if !config.history.enabled {
         return Ok(None);
     }
-    let feeder = crate::history::Feeder::open(
+    let mut feeder = crate::history::Feeder::open(
         &history_path(config),
         &engine.options().wal_dir(),
         crate::codec::FORMAT_VERSION,
         crate::wal::record::MAX_RECORD_BYTES_LIMIT,
     )?;
+    feeder.set_account_cache(usize::try_from(config.history.account_cache).unwrap_or(usize::MAX));
     let retention = config
         .history
         .retention

@@ -91,6 +91,11 @@ impl Feeder {
         Ok(Feeder { store, follower })
     }
 
+    /// Remembers about `capacity` accounts (`history.account_cache`).
+    pub fn set_account_cache(&mut self, capacity: usize) {
+        self.store.set_account_cache(capacity);
+    }
+
     /// The first LSN not yet in the history: where its retention hold must stand.
     pub fn next_lsn(&self) -> u64 {
         self.follower.next_lsn()
