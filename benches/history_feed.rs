@@ -20,6 +20,11 @@
 //! redb (a copy-on-write B-tree key-value store; the row encoded with the codec the log
 //! uses), both durable at each commit, then reads a user's newest 50 rows from each.
 //!
+//! `CREDITD_BENCH_USERS=N` debits N users instead of 10 k, and `CREDITD_BENCH_ACCOUNT_CACHE=N`
+//! sets how many accounts the feeder remembers (`history.account_cache`): with 1 M users and 2 M
+//! records, the default cache against one of 100 000 shows what lookups of forgotten accounts
+//! cost.
+//!
 //! `CREDITD_BENCH_FEED_ONLY=1` leaves the comparison out. `CREDITD_BENCH_SPEND=amount` writes
 //! plain debits of one credit instead of debits by action (what `creditd loadgen` and the peers
 //! comparison send: no usage rollup by action).
@@ -51,10 +56,7 @@ fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
-    let records: u64 = std::env::var("CREDITD_BENCH_RECORDS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(1_000_000);
+    let records: u64 = env_number("CREDITD_BENCH_RECORDS").unwrap_or(1_000_000);
     eprintln!("machine: {}", common::machine());
     let dir = common::bench_dir(&common::disk_parent(), "creditd-history-bench-");
     eprintln!(
@@ -76,10 +78,11 @@ fn main() {
         creditd::wal::record::MAX_RECORD_BYTES_LIMIT,
     )
     .expect("open the history");
+    if let Some(capacity) = env_number("CREDITD_BENCH_ACCOUNT_CACHE") {
+        feeder.set_account_cache(usize::try_from(capacity).unwrap_or(usize::MAX));
+    }
     // The server's policy (steps double while the history lags), unless a fixed size is asked.
-    let fixed_step: Option<u64> = std::env::var("CREDITD_BENCH_STEP")
-        .ok()
-        .and_then(|value| value.parse().ok());
+    let fixed_step: Option<u64> = env_number("CREDITD_BENCH_STEP");
     let mut records_per_step = fixed_step.unwrap_or(STEP_RECORDS);
     let cpu = common::process_cpu_seconds();
     let started = Instant::now();
@@ -111,10 +114,18 @@ fn main() {
     }
 }
 
+/// A number from the environment, if set.
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+}
+
 /// Writes `records` debits by action, uniformly over users and actions (users and actions
 /// created first), and waits for the log.
 fn write_log(engine: &Arc<Engine>, tenant: &Tenant, records: u64) {
-    let seconds = common::add_users(engine, tenant, USERS, false, common::STARTING_CREDITS);
+    let users = env_number("CREDITD_BENCH_USERS").unwrap_or(USERS);
+    let seconds = common::add_users(engine, tenant, users, false, common::STARTING_CREDITS);
     let names: Vec<String> = (0..ACTIONS).map(|index| format!("model-{index}")).collect();
     for name in &names {
         common::retry(|| engine.put_action(tenant, name, 3, None, None, &BENCH));
@@ -123,7 +134,7 @@ fn write_log(engine: &Arc<Engine>, tenant: &Tenant, records: u64) {
     let started = Instant::now();
     let mut random = Random::new(7);
     for index in 0..records {
-        let user = UserId::new(random.below(USERS));
+        let user = UserId::new(random.below(users));
         let action = &names[random.below(ACTIONS) as usize];
         let quantity = 1 + random.below(4);
         let spend = if by_action {
@@ -142,7 +153,7 @@ fn write_log(engine: &Arc<Engine>, tenant: &Tenant, records: u64) {
     }
     engine.wal().flush().expect("flush the log");
     eprintln!(
-        "set-up: {USERS} users in {seconds:.2} s, {records} debits in {:.2} s",
+        "set-up: {users} users in {seconds:.2} s, {records} debits in {:.2} s",
         started.elapsed().as_secs_f64()
     );
 }
