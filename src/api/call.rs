@@ -256,11 +256,81 @@ pub(super) fn request_id(state: &ApiState, parts: &Parts) -> HeaderValue {
         }
     }
     let number = state.requests.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{:08x}-{number:x}", state.request_prefix))
-        .unwrap_or(HeaderValue::from_static("0"))
+    fresh_request_id(state.request_prefix, number)
+}
+
+/// `{prefix:08x}-{number:x}`, cut from a buffer of the thread's and shared by reference count,
+/// rather than a `String` formatted and copied into an allocation of the header's own: this runs
+/// on every request, and that allocation and its free were about 2 % of a core thread's samples.
+fn fresh_request_id(prefix: u32, number: u64) -> HeaderValue {
+    let mut id = [0_u8; 25];
+    let len = write_request_id(prefix, number, &mut id);
+    let bytes = REQUEST_IDS.with_borrow_mut(|buffer| {
+        if buffer.capacity() - buffer.len() < id.len() {
+            *buffer = bytes::BytesMut::with_capacity(REQUEST_ID_BUFFER);
+        }
+        buffer.extend_from_slice(&id[..len]);
+        buffer.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Bytes of the buffer request ids are cut from: one allocation for about 200 ids.
+const REQUEST_ID_BUFFER: usize = 4096;
+
+thread_local! {
+    /// Where this thread writes the request ids it makes up.
+    static REQUEST_IDS: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// Writes `{prefix:08x}-{number:x}` into `out` and returns its length (at most 8 + 1 + 16).
+fn write_request_id(prefix: u32, number: u64, out: &mut [u8; 25]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (index, byte) in out[..8].iter_mut().enumerate() {
+        *byte = HEX[(prefix >> (28 - 4 * index) & 0xf) as usize];
+    }
+    out[8] = b'-';
+    let digits = (64 - number.leading_zeros()).div_ceil(4).max(1) as usize;
+    for index in 0..digits {
+        out[9 + index] = HEX[(number >> (4 * (digits - 1 - index)) & 0xf) as usize];
+    }
+    9 + digits
 }
 
 /// A 200 JSON answer.
 pub(crate) fn ok<T: Serialize>(value: &T) -> Answer {
     Ok(json_response(StatusCode::OK, value))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_fresh_request_id_is_the_prefix_and_the_number_in_hex() {
+        for (prefix, number) in [
+            (0_u32, 0_u64),
+            (0x84c0_4304, 0x1e),
+            (u32::MAX, u64::MAX),
+            (0x0000_00ab, 1 << 60),
+            (0x1234_5678, 0xf),
+            (7, 0x10),
+        ] {
+            let mut out = [0_u8; 25];
+            let len = super::write_request_id(prefix, number, &mut out);
+            let written = std::str::from_utf8(&out[..len]).unwrap();
+            assert_eq!(written, format!("{prefix:08x}-{number:x}"));
+        }
+    }
+
+    /// Ids cut from the thread's buffer stay as written while later ones are cut and the
+    /// buffer is replaced.
+    #[test]
+    fn request_ids_cut_from_the_buffer_stay_intact() {
+        let ids: Vec<http::HeaderValue> = (0..1_000_u64)
+            .map(|number| super::fresh_request_id(0xc0ffee, number))
+            .collect();
+        for (number, id) in ids.iter().enumerate() {
+            assert_eq!(id.to_str().unwrap(), format!("00c0ffee-{number:x}"));
+        }
+    }
 }
