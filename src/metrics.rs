@@ -154,6 +154,16 @@ fn describe() {
         Unit::Count,
         "History feeding steps that failed (database or log errors); each is retried after 1 s."
     );
+    describe_counter!(
+        names::HISTORY_ACCOUNT_LOOKUPS_TOTAL,
+        Unit::Count,
+        "The history feeder's account lookups, one per ledger entry, by where the account was found: memory or the database (history.account_cache too small when most are database)."
+    );
+    describe_gauge!(
+        names::HISTORY_ACCOUNTS_REMEMBERED,
+        Unit::Count,
+        "Accounts the history feeder remembers (at most history.account_cache between steps)."
+    );
     describe_gauge!(
         names::STREAMS_OPEN,
         Unit::Count,

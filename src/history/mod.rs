@@ -96,6 +96,11 @@ impl Feeder {
         self.store.set_account_cache(capacity);
     }
 
+    /// The account lookups since the last call, and how many accounts it remembers now.
+    pub fn take_account_lookups(&mut self) -> (store::Lookups, usize) {
+        self.store.take_lookups()
+    }
+
     /// The first LSN not yet in the history: where its retention hold must stand.
     pub fn next_lsn(&self) -> u64 {
         self.follower.next_lsn()

@@ -248,6 +248,14 @@ impl Store {
         self.accounts.capacity = capacity;
     }
 
+    /// The account lookups since the last call, and how many accounts it remembers now.
+    pub fn take_lookups(&mut self) -> (Lookups, usize) {
+        (
+            std::mem::take(&mut self.accounts.lookups),
+            self.accounts.len,
+        )
+    }
+
     /// Starts the feeder's transaction.
     pub fn begin(&mut self) -> Result<Feed<'_>, StoreError> {
         // Forgotten between steps only: an account met earlier in a step has its newest entry in
@@ -323,6 +331,17 @@ struct Accounts {
     len: usize,
     /// Accounts remembered at most between steps.
     capacity: usize,
+    /// Lookups found in memory and read from the database, since [`Store::take_lookups`].
+    lookups: Lookups,
+}
+
+/// The feeder's account lookups, by where each account was found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lookups {
+    /// Found in memory.
+    pub memory: u64,
+    /// Read from the database (or created there).
+    pub database: u64,
 }
 
 /// An account the feeder met.
@@ -341,12 +360,15 @@ impl Accounts {
             ids: HashMap::default(),
             len: 0,
             capacity,
+            lookups: Lookups::default(),
         }
     }
 
+    /// The account, if remembered: counted as found in memory.
     fn get(&mut self, tenant: &str, user: &str) -> Option<&mut Account> {
         let account = self.ids.get_mut(tenant)?.get_mut(user)?;
         account.recent = true;
+        self.lookups.memory += 1;
         Some(account)
     }
 
@@ -466,6 +488,7 @@ impl Feed<'_> {
             // database was changed by hand) and chains nothing.
             return Ok((account.id, prev.filter(|prev| *prev < lsn)));
         }
+        self.accounts.lookups.database += 1;
         let found = self
             .transaction
             .prepare_cached(ACCOUNT_AND_HEAD)?
@@ -688,6 +711,18 @@ mod tests {
                 .query_row("SELECT count(*) FROM accounts", [], |row| row.get(0))
                 .unwrap();
             assert_eq!(accounts, 5, "one account each, capacity {capacity}");
+            let (lookups, remembered) = store.take_lookups();
+            assert_eq!(lookups.memory + lookups.database, 48, "one per entry");
+            if capacity == 1_000 {
+                assert_eq!((lookups.database, remembered), (5, 5), "each read once");
+            } else {
+                assert!(
+                    lookups.database > 5,
+                    "forgotten ones read again: {lookups:?}"
+                );
+                assert!(remembered <= capacity.max(5), "{remembered} of {capacity}");
+            }
+            assert_eq!(store.take_lookups().0, super::Lookups::default(), "taken");
         }
     }
 

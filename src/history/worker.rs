@@ -166,6 +166,9 @@ fn run(
     } = *signals;
     let lag = metrics::gauge!(names::HISTORY_LAG_RECORDS);
     let errors = metrics::counter!(names::HISTORY_ERRORS_TOTAL);
+    let lookups_from = |from: &'static str| metrics::counter!(names::HISTORY_ACCOUNT_LOOKUPS_TOTAL, "from" => from);
+    let (from_memory, from_database) = (lookups_from("memory"), lookups_from("database"));
+    let remembered = metrics::gauge!(names::HISTORY_ACCOUNTS_REMEMBERED);
     let mut records = STEP_RECORDS;
     loop {
         // Read before the flag: a stop catches up with everything durable when it was asked.
@@ -178,6 +181,10 @@ fn run(
                 engine.retention().hold(RETENTION_HOLD, feeder.next_lsn());
                 published.store(feeder.next_lsn(), Ordering::Release);
                 lag.set(durable.saturating_sub(feeder.next_lsn() - 1) as f64);
+                let (lookups, accounts) = feeder.take_account_lookups();
+                from_memory.increment(lookups.memory);
+                from_database.increment(lookups.database);
+                remembered.set(accounts as f64);
                 if let Some(purge) = purge.as_deref_mut() {
                     purge.step(&mut feeder, engine.now_ms());
                 }

@@ -49,6 +49,10 @@ pub const HISTORY_LAG_RECORDS: &str = "creditd_history_lag_records";
 pub const HISTORY_ERRORS_TOTAL: &str = "creditd_history_errors_total";
 /// Counter: ledger entries removed from the history by `history.retention`.
 pub const HISTORY_PURGED_ENTRIES_TOTAL: &str = "creditd_history_purged_entries_total";
+/// Counter, `from`: the history feeder's account lookups (`memory`, `database`).
+pub const HISTORY_ACCOUNT_LOOKUPS_TOTAL: &str = "creditd_history_account_lookups_total";
+/// Gauge: accounts the history feeder remembers (`history.account_cache` at most).
+pub const HISTORY_ACCOUNTS_REMEMBERED: &str = "creditd_history_accounts_remembered";
 /// Gauge: live balance streams open.
 pub const STREAMS_OPEN: &str = "creditd_streams_open";
 /// Counter, `reason`: live balance streams the server ended (`slow_reader`, `shutdown`).
@@ -93,6 +97,8 @@ pub const ALL: &[&str] = &[
     HISTORY_LAG_RECORDS,
     HISTORY_ERRORS_TOTAL,
     HISTORY_PURGED_ENTRIES_TOTAL,
+    HISTORY_ACCOUNT_LOOKUPS_TOTAL,
+    HISTORY_ACCOUNTS_REMEMBERED,
     STREAMS_OPEN,
     STREAMS_CUT_TOTAL,
     STREAMS_ERRORS_TOTAL,
