@@ -319,7 +319,7 @@ pub(crate) const ACCOUNT_AND_HEAD: &str = "SELECT a.id,
 /// keeps at most half of it, only accounts met since the trim before, and forgets the rest: the
 /// accounts in use stay remembered, which a cache forgotten whole when full did not do, and
 /// memory stays bounded: 123 MiB more RSS for the default million (ids of 15 bytes, measured),
-/// so about 130 bytes an account. A hit costs a flag set, not a move between maps.
+/// so about 130 bytes an account. A hit costs a flag set.
 ///
 /// With 1 M users debited uniformly at saturation, the lookups of the accounts it did not
 /// remember (a cache of 100 000 then) were two fifths of the feeder's CPU (`perf`, 2026-12-03): a
