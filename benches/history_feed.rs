@@ -6,7 +6,7 @@
 //! with 10 k users and 50 catalogue actions writes `$CREDITD_BENCH_RECORDS` (default 1 M) debits
 //! by action to its log, uniformly over users and actions. Nothing reads the log while it is
 //! written. Then a fresh history database is fed from that log, step after step, until it has
-//! caught up, exactly as the server's feeder thread does it when it lags: steps of 20 000
+//! caught up, exactly as the server's feeder thread does it when it lags: steps of 100 000
 //! records doubling up to 320 000 (`history::worker::next_step_records`), each one SQLite
 //! transaction committed with `synchronous = FULL`. `CREDITD_BENCH_STEP=N` fixes the step at N
 //! records instead.
@@ -48,8 +48,8 @@ use common::{Random, UserId, BENCH};
 const USERS: u64 = 10_000;
 /// Catalogue actions debited.
 const ACTIONS: u64 = 50;
-/// Records per transaction in the comparison of stores, and the feeder's first step.
-const STEP_RECORDS: u64 = worker::STEP_RECORDS;
+/// Records per transaction in the comparison of stores.
+const STORE_STEP_RECORDS: u64 = 20_000;
 
 fn main() {
     // `cargo test` runs bench targets once with `--bench` absent; there is nothing to test here.
@@ -83,7 +83,7 @@ fn main() {
     }
     // The server's policy (steps double while the history lags), unless a fixed size is asked.
     let fixed_step: Option<u64> = env_number("CREDITD_BENCH_STEP");
-    let mut records_per_step = fixed_step.unwrap_or(STEP_RECORDS);
+    let mut records_per_step = fixed_step.unwrap_or(worker::STEP_RECORDS);
     let cpu = common::process_cpu_seconds();
     let started = Instant::now();
     let mut steps = 0u64;
@@ -223,7 +223,7 @@ fn compare_stores(dir: &Path, rows: u64) {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .expect("prepare");
-            for _ in 0..STEP_RECORDS.min(rows - lsn + 1) {
+            for _ in 0..STORE_STEP_RECORDS.min(rows - lsn + 1) {
                 let (user, action, at) = row(lsn, &mut random);
                 insert
                     .execute(rusqlite::params![
@@ -294,7 +294,7 @@ fn compare_stores(dir: &Path, rows: u64) {
         {
             let mut entries = transaction.open_table(table).expect("table");
             let mut by_account = transaction.open_table(index).expect("index");
-            for _ in 0..STEP_RECORDS.min(rows - lsn + 1) {
+            for _ in 0..STORE_STEP_RECORDS.min(rows - lsn + 1) {
                 let (user, action, at) = row(lsn, &mut random);
                 value.clear();
                 let encoded = Row {
@@ -352,7 +352,7 @@ fn compare_stores(dir: &Path, rows: u64) {
     let redb_read = started.elapsed().as_secs_f64() * 1e6 / 10_000.0;
     assert_eq!(read, redb_rows, "both stores list the same rows");
 
-    println!("{rows} rows, transactions of {STEP_RECORDS}, durable at each commit:");
+    println!("{rows} rows, transactions of {STORE_STEP_RECORDS}, durable at each commit:");
     println!(
         "  SQLite: {:.0} rows/s written, {:.0} bytes per row, newest 50 of a user in {sqlite_read:.1} µs",
         rows as f64 / sqlite_seconds,

@@ -19,7 +19,7 @@ use super::rollup::{Rollup, ROLLUP_SCHEMA};
 use crate::engine::event::Event;
 
 /// The schema's version, kept in the database.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The feeder's page cache, KiB.
 const FEEDER_CACHE_KIB: i64 = 64 * 1024;
@@ -52,7 +52,8 @@ const SCHEMAS: &[&str] = &[
 /// or the first one retention removed (it removes the oldest LSNs first, never one above an
 /// entry it keeps). `accounts.first_lsn` is the LSN an account's first entry had when it was
 /// created, and is not kept up to date. So an entry costs one insert at the end of
-/// one B-tree, and a step one upsert per account it touched, in account order. Schema 3 kept an
+/// one B-tree, and a step one upsert per account it touched, in account order, into
+/// `recent_heads` (see [`RECENT_HEADS_ROWS`]). Schema 3 kept an
 /// index by (block of 2^16 LSNs, account) instead: its inserts, each a descent to a page of the
 /// newest block chosen by the account, were a third of the feeder's CPU (`cargo bench --bench
 /// history_feed`), and schema 3 files are migrated when opened ([`migrate_from_3`]).
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS accounts (
     UNIQUE (tenant, user_id)
 );
 CREATE TABLE IF NOT EXISTS account_heads (
+    id       INTEGER PRIMARY KEY,
+    last_lsn INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recent_heads (
     id       INTEGER PRIMARY KEY,
     last_lsn INTEGER NOT NULL
 );
@@ -112,6 +117,30 @@ INSERT INTO account_heads (id, last_lsn) SELECT account, max(lsn) FROM entries G
 DROP INDEX IF EXISTS entries_by_account;
 UPDATE checkpoint SET schema = 4 WHERE id = 1;
 ";
+
+/// Schema 4 to 5: the heads of the accounts written since the last merge get a table of their
+/// own, empty at first: every head is still in `account_heads`. Run again after a crash
+/// between its two statements, it does the same.
+const MIGRATE_FROM_4: &str = "
+CREATE TABLE IF NOT EXISTS recent_heads (
+    id       INTEGER PRIMARY KEY,
+    last_lsn INTEGER NOT NULL
+);
+UPDATE checkpoint SET schema = 5 WHERE id = 1;
+";
+
+/// Heads held in `recent_heads` past which a commit merges them into `account_heads`.
+///
+/// A step upserts the head of every account it touched. With a million accounts, whose heads
+/// fill about 3 500 pages, a step of 20 000 records touched nearly every page of
+/// `account_heads`, and each went to the write-ahead file and back to the database at every
+/// commit. `recent_heads` holds only the heads written since the last merge, so a step's
+/// upserts land on a few hundred pages, and the large table takes them once every several
+/// steps. A listing reads a head from `recent_heads` first and from `account_heads` when it is
+/// not there; both tables change in the feeder's transaction only, so a reader's snapshot sees
+/// them at one commit, before a merge or after it. Below this many accounts the heads stay in
+/// `recent_heads`, and `account_heads` is not written at all.
+pub const RECENT_HEADS_ROWS: u64 = 250_000;
 
 /// Accounts the feeder remembers by default (`history.account_cache`).
 pub const DEFAULT_ACCOUNT_CACHE: usize = 1_000_000;
@@ -172,6 +201,8 @@ pub struct Store {
     pub(super) connection: Connection,
     /// Account ids of the accounts the feeder met lately.
     accounts: Accounts,
+    /// Heads in `recent_heads` past which a commit merges them ([`RECENT_HEADS_ROWS`]).
+    recent_heads_rows: u64,
 }
 
 impl Store {
@@ -201,7 +232,11 @@ impl Store {
             })
             .optional()?;
         match found {
-            Some(3) => migrate_from_3(&connection)?,
+            Some(3) => {
+                migrate_from_3(&connection)?;
+                connection.execute_batch(MIGRATE_FROM_4)?;
+            }
+            Some(4) => connection.execute_batch(MIGRATE_FROM_4)?,
             Some(found) if found != SCHEMA_VERSION => return Err(StoreError::Schema { found }),
             _ => {}
         }
@@ -222,6 +257,7 @@ impl Store {
         Ok(Store {
             connection,
             accounts: Accounts::new(DEFAULT_ACCOUNT_CACHE),
+            recent_heads_rows: RECENT_HEADS_ROWS,
         })
     }
 
@@ -248,6 +284,13 @@ impl Store {
         self.accounts.capacity = capacity;
     }
 
+    /// Merges the heads into `account_heads` once `recent_heads` holds more than `rows`
+    /// ([`RECENT_HEADS_ROWS`] unless set): tests merge often.
+    #[cfg(test)]
+    pub(crate) fn set_recent_heads_rows(&mut self, rows: u64) {
+        self.recent_heads_rows = rows;
+    }
+
     /// The account lookups since the last call, and how many accounts it remembers now.
     pub fn take_lookups(&mut self) -> (Lookups, usize) {
         (
@@ -264,6 +307,7 @@ impl Store {
         let Store {
             connection,
             accounts,
+            recent_heads_rows,
         } = self;
         let connection: &Connection = connection;
         // The connection is borrowed shared, so the step's statement and its transaction can
@@ -275,6 +319,7 @@ impl Store {
             insert,
             accounts,
             heads: Vec::new(),
+            recent_heads_rows: *recent_heads_rows,
             audit: Chain::default(),
             rollup: Rollup::default(),
         })
@@ -298,19 +343,22 @@ pub struct Feed<'c> {
     accounts: &'c mut Accounts,
     /// (account, LSN) of every entry of the step: the accounts' new heads, written at commit.
     heads: Vec<(i64, i64)>,
+    /// Heads in `recent_heads` past which the commit merges them.
+    recent_heads_rows: u64,
     audit: Chain,
     /// The step's usage and revenue counters, written at commit.
     rollup: Rollup,
 }
 
 /// The id of the account of (`?1` tenant, `?2` user) and the LSN of its newest entry (NULL when
-/// it has none).
+/// it has none): from `recent_heads` if written since the last merge, else from `account_heads`.
 ///
 /// A subquery, not a LEFT JOIN: SQLite plans that join anew for each new pair of values bound
 /// (its statement expires at every rebinding and is prepared again on its next step, which took
 /// a quarter of the feeder's CPU with 100 000 users), the subquery once.
 pub(crate) const ACCOUNT_AND_HEAD: &str = "SELECT a.id,
-         (SELECT h.last_lsn FROM account_heads h WHERE h.id = a.id)
+         coalesce((SELECT r.last_lsn FROM recent_heads r WHERE r.id = a.id),
+                  (SELECT h.last_lsn FROM account_heads h WHERE h.id = a.id))
      FROM accounts a WHERE a.tenant = ?1 AND a.user_id = ?2";
 
 /// The accounts the feeder met lately, tenant → user → account, looked up without allocating.
@@ -516,6 +564,33 @@ impl Feed<'_> {
         Ok((id, prev))
     }
 
+    /// Moves the heads of `recent_heads` into `account_heads` when it holds more than
+    /// [`RECENT_HEADS_ROWS`]: one pass over the large table in id order, then the small one
+    /// emptied, in the step's transaction. The count reads the small table's pages, which the
+    /// step's upserts just touched.
+    fn merge_heads_if_many(&self) -> Result<(), StoreError> {
+        let rows: i64 = self
+            .transaction
+            .prepare_cached("SELECT count(*) FROM recent_heads")?
+            .query_row([], |row| row.get(0))?;
+        if u64::try_from(rows).unwrap_or(0) <= self.recent_heads_rows {
+            return Ok(());
+        }
+        // `WHERE true`: an upsert from a SELECT needs a clause between the two (SQLite's
+        // grammar would read ON as a join's).
+        self.transaction
+            .prepare_cached(
+                "INSERT INTO account_heads (id, last_lsn)
+                 SELECT id, last_lsn FROM recent_heads WHERE true
+                 ON CONFLICT (id) DO UPDATE SET last_lsn = excluded.last_lsn",
+            )?
+            .execute([])?;
+        self.transaction
+            .prepare_cached("DELETE FROM recent_heads")?
+            .execute([])?;
+        Ok(())
+    }
+
     /// Records `next_lsn` as the first LSN not yet applied and commits everything.
     pub fn commit(mut self, next_lsn: u64) -> Result<(), StoreError> {
         let next = i64::try_from(next_lsn).map_err(|_| StoreError::Overflow("next_lsn"))?;
@@ -528,7 +603,7 @@ impl Feed<'_> {
         let mut heads = std::mem::take(&mut self.heads);
         heads.sort_by_key(|(account, _)| *account);
         let mut upsert = self.transaction.prepare_cached(
-            "INSERT INTO account_heads (id, last_lsn) VALUES (?1, ?2)
+            "INSERT INTO recent_heads (id, last_lsn) VALUES (?1, ?2)
              ON CONFLICT (id) DO UPDATE SET last_lsn = excluded.last_lsn",
         )?;
         for (index, (account, lsn)) in heads.iter().enumerate() {
@@ -538,6 +613,9 @@ impl Feed<'_> {
             upsert.execute(params![account, lsn])?;
         }
         drop(upsert);
+        if !heads.is_empty() {
+            self.merge_heads_if_many()?;
+        }
         self.transaction.execute(
             "UPDATE checkpoint SET next_lsn = ?1 WHERE id = 1",
             params![next],
@@ -726,6 +804,108 @@ mod tests {
         }
     }
 
+    fn count(store: &Store, table: &str) -> i64 {
+        store
+            .connection
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+    }
+
+    /// Whenever `recent_heads` is merged into `account_heads`, before or after, with the
+    /// accounts remembered or read back (capacity 0), and across a reopening, each listing
+    /// starts at its account's newest entry and follows the chain to its first.
+    #[test]
+    fn heads_read_the_same_before_and_after_a_merge() {
+        let users = ["ada", "bob", "cyd", "dan", "eve", "fay", "gus"];
+        for (limit, capacity) in [(0, 0), (2, 0), (3, 1_000), (5, 0), (1_000, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("history.sqlite3");
+            let reader = Reader::new(&path, Arc::new(AtomicU64::new(0)));
+            let mut expected: std::collections::HashMap<&str, Vec<u64>> = Default::default();
+            let mut lsn = 1_u64;
+            let mut merges = 0;
+            for round in 0..2 {
+                let mut store = Store::open(&path).unwrap();
+                store.set_recent_heads_rows(limit);
+                store.set_account_cache(capacity);
+                for step in 0..10_usize {
+                    let recent_before = count(&store, "recent_heads");
+                    let mut feed = store.begin().unwrap();
+                    for turn in 0..3 {
+                        let user = users[(round * 5 + step * 2 + turn * (step % 3 + 1)) % 7];
+                        feed.insert(&test_debit(user, lsn, 0)).unwrap();
+                        expected.entry(user).or_default().insert(0, lsn);
+                        lsn += 1;
+                    }
+                    feed.commit(lsn).unwrap();
+                    // A step with entries leaves at least one head unless it merged.
+                    let recent = count(&store, "recent_heads");
+                    merges += usize::from(recent == 0);
+                    assert!(recent as u64 <= limit, "{recent} heads left, limit {limit}");
+                    assert!(
+                        recent == 0 || recent >= recent_before,
+                        "shrank without a merge"
+                    );
+                    for user in users {
+                        let want = expected.get(user).cloned().unwrap_or_default();
+                        assert_eq!(
+                            listed(&reader, user, None),
+                            want,
+                            "{user}, limit {limit}, capacity {capacity}, round {round}, step {step}"
+                        );
+                    }
+                }
+            }
+            let heads = count(&Store::open(&path).unwrap(), "account_heads");
+            if limit < users.len() as u64 {
+                assert!(merges > 2, "limit {limit}: {merges} merges");
+                assert!(heads > 0, "merged heads are kept");
+            } else {
+                assert_eq!((merges, heads), (0, 0), "below the limit nothing is merged");
+            }
+        }
+    }
+
+    /// A schema 4 file (every head in `account_heads`, no `recent_heads`) is opened as schema
+    /// 5 and its chains go on.
+    #[test]
+    fn a_schema_4_ledger_is_opened_and_grows_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.sqlite3");
+        {
+            let mut store = Store::open(&path).unwrap();
+            // Merged at every commit: what schema 4 wrote.
+            store.set_recent_heads_rows(0);
+            let mut feed = store.begin().unwrap();
+            for (lsn, user) in [(1, "ada"), (2, "bob"), (3, "ada")] {
+                feed.insert(&test_debit(user, lsn, 0)).unwrap();
+            }
+            feed.commit(4).unwrap();
+            assert_eq!(count(&store, "recent_heads"), 0);
+            store
+                .connection
+                .execute_batch("DROP TABLE recent_heads; UPDATE checkpoint SET schema = 4")
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let schema: i64 = store
+            .connection
+            .query_row("SELECT schema FROM checkpoint", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(schema, SCHEMA_VERSION);
+        let reader = Reader::new(&path, Arc::new(AtomicU64::new(0)));
+        assert_eq!(listed(&reader, "ada", None), [3, 1]);
+        let mut feed = store.begin().unwrap();
+        feed.insert(&test_debit("ada", 4, 0)).unwrap();
+        feed.insert(&test_debit("cyd", 5, 0)).unwrap();
+        feed.commit(6).unwrap();
+        assert_eq!(listed(&reader, "ada", None), [4, 3, 1]);
+        assert_eq!(listed(&reader, "bob", None), [2]);
+        assert_eq!(listed(&reader, "cyd", None), [5]);
+    }
+
     #[test]
     fn a_schema_3_ledger_is_chained_when_opened_and_grows_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -792,7 +972,7 @@ mod tests {
         assert_eq!(listed(&reader, "bob", None), [70_001, 2]);
         drop(store);
 
-        // Opened again (schema 4 now): nothing to migrate, and the heads come from the file.
+        // Opened again (schema 5 now): nothing to migrate, and the heads come from the file.
         let mut store = Store::open(&path).unwrap();
         let mut feed = store.begin().unwrap();
         feed.insert(&test_debit("bob", 200_003, 0)).unwrap();
@@ -812,6 +992,7 @@ mod tests {
                 .unwrap();
         }
         let error = Store::open(&path).unwrap_err();
-        assert!(error.to_string().contains("schema 5"), "{error}");
+        let newer = format!("schema {}", SCHEMA_VERSION + 1);
+        assert!(error.to_string().contains(&newer), "{error}");
     }
 }
