@@ -348,7 +348,7 @@ pub struct HistoryConfig {
     /// chain are kept whatever this says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<Seconds>,
-    /// Accounts whose ids the feeder keeps in memory (default 1 000 000, about 130 bytes each):
+    /// Accounts whose ids the feeder keeps in memory (default 1 000 000, about 115 bytes each):
     /// an entry of one it does not remember costs two index lookups in the database.
     pub account_cache: u64,
 }
