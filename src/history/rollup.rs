@@ -252,14 +252,33 @@ impl Sales {
 
 /// The strings of a step, each stored once: the maps key on small numbers, so an event costs a
 /// few hash lookups and allocates only for a name the step has not seen.
+///
+/// The empty name (a spend without an action, a sale without a package) never reaches the map:
+/// comparing an empty key there is a `memcmp` of length 0 from the dangling address every empty
+/// string has, which glibc's AVX-512 `memcmp` answers with a masked load the processor replays
+/// as a fault it suppresses: about 90 ns on this project's machines, against 4 ns for a short
+/// name, once per plain debit (`perf` of the feeder, 2026-12-03: 6.6 % of its samples).
 #[derive(Default)]
 struct Names {
     ids: HashMap<Box<str>, u32, RandomState>,
     names: Vec<Box<str>>,
+    /// The id of the empty name, once the step has met it.
+    empty: Option<u32>,
 }
 
 impl Names {
     fn id(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return match self.empty {
+                Some(id) => id,
+                None => {
+                    let id = self.names.len() as u32;
+                    self.names.push(Box::default());
+                    self.empty = Some(id);
+                    id
+                }
+            };
+        }
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
@@ -831,6 +850,30 @@ mod tests {
     const USERS: [&str; 7] = ["ada", "bob", "cy", "dee", "eve", "fay", "gus"];
     const ACTIONS: [&str; 4] = ["gpt", "image", "search", "tts"];
     const START_MS: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn names_number_each_string_once_the_empty_one_too() {
+        let mut names = Names::default();
+        let acme = names.id("acme");
+        let empty = names.id("");
+        let gpt = names.id("gpt");
+        assert_eq!(names.id(&String::from("acme")), acme);
+        assert_eq!(names.id(""), empty);
+        assert_eq!(
+            names.id(&String::new()),
+            empty,
+            "any empty string, wherever it lives"
+        );
+        assert_eq!(names.id("gpt"), gpt);
+        let mut ids = vec![acme, empty, gpt];
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "three names, three ids");
+        assert_eq!(
+            (names.name(acme), names.name(empty), names.name(gpt)),
+            ("acme", "", "gpt")
+        );
+    }
 
     /// A spend as the brute force counts it.
     #[derive(Debug, Clone)]
