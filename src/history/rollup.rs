@@ -860,9 +860,9 @@ mod tests {
         assert_eq!(names.id(&String::from("acme")), acme);
         assert_eq!(names.id(""), empty);
         assert_eq!(
-            names.id(&String::new()),
+            names.id(&String::from("acme")[4..]),
             empty,
-            "any empty string, wherever it lives"
+            "any empty string, wherever it points"
         );
         assert_eq!(names.id("gpt"), gpt);
         let mut ids = vec![acme, empty, gpt];
