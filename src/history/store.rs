@@ -631,6 +631,7 @@ impl Feed<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
@@ -874,6 +875,17 @@ mod tests {
 
     /// A schema 4 file (every head in `account_heads`, no `recent_heads`) is opened as schema
     /// 5 and its chains go on.
+    /// Opens the file at `path`, which migrates it, and checks it is now at [`SCHEMA_VERSION`].
+    fn opened_at_this_schema(path: &Path) -> Store {
+        let store = Store::open(path).unwrap();
+        let schema: i64 = store
+            .connection
+            .query_row("SELECT schema FROM checkpoint", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(schema, SCHEMA_VERSION);
+        store
+    }
+
     #[test]
     fn a_schema_4_ledger_is_opened_and_grows_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -893,12 +905,7 @@ mod tests {
                 .execute_batch("DROP TABLE recent_heads; UPDATE checkpoint SET schema = 4")
                 .unwrap();
         }
-        let mut store = Store::open(&path).unwrap();
-        let schema: i64 = store
-            .connection
-            .query_row("SELECT schema FROM checkpoint", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(schema, SCHEMA_VERSION);
+        let mut store = opened_at_this_schema(&path);
         let reader = Reader::new(&path, Arc::new(AtomicU64::new(0)));
         assert_eq!(listed(&reader, "ada", None), [3, 1]);
         let mut feed = store.begin().unwrap();
@@ -933,12 +940,7 @@ mod tests {
                 }
             }
         }
-        let mut store = Store::open(&path).unwrap();
-        let schema: i64 = store
-            .connection
-            .query_row("SELECT schema FROM checkpoint", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(schema, SCHEMA_VERSION);
+        let mut store = opened_at_this_schema(&path);
         let index: i64 = store
             .connection
             .query_row(
