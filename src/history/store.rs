@@ -506,23 +506,26 @@ impl Feed<'_> {
             .map_err(|_| StoreError::Overflow("quantity"))?;
         let (account, prev_lsn) = self.account(entry.tenant, entry.user, lsn)?;
         self.heads.push((account, lsn));
-        self.insert.execute(params![
-            lsn,
-            account,
-            entry.kind,
-            entry.amount,
-            entry.currency.as_str(),
-            entry.balance_after,
-            entry.available_after,
-            entry.action.map(|(name, _)| name),
-            quantity,
-            entry.description,
-            entry.reference,
-            entry.metadata,
-            entry.actor,
-            entry.time_ms,
-            prev_lsn,
-        ])?;
+        // Bound one by one with their own types rather than as a slice of `&dyn ToSql`: the
+        // slice's dispatch and checks were a tenth of the feeder's CPU on plain debits (`perf`).
+        // Every one of the fifteen is bound at each call, so none keeps an earlier entry's value.
+        let insert = &mut self.insert;
+        insert.raw_bind_parameter(1, lsn)?;
+        insert.raw_bind_parameter(2, account)?;
+        insert.raw_bind_parameter(3, entry.kind)?;
+        insert.raw_bind_parameter(4, entry.amount)?;
+        insert.raw_bind_parameter(5, entry.currency.as_str())?;
+        insert.raw_bind_parameter(6, entry.balance_after)?;
+        insert.raw_bind_parameter(7, entry.available_after)?;
+        insert.raw_bind_parameter(8, entry.action.map(|(name, _)| name))?;
+        insert.raw_bind_parameter(9, quantity)?;
+        insert.raw_bind_parameter(10, entry.description)?;
+        insert.raw_bind_parameter(11, entry.reference)?;
+        insert.raw_bind_parameter(12, entry.metadata)?;
+        insert.raw_bind_parameter(13, entry.actor)?;
+        insert.raw_bind_parameter(14, entry.time_ms)?;
+        insert.raw_bind_parameter(15, prev_lsn)?;
+        insert.raw_execute()?;
         Ok(account)
     }
 
