@@ -38,9 +38,12 @@ async fn core_threads_sync_the_log_themselves_and_apply_the_mix_exactly() {
         let after = engine.wal().stats();
         let (led, batches) = (after.led - before.led, after.batches - before.batches);
         // Nearly all (every one, on a quiet machine): the writer thread takes only records
-        // that waited a whole deadline, which a core thread starved of CPU can leave behind.
+        // that waited a whole deadline, which a core thread starved of CPU can leave behind
+        // (382 of 440 with two core threads while two other servers ran at full load on the
+        // two cores). What this guards against, the writer thread syncing what one core thread
+        // queued while the other synced, made half the batches or more.
         assert!(
-            led * 10 >= batches * 9,
+            led * 4 >= batches * 3,
             "{core_threads} core threads: {led} of {batches} group commits were theirs"
         );
         server.stop().await;
