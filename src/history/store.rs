@@ -877,8 +877,6 @@ mod tests {
         }
     }
 
-    /// A schema 4 file (every head in `account_heads`, no `recent_heads`) is opened as schema
-    /// 5 and its chains go on.
     /// Opens the file at `path`, which migrates it, and checks it is now at [`SCHEMA_VERSION`].
     fn opened_at_this_schema(path: &Path) -> Store {
         let store = Store::open(path).unwrap();
@@ -890,6 +888,8 @@ mod tests {
         store
     }
 
+    /// A schema 4 file (every head in `account_heads`, no `recent_heads`) is opened as schema
+    /// 5 and its chains go on.
     #[test]
     fn a_schema_4_ledger_is_opened_and_grows_on() {
         let dir = tempfile::tempdir().unwrap();
