@@ -131,7 +131,9 @@ pub struct ServerConfig {
     /// as it arrives, would take the total past it gets 503 `server-busy` with `Retry-After`
     /// before the rest of its body is read, and its connection is closed.
     pub body_budget_bytes: u64,
-    /// Time allowed to send the request headers, seconds (default 10).
+    /// Time allowed to send a request's headers, seconds (default 10), counted from the
+    /// connection's opening or its last answer: a connection that takes longer, or stays idle
+    /// that long between requests, is closed. A streamed answer's connection waits for none.
     pub header_read_timeout_seconds: u64,
     /// Time allowed to send a request body once the headers are in, seconds (default 10); a body
     /// slower than that gets 408 and the connection is closed.

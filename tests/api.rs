@@ -535,6 +535,82 @@ async fn slow_headers_are_cut_off() {
     server.stop().await;
 }
 
+/// Reads what the server sends on `stream` until it closes the connection, within `within`;
+/// panics if it is still open then.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    let mut sent = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return String::from_utf8_lossy(&sent).into_owned(),
+            Ok(Ok(n)) => sent.extend_from_slice(&buffer[..n]),
+            Err(_) => panic!(
+                "still open after {within:?}; sent {:?}",
+                String::from_utf8_lossy(&sent)
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_gets_the_header_read_timeout_for_each_head() {
+    let server = Server::start_with(limits).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // Part of a second head, sent after the first request was answered: cut off like a first.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 1024];
+    let n = slow.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let sent = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(sent.is_empty(), "nothing answers half a head: {sent:?}");
+    // The second head's wait began with the first answer, 0.6 s before it started to come.
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+
+    // A connection that sends nothing after its answer is closed as well.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let sent = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(sent.starts_with("HTTP/1.1 200"), "{sent:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // One that keeps sending requests is not: a request every 0.4 s for 2.5 s, each answered
+    // on the same connection.
+    let mut steady = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        steady
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = steady.read(&mut buffer).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"),
+            "answer {answered} on a connection that keeps sending"
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(answered >= 5);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn slow_bodies_are_cut_off_even_on_open_routes() {
     let server = Server::start_with(limits).await;

@@ -232,6 +232,32 @@ async fn a_stream_sends_the_view_at_once_then_after_every_change_in_lsn_order() 
 }
 
 #[tokio::test]
+async fn a_stream_outlives_the_header_read_timeout() {
+    // The connection of a stream waits for no request head while the stream lasts: a deadline
+    // that counted from its answer's head would close it after 1 s, plus 1 s to finish writing.
+    let server = Server::start_with(|config: &mut Config| {
+        quick(config);
+        config.server.header_read_timeout_seconds = 1;
+    })
+    .await;
+    user_with(&server, "ada", 100).await;
+    let mut stream = Stream::ada(&server, None).await;
+    let (first_id, _) = stream.event().await;
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_millis(3500) {
+        match stream.next().await {
+            Some(Sent::KeepAlive) => {}
+            other => panic!("only keep-alives while nothing changes: {other:?}"),
+        }
+    }
+    debit(&server, "ada", 7).await;
+    let (id, view) = stream.event().await;
+    assert!(id > first_id);
+    assert_eq!(view["balance"], 93);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_resume_sends_the_view_only_if_it_changed_since_the_last_event_id() {
     let server = Server::start_with(quick).await;
     user_with(&server, "ada", 100).await;

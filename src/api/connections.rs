@@ -69,6 +69,9 @@ pub struct Slot {
     /// until the connection's task first runs: a request already in the socket then begins
     /// before the connection can be chosen to close.
     idle_since: AtomicU64,
+    /// Whether an answer is being streamed (a live balance stream): the connection does not wait
+    /// for a request head meanwhile, however long the stream lasts.
+    streaming: AtomicBool,
     /// Whether a request ever began: a connection that never had one has no answer to finish,
     /// and is dropped at once when it must close.
     used: AtomicBool,
@@ -103,9 +106,37 @@ impl Slot {
         Some(self.idle_since.load(Ordering::Relaxed)).filter(|&since| since != BUSY)
     }
 
+    /// The answer just made is streamed: until the returned guard is dropped (the stream ends),
+    /// the connection is not waiting for a request head, so [`head_overdue`] leaves it open.
+    pub fn begin_stream(self: &Arc<Self>) -> Streaming {
+        self.streaming.store(true, Ordering::Relaxed);
+        Streaming(Arc::clone(self))
+    }
+
+    /// Since when, in milliseconds after `origin`, the connection has waited for a request head:
+    /// none while a request is in progress or an answer is streamed.
+    fn waits_for_head_since(&self) -> Option<u64> {
+        if self.streaming.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.idle_since()
+    }
+
     /// Whether the connection's task has run (it is idle or has had a request).
     fn started(&self) -> bool {
         self.used.load(Ordering::Relaxed) || self.idle_since().is_some()
+    }
+}
+
+/// Held by a streamed answer's body (see [`Slot::begin_stream`]); dropped when the stream ends,
+/// from when the connection waits for its next request head.
+#[derive(Debug)]
+pub struct Streaming(Arc<Slot>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.end_request();
+        self.0.streaming.store(false, Ordering::Relaxed);
     }
 }
 
@@ -293,6 +324,7 @@ impl Connections {
             kind,
             origin: self.origin,
             idle_since: AtomicU64::new(BUSY),
+            streaming: AtomicBool::new(false),
             used: AtomicBool::new(false),
             close: Notify::new(),
         });
@@ -413,9 +445,11 @@ impl Connections {
     }
 }
 
-/// Runs one connection until it ends or its slot is told to close. `linger` bounds the wait for
-/// an answer still being written when an idle connection is closed.
-pub async fn drive<C>(connection: C, lease: Lease, linger: Duration)
+/// Runs one connection until it ends, its slot is told to close, or it has waited
+/// `head_timeout` (`server.header_read_timeout_seconds`) for a request head, its first or its
+/// next, whether no byte of it came or only part. `head_timeout` also bounds the wait for an
+/// answer still being written when an idle connection is closed.
+pub async fn drive<C>(connection: C, lease: Lease, head_timeout: Duration)
 where
     C: GracefulConnection<Error = hyper::Error>,
 {
@@ -428,6 +462,7 @@ where
         biased;
         result = connection.as_mut() => Some(result),
         () = slot.close.notified() => None,
+        () = head_overdue(&slot, head_timeout) => None,
     };
     match ended {
         Some(Err(error)) if error.is_parse_too_large() => {
@@ -438,9 +473,35 @@ where
                 .refused(Refusal::HeaderTooLarge, 1);
         }
         Some(_) => {}
-        None => close(connection, &slot, linger).await,
+        None => close(connection, &slot, head_timeout).await,
     }
     drop(lease);
+}
+
+/// Resolves once the connection has waited `timeout` for a request head.
+///
+/// hyper's own header read timer did this by arming a timer for every request and disarming it
+/// once the head was read: a boxed sleep made and dropped, and the runtime's timer wheel locked
+/// twice, per request (`perf` of a core thread at 64 connections: 2–3 % of its samples). This
+/// one timer per connection is set to the earliest moment the connection could be overdue and,
+/// when it fires early (a request came meanwhile), set again from the slot's `idle_since`: a
+/// connection busy with back-to-back requests touches the timer wheel once per `timeout`.
+async fn head_overdue(slot: &Slot, timeout: Duration) {
+    let mut check = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep_until(check.into()).await;
+        let now = Instant::now();
+        check = match slot.waits_for_head_since() {
+            Some(since) => {
+                let due = slot.origin + Duration::from_millis(since) + timeout;
+                if now >= due {
+                    return;
+                }
+                due
+            }
+            None => now + timeout,
+        };
+    }
 }
 
 /// Closes a connection told to close. The connection is not being polled here, so no request can

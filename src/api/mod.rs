@@ -37,7 +37,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -142,13 +142,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = http1_builder(&state.server, true);
-    let linger = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
+    let head_timeout = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
     let send_buffer_bytes = state.server.send_buffer_bytes;
     let heartbeat = tokio::spawn(keep_a_timer_pending());
     let machine_cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut cores = match state.server.core_threads.count(machine_cores) {
         0 => None,
-        count => match cores::Cores::start(count, &state, &builder, linger) {
+        count => match cores::Cores::start(count, &state, &builder, head_timeout) {
             Ok(cores) => Some(cores),
             Err(error) => {
                 tracing::error!(%error, "server.core_threads: could not start the threads; serving on the shared workers");
@@ -170,7 +170,7 @@ pub async fn serve(
         };
         let service = api_service(&state, &lease);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(connections::drive(connection, lease, linger));
+        tokio::spawn(connections::drive(connection, lease, head_timeout));
     })
     .await;
     drop(listener);
@@ -192,13 +192,13 @@ pub async fn serve(
 const TIMER_HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// Keeps a timer pending on the calling runtime at all times, each at most [`TIMER_HEARTBEAT`]
-/// ahead. Every request arms hyper's header read timer (`server.header_read_timeout_seconds`)
-/// and disarms it once the head is read. tokio wakes its I/O driver, with a write to an eventfd,
-/// whenever a timer is set earlier than the driver's next planned wake-up, and with no other
-/// timer pending there is none: so each request cost a system call and a needless turn of the
-/// event loop (`perf record -e syscalls:sys_enter_write` at 64 connections: one eventfd write
-/// per request). With this timer pending, every header deadline (1 s or more ahead) is later
-/// than the next wake-up, and arming it wakes nobody. On one core thread at 64 connections that
+/// ahead. tokio wakes its I/O driver, with a write to an eventfd, whenever a timer is set earlier
+/// than the driver's next planned wake-up, and with no other timer pending there is none. When
+/// every request armed hyper's header read timer, that was a system call and a needless turn of
+/// the event loop per request (`perf record -e syscalls:sys_enter_write` at 64 connections: one
+/// eventfd write per request); with this timer pending, every deadline set 1 s or more ahead
+/// (a body's read timeout, a connection's head deadline in [`connections::drive`]) is later
+/// than the next wake-up, and setting it wakes nobody. On one core thread at 64 connections that
 /// was 2–11 % more debits/s and 0.1–1.4 µs less CPU per debit in four alternating rounds; on the
 /// shared workers no difference showed through the noise.
 pub(crate) async fn keep_a_timer_pending() {
@@ -236,10 +236,9 @@ fn http1_builder(server: &ServerConfig, keep_alive: bool) -> hyper::server::conn
     let header_bytes = server.max_header_bytes as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            server.header_read_timeout_seconds.max(1),
-        ))
+        // `server.header_read_timeout_seconds` is kept by [`connections::drive`], at far less
+        // per request than hyper's timer.
+        .header_read_timeout(None)
         .keep_alive(keep_alive)
         .max_header_size(header_bytes)
         // hyper refuses a buffer under 8 KiB.
@@ -268,7 +267,7 @@ fn api_service(
         async move {
             let response = handle(state, request, slot.kind()).await;
             slot.end_request();
-            response.map(sse::into_body)
+            response.map(|response| sse::into_body(response, &slot))
         }
     })
 }
@@ -282,7 +281,7 @@ pub async fn serve_while_recovering<T>(
     recovery: impl Future<Output = T>,
 ) -> T {
     let builder = http1_builder(server, false);
-    let linger = Duration::from_secs(server.header_read_timeout_seconds.max(1));
+    let head_timeout = Duration::from_secs(server.header_read_timeout_seconds.max(1));
     let connections = Connections::new(server, ConnectionMetrics::new());
     connections::accept_until(listener, &connections, recovery, |stream, lease| {
         let slot = Arc::clone(lease.slot());
@@ -293,7 +292,7 @@ pub async fn serve_while_recovering<T>(
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(connections::drive(connection, lease, linger));
+        tokio::spawn(connections::drive(connection, lease, head_timeout));
     })
     .await
 }

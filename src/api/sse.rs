@@ -18,6 +18,8 @@ use hyper::body::{Body, Frame};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use super::connections::{Slot, Streaming};
+
 /// The body of every answer: whole, or streamed.
 pub type ApiBody = Either<Full<Bytes>, EventBody>;
 
@@ -25,6 +27,8 @@ pub type ApiBody = Either<Full<Bytes>, EventBody>;
 #[derive(Debug)]
 pub struct EventBody {
     receiver: mpsc::Receiver<Bytes>,
+    /// Keeps the connection from counting as waiting for a request head while the body lasts.
+    _streaming: Streaming,
 }
 
 impl Body for EventBody {
@@ -54,11 +58,16 @@ impl Handoff {
 }
 
 /// The answer with its final body: the handed-off channel if there is one, else the whole body.
-pub fn into_body(response: Response<Full<Bytes>>) -> Response<ApiBody> {
+/// A streamed body holds `slot` as streaming until it ends.
+pub fn into_body(response: Response<Full<Bytes>>, slot: &Arc<Slot>) -> Response<ApiBody> {
     let (mut parts, body) = response.into_parts();
     if let Some(handoff) = parts.extensions.remove::<Handoff>() {
         if let Some(receiver) = handoff.0.lock().take() {
-            return Response::from_parts(parts, Either::Right(EventBody { receiver }));
+            let body = EventBody {
+                receiver,
+                _streaming: slot.begin_stream(),
+            };
+            return Response::from_parts(parts, Either::Right(body));
         }
     }
     Response::from_parts(parts, Either::Left(body))
