@@ -107,7 +107,8 @@ impl Slot {
     }
 
     /// The answer just made is streamed: until the returned guard is dropped (the stream ends),
-    /// the connection is not waiting for a request head, so [`head_overdue`] leaves it open.
+    /// the connection is not waiting for a request head, and the header read timeout leaves it
+    /// open however long the stream lasts.
     pub fn begin_stream(self: &Arc<Self>) -> Streaming {
         self.streaming.store(true, Ordering::Relaxed);
         Streaming(Arc::clone(self))
@@ -213,6 +214,32 @@ impl Registry {
             }
         }
         count
+    }
+}
+
+impl Registry {
+    /// Tells every connection that has waited `timeout_ms` or more for a request head (at
+    /// `now`, both in milliseconds after the origin) to close, and frees their slots. Returns
+    /// how many.
+    fn close_overdue(&mut self, now: u64, timeout_ms: u64) -> usize {
+        let Registry { entries, open, .. } = self;
+        let mut closed = 0;
+        for entry in entries.iter_mut().flatten() {
+            if entry.closing {
+                continue;
+            }
+            let Some(since) = entry.slot.waits_for_head_since() else {
+                continue;
+            };
+            if now.saturating_sub(since) < timeout_ms {
+                continue;
+            }
+            entry.closing = true;
+            entry.slot.close.notify_one();
+            open[entry.slot.kind as usize] -= 1;
+            closed += 1;
+        }
+        closed
     }
 }
 
@@ -385,8 +412,57 @@ impl Connections {
 }
 
 /// Accepts on `listener` until `stop` resolves, and returns its output. Each connection that gets
-/// a slot is handed to `serve` with its [`Lease`]; the others are closed at once.
+/// a slot is handed to `serve` with its [`Lease`]; the others are closed at once. Meanwhile the
+/// connections that have waited `head_timeout` (`server.header_read_timeout_seconds`) for a
+/// request head are told to close ([`close_overdue_ones`]).
 pub async fn accept_until<T>(
+    listener: &TcpListener,
+    connections: &Arc<Connections>,
+    head_timeout: Duration,
+    stop: impl Future<Output = T>,
+    serve: impl FnMut(TcpStream, Lease),
+) -> T {
+    let accepting = accept(listener, connections, stop, serve);
+    let sweeping = close_overdue_ones(connections, head_timeout);
+    tokio::pin!(accepting, sweeping);
+    tokio::select! {
+        output = accepting => output,
+        never = sweeping => match never {},
+    }
+}
+
+/// How often [`accept_until`] looks for connections that have waited too long for a request
+/// head: a connection is closed between `server.header_read_timeout_seconds` (at least 1 s) and
+/// this much later.
+pub const OVERDUE_SWEEP: Duration = Duration::from_millis(250);
+
+/// Closes, every [`OVERDUE_SWEEP`], the connections that have waited `timeout` for a request head,
+/// their first or their next, whether no byte of it came or only part.
+///
+/// hyper's own header read timer did this by arming a timer for every request and disarming it
+/// once the head was read: a boxed sleep made and dropped, and the runtime's timer wheel locked
+/// twice, per request (2–3 % of a core thread's samples at 64 connections). A timer per
+/// connection, set again when it fired early, still cost a poll on every wake of the
+/// connection's task (0.9 %). This reads each slot's `idle_since` four times a second under the
+/// registry's lock, on the accept loop's runtime: nothing per request.
+async fn close_overdue_ones(
+    connections: &Connections,
+    timeout: Duration,
+) -> std::convert::Infallible {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut every = tokio::time::interval(OVERDUE_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = millis_since(connections.origin);
+        if connections.registry.lock().close_overdue(now, timeout_ms) > 0 {
+            connections.changed.notify_waiters();
+        }
+    }
+}
+
+/// The accept loop of [`accept_until`].
+async fn accept<T>(
     listener: &TcpListener,
     connections: &Arc<Connections>,
     stop: impl Future<Output = T>,
@@ -445,11 +521,10 @@ impl Connections {
     }
 }
 
-/// Runs one connection until it ends, its slot is told to close, or it has waited
-/// `head_timeout` (`server.header_read_timeout_seconds`) for a request head, its first or its
-/// next, whether no byte of it came or only part. `head_timeout` also bounds the wait for an
-/// answer still being written when an idle connection is closed.
-pub async fn drive<C>(connection: C, lease: Lease, head_timeout: Duration)
+/// Runs one connection until it ends or its slot is told to close: to make room, at shutdown, or
+/// when it has waited too long for a request head ([`accept_until`]). `linger` bounds the wait
+/// for an answer still being written when an idle connection is closed.
+pub async fn drive<C>(connection: C, lease: Lease, linger: Duration)
 where
     C: GracefulConnection<Error = hyper::Error>,
 {
@@ -462,7 +537,6 @@ where
         biased;
         result = connection.as_mut() => Some(result),
         () = slot.close.notified() => None,
-        () = head_overdue(&slot, head_timeout) => None,
     };
     match ended {
         Some(Err(error)) if error.is_parse_too_large() => {
@@ -473,35 +547,9 @@ where
                 .refused(Refusal::HeaderTooLarge, 1);
         }
         Some(_) => {}
-        None => close(connection, &slot, head_timeout).await,
+        None => close(connection, &slot, linger).await,
     }
     drop(lease);
-}
-
-/// Resolves once the connection has waited `timeout` for a request head.
-///
-/// hyper's own header read timer did this by arming a timer for every request and disarming it
-/// once the head was read: a boxed sleep made and dropped, and the runtime's timer wheel locked
-/// twice, per request (`perf` of a core thread at 64 connections: 2–3 % of its samples). This
-/// one timer per connection is set to the earliest moment the connection could be overdue and,
-/// when it fires early (a request came meanwhile), set again from the slot's `idle_since`: a
-/// connection busy with back-to-back requests touches the timer wheel once per `timeout`.
-async fn head_overdue(slot: &Slot, timeout: Duration) {
-    let mut check = Instant::now() + timeout;
-    loop {
-        tokio::time::sleep_until(check.into()).await;
-        let now = Instant::now();
-        check = match slot.waits_for_head_since() {
-            Some(since) => {
-                let due = slot.origin + Duration::from_millis(since) + timeout;
-                if now >= due {
-                    return;
-                }
-                due
-            }
-            None => now + timeout,
-        };
-    }
 }
 
 /// Closes a connection told to close. The connection is not being polled here, so no request can
@@ -592,6 +640,40 @@ mod tests {
             SlotKind::Regular
         );
         assert!(told_to_close(&busy[0]));
+    }
+
+    #[test]
+    fn connections_that_waited_too_long_for_a_head_are_told_to_close_streams_are_not() {
+        let connections = connections(4, 1);
+        let leases: Vec<Lease> = (0..4).map(|_| connections.try_admit().unwrap()).collect();
+        // 0 has not started (its task has not run), 1 has a request in progress, 2 has waited
+        // since 0 ms, 3 since 900 ms.
+        leases[1].slot().begin_request();
+        leases[2].slot().idle_since.store(0, Ordering::Relaxed);
+        leases[3].slot().idle_since.store(900, Ordering::Relaxed);
+        let close_overdue = |now| connections.registry.lock().close_overdue(now, 1000);
+        assert_eq!(close_overdue(999), 0);
+        assert_eq!(close_overdue(1000), 1);
+        assert!(told_to_close(&leases[2]));
+        assert!(!told_to_close(&leases[0]) && !told_to_close(&leases[1]));
+        assert!(!told_to_close(&leases[3]));
+        assert_eq!(connections.open(), (3, 0));
+        // A streamed answer: however long ago its request ended, the connection waits for no
+        // head until the stream ends; then it waits from that moment.
+        let stream = leases[3].slot().begin_stream();
+        assert_eq!(close_overdue(60_000), 0);
+        drop(stream);
+        let ended = leases[3].slot().idle_since().unwrap();
+        assert!(
+            ended < 60_000,
+            "the stream's end is the connection's idle start"
+        );
+        assert_eq!(close_overdue(ended + 999), 0);
+        assert_eq!(close_overdue(ended + 1000), 1);
+        assert!(told_to_close(&leases[3]));
+        // Each is told once, and its slot freed once.
+        assert_eq!(close_overdue(120_000), 0);
+        assert_eq!(connections.open(), (2, 0));
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Cores {
         count: usize,
         state: &Arc<ApiState>,
         builder: &hyper::server::conn::http1::Builder,
-        head_timeout: Duration,
+        linger: Duration,
     ) -> std::io::Result<Cores> {
         let placed = |on: &'static str| {
             let counter = metrics::counter!(names::HTTP_CONNECTIONS_PLACED_TOTAL, "on" => on);
@@ -99,7 +99,7 @@ impl Cores {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("creditd-core-{index}"))
-                .spawn(move || serve_core(&state, &builder, head_timeout, receiver, core))?;
+                .spawn(move || serve_core(&state, &builder, linger, receiver, core))?;
             cores.senders.push(sender);
             cores.syncing_since.push(syncing_since);
             cores.threads.push(thread);
@@ -161,7 +161,7 @@ struct Core {
 fn serve_core(
     state: &Arc<ApiState>,
     builder: &hyper::server::conn::http1::Builder,
-    head_timeout: Duration,
+    linger: Duration,
     mut receiver: mpsc::UnboundedReceiver<Handoff>,
     core: Core,
 ) {
@@ -199,7 +199,7 @@ fn serve_core(
             placed.increment(1);
             let service = super::api_service(state, &lease);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::spawn(connections::drive(connection, lease, head_timeout));
+            tokio::spawn(connections::drive(connection, lease, linger));
         }
         heartbeat.abort();
     });

@@ -142,13 +142,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = http1_builder(&state.server, true);
-    let head_timeout = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
+    let header_read_timeout = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
     let send_buffer_bytes = state.server.send_buffer_bytes;
     let heartbeat = tokio::spawn(keep_a_timer_pending());
     let machine_cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut cores = match state.server.core_threads.count(machine_cores) {
         0 => None,
-        count => match cores::Cores::start(count, &state, &builder, head_timeout) {
+        count => match cores::Cores::start(count, &state, &builder, header_read_timeout) {
             Ok(cores) => Some(cores),
             Err(error) => {
                 tracing::error!(%error, "server.core_threads: could not start the threads; serving on the shared workers");
@@ -156,22 +156,28 @@ pub async fn serve(
             }
         },
     };
-    connections::accept_until(&listener, &state.connections, shutdown, |stream, lease| {
-        let _ = stream.set_nodelay(true);
-        if send_buffer_bytes > 0 {
-            set_send_buffer(&stream, send_buffer_bytes);
-        }
-        let (stream, lease) = match cores.as_mut() {
-            Some(cores) => match cores.dispatch(stream, lease) {
-                Some(given_back) => given_back,
-                None => return,
-            },
-            None => (stream, lease),
-        };
-        let service = api_service(&state, &lease);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(connections::drive(connection, lease, head_timeout));
-    })
+    connections::accept_until(
+        &listener,
+        &state.connections,
+        header_read_timeout,
+        shutdown,
+        |stream, lease| {
+            let _ = stream.set_nodelay(true);
+            if send_buffer_bytes > 0 {
+                set_send_buffer(&stream, send_buffer_bytes);
+            }
+            let (stream, lease) = match cores.as_mut() {
+                Some(cores) => match cores.dispatch(stream, lease) {
+                    Some(given_back) => given_back,
+                    None => return,
+                },
+                None => (stream, lease),
+            };
+            let service = api_service(&state, &lease);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(connections::drive(connection, lease, header_read_timeout));
+        },
+    )
     .await;
     drop(listener);
     state.accepting.store(false, Ordering::Release);
@@ -197,10 +203,9 @@ const TIMER_HEARTBEAT: Duration = Duration::from_millis(250);
 /// every request armed hyper's header read timer, that was a system call and a needless turn of
 /// the event loop per request (`perf record -e syscalls:sys_enter_write` at 64 connections: one
 /// eventfd write per request); with this timer pending, every deadline set 1 s or more ahead
-/// (a body's read timeout, a connection's head deadline in [`connections::drive`]) is later
-/// than the next wake-up, and setting it wakes nobody. On one core thread at 64 connections that
-/// was 2–11 % more debits/s and 0.1–1.4 µs less CPU per debit in four alternating rounds; on the
-/// shared workers no difference showed through the noise.
+/// (a body's read timeout) is later than the next wake-up, and setting it wakes nobody. On one
+/// core thread at 64 connections that was 2–11 % more debits/s and 0.1–1.4 µs less CPU per debit
+/// in four alternating rounds; on the shared workers no difference showed through the noise.
 pub(crate) async fn keep_a_timer_pending() {
     loop {
         tokio::time::sleep(TIMER_HEARTBEAT).await;
@@ -236,8 +241,8 @@ fn http1_builder(server: &ServerConfig, keep_alive: bool) -> hyper::server::conn
     let header_bytes = server.max_header_bytes as usize;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        // `server.header_read_timeout_seconds` is kept by [`connections::drive`], at far less
-        // per request than hyper's timer.
+        // `server.header_read_timeout_seconds` is kept by [`connections::accept_until`], at
+        // nothing per request, where hyper's timer was armed and disarmed for each.
         .header_read_timeout(None)
         .keep_alive(keep_alive)
         .max_header_size(header_bytes)
@@ -281,19 +286,25 @@ pub async fn serve_while_recovering<T>(
     recovery: impl Future<Output = T>,
 ) -> T {
     let builder = http1_builder(server, false);
-    let head_timeout = Duration::from_secs(server.header_read_timeout_seconds.max(1));
+    let header_read_timeout = Duration::from_secs(server.header_read_timeout_seconds.max(1));
     let connections = Connections::new(server, ConnectionMetrics::new());
-    connections::accept_until(listener, &connections, recovery, |stream, lease| {
-        let slot = Arc::clone(lease.slot());
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            slot.begin_request();
-            let response = recovering_response(request.uri().path());
-            slot.end_request();
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(connections::drive(connection, lease, head_timeout));
-    })
+    connections::accept_until(
+        listener,
+        &connections,
+        header_read_timeout,
+        recovery,
+        |stream, lease| {
+            let slot = Arc::clone(lease.slot());
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                slot.begin_request();
+                let response = recovering_response(request.uri().path());
+                slot.end_request();
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(connections::drive(connection, lease, header_read_timeout));
+        },
+    )
     .await
 }
 
