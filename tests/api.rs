@@ -635,6 +635,42 @@ async fn slow_bodies_are_cut_off_even_on_open_routes() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_body_that_comes_in_parts_within_the_timeout_is_read_whole() {
+    let server = Server::start_with(limits).await;
+    let service = server.client(SERVICE);
+    service.put_user("late", None).await.unwrap();
+    server
+        .client(ADMIN)
+        .credit("late", 10, Some("seed"), None)
+        .await
+        .unwrap();
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = r#"{"amount":3}"#;
+    let head = format!(
+        "POST /v1/users/late/debit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVICE}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The head and half the body, then the rest 0.4 s later (the body-read timeout is 1 s).
+    stream
+        .write_all(format!("{head}{}", &body[..5]).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut buffer = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buffer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""balance":7"#), "{answer}");
+    server.stop().await;
+}
+
 /// The log never stores 64 zero bytes in a row (on disk they could pass for a sector that was
 /// never written, and a damaged record for a torn one); a description of NUL characters, which
 /// JSON can carry, is refused with 422 and charges nothing.
