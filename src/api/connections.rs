@@ -215,9 +215,7 @@ impl Registry {
         }
         count
     }
-}
 
-impl Registry {
     /// Tells every connection that has waited `timeout_ms` or more for a request head (at
     /// `now`, both in milliseconds after the origin) to close, and frees their slots. Returns
     /// how many.
