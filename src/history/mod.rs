@@ -55,7 +55,9 @@ pub const RETENTION_HOLD: &str = "history";
 /// thread finish its slice (a few milliseconds) before a thread that wakes may take its core,
 /// whatever their priorities, so a step applying thousands of records could hold a request's
 /// thread off its core that long; yielding every few hundred records bounds that wait. When
-/// nothing else is ready, the yield returns at once and costs a system call.
+/// nothing else is ready, the yield returns at once and costs a system call. While the feeder
+/// rests at `SCHED_IDLE` a waking thread preempts it at once and the yields are redundant; they
+/// still bound the wait while a reader has raised it (see [`worker::Nudge`]).
 const YIELD_EVERY_RECORDS: u32 = 256;
 
 /// Why a feeding step failed. Nothing of the step was committed; the next step retries it.

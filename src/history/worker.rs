@@ -7,12 +7,10 @@
 //! error, damage in the log) is retried after a pause and counted, and the hold stays where the
 //! history stands, so nothing it still needs is removed meanwhile.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-use parking_lot::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{FeedError, Feeder, RETENTION_HOLD};
 use crate::engine::Engine;
@@ -72,30 +70,101 @@ pub struct Worker {
 }
 
 /// Ends the feeder's idle pause early: a reader that needs records the history has not applied
-/// yet (read your writes) asks for a step now rather than at the end of the pause.
+/// yet (read your writes) asks for a step now rather than at the end of the pause. It also
+/// decides the feeder thread's scheduling policy.
+///
+/// **Idle unless asked.** A caught-up feeder rests at the `SCHED_IDLE` policy: from then on it
+/// runs only on a core nothing else wants, and a request's thread that wakes takes the core from
+/// it at once. Before, it ran at nice 10, where the scheduler gave it about a tenth of a request
+/// thread's share under saturation but also let it finish its slice before a request's thread
+/// that woke took the core (the pauses of [`super::YIELD_EVERY_RECORDS`] bounded that wait).
+/// With batches of 100 on 8 connections, client on the same two cores, where the feeder is half
+/// of the server's CPU and the core thread waits on a chain of hand-offs (the client's request,
+/// its own sync, the answer), the idle policy served more batches per second
+/// (`docs/design.md`, "Beside debits, not in their way"). Under saturation it then gets almost
+/// nothing and lags further (the log keeps what it has not applied, behind its retention hold).
+/// A reader that must see what it lags behind raises it back to nice 10 with its wake, from the
+/// reader's thread (one system call, only when the feeder was resting), so a listing after one's
+/// own write is not left to the idle time of a saturated machine; it rests again at its next
+/// pause, caught up.
+///
+/// **Lock-free for the reader.** The reader runs on a request's thread, and a thread that only
+/// runs when a core is idle must never hold a lock a request's thread waits for. The reader sets
+/// a flag and unparks the feeder's thread; the pause parks until the flag is set or its time is
+/// up. A wake before the first pause is kept in the flag.
 #[derive(Debug, Default)]
 pub struct Nudge {
-    wanted: Mutex<bool>,
-    wake: Condvar,
+    wanted: AtomicBool,
+    feeder: OnceLock<std::thread::Thread>,
+    /// The feeder thread's kernel id while it rests at `SCHED_IDLE`; 0 otherwise.
+    resting: AtomicI32,
 }
 
 impl Nudge {
-    /// Asks the feeder for a step now. A lock held for a store and a notify; never awaited.
+    /// Asks the feeder for a step now: a swap and, unless a step was asked already, an unpark,
+    /// and a system call if the feeder was resting.
     pub fn wake(&self) {
-        let mut wanted = self.wanted.lock();
-        if !*wanted {
-            *wanted = true;
-            self.wake.notify_one();
+        if !self.wanted.swap(true, Ordering::AcqRel) {
+            if let Some(feeder) = self.feeder.get() {
+                feeder.unpark();
+            }
+            self.raise();
         }
     }
 
-    /// Pauses up to `idle`, less if woken (or if asked since the last pause).
+    /// Pauses the calling thread (the feeder's) up to `idle`, less if woken (or if asked since
+    /// the last pause). It rests at `SCHED_IDLE` from here on until a reader raises it.
     fn pause(&self, idle: Duration) {
-        let mut wanted = self.wanted.lock();
-        if !*wanted {
-            self.wake.wait_for(&mut wanted, idle);
+        // The first thread to pause is the one a wake unparks: the feeder's, the only one that
+        // pauses outside tests.
+        self.feeder.get_or_init(std::thread::current);
+        self.rest();
+        let until = Instant::now() + idle;
+        // An unpark left from a wake that found the flag already cleared makes one park return
+        // early: the loop parks again for what is left.
+        while !self.wanted.swap(false, Ordering::AcqRel) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::park_timeout(left);
         }
-        *wanted = false;
+    }
+
+    /// Moves the calling thread to `SCHED_IDLE` unless it rests there already.
+    fn rest(&self) {
+        if self.resting.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler reads the parameter, which lives across the call; on Linux,
+        // pid 0 names the calling thread. A failure leaves the policy as it was (nice 10).
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "history: SCHED_IDLE refused; the feeder stays at nice 10");
+            return;
+        }
+        // SAFETY: gettid has no arguments and no memory effects.
+        let tid = unsafe { libc::gettid() };
+        self.resting.store(tid, Ordering::Release);
+        // A wake between the policy change and the store saw no resting thread and raised
+        // nothing: raise it here, unless a wake after the store did.
+        if self.wanted.load(Ordering::Acquire) {
+            self.raise();
+        }
+    }
+
+    /// Moves a resting feeder back to `SCHED_OTHER`, at the nice value it set (10).
+    fn raise(&self) {
+        let tid = self.resting.swap(0, Ordering::AcqRel);
+        if tid == 0 {
+            return;
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as in `rest`. `tid` names the feeder's thread: it clears `resting` before it
+        // ends, so an id is taken from there only while the thread runs.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "history: the feeder could not be raised");
+        }
     }
 }
 
@@ -121,7 +190,10 @@ pub fn spawn(
                 published: &publish,
                 nudge: &nudged,
             };
-            run(feeder, &engine, purge.as_mut(), &signals)
+            let feeder = run(feeder, &engine, purge.as_mut(), &signals);
+            // Nobody raises a thread that is gone (its id could name another one).
+            nudged.resting.store(0, Ordering::Release);
+            feeder
         })?;
     Ok(Worker {
         stop,
@@ -255,12 +327,12 @@ fn step(
 }
 
 /// How much lower than the request path's the feeder thread's scheduling priority is (a nice
-/// value): when requests keep both cores busy, the scheduler gives the feeder about a tenth of
-/// the time a request thread gets, and the history lags (the log keeps what it has not applied)
-/// instead of slowing debits; when they do not, it takes what is idle.
+/// value) when it is not resting at `SCHED_IDLE` (see [`Nudge`]): catching up at a reader's
+/// request, or where the scheduler refuses the idle policy.
 const NICENESS: i32 = 10;
 
-/// Lowers this thread's scheduling priority by [`NICENESS`].
+/// Lowers this thread's scheduling priority by [`NICENESS`]; its pauses then rest it at
+/// `SCHED_IDLE` ([`Nudge::pause`]).
 fn lower_priority() {
     // SAFETY: setpriority has no memory effects; on Linux, PRIO_PROCESS with who = 0 names the
     // calling thread. A failure (a seccomp filter, another OS) leaves the priority as it was.
@@ -400,7 +472,81 @@ mod tests {
         let started = std::time::Instant::now();
         nudge.pause(long);
         assert!(started.elapsed() < long);
-        assert!(!*nudge.wanted.lock(), "the wake was spent");
+        assert!(!nudge.wanted.load(Ordering::Acquire), "the wake was spent");
+    }
+
+    /// A pause rests the feeder's thread at `SCHED_IDLE` (only it: the threads around it keep
+    /// their policy); a reader's wake raises it back to nice 10 for the steps it asked for, and
+    /// the next pause rests it again.
+    #[test]
+    fn the_feeder_rests_at_the_idle_policy_until_a_reader_raises_it() {
+        // SAFETY: sched_getscheduler and getpriority only read the calling thread's settings.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let before = policy();
+        assert_ne!(before, libc::SCHED_IDLE);
+        let nudge = Arc::new(Nudge::default());
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let feeder = {
+            let nudge = Arc::clone(&nudge);
+            std::thread::spawn(move || {
+                lower_priority();
+                nudge.pause(Duration::from_millis(1));
+                seen_tx.send(("rested", policy(), nice())).unwrap();
+                go_rx.recv().unwrap();
+                // Woken by the reader's wake, which raised it.
+                nudge.pause(Duration::from_secs(30));
+                seen_tx.send(("raised", policy(), nice())).unwrap();
+                nudge.pause(Duration::from_millis(1));
+                seen_tx.send(("rested again", policy(), nice())).unwrap();
+            })
+        };
+        let wait = |expected: &str| {
+            let (what, policy, nice) = seen_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(what, expected);
+            (policy, nice)
+        };
+        assert_eq!(wait("rested"), (libc::SCHED_IDLE, NICENESS));
+        go_tx.send(()).unwrap();
+        while nudge.resting.load(Ordering::Acquire) == 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        nudge.wake();
+        assert_eq!(wait("raised"), (libc::SCHED_OTHER, NICENESS));
+        assert_eq!(wait("rested again"), (libc::SCHED_IDLE, NICENESS));
+        feeder.join().unwrap();
+        assert_eq!(policy(), before, "the caller's policy is its own");
+    }
+
+    /// A wake from another thread ends a pause under way at once, however many wakes and
+    /// pauses came before: none is lost to an unpark spent early.
+    #[test]
+    fn every_wake_ends_the_pause_it_finds() {
+        let nudge = Arc::new(Nudge::default());
+        let long = Duration::from_secs(30);
+        let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+        let feeder = {
+            let nudge = Arc::clone(&nudge);
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let started = Instant::now();
+                    nudge.pause(long);
+                    paused_tx.send(started.elapsed()).unwrap();
+                }
+            })
+        };
+        for round in 0..200 {
+            if round % 2 == 0 {
+                // Now and then the wake comes before the pause begins.
+                std::thread::yield_now();
+            }
+            nudge.wake();
+            let waited = paused_rx.recv_timeout(long).expect("the pause ended");
+            assert!(waited < long / 2, "round {round}: the pause ran {waited:?}");
+        }
+        feeder.join().unwrap();
     }
 
     #[test]
