@@ -9,7 +9,8 @@
 //! hand-off to another thread and back. While others append, waiters ask the writer thread to
 //! sync and wake it; it batches them and keeps writing while they keep asking. A core thread
 //! (`server.core_threads`) syncs before it parks ([`Wal::sync_before_park`]), after the sync in
-//! progress if there is one. An append wakes the writer thread only when it sleeps (after a quiet
+//! progress if there is one, unless [`HAND_OVER_RECORDS`] or more are queued: those it hands to
+//! the writer thread, and serves what comes meanwhile. An append wakes the writer thread only when it sleeps (after a quiet
 //! spell); while records flow it looks at the queue every [`WRITER_DEADLINE`] and takes, unasked,
 //! the records that waited a whole look, which bounds how long a record nobody waits for stays
 //! unwritten.
@@ -426,11 +427,19 @@ impl Wal {
     /// [`PARKED_LEADER_PATIENCE`]; past that it asks the writer thread to sync them after the
     /// sync in progress and goes back to its connections, so that a stalled disk holds the thread
     /// that syncs, not every core thread.
+    ///
+    /// A queue of [`HAND_OVER_RECORDS`] or more goes to the writer thread instead, and the thread
+    /// parks at once, ready for the requests that come during the sync.
     pub fn sync_before_park(&self) {
         let shared = &*self.shared;
         let mut queue = shared.queue.lock();
         loop {
             if queue.buffer.is_empty() || queue.closing || shared.poisoned.load(Ordering::Acquire) {
+                return;
+            }
+            if queue.records >= HAND_OVER_RECORDS {
+                drop(queue);
+                shared.hand_to_writer();
                 return;
             }
             if !queue.syncing {
@@ -866,6 +875,25 @@ fn cut_failed_batch(io: &mut Io, what: String) -> String {
 /// How long the writer thread waits for work before it looks at the queue anyway, while records
 /// are being appended: a record whose appender does not wait for it is written within this time.
 const WRITER_DEADLINE: Duration = Duration::from_millis(5);
+/// Records queued from which a core thread about to park hands the sync to the writer thread
+/// rather than doing it itself ([`Wal::sync_before_park`]).
+///
+/// A core thread that syncs serves nothing during the sync; with the writer thread syncing, it
+/// reads and runs the requests that arrive meanwhile, and their records go into the next sync.
+/// The price is the writer thread's wake and its wakes of the waiting requests across threads,
+/// per request, and more syncs, each with its fixed cost (about 55 µs of CPU on the development
+/// VM). Large batched requests pay it back: few requests carry many records, and the core
+/// thread has much to do between syncs. Many single debits do not: a sync of 57 records, 57
+/// cross-thread wakes. Measured with a threshold of 200 against none, history on, one core
+/// thread, 2 cores shared with the client (`creditd loadgen`, alternating 6 s runs, 2026-12-04):
+/// batches of 100 on 8 connections 4–12 % more batches per second at 1–4 % more CPU per batch
+/// (three pairs; the build as committed against the one before: 2–11 % more, CPU −1 to +5 %,
+/// p90 1.14–1.18 against 1.01–1.12 ms, three more pairs); single debits unchanged within the noise at 160 and 512 connections (the
+/// rate −3 to +4 %, CPU per debit −6 to 0 %), and not reached at 64 (at most 64 records queued).
+/// A threshold of 100 made single debits at 160 connections up to 5 % slower; at 32, single debits at
+/// 64 connections lost 7 % (83 k against 89.5 k/s, +1 µs of CPU per debit).
+pub(crate) const HAND_OVER_RECORDS: u64 = 200;
+
 /// How long a core thread waits for another's sync before it leaves its records to the writer
 /// thread (see [`Wal::sync_before_park`]): about 20 times a sync on a healthy disk.
 const PARKED_LEADER_PATIENCE: Duration = Duration::from_millis(2);
@@ -1223,6 +1251,42 @@ mod tests {
             wal.durable_lsn() >= lsn
         });
         assert_eq!((wal.stats().batches, wal.stats().led), (1, 0));
+    }
+
+    /// A core thread that runs out of work syncs a queue below [`HAND_OVER_RECORDS`] itself
+    /// before it parks, and hands a larger one to the writer thread instead.
+    #[test]
+    fn a_core_thread_hands_a_large_queue_to_the_writer_thread_and_syncs_a_small_one_itself() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let wal = start(dir.path());
+        let park_with = |records: u64| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                mark_syncs_before_park();
+                let mut last = 0;
+                for _ in 0..records {
+                    last = wal.append(b"a batched debit's record").expect("append");
+                }
+                let led = wal.stats().led;
+                wal.sync_before_park();
+                (last, wal.durable_lsn() >= last, wal.stats().led - led)
+            })
+            .join()
+            .expect("core thread")
+        };
+        let (small, durable_on_return, _) = park_with(HAND_OVER_RECORDS - 1);
+        assert!(
+            durable_on_return,
+            "a small queue was left unsynced at the park"
+        );
+        let batches = wal.stats().batches;
+        let (large, _, led) = park_with(HAND_OVER_RECORDS);
+        assert_eq!(led, 0, "the core thread synced a large queue itself");
+        eventually("the writer thread syncs the large queue", || {
+            wal.durable_lsn() >= large
+        });
+        assert!(large > small);
+        assert_eq!(wal.stats().batches, batches + 1);
     }
 
     /// A record nobody waits for is written by the writer thread within two deadlines.
