@@ -161,7 +161,9 @@ impl Nudge {
         }
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: as in `rest`. `tid` names the feeder's thread: it clears `resting` before it
-        // ends, so an id is taken from there only while the thread runs.
+        // ends, so an id is taken from there only while the thread runs; a wake that took it just
+        // before reaches a thread that is ending, whose id the kernel hands out again only once
+        // its ids wrap around. The call changes a policy, nothing in this process's memory.
         if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "history: the feeder could not be raised");
         }
