@@ -10,10 +10,10 @@
 //! sync and wake it; it batches them and keeps writing while they keep asking. A core thread
 //! (`server.core_threads`) syncs before it parks ([`Wal::sync_before_park`]), after the sync in
 //! progress if there is one, unless [`HAND_OVER_RECORDS`] or more are queued: those it hands to
-//! the writer thread, and serves what comes meanwhile. An append wakes the writer thread only when it sleeps (after a quiet
-//! spell); while records flow it looks at the queue every [`WRITER_DEADLINE`] and takes, unasked,
-//! the records that waited a whole look, which bounds how long a record nobody waits for stays
-//! unwritten.
+//! the writer thread, and serves what comes meanwhile. An append wakes the writer thread only
+//! when it sleeps (after a quiet spell); while records flow it looks at the queue every
+//! [`WRITER_DEADLINE`] and takes, unasked, the records that waited a whole look, which bounds how
+//! long a record nobody waits for stays unwritten.
 //!
 //! Guarantees:
 //! - LSNs are assigned in the order records enter the buffer, so the log is in LSN order and a caller
@@ -884,15 +884,18 @@ const WRITER_DEADLINE: Duration = Duration::from_millis(5);
 /// per request, and more syncs, each with its fixed cost (about 55 µs of CPU on the development
 /// VM). Large batched requests pay it back: few requests carry many records, and the core
 /// thread has much to do between syncs. Many single debits do not: a sync of 57 records, 57
-/// cross-thread wakes. Measured with a threshold of 200 against none, history on, one core
-/// thread, 2 cores shared with the client (`creditd loadgen`, alternating 6 s runs, 2026-12-04):
-/// batches of 100 on 8 connections 4–12 % more batches per second at 1–4 % more CPU per batch
-/// (three pairs; the build as committed against the one before: 2–11 % more, CPU −1 to +5 %,
-/// p90 1.14–1.18 against 1.01–1.12 ms, three more pairs); single debits unchanged within the noise at 160 and 512 connections (the
-/// rate −3 to +4 %, CPU per debit −6 to 0 %), and not reached at 64 (at most 64 records queued).
-/// A threshold of 100 made single debits at 160 connections up to 5 % slower; at 32, single debits at
-/// 64 connections lost 7 % (83 k against 89.5 k/s, +1 µs of CPU per debit).
-pub(crate) const HAND_OVER_RECORDS: u64 = 200;
+/// cross-thread wakes.
+///
+/// Measured with a threshold of 200 against none, history on, one core thread, 2 cores shared
+/// with the client (`creditd loadgen`, alternating 6 s runs, 2026-12-04): batches of 100 on 8
+/// connections 4–12 % more batches per second at 1–4 % more CPU per batch (three pairs; the
+/// build as committed against the one before: 2–11 % more, CPU −1 to +5 %, p90 1.14–1.18
+/// against 1.01–1.12 ms, three more pairs). Single debits unchanged within the noise at 160 and
+/// 512 connections (the rate −3 to +4 %, CPU per debit −7 to 0 %), and not reached at 64 (at
+/// most 64 records queued). A threshold of 100 made single debits at 160 connections up to 5 %
+/// slower; at 32, single debits at 64 connections lost 7 % (83 k against 89.5 k/s, +1 µs of CPU
+/// per debit).
+const HAND_OVER_RECORDS: u64 = 200;
 
 /// How long a core thread waits for another's sync before it leaves its records to the writer
 /// thread (see [`Wal::sync_before_park`]): about 20 times a sync on a healthy disk.
